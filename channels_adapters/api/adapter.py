@@ -1,0 +1,57 @@
+import hmac
+import json
+
+from channels_adapters.base import Adapter, Capabilities, InvalidPayload
+from conversations.models import Channel
+from conversations.services import InboundMessage
+
+
+class ApiAdapter(Adapter):
+    """The generic API channel: integrators post customer messages as JSON.
+
+    Request: `POST /channels/api/<inbox id>/messages` with `Authorization: Bearer <inbox
+    secret>` and `{"id": "...", "from": "...", "name": "...", "text": "...", "subject": "..."}`.
+    Replies reach integrators through outgoing webhooks, which are not built yet, so agents
+    cannot answer on this channel until then (reply_send says so).
+    """
+
+    kind = Channel.API
+    capabilities = Capabilities(can_send=False, subject=True, max_length=65536)
+
+    def verify(self, inbox, *, body, headers, url):
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return (
+            scheme.lower() == "bearer"
+            and bool(token)
+            and hmac.compare_digest(token.encode(), inbox.secret.encode())
+        )
+
+    @staticmethod
+    def decode(body: bytes) -> dict:
+        """The JSON object of a request, or InvalidPayload saying what is wrong with it."""
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidPayload(f"Body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidPayload("Body must be a JSON object.")
+        for key in ("id", "from", "text"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise InvalidPayload(f"Field {key!r} is required and must be a string.")
+        for key in ("name", "subject"):
+            if not isinstance(data.get(key, ""), str):
+                raise InvalidPayload(f"Field {key!r} must be a string.")
+        return data
+
+    def parse_inbound(self, event):
+        data = self.decode(bytes(event.payload))
+        return [
+            InboundMessage(
+                channel=Channel.API,
+                address=data["from"],
+                name=data.get("name", ""),
+                subject=data.get("subject", ""),
+                text=data["text"],
+                provider_id=data["id"],
+            )
+        ]

@@ -1,0 +1,75 @@
+"""The contract every channel adapter fulfils.
+
+An adapter is the only code that knows a provider's wire format. Inbound, a view (or poller)
+calls `verify` on the raw request, stores the raw payload as an `InboundEvent`, and a task later
+calls `parse_inbound` to turn it into channel-neutral `InboundMessage`s for
+`conversations.services.message_receive`. Outbound, the delivery pipeline calls `send` with a
+queued `Message` and reads the outcome from its return value or the exception it raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from channels_adapters.models import InboundEvent
+    from conversations.models import Inbox, Message
+    from conversations.services import InboundMessage
+
+
+class DeliveryError(Exception):
+    """Base for send failures; `reason` is shown to the agent as is."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientError(DeliveryError):
+    """Worth trying again later: timeouts, rate limits, 4xx SMTP, provider 5xx."""
+
+
+class PermanentError(DeliveryError):
+    """Will never work as is: invalid recipient, blocked, opted out. The message fails."""
+
+
+class InvalidPayload(Exception):
+    """The stored inbound payload cannot be understood; the event is marked failed."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    can_send: bool = True
+    html: bool = False
+    subject: bool = False
+    attachments: bool = False
+    max_length: int | None = None
+    # True when sending the same message twice cannot reach the customer twice, so a message
+    # left "sending" by a dead worker may simply be sent again.
+    idempotent_send: bool = False
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_id: str = ""
+
+
+class Adapter:
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def verify(self, inbox: Inbox, *, body: bytes, headers: dict[str, str], url: str) -> bool:
+        """True when an inbound request really comes from the provider (signature, secret).
+        Must compare secrets in constant time and refuse when anything is missing."""
+        raise NotImplementedError
+
+    def parse_inbound(self, event: InboundEvent) -> list[InboundMessage]:
+        """The customer messages in a stored payload (a webhook may batch several).
+        Raises InvalidPayload when the payload cannot be read."""
+        raise NotImplementedError
+
+    def send(self, message: Message) -> SendResult:
+        """Hand one outbound message to the provider. Raises TransientError or PermanentError;
+        any other exception counts as transient."""
+        raise PermanentError(f"Sending is not supported on {self.kind}.")

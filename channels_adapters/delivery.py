@@ -1,0 +1,263 @@
+"""The pipeline between the database and the providers, in both directions.
+
+Inbound: store the raw event (idempotent), then process it in a task. Outbound: queued ->
+sending -> sent, or back to queued with a backoff on a transient error, or failed with the
+provider's reason. Every attempt is recorded. The sweep finds work whose task was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from channels_adapters.base import InvalidPayload, PermanentError, TransientError
+from channels_adapters.models import InboundEvent
+from channels_adapters.registry import adapter_for
+from conversations.models import DeliveryAttempt, Inbox, Message
+from conversations.realtime import publish_conversation_event
+from conversations.services import message_enqueue_delivery, message_receive
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter: 0-10 s after the first failure, up to 0-30 min."""
+    return random.uniform(0, min(10 * 2 ** (attempt - 1), 1800))
+
+
+# --- Inbound --------------------------------------------------------------------------------
+
+
+def inbound_event_store(
+    *, inbox: Inbox, dedupe_key: str, payload: bytes, headers: dict | None = None
+) -> tuple[InboundEvent, bool]:
+    """Store a provider payload before anything else happens. Returns (event, created); a
+    replay returns the stored event and created=False. Processing is enqueued on commit."""
+    from channels_adapters.tasks import process_inbound_event
+
+    try:
+        with transaction.atomic():
+            event = InboundEvent.objects.create(
+                inbox=inbox, dedupe_key=dedupe_key[:255], payload=payload, headers=headers or {}
+            )
+            transaction.on_commit(lambda: process_inbound_event.delay(event.pk))
+            return event, True
+    except IntegrityError:
+        return InboundEvent.objects.get(inbox=inbox, dedupe_key=dedupe_key[:255]), False
+
+
+def inbound_event_process(event_id: int) -> InboundEvent | None:
+    """Turn a stored event into messages. Runs in one transaction with the event locked, so a
+    worker dying half way leaves it pending for the sweep, and a second run does nothing."""
+    with transaction.atomic():
+        event = (
+            InboundEvent.objects.select_for_update(of=("self",))
+            .select_related("inbox")
+            .filter(pk=event_id, status=InboundEvent.Status.PENDING)
+            .first()
+        )
+        if event is None:
+            return None  # already processed, or never stored
+        event.attempts += 1
+        adapter = adapter_for(event.inbox.kind)
+        try:
+            if adapter is None:
+                raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
+            with transaction.atomic():
+                received = [
+                    message_receive(inbox=event.inbox, inbound=inbound)
+                    for inbound in adapter.parse_inbound(event)
+                ]
+        except (InvalidPayload, ValidationError) as exc:
+            log.warning("inbound event %s failed: %s", event.pk, exc)
+            event.status = InboundEvent.Status.FAILED
+            event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        else:
+            event.status = (
+                InboundEvent.Status.PROCESSED if received else InboundEvent.Status.IGNORED
+            )
+            event.message = received[0].message if received else None
+            event.error = ""
+        event.processed_at = timezone.now()
+        event.save()
+        return event
+
+
+def inbound_events_requeue(events) -> int:
+    """Process failed events again (an admin fixed an inbox, or a bug was fixed)."""
+    from channels_adapters.tasks import process_inbound_event
+
+    ids = list(events.filter(status=InboundEvent.Status.FAILED).values_list("pk", flat=True))
+    with transaction.atomic():
+        InboundEvent.objects.filter(pk__in=ids).update(status=InboundEvent.Status.PENDING, error="")
+        for pk in ids:
+            transaction.on_commit(lambda pk=pk: process_inbound_event.delay(pk))
+    return len(ids)
+
+
+# --- Outbound -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    status: str
+    retry_in: float | None = None
+
+
+def message_deliver(message_id: int) -> DeliveryOutcome | None:
+    """One delivery attempt. Returns None when there is nothing to do (already sent, failed,
+    being sent by another worker, or backing off), else the outcome and when to retry."""
+    now = timezone.now()
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation", "identity", "inbox")
+            .filter(pk=message_id, status=Message.Status.QUEUED)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .first()
+        )
+        if message is None:
+            return None
+        message.status = Message.Status.SENDING
+        message.attempts += 1
+        message.save(update_fields=["status", "attempts", "updated_at"])
+
+    adapter = adapter_for(message.channel)
+    update: dict = {}
+    try:
+        if adapter is None:
+            raise PermanentError(f"No adapter can send on {message.channel}.")
+        result = adapter.send(message)
+    except PermanentError as exc:
+        outcome, detail = DeliveryAttempt.Outcome.FAILED, exc.reason
+    except Exception as exc:  # noqa: BLE001 - unknown errors are retried, then given up on
+        detail = exc.reason if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TransientError):
+            log.exception("unexpected error sending message %s", message.pk)
+        outcome = DeliveryAttempt.Outcome.RETRY
+        if message.attempts >= MAX_ATTEMPTS:
+            outcome, detail = (
+                DeliveryAttempt.Outcome.FAILED,
+                f"Gave up after {message.attempts} attempts: {detail}",
+            )
+    else:
+        outcome, detail = DeliveryAttempt.Outcome.SENT, ""
+        if result.provider_id:
+            update["provider_id"] = result.provider_id[:255]
+
+    retry_in = None
+    if outcome == DeliveryAttempt.Outcome.SENT:
+        update.update(
+            status=Message.Status.SENT,
+            sent_at=timezone.now(),
+            failure_reason="",
+            next_attempt_at=None,
+        )
+    elif outcome == DeliveryAttempt.Outcome.RETRY:
+        retry_in = backoff_seconds(message.attempts)
+        update.update(
+            status=Message.Status.QUEUED,
+            failure_reason=detail,
+            next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
+        )
+    else:
+        update.update(status=Message.Status.FAILED, failure_reason=detail, next_attempt_at=None)
+
+    with transaction.atomic():
+        DeliveryAttempt.objects.create(
+            message=message, outcome=outcome, detail=detail, started_at=now
+        )
+        # Only move on from "sending": a status callback may already have said "delivered".
+        Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+            updated_at=timezone.now(), **update
+        )
+        publish_conversation_event(
+            message.conversation, "delivery", message=message.pk, status=update["status"]
+        )
+    return DeliveryOutcome(status=update["status"], retry_in=retry_in)
+
+
+def message_retry(*, message: Message) -> Message:
+    """An agent asks to try a failed message again."""
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=message.pk, status=Message.Status.FAILED).update(
+            status=Message.Status.QUEUED,
+            attempts=0,
+            next_attempt_at=None,
+            updated_at=timezone.now(),
+        )
+        if not updated:
+            raise ValidationError("Only a failed message can be retried.")
+        message.refresh_from_db()
+        message_enqueue_delivery(message)
+        publish_conversation_event(
+            message.conversation, "delivery", message=message.pk, status=message.status
+        )
+    return message
+
+
+# --- The sweep ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    messages: int
+    events: int
+
+
+def sweep_stuck() -> SweepResult:
+    """Enqueue again whatever lost its task: queued messages and pending inbound events older
+    than SWEEP_STUCK_AFTER_SECONDS, and messages left "sending" by a dead worker on channels
+    where sending twice is harmless. Running it twice, or beside a live task, is safe: the
+    tasks themselves skip work that is already done."""
+    from channels_adapters.tasks import deliver_message, process_inbound_event
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS)
+    queued = list(
+        Message.objects.filter(status=Message.Status.QUEUED, updated_at__lt=cutoff)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .values_list("pk", flat=True)[:1000]
+    )
+    idempotent = [
+        kind
+        for kind in Message.objects.filter(status=Message.Status.SENDING)
+        .values_list("channel", flat=True)
+        .distinct()
+        if (adapter := adapter_for(kind)) and adapter.capabilities.idempotent_send
+    ]
+    abandoned = list(
+        Message.objects.filter(
+            status=Message.Status.SENDING, channel__in=idempotent, updated_at__lt=cutoff
+        ).values_list("pk", flat=True)[:1000]
+    )
+    if abandoned:
+        Message.objects.filter(pk__in=abandoned, status=Message.Status.SENDING).update(
+            status=Message.Status.QUEUED, updated_at=now
+        )
+    events = list(
+        InboundEvent.objects.filter(
+            status=InboundEvent.Status.PENDING, received_at__lt=cutoff
+        ).values_list("pk", flat=True)[:1000]
+    )
+    for pk in queued + abandoned:
+        deliver_message.delay(pk)
+    for pk in events:
+        process_inbound_event.delay(pk)
+    if queued or abandoned or events:
+        log.warning(
+            "sweep re-enqueued %d messages and %d inbound events",
+            len(queued) + len(abandoned),
+            len(events),
+        )
+    return SweepResult(messages=len(queued) + len(abandoned), events=len(events))

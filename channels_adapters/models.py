@@ -1,0 +1,56 @@
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class InboundEvent(models.Model):
+    """A provider's payload exactly as it reached us, stored before anything else happens.
+
+    Webhook views, the IMAP poller and the mail pipe store one of these and acknowledge; a
+    Celery task then parses it. The unique key makes a replayed delivery a no-op, and the sweep
+    re-enqueues any event whose task was lost.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Waiting to be processed")
+        PROCESSED = "processed", _("Processed")
+        IGNORED = "ignored", _("Ignored")
+        FAILED = "failed", _("Failed")
+
+    inbox = models.ForeignKey(
+        "conversations.Inbox", on_delete=models.CASCADE, related_name="inbound_events"
+    )
+    # The provider's message id, or a hash of the payload when it has none.
+    dedupe_key = models.CharField(max_length=255)
+    payload = models.BinaryField()
+    headers = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    message = models.ForeignKey(
+        "conversations.Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["inbox", "dedupe_key"], name="inbound_event_dedupe_unique"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["received_at"],
+                name="inbound_event_pending_idx",
+                condition=Q(status="pending"),
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.inbox} event {self.dedupe_key[:40]}"

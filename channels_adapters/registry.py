@@ -1,0 +1,13 @@
+"""Adapters by channel kind. A channel is available once it is listed here."""
+
+from channels_adapters.api.adapter import ApiAdapter
+from channels_adapters.base import Adapter
+from channels_adapters.webchat.adapter import WebchatAdapter
+
+ADAPTERS: dict[str, Adapter] = {
+    adapter.kind: adapter for adapter in (WebchatAdapter(), ApiAdapter())
+}
+
+
+def adapter_for(kind: str) -> Adapter | None:
+    return ADAPTERS.get(kind)

@@ -1,0 +1,26 @@
+"""Thin tasks: ids in, a delivery service call, a retry policy. All safe to run twice."""
+
+from celery import shared_task
+
+from channels_adapters import delivery
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def deliver_message(self, message_id: int):
+    outcome = delivery.message_deliver(message_id)
+    if outcome and outcome.retry_in is not None:
+        # A little past the backoff, so the retry never lands before next_attempt_at.
+        raise self.retry(countdown=outcome.retry_in + 0.5)
+    return outcome.status if outcome else None
+
+
+@shared_task(acks_late=True)
+def process_inbound_event(event_id: int):
+    event = delivery.inbound_event_process(event_id)
+    return event.status if event else None
+
+
+@shared_task(acks_late=True)
+def sweep_stuck():
+    result = delivery.sweep_stuck()
+    return {"messages": result.messages, "events": result.events}

@@ -1,0 +1,456 @@
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+from django.utils.html import format_html, format_html_join
+
+from conversations import services
+from conversations.models import (
+    Attachment,
+    Conversation,
+    ConversationEvent,
+    Customer,
+    DeliveryAttempt,
+    Identity,
+    Inbox,
+    Message,
+    Tag,
+    new_secret,
+)
+from helpdesk.models import User
+
+
+def _run(modeladmin, request, action, objects) -> int:
+    """Apply a service to each object; report validation errors instead of crashing."""
+    done = 0
+    for obj in objects:
+        try:
+            action(obj)
+            done += 1
+        except ValidationError as exc:
+            modeladmin.message_user(request, f"{obj}: {' '.join(exc.messages)}", messages.ERROR)
+    return done
+
+
+# --- Customers ------------------------------------------------------------------------------
+
+
+class IdentityInline(admin.TabularInline):
+    model = Identity
+    extra = 0
+    fields = ["kind", "address", "display_name", "verified", "last_seen_at"]
+    readonly_fields = ["last_seen_at"]
+
+
+class CustomerConversationInline(admin.TabularInline):
+    model = Conversation
+    fk_name = "customer"
+    extra = 0
+    fields = ["subject", "inbox", "status", "assignee", "last_activity_at"]
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("inbox", "assignee")
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "addresses", "language", "conversation_count", "created_at"]
+    list_filter = ["language", ("merged_into", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "identities__address", "notes"]
+    readonly_fields = ["merged_into", "created_at", "updated_at"]
+    inlines = [IdentityInline, CustomerConversationInline]
+    actions = ["merge"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_conversations=Count("conversations", distinct=True))
+            .prefetch_related("identities")
+        )
+
+    @admin.display(description="conversations", ordering="_conversations")
+    def conversation_count(self, customer):
+        return customer._conversations
+
+    @admin.display(description="addresses")
+    def addresses(self, customer):
+        return ", ".join(i.address for i in customer.identities.all()[:3])
+
+    @admin.action(description="Merge the selected customers into the oldest one")
+    def merge(self, request, queryset):
+        customers = list(queryset.filter(merged_into=None).order_by("created_at", "pk"))
+        if len(customers) < 2:
+            self.message_user(request, "Select at least two customers.", messages.WARNING)
+            return
+        target, sources = customers[0], customers[1:]
+        done = _run(
+            self,
+            request,
+            lambda source: services.customer_merge(
+                source=source, target=target, actor=request.user
+            ),
+            sources,
+        )
+        self.message_user(request, f"Merged {done} customers into {target}.", messages.SUCCESS)
+
+
+@admin.register(Identity)
+class IdentityAdmin(admin.ModelAdmin):
+    list_display = ["address", "kind", "customer", "verified", "last_seen_at"]
+    list_filter = ["kind", "verified"]
+    list_select_related = ["customer"]
+    search_fields = ["address", "display_name", "customer__name"]
+    autocomplete_fields = ["customer"]
+
+
+# --- Inboxes --------------------------------------------------------------------------------
+
+
+class InboxForm(forms.ModelForm):
+    """Credentials are write-only: the form shows which keys are set, never their values."""
+
+    new_credentials = forms.JSONField(
+        required=False,
+        label="Replace credentials",
+        help_text="A JSON object of provider credentials. Leave empty to keep the current ones.",
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+
+    class Meta:
+        model = Inbox
+        fields = ["name", "kind", "address", "default_team", "settings", "is_active"]
+
+    def clean_new_credentials(self):
+        value = self.cleaned_data["new_credentials"]
+        if value in (None, "", {}):
+            return None
+        if not isinstance(value, dict):
+            raise ValidationError("Credentials must be a JSON object.")
+        return value
+
+    def save(self, commit=True):
+        if self.cleaned_data.get("new_credentials") is not None:
+            self.instance.credentials = self.cleaned_data["new_credentials"]
+        return super().save(commit)
+
+
+@admin.register(Inbox)
+class InboxAdmin(admin.ModelAdmin):
+    form = InboxForm
+    list_display = ["name", "kind", "address", "default_team", "is_active", "created_at"]
+    list_filter = ["kind", "is_active", "default_team"]
+    list_select_related = ["default_team"]
+    search_fields = ["name", "address"]
+    readonly_fields = ["credentials_set", "secret_hint", "created_at"]
+    actions = ["rotate_secret"]
+
+    @admin.display(description="credentials")
+    def credentials_set(self, inbox):
+        if not inbox.credentials:
+            return "none set"
+        return format_html_join(", ", "{} = ••••••", ((key,) for key in sorted(inbox.credentials)))
+
+    @admin.display(description="secret")
+    def secret_hint(self, inbox):
+        return f"••••••{inbox.secret[-4:]}  (use the 'Rotate secret' action to get a new one)"
+
+    @admin.action(description="Rotate secret (shown once)")
+    def rotate_secret(self, request, queryset):
+        for inbox in queryset:
+            inbox.secret = new_secret()
+            inbox.save(update_fields=["secret"])
+            self.message_user(request, f"New secret for {inbox}: {inbox.secret}", messages.WARNING)
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ["name", "color"]
+    search_fields = ["name"]
+
+
+# --- Conversations -----------------------------------------------------------------------
+
+
+class MessageInline(admin.StackedInline):
+    model = Message
+    fk_name = "conversation"
+    extra = 0
+    can_delete = False
+    fields = [
+        "direction",
+        "channel",
+        "inbox",
+        "identity",
+        "author",
+        "status",
+        "failure_reason",
+        "created_at",
+        "text",
+        "html_preview",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("inbox", "identity", "author")
+
+    @admin.display(description="HTML (sanitised)")
+    def html_preview(self, message):
+        return message.html and format_html("<pre>{}</pre>", message.html[:5000])
+
+
+class EventInline(admin.TabularInline):
+    model = ConversationEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "kind", "actor", "data"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("actor")
+
+
+class ConversationActionForm(ActionForm):
+    assignee = forms.ModelChoiceField(
+        queryset=User.objects.filter(is_active=True),
+        required=False,
+        label="Agent",
+        help_text="For 'Assign to agent'; leave empty to unassign.",
+    )
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = [
+        "number",
+        "subject",
+        "customer",
+        "inbox",
+        "status",
+        "priority",
+        "team",
+        "assignee",
+        "last_activity_at",
+    ]
+    list_display_links = ["number", "subject"]
+    list_filter = ["status", "priority", "inbox__kind", "inbox", "team", "assignee"]
+    list_select_related = ["customer", "inbox", "team", "assignee"]
+    search_fields = ["=id", "subject", "customer__name", "customer__identities__address"]
+    autocomplete_fields = ["customer"]
+    date_hierarchy = "last_activity_at"
+    show_full_result_count = False
+    readonly_fields = [
+        "status",
+        "priority",
+        "team",
+        "assignee",
+        "tags",
+        "merged_into",
+        "created_at",
+        "updated_at",
+        "last_activity_at",
+        "last_inbound_at",
+        "waiting_since",
+        "first_response_at",
+        "resolved_at",
+        "snoozed_until",
+    ]
+    inlines = [MessageInline, EventInline]
+    action_form = ConversationActionForm
+    actions = ["assign", "resolve", "reopen"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Creation picks inbox and customer; after that, state changes go through actions
+        # (and the services), so each one leaves an event in the timeline.
+        return self.readonly_fields + (["inbox", "customer"] if obj else [])
+
+    @admin.display(description="#", ordering="id")
+    def number(self, conversation):
+        return conversation.number
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["subject", "updated_at"])
+            return
+        opened = services.conversation_open(
+            inbox=obj.inbox,
+            customer=obj.customer,
+            subject=obj.subject,
+            actor=request.user,
+            via="admin",
+        )
+        obj.pk = opened.pk  # so the admin redirects to the conversation just opened
+
+    @admin.action(description="Assign to agent (choose below)")
+    def assign(self, request, queryset):
+        assignee = None
+        if request.POST.get("assignee"):
+            assignee = User.objects.filter(pk=request.POST["assignee"], is_active=True).first()
+            if assignee is None:
+                self.message_user(request, "No such agent.", messages.ERROR)
+                return
+        done = _run(
+            self,
+            request,
+            lambda c: services.conversation_assign(
+                conversation=c, assignee=assignee, actor=request.user
+            ),
+            queryset,
+        )
+        who = assignee or "nobody"
+        self.message_user(request, f"{done} conversations assigned to {who}.", messages.SUCCESS)
+
+    @admin.action(description="Resolve")
+    def resolve(self, request, queryset):
+        done = _run(
+            self,
+            request,
+            lambda c: services.conversation_set_status(
+                conversation=c, status=Conversation.Status.RESOLVED, actor=request.user
+            ),
+            queryset,
+        )
+        self.message_user(request, f"{done} conversations resolved.", messages.SUCCESS)
+
+    @admin.action(description="Reopen")
+    def reopen(self, request, queryset):
+        done = _run(
+            self,
+            request,
+            lambda c: services.conversation_set_status(
+                conversation=c, status=Conversation.Status.OPEN, actor=request.user
+            ),
+            queryset,
+        )
+        self.message_user(request, f"{done} conversations reopened.", messages.SUCCESS)
+
+
+class AttachmentInline(admin.TabularInline):
+    model = Attachment
+    extra = 0
+    fields = ["filename", "content_type", "size", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    fields = ["started_at", "finished_at", "outcome", "detail"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "conversation",
+        "direction",
+        "channel",
+        "inbox",
+        "status",
+        "author",
+        "created_at",
+    ]
+    list_filter = ["direction", "channel", "status"]
+    list_select_related = ["conversation", "inbox", "author"]
+    search_fields = ["text", "provider_id", "=conversation__id"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    readonly_fields = [f.name for f in Message._meta.fields]
+    inlines = [AttachmentInline, DeliveryAttemptInline]
+    actions = ["retry"]
+
+    def has_add_permission(self, request):
+        return False  # messages come from customers and agents, not from admin forms
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Retry sending the selected failed messages")
+    def retry(self, request, queryset):
+        from channels_adapters.delivery import message_retry
+
+        done = _run(
+            self,
+            request,
+            lambda m: message_retry(message=m),
+            queryset.filter(status=Message.Status.FAILED),
+        )
+        self.message_user(request, f"{done} messages queued again.", messages.SUCCESS)
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(admin.ModelAdmin):
+    list_display = ["filename", "content_type", "size", "message", "created_at"]
+    list_select_related = ["message"]
+    search_fields = ["filename"]
+    readonly_fields = [
+        "message",
+        "file",
+        "filename",
+        "content_type",
+        "size",
+        "content_id",
+        "created_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(admin.ModelAdmin):
+    list_display = ["message", "outcome", "detail", "started_at", "finished_at"]
+    list_filter = ["outcome"]
+    list_select_related = ["message"]
+    readonly_fields = ["message", "outcome", "detail", "started_at", "finished_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ConversationEvent)
+class ConversationEventAdmin(admin.ModelAdmin):
+    list_display = ["conversation", "kind", "actor", "summary", "created_at"]
+    list_filter = ["kind"]
+    list_select_related = ["conversation", "actor"]
+    search_fields = ["=conversation__id"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["conversation", "kind", "actor", "data", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="details")
+    def summary(self, event):
+        return json.dumps(event.data, sort_keys=True)[:120]

@@ -1,0 +1,335 @@
+"""Demo data so a newcomer's first screen is not empty. Safe to run again: it adds only what
+is missing and never touches data it did not create."""
+
+import random
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import Channel, Conversation, Identity, Inbox, Message
+from helpdesk.models import User
+from routing.models import Team, TeamMembership
+
+DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
+
+AGENTS = [
+    ("admin@example.com", "Alex Admin", User.Role.ADMIN, ["support", "billing"]),
+    ("agent@example.com", "Dana Demo", User.Role.AGENT, ["support"]),
+    ("ines@example.com", "Inês Costa", User.Role.AGENT, ["support"]),
+    ("hugo@example.com", "Hugo Martin", User.Role.AGENT, ["billing"]),
+    ("lucia@example.com", "Lucía Gómez", User.Role.AGENT, ["billing", "support"]),
+]
+
+INBOXES = [
+    ("Support email", Channel.EMAIL, "support@acme.example", "support"),
+    ("Billing email", Channel.EMAIL, "billing@acme.example", "billing"),
+    ("SMS line", Channel.SMS, "+15550100", "support"),
+    ("Acme on Messenger", Channel.MESSENGER, "acme-page", "support"),
+    ("WhatsApp", Channel.WHATSAPP, "+15550199", "support"),
+    ("Website chat", Channel.WEBCHAT, "", "support"),
+    ("Shop integration", Channel.API, "", "billing"),
+]
+
+FIRST = [
+    "Maria",
+    "João",
+    "Camille",
+    "Lucas",
+    "Sofía",
+    "Mateo",
+    "Emma",
+    "Noah",
+    "Beatriz",
+    "Pierre",
+    "Valentina",
+    "Liam",
+    "Ana",
+    "Louis",
+    "Carmen",
+    "Olivia",
+    "Tiago",
+    "Chloé",
+    "Javier",
+    "Grace",
+    "Rafael",
+    "Manon",
+    "Elena",
+    "Ethan",
+    "Léa",
+]
+LAST = [
+    "Silva",
+    "Santos",
+    "Dubois",
+    "Moreau",
+    "García",
+    "López",
+    "Smith",
+    "Brown",
+    "Oliveira",
+    "Lefèvre",
+    "Fernández",
+    "Johnson",
+]
+
+SCENARIOS = [
+    (
+        "en",
+        "Order #{n} has not arrived",
+        [
+            "Hi, my order #{n} was supposed to arrive on Monday and the tracking has not moved.",
+            "Any news? I need it before the weekend.",
+        ],
+        "Sorry about the wait! The carrier lost the scan; a replacement ships today.",
+    ),
+    (
+        "pt",
+        "Reembolso do pedido {n}",
+        [
+            "Olá, pedi o reembolso do pedido {n} há duas semanas e ainda não recebi nada.",
+        ],
+        "Olá! O reembolso foi processado hoje e aparece no seu cartão em até 5 dias.",
+    ),
+    (
+        "fr",
+        "Problème de connexion",
+        [
+            "Bonjour, je n'arrive plus à me connecter à mon compte depuis hier soir.",
+            "J'ai déjà essayé de réinitialiser le mot de passe.",
+        ],
+        "Bonjour ! Nous avons débloqué votre compte, vous pouvez réessayer.",
+    ),
+    (
+        "es",
+        "Cambiar mi plan",
+        [
+            "Hola, quiero pasar del plan básico al plan empresa. ¿Cómo lo hago?",
+        ],
+        "¡Hola! Ya está hecho: su plan empresa está activo desde hoy.",
+    ),
+    (
+        "en",
+        "Invoice {n} looks wrong",
+        [
+            "The invoice {n} charges us for 12 seats but we only have 9 users.",
+        ],
+        "You're right, I've issued a credit note for the 3 extra seats.",
+    ),
+    (
+        "en",
+        "Refund please",
+        [
+            "I'd like a refund for my last purchase, the size was wrong.",
+        ],
+        None,
+    ),
+    (
+        "pt",
+        "Dúvida sobre entrega",
+        [
+            "Vocês entregam em Lisboa? Quanto tempo demora?",
+        ],
+        "Entregamos sim, em 2 a 3 dias úteis.",
+    ),
+    (
+        "fr",
+        "Facture introuvable",
+        [
+            "Où puis-je télécharger ma facture du mois dernier ?",
+        ],
+        None,
+    ),
+]
+
+TAGS = ["delivery", "refund", "login", "plan-change", "invoice", "refund", "delivery", "invoice"]
+
+STATUSES = [Conversation.Status.OPEN] * 5 + [
+    Conversation.Status.PENDING,
+    Conversation.Status.RESOLVED,
+    Conversation.Status.SNOOZED,
+    Conversation.Status.CLOSED,
+]
+
+
+def _address(kind: str, i: int, first: str, last: str) -> str:
+    if kind == Channel.EMAIL:
+        return f"{first}.{last}.{i}@customers.example".lower().replace(" ", "")
+    if kind in (Channel.SMS, Channel.WHATSAPP):
+        return f"+1555{2000000 + i:07d}"
+    return f"demo-{kind}-{i}"
+
+
+class Command(BaseCommand):
+    help = "Create demo agents, teams, inboxes and ~50 customers with conversations (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--customers", type=int, default=50)
+
+    def handle(self, *args, customers, **options):
+        rng = random.Random(42)  # the same demo every time
+        with transaction.atomic():
+            teams = self._teams()
+            agents = self._agents(teams)
+            inboxes = self._inboxes(teams)
+        created = 0
+        for i in range(customers):
+            with transaction.atomic():
+                created += self._customer(i, rng, inboxes, agents)
+        self.stdout.write(
+            f"Demo ready: {created} new customers. Log in at /admin/ as admin@example.com "
+            f"(or agent@example.com) with password {DEMO_PASSWORD!r}."
+        )
+
+    def _teams(self):
+        return {
+            slug: Team.objects.get_or_create(slug=slug, defaults={"name": name})[0]
+            for slug, name in (("support", "Support"), ("billing", "Billing"))
+        }
+
+    def _agents(self, teams):
+        agents = []
+        for email, name, role, team_slugs in AGENTS:
+            user = User.objects.filter(email=email).first()
+            if user is None:
+                factory = (
+                    User.objects.create_superuser
+                    if role == User.Role.ADMIN
+                    else User.objects.create_user
+                )
+                user = factory(
+                    email=email,
+                    password=DEMO_PASSWORD,
+                    display_name=name,
+                    availability=User.Availability.ONLINE,
+                )
+            for slug in team_slugs:
+                TeamMembership.objects.get_or_create(team=teams[slug], user=user)
+            agents.append(user)
+        return agents
+
+    def _inboxes(self, teams):
+        inboxes = {}
+        for name, kind, address, team in INBOXES:
+            inbox, _ = Inbox.objects.get_or_create(
+                name=name, kind=kind, defaults={"address": address, "default_team": teams[team]}
+            )
+            inboxes.setdefault(kind, inbox)
+        return inboxes
+
+    def _customer(self, i, rng, inboxes, agents) -> int:
+        first, last = FIRST[i % len(FIRST)], LAST[(i * 7) % len(LAST)]
+        kinds = list(inboxes)
+        kind = kinds[i % len(kinds)]
+        address = _address(kind, i, first, last)
+        if Identity.objects.filter(kind=kind, address=address).exists():
+            return 0  # seeded on an earlier run
+        language, subject, texts, reply = SCENARIOS[i % len(SCENARIOS)]
+        n = 10400 + i
+        name = f"{first} {last}"
+        inbox = inboxes[kind]
+        for j, text in enumerate(texts):
+            received = services.message_receive(
+                inbox=inbox,
+                inbound=services.InboundMessage(
+                    channel=kind,
+                    address=address,
+                    name=name,
+                    language=language,
+                    subject=subject.format(n=n) if kind in (Channel.EMAIL, Channel.API) else "",
+                    text=text.format(n=n),
+                    provider_id=f"demo-{i}-{j}",
+                ),
+            )
+        conversation = received.message.conversation
+        customer = conversation.customer
+        customer.attributes = {
+            "plan": rng.choice(["free", "pro", "enterprise"]),
+            "orders": rng.randint(0, 30),
+        }
+        customer.save(update_fields=["attributes"])
+        if i % 5 == 0:  # a customer who also writes on a second channel
+            Identity.objects.get_or_create(
+                kind=Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS,
+                address=_address(
+                    Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS, i, first, last
+                ),
+                defaults={"customer": customer, "display_name": name},
+            )
+
+        agent = agents[i % len(agents)]
+        if i % 3:
+            services.conversation_assign(conversation=conversation, assignee=agent, actor=agent)
+        if reply:
+            self._historic_reply(conversation, agent, reply, received.message)
+        if i % 4 == 0:
+            services.note_add(
+                conversation=conversation,
+                author=agent,
+                text="Checked the order history; customer is a repeat buyer.",
+            )
+        status = STATUSES[i % len(STATUSES)]
+        if status != Conversation.Status.OPEN:
+            services.conversation_set_status(
+                conversation=conversation,
+                status=status,
+                actor=agent,
+                snoozed_until=timezone.now() + timedelta(days=2)
+                if status == Conversation.Status.SNOOZED
+                else None,
+            )
+        services.conversation_tag(
+            conversation=conversation, add=[TAGS[i % len(SCENARIOS)]], actor=agent
+        )
+        if i % 6 == 0:
+            services.conversation_set_priority(
+                conversation=conversation, priority=Conversation.Priority.HIGH, actor=agent
+            )
+        self._spread_in_time(conversation, hours_ago=rng.randint(1, 240))
+        return 1
+
+    def _historic_reply(self, conversation, agent, text, inbound):
+        """A reply sent before the demo began: stored as sent, not queued, since the demo
+        addresses lead nowhere."""
+        now = timezone.now()
+        Message.objects.create(
+            conversation=conversation,
+            direction=Message.Direction.OUTBOUND,
+            channel=inbound.channel,
+            inbox=inbound.inbox,
+            identity=inbound.identity,
+            author=agent,
+            text=text,
+            status=Message.Status.SENT,
+            sent_at=now,
+        )
+        Conversation.objects.filter(pk=conversation.pk).update(
+            first_response_at=now, waiting_since=None, last_activity_at=now
+        )
+
+    def _spread_in_time(self, conversation, hours_ago):
+        """Move the conversation back in time so the demo list has a realistic spread."""
+        shift = timedelta(hours=hours_ago)
+        for message in conversation.messages.all():
+            Message.objects.filter(pk=message.pk).update(
+                created_at=message.created_at - shift,
+                sent_at=message.sent_at and message.sent_at - shift,
+            )
+        conversation.refresh_from_db()
+        Conversation.objects.filter(pk=conversation.pk).update(
+            **{
+                field: getattr(conversation, field) - shift
+                for field in (
+                    "created_at",
+                    "last_activity_at",
+                    "last_inbound_at",
+                    "waiting_since",
+                    "first_response_at",
+                    "resolved_at",
+                )
+                if getattr(conversation, field)
+            }
+        )
+        conversation.events.update(created_at=conversation.created_at - shift)

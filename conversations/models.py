@@ -1,0 +1,353 @@
+"""The core domain: customers and their addresses, inboxes, conversations and their messages.
+
+State changes go through `conversations.services`; nothing here saves itself behind your back.
+"""
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class Channel(models.TextChoices):
+    """How a message travels. Inboxes have a channel; so do customer identities."""
+
+    EMAIL = "email", _("Email")
+    SMS = "sms", _("SMS")
+    MESSENGER = "messenger", _("Messenger")
+    WHATSAPP = "whatsapp", _("WhatsApp")
+    WEBCHAT = "webchat", _("Web chat")
+    API = "api", _("API")
+
+
+def new_secret() -> str:
+    # 32 bytes = 256 bits, well above the 128 the design asks of any token.
+    return secrets.token_urlsafe(32)
+
+
+class Customer(models.Model):
+    name = models.CharField(max_length=200, blank=True)
+    language = models.CharField(max_length=10, blank=True, help_text=_("BCP 47 code, e.g. pt-BR."))
+    timezone = models.CharField(max_length=64, blank=True)
+    attributes = models.JSONField(
+        default=dict, blank=True, help_text=_("Free-form facts: plan, lifecycle stage, orders...")
+    )
+    notes = models.TextField(blank=True)
+    merged_into = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="merged_from",
+        help_text=_("Set when this profile was merged into another; kept so old links resolve."),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["name"], name="customer_name_idx")]
+
+    def __str__(self):
+        return self.name or f"Customer {self.pk}"
+
+
+class Identity(models.Model):
+    """One address a customer is reached at: an email, a phone number, a Messenger id..."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="identities")
+    kind = models.CharField(max_length=20, choices=Channel.choices)
+    address = models.CharField(max_length=320)
+    display_name = models.CharField(max_length=200, blank=True)
+    verified = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        ordering = ["kind", "address"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "address"], name="identity_kind_address_unique")
+        ]
+        indexes = [models.Index(fields=["address"], name="identity_address_idx")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()}: {self.address}"
+
+
+class Inbox(models.Model):
+    """One configured channel instance: "support@acme.com", "+1 555 0100", "Website chat"."""
+
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Channel.choices)
+    address = models.CharField(
+        max_length=320, blank=True, help_text=_("The address customers write to, if any.")
+    )
+    default_team = models.ForeignKey(
+        "routing.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="inboxes"
+    )
+    settings = models.JSONField(default=dict, blank=True, help_text=_("Channel settings."))
+    # Provider credentials (API keys, passwords). Never shown back in admin: see InboxAdmin.
+    credentials = models.JSONField(default=dict, blank=True)
+    # Shared secret for inbound webhooks and the widget's identity HMAC.
+    secret = models.CharField(max_length=64, default=new_secret)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "inboxes"
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Tag(models.Model):
+    name = models.CharField(max_length=50, unique=True)
+    color = models.CharField(max_length=7, default="#6b7280")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Conversation(models.Model):
+    """The ticket. Holds messages from any channel; its number is its primary key."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", _("Open")
+        PENDING = "pending", _("Pending")
+        SNOOZED = "snoozed", _("Snoozed")
+        RESOLVED = "resolved", _("Resolved")
+        CLOSED = "closed", _("Closed")
+
+    class Priority(models.IntegerChoices):
+        LOW = 0, _("Low")
+        NORMAL = 1, _("Normal")
+        HIGH = 2, _("High")
+        URGENT = 3, _("Urgent")
+
+    inbox = models.ForeignKey(Inbox, on_delete=models.PROTECT, related_name="conversations")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="conversations")
+    subject = models.CharField(max_length=300, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    team = models.ForeignKey(
+        "routing.Team",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
+    )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="assigned_conversations",
+    )
+    tags = models.ManyToManyField(Tag, blank=True, related_name="conversations")
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_activity_at = models.DateTimeField(db_index=True)
+    last_inbound_at = models.DateTimeField(null=True, blank=True)
+    # Set while the customer waits on us (their message is unanswered); SLA clocks read it.
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    first_response_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    snoozed_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+        indexes = [
+            models.Index(fields=["status", "-last_activity_at"], name="conv_status_activity_idx"),
+            models.Index(
+                fields=["assignee", "status", "-last_activity_at"], name="conv_assignee_idx"
+            ),
+            models.Index(fields=["team", "status", "-last_activity_at"], name="conv_team_idx"),
+            models.Index(fields=["inbox", "status", "-last_activity_at"], name="conv_inbox_idx"),
+            models.Index(fields=["customer", "-last_activity_at"], name="conv_customer_idx"),
+            models.Index(
+                fields=["waiting_since"],
+                name="conv_waiting_idx",
+                condition=Q(waiting_since__isnull=False),
+            ),
+            models.Index(
+                fields=["snoozed_until"],
+                name="conv_snoozed_idx",
+                condition=Q(status="snoozed"),
+            ),
+        ]
+
+    def __str__(self):
+        return f"#{self.number} {self.subject or ''}".strip()
+
+    @property
+    def number(self) -> int:
+        return self.pk
+
+
+class Message(models.Model):
+    class Direction(models.TextChoices):
+        INBOUND = "inbound", _("From the customer")
+        OUTBOUND = "outbound", _("To the customer")
+        NOTE = "note", _("Internal note")
+        SYSTEM = "system", _("System")
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", _("Received")
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        DELIVERED = "delivered", _("Delivered")
+        READ = "read", _("Read")
+        FAILED = "failed", _("Failed")
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    # The channel and inbox this message travelled through; may differ from the
+    # conversation's inbox when an agent answers on another channel.
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    inbox = models.ForeignKey(Inbox, on_delete=models.PROTECT, related_name="messages")
+    # The customer's address it came from (inbound) or goes to (outbound).
+    identity = models.ForeignKey(
+        Identity, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True, help_text=_("Sanitised HTML, safe to show."))
+    provider_id = models.CharField(max_length=255, blank=True)
+    client_id = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, blank=True)
+    failure_reason = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # While a transient failure backs off, no delivery runs before this time.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["inbox", "provider_id"],
+                condition=~Q(provider_id=""),
+                name="message_provider_id_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=~Q(client_id=""),
+                name="message_client_id_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "id"], name="message_timeline_idx"),
+            models.Index(
+                fields=["status", "updated_at"],
+                name="message_undelivered_idx",
+                condition=Q(status__in=["queued", "sending"]),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_direction_display()} message {self.pk}"
+
+    @property
+    def is_customer_visible(self) -> bool:
+        return self.direction in (self.Direction.INBOUND, self.Direction.OUTBOUND)
+
+
+class DeliveryAttempt(models.Model):
+    """One try at handing an outbound message to its channel: the audit trail of delivery."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent", _("Sent")
+        RETRY = "retry", _("Temporary failure, will retry")
+        FAILED = "failed", _("Permanent failure")
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts_log")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    detail = models.TextField(blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["started_at"]
+
+    def __str__(self):
+        return f"{self.get_outcome_display()} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+def attachment_path(instance, filename):
+    # The stored name is random: a customer's file name never becomes a path.
+    return f"attachments/{secrets.token_hex(16)}"
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to=attachment_path, max_length=200)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=127, default="application/octet-stream")
+    size = models.PositiveBigIntegerField(default=0)
+    content_id = models.CharField(max_length=255, blank=True, help_text=_("For inline images."))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.filename
+
+
+class ConversationEvent(models.Model):
+    """Who changed what on a conversation, and when: the timeline's audit trail."""
+
+    class Kind(models.TextChoices):
+        CREATED = "created", _("Opened")
+        REOPENED = "reopened", _("Reopened")
+        STATUS = "status", _("Status changed")
+        PRIORITY = "priority", _("Priority changed")
+        ASSIGNED = "assigned", _("Assigned")
+        TEAM = "team", _("Team changed")
+        TAGS = "tags", _("Tags changed")
+        MERGED = "merged", _("Merged")
+        CUSTOMER_MERGED = "customer_merged", _("Customer merged")
+        CHANNEL = "channel", _("Channel switched")
+        NOTE = "note", _("Note added")
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("Empty when the customer or the system did it."),
+    )
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["conversation", "id"], name="event_timeline_idx")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} on #{self.conversation_id}"

@@ -1,0 +1,650 @@
+"""Every change to customers, conversations and messages goes through here.
+
+Channel adapters, views, the API, consumers and tasks call these functions; none of them saves a
+conversation or a message itself. Each service validates its input (raising ValidationError with
+a message fit for the user), records a ConversationEvent and publishes a real-time event once
+the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import nh3
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from conversations.models import (
+    Attachment,
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Customer,
+    Identity,
+    Inbox,
+    Message,
+    Tag,
+)
+from conversations.realtime import publish_conversation_event, publish_customer_event
+
+log = logging.getLogger(__name__)
+
+Status = Conversation.Status
+# A customer writing into one of these continues it (and reopens it when it is not open).
+CONTINUABLE = (Status.OPEN, Status.PENDING, Status.SNOOZED, Status.RESOLVED)
+
+
+# --- Channel-neutral inbound types: adapters parse provider payloads into these -------------
+
+
+@dataclass(frozen=True)
+class InboundAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str = ""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    channel: str  # the identity kind: Channel.EMAIL, Channel.SMS...
+    address: str  # the customer's address on that channel
+    text: str = ""
+    html: str = ""
+    name: str = ""
+    subject: str = ""
+    provider_id: str = ""
+    client_id: str = ""
+    language: str = ""
+    # Set when the adapter has already threaded the message (email headers, widget state).
+    conversation: Conversation | None = None
+    # Set when the adapter decided the message must not continue any existing conversation.
+    force_new_conversation: bool = False
+    attachments: tuple[InboundAttachment, ...] = ()
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Received:
+    message: Message
+    created: bool  # False when the message was a duplicate of one already stored
+
+
+def sanitize_html(html: str) -> str:
+    """Customer HTML reduced to what is safe to show: no scripts, styles, handlers or
+    javascript: links; only http, https and mailto URLs survive."""
+    if not html:
+        return ""
+    return nh3.clean(html, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer")
+
+
+def normalize_address(kind: str, address: str) -> str:
+    address = (address or "").strip()
+    if kind == Channel.EMAIL:
+        address = address.lower()
+    if not address:
+        raise ValidationError("A customer address is required.")
+    return address
+
+
+def _event(conversation, kind, actor=None, **data) -> ConversationEvent:
+    return ConversationEvent.objects.create(
+        conversation=conversation, kind=kind, actor=actor, data=data
+    )
+
+
+# --- Customers -----------------------------------------------------------------------------
+
+
+def identity_get_or_create(*, kind: str, address: str, name: str = "") -> Identity:
+    """The identity for (kind, address), creating it and a new customer if it is unknown."""
+    address = normalize_address(kind, address)
+    identity = (
+        Identity.objects.select_related("customer").filter(kind=kind, address=address).first()
+    )
+    if identity:
+        return identity
+    try:
+        with transaction.atomic():
+            customer = Customer.objects.create(name=name[:200])
+            return Identity.objects.create(
+                customer=customer, kind=kind, address=address, display_name=name[:200]
+            )
+    except IntegrityError:  # someone created it between our read and our insert
+        return Identity.objects.select_related("customer").get(kind=kind, address=address)
+
+
+def customer_merge(*, source: Customer, target: Customer, actor=None) -> Customer:
+    """Move everything `source` has (identities, conversations, attributes) onto `target`.
+
+    `source` stays as an empty profile pointing at `target`, so links to it still resolve.
+    """
+    if source.pk == target.pk:
+        raise ValidationError("A customer cannot be merged into itself.")
+    with transaction.atomic():
+        source, target = (
+            Customer.objects.select_for_update(of=("self",)).get(pk=source.pk),
+            Customer.objects.select_for_update(of=("self",)).get(pk=target.pk),
+        )
+        if source.merged_into_id or target.merged_into_id:
+            raise ValidationError("One of these customers was already merged into another.")
+        for attr in ("name", "language", "timezone"):
+            if not getattr(target, attr):
+                setattr(target, attr, getattr(source, attr))
+        target.attributes = {**source.attributes, **target.attributes}
+        if source.notes:
+            target.notes = f"{target.notes}\n\n{source.notes}".strip()
+        target.full_clean()
+        target.save()
+
+        Identity.objects.filter(customer=source).update(customer=target)
+        moved = list(Conversation.objects.filter(customer=source).select_related("inbox"))
+        Conversation.objects.filter(customer=source).update(customer=target)
+        Customer.objects.filter(pk=source.pk).update(merged_into=target, notes="", attributes={})
+        for conversation in moved:
+            _event(
+                conversation,
+                ConversationEvent.Kind.CUSTOMER_MERGED,
+                actor,
+                source=source.pk,
+                target=target.pk,
+            )
+            publish_conversation_event(conversation, "customer_merged")
+    return target
+
+
+# --- Opening ----------------------------------------------------------------------------
+
+
+def conversation_open(
+    *, inbox: Inbox, customer: Customer, subject: str = "", actor=None, **event_data
+) -> Conversation:
+    """A new conversation with `customer` in `inbox`, routed to the inbox's team."""
+    if customer.merged_into_id:
+        raise ValidationError("This customer was merged into another; use that profile.")
+    conversation = Conversation.objects.create(
+        inbox=inbox,
+        customer=customer,
+        subject=subject[:300],
+        team=inbox.default_team,
+        last_activity_at=timezone.now(),
+    )
+    _event(conversation, ConversationEvent.Kind.CREATED, actor, **event_data)
+    publish_conversation_event(conversation, "created")
+    return conversation
+
+
+# --- Inbound ---------------------------------------------------------------------------------
+
+
+def _conversation_to_continue(inbox: Inbox, customer: Customer) -> Conversation | None:
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .filter(inbox=inbox, customer=customer, status__in=CONTINUABLE, merged_into=None)
+        .order_by("-last_activity_at")
+        .first()
+    )
+
+
+def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
+    """Store a customer's message: find or create the customer by identity, drop duplicates,
+    continue (and reopen) their conversation or open a new one."""
+    if not (inbound.text or inbound.html or inbound.attachments):
+        raise ValidationError("An inbound message needs text, HTML or an attachment.")
+    try:
+        with transaction.atomic():
+            return _message_receive(inbox, inbound)
+    except IntegrityError:
+        # A concurrent delivery of the same provider/client id won the race: it is stored.
+        duplicate = _find_duplicate(inbox, inbound)
+        if duplicate is None:
+            raise
+        return Received(duplicate, created=False)
+
+
+def _find_duplicate(inbox: Inbox, inbound: InboundMessage) -> Message | None:
+    if inbound.provider_id:
+        return Message.objects.filter(inbox=inbox, provider_id=inbound.provider_id).first()
+    if inbound.client_id and inbound.conversation:
+        return Message.objects.filter(
+            conversation=inbound.conversation, client_id=inbound.client_id
+        ).first()
+    return None
+
+
+def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
+    duplicate = _find_duplicate(inbox, inbound)
+    if duplicate:
+        return Received(duplicate, created=False)
+
+    identity = identity_get_or_create(
+        kind=inbound.channel, address=inbound.address, name=inbound.name
+    )
+    customer = identity.customer
+    if customer.merged_into_id:  # identities move on merge; this is belt and braces
+        customer = customer.merged_into
+    now = timezone.now()
+
+    conversation = None
+    if inbound.conversation is not None:
+        conversation = Conversation.objects.select_for_update(of=("self",)).get(
+            pk=inbound.conversation.pk
+        )
+        if conversation.customer_id != customer.pk or conversation.status == Status.CLOSED:
+            conversation = None
+    elif not inbound.force_new_conversation:
+        conversation = _conversation_to_continue(inbox, customer)
+
+    if conversation is None:
+        conversation = conversation_open(
+            inbox=inbox, customer=customer, subject=inbound.subject, channel=inbound.channel
+        )
+    else:
+        if conversation.status != Status.OPEN:
+            _event(
+                conversation,
+                ConversationEvent.Kind.REOPENED,
+                previous=conversation.status,
+                reason="customer_replied",
+            )
+            conversation.status = Status.OPEN
+            conversation.snoozed_until = None
+            conversation.resolved_at = None
+
+    message = Message.objects.create(
+        conversation=conversation,
+        direction=Message.Direction.INBOUND,
+        channel=inbound.channel if inbound.channel in Channel.values else inbox.kind,
+        inbox=inbox,
+        identity=identity,
+        text=inbound.text,
+        html=sanitize_html(inbound.html),
+        provider_id=inbound.provider_id[:255],
+        client_id=inbound.client_id[:64],
+        status=Message.Status.RECEIVED,
+        metadata=inbound.metadata,
+    )
+    for item in inbound.attachments:
+        attachment_store(
+            message=message,
+            filename=item.filename,
+            content=item.content,
+            content_type=item.content_type,
+            content_id=item.content_id,
+        )
+
+    conversation.last_activity_at = now
+    conversation.last_inbound_at = now
+    if conversation.waiting_since is None:
+        conversation.waiting_since = now
+    if inbound.language and not customer.language:
+        Customer.objects.filter(pk=customer.pk).update(language=inbound.language[:10])
+    conversation.save()
+    Identity.objects.filter(pk=identity.pk).update(last_seen_at=now)
+
+    publish_conversation_event(conversation, "message", message=message.pk)
+    publish_customer_event(customer.pk, "message", conversation=conversation.pk, message=message.pk)
+    return Received(message, created=True)
+
+
+def attachment_store(
+    *, message: Message, filename: str, content: bytes, content_type: str, content_id: str = ""
+) -> Attachment:
+    attachment = Attachment(
+        message=message,
+        filename=(filename or "attachment")[:255],
+        content_type=(content_type or "application/octet-stream")[:127],
+        size=len(content),
+        content_id=content_id[:255],
+    )
+    attachment.file.save(attachment.filename, ContentFile(content), save=False)
+    attachment.save()
+    return attachment
+
+
+# --- Outbound and notes ------------------------------------------------------------------
+
+
+def _identity_for_reply(conversation: Conversation) -> Identity | None:
+    """Where the customer last wrote from, else any address on the conversation's channel."""
+    last_inbound = (
+        conversation.messages.filter(direction=Message.Direction.INBOUND, identity__isnull=False)
+        .select_related("identity")
+        .order_by("-id")
+        .first()
+    )
+    if last_inbound and last_inbound.identity.customer_id == conversation.customer_id:
+        return last_inbound.identity
+    return conversation.customer.identities.filter(kind=conversation.inbox.kind).first()
+
+
+def _inbox_for_channel(conversation: Conversation, kind: str) -> Inbox:
+    if conversation.inbox.kind == kind and conversation.inbox.is_active:
+        return conversation.inbox
+    inboxes = Inbox.objects.filter(kind=kind, is_active=True)
+    # Prefer an inbox of the same team, so the reply comes from the address they expect.
+    inbox = (
+        inboxes.filter(default_team_id=conversation.inbox.default_team_id).first()
+        or inboxes.first()
+    )
+    if inbox is None:
+        raise ValidationError(f"There is no active {Channel(kind).label} inbox to send from.")
+    return inbox
+
+
+def reply_send(
+    *,
+    conversation: Conversation,
+    author,
+    text: str,
+    html: str = "",
+    identity: Identity | None = None,
+    client_id: str = "",
+    attachments: tuple[InboundAttachment, ...] = (),
+) -> Message:
+    """Queue an agent's reply to the customer on the channel of `identity` (default: where the
+    customer last wrote). The message is stored as queued and handed to the delivery pipeline
+    once the transaction commits."""
+    from channels_adapters.registry import adapter_for
+
+    if not (text.strip() or attachments):
+        raise ValidationError("A reply needs text or an attachment.")
+    identity = identity or _identity_for_reply(conversation)
+    if identity is None:
+        raise ValidationError("This customer has no address to reply to.")
+    if identity.customer_id != conversation.customer_id:
+        raise ValidationError("That address belongs to another customer.")
+    adapter = adapter_for(identity.kind)
+    if adapter is None or not adapter.capabilities.can_send:
+        raise ValidationError(f"Replies cannot be sent on {Channel(identity.kind).label} yet.")
+    inbox = _inbox_for_channel(conversation, identity.kind)
+
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+        if client_id:
+            existing = conversation.messages.filter(client_id=client_id).first()
+            if existing:
+                return existing
+        previous_channel = (
+            conversation.messages.filter(
+                direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND)
+            )
+            .order_by("-id")
+            .values_list("channel", flat=True)
+            .first()
+        )
+        message = Message.objects.create(
+            conversation=conversation,
+            direction=Message.Direction.OUTBOUND,
+            channel=identity.kind,
+            inbox=inbox,
+            identity=identity,
+            author=author,
+            text=text,
+            html=sanitize_html(html),
+            client_id=client_id[:64],
+            status=Message.Status.QUEUED,
+        )
+        for item in attachments:
+            attachment_store(
+                message=message,
+                filename=item.filename,
+                content=item.content,
+                content_type=item.content_type,
+                content_id=item.content_id,
+            )
+        if previous_channel and previous_channel != identity.kind:
+            _event(
+                conversation,
+                ConversationEvent.Kind.CHANNEL,
+                author,
+                previous=previous_channel,
+                channel=identity.kind,
+            )
+        now = timezone.now()
+        conversation.last_activity_at = now
+        conversation.waiting_since = None
+        if conversation.first_response_at is None:
+            conversation.first_response_at = now
+        conversation.save()
+        publish_conversation_event(conversation, "message", message=message.pk)
+        message_enqueue_delivery(message)
+    return message
+
+
+def message_enqueue_delivery(message: Message) -> None:
+    """Hand a queued message to the delivery task once the current transaction commits."""
+    from channels_adapters.tasks import deliver_message
+
+    transaction.on_commit(lambda: deliver_message.delay(message.pk))
+
+
+def note_add(*, conversation: Conversation, author, text: str) -> Message:
+    """An internal note: visible to agents only, never sent to the customer."""
+    if not text.strip():
+        raise ValidationError("A note needs text.")
+    with transaction.atomic():
+        message = Message.objects.create(
+            conversation=conversation,
+            direction=Message.Direction.NOTE,
+            channel=conversation.inbox.kind,
+            inbox=conversation.inbox,
+            author=author,
+            text=text,
+        )
+        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
+        publish_conversation_event(conversation, "note", message=message.pk)
+    return message
+
+
+# --- Conversation state ----------------------------------------------------------------------
+
+
+def _locked(conversation: Conversation) -> Conversation:
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("inbox")
+        .get(pk=conversation.pk)
+    )
+
+
+def conversation_assign(*, conversation: Conversation, assignee, actor=None) -> Conversation:
+    """Assign to an agent, or unassign with `assignee=None`."""
+    if assignee is not None and not assignee.is_active:
+        raise ValidationError("Inactive users cannot be assigned conversations.")
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        previous = conversation.assignee_id
+        new = assignee.pk if assignee else None
+        if previous == new:
+            return conversation
+        conversation.assignee = assignee
+        conversation.save(update_fields=["assignee", "updated_at"])
+        _event(
+            conversation, ConversationEvent.Kind.ASSIGNED, actor, previous=previous, assignee=new
+        )
+        publish_conversation_event(conversation, "assigned", assignee=new, previous=previous)
+        if previous:  # the previous assignee may no longer see it: tell them to drop it
+            transaction.on_commit(lambda: _notify_agent_removed(previous, conversation.pk))
+    return conversation
+
+
+def _notify_agent_removed(user_id: int, conversation_id: int) -> None:
+    from conversations.realtime import agent_group, send_to_groups
+
+    send_to_groups(
+        [agent_group(user_id)],
+        {"type": "conversation.event", "event": "unassigned", "conversation": conversation_id},
+    )
+
+
+def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Conversation:
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        previous = conversation.team_id
+        new = team.pk if team else None
+        if previous == new:
+            return conversation
+        conversation.team = team
+        conversation.save(update_fields=["team", "updated_at"])
+        _event(conversation, ConversationEvent.Kind.TEAM, actor, previous=previous, team=new)
+        publish_conversation_event(conversation, "team", team=new, previous=previous)
+    return conversation
+
+
+def conversation_set_status(
+    *,
+    conversation: Conversation,
+    status: str,
+    actor=None,
+    snoozed_until: datetime | None = None,
+) -> Conversation:
+    if status not in Status.values:
+        raise ValidationError(f"Unknown status {status!r}.")
+    now = timezone.now()
+    if status == Status.SNOOZED and (snoozed_until is None or snoozed_until <= now):
+        raise ValidationError("Snoozing needs a time in the future.")
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        if conversation.merged_into_id and status != Status.CLOSED:
+            raise ValidationError("This conversation was merged; work in the one it went into.")
+        previous = conversation.status
+        if previous == status and conversation.snoozed_until == snoozed_until:
+            return conversation
+        conversation.status = status
+        conversation.snoozed_until = snoozed_until if status == Status.SNOOZED else None
+        if status in (Status.RESOLVED, Status.CLOSED):
+            conversation.resolved_at = conversation.resolved_at or now
+            conversation.waiting_since = None
+        else:
+            conversation.resolved_at = None
+        conversation.save()
+        _event(
+            conversation,
+            ConversationEvent.Kind.STATUS,
+            actor,
+            previous=previous,
+            status=status,
+            snoozed_until=snoozed_until.isoformat() if snoozed_until else None,
+        )
+        publish_conversation_event(conversation, "status", status=status, previous=previous)
+    return conversation
+
+
+def conversation_set_priority(*, conversation: Conversation, priority: int, actor=None):
+    if priority not in Conversation.Priority.values:
+        raise ValidationError(f"Unknown priority {priority!r}.")
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        previous = conversation.priority
+        if previous == priority:
+            return conversation
+        conversation.priority = priority
+        conversation.save(update_fields=["priority", "updated_at"])
+        _event(
+            conversation,
+            ConversationEvent.Kind.PRIORITY,
+            actor,
+            previous=previous,
+            priority=priority,
+        )
+        publish_conversation_event(conversation, "priority", priority=priority)
+    return conversation
+
+
+def conversation_tag(*, conversation: Conversation, add=(), remove=(), actor=None) -> Conversation:
+    """Add and remove tags by name; unknown names become new tags."""
+    add = {name.strip().lower()[:50] for name in add if name.strip()}
+    remove = {name.strip().lower() for name in remove if name.strip()} - add
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        current = set(conversation.tags.values_list("name", flat=True))
+        added, removed = add - current, remove & current
+        if not (added or removed):
+            return conversation
+        for name in sorted(added):
+            tag, _ = Tag.objects.get_or_create(name=name)
+            conversation.tags.add(tag)
+        if removed:
+            conversation.tags.remove(*Tag.objects.filter(name__in=removed))
+        _event(
+            conversation,
+            ConversationEvent.Kind.TAGS,
+            actor,
+            added=sorted(added),
+            removed=sorted(removed),
+        )
+        publish_conversation_event(conversation, "tags")
+    return conversation
+
+
+def conversation_merge(*, source: Conversation, target: Conversation, actor=None) -> Conversation:
+    """Fold `source` into `target`: its messages move over, its tags join, and `source` closes
+    with a pointer to `target`. Both must belong to the same customer (merge them first)."""
+    if source.pk == target.pk:
+        raise ValidationError("A conversation cannot be merged into itself.")
+    with transaction.atomic():
+        first, second = sorted([source.pk, target.pk])  # lock in one order: no deadlock
+        locked = {
+            c.pk: c
+            for c in Conversation.objects.select_for_update(of=("self",)).filter(
+                pk__in=[first, second]
+            )
+        }
+        source, target = locked[source.pk], locked[target.pk]
+        if source.customer_id != target.customer_id:
+            raise ValidationError(
+                "These conversations belong to different customers; merge the customers first."
+            )
+        if source.merged_into_id or target.merged_into_id:
+            raise ValidationError("One of these conversations was already merged.")
+
+        moved = source.messages.count()
+        # Client ids dedupe resends inside one conversation; they may clash across two.
+        source.messages.filter(
+            client_id__in=target.messages.exclude(client_id="").values("client_id")
+        ).update(client_id="")
+        source.messages.update(conversation=target)
+        target.tags.add(*source.tags.all())
+        for attr in ("first_response_at", "waiting_since", "last_inbound_at"):
+            values = [v for v in (getattr(source, attr), getattr(target, attr)) if v]
+            setattr(target, attr, min(values) if values else None)
+        target.last_activity_at = max(source.last_activity_at, target.last_activity_at)
+        target.save()
+        source.status = Status.CLOSED
+        source.merged_into = target
+        source.resolved_at = source.resolved_at or timezone.now()
+        source.waiting_since = None
+        source.save()
+        _event(target, ConversationEvent.Kind.MERGED, actor, source=source.pk, messages=moved)
+        _event(source, ConversationEvent.Kind.MERGED, actor, target=target.pk, messages=moved)
+        publish_conversation_event(source, "merged", target=target.pk)
+        publish_conversation_event(target, "merged", source=source.pk)
+    return target
+
+
+def snoozed_wake_due() -> int:
+    """Reopen snoozed conversations whose time has come. Returns how many woke up."""
+    due = Conversation.objects.filter(status=Status.SNOOZED, snoozed_until__lte=timezone.now())
+    woken = 0
+    for conversation in due.only("pk"):
+        with transaction.atomic():
+            locked = _locked(conversation)
+            if locked.status != Status.SNOOZED or locked.snoozed_until > timezone.now():
+                continue  # a customer reply or an agent got there first
+            locked.status = Status.OPEN
+            locked.snoozed_until = None
+            locked.save(update_fields=["status", "snoozed_until", "updated_at"])
+            _event(
+                locked,
+                ConversationEvent.Kind.REOPENED,
+                previous=Status.SNOOZED,
+                reason="snooze_ended",
+            )
+            publish_conversation_event(locked, "reopened")
+            woken += 1
+    return woken

@@ -1,0 +1,8 @@
+from celery import shared_task
+
+from conversations.services import snoozed_wake_due
+
+
+@shared_task(acks_late=True)
+def wake_snoozed():
+    return snoozed_wake_due()

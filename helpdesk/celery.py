@@ -1,0 +1,82 @@
+"""The Celery app, and the embedded worker + beat that run inside the server process when
+there is no Redis (the README's run command): same tasks, same schedule, no extra process."""
+
+import logging
+import os
+import threading
+
+from celery import Celery
+from celery.beat import EmbeddedService, Scheduler
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
+
+app = Celery("helpdesk")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+log = logging.getLogger(__name__)
+
+
+@app.on_after_finalize.connect
+def _schedule(sender, **kwargs):
+    from django.conf import settings
+
+    sender.conf.beat_schedule = {
+        "sweep-stuck": {
+            "task": "channels_adapters.tasks.sweep_stuck",
+            "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+        },
+        "wake-snoozed": {"task": "conversations.tasks.wake_snoozed", "schedule": 30.0},
+    }
+
+
+class EmbeddedWorker:
+    """A Celery worker and beat on daemon threads of this process, consuming the in-memory
+    broker. Started and stopped by the ASGI lifespan (helpdesk.asgi), never at import."""
+
+    def __init__(self, concurrency: int = 2):
+        self.concurrency = concurrency
+        self.worker = None
+        self.beat = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        app.loader.import_default_modules()
+        # WorkController is the bare worker: unlike app.Worker it installs no signal handlers
+        # (only the main thread may) and leaves stdout and logging alone.
+        self.worker = app.WorkController(
+            pool_cls="threads",
+            concurrency=self.concurrency,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            hostname="embedded@threadline",
+            loglevel=logging.WARNING,
+        )
+        # Beat ticks at least every few seconds so a short schedule (tests) is honoured.
+        app.conf.beat_max_loop_interval = 5
+        self.beat = EmbeddedService(app, thread=True, scheduler_cls=Scheduler)
+        worker_thread = threading.Thread(
+            target=self.worker.start, name="celery-worker", daemon=True
+        )
+        worker_thread.start()
+        self.beat.start()
+        self._threads = [worker_thread, self.beat]
+        log.info("embedded Celery worker and beat started")
+
+    def stop(self) -> None:
+        if self.beat is not None:
+            self.beat.stop()
+        if self.worker is not None:
+            self.worker.stop(in_sighandler=False, exitcode=0)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
+        log.info("embedded Celery worker and beat stopped")
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+
+embedded = EmbeddedWorker()

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from helpdesk import views
+
+admin.site.site_header = "Threadline administration"
+admin.site.site_title = "Threadline"
+admin.site.index_title = "Configure inboxes, teams, agents and customers"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("channels/", include("channels_adapters.urls")),
+]

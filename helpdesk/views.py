@@ -1,0 +1,75 @@
+"""Health and the landing page."""
+
+import uuid
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from helpdesk.celery import app as celery_app
+from helpdesk.celery import embedded
+
+
+def _check_database() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return "ok"
+
+
+def _check_channel_layer() -> str:
+    """A message sent to a fresh channel must come back: proves the layer carries messages."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+
+    async def roundtrip():
+        channel = await layer.new_channel("healthz.")
+        token = uuid.uuid4().hex
+        await layer.send(channel, {"type": "healthz", "token": token})
+        reply = await layer.receive(channel)
+        if reply.get("token") != token:
+            raise RuntimeError("channel layer returned a different message")
+
+    async_to_sync(roundtrip)()
+    return "ok"
+
+
+def _check_broker() -> str:
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+    if settings.EMBEDDED_WORKER and not embedded.alive:
+        raise RuntimeError("embedded worker is not running")
+    return "ok"
+
+
+CHECKS = {
+    "database": _check_database,
+    "channel_layer": _check_channel_layer,
+    "broker": _check_broker,
+}
+
+
+@never_cache
+@require_GET
+def healthz(request):
+    """200 with each part's state when all is well, 503 naming the parts that are down."""
+    report = {}
+    for name, check in CHECKS.items():
+        try:
+            report[name] = check()
+        except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
+            report[name] = f"down: {type(exc).__name__}: {exc}"[:300]
+    healthy = all(state == "ok" for state in report.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "down", **report}, status=200 if healthy else 503
+    )
+
+
+def home(request):
+    # The agent inbox comes next; until then the admin is where the work is.
+    return redirect("admin:index")

@@ -1,0 +1,68 @@
+import pytest
+
+from channels_adapters.delivery import inbound_event_process
+from channels_adapters.models import InboundEvent
+from conversations.models import Message
+
+
+def post(client, inbox, body, token=None):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token or inbox.secret}"}
+    return client.post(
+        f"/channels/api/{inbox.pk}/messages", data=body, content_type="application/json", **headers
+    )
+
+
+@pytest.mark.django_db
+class TestApiInbound:
+    body = '{"id": "o-1", "from": "jo@example.com", "name": "Jo", "text": "Olá 👋"}'.encode()
+
+    def test_it_stores_the_raw_event_and_answers_202(self, client, api_inbox):
+        response = post(client, api_inbox, self.body)
+        assert response.status_code == 202
+        event = InboundEvent.objects.get()
+        assert bytes(event.payload) == self.body
+        inbound_event_process(event.pk)
+        message = Message.objects.get()
+        assert message.text == "Olá 👋"
+        assert message.conversation.customer.name == "Jo"
+
+    def test_a_replay_is_acknowledged_and_stored_once(self, client, api_inbox):
+        post(client, api_inbox, self.body)
+        response = post(client, api_inbox, self.body)
+        assert response.status_code == 202
+        assert response.json()["duplicate"] is True
+        assert InboundEvent.objects.count() == 1
+
+    @pytest.mark.parametrize("token", ["wrong", " ", "x" * 43])
+    def test_a_wrong_secret_is_refused_and_nothing_stored(self, client, api_inbox, token):
+        assert post(client, api_inbox, self.body, token=token).status_code == 403
+        assert not InboundEvent.objects.exists()
+
+    def test_a_missing_secret_is_refused(self, client, api_inbox):
+        response = client.post(
+            f"/channels/api/{api_inbox.pk}/messages",
+            data=self.body,
+            content_type="application/json",
+        )
+        assert response.status_code == 403
+
+    def test_another_inboxs_secret_is_refused(self, client, api_inbox, billing_inbox):
+        assert post(client, api_inbox, self.body, token=billing_inbox.secret).status_code == 403
+
+    @pytest.mark.parametrize(
+        ("body", "error"),
+        [
+            (b"not json", "Body is not JSON"),
+            (b"[1, 2]", "must be a JSON object"),
+            (b'{"id": "1", "from": "a@b.c"}', "'text' is required"),
+            (b'{"id": 5, "from": "a@b.c", "text": "x"}', "'id' is required"),
+        ],
+    )
+    def test_malformed_bodies_get_400_and_nothing_is_stored(self, client, api_inbox, body, error):
+        response = post(client, api_inbox, body)
+        assert response.status_code == 400
+        assert error in response.json()["error"]
+        assert not InboundEvent.objects.exists()
+
+    def test_a_non_api_inbox_is_not_found(self, client, chat_inbox):
+        assert post(client, chat_inbox, self.body).status_code == 404

@@ -1,0 +1,170 @@
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from channels_adapters.delivery import message_deliver, message_retry, sweep_stuck
+from channels_adapters.models import InboundEvent
+from conversations import services
+from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
+from tests.conftest import ROOT, receive, subprocess_env, wait_for
+
+
+def status_of(message):
+    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
+
+
+class TestDeliver:
+    def test_a_webchat_reply_is_sent_and_the_attempt_recorded(self, chat_inbox, bob):
+        conversation = receive(chat_inbox).message.conversation
+        reply = services.reply_send(conversation=conversation, author=bob, text="Hi!")
+
+        outcome = message_deliver(reply.pk)
+
+        assert outcome.status == Message.Status.SENT
+        reply.refresh_from_db()
+        assert reply.sent_at is not None and reply.attempts == 1
+        assert list(reply.attempts_log.values_list("outcome", flat=True)) == ["sent"]
+
+    def test_delivering_twice_sends_once(self, chat_inbox, bob):
+        conversation = receive(chat_inbox).message.conversation
+        reply = services.reply_send(conversation=conversation, author=bob, text="Hi!")
+        message_deliver(reply.pk)
+        assert message_deliver(reply.pk) is None
+        assert DeliveryAttempt.objects.filter(message=reply).count() == 1
+
+    def test_a_channel_nobody_can_send_on_fails_visibly_and_can_be_retried(self, chat_inbox, bob):
+        # An SMS inbox exists but its adapter does not (yet): the agent must see why.
+        Inbox.objects.create(name="SMS", kind=Channel.SMS)
+        conversation = receive(chat_inbox).message.conversation
+        phone = Identity.objects.create(
+            customer=conversation.customer, kind=Channel.SMS, address="+15550001"
+        )
+        message = services.Message.objects.create(
+            conversation=conversation,
+            direction="outbound",
+            channel=Channel.SMS,
+            inbox=Inbox.objects.get(kind=Channel.SMS),
+            identity=phone,
+            author=bob,
+            text="x",
+            status=Message.Status.QUEUED,
+        )
+        outcome = message_deliver(message.pk)
+
+        message.refresh_from_db()
+        assert outcome.status == message.status == Message.Status.FAILED
+        assert message.failure_reason == "No adapter can send on sms."
+        message_retry(message=message)
+        assert status_of(message) == Message.Status.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+class TestEmbeddedWorker:
+    def test_the_in_process_worker_delivers_a_reply(self, embedded_worker, chat_inbox, bob):
+        conversation = receive(chat_inbox).message.conversation
+        reply = services.reply_send(conversation=conversation, author=bob, text="On it!")
+        wait_for(lambda: status_of(reply) == Message.Status.SENT, what="the reply to be sent")
+
+    def test_the_sweep_delivers_a_message_whose_task_was_lost(self, chat_inbox, bob, purge_broker):
+        from helpdesk.celery import EmbeddedWorker
+
+        conversation = receive(chat_inbox).message.conversation
+        reply = services.reply_send(conversation=conversation, author=bob, text="Lost?")
+        assert purge_broker() >= 1  # the broker loses the delivery task
+        worker = EmbeddedWorker()
+        worker.start()
+        try:
+            # Nothing delivers it until the stuck threshold passes and beat runs the sweep.
+            later = timezone.now() + timedelta(
+                seconds=settings.SWEEP_STUCK_AFTER_SECONDS + settings.SWEEP_INTERVAL_SECONDS + 5
+            )
+            assert status_of(reply) == Message.Status.QUEUED
+            with time_machine.travel(later, tick=True):
+                wait_for(
+                    lambda: status_of(reply) == Message.Status.SENT,
+                    what="the embedded beat's sweep to deliver the message",
+                )
+        finally:
+            worker.stop()
+
+    def test_the_sweep_reprocesses_an_inbound_event_whose_task_was_lost(
+        self, api_inbox, purge_broker
+    ):
+        from channels_adapters.delivery import inbound_event_store
+
+        with transaction.atomic():
+            event, _ = inbound_event_store(
+                inbox=api_inbox,
+                dedupe_key="ext-7",
+                payload=b'{"id": "ext-7", "from": "jo@example.com", "text": "hello"}',
+            )
+        purge_broker()
+        assert sweep_stuck().events == 0  # too recent to be called stuck
+        with time_machine.travel(timezone.now() + timedelta(hours=1)):
+            assert sweep_stuck().events == 1
+        # The sweep enqueued it; run what the broker now holds, as a worker would.
+        from channels_adapters.delivery import inbound_event_process
+
+        inbound_event_process(event.pk)
+        event.refresh_from_db()
+        assert event.status == InboundEvent.Status.PROCESSED
+        assert event.message.text == "hello"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_separate_celery_worker_process_runs_what_the_web_process_enqueues(
+    redis_url, client, api_inbox, chat_inbox, bob, purge_broker
+):
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "helpdesk",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(EMBEDDED_WORKER="false"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        response = client.post(
+            f"/channels/api/{api_inbox.pk}/messages",
+            data=b'{"id": "ord-1", "from": "jo@example.com", "text": "Where is order 1?"}',
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {api_inbox.secret}",
+        )
+        assert response.status_code == 202
+        event = InboundEvent.objects.get(dedupe_key="ord-1")
+        wait_for(
+            lambda: InboundEvent.objects.get(pk=event.pk).status == "processed",
+            what="the worker process to process the inbound event",
+        )
+        assert Message.objects.get(provider_id="ord-1").text == "Where is order 1?"
+
+        conversation = receive(chat_inbox).message.conversation
+        reply = services.reply_send(conversation=conversation, author=bob, text="Hello")
+        wait_for(
+            lambda: status_of(reply) == Message.Status.SENT,
+            what="the worker process to deliver the reply",
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output

@@ -1,0 +1,138 @@
+"""Shared fixtures. Personas: alice is an admin, bob an agent of the Support team, charlie an
+agent of the Billing team (an outsider to Support's conversations)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from conversations import services
+from conversations.models import Channel, Inbox
+from helpdesk.models import User
+from routing.models import Team, TeamMembership
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def support(db):
+    return Team.objects.create(name="Support", slug="support")
+
+
+@pytest.fixture
+def billing(db):
+    return Team.objects.create(name="Billing", slug="billing")
+
+
+@pytest.fixture
+def alice(db):
+    return User.objects.create_superuser(
+        email="alice@example.com", password=PASSWORD, display_name="Alice"
+    )
+
+
+@pytest.fixture
+def bob(support):
+    user = User.objects.create_user(email="bob@example.com", password=PASSWORD, display_name="Bob")
+    TeamMembership.objects.create(team=support, user=user)
+    return user
+
+
+@pytest.fixture
+def charlie(billing):
+    user = User.objects.create_user(
+        email="charlie@example.com", password=PASSWORD, display_name="Charlie"
+    )
+    TeamMembership.objects.create(team=billing, user=user)
+    return user
+
+
+@pytest.fixture
+def chat_inbox(support):
+    return Inbox.objects.create(name="Website chat", kind=Channel.WEBCHAT, default_team=support)
+
+
+@pytest.fixture
+def api_inbox(support):
+    return Inbox.objects.create(name="Shop", kind=Channel.API, default_team=support)
+
+
+@pytest.fixture
+def billing_inbox(billing):
+    return Inbox.objects.create(name="Billing API", kind=Channel.API, default_team=billing)
+
+
+def receive(inbox, text="Hello, I need help", address="visitor-1", **kwargs):
+    """A customer message arriving through the real receive service."""
+    kind = kwargs.pop("channel", inbox.kind)
+    return services.message_receive(
+        inbox=inbox,
+        inbound=services.InboundMessage(channel=kind, address=address, text=text, **kwargs),
+    )
+
+
+def database_url() -> str:
+    """A URL for the test database, so a subprocess (a real Celery worker) uses it too."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def subprocess_env(**extra) -> dict:
+    env = {**os.environ, "DATABASE_URL": database_url(), **extra}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _media_root(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def redis_url():
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL (the PostgreSQL + Redis leg of .ci/run sets it)")
+    return settings.REDIS_URL
+
+
+def wait_for(predicate, *, timeout=20.0, what="the condition"):
+    """Poll until `predicate()` holds: for work done by a real worker thread or process. This
+    waits for an outcome; it never stands in for the passing of time (that is travelled)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def purge_broker():
+    """Drop tasks left in the broker by earlier tests, so a worker sees only this test's."""
+    from helpdesk.celery import app
+
+    app.control.purge()
+    return app.control.purge
+
+
+@pytest.fixture
+def embedded_worker(transactional_db, purge_broker):
+    """The in-process Celery worker and beat that `make run` uses, on this test's database."""
+    from helpdesk.celery import embedded as worker
+
+    worker.start()
+    wait_for(lambda: worker.alive, what="the embedded worker to start")
+    yield worker
+    worker.stop()

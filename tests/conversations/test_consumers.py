@@ -1,0 +1,91 @@
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from conversations import services
+from helpdesk.asgi import application
+from tests.conftest import receive
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_cookie(client, user) -> str:
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def connect(session=None, origin="http://localhost"):
+    headers = [(b"origin", origin.encode()), (b"host", b"localhost")]
+    if session:
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def test_an_anonymous_socket_is_refused():
+    communicator, connected, code = await connect()
+    assert not connected
+    assert code == 4401
+
+
+async def test_a_foreign_origin_is_refused(client, bob):
+    communicator, connected, _ = await connect(
+        await database_sync_to_async(session_cookie)(client, bob), origin="https://evil.example"
+    )
+    assert not connected
+
+
+async def test_team_agents_hear_of_their_conversations_and_outsiders_do_not(
+    client, bob, charlie, chat_inbox
+):
+    bob_socket, ok, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    assert ok
+    charlie_socket, ok, _ = await connect(
+        await database_sync_to_async(session_cookie)(client, charlie)
+    )
+    assert ok
+
+    received = await database_sync_to_async(receive)(chat_inbox, "Hello?")
+
+    event = await bob_socket.receive_json_from(timeout=5)
+    assert event["type"] == "conversation"
+    assert event["event"] == "created"
+    assert event["conversation"] == received.message.conversation_id
+    assert (await bob_socket.receive_json_from(timeout=5))["event"] == "message"
+    assert await charlie_socket.receive_nothing(timeout=0.2)
+    await bob_socket.disconnect()
+    await charlie_socket.disconnect()
+
+
+async def test_subscribing_needs_permission_to_see_the_conversation(
+    client, bob, charlie, chat_inbox
+):
+    conversation = (await database_sync_to_async(receive)(chat_inbox)).message.conversation
+    charlie_socket, _, _ = await connect(
+        await database_sync_to_async(session_cookie)(client, charlie)
+    )
+    await charlie_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert await charlie_socket.receive_json_from(timeout=5) == {
+        "type": "error",
+        "error": "No such conversation.",
+    }
+
+    # Once assigned to charlie, he may follow it, and hears of changes to it.
+    await database_sync_to_async(services.conversation_assign)(
+        conversation=conversation, assignee=charlie, actor=bob
+    )
+    assert (await charlie_socket.receive_json_from(timeout=5))["event"] == "assigned"
+    await charlie_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert await charlie_socket.receive_json_from(timeout=5) == {
+        "type": "subscribed",
+        "conversation": conversation.pk,
+    }
+    await charlie_socket.disconnect()
+
+
+async def test_unknown_actions_get_an_error(client, bob):
+    socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    await socket.send_json_to({"action": "drop_tables"})
+    assert (await socket.receive_json_from(timeout=5))["type"] == "error"
+    await socket.disconnect()

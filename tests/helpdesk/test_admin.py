@@ -1,0 +1,177 @@
+"""Every admin page renders for a superuser with data present, in a number of queries that
+does not grow with the number of rows."""
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from channels_adapters.delivery import inbound_event_process, inbound_event_store, message_deliver
+from conversations import services
+from conversations.models import Channel, Conversation, Inbox, Message
+from helpdesk.models import User
+
+MODELS = [model for model in admin.site._registry]
+
+
+def add_pipeline_rows(n: int):
+    """Rows the demo does not make: attachments, delivery attempts and raw inbound events."""
+    agent = User.objects.get(email="agent@example.com")
+    api = Inbox.objects.filter(kind=Channel.API).first()
+    for i in range(n):
+        key = f"bench-{Message.objects.count()}-{i}"
+        event, _ = inbound_event_store(
+            inbox=api,
+            dedupe_key=key,
+            payload=f'{{"id": "{key}", "from": "{key}@example.com", "text": "hi"}}'.encode(),
+        )
+        inbound_event_process(event.pk)
+        conversation = services.message_receive(
+            inbox=Inbox.objects.get(kind=Channel.WEBCHAT),
+            inbound=services.InboundMessage(
+                channel=Channel.WEBCHAT,
+                address=f"visitor-{key}",
+                text="see attached",
+                attachments=(services.InboundAttachment("photo.png", "image/png", b"\x89PNG"),),
+            ),
+        ).message.conversation
+        reply = services.reply_send(conversation=conversation, author=agent, text="thanks")
+        message_deliver(reply.pk)
+
+
+def admin_urls():
+    for model in MODELS:
+        app, name = model._meta.app_label, model._meta.model_name
+        obj = model._default_manager.order_by("pk").first()
+        assert obj is not None, f"no {model.__name__} to show"
+        yield f"{model.__name__} list", reverse(f"admin:{app}_{name}_changelist")
+        yield f"{model.__name__} change", reverse(f"admin:{app}_{name}_change", args=[obj.pk])
+        if admin.site._registry[model].has_add_permission(_FakeRequest()):
+            yield f"{model.__name__} add", reverse(f"admin:{app}_{name}_add")
+
+
+class _FakeRequest:
+    """Only what has_add_permission reads: a superuser."""
+
+    class user:  # noqa: N801
+        is_active = is_staff = is_superuser = True
+
+        @staticmethod
+        def has_perm(perm, obj=None):
+            return True
+
+
+def query_counts(client):
+    counts = {}
+    for name, url in admin_urls():
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url)
+        assert response.status_code == 200, f"{name} at {url} answered {response.status_code}"
+        counts[name] = len(queries)
+    return counts
+
+
+@pytest.mark.django_db
+def test_every_admin_page_renders_in_constant_queries(client):
+    call_command("seed_demo", customers=8, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    Group.objects.create(name="Team leads")
+    add_pipeline_rows(2)
+    client.force_login(User.objects.get(email="admin@example.com"))
+    few = query_counts(client)
+
+    call_command("seed_demo", customers=40, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    add_pipeline_rows(8)
+    many = query_counts(client)
+
+    assert Conversation.objects.count() >= 48
+    grown = {name: (few[name], many[name]) for name in few if many[name] > few[name]}
+    assert not grown, f"query count grows with rows (few, many): {grown}"
+
+
+@pytest.mark.django_db
+def test_customer_content_is_escaped_in_admin(client, alice, chat_inbox):
+    services.message_receive(
+        inbox=chat_inbox,
+        inbound=services.InboundMessage(
+            channel=Channel.WEBCHAT,
+            address="v-x",
+            name='<img src=x onerror="alert(1)">',
+            text="<script>alert(2)</script>",
+            subject="<b>bold</b>",
+        ),
+    )
+    client.force_login(alice)
+    conversation = Conversation.objects.get()
+    pages = [
+        reverse("admin:conversations_conversation_changelist"),
+        reverse("admin:conversations_conversation_change", args=[conversation.pk]),
+        reverse("admin:conversations_customer_changelist"),
+        reverse("admin:conversations_message_changelist"),
+    ]
+    for url in pages:
+        html = client.get(url).content.decode()
+        assert "<script>alert(2)" not in html
+        assert '<img src=x onerror="alert(1)">' not in html
+
+
+@pytest.mark.django_db
+def test_inbox_credentials_are_write_only(client, alice, chat_inbox):
+    chat_inbox.credentials = {"api_key": "sk_live_very_secret"}
+    chat_inbox.save()
+    client.force_login(alice)
+    url = reverse("admin:conversations_inbox_change", args=[chat_inbox.pk])
+    html = client.get(url).content.decode()
+    assert "sk_live_very_secret" not in html
+    assert chat_inbox.secret not in html
+    assert "api_key = ••••••" in html
+
+    # Saving the form without new credentials keeps the old ones.
+    response = client.post(
+        url,
+        {
+            "name": "Chat",
+            "kind": "webchat",
+            "address": "",
+            "settings": "{}",
+            "new_credentials": "",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302
+    chat_inbox.refresh_from_db()
+    assert chat_inbox.name == "Chat"
+    assert chat_inbox.credentials == {"api_key": "sk_live_very_secret"}
+
+
+@pytest.mark.django_db
+def test_bulk_actions_go_through_the_services(client, alice, bob, chat_inbox):
+    for address in ("v1", "v2"):
+        services.message_receive(
+            inbox=chat_inbox,
+            inbound=services.InboundMessage(channel=Channel.WEBCHAT, address=address, text="hi"),
+        )
+    client.force_login(alice)
+    ids = list(Conversation.objects.values_list("pk", flat=True))
+    url = reverse("admin:conversations_conversation_changelist")
+
+    client.post(url, {"action": "assign", "_selected_action": ids, "assignee": bob.pk})
+    client.post(url, {"action": "resolve", "_selected_action": ids})
+
+    for conversation in Conversation.objects.all():
+        assert conversation.assignee == bob
+        assert conversation.status == "resolved"
+        assert list(conversation.events.values_list("kind", "actor")) == [
+            ("created", None),
+            ("assigned", alice.pk),
+            ("status", alice.pk),
+        ]
+
+    customers = Conversation.objects.values_list("customer", flat=True)
+    client.post(
+        reverse("admin:conversations_customer_changelist"),
+        {"action": "merge", "_selected_action": list(customers)},
+    )
+    assert Conversation.objects.values("customer").distinct().count() == 1

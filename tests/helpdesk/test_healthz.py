@@ -1,0 +1,46 @@
+import pytest
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthz_reports_every_part_ok(client, embedded_worker, settings):
+    settings.EMBEDDED_WORKER = True
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "channel_layer": "ok",
+        "broker": "ok",
+    }
+
+
+@pytest.mark.django_db
+def test_healthz_names_a_dead_embedded_worker(client, settings):
+    settings.EMBEDDED_WORKER = True  # configured to run in-process, but nothing started it
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["database"] == "ok"
+    assert body["broker"] == "down: RuntimeError: embedded worker is not running"
+
+
+@pytest.mark.django_db
+def test_healthz_names_an_unreachable_channel_layer(client, settings):
+    from channels.layers import channel_layers
+
+    # A Redis that is not there: port 9 on loopback refuses connections.
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:9/0"]},
+        }
+    }
+    settings.EMBEDDED_WORKER = False
+    channel_layers.backends.clear()
+    try:
+        response = client.get("/healthz")
+    finally:
+        channel_layers.backends.clear()
+    assert response.status_code == 503
+    assert response.json()["channel_layer"].startswith("down:")
