@@ -330,7 +330,6 @@ class ConversationEvent(models.Model):
         MERGED = "merged", _("Merged")
         CUSTOMER_MERGED = "customer_merged", _("Customer merged")
         CHANNEL = "channel", _("Channel switched")
-        NOTE = "note", _("Note added")
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)

@@ -6,6 +6,7 @@ Celery worker and beat, so `make run` is a single process.
 
 import logging
 import os
+import warnings
 
 from django.core.asgi import get_asgi_application
 
@@ -20,6 +21,11 @@ from django.conf import settings  # noqa: E402
 from conversations.ws_urls import websocket_urlpatterns  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# WhiteNoise serves static files with a synchronous iterator, which Django's ASGI handler
+# consumes in a thread and warns about on every file. Harmless for static assets, which a
+# proxy or CDN caches in production.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous")
 
 router = ProtocolTypeRouter(
     {
