@@ -37,13 +37,16 @@ def first_page(checkout: Path) -> float:
     started = time.monotonic()
     server = subprocess.Popen(
         ["make", "run", f"PORT={port}", f"PYTHON={PYTHON}"],
-        cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=checkout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
         while time.monotonic() - started < 900:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2) as r:
+                url = f"http://127.0.0.1:{port}/admin/login/"
+                with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
                         return time.monotonic() - started
             except OSError:
@@ -58,8 +61,9 @@ def first_page(checkout: Path) -> float:
 
 def timed(command, cwd) -> float:
     started = time.monotonic()
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.monotonic() - started
 
 
@@ -72,11 +76,20 @@ def main():
         print(f"make test (venv present, whole suite):       {test:.1f} s")
 
         floor_clone = clone(Path(tmp) / "floor")
-        floor = timed(["sh", "-c", f"{PYTHON} -m venv .venv && .venv/bin/pip install -q "
-                       "--upgrade pip && .venv/bin/pip install -q -e '.[dev]'"], floor_clone)
+        floor = timed(
+            [
+                "sh",
+                "-c",
+                f"{PYTHON} -m venv .venv && .venv/bin/pip install -q "
+                "--upgrade pip && .venv/bin/pip install -q -e '.[dev]'",
+            ],
+            floor_clone,
+        )
         print(f"baseline: venv + pip install of the same dependencies: {floor:.1f} s")
-    print(f"RESULT first_run first_page_s={page:.1f} test_s={test:.1f} "
-          f"install_floor_s={floor:.1f} ratio={page / floor:.2f}")
+    print(
+        f"RESULT first_run first_page_s={page:.1f} test_s={test:.1f} "
+        f"install_floor_s={floor:.1f} ratio={page / floor:.2f}"
+    )
 
 
 if __name__ == "__main__":

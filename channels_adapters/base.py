@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from channels_adapters.models import InboundEvent
     from conversations.models import Inbox, Message
-    from conversations.services import InboundMessage
+    from conversations.services import InboundMessage, StatusUpdate
 
 
 class DeliveryError(Exception):
@@ -36,6 +36,11 @@ class PermanentError(DeliveryError):
 
 class InvalidPayload(Exception):
     """The stored inbound payload cannot be understood; the event is marked failed."""
+
+
+class Ignore(Exception):  # noqa: N818 - it is an instruction, not an error
+    """The payload is understood and needs no message (our own mail come back, a receipt for
+    nothing we know). The event is marked ignored with this reason."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,15 @@ class Adapter:
         Must compare secrets in constant time and refuse when anything is missing."""
         raise NotImplementedError
 
-    def parse_inbound(self, event: InboundEvent) -> list[InboundMessage]:
-        """The customer messages in a stored payload (a webhook may batch several).
-        Raises InvalidPayload when the payload cannot be read."""
+    def parse_inbound(self, event: InboundEvent) -> list[InboundMessage | StatusUpdate]:
+        """The customer messages and delivery reports in a stored payload (a webhook may batch
+        several). Raises InvalidPayload when it cannot be read, Ignore when it needs nothing."""
         raise NotImplementedError
+
+    def new_provider_id(self, message: Message) -> str:
+        """An id to fix before the first send attempt, so that every retry reuses it (email's
+        Message-ID). Empty when the provider assigns ids itself."""
+        return ""
 
     def send(self, message: Message) -> SendResult:
         """Hand one outbound message to the provider. Raises TransientError or PermanentError;

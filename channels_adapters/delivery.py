@@ -18,12 +18,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from channels_adapters.base import InvalidPayload, PermanentError, TransientError
+from channels_adapters.base import Ignore, InvalidPayload, PermanentError, TransientError
 from channels_adapters.models import InboundEvent
 from channels_adapters.registry import adapter_for
 from conversations.models import DeliveryAttempt, Inbox, Message
 from conversations.realtime import publish_conversation_event
-from conversations.services import message_enqueue_delivery, message_receive
+from conversations.services import (
+    StatusUpdate,
+    message_enqueue_delivery,
+    message_receive,
+    message_status_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +79,26 @@ def inbound_event_process(event_id: int) -> InboundEvent | None:
             if adapter is None:
                 raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
             with transaction.atomic():
-                received = [
-                    message_receive(inbox=event.inbox, inbound=inbound)
-                    for inbound in adapter.parse_inbound(event)
-                ]
+                received, updated = [], []
+                for item in adapter.parse_inbound(event):
+                    if isinstance(item, StatusUpdate):
+                        updated.append(message_status_update(item))
+                    else:
+                        received.append(message_receive(inbox=event.inbox, inbound=item))
+        except Ignore as exc:
+            event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
         except (InvalidPayload, ValidationError) as exc:
             log.warning("inbound event %s failed: %s", event.pk, exc)
             event.status = InboundEvent.Status.FAILED
             event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         else:
             event.status = (
-                InboundEvent.Status.PROCESSED if received else InboundEvent.Status.IGNORED
+                InboundEvent.Status.PROCESSED
+                if received or any(updated)
+                else InboundEvent.Status.IGNORED
             )
             event.message = received[0].message if received else None
-            event.error = ""
+            event.error = "" if received or any(updated) else "nothing in it for us"
         event.processed_at = timezone.now()
         event.save()
         return event
@@ -128,11 +139,13 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
         )
         if message is None:
             return None
+        adapter = adapter_for(message.channel)
         message.status = Message.Status.SENDING
         message.attempts += 1
-        message.save(update_fields=["status", "attempts", "updated_at"])
+        if adapter and not message.provider_id:
+            message.provider_id = adapter.new_provider_id(message)[:255]
+        message.save(update_fields=["status", "attempts", "provider_id", "updated_at"])
 
-    adapter = adapter_for(message.channel)
     update: dict = {}
     try:
         if adapter is None:

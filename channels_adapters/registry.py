@@ -2,10 +2,11 @@
 
 from channels_adapters.api.adapter import ApiAdapter
 from channels_adapters.base import Adapter
+from channels_adapters.email.adapter import EmailAdapter
 from channels_adapters.webchat.adapter import WebchatAdapter
 
 ADAPTERS: dict[str, Adapter] = {
-    adapter.kind: adapter for adapter in (WebchatAdapter(), ApiAdapter())
+    adapter.kind: adapter for adapter in (EmailAdapter(), WebchatAdapter(), ApiAdapter())
 }
 
 

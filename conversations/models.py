@@ -3,6 +3,7 @@
 State changes go through `conversations.services`; nothing here saves itself behind your back.
 """
 
+import base64
 import secrets
 
 from django.conf import settings
@@ -25,6 +26,11 @@ class Channel(models.TextChoices):
 def new_secret() -> str:
     # 32 bytes = 256 bits, well above the 128 the design asks of any token.
     return secrets.token_urlsafe(32)
+
+
+def new_reply_token() -> str:
+    # 160 bits in lower-case base32: survives mail systems that fold the case of local parts.
+    return base64.b32encode(secrets.token_bytes(20)).decode().lower()
 
 
 class Customer(models.Model):
@@ -154,6 +160,13 @@ class Conversation(models.Model):
     merged_into = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
     )
+    # Other people on the thread (CC'd on email); they may write into it too.
+    participants = models.ManyToManyField(Identity, blank=True, related_name="participating_in")
+    # The capability in our Reply-To address (support+<token>@...): replies thread by it.
+    reply_token = models.CharField(max_length=40, unique=True, default=new_reply_token)
+    # Why an agent should look twice, e.g. an email that claimed to continue someone else's
+    # conversation. Empty for ordinary conversations.
+    flag_reason = models.CharField(max_length=300, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -232,6 +245,7 @@ class Message(models.Model):
     )
     text = models.TextField(blank=True)
     html = models.TextField(blank=True, help_text=_("Sanitised HTML, safe to show."))
+    quoted = models.TextField(blank=True, help_text=_("Quoted history and signature."))
     provider_id = models.CharField(max_length=255, blank=True)
     client_id = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, blank=True)
@@ -262,6 +276,8 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["conversation", "id"], name="message_timeline_idx"),
+            # Email threading looks our Message-IDs up across inboxes.
+            models.Index(fields=["provider_id"], name="message_provider_id_idx"),
             models.Index(
                 fields=["status", "updated_at"],
                 name="message_undelivered_idx",

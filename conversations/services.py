@@ -65,7 +65,19 @@ class InboundMessage:
     # Set when the adapter decided the message must not continue any existing conversation.
     force_new_conversation: bool = False
     attachments: tuple[InboundAttachment, ...] = ()
+    quoted: str = ""  # quoted history and signature, split off `text`
+    cc: tuple[tuple[str, str], ...] = ()  # (name, address) of others on the thread
     metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A provider's word on one of our outbound messages: delivered, read, failed..."""
+
+    channel: str
+    provider_id: str
+    status: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,12 +241,18 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer = customer.merged_into
     now = timezone.now()
 
-    conversation = None
+    conversation, flag_reason = None, ""
     if inbound.conversation is not None:
-        conversation = Conversation.objects.select_for_update(of=("self",)).get(
-            pk=inbound.conversation.pk
-        )
-        if conversation.customer_id != customer.pk or conversation.status == Status.CLOSED:
+        conversation = _follow_merges(inbound.conversation)
+        if not _may_write_into(conversation, identity):
+            # A forged From with a valid reference must not append to someone else's
+            # conversation: it opens a new one that an agent is asked to look at.
+            flag_reason = (
+                f"{identity.address} is not part of conversation #{conversation.pk}, which "
+                "this message referred to, so it was opened separately."
+            )
+            conversation = None
+        elif conversation.status == Status.CLOSED:
             conversation = None
     elif not inbound.force_new_conversation:
         conversation = _conversation_to_continue(inbox, customer)
@@ -243,6 +261,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         conversation = conversation_open(
             inbox=inbox, customer=customer, subject=inbound.subject, channel=inbound.channel
         )
+        if flag_reason:
+            conversation.flag_reason = flag_reason[:300]
     else:
         if conversation.status != Status.OPEN:
             _event(
@@ -263,6 +283,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         identity=identity,
         text=inbound.text,
         html=sanitize_html(inbound.html),
+        quoted=inbound.quoted,
         provider_id=inbound.provider_id[:255],
         client_id=inbound.client_id[:64],
         status=Message.Status.RECEIVED,
@@ -277,6 +298,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
             content_id=item.content_id,
         )
 
+    _participants_add(conversation, inbox, identity, inbound.cc)
     conversation.last_activity_at = now
     conversation.last_inbound_at = now
     if conversation.waiting_since is None:
@@ -289,6 +311,91 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     publish_conversation_event(conversation, "message", message=message.pk)
     publish_customer_event(customer.pk, "message", conversation=conversation.pk, message=message.pk)
     return Received(message, created=True)
+
+
+def _follow_merges(conversation: Conversation) -> Conversation:
+    conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+    for _ in range(10):  # merges form a short chain; the bound guards against a cycle
+        if not conversation.merged_into_id:
+            break
+        conversation = Conversation.objects.select_for_update(of=("self",)).get(
+            pk=conversation.merged_into_id
+        )
+    return conversation
+
+
+def _may_write_into(conversation: Conversation, identity: Identity) -> bool:
+    """The conversation's customer, or someone already on its thread (CC'd)."""
+    return (
+        conversation.customer_id == identity.customer_id
+        or conversation.participants.filter(pk=identity.pk).exists()
+    )
+
+
+def _participants_add(conversation, inbox, sender, cc) -> None:
+    own = {inbox.address.lower()} | set(
+        Inbox.objects.exclude(address="").values_list("address", flat=True)
+    )
+    for name, address in cc:
+        address = (address or "").strip().lower()
+        if not address or address == sender.address or address in own:
+            continue
+        identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)
+        if identity.customer_id != conversation.customer_id:
+            conversation.participants.add(identity)
+
+
+def message_status_update(update: StatusUpdate) -> Message | None:
+    """Apply a provider's status callback to our outbound message. Callbacks come late, out of
+    order and more than once: a status only ever moves forward, and "failed" cannot undo a
+    delivery the provider already confirmed. Returns the message, or None if it is unknown."""
+    if update.status not in STATUS_RANK and update.status != Message.Status.FAILED:
+        raise ValidationError(f"Unknown delivery status {update.status!r}.")
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation")
+            .filter(
+                channel=update.channel,
+                provider_id=update.provider_id,
+                direction=Message.Direction.OUTBOUND,
+            )
+            .first()
+        )
+        if message is None:
+            return None
+        current = STATUS_RANK.get(message.status, -1)
+        if update.status == Message.Status.FAILED:
+            if message.status in (
+                Message.Status.DELIVERED,
+                Message.Status.READ,
+                Message.Status.FAILED,
+            ):
+                return message
+            message.failure_reason = update.reason or "The provider reported a failure."
+        elif STATUS_RANK[update.status] <= current:
+            return message
+        now = timezone.now()
+        message.status = update.status
+        if update.status == Message.Status.DELIVERED:
+            message.delivered_at = message.delivered_at or now
+        if update.status == Message.Status.READ:
+            message.read_at = message.read_at or now
+            message.delivered_at = message.delivered_at or now
+        message.save()
+        publish_conversation_event(
+            message.conversation, "delivery", message=message.pk, status=message.status
+        )
+    return message
+
+
+STATUS_RANK = {
+    Message.Status.QUEUED: 0,
+    Message.Status.SENDING: 1,
+    Message.Status.SENT: 2,
+    Message.Status.DELIVERED: 3,
+    Message.Status.READ: 4,
+}
 
 
 def attachment_store(

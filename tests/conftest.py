@@ -136,3 +136,56 @@ def embedded_worker(transactional_db, purge_broker):
     wait_for(lambda: worker.alive, what="the embedded worker to start")
     yield worker
     worker.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpRecorder:
+    """An aiosmtpd handler: keeps what it accepts; `answers` queues replies to give instead of
+    accepting (e.g. "451 4.3.0 Try again later"), one per DATA command."""
+
+    def __init__(self):
+        self.received = []
+        self.answers: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        if self.answers:
+            return self.answers.pop(0)
+        self.received.append(envelope)
+        return "250 2.0.0 OK"
+
+    def messages(self):
+        from email import policy
+        from email.parser import BytesParser
+
+        return [BytesParser(policy=policy.default).parsebytes(e.content) for e in self.received]
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on a loopback port."""
+    from aiosmtpd.controller import Controller
+
+    recorder = SmtpRecorder()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    recorder.port = controller.port
+    yield recorder
+    controller.stop()
+
+
+@pytest.fixture
+def email_inbox(support, smtp_server):
+    return Inbox.objects.create(
+        name="Acme Support",
+        kind=Channel.EMAIL,
+        address="support@acme.example",
+        default_team=support,
+        settings={"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port, "smtp_timeout": 5},
+    )

@@ -1,0 +1,259 @@
+"""Email: RFC 822 in (IMAP, MTA pipe, HTTP), SMTP out, threaded by our own headers.
+
+Inbox settings (admin, `settings`): `smtp_host`, `smtp_port`, `smtp_username`, `smtp_use_tls`,
+`smtp_use_ssl`, `smtp_timeout`; `credentials`: `smtp_password`. Without `smtp_host` the
+site-wide EMAIL_* settings are used (in development: files under var/mail/).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from email.utils import make_msgid
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.utils.html import escape, linebreaks
+
+from channels_adapters.base import (
+    Adapter,
+    Capabilities,
+    Ignore,
+    InvalidPayload,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
+from channels_adapters.email.parsing import (
+    NotAnEmail,
+    ParsedEmail,
+    bare_address,
+    format_address,
+    parse_email,
+)
+from conversations.models import Channel, Conversation, Identity, Message
+from conversations.services import InboundMessage, StatusUpdate
+
+SUBJECT_NUMBER = re.compile(r"\[#(\d{1,12})\]")
+REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|fw|fwd|res|tr|rv)\s*:\s*)+", re.I)
+
+
+def loop_marker(inbox) -> str:
+    """Our X-Loop value (RFC 822-style loop detection) for mail sent from `inbox`."""
+    return f"threadline-{inbox.pk}@{_domain(inbox)}"
+
+
+def _domain(inbox) -> str:
+    address = inbox.address or bare_address(settings.DEFAULT_FROM_EMAIL)
+    return address.rpartition("@")[2] or "localhost"
+
+
+def reply_address(conversation: Conversation, inbox) -> str:
+    """support+<token>@domain: replies to it thread by the token, whatever they say."""
+    local, _, domain = (inbox.address or bare_address(settings.DEFAULT_FROM_EMAIL)).partition("@")
+    return f"{local}+{conversation.reply_token}@{domain}"
+
+
+def thread_subject(conversation: Conversation) -> str:
+    subject = SUBJECT_NUMBER.sub("", REPLY_PREFIX.sub("", conversation.subject or "")).strip()
+    subject = subject or f"Your conversation with {conversation.inbox.name}"
+    return f"Re: {subject} [#{conversation.pk}]"
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class EmailAdapter(Adapter):
+    kind = Channel.EMAIL
+    # Sending again is safe: the Message-ID is fixed before the first attempt, and receiving
+    # systems (ours included) drop a second copy with the same Message-ID.
+    capabilities = Capabilities(html=True, subject=True, attachments=True, idempotent_send=True)
+
+    # --- Inbound ----------------------------------------------------------------------------
+
+    def parse_inbound(self, event):
+        try:
+            parsed = parse_email(bytes(event.payload))
+        except NotAnEmail as exc:
+            raise InvalidPayload(f"Not an email: {exc}") from exc
+        ours = Message.objects.filter(
+            channel=Channel.EMAIL,
+            direction=Message.Direction.OUTBOUND,
+            provider_id=parsed.message_id,
+        )
+        if ours.exists():
+            raise Ignore("Our own message came back (its Message-ID is one we sent).")
+        if (
+            parsed.bounce
+            and Message.objects.filter(
+                channel=Channel.EMAIL,
+                direction=Message.Direction.OUTBOUND,
+                provider_id=parsed.bounce.original_message_id,
+            ).exists()
+        ):
+            return [
+                StatusUpdate(
+                    channel=Channel.EMAIL,
+                    provider_id=parsed.bounce.original_message_id,
+                    status=Message.Status.FAILED,
+                    reason=f"Bounced: {parsed.bounce.reason}"[:1000],
+                )
+            ]
+
+        automated = parsed.automated
+        if parsed.loop_marker and parsed.loop_marker == loop_marker(event.inbox):
+            automated = "X-Loop: our own marker"
+        conversation = self.thread(parsed)
+        metadata = {"message_id": parsed.message_id, "to": [a for _, a in parsed.to]}
+        if automated:
+            metadata["automated"] = automated
+        if parsed.skipped_attachments:
+            metadata["skipped_attachments"] = parsed.skipped_attachments
+        return [
+            InboundMessage(
+                channel=Channel.EMAIL,
+                address=parsed.from_address,
+                name=parsed.from_name,
+                subject=parsed.subject,
+                text=parsed.text or "(no text)",
+                quoted=parsed.quoted,
+                html=parsed.html,
+                provider_id=parsed.message_id,
+                language=parsed.language,
+                conversation=conversation,
+                force_new_conversation=conversation is None,
+                attachments=tuple(parsed.attachments),
+                cc=tuple(parsed.cc + [p for p in parsed.to if p[1] != parsed.from_address]),
+                metadata=metadata,
+            )
+        ]
+
+    def thread(self, parsed: ParsedEmail) -> Conversation | None:
+        """The conversation this mail continues, by our reply token, then by the Message-IDs it
+        answers, then by "[#n]" in the subject when the sender is on that conversation. The
+        first two are checked against the sender again by message_receive."""
+        for address in parsed.recipients:
+            local = address.partition("@")[0]
+            if "+" in local:
+                token = local.partition("+")[2]
+                found = Conversation.objects.filter(reply_token=token).first()
+                if found:
+                    return found
+        if parsed.references:
+            found = (
+                Message.objects.filter(
+                    channel=Channel.EMAIL, provider_id__in=parsed.references[:100]
+                )
+                .order_by("-id")
+                .select_related("conversation")
+                .first()
+            )
+            if found:
+                return found.conversation
+        number = SUBJECT_NUMBER.search(parsed.subject)
+        if number:
+            conversation = Conversation.objects.filter(pk=int(number.group(1))).first()
+            sender = Identity.objects.filter(
+                kind=Channel.EMAIL, address=parsed.from_address
+            ).first()
+            if (
+                conversation
+                and sender
+                and (
+                    sender.customer_id == conversation.customer_id
+                    or conversation.participants.filter(pk=sender.pk).exists()
+                )
+            ):
+                return conversation
+        return None
+
+    # --- Outbound ---------------------------------------------------------------------------
+
+    def new_provider_id(self, message):
+        return make_msgid(domain=_domain(message.inbox)).strip("<>")
+
+    def send(self, message):
+        email = self.build(message)
+        try:
+            email.send(fail_silently=False)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = {code for code, _ in exc.recipients.values()}
+            detail = "; ".join(
+                f"{addr}: {code} {_text(text)}" for addr, (code, text) in exc.recipients.items()
+            )
+            raise (PermanentError if all(c >= 500 for c in codes) else TransientError)(
+                f"Recipient refused: {detail}"
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            error = PermanentError if exc.smtp_code >= 500 else TransientError
+            raise error(f"SMTP server answered {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientError(f"Could not reach the SMTP server: {exc}") from exc
+        return SendResult(provider_id=message.provider_id)
+
+    def build(self, message: Message) -> EmailMultiAlternatives:
+        conversation = message.conversation
+        inbox = message.inbox
+        sender = inbox.address or bare_address(settings.DEFAULT_FROM_EMAIL)
+        display = f"{message.author.name} ({inbox.name})" if message.author else inbox.name
+        thread_ids = list(
+            conversation.messages.filter(channel=Channel.EMAIL)
+            .exclude(provider_id="")
+            .exclude(pk=message.pk)
+            .order_by("id")
+            .values_list("provider_id", flat=True)
+        )
+        last_inbound = (
+            conversation.messages.filter(channel=Channel.EMAIL, direction=Message.Direction.INBOUND)
+            .exclude(provider_id="")
+            .order_by("-id")
+            .values_list("provider_id", flat=True)
+            .first()
+        )
+        headers = {
+            "Message-ID": f"<{message.provider_id}>",
+            "Reply-To": reply_address(conversation, inbox),
+            "X-Loop": loop_marker(inbox),
+        }
+        if last_inbound or thread_ids:
+            headers["In-Reply-To"] = f"<{last_inbound or thread_ids[-1]}>"
+            # RFC 5322 asks for the whole chain; keep the first and the latest few.
+            chain = thread_ids[:1] + thread_ids[-19:] if len(thread_ids) > 20 else thread_ids
+            headers["References"] = " ".join(f"<{i}>" for i in dict.fromkeys(chain))
+        to = message.identity.address
+        cc = sorted(
+            {p.address for p in conversation.participants.filter(kind=Channel.EMAIL)} - {to, sender}
+        )
+        html = message.html or linebreaks(escape(message.text))
+        email = EmailMultiAlternatives(
+            subject=thread_subject(conversation),
+            body=message.text,
+            from_email=format_address(display, sender),
+            to=[to],
+            cc=cc,
+            headers=headers,
+            connection=self.connection(inbox),
+        )
+        email.attach_alternative(html, "text/html")
+        for attachment in message.attachments.all():
+            with attachment.file.open("rb") as handle:
+                email.attach(attachment.filename, handle.read(), attachment.content_type)
+        return email
+
+    @staticmethod
+    def connection(inbox):
+        config = inbox.settings or {}
+        if not config.get("smtp_host"):
+            return get_connection(fail_silently=False)
+        return get_connection(
+            "django.core.mail.backends.smtp.EmailBackend",
+            fail_silently=False,
+            host=config["smtp_host"],
+            port=int(config.get("smtp_port", 587)),
+            username=config.get("smtp_username", ""),
+            password=(inbox.credentials or {}).get("smtp_password", ""),
+            use_tls=bool(config.get("smtp_use_tls", False)),
+            use_ssl=bool(config.get("smtp_use_ssl", False)),
+            timeout=int(config.get("smtp_timeout", 30)),
+        )

@@ -1,0 +1,376 @@
+"""Raw RFC 822 bytes -> a ParsedEmail the adapter can thread. No database access here.
+
+Uses the stdlib `email` package with the modern policy. Body parts are decoded by hand rather
+than with `get_content()`, because real mail lies about its charset: a part labelled utf-8 that
+is really windows-1252 must still become readable text, not an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses, parseaddr
+
+import charset_normalizer
+import nh3
+
+from conversations.services import InboundAttachment
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+AUTOMATED_SENDERS = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply)@", re.I)
+MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+
+
+class NotAnEmail(ValueError):
+    """The bytes are not an email message we can read."""
+
+
+@dataclass
+class Bounce:
+    original_message_id: str
+    reason: str
+
+
+@dataclass
+class ParsedEmail:
+    message_id: str  # without angle brackets; a hash of the bytes when the mail has none
+    subject: str
+    from_name: str
+    from_address: str
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    references: list[str]  # In-Reply-To first, then References newest to oldest
+    text: str  # the new text, quotes and signature split off
+    quoted: str  # quoted history and signature, kept for a collapsible view
+    html: str  # sanitised
+    attachments: list[InboundAttachment] = field(default_factory=list)
+    skipped_attachments: list[str] = field(default_factory=list)
+    automated: str = ""  # why this is an auto-reply, list mail or loop; empty for a person
+    loop_marker: str = ""  # our X-Loop value when the mail carries it
+    bounce: Bounce | None = None
+    language: str = ""
+    delivered_to: list[str] = field(default_factory=list)
+
+    @property
+    def recipients(self) -> list[str]:
+        return [a for _, a in self.to + self.cc] + self.delivered_to
+
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    if not raw or not raw.strip():
+        raise NotAnEmail("the input is empty")
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    from_name, from_address = _address(msg, "From")
+    if not from_address or not any(msg[h] for h in ("Date", "Message-ID", "Subject", "To")):
+        raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
+
+    text_part, html_part, attachments, skipped = _walk(msg)
+    text = _decode(text_part) if text_part is not None else ""
+    raw_html = _decode(html_part) if html_part is not None else ""
+    if not text and raw_html:
+        text = html_to_text(raw_html)
+    new_text, quoted = split_reply(text)
+
+    message_id = _first_id(msg.get("Message-ID", "")) or (
+        "sha256-" + hashlib.sha256(raw).hexdigest()
+    )
+    references = _ids(msg.get("In-Reply-To", "")) + list(reversed(_ids(msg.get("References", ""))))
+    return ParsedEmail(
+        message_id=message_id,
+        subject=_header(msg, "Subject"),
+        from_name=from_name,
+        from_address=from_address,
+        to=_addresses(msg, "To"),
+        cc=_addresses(msg, "Cc"),
+        references=list(dict.fromkeys(references)),
+        text=new_text,
+        quoted=quoted,
+        html=sanitize_email_html(raw_html),
+        attachments=attachments,
+        skipped_attachments=skipped,
+        automated=_automated(msg, from_address),
+        loop_marker=_header(msg, "X-Loop"),
+        bounce=_bounce(msg),
+        language=_header(msg, "Content-Language").split(",")[0].strip()[:10],
+        delivered_to=[
+            a.lower() for h in ("Delivered-To", "X-Original-To") for a in _raw_addrs(msg, h)
+        ],
+    )
+
+
+# --- Headers --------------------------------------------------------------------------------
+
+
+def _header(msg: EmailMessage, name: str) -> str:
+    try:
+        value = msg.get(name, "")
+    except Exception:  # noqa: BLE001 - a malformed header reads as absent, never crashes
+        return ""
+    return re.sub(r"\s+", " ", str(value or "")).strip()
+
+
+def _raw_addrs(msg, name) -> list[str]:
+    values = []
+    for value in msg.get_all(name, []) or []:
+        values += [addr for _, addr in getaddresses([str(value)]) if "@" in addr]
+    return values
+
+
+def _address(msg, name) -> tuple[str, str]:
+    pairs = _addresses(msg, name)
+    return pairs[0] if pairs else ("", "")
+
+
+def _addresses(msg, name) -> list[tuple[str, str]]:
+    try:
+        header = msg.get(name)
+        found = [(a.display_name, a.addr_spec) for a in header.addresses] if header else []
+    except Exception:  # noqa: BLE001 - fall back to the lenient parser on broken headers
+        found = getaddresses([str(v) for v in msg.get_all(name, [])])
+    return [
+        (re.sub(r"\s+", " ", display).strip()[:200], addr.strip().lower())
+        for display, addr in found
+        if "@" in addr
+    ]
+
+
+def _first_id(value: str) -> str:
+    ids = _ids(value)
+    return ids[0] if ids else ""
+
+
+def _ids(value) -> list[str]:
+    return [m[:250] for m in MESSAGE_ID.findall(str(value or ""))]
+
+
+def _automated(msg: EmailMessage, sender: str) -> str:
+    """Why this mail must never get an automatic answer (RFC 3834 and common practice)."""
+    auto_submitted = _header(msg, "Auto-Submitted").lower()
+    if auto_submitted and auto_submitted != "no":
+        return f"Auto-Submitted: {auto_submitted}"
+    precedence = _header(msg, "Precedence").lower()
+    if precedence in ("bulk", "junk", "list", "auto_reply"):
+        return f"Precedence: {precedence}"
+    for name in (
+        "X-Autoreply",
+        "X-Autorespond",
+        "X-Auto-Response-Suppress",
+        "List-Id",
+        "List-Unsubscribe",
+    ):
+        if msg.get(name) is not None:
+            return f"{name} header"
+    if AUTOMATED_SENDERS.match(sender):
+        return f"automated sender {sender}"
+    if msg.get_content_type() == "multipart/report":
+        return "delivery report"
+    return ""
+
+
+def _bounce(msg: EmailMessage) -> Bounce | None:
+    """A delivery status notification (RFC 3464): which of our messages failed, and why."""
+    if msg.get_content_type() != "multipart/report":
+        return None
+    reason, original = "", ""
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":
+            body = _payload_text(part)
+            diagnostic = re.search(
+                r"^Diagnostic-Code:\s*(?:smtp;)?\s*(.+(?:\n[ \t].+)*)", body, re.I | re.M
+            )
+            status = re.search(r"^Status:\s*(\S+)", body, re.I | re.M)
+            reason = re.sub(r"\s+", " ", diagnostic.group(1)).strip() if diagnostic else ""
+            if status and not reason:
+                reason = f"delivery status {status.group(1)}"
+        elif ctype in ("message/rfc822", "text/rfc822-headers") and not original:
+            inner = _payload_text(part)
+            found = re.search(r"^Message-ID:\s*(<[^>]+>)", inner, re.I | re.M)
+            original = _first_id(found.group(1)) if found else ""
+    if not original:
+        return None
+    return Bounce(original_message_id=original, reason=reason or "the message bounced")
+
+
+def _payload_text(part) -> str:
+    """Text of a report sub-part, whether the parser kept it as bytes or as a message."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return "\n".join(str(p) for p in payload)
+    if isinstance(payload, str):
+        raw = part.get_payload(decode=True)
+        return raw.decode("utf-8", "replace") if raw else payload
+    return str(payload)
+
+
+# --- Bodies ---------------------------------------------------------------------------------
+
+
+def _walk(msg: EmailMessage):
+    text_part = html_part = None
+    attachments: list[InboundAttachment] = []
+    skipped: list[str] = []
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_type() in ("message/delivery-status",):
+            continue
+        ctype = part.get_content_type()
+        disposition = part.get_content_disposition()
+        filename = _filename(part)
+        if disposition != "attachment" and not filename:
+            if ctype == "text/plain" and text_part is None:
+                text_part = part
+                continue
+            if ctype == "text/html" and html_part is None:
+                html_part = part
+                continue
+            if not ctype.startswith("image/"):
+                continue
+        content = part.get_payload(decode=True) or b""
+        name = filename or f"attachment.{ctype.split('/')[-1][:10]}"
+        if len(content) > MAX_ATTACHMENT_BYTES:
+            skipped.append(f"{name} ({len(content) // (1024 * 1024)} MB, over the limit)")
+            continue
+        attachments.append(
+            InboundAttachment(
+                filename=name,
+                content_type=ctype,
+                content=content,
+                content_id=_first_id(part.get("Content-ID", "")) or "",
+            )
+        )
+    return text_part, html_part, attachments, skipped
+
+
+def _filename(part) -> str:
+    try:
+        name = part.get_filename() or ""
+    except Exception:  # noqa: BLE001
+        name = ""
+    # Keep the name readable, never a path.
+    return re.sub(r"[\x00-\x1f/\\]", "_", name).strip()[:255]
+
+
+def _decode(part) -> str:
+    """Body text whatever its declared charset: trust the label when it decodes cleanly, else
+    let charset-normalizer find the real one, else windows-1252, which never fails."""
+    raw = part.get_payload(decode=True) or b""
+    declared = part.get_content_charset() or "us-ascii"
+    for charset in (declared, "utf-8"):
+        try:
+            return raw.decode(charset).replace("\r\n", "\n")
+        except (LookupError, UnicodeDecodeError):
+            continue
+    best = charset_normalizer.from_bytes(raw).best()
+    if best is not None and not best.encoding.startswith(SINGLE_BYTE_LATIN):
+        return str(best).replace("\r\n", "\n")
+    # Short western text cannot tell one Latin code page from another; the mislabelled mail
+    # seen in practice is almost always windows-1252 (Outlook, older webmail).
+    return raw.decode("cp1252", "replace").replace("\r\n", "\n")
+
+
+SINGLE_BYTE_LATIN = ("cp125", "latin", "iso8859", "mac_", "cp850", "cp437")
+
+
+def sanitize_email_html(html: str) -> str:
+    """Sanitised email HTML. Remote images are not loaded: their URL moves to data-src, so the
+    sender cannot track when an agent opens the mail; inline (cid:) images are kept."""
+    if not html:
+        return ""
+    clean = nh3.clean(
+        html,
+        url_schemes={"http", "https", "mailto", "cid"},
+        link_rel="noopener noreferrer",
+        attributes={
+            "img": {"src", "alt", "width", "height"},
+            "a": {"href", "title"},
+            "td": {"colspan", "rowspan"},
+            "th": {"colspan", "rowspan"},
+        },
+    )
+    return re.sub(r'<img([^>]*?) src="(https?:[^"]*)"', r'<img\1 data-src="\2"', clean)
+
+
+def html_to_text(html: str) -> str:
+    text = re.sub(r"(?is)<(script|style|head).*?</\1>", "", html)
+    text = re.sub(r"(?i)<br\s*/?>|</(p|div|li|tr|h[1-6])>", "\n", text)
+    text = nh3.clean(text, tags=set())
+    import html as htmllib
+
+    text = htmllib.unescape(text)
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text)).strip()
+
+
+# --- Quotes and signatures --------------------------------------------------------------------
+
+# Lines that start a forwarded/quoted header block in Outlook and friends, in our languages.
+HEADER_START = re.compile(r"^\s*\**(from|de|von|da|van)\s*:\**\s+\S", re.I)
+HEADER_NEXT = re.compile(
+    r"^\s*\**(sent|date|to|subject|enviado|envoy[ée]|data|fecha|para|objet|assunto|asunto|"
+    r"gesendet|an|betreff|à|cc)\s*:",
+    re.I,
+)
+ORIGINAL_MESSAGE = re.compile(
+    r"^\s*-{2,}\s*(original message|mensagem original|"
+    r"message d'origine|mensaje original|urspr[üu]ngliche nachricht)"
+    r"\s*-{2,}\s*$",
+    re.I,
+)
+MOBILE_SIGNATURE = re.compile(
+    r"^\s*(sent from my|enviado do meu|enviado desde mi|"
+    r"envoy[ée] de mon|von meinem)\b.*$",
+    re.I,
+)
+
+
+def split_reply(text: str) -> tuple[str, str]:
+    """(new text, quoted history + signature). Language-neutral where it can be: a tail of
+    `>` lines and the attribution line ending in ':' just above it, in any language; the RFC
+    3676 signature delimiter; Outlook's header block in the languages our customers write."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    cut = len(lines)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if ORIGINAL_MESSAGE.match(stripped) or stripped in ("-- ", "--") and line.startswith("--"):
+            cut = i
+            break
+        if MOBILE_SIGNATURE.match(stripped):
+            cut = i
+            break
+        if HEADER_START.match(line) and any(HEADER_NEXT.match(n) for n in lines[i + 1 : i + 4]):
+            cut = i
+            break
+        if stripped.startswith(">") and all(
+            not n.strip() or n.strip().startswith(">") for n in lines[i:]
+        ):
+            cut = i
+            # The attribution ("On ... wrote:", "Em ... escreveu:", "Le ... a écrit :") is the
+            # paragraph just above the quote, ending with a colon; it may wrap over lines.
+            j = i - 1
+            while j >= 0 and not lines[j].strip():
+                j -= 1
+            if j >= 0 and lines[j].rstrip().endswith(":"):
+                k = j
+                while k - 1 >= 0 and lines[k - 1].strip() and j - k < 2:
+                    k -= 1
+                cut = k
+            break
+    new = "\n".join(lines[:cut]).strip()
+    quoted = "\n".join(lines[cut:]).strip()
+    if not new:  # everything looked quoted: show it all rather than nothing
+        return text.strip(), ""
+    return new, quoted
+
+
+def format_address(name: str, address: str) -> str:
+    """A From/To value built by the email library, so no CR/LF from input reaches a header."""
+    local, _, domain = address.partition("@")
+    return str(Address(display_name=re.sub(r"[\r\n]+", " ", name), username=local, domain=domain))
+
+
+def bare_address(value: str) -> str:
+    return parseaddr(value)[1].lower()

@@ -1,0 +1,383 @@
+import io
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from channels_adapters.delivery import message_deliver
+from channels_adapters.email.parsing import NotAnEmail, parse_email, split_reply
+from channels_adapters.models import InboundEvent
+from conversations import services
+from conversations.models import Channel, Conversation, Identity, Message
+from tests.conftest import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "email"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def pipe(inbox, raw: bytes) -> str:
+    """Feed a message to `manage.py ingest_email` as an MTA would; returns what it said."""
+    import sys
+
+    err, stdin = io.StringIO(), sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(raw))
+    try:
+        call_command("ingest_email", "--inbox", inbox.address, stderr=err)
+    finally:
+        sys.stdin = stdin
+    return err.getvalue()
+
+
+def post_mime(client, inbox, raw: bytes, token=None):
+    return client.post(
+        f"/channels/email/{inbox.pk}/mime",
+        data=raw,
+        content_type="message/rfc822",
+        HTTP_AUTHORIZATION=f"Bearer {token or inbox.secret}",
+    )
+
+
+def customer_mail(frm="maria@example.com", subject="Help", body="Hello", **headers) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = frm
+    mail["To"] = headers.pop("to", "support@acme.example")
+    mail["Subject"] = subject
+    mail["Message-ID"] = headers.pop("message_id", make_msgid(domain="example.com"))
+    for name, value in headers.items():
+        mail[name.replace("_", "-")] = value
+    mail.set_content(body)
+    return mail.as_bytes()
+
+
+def reply_to(sent, frm="maria@example.com", body="Thanks!", **overrides) -> bytes:
+    """What a mail program sends when the customer answers `sent` (a received EmailMessage)."""
+    headers = {
+        "to": sent["Reply-To"],
+        "In_Reply_To": sent["Message-ID"],
+        "References": sent["Message-ID"],
+    }
+    headers.update(overrides)
+    return customer_mail(frm=frm, subject=f"Re: {sent['Subject']}", body=body, **headers)
+
+
+def only_message(**filters) -> Message:
+    return Message.objects.get(direction="inbound", **filters)
+
+
+class TestParsing:
+    def test_a_mislabelled_windows_1252_body_reads_correctly(self):
+        parsed = parse_email(fixture("cp1252_labelled_utf8.eml"))
+        assert "120 €" in parsed.text and "vérifier" in parsed.text and "«Merci»" in parsed.text
+
+    def test_iso_2022_jp_headers_and_body_decode(self):
+        parsed = parse_email(fixture("iso2022jp.eml"))
+        assert parsed.from_name == "山田太郎"
+        assert parsed.subject == "注文について"
+        assert "注文番号 10422 がまだ届いていません。" in parsed.text
+
+    def test_html_only_mail_gets_text_and_safe_html(self):
+        parsed = parse_email(fixture("html_only_inline_image.eml"))
+        assert parsed.text.startswith("Hola, adjunto la captura del error:")
+        assert "script" not in parsed.html and "onclick" not in parsed.html
+        assert "javascript" not in parsed.html
+        assert 'src="cid:shot1@example.es"' in parsed.html  # inline image shown in place
+        # The tracking pixel is kept but not loaded.
+        assert 'data-src="https://tracker.example.com/open.gif?u=123"' in parsed.html
+        assert ' src="https://tracker' not in parsed.html
+        [image] = parsed.attachments
+        assert (image.content_id, image.content_type) == ("shot1@example.es", "image/png")
+
+    @pytest.mark.parametrize(
+        "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
+    )
+    def test_what_is_not_email_is_refused(self, raw):
+        with pytest.raises(NotAnEmail):
+            parse_email(raw)
+
+    @pytest.mark.parametrize(
+        ("text", "new"),
+        [
+            (
+                "Thanks, it works.\n\nOn Mon, Nov 23, 2026 at 10:00 AM Acme Support\n"
+                "<support@acme.example> wrote:\n> Try restarting.\n",
+                "Thanks, it works.",
+            ),
+            (
+                "Obrigado, funcionou!\n\nEm seg., 23 de nov. de 2026 às 10:00, Acme Support "
+                "<support@acme.example> escreveu:\n> Olá!\n",
+                "Obrigado, funcionou!",
+            ),
+            (
+                "Merci beaucoup.\n\nLe lun. 23 nov. 2026 à 10:00, Acme <support@acme.example> a "
+                "écrit :\n> Bonjour\n",
+                "Merci beaucoup.",
+            ),
+            (
+                "¡Gracias!\n\nDe: Acme Support <support@acme.example>\nEnviado: lunes, 23 de "
+                "noviembre de 2026 10:00\nPara: Sofía\nAsunto: RE: pedido\n\nHola",
+                "¡Gracias!",
+            ),
+            ("See you.\n-- \nGrace Smith\nProcurement", "See you."),
+            ("Done.\n\nEnviado do meu iPhone", "Done."),
+            ("> only a quote\n> nothing new", "> only a quote\n> nothing new"),
+        ],
+    )
+    def test_quoted_history_and_signatures_split_off_in_our_languages(self, text, new):
+        assert split_reply(text)[0] == new
+
+
+@pytest.mark.django_db
+class TestThreading:
+    def test_a_new_mail_opens_a_conversation_with_its_participants(self, email_inbox):
+        pipe(email_inbox, fixture("cc_and_attachment.eml"))
+        message = only_message()
+        conversation = message.conversation
+        assert conversation.subject == "Contract renewal"
+        assert conversation.customer.name == "Grace Smith"
+        assert message.text.startswith("Hi, please find the signed contract attached.")
+        assert message.quoted.startswith("--\nGrace Smith")
+        assert [p.address for p in conversation.participants.all()] == ["liam@corp.example"]
+        [attachment] = message.attachments.all()
+        assert attachment.filename == "contract signed.pdf"
+        assert attachment.file.read() == b"%PDF-1.4 fake but harmless pdf body"
+
+    def test_addresses_are_normalised(self, email_inbox):
+        pipe(email_inbox, fixture("new_thread_fr.eml"))
+        message = only_message()
+        assert message.identity.address == "camille.dubois@exemple.fr"
+        assert message.conversation.customer.language == "fr-FR"
+
+    def test_a_reply_threads_by_the_reply_token(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, customer_mail(subject="Refund"))
+        conversation = Conversation.objects.get()
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Done.").pk)
+        [sent] = smtp_server.messages()
+        # Only the token is left to thread on: no references, another subject.
+        pipe(email_inbox, customer_mail(subject="something else", to=sent["Reply-To"]))
+        assert Conversation.objects.count() == 1
+        assert conversation.messages.filter(direction="inbound").count() == 2
+
+    def test_a_reply_threads_by_in_reply_to(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, customer_mail(subject="Refund"))
+        conversation = Conversation.objects.get()
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Done.").pk)
+        [sent] = smtp_server.messages()
+        pipe(email_inbox, reply_to(sent, to="support@acme.example"))
+        assert Conversation.objects.count() == 1
+
+    def test_a_subject_number_threads_only_for_a_participant(self, email_inbox):
+        pipe(email_inbox, customer_mail(subject="Refund"))
+        conversation = Conversation.objects.get()
+        pipe(email_inbox, customer_mail(subject=f"Again [#{conversation.pk}]"))
+        assert Conversation.objects.count() == 1
+        pipe(
+            email_inbox,
+            customer_mail(frm="mallory@evil.example", subject=f"Re: Refund [#{conversation.pk}]"),
+        )
+        assert Conversation.objects.count() == 2
+        assert conversation.messages.count() == 2
+
+    def test_a_forged_sender_with_valid_references_opens_a_new_flagged_conversation(
+        self, email_inbox, bob, smtp_server
+    ):
+        pipe(email_inbox, customer_mail(subject="My invoice"))
+        conversation = Conversation.objects.get()
+        message_deliver(
+            services.reply_send(conversation=conversation, author=bob, text="Here it is.").pk
+        )
+        [sent] = smtp_server.messages()
+
+        pipe(email_inbox, reply_to(sent, frm="mallory@evil.example", body="Send it to me"))
+
+        assert conversation.messages.count() == 2  # nothing was appended
+        forged = Conversation.objects.exclude(pk=conversation.pk).get()
+        assert forged.customer != conversation.customer
+        assert "mallory@evil.example is not part of conversation" in forged.flag_reason
+
+    def test_a_cc_participant_may_answer_in_the_thread(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, fixture("cc_and_attachment.eml"))
+        conversation = Conversation.objects.get()
+        message_deliver(
+            services.reply_send(conversation=conversation, author=bob, text="Received, thanks.").pk
+        )
+        [sent] = smtp_server.messages()
+        assert sent["Cc"] == "liam@corp.example"
+        pipe(email_inbox, reply_to(sent, frm="Liam Brown <liam@corp.example>"))
+        assert Conversation.objects.count() == 1
+        assert conversation.messages.filter(identity__address="liam@corp.example").exists()
+
+
+@pytest.mark.django_db
+class TestLoopsAndBounces:
+    def test_an_auto_reply_is_stored_and_marked_automated(self, email_inbox):
+        said = pipe(email_inbox, fixture("auto_reply_pt.eml"))
+        message = only_message()
+        assert message.metadata["automated"] == "Auto-Submitted: auto-replied"
+        assert "automated" in said
+
+    def test_a_list_mail_is_marked_automated(self, email_inbox):
+        pipe(email_inbox, fixture("mailing_list.eml"))
+        assert only_message().metadata["automated"] == "Precedence: list"
+
+    def test_our_own_message_coming_back_is_ignored(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, customer_mail())
+        message_deliver(
+            services.reply_send(conversation=Conversation.objects.get(), author=bob, text="Hi").pk
+        )
+        [sent] = smtp_server.messages()
+        said = pipe(email_inbox, sent.as_bytes())
+        assert said.startswith("ignored: Our own message came back")
+        assert Message.objects.count() == 2
+
+    def test_a_bounce_fails_the_message_it_concerns_and_opens_nothing(
+        self, email_inbox, bob, smtp_server
+    ):
+        pipe(email_inbox, customer_mail(frm="nobody@customers.example"))
+        reply = services.reply_send(
+            conversation=Conversation.objects.get(), author=bob, text="Hello"
+        )
+        message_deliver(reply.pk)
+        reply.refresh_from_db()
+        bounce = (
+            fixture("bounce_template.eml")
+            .replace(b"{{ORIGINAL_ID}}", reply.provider_id.encode())
+            .replace(b"{{N}}", b"1")
+        )
+
+        pipe(email_inbox, bounce)
+
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.FAILED
+        assert reply.failure_reason.startswith("Bounced: 550 5.1.1 <nobody@customers.example>")
+        assert "User unknown" in reply.failure_reason
+        assert Conversation.objects.count() == 1
+
+
+@pytest.mark.django_db
+class TestSmtpOut:
+    def test_a_reply_reaches_the_smtp_server_with_threading_headers(
+        self, email_inbox, bob, smtp_server
+    ):
+        pipe(email_inbox, fixture("new_thread_fr.eml"))
+        conversation = Conversation.objects.get()
+        reply = services.reply_send(
+            conversation=conversation, author=bob, text="Bonjour Camille,\nC'est réparé."
+        )
+        assert message_deliver(reply.pk).status == Message.Status.SENT
+
+        [sent] = smtp_server.messages()
+        reply.refresh_from_db()
+        assert sent["Message-ID"] == f"<{reply.provider_id}>"
+        assert sent["In-Reply-To"] == "<CAF3x9-new-thread-fr@mail.exemple.fr>"
+        assert sent["References"] == "<CAF3x9-new-thread-fr@mail.exemple.fr>"
+        assert sent["Reply-To"] == f"support+{conversation.reply_token}@acme.example"
+        # Django folds an encoded subject right after the colon; readers trim that space.
+        assert sent["Subject"].strip() == (
+            f"Re: Problème de connexion à mon compte [#{conversation.pk}]"
+        )
+        assert sent["From"] == '"Bob (Acme Support)" <support@acme.example>'
+        assert sent["To"] == "camille.dubois@exemple.fr"
+        assert sent.get_body(("plain",)).get_content().replace("\r\n", "\n").strip() == (
+            "Bonjour Camille,\nC'est réparé."
+        )
+        assert "<p>Bonjour Camille,<br>C&#x27;est réparé.</p>" in (
+            sent.get_body(("html",)).get_content()
+        )
+        assert smtp_server.received[0].rcpt_tos == ["camille.dubois@exemple.fr"]
+
+    def test_a_451_is_retried_and_then_sent(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, customer_mail())
+        smtp_server.answers = ["451 4.3.0 Mailbox busy, try again later"]
+        reply = services.reply_send(conversation=Conversation.objects.get(), author=bob, text="Hi")
+        outcome = message_deliver(reply.pk)
+
+        reply.refresh_from_db()
+        assert outcome.retry_in is not None
+        assert reply.status == Message.Status.QUEUED
+        assert "451 4.3.0 Mailbox busy" in reply.failure_reason
+        assert message_deliver(reply.pk) is None  # too early: still backing off
+        with time_machine.travel(timezone.now() + timedelta(seconds=outcome.retry_in + 1)):
+            assert message_deliver(reply.pk).status == Message.Status.SENT
+        assert len(smtp_server.received) == 1
+        assert list(reply.attempts_log.values_list("outcome", flat=True)) == ["retry", "sent"]
+        first_id = reply.provider_id
+        reply.refresh_from_db()
+        assert reply.provider_id == first_id  # the retry kept its Message-ID
+
+    def test_a_550_fails_visibly_with_the_servers_reason(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, customer_mail())
+        smtp_server.answers = ["550 5.1.1 No such user here"]
+        reply = services.reply_send(conversation=Conversation.objects.get(), author=bob, text="Hi")
+        assert message_deliver(reply.pk).status == Message.Status.FAILED
+        reply.refresh_from_db()
+        assert reply.failure_reason == "SMTP server answered 550 5.1.1 No such user here"
+
+    def test_an_unreachable_server_is_a_temporary_failure(self, email_inbox, bob):
+        pipe(email_inbox, customer_mail())
+        email_inbox.settings["smtp_port"] = 9  # nothing listens there
+        email_inbox.save()
+        reply = services.reply_send(conversation=Conversation.objects.get(), author=bob, text="Hi")
+        assert message_deliver(reply.pk).status == Message.Status.QUEUED
+        reply.refresh_from_db()
+        assert reply.failure_reason.startswith("Could not reach the SMTP server")
+
+
+@pytest.mark.django_db
+class TestInboundPaths:
+    def test_the_same_mail_by_pipe_and_http_is_one_message(self, client, email_inbox):
+        raw = fixture("new_thread_fr.eml")
+        pipe(email_inbox, raw)
+        response = post_mime(client, email_inbox, raw)
+        assert response.status_code == 202
+        assert response.json()["duplicate"] is True
+        assert "duplicate" in pipe(email_inbox, raw)
+        assert Message.objects.count() == 1
+
+    def test_the_http_endpoint_refuses_a_wrong_secret_and_non_email(self, client, email_inbox):
+        assert post_mime(client, email_inbox, customer_mail(), token="nope").status_code == 403
+        response = post_mime(client, email_inbox, fixture("not_email.bin"))
+        assert response.status_code == 400
+        assert response.json()["error"].startswith("Not an email")
+        assert not InboundEvent.objects.exists()
+
+    def test_the_pipe_refuses_unreadable_input_with_a_reason(self, email_inbox):
+        with pytest.raises(CommandError, match="unreadable input: the input is empty"):
+            pipe(email_inbox, b"")
+        with pytest.raises(CommandError, match="no email inbox"):
+            call_command("ingest_email", "--inbox", "nobody@nowhere.example")
+        assert not InboundEvent.objects.exists()
+
+    def test_a_20_mb_attachment_is_stored_whole(self, email_inbox):
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "a@b.example", "support@acme.example", "big"
+        mail["Message-ID"] = make_msgid()
+        mail.set_content("see attached")
+        payload = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+        mail.add_attachment(
+            payload, maintype="application", subtype="octet-stream", filename="dump.bin"
+        )
+        pipe(email_inbox, mail.as_bytes())
+        [attachment] = only_message().attachments.all()
+        assert attachment.size == len(payload)
+        assert attachment.file.read() == payload
+
+    def test_an_agent_can_answer_an_email_customer_on_another_channel(
+        self, email_inbox, chat_inbox, bob
+    ):
+        pipe(email_inbox, customer_mail())
+        conversation = Conversation.objects.get()
+        visitor = Identity.objects.create(
+            customer=conversation.customer, kind=Channel.WEBCHAT, address="visitor-77"
+        )
+        reply = services.reply_send(
+            conversation=conversation, author=bob, text="Hi there", identity=visitor
+        )
+        assert reply.inbox == chat_inbox
+        assert conversation.events.filter(kind="channel").exists()
