@@ -54,3 +54,24 @@ class InboundEvent(models.Model):
 
     def __str__(self):
         return f"{self.inbox} event {self.dedupe_key[:40]}"
+
+
+class MailboxState(models.Model):
+    """Where the IMAP poller of an email inbox stands, and how healthy it is."""
+
+    inbox = models.OneToOneField(
+        "conversations.Inbox", on_delete=models.CASCADE, related_name="mailbox_state"
+    )
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    last_uid = models.BigIntegerField(default=0)
+    # A lease, so that two workers never poll the same mailbox at once.
+    poll_started_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    # When admins were last told about a problem; cleared when the mailbox recovers.
+    alerted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"Mailbox of {self.inbox}"

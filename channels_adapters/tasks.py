@@ -24,3 +24,34 @@ def process_inbound_event(event_id: int):
 def sweep_stuck():
     result = delivery.sweep_stuck()
     return {"messages": result.messages, "events": result.events}
+
+
+@shared_task(acks_late=True)
+def poll_mailboxes():
+    from channels_adapters.email.health import email_inboxes_with_health
+
+    for inbox in email_inboxes_with_health():
+        if (inbox.settings or {}).get("imap_host"):
+            poll_mailbox.delay(inbox.pk)
+
+
+@shared_task(acks_late=True)
+def poll_mailbox(inbox_id: int):
+    from channels_adapters.email.imap import mailbox_poll
+    from conversations.models import Inbox
+
+    inbox = Inbox.objects.filter(pk=inbox_id, is_active=True).first()
+    if inbox is None:
+        return None
+    try:
+        result = mailbox_poll(inbox)
+    except Exception:  # noqa: BLE001 - recorded on the mailbox's health; the next poll retries
+        return "failed"
+    return {"stored": result.stored, "duplicates": result.duplicates, "skipped": result.skipped}
+
+
+@shared_task(acks_late=True)
+def check_mailbox_health():
+    from channels_adapters.email.health import mailboxes_alert
+
+    return mailboxes_alert()

@@ -148,12 +148,46 @@ class InboxForm(forms.ModelForm):
 @admin.register(Inbox)
 class InboxAdmin(admin.ModelAdmin):
     form = InboxForm
-    list_display = ["name", "kind", "address", "default_team", "is_active", "created_at"]
+    list_display = [
+        "name",
+        "kind",
+        "address",
+        "default_team",
+        "is_active",
+        "health",
+        "messages_last_day",
+    ]
     list_filter = ["kind", "is_active", "default_team"]
-    list_select_related = ["default_team"]
+    list_select_related = ["default_team", "mailbox_state"]
     search_fields = ["name", "address"]
-    readonly_fields = ["credentials_set", "secret_hint", "created_at"]
+    readonly_fields = ["credentials_set", "secret_hint", "health", "mailbox", "created_at"]
     actions = ["rotate_secret"]
+
+    def get_queryset(self, request):
+        from channels_adapters.email.health import with_mail_counts
+
+        return with_mail_counts(super().get_queryset(request))
+
+    @admin.display(description="health")
+    def health(self, inbox):
+        from channels_adapters.email.health import health_of
+
+        return health_of(inbox) if inbox.kind == "email" else "-"
+
+    @admin.display(description="mail in the last day", ordering="messages_last_day")
+    def messages_last_day(self, inbox):
+        return inbox.messages_last_day
+
+    @admin.display(description="mailbox")
+    def mailbox(self, inbox):
+        state = getattr(inbox, "mailbox_state", None)
+        if state is None:
+            return "-"
+        return (
+            f"last success {state.last_success_at or 'never'}; last error "
+            f"{state.last_error or 'none'} ({state.last_error_at or '-'}); UID "
+            f"{state.last_uid} of UIDVALIDITY {state.uidvalidity}"
+        )
 
     @admin.display(description="credentials")
     def credentials_set(self, inbox):

@@ -27,6 +27,14 @@ def _schedule(sender, **kwargs):
             "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
         },
         "wake-snoozed": {"task": "conversations.tasks.wake_snoozed", "schedule": 30.0},
+        "poll-mailboxes": {
+            "task": "channels_adapters.tasks.poll_mailboxes",
+            "schedule": float(settings.MAIL_POLL_INTERVAL_SECONDS),
+        },
+        "check-mailbox-health": {
+            "task": "channels_adapters.tasks.check_mailbox_health",
+            "schedule": 900.0,
+        },
     }
 
 

@@ -158,6 +158,7 @@ CELERY_TIMEZONE = "UTC"
 # stored lost its task (broker restart, worker killed): the sweep enqueues it again.
 SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=60)
 SWEEP_STUCK_AFTER_SECONDS = env.int("SWEEP_STUCK_AFTER_SECONDS", default=120)
+MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
 
 # --- Auth, i18n, static -------------------------------------------------------------------
 

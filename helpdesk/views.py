@@ -65,6 +65,16 @@ def healthz(request):
         except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
             report[name] = f"down: {type(exc).__name__}: {exc}"[:300]
     healthy = all(state == "ok" for state in report.values())
+    # Mailboxes are reported but do not fail the check: a customer's broken IMAP password
+    # must not make the orchestrator restart a healthy web process.
+    try:
+        from channels_adapters.email.health import email_inboxes_with_health, health_of
+
+        report["mailboxes"] = {
+            inbox.name: health_of(inbox) for inbox in email_inboxes_with_health()
+        }
+    except Exception as exc:  # noqa: BLE001 - the database check above already says why
+        report["mailboxes"] = f"unknown: {type(exc).__name__}"
     return JsonResponse(
         {"status": "ok" if healthy else "down", **report}, status=200 if healthy else 503
     )

@@ -189,3 +189,86 @@ def email_inbox(support, smtp_server):
         default_team=support,
         settings={"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port, "smtp_timeout": 5},
     )
+
+
+DOVECOT_CONF = """
+protocols = imap
+listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/run
+log_path = {root}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{root}/mail/%u
+mail_uid = dovecot
+mail_gid = dovecot
+first_valid_uid = 1
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={root}/mail/%u
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@pytest.fixture
+def imap_server():
+    """A real Dovecot IMAP server on a loopback port with a temporary mail store. Any user
+    name logs in with `imap_server.password`."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    if not shutil.which("dovecot"):
+        pytest.skip("needs Dovecot (apt-get install dovecot-imapd; .ci/run installs it)")
+    root = Path(tempfile.mkdtemp(prefix="dv"))  # short: Dovecot's sockets live under it
+    (root / "mail").mkdir()
+    (root / "run").mkdir()
+    root.chmod(0o755)
+    (root / "mail").chmod(0o777)
+    port = free_port()
+
+    class Server:
+        host, password = "127.0.0.1", "imap-secret"
+
+    Server.port = port
+    (root / "dovecot.conf").write_text(
+        DOVECOT_CONF.format(root=root, port=port, password=Server.password)
+    )
+    process = subprocess.Popen(
+        ["dovecot", "-F", "-c", str(root / "dovecot.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(process.stdout.read().decode(errors="replace")) from None
+            time.sleep(0.05)
+    yield Server
+    process.terminate()
+    process.wait(timeout=20)
+    shutil.rmtree(root, ignore_errors=True)

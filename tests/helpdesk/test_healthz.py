@@ -11,6 +11,7 @@ def test_healthz_reports_every_part_ok(client, embedded_worker, settings):
         "database": "ok",
         "channel_layer": "ok",
         "broker": "ok",
+        "mailboxes": {},
     }
 
 

@@ -1,0 +1,81 @@
+"""Is each email inbox receiving mail? Shown in admin and /healthz; admins get an email when a
+poller keeps failing or an inbox has been silent too long, once per incident."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.core.mail import send_mail
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from channels_adapters.models import MailboxState
+from conversations.models import Channel, Inbox
+from helpdesk.models import User
+
+FAILURES_BEFORE_ALERT = 3
+
+
+def with_mail_counts(inboxes):
+    """Inboxes annotated with what health_of reads: mail in the last day, last mail."""
+    day_ago = timezone.now() - timedelta(days=1)
+    return inboxes.select_related("mailbox_state").annotate(
+        messages_last_day=Count(
+            "inbound_events", filter=Q(inbound_events__received_at__gte=day_ago)
+        ),
+        last_received_at=Max("inbound_events__received_at"),
+    )
+
+
+def email_inboxes_with_health():
+    return with_mail_counts(Inbox.objects.filter(kind=Channel.EMAIL, is_active=True)).order_by("pk")
+
+
+def health_of(inbox) -> str:
+    """ "ok", or what is wrong, in a sentence an admin can act on."""
+    config = inbox.settings or {}
+    state = getattr(inbox, "mailbox_state", None)
+    if config.get("imap_host"):
+        if state is None or state.last_success_at is None and not state.last_error:
+            return "not polled yet"
+        if state.consecutive_failures >= FAILURES_BEFORE_ALERT:
+            return (
+                f"failing: {state.consecutive_failures} polls in a row, last error "
+                f"{state.last_error}"
+            )
+    silent_hours = float(config.get("silent_after_hours", 24 if config.get("imap_host") else 0))
+    if silent_hours:
+        since = inbox.last_received_at or inbox.created_at
+        if timezone.now() - since > timedelta(hours=silent_hours):
+            return f"silent: no mail since {since:%Y-%m-%d %H:%M} UTC"
+    return "ok"
+
+
+def mailboxes_alert() -> int:
+    """Email the admins about inboxes that went wrong since the last check. Returns how many
+    alerts went out."""
+    sent = 0
+    admins = list(
+        User.objects.filter(
+            Q(is_superuser=True) | Q(role=User.Role.ADMIN), is_active=True
+        ).values_list("email", flat=True)
+    )
+    for inbox in email_inboxes_with_health():
+        state, _ = MailboxState.objects.get_or_create(inbox=inbox)
+        health = health_of(inbox)
+        if health in ("ok", "not polled yet"):
+            if state.alerted_at:
+                MailboxState.objects.filter(pk=state.pk).update(alerted_at=None)
+            continue
+        if state.alerted_at or not admins:
+            continue
+        send_mail(
+            subject=f"[Threadline] Inbox {inbox.name} needs attention",
+            message=f"The email inbox {inbox.name} ({inbox.address}) is {health}.\n\n"
+            "Check its IMAP settings and credentials in the admin.",
+            from_email=None,
+            recipient_list=admins,
+        )
+        MailboxState.objects.filter(pk=state.pk).update(alerted_at=timezone.now())
+        sent += 1
+    return sent

@@ -1,0 +1,111 @@
+"""IMAP polling for email inboxes (imap-tools).
+
+Inbox settings: `imap_host`, `imap_port` (993), `imap_ssl` (true), `imap_username`,
+`imap_folder` (INBOX), `imap_after` ("seen", or "move:<folder>"); credentials: `imap_password`.
+
+Each message is stored (committed) before it is marked seen or moved, and the last UID is
+saved after that: a crash at any point re-reads at most one message, which the Message-ID
+dedupe drops. A new UIDVALIDITY (the server renumbered the folder) starts over from the first
+UID, safely for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+from imap_tools import MailBox, MailBoxUnencrypted
+
+from channels_adapters.email.ingest import ingest
+from channels_adapters.email.parsing import NotAnEmail
+from channels_adapters.models import MailboxState
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=10)
+BATCH = 200  # messages per poll; the next poll goes on where this one stopped
+
+
+@dataclass(frozen=True)
+class PollResult:
+    stored: int = 0
+    duplicates: int = 0
+    unreadable: int = 0
+    skipped: bool = False  # another worker holds the lease
+
+
+def mailbox_poll(inbox) -> PollResult:
+    state, _ = MailboxState.objects.get_or_create(inbox=inbox)
+    now = timezone.now()
+    leased = MailboxState.objects.filter(
+        Q(poll_started_at__isnull=True) | Q(poll_started_at__lt=now - LEASE), pk=state.pk
+    ).update(poll_started_at=now)
+    if not leased:
+        return PollResult(skipped=True)
+    try:
+        result = _poll(inbox, state)
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded and shown as health
+        log.warning("polling %s failed: %s", inbox, exc)
+        MailboxState.objects.filter(pk=state.pk).update(
+            poll_started_at=None,
+            last_error=f"{type(exc).__name__}: {exc}"[:1000],
+            last_error_at=timezone.now(),
+            consecutive_failures=state.consecutive_failures + 1,
+        )
+        raise
+    MailboxState.objects.filter(pk=state.pk).update(
+        poll_started_at=None,
+        last_success_at=timezone.now(),
+        consecutive_failures=0,
+        last_error="",
+    )
+    return result
+
+
+def _connect(inbox):
+    config = inbox.settings or {}
+    use_ssl = config.get("imap_ssl", True)
+    port = int(config.get("imap_port", 993 if use_ssl else 143))
+    cls = MailBox if use_ssl else MailBoxUnencrypted
+    return cls(config["imap_host"], port, timeout=30).login(
+        config.get("imap_username") or inbox.address,
+        (inbox.credentials or {}).get("imap_password", ""),
+        initial_folder=config.get("imap_folder", "INBOX"),
+    )
+
+
+def _poll(inbox, state: MailboxState) -> PollResult:
+    config = inbox.settings or {}
+    folder = config.get("imap_folder", "INBOX")
+    after = config.get("imap_after", "seen")
+    stored = duplicates = unreadable = 0
+    with _connect(inbox) as mailbox:
+        uidvalidity = int(mailbox.folder.status(folder, ["UIDVALIDITY"])["UIDVALIDITY"])
+        if uidvalidity != state.uidvalidity:
+            state.uidvalidity, state.last_uid = uidvalidity, 0
+            MailboxState.objects.filter(pk=state.pk).update(uidvalidity=uidvalidity, last_uid=0)
+        # "N:*" always includes the highest UID, even below N: filter on our side too.
+        uids = [int(u) for u in mailbox.uids(f"UID {state.last_uid + 1}:*")]
+        for uid in sorted(u for u in uids if u > state.last_uid)[:BATCH]:
+            status, data = mailbox.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
+            raw = next((part[1] for part in data if isinstance(part, tuple)), None)
+            if status == "OK" and raw is not None:
+                try:
+                    result = ingest(inbox, raw, process_now=False)
+                except NotAnEmail as exc:
+                    # Left in the mailbox, unmarked, for a person to look at.
+                    log.warning("%s: UID %s is not an email (%s); skipped", inbox, uid, exc)
+                    unreadable += 1
+                else:
+                    duplicates += result.duplicate
+                    stored += not result.duplicate
+                    if after.startswith("move:"):
+                        mailbox.move(str(uid), after.partition(":")[2])
+                    else:
+                        mailbox.flag(str(uid), "\\Seen", True)
+            state.last_uid = uid
+            MailboxState.objects.filter(pk=state.pk).update(last_uid=uid)
+    return PollResult(stored=stored, duplicates=duplicates, unreadable=unreadable)

@@ -1,0 +1,170 @@
+import pytest
+from django.core import mail
+from imap_tools import MailBoxUnencrypted
+
+from channels_adapters.delivery import inbound_event_process, message_deliver
+from channels_adapters.email.health import health_of, mailboxes_alert, with_mail_counts
+from channels_adapters.email.imap import mailbox_poll
+from channels_adapters.models import InboundEvent, MailboxState
+from conversations import services
+from conversations.models import Conversation, Inbox, Message
+from tests.channels_adapters.test_email import customer_mail, fixture, pipe, reply_to
+
+
+@pytest.fixture
+def imap_inbox(email_inbox, imap_server):
+    email_inbox.settings.update(
+        imap_host=imap_server.host,
+        imap_port=imap_server.port,
+        imap_ssl=False,
+        imap_username="support",
+    )
+    email_inbox.credentials = {"imap_password": imap_server.password}
+    email_inbox.save()
+    return email_inbox
+
+
+def mailbox(server):
+    return MailBoxUnencrypted(server.host, server.port).login("support", server.password)
+
+
+def deliver(server, *raws, folder="INBOX"):
+    """Mail arriving in the mailbox (an MTA's job; IMAP APPEND does the same to the store)."""
+    with mailbox(server) as box:
+        for raw in raws:
+            box.append(raw, folder, flag_set=[])
+
+
+def process_all():
+    """What the worker does with the events the poller stored."""
+    for pk in InboundEvent.objects.filter(status="pending").values_list("pk", flat=True):
+        inbound_event_process(pk)
+
+
+def unseen(server) -> list[str]:
+    with mailbox(server) as box:
+        return box.uids("UNSEEN")
+
+
+@pytest.mark.django_db
+class TestPolling:
+    def test_new_mail_is_stored_marked_seen_and_remembered(self, imap_inbox, imap_server):
+        deliver(imap_server, fixture("new_thread_fr.eml"), fixture("cc_and_attachment.eml"))
+
+        result = mailbox_poll(imap_inbox)
+
+        assert (result.stored, result.duplicates) == (2, 0)
+        assert unseen(imap_server) == []
+        process_all()
+        assert Conversation.objects.count() == 2
+        state = MailboxState.objects.get(inbox=imap_inbox)
+        assert state.last_uid == 2 and state.uidvalidity
+        assert mailbox_poll(imap_inbox).stored == 0  # nothing new, nothing read twice
+
+    def test_a_crash_between_storing_and_marking_loses_and_duplicates_nothing(
+        self, imap_inbox, imap_server
+    ):
+        deliver(imap_server, fixture("new_thread_fr.eml"))
+        mailbox_poll(imap_inbox)
+        # As if the worker died after storing: the flag and the saved UID never happened.
+        with mailbox(imap_server) as box:
+            box.flag(box.uids("ALL"), "\\Seen", False)
+        MailboxState.objects.filter(inbox=imap_inbox).update(last_uid=0)
+
+        result = mailbox_poll(imap_inbox)
+
+        assert (result.stored, result.duplicates) == (0, 1)
+        assert InboundEvent.objects.count() == 1
+        assert unseen(imap_server) == []
+
+    def test_a_new_uidvalidity_rescans_without_duplicates(self, imap_inbox, imap_server):
+        deliver(imap_server, fixture("new_thread_fr.eml"))
+        mailbox_poll(imap_inbox)
+        MailboxState.objects.filter(inbox=imap_inbox).update(uidvalidity=1, last_uid=99)
+        deliver(imap_server, fixture("iso2022jp.eml"))
+
+        result = mailbox_poll(imap_inbox)
+
+        assert (result.stored, result.duplicates) == (1, 1)
+        assert InboundEvent.objects.count() == 2
+
+    def test_processed_mail_can_be_moved_to_a_folder(self, imap_inbox, imap_server):
+        with mailbox(imap_server) as box:
+            box.folder.create("Processed")
+        imap_inbox.settings["imap_after"] = "move:Processed"
+        imap_inbox.save()
+        deliver(imap_server, fixture("new_thread_fr.eml"))
+        mailbox_poll(imap_inbox)
+        with mailbox(imap_server) as box:
+            assert box.uids("ALL") == []
+            box.folder.set("Processed")
+            assert len(box.uids("ALL")) == 1
+
+    def test_not_email_is_left_in_the_mailbox_and_the_rest_goes_on(self, imap_inbox, imap_server):
+        deliver(imap_server, b"garbage without any headers\r\n", fixture("new_thread_fr.eml"))
+        result = mailbox_poll(imap_inbox)
+        assert (result.stored, result.unreadable) == (1, 1)
+        assert len(unseen(imap_server)) == 1
+
+
+@pytest.mark.django_db
+def test_a_customer_reply_lands_once_whether_by_imap_pipe_or_http(
+    client, imap_inbox, imap_server, smtp_server, bob
+):
+    """The issue's 'done when': an agent's reply goes out over SMTP; the customer's answer,
+    fed through IMAP, the pipe and the HTTP endpoint alike, lands in the same conversation
+    exactly once."""
+    pipe(imap_inbox, customer_mail(subject="Where is my order?"))
+    conversation = Conversation.objects.get()
+    message_deliver(
+        services.reply_send(conversation=conversation, author=bob, text="It ships today.").pk
+    )
+    [sent] = smtp_server.messages()
+    answer = reply_to(sent, body="Great, thank you!")
+
+    deliver(imap_server, answer)
+    mailbox_poll(imap_inbox)
+    process_all()
+    pipe(imap_inbox, answer)
+    response = client.post(
+        f"/channels/email/{imap_inbox.pk}/mime",
+        data=answer,
+        content_type="message/rfc822",
+        HTTP_AUTHORIZATION=f"Bearer {imap_inbox.secret}",
+    )
+
+    assert response.status_code == 202
+    assert Conversation.objects.count() == 1
+    texts = list(conversation.messages.values_list("direction", "text"))
+    assert texts == [
+        ("inbound", "Hello"),
+        ("outbound", "It ships today."),
+        ("inbound", "Great, thank you!"),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_failing_mailbox_shows_in_health_and_alerts_admins_once(imap_inbox, alice, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    imap_inbox.credentials = {"imap_password": "wrong"}
+    imap_inbox.save()
+    for _ in range(3):
+        with pytest.raises(Exception, match="(?i)auth"):
+            mailbox_poll(imap_inbox)
+
+    inbox = with_mail_counts(Inbox.objects.filter(pk=imap_inbox.pk)).get()
+    assert health_of(inbox).startswith("failing: 3 polls in a row, last error")
+    assert mailboxes_alert() == 1
+    assert mailboxes_alert() == 0  # once per incident
+    [alert] = mail.outbox
+    assert alert.to == ["alice@example.com"]
+    assert "Acme Support" in alert.subject
+
+
+@pytest.mark.django_db
+def test_healthz_reports_each_mailbox(client, imap_inbox, imap_server):
+    deliver(imap_server, fixture("new_thread_fr.eml"))
+    assert client.get("/healthz").json()["mailboxes"] == {"Acme Support": "not polled yet"}
+    mailbox_poll(imap_inbox)
+    assert client.get("/healthz").json()["mailboxes"] == {"Acme Support": "ok"}
+    assert Message.objects.count() == 0  # polled and stored; processing is the worker's job
