@@ -44,10 +44,16 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def inbound_event_store(
-    *, inbox: Inbox, dedupe_key: str, payload: bytes, headers: dict | None = None
+    *,
+    inbox: Inbox,
+    dedupe_key: str,
+    payload: bytes,
+    headers: dict | None = None,
+    enqueue: bool = True,
 ) -> tuple[InboundEvent, bool]:
     """Store a provider payload before anything else happens. Returns (event, created); a
-    replay returns the stored event and created=False. Processing is enqueued on commit."""
+    replay returns the stored event and created=False. Processing is enqueued on commit
+    unless the caller processes it itself (if it dies first, the sweep enqueues it)."""
     from channels_adapters.tasks import process_inbound_event
 
     try:
@@ -55,7 +61,8 @@ def inbound_event_store(
             event = InboundEvent.objects.create(
                 inbox=inbox, dedupe_key=dedupe_key[:255], payload=payload, headers=headers or {}
             )
-            transaction.on_commit(lambda: process_inbound_event.delay(event.pk))
+            if enqueue:
+                transaction.on_commit(lambda: process_inbound_event.delay(event.pk))
             return event, True
     except IntegrityError:
         return InboundEvent.objects.get(inbox=inbox, dedupe_key=dedupe_key[:255]), False
@@ -100,7 +107,8 @@ def inbound_event_process(event_id: int) -> InboundEvent | None:
             event.message = received[0].message if received else None
             event.error = "" if received or any(updated) else "nothing in it for us"
         event.processed_at = timezone.now()
-        event.save()
+        # Never write the payload back: it can be megabytes, and it is the record.
+        event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])
         return event
 
 

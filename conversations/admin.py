@@ -352,27 +352,22 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resolve")
     def resolve(self, request, queryset):
-        done = _run(
-            self,
-            request,
-            lambda c: services.conversation_set_status(
-                conversation=c, status=Conversation.Status.RESOLVED, actor=request.user
-            ),
-            queryset,
-        )
-        self.message_user(request, f"{done} conversations resolved.", messages.SUCCESS)
+        self._set_status(request, queryset, Conversation.Status.RESOLVED, "resolved")
 
     @admin.action(description="Reopen")
     def reopen(self, request, queryset):
+        self._set_status(request, queryset, Conversation.Status.OPEN, "reopened")
+
+    def _set_status(self, request, queryset, status, done_verb):
         done = _run(
             self,
             request,
             lambda c: services.conversation_set_status(
-                conversation=c, status=Conversation.Status.OPEN, actor=request.user
+                conversation=c, status=status, actor=request.user
             ),
             queryset,
         )
-        self.message_user(request, f"{done} conversations reopened.", messages.SUCCESS)
+        self.message_user(request, f"{done} conversations {done_verb}.", messages.SUCCESS)
 
 
 class AttachmentInline(admin.TabularInline):

@@ -32,39 +32,64 @@ def customer_group(customer_id: int) -> str:
     return f"customer.{customer_id}"
 
 
-def _agent_groups(conversation) -> list[str]:
-    groups = [ADMINS_GROUP, conversation_group(conversation.pk)]
-    team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
-    groups += [team_group(team_id) for team_id in sorted(team_ids)]
-    if conversation.assignee_id:
-        groups.append(agent_group(conversation.assignee_id))
+def _agent_groups(conversation_id, *, team_id, assignee_id, inbox__default_team_id) -> list[str]:
+    groups = [ADMINS_GROUP, conversation_group(conversation_id)]
+    groups += [team_group(t) for t in sorted({team_id, inbox__default_team_id} - {None})]
+    if assignee_id:
+        groups.append(agent_group(assignee_id))
     return groups
 
 
-def send_to_groups(groups, payload: dict) -> None:
+def send_to_groups(groups, payload: dict, *more: tuple[list[str], dict]) -> None:
+    """Send `payload` to `groups` (and each further (groups, payload) pair) in one hop into the
+    event loop: async_to_sync costs far more than the sends themselves."""
     layer = get_channel_layer()
     if layer is None:
         return
-    send = async_to_sync(layer.group_send)
-    for group in groups:
-        try:
-            send(group, payload)
-        except Exception:  # a notification must never break the committed change
-            log.exception("could not notify group %s", group)
+
+    async def send_all():
+        for targets, message in ((groups, payload), *more):
+            for group in targets:
+                try:
+                    await layer.group_send(group, message)
+                except Exception:  # a notification must never break the committed change
+                    log.exception("could not notify group %s", group)
+
+    async_to_sync(send_all)()
 
 
-def publish_conversation_event(conversation, event: str, **data) -> None:
-    """Tell agents who may see `conversation` that `event` happened, after commit."""
+def publish_conversation_event(
+    conversation, event: str, *, customer_event: dict | None = None, **data
+) -> None:
+    """Tell agents who may see `conversation` that `event` happened, after commit; with
+    `customer_event`, tell the customer's own sockets too (ids only: the widget reads the
+    message through its own, filtered endpoint)."""
 
     def send():
-        conversation.refresh_from_db(fields=["team", "assignee", "status"])
+        # Recipients from the conversation as it is now, not as it was when the change began.
+        current = (
+            type(conversation)
+            .objects.filter(pk=conversation.pk)
+            .values("team_id", "assignee_id", "inbox__default_team_id")
+            .first()
+        )
+        if current is None:
+            return
         payload = {
             "type": "conversation.event",
             "event": event,
             "conversation": conversation.pk,
             **data,
         }
-        send_to_groups(_agent_groups(conversation), payload)
+        more = []
+        if customer_event is not None:
+            more.append(
+                (
+                    [customer_group(conversation.customer_id)],
+                    {"type": "customer.event", **customer_event},
+                )
+            )
+        send_to_groups(_agent_groups(conversation.pk, **current), payload, *more)
 
     transaction.on_commit(send)
 

@@ -29,7 +29,7 @@ from conversations.models import (
     Message,
     Tag,
 )
-from conversations.realtime import publish_conversation_event, publish_customer_event
+from conversations.realtime import publish_conversation_event
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,14 @@ def conversation_open(
     *, inbox: Inbox, customer: Customer, subject: str = "", actor=None, **event_data
 ) -> Conversation:
     """A new conversation with `customer` in `inbox`, routed to the inbox's team."""
+    conversation = _conversation_create(
+        inbox=inbox, customer=customer, subject=subject, actor=actor, **event_data
+    )
+    publish_conversation_event(conversation, "created")
+    return conversation
+
+
+def _conversation_create(*, inbox, customer, subject="", actor=None, **event_data):
     if customer.merged_into_id:
         raise ValidationError("This customer was merged into another; use that profile.")
     conversation = Conversation.objects.create(
@@ -186,7 +194,6 @@ def conversation_open(
         last_activity_at=timezone.now(),
     )
     _event(conversation, ConversationEvent.Kind.CREATED, actor, **event_data)
-    publish_conversation_event(conversation, "created")
     return conversation
 
 
@@ -241,7 +248,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer = customer.merged_into
     now = timezone.now()
 
-    conversation, flag_reason = None, ""
+    conversation, flag_reason, opened = None, "", False
     if inbound.conversation is not None:
         conversation = _follow_merges(inbound.conversation)
         if not _may_write_into(conversation, identity):
@@ -258,9 +265,10 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         conversation = _conversation_to_continue(inbox, customer)
 
     if conversation is None:
-        conversation = conversation_open(
+        conversation = _conversation_create(
             inbox=inbox, customer=customer, subject=inbound.subject, channel=inbound.channel
         )
+        opened = True
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
     else:
@@ -308,8 +316,13 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     conversation.save()
     Identity.objects.filter(pk=identity.pk).update(last_seen_at=now)
 
-    publish_conversation_event(conversation, "message", message=message.pk)
-    publish_customer_event(customer.pk, "message", conversation=conversation.pk, message=message.pk)
+    # One notification: "created" for a new conversation, else "message".
+    publish_conversation_event(
+        conversation,
+        "created" if opened else "message",
+        message=message.pk,
+        customer_event={"event": "message", "conversation": conversation.pk, "message": message.pk},
+    )
     return Received(message, created=True)
 
 
@@ -333,6 +346,8 @@ def _may_write_into(conversation: Conversation, identity: Identity) -> bool:
 
 
 def _participants_add(conversation, inbox, sender, cc) -> None:
+    if not cc:
+        return
     own = {inbox.address.lower()} | set(
         Inbox.objects.exclude(address="").values_list("address", flat=True)
     )

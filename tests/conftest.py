@@ -272,3 +272,29 @@ def imap_server():
     process.terminate()
     process.wait(timeout=20)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def start_celery_worker(**popen):
+    """A real `celery worker` process on this test's database and broker."""
+    import subprocess
+
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "helpdesk",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(EMBEDDED_WORKER="false"),
+        **popen,
+    )

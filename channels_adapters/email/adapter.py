@@ -124,7 +124,11 @@ class EmailAdapter(Adapter):
                 conversation=conversation,
                 force_new_conversation=conversation is None,
                 attachments=tuple(parsed.attachments),
-                cc=tuple(parsed.cc + [p for p in parsed.to if p[1] != parsed.from_address]),
+                cc=tuple(
+                    (name, address)
+                    for name, address in parsed.cc + parsed.to
+                    if address not in (parsed.from_address, event.inbox.address.lower())
+                ),
                 metadata=metadata,
             )
         ]

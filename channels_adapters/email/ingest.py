@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from channels_adapters.delivery import inbound_event_process, inbound_event_store
-from channels_adapters.email.parsing import NotAnEmail, parse_email
+from channels_adapters.email.parsing import NotAnEmail, read_envelope
 from channels_adapters.models import InboundEvent
 
 MAX_EMAIL_BYTES = 50 * 1024 * 1024
@@ -24,13 +24,14 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
     before anything is stored."""
     if len(raw) > MAX_EMAIL_BYTES:
         raise NotAnEmail(f"larger than {MAX_EMAIL_BYTES // (1024 * 1024)} MB")
-    parsed = parse_email(raw)
+    envelope = read_envelope(raw)  # headers only: the body is parsed once, when processed
     with transaction.atomic():
         event, created = inbound_event_store(
             inbox=inbox,
-            dedupe_key=parsed.message_id,
+            dedupe_key=envelope.message_id,
             payload=raw,
-            headers={"subject": parsed.subject[:200], "from": parsed.from_address},
+            headers={"subject": envelope.subject[:200], "from": envelope.from_address},
+            enqueue=not process_now,
         )
     if process_now and event.status == InboundEvent.Status.PENDING:
         event = inbound_event_process(event.pk) or InboundEvent.objects.get(pk=event.pk)

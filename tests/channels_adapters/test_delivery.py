@@ -1,6 +1,5 @@
 import signal
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from channels_adapters.delivery import message_deliver, message_retry, sweep_stu
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
-from tests.conftest import ROOT, receive, subprocess_env, wait_for
+from tests.conftest import receive, start_celery_worker, wait_for
 
 
 def status_of(message):
@@ -122,27 +121,7 @@ class TestEmbeddedWorker:
 def test_a_separate_celery_worker_process_runs_what_the_web_process_enqueues(
     redis_url, client, api_inbox, chat_inbox, bob, purge_broker
 ):
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "helpdesk",
-            "worker",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=subprocess_env(EMBEDDED_WORKER="false"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_celery_worker(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         response = client.post(
             f"/channels/api/{api_inbox.pk}/messages",

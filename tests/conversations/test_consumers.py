@@ -52,7 +52,7 @@ async def test_team_agents_hear_of_their_conversations_and_outsiders_do_not(
     assert event["type"] == "conversation"
     assert event["event"] == "created"
     assert event["conversation"] == received.message.conversation_id
-    assert (await bob_socket.receive_json_from(timeout=5))["event"] == "message"
+    assert event["message"] == received.message.pk
     assert await charlie_socket.receive_nothing(timeout=0.2)
     await bob_socket.disconnect()
     await charlie_socket.disconnect()

@@ -1,0 +1,65 @@
+import asyncio
+import signal
+import subprocess
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.conf import settings
+from django.utils import timezone
+
+from channels_adapters.delivery import message_deliver, sweep_stuck
+from conversations import services
+from conversations.models import Conversation, Message
+from tests.channels_adapters.test_email import customer_mail, pipe
+from tests.conftest import start_celery_worker
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_send_loses_nothing_and_resends_with_the_same_message_id(
+    redis_url, email_inbox, smtp_server, bob, purge_broker
+):
+    data_received, release = threading.Event(), threading.Event()
+    accept = smtp_server.handle_DATA
+
+    async def hold_first_data(server, session, envelope):
+        if not data_received.is_set():
+            data_received.set()
+            # The worker dies while we sit on its DATA, before we answer 250. aiosmtpd then
+            # drops the transaction, as an MTA must: it has not taken responsibility for it.
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+        return await accept(server, session, envelope)
+
+    smtp_server.handle_DATA = hold_first_data
+    pipe(email_inbox, customer_mail())
+    worker = start_celery_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        reply = services.reply_send(
+            conversation=Conversation.objects.get(), author=bob, text="Your refund is on its way."
+        )
+        assert data_received.wait(30), "the worker never reached DATA"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    release.set()
+
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.SENDING  # the worker died before it could say
+    message_id = reply.provider_id
+    assert message_deliver(reply.pk) is None  # a live task would not send it twice
+
+    later = timezone.now() + timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS + 1)
+    with time_machine.travel(later):
+        assert sweep_stuck().messages == 1
+        purge_broker()  # run the re-enqueued delivery here instead of in a worker
+        assert message_deliver(reply.pk).status == Message.Status.SENT
+
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.SENT
+    # Retried, never lost, and sent once: the dead attempt was never accepted, and the resend
+    # carries the Message-ID fixed before the first try (receivers deduplicate on it).
+    [copy] = smtp_server.messages()
+    assert copy["Message-ID"] == f"<{message_id}>"
