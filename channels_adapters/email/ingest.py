@@ -1,6 +1,7 @@
 """One entry for raw mail, whoever brings it (IMAP poller, MTA pipe, HTTP): check it reads as
 an email, store it raw (deduplicated by Message-ID), then process it."""
 
+import logging
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -10,6 +11,8 @@ from channels_adapters.email.parsing import NotAnEmail, read_envelope
 from channels_adapters.models import InboundEvent
 
 MAX_EMAIL_BYTES = 50 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
             headers={"subject": envelope.subject[:200], "from": envelope.from_address},
             enqueue=not process_now,
         )
-    if process_now and event.status == InboundEvent.Status.PENDING:
-        event = inbound_event_process(event.pk) or InboundEvent.objects.get(pk=event.pk)
+        if process_now and event.status == InboundEvent.Status.PENDING:
+            # One commit for storing and processing. Processing runs in a savepoint, so a
+            # failure we did not foresee still commits the raw mail, left pending for the sweep.
+            try:
+                with transaction.atomic():
+                    event = inbound_event_process(event.pk) or event
+            except Exception:
+                log.exception("processing inbound event %s failed; the sweep will retry", event.pk)
     return Ingested(event=event, duplicate=not created)
