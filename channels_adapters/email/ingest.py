@@ -37,11 +37,10 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
             enqueue=not process_now,
         )
         if process_now and event.status == InboundEvent.Status.PENDING:
-            # One commit for storing and processing. Processing runs in a savepoint, so a
-            # failure we did not foresee still commits the raw mail, left pending for the sweep.
+            # One commit for storing and processing. Processing runs in its own savepoint, so
+            # a failure we did not foresee still commits the raw mail, pending for the sweep.
             try:
-                with transaction.atomic():
-                    event = inbound_event_process(event.pk) or event
+                event = inbound_event_process(event.pk) or event
             except Exception:
                 log.exception("processing inbound event %s failed; the sweep will retry", event.pk)
     return Ingested(event=event, duplicate=not created)
