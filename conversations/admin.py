@@ -286,10 +286,13 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ["status", "priority", "inbox__kind", "inbox", "team", "assignee"]
     list_select_related = ["customer", "inbox", "team", "assignee"]
     search_fields = ["=id", "subject", "customer__name", "customer__identities__address"]
-    autocomplete_fields = ["customer"]
+    # Autocomplete, not a select of every identity in the database.
+    autocomplete_fields = ["customer", "participants"]
+    exclude = ["reply_token"]
     date_hierarchy = "last_activity_at"
     show_full_result_count = False
     readonly_fields = [
+        "reply_token_hint",
         "status",
         "priority",
         "team",
@@ -317,6 +320,11 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="#", ordering="id")
     def number(self, conversation):
         return conversation.number
+
+    @admin.display(description="reply token")
+    def reply_token_hint(self, conversation):
+        # A capability: whoever has it can write into the conversation by email.
+        return f"••••••{conversation.reply_token[-4:]}" if conversation.pk else "-"
 
     def save_model(self, request, obj, form, change):
         if change:

@@ -175,3 +175,20 @@ def test_bulk_actions_go_through_the_services(client, alice, bob, chat_inbox):
         {"action": "merge", "_selected_action": list(customers)},
     )
     assert Conversation.objects.values("customer").distinct().count() == 1
+
+
+@pytest.mark.django_db
+def test_the_conversation_page_hides_the_reply_token_and_other_customers(client, alice, chat_inbox):
+    for address in ("visitor-a", "visitor-b"):
+        services.message_receive(
+            inbox=chat_inbox,
+            inbound=services.InboundMessage(channel=Channel.WEBCHAT, address=address, text="hi"),
+        )
+    conversation = Conversation.objects.get(customer__identities__address="visitor-a")
+    client.force_login(alice)
+    html = client.get(
+        reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert conversation.reply_token not in html  # a capability to write into it by email
+    assert f"••••••{conversation.reply_token[-4:]}" in html
+    assert "visitor-b" not in html  # participants pick by autocomplete, not a list of all
