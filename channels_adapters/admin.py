@@ -19,10 +19,10 @@ class InboundEventAdmin(admin.ModelAdmin):
     list_select_related = ["inbox"]
     search_fields = ["dedupe_key", "error"]
     date_hierarchy = "received_at"
-    readonly_fields = [f.name for f in InboundEvent._meta.fields if f.name != "payload"] + [
-        "payload_preview"
-    ]
-    exclude = ["payload"]
+    readonly_fields = [
+        f.name for f in InboundEvent._meta.fields if f.name not in ("payload", "payload_file")
+    ] + ["payload_preview"]
+    exclude = ["payload", "payload_file"]
     actions = ["reprocess"]
 
     def has_add_permission(self, request):
@@ -30,7 +30,7 @@ class InboundEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="payload (first 10 kB)")
     def payload_preview(self, event):
-        return bytes(event.payload[:10240]).decode("utf-8", errors="replace")
+        return event.raw()[:10240].decode("utf-8", errors="replace")
 
     @admin.action(description="Process the selected failed events again")
     def reprocess(self, request, queryset):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -33,6 +35,7 @@ from conversations.services import (
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+PAYLOAD_IN_ROW_MAX = 256 * 1024
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -58,9 +61,13 @@ def inbound_event_store(
 
     try:
         with transaction.atomic():
-            event = InboundEvent.objects.create(
-                inbox=inbox, dedupe_key=dedupe_key[:255], payload=payload, headers=headers or {}
-            )
+            event = InboundEvent(inbox=inbox, dedupe_key=dedupe_key[:255], headers=headers or {})
+            if len(payload) > PAYLOAD_IN_ROW_MAX:
+                # Written before the row commits: a crash leaves at worst an unused file.
+                event.payload_file.save(uuid.uuid4().hex, ContentFile(payload), save=False)
+            else:
+                event.payload = payload
+            event.save()
             if enqueue:
                 transaction.on_commit(lambda: process_inbound_event.delay(event.pk))
             return event, True
@@ -68,18 +75,22 @@ def inbound_event_store(
         return InboundEvent.objects.get(inbox=inbox, dedupe_key=dedupe_key[:255]), False
 
 
-def inbound_event_process(event_id: int) -> InboundEvent | None:
+def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> InboundEvent | None:
     """Turn a stored event into messages. Runs in one transaction with the event locked, so a
-    worker dying half way leaves it pending for the sweep, and a second run does nothing."""
+    worker dying half way leaves it pending for the sweep, and a second run does nothing.
+    A caller that just stored the event passes its `payload` rather than reading it back."""
     with transaction.atomic():
-        event = (
+        # The payload is read by the adapter through event.raw(), not with the row.
+        events = (
             InboundEvent.objects.select_for_update(of=("self",))
             .select_related("inbox")
-            .filter(pk=event_id, status=InboundEvent.Status.PENDING)
-            .first()
+            .defer("payload")
         )
+        event = events.filter(pk=event_id, status=InboundEvent.Status.PENDING).first()
         if event is None:
             return None  # already processed, or never stored
+        if payload is not None:
+            event.payload_in_hand = payload  # the caller just stored it: no read back
         event.attempts += 1
         adapter = adapter_for(event.inbox.kind)
         try:

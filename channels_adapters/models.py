@@ -22,7 +22,10 @@ class InboundEvent(models.Model):
     )
     # The provider's message id, or a hash of the payload when it has none.
     dedupe_key = models.CharField(max_length=255)
-    payload = models.BinaryField()
+    # Small payloads live in the row; large ones (mail with attachments) in file storage, since
+    # a database driver holds a blob in memory two or three times over while writing it.
+    payload = models.BinaryField(blank=True)
+    payload_file = models.FileField(upload_to="inbound/%Y/%m/", blank=True, max_length=200)
     headers = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -54,6 +57,18 @@ class InboundEvent(models.Model):
 
     def __str__(self):
         return f"{self.inbox} event {self.dedupe_key[:40]}"
+
+    # Set by a caller that has just stored the payload and still holds it.
+    payload_in_hand: bytes | None = None
+
+    def raw(self) -> bytes:
+        """The payload as it reached us, wherever it is kept."""
+        if self.payload_in_hand is not None:
+            return self.payload_in_hand
+        if self.payload_file:
+            with self.payload_file.open("rb") as handle:
+                return handle.read()
+        return bytes(self.payload)
 
 
 class MailboxState(models.Model):

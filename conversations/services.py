@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import nh3
 from django.core.exceptions import ValidationError
+from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -47,7 +48,7 @@ CONTINUABLE = (Status.OPEN, Status.PENDING, Status.SNOOZED, Status.RESOLVED)
 class InboundAttachment:
     filename: str
     content_type: str
-    content: bytes
+    content: bytes | File  # a File for large bodies the adapter spooled to disk
     content_id: str = ""
 
 
@@ -419,16 +420,23 @@ STATUS_RANK = {
 
 
 def attachment_store(
-    *, message: Message, filename: str, content: bytes, content_type: str, content_id: str = ""
+    *,
+    message: Message,
+    filename: str,
+    content: bytes | File,
+    content_type: str,
+    content_id: str = "",
 ) -> Attachment:
+    if not isinstance(content, File):
+        content = ContentFile(content)
     attachment = Attachment(
         message=message,
         filename=(filename or "attachment")[:255],
         content_type=(content_type or "application/octet-stream")[:127],
-        size=len(content),
+        size=content.size,
         content_id=content_id[:255],
     )
-    attachment.file.save(attachment.filename, ContentFile(content), save=False)
+    attachment.file.save(attachment.filename, content, save=False)
     attachment.save()
     return attachment
 

@@ -44,7 +44,7 @@ class ApiAdapter(Adapter):
         return data
 
     def parse_inbound(self, event):
-        data = self.decode(bytes(event.payload))
+        data = self.decode(event.raw())
         return [
             InboundMessage(
                 channel=Channel.API,

@@ -74,7 +74,7 @@ class EmailAdapter(Adapter):
 
     def parse_inbound(self, event):
         try:
-            parsed = parse_email(bytes(event.payload))
+            parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
         ours = Message.objects.filter(

@@ -40,7 +40,7 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
             # One commit for storing and processing. Processing runs in its own savepoint, so
             # a failure we did not foresee still commits the raw mail, pending for the sweep.
             try:
-                event = inbound_event_process(event.pk) or event
+                event = inbound_event_process(event.pk, payload=raw) or event
             except Exception:
                 log.exception("processing inbound event %s failed; the sweep will retry", event.pk)
     return Ingested(event=event, duplicate=not created)

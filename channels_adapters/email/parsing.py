@@ -9,8 +9,11 @@ charset: a part labelled utf-8 that is really windows-1252 must still become rea
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
+import tempfile
 from dataclasses import dataclass, field
 from email import policy
 from email.headerregistry import Address
@@ -20,6 +23,7 @@ from email.utils import getaddresses, parseaddr
 
 import charset_normalizer
 import nh3
+from django.core.files import File
 
 from conversations.services import InboundAttachment
 
@@ -72,7 +76,7 @@ class Envelope:
 
 def read_envelope(raw: bytes) -> Envelope:
     """Check that `raw` is an email and read what storing it needs, from the headers alone."""
-    if not raw or not raw.strip():
+    if not raw or raw.isspace():  # isspace, not strip: no copy of a large mail
         raise NotAnEmail("the input is empty")
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
@@ -89,10 +93,61 @@ def read_envelope(raw: bytes) -> Envelope:
     )
 
 
+# Base64 bodies larger than this are decoded to a temporary file before the stdlib parser sees
+# the mail: it would otherwise hold the text as lines, as one string and decoded, all at once.
+SPOOL_ABOVE = 512 * 1024
+BASE64_CTE = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
+BASE64_BODY = re.compile(rb"[A-Za-z0-9+/=\r\n]*")
+SPOOL_MARKER = "threadline-spooled-part:"
+
+
+def _spool_big_parts(raw: bytes) -> tuple[bytes, list]:
+    """`raw` with every large base64 body replaced by a marker, and the decoded bodies as
+    temporary files. Only bodies that are pure base64 data are cut, so a header quoted in some
+    text part can never make us cut text."""
+    cuts, files, pos = [], [], 0
+    for match in BASE64_CTE.finditer(raw):
+        if match.start() < pos:
+            continue
+        blank = re.compile(rb"\r?\n\r?\n").search(raw, match.end())
+        if blank is None:
+            break
+        start = blank.end()
+        end = raw.find(b"\n--", start)
+        end = len(raw) if end < 0 else end + 1
+        if end - start < SPOOL_ABOVE or BASE64_BODY.fullmatch(raw, start, end) is None:
+            continue
+        spooled = tempfile.TemporaryFile()
+        view, leftover = memoryview(raw)[start:end], b""
+        for offset in range(0, len(view), 4 * 1024 * 1024):
+            chunk = leftover + bytes(view[offset : offset + 4 * 1024 * 1024]).translate(
+                None, b"\r\n"
+            )
+            usable = len(chunk) - len(chunk) % 4
+            spooled.write(binascii.a2b_base64(chunk[:usable]))
+            leftover = chunk[usable:]
+        if leftover.rstrip(b"="):
+            spooled.write(binascii.a2b_base64(leftover + b"=" * (-len(leftover) % 4)))
+        marker = base64.b64encode(f"{SPOOL_MARKER}{len(files)}".encode()) + b"\r\n"
+        cuts.append((start, end, marker))
+        files.append(spooled)
+        pos = end
+    if not cuts:
+        return raw, []
+    pieces, last = [], 0
+    for start, end, marker in cuts:
+        pieces += [raw[last:start], marker]
+        last = end
+    pieces.append(raw[last:])
+    return b"".join(pieces), files
+
+
 def parse_email(raw: bytes) -> ParsedEmail:
-    if not raw or not raw.strip():
+    if not raw or raw.isspace():  # isspace, not strip: no copy of a large mail
         raise NotAnEmail("the input is empty")
+    raw, spooled = _spool_big_parts(raw)
     msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+    msg.spooled = spooled
     from_name, from_address = _address(msg, "From")
     if not from_address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
         raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
@@ -276,9 +331,14 @@ def _walk(msg: Message):
             if not ctype.startswith("image/"):
                 continue
         content = part.get_payload(decode=True) or b""
+        if content.startswith(SPOOL_MARKER.encode()):
+            spooled = msg.spooled[int(content[len(SPOOL_MARKER) :])]
+            spooled.seek(0)
+            content = File(spooled)
         name = filename or f"attachment.{ctype.split('/')[-1][:10]}"
-        if len(content) > MAX_ATTACHMENT_BYTES:
-            skipped.append(f"{name} ({len(content) // (1024 * 1024)} MB, over the limit)")
+        size = content.size if isinstance(content, File) else len(content)
+        if size > MAX_ATTACHMENT_BYTES:
+            skipped.append(f"{name} ({size // (1024 * 1024)} MB, over the limit)")
             continue
         attachments.append(
             InboundAttachment(

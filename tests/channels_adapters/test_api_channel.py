@@ -20,7 +20,7 @@ class TestApiInbound:
         response = post(client, api_inbox, self.body)
         assert response.status_code == 202
         event = InboundEvent.objects.get()
-        assert bytes(event.payload) == self.body
+        assert event.raw() == self.body
         inbound_event_process(event.pk)
         message = Message.objects.get()
         assert message.text == "Olá 👋"

@@ -368,6 +368,27 @@ class TestInboundPaths:
         assert attachment.size == len(payload)
         assert attachment.file.read() == payload
 
+    def test_a_large_mail_over_http_is_kept_as_a_file_and_processed_by_the_task(
+        self, client, email_inbox
+    ):
+        from channels_adapters.delivery import inbound_event_process
+
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "a@b.example", "support@acme.example", "log"
+        mail["Message-ID"] = make_msgid()
+        mail.set_content("log attached")
+        payload = bytes(range(256)) * 8192  # 2 MB
+        mail.add_attachment(payload, maintype="application", subtype="gzip", filename="x.gz")
+        raw = mail.as_bytes()
+
+        assert post_mime(client, email_inbox, raw).status_code == 202
+        event = InboundEvent.objects.get()
+        assert event.payload_file and not event.payload  # not held in the row
+        assert event.raw() == raw
+        inbound_event_process(event.pk)  # what the worker's task does
+        [attachment] = only_message().attachments.all()
+        assert attachment.file.read() == payload
+
     def test_an_agent_can_answer_an_email_customer_on_another_channel(
         self, email_inbox, chat_inbox, bob
     ):
