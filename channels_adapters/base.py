@@ -9,6 +9,7 @@ queued `Message` and reads the outcome from its return value or the exception it
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -16,6 +17,17 @@ if TYPE_CHECKING:
     from channels_adapters.models import InboundEvent
     from conversations.models import Inbox, Message
     from conversations.services import InboundMessage, StatusUpdate
+
+
+def bearer_secret_matches(inbox: Inbox, authorization: str) -> bool:
+    """`Authorization: Bearer <inbox secret>`, compared in constant time; anything missing or
+    malformed is refused."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (
+        scheme.lower() == "bearer"
+        and bool(token)
+        and hmac.compare_digest(token.encode(), inbox.secret.encode())
+    )
 
 
 class DeliveryError(Exception):

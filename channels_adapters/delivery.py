@@ -110,13 +110,10 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             event.status = InboundEvent.Status.FAILED
             event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         else:
-            event.status = (
-                InboundEvent.Status.PROCESSED
-                if received or any(updated)
-                else InboundEvent.Status.IGNORED
-            )
+            handled = bool(received) or any(updated)
+            event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED
             event.message = received[0].message if received else None
-            event.error = "" if received or any(updated) else "nothing in it for us"
+            event.error = "" if handled else "nothing in it for us"
         event.processed_at = timezone.now()
         # Never write the payload back: it can be megabytes, and it is the record.
         event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])

@@ -48,11 +48,13 @@ class InboundEvent(models.Model):
             )
         ]
         indexes = [
+            # Mailbox health (/healthz, admin): the last event and the last day's count per inbox.
+            models.Index(fields=["inbox", "received_at"], name="inbound_event_inbox_time_idx"),
             models.Index(
                 fields=["received_at"],
                 name="inbound_event_pending_idx",
                 condition=Q(status="pending"),
-            )
+            ),
         ]
 
     def __str__(self):

@@ -28,9 +28,9 @@ def sweep_stuck():
 
 @shared_task(acks_late=True)
 def poll_mailboxes():
-    from channels_adapters.email.health import email_inboxes_with_health
+    from conversations.models import Channel, Inbox
 
-    for inbox in email_inboxes_with_health():
+    for inbox in Inbox.objects.filter(kind=Channel.EMAIL, is_active=True).only("pk", "settings"):
         if (inbox.settings or {}).get("imap_host"):
             poll_mailbox.delay(inbox.pk)
 

@@ -256,7 +256,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     conversation, flag_reason, opened = None, "", False
     if inbound.conversation is not None:
         conversation = _follow_merges(inbound.conversation)
-        if not _may_write_into(conversation, identity):
+        if not conversation_accepts_sender(conversation, identity):
             # A forged From with a valid reference must not append to someone else's
             # conversation: it opens a new one that an agent is asked to look at.
             flag_reason = (
@@ -343,8 +343,9 @@ def _follow_merges(conversation: Conversation) -> Conversation:
     return conversation
 
 
-def _may_write_into(conversation: Conversation, identity: Identity) -> bool:
-    """The conversation's customer, or someone already on its thread (CC'd)."""
+def conversation_accepts_sender(conversation: Conversation, identity: Identity) -> bool:
+    """May `identity` write into `conversation`? Its customer, or someone already on its thread
+    (CC'd). Adapters thread with it; message_receive checks it again."""
     return (
         conversation.customer_id == identity.customer_id
         or conversation.participants.filter(pk=identity.pk).exists()
@@ -354,9 +355,7 @@ def _may_write_into(conversation: Conversation, identity: Identity) -> bool:
 def _participants_add(conversation, inbox, sender, cc) -> None:
     if not cc:
         return
-    own = {inbox.address.lower()} | set(
-        Inbox.objects.exclude(address="").values_list("address", flat=True)
-    )
+    own = {a.lower() for a in Inbox.objects.exclude(address="").values_list("address", flat=True)}
     for name, address in cc:
         address = (address or "").strip().lower()
         if not address or address == sender.address or address in own:

@@ -1,7 +1,6 @@
-import hmac
 import json
 
-from channels_adapters.base import Adapter, Capabilities, InvalidPayload
+from channels_adapters.base import Adapter, Capabilities, InvalidPayload, bearer_secret_matches
 from conversations.models import Channel
 from conversations.services import InboundMessage
 
@@ -19,12 +18,7 @@ class ApiAdapter(Adapter):
     capabilities = Capabilities(can_send=False, subject=True, max_length=65536)
 
     def verify(self, inbox, *, body, headers, url):
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return (
-            scheme.lower() == "bearer"
-            and bool(token)
-            and hmac.compare_digest(token.encode(), inbox.secret.encode())
-        )
+        return bearer_secret_matches(inbox, headers.get("authorization", ""))
 
     @staticmethod
     def decode(body: bytes) -> dict:

@@ -32,7 +32,7 @@ from channels_adapters.email.parsing import (
     parse_email,
 )
 from conversations.models import Channel, Conversation, Identity, Message
-from conversations.services import InboundMessage, StatusUpdate
+from conversations.services import InboundMessage, StatusUpdate, conversation_accepts_sender
 
 SUBJECT_NUMBER = re.compile(r"\[#(\d{1,12})\]")
 REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|fw|fwd|res|tr|rv)\s*:\s*)+", re.I)
@@ -161,14 +161,7 @@ class EmailAdapter(Adapter):
             sender = Identity.objects.filter(
                 kind=Channel.EMAIL, address=parsed.from_address
             ).first()
-            if (
-                conversation
-                and sender
-                and (
-                    sender.customer_id == conversation.customer_id
-                    or conversation.participants.filter(pk=sender.pk).exists()
-                )
-            ):
+            if conversation and sender and conversation_accepts_sender(conversation, sender):
                 return conversation
         return None
 

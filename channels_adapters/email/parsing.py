@@ -76,21 +76,31 @@ class Envelope:
 
 def read_envelope(raw: bytes) -> Envelope:
     """Check that `raw` is an email and read what storing it needs, from the headers alone."""
+    _require_content(raw)
+    blank = BLANK_LINE.search(raw)
+    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[: blank.end()] if blank else raw)
+    _, from_address = _sender(msg)
+    return Envelope(
+        message_id=_message_id(msg, raw), from_address=from_address, subject=_header(msg, "Subject")
+    )
+
+
+def _require_content(raw: bytes) -> None:
     if not raw or raw.isspace():  # isspace, not strip: no copy of a large mail
         raise NotAnEmail("the input is empty")
-    end = raw.find(b"\r\n\r\n")
-    end = raw.find(b"\n\n") if end < 0 else end
-    head = raw if end < 0 else raw[: end + 4]
-    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
-    _, from_address = _address(msg, "From")
-    if not from_address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
+
+
+def _sender(msg) -> tuple[str, str]:
+    """(name, address) of From, or NotAnEmail when `msg` does not read as an email."""
+    name, address = _address(msg, "From")
+    if not address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
         raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
-    message_id = _first_id(_header(msg, "Message-ID")) or (
-        "sha256-" + hashlib.sha256(raw).hexdigest()
-    )
-    return Envelope(
-        message_id=message_id, from_address=from_address, subject=_header(msg, "Subject")
-    )
+    return name, address
+
+
+def _message_id(msg, raw: bytes) -> str:
+    """The Message-ID without brackets, or a hash of the mail as received when it has none."""
+    return _first_id(_header(msg, "Message-ID")) or "sha256-" + hashlib.sha256(raw).hexdigest()
 
 
 # Base64 bodies larger than this are decoded to a temporary file before the stdlib parser sees
@@ -99,6 +109,7 @@ SPOOL_ABOVE = 512 * 1024
 BASE64_CTE = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
 BASE64_BODY = re.compile(rb"[A-Za-z0-9+/=\r\n]*")
 SPOOL_MARKER = "threadline-spooled-part:"
+BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 def _spool_big_parts(raw: bytes) -> tuple[bytes, list]:
@@ -109,7 +120,7 @@ def _spool_big_parts(raw: bytes) -> tuple[bytes, list]:
     for match in BASE64_CTE.finditer(raw):
         if match.start() < pos:
             continue
-        blank = re.compile(rb"\r?\n\r?\n").search(raw, match.end())
+        blank = BLANK_LINE.search(raw, match.end())
         if blank is None:
             break
         start = blank.end()
@@ -143,25 +154,19 @@ def _spool_big_parts(raw: bytes) -> tuple[bytes, list]:
 
 
 def parse_email(raw: bytes) -> ParsedEmail:
-    if not raw or raw.isspace():  # isspace, not strip: no copy of a large mail
-        raise NotAnEmail("the input is empty")
-    raw, spooled = _spool_big_parts(raw)
-    msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-    msg.spooled = spooled
-    from_name, from_address = _address(msg, "From")
-    if not from_address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
-        raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
+    _require_content(raw)
+    small, spooled = _spool_big_parts(raw)
+    msg = BytesParser(policy=policy.compat32).parsebytes(small)
+    from_name, from_address = _sender(msg)
 
-    text_part, html_part, attachments, skipped = _walk(msg)
+    text_part, html_part, attachments, skipped = _walk(msg, spooled)
     text = _decode(text_part) if text_part is not None else ""
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
     new_text, quoted = split_reply(text)
 
-    message_id = _first_id(_header(msg, "Message-ID")) or (
-        "sha256-" + hashlib.sha256(raw).hexdigest()
-    )
+    message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
     references = _ids(_header(msg, "In-Reply-To")) + list(
         reversed(_ids(_header(msg, "References")))
     )
@@ -309,7 +314,7 @@ def _payload_text(part) -> str:
 # --- Bodies ---------------------------------------------------------------------------------
 
 
-def _walk(msg: Message):
+def _walk(msg: Message, spooled: list):
     text_part = html_part = None
     attachments: list[InboundAttachment] = []
     skipped: list[str] = []
@@ -332,9 +337,9 @@ def _walk(msg: Message):
                 continue
         content = part.get_payload(decode=True) or b""
         if content.startswith(SPOOL_MARKER.encode()):
-            spooled = msg.spooled[int(content[len(SPOOL_MARKER) :])]
-            spooled.seek(0)
-            content = File(spooled)
+            spooled_file = spooled[int(content[len(SPOOL_MARKER) :])]
+            spooled_file.seek(0)
+            content = File(spooled_file)
         name = filename or f"attachment.{ctype.split('/')[-1][:10]}"
         size = content.size if isinstance(content, File) else len(content)
         if size > MAX_ATTACHMENT_BYTES:
