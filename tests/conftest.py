@@ -3,9 +3,11 @@ agent of the Billing team (an outsider to Support's conversations)."""
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from celery.signals import task_postrun
 from django.conf import settings
 from django.db import connection
 
@@ -104,18 +106,48 @@ def redis_url():
     return settings.REDIS_URL
 
 
+_task_finished = threading.Condition()
+
+
+@task_postrun.connect
+def _wake_waiters(**kwargs):
+    with _task_finished:
+        _task_finished.notify_all()
+
+
 def wait_for(predicate, *, timeout=20.0, what="the condition"):
-    """Poll until `predicate()` holds: for work done by a real worker thread or process. This
-    waits for an outcome; it never stands in for the passing of time (that is travelled)."""
+    """Wait until `predicate()` holds, for work done by this process's own Celery worker (the
+    embedded one): re-checked each time the worker finishes a task, never on a timer. The
+    timeout only bounds a test that would otherwise hang."""
     import time
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    with _task_finished:
+        while not (result := predicate()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            _task_finished.wait(remaining)
+    return result
+
+
+def listen(*groups):
+    """Subscribe to real-time groups; returns next_event(timeout) -> the next notification.
+    For waiting on work done in another process: it announces what it committed there."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)("test.")
+    for group in groups:
+        async_to_sync(layer.group_add)(group, channel)
+
+    async def receive(timeout):
+        return await asyncio.wait_for(layer.receive(channel), timeout)
+
+    return lambda timeout=30: async_to_sync(receive)(timeout)
 
 
 @pytest.fixture
@@ -133,7 +165,7 @@ def embedded_worker(transactional_db, purge_broker):
     from helpdesk.celery import embedded as worker
 
     worker.start()
-    wait_for(lambda: worker.alive, what="the embedded worker to start")
+    assert worker.alive  # start() returns once its threads run
     yield worker
     worker.stop()
 
@@ -233,10 +265,8 @@ def imap_server():
     """A real Dovecot IMAP server on a loopback port with a temporary mail store. Any user
     name logs in with `imap_server.password`."""
     import shutil
-    import socket
     import subprocess
     import tempfile
-    import time
 
     if not shutil.which("dovecot"):
         pytest.skip("needs Dovecot (apt-get install dovecot-imapd; .ci/run installs it)")
@@ -254,23 +284,27 @@ def imap_server():
     (root / "dovecot.conf").write_text(
         DOVECOT_CONF.format(root=root, port=port, password=Server.password)
     )
-    process = subprocess.Popen(
-        ["dovecot", "-F", "-c", str(root / "dovecot.conf")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    config = str(root / "dovecot.conf")
+    # Without -F, dovecot binds its listeners and only then returns, detached: ready to use.
+    # Its output goes to /dev/null: a daemon holding our pipes open would keep run() waiting.
+    started = subprocess.run(
+        ["dovecot", "-c", config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
     )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(process.stdout.read().decode(errors="replace")) from None
-            time.sleep(0.05)
+    if started.returncode:
+        log = root / "dovecot.log"
+        raise RuntimeError(f"dovecot did not start: {log.read_text() if log.exists() else ''}")
     yield Server
-    process.terminate()
-    process.wait(timeout=20)
+    subprocess.run(
+        ["dovecot", "-c", config, "stop"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -12,7 +12,8 @@ from channels_adapters.delivery import message_deliver, message_retry, sweep_stu
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
-from tests.conftest import receive, start_celery_worker, wait_for
+from conversations.realtime import conversation_group, team_group
+from tests.conftest import listen, receive, start_celery_worker, wait_for
 
 
 def status_of(message):
@@ -121,6 +122,7 @@ class TestEmbeddedWorker:
 def test_a_separate_celery_worker_process_runs_what_the_web_process_enqueues(
     redis_url, client, api_inbox, chat_inbox, bob, purge_broker
 ):
+    team_events = listen(team_group(api_inbox.default_team_id))
     worker = start_celery_worker(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         response = client.post(
@@ -131,18 +133,21 @@ def test_a_separate_celery_worker_process_runs_what_the_web_process_enqueues(
         )
         assert response.status_code == 202
         event = InboundEvent.objects.get(dedupe_key="ord-1")
-        wait_for(
-            lambda: InboundEvent.objects.get(pk=event.pk).status == "processed",
-            what="the worker process to process the inbound event",
-        )
-        assert Message.objects.get(provider_id="ord-1").text == "Where is order 1?"
+        # The worker announces the new conversation once it has committed it.
+        announced = team_events()
+        assert announced["event"] == "created"
+        message = Message.objects.get(provider_id="ord-1")
+        assert announced["message"] == message.pk
+        assert message.text == "Where is order 1?"
+        assert InboundEvent.objects.get(pk=event.pk).status == "processed"
 
         conversation = receive(chat_inbox).message.conversation
+        conversation_events = listen(conversation_group(conversation.pk))
         reply = services.reply_send(conversation=conversation, author=bob, text="Hello")
-        wait_for(
-            lambda: status_of(reply) == Message.Status.SENT,
-            what="the worker process to deliver the reply",
-        )
+        while (announced := conversation_events())["event"] != "delivery":
+            pass  # our own "message" notification comes first
+        assert announced["status"] == Message.Status.SENT
+        assert status_of(reply) == Message.Status.SENT
     finally:
         worker.send_signal(signal.SIGTERM)
         output = worker.communicate(timeout=30)[0].decode(errors="replace")
