@@ -9,13 +9,17 @@ queued `Message` and reads the outcome from its return value or the exception it
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
+
+from django.http import HttpResponse
 
 if TYPE_CHECKING:
     from channels_adapters.models import InboundEvent
-    from conversations.models import Inbox, Message
+    from conversations.models import Identity, Inbox, Message
     from conversations.services import InboundMessage, StatusUpdate
 
 
@@ -65,6 +69,17 @@ class Capabilities:
     # True when sending the same message twice cannot reach the customer twice, so a message
     # left "sending" by a dead worker may simply be sent again.
     idempotent_send: bool = False
+    # Approved message templates the agent may pick (WhatsApp outside its 24-hour window).
+    templates: bool = False
+    # SMS: the composer counts GSM-7/UCS-2 segments.
+    segments: bool = False
+
+
+@dataclass(frozen=True)
+class FetchedMedia:
+    content: bytes
+    content_type: str
+    filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,3 +110,58 @@ class Adapter:
         """Hand one outbound message to the provider. Raises TransientError or PermanentError;
         any other exception counts as transient."""
         raise PermanentError(f"Sending is not supported on {self.kind}.")
+
+    def send_refusal(self, message: Message) -> str:
+        """Why `message` (saved or not) must not be sent now, or "" when it may go. Asked
+        before a reply is queued, so the agent sees the reason at once, and again before every
+        attempt, since a customer may opt out or a window close while it waits."""
+        identity = message.identity
+        if identity is not None and identity.opted_out_at:
+            return (
+                f"{identity.address} opted out of messages here on "
+                f"{identity.opted_out_at:%Y-%m-%d}; nothing can be sent until they write "
+                "START again."
+            )
+        return ""
+
+    # True when the provider can tell us the customer's name (Messenger): looked up once.
+    fetches_profiles: ClassVar[bool] = False
+
+    def profile_name(self, inbox: Inbox, identity: Identity) -> str:
+        """The customer's name as the provider knows it, or "" (TransientError to retry)."""
+        return ""
+
+    def fetch_media(self, inbox: Inbox, source: str) -> FetchedMedia:
+        """Download customer media an inbound message pointed to (see InboundMedia)."""
+        raise PermanentError(f"{self.kind} has no media to fetch.")
+
+    # --- Webhooks (channels_adapters.views.webhook) ---
+
+    webhook_max_bytes: ClassVar[int] = 1024 * 1024
+
+    def webhook_key(self, inbox: Inbox, body: bytes, content_type: str) -> str:
+        """Check a verified webhook body is readable (InvalidPayload if not: 400, nothing
+        stored) and return its dedupe key: the provider's message id, or a hash of the body
+        for a batch. The same delivery twice must give the same key."""
+        return hashlib.sha256(body).hexdigest()
+
+    def webhook_answer(self) -> HttpResponse:
+        """What the provider expects back once the event is stored."""
+        return HttpResponse(status=200)
+
+    def handshake(self, inbox: Inbox, params) -> HttpResponse:
+        """A GET on the webhook: Meta's subscription check; nothing for others."""
+        return HttpResponse("Use POST.", status=405, content_type="text/plain")
+
+
+def customer_last_wrote(identity: Identity, inbox: Inbox) -> datetime | None:
+    """When the customer last wrote from `identity` to `inbox`: the start of messaging windows
+    (Messenger's and WhatsApp's 24 hours)."""
+    from conversations.models import Message
+
+    return (
+        Message.objects.filter(identity=identity, inbox=inbox, direction=Message.Direction.INBOUND)
+        .order_by("-id")
+        .values_list("created_at", flat=True)
+        .first()
+    )

@@ -23,7 +23,7 @@ from django.utils import timezone
 from channels_adapters.base import Ignore, InvalidPayload, PermanentError, TransientError
 from channels_adapters.models import InboundEvent
 from channels_adapters.registry import adapter_for
-from conversations.models import DeliveryAttempt, Inbox, Message
+from conversations.models import Attachment, DeliveryAttempt, Identity, Inbox, Message
 from conversations.realtime import publish_conversation_event
 from conversations.services import (
     StatusUpdate,
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 PAYLOAD_IN_ROW_MAX = 256 * 1024
+# A status callback can overtake the answer that told us the provider's id for the message:
+# such an event stays pending (the sweep tries it again) for this long before it is dropped.
+STATUS_WAIT = timedelta(minutes=30)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -97,12 +100,18 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             if adapter is None:
                 raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
             with transaction.atomic():
-                received, updated = [], []
+                received, updated, unknown = [], [], 0
                 for item in adapter.parse_inbound(event):
                     if isinstance(item, StatusUpdate):
                         updated.append(message_status_update(item))
+                        unknown += updated[-1] is None
                     else:
                         received.append(message_receive(inbox=event.inbox, inbound=item))
+                        _profile_fetch_later(adapter, received[-1])
+                if unknown and not received and timezone.now() - event.received_at < STATUS_WAIT:
+                    raise _NotYet
+        except _NotYet:
+            event.error = "Reports on a message whose provider id is not known yet; will retry."
         except Ignore as exc:
             event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
         except (InvalidPayload, ValidationError) as exc:
@@ -118,6 +127,92 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
         # Never write the payload back: it can be megabytes, and it is the record.
         event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])
         return event
+
+
+class _NotYet(Exception):  # noqa: N818 - control flow inside inbound_event_process
+    pass
+
+
+def _profile_fetch_later(adapter, received) -> None:
+    from channels_adapters.tasks import fetch_identity_profile
+
+    identity = received.message.identity
+    if adapter.fetches_profiles and identity and identity.profile_fetched_at is None:
+        transaction.on_commit(lambda: fetch_identity_profile.delay(identity.pk))
+
+
+def identity_profile_fetch(identity_id: int) -> bool:
+    """Fill a customer's name from the provider's profile (Messenger), once per identity."""
+    identity = Identity.objects.select_related("customer").filter(pk=identity_id).first()
+    if identity is None or identity.profile_fetched_at is not None:
+        return False
+    last = (
+        Message.objects.filter(identity=identity, direction=Message.Direction.INBOUND)
+        .select_related("inbox")
+        .order_by("-id")
+        .first()
+    )
+    adapter = adapter_for(identity.kind)
+    if last is None or adapter is None:
+        return False
+    name = adapter.profile_name(last.inbox, identity)  # TransientError: the task retries
+    with transaction.atomic():
+        if not Identity.objects.filter(pk=identity.pk, profile_fetched_at=None).update(
+            profile_fetched_at=timezone.now(),
+            display_name=identity.display_name or name[:200],
+        ):
+            return False
+        if name and not identity.customer.name:
+            type(identity.customer).objects.filter(pk=identity.customer_id, name="").update(
+                name=name[:200]
+            )
+    return bool(name)
+
+
+def attachment_fetch(attachment_id: int) -> str:
+    """Download provider media into a placeholder attachment. Returns "fetched", "failed"
+    (the reason is kept on the attachment, for the agent) or "done" when there was nothing
+    to do. A TransientError propagates, for the task to retry; running twice is harmless."""
+    attachment = (
+        Attachment.objects.select_related("message__inbox", "message__conversation")
+        .filter(pk=attachment_id)
+        .first()
+    )
+    if attachment is None or not attachment.is_pending:
+        return "done"
+    message = attachment.message
+    adapter = adapter_for(message.channel)
+    try:
+        if adapter is None:
+            raise PermanentError(f"No adapter fetches media on {message.channel}.")
+        media = adapter.fetch_media(message.inbox, attachment.source)
+    except PermanentError as exc:
+        attachment_give_up(attachment.pk, exc.reason)
+        return "failed"
+    else:
+        with transaction.atomic():
+            locked = Attachment.objects.select_for_update().filter(pk=attachment.pk).first()
+            if locked is None or not locked.is_pending:
+                return "done"
+            locked.content_type = (media.content_type or locked.content_type)[:127]
+            if media.filename and locked.filename == "attachment":
+                locked.filename = media.filename[:255]
+            locked.size = len(media.content)
+            locked.file.save(locked.filename, ContentFile(media.content), save=False)
+            locked.save()
+    publish_conversation_event(message.conversation, "attachment", message=message.pk)
+    return "fetched"
+
+
+def attachment_give_up(attachment_id: int, reason: str) -> None:
+    """Keep why media could not be fetched on its placeholder, where the agent sees it."""
+    attachment = Attachment.objects.select_related("message__conversation").get(pk=attachment_id)
+    if Attachment.objects.filter(pk=attachment_id, file="", fetch_error="").update(
+        fetch_error=reason[:500]
+    ):
+        publish_conversation_event(
+            attachment.message.conversation, "attachment", message=attachment.message_id
+        )
 
 
 def inbound_events_requeue(events) -> int:
@@ -156,6 +251,7 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
         if message is None:
             return None
         adapter = adapter_for(message.channel)
+        refusal = adapter.send_refusal(message) if adapter else ""
         message.status = Message.Status.SENDING
         message.attempts += 1
         if adapter and not message.provider_id:
@@ -166,6 +262,8 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
     try:
         if adapter is None:
             raise PermanentError(f"No adapter can send on {message.channel}.")
+        if refusal:
+            raise PermanentError(refusal)
         result = adapter.send(message)
     except PermanentError as exc:
         outcome, detail = DeliveryAttempt.Outcome.FAILED, exc.reason

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from channels_adapters import delivery
+from channels_adapters.base import TransientError
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -18,6 +19,25 @@ def deliver_message(self, message_id: int):
 def process_inbound_event(event_id: int):
     event = delivery.inbound_event_process(event_id)
     return event.status if event else None
+
+
+@shared_task(bind=True, acks_late=True, max_retries=6)
+def fetch_attachment(self, attachment_id: int):
+    try:
+        return delivery.attachment_fetch(attachment_id)
+    except TransientError as exc:
+        if self.request.retries >= self.max_retries:
+            delivery.attachment_give_up(attachment_id, exc.reason)
+            return "failed"
+        raise self.retry(countdown=delivery.backoff_seconds(self.request.retries + 1)) from exc
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3)
+def fetch_identity_profile(self, identity_id: int):
+    try:
+        return delivery.identity_profile_fetch(identity_id)
+    except TransientError as exc:
+        raise self.retry(countdown=delivery.backoff_seconds(self.request.retries + 1)) from exc
 
 
 @shared_task(acks_late=True)

@@ -70,6 +70,11 @@ class Identity(models.Model):
     verified = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Set when the customer asked for no more messages here (SMS "STOP"); nothing is sent to
+    # the address until they opt in again ("START").
+    opted_out_at = models.DateTimeField(null=True, blank=True)
+    # When the provider's profile (Messenger name) was looked up, so it is asked for once.
+    profile_fetched_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "identities"
@@ -321,15 +326,24 @@ def attachment_path(instance, filename):
 
 class Attachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
-    file = models.FileField(upload_to=attachment_path, max_length=200)
+    # Empty while provider media waits to be fetched from `source`.
+    file = models.FileField(upload_to=attachment_path, max_length=200, blank=True)
     filename = models.CharField(max_length=255)
     content_type = models.CharField(max_length=127, default="application/octet-stream")
     size = models.PositiveBigIntegerField(default=0)
     content_id = models.CharField(max_length=255, blank=True, help_text=_("For inline images."))
+    # Where provider media comes from (a URL, or the provider's media id), and why fetching it
+    # failed, if it did. The file is fetched by a task after the message is stored.
+    source = models.CharField(max_length=2000, blank=True)
+    fetch_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
         return self.filename
+
+    @property
+    def is_pending(self) -> bool:
+        return not self.file and bool(self.source) and not self.fetch_error
 
 
 class ConversationEvent(models.Model):
@@ -346,6 +360,7 @@ class ConversationEvent(models.Model):
         MERGED = "merged", _("Merged")
         CUSTOMER_MERGED = "customer_merged", _("Customer merged")
         CHANNEL = "channel", _("Channel switched")
+        CONSENT = "consent", _("Opted out or in")
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nh3
+import phonenumbers
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
@@ -39,6 +40,11 @@ Status = Conversation.Status
 LAST_SEEN_PRECISION = timedelta(minutes=1)
 # A customer writing into one of these continues it (and reopens it when it is not open).
 CONTINUABLE = (Status.OPEN, Status.PENDING, Status.SNOOZED, Status.RESOLVED)
+# Channels addressed by phone number: the same number on both is the same customer.
+PHONE_CHANNELS = (Channel.SMS, Channel.WHATSAPP)
+# What customers text to stop and restart messages (the carriers' and Twilio's keywords).
+OPT_OUT_KEYWORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"}
+OPT_IN_KEYWORDS = {"START", "UNSTOP", "YES", "OPTIN"}
 
 
 # --- Channel-neutral inbound types: adapters parse provider payloads into these -------------
@@ -50,6 +56,16 @@ class InboundAttachment:
     content_type: str
     content: bytes | File  # a File for large bodies the adapter spooled to disk
     content_id: str = ""
+
+
+@dataclass(frozen=True)
+class InboundMedia:
+    """Provider media to fetch after the message is stored: a URL or a provider media id,
+    resolved by the adapter of the message's channel."""
+
+    source: str
+    content_type: str = ""
+    filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,13 @@ class InboundMessage:
     attachments: tuple[InboundAttachment, ...] = ()
     quoted: str = ""  # quoted history and signature, split off `text`
     cc: tuple[tuple[str, str], ...] = ()  # (name, address) of others on the thread
+    media: tuple[InboundMedia, ...] = ()
+    # True when the customer asked for no more messages on this address (SMS STOP), False
+    # when they asked to get them again (START); None for an ordinary message.
+    opt_out: bool | None = None
+    # True for a message the business sent to `address` outside Threadline (a Messenger echo
+    # of a reply typed in the Page inbox): stored as an outbound message.
+    echo: bool = False
     metadata: dict = field(default_factory=dict)
 
 
@@ -98,12 +121,32 @@ def sanitize_html(html: str) -> str:
 
 
 def normalize_address(kind: str, address: str) -> str:
+    """The one spelling of an address we store: lower-case email, E.164 phone numbers."""
     address = (address or "").strip()
     if kind == Channel.EMAIL:
         address = address.lower()
+    elif kind in PHONE_CHANNELS and address:
+        address = phone_normalize(address)
     if not address:
         raise ValidationError("A customer address is required.")
     return address
+
+
+def phone_normalize(number: str) -> str:
+    """+E.164 for a number in international form ("+44 20 7946 0958", "0044...", WhatsApp's
+    "447946..."), or ValidationError."""
+    number = number.strip()
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    elif not number.startswith("+"):
+        number = "+" + number  # WhatsApp ids are the number without its plus
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationError(f"{number!r} is not a phone number: {exc}") from exc
+    if not phonenumbers.is_possible_number(parsed):
+        raise ValidationError(f"{number!r} is not a possible phone number.")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _event(conversation, kind, actor=None, **data) -> ConversationEvent:
@@ -125,7 +168,9 @@ def identity_get_or_create(*, kind: str, address: str, name: str = "") -> Identi
         return identity
     try:
         with transaction.atomic():
-            customer = Customer.objects.create(name=name[:200])
+            customer = _customer_with_same_phone(kind, address) or Customer.objects.create(
+                name=name[:200]
+            )
             return Identity.objects.create(
                 customer=customer,
                 kind=kind,
@@ -135,6 +180,19 @@ def identity_get_or_create(*, kind: str, address: str, name: str = "") -> Identi
             )
     except IntegrityError:  # someone created it between our read and our insert
         return Identity.objects.select_related("customer").get(kind=kind, address=address)
+
+
+def _customer_with_same_phone(kind: str, address: str) -> Customer | None:
+    """A number that texted us and now writes on WhatsApp is the same customer."""
+    if kind not in PHONE_CHANNELS:
+        return None
+    twin = (
+        Identity.objects.filter(kind__in=PHONE_CHANNELS, address=address)
+        .exclude(kind=kind)
+        .select_related("customer")
+        .first()
+    )
+    return twin.customer if twin else None
 
 
 def customer_merge(*, source: Customer, target: Customer, actor=None) -> Customer:
@@ -207,12 +265,24 @@ def _conversation_create(*, inbox, customer, subject="", actor=None, **event_dat
 # --- Inbound ---------------------------------------------------------------------------------
 
 
-def _conversation_to_continue(inbox: Inbox, customer: Customer) -> Conversation | None:
+def _conversation_to_continue(
+    inbox: Inbox, customer: Customer, identity: Identity
+) -> Conversation | None:
+    """The conversation this address last took part in, wherever it started (an agent who
+    answered an email customer by SMS gets the SMS reply there), else the customer's latest
+    one in this inbox."""
+    continuable = Conversation.objects.select_for_update(of=("self",)).filter(
+        customer=customer, status__in=CONTINUABLE, merged_into=None
+    )
+    last_used = (
+        Message.objects.filter(identity=identity)
+        .exclude(direction=Message.Direction.NOTE)
+        .order_by("-id")
+        .values_list("conversation_id", flat=True)[:1]
+    )
     return (
-        Conversation.objects.select_for_update(of=("self",))
-        .filter(inbox=inbox, customer=customer, status__in=CONTINUABLE, merged_into=None)
-        .order_by("-last_activity_at")
-        .first()
+        continuable.filter(pk__in=last_used).first()
+        or continuable.filter(inbox=inbox).order_by("-last_activity_at").first()
     )
 
 
@@ -267,7 +337,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         elif conversation.status == Status.CLOSED:
             conversation = None
     elif not inbound.force_new_conversation:
-        conversation = _conversation_to_continue(inbox, customer)
+        conversation = _conversation_to_continue(inbox, customer, identity)
 
     if conversation is None:
         conversation = _conversation_create(
@@ -276,21 +346,20 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         opened = True
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
-    else:
-        if conversation.status != Status.OPEN:
-            _event(
-                conversation,
-                ConversationEvent.Kind.REOPENED,
-                previous=conversation.status,
-                reason="customer_replied",
-            )
-            conversation.status = Status.OPEN
-            conversation.snoozed_until = None
-            conversation.resolved_at = None
+    elif conversation.status != Status.OPEN and not inbound.echo:
+        _event(
+            conversation,
+            ConversationEvent.Kind.REOPENED,
+            previous=conversation.status,
+            reason="customer_replied",
+        )
+        conversation.status = Status.OPEN
+        conversation.snoozed_until = None
+        conversation.resolved_at = None
 
     message = Message.objects.create(
         conversation=conversation,
-        direction=Message.Direction.INBOUND,
+        direction=Message.Direction.OUTBOUND if inbound.echo else Message.Direction.INBOUND,
         channel=inbound.channel if inbound.channel in Channel.values else inbox.kind,
         inbox=inbox,
         identity=identity,
@@ -299,7 +368,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         quoted=inbound.quoted,
         provider_id=inbound.provider_id[:255],
         client_id=inbound.client_id[:64],
-        status=Message.Status.RECEIVED,
+        status=Message.Status.SENT if inbound.echo else Message.Status.RECEIVED,
+        sent_at=now if inbound.echo else None,
         metadata=inbound.metadata,
     )
     for item in inbound.attachments:
@@ -310,17 +380,34 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
             content_type=item.content_type,
             content_id=item.content_id,
         )
-
+    _media_fetch_later(message, inbound.media)
     _participants_add(conversation, inbox, identity, inbound.cc)
+
     conversation.last_activity_at = now
-    conversation.last_inbound_at = now
-    if conversation.waiting_since is None:
-        conversation.waiting_since = now
+    if inbound.echo:  # the business answered, outside Threadline
+        conversation.waiting_since = None
+        conversation.first_response_at = conversation.first_response_at or now
+    else:
+        conversation.last_inbound_at = now
+        conversation.waiting_since = conversation.waiting_since or now
     if inbound.language and not customer.language:
         Customer.objects.filter(pk=customer.pk).update(language=inbound.language[:10])
     conversation.save()
-    if identity.last_seen_at is None or now - identity.last_seen_at > LAST_SEEN_PRECISION:
-        Identity.objects.filter(pk=identity.pk).update(last_seen_at=now)
+    seen = {}
+    if not inbound.echo and (
+        identity.last_seen_at is None or now - identity.last_seen_at > LAST_SEEN_PRECISION
+    ):
+        seen["last_seen_at"] = now
+    if inbound.opt_out is not None and bool(identity.opted_out_at) != inbound.opt_out:
+        seen["opted_out_at"] = now if inbound.opt_out else None
+        _event(
+            conversation,
+            ConversationEvent.Kind.CONSENT,
+            address=identity.address,
+            opted_out=inbound.opt_out,
+        )
+    if seen:
+        Identity.objects.filter(pk=identity.pk).update(**seen)
 
     # One notification: "created" for a new conversation, else "message".
     publish_conversation_event(
@@ -440,6 +527,23 @@ def attachment_store(
     return attachment
 
 
+def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> None:
+    """Placeholders for provider media, filled by a task once the message is committed: the
+    webhook's task stays fast, and a slow or failing media server delays nothing else."""
+    if not media:
+        return
+    from channels_adapters.tasks import fetch_attachment
+
+    for item in media:
+        attachment = Attachment.objects.create(
+            message=message,
+            filename=(item.filename or "attachment")[:255],
+            content_type=(item.content_type or "application/octet-stream")[:127],
+            source=item.source[:2000],
+        )
+        transaction.on_commit(lambda pk=attachment.pk: fetch_attachment.delay(pk))
+
+
 # --- Outbound and notes ------------------------------------------------------------------
 
 
@@ -456,10 +560,22 @@ def _identity_for_reply(conversation: Conversation) -> Identity | None:
     return conversation.customer.identities.filter(kind=conversation.inbox.kind).first()
 
 
-def _inbox_for_channel(conversation: Conversation, kind: str) -> Inbox:
+def _inbox_for_channel(conversation: Conversation, identity: Identity) -> Inbox:
+    """The inbox this address last used (a Messenger id only works with its own Page), else
+    the conversation's, else one of the same team."""
+    kind = identity.kind
+    inboxes = Inbox.objects.filter(kind=kind, is_active=True)
+    last_used = (
+        Message.objects.filter(identity=identity)
+        .exclude(direction=Message.Direction.NOTE)
+        .order_by("-id")
+        .values_list("inbox_id", flat=True)[:1]
+    )
+    inbox = inboxes.filter(pk__in=last_used).first()
+    if inbox:
+        return inbox
     if conversation.inbox.kind == kind and conversation.inbox.is_active:
         return conversation.inbox
-    inboxes = Inbox.objects.filter(kind=kind, is_active=True)
     # Prefer an inbox of the same team, so the reply comes from the address they expect.
     inbox = (
         inboxes.filter(default_team_id=conversation.inbox.default_team_id).first()
@@ -479,13 +595,16 @@ def reply_send(
     identity: Identity | None = None,
     client_id: str = "",
     attachments: tuple[InboundAttachment, ...] = (),
+    template: str = "",
 ) -> Message:
     """Queue an agent's reply to the customer on the channel of `identity` (default: where the
     customer last wrote). The message is stored as queued and handed to the delivery pipeline
-    once the transaction commits."""
+    once the transaction commits. `template` names an approved message template (WhatsApp,
+    outside its 24-hour window). A reply the channel would refuse (opted out, window closed)
+    is refused here, with the reason, before anything is stored."""
     from channels_adapters.registry import adapter_for
 
-    if not (text.strip() or attachments):
+    if not (text.strip() or attachments or template):
         raise ValidationError("A reply needs text or an attachment.")
     identity = identity or _identity_for_reply(conversation)
     if identity is None:
@@ -495,7 +614,25 @@ def reply_send(
     adapter = adapter_for(identity.kind)
     if adapter is None or not adapter.capabilities.can_send:
         raise ValidationError(f"Replies cannot be sent on {Channel(identity.kind).label} yet.")
-    inbox = _inbox_for_channel(conversation, identity.kind)
+    inbox = _inbox_for_channel(conversation, identity)
+    if template and not adapter.capabilities.templates:
+        raise ValidationError(f"{Channel(identity.kind).label} has no message templates.")
+    draft = Message(
+        conversation=conversation,
+        direction=Message.Direction.OUTBOUND,
+        channel=identity.kind,
+        inbox=inbox,
+        identity=identity,
+        author=author,
+        text=text,
+        html=sanitize_html(html),
+        client_id=client_id[:64],
+        status=Message.Status.QUEUED,
+        metadata={"template": template} if template else {},
+    )
+    refusal = adapter.send_refusal(draft)
+    if refusal:
+        raise ValidationError(refusal)
 
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
@@ -511,18 +648,9 @@ def reply_send(
             .values_list("channel", flat=True)
             .first()
         )
-        message = Message.objects.create(
-            conversation=conversation,
-            direction=Message.Direction.OUTBOUND,
-            channel=identity.kind,
-            inbox=inbox,
-            identity=identity,
-            author=author,
-            text=text,
-            html=sanitize_html(html),
-            client_id=client_id[:64],
-            status=Message.Status.QUEUED,
-        )
+        draft.conversation = conversation
+        draft.save()
+        message = draft
         for item in attachments:
             attachment_store(
                 message=message,

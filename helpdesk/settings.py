@@ -160,6 +160,17 @@ SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=60)
 SWEEP_STUCK_AFTER_SECONDS = env.int("SWEEP_STUCK_AFTER_SECONDS", default=120)
 MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
 
+# --- Provider channels (SMS, Messenger, WhatsApp) ---------------------------------------------
+
+# The address providers call us at, e.g. https://help.example.com. Twilio signs the URL it
+# called, which a proxy in front of us may rewrite: webhook signatures are checked against this.
+PUBLIC_URL = env.str("PUBLIC_URL", default="").rstrip("/")
+# Customer media (MMS, Messenger and WhatsApp attachments) larger than this is not fetched.
+MEDIA_FETCH_MAX_BYTES = env.int("MEDIA_FETCH_MAX_BYTES", default=25 * 1024 * 1024)
+# Server-side fetches refuse loopback, private and link-local addresses; tests allow them.
+MEDIA_FETCH_ALLOW_PRIVATE = env.bool("MEDIA_FETCH_ALLOW_PRIVATE", default=False)
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=15.0)
+
 # --- Auth, i18n, static -------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,0 +1,55 @@
+import logging
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from channels_adapters.base import InvalidPayload
+from channels_adapters.delivery import inbound_event_store
+from channels_adapters.registry import adapter_for
+from conversations.models import Channel, Inbox
+
+log = logging.getLogger(__name__)
+
+# Channels whose provider calls a signed webhook (email and the API have their own views).
+WEBHOOK_CHANNELS = {Channel.SMS, Channel.MESSENGER, Channel.WHATSAPP}
+
+
+def public_url(request) -> str:
+    """The URL the provider called, as it knows it: behind a proxy, PUBLIC_URL says the
+    scheme and host, since the request we see may have been rewritten on the way."""
+    if settings.PUBLIC_URL:
+        return settings.PUBLIC_URL + request.get_full_path()
+    return request.build_absolute_uri()
+
+
+def _refuse(status: int, reason: str) -> HttpResponse:
+    return HttpResponse(reason, status=status, content_type="text/plain; charset=utf-8")
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def webhook(request, kind: str, inbox_id: int):
+    """A provider's webhook for one inbox: verify the signature on the raw bytes, check the
+    body is readable, store it once, answer at once. A task does the rest."""
+    adapter = adapter_for(kind)
+    if kind not in WEBHOOK_CHANNELS or adapter is None:
+        raise Http404("No such channel.")
+    inbox = get_object_or_404(Inbox, pk=inbox_id, kind=kind, is_active=True)
+    if request.method == "GET":
+        return adapter.handshake(inbox, request.GET)
+    if int(request.headers.get("Content-Length") or 0) > adapter.webhook_max_bytes:
+        return _refuse(413, "Body too large.")
+    body = request.body
+    if not adapter.verify(inbox, body=body, headers=request.headers, url=public_url(request)):
+        log.warning("%s webhook for inbox %s: missing or bad signature", kind, inbox.pk)
+        return _refuse(403, "Missing or bad signature.")
+    try:
+        key = adapter.webhook_key(inbox, body, request.content_type)
+    except InvalidPayload as exc:
+        log.warning("%s webhook for inbox %s: unreadable body: %s", kind, inbox.pk, exc)
+        return _refuse(400, f"Unreadable body: {exc}")
+    inbound_event_store(inbox=inbox, dedupe_key=key, payload=body)
+    return adapter.webhook_answer()
