@@ -8,4 +8,5 @@ urlpatterns = [
     path("api/<int:inbox_id>/messages", api_views.inbound, name="api-inbound"),
     path("email/<int:inbox_id>/mime", email_views.inbound_mime, name="email-inbound"),
     path("<str:kind>/<int:inbox_id>/webhook", views.webhook, name="webhook"),
+    path("media/<str:token>", views.provider_media, name="provider-media"),
 ]

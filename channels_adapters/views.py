@@ -1,18 +1,22 @@
 import logging
 
 from django.conf import settings
-from django.http import Http404, HttpResponse
+from django.core import signing
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from channels_adapters.base import InvalidPayload
 from channels_adapters.delivery import inbound_event_store
 from channels_adapters.registry import adapter_for
-from conversations.models import Channel, Inbox
+from conversations.models import Attachment, Channel, Inbox
 
 log = logging.getLogger(__name__)
 
+# How long a provider may take to fetch an attachment we send as a link (Twilio's MediaUrl).
+MEDIA_LINK_SECONDS = 24 * 3600
 # Channels whose provider calls a signed webhook (email and the API have their own views).
 WEBHOOK_CHANNELS = {Channel.SMS, Channel.MESSENGER, Channel.WHATSAPP}
 
@@ -53,3 +57,31 @@ def webhook(request, kind: str, inbox_id: int):
         return _refuse(400, f"Unreadable body: {exc}")
     inbound_event_store(inbox=inbox, dedupe_key=key, payload=body)
     return adapter.webhook_answer()
+
+
+def public_attachment_url(attachment: Attachment) -> str:
+    """A signed, expiring link to one outbound attachment, for a provider that fetches media
+    itself (Twilio). Needs PUBLIC_URL: the provider must be able to reach us."""
+    from channels_adapters.base import PermanentError
+
+    if not settings.PUBLIC_URL:
+        raise PermanentError("Attachments need PUBLIC_URL set, so the provider can fetch them.")
+    token = signing.dumps(attachment.pk, salt="provider-media")
+    return settings.PUBLIC_URL + reverse("provider-media", args=[token])
+
+
+def provider_media(request, token: str):
+    """Serve an attachment to the provider holding a link we signed; anyone else gets 404."""
+    try:
+        pk = signing.loads(token, salt="provider-media", max_age=MEDIA_LINK_SECONDS)
+    except signing.BadSignature as exc:
+        raise Http404("No such media.") from exc
+    attachment = get_object_or_404(Attachment, pk=pk, message__direction="outbound")
+    response = FileResponse(
+        attachment.file.open("rb"),
+        as_attachment=True,
+        filename=attachment.filename,
+        content_type=attachment.content_type,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    return response

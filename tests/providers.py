@@ -9,12 +9,16 @@ webhooks they send, as the real provider does, with their own code rather than o
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 
 @dataclass
@@ -133,3 +137,86 @@ class FakeProvider:
         if mode == "500":
             return Answer.json(500, {"message": "Internal error"})
         raise ValueError(f"unknown failure mode {mode!r}")
+
+
+# --- Twilio -----------------------------------------------------------------------------------
+
+
+class FakeTwilio(FakeProvider):
+    """Twilio's Messages API (2010-04-01) with HTTP basic auth, its error JSON, media behind
+    the same auth, and the `X-Twilio-Signature` it puts on webhooks."""
+
+    def __init__(self, account_sid="AC" + "1" * 32, auth_token="twilio-auth-token"):
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.next_sids: list[str] = []  # sids to hand out before random ones
+        super().__init__()
+
+    @property
+    def messages_path(self) -> str:
+        return f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+
+    def _authorized(self, request: Recorded) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return request.headers.get("authorization") == f"Basic {expected}"
+
+    media_authorized = _authorized
+
+    def answer(self, request: Recorded) -> Answer:
+        if request.method != "POST" or request.path != self.messages_path:
+            return self._error(404, 20404, "The requested resource was not found")
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        form = request.form()
+        sid = self.next_sids.pop(0) if self.next_sids else "SM" + secrets.token_hex(16)
+        return Answer.json(
+            201,
+            {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "to": form["To"][0],
+                "from": form.get("From", [""])[0],
+                "body": form.get("Body", [""])[0],
+                "status": "queued",
+                "num_media": str(len(form.get("MediaUrl", []))),
+                "error_code": None,
+            },
+        )
+
+    def failure(self, mode: str) -> Answer:
+        errors = {
+            "500": (500, 20500, "Internal Server Error"),
+            "429": (429, 20429, "Too Many Requests"),
+            "invalid_recipient": (400, 21211, "Invalid 'To' Phone Number"),
+            "unsubscribed": (400, 21610, "Attempt to send to unsubscribed recipient"),
+        }
+        return self._error(*errors[mode])
+
+    @staticmethod
+    def _error(status: int, code: int, message: str) -> Answer:
+        return Answer.json(
+            status,
+            {
+                "code": code,
+                "message": message,
+                "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status,
+            },
+        )
+
+    def sign(self, url: str, params: dict) -> str:
+        """Twilio's scheme: the URL, then each POST field name and value in name order,
+        HMAC-SHA1 with the auth token, base64."""
+        data = url + "".join(f"{name}{params[name]}" for name in sorted(params))
+        digest = hmac.new(self.auth_token.encode(), data.encode(), hashlib.sha1).digest()
+        return base64.b64encode(digest).decode()
+
+    def post_webhook(self, client, path: str, params: dict, *, signed_url=None, **headers):
+        """Call our webhook with form fields, signed for the URL Twilio believes it called."""
+        url = signed_url or f"http://testserver{path}"
+        return client.post(
+            path,
+            data=urlencode(params),
+            content_type="application/x-www-form-urlencoded",
+            HTTP_X_TWILIO_SIGNATURE=self.sign(url, params),
+            **headers,
+        )

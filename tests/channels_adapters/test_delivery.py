@@ -39,8 +39,8 @@ class TestDeliver:
         assert message_deliver(reply.pk) is None
         assert DeliveryAttempt.objects.filter(message=reply).count() == 1
 
-    def test_a_channel_nobody_can_send_on_fails_visibly_and_can_be_retried(self, chat_inbox, bob):
-        # An SMS inbox exists but its adapter does not (yet): the agent must see why.
+    def test_an_inbox_that_cannot_send_fails_visibly_and_can_be_retried(self, chat_inbox, bob):
+        # An SMS inbox exists but nobody entered its Twilio account: the agent must see why.
         Inbox.objects.create(name="SMS", kind=Channel.SMS)
         conversation = receive(chat_inbox).message.conversation
         phone = Identity.objects.create(
@@ -60,7 +60,7 @@ class TestDeliver:
 
         message.refresh_from_db()
         assert outcome.status == message.status == Message.Status.FAILED
-        assert message.failure_reason == "No adapter can send on sms."
+        assert message.failure_reason == 'The inbox "SMS" has no Twilio account SID set.'
         message_retry(message=message)
         assert status_of(message) == Message.Status.QUEUED
 

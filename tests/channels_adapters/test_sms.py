@@ -1,0 +1,477 @@
+"""SMS through Twilio, against a loopback fake that speaks Twilio's wire format."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from channels_adapters.delivery import (
+    attachment_fetch,
+    inbound_event_process,
+    message_deliver,
+)
+from channels_adapters.models import InboundEvent
+from channels_adapters.sms.adapter import sms_segments
+from conversations import services
+from conversations.models import (
+    Channel,
+    ConversationEvent,
+    DeliveryAttempt,
+    Identity,
+    Inbox,
+    Message,
+)
+from tests.conftest import wait_for
+from tests.providers import FakeTwilio
+
+CUSTOMER = "+351912345678"
+
+
+@pytest.fixture
+def twilio():
+    fake = FakeTwilio()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def sms_inbox(support, twilio):
+    return Inbox.objects.create(
+        name="Support SMS",
+        kind=Channel.SMS,
+        address="+15005550006",
+        default_team=support,
+        settings={"account_sid": twilio.account_sid, "api_base_url": twilio.url},
+        credentials={"auth_token": twilio.auth_token},
+    )
+
+
+def incoming(sid="SM" + "a" * 32, body="Olá! A minha encomenda não chegou 📦", **extra):
+    """The fields Twilio posts for an incoming SMS."""
+    return {
+        "ToCountry": "US",
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "SmsSid": sid,
+        "SmsStatus": "received",
+        "Body": body,
+        "To": "+15005550006",
+        "NumSegments": "1",
+        "MessageSid": sid,
+        "AccountSid": "AC" + "1" * 32,
+        "From": CUSTOMER,
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+def status_callback(sid, status, **extra):
+    return {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": "AC" + "1" * 32,
+        "From": "+15005550006",
+        "To": CUSTOMER,
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+def webhook(inbox):
+    return f"/channels/sms/{inbox.pk}/webhook"
+
+
+def deliver(twilio, client, inbox, params):
+    """Twilio calls the webhook; the stored event is processed as the task would."""
+    response = twilio.post_webhook(client, webhook(inbox), params)
+    assert response.status_code == 200, response.content
+    event = InboundEvent.objects.filter(inbox=inbox).order_by("-id").first()
+    return inbound_event_process(event.pk) or event
+
+
+def reply(conversation, agent, text="Vamos verificar, obrigado!", **kwargs):
+    message = services.reply_send(conversation=conversation, author=agent, text=text, **kwargs)
+    message_deliver(message.pk)
+    message.refresh_from_db()
+    return message
+
+
+@pytest.mark.django_db
+class TestIncoming:
+    def test_an_sms_opens_a_conversation_and_gets_empty_twiml(self, client, twilio, sms_inbox):
+        response = twilio.post_webhook(client, webhook(sms_inbox), incoming())
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/xml"
+        assert b"<Response></Response>" in response.content
+        inbound_event_process(InboundEvent.objects.get().pk)
+        message = Message.objects.get()
+        assert message.text == "Olá! A minha encomenda não chegou 📦"
+        assert message.channel == Channel.SMS
+        assert message.identity.address == CUSTOMER
+        assert message.conversation.inbox == sms_inbox
+
+    def test_the_next_sms_continues_the_conversation(self, client, twilio, sms_inbox):
+        deliver(twilio, client, sms_inbox, incoming(sid="SM1"))
+        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body="Ainda nada"))
+        assert Message.objects.values("conversation").distinct().count() == 1
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"HTTP_X_TWILIO_SIGNATURE": "bm90IGEgc2lnbmF0dXJl"}],
+        ids=["missing", "forged"],
+    )
+    def test_an_unsigned_or_forged_webhook_is_refused(self, client, sms_inbox, headers):
+        response = client.post(
+            webhook(sms_inbox),
+            data="MessageSid=SM1&From=%2B351912345678&Body=hi&SmsStatus=received",
+            content_type="application/x-www-form-urlencoded",
+            **headers,
+        )
+        assert response.status_code == 403
+        assert not InboundEvent.objects.exists()
+
+    def test_a_signature_for_another_url_or_token_is_refused(self, client, sms_inbox):
+        other = FakeTwilio(auth_token="another-account-token")
+        try:
+            assert other.post_webhook(client, webhook(sms_inbox), incoming()).status_code == 403
+        finally:
+            other.close()
+        twilio = FakeTwilio(auth_token=sms_inbox.credentials["auth_token"])
+        try:
+            response = twilio.post_webhook(
+                client, webhook(sms_inbox), incoming(), signed_url="https://evil.example/x"
+            )
+            assert response.status_code == 403
+        finally:
+            twilio.close()
+        assert not InboundEvent.objects.exists()
+
+    def test_behind_a_proxy_the_signature_is_checked_against_public_url(
+        self, client, twilio, sms_inbox, settings
+    ):
+        settings.PUBLIC_URL = "https://help.acme.example"
+        path = webhook(sms_inbox)
+        signed_url = f"https://help.acme.example{path}"
+        response = twilio.post_webhook(client, path, incoming(), signed_url=signed_url)
+        assert response.status_code == 200
+        # What reached us (http://testserver...) is not what Twilio signed: refused.
+        assert twilio.post_webhook(client, path, incoming(sid="SM9")).status_code == 403
+
+    def test_a_signed_body_without_message_sid_is_a_400(self, client, twilio, sms_inbox):
+        response = twilio.post_webhook(client, webhook(sms_inbox), {"From": CUSTOMER, "Body": "x"})
+        assert response.status_code == 400
+        assert b"MessageSid" in response.content
+        assert not InboundEvent.objects.exists()
+
+    def test_the_same_webhook_twice_is_one_message(self, client, twilio, sms_inbox):
+        deliver(twilio, client, sms_inbox, incoming())
+        deliver(twilio, client, sms_inbox, incoming())
+        assert InboundEvent.objects.count() == 1
+        assert Message.objects.count() == 1
+
+    def test_stop_opts_out_and_replies_are_refused_until_start(
+        self, client, twilio, sms_inbox, bob
+    ):
+        deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="Hello"))
+        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body=" stop "))
+        identity = Identity.objects.get(address=CUSTOMER)
+        assert identity.opted_out_at is not None
+        conversation = Message.objects.get(provider_id="SM2").conversation
+        assert conversation.events.filter(kind=ConversationEvent.Kind.CONSENT).exists()
+        with pytest.raises(ValidationError, match="opted out"):
+            services.reply_send(conversation=conversation, author=bob, text="Still there?")
+        assert twilio.calls() == []
+
+        deliver(twilio, client, sms_inbox, incoming(sid="SM3", body="START"))
+        identity.refresh_from_db()
+        assert identity.opted_out_at is None
+        assert reply(conversation, bob).status == Message.Status.SENT
+
+    def test_an_opt_out_while_a_reply_waits_fails_it_without_sending(
+        self, client, twilio, sms_inbox, bob
+    ):
+        deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="Hello"))
+        conversation = Message.objects.get().conversation
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi!")
+        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body="UNSUBSCRIBE"))
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        assert "opted out" in message.failure_reason
+        assert twilio.calls() == []
+
+
+@pytest.mark.django_db
+class TestMedia:
+    def mms(self, twilio):
+        twilio.media["/media/ME1"] = (b"\x89PNG\r\n\x1a\n fake png", "image/png")
+        return incoming(
+            NumMedia="1",
+            MediaUrl0=f"{twilio.url}/media/ME1",
+            MediaContentType0="image/png",
+        )
+
+    def test_mms_media_is_fetched_with_the_accounts_credentials(
+        self, client, twilio, sms_inbox, settings
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+        deliver(twilio, client, sms_inbox, self.mms(twilio))
+        attachment = Message.objects.get().attachments.get()
+        assert attachment.is_pending
+        assert attachment_fetch(attachment.pk) == "fetched"
+        attachment.refresh_from_db()
+        assert attachment.file.read() == b"\x89PNG\r\n\x1a\n fake png"
+        assert attachment.content_type == "image/png"
+        assert twilio.requests[-1].headers["authorization"].startswith("Basic ")
+        assert attachment_fetch(attachment.pk) == "done"  # a second run changes nothing
+
+    def test_media_on_a_private_address_is_refused_and_the_reason_kept(
+        self, client, twilio, sms_inbox
+    ):
+        deliver(twilio, client, sms_inbox, self.mms(twilio))
+        attachment = Message.objects.get().attachments.get()
+        assert attachment_fetch(attachment.pk) == "failed"
+        attachment.refresh_from_db()
+        assert not attachment.file
+        assert "not a public address" in attachment.fetch_error
+        assert not any(r.path == "/media/ME1" for r in twilio.requests)
+
+    def test_media_larger_than_the_limit_is_refused(self, client, twilio, sms_inbox, settings):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+        settings.MEDIA_FETCH_MAX_BYTES = 10
+        deliver(twilio, client, sms_inbox, self.mms(twilio))
+        attachment = Message.objects.get().attachments.get()
+        assert attachment_fetch(attachment.pk) == "failed"
+        attachment.refresh_from_db()
+        assert "larger than" in attachment.fetch_error
+
+
+@pytest.mark.django_db
+class TestReplies:
+    @pytest.fixture
+    def conversation(self, client, twilio, sms_inbox):
+        deliver(twilio, client, sms_inbox, incoming())
+        return Message.objects.get().conversation
+
+    def test_a_reply_reaches_twilio_from_the_inbox_number(
+        self, twilio, conversation, bob, settings
+    ):
+        settings.PUBLIC_URL = "https://help.acme.example"
+        twilio.next_sids.append("SM" + "5" * 32)
+        message = reply(conversation, bob, text="Já enviámos 🚚")
+        assert message.status == Message.Status.SENT
+        (call,) = twilio.calls()
+        form = call.form()
+        assert form["To"] == [CUSTOMER]
+        assert form["From"] == ["+15005550006"]
+        assert form["Body"] == ["Já enviámos 🚚"]
+        assert form["StatusCallback"] == [
+            f"https://help.acme.example/channels/sms/{conversation.inbox.pk}/webhook"
+        ]
+        assert message.provider_id == "SM" + "5" * 32
+
+    def test_status_callbacks_move_forward_only(self, client, twilio, conversation, bob):
+        message = reply(conversation, bob)
+        sid, inbox = message.provider_id, conversation.inbox
+        for status in ("sent", "delivered", "sent", "delivered", "failed"):
+            deliver(twilio, client, inbox, status_callback(sid, status, ErrorCode="30008"))
+        message.refresh_from_db()
+        assert message.status == Message.Status.DELIVERED
+        assert message.failure_reason == ""
+        assert message.delivered_at is not None
+
+    def test_undelivered_shows_the_carriers_reason(self, client, twilio, conversation, bob):
+        message = reply(conversation, bob)
+        deliver(
+            twilio,
+            client,
+            conversation.inbox,
+            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
+        )
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        assert message.failure_reason == (
+            "Twilio error 30003: The handset is unreachable (switched off or out of coverage)."
+        )
+
+    def test_a_callback_that_overtakes_the_send_is_applied_later(
+        self, client, twilio, conversation, bob
+    ):
+        twilio.next_sids.append("SM" + "f" * 32)
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        event = deliver(
+            twilio, client, conversation.inbox, status_callback("SM" + "f" * 32, "delivered")
+        )
+        event.refresh_from_db()
+        assert event.status == InboundEvent.Status.PENDING
+        message_deliver(message.pk)
+        inbound_event_process(event.pk)  # what the sweep does a minute later
+        message.refresh_from_db()
+        assert message.status == Message.Status.DELIVERED
+
+    @pytest.mark.parametrize("mode", ["500", "429"])
+    def test_a_provider_hiccup_is_retried_and_sent_once(self, twilio, conversation, bob, mode):
+        twilio.fail(mode)
+        message = reply(conversation, bob)
+        assert message.status == Message.Status.QUEUED
+        assert message.failure_reason.startswith("Twilio error 20")
+        with time_machine.travel(message.next_attempt_at + timedelta(seconds=1), tick=False):
+            message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.SENT
+        assert len(twilio.calls()) == 2
+        outcomes = list(message.attempts_log.values_list("outcome", flat=True))
+        assert outcomes == [DeliveryAttempt.Outcome.RETRY, DeliveryAttempt.Outcome.SENT]
+
+    def test_a_timeout_is_retried(self, twilio, conversation, bob, settings):
+        settings.PROVIDER_TIMEOUT_SECONDS = 0.3
+        twilio.fail("timeout")
+        message = reply(conversation, bob)
+        assert message.status == Message.Status.QUEUED
+        assert "did not answer in time" in message.failure_reason
+
+    @pytest.mark.parametrize(
+        ("mode", "reason"),
+        [
+            ("invalid_recipient", "Twilio error 21211: The number is not a valid phone number."),
+            ("unsubscribed", "Twilio error 21610: The recipient replied STOP"),
+        ],
+    )
+    def test_a_refused_recipient_fails_with_the_reason(
+        self, twilio, conversation, bob, mode, reason
+    ):
+        twilio.fail(mode)
+        message = reply(conversation, bob)
+        assert message.status == Message.Status.FAILED
+        assert message.failure_reason.startswith(reason)
+        assert len(twilio.calls()) == 1
+
+    def test_an_attachment_goes_as_a_signed_media_link(
+        self, client, twilio, conversation, bob, settings
+    ):
+        settings.PUBLIC_URL = "http://testserver"
+        photo = services.InboundAttachment("label.png", "image/png", b"\x89PNG label")
+        message = reply(conversation, bob, text="The label", attachments=(photo,))
+        assert message.status == Message.Status.SENT
+        (link,) = twilio.calls()[0].form()["MediaUrl"]
+        response = client.get(link.removeprefix("http://testserver"))
+        assert response.status_code == 200
+        assert b"".join(response.streaming_content) == b"\x89PNG label"
+        assert response["Content-Disposition"].startswith("attachment")
+        assert client.get(link.removeprefix("http://testserver") + "x").status_code == 404
+
+    def test_without_public_url_an_attachment_cannot_go(self, twilio, conversation, bob):
+        photo = services.InboundAttachment("label.png", "image/png", b"\x89PNG label")
+        message = reply(conversation, bob, text="The label", attachments=(photo,))
+        assert message.status == Message.Status.FAILED
+        assert "PUBLIC_URL" in message.failure_reason
+        assert twilio.calls() == []
+
+
+@pytest.mark.django_db
+class TestCrossChannel:
+    def test_an_email_customer_answered_by_sms_replies_into_the_same_conversation(
+        self, client, twilio, sms_inbox, email_inbox, bob
+    ):
+        by_mail = services.message_receive(
+            inbox=email_inbox,
+            inbound=services.InboundMessage(
+                channel=Channel.EMAIL, address="rui@example.pt", text="Call me?", subject="Order"
+            ),
+        ).message
+        deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="It's Rui, by SMS"))
+        by_sms = Message.objects.get(provider_id="SM1")
+        services.customer_merge(
+            source=by_sms.conversation.customer, target=by_mail.conversation.customer
+        )
+        conversation = by_mail.conversation
+        sms = Identity.objects.get(kind=Channel.SMS)
+        message = reply(conversation, bob, text="Ligamos já", identity=sms)
+        assert message.status == Message.Status.SENT
+        assert message.channel == Channel.SMS
+        assert message.inbox == sms_inbox
+        assert twilio.calls()[0].form()["To"] == [CUSTOMER]
+        assert conversation.events.filter(kind=ConversationEvent.Kind.CHANNEL).exists()
+
+        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body="Obrigado"))
+        assert Message.objects.get(provider_id="SM2").conversation == conversation
+
+    def test_the_same_number_on_whatsapp_is_the_same_customer(self, db):
+        sms = services.identity_get_or_create(kind=Channel.SMS, address="+44 20 7946 0958")
+        whatsapp = services.identity_get_or_create(kind=Channel.WHATSAPP, address="442079460958")
+        assert sms.address == whatsapp.address == "+442079460958"
+        assert sms.customer_id == whatsapp.customer_id
+
+    @pytest.mark.parametrize("number", ["12", "not a number", "+1 555"])
+    def test_an_impossible_number_is_refused(self, db, number):
+        with pytest.raises(ValidationError):
+            services.identity_get_or_create(kind=Channel.SMS, address=number)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_concurrent_deliveries_of_one_sms_store_one_message(twilio, sms_inbox):
+    params, barrier = incoming(), threading.Barrier(10)
+    statuses = []
+
+    def post():
+        barrier.wait()
+        try:
+            statuses.append(twilio.post_webhook(Client(), webhook(sms_inbox), params).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 10
+    (event,) = InboundEvent.objects.all()
+    inbound_event_process(event.pk)
+    inbound_event_process(event.pk)
+    assert Message.objects.count() == 1
+
+
+def test_end_to_end_with_the_worker(twilio, sms_inbox, bob, embedded_worker, settings):
+    settings.PUBLIC_URL = "http://testserver"
+    client = Client()
+    assert twilio.post_webhook(client, webhook(sms_inbox), incoming()).status_code == 200
+    message = wait_for(lambda: Message.objects.filter(channel=Channel.SMS).first())
+    answer = services.reply_send(conversation=message.conversation, author=bob, text="On it")
+    sent = wait_for(lambda: Message.objects.filter(pk=answer.pk, status="sent").first())
+    callback = status_callback(sent.provider_id, "delivered")
+    assert twilio.post_webhook(client, webhook(sms_inbox), callback).status_code == 200
+    wait_for(lambda: Message.objects.filter(pk=answer.pk, status="delivered").exists())
+    assert timezone.now() - sent.sent_at < timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "segments"),
+    [
+        ("", "GSM-7", 0),
+        ("a" * 160, "GSM-7", 1),
+        ("a" * 161, "GSM-7", 2),
+        ("a" * 306, "GSM-7", 2),
+        ("a" * 307, "GSM-7", 3),
+        ("€" * 80, "GSM-7", 1),  # two septets each: 160
+        ("€" * 81, "GSM-7", 2),
+        ("a" * 152 + "€", "GSM-7", 1),  # 154 septets still fit one message
+        ("a" * 152 + "€" + "a" * 10, "GSM-7", 2),  # the escape pair is not cut
+        ("ç" * 70, "UCS-2", 1),
+        ("ç" * 71, "UCS-2", 2),
+        ("Olá 👋", "UCS-2", 1),
+        ("👋" * 35, "UCS-2", 1),  # 70 code units
+        ("👋" * 36, "UCS-2", 2),
+        ("お問い合わせありがとうございます" * 5, "UCS-2", 2),
+    ],
+)
+def test_segment_counts_follow_gsm7_and_ucs2(text, encoding, segments):
+    counted = sms_segments(text)
+    assert (counted.encoding, counted.segments) == (encoding, segments)
