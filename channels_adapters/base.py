@@ -115,6 +115,12 @@ class Adapter:
         """Why `message` (saved or not) must not be sent now, or "" when it may go. Asked
         before a reply is queued, so the agent sees the reason at once, and again before every
         attempt, since a customer may opt out or a window close while it waits."""
+        limit = self.capabilities.max_length
+        if limit and len(message.text) > limit:
+            return (
+                f"{message.get_channel_display()} messages are at most {limit} characters; "
+                f"this one has {len(message.text)}."
+            )
         identity = message.identity
         if identity is not None and identity.opted_out_at:
             return (

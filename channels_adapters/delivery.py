@@ -108,7 +108,10 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
                     else:
                         received.append(message_receive(inbox=event.inbox, inbound=item))
                         _profile_fetch_later(adapter, received[-1])
-                if unknown and not received and timezone.now() - event.received_at < STATUS_WAIT:
+                # Only when nothing in it was known: a receipt naming a part of a message that
+                # we never stored an id for (its attachments) must not hold the rest back.
+                waiting = unknown and unknown == len(updated) and not received
+                if waiting and timezone.now() - event.received_at < STATUS_WAIT:
                     raise _NotYet
         except _NotYet:
             event.error = "Reports on a message whose provider id is not known yet; will retry."

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods
 from channels_adapters.base import InvalidPayload
 from channels_adapters.delivery import inbound_event_store
 from channels_adapters.registry import adapter_for
+from channels_adapters.tasks import process_inbound_event
 from conversations.models import Attachment, Channel, Inbox
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,26 @@ def webhook(request, kind: str, inbox_id: int):
     except InvalidPayload as exc:
         log.warning("%s webhook for inbox %s: unreadable body: %s", kind, inbox.pk, exc)
         return _refuse(400, f"Unreadable body: {exc}")
-    inbound_event_store(inbox=inbox, dedupe_key=key, payload=body)
-    return adapter.webhook_answer()
+    event, created = inbound_event_store(inbox=inbox, dedupe_key=key, payload=body, enqueue=False)
+    response = adapter.webhook_answer()
+    if created:
+        # Stored, so the answer can go; the task is enqueued once it has. Should this process
+        # die in between, the sweep finds the pending event.
+        _after_response(response, lambda: process_inbound_event.delay(event.pk))
+    return response
+
+
+def _after_response(response: HttpResponse, action) -> None:
+    """Run `action` when the server closes `response`, after the client has it."""
+    close = response.close
+
+    def close_then_act():
+        try:
+            close()
+        finally:
+            action()
+
+    response.close = close_then_act
 
 
 def public_attachment_url(attachment: Attachment) -> str:

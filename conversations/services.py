@@ -289,7 +289,7 @@ def _conversation_to_continue(
 def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
     """Store a customer's message: find or create the customer by identity, drop duplicates,
     continue (and reopen) their conversation or open a new one."""
-    if not (inbound.text or inbound.html or inbound.attachments):
+    if not (inbound.text or inbound.html or inbound.attachments or inbound.media):
         raise ValidationError("An inbound message needs text, HTML or an attachment.")
     try:
         with transaction.atomic():

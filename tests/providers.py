@@ -88,7 +88,9 @@ class FakeProvider:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     @property
@@ -220,3 +222,242 @@ class FakeTwilio(FakeProvider):
             HTTP_X_TWILIO_SIGNATURE=self.sign(url, params),
             **headers,
         )
+
+
+# --- Meta Graph API (Messenger and WhatsApp) ----------------------------------------------------
+
+
+def multipart_fields(request: Recorded) -> dict[str, tuple[str, str, bytes]]:
+    """name -> (filename, content type, content) of a multipart/form-data body."""
+    from email import message_from_bytes
+    from email.policy import HTTP
+
+    head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = message_from_bytes(head + request.body, policy=HTTP)
+    if not message.is_multipart():
+        raise ValueError("not a multipart body")
+    return {
+        part.get_param("name", header="content-disposition"): (
+            part.get_filename() or "",
+            part.get_content_type() if part.get("content-type") else "",
+            part.get_payload(decode=True),
+        )
+        for part in message.iter_parts()
+    }
+
+
+class FakeGraph(FakeProvider):
+    """Meta's Graph API as Messenger's Send API and WhatsApp's Cloud API speak it: sends
+    answered with generated mids and wamids, user profiles, WhatsApp media ids that resolve
+    to a download URL on this server (behind the same Bearer token), multipart uploads, and
+    Graph's error JSON. `sent` keeps the sends it accepted, with the id it gave each."""
+
+    version = "v21.0"
+    MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+
+    def __init__(
+        self,
+        *,
+        page_id="1122334455",
+        phone_number_id="106540352242922",
+        token="graph-page-token",
+        app_secret="meta-app-secret",
+    ):
+        self.page_id, self.phone_number_id = page_id, phone_number_id
+        self.token, self.app_secret = token, app_secret
+        self.profiles: dict[str, dict] = {}  # psid -> {"first_name": ..., "last_name": ...}
+        self.whatsapp_media: dict[str, str] = {}  # media id -> mime type (served under /wa/)
+        self.uploads: dict[str, tuple[str, str, bytes]] = {}  # media id -> multipart file
+        self.sent: list[tuple[Recorded, str]] = []
+        self._local = threading.local()
+        super().__init__()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/{self.version}"
+
+    # --- What the tests use -----------------------------------------------------------------
+
+    def sign(self, body: bytes) -> str:
+        """Meta's X-Hub-Signature-256: hex HMAC-SHA256 of the raw body with the app secret."""
+        return "sha256=" + hmac.new(self.app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+    def post_webhook(self, client, path: str, body, **headers):
+        """Call our webhook as Meta does: the JSON body, signed."""
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        return client.post(
+            path,
+            data=body,
+            content_type="application/json",
+            **{"HTTP_X_HUB_SIGNATURE_256": self.sign(body), **headers},
+        )
+
+    def add_whatsapp_media(self, media_id: str, content: bytes, content_type: str) -> None:
+        self.whatsapp_media[media_id] = content_type
+        self.media[f"/wa/{media_id}"] = (content, content_type)
+
+    def payloads(self) -> list[dict]:
+        """What each accepted send asked for: the JSON body, or for a multipart send its
+        fields (JSON ones decoded) with the file as (filename, content type, bytes)."""
+        return [self.payload(request) for request, _ in self.sent]
+
+    @staticmethod
+    def payload(request: Recorded) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            fields = {}
+            for name, (filename, content_type, content) in multipart_fields(request).items():
+                if filename:
+                    fields[name] = (filename, content_type, content)
+                else:
+                    text = content.decode()
+                    fields[name] = json.loads(text) if text[:1] in "{[" else text
+            return fields
+        return request.json()
+
+    # --- The API ----------------------------------------------------------------------------
+
+    def _dispatch(self, request: Recorded) -> Answer | None:
+        self._local.request = request  # failure() answers in the shape of the API called
+        return super()._dispatch(request)
+
+    def _authorized(self, request: Recorded) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.token}" or (
+            request.query.get("access_token") == self.token
+        )
+
+    def media_authorized(self, request: Recorded) -> bool:
+        # WhatsApp media needs the token; Messenger's CDN links are capabilities on their own.
+        return self._authorized(request) if request.path.startswith("/wa/") else True
+
+    def _node_edge(self, request: Recorded) -> tuple[str, str]:
+        parts = request.path.strip("/").split("/")
+        if parts[0] != self.version:
+            return "", ""
+        return (parts[1] if len(parts) > 1 else ""), (parts[2] if len(parts) > 2 else "")
+
+    def answer(self, request: Recorded) -> Answer:
+        if not self._authorized(request):
+            return self._error(401, 190, "Invalid OAuth access token - Cannot parse access token")
+        node, edge = self._node_edge(request)
+        if request.method == "POST" and edge == "messages" and node == self.phone_number_id:
+            return self._whatsapp_send(request)
+        if request.method == "POST" and edge == "messages" and node in ("me", self.page_id):
+            return self._messenger_send(request)
+        if request.method == "POST" and edge == "media" and node == self.phone_number_id:
+            return self._upload(request)
+        if request.method == "GET" and not edge and node in self.whatsapp_media:
+            return Answer.json(
+                200,
+                {
+                    "messaging_product": "whatsapp",
+                    "url": f"{self.url}/wa/{node}",
+                    "mime_type": self.whatsapp_media[node],
+                    "file_size": len(self.media[f"/wa/{node}"][0]),
+                    "id": node,
+                },
+            )
+        if request.method == "GET" and not edge and node in self.profiles:
+            return Answer.json(200, {**self.profiles[node], "id": node})
+        return self._error(
+            400, 100, f"Unsupported {request.method} request to {request.path}", subcode=33
+        )
+
+    def _messenger_send(self, request: Recorded) -> Answer:
+        payload = self.payload(request)
+        recipient = (payload.get("recipient") or {}).get("id")
+        message = payload.get("message") or {}
+        if not recipient or not (message.get("text") or message.get("attachment")):
+            return self._error(400, 100, "(#100) The parameter recipient is required")
+        if payload.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
+            return self._error(400, 100, "(#100) Param messaging_type must be one of ...")
+        if payload.get("messaging_type") == "MESSAGE_TAG" and not payload.get("tag"):
+            return self._error(400, 100, "(#100) Tag is required for MESSAGE_TAG")
+        if message.get("attachment") and "filedata" not in payload:
+            return self._error(400, 100, "(#100) Upload attachment failure.")
+        mid = "m_" + secrets.token_urlsafe(24)
+        self.sent.append((request, mid))
+        return Answer.json(200, {"recipient_id": recipient, "message_id": mid})
+
+    def _whatsapp_send(self, request: Recorded) -> Answer:
+        payload = request.json()
+        kind = payload.get("type")
+        if payload.get("messaging_product") != "whatsapp" or not payload.get("to"):
+            return self._error(400, 100, "(#100) The parameter messaging_product is required.")
+        if kind in self.MEDIA_TYPES and (payload.get(kind) or {}).get("id") not in self.uploads:
+            return self._error(400, 131053, "Media upload error")
+        if kind == "template" and not (payload.get("template") or {}).get("language"):
+            return self._error(400, 100, "(#100) Param template['language'] is required")
+        wamid = "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()
+        self.sent.append((request, wamid))
+        return Answer.json(
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": payload["to"], "wa_id": payload["to"]}],
+                "messages": [{"id": wamid}],
+            },
+        )
+
+    def _upload(self, request: Recorded) -> Answer:
+        fields = multipart_fields(request)
+        if fields.get("messaging_product", ("", "", b""))[2] != b"whatsapp" or "file" not in fields:
+            return self._error(400, 100, "(#100) The parameter messaging_product is required.")
+        media_id = str(secrets.randbelow(10**15))
+        self.uploads[media_id] = fields["file"]
+        return Answer.json(200, {"id": media_id})
+
+    def failure(self, mode: str) -> Answer:
+        request = getattr(self._local, "request", None)
+        whatsapp = request is not None and self._node_edge(request)[0] == self.phone_number_id
+        if mode == "500":
+            if whatsapp:
+                return self._error(
+                    500, 131000, "Something went wrong", details="Something went wrong"
+                )
+            return self._error(500, 2, "An unexpected error has occurred.", transient=True)
+        if mode == "429":
+            return self._error(429, 4, "(#4) Application request limit reached", transient=True)
+        if mode == "rate_limit":
+            if whatsapp:
+                return self._error(
+                    400,
+                    130429,
+                    "(#130429) Rate limit hit",
+                    details="Cloud API message throughput has been reached.",
+                )
+            return self._error(400, 613, "(#613) Calls to this api have exceeded the rate limit.")
+        if mode == "invalid_recipient":
+            if whatsapp:
+                return self._error(
+                    400,
+                    131026,
+                    "(#131026) Message Undeliverable.",
+                    details="Message Undeliverable.",
+                )
+            return self._error(400, 100, "(#100) No matching user found", subcode=2018001)
+        if mode == "outside_window":
+            if whatsapp:
+                return self._error(
+                    400,
+                    131047,
+                    "(#131047) Re-engagement message",
+                    details="Message failed to send because more than 24 hours have passed "
+                    "since the customer last replied to this number.",
+                )
+            return self._error(
+                400, 10, "(#10) This message is sent outside of allowed window.", subcode=2018278
+            )
+        raise ValueError(f"unknown failure mode {mode!r}")
+
+    @staticmethod
+    def _error(status, code, message, *, subcode=None, details=None, transient=None) -> Answer:
+        error = {"message": message, "type": "OAuthException", "code": code}
+        if subcode:
+            error["error_subcode"] = subcode
+        if transient is not None:
+            error["is_transient"] = transient
+        if details:
+            error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+        error["fbtrace_id"] = "A" + secrets.token_hex(10)
+        return Answer.json(status, {"error": error})

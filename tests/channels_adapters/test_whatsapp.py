@@ -1,0 +1,524 @@
+"""WhatsApp (Cloud API), end to end against a loopback fake of Meta's Graph API. Payloads
+under tests/fixtures/meta/ follow Meta's documented webhook examples."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import time_machine
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test import Client
+
+from channels_adapters.delivery import attachment_fetch, inbound_event_process, message_deliver
+from channels_adapters.models import InboundEvent
+from conversations import services
+from conversations.models import Attachment, Channel, Inbox, Message
+from tests.conftest import receive, wait_for
+from tests.providers import FakeGraph, multipart_fields
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "meta"
+NUMBER = "5511987654321"  # João, in most fixtures
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+JPEG = b"\xff\xd8\xff\xe0" + b"jpeg" * 64
+PDF = b"%PDF-1.4\n% nota fiscal\n"
+
+
+def fixture(name: str, **values: str) -> bytes:
+    raw = (FIXTURES / name).read_bytes()
+    for key, value in values.items():
+        raw = raw.replace(f"{{{{{key}}}}}".encode(), value.encode())
+    return raw
+
+
+@pytest.fixture
+def graph():
+    fake = FakeGraph()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def wa_inbox(support, graph):
+    return Inbox.objects.create(
+        name="Acme on WhatsApp",
+        kind=Channel.WHATSAPP,
+        address="+15550783881",
+        default_team=support,
+        settings={
+            "phone_number_id": graph.phone_number_id,
+            "api_base_url": graph.base_url,
+            "templates": [
+                {
+                    "name": "order_update",
+                    "language": "pt_BR",
+                    "body": "Olá! Há novidades sobre o seu pedido. Responda para continuar.",
+                },
+                {"name": "shipped_named", "language": "en_US", "body": "Hi {{1}}, it shipped."},
+            ],
+        },
+        credentials={
+            "access_token": graph.token,
+            "app_secret": graph.app_secret,
+            "verify_token": "wa-verify-token",
+        },
+    )
+
+
+def path(inbox) -> str:
+    return f"/channels/whatsapp/{inbox.pk}/webhook"
+
+
+def process_pending() -> list[InboundEvent]:
+    pending = list(InboundEvent.objects.filter(status="pending").order_by("pk"))
+    for event in pending:
+        inbound_event_process(event.pk)
+    return [InboundEvent.objects.get(pk=event.pk) for event in pending]
+
+
+def deliver_webhook(client, graph, inbox, body) -> list[InboundEvent]:
+    response = graph.post_webhook(client, path(inbox), body)
+    assert response.status_code == 200
+    assert response.content == b"EVENT_RECEIVED"
+    return process_pending()
+
+
+def customer_wrote(inbox, text="Oi, tudo bem?", number=NUMBER):
+    return receive(inbox, text=text, address=number).message.conversation
+
+
+def status_of(message) -> str:
+    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
+
+
+def sent_reply(inbox, bob, text="Olá João! Vou verificar 🙂"):
+    conversation = customer_wrote(inbox)
+    reply = services.reply_send(conversation=conversation, author=bob, text=text)
+    assert message_deliver(reply.pk).status == Message.Status.SENT
+    reply.refresh_from_db()
+    return reply
+
+
+# --- The webhook's gate ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+class TestWebhookGate:
+    def test_it_answers_metas_subscription_check(self, client, wa_inbox):
+        params = {"hub.mode": "subscribe", "hub.verify_token": "wa-verify-token"}
+        response = client.get(path(wa_inbox), {**params, "hub.challenge": "987654"})
+        assert response.status_code == 200
+        assert response.content == b"987654"
+        wrong = {**params, "hub.verify_token": "wa-verify-tokeN", "hub.challenge": "987654"}
+        assert client.get(path(wa_inbox), wrong).status_code == 403
+
+    @pytest.mark.parametrize("signature", [None, "sha256=" + "f" * 64, "sha256=zz"])
+    def test_a_missing_or_bad_signature_is_refused_and_nothing_stored(
+        self, client, wa_inbox, signature
+    ):
+        headers = {} if signature is None else {"HTTP_X_HUB_SIGNATURE_256": signature}
+        response = client.post(
+            path(wa_inbox),
+            data=fixture("whatsapp_text.json"),
+            content_type="application/json",
+            **headers,
+        )
+        assert response.status_code == 403
+        assert not InboundEvent.objects.exists()
+
+    def test_an_inbox_without_an_app_secret_refuses_every_webhook(self, client, graph, wa_inbox):
+        wa_inbox.credentials["app_secret"] = ""
+        wa_inbox.save()
+        unsigned = FakeGraph(app_secret="")
+        try:
+            response = unsigned.post_webhook(client, path(wa_inbox), fixture("whatsapp_text.json"))
+        finally:
+            unsigned.close()
+        assert response.status_code == 403
+        assert not InboundEvent.objects.exists()
+
+    @pytest.mark.parametrize(
+        ("name", "text", "customer"),
+        [
+            ("whatsapp_text.json", "Olá! Meu pedido #4521 ainda não chegou 😟", "João Silva"),
+            ("whatsapp_escaped.json", "こんにちは！届いていません 📦", "田中 花子"),
+        ],
+    )
+    def test_raw_and_escaped_non_ascii_bodies_are_accepted(
+        self, client, graph, wa_inbox, name, text, customer
+    ):
+        (event,) = deliver_webhook(client, graph, wa_inbox, fixture(name))
+        assert event.status == InboundEvent.Status.PROCESSED
+        assert event.message.text == text
+        assert event.message.conversation.customer.name == customer
+
+    @pytest.mark.parametrize(
+        "body", [b"", b"{", b'{"object": "page", "entry": []}', b'"whatsapp_business_account"']
+    )
+    def test_an_unreadable_body_gets_400_and_nothing_is_stored(self, client, graph, wa_inbox, body):
+        assert graph.post_webhook(client, path(wa_inbox), body).status_code == 400
+        assert not InboundEvent.objects.exists()
+
+    def test_the_same_webhook_twice_makes_one_message(self, client, graph, wa_inbox):
+        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        assert InboundEvent.objects.count() == 1
+        assert Message.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_concurrent_deliveries_of_one_message_store_it_once(graph, wa_inbox):
+    body = fixture("whatsapp_text.json")
+    copies = [body if i % 2 else json.dumps(json.loads(body)).encode() for i in range(10)]
+    start = threading.Barrier(len(copies))
+
+    def deliver(copy):
+        try:
+            start.wait(timeout=10)
+            return graph.post_webhook(Client(), path(wa_inbox), copy).status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(copies)) as pool:
+        assert list(pool.map(deliver, copies)) == [200] * 10
+
+    assert InboundEvent.objects.count() == 1
+    process_pending()
+    assert Message.objects.get().text == "Olá! Meu pedido #4521 ainda não chegou 😟"
+
+
+# --- Inbound ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+class TestInbound:
+    def test_the_number_becomes_an_e164_identity_shared_with_sms(self, client, graph, wa_inbox):
+        texted = services.identity_get_or_create(kind=Channel.SMS, address="+55 11 98765-4321")
+
+        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+
+        identity = event.message.identity
+        assert (identity.kind, identity.address) == (Channel.WHATSAPP, "+5511987654321")
+        assert identity.customer == texted.customer
+
+    def test_every_message_of_every_entry_in_a_batch_is_stored(self, client, graph, wa_inbox):
+        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_batch.json"))
+
+        assert event.status == InboundEvent.Status.PROCESSED
+        stored = {
+            m.identity.address: (m.text, m.conversation.customer.name)
+            for m in Message.objects.select_related("identity", "conversation__customer")
+        }
+        assert stored == {
+            "+5511987654321": ("Oi de novo 👋", "João Silva"),
+            "+819012345678": ("サイズ交換できますか？", "田中 花子"),
+            "+351912345678": ("Boa tarde! Já fiz o pagamento.", "Ana Costa"),
+        }
+
+    def test_media_is_fetched_with_the_token_into_files(self, client, graph, wa_inbox, settings):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+        graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
+        graph.add_whatsapp_media("1003383421387257", PDF, "application/pdf")
+
+        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_media.json"))
+
+        image = Message.objects.get(provider_id="wamid.media.image.1")
+        document = Message.objects.get(provider_id="wamid.media.document.2")
+        assert (image.text, document.text) == ("A caixa chegou amassada", "Nota fiscal")
+        for message, content, filename, content_type in (
+            (image, JPEG, "image.jpg", "image/jpeg"),
+            (document, PDF, "nota-fiscal-4521.pdf", "application/pdf"),
+        ):
+            attachment = message.attachments.get()
+            assert attachment_fetch(attachment.pk) == "fetched"
+            attachment.refresh_from_db()
+            assert attachment.file.read() == content
+            assert (attachment.filename, attachment.content_type) == (filename, content_type)
+        downloads = [r for r in graph.requests if r.path.startswith("/wa/")]
+        assert len(downloads) == 2
+        assert all(r.headers["authorization"] == f"Bearer {graph.token}" for r in downloads)
+
+    def test_a_photo_without_a_caption_is_stored(self, client, graph, wa_inbox):
+        body = json.loads(fixture("whatsapp_media.json"))
+        messages = body["entry"][0]["changes"][0]["value"]["messages"]
+        del messages[1]
+        del messages[0]["image"]["caption"]
+
+        (event,) = deliver_webhook(client, graph, wa_inbox, body)
+
+        assert event.status == InboundEvent.Status.PROCESSED
+        assert event.message.attachments.get().source == "1003383421387256"
+
+    def test_media_on_a_private_address_is_refused_and_the_agent_sees_why(
+        self, client, graph, wa_inbox, settings
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = False
+        graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
+        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_media.json"))
+
+        attachment = Attachment.objects.get(source="1003383421387256")
+        assert attachment_fetch(attachment.pk) == "failed"
+        attachment.refresh_from_db()
+        assert not attachment.file
+        assert "not a public address" in attachment.fetch_error
+        assert not [r for r in graph.requests if r.path.startswith("/wa/")]
+
+    def test_locations_contacts_and_replies_become_readable_text(self, client, graph, wa_inbox):
+        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_kinds.json"))
+
+        stored = {m.provider_id: m for m in Message.objects.all()}
+        location = stored["wamid.kinds.location"]
+        assert location.text == (
+            "📍 Museu de Arte de São Paulo, Av. Paulista, 1578 - Bela Vista, São Paulo "
+            "(-23.561414, -46.655881) https://maps.google.com/?q=-23.561414,-46.655881"
+        )
+        assert location.metadata["location"]["latitude"] == -23.561414
+        assert stored["wamid.kinds.contacts"].text == (
+            "👤 Shared contact: Maria Souza, +55 11 91234-5678, maria@example.com.br"
+        )
+        listed = stored["wamid.kinds.interactive"]
+        assert listed.text == "Trocar tamanho"
+        assert listed.metadata == {
+            "reply_id": "exchange_size",
+            "reply_to": "wamid.our.list.message",
+        }
+        assert stored["wamid.kinds.button_reply"].text == "Sim, confirmo ✅"
+        assert stored["wamid.kinds.button_reply"].metadata["reply_id"] == "confirm_yes"
+        button = stored["wamid.kinds.button"]
+        assert (button.text, button.metadata["button_payload"]) == (
+            "Rastrear pedido",
+            "TRACK_ORDER",
+        )
+        assert "cannot be shown here" in stored["wamid.kinds.unsupported"].text
+        # A reaction is not a message: it must not reopen or re-queue the conversation.
+        assert "wamid.kinds.reaction" not in stored
+        assert len({m.conversation_id for m in stored.values()}) == 1
+
+    def test_changes_for_another_business_number_are_skipped(self, client, graph, wa_inbox):
+        wa_inbox.settings["phone_number_id"] = "999000999000"
+        wa_inbox.save()
+        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        assert event.status == InboundEvent.Status.IGNORED
+        assert not Message.objects.exists()
+
+
+# --- Statuses ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+class TestStatuses:
+    def test_statuses_out_of_order_end_at_read_and_repeats_change_nothing(
+        self, client, graph, wa_inbox, bob
+    ):
+        reply = sent_reply(wa_inbox, bob)
+        body = json.loads(fixture("whatsapp_statuses.json", WAMID=reply.provider_id))
+        deliver_webhook(client, graph, wa_inbox, body)  # read, delivered, sent: in that order
+        assert status_of(reply) == Message.Status.READ
+
+        statuses = body["entry"][0]["changes"][0]["value"]["statuses"]
+        for status in (statuses[1], statuses[2]):  # delivered and sent again, one by one
+            body["entry"][0]["changes"][0]["value"]["statuses"] = [status]
+            deliver_webhook(client, graph, wa_inbox, body)
+
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.READ
+        assert reply.delivered_at is not None and reply.read_at is not None
+
+    def test_delivered_then_read_for_one_message_are_two_events(self, client, graph, wa_inbox, bob):
+        reply = sent_reply(wa_inbox, bob)
+        body = json.loads(fixture("whatsapp_statuses.json", WAMID=reply.provider_id))
+        value = body["entry"][0]["changes"][0]["value"]
+        read, delivered, _ = value["statuses"]
+
+        value["statuses"] = [delivered]
+        deliver_webhook(client, graph, wa_inbox, body)
+        assert status_of(reply) == Message.Status.DELIVERED
+        value["statuses"] = [read]
+        deliver_webhook(client, graph, wa_inbox, body)
+        assert status_of(reply) == Message.Status.READ
+
+    def test_a_failed_status_fails_the_reply_with_whatsapps_reason(
+        self, client, graph, wa_inbox, bob
+    ):
+        reply = sent_reply(wa_inbox, bob)
+        deliver_webhook(
+            client, graph, wa_inbox, fixture("whatsapp_failed.json", WAMID=reply.provider_id)
+        )
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.FAILED
+        assert reply.failure_reason.startswith(
+            "Message undeliverable (code 131026): Message Undeliverable."
+        )
+        assert "no WhatsApp account" in reply.failure_reason
+
+
+# --- Sending ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+class TestSend:
+    def test_a_reply_in_the_window_reaches_whatsapp_as_text(self, graph, wa_inbox, bob):
+        reply = sent_reply(wa_inbox, bob, text="Olá João! 🙂 Seu pedido sai hoje. ありがとう")
+
+        ((request, wamid),) = graph.sent
+        assert request.path == f"/v21.0/{graph.phone_number_id}/messages"
+        assert request.headers["authorization"] == f"Bearer {graph.token}"
+        assert request.json() == {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": NUMBER,
+            "type": "text",
+            "text": {"body": "Olá João! 🙂 Seu pedido sai hoje. ありがとう"},
+        }
+        assert reply.provider_id == wamid
+
+    def test_outside_the_window_free_text_is_refused_and_nothing_sent(self, graph, wa_inbox, bob):
+        with time_machine.travel(START, tick=False):
+            conversation = customer_wrote(wa_inbox)
+        with time_machine.travel(START + timedelta(hours=24, minutes=1), tick=False):
+            with pytest.raises(ValidationError, match="Pick an approved template"):
+                services.reply_send(conversation=conversation, author=bob, text="Oi?")
+        assert not Message.objects.filter(direction=Message.Direction.OUTBOUND).exists()
+        assert graph.requests == []
+
+    def test_outside_the_window_a_template_goes(self, graph, wa_inbox, bob):
+        with time_machine.travel(START, tick=False):
+            conversation = customer_wrote(wa_inbox)
+        with time_machine.travel(START + timedelta(days=3), tick=False):
+            reply = services.reply_send(
+                conversation=conversation, author=bob, text="", template="order_update"
+            )
+            assert message_deliver(reply.pk).status == Message.Status.SENT
+
+        assert graph.payloads() == [
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": NUMBER,
+                "type": "template",
+                "template": {"name": "order_update", "language": {"code": "pt_BR"}},
+            }
+        ]
+
+    @pytest.mark.parametrize(
+        ("template", "reason"),
+        [
+            ("order_updates", "no WhatsApp template named 'order_updates'"),
+            ("shipped_named", "has parameters to fill in"),
+        ],
+    )
+    def test_a_template_we_cannot_send_is_refused(self, graph, wa_inbox, bob, template, reason):
+        conversation = customer_wrote(wa_inbox)
+        with pytest.raises(ValidationError, match=reason):
+            services.reply_send(conversation=conversation, author=bob, text="", template=template)
+        assert graph.requests == []
+
+    def test_attachments_are_uploaded_then_sent_after_the_text(self, graph, wa_inbox, bob):
+        conversation = customer_wrote(wa_inbox)
+        reply = services.reply_send(
+            conversation=conversation,
+            author=bob,
+            text="Segue a nota e a foto",
+            attachments=(
+                services.InboundAttachment("nota.pdf", "application/pdf", PDF),
+                services.InboundAttachment("foto.jpg", "image/jpeg", JPEG),
+            ),
+        )
+        assert message_deliver(reply.pk).status == Message.Status.SENT
+
+        uploads = [r for r in graph.calls() if r.path.endswith("/media")]
+        assert len(uploads) == 2
+        first = multipart_fields(uploads[0])
+        assert first["messaging_product"][2] == b"whatsapp"
+        assert first["type"][2] == b"application/pdf"
+        assert first["file"] == ("nota.pdf", "application/pdf", PDF)
+        pdf_id, jpeg_id = graph.uploads
+        assert graph.uploads[jpeg_id] == ("foto.jpg", "image/jpeg", JPEG)
+        text, document, image = graph.payloads()
+        assert text["text"] == {"body": "Segue a nota e a foto"}
+        assert (document["type"], document["document"]) == (
+            "document",
+            {"id": pdf_id, "filename": "nota.pdf"},
+        )
+        assert (image["type"], image["image"]) == ("image", {"id": jpeg_id})
+        reply.refresh_from_db()
+        assert reply.provider_id == graph.sent[0][1]
+
+    @pytest.mark.parametrize(
+        ("mode", "reason"),
+        [
+            ("500", "Something went wrong (code 131000)"),
+            ("429", "Application request limit reached (code 4)"),
+            ("rate_limit", "Rate limit hit (code 130429): Cloud API message throughput"),
+        ],
+    )
+    def test_a_transient_error_is_retried_and_the_retry_sends_once(
+        self, graph, wa_inbox, bob, mode, reason
+    ):
+        conversation = customer_wrote(wa_inbox)
+        reply = services.reply_send(conversation=conversation, author=bob, text="Oi")
+        graph.fail(mode)
+
+        assert message_deliver(reply.pk).status == Message.Status.QUEUED
+        reply.refresh_from_db()
+        assert reason in reply.failure_reason
+        with time_machine.travel(reply.next_attempt_at + timedelta(seconds=1), tick=False):
+            assert message_deliver(reply.pk).status == Message.Status.SENT
+
+        reply.refresh_from_db()
+        assert list(reply.attempts_log.values_list("outcome", flat=True)) == ["retry", "sent"]
+        assert len(graph.sent) == 1
+        assert reply.provider_id == graph.sent[0][1]
+
+    def test_a_timeout_is_retried(self, graph, wa_inbox, bob, settings):
+        settings.PROVIDER_TIMEOUT_SECONDS = 0.3
+        conversation = customer_wrote(wa_inbox)
+        reply = services.reply_send(conversation=conversation, author=bob, text="Oi")
+        graph.fail("timeout")
+
+        assert message_deliver(reply.pk).status == Message.Status.QUEUED
+        reply.refresh_from_db()
+        assert "did not answer in time" in reply.failure_reason
+        assert graph.sent == []
+
+    @pytest.mark.parametrize(
+        ("mode", "reason"),
+        [
+            ("invalid_recipient", "Message Undeliverable. (code 131026)"),
+            ("outside_window", "(code 131047): Message failed to send because more than 24"),
+        ],
+    )
+    def test_a_refusal_from_whatsapp_fails_the_reply_with_its_reason(
+        self, graph, wa_inbox, bob, mode, reason
+    ):
+        conversation = customer_wrote(wa_inbox)
+        reply = services.reply_send(conversation=conversation, author=bob, text="Oi")
+        graph.fail(mode)
+
+        assert message_deliver(reply.pk).status == Message.Status.FAILED
+        reply.refresh_from_db()
+        assert reason in reply.failure_reason
+        assert graph.sent == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_stores_a_photo_and_fetches_it(
+    embedded_worker, client, graph, wa_inbox, settings
+):
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+    graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
+    graph.add_whatsapp_media("1003383421387257", PDF, "application/pdf")
+
+    response = graph.post_webhook(client, path(wa_inbox), fixture("whatsapp_media.json"))
+    assert response.status_code == 200
+
+    def both_fetched():
+        attachments = list(Attachment.objects.order_by("pk"))
+        return attachments if len(attachments) == 2 and all(a.file for a in attachments) else None
+
+    attachments = wait_for(both_fetched, what="both attachments to be fetched")
+    assert [a.file.read() for a in attachments] == [JPEG, PDF]
+    assert [a.message.text for a in attachments] == ["A caixa chegou amassada", "Nota fiscal"]
