@@ -160,7 +160,14 @@ class InboxAdmin(admin.ModelAdmin):
     list_filter = ["kind", "is_active", "default_team"]
     list_select_related = ["default_team", "mailbox_state"]
     search_fields = ["name", "address"]
-    readonly_fields = ["credentials_set", "secret_hint", "health", "mailbox", "created_at"]
+    readonly_fields = [
+        "webhook",
+        "credentials_set",
+        "secret_hint",
+        "health",
+        "mailbox",
+        "created_at",
+    ]
     actions = ["rotate_secret"]
 
     def get_queryset(self, request):
@@ -188,6 +195,32 @@ class InboxAdmin(admin.ModelAdmin):
             f"{state.last_error or 'none'} ({state.last_error_at or '-'}); UID "
             f"{state.last_uid} of UIDVALIDITY {state.uidvalidity}"
         )
+
+    @admin.display(description="webhook URL")
+    def webhook(self, inbox):
+        """What to paste in the provider's console (see the README's "Connecting channels")."""
+        from django.conf import settings
+        from django.urls import reverse
+
+        from channels_adapters.views import WEBHOOK_CHANNELS
+
+        if not inbox.pk or inbox.kind not in WEBHOOK_CHANNELS:
+            return "-"
+        url = (settings.PUBLIC_URL or "https://<PUBLIC_URL>") + reverse(
+            "webhook", args=[inbox.kind, inbox.pk]
+        )
+        where = {
+            "sms": "Twilio console → the phone number → Messaging → 'A message comes in' "
+            "(HTTP POST). Credentials: auth_token; settings: account_sid.",
+            "messenger": "Meta app → Messenger → Webhooks: callback URL, with credentials "
+            "verify_token as the verify token; subscribe the Page to messages, "
+            "message_echoes, message_deliveries, message_reads, messaging_postbacks. "
+            "Credentials: app_secret, page_access_token, verify_token; settings: page_id.",
+            "whatsapp": "Meta app → WhatsApp → Configuration → Webhook: callback URL, with "
+            "credentials verify_token as the verify token; subscribe to messages. Credentials: "
+            "app_secret, access_token, verify_token; settings: phone_number_id, templates.",
+        }[inbox.kind]
+        return format_html("<code>{}</code><br>{}", url, where)
 
     @admin.display(description="credentials")
     def credentials_set(self, inbox):

@@ -98,7 +98,20 @@ TEMPLATES = [
 
 if "DATABASE_URL" in env:
     DATABASES = {"default": env.db("DATABASE_URL")}
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool(
+        "DATABASE_POOL", default=True
+    ):
+        # Under ASGI every request runs in a thread of its own, so persistent connections
+        # (one per thread) pile up to the server's limit, and none costs a connect per request.
+        # A pool shares a few open connections between them.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": env.int("DATABASE_POOL_SIZE", default=20),
+            "timeout": 10,
+        }
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 else:
     DATABASES = {
         "default": {

@@ -192,3 +192,16 @@ def test_the_conversation_page_hides_the_reply_token_and_other_customers(client,
     assert conversation.reply_token not in html  # a capability to write into it by email
     assert f"••••••{conversation.reply_token[-4:]}" in html
     assert "visitor-b" not in html  # participants pick by autocomplete, not a list of all
+
+
+@pytest.mark.django_db
+def test_a_provider_inbox_shows_the_webhook_url_to_paste(client, alice, settings):
+    settings.PUBLIC_URL = "https://help.acme.example"
+    inbox = Inbox.objects.create(
+        name="Page", kind="messenger", credentials={"app_secret": "app-secret-value-7f3"}
+    )
+    client.force_login(alice)
+    html = client.get(reverse("admin:conversations_inbox_change", args=[inbox.pk])).content
+    assert f"https://help.acme.example/channels/messenger/{inbox.pk}/webhook".encode() in html
+    assert b"verify_token" in html
+    assert b"app-secret-value-7f3" not in html
