@@ -547,7 +547,7 @@ def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> Non
 # --- Outbound and notes ------------------------------------------------------------------
 
 
-def _identity_for_reply(conversation: Conversation) -> Identity | None:
+def identity_for_reply(conversation: Conversation) -> Identity | None:
     """Where the customer last wrote from, else any address on the conversation's channel."""
     last_inbound = (
         conversation.messages.filter(direction=Message.Direction.INBOUND, identity__isnull=False)
@@ -606,7 +606,7 @@ def reply_send(
 
     if not (text.strip() or attachments or template):
         raise ValidationError("A reply needs text or an attachment.")
-    identity = identity or _identity_for_reply(conversation)
+    identity = identity or identity_for_reply(conversation)
     if identity is None:
         raise ValidationError("This customer has no address to reply to.")
     if identity.customer_id != conversation.customer_id:
@@ -727,7 +727,12 @@ def conversation_assign(*, conversation: Conversation, assignee, actor=None) -> 
         conversation.assignee = assignee
         conversation.save(update_fields=["assignee", "updated_at"])
         _event(
-            conversation, ConversationEvent.Kind.ASSIGNED, actor, previous=previous, assignee=new
+            conversation,
+            ConversationEvent.Kind.ASSIGNED,
+            actor,
+            previous=previous,
+            assignee=new,
+            assignee_name=assignee.name if assignee else "",
         )
         publish_conversation_event(conversation, "assigned", assignee=new, previous=previous)
         if previous:  # the previous assignee may no longer see it: tell them to drop it

@@ -77,7 +77,9 @@ MIDDLEWARE = [
 ROOT_URLCONF = "helpdesk.urls"
 ASGI_APPLICATION = "helpdesk.asgi.application"
 AUTH_USER_MODEL = "helpdesk.User"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/inbox/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 TEMPLATES = [
     {
@@ -135,6 +137,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED_WORKER = env.bool("EMBEDDED_WORKER", default=not REDIS_URL)
+# Login throttling counts failures here: shared by every process when there is Redis.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

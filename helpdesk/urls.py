@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from helpdesk import views
@@ -9,6 +10,9 @@ admin.site.index_title = "Configure inboxes, teams, agents and customers"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("inbox/", include("conversations.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("channels/", include("channels_adapters.urls")),

@@ -5,6 +5,8 @@ import uuid
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import redirect
@@ -81,5 +83,38 @@ def healthz(request):
 
 
 def home(request):
-    # The agent inbox comes next; until then the admin is where the work is.
-    return redirect("admin:index")
+    return redirect("inbox:list")
+
+
+# Failed sign-ins allowed per address and per account in a window, before we answer 429.
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_WINDOW_SECONDS = 15 * 60
+
+
+class LoginView(auth_views.LoginView):
+    """Email and password, with failures counted per client address and per account: guessing
+    is slowed to ten tries per quarter of an hour, whoever spreads them."""
+
+    template_name = "login.html"
+    redirect_authenticated_user = True
+
+    def _keys(self):
+        email = (self.request.POST.get("username") or "").strip().lower()
+        return [f"login-fail:ip:{self.request.META.get('REMOTE_ADDR', '')}"] + (
+            [f"login-fail:user:{email}"] if email else []
+        )
+
+    def post(self, request, *args, **kwargs):
+        if any((cache.get(key) or 0) >= LOGIN_FAILURES_ALLOWED for key in self._keys()):
+            response = self.render_to_response(
+                {"form": self.get_form(), "throttled": True}, status=429
+            )
+            response["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
+            return response
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        for key in self._keys():
+            cache.add(key, 0, LOGIN_WINDOW_SECONDS)
+            cache.incr(key)
+        return super().form_invalid(form)

@@ -130,7 +130,7 @@ class TestStateChanges:
             ("status", bob),
             ("assigned", charlie),
         ]
-        assert events[1].data == {"previous": None, "assignee": bob.pk}
+        assert events[1].data == {"previous": None, "assignee": bob.pk, "assignee_name": "Bob"}
         assert events[3].data == {"added": ["refund", "vip"], "removed": []}
         assert events[4].data == {"added": [], "removed": ["vip"]}
         conversation.refresh_from_db()

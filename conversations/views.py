@@ -1,0 +1,419 @@
+"""The agent inbox: the conversation list and the conversation page, server-rendered and kept
+live by `static/inbox.js`, which re-fetches the live part of the page when the agent's socket
+says something changed. Every view reads through `selectors` (who may see what) and writes
+through `services`; a conversation an agent may not see is a 404, like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.http import FileResponse, Http404, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from channels_adapters.registry import adapter_for
+from conversations import services
+from conversations.models import (
+    Attachment,
+    Channel,
+    Conversation,
+    Identity,
+    Inbox,
+    Message,
+    Tag,
+)
+from conversations.selectors import conversation_get_for_agent, conversations_visible_to
+from helpdesk.models import User
+from routing.models import Team, TeamMembership
+
+PAGE_SIZE = 50
+Status = Conversation.Status
+ACTIVE = (Status.OPEN, Status.PENDING)
+
+# Views of the list: what each one holds for `user`.
+VIEWS = {
+    "mine": ("Mine", lambda qs, user: qs.filter(assignee=user)),
+    "unassigned": ("Unassigned", lambda qs, user: qs.filter(assignee__isnull=True)),
+    "teams": (
+        "My teams",
+        lambda qs, user: qs.filter(
+            Q(team_id__in=TeamMembership.objects.filter(user=user).values("team_id"))
+            | Q(
+                inbox__default_team_id__in=TeamMembership.objects.filter(user=user).values(
+                    "team_id"
+                )
+            )
+        ),
+    ),
+    "all": ("All", lambda qs, user: qs),
+}
+# Sorts: the ordering, and the fields of the keyset cursor in that order.
+SORTS = {
+    "activity": ("Last activity", [("last_activity_at", True), ("id", True)]),
+    "waiting": ("Longest waiting", [("waiting_since", False), ("id", False)]),
+    "priority": ("Priority", [("priority", True), ("last_activity_at", True), ("id", True)]),
+}
+
+
+def _filtered(request, qs):
+    """Apply the known filters only; anything else in the query string is ignored."""
+    get = request.GET
+    if get.get("status") in Status.values:
+        qs = qs.filter(status=get["status"])
+    elif get.get("status") != "any":
+        qs = qs.filter(status__in=ACTIVE)
+    if get.get("channel") in Channel.values:
+        qs = qs.filter(inbox__kind=get["channel"])
+    if get.get("inbox", "").isdigit():
+        qs = qs.filter(inbox_id=int(get["inbox"]))
+    if get.get("team", "").isdigit():
+        qs = qs.filter(team_id=int(get["team"]))
+    if get.get("assignee") == "none":
+        qs = qs.filter(assignee__isnull=True)
+    elif get.get("assignee", "").isdigit():
+        qs = qs.filter(assignee_id=int(get["assignee"]))
+    if get.get("tag"):
+        qs = qs.filter(tags__name=get["tag"][:50])
+    if get.get("priority", "").isdigit():
+        qs = qs.filter(priority=int(get["priority"]))
+    query = get.get("q", "").strip()[:200]
+    if query:
+        qs = qs.filter(_search(query))
+    return qs
+
+
+def _search(query: str) -> Q:
+    """Message text, subjects, customer names and addresses (emails, phone numbers)."""
+    return (
+        Q(subject__icontains=query)
+        | Q(customer__name__icontains=query)
+        | Q(customer__in=Identity.objects.filter(address__icontains=query).values("customer_id"))
+        | Q(pk__in=Message.objects.filter(text__icontains=query).values("conversation_id"))
+    )
+
+
+def _cursor_encode(conversation, fields) -> str:
+    values = [getattr(conversation, name) for name, _ in fields]
+    values = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def _cursor_decode(cursor: str, fields) -> list | None:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(values, list) or len(values) != len(fields):
+        return None
+    decoded = []
+    for (name, _), value in zip(fields, values, strict=True):
+        if name in ("id", "priority"):
+            if not isinstance(value, int):
+                return None
+        else:
+            value = parse_datetime(value) if isinstance(value, str) else None
+            if value is None:
+                return None
+        decoded.append(value)
+    return decoded
+
+
+def _after(fields, values) -> Q:
+    """Rows strictly after the cursor in this ordering (keyset pagination: no OFFSET)."""
+    (name, descending), *rest = fields
+    beyond = Q(**{f"{name}__{'lt' if descending else 'gt'}": values[0]})
+    if not rest:
+        return beyond
+    return beyond | (Q(**{name: values[0]}) & _after(rest, values[1:]))
+
+
+@login_required
+def conversation_list(request):
+    user = request.user
+    view = request.GET.get("view", "mine" if not user.is_admin else "all")
+    if view not in VIEWS or (view == "all" and not user.is_admin):
+        view = "mine"
+    sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "activity"
+    visible = conversations_visible_to(user)
+    fields = SORTS[sort][1]
+
+    conversations = _filtered(request, VIEWS[view][1](visible, user))
+    if sort == "waiting":
+        conversations = conversations.filter(waiting_since__isnull=False)
+    cursor = _cursor_decode(request.GET.get("after", ""), fields)
+    if cursor:
+        conversations = conversations.filter(_after(fields, cursor))
+    last_message = Message.objects.filter(conversation=OuterRef("pk")).exclude(
+        direction=Message.Direction.SYSTEM
+    )
+    page = list(
+        conversations.select_related("customer", "assignee", "team", "inbox")
+        .prefetch_related("tags")
+        .annotate(
+            preview=Subquery(last_message.order_by("-id").values("text")[:1]),
+            preview_direction=Subquery(last_message.order_by("-id").values("direction")[:1]),
+        )
+        .order_by(*[f"{'-' if desc else ''}{name}" for name, desc in fields])[: PAGE_SIZE + 1]
+    )
+    more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    next_query = None
+    if more:
+        query = request.GET.copy()
+        query["after"] = _cursor_encode(page[-1], fields)
+        query.pop("partial", None)
+        next_query = query.urlencode()
+
+    context = {
+        "conversations": page,
+        "next_query": next_query,
+        "view": view,
+        "sort": sort,
+        "filters": request.GET,
+    }
+    if request.GET.get("partial") == "rows":
+        return render(request, "inbox/_rows.html", context)
+    active = visible.filter(status__in=ACTIVE)
+    counts = active.aggregate(
+        mine=Count("pk", filter=Q(assignee=user)),
+        unassigned=Count("pk", filter=Q(assignee__isnull=True)),
+        all=Count("pk"),
+    )
+    counts["teams"] = VIEWS["teams"][1](active, user).count()
+    context.update(
+        views=[
+            (key, label, counts[key])
+            for key, (label, _) in VIEWS.items()
+            if key != "all" or user.is_admin
+        ],
+        sorts=[(key, label) for key, (label, _) in SORTS.items()],
+        statuses=Status.choices,
+        channels=Channel.choices,
+        priorities=Conversation.Priority.choices,
+        teams=Team.objects.filter(memberships__user=user)
+        if not user.is_admin
+        else Team.objects.all(),
+        inboxes=Inbox.objects.filter(is_active=True),
+        tags=Tag.objects.all(),
+    )
+    return render(request, "inbox/list.html", context)
+
+
+def _timeline(conversation) -> list[tuple[str, object]]:
+    items = [
+        ("message", m)
+        for m in conversation.messages.select_related("author", "identity", "inbox")
+        .prefetch_related("attachments")
+        .order_by("id")
+    ]
+    items += [("event", e) for e in conversation.events.select_related("actor").order_by("id")]
+    return sorted(items, key=lambda item: (item[1].created_at, item[0] == "message"))
+
+
+def _reply_identities(conversation) -> list[Identity]:
+    """The customer's addresses an agent can answer on (any channel with a sending adapter)."""
+    return [
+        identity
+        for identity in conversation.customer.identities.all()
+        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
+    ]
+
+
+def _conversation_context(request, conversation, **extra) -> dict:
+    timeline = _timeline(conversation)
+    seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
+    identities = _reply_identities(conversation)
+    default = services.identity_for_reply(conversation)
+    team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
+    return {
+        "conversation": conversation,
+        "timeline": timeline,
+        "seen": seen,
+        "identities": identities,
+        "default_identity": default.pk if default else None,
+        "agents": User.objects.filter(is_active=True)
+        .filter(Q(team_memberships__team_id__in=team_ids) | Q(role=User.Role.ADMIN))
+        .distinct()
+        .order_by("display_name", "email"),
+        "statuses": Status.choices,
+        "priorities": Conversation.Priority.choices,
+        "history": Conversation.objects.filter(customer=conversation.customer)
+        .exclude(pk=conversation.pk)
+        .select_related("inbox")
+        .order_by("-last_activity_at")[:20],
+        **extra,
+    }
+
+
+@login_required
+def conversation_detail(request, number: int):
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    context = _conversation_context(request, conversation)
+    if request.GET.get("partial") == "timeline":
+        return render(request, "inbox/_timeline.html", context)
+    return render(request, "inbox/conversation.html", context)
+
+
+def _newer_than(conversation, seen: int, user) -> list[Message]:
+    """Messages the page did not show when the agent started typing: the customer's, or a
+    teammate's reply or note. The agent's own do not count."""
+    return list(
+        conversation.messages.filter(pk__gt=seen)
+        .exclude(direction=Message.Direction.SYSTEM)
+        .exclude(author=user)
+        .order_by("id")
+    )
+
+
+@login_required
+@require_POST
+def conversation_reply(request, number: int):
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    text = request.POST.get("text", "")
+    mode = request.POST.get("mode", "reply")
+    seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
+    if not request.POST.get("confirm") and _newer_than(conversation, seen, request.user):
+        # Never answer a stale view: show what arrived and ask before sending.
+        context = _conversation_context(
+            request, conversation, draft=text, draft_mode=mode, stale=True
+        )
+        return render(request, "inbox/conversation.html", context, status=409)
+    try:
+        if mode == "note":
+            services.note_add(conversation=conversation, author=request.user, text=text)
+        else:
+            identity = None
+            if request.POST.get("identity", "").isdigit():
+                identity = conversation.customer.identities.filter(
+                    pk=int(request.POST["identity"])
+                ).first()
+                if identity is None:
+                    raise ValidationError("That address is not this customer's.")
+            services.reply_send(
+                conversation=conversation,
+                author=request.user,
+                text=text,
+                identity=identity,
+                client_id=request.POST.get("client_id", "")[:64],
+            )
+    except ValidationError as exc:
+        context = _conversation_context(
+            request, conversation, draft=text, draft_mode=mode, error="; ".join(exc.messages)
+        )
+        return render(request, "inbox/conversation.html", context, status=400)
+    return redirect("inbox:conversation", number=conversation.pk)
+
+
+def _act(request, number: int, action) -> object:
+    """Run a service on a conversation the agent may see; its refusal becomes a message."""
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    try:
+        action(conversation)
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    return redirect("inbox:conversation", number=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_assign(request, number: int):
+    value = request.POST.get("assignee", "")
+    if value == "me":
+        assignee = request.user
+    elif value.isdigit():
+        assignee = get_object_or_404(User, pk=int(value), is_active=True)
+    elif value == "":
+        assignee = None
+    else:
+        return HttpResponseBadRequest("Unknown assignee.")
+    return _act(
+        request,
+        number,
+        lambda c: services.conversation_assign(
+            conversation=c, assignee=assignee, actor=request.user
+        ),
+    )
+
+
+@login_required
+@require_POST
+def conversation_status(request, number: int):
+    status = request.POST.get("status", "")
+    until = None
+    if status == Status.SNOOZED:
+        until = parse_datetime(request.POST.get("snoozed_until", "") or "")
+        if until is not None and timezone.is_naive(until):
+            until = timezone.make_aware(until)
+    return _act(
+        request,
+        number,
+        lambda c: services.conversation_set_status(
+            conversation=c, status=status, actor=request.user, snoozed_until=until
+        ),
+    )
+
+
+@login_required
+@require_POST
+def conversation_priority(request, number: int):
+    value = request.POST.get("priority", "")
+    if not value.isdigit():
+        return HttpResponseBadRequest("Unknown priority.")
+    return _act(
+        request,
+        number,
+        lambda c: services.conversation_set_priority(
+            conversation=c, priority=int(value), actor=request.user
+        ),
+    )
+
+
+@login_required
+@require_POST
+def message_retry(request, message_id: int):
+    from channels_adapters.delivery import message_retry as retry
+
+    message = get_object_or_404(Message, pk=message_id)
+    return _act(request, message.conversation_id, lambda c: retry(message=message))
+
+
+@login_required
+def attachment_download(request, attachment_id: int):
+    """Only to someone who may see the conversation; always as a download, never rendered."""
+    attachment = get_object_or_404(Attachment.objects.select_related("message"), pk=attachment_id)
+    conversation_get_for_agent(
+        user=request.user, conversation_id=attachment.message.conversation_id
+    )
+    if not attachment.file:
+        raise Http404("This file has not been fetched.")
+    response = FileResponse(
+        attachment.file.open("rb"),
+        as_attachment=True,
+        filename=attachment.filename,
+        content_type=attachment.content_type,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_POST
+def availability_set(request):
+    value = request.POST.get("availability", "")
+    if value not in User.Availability.values:
+        return HttpResponseBadRequest("Unknown availability.")
+    User.objects.filter(pk=request.user.pk).update(availability=value)
+    back = request.headers.get("Referer", "")
+    if url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):
+        return redirect(back)
+    return redirect("inbox:list")

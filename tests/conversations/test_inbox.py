@@ -1,0 +1,407 @@
+"""The agent inbox pages, with personas: bob (Support agent), a teammate, charlie (Billing, an
+outsider to Support's conversations) and alice (admin)."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Identity,
+    Inbox,
+    Message,
+)
+from routing.models import TeamMembership
+from tests.conftest import PASSWORD, receive
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _clear_login_throttle():
+    cache.clear()
+
+
+@pytest.fixture
+def mail_inbox(support):
+    return Inbox.objects.create(
+        name="Support email",
+        kind=Channel.EMAIL,
+        address="support@acme.example",
+        default_team=support,
+    )
+
+
+@pytest.fixture
+def dana(support):
+    user = get_user_model().objects.create_user(
+        email="dana@example.com", password=PASSWORD, display_name="Dana"
+    )
+    TeamMembership.objects.create(team=support, user=user)
+    return user
+
+
+def chat(inbox, text="Hello", address="visitor-1", name="Jo"):
+    return receive(inbox, text=text, address=address, name=name).message.conversation
+
+
+class TestLogin:
+    def test_an_agent_signs_in_with_email_and_password(self, client, bob):
+        response = client.post(reverse("login"), {"username": bob.email, "password": PASSWORD})
+        assert response.status_code == 302
+        assert response["Location"] == "/inbox/"
+        assert client.get("/inbox/").status_code == 200
+
+    def test_a_wrong_password_says_so(self, client, bob):
+        response = client.post(reverse("login"), {"username": bob.email, "password": "nope"})
+        assert response.status_code == 200
+        assert b"do not match" in response.content
+
+    def test_ten_failures_lock_the_account_out_for_a_while(self, client, bob):
+        for _ in range(10):
+            client.post(reverse("login"), {"username": bob.email, "password": "guess"})
+        response = client.post(reverse("login"), {"username": bob.email, "password": PASSWORD})
+        assert response.status_code == 429
+        assert b"Too many failed attempts" in response.content
+        assert "_auth_user_id" not in client.session
+
+    def test_a_password_change_ends_other_sessions(self, client, bob):
+        client.force_login(bob)
+        assert client.get("/inbox/").status_code == 200
+        bob.set_password("a brand new passphrase")
+        bob.save()
+        response = client.get("/inbox/")
+        assert response.status_code == 302
+        assert response["Location"].startswith("/login/")
+
+    def test_pages_need_a_signed_in_agent(self, client):
+        response = client.get("/inbox/")
+        assert response.status_code == 302
+        assert response["Location"] == "/login/?next=/inbox/"
+
+
+class TestList:
+    def test_views_hold_what_they_say(self, client, bob, dana, chat_inbox, billing_inbox):
+        mine = chat(chat_inbox, address="v1", name="Mine Customer")
+        services.conversation_assign(conversation=mine, assignee=bob)
+        theirs = chat(chat_inbox, address="v2", name="Dana Customer")
+        services.conversation_assign(conversation=theirs, assignee=dana)
+        chat(chat_inbox, address="v3", name="Waiting Customer")
+        receive(billing_inbox, address="b1", name="Billing Customer")
+        client.force_login(bob)
+
+        def names(view):
+            html = client.get(f"/inbox/?view={view}").content.decode()
+            return {
+                n
+                for n in ("Mine", "Dana", "Waiting", "Billing")
+                if f"{n} Customer" in html.split('class="rows"')[1]
+            }
+
+        assert names("mine") == {"Mine"}
+        assert names("unassigned") == {"Waiting"}
+        assert names("teams") == {"Mine", "Dana", "Waiting"}
+        assert names("all") == {"Mine"}  # agents have no "All": they get their own view
+
+    def test_counts_per_view(self, client, bob, chat_inbox):
+        services.conversation_assign(conversation=chat(chat_inbox, address="v1"), assignee=bob)
+        chat(chat_inbox, address="v2")
+        resolved = chat(chat_inbox, address="v3")
+        services.conversation_set_status(conversation=resolved, status="resolved")
+        client.force_login(bob)
+        response = client.get("/inbox/")
+        assert [(key, count) for key, _, count in response.context["views"]] == [
+            ("mine", 1),
+            ("unassigned", 1),
+            ("teams", 2),
+        ]
+
+    @pytest.mark.parametrize(
+        ("query", "found"),
+        [("parcel", "Jo"), ("+351912", "Ana"), ("Rosa", "Rosa"), ("nothing-like-it", None)],
+    )
+    def test_search_finds_text_phone_and_name(self, client, alice, chat_inbox, query, found):
+        receive(chat_inbox, text="Where is my parcel?", address="v1", name="Jo")
+        receive(chat_inbox, channel=Channel.SMS, text="Hi", address="+351912345678", name="Ana")
+        receive(chat_inbox, text="Hello", address="v3", name="Rosa Lima")
+        client.force_login(alice)
+        rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
+        assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
+
+    def test_filters_take_only_known_values(self, client, alice, chat_inbox, mail_inbox):
+        chat(chat_inbox, address="v1")
+        receive(mail_inbox, channel=Channel.EMAIL, address="a@b.example", subject="Invoice")
+        client.force_login(alice)
+        rows = client.get("/inbox/", {"view": "all", "channel": "email"}).context["conversations"]
+        assert [c.inbox.kind for c in rows] == ["email"]
+        response = client.get(
+            "/inbox/", {"view": "all", "channel": "x'; drop", "sort": "pk", "after": "!!"}
+        )
+        assert response.status_code == 200
+        assert len(response.context["conversations"]) == 2
+
+    def test_keyset_pages_cover_everything_once(self, client, alice, chat_inbox):
+        for i in range(120):
+            chat(chat_inbox, address=f"v{i}")
+        client.force_login(alice)
+        seen, query = [], "view=all"
+        while query:
+            response = client.get(f"/inbox/?{query}")
+            seen += [c.pk for c in response.context["conversations"]]
+            query = response.context["next_query"]
+        assert len(seen) == len(set(seen)) == 120
+        ordered = Conversation.objects.order_by("-last_activity_at", "-id")
+        assert seen == list(ordered.values_list("pk", flat=True))
+
+    def test_the_list_runs_the_same_queries_for_5_or_40_rows(
+        self, client, alice, chat_inbox, django_assert_num_queries
+    ):
+        client.force_login(alice)
+
+        def queries():
+            from django.db import connection
+            from django.test.utils import CaptureQueriesContext
+
+            with CaptureQueriesContext(connection) as captured:
+                assert client.get("/inbox/?view=all").status_code == 200
+            return len(captured)
+
+        for i in range(5):
+            c = chat(chat_inbox, address=f"a{i}")
+            services.conversation_tag(conversation=c, add=["vip"])
+        few = queries()
+        for i in range(35):
+            c = chat(chat_inbox, address=f"b{i}")
+            services.conversation_tag(conversation=c, add=["vip", "refund"])
+        assert queries() == few
+
+    def test_customer_content_is_escaped(self, client, alice, chat_inbox):
+        receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
+        client.force_login(alice)
+        html = client.get("/inbox/?view=all").content.decode()
+        assert "<script>alert(2)" not in html
+        assert "<img src=x" not in html
+
+
+class TestConversation:
+    def test_the_timeline_shows_every_channel_notes_and_events(
+        self, client, bob, chat_inbox, mail_inbox
+    ):
+        conversation = chat(chat_inbox, text="Hi from the chat")
+        email = Identity.objects.create(
+            customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+        )
+        services.reply_send(conversation=conversation, author=bob, text="By mail", identity=email)
+        services.note_add(conversation=conversation, author=bob, text="Check the order")
+        client.force_login(bob)
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Hi from the chat" in html and "By mail" in html and "Check the order" in html
+        assert "Web chat" in html and "Email" in html
+        assert "internal note" in html
+        assert "Channel switched" in html
+
+    def test_a_failed_reply_shows_the_reason_and_can_be_retried(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        Message.objects.filter(pk=message.pk).update(
+            status=Message.Status.FAILED, failure_reason="Mailbox full (552)"
+        )
+        client.force_login(bob)
+        assert "Mailbox full (552)" in client.get(f"/inbox/{conversation.pk}/").content.decode()
+        response = client.post(reverse("inbox:retry", args=[message.pk]))
+        assert response.status_code == 302
+        message.refresh_from_db()
+        assert message.status == Message.Status.QUEUED
+
+    def test_answer_a_chat_customer_by_email(self, client, bob, chat_inbox, mail_inbox):
+        conversation = chat(chat_inbox)
+        email = Identity.objects.create(
+            customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+        )
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/")
+        assert [i.kind for i in page.context["identities"]] == ["email", "webchat"]
+        response = client.post(
+            reverse("inbox:reply", args=[conversation.pk]),
+            {"text": "Sent by mail", "identity": email.pk, "seen": page.context["seen"]},
+        )
+        assert response.status_code == 302
+        reply = conversation.messages.get(direction="outbound")
+        assert (reply.channel, reply.inbox, reply.text) == ("email", mail_inbox, "Sent by mail")
+
+    def test_a_note_is_not_sent(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        client.post(
+            reverse("inbox:reply", args=[conversation.pk]),
+            {"text": "Internal only", "mode": "note", "seen": 10**9},
+        )
+        note = conversation.messages.get(direction="note")
+        assert note.text == "Internal only" and note.status == ""
+
+    def test_a_reply_to_a_stale_view_asks_first(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox, text="First")
+        client.force_login(bob)
+        seen = client.get(f"/inbox/{conversation.pk}/").context["seen"]
+        receive(chat_inbox, text="Actually, never mind!")  # arrives while bob types
+        url = reverse("inbox:reply", args=[conversation.pk])
+        response = client.post(url, {"text": "Here is the refund", "seen": seen})
+        assert response.status_code == 409
+        html = response.content.decode()
+        assert "Actually, never mind!" in html and "Here is the refund" in html
+        assert not conversation.messages.filter(direction="outbound").exists()
+        response = client.post(url, {"text": "Here is the refund", "seen": seen, "confirm": "1"})
+        assert response.status_code == 302
+        assert conversation.messages.filter(direction="outbound").count() == 1
+
+    def test_a_refused_reply_keeps_the_draft_and_says_why(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:reply", args=[conversation.pk]), {"text": "   ", "seen": 10**9}
+        )
+        assert response.status_code == 400
+        assert b"A reply needs text" in response.content
+
+    def test_actions_assign_snooze_and_prioritise(self, client, bob, dana, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        client.post(reverse("inbox:assign", args=[conversation.pk]), {"assignee": dana.pk})
+        client.post(reverse("inbox:priority", args=[conversation.pk]), {"priority": "3"})
+        later = (timezone.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+        client.post(
+            reverse("inbox:status", args=[conversation.pk]),
+            {"status": "snoozed", "snoozed_until": later},
+        )
+        conversation.refresh_from_db()
+        assert conversation.assignee == dana
+        assert conversation.priority == 3
+        assert conversation.status == "snoozed"
+        kinds = set(conversation.events.values_list("kind", flat=True))
+        assert {ConversationEvent.Kind.ASSIGNED, ConversationEvent.Kind.STATUS} <= kinds
+        assert "Dana" in client.get(f"/inbox/{conversation.pk}/").content.decode()
+
+    def test_snoozing_into_the_past_is_refused_visibly(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:status", args=[conversation.pk]),
+            {"status": "snoozed", "snoozed_until": "2001-01-01T10:00"},
+            follow=True,
+        )
+        assert b"Snoozing needs a time in the future" in response.content
+        conversation.refresh_from_db()
+        assert conversation.status == "open"
+
+    def test_the_page_runs_the_same_queries_for_3_or_30_messages(self, client, bob, chat_inbox):
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+
+        def queries():
+            with CaptureQueriesContext(connection) as captured:
+                assert client.get(f"/inbox/{conversation.pk}/").status_code == 200
+            return len(captured)
+
+        services.reply_send(conversation=conversation, author=bob, text="One")
+        few = queries()
+        for i in range(15):
+            receive(chat_inbox, text=f"More {i}")
+            services.note_add(conversation=conversation, author=bob, text=f"Note {i}")
+        assert queries() == few
+
+
+class TestPermissions:
+    def test_an_outsider_gets_404_everywhere_on_a_conversation(
+        self, client, charlie, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox, text="Private matter")
+        message = services.reply_send(conversation=conversation, author=bob, text="x")
+        attachment = services.attachment_store(
+            message=message, filename="a.pdf", content=b"%PDF", content_type="application/pdf"
+        )
+        client.force_login(charlie)
+        n = conversation.pk
+        assert client.get(f"/inbox/{n}/").status_code == 404
+        assert client.get(f"/inbox/{n}/?partial=timeline").status_code == 404
+        for name in ("reply", "assign", "status", "priority"):
+            response = client.post(reverse(f"inbox:{name}", args=[n]), {"text": "x"})
+            assert response.status_code in (400, 404), name
+        assert client.post(reverse("inbox:retry", args=[message.pk])).status_code == 404
+        assert client.get(reverse("inbox:attachment", args=[attachment.pk])).status_code == 404
+        assert "Private matter" not in client.get("/inbox/?view=teams&q=Private").content.decode()
+        conversation.refresh_from_db()
+        assert conversation.messages.count() == 2 and conversation.assignee is None
+
+    def test_attachments_download_only_as_files(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        message = services.reply_send(conversation=conversation, author=bob, text="x")
+        attachment = services.attachment_store(
+            message=message, filename="<b>x</b>.html", content=b"<script>", content_type="text/html"
+        )
+        client.force_login(bob)
+        response = client.get(reverse("inbox:attachment", args=[attachment.pk]))
+        assert response.status_code == 200
+        assert response["Content-Disposition"].startswith("attachment")
+        assert response["X-Content-Type-Options"] == "nosniff"
+
+    def test_every_url_refuses_the_anonymous_and_the_outsider(
+        self, client, charlie, bob, chat_inbox
+    ):
+        """Walk the resolver: each page gets a redirect to login, a 403/404/405, never data."""
+        conversation = chat(chat_inbox, text="Secret words")
+        message = services.reply_send(conversation=conversation, author=bob, text="Secret reply")
+        ids = {
+            "number": conversation.pk,
+            "message_id": message.pk,
+            "attachment_id": 10**6,
+            "inbox_id": chat_inbox.pk,
+            "kind": "sms",
+            "token": "x",
+        }
+
+        def walk(patterns, prefix=""):
+            for pattern in patterns:
+                if isinstance(pattern, URLResolver):
+                    yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))
+                elif isinstance(pattern, URLPattern):
+                    yield prefix + str(pattern.pattern)
+
+        paths = []
+        for route in walk(get_resolver().url_patterns):
+            if route.startswith(("admin/", "^")) or "(?P" in route:
+                continue  # Django admin guards itself; regex routes are static files
+            path = "/" + route
+            for key, value in ids.items():
+                path = path.replace(f"<int:{key}>", str(value)).replace(f"<str:{key}>", str(value))
+            paths.append(path)
+        assert f"/inbox/{conversation.pk}/" in paths
+
+        paths.remove("/logout/")  # it would end the persona's session half way through
+        public = {"/", "/login/", "/healthz"}
+        for who in (None, charlie):
+            client.logout()
+            if who:
+                client.force_login(who)
+            for path in paths:
+                for method in ("get", "post"):
+                    response = getattr(client, method)(path)
+                    body = getattr(response, "content", b"")
+                    assert b"Secret" not in body, (who, method, path)
+                    if path in public or path.startswith("/channels/"):
+                        continue
+                    if who is None:
+                        assert response.status_code in (302, 403, 404, 405), (method, path)
+                        if response.status_code == 302:
+                            assert response["Location"].startswith("/login/"), path
+                    elif f"{conversation.pk}" in path or str(message.pk) in path:
+                        assert response.status_code in (400, 403, 404, 405), (method, path)
