@@ -332,3 +332,74 @@ def start_celery_worker(**popen):
         env=subprocess_env(EMBEDDED_WORKER="false"),
         **popen,
     )
+
+
+@pytest.fixture
+def asgi_server(transactional_db, settings):
+    """The real ASGI app (HTTP and WebSockets, with its embedded Celery worker) in a uvicorn
+    process on this test's database. Yields its base URL. Ready once uvicorn says so."""
+    import subprocess
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "helpdesk.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "on",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(EMBEDDED_WORKER="true", MEDIA_ROOT=str(settings.MEDIA_ROOT)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = []
+    for line in process.stderr:  # blocks until uvicorn writes; no timer involved
+        output.append(line)
+        if "Application startup complete" in line or process.poll() is not None:
+            break
+    if process.poll() is not None:
+        raise RuntimeError("uvicorn did not start:\n" + "".join(output))
+    # Keep draining its log, or a chatty server would block on a full pipe.
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium from Debian, driven by Playwright (.ci/run installs both), started on
+    the first `new_page`: set the scene with the services first, since Playwright's sync API
+    then runs an event loop in this thread, where publishing events is no longer possible."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    running = {}
+
+    class Browser:
+        def new_page(self, **context):
+            if not running:
+                # Plain synchronous ORM reads between browser steps stay allowed.
+                os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+                running["playwright"] = sync_playwright().start()
+                running["browser"] = running["playwright"].chromium.launch(
+                    executable_path=chromium, args=["--no-sandbox"]
+                )
+            return running["browser"].new_context(**context).new_page()
+
+    yield Browser()
+    if running:
+        running["browser"].close()
+        running["playwright"].stop()
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

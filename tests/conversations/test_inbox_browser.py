@@ -1,0 +1,112 @@
+"""The agent inbox in real headless Chromium against the real ASGI server (uvicorn, WebSockets,
+its embedded Celery worker), with a real SMTP server for mail. Playwright's waits end when the
+page shows the awaited state; the timeout only bounds a test that would otherwise hang."""
+
+import json
+import urllib.request
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from conversations.models import Channel, Identity, Message
+from routing.models import TeamMembership
+from tests.conftest import PASSWORD, receive
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def dana(support):
+    user = get_user_model().objects.create_user(
+        email="dana@example.com", password=PASSWORD, display_name="Dana"
+    )
+    TeamMembership.objects.create(team=support, user=user)
+    return user
+
+
+def signed_in(browser, base, user):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", user.email)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/inbox/")
+    return page
+
+
+def test_assigning_shows_up_in_the_assignees_list_live(asgi_server, browser, bob, dana, chat_inbox):
+    conversation = receive(chat_inbox, text="My parcel is lost", name="Jo").message.conversation
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/?view=mine")
+    assert theirs.locator(".rows li[data-conversation]").count() == 0
+
+    mine = signed_in(browser, asgi_server, bob)
+    mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    mine.select_option("#assignee", str(dana.pk))
+    mine.click('form[action$="/assign"] button')
+    mine.wait_for_selector("text=Assigned by Bob: Dana")
+
+    # Dana's page was not reloaded: her socket said something changed.
+    row = theirs.wait_for_selector(f'.rows li[data-conversation="{conversation.pk}"]')
+    assert "My parcel is lost" in row.inner_text()
+
+
+def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser, bob, api_inbox):
+    older = receive(api_inbox, text="First question", address="a@x.example").message
+    receive(api_inbox, text="Second question", address="b@x.example")
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    first = page.locator(".rows li[data-conversation]").first
+    assert first.get_attribute("data-conversation") != str(older.conversation_id)
+
+    body = json.dumps({"id": "m-3", "from": "a@x.example", "text": "Anyone there? ¿Hola?"}).encode()
+    request = urllib.request.Request(  # noqa: S310 - our own test server
+        f"{asgi_server}/channels/api/{api_inbox.pk}/messages",
+        data=body,
+        headers={"Authorization": f"Bearer {api_inbox.secret}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as response:  # noqa: S310 - our own test server
+        assert response.status == 202
+
+    page.wait_for_selector(
+        f'.rows li[data-conversation="{older.conversation_id}"]:first-child >> text=¿Hola?'
+    )
+
+
+def test_answer_a_chat_customer_by_email(
+    asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
+):
+    conversation = receive(chat_inbox, text="Can you email me the invoice?", name="Jo").message
+    conversation = conversation.conversation
+    email = Identity.objects.create(
+        customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+    )
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.select_option("[data-channel-picker]", str(email.pk))
+    assert "threaded with the customer" in page.inner_text("[data-hint]")
+    page.fill("#reply-text", "Here it is: invoice 10436 is in your account.")
+    page.press("#reply-text", "Control+Enter")
+
+    # Stored, sent by the server's worker to the SMTP server, and the page, live, says "Sent".
+    page.wait_for_selector(".message.outbound .badge >> text=Sent")
+    reply = Message.objects.get(direction="outbound")
+    assert (reply.channel, reply.inbox, reply.status) == ("email", email_inbox, "sent")
+    (mail,) = smtp_server.messages()
+    assert mail["To"] == "jo@example.com"
+    assert "invoice 10436" in mail.get_body(("plain",)).get_content()
+    assert "Web chat → email" in page.inner_text(".timeline") or "webchat → email" in (
+        page.inner_text(".timeline")
+    )
+
+
+def test_search_finds_a_message_by_a_word_in_its_text(asgi_server, browser, alice, chat_inbox):
+    receive(chat_inbox, text="The blender arrived broken", address="v1", name="Ana")
+    receive(chat_inbox, text="Where is my invoice?", address="v2", name="Rui")
+    page = signed_in(browser, asgi_server, alice)
+    page.fill("input[name=q]", "blender")
+    page.press("input[name=q]", "Enter")
+    page.wait_for_url("**q=blender**")
+    rows = page.locator(".rows li[data-conversation]")
+    assert rows.count() == 1
+    assert "Ana" in rows.first.inner_text()
