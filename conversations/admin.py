@@ -129,7 +129,15 @@ class InboxForm(forms.ModelForm):
 
     class Meta:
         model = Inbox
-        fields = ["name", "kind", "address", "default_team", "settings", "is_active"]
+        fields = [
+            "name",
+            "kind",
+            "address",
+            "default_team",
+            "business_hours",
+            "settings",
+            "is_active",
+        ]
 
     def clean_new_credentials(self):
         value = self.cleaned_data["new_credentials"]

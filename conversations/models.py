@@ -99,6 +99,17 @@ class Inbox(models.Model):
     default_team = models.ForeignKey(
         "routing.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="inboxes"
     )
+    business_hours = models.ForeignKey(
+        "routing.BusinessHours",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="inboxes",
+        help_text=_(
+            "When this inbox is answered. The inbox's own schedule wins over its team's; none "
+            "(here and on the team) means always open."
+        ),
+    )
     settings = models.JSONField(default=dict, blank=True, help_text=_("Channel settings."))
     # Provider credentials (API keys, passwords). Never shown back in admin: see InboxAdmin.
     credentials = models.JSONField(default=dict, blank=True)

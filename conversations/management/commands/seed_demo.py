@@ -2,7 +2,7 @@
 is missing and never touches data it did not create."""
 
 import random
-from datetime import timedelta
+from datetime import date, time, timedelta
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -11,7 +11,7 @@ from django.utils import timezone
 from conversations import services
 from conversations.models import Channel, Conversation, Identity, Inbox, Message
 from helpdesk.models import User
-from routing.models import Team, TeamMembership
+from routing.models import BusinessHours, BusinessInterval, Holiday, Team, TeamMembership
 
 DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
 
@@ -31,6 +31,26 @@ INBOXES = [
     ("WhatsApp", Channel.WHATSAPP, "+15550199", "support"),
     ("Website chat", Channel.WEBCHAT, "", "support"),
     ("Shop integration", Channel.API, "", "billing"),
+]
+
+WEEKDAYS = range(5)  # Monday to Friday
+
+# (name, time zone, team, opens, closes, closed days)
+SCHEDULES = [
+    (
+        "Support hours",
+        "Europe/Lisbon",
+        "support",
+        time(9),
+        time(18),
+        [
+            (date(2026, 12, 8), "Imaculada Conceição"),
+            (date(2026, 12, 25), "Natal"),
+            (date(2027, 1, 1), "Ano Novo"),
+            (date(2027, 3, 26), "Sexta-feira Santa"),
+        ],
+    ),
+    ("Billing hours", "Europe/Madrid", "billing", time(10), time(16), []),
 ]
 
 FIRST = [
@@ -172,6 +192,7 @@ class Command(BaseCommand):
         rng = random.Random(42)  # the same demo every time
         with transaction.atomic():
             teams = self._teams()
+            self._business_hours(teams)
             agents = self._agents(teams)
             inboxes = self._inboxes(teams)
         created = 0
@@ -188,6 +209,26 @@ class Command(BaseCommand):
             slug: Team.objects.get_or_create(slug=slug, defaults={"name": name})[0]
             for slug, name in (("support", "Support"), ("billing", "Billing"))
         }
+
+    def _business_hours(self, teams):
+        """A schedule is filled in and given to its team only when the seed creates it, so
+        hours an admin has since edited (or taken off the team) stay as they are."""
+        for name, zone, team, opens, closes, closed_days in SCHEDULES:
+            schedule, created = BusinessHours.objects.get_or_create(
+                name=name, defaults={"timezone": zone}
+            )
+            if created:
+                BusinessInterval.objects.bulk_create(
+                    BusinessInterval(schedule=schedule, weekday=day, opens=opens, closes=closes)
+                    for day in WEEKDAYS
+                )
+                Holiday.objects.bulk_create(
+                    Holiday(schedule=schedule, date=day, name=holiday)
+                    for day, holiday in closed_days
+                )
+                Team.objects.filter(pk=teams[team].pk, business_hours=None).update(
+                    business_hours=schedule
+                )
 
     def _agents(self, teams):
         agents = []
