@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from conversations import services
 from conversations.models import (
     Attachment,
+    CannedResponse,
     Conversation,
     ConversationEvent,
     Customer,
@@ -252,6 +253,20 @@ class InboxAdmin(admin.ModelAdmin):
 class TagAdmin(admin.ModelAdmin):
     list_display = ["name", "color"]
     search_fields = ["name"]
+
+
+@admin.register(CannedResponse)
+class CannedResponseAdmin(admin.ModelAdmin):
+    list_display = ["shortcut", "title", "team", "created_by", "updated_at"]
+    list_filter = ["team"]
+    list_select_related = ["team", "created_by"]
+    search_fields = ["shortcut", "title", "body"]
+    readonly_fields = ["created_by", "created_at", "updated_at"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 # --- Conversations -----------------------------------------------------------------------

@@ -54,6 +54,11 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         else:
             await self.send_json({"type": "error", "error": "Unknown action."})
 
+    async def notification_event(self, event):
+        await self.send_json(
+            {key: value for key, value in event.items() if key != "type"} | {"type": "notification"}
+        )
+
     async def conversation_event(self, event):
         await self.send_json(
             {key: value for key, value in event.items() if key != "type"}

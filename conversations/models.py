@@ -392,3 +392,97 @@ class ConversationEvent(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} on #{self.conversation_id}"
+
+
+class CannedResponse(models.Model):
+    """A saved reply an agent inserts by typing `/shortcut` in the composer. Its placeholders
+    are filled by `conversations.canned.canned_render`, never by a template engine."""
+
+    title = models.CharField(max_length=120)
+    shortcut = models.SlugField(
+        max_length=50, help_text=_("Typed after '/' in the composer, e.g. refund-policy.")
+    )
+    body = models.TextField(
+        help_text=_(
+            "Plain text. Placeholders: {customer.name}, {customer.first_name}, {agent.name}, "
+            "{agent.first_name}, {conversation.number}, {conversation.subject}."
+        )
+    )
+    team = models.ForeignKey(
+        "routing.Team",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="canned_responses",
+        help_text=_("Empty: available to everyone."),
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["shortcut"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "shortcut"], name="canned_team_shortcut_unique"
+            ),
+            # NULLs are distinct in a unique constraint: the global ones need their own.
+            models.UniqueConstraint(
+                fields=["shortcut"],
+                condition=Q(team__isnull=True),
+                name="canned_global_shortcut_unique",
+            ),
+        ]
+
+    def __str__(self):
+        return f"/{self.shortcut} {self.title}"
+
+
+class Notification(models.Model):
+    """Something an agent should know about: assigned to them, mentioned in a note, their
+    customer replied. Listed in the inbox with an unread count, and pushed to their sockets."""
+
+    class Kind(models.TextChoices):
+        ASSIGNED = "assigned", _("Assigned to you")
+        MENTIONED = "mentioned", _("Mentioned you")
+        CUSTOMER_REPLIED = "customer_replied", _("Customer replied")
+
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="notifications"
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["recipient", "conversation"],
+                name="notification_unread_idx",
+                condition=Q(read_at__isnull=True),
+            ),
+            models.Index(fields=["recipient", "-id"], name="notification_list_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} (#{self.conversation_id}) for {self.recipient}"

@@ -101,3 +101,9 @@ def publish_customer_event(customer_id: int, event: str, **data) -> None:
     """
     payload = {"type": "customer.event", "event": event, **data}
     transaction.on_commit(lambda: send_to_groups([customer_group(customer_id)], payload))
+
+
+def publish_notifications(user_ids, **payload) -> None:
+    """Push a notification to each agent's own sockets once the transaction commits."""
+    groups = [agent_group(pk) for pk in user_ids]
+    transaction.on_commit(lambda: send_to_groups(groups, {"type": "notification.event", **payload}))

@@ -9,15 +9,20 @@ the transaction commits.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import reduce
+from operator import or_
 
 import nh3
 import phonenumbers
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from conversations.models import (
@@ -29,9 +34,10 @@ from conversations.models import (
     Identity,
     Inbox,
     Message,
+    Notification,
     Tag,
 )
-from conversations.realtime import publish_conversation_event
+from conversations.realtime import publish_conversation_event, publish_notifications
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +240,149 @@ def customer_merge(*, source: Customer, target: Customer, actor=None) -> Custome
     return target
 
 
+CUSTOMER_EDITABLE = ("name", "language", "timezone", "notes", "attributes")
+# Free attributes are for facts an agent reads at a glance, not a document store.
+ATTRIBUTES_MAX_KEYS = 50
+ATTRIBUTES_MAX_CHARS = 20_000
+NOTES_MAX_CHARS = 20_000
+
+
+def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
+    """Change the profile fields of `customer` named in `data` (see CUSTOMER_EDITABLE).
+
+    Every field is checked first; on any error nothing changes and ValidationError holds a
+    message per field. The log names the fields that changed, never their values: profiles
+    hold personal data."""
+    unknown = set(data) - set(CUSTOMER_EDITABLE)
+    if unknown:
+        raise ValueError(f"Not editable: {sorted(unknown)}")  # a caller's bug, not user input
+    cleaned, errors = {}, {}
+    for name, value in data.items():
+        try:
+            cleaned[name] = _CUSTOMER_CLEANERS[name](value)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        customer = Customer.objects.select_for_update().get(pk=customer.pk)
+        if customer.merged_into_id:
+            raise ValidationError("This customer was merged into another; edit that profile.")
+        changed = [name for name, value in cleaned.items() if getattr(customer, name) != value]
+        for name in changed:
+            setattr(customer, name, cleaned[name])
+        customer.full_clean()
+        if changed:
+            customer.save(update_fields=[*changed, "updated_at"])
+    log.info("customer %s: %s changed by user %s", customer.pk, changed, getattr(actor, "pk", None))
+    return customer
+
+
+def language_normalize(tag: str) -> str:
+    """A BCP 47 tag as far as customers need one, in its usual case: "pt_br" -> "pt-BR",
+    "zh-hant-tw" -> "zh-Hant-TW", "es-419"; ValidationError for anything else."""
+    import re
+
+    match = re.fullmatch(
+        r"([a-z]{2,3})(?:-([a-z]{4}))?(?:-([a-z]{2}|[0-9]{3}))?",
+        tag.strip().replace("_", "-"),
+        flags=re.IGNORECASE,
+    )
+    if not match:
+        raise ValidationError(f"{tag!r} is not a language code such as en, pt-BR or es-419.")
+    language, script, region = match.groups()
+    parts = (language.lower(), script and script.title(), region and region.upper())
+    return "-".join(part for part in parts if part)
+
+
+def _timezone_clean(value) -> str:
+    import zoneinfo
+
+    value = str(value or "").strip()
+    if value and value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a time zone such as Europe/Lisbon.")
+    return value
+
+
+def _notes_clean(value) -> str:
+    value = str(value or "").strip()
+    if len(value) > NOTES_MAX_CHARS:
+        raise ValidationError(f"Notes are limited to {NOTES_MAX_CHARS} characters.")
+    return value
+
+
+def _attributes_clean(value) -> dict:
+    import json
+
+    if not isinstance(value, dict):
+        raise ValidationError("Attributes must be names with values.")
+    if len(value) > ATTRIBUTES_MAX_KEYS:
+        raise ValidationError(f"A customer has at most {ATTRIBUTES_MAX_KEYS} attributes.")
+    cleaned = {}
+    for key, item in value.items():
+        key = str(key).strip()
+        if not key or len(key) > 100:
+            raise ValidationError("Each attribute needs a name of at most 100 characters.")
+        cleaned[key] = item
+    try:
+        size = len(json.dumps(cleaned))
+    except (TypeError, ValueError):
+        raise ValidationError("Attribute values must be text, numbers, lists or objects.") from None
+    if size > ATTRIBUTES_MAX_CHARS:
+        raise ValidationError(f"Attributes are limited to {ATTRIBUTES_MAX_CHARS} characters.")
+    return cleaned
+
+
+_CUSTOMER_CLEANERS = {
+    "name": lambda value: str(value or "").strip(),  # full_clean() checks the length
+    "language": lambda value: language_normalize(value) if str(value or "").strip() else "",
+    "timezone": _timezone_clean,
+    "notes": _notes_clean,
+    "attributes": _attributes_clean,
+}
+
+
+class AddressTaken(ValidationError):
+    """The address is another customer's. If they are the same person, merge the two."""
+
+    def __init__(self, owner: Customer):
+        super().__init__("This address belongs to another customer.")
+        self.owner = owner
+
+
+def identity_add(*, customer: Customer, kind: str, address: str, actor=None) -> Identity:
+    """Give `customer` an email address or phone number an agent learnt. An address is one
+    customer's only (a phone number on SMS and WhatsApp alike): AddressTaken otherwise."""
+    from django.core.validators import validate_email
+
+    if kind not in (Channel.EMAIL, *PHONE_CHANNELS):
+        raise ValidationError("Only email addresses and phone numbers can be added here.")
+    address = normalize_address(kind, address)
+    if kind == Channel.EMAIL:
+        validate_email(address)
+    kinds = PHONE_CHANNELS if kind in PHONE_CHANNELS else (kind,)
+    with transaction.atomic():
+        customer = Customer.objects.select_for_update().get(pk=customer.pk)
+        if customer.merged_into_id:
+            raise ValidationError("This customer was merged into another; use that profile.")
+        taken = Identity.objects.filter(kind__in=kinds, address=address).select_related("customer")
+        if other := taken.exclude(customer=customer).first():
+            raise AddressTaken(other.customer)
+        if taken.filter(kind=kind).exists():
+            raise ValidationError("This customer already has this address.")
+        try:
+            with transaction.atomic():
+                identity = Identity.objects.create(customer=customer, kind=kind, address=address)
+        except IntegrityError:  # added elsewhere between our check and our insert
+            raise AddressTaken(Identity.objects.get(kind=kind, address=address).customer) from None
+    # The address itself is personal data: the log says which profile, not what.
+    actor_id = getattr(actor, "pk", None)
+    log.info(
+        "identity %s (%s) added to customer %s by user %s", identity.pk, kind, customer.pk, actor_id
+    )
+    return identity
+
+
 # --- Opening ----------------------------------------------------------------------------
 
 
@@ -408,6 +557,11 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         )
     if seen:
         Identity.objects.filter(pk=identity.pk).update(**seen)
+
+    if conversation.assignee_id and not opened and not inbound.echo:
+        _notify(
+            [conversation.assignee_id], Notification.Kind.CUSTOMER_REPLIED, conversation, message
+        )
 
     # One notification: "created" for a new conversation, else "message".
     publish_conversation_event(
@@ -700,7 +854,53 @@ def note_add(*, conversation: Conversation, author, text: str) -> Message:
         )
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         publish_conversation_event(conversation, "note", message=message.pk)
+        mentioned = [user.pk for user in mentioned_agents(conversation, text)]
+        _notify(mentioned, Notification.Kind.MENTIONED, conversation, message, actor=author)
     return message
+
+
+# "@dana" or "@dana.silva": the part of an agent's email before the @. Not inside an address.
+MENTION = re.compile(r"(?<![\w.@])@([a-z0-9](?:[\w.+-]*[a-z0-9])?)", re.IGNORECASE)
+
+
+def mentioned_agents(conversation: Conversation, text: str) -> list:
+    """Active agents @-mentioned in `text` who may see `conversation` (a mention must not
+    show a conversation to someone outside it)."""
+    from conversations.selectors import conversations_visible_to
+
+    handles = {handle.lower() for handle in MENTION.findall(text)}
+    if not handles:
+        return []
+    candidates = get_user_model().objects.filter(
+        reduce(or_, (Q(email__istartswith=f"{handle}@") for handle in handles)), is_active=True
+    )
+    return [
+        user
+        for user in candidates
+        if user.email.split("@")[0].lower() in handles
+        and conversations_visible_to(user).filter(pk=conversation.pk).exists()
+    ]
+
+
+def _notify(recipient_ids, kind, conversation, message=None, *, actor=None) -> None:
+    """Tell agents something concerns them: stored, then pushed to their sockets on commit.
+    Nobody is told about what they did themselves."""
+    recipient_ids = sorted(set(recipient_ids) - {actor.pk if actor else None})
+    if not recipient_ids:
+        return
+    Notification.objects.bulk_create(
+        Notification(
+            recipient_id=pk, kind=kind, conversation=conversation, message=message, actor=actor
+        )
+        for pk in recipient_ids
+    )
+    who = actor.name if actor else (conversation.customer.name or "The customer")
+    text = {
+        Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
+        Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
+        Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
+    }[kind]
+    publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 
 
 # --- Conversation state ----------------------------------------------------------------------
@@ -735,6 +935,8 @@ def conversation_assign(*, conversation: Conversation, assignee, actor=None) -> 
             assignee_name=assignee.name if assignee else "",
         )
         publish_conversation_event(conversation, "assigned", assignee=new, previous=previous)
+        if new:
+            _notify([new], Notification.Kind.ASSIGNED, conversation, actor=actor)
         if previous:  # the previous assignee may no longer see it: tell them to drop it
             transaction.on_commit(lambda: _notify_agent_removed(previous, conversation.pk))
     return conversation

@@ -1,17 +1,27 @@
 from django.urls import path
 
-from conversations import views
+from conversations import canned, customers, views
 
 app_name = "inbox"
 
 urlpatterns = [
     path("", views.conversation_list, name="list"),
     path("availability", views.availability_set, name="availability"),
+    path("notifications", views.notification_list, name="notifications"),
     path("<int:number>/", views.conversation_detail, name="conversation"),
     path("<int:number>/reply", views.conversation_reply, name="reply"),
     path("<int:number>/assign", views.conversation_assign, name="assign"),
     path("<int:number>/status", views.conversation_status, name="status"),
     path("<int:number>/priority", views.conversation_priority, name="priority"),
+    path("<int:number>/canned", canned.canned_search, name="canned"),
     path("messages/<int:message_id>/retry", views.message_retry, name="retry"),
     path("attachments/<int:attachment_id>", views.attachment_download, name="attachment"),
+    path("customers/<int:customer_id>/", customers.customer_detail, name="customer"),
+    path("customers/<int:customer_id>/edit", customers.customer_edit, name="customer_edit"),
+    path(
+        "customers/<int:customer_id>/identities",
+        customers.customer_identity_add,
+        name="customer_identities",
+    ),
+    path("customers/<int:customer_id>/merge", customers.customer_merge, name="customer_merge"),
 ]

@@ -12,7 +12,9 @@ from datetime import datetime
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import FileResponse, Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -30,6 +32,7 @@ from conversations.models import (
     Identity,
     Inbox,
     Message,
+    Notification,
     Tag,
 )
 from conversations.selectors import conversation_get_for_agent, conversations_visible_to
@@ -93,12 +96,21 @@ def _filtered(request, qs):
 
 
 def _search(query: str) -> Q:
-    """Message text, subjects, customer names and addresses (emails, phone numbers)."""
+    """Message text, subjects, customer names and addresses (emails, phone numbers). On
+    PostgreSQL the text is searched by words with its full-text index (see migration 0005);
+    on SQLite by substring."""
+    if connection.vendor == "postgresql":
+        words = SearchQuery(query, config="simple", search_type="websearch")
+        texts = Message.objects.annotate(document=SearchVector("text", config="simple")).filter(
+            document=words
+        )
+    else:
+        texts = Message.objects.filter(text__icontains=query)
     return (
         Q(subject__icontains=query)
         | Q(customer__name__icontains=query)
         | Q(customer__in=Identity.objects.filter(address__icontains=query).values("customer_id"))
-        | Q(pk__in=Message.objects.filter(text__icontains=query).values("conversation_id"))
+        | Q(pk__in=texts.order_by().values("conversation_id"))
     )
 
 
@@ -261,7 +273,31 @@ def conversation_detail(request, number: int):
     context = _conversation_context(request, conversation)
     if request.GET.get("partial") == "timeline":
         return render(request, "inbox/_timeline.html", context)
+    # Opening the conversation is reading what it notified about.
+    Notification.objects.filter(
+        recipient=request.user, conversation=conversation, read_at__isnull=True
+    ).update(read_at=timezone.now())
     return render(request, "inbox/conversation.html", context)
+
+
+@login_required
+def notification_list(request):
+    """The agent's recent notifications, newest first; unread ones stand out. Only
+    conversations the agent may still see are listed."""
+    notifications = list(
+        Notification.objects.filter(
+            recipient=request.user,
+            conversation__in=conversations_visible_to(request.user).values("pk"),
+        )
+        .select_related("conversation__customer", "actor", "message")
+        .order_by("-id")[:50]
+    )
+    if request.method == "POST":
+        Notification.objects.filter(recipient=request.user, read_at__isnull=True).update(
+            read_at=timezone.now()
+        )
+        return redirect("inbox:notifications")
+    return render(request, "inbox/notifications.html", {"notifications": notifications})
 
 
 def _newer_than(conversation, seen: int, user) -> list[Message]:

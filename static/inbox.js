@@ -32,6 +32,7 @@
     });
     socket.addEventListener("message", function (message) {
       const data = JSON.parse(message.data);
+      if (data.type === "notification") return notify(data);
       if (data.type !== "conversation") return;
       if (!conversationId || String(data.conversation) === conversationId) refresh();
     });
@@ -41,7 +42,37 @@
       retry = Math.min(retry * 2, 15000);
     });
   }
-  if (live) connect();
+  if (live || document.querySelector("[data-notifications]")) connect();
+
+  // Notifications: the bell's count, a desktop notification if allowed, a short tone.
+  const unread = document.querySelector("[data-unread]");
+  function notify(data) {
+    if (unread) {
+      unread.textContent = String(Number(unread.textContent || 0) + 1);
+      unread.hidden = false;
+    }
+    if (window.Notification && Notification.permission === "granted" && document.hidden) {
+      const shown = new Notification("Threadline", { body: data.text, tag: `c${data.conversation}` });
+      shown.onclick = function () { window.focus(); location.href = `/inbox/${data.conversation}/`; };
+    }
+    try {
+      const audio = new (window.AudioContext || window.webkitAudioContext)();
+      const tone = audio.createOscillator();
+      const gain = audio.createGain();
+      gain.gain.value = 0.05;
+      tone.frequency.value = 880;
+      tone.connect(gain).connect(audio.destination);
+      tone.start();
+      tone.stop(audio.currentTime + 0.12);
+    } catch (error) { /* no audio: the badge is enough */ }
+  }
+  const enable = document.querySelector("[data-enable-desktop]");
+  if (enable && window.Notification && Notification.permission === "default") {
+    enable.hidden = false;
+    enable.addEventListener("click", function () {
+      Notification.requestPermission().then(function () { enable.hidden = true; });
+    });
+  }
 
   // Availability switch submits itself.
   document.querySelectorAll("[data-autosubmit]").forEach(function (el) {
@@ -71,7 +102,13 @@
     else if (event.key === "k") select(rows[Math.max(current - 1, 0)]);
     else if (event.key === "r" && composer) { event.preventDefault(); composer.querySelector('[value="reply"]').checked = true; text.focus(); }
     else if (event.key === "n" && composer) { event.preventDefault(); composer.querySelector('[value="note"]').checked = true; text.focus(); }
-    else if (event.key === "?") alert("j / k  move in the list\nEnter  open\nr  reply\nn  note\nCtrl+Enter  send");
+    else if (event.key === "e" && composer) {
+      const status = document.getElementById("status");
+      status.value = "resolved";
+      status.form.requestSubmit();
+    }
+    else if (event.key === "a" && composer) { event.preventDefault(); document.getElementById("assignee").focus(); }
+    else if (event.key === "?") alert("j / k  move in the list\nEnter  open\nr  reply\nn  note\ne  resolve\na  assign\n/  canned responses (in the reply box)\nCtrl+Enter  send");
   });
 
   // The composer's hint for the chosen channel (SMS segments follow sms_segments() in Python).
@@ -104,4 +141,129 @@
     } else hint.textContent = "";
   }
   if (text) { text.addEventListener("input", updateHint); picker && picker.addEventListener("change", updateHint); updateHint(); }
+})();
+
+// Canned responses: "/" at the start of a line in the reply box, then a few letters, opens a
+// listbox of saved replies, searched on the server and already filled in for this conversation.
+// Arrows move, Enter or Tab inserts, Escape closes. Focus stays in the textarea; screen readers
+// follow the highlighted option through aria-activedescendant.
+(function () {
+  "use strict";
+  const list = document.getElementById("canned-list");
+  const text = document.getElementById("reply-text");
+  if (!list || !text || !list.dataset.cannedUrl) return;
+  let results = [];
+  let active = -1;
+  let timer = null;
+  let request = null;
+  let dismissed = null; // where the "/" was when the agent pressed Escape: stay closed there
+
+  text.setAttribute("aria-autocomplete", "list");
+  text.setAttribute("aria-controls", list.id);
+
+  // The "/query" just before the caret, if its "/" starts a line.
+  function trigger() {
+    const before = text.value.slice(0, text.selectionStart);
+    const match = /(?:^|\n)\/([\p{L}\p{N}_-]+)$/u.exec(before);
+    return match ? { start: before.length - match[1].length - 1, query: match[1] } : null;
+  }
+
+  function close() {
+    clearTimeout(timer);
+    if (request) request.abort();
+    results = [];
+    active = -1;
+    list.hidden = true;
+    list.replaceChildren();
+    text.removeAttribute("aria-activedescendant");
+  }
+
+  function highlight(index) {
+    active = index;
+    Array.from(list.children).forEach(function (li, i) {
+      li.setAttribute("aria-selected", String(i === index));
+      if (i === index) {
+        text.setAttribute("aria-activedescendant", li.id);
+        li.scrollIntoView({ block: "nearest" });
+      }
+    });
+  }
+
+  function option(item, index) {
+    // Text only: titles and bodies are shown, never parsed as HTML.
+    const li = document.createElement("li");
+    li.id = `canned-option-${item.id}`;
+    li.setAttribute("role", "option");
+    const shortcut = document.createElement("span");
+    shortcut.className = "shortcut";
+    shortcut.textContent = `/${item.shortcut}`;
+    const preview = document.createElement("span");
+    preview.className = "preview";
+    preview.textContent = item.body;
+    li.append(shortcut, ` ${item.title}`, preview);
+    // mousedown, not click: the textarea must not lose focus (and close the list) first.
+    li.addEventListener("mousedown", function (event) { event.preventDefault(); choose(index); });
+    return li;
+  }
+
+  function show(items) {
+    if (!items.length) return close();
+    results = items;
+    list.replaceChildren(...items.map(option));
+    list.hidden = false;
+    highlight(0);
+  }
+
+  function choose(index) {
+    const item = results[index];
+    const found = trigger();
+    if (!item || !found) return close();
+    text.setRangeText(item.body, found.start, text.selectionStart, "end");
+    close();
+    text.dispatchEvent(new Event("input", { bubbles: true })); // e.g. the SMS length hint
+  }
+
+  async function search(query) {
+    if (request) request.abort();
+    request = new AbortController();
+    try {
+      const response = await fetch(`${list.dataset.cannedUrl}?q=${encodeURIComponent(query)}`, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+        signal: request.signal,
+      });
+      if (!response.ok) return close();
+      const items = await response.json();
+      const found = trigger();
+      if (found && found.query === query) show(items); // only if the agent still types it
+    } catch (error) {
+      if (error.name !== "AbortError") close();
+    }
+  }
+
+  text.addEventListener("input", function () {
+    const found = trigger();
+    if (!found) dismissed = null;
+    if (!found || found.start === dismissed) return close();
+    clearTimeout(timer);
+    timer = setTimeout(function () { search(found.query); }, 150);
+  });
+
+  text.addEventListener("keydown", function (event) {
+    if (list.hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      const step = event.key === "ArrowDown" ? 1 : -1;
+      highlight((active + step + results.length) % results.length);
+    } else if ((event.key === "Enter" || event.key === "Tab") && !event.shiftKey) {
+      choose(active);
+    } else if (event.key === "Escape") {
+      const found = trigger();
+      dismissed = found ? found.start : null;
+      close();
+    } else return;
+    event.preventDefault();
+    event.stopPropagation();
+  });
+
+  text.addEventListener("blur", close);
 })();

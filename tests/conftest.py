@@ -54,6 +54,38 @@ def charlie(billing):
 
 
 @pytest.fixture
+def dana(support):
+    """Bob's teammate in Support."""
+    user = User.objects.create_user(
+        email="dana@example.com", password=PASSWORD, display_name="Dana"
+    )
+    TeamMembership.objects.create(team=support, user=user)
+    return user
+
+
+@pytest.fixture
+def mail_inbox(support):
+    """An email inbox without a mail server (see email_inbox for one that sends)."""
+    return Inbox.objects.create(
+        name="Support email",
+        kind=Channel.EMAIL,
+        address="support@acme.example",
+        default_team=support,
+    )
+
+
+def signed_in(browser, base, user):
+    """A new browser context signed in as `user` on the server at `base`, on the inbox."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", user.email)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/inbox/")
+    return page
+
+
+@pytest.fixture
 def chat_inbox(support):
     return Inbox.objects.create(name="Website chat", kind=Channel.WEBCHAT, default_team=support)
 

@@ -4,7 +4,6 @@ outsider to Support's conversations) and alice (admin)."""
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -15,10 +14,8 @@ from conversations.models import (
     Conversation,
     ConversationEvent,
     Identity,
-    Inbox,
     Message,
 )
-from routing.models import TeamMembership
 from tests.conftest import PASSWORD, receive
 
 pytestmark = pytest.mark.django_db
@@ -27,25 +24,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _clear_login_throttle():
     cache.clear()
-
-
-@pytest.fixture
-def mail_inbox(support):
-    return Inbox.objects.create(
-        name="Support email",
-        kind=Channel.EMAIL,
-        address="support@acme.example",
-        default_team=support,
-    )
-
-
-@pytest.fixture
-def dana(support):
-    user = get_user_model().objects.create_user(
-        email="dana@example.com", password=PASSWORD, display_name="Dana"
-    )
-    TeamMembership.objects.create(team=support, user=user)
-    return user
 
 
 def chat(inbox, text="Hello", address="visitor-1", name="Jo"):

@@ -6,32 +6,11 @@ import json
 import urllib.request
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from conversations.models import Channel, Identity, Message
-from routing.models import TeamMembership
-from tests.conftest import PASSWORD, receive
+from tests.conftest import receive, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def dana(support):
-    user = get_user_model().objects.create_user(
-        email="dana@example.com", password=PASSWORD, display_name="Dana"
-    )
-    TeamMembership.objects.create(team=support, user=user)
-    return user
-
-
-def signed_in(browser, base, user):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(f"{base}/login/")
-    page.fill("#id_username", user.email)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/inbox/")
-    return page
 
 
 def test_assigning_shows_up_in_the_assignees_list_live(asgi_server, browser, bob, dana, chat_inbox):
@@ -110,3 +89,25 @@ def test_search_finds_a_message_by_a_word_in_its_text(asgi_server, browser, alic
     rows = page.locator(".rows li[data-conversation]")
     assert rows.count() == 1
     assert "Ana" in rows.first.inner_text()
+
+
+def test_a_mention_in_a_note_notifies_the_teammate_live(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    conversation = receive(chat_inbox, text="Refund for order 7781?").message.conversation
+    theirs = signed_in(browser, asgi_server, dana)
+    assert theirs.locator("[data-unread]").is_hidden()
+
+    mine = signed_in(browser, asgi_server, bob)
+    mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    mine.locator("h1").click()
+    mine.keyboard.press("n")  # the note shortcut: note mode, the text box focused
+    assert mine.is_checked('[name=mode][value="note"]')
+    mine.keyboard.type("@dana can you approve this refund?")
+    mine.press("#reply-text", "Control+Enter")
+    mine.wait_for_selector(".message.note >> text=can you approve")
+
+    theirs.wait_for_selector("[data-unread]:not([hidden]) >> text=1")
+    theirs.click("[data-notifications]")
+    assert "Bob mentioned you" in theirs.inner_text(".rows")
+    assert Message.objects.get(direction="note").status == ""

@@ -9,7 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from conversations import services
-from conversations.models import Channel, Conversation, Identity, Inbox, Message
+from conversations.models import (
+    CannedResponse,
+    Channel,
+    Conversation,
+    Identity,
+    Inbox,
+    Message,
+)
 from helpdesk.models import User
 from routing.models import BusinessHours, BusinessInterval, Holiday, Team, TeamMembership
 
@@ -166,6 +173,40 @@ SCENARIOS = [
 
 TAGS = ["delivery", "refund", "login", "plan-change", "invoice", "refund", "delivery", "invoice"]
 
+# (team or None for everyone, shortcut, title, body)
+CANNED = [
+    (
+        None,
+        "refund-policy",
+        "Refund policy",
+        "Hi {customer.first_name},\n\nRefunds are made to the original payment method within "
+        "5 business days of the item reaching us. I'll keep conversation #{conversation.number} "
+        "open until it's done.\n\n{agent.first_name}",
+    ),
+    (
+        None,
+        "reembolso",
+        "Política de reembolso (pt)",
+        "Olá {customer.first_name},\n\nO reembolso é feito no meio de pagamento original em até "
+        "5 dias úteis depois de recebermos o artigo. Mantenho a conversa #{conversation.number} "
+        "aberta até estar concluído.\n\n{agent.first_name}",
+    ),
+    (
+        "support",
+        "tracking-delay",
+        "Delivery delayed",
+        "Hi {customer.first_name}, sorry for the wait! The carrier has the parcel and it should "
+        "move again within 48 hours. I'll follow up here if it doesn't. {agent.name}",
+    ),
+    (
+        "billing",
+        "segunda-via-fatura",
+        "Segunda via da fatura (pt)",
+        "Olá {customer.first_name}, a segunda via da fatura está em Conta → Faturas. "
+        "Qualquer dúvida, responda a esta mensagem. {agent.name}",
+    ),
+]
+
 STATUSES = [Conversation.Status.OPEN] * 5 + [
     Conversation.Status.PENDING,
     Conversation.Status.RESOLVED,
@@ -194,6 +235,7 @@ class Command(BaseCommand):
             teams = self._teams()
             self._business_hours(teams)
             agents = self._agents(teams)
+            self._canned_responses(teams, author=agents[0])
             inboxes = self._inboxes(teams)
         created = 0
         for i in range(customers):
@@ -229,6 +271,15 @@ class Command(BaseCommand):
                 Team.objects.filter(pk=teams[team].pk, business_hours=None).update(
                     business_hours=schedule
                 )
+
+    def _canned_responses(self, teams, *, author):
+        # Looked up by team and shortcut only: an admin's edits to a demo response stay.
+        for team, shortcut, title, body in CANNED:
+            CannedResponse.objects.get_or_create(
+                team=teams[team] if team else None,
+                shortcut=shortcut,
+                defaults={"title": title, "body": body, "created_by": author},
+            )
 
     def _agents(self, teams):
         agents = []

@@ -1,0 +1,10 @@
+from conversations.models import Notification
+
+
+def inbox(request):
+    """The unread count behind the bell in the top bar, for signed-in agents."""
+    user = getattr(request, "user", None)
+    if not (user and user.is_authenticated):
+        return {}
+    unread = Notification.objects.filter(recipient=user, read_at__isnull=True).count()
+    return {"unread_notifications": unread}

@@ -1,0 +1,216 @@
+"""The customer page: one profile with every address and every conversation the agent may see,
+on every channel; editing it, adding an address, merging two profiles into one.
+
+Reads go through `selectors` and writes through `services`, as in `views`. A customer the agent
+may not see is a 404. A profile merged into another redirects to it, but a form posted to it
+changes nothing: the agent is sent to the surviving profile to try again there.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+from django.http import HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from conversations import services
+from conversations.models import Channel, Identity
+from conversations.selectors import (
+    conversations_visible_to,
+    customer_get_for_agent,
+    customers_visible_to,
+)
+
+# The page shows this many conversations, newest first, and says when there are more.
+HISTORY_LIMIT = 200
+CANDIDATES_LIMIT = 20
+ADDABLE_KINDS = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
+BLANK_ATTRIBUTE_ROWS = 3
+
+
+def _shown(value) -> str:
+    """An attribute value as text: strings as they are, anything else (numbers, lists an
+    integration stored) as JSON, so that it can be sent back unchanged."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _profile_form(customer) -> dict:
+    return {
+        "name": customer.name,
+        "language": customer.language,
+        "timezone": customer.timezone,
+        "notes": customer.notes,
+        "rows": [(key, _shown(value)) for key, value in customer.attributes.items()],
+    }
+
+
+def _render(request, customer, *, status=200, **extra):
+    conversations = list(
+        conversations_visible_to(request.user)
+        .filter(customer=customer)
+        .select_related("inbox", "assignee")
+        .order_by("-last_activity_at", "-id")[: HISTORY_LIMIT + 1]
+    )
+    form = extra.pop("form", None) or _profile_form(customer)
+    form["rows"] = [*form["rows"], *[("", "")] * BLANK_ATTRIBUTE_ROWS]
+    context = {
+        "customer": customer,
+        "identities": customer.identities.all(),
+        "attributes": [(key, _shown(value)) for key, value in customer.attributes.items()],
+        "conversations": conversations[:HISTORY_LIMIT],
+        "more_conversations": len(conversations) > HISTORY_LIMIT,
+        "kinds": [(kind, kind.label) for kind in ADDABLE_KINDS],
+        "form": form,
+        **extra,
+    }
+    return render(request, "inbox/customer.html", context, status=status)
+
+
+def _moved(request, customer):
+    """A form posted to a merged profile's old page: change nothing, go to its successor."""
+    messages.error(
+        request, "That customer was merged into this one; nothing was changed. Try again here."
+    )
+    return redirect("inbox:customer", customer_id=customer.pk)
+
+
+@login_required
+def customer_detail(request, customer_id: int):
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return redirect("inbox:customer", customer_id=customer.pk)
+    return _render(request, customer)
+
+
+def _attributes_from_rows(rows, current: dict) -> dict:
+    """Name/value rows to a dict. A value that was shown as JSON and comes back unchanged keeps
+    its type; whatever the agent typed is text. A row with neither name nor value is skipped."""
+    attributes = {}
+    for key, value in rows:
+        key = key.strip()
+        if not key:
+            if value.strip():
+                raise ValidationError(f"The attribute with the value {value!r} needs a name.")
+            continue
+        if key in attributes:
+            raise ValidationError(f"The attribute {key!r} appears twice.")
+        unchanged = key in current and _shown(current[key]) == value
+        attributes[key] = current[key] if unchanged else value
+    return attributes
+
+
+@login_required
+@require_POST
+def customer_edit(request, customer_id: int):
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return _moved(request, customer)
+    post = request.POST
+    form = {
+        "name": post.get("name", ""),
+        "language": post.get("language", ""),
+        "timezone": post.get("timezone", ""),
+        "notes": post.get("notes", ""),
+        "rows": list(zip(post.getlist("attr_key"), post.getlist("attr_value"), strict=False)),
+    }
+    try:
+        data = {name: form[name] for name in ("name", "language", "timezone", "notes")}
+        data["attributes"] = _attributes_from_rows(form["rows"], customer.attributes)
+        services.customer_update(customer=customer, data=data, actor=request.user)
+    except ValidationError as exc:
+        form["rows"] = [(key, value) for key, value in form["rows"] if key or value]
+        return _render(request, customer, status=400, form=form, edit_errors=exc.messages)
+    messages.success(request, "Customer saved.")
+    return redirect("inbox:customer", customer_id=customer.pk)
+
+
+@login_required
+@require_POST
+def customer_identity_add(request, customer_id: int):
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return _moved(request, customer)
+    kind, address = request.POST.get("kind", ""), request.POST.get("address", "")[:320]
+    try:
+        services.identity_add(customer=customer, kind=kind, address=address, actor=request.user)
+    except services.AddressTaken as exc:
+        # Offer the merge only with a profile this agent may see; never name one they can't.
+        owner = customers_visible_to(request.user).filter(pk=exc.owner.pk).first()
+        return _render(
+            request,
+            customer,
+            status=400,
+            identity_errors=exc.messages,
+            address_owner=owner,
+            address_draft=(kind, address),
+        )
+    except ValidationError as exc:
+        return _render(
+            request,
+            customer,
+            status=400,
+            identity_errors=exc.messages,
+            address_draft=(kind, address),
+        )
+    messages.success(request, "Address added.")
+    return redirect("inbox:customer", customer_id=customer.pk)
+
+
+def _merge_candidates(user, customer, query: str) -> list:
+    """Other customers this agent may see whose name or an address contains `query`; a phone
+    number is also looked up in its stored form (+E.164), however it was typed."""
+    addresses = Q(address__icontains=query)
+    try:
+        addresses |= Q(address=services.phone_normalize(query))
+    except ValidationError:
+        pass
+    return list(
+        customers_visible_to(user)
+        .exclude(pk=customer.pk)
+        .filter(
+            Q(name__icontains=query)
+            | Q(pk__in=Identity.objects.filter(addresses).values("customer_id"))
+        )
+        .prefetch_related("identities")
+        .order_by("name", "pk")[:CANDIDATES_LIMIT]
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def customer_merge(request, customer_id: int):
+    """GET: find the profile to merge this one into. POST (`into`, `confirm`): merge."""
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if request.method == "GET":
+        if customer.pk != customer_id:
+            return redirect("inbox:customer", customer_id=customer.pk)
+        query = request.GET.get("q", "").strip()[:200]
+        candidates = _merge_candidates(request.user, customer, query) if query else []
+        return _render(request, customer, merge_query=query, candidates=candidates)
+
+    if customer.pk != customer_id:
+        return _moved(request, customer)
+    into = request.POST.get("into", "")
+    if not into.isdigit():
+        return HttpResponseBadRequest("Choose the customer to merge into.")
+    target = customer_get_for_agent(user=request.user, customer_id=int(into))
+    if not request.POST.get("confirm"):
+        messages.error(request, "Nothing was merged: tick the box to confirm the merge.")
+        return redirect(reverse("inbox:customer_merge", args=[customer.pk]) + "#merge")
+    try:
+        target = services.customer_merge(source=customer, target=target, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+        return redirect("inbox:customer", customer_id=customer.pk)
+    messages.success(
+        request,
+        f"{customer} (#{customer.pk}) was merged into {target} (#{target.pk}): "
+        "one profile, both histories.",
+    )
+    return redirect("inbox:customer", customer_id=target.pk)

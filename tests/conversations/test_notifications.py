@@ -1,0 +1,90 @@
+"""Notifications: assigned to me, mentioned in a note, my customer replied."""
+
+import pytest
+
+from conversations import services
+from conversations.models import Notification
+from tests.conftest import listen, receive
+
+
+def kinds(user):
+    return list(
+        Notification.objects.filter(recipient=user)
+        .order_by("id")
+        .values_list("kind", "conversation_id", "actor__display_name")
+    )
+
+
+@pytest.mark.django_db
+class TestWhoIsTold:
+    def test_the_assignee_is_told_but_not_when_assigning_themselves(self, chat_inbox, bob, dana):
+        conversation = receive(chat_inbox).message.conversation
+        services.conversation_assign(conversation=conversation, assignee=dana, actor=bob)
+        services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
+        assert kinds(dana) == [("assigned", conversation.pk, "Bob")]
+        assert kinds(bob) == []
+
+    def test_a_mention_tells_a_teammate_who_can_see_it(self, chat_inbox, bob, dana, charlie):
+        conversation = receive(chat_inbox).message.conversation
+        services.note_add(
+            conversation=conversation,
+            author=bob,
+            text="@dana can you check? cc @charlie, not mail@bob.example, and @bob",
+        )
+        assert kinds(dana) == [("mentioned", conversation.pk, "Bob")]
+        assert kinds(charlie) == []  # outside Support: the note must not reach him
+        assert kinds(bob) == []  # mentioning yourself tells nobody
+
+    def test_the_assignee_hears_when_their_customer_replies(self, chat_inbox, dana):
+        conversation = receive(chat_inbox, text="Hello").message.conversation
+        services.conversation_assign(conversation=conversation, assignee=dana)
+        receive(chat_inbox, text="Any news?")
+        assert [k for k, *_ in kinds(dana)] == ["assigned", "customer_replied"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_notification_reaches_the_agents_sockets(chat_inbox, bob, dana):
+    conversation = receive(chat_inbox, name="Jo").message.conversation
+    next_event = listen(f"agent.{dana.pk}")
+    services.note_add(conversation=conversation, author=bob, text="@dana look")
+    event = next_event()
+    while event["type"] != "notification.event":
+        event = next_event()
+    assert event["text"] == f"Bob mentioned you in #{conversation.pk}"
+    assert event["conversation"] == conversation.pk
+
+
+@pytest.mark.django_db
+class TestPages:
+    def test_the_bell_counts_unread_and_the_list_shows_them(self, client, chat_inbox, bob, dana):
+        conversation = receive(chat_inbox, name="<b>Jo</b>").message.conversation
+        services.note_add(conversation=conversation, author=bob, text="@dana <i>hi</i>")
+        client.force_login(dana)
+        page = client.get("/inbox/notifications")
+        assert page.context["unread_notifications"] == 1
+        html = page.content.decode()
+        assert "Bob</span> mentioned you" in html
+        assert "&lt;i&gt;hi&lt;/i&gt;" in html
+
+    def test_opening_the_conversation_reads_its_notifications(self, client, chat_inbox, bob, dana):
+        one = receive(chat_inbox, address="v1").message.conversation
+        two = receive(chat_inbox, address="v2").message.conversation
+        services.conversation_assign(conversation=one, assignee=dana, actor=bob)
+        services.conversation_assign(conversation=two, assignee=dana, actor=bob)
+        client.force_login(dana)
+        client.get(f"/inbox/{one.pk}/")
+        unread = Notification.objects.filter(recipient=dana, read_at__isnull=True)
+        assert list(unread.values_list("conversation_id", flat=True)) == [two.pk]
+        client.post("/inbox/notifications")
+        assert not unread.exists()
+
+    def test_a_conversation_no_longer_visible_is_not_listed(
+        self, client, chat_inbox, billing, bob, dana
+    ):
+        conversation = receive(chat_inbox, text="Secret stuff").message.conversation
+        services.note_add(conversation=conversation, author=bob, text="@dana look")
+        services.conversation_set_team(conversation=conversation, team=billing)
+        chat_inbox.default_team = billing
+        chat_inbox.save()
+        client.force_login(dana)
+        assert client.get("/inbox/notifications").context["notifications"] == []
