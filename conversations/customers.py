@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from channels_adapters.registry import adapter_for
 from conversations import services
 from conversations.models import Channel, Identity
 from conversations.selectors import (
@@ -66,6 +67,11 @@ def _render(request, customer, *, status=200, **extra):
         "conversations": conversations[:HISTORY_LIMIT],
         "more_conversations": len(conversations) > HISTORY_LIMIT,
         "kinds": [(kind, kind.label) for kind in ADDABLE_KINDS],
+        "start_identities": [  # the addresses a new conversation can be started on
+            identity
+            for identity in customer.identities.all()
+            if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
+        ],
         "form": form,
         **extra,
     }

@@ -397,6 +397,30 @@ def conversation_open(
     return conversation
 
 
+def conversation_start(
+    *, customer: Customer, identity: Identity, author, text: str, subject: str = ""
+) -> Conversation:
+    """An agent writes first: a new conversation with `customer` on the channel of `identity`,
+    in the inbox that channel sends from (as for a reply), assigned to `author`, with `text`
+    queued as its first message. All or nothing: when the channel refuses the message (opted
+    out, Messenger's or WhatsApp's window closed), nothing is stored and ValidationError says
+    why."""
+    if identity.customer_id != customer.pk:
+        raise ValidationError("That address is not this customer's.")
+    if not text.strip():
+        raise ValidationError("A message needs text.")
+    with transaction.atomic():
+        inbox = _inbox_for_address(
+            identity, current=None, same_team=Q(default_team__memberships__user=author)
+        )
+        conversation = conversation_open(
+            inbox=inbox, customer=customer, subject=subject, actor=author, channel=identity.kind
+        )
+        conversation = conversation_assign(conversation=conversation, assignee=author, actor=author)
+        reply_send(conversation=conversation, author=author, text=text, identity=identity)
+    return conversation
+
+
 def _conversation_create(*, inbox, customer, subject="", actor=None, **event_data):
     if customer.merged_into_id:
         raise ValidationError("This customer was merged into another; use that profile.")
@@ -717,6 +741,14 @@ def identity_for_reply(conversation: Conversation) -> Identity | None:
 def _inbox_for_channel(conversation: Conversation, identity: Identity) -> Inbox:
     """The inbox this address last used (a Messenger id only works with its own Page), else
     the conversation's, else one of the same team."""
+    return _inbox_for_address(
+        identity,
+        current=conversation.inbox,
+        same_team=Q(default_team_id=conversation.inbox.default_team_id),
+    )
+
+
+def _inbox_for_address(identity: Identity, *, current: Inbox | None, same_team: Q) -> Inbox:
     kind = identity.kind
     inboxes = Inbox.objects.filter(kind=kind, is_active=True)
     last_used = (
@@ -728,13 +760,10 @@ def _inbox_for_channel(conversation: Conversation, identity: Identity) -> Inbox:
     inbox = inboxes.filter(pk__in=last_used).first()
     if inbox:
         return inbox
-    if conversation.inbox.kind == kind and conversation.inbox.is_active:
-        return conversation.inbox
+    if current is not None and current.kind == kind and current.is_active:
+        return current
     # Prefer an inbox of the same team, so the reply comes from the address they expect.
-    inbox = (
-        inboxes.filter(default_team_id=conversation.inbox.default_team_id).first()
-        or inboxes.first()
-    )
+    inbox = inboxes.filter(same_team).first() or inboxes.first()
     if inbox is None:
         raise ValidationError(f"There is no active {Channel(kind).label} inbox to send from.")
     return inbox

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import canned, customers, views
+from conversations import actions, canned, customers, views
 
 app_name = "inbox"
 
@@ -14,6 +14,9 @@ urlpatterns = [
     path("<int:number>/status", views.conversation_status, name="status"),
     path("<int:number>/priority", views.conversation_priority, name="priority"),
     path("<int:number>/canned", canned.canned_search, name="canned"),
+    path("<int:number>/tags", actions.conversation_tags, name="tags"),
+    path("<int:number>/transfer", actions.conversation_transfer, name="transfer"),
+    path("<int:number>/merge", actions.conversation_merge, name="merge"),
     path("messages/<int:message_id>/retry", views.message_retry, name="retry"),
     path("attachments/<int:attachment_id>", views.attachment_download, name="attachment"),
     path("customers/<int:customer_id>/", customers.customer_detail, name="customer"),
@@ -24,4 +27,5 @@ urlpatterns = [
         name="customer_identities",
     ),
     path("customers/<int:customer_id>/merge", customers.customer_merge, name="customer_merge"),
+    path("customers/<int:customer_id>/start", actions.conversation_start, name="customer_start"),
 ]

@@ -21,10 +21,42 @@
     }, 250);
   }
 
+  // Presence: who else has this conversation open, and who is typing. Each agent's state
+  // comes from their socket's announcements; a typing state without news for 5 s is over.
+  const presence = document.querySelector("[data-presence]");
+  const others = new Map(); // agent id -> { name, state, mode, timer }
+  const TYPING_EXPIRES = 5000;
+  function showPresence() {
+    if (!presence) return;
+    const phrases = Array.from(others.values()).map(function (other) {
+      if (other.state !== "typing") return `${other.name} is viewing`;
+      return `${other.name} is typing ${other.mode === "note" ? "a note" : "a reply"}…`;
+    });
+    const text = phrases.join(" · ");
+    if (presence.textContent !== text) presence.textContent = text; // no repeats for readers
+  }
+  function onPresence(data) {
+    if (String(data.conversation) !== conversationId) return;
+    const id = data.agent.id;
+    const other = others.get(id) || { name: data.agent.name };
+    clearTimeout(other.timer);
+    if (data.state === "left") others.delete(id);
+    else {
+      other.state = data.state;
+      other.mode = data.mode;
+      if (data.state === "typing") {
+        other.timer = setTimeout(function () { other.state = "viewing"; showPresence(); }, TYPING_EXPIRES);
+      }
+      others.set(id, other);
+    }
+    showPresence();
+  }
+
+  let socket = null;
   let retry = 500;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
+    socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
     socket.addEventListener("open", function () {
       retry = 500;
       if (conversationId) socket.send(JSON.stringify({ action: "subscribe", conversation: Number(conversationId) }));
@@ -33,10 +65,15 @@
     socket.addEventListener("message", function (message) {
       const data = JSON.parse(message.data);
       if (data.type === "notification") return notify(data);
+      if (data.type === "presence") return onPresence(data);
       if (data.type !== "conversation") return;
       if (!conversationId || String(data.conversation) === conversationId) refresh();
     });
     socket.addEventListener("close", function (event) {
+      // Whoever is still there answers when this page subscribes again.
+      others.forEach(function (other) { clearTimeout(other.timer); });
+      others.clear();
+      showPresence();
       if (event.code === 4401) return; // signed out
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
@@ -140,6 +177,17 @@
       hint.textContent = "Sent by email, threaded with the customer's mail.";
     } else hint.textContent = "";
   }
+  // Tell the others this agent is typing: at most once every 2 s while the keys go on.
+  let typingSent = 0;
+  function announceTyping() {
+    if (!socket || socket.readyState !== WebSocket.OPEN || Date.now() - typingSent < 2000) return;
+    typingSent = Date.now();
+    const mode = composer.querySelector("[name=mode]:checked");
+    socket.send(JSON.stringify({
+      action: "typing", conversation: Number(conversationId), mode: mode ? mode.value : "reply",
+    }));
+  }
+  if (text && conversationId) text.addEventListener("input", announceTyping);
   if (text) { text.addEventListener("input", updateHint); picker && picker.addEventListener("change", updateHint); updateHint(); }
 })();
 
