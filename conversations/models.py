@@ -486,3 +486,24 @@ class Notification(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} (#{self.conversation_id}) for {self.recipient}"
+
+
+class SavedView(models.Model):
+    """An agent's named list filters ("My urgent SMS"), shown in their inbox sidebar."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_views"
+    )
+    name = models.CharField(max_length=60)
+    # The list's query string, reduced to the known filters when saved.
+    query = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="saved_view_name_unique")
+        ]
+
+    def __str__(self):
+        return self.name

@@ -16,8 +16,9 @@ from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, Subquery
-from django.http import FileResponse, Http404, HttpResponseBadRequest
+from django.http import FileResponse, Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -34,6 +35,7 @@ from conversations.models import (
     Inbox,
     Message,
     Notification,
+    SavedView,
     Tag,
 )
 from conversations.selectors import conversation_get_for_agent, conversations_visible_to
@@ -157,6 +159,48 @@ def _after(fields, values) -> Q:
     return beyond | (Q(**{name: values[0]}) & _after(rest, values[1:]))
 
 
+# What a saved view may keep of the list's query string.
+SAVED_VIEW_KEYS = (
+    "view",
+    "status",
+    "channel",
+    "inbox",
+    "team",
+    "assignee",
+    "tag",
+    "priority",
+    "q",
+    "sort",
+)
+
+
+@login_required
+@require_POST
+def saved_view_save(request):
+    """Save the list's current filters under a name (the same name replaces them)."""
+    name = request.POST.get("name", "").strip()[:60]
+    if not name:
+        messages.error(request, "A saved view needs a name.")
+        return redirect("inbox:list")
+    current = QueryDict(request.POST.get("query", ""))
+    kept = QueryDict(mutable=True)
+    for key in SAVED_VIEW_KEYS:
+        if current.get(key):
+            kept[key] = current[key][:200]
+    SavedView.objects.update_or_create(
+        user=request.user, name=name, defaults={"query": kept.urlencode()[:500]}
+    )
+    messages.success(request, f"Saved the view “{name}”.")
+    return redirect(f"{reverse('inbox:list')}?{kept.urlencode()}")
+
+
+@login_required
+@require_POST
+def saved_view_delete(request, view_id: int):
+    get_object_or_404(SavedView, pk=view_id, user=request.user).delete()
+    return redirect("inbox:list")
+
+
 @login_required
 def conversation_list(request):
     user = request.user
@@ -229,6 +273,8 @@ def conversation_list(request):
         else Team.objects.all(),
         inboxes=Inbox.objects.filter(is_active=True),
         tags=Tag.objects.all(),
+        saved_views=SavedView.objects.filter(user=user),
+        current_query=request.GET.urlencode(),
     )
     return render(request, "inbox/list.html", context)
 

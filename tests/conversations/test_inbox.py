@@ -383,3 +383,40 @@ class TestPermissions:
                             assert response["Location"].startswith("/login/"), path
                     elif f"{conversation.pk}" in path or str(message.pk) in path:
                         assert response.status_code in (400, 403, 404, 405), (method, path)
+
+
+class TestSavedViews:
+    def test_an_agent_saves_filters_and_finds_them_in_the_sidebar(
+        self, client, bob, dana, chat_inbox, mail_inbox
+    ):
+        chat(chat_inbox, address="v1")
+        receive(mail_inbox, channel=Channel.EMAIL, address="a@b.example", subject="Invoice")
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:view_save"),
+            {"name": "Email waiting", "query": "view=teams&channel=email&evil=1&sort=waiting"},
+        )
+        assert response.status_code == 302
+        assert response["Location"] == "/inbox/?view=teams&channel=email&sort=waiting"
+        page = client.get(response["Location"])
+        assert [v.name for v in page.context["saved_views"]] == ["Email waiting"]
+        assert [c.inbox.kind for c in page.context["conversations"]] == ["email"]
+        assert 'aria-current="page">Email waiting' in page.content.decode()
+
+        client.force_login(dana)  # a teammate does not get bob's views
+        assert list(client.get("/inbox/").context["saved_views"]) == []
+        saved = bob.saved_views.get()
+        assert client.post(reverse("inbox:view_delete", args=[saved.pk])).status_code == 404
+        assert bob.saved_views.exists()
+
+        client.force_login(bob)
+        client.post(reverse("inbox:view_delete", args=[saved.pk]))
+        assert not bob.saved_views.exists()
+
+    def test_a_view_needs_a_name(self, client, bob):
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:view_save"), {"name": " ", "query": "view=mine"}, follow=True
+        )
+        assert b"A saved view needs a name" in response.content
+        assert not bob.saved_views.exists()
