@@ -131,6 +131,17 @@ def _media_root(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer: channels-redis keeps locks and connections bound
+    to the event loop that made them, and every async test runs on a new loop. A consumer left
+    waiting when one test's loop closed must not hold a lock the next test needs."""
+    from channels.layers import channel_layers
+
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def redis_url():
     if not settings.REDIS_URL:
