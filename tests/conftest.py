@@ -109,6 +109,45 @@ def receive(inbox, text="Hello, I need help", address="visitor-1", **kwargs):
     )
 
 
+def webhook_path(inbox) -> str:
+    return f"/channels/{inbox.kind}/{inbox.pk}/webhook"
+
+
+def process_pending():
+    """What the worker does with stored inbound events; returns them as processed."""
+    from channels_adapters.delivery import inbound_event_process
+    from channels_adapters.models import InboundEvent
+
+    pending = list(InboundEvent.objects.filter(status="pending").order_by("pk"))
+    for event in pending:
+        inbound_event_process(event.pk)
+    return [InboundEvent.objects.get(pk=event.pk) for event in pending]
+
+
+def deliver_webhook(client, graph, inbox, body):
+    """Meta calls the inbox's webhook with `body`; the stored events are then processed."""
+    response = graph.post_webhook(client, webhook_path(inbox), body)
+    assert response.status_code == 200
+    assert response.content == b"EVENT_RECEIVED"
+    return process_pending()
+
+
+def status_of(message) -> str:
+    from conversations.models import Message
+
+    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
+
+
+@pytest.fixture
+def graph():
+    """A loopback stand-in for Meta's Graph API (tests/providers.py)."""
+    from tests.providers import FakeGraph
+
+    fake = FakeGraph()
+    yield fake
+    fake.close()
+
+
 def database_url() -> str:
     """A URL for the test database, so a subprocess (a real Celery worker) uses it too."""
     db = connection.settings_dict

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 
@@ -225,6 +226,16 @@ class FakeTwilio(FakeProvider):
 
 
 # --- Meta Graph API (Messenger and WhatsApp) ----------------------------------------------------
+
+META_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "meta"
+
+
+def meta_payload(name: str, **values: str) -> bytes:
+    """A webhook body from tests/fixtures/meta, with its `{{key}}` slots filled in."""
+    raw = (META_FIXTURES / name).read_bytes()
+    for key, value in values.items():
+        raw = raw.replace(f"{{{{{key}}}}}".encode(), value.encode())
+    return raw
 
 
 def multipart_fields(request: Recorded) -> dict[str, tuple[str, str, bytes]]:

@@ -13,11 +13,7 @@ from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
 from conversations.realtime import conversation_group, team_group
-from tests.conftest import listen, receive, start_celery_worker, wait_for
-
-
-def status_of(message):
-    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
+from tests.conftest import listen, receive, start_celery_worker, status_of, wait_for
 
 
 class TestDeliver:

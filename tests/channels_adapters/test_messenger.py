@@ -5,7 +5,6 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import time_machine
@@ -16,32 +15,23 @@ from django.test import Client
 from channels_adapters.delivery import (
     attachment_fetch,
     identity_profile_fetch,
-    inbound_event_process,
     message_deliver,
 )
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Attachment, Channel, Identity, Inbox, Message
-from tests.conftest import receive, wait_for
-from tests.providers import FakeGraph
+from tests.conftest import (
+    deliver_webhook,
+    process_pending,
+    receive,
+    status_of,
+    wait_for,
+    webhook_path,
+)
+from tests.providers import FakeGraph, meta_payload
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "meta"
 PSID = "6254792914585671"  # the customer of most fixtures
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def fixture(name: str, **values: str) -> bytes:
-    raw = (FIXTURES / name).read_bytes()
-    for key, value in values.items():
-        raw = raw.replace(f"{{{{{key}}}}}".encode(), value.encode())
-    return raw
-
-
-@pytest.fixture
-def graph():
-    fake = FakeGraph()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
@@ -59,31 +49,8 @@ def page_inbox(support, graph):
     )
 
 
-def path(inbox) -> str:
-    return f"/channels/messenger/{inbox.pk}/webhook"
-
-
-def process_pending() -> list[InboundEvent]:
-    """What the worker does with stored events."""
-    pending = list(InboundEvent.objects.filter(status="pending").order_by("pk"))
-    for event in pending:
-        inbound_event_process(event.pk)
-    return [InboundEvent.objects.get(pk=event.pk) for event in pending]
-
-
-def deliver_webhook(client, graph, inbox, body) -> list[InboundEvent]:
-    response = graph.post_webhook(client, path(inbox), body)
-    assert response.status_code == 200
-    assert response.content == b"EVENT_RECEIVED"
-    return process_pending()
-
-
 def customer_wrote(inbox, text="Oi, preciso de ajuda", psid=PSID):
     return receive(inbox, text=text, address=psid).message.conversation
-
-
-def status_of(message) -> str:
-    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
 
 
 def sent_reply(inbox, bob, text="Claro! Vou verificar 🙂"):
@@ -102,7 +69,7 @@ def sent_reply(inbox, bob, text="Claro! Vou verificar 🙂"):
 class TestWebhookGate:
     def test_it_answers_metas_subscription_check_with_the_challenge(self, client, page_inbox):
         response = client.get(
-            path(page_inbox),
+            webhook_path(page_inbox),
             {
                 "hub.mode": "subscribe",
                 "hub.verify_token": "a-verify-token-we-chose",
@@ -123,7 +90,7 @@ class TestWebhookGate:
         ],
     )
     def test_it_refuses_a_subscription_check_without_our_token(self, client, page_inbox, params):
-        response = client.get(path(page_inbox), params)
+        response = client.get(webhook_path(page_inbox), params)
         assert response.status_code == 403
         assert b"1" not in response.content
 
@@ -131,7 +98,7 @@ class TestWebhookGate:
         page_inbox.credentials["verify_token"] = ""
         page_inbox.save()
         params = {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "7"}
-        assert client.get(path(page_inbox), params).status_code == 403
+        assert client.get(webhook_path(page_inbox), params).status_code == 403
 
     @pytest.mark.parametrize(
         "signature",
@@ -149,8 +116,8 @@ class TestWebhookGate:
     ):
         headers = {} if signature is None else {"HTTP_X_HUB_SIGNATURE_256": signature}
         response = client.post(
-            path(page_inbox),
-            data=fixture("messenger_text.json"),
+            webhook_path(page_inbox),
+            data=meta_payload("messenger_text.json"),
             content_type="application/json",
             **headers,
         )
@@ -161,7 +128,7 @@ class TestWebhookGate:
         other_app = FakeGraph(app_secret="someone-elses-secret")
         try:
             response = other_app.post_webhook(
-                client, path(page_inbox), fixture("messenger_text.json")
+                client, webhook_path(page_inbox), meta_payload("messenger_text.json")
             )
         finally:
             other_app.close()
@@ -169,10 +136,10 @@ class TestWebhookGate:
         assert not InboundEvent.objects.exists()
 
     def test_a_signature_for_another_body_is_refused(self, client, graph, page_inbox):
-        body = fixture("messenger_text.json")
+        body = meta_payload("messenger_text.json")
         tampered = body.replace(b"chegou", b"CHEGOU")
         response = client.post(
-            path(page_inbox),
+            webhook_path(page_inbox),
             data=tampered,
             content_type="application/json",
             HTTP_X_HUB_SIGNATURE_256=graph.sign(body),
@@ -195,7 +162,7 @@ class TestWebhookGate:
     def test_a_signature_over_non_ascii_bytes_is_accepted(
         self, client, graph, page_inbox, name, text
     ):
-        (event,) = deliver_webhook(client, graph, page_inbox, fixture(name))
+        (event,) = deliver_webhook(client, graph, page_inbox, meta_payload(name))
         assert event.status == InboundEvent.Status.PROCESSED
         assert event.message.text == text
 
@@ -212,12 +179,12 @@ class TestWebhookGate:
     def test_an_unreadable_body_gets_400_and_nothing_is_stored(
         self, client, graph, page_inbox, body
     ):
-        response = graph.post_webhook(client, path(page_inbox), body)
+        response = graph.post_webhook(client, webhook_path(page_inbox), body)
         assert response.status_code == 400
         assert not InboundEvent.objects.exists()
 
     def test_the_same_webhook_twice_makes_one_message(self, client, graph, page_inbox):
-        body = fixture("messenger_text.json")
+        body = meta_payload("messenger_text.json")
         deliver_webhook(client, graph, page_inbox, body)
         # Meta's retry may be serialised differently; the mid still identifies it.
         deliver_webhook(client, graph, page_inbox, json.dumps(json.loads(body), indent=1).encode())
@@ -226,14 +193,16 @@ class TestWebhookGate:
 
     def test_the_webhook_of_another_inbox_kind_is_not_found(self, client, graph, page_inbox):
         response = graph.post_webhook(
-            client, f"/channels/whatsapp/{page_inbox.pk}/webhook", fixture("messenger_text.json")
+            client,
+            f"/channels/whatsapp/{page_inbox.pk}/webhook",
+            meta_payload("messenger_text.json"),
         )
         assert response.status_code == 404
 
 
 @pytest.mark.django_db(transaction=True)
 def test_ten_concurrent_deliveries_of_one_message_store_it_once(graph, page_inbox):
-    body = fixture("messenger_text.json")
+    body = meta_payload("messenger_text.json")
     # Half the copies are re-serialised, as a retry from another Meta server may be.
     copies = [body if i % 2 else json.dumps(json.loads(body)).encode() for i in range(10)]
     start = threading.Barrier(len(copies))
@@ -241,7 +210,7 @@ def test_ten_concurrent_deliveries_of_one_message_store_it_once(graph, page_inbo
     def deliver(copy):
         try:
             start.wait(timeout=10)
-            return graph.post_webhook(Client(), path(page_inbox), copy).status_code
+            return graph.post_webhook(Client(), webhook_path(page_inbox), copy).status_code
         finally:
             connection.close()
 
@@ -261,7 +230,7 @@ def test_ten_concurrent_deliveries_of_one_message_store_it_once(graph, page_inbo
 @pytest.mark.django_db
 class TestInbound:
     def test_every_event_of_every_entry_in_a_batch_is_stored(self, client, graph, page_inbox):
-        (event,) = deliver_webhook(client, graph, page_inbox, fixture("messenger_batch.json"))
+        (event,) = deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
 
         assert event.status == InboundEvent.Status.PROCESSED
         messages = {m.provider_id: m for m in Message.objects.select_related("identity")}
@@ -280,7 +249,7 @@ class TestInbound:
         assert all(m.direction == Message.Direction.INBOUND for m in messages.values())
 
     def test_a_quick_reply_keeps_its_text_and_payload(self, client, graph, page_inbox):
-        deliver_webhook(client, graph, page_inbox, fixture("messenger_batch.json"))
+        deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
         message = Message.objects.get(provider_id="m_batch_2_quick")
         assert message.text == "Trocar por M"
         assert message.metadata["quick_reply_payload"] == "SIZE_M"
@@ -288,13 +257,13 @@ class TestInbound:
     def test_a_postback_shows_the_button_title_and_keeps_its_payload(
         self, client, graph, page_inbox
     ):
-        deliver_webhook(client, graph, page_inbox, fixture("messenger_batch.json"))
+        deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
         message = Message.objects.get(provider_id="m_batch_4_postback")
         assert message.text == "Falar com um atendente"
         assert message.metadata["postback_payload"] == "TALK_TO_HUMAN"
 
     def test_a_postback_without_a_mid_is_stored_once(self, client, graph, page_inbox):
-        body = fixture("messenger_postback_without_mid.json")
+        body = meta_payload("messenger_postback_without_mid.json")
         deliver_webhook(client, graph, page_inbox, body)
         # A redelivery with other spacing has another body hash; its provider id is the same.
         deliver_webhook(client, graph, page_inbox, json.dumps(json.loads(body)).encode())
@@ -310,7 +279,7 @@ class TestInbound:
         graph.media["/v/t1.15752-9/caixa_quebrada.jpg"] = (photo, "image/jpeg")
         url = f"{graph.url}/v/t1.15752-9/caixa_quebrada.jpg?_nc_cat=104&oh=00_AYD"
         deliver_webhook(
-            client, graph, page_inbox, fixture("messenger_attachments.json", MEDIA_URL=url)
+            client, graph, page_inbox, meta_payload("messenger_attachments.json", MEDIA_URL=url)
         )
 
         message = Message.objects.get()
@@ -334,7 +303,7 @@ class TestInbound:
         graph.media["/internal/secret.jpg"] = (b"internal", "image/jpeg")
         url = f"{graph.url}/internal/secret.jpg"
         deliver_webhook(
-            client, graph, page_inbox, fixture("messenger_attachments.json", MEDIA_URL=url)
+            client, graph, page_inbox, meta_payload("messenger_attachments.json", MEDIA_URL=url)
         )
 
         attachment = Attachment.objects.get()
@@ -350,7 +319,7 @@ class TestInbound:
         conversation = customer_wrote(page_inbox)
         assert conversation.waiting_since is not None
 
-        deliver_webhook(client, graph, page_inbox, fixture("messenger_echo.json"))
+        deliver_webhook(client, graph, page_inbox, meta_payload("messenger_echo.json"))
 
         echo = Message.objects.get(provider_id="m_echo_from_page_inbox")
         assert echo.direction == Message.Direction.OUTBOUND
@@ -365,7 +334,7 @@ class TestInbound:
         # The echo may be processed before the send's answer gave the reply its mid.
         conversation = customer_wrote(page_inbox)
         reply = services.reply_send(conversation=conversation, author=bob, text="Já vou ver")
-        echo = json.loads(fixture("messenger_echo.json"))
+        echo = json.loads(meta_payload("messenger_echo.json"))
         echo["entry"][0]["messaging"][0]["message"].update(
             mid="m_echo_of_our_send", text=reply.text, metadata=f"threadline:{reply.pk}"
         )
@@ -378,18 +347,18 @@ class TestInbound:
     def test_events_for_another_page_are_skipped(self, client, graph, page_inbox):
         page_inbox.settings["page_id"] = "9999999999"
         page_inbox.save()
-        (event,) = deliver_webhook(client, graph, page_inbox, fixture("messenger_text.json"))
+        (event,) = deliver_webhook(client, graph, page_inbox, meta_payload("messenger_text.json"))
         assert event.status == InboundEvent.Status.IGNORED
         assert not Message.objects.exists()
 
     def test_the_customers_name_is_looked_up_once(self, client, graph, page_inbox):
         graph.profiles[PSID] = {"first_name": "João", "last_name": "Silva"}
-        deliver_webhook(client, graph, page_inbox, fixture("messenger_text.json"))
+        deliver_webhook(client, graph, page_inbox, meta_payload("messenger_text.json"))
         identity = Identity.objects.get(kind=Channel.MESSENGER, address=PSID)
 
         assert identity_profile_fetch(identity.pk) is True
         assert identity_profile_fetch(identity.pk) is False
-        deliver_webhook(client, graph, page_inbox, fixture("messenger_batch.json"))
+        deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
         identity_profile_fetch(identity.pk)
 
         identity.refresh_from_db()
@@ -413,7 +382,10 @@ class TestReceipts:
     def test_a_delivery_receipt_marks_the_reply_delivered(self, client, graph, page_inbox, bob):
         reply = sent_reply(page_inbox, bob)
         deliver_webhook(
-            client, graph, page_inbox, fixture("messenger_delivery.json", MID=reply.provider_id)
+            client,
+            graph,
+            page_inbox,
+            meta_payload("messenger_delivery.json", MID=reply.provider_id),
         )
         reply.refresh_from_db()
         assert reply.status == Message.Status.DELIVERED
@@ -430,7 +402,7 @@ class TestReceipts:
                 reply = services.reply_send(conversation=conversation, author=bob, text="Oi")
                 message_deliver(reply.pk)
                 replies.append(reply)
-        read = json.loads(fixture("messenger_read.json"))
+        read = json.loads(meta_payload("messenger_read.json"))
         read["entry"][0]["messaging"][0]["read"]["watermark"] = ms(START + timedelta(minutes=2))
 
         with time_machine.travel(START + timedelta(minutes=11), tick=False):
@@ -443,7 +415,7 @@ class TestReceipts:
     ):
         with time_machine.travel(START, tick=False):
             reply = sent_reply(page_inbox, bob)
-        delivery = json.loads(fixture("messenger_delivery.json"))
+        delivery = json.loads(meta_payload("messenger_delivery.json"))
         receipt = delivery["entry"][0]["messaging"][0]["delivery"]
         del receipt["mids"]
         receipt["watermark"] = ms(START + timedelta(seconds=5))
@@ -457,13 +429,13 @@ class TestReceipts:
     ):
         with time_machine.travel(START, tick=False):
             reply = sent_reply(page_inbox, bob)
-        read = json.loads(fixture("messenger_read.json"))
+        read = json.loads(meta_payload("messenger_read.json"))
         read["entry"][0]["messaging"][0]["read"]["watermark"] = ms(START + timedelta(minutes=1))
         deliver_webhook(client, graph, page_inbox, read)
         assert status_of(reply) == Message.Status.READ
 
         # The delivery receipt overtaken by the read one arrives, then both again.
-        delivered = fixture("messenger_delivery.json", MID=reply.provider_id)
+        delivered = meta_payload("messenger_delivery.json", MID=reply.provider_id)
         deliver_webhook(client, graph, page_inbox, delivered)
         deliver_webhook(client, graph, page_inbox, json.dumps(json.loads(delivered)).encode())
         read["entry"][0]["time"] += 1  # a new delivery of the same watermark
@@ -676,7 +648,9 @@ def test_the_worker_stores_the_message_names_the_customer_and_delivers_the_reply
     embedded_worker, client, graph, page_inbox, bob
 ):
     graph.profiles[PSID] = {"first_name": "João", "last_name": "Silva"}
-    response = graph.post_webhook(client, path(page_inbox), fixture("messenger_text.json"))
+    response = graph.post_webhook(
+        client, webhook_path(page_inbox), meta_payload("messenger_text.json")
+    )
     assert response.status_code == 200
 
     message = wait_for(

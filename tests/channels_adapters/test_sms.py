@@ -26,7 +26,7 @@ from conversations.models import (
     Inbox,
     Message,
 )
-from tests.conftest import wait_for
+from tests.conftest import wait_for, webhook_path
 from tests.providers import FakeTwilio
 
 CUSTOMER = "+351912345678"
@@ -84,13 +84,9 @@ def status_callback(sid, status, **extra):
     }
 
 
-def webhook(inbox):
-    return f"/channels/sms/{inbox.pk}/webhook"
-
-
 def deliver(twilio, client, inbox, params):
     """Twilio calls the webhook; the stored event is processed as the task would."""
-    response = twilio.post_webhook(client, webhook(inbox), params)
+    response = twilio.post_webhook(client, webhook_path(inbox), params)
     assert response.status_code == 200, response.content
     event = InboundEvent.objects.filter(inbox=inbox).order_by("-id").first()
     return inbound_event_process(event.pk) or event
@@ -106,7 +102,7 @@ def reply(conversation, agent, text="Vamos verificar, obrigado!", **kwargs):
 @pytest.mark.django_db
 class TestIncoming:
     def test_an_sms_opens_a_conversation_and_gets_empty_twiml(self, client, twilio, sms_inbox):
-        response = twilio.post_webhook(client, webhook(sms_inbox), incoming())
+        response = twilio.post_webhook(client, webhook_path(sms_inbox), incoming())
         assert response.status_code == 200
         assert response["Content-Type"] == "text/xml"
         assert b"<Response></Response>" in response.content
@@ -129,7 +125,7 @@ class TestIncoming:
     )
     def test_an_unsigned_or_forged_webhook_is_refused(self, client, sms_inbox, headers):
         response = client.post(
-            webhook(sms_inbox),
+            webhook_path(sms_inbox),
             data="MessageSid=SM1&From=%2B351912345678&Body=hi&SmsStatus=received",
             content_type="application/x-www-form-urlencoded",
             **headers,
@@ -140,13 +136,15 @@ class TestIncoming:
     def test_a_signature_for_another_url_or_token_is_refused(self, client, sms_inbox):
         other = FakeTwilio(auth_token="another-account-token")
         try:
-            assert other.post_webhook(client, webhook(sms_inbox), incoming()).status_code == 403
+            assert (
+                other.post_webhook(client, webhook_path(sms_inbox), incoming()).status_code == 403
+            )
         finally:
             other.close()
         twilio = FakeTwilio(auth_token=sms_inbox.credentials["auth_token"])
         try:
             response = twilio.post_webhook(
-                client, webhook(sms_inbox), incoming(), signed_url="https://evil.example/x"
+                client, webhook_path(sms_inbox), incoming(), signed_url="https://evil.example/x"
             )
             assert response.status_code == 403
         finally:
@@ -157,7 +155,7 @@ class TestIncoming:
         self, client, twilio, sms_inbox, settings
     ):
         settings.PUBLIC_URL = "https://help.acme.example"
-        path = webhook(sms_inbox)
+        path = webhook_path(sms_inbox)
         signed_url = f"https://help.acme.example{path}"
         response = twilio.post_webhook(client, path, incoming(), signed_url=signed_url)
         assert response.status_code == 200
@@ -165,7 +163,9 @@ class TestIncoming:
         assert twilio.post_webhook(client, path, incoming(sid="SM9")).status_code == 403
 
     def test_a_signed_body_without_message_sid_is_a_400(self, client, twilio, sms_inbox):
-        response = twilio.post_webhook(client, webhook(sms_inbox), {"From": CUSTOMER, "Body": "x"})
+        response = twilio.post_webhook(
+            client, webhook_path(sms_inbox), {"From": CUSTOMER, "Body": "x"}
+        )
         assert response.status_code == 400
         assert b"MessageSid" in response.content
         assert not InboundEvent.objects.exists()
@@ -423,7 +423,9 @@ def test_ten_concurrent_deliveries_of_one_sms_store_one_message(twilio, sms_inbo
     def post():
         barrier.wait()
         try:
-            statuses.append(twilio.post_webhook(Client(), webhook(sms_inbox), params).status_code)
+            statuses.append(
+                twilio.post_webhook(Client(), webhook_path(sms_inbox), params).status_code
+            )
         finally:
             connection.close()
 
@@ -442,12 +444,12 @@ def test_ten_concurrent_deliveries_of_one_sms_store_one_message(twilio, sms_inbo
 def test_end_to_end_with_the_worker(twilio, sms_inbox, bob, embedded_worker, settings):
     settings.PUBLIC_URL = "http://testserver"
     client = Client()
-    assert twilio.post_webhook(client, webhook(sms_inbox), incoming()).status_code == 200
+    assert twilio.post_webhook(client, webhook_path(sms_inbox), incoming()).status_code == 200
     message = wait_for(lambda: Message.objects.filter(channel=Channel.SMS).first())
     answer = services.reply_send(conversation=message.conversation, author=bob, text="On it")
     sent = wait_for(lambda: Message.objects.filter(pk=answer.pk, status="sent").first())
     callback = status_callback(sent.provider_id, "delivered")
-    assert twilio.post_webhook(client, webhook(sms_inbox), callback).status_code == 200
+    assert twilio.post_webhook(client, webhook_path(sms_inbox), callback).status_code == 200
     wait_for(lambda: Message.objects.filter(pk=answer.pk, status="delivered").exists())
     assert timezone.now() - sent.sent_at < timedelta(minutes=1)
 

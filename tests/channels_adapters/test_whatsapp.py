@@ -5,7 +5,6 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import time_machine
@@ -13,32 +12,24 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
 
-from channels_adapters.delivery import attachment_fetch, inbound_event_process, message_deliver
+from channels_adapters.delivery import attachment_fetch, message_deliver
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Attachment, Channel, Inbox, Message
-from tests.conftest import receive, wait_for
-from tests.providers import FakeGraph, multipart_fields
+from tests.conftest import (
+    deliver_webhook,
+    process_pending,
+    receive,
+    status_of,
+    wait_for,
+    webhook_path,
+)
+from tests.providers import FakeGraph, meta_payload, multipart_fields
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "meta"
 NUMBER = "5511987654321"  # João, in most fixtures
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 JPEG = b"\xff\xd8\xff\xe0" + b"jpeg" * 64
 PDF = b"%PDF-1.4\n% nota fiscal\n"
-
-
-def fixture(name: str, **values: str) -> bytes:
-    raw = (FIXTURES / name).read_bytes()
-    for key, value in values.items():
-        raw = raw.replace(f"{{{{{key}}}}}".encode(), value.encode())
-    return raw
-
-
-@pytest.fixture
-def graph():
-    fake = FakeGraph()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
@@ -68,30 +59,8 @@ def wa_inbox(support, graph):
     )
 
 
-def path(inbox) -> str:
-    return f"/channels/whatsapp/{inbox.pk}/webhook"
-
-
-def process_pending() -> list[InboundEvent]:
-    pending = list(InboundEvent.objects.filter(status="pending").order_by("pk"))
-    for event in pending:
-        inbound_event_process(event.pk)
-    return [InboundEvent.objects.get(pk=event.pk) for event in pending]
-
-
-def deliver_webhook(client, graph, inbox, body) -> list[InboundEvent]:
-    response = graph.post_webhook(client, path(inbox), body)
-    assert response.status_code == 200
-    assert response.content == b"EVENT_RECEIVED"
-    return process_pending()
-
-
 def customer_wrote(inbox, text="Oi, tudo bem?", number=NUMBER):
     return receive(inbox, text=text, address=number).message.conversation
-
-
-def status_of(message) -> str:
-    return Message.objects.values_list("status", flat=True).get(pk=message.pk)
 
 
 def sent_reply(inbox, bob, text="Olá João! Vou verificar 🙂"):
@@ -109,11 +78,11 @@ def sent_reply(inbox, bob, text="Olá João! Vou verificar 🙂"):
 class TestWebhookGate:
     def test_it_answers_metas_subscription_check(self, client, wa_inbox):
         params = {"hub.mode": "subscribe", "hub.verify_token": "wa-verify-token"}
-        response = client.get(path(wa_inbox), {**params, "hub.challenge": "987654"})
+        response = client.get(webhook_path(wa_inbox), {**params, "hub.challenge": "987654"})
         assert response.status_code == 200
         assert response.content == b"987654"
         wrong = {**params, "hub.verify_token": "wa-verify-tokeN", "hub.challenge": "987654"}
-        assert client.get(path(wa_inbox), wrong).status_code == 403
+        assert client.get(webhook_path(wa_inbox), wrong).status_code == 403
 
     @pytest.mark.parametrize("signature", [None, "sha256=" + "f" * 64, "sha256=zz"])
     def test_a_missing_or_bad_signature_is_refused_and_nothing_stored(
@@ -121,8 +90,8 @@ class TestWebhookGate:
     ):
         headers = {} if signature is None else {"HTTP_X_HUB_SIGNATURE_256": signature}
         response = client.post(
-            path(wa_inbox),
-            data=fixture("whatsapp_text.json"),
+            webhook_path(wa_inbox),
+            data=meta_payload("whatsapp_text.json"),
             content_type="application/json",
             **headers,
         )
@@ -134,7 +103,9 @@ class TestWebhookGate:
         wa_inbox.save()
         unsigned = FakeGraph(app_secret="")
         try:
-            response = unsigned.post_webhook(client, path(wa_inbox), fixture("whatsapp_text.json"))
+            response = unsigned.post_webhook(
+                client, webhook_path(wa_inbox), meta_payload("whatsapp_text.json")
+            )
         finally:
             unsigned.close()
         assert response.status_code == 403
@@ -150,7 +121,7 @@ class TestWebhookGate:
     def test_raw_and_escaped_non_ascii_bodies_are_accepted(
         self, client, graph, wa_inbox, name, text, customer
     ):
-        (event,) = deliver_webhook(client, graph, wa_inbox, fixture(name))
+        (event,) = deliver_webhook(client, graph, wa_inbox, meta_payload(name))
         assert event.status == InboundEvent.Status.PROCESSED
         assert event.message.text == text
         assert event.message.conversation.customer.name == customer
@@ -159,26 +130,26 @@ class TestWebhookGate:
         "body", [b"", b"{", b'{"object": "page", "entry": []}', b'"whatsapp_business_account"']
     )
     def test_an_unreadable_body_gets_400_and_nothing_is_stored(self, client, graph, wa_inbox, body):
-        assert graph.post_webhook(client, path(wa_inbox), body).status_code == 400
+        assert graph.post_webhook(client, webhook_path(wa_inbox), body).status_code == 400
         assert not InboundEvent.objects.exists()
 
     def test_the_same_webhook_twice_makes_one_message(self, client, graph, wa_inbox):
-        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
-        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_text.json"))
+        deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_text.json"))
         assert InboundEvent.objects.count() == 1
         assert Message.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
 def test_ten_concurrent_deliveries_of_one_message_store_it_once(graph, wa_inbox):
-    body = fixture("whatsapp_text.json")
+    body = meta_payload("whatsapp_text.json")
     copies = [body if i % 2 else json.dumps(json.loads(body)).encode() for i in range(10)]
     start = threading.Barrier(len(copies))
 
     def deliver(copy):
         try:
             start.wait(timeout=10)
-            return graph.post_webhook(Client(), path(wa_inbox), copy).status_code
+            return graph.post_webhook(Client(), webhook_path(wa_inbox), copy).status_code
         finally:
             connection.close()
 
@@ -198,14 +169,14 @@ class TestInbound:
     def test_the_number_becomes_an_e164_identity_shared_with_sms(self, client, graph, wa_inbox):
         texted = services.identity_get_or_create(kind=Channel.SMS, address="+55 11 98765-4321")
 
-        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        (event,) = deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_text.json"))
 
         identity = event.message.identity
         assert (identity.kind, identity.address) == (Channel.WHATSAPP, "+5511987654321")
         assert identity.customer == texted.customer
 
     def test_every_message_of_every_entry_in_a_batch_is_stored(self, client, graph, wa_inbox):
-        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_batch.json"))
+        (event,) = deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_batch.json"))
 
         assert event.status == InboundEvent.Status.PROCESSED
         stored = {
@@ -223,7 +194,7 @@ class TestInbound:
         graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
         graph.add_whatsapp_media("1003383421387257", PDF, "application/pdf")
 
-        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_media.json"))
+        deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_media.json"))
 
         image = Message.objects.get(provider_id="wamid.media.image.1")
         document = Message.objects.get(provider_id="wamid.media.document.2")
@@ -242,7 +213,7 @@ class TestInbound:
         assert all(r.headers["authorization"] == f"Bearer {graph.token}" for r in downloads)
 
     def test_a_photo_without_a_caption_is_stored(self, client, graph, wa_inbox):
-        body = json.loads(fixture("whatsapp_media.json"))
+        body = json.loads(meta_payload("whatsapp_media.json"))
         messages = body["entry"][0]["changes"][0]["value"]["messages"]
         del messages[1]
         del messages[0]["image"]["caption"]
@@ -257,7 +228,7 @@ class TestInbound:
     ):
         settings.MEDIA_FETCH_ALLOW_PRIVATE = False
         graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
-        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_media.json"))
+        deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_media.json"))
 
         attachment = Attachment.objects.get(source="1003383421387256")
         assert attachment_fetch(attachment.pk) == "failed"
@@ -267,7 +238,7 @@ class TestInbound:
         assert not [r for r in graph.requests if r.path.startswith("/wa/")]
 
     def test_locations_contacts_and_replies_become_readable_text(self, client, graph, wa_inbox):
-        deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_kinds.json"))
+        deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_kinds.json"))
 
         stored = {m.provider_id: m for m in Message.objects.all()}
         location = stored["wamid.kinds.location"]
@@ -300,7 +271,7 @@ class TestInbound:
     def test_changes_for_another_business_number_are_skipped(self, client, graph, wa_inbox):
         wa_inbox.settings["phone_number_id"] = "999000999000"
         wa_inbox.save()
-        (event,) = deliver_webhook(client, graph, wa_inbox, fixture("whatsapp_text.json"))
+        (event,) = deliver_webhook(client, graph, wa_inbox, meta_payload("whatsapp_text.json"))
         assert event.status == InboundEvent.Status.IGNORED
         assert not Message.objects.exists()
 
@@ -314,7 +285,7 @@ class TestStatuses:
         self, client, graph, wa_inbox, bob
     ):
         reply = sent_reply(wa_inbox, bob)
-        body = json.loads(fixture("whatsapp_statuses.json", WAMID=reply.provider_id))
+        body = json.loads(meta_payload("whatsapp_statuses.json", WAMID=reply.provider_id))
         deliver_webhook(client, graph, wa_inbox, body)  # read, delivered, sent: in that order
         assert status_of(reply) == Message.Status.READ
 
@@ -329,7 +300,7 @@ class TestStatuses:
 
     def test_delivered_then_read_for_one_message_are_two_events(self, client, graph, wa_inbox, bob):
         reply = sent_reply(wa_inbox, bob)
-        body = json.loads(fixture("whatsapp_statuses.json", WAMID=reply.provider_id))
+        body = json.loads(meta_payload("whatsapp_statuses.json", WAMID=reply.provider_id))
         value = body["entry"][0]["changes"][0]["value"]
         read, delivered, _ = value["statuses"]
 
@@ -345,7 +316,7 @@ class TestStatuses:
     ):
         reply = sent_reply(wa_inbox, bob)
         deliver_webhook(
-            client, graph, wa_inbox, fixture("whatsapp_failed.json", WAMID=reply.provider_id)
+            client, graph, wa_inbox, meta_payload("whatsapp_failed.json", WAMID=reply.provider_id)
         )
         reply.refresh_from_db()
         assert reply.status == Message.Status.FAILED
@@ -512,7 +483,9 @@ def test_the_worker_stores_a_photo_and_fetches_it(
     graph.add_whatsapp_media("1003383421387256", JPEG, "image/jpeg")
     graph.add_whatsapp_media("1003383421387257", PDF, "application/pdf")
 
-    response = graph.post_webhook(client, path(wa_inbox), fixture("whatsapp_media.json"))
+    response = graph.post_webhook(
+        client, webhook_path(wa_inbox), meta_payload("whatsapp_media.json")
+    )
     assert response.status_code == 200
 
     def both_fetched():
