@@ -28,9 +28,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
+from harness import fresh_pg_database
+
 REPO = Path(__file__).resolve().parent.parent
 PEER_VENV = Path(os.environ.get("PEER_VENV", "/tmp/threadline-bench-django-helpdesk"))
-PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/")
 
 PHRASES = {
     "en": [
@@ -361,15 +362,6 @@ def run_worker(python, name, corpus, database_url="", extra=()):
     if result.returncode:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def fresh_pg_database(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG_URL + "postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_URL + name
 
 
 def ensure_peer_venv() -> Path:

@@ -37,7 +37,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,8 +46,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from harness import PG_URL, Connections, free_port, fresh_pg_database, percentile
+
 REPO = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 DB_NAME = "threadline_bench_inbox"
 
@@ -92,21 +92,6 @@ Navarro Torres Smith Johnson Brown Taylor Wilson Davies Evans Walker Almeida Car
 Gomes Mercier Blanc Ruiz Ortega Murphy""".split()
 LANGUAGES = ["en", "pt", "fr", "es"]
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fresh_pg_database(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG_URL + "postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_URL + name
 
 
 def migrate_and_setup(env: dict) -> None:
@@ -662,54 +647,7 @@ def requests_for(plan: dict, agents: list[dict], rng: random.Random) -> list[tup
     return one
 
 
-class Connections:
-    """Keep-alive HTTP/1.1 connections, written by hand (see bench/webhook_ack.py)."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.idle: list = []
-
-    async def get(self, path: str, cookie: str) -> tuple[int, bytes]:
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nCookie: {cookie}\r\n\r\n"
-        ).encode()
-        status_line = b""
-        while not status_line:  # an idle connection the server closed: take another
-            if self.idle:
-                reader, writer = self.idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port, limit=2**20)
-            writer.write(request)
-            try:
-                status_line = await reader.readline()
-            except ConnectionError:
-                continue
-        length, chunked = 0, False
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if chunked:
-            body = b""
-            while size := int((await reader.readline()).strip(), 16):
-                body += await reader.readexactly(size)
-                await reader.readline()
-            await reader.readline()
-        else:
-            body = await reader.readexactly(length)
-        self.idle.append((reader, writer))
-        return int(status_line.split()[1]), body
-
-
 PAGER = re.compile(rb'class="pager"><a href="\?([^"]+)"')
-
-
-def percentile(values, share):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def measure(port: int, plan: dict, agents: list[dict], args) -> dict:
@@ -721,7 +659,7 @@ def measure(port: int, plan: dict, agents: list[dict], args) -> dict:
         connections = Connections("127.0.0.1", port)
         for _ in range(300):
             try:
-                await connections.get("/healthz", "")
+                await connections.request("GET", "/healthz")
                 break
             except OSError:
                 await asyncio.sleep(0.1)
@@ -729,7 +667,9 @@ def measure(port: int, plan: dict, agents: list[dict], args) -> dict:
         second_pages = {}
         for agent in agents:
             for view in ("mine", "unassigned", "teams", "all"):
-                status, body = await connections.get(f"/inbox/?view={view}", agent["cookie"])
+                status, body = await connections.request(
+                    "GET", f"/inbox/?view={view}", headers={"Cookie": agent["cookie"]}
+                )
                 assert status == 200, (status, body[:200])
                 if found := PAGER.search(body):
                     second_pages[agent["cookie"], view] = "/inbox/?" + html.unescape(
@@ -739,7 +679,7 @@ def measure(port: int, plan: dict, agents: list[dict], args) -> dict:
             kind, label, path, cookie = next_request()
             if isinstance(path, tuple):
                 continue
-            await connections.get(path, cookie)
+            await connections.request("GET", path, headers={"Cookie": cookie})
 
         nonlocal started
         started = time.perf_counter()
@@ -753,7 +693,7 @@ def measure(port: int, plan: dict, agents: list[dict], args) -> dict:
                     if path is None:
                         continue
                 started = time.perf_counter()
-                status, _ = await connections.get(path, cookie)
+                status, _ = await connections.request("GET", path, headers={"Cookie": cookie})
                 results[label].append((kind, (time.perf_counter() - started) * 1000, status))
                 if args.think:
                     await asyncio.sleep(rng.expovariate(1 / args.think))

@@ -41,33 +41,18 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from harness import Connections, free_port, fresh_pg_database, percentile
+
 REPO = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 AUTH_TOKEN = "bench-auth-token"
 ACCOUNT = "AC" + "b" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fresh_pg_database(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG_URL + "postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_URL + name
 
 
 def setup_django(env: dict) -> int:
@@ -123,48 +108,14 @@ def twilio_requests(url: str, count: int, replay_share: float) -> tuple[list, se
     return requests, sids
 
 
-class Connections:
-    """Keep-alive HTTP/1.1 connections, written by hand: a Python HTTP client costs about as
-    much CPU per request as the server, on the same two cores, and would measure itself."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.idle: list = []
-
-    async def post(self, path: str, body: bytes, headers: dict) -> int:
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{head}"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        status_line = b""
-        while not status_line:  # an idle connection the server closed: take another
-            if self.idle:
-                reader, writer = self.idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            writer.write(request)
-            try:
-                status_line = await reader.readline()
-            except ConnectionError:
-                continue
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await reader.readexactly(length)
-        self.idle.append((reader, writer))
-        return int(status_line.split()[1])
-
-
 async def send(connections, path, body, signature) -> int:
-    return await connections.post(
+    status, _ = await connections.request(
+        "POST",
         path,
         body,
         {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
     )
+    return status
 
 
 async def open_loop(connections, path, requests, rate) -> tuple[list[float], list[int]]:
@@ -197,11 +148,6 @@ async def closed_loop(connections, path, requests, concurrency) -> float:
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(requests) / (time.perf_counter() - started)
-
-
-def percentile(values, share):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main():
@@ -256,7 +202,7 @@ def main():
         connections = Connections("127.0.0.1", port)
         for _ in range(300):  # wait for the server
             try:
-                await connections.post("/bench/floor", b"", {})
+                await connections.request("POST", "/bench/floor")
                 break
             except OSError:
                 await asyncio.sleep(0.1)
