@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
@@ -32,6 +33,17 @@ def bearer_secret_matches(inbox: Inbox, authorization: str) -> bool:
         and bool(token)
         and hmac.compare_digest(token.encode(), inbox.secret.encode())
     )
+
+
+def json_object(body: bytes) -> dict:
+    """The JSON object a provider or integrator posted, or InvalidPayload saying why not."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidPayload(f"Body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidPayload("Body must be a JSON object.")
+    return data
 
 
 class DeliveryError(Exception):

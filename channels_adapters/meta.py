@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 
 import httpx
 from django.http import HttpResponse
 
-from channels_adapters.base import DeliveryError, InvalidPayload, PermanentError, TransientError
+from channels_adapters.base import (
+    Adapter,
+    DeliveryError,
+    InvalidPayload,
+    PermanentError,
+    TransientError,
+    json_object,
+)
 
 DEFAULT_API_BASE_URL = "https://graph.facebook.com/v21.0"
 SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
@@ -44,46 +50,43 @@ def credential(inbox, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def signature_valid(inbox, body: bytes, header: str) -> bool:
-    """`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with the app secret>`.
-    The HMAC covers the bytes as sent: Meta escapes non-ASCII (`\\u00e9`) in some payloads and
-    not in others, so the body is never decoded or re-encoded before checking."""
-    secret = credential(inbox, "app_secret")
-    match = SIGNATURE.fullmatch((header or "").strip())
-    if not secret or not match:
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), match.group(1).lower().encode())
+class MetaAdapter(Adapter):
+    """The webhook side both Meta channels share: the signature, the subscription check and
+    the acknowledgement Meta expects."""
 
+    def verify(self, inbox, *, body, headers, url):
+        """`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with the app
+        secret>`. The HMAC covers the bytes as sent: Meta escapes non-ASCII (`\\u00e9`) in
+        some payloads and not in others, so the body is never decoded or re-encoded first."""
+        secret = credential(inbox, "app_secret")
+        match = SIGNATURE.fullmatch((headers.get("X-Hub-Signature-256") or "").strip())
+        if not secret or not match:
+            return False
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected.encode(), match.group(1).lower().encode())
 
-def handshake(inbox, params) -> HttpResponse:
-    """Meta's subscription check: `hub.mode=subscribe` and our verify token get
-    `hub.challenge` back; anything else is refused."""
-    expected = credential(inbox, "verify_token")
-    given = params.get("hub.verify_token") or ""
-    challenge = params.get("hub.challenge") or ""
-    if (
-        params.get("hub.mode") == "subscribe"
-        and expected
-        and hmac.compare_digest(expected.encode(), given.encode())
-        and challenge
-    ):
-        return HttpResponse(challenge[:200], content_type="text/plain; charset=utf-8")
-    return HttpResponse("Verification failed.", status=403, content_type="text/plain")
+    def handshake(self, inbox, params):
+        """Meta's subscription check: `hub.mode=subscribe` and our verify token get
+        `hub.challenge` back; anything else is refused."""
+        expected = credential(inbox, "verify_token")
+        given = params.get("hub.verify_token") or ""
+        challenge = params.get("hub.challenge") or ""
+        if (
+            params.get("hub.mode") == "subscribe"
+            and expected
+            and hmac.compare_digest(expected.encode(), given.encode())
+            and challenge
+        ):
+            return HttpResponse(challenge[:200], content_type="text/plain; charset=utf-8")
+        return HttpResponse("Verification failed.", status=403, content_type="text/plain")
 
-
-def webhook_answer() -> HttpResponse:
-    return HttpResponse("EVENT_RECEIVED", content_type="text/plain")
+    def webhook_answer(self):
+        return HttpResponse("EVENT_RECEIVED", content_type="text/plain")
 
 
 def decode_webhook(body: bytes, expected_object: str) -> dict:
     """The webhook's JSON object, or InvalidPayload saying what is wrong with it."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidPayload(f"Body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidPayload("Body must be a JSON object.")
+    data = json_object(body)
     if data.get("object") != expected_object:
         raise InvalidPayload(f"Expected object {expected_object!r}, got {data.get('object')!r}.")
     if not isinstance(data.get("entry", []), list):

@@ -2,7 +2,7 @@ import logging
 
 from django.conf import settings
 from django.core import signing
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -13,6 +13,7 @@ from channels_adapters.delivery import inbound_event_store
 from channels_adapters.registry import adapter_for
 from channels_adapters.tasks import process_inbound_event
 from conversations.models import Attachment, Channel, Inbox
+from conversations.views import attachment_as_download
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,4 @@ def provider_media(request, token: str):
     except signing.BadSignature as exc:
         raise Http404("No such media.") from exc
     attachment = get_object_or_404(Attachment, pk=pk, message__direction="outbound")
-    response = FileResponse(
-        attachment.file.open("rb"),
-        as_attachment=True,
-        filename=attachment.filename,
-        content_type=attachment.content_type,
-    )
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
+    return attachment_as_download(attachment)

@@ -493,6 +493,11 @@ def attachment_download(request, attachment_id: int):
     )
     if not attachment.file:
         raise Http404("This file has not been fetched.")
+    return attachment_as_download(attachment)
+
+
+def attachment_as_download(attachment: Attachment) -> FileResponse:
+    """A stored file as a download under its own name and type, never rendered in place."""
     response = FileResponse(
         attachment.file.open("rb"),
         as_attachment=True,

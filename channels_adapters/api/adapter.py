@@ -1,6 +1,10 @@
-import json
-
-from channels_adapters.base import Adapter, Capabilities, InvalidPayload, bearer_secret_matches
+from channels_adapters.base import (
+    Adapter,
+    Capabilities,
+    InvalidPayload,
+    bearer_secret_matches,
+    json_object,
+)
 from conversations.models import Channel
 from conversations.services import InboundMessage
 
@@ -23,12 +27,7 @@ class ApiAdapter(Adapter):
     @staticmethod
     def decode(body: bytes) -> dict:
         """The JSON object of a request, or InvalidPayload saying what is wrong with it."""
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidPayload(f"Body is not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidPayload("Body must be a JSON object.")
+        data = json_object(body)
         for key in ("id", "from", "text"):
             if not isinstance(data.get(key), str) or not data[key].strip():
                 raise InvalidPayload(f"Field {key!r} is required and must be a string.")

@@ -29,7 +29,6 @@ from django.utils import timezone
 
 from channels_adapters import meta
 from channels_adapters.base import (
-    Adapter,
     Capabilities,
     DeliveryError,
     PermanentError,
@@ -67,21 +66,12 @@ def _attachment_kind(content_type: str) -> str:
     return major if major in ("image", "video", "audio") else "file"
 
 
-class MessengerAdapter(Adapter):
+class MessengerAdapter(meta.MetaAdapter):
     kind = Channel.MESSENGER
     capabilities = Capabilities(attachments=True, max_length=MAX_TEXT)
     fetches_profiles = True
 
     # --- Webhooks ---------------------------------------------------------------------------
-
-    def verify(self, inbox, *, body, headers, url):
-        return meta.signature_valid(inbox, body, headers.get("X-Hub-Signature-256", ""))
-
-    def handshake(self, inbox, params):
-        return meta.handshake(inbox, params)
-
-    def webhook_answer(self):
-        return meta.webhook_answer()
 
     def webhook_key(self, inbox, body, content_type):
         """One event carrying a message id: that id, so Meta's retries and a replay with

@@ -32,7 +32,6 @@ from django.utils import timezone
 
 from channels_adapters import meta
 from channels_adapters.base import (
-    Adapter,
     Capabilities,
     DeliveryError,
     FetchedMedia,
@@ -87,20 +86,11 @@ def _filename(kind: str, mime_type: str, given) -> str:
     return f"{kind}{extension}"
 
 
-class WhatsAppAdapter(Adapter):
+class WhatsAppAdapter(meta.MetaAdapter):
     kind = Channel.WHATSAPP
     capabilities = Capabilities(attachments=True, max_length=MAX_TEXT, templates=True)
 
     # --- Webhooks ---------------------------------------------------------------------------
-
-    def verify(self, inbox, *, body, headers, url):
-        return meta.signature_valid(inbox, body, headers.get("X-Hub-Signature-256", ""))
-
-    def handshake(self, inbox, params):
-        return meta.handshake(inbox, params)
-
-    def webhook_answer(self):
-        return meta.webhook_answer()
 
     def webhook_key(self, inbox, body, content_type):
         """One message: its wamid; one status: wamid and status (a message is sent, then
