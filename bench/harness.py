@@ -5,6 +5,11 @@ request as the server it measures, on the same two cores)."""
 import asyncio
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/")
 
@@ -23,6 +28,19 @@ def fresh_pg_database(name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return PG_URL + name
+
+
+def migrate_and_setup(env: dict) -> None:
+    """Point this process at the benchmark's database, migrate it and set Django up."""
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env={**os.environ}, check=True
+    )
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
 
 
 def percentile(values, share):

@@ -46,7 +46,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from harness import PG_URL, Connections, free_port, fresh_pg_database, percentile
+from harness import (
+    PG_URL,
+    Connections,
+    free_port,
+    fresh_pg_database,
+    migrate_and_setup,
+    percentile,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -92,18 +99,6 @@ Navarro Torres Smith Johnson Brown Taylor Wilson Davies Evans Walker Almeida Car
 Gomes Mercier Blanc Ruiz Ortega Murphy""".split()
 LANGUAGES = ["en", "pt", "fr", "es"]
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def migrate_and_setup(env: dict) -> None:
-    os.environ.update(env)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env={**os.environ}, check=True
-    )
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
 
 
 # --- Fill ------------------------------------------------------------------------------------

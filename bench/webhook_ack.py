@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from harness import Connections, free_port, fresh_pg_database, percentile
+from harness import Connections, free_port, fresh_pg_database, migrate_and_setup, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -57,15 +57,7 @@ ACCOUNT = "AC" + "b" * 32
 
 def setup_django(env: dict) -> int:
     """Migrate the fresh database and create the SMS inbox; returns its id."""
-    os.environ.update(env)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env={**os.environ}, check=True
-    )
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
+    migrate_and_setup(env)
     from conversations.models import Channel, Inbox
 
     inbox = Inbox.objects.create(
