@@ -13,7 +13,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from conversations import services
-from conversations.customers import _moved, _render
+from conversations.customers import customer_moved, customer_page
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
@@ -99,7 +99,7 @@ def conversation_start(request, customer_id: int):
     """Write to a customer first, on one of their addresses; the draft survives a refusal."""
     customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
     if customer.pk != customer_id:
-        return _moved(request, customer)
+        return customer_moved(request, customer)
     post = request.POST
     draft = {
         "identity": post.get("identity", ""),
@@ -122,6 +122,6 @@ def conversation_start(request, customer_id: int):
             subject=draft["subject"],
         )
     except ValidationError as exc:
-        return _render(request, customer, status=400, start_errors=exc.messages, start=draft)
+        return customer_page(request, customer, status=400, start_errors=exc.messages, start=draft)
     messages.success(request, "Conversation started; the message is on its way.")
     return redirect("inbox:conversation", number=conversation.pk)

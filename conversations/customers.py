@@ -51,7 +51,7 @@ def _profile_form(customer) -> dict:
     }
 
 
-def _render(request, customer, *, status=200, **extra):
+def customer_page(request, customer, *, status=200, **extra):
     conversations = list(
         conversations_visible_to(request.user)
         .filter(customer=customer)
@@ -78,7 +78,7 @@ def _render(request, customer, *, status=200, **extra):
     return render(request, "inbox/customer.html", context, status=status)
 
 
-def _moved(request, customer):
+def customer_moved(request, customer):
     """A form posted to a merged profile's old page: change nothing, go to its successor."""
     messages.error(
         request, "That customer was merged into this one; nothing was changed. Try again here."
@@ -91,7 +91,7 @@ def customer_detail(request, customer_id: int):
     customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
     if customer.pk != customer_id:
         return redirect("inbox:customer", customer_id=customer.pk)
-    return _render(request, customer)
+    return customer_page(request, customer)
 
 
 def _attributes_from_rows(rows, current: dict) -> dict:
@@ -116,7 +116,7 @@ def _attributes_from_rows(rows, current: dict) -> dict:
 def customer_edit(request, customer_id: int):
     customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
     if customer.pk != customer_id:
-        return _moved(request, customer)
+        return customer_moved(request, customer)
     post = request.POST
     form = {
         "name": post.get("name", ""),
@@ -131,7 +131,7 @@ def customer_edit(request, customer_id: int):
         services.customer_update(customer=customer, data=data, actor=request.user)
     except ValidationError as exc:
         form["rows"] = [(key, value) for key, value in form["rows"] if key or value]
-        return _render(request, customer, status=400, form=form, edit_errors=exc.messages)
+        return customer_page(request, customer, status=400, form=form, edit_errors=exc.messages)
     messages.success(request, "Customer saved.")
     return redirect("inbox:customer", customer_id=customer.pk)
 
@@ -141,14 +141,14 @@ def customer_edit(request, customer_id: int):
 def customer_identity_add(request, customer_id: int):
     customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
     if customer.pk != customer_id:
-        return _moved(request, customer)
+        return customer_moved(request, customer)
     kind, address = request.POST.get("kind", ""), request.POST.get("address", "")[:320]
     try:
         services.identity_add(customer=customer, kind=kind, address=address, actor=request.user)
     except services.AddressTaken as exc:
         # Offer the merge only with a profile this agent may see; never name one they can't.
         owner = customers_visible_to(request.user).filter(pk=exc.owner.pk).first()
-        return _render(
+        return customer_page(
             request,
             customer,
             status=400,
@@ -157,7 +157,7 @@ def customer_identity_add(request, customer_id: int):
             address_draft=(kind, address),
         )
     except ValidationError as exc:
-        return _render(
+        return customer_page(
             request,
             customer,
             status=400,
@@ -198,10 +198,10 @@ def customer_merge(request, customer_id: int):
             return redirect("inbox:customer", customer_id=customer.pk)
         query = request.GET.get("q", "").strip()[:200]
         candidates = _merge_candidates(request.user, customer, query) if query else []
-        return _render(request, customer, merge_query=query, candidates=candidates)
+        return customer_page(request, customer, merge_query=query, candidates=candidates)
 
     if customer.pk != customer_id:
-        return _moved(request, customer)
+        return customer_moved(request, customer)
     into = request.POST.get("into", "")
     if not into.isdigit():
         return HttpResponseBadRequest("Choose the customer to merge into.")
