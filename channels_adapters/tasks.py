@@ -75,3 +75,28 @@ def check_mailbox_health():
     from channels_adapters.email.health import mailboxes_alert
 
     return mailboxes_alert()
+
+
+@shared_task(acks_late=True)
+def webchat_follow_up(conversation_id: int):
+    from channels_adapters.webchat.adapter import follow_up
+
+    message = follow_up(conversation_id)
+    return message.pk if message else None
+
+
+@shared_task(acks_late=True)
+def webchat_follow_ups_due():
+    from channels_adapters.webchat.adapter import follow_ups_due
+
+    return follow_ups_due()
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5)
+def send_transcript(self, event_id: int):
+    from channels_adapters.webchat.adapter import transcript_send
+
+    try:
+        return transcript_send(event_id)
+    except OSError as exc:  # the mail server is down or refused: try again later
+        raise self.retry(countdown=delivery.backoff_seconds(self.request.retries + 1)) from exc

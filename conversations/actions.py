@@ -69,6 +69,22 @@ def conversation_transfer(request, number: int):
 
 @login_required
 @require_POST
+def chat_end(request, number: int):
+    """End a live chat: resolved, and the visitor's widget offers a rating and transcript."""
+    from channels_adapters.webchat.chat import chat_end as end
+
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    try:
+        end(conversation, actor=request.user)
+    except ValidationError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, "Chat ended; the customer can rate it.")
+    return _back(conversation)
+
+
+@login_required
+@require_POST
 def conversation_merge(request, number: int):
     """Fold this conversation into the one numbered `into`, once `confirm` is ticked."""
     source = conversation_get_for_agent(user=request.user, conversation_id=number)

@@ -1,6 +1,7 @@
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
@@ -11,6 +12,7 @@ from conversations import services
 from conversations.models import (
     Attachment,
     CannedResponse,
+    Channel,
     Conversation,
     ConversationEvent,
     Customer,
@@ -140,6 +142,69 @@ class InboxForm(forms.ModelForm):
             "is_active",
         ]
 
+    # The chat widget's settings (web-chat inboxes), kept in `settings` under these names.
+    widget_greeting = forms.CharField(
+        required=False, max_length=300, help_text="First words the visitor sees."
+    )
+    widget_color = forms.RegexField(
+        regex=r"^#[0-9a-fA-F]{6}$", required=False, initial="#2563eb", help_text="e.g. #2563eb"
+    )
+    widget_logo_url = forms.URLField(required=False, assume_scheme="https")
+    widget_prechat_name = forms.ChoiceField(
+        choices=[(c, c) for c in ("off", "optional", "required")], initial="off", required=False
+    )
+    widget_prechat_email = forms.ChoiceField(
+        choices=[(c, c) for c in ("off", "optional", "required")],
+        initial="optional",
+        required=False,
+    )
+    widget_allowed_origins = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Sites that may embed the widget, one per line: https://www.example.com, "
+        "or https://*.example.com for its subdomains. This server's own pages always may.",
+    )
+    widget_show_agent_typing = forms.BooleanField(required=False, initial=True)
+    widget_typing_preview = forms.BooleanField(
+        required=False, help_text="Agents see what the visitor types before they send it."
+    )
+    widget_email_after_minutes = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=24 * 60,
+        initial=5,
+        help_text="Replies go by email once the visitor has had no chat open this long.",
+    )
+    widget_reply_time = forms.CharField(
+        required=False,
+        max_length=60,
+        help_text='What the offline widget promises: "usually within <this>", e.g. "a few hours".',
+    )
+
+    def __init__(self, *args, **kwargs):
+        from channels_adapters.webchat.chat import widget_settings
+
+        super().__init__(*args, **kwargs)
+        current = widget_settings(self.instance)
+        for key, value in current.items():
+            name = f"widget_{key}"
+            if name in self.fields and self.instance.pk:
+                self.initial[name] = "\n".join(value) if isinstance(value, list) else value
+
+    def clean_widget_allowed_origins(self):
+        from urllib.parse import urlsplit
+
+        origins = []
+        for line in self.cleaned_data["widget_allowed_origins"].splitlines():
+            line = line.strip().rstrip("/")
+            if not line:
+                continue
+            parts = urlsplit(line.replace("://*.", "://wildcard."))
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ValidationError(f"{line!r} is not an origin such as https://www.example.com.")
+            origins.append(line.lower())
+        return origins
+
     def clean_new_credentials(self):
         value = self.cleaned_data["new_credentials"]
         if value in (None, "", {}):
@@ -151,6 +216,15 @@ class InboxForm(forms.ModelForm):
     def save(self, commit=True):
         if self.cleaned_data.get("new_credentials") is not None:
             self.instance.credentials = self.cleaned_data["new_credentials"]
+        if self.instance.kind == Channel.WEBCHAT:
+            settings = dict(self.instance.settings or {})
+            for name, value in self.cleaned_data.items():
+                if name.startswith("widget_"):
+                    key = name.removeprefix("widget_")
+                    settings[key] = value
+                    if value in (None, ""):
+                        del settings[key]  # left empty: the default applies
+            self.instance.settings = settings
         return super().save(commit)
 
 
@@ -170,6 +244,7 @@ class InboxAdmin(admin.ModelAdmin):
     list_select_related = ["default_team", "mailbox_state"]
     search_fields = ["name", "address"]
     readonly_fields = [
+        "snippet",
         "webhook",
         "credentials_set",
         "secret_hint",
@@ -178,6 +253,28 @@ class InboxAdmin(admin.ModelAdmin):
         "created_at",
     ]
     actions = ["rotate_secret"]
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is None or obj.kind != Channel.WEBCHAT:
+            fields = [f for f in fields if not f.startswith("widget_") and f != "snippet"]
+        return fields
+
+    @admin.display(description="widget snippet")
+    def snippet(self, inbox):
+        """What to paste on the site, and how a site that knows its user vouches for them."""
+        from channels_adapters.webchat.views import snippet
+
+        if not inbox.pk or inbox.kind != Channel.WEBCHAT:
+            return "-"
+        return format_html(
+            "<code>{}</code><br>Paste it before &lt;/body&gt; on every page of your site. "
+            "To link signed-in users to their history on every device, add "
+            "<code>data-user-id</code> (your user's id or email), <code>data-user-name</code> "
+            "and <code>data-user-hash</code> = hex HMAC-SHA256 of the id with this inbox's "
+            "secret, computed on your server.",
+            snippet(inbox, settings.PUBLIC_URL or "https://<PUBLIC_URL>"),
+        )
 
     def get_queryset(self, request):
         from channels_adapters.email.health import with_mail_counts

@@ -1,11 +1,23 @@
 """WebSocket consumers. They only deliver: every change is made through the services and
 stored first, and events carry ids, so a client that reconnects catches up from the database."""
 
+import asyncio
+import json
+import time
+
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import ValidationError
 from django.http import Http404
 
-from conversations.realtime import ADMINS_GROUP, agent_group, conversation_group, team_group
+from conversations.realtime import (
+    ADMINS_GROUP,
+    agent_group,
+    conversation_group,
+    customer_group,
+    team_group,
+)
 from conversations.selectors import conversation_get_for_agent
 
 UNAUTHORIZED = 4401
@@ -28,6 +40,16 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        self.seen_at = 0.0
+        await self._alive()
+
+    async def _alive(self):
+        """Say the agent has the inbox open (for the widget's "online"), at most once a
+        minute: the page pings while it is open."""
+        now = time.monotonic()
+        if now - self.seen_at >= 60:
+            self.seen_at = now
+            await database_sync_to_async(_agent_seen)(self.scope["user"].pk)
 
     @database_sync_to_async
     def _groups_for(self, user) -> list[str]:
@@ -44,7 +66,15 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             conversation_id = int(conversation_id)
         elif not isinstance(conversation_id, int):
             conversation_id = None
-        if action == "subscribe":
+        if action == "ping":
+            await self._alive()
+        elif action == "read":
+            # The agent has the conversation on screen: the customer's messages are read.
+            if conversation_id in self.subscriptions and isinstance(content.get("message"), int):
+                await database_sync_to_async(_agent_read)(
+                    self.scope["user"], conversation_id, content["message"]
+                )
+        elif action == "subscribe":
             await self._subscribe(conversation_id)
         elif action == "unsubscribe":
             await self._unsubscribe(conversation_id)
@@ -167,3 +197,309 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             {key: value for key, value in event.items() if key != "type"}
             | {"type": "conversation", "event": event["event"]}
         )
+
+    async def visitor_typing(self, event):
+        if event["conversation"] in self.subscriptions:
+            await self.send_json(
+                {
+                    "type": "visitor_typing",
+                    "conversation": event["conversation"],
+                    "typing": event["typing"],
+                    "draft": event.get("draft", ""),
+                }
+            )
+
+
+def _agent_seen(user_id: int) -> None:
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    get_user_model().objects.filter(pk=user_id).update(last_seen_at=timezone.now())
+
+
+def _agent_read(user, conversation_id: int, up_to: int) -> None:
+    from channels_adapters.webchat.chat import messages_mark_read
+
+    conversation = conversation_get_for_agent(user=user, conversation_id=conversation_id)
+    messages_mark_read(conversation, by_customer=False, up_to=up_to)
+
+
+# --- The chat widget's socket ------------------------------------------------------------------
+
+# Close codes: the token was missing or not valid; the page's origin may not use this widget;
+# too many connections from one address; a frame larger than any message may be.
+FORBIDDEN_ORIGIN = 4403
+TOO_MANY = 4429
+TOO_BIG = 1009
+FRAME_MAX_BYTES = 64 * 1024
+HELLO_WITHIN_SECONDS = 10
+# A visitor may send a burst of this many messages, then one per MESSAGE_EVERY seconds.
+MESSAGE_BURST = 10
+MESSAGE_EVERY = 1.0
+TYPING_EVERY = 0.5
+
+
+class VisitorConsumer(AsyncJsonWebsocketConsumer):
+    """A widget visitor's live connection. The page's origin must be one the inbox allows; the
+    first frame carries the visitor's signed token (not the URL, which logs keep). The socket
+    only sends what the visitor's own customer may read, fetched from the database after an
+    id cursor, so a reconnect catches up with no gap and no duplicate."""
+
+    async def connect(self):
+        from channels_adapters.webchat import chat
+
+        self.visitor = None
+        self.hello_timer = None
+        self.cursor = 0  # the last message id this socket has sent
+        self.conversation_id = None  # the conversation whose group it listens to
+        self.shown = None  # the conversation the widget shows
+        key = self.scope["url_route"]["kwargs"]["key"]
+        self.inbox = await database_sync_to_async(chat.widget_inbox)(key)
+        headers = dict(self.scope.get("headers", []))
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.inbox is None or not chat.origin_allowed(self.inbox, origin, host):
+            await self.close(code=FORBIDDEN_ORIGIN)
+            return
+        address = (self.scope.get("client") or ("unknown",))[0]
+        if not await database_sync_to_async(chat.rate_allowed)("sockets", address):
+            await self.close(code=TOO_MANY)
+            return
+        self.settings = chat.widget_settings(self.inbox)
+        self.allowance = float(MESSAGE_BURST)
+        self.allowance_at = time.time()
+        self.typed_at = 0.0
+        await self.accept()
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_WITHIN_SECONDS, lambda: asyncio.ensure_future(self._hello_missing())
+        )
+
+    async def _hello_missing(self):
+        if self.visitor is None:
+            await self.close(code=UNAUTHORIZED)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if bytes_data is not None or len(text_data or "") > FRAME_MAX_BYTES:
+            await self.close(code=TOO_BIG)
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_json({"type": "error", "error": "Frames are JSON objects."})
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict):
+            await self.send_json({"type": "error", "error": "Frames are JSON objects."})
+            return
+        action = content.get("action")
+        if action == "hello":
+            await self._hello(content)
+        elif self.visitor is None:
+            await self.close(code=UNAUTHORIZED)
+        elif action == "message":
+            await self._message(content)
+        elif action == "typing":
+            await self._typing(content)
+        elif action in ("read", "ping", "end", "rate", "transcript", "contact"):
+            await self._act(action, content)
+        else:
+            await self.send_json({"type": "error", "error": "Unknown action."})
+
+    async def _hello(self, content):
+        from channels_adapters.webchat import chat
+
+        if self.visitor is not None:
+            return
+        visitor = await database_sync_to_async(chat.visitor_from_token)(
+            self.inbox, content.get("token")
+        )
+        if visitor is None:
+            await self.close(code=UNAUTHORIZED)
+            return
+        self.hello_timer.cancel()
+        self.visitor = visitor
+        after = content.get("after")
+        self.cursor = after if isinstance(after, int) and after >= 0 else 0
+        self.customer_group = customer_group(visitor.identity.customer_id)
+        await self.channel_layer.group_add(self.customer_group, self.channel_name)
+        self.groups.append(self.customer_group)
+        await database_sync_to_async(chat.visitor_seen)(visitor.pk, opened=1)
+        ready = await database_sync_to_async(self._state)()
+        self.shown = ready["conversation"]["id"] if ready["conversation"] else None
+        await self.send_json({"type": "ready", **ready})
+
+    def _state(self) -> dict:
+        """The visitor's conversation and the messages after the cursor (sync: runs in a
+        thread). Called on hello and whenever the customer's group says something changed."""
+        from channels_adapters.webchat import chat
+
+        # Read afresh: the visitor may have been identified (and their customer merged) since.
+        self.visitor = chat.visitor_reload(self.visitor)
+        conversation = chat.visitor_conversation(self.visitor)
+        messages = []
+        if conversation is not None:
+            if conversation.pk != self.conversation_id:
+                self._follow(conversation.pk)
+            messages = [
+                chat.message_json(m) for m in chat.visible_messages(conversation, after=self.cursor)
+            ]
+            if messages:
+                self.cursor = messages[-1]["id"]
+        return {
+            "conversation": chat.conversation_json(conversation),
+            "messages": messages,
+            "availability": chat.availability(self.inbox),
+        }
+
+    def _follow(self, conversation_id: int):
+        """Listen to the conversation's group (agents typing), leaving the previous one."""
+        previous, self.conversation_id = self.conversation_id, conversation_id
+        if previous:
+            async_to_sync(self.channel_layer.group_discard)(
+                conversation_group(previous), self.channel_name
+            )
+        async_to_sync(self.channel_layer.group_add)(
+            conversation_group(conversation_id), self.channel_name
+        )
+
+    async def _message(self, content):
+        from channels_adapters.webchat import chat
+
+        now = time.time()
+        self.allowance = min(
+            MESSAGE_BURST, self.allowance + (now - self.allowance_at) / MESSAGE_EVERY
+        )
+        self.allowance_at = now
+        if self.allowance < 1:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "client_id": content.get("client_id"),
+                    "error": "Too many messages; wait a moment.",
+                    "retry": True,
+                }
+            )
+            return
+        self.allowance -= 1
+        try:
+            received = await database_sync_to_async(chat.visitor_message)(
+                self.visitor, text=content.get("text"), client_id=content.get("client_id")
+            )
+        except ValidationError as exc:
+            await self.send_json(
+                {"type": "error", "client_id": content.get("client_id"), "error": exc.messages[0]}
+            )
+            return
+        await self.send_json(
+            {"type": "ack", "client_id": content.get("client_id"), "message": received.message.pk}
+        )
+        await self._catch_up()
+
+    async def _typing(self, content):
+        now = time.time()
+        typing = bool(content.get("typing"))
+        if (typing and now - self.typed_at < TYPING_EVERY) or not self.conversation_id:
+            return
+        self.typed_at = now
+        draft = content.get("draft") if self.settings["typing_preview"] else ""
+        await self.channel_layer.group_send(
+            conversation_group(self.conversation_id),
+            {
+                "type": "visitor.typing",
+                "conversation": self.conversation_id,
+                "typing": typing,
+                "draft": (draft or "")[:500] if isinstance(draft, str) and typing else "",
+            },
+        )
+
+    async def _act(self, action, content):
+        result = await database_sync_to_async(self._act_sync)(action, content)
+        if result is not None:
+            await self.send_json(result)
+
+    def _act_sync(self, action, content) -> dict | None:
+        from channels_adapters.webchat import chat
+
+        if action == "ping":
+            chat.visitor_seen(self.visitor.pk)
+            return None
+        if action == "contact":
+            try:
+                self.visitor = chat.visitor_contact(
+                    self.visitor,
+                    name=str(content.get("name") or ""),
+                    email=str(content.get("email") or ""),
+                )
+            except ValidationError as exc:
+                return {"type": "error", "action": action, "error": exc.messages[0]}
+            return {"type": "contact", "email": self.visitor.email}
+        conversation = chat.visitor_conversation(self.visitor)
+        if conversation is None or conversation.pk != content.get("conversation"):
+            return {"type": "error", "action": action, "error": "No such conversation."}
+        try:
+            if action == "read":
+                up_to = content.get("message")
+                if isinstance(up_to, int):
+                    chat.messages_mark_read(conversation, by_customer=True, up_to=up_to)
+                return None
+            if action == "end":
+                chat.chat_end(conversation)
+            elif action == "rate":
+                chat.conversation_rate(
+                    conversation, rating=content.get("rating"), comment=content.get("comment")
+                )
+            elif action == "transcript":
+                chat.transcript_request(self.visitor, conversation)
+        except ValidationError as exc:
+            return {"type": "error", "action": action, "error": exc.messages[0]}
+        return {"type": "done", "action": action, "conversation": conversation.pk}
+
+    async def _catch_up(self):
+        state = await database_sync_to_async(self._state)()
+        if state["conversation"] and state["conversation"]["id"] != self.shown:
+            self.shown = state["conversation"]["id"]
+            await self.send_json({"type": "conversation", "conversation": state["conversation"]})
+        for message in state["messages"]:
+            await self.send_json({"type": "message", "message": message})
+
+    async def customer_event(self, event):
+        """Something changed for this customer: read it from the database."""
+        if event.get("event") in ("message", "ended"):
+            await self._catch_up()
+            if event["event"] == "ended":
+                await self.send_json({"type": "ended", "conversation": event["conversation"]})
+        elif event.get("event") == "read" and event.get("by") == "agent":
+            await self.send_json(
+                {"type": "read", "conversation": event["conversation"], "up_to": event["up_to"]}
+            )
+
+    async def presence_event(self, event):
+        """An agent in the conversation: only "typing a reply" reaches the visitor, by first
+        name, and only when the inbox shows agent typing."""
+        if (
+            event.get("state") == "typing"
+            and event.get("mode") == "reply"
+            and self.settings["show_agent_typing"]
+        ):
+            name = event["agent"]["name"].split(" ")[0]
+            await self.send_json({"type": "typing", "agent": name})
+
+    async def conversation_event(self, event):
+        pass  # agents' business: the visitor hears through customer events
+
+    async def visitor_typing(self, event):
+        pass  # their own typing, echoed by the conversation's group
+
+    async def disconnect(self, code):
+        from channels_adapters.webchat import chat
+
+        if self.hello_timer:
+            self.hello_timer.cancel()
+        if self.visitor is not None:
+            await database_sync_to_async(chat.visitor_seen)(self.visitor.pk, opened=-1)
+        if self.conversation_id:
+            await self.channel_layer.group_discard(
+                conversation_group(self.conversation_id), self.channel_name
+            )

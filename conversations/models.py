@@ -7,6 +7,7 @@ import base64
 import secrets
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -26,6 +27,11 @@ class Channel(models.TextChoices):
 def new_secret() -> str:
     # 32 bytes = 256 bits, well above the 128 the design asks of any token.
     return secrets.token_urlsafe(32)
+
+
+def new_public_key() -> str:
+    # 128 bits: names a widget or a visitor in URLs and tokens without being guessable.
+    return secrets.token_hex(16)
 
 
 def new_reply_token() -> str:
@@ -115,6 +121,8 @@ class Inbox(models.Model):
     credentials = models.JSONField(default=dict, blank=True)
     # Shared secret for inbound webhooks and the widget's identity HMAC.
     secret = models.CharField(max_length=64, default=new_secret)
+    # Public: the web-chat widget's snippet names its inbox by this (data-inbox).
+    widget_key = models.CharField(max_length=32, unique=True, default=new_public_key)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -124,6 +132,31 @@ class Inbox(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class Visitor(models.Model):
+    """A browser that opened the chat widget. Its signed token names this row by `key`; its
+    web-chat identity ties it to a customer (another one once the site identifies them)."""
+
+    inbox = models.ForeignKey(Inbox, on_delete=models.CASCADE, related_name="visitors")
+    identity = models.OneToOneField(Identity, on_delete=models.CASCADE, related_name="visitor")
+    key = models.CharField(max_length=32, unique=True, default=new_public_key)
+    # True once the site vouched for who this is (a valid identity HMAC): the browser then
+    # holds that customer's history, and a page without the identity must not reuse it.
+    identified = models.BooleanField(default=False)
+    # Where agent replies follow the visitor once they left the chat. Given by the visitor and
+    # not verified, so it never links them to the customer who owns that address.
+    email = models.EmailField(blank=True)
+    page_url = models.URLField(max_length=2000, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    # Sockets open now, and the last time one was (refreshed while open). A crashed server
+    # leaves the count high; `last_seen_at` going stale tells the truth then.
+    open_sockets = models.PositiveIntegerField(default=0)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"Visitor {self.key[:8]}"
 
 
 class Tag(models.Model):
@@ -193,6 +226,11 @@ class Conversation(models.Model):
     first_response_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     snoozed_until = models.DateTimeField(null=True, blank=True)
+    # The customer's rating of the conversation (1-5) and comment, from the chat widget.
+    rating = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    rating_comment = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-last_activity_at"]
@@ -299,6 +337,12 @@ class Message(models.Model):
                 name="message_undelivered_idx",
                 condition=Q(status__in=["queued", "sending"]),
             ),
+            # Chat replies the visitor has not read: emailed to them once they left.
+            models.Index(
+                fields=["created_at"],
+                name="message_chat_unread_idx",
+                condition=Q(channel="webchat", direction="outbound", read_at__isnull=True),
+            ),
         ]
 
     def __str__(self):
@@ -372,6 +416,8 @@ class ConversationEvent(models.Model):
         CUSTOMER_MERGED = "customer_merged", _("Customer merged")
         CHANNEL = "channel", _("Channel switched")
         CONSENT = "consent", _("Opted out or in")
+        CHAT = "chat", _("Live chat")  # data.state: "async", "ended" or "transcript"
+        RATED = "rated", _("Rated")
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)

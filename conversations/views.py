@@ -37,6 +37,7 @@ from conversations.models import (
     Notification,
     SavedView,
     Tag,
+    Visitor,
 )
 from conversations.selectors import conversation_get_for_agent, conversations_visible_to
 from helpdesk.models import User
@@ -299,6 +300,20 @@ def _reply_identities(conversation) -> list[Identity]:
     ]
 
 
+def _visitors(conversation) -> list:
+    """The customer's chat visitors, with whether they have the widget open right now."""
+    from channels_adapters.webchat.chat import visitor_here
+
+    visitors = list(
+        Visitor.objects.filter(identity__customer=conversation.customer_id)
+        .select_related("inbox")
+        .order_by("-last_seen_at")[:5]
+    )
+    for visitor in visitors:
+        visitor.here = visitor_here(visitor)
+    return visitors
+
+
 def _conversation_context(request, conversation, **extra) -> dict:
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
@@ -320,6 +335,9 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "tags": conversation.tags.all(),
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),
+        "visitors": _visitors(conversation),
+        "chat_live": conversation.inbox.kind == Channel.WEBCHAT
+        and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         "history": Conversation.objects.filter(customer=conversation.customer)
         .exclude(pk=conversation.pk)
         .select_related("inbox")

@@ -31,6 +31,10 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.poll_mailboxes",
             "schedule": float(settings.MAIL_POLL_INTERVAL_SECONDS),
         },
+        "webchat-follow-ups": {
+            "task": "channels_adapters.tasks.webchat_follow_ups_due",
+            "schedule": 60.0,
+        },
         "check-mailbox-health": {
             "task": "channels_adapters.tasks.check_mailbox_health",
             "schedule": 900.0,

@@ -52,6 +52,9 @@ class User(AbstractBaseUser, PermissionsMixin):
         max_length=10, choices=Availability.choices, default=Availability.OFFLINE
     )
     availability_changed_at = models.DateTimeField(null=True, blank=True)
+    # Refreshed while the agent has the inbox open: "online" without a recent sign of life is
+    # not shown to customers as someone being there.
+    last_seen_at = models.DateTimeField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(
         _("staff status"), default=False, help_text=_("Can log into the Django admin.")

@@ -193,6 +193,11 @@ MEDIA_FETCH_MAX_BYTES = env.int("MEDIA_FETCH_MAX_BYTES", default=25 * 1024 * 102
 MEDIA_FETCH_ALLOW_PRIVATE = env.bool("MEDIA_FETCH_ALLOW_PRIVATE", default=False)
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=15.0)
 
+# --- Web chat ---------------------------------------------------------------------------------
+
+# New widget sockets one client address may open per minute.
+WEBCHAT_CONNECTIONS_PER_MINUTE = env.int("WEBCHAT_CONNECTIONS_PER_MINUTE", default=60)
+
 # --- Auth, i18n, static -------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from channels_adapters.webchat import views as webchat_views
 from helpdesk import views
 
 admin.site.site_header = "Threadline administration"
@@ -16,4 +17,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("channels/", include("channels_adapters.urls")),
+    path("widget.js", webchat_views.script, name="widget-script"),
+    path("widget/", include("channels_adapters.webchat.urls")),
 ]

@@ -40,6 +40,7 @@ ONE_DAY = timedelta(days=1)
 # A schedule that stays closed this long is taken to never open (no intervals, or closed days
 # covering a whole year): searches forward stop there instead of running forever.
 LOOKAHEAD_DAYS = 366
+LOOKAHEAD = timedelta(days=LOOKAHEAD_DAYS)
 
 Period = tuple[datetime, datetime]
 
@@ -187,6 +188,8 @@ class _Week:
                         yield current
                     current = (start, end)
             day += ONE_DAY
+            if last is None and current and current[1] - current[0] > LOOKAHEAD:
+                break  # open round the clock: the period goes on, callers need no more of it
         if current:
             yield current
 

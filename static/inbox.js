@@ -16,6 +16,10 @@
       if (!response.ok) return;
       const selected = document.querySelector(".rows li.selected");
       live.innerHTML = await response.text();
+      // What the agent has now seen: a reply sent from here is not stale against it.
+      const seen = document.querySelector("input[data-seen]");
+      const timeline = live.querySelector("[data-timeline]");
+      if (seen && timeline) seen.value = timeline.dataset.seen;
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`));
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, 250);
@@ -32,6 +36,10 @@
       if (other.state !== "typing") return `${other.name} is viewing`;
       return `${other.name} is typing ${other.mode === "note" ? "a note" : "a reply"}…`;
     });
+    if (visitor.typing) {
+      // The draft is customer text: it only ever goes in through textContent.
+      phrases.push(visitor.draft ? `The customer is typing: “${visitor.draft}”` : "The customer is typing…");
+    }
     const text = phrases.join(" · ");
     if (presence.textContent !== text) presence.textContent = text; // no repeats for readers
   }
@@ -52,8 +60,36 @@
     showPresence();
   }
 
+  // The chat visitor typing (with their draft where the inbox allows agents to see it).
+  const visitor = { typing: false, draft: "", timer: null };
+  function onVisitorTyping(data) {
+    if (String(data.conversation) !== conversationId) return;
+    clearTimeout(visitor.timer);
+    visitor.typing = data.typing;
+    visitor.draft = data.draft || "";
+    if (data.typing) {
+      visitor.timer = setTimeout(function () { visitor.typing = false; showPresence(); }, TYPING_EXPIRES);
+    }
+    showPresence();
+  }
+
+  // The customer's messages on screen are read: tell the server (the widget shows "Seen").
+  function markRead() {
+    if (!conversationId || document.hidden || !socket || socket.readyState !== WebSocket.OPEN) return;
+    const inbound = document.querySelectorAll(".timeline li.message.inbound");
+    if (!inbound.length) return;
+    const last = Number(inbound[inbound.length - 1].id.slice(1));
+    socket.send(JSON.stringify({ action: "read", conversation: Number(conversationId), message: last }));
+  }
+  document.addEventListener("threadline:refreshed", markRead);
+  document.addEventListener("visibilitychange", markRead);
+
   let socket = null;
   let retry = 500;
+  // While this page is open the agent counts as there (the widget's "online").
+  setInterval(function () {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ action: "ping" }));
+  }, 60000);
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
@@ -66,6 +102,7 @@
       const data = JSON.parse(message.data);
       if (data.type === "notification") return notify(data);
       if (data.type === "presence") return onPresence(data);
+      if (data.type === "visitor_typing") return onVisitorTyping(data);
       if (data.type !== "conversation") return;
       if (!conversationId || String(data.conversation) === conversationId) refresh();
     });

@@ -181,6 +181,14 @@ def _fresh_channel_layer():
     channel_layers.backends.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Rate-limit counters (logins, chat visitors) start at zero in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def redis_url():
     if not settings.REDIS_URL:
@@ -416,10 +424,9 @@ def start_celery_worker(**popen):
     )
 
 
-@pytest.fixture
-def asgi_server(transactional_db, settings):
+def start_asgi_server(settings, **env):
     """The real ASGI app (HTTP and WebSockets, with its embedded Celery worker) in a uvicorn
-    process on this test's database. Yields its base URL. Ready once uvicorn says so."""
+    process on this test's database. Returns (process, base URL) once uvicorn says it is up."""
     import subprocess
 
     port = free_port()
@@ -437,7 +444,7 @@ def asgi_server(transactional_db, settings):
             "on",
         ],
         cwd=ROOT,
-        env=subprocess_env(EMBEDDED_WORKER="true", MEDIA_ROOT=str(settings.MEDIA_ROOT)),
+        env=subprocess_env(EMBEDDED_WORKER="true", MEDIA_ROOT=str(settings.MEDIA_ROOT), **env),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -450,7 +457,14 @@ def asgi_server(transactional_db, settings):
         raise RuntimeError("uvicorn did not start:\n" + "".join(output))
     # Keep draining its log, or a chatty server would block on a full pipe.
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-    yield f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def asgi_server(transactional_db, settings):
+    """One server process (see start_asgi_server); yields its base URL."""
+    process, base = start_asgi_server(settings)
+    yield base
     process.terminate()
     process.wait(timeout=30)
 

@@ -1,11 +1,27 @@
+"""The chat widget as a channel, and the email that follows a visitor who left."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.core.mail import EmailMessage
+from django.db import transaction
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
 from channels_adapters.base import Adapter, Capabilities, SendResult
-from conversations.models import Channel
+from conversations.models import Channel, Conversation, ConversationEvent, Message, Visitor
 from conversations.realtime import publish_customer_event
+
+# Agent replies older than this are not emailed any more: the visitor has had them in the
+# widget for a week, or never came back to an address we know.
+FOLLOW_UP_WITHIN = timedelta(days=7)
 
 
 class WebchatAdapter(Adapter):
     """The chat widget. A reply is "sent" once stored and announced to the visitor's sockets;
-    the widget reads it from the database, so announcing twice cannot show it twice."""
+    the widget reads it from the database, so announcing twice cannot show it twice. When the
+    visitor has left, the reply follows them by email (see `follow_up`)."""
 
     kind = Channel.WEBCHAT
     capabilities = Capabilities(attachments=True, idempotent_send=True)
@@ -17,4 +33,163 @@ class WebchatAdapter(Adapter):
             conversation=message.conversation_id,
             message=message.pk,
         )
+        visitor = Visitor.objects.filter(identity=message.identity_id).first()
+        if visitor is not None:
+            from channels_adapters.tasks import webchat_follow_up
+            from channels_adapters.webchat.chat import visitor_away
+
+            if visitor_away(visitor):
+                transaction.on_commit(lambda: webchat_follow_up.delay(message.conversation_id))
         return SendResult()
+
+
+def unread_replies(conversation: Conversation):
+    """Agent chat replies the visitor has not read, nor been emailed."""
+    return (
+        conversation.messages.filter(
+            channel=Channel.WEBCHAT,
+            direction=Message.Direction.OUTBOUND,
+            read_at=None,
+            status__in=(Message.Status.SENT, Message.Status.DELIVERED),
+            created_at__gte=timezone.now() - FOLLOW_UP_WITHIN,
+        )
+        .exclude(metadata__has_key="emailed_in")
+        .select_related("author", "identity")
+        .order_by("id")
+    )
+
+
+def follow_up(conversation_id: int) -> Message | None:
+    """Email the visitor the chat replies they missed, once they have been away long enough:
+    one email for all of them, threaded with a reply-to token, so their answer lands in this
+    conversation. Safe to run twice: the replies are marked as emailed in the same commit."""
+    from channels_adapters.webchat.chat import visitor_away, visitor_email
+    from conversations.services import _event, reply_send
+
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("customer", "inbox")
+            .filter(pk=conversation_id, merged_into=None)
+            .first()
+        )
+        if conversation is None:
+            return None
+        replies = list(unread_replies(conversation))
+        visitor = (
+            Visitor.objects.select_related("inbox", "identity")
+            .filter(identity__in=[m.identity_id for m in replies])
+            .order_by("-last_seen_at")
+            .first()
+        )
+        if not replies or visitor is None or not visitor_away(visitor):
+            return None
+        email = visitor_email(visitor)
+        left = conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
+        if conversation.last_inbound_at:
+            left = left.filter(created_at__gte=conversation.last_inbound_at)
+        if not left.exists():
+            # Shown on the timeline: the chat went asynchronous, and where answers go now.
+            _event(
+                conversation,
+                ConversationEvent.Kind.CHAT,
+                state="async",
+                to=email.address if email else "",
+            )
+        if email is None:
+            return None
+        with translation.override(conversation.customer.language or None):
+            text = _follow_up_text(conversation, replies)
+        message = reply_send(
+            conversation=conversation,
+            author=replies[-1].author,
+            text=text,
+            identity=email,
+            client_id=f"follow-up:{replies[0].pk}:{replies[-1].pk}",
+        )
+        Message.objects.filter(pk=message.pk).update(
+            metadata={"follow_up_of": [m.pk for m in replies]}
+        )
+        for reply in replies:
+            reply.metadata = {**reply.metadata, "emailed_in": message.pk}
+            reply.save(update_fields=["metadata", "updated_at"])
+    return message
+
+
+def _follow_up_text(conversation: Conversation, replies: list[Message]) -> str:
+    parts = [_("You left the chat before we answered. Here is our reply:"), ""]
+    for reply in replies:
+        name = reply.author.name if reply.author else conversation.inbox.name
+        parts += [f"{name}:", reply.text, ""]
+    parts.append(
+        _("Reply to this email to continue the conversation; it also appears in the chat.")
+    )
+    return "\n".join(parts)
+
+
+def follow_ups_due() -> int:
+    """Every conversation with chat replies waiting on a visitor who left: the periodic sweep
+    behind `WebchatAdapter.send`, for replies sent while the visitor was still there."""
+    from channels_adapters.tasks import webchat_follow_up
+
+    since = timezone.now() - FOLLOW_UP_WITHIN
+    conversation_ids = set(
+        Message.objects.filter(
+            channel=Channel.WEBCHAT,
+            direction=Message.Direction.OUTBOUND,
+            read_at=None,
+            status__in=(Message.Status.SENT, Message.Status.DELIVERED),
+            created_at__gte=since,
+        )
+        .exclude(metadata__has_key="emailed_in")
+        .values_list("conversation_id", flat=True)
+    )
+    for conversation_id in sorted(conversation_ids):
+        webchat_follow_up.delay(conversation_id)
+    return len(conversation_ids)
+
+
+def transcript_send(event_id: int) -> bool:
+    """Email a chat's transcript as the customer asked (a CHAT "transcript" event); once."""
+    from channels_adapters.email.adapter import EmailAdapter, thread_subject
+    from channels_adapters.webchat.chat import visible_messages
+    from conversations.models import Inbox
+
+    with transaction.atomic():
+        event = (
+            ConversationEvent.objects.select_for_update(of=("self",))
+            .select_related("conversation__customer", "conversation__inbox")
+            .filter(pk=event_id, kind=ConversationEvent.Kind.CHAT, data__state="transcript")
+            .first()
+        )
+        if event is None or event.data.get("sent_at"):
+            return False
+        conversation = event.conversation
+        sender = (
+            Inbox.objects.filter(kind=Channel.EMAIL, is_active=True)
+            .filter(default_team_id=conversation.inbox.default_team_id)
+            .first()
+            or Inbox.objects.filter(kind=Channel.EMAIL, is_active=True).first()
+        )
+        with translation.override(conversation.customer.language or None):
+            lines = [_("Transcript of conversation #%(n)s") % {"n": conversation.pk}, ""]
+            for message in visible_messages(conversation, limit=5000):
+                who = (
+                    (message.author.name if message.author else conversation.inbox.name)
+                    if message.direction == Message.Direction.OUTBOUND
+                    else _("You")
+                )
+                lines.append(f"[{message.created_at:%Y-%m-%d %H:%M} UTC] {who}:")
+                lines += [message.text, ""]
+            subject = thread_subject(conversation)
+        mail = EmailMessage(
+            subject=subject,
+            body="\n".join(lines),
+            from_email=sender.address if sender and sender.address else None,
+            to=[event.data["to"]],
+            connection=EmailAdapter.connection(sender) if sender else None,
+        )
+        mail.send()
+        event.data = {**event.data, "sent_at": timezone.now().isoformat()}
+        event.save(update_fields=["data"])
+    return True

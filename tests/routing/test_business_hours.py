@@ -545,3 +545,15 @@ def test_the_demo_has_business_hours_and_keeps_an_admin_s_changes(db):
     assert BusinessInterval.objects.filter(schedule__name="Support hours").count() == 4
     assert Holiday.objects.filter(schedule__name="Support hours").count() == 4
     assert Team.objects.get(slug="billing").business_hours is None
+
+
+def test_a_schedule_open_round_the_clock_answers_at_once(db):
+    always = make_schedule(
+        "Europe/Lisbon",
+        {day: [("00:00", "00:00")] for day in range(7)},
+        closed=["2026-01-01"],
+    )
+    now = utc("2026-03-10 12:00")
+    assert hours.is_open(always, now)
+    assert hours.next_opening(always, now) == now
+    assert hours.add_business_time(always, now, HOUR) == now + timedelta(seconds=HOUR)

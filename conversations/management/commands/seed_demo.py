@@ -40,6 +40,15 @@ INBOXES = [
     ("Shop integration", Channel.API, "", "billing"),
 ]
 
+# The demo page (/widget/demo/) embeds this widget. Replies follow a visitor who left by email
+# after one minute rather than five, so trying it out is quick.
+DEMO_WIDGET = {
+    "greeting": "Hi! Ask us anything about your order.",
+    "prechat_email": "optional",
+    "email_after_minutes": 1,
+    "reply_time": "a few hours",
+}
+
 WEEKDAYS = range(5)  # Monday to Friday
 
 # (name, time zone, team, opens, closes, closed days)
@@ -308,6 +317,9 @@ class Command(BaseCommand):
             inbox, _ = Inbox.objects.get_or_create(
                 name=name, kind=kind, defaults={"address": address, "default_team": teams[team]}
             )
+            if kind == Channel.WEBCHAT and not inbox.settings:
+                inbox.settings = DEMO_WIDGET
+                inbox.save(update_fields=["settings"])
             inboxes.setdefault(kind, inbox)
         return inboxes
 

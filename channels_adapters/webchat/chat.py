@@ -1,0 +1,540 @@
+"""The web chat from the visitor's side: who they are, what they may read, what they may do.
+
+The widget's HTTP endpoints and its WebSocket consumer call these; every change still goes
+through `conversations.services`. A visitor reads only their own customer's conversations, as
+plain text, never notes, internal events or other people's tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Identity,
+    Inbox,
+    Message,
+    Visitor,
+)
+from conversations.realtime import publish_conversation_event
+from conversations.services import (
+    AddressTaken,
+    InboundAttachment,
+    InboundMessage,
+    Received,
+    _event,
+    conversation_set_status,
+    customer_merge,
+    identity_add,
+    identity_get_or_create,
+    language_normalize,
+)
+
+VISITOR_SALT = "threadline.webchat.visitor"
+MEDIA_SALT = "threadline.webchat.media"
+MEDIA_LINK_SECONDS = 24 * 3600
+TEXT_MAX_CHARS = 5000
+# The conversation the widget shows takes new messages while in one of these; after it was
+# resolved or closed (the chat ended), the visitor's next message opens a new one.
+LIVE = (Conversation.Status.OPEN, Conversation.Status.PENDING, Conversation.Status.SNOOZED)
+# How often an open widget says it is still there, and how long an agent's inbox counts as
+# "someone is there" after its last sign of life.
+HEARTBEAT_SECONDS = 30
+AGENT_ONLINE_WINDOW = timedelta(minutes=3)
+
+DEFAULTS = {
+    "greeting": "",
+    "color": "#2563eb",
+    "logo_url": "",
+    "prechat_name": "off",  # off / optional / required
+    "prechat_email": "optional",
+    "allowed_origins": [],  # besides our own; "https://*.example.com" matches subdomains
+    "show_agent_typing": True,
+    "typing_preview": False,  # agents see the visitor's draft as they type
+    "email_after_minutes": 5,  # replies go by email after the visitor left this long
+    "reply_time": "",  # "a few hours": what the offline state promises
+}
+PRECHAT_CHOICES = ("off", "optional", "required")
+
+
+def widget_settings(inbox: Inbox) -> dict:
+    """The inbox's widget settings with defaults filled in and types checked."""
+    stored = inbox.settings if isinstance(inbox.settings, dict) else {}
+    merged = {key: stored.get(key, default) for key, default in DEFAULTS.items()}
+    for key, default in DEFAULTS.items():
+        if not isinstance(merged[key], type(default)):
+            merged[key] = default
+    for key in ("prechat_name", "prechat_email"):
+        if merged[key] not in PRECHAT_CHOICES:
+            merged[key] = DEFAULTS[key]
+    return merged
+
+
+def widget_inbox(key: str) -> Inbox | None:
+    return Inbox.objects.filter(widget_key=key, kind=Channel.WEBCHAT, is_active=True).first()
+
+
+def origin_allowed(inbox: Inbox, origin: str, host: str) -> bool:
+    """May a page served from `origin` use this inbox's widget? Our own pages always may;
+    others only when listed in the inbox's allowed origins. A missing origin is refused."""
+    parts = urlsplit(origin or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    if parts.netloc.lower() == (host or "").lower():
+        return True
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    for allowed in widget_settings(inbox)["allowed_origins"]:
+        allowed = str(allowed).strip().rstrip("/").lower()
+        if allowed == origin:
+            return True
+        scheme, _sep, pattern = allowed.partition("://*.")
+        if _sep and parts.scheme == scheme and parts.netloc.lower().endswith("." + pattern):
+            return True
+    return False
+
+
+def rate_allowed(what: str, address: str) -> bool:
+    """At most WEBCHAT_CONNECTIONS_PER_MINUTE of `what` (new sockets, new visitors) per client
+    address and minute, counted in the cache (shared by every process when there is Redis)."""
+    from django.core.cache import cache
+
+    key = f"webchat:{what}:{address}:{int(timezone.now().timestamp() // 60)}"
+    cache.add(key, 0, timeout=120)
+    return cache.incr(key) <= settings.WEBCHAT_CONNECTIONS_PER_MINUTE
+
+
+# --- Visitors and their tokens ---------------------------------------------------------------
+
+
+def visitor_token(visitor: Visitor) -> str:
+    return signing.dumps(visitor.key, salt=VISITOR_SALT)
+
+
+def visitor_from_token(inbox: Inbox, token: str) -> Visitor | None:
+    """The visitor a token names, in this inbox; None for a missing, forged or foreign one."""
+    if not token or not isinstance(token, str):
+        return None
+    try:
+        key = signing.loads(token, salt=VISITOR_SALT)
+    except signing.BadSignature:
+        return None
+    return (
+        Visitor.objects.select_related("identity__customer", "inbox")
+        .filter(key=key, inbox=inbox)
+        .first()
+    )
+
+
+def user_hash(inbox: Inbox, user_id: str) -> str:
+    """What the site computes on its server to vouch for its user (HMAC-SHA256, hex)."""
+    return hmac.new(inbox.secret.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()
+
+
+def visitor_session(
+    *,
+    inbox: Inbox,
+    token: str = "",
+    user_id: str = "",
+    user_hash_given: str = "",
+    name: str = "",
+    language: str = "",
+    page_url: str = "",
+    user_agent: str = "",
+) -> Visitor:
+    """The visitor behind `token`, or a new one. With `user_id` the site vouches for who this
+    is (`user_hash_given` must be its HMAC with the inbox secret): the visitor is linked to
+    that customer and sees their history. A bad hash is refused with ValidationError."""
+    if user_id:
+        user_id = str(user_id)[:200]
+        if not hmac.compare_digest(user_hash(inbox, user_id), str(user_hash_given or "")):
+            raise ValidationError(_("The user identity could not be verified."))
+    visitor = visitor_from_token(inbox, token)
+    if visitor is not None and visitor.identified and not user_id:
+        visitor = None  # the identified user left (logged out): the browser starts afresh
+    if visitor is None:
+        visitor = _visitor_new(inbox, name)
+    if user_id:
+        visitor = _identify(visitor, user_id, name)
+    changes = {"last_seen_at": timezone.now()}
+    if page_url and urlsplit(page_url).scheme in ("http", "https"):
+        changes["page_url"] = page_url[:2000]
+    if user_agent:
+        changes["user_agent"] = user_agent[:300]
+    Visitor.objects.filter(pk=visitor.pk).update(**changes)
+    customer = visitor.identity.customer
+    try:
+        language = language_normalize(language) if language else ""
+    except ValidationError:
+        language = ""  # a browser's odd tag is not the visitor's fault
+    if language and not customer.language:
+        type(customer).objects.filter(pk=customer.pk).update(language=language)
+    if name and not customer.name:
+        type(customer).objects.filter(pk=customer.pk).update(name=name[:200])
+    return visitor_reload(visitor)
+
+
+def visitor_reload(visitor: Visitor) -> Visitor:
+    return Visitor.objects.select_related("identity__customer", "inbox").get(pk=visitor.pk)
+
+
+def _visitor_new(inbox: Inbox, name: str) -> Visitor:
+    """A visitor with a web-chat identity of its own, and so a customer of its own."""
+    identity = identity_get_or_create(kind=Channel.WEBCHAT, address=Visitor().key, name=name)
+    return Visitor.objects.create(inbox=inbox, identity=identity, key=identity.address)
+
+
+def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
+    """Link the visitor to the customer the site says this is: their email identity when the
+    id is an email address, else a web-chat identity for the site's user id."""
+    try:
+        validate_email(user_id)
+        kind, address = Channel.EMAIL, user_id
+    except ValidationError:
+        kind, address = Channel.WEBCHAT, f"user:{user_id}"
+    target = identity_get_or_create(kind=kind, address=address, name=name)
+    if not target.verified:
+        Identity.objects.filter(pk=target.pk).update(verified=True)
+    target_customer = target.customer.merged_into or target.customer
+    current = visitor.identity.customer
+    if current.pk == target_customer.pk:
+        return visitor
+    if visitor.identified:
+        # This browser was someone else's: a new visitor, so neither sees the other's history.
+        visitor = _visitor_new(visitor.inbox, name)
+        current = visitor.identity.customer
+    # An anonymous visitor's profile holds only what this browser did: it joins the customer.
+    customer_merge(source=current, target=target_customer)
+    Visitor.objects.filter(pk=visitor.pk).update(identified=True)
+    return visitor_reload(visitor)
+
+
+def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Visitor:
+    """The visitor tells us their name and email (pre-chat form, or when we offer to answer by
+    email). The email is where replies follow them; it joins their profile only when nobody
+    else's profile has it: an agent merges the two after checking it is the same person."""
+    customer = visitor.identity.customer
+    name = name.strip()[:200]
+    email = email.strip().lower()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise ValidationError(_("Please enter a valid email address.")) from None
+    with transaction.atomic():
+        if name and customer.name != name and not visitor.identified:
+            type(customer).objects.filter(pk=customer.pk).update(name=name)
+        if name:  # how the timeline names the visitor's messages
+            Identity.objects.filter(pk=visitor.identity_id).update(display_name=name)
+        if email and email != visitor.email:
+            Visitor.objects.filter(pk=visitor.pk).update(email=email)
+            try:
+                identity_add(customer=customer, kind=Channel.EMAIL, address=email)
+            except AddressTaken:
+                conversation = visitor_conversation(visitor)
+                if conversation is not None:
+                    Conversation.objects.filter(pk=conversation.pk).update(
+                        flag_reason=(
+                            f"The visitor gave {email}, the address of another customer. Merge "
+                            "the two profiles if they are the same person; until then replies "
+                            "are not emailed there."
+                        )[:300]
+                    )
+            except ValidationError:
+                pass  # already this customer's
+    return visitor_reload(visitor)
+
+
+def visitor_email(visitor: Visitor) -> Identity | None:
+    """The email identity of the visitor's customer that replies may go to: the one they gave
+    in the widget, else any other of theirs."""
+    emails = Identity.objects.filter(
+        customer=visitor.identity.customer_id, kind=Channel.EMAIL, opted_out_at=None
+    )
+    if visitor.email:
+        return emails.filter(address=visitor.email).first()
+    return emails.order_by("-verified", "-last_seen_at").first()
+
+
+def visitor_seen(visitor_id: int, *, opened: int = 0) -> None:
+    """A socket of the visitor opened (+1), closed (-1) or said it is still there (0)."""
+    changes = {"last_seen_at": timezone.now()}
+    if opened:
+        changes["open_sockets"] = Greatest(F("open_sockets") + opened, 0)
+    Visitor.objects.filter(pk=visitor_id).update(**changes)
+
+
+def visitor_here(visitor: Visitor, now=None) -> bool:
+    """Has the visitor the widget open now? A count left high by a crashed server stops
+    counting once the heartbeat it should have sent is late."""
+    now = now or timezone.now()
+    seen = visitor.last_seen_at or visitor.created_at
+    return visitor.open_sockets > 0 and now - seen < timedelta(seconds=3 * HEARTBEAT_SECONDS)
+
+
+def visitor_away(visitor: Visitor, now=None) -> bool:
+    """Has the visitor had no open widget for the inbox's `email_after_minutes`?"""
+    now = now or timezone.now()
+    after = timedelta(minutes=max(widget_settings(visitor.inbox)["email_after_minutes"], 0))
+    seen = visitor.last_seen_at or visitor.created_at
+    return not visitor_here(visitor, now) and now - seen >= after
+
+
+# --- What the visitor reads ------------------------------------------------------------------
+
+
+def visitor_conversation(visitor: Visitor) -> Conversation | None:
+    """The conversation the widget shows: the customer's latest in this inbox or one this
+    visitor wrote in (wherever it went on: email, SMS...); for a visitor the site identified,
+    the customer's latest on any channel, which the chat then continues."""
+    customer = visitor.identity.customer
+    customer_id = customer.merged_into_id or customer.pk
+    conversations = Conversation.objects.filter(customer_id=customer_id, merged_into=None)
+    if not visitor.identified:
+        conversations = conversations.filter(
+            Q(inbox=visitor.inbox) | Q(messages__identity=visitor.identity)
+        )
+    return conversations.select_related("inbox").order_by("-last_activity_at", "-id").first()
+
+
+def visible_messages(conversation: Conversation, *, after: int = 0, limit: int = 500):
+    """What the customer may read of `conversation`: their messages and our replies on every
+    channel, never notes; emailed copies of chat replies are left out (they saw the original)."""
+    return (
+        conversation.messages.filter(
+            direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND), id__gt=after
+        )
+        .exclude(status=Message.Status.FAILED)
+        .exclude(metadata__has_key="follow_up_of")
+        .select_related("author")
+        .prefetch_related("attachments")
+        .order_by("id")[:limit]
+    )
+
+
+def media_url(attachment) -> str:
+    return reverse("webchat:media", args=[signing.dumps(attachment.pk, salt=MEDIA_SALT)])
+
+
+def message_json(message: Message) -> dict:
+    """A message as the widget shows it: text only, the agent by first name."""
+    agent = message.direction == Message.Direction.OUTBOUND
+    return {
+        "id": message.pk,
+        "from": "agent" if agent else "customer",
+        "author": (message.author.name.split(" ")[0] if agent and message.author else ""),
+        "text": message.text,
+        "channel": message.channel,
+        "created_at": message.created_at.isoformat(),
+        "read": bool(message.read_at),
+        "attachments": [
+            {
+                "name": item.filename,
+                "type": item.content_type,
+                "size": item.size,
+                "url": media_url(item) if item.file else "",
+                "image": item.content_type in IMAGE_TYPES,
+            }
+            for item in message.attachments.all()
+        ],
+    }
+
+
+def conversation_json(conversation: Conversation | None) -> dict | None:
+    if conversation is None:
+        return None
+    return {
+        "id": conversation.pk,
+        "live": conversation.status in LIVE,
+        "rating": conversation.rating,
+    }
+
+
+# --- What the visitor does -------------------------------------------------------------------
+
+# Shown inline in the widget; anything else is a download. Never SVG or HTML.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+UPLOAD_TYPES = IMAGE_TYPES + ("application/pdf", "text/plain", "text/csv")
+UPLOAD_MAX_BYTES = 10 * 1024 * 1024
+MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+)
+
+
+def sniffed_type(upload) -> str | None:
+    """The type of an uploaded file from its first bytes, not from what the browser claims;
+    None for anything we do not take (HTML, SVG, executables...)."""
+    head = upload.read(2048)
+    upload.seek(0)
+    for magic, content_type in MAGIC:
+        if head.startswith(magic):
+            return content_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text or "<" in text.lstrip()[:1]:
+        return None  # markup is never taken as text: a browser might render it
+    return "text/csv" if (upload.name or "").lower().endswith(".csv") else "text/plain"
+
+
+def visitor_message(
+    visitor: Visitor, *, text: str, client_id: str, attachments: tuple[InboundAttachment, ...] = ()
+) -> Received:
+    """Store what the visitor wrote. Resending the same client id returns the stored message."""
+    text = text if isinstance(text, str) else ""
+    if len(text) > TEXT_MAX_CHARS:
+        limit = {"n": TEXT_MAX_CHARS}
+        raise ValidationError(_("Messages are limited to %(n)s characters.") % limit)
+    if not (text.strip() or attachments):
+        raise ValidationError(_("Write a message first."))
+    if not client_id or not isinstance(client_id, str) or len(client_id) > 64:
+        raise ValidationError("Each message needs a client id of at most 64 characters.")
+    from conversations.services import message_receive
+
+    required = widget_settings(visitor.inbox)["prechat_email"] == "required"
+    if required and not visitor.email and visitor_email(visitor) is None:
+        raise ValidationError(_("Tell us your email address first."))
+    conversation = visitor_conversation(visitor)
+    live = conversation is not None and conversation.status in LIVE
+    return message_receive(
+        inbox=visitor.inbox,
+        inbound=InboundMessage(
+            channel=Channel.WEBCHAT,
+            address=visitor.identity.address,
+            text=text,
+            client_id=client_id,
+            conversation=conversation if live else None,
+            force_new_conversation=not live,
+            attachments=attachments,
+            metadata={"page": visitor.page_url} if visitor.page_url else {},
+        ),
+    )
+
+
+def messages_mark_read(conversation: Conversation, *, by_customer: bool, up_to: int) -> int:
+    """Mark the other side's messages up to `up_to` as read and tell both sides."""
+    direction = Message.Direction.OUTBOUND if by_customer else Message.Direction.INBOUND
+    unread = conversation.messages.filter(direction=direction, id__lte=up_to, read_at=None)
+    now = timezone.now()
+    with transaction.atomic():
+        if by_customer:
+            count = unread.filter(channel=Channel.WEBCHAT).update(
+                read_at=now, status=Message.Status.READ
+            )
+        else:
+            count = unread.update(read_at=now)
+        if count:
+            publish_conversation_event(
+                conversation,
+                "read",
+                by="customer" if by_customer else "agent",
+                customer_event={
+                    "event": "read",
+                    "conversation": conversation.pk,
+                    "by": "customer" if by_customer else "agent",
+                    "up_to": up_to,
+                },
+            )
+    return count
+
+
+def chat_end(conversation: Conversation, *, actor=None) -> Conversation:
+    """Either side ends the chat: the conversation is resolved and the widget offers a rating
+    and the transcript. The customer's next message opens a new conversation."""
+    with transaction.atomic():
+        conversation = conversation_set_status(
+            conversation=conversation, status=Conversation.Status.RESOLVED, actor=actor
+        )
+        _event(
+            conversation,
+            ConversationEvent.Kind.CHAT,
+            actor,
+            state="ended",
+            by="agent" if actor else "customer",
+        )
+        publish_conversation_event(
+            conversation,
+            "chat",
+            state="ended",
+            customer_event={"event": "ended", "conversation": conversation.pk},
+        )
+    return conversation
+
+
+def conversation_rate(conversation: Conversation, *, rating, comment: str = "") -> Conversation:
+    if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5:
+        raise ValidationError(_("Choose a rating from 1 to 5."))
+    comment = (comment or "").strip()[:2000] if isinstance(comment, str) else ""
+    with transaction.atomic():
+        Conversation.objects.filter(pk=conversation.pk).update(
+            rating=rating, rating_comment=comment
+        )
+        _event(conversation, ConversationEvent.Kind.RATED, rating=rating, comment=comment)
+        publish_conversation_event(conversation, "rated", rating=rating)
+    conversation.refresh_from_db()
+    return conversation
+
+
+def transcript_request(visitor: Visitor, conversation: Conversation) -> ConversationEvent:
+    """Email the conversation to the visitor's address; the task sends it once."""
+    from channels_adapters.tasks import send_transcript
+
+    email = visitor_email(visitor)
+    if email is None:
+        raise ValidationError(_("Tell us your email address first."))
+    with transaction.atomic():
+        event = _event(
+            conversation, ConversationEvent.Kind.CHAT, state="transcript", to=email.address
+        )
+        transaction.on_commit(lambda: send_transcript.delay(event.pk))
+    return event
+
+
+def availability(inbox: Inbox, now=None) -> dict:
+    """What the widget says about when an answer comes: online only when an agent of the
+    inbox's team has the inbox open and set themselves online, within business hours."""
+    from django.contrib.auth import get_user_model
+
+    from routing.hours import is_open, next_opening, schedule_for
+
+    now = now or timezone.now()
+    schedule = schedule_for(inbox)
+    open_now = is_open(schedule, now)
+    agents = get_user_model().objects.filter(
+        is_active=True,
+        availability="online",
+        last_seen_at__gte=now - AGENT_ONLINE_WINDOW,
+    )
+    if inbox.default_team_id:
+        agents = agents.filter(team_memberships__team_id=inbox.default_team_id)
+    online = open_now and agents.exists()
+    opens_at = None if open_now else next_opening(schedule, now)
+    reply_time = widget_settings(inbox)["reply_time"] or _("a few hours")
+    return {
+        "online": online,
+        "reply_time": reply_time,
+        "opens_at": opens_at.isoformat() if opens_at else None,
+        "timezone": schedule.timezone if schedule else settings.TIME_ZONE,
+    }

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from channels_adapters.webchat import views
+
+app_name = "webchat"
+
+urlpatterns = [
+    path("demo/", views.demo, name="demo"),
+    path("media/<str:token>", views.media, name="media"),
+    path("<str:key>/session", views.session, name="session"),
+    path("<str:key>/upload", views.upload, name="upload"),
+]

@@ -1,0 +1,894 @@
+/* Threadline chat widget. A site embeds it with one tag:
+ *
+ *   <script src="https://help.example.com/widget.js" data-inbox="KEY" async></script>
+ *
+ * Sites that know their user add data-user-id, data-user-hash (HMAC-SHA256 of the id with the
+ * inbox secret, computed on their server) and data-user-name: the chat then shows that
+ * customer's history on every device.
+ *
+ * Plain JavaScript, no build step, no dependencies. Everything it draws lives in a shadow root
+ * styled only by widget.css through a <link>, so the host page's CSS does not leak in and a host
+ * with a strict Content-Security-Policy needs no 'unsafe-inline'. Text from the server, agents
+ * or the visitor is only ever set with textContent: the widget renders text, never HTML.
+ *
+ * The socket only carries notifications and message ids move forward: on reconnect the widget
+ * says which id it saw last and the server sends what came after, so nothing is missed or shown
+ * twice. Messages the server has not acknowledged are resent with the same client id, which the
+ * server uses to store each message once.
+ */
+(function () {
+  "use strict";
+
+  const script = document.currentScript ||
+    document.querySelector('script[data-inbox][src*="widget.js"]');
+  if (!script || !script.dataset.inbox) return;
+  const KEY = script.dataset.inbox;
+  // The snippet pasted twice (say, in two templates) still makes one widget.
+  if (document.querySelector(`threadline-chat[data-inbox="${CSS.escape(KEY)}"]`)) return;
+
+  const BASE = new URL(".", script.src); // the server, whatever site this page is on
+  const STORE = `threadline:${KEY}`; // localStorage: shared by the visitor's tabs
+  const WAIT_FOR_AGENT_MS = 2 * 60 * 1000; // then say we will also answer by email
+  const PING_MS = 30000; // the server counts a visitor as gone without it
+  const TYPING_SHOWN_MS = 6000; // agents announce typing every ~2 s while they type
+  const TYPING_EVERY_MS = 1000;
+
+  const S = {
+    token: "", config: null, strings: {}, settings: {}, availability: {}, visitor: {},
+    conversation: null, // {id, live, rating} as the server shows it
+    messages: new Map(), // id -> message of the shown conversation
+    pending: new Map(), // client id -> {cid, text, file, state, error, id, node}
+    lastId: 0, // the highest message id seen: the reconnect cursor
+    seenUpTo: 0, // the agent read the visitor's messages up to this id
+    readSent: 0, // the visitor read the agent's messages up to this id
+    socket: null, ready: false, everReady: false, retries: 0,
+    open: false, fresh: false, waited: false, prechatDone: false,
+    rating: 0, transcriptSent: false, afterContact: "", contactForm: null,
+    typingSentAt: 0, timers: {},
+  };
+
+  // --- Small helpers --------------------------------------------------------------------------
+
+  const storage = {
+    memory: "",
+    get() {
+      try { return localStorage.getItem(STORE) || ""; } catch (error) { return this.memory; }
+    },
+    set(value) {
+      this.memory = value; // private modes and sandboxed frames may refuse storage
+      try {
+        if (value) localStorage.setItem(STORE, value);
+        else localStorage.removeItem(STORE);
+      } catch (error) { /* the memory copy lasts as long as the page */ }
+    },
+  };
+
+  function t(key, vars) {
+    const text = S.strings[key] || "";
+    return text.replace(/%\((\w+)\)s/g, (match, name) => (vars && name in vars ? vars[name] : ""));
+  }
+
+  // Elements only through createElement/textContent: never innerHTML.
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === false || value === null || value === undefined) continue;
+      if (name === "class") node.className = value;
+      else if (name === "text") node.textContent = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : value);
+    }
+    node.append(...children.filter((child) => child !== null && child !== undefined));
+    return node;
+  }
+
+  function icon(path) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    const shape = document.createElementNS(ns, "path");
+    shape.setAttribute("d", path);
+    svg.append(shape);
+    return svg;
+  }
+  const ICONS = {
+    chat: "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z",
+    close: "M6 6l12 12M18 6L6 18",
+    attach: "M16.5 6.5l-8 8a2.1 2.1 0 0 0 3 3l8-8a4.2 4.2 0 0 0-6-6l-8 8a6.4 6.4 0 0 0 9 9l7-7",
+    send: "M3 20l18-8L3 4v6l12 2-12 2z",
+  };
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    // randomUUID needs a secure context; getRandomValues does not.
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  // Server paths are relative to the server, not to the page; only http(s) links survive.
+  function serverUrl(path) {
+    try {
+      const url = new URL(path, BASE);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : "";
+    } catch (error) { return ""; }
+  }
+
+  function backoff(attempt) {
+    // Exponential, capped at 30 s, with jitter so a server restart is not hit by every
+    // widget at the same instant.
+    const ceiling = Math.min(30000, 1000 * 2 ** Math.min(attempt, 5));
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+  }
+
+  function clock(iso) {
+    const at = new Date(iso);
+    if (Number.isNaN(at.getTime())) return "";
+    const today = at.toDateString() === new Date().toDateString();
+    const options = today ? { hour: "numeric", minute: "2-digit" }
+      : { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" };
+    return new Intl.DateTimeFormat(undefined, options).format(at);
+  }
+
+  function when(iso) {
+    // "Friday 9:00 AM" in the visitor's own time zone and language; a date when further away.
+    const at = new Date(iso);
+    if (Number.isNaN(at.getTime())) return "";
+    const soon = at - Date.now() < 6 * 24 * 3600 * 1000;
+    const options = soon ? { weekday: "long", hour: "numeric", minute: "2-digit" }
+      : { dateStyle: "medium", timeStyle: "short" };
+    try {
+      return new Intl.DateTimeFormat(navigator.language || undefined, options).format(at);
+    } catch (error) { return at.toLocaleString(); }
+  }
+
+  function size(bytes) {
+    if (bytes >= 1048576) return `${(bytes / 1048576).toFixed(1)} MB`;
+    return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+  }
+
+  // --- The session: who this visitor is and what the widget shows -----------------------------
+
+  async function requestSession() {
+    const user = script.dataset.userId ? {
+      id: script.dataset.userId,
+      hash: script.dataset.userHash || "",
+      name: script.dataset.userName || "",
+    } : undefined;
+    const response = await fetch(serverUrl(`widget/${encodeURIComponent(KEY)}/session`), {
+      method: "POST",
+      credentials: "omit", // the token travels in the body; no cookies of ours on their site
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({
+        token: S.token || undefined, user, language: navigator.language || "", page: location.href,
+      }),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = new Error(data.error || `HTTP ${response.status}`);
+      error.status = response.status;
+      throw error;
+    }
+    S.token = data.token;
+    storage.set(data.token);
+    S.config = data;
+    S.strings = data.strings || {};
+    S.settings = data.settings || {};
+    S.availability = data.availability || {};
+    S.visitor = data.visitor || {};
+  }
+
+  async function boot(attempt) {
+    S.token = storage.get();
+    try {
+      await requestSession();
+    } catch (error) {
+      // Refused (a site the inbox does not allow, a bad user hash): stay out of the way.
+      if (error.status && error.status < 500) return console.warn("Threadline chat:", error.message);
+      S.timers.boot = setTimeout(() => boot(attempt + 1), backoff(attempt));
+      return;
+    }
+    mount();
+    connect();
+  }
+
+  // The token was refused (expired key, another inbox): start over as a new visitor.
+  async function renew() {
+    S.token = "";
+    storage.set("");
+    try {
+      await requestSession();
+    } catch (error) {
+      return reconnectLater();
+    }
+    S.lastId = 0;
+    showConversation(null);
+    connect();
+  }
+
+  // --- The socket -------------------------------------------------------------------------------
+
+  function connect() {
+    clearTimeout(S.timers.reconnect);
+    if (S.socket || !S.config) return;
+    const url = new URL(S.config.socket, BASE);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(url.href);
+    S.socket = socket;
+    socket.addEventListener("open", () => {
+      // The token goes in the first frame, not the URL (which server logs keep).
+      socket.send(JSON.stringify({ action: "hello", token: S.token, after: S.lastId }));
+    });
+    socket.addEventListener("message", (event) => {
+      if (socket !== S.socket) return;
+      let data;
+      try { data = JSON.parse(event.data); } catch (error) { return; }
+      handle(data);
+    });
+    socket.addEventListener("close", (event) => {
+      if (socket !== S.socket) return;
+      S.socket = null;
+      S.ready = false;
+      clearInterval(S.timers.ping);
+      render();
+      if (event.code === 4401) {
+        // Straight away the first time; a server refusing fresh tokens too is not hammered.
+        S.retries += 1;
+        S.timers.reconnect = setTimeout(renew, S.retries > 1 ? backoff(S.retries) : 0);
+        return;
+      }
+      if (event.code === 4403) return console.warn("Threadline chat: this site may not use it.");
+      reconnectLater(event.code === 4429 ? 4 : 0);
+    });
+  }
+
+  function reconnectLater(atLeast) {
+    clearTimeout(S.timers.reconnect);
+    S.retries = Math.max(S.retries + 1, atLeast || 0);
+    S.timers.reconnect = setTimeout(connect, backoff(S.retries));
+  }
+
+  function send(frame) {
+    if (!S.socket || !S.ready || S.socket.readyState !== WebSocket.OPEN) return false;
+    S.socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function handle(data) {
+    switch (data.type) {
+      case "ready":
+        S.ready = true;
+        S.everReady = true;
+        S.retries = 0;
+        S.availability = data.availability || S.availability;
+        showConversation(data.conversation);
+        (data.messages || []).forEach(addMessage);
+        // Whatever was not acknowledged before the drop goes again, under the same client id.
+        S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
+        clearInterval(S.timers.ping);
+        S.timers.ping = setInterval(() => send({ action: "ping" }), PING_MS);
+        break;
+      case "message":
+        addMessage(data.message);
+        break;
+      case "ack": {
+        const p = S.pending.get(data.client_id);
+        if (p) {
+          p.id = data.message;
+          if (S.messages.has(p.id)) dropPending(p); // the echo came first
+        }
+        break;
+      }
+      case "conversation":
+        showConversation(data.conversation);
+        break;
+      case "ended":
+        if (S.conversation && S.conversation.id === data.conversation) {
+          S.conversation.live = false;
+          S.fresh = false;
+        }
+        break;
+      case "read":
+        if (S.conversation && S.conversation.id === data.conversation) {
+          S.seenUpTo = Math.max(S.seenUpTo, data.up_to || 0);
+        }
+        break;
+      case "typing":
+        showTyping(data.agent);
+        break;
+      case "contact":
+        contactSaved(data.email);
+        break;
+      case "done":
+        if (data.action === "rate" && S.conversation) S.conversation.rating = S.rating;
+        if (data.action === "transcript") S.transcriptSent = true;
+        break;
+      case "error":
+        if (data.client_id && S.pending.has(data.client_id)) {
+          failPending(S.pending.get(data.client_id), data.error);
+        } else if (data.action === "contact" && S.contactForm) {
+          formError(S.contactForm, data.error);
+        } else showError(data.error);
+        break;
+      default:
+        return;
+    }
+    render();
+    markRead();
+  }
+
+  // --- Messages ---------------------------------------------------------------------------------
+
+  function showConversation(conversation) {
+    const current = S.conversation;
+    if (current && (!conversation || conversation.id !== current.id)) {
+      // Another conversation (a new one after the chat ended): show only its messages.
+      S.messages.clear();
+      ui.list.querySelectorAll("li[data-id]").forEach((node) => node.remove());
+      S.seenUpTo = 0;
+      S.rating = 0;
+      S.transcriptSent = false;
+    }
+    S.conversation = conversation ? { ...conversation } : null;
+    if (conversation && conversation.live && (!current || conversation.id !== current.id)) {
+      S.fresh = false;
+    }
+  }
+
+  function addMessage(m) {
+    if (!m || typeof m.id !== "number" || S.messages.has(m.id)) return;
+    S.messages.set(m.id, m);
+    S.lastId = Math.max(S.lastId, m.id);
+    const node = messageNode(m);
+    const later = Array.from(ui.list.children).find((li) =>
+      (li.dataset.id && Number(li.dataset.id) > m.id) || li.dataset.clientId);
+    ui.list.insertBefore(node, later || null);
+    S.pending.forEach((p) => { if (p.id === m.id) dropPending(p); });
+    if (m.from === "agent") hideTyping();
+    else if (m.read) S.seenUpTo = Math.max(S.seenUpTo, m.id);
+    stickToBottom();
+  }
+
+  function messageNode(m) {
+    const agent = m.from === "agent";
+    const node = el("li", { class: `message ${agent ? "agent" : "customer"}`, "data-id": m.id });
+    node.append(agent
+      ? el("p", { class: "author", text: m.author || S.settings.title || "" })
+      : el("p", { class: "sr-only", text: t("you") }));
+    if (m.text) node.append(el("p", { class: "text", text: m.text }));
+    for (const file of m.attachments || []) node.append(attachmentNode(file));
+    const meta = [clock(m.created_at)];
+    if (m.channel === "email") meta.push(t("via_email"));
+    node.append(el("p", { class: "meta", text: meta.filter(Boolean).join(" · ") }));
+    return node;
+  }
+
+  function attachmentNode(file) {
+    const href = file.url ? serverUrl(file.url) : "";
+    if (!href) return el("p", { class: "file", text: file.name });
+    if (file.image) {
+      const image = el("img", { src: href, alt: file.name, loading: "lazy" });
+      image.addEventListener("load", stickToBottom);
+      return el("a", { class: "image", href, target: "_blank", rel: "noopener noreferrer" }, image);
+    }
+    return el("a", {
+      class: "file", href, download: file.name, target: "_blank", rel: "noopener noreferrer",
+      text: `${file.name} (${size(file.size || 0)})`,
+    });
+  }
+
+  function sendText() {
+    const text = ui.textarea.value;
+    if (!text.trim()) return;
+    beforeSending();
+    const p = addPending({ text });
+    ui.textarea.value = "";
+    stopTyping();
+    transmit(p);
+    render();
+  }
+
+  function sendFile(file) {
+    const types = S.settings.upload_types || [];
+    if (file.size > (S.settings.upload_max_bytes || Infinity)) {
+      return showError(`${file.name}: ${t("file_size")}`);
+    }
+    // Browsers label some files oddly (CSV on Windows): an unknown type is left to the server.
+    if (file.type && types.length && !types.includes(file.type) && !/\.(csv|txt)$/i.test(file.name)) {
+      return showError(`${file.name}: ${t("file_type")}`);
+    }
+    beforeSending();
+    upload(addPending({ text: "", file }));
+    render();
+  }
+
+  function addPending(fields) {
+    const p = { cid: uuid(), state: "sending", error: "", id: null, at: Date.now(), ...fields };
+    p.node = el("li", { class: "message customer pending", "data-client-id": p.cid },
+      el("p", { class: "sr-only", text: t("you") }),
+      el("p", { class: "text", text: p.text || (p.file ? p.file.name : "") }),
+      el("p", { class: "meta" }));
+    S.pending.set(p.cid, p);
+    ui.list.append(p.node);
+    updatePending(p);
+    stickToBottom(true);
+    return p;
+  }
+
+  function transmit(p) {
+    p.state = "sending";
+    updatePending(p);
+    send({ action: "message", client_id: p.cid, text: p.text }); // else resent on "ready"
+  }
+
+  async function upload(p) {
+    p.state = "sending";
+    updatePending(p);
+    const form = new FormData();
+    form.append("token", S.token);
+    form.append("client_id", p.cid);
+    form.append("text", p.text);
+    form.append("file", p.file, p.file.name);
+    try {
+      const response = await fetch(serverUrl(S.config.upload), {
+        method: "POST", body: form, credentials: "omit",
+      });
+      const data = await response.json().catch(() => ({}));
+      if (!response.ok) return failPending(p, data.error || t("failed"));
+      p.id = data.message; // the message itself arrives over the socket
+      if (S.messages.has(p.id)) dropPending(p);
+    } catch (error) {
+      failPending(p, t("failed"));
+    }
+  }
+
+  function updatePending(p) {
+    const meta = p.node.querySelector(".meta");
+    p.node.classList.toggle("failed", p.state === "failed");
+    if (p.state !== "failed") return meta.replaceChildren(t("sending"));
+    const retry = () => (p.file ? upload(p) : transmit(p));
+    meta.replaceChildren(
+      el("span", { class: "error", text: p.error }), " ",
+      el("button", { type: "button", class: "retry", text: t("failed"), onclick: retry }));
+  }
+
+  function failPending(p, error) {
+    p.state = "failed";
+    p.error = error || "";
+    updatePending(p);
+  }
+
+  function dropPending(p) {
+    S.pending.delete(p.cid);
+    p.node.remove();
+  }
+
+  function stickToBottom(force) {
+    const list = ui.list;
+    if (force === true || list.scrollHeight - list.scrollTop - list.clientHeight < 120) {
+      list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  // The agent has read the visitor's messages: "Seen" under the visitor's last one.
+  function renderSeen() {
+    ui.list.querySelectorAll(".seen").forEach((node) => node.remove());
+    const mine = ui.list.querySelectorAll("li.customer[data-id]");
+    const last = mine[mine.length - 1];
+    if (last && Number(last.dataset.id) <= S.seenUpTo) {
+      last.append(el("p", { class: "seen", text: t("seen") }));
+    }
+  }
+
+  // The visitor reads the agent's messages when the panel is open on a visible page.
+  function markRead() {
+    if (!S.open || document.visibilityState !== "visible" || !S.ready || !S.conversation) return;
+    let last = 0;
+    S.messages.forEach((m) => { if (m.from === "agent" && m.id > last) last = m.id; });
+    if (last > S.readSent && send({ action: "read", conversation: S.conversation.id, message: last })) {
+      S.readSent = last;
+    }
+    renderBadge();
+  }
+
+  function unread() {
+    let count = 0;
+    S.messages.forEach((m) => { if (m.from === "agent" && !m.read && m.id > S.readSent) count += 1; });
+    return count;
+  }
+
+  function showTyping(name) {
+    ui.typing.textContent = t("typing", { name });
+    ui.typing.hidden = false;
+    clearTimeout(S.timers.typing);
+    S.timers.typing = setTimeout(hideTyping, TYPING_SHOWN_MS);
+  }
+
+  function hideTyping() {
+    clearTimeout(S.timers.typing);
+    ui.typing.hidden = true;
+    ui.typing.textContent = "";
+  }
+
+  // The visitor's draft, so agents see someone is writing: at most once a second.
+  function typed() {
+    if (!S.conversation || !S.conversation.live) return;
+    const now = Date.now();
+    if (now - S.typingSentAt >= TYPING_EVERY_MS) {
+      S.typingSentAt = now;
+      send({ action: "typing", typing: true, draft: ui.textarea.value.slice(0, 500) });
+    }
+    clearTimeout(S.timers.typingStop);
+    S.timers.typingStop = setTimeout(stopTyping, 3000);
+  }
+
+  function stopTyping() {
+    clearTimeout(S.timers.typingStop);
+    if (!S.typingSentAt) return;
+    S.typingSentAt = 0;
+    send({ action: "typing", typing: false });
+  }
+
+  // No agent answer for a while after the visitor wrote: the chat is asynchronous now.
+  function updateWaiting() {
+    clearTimeout(S.timers.waiting);
+    let since = null;
+    Array.from(S.messages.values()).sort((a, b) => a.id - b.id).forEach((m) => {
+      if (m.from === "agent") since = null;
+      else if (since === null) since = Date.parse(m.created_at);
+    });
+    S.pending.forEach((p) => { if (since === null || p.at < since) since = p.at; });
+    const due = since === null || Number.isNaN(since) ? null : since + WAIT_FOR_AGENT_MS - Date.now();
+    S.waited = due !== null && due <= 0;
+    if (due !== null && due > 0) {
+      S.timers.waiting = setTimeout(() => { S.waited = true; render(); }, due);
+    }
+  }
+
+  // --- Contact details, ending, rating ----------------------------------------------------------
+
+  function contact(fields, form) {
+    S.contactForm = form;
+    formError(form, "");
+    const sent = send({ action: "contact", ...fields });
+    if (!sent) formError(form, t("reconnecting"));
+    return sent;
+  }
+
+  function contactSaved(email) {
+    if (S.contactForm === ui.prechat) {
+      S.prechatDone = true;
+      const name = ui.nameInput.value.trim();
+      if (name) S.visitor.name = name;
+    }
+    S.visitor.email = email || S.visitor.email;
+    S.contactForm = null;
+    if (S.afterContact === "transcript") requestTranscript();
+    S.afterContact = "";
+    render();
+    focusFirst();
+  }
+
+  // Optional pre-chat fields do not block: whatever was filled goes along with the first message.
+  function beforeSending() {
+    if (ui.prechat.hidden) return;
+    const name = ui.nameInput.value.trim();
+    const email = ui.emailInput.value.trim();
+    if (name || email) contact({ name, email }, ui.prechat);
+    S.prechatDone = true;
+  }
+
+  function prechatState() {
+    const settings = S.settings;
+    const name = settings.prechat_name && settings.prechat_name !== "off" && !S.visitor.name;
+    const email = settings.prechat_email && settings.prechat_email !== "off" && !S.visitor.email;
+    const show = !S.prechatDone && !S.conversation && !S.messages.size && !S.pending.size &&
+      Boolean(name || email);
+    const blocking = show && ((name && settings.prechat_name === "required") ||
+      (email && settings.prechat_email === "required"));
+    return { show, name: show && name, email: show && email, blocking };
+  }
+
+  function startChat(event) {
+    event.preventDefault();
+    const state = prechatState();
+    const name = ui.nameInput.value.trim();
+    const email = ui.emailInput.value.trim();
+    let missing = null;
+    if (state.email && S.settings.prechat_email === "required" && !email) missing = ui.emailInput;
+    if (state.name && S.settings.prechat_name === "required" && !name) missing = ui.nameInput;
+    if (missing) {
+      formError(ui.prechat, t("required"), missing);
+      return missing.focus();
+    }
+    if (name || email) return contact({ name, email }, ui.prechat);
+    S.prechatDone = true;
+    render();
+    focusFirst();
+  }
+
+  function saveEmail(event) {
+    event.preventDefault();
+    const email = ui.noteEmail.value.trim();
+    if (!email) {
+      formError(ui.emailForm, t("required"), ui.noteEmail);
+      return ui.noteEmail.focus();
+    }
+    contact({ email }, ui.emailForm); // the server says whether it is a valid address
+  }
+
+  function formError(form, message, field) {
+    // A form already put away (optional pre-chat fields sent with the first message).
+    if (form.closest("[hidden]") && S.open) return showError(message);
+    const box = form.querySelector(".error");
+    box.textContent = message || "";
+    box.hidden = !message;
+    form.querySelectorAll("input").forEach((input) => {
+      if (input === field) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    });
+  }
+
+  function showError(message) {
+    ui.error.textContent = message || "";
+    ui.error.hidden = !message;
+    clearTimeout(S.timers.error);
+    if (message) S.timers.error = setTimeout(() => showError(""), 8000);
+  }
+
+  function endChat() {
+    if (S.conversation) send({ action: "end", conversation: S.conversation.id });
+  }
+
+  function chooseRating(value) {
+    S.rating = value;
+    ui.stars.forEach((star, index) => star.setAttribute("aria-pressed", String(index + 1 === value)));
+    ui.rateSend.disabled = false;
+  }
+
+  function rate(event) {
+    event.preventDefault();
+    if (!S.rating || !S.conversation) return;
+    send({
+      action: "rate", conversation: S.conversation.id, rating: S.rating,
+      comment: ui.comment.value.trim(),
+    });
+  }
+
+  function requestTranscript() {
+    if (!S.conversation) return;
+    if (!S.visitor.email) {
+      S.afterContact = "transcript"; // ask for the address first, then send it
+      render();
+      return ui.noteEmail.focus();
+    }
+    send({ action: "transcript", conversation: S.conversation.id });
+  }
+
+  function newConversation() {
+    // The next message opens a new conversation on the server; until then show an empty chat.
+    S.fresh = true;
+    S.messages.clear();
+    ui.list.querySelectorAll("li[data-id]").forEach((node) => node.remove());
+    render();
+    focusFirst();
+  }
+
+  // --- The interface ----------------------------------------------------------------------------
+
+  let host = null;
+  const ui = {};
+
+  function mount() {
+    host = document.createElement("threadline-chat");
+    host.dataset.inbox = KEY;
+    host.hidden = true; // until its stylesheet has loaded: no flash of an unstyled widget
+    const color = String(S.settings.color || "");
+    if (/^#[0-9a-f]{3,8}$/i.test(color)) host.style.setProperty("--tl-accent", color); // CSSOM: CSP allows it
+    const root = host.attachShadow({ mode: "open" });
+    const css = el("link", { rel: "stylesheet", href: serverUrl("static/widget/widget.css") });
+    css.addEventListener("load", () => { host.hidden = false; });
+    root.append(css, build());
+    (document.body || document.documentElement).append(host);
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && !S.socket) connect(); // phones kill sockets
+      markRead();
+      renderBadge();
+    });
+    window.addEventListener("online", () => { if (!S.socket) connect(); });
+    render();
+  }
+
+  function build() {
+    const title = S.settings.title || t("title");
+    ui.launcher = el("button", {
+      type: "button", class: "launcher", "aria-expanded": "false", "aria-controls": "tl-panel",
+      onclick: () => setOpen(!S.open),
+    }, icon(ICONS.chat));
+    ui.badge = el("span", { class: "badge", "aria-hidden": "true", hidden: true });
+    ui.launcher.append(ui.badge);
+
+    const logo = S.settings.logo_url ? serverUrl(S.settings.logo_url) : "";
+    ui.availability = el("p", { class: "availability" });
+    ui.endButton = el("button", { type: "button", class: "link", text: t("end"), onclick: endChat });
+    const close = el("button", {
+      type: "button", class: "icon close", "aria-label": t("close"), onclick: () => setOpen(false),
+    }, icon(ICONS.close));
+    const header = el("header", {},
+      logo ? el("img", { class: "logo", src: logo, alt: "" }) : null,
+      el("div", { class: "heading" }, el("h2", { id: "tl-title", text: title }), ui.availability),
+      ui.endButton, close);
+
+    ui.status = el("p", { class: "status", role: "status", hidden: true, text: t("reconnecting") });
+    ui.list = el("ol", {
+      class: "messages", "aria-live": "polite", "aria-relevant": "additions", tabindex: "0",
+      "aria-labelledby": "tl-title",
+    }, el("li", { class: "message agent greeting" },
+      el("p", { class: "text", text: S.settings.greeting || "" })));
+    ui.typing = el("p", { class: "typing", "aria-live": "polite", hidden: true });
+    ui.error = el("p", { class: "error", role: "alert", hidden: true });
+
+    // Pre-chat: name and email, as the inbox asks for them.
+    ui.nameInput = el("input", { id: "tl-name", name: "name", autocomplete: "name", maxlength: "200" });
+    ui.emailInput = el("input", {
+      id: "tl-email", name: "email", type: "email", autocomplete: "email", maxlength: "254",
+    });
+    ui.nameField = el("p", {}, el("label", { for: "tl-name", text: t("name") }), ui.nameInput);
+    ui.emailField = el("p", {}, el("label", { for: "tl-email", text: t("email") }), ui.emailInput);
+    ui.startButton = el("button", { type: "submit", class: "primary", text: t("start") });
+    ui.prechat = el("form", { class: "prechat", novalidate: true, onsubmit: startChat },
+      ui.nameField, ui.emailField, el("p", { class: "error", role: "alert", hidden: true }),
+      ui.startButton);
+
+    // "No rush": answers also go by email, to the address given here.
+    ui.noteEmail = el("input", {
+      id: "tl-note-email", name: "email", type: "email", autocomplete: "email", maxlength: "254",
+    });
+    ui.emailForm = el("form", { class: "email-form", novalidate: true, onsubmit: saveEmail },
+      el("label", { for: "tl-note-email", text: t("ask_email") }),
+      el("span", { class: "row" }, ui.noteEmail, el("button", { type: "submit", text: t("save") })),
+      el("p", { class: "error", role: "alert", hidden: true }));
+    ui.noteText = el("p", { text: t("went_async") });
+    ui.emailSaved = el("p", { class: "muted" });
+    ui.note = el("div", { class: "note", hidden: true }, ui.noteText, ui.emailSaved);
+
+    // After the chat ended: a rating, the transcript, a new conversation.
+    ui.stars = [1, 2, 3, 4, 5].map((value) => el("button", {
+      type: "button", class: "star", "aria-pressed": "false", text: String(value),
+      onclick: () => chooseRating(value),
+    }));
+    ui.comment = el("textarea", { id: "tl-comment", rows: "2", maxlength: "2000" });
+    ui.rateSend = el("button", { type: "submit", class: "primary", text: t("send"), disabled: true });
+    ui.rateForm = el("form", { class: "rate", onsubmit: rate },
+      el("p", { id: "tl-rate", text: t("rate") }),
+      el("div", { class: "stars", role: "group", "aria-labelledby": "tl-rate" }, ...ui.stars),
+      el("label", { for: "tl-comment", text: t("comment") }), ui.comment, ui.rateSend);
+    ui.rated = el("p", { class: "muted", text: t("rated"), hidden: true });
+    ui.transcriptButton = el("button", { type: "button", text: t("transcript"), onclick: requestTranscript });
+    ui.transcriptSent = el("p", { class: "muted", text: t("transcript_sent"), hidden: true });
+    ui.ended = el("div", { class: "ended", hidden: true },
+      el("p", { class: "ended-title", text: t("ended") }), ui.rateForm, ui.rated,
+      ui.transcriptButton, ui.transcriptSent,
+      el("button", { type: "button", class: "primary", text: t("new"), onclick: newConversation }));
+
+    // The composer: Enter sends, Shift+Enter is a new line.
+    ui.textarea = el("textarea", {
+      id: "tl-text", rows: "1", maxlength: "5000", placeholder: t("placeholder"),
+      "aria-label": t("placeholder"), oninput: typed,
+    });
+    ui.textarea.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        sendText();
+      }
+    });
+    ui.fileInput = el("input", {
+      type: "file", class: "sr-only", tabindex: "-1", "aria-hidden": "true",
+      accept: (S.settings.upload_types || []).join(","),
+    });
+    ui.fileInput.addEventListener("change", () => {
+      const file = ui.fileInput.files[0];
+      ui.fileInput.value = "";
+      if (file) sendFile(file);
+    });
+    ui.composer = el("form", {
+      class: "composer", onsubmit: (event) => { event.preventDefault(); sendText(); },
+    },
+    el("button", {
+      type: "button", class: "icon", "aria-label": t("attach"), title: t("attach"),
+      onclick: () => ui.fileInput.click(),
+    }, icon(ICONS.attach)),
+    ui.fileInput, ui.textarea,
+    el("button", { type: "submit", class: "icon send", "aria-label": t("send"), title: t("send") },
+      icon(ICONS.send)));
+
+    ui.panel = el("div", {
+      id: "tl-panel", class: "panel", role: "dialog", "aria-modal": "false", "aria-label": title,
+      hidden: true,
+    }, header, ui.status, ui.list, ui.typing, ui.note, ui.prechat, ui.ended, ui.error, ui.composer);
+    ui.panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.stopPropagation();
+        setOpen(false);
+      }
+    });
+    return el("div", { class: "root" }, ui.panel, ui.launcher);
+  }
+
+  function setOpen(open) {
+    S.open = open;
+    ui.panel.hidden = !open;
+    ui.launcher.setAttribute("aria-expanded", String(open));
+    render();
+    if (open) {
+      stickToBottom(true);
+      focusFirst();
+      markRead();
+    } else ui.launcher.focus();
+  }
+
+  function focusFirst() {
+    if (!S.open) return;
+    const target = [ui.nameInput, ui.emailInput, ui.textarea, ui.stars[0], ui.noteEmail]
+      .find((input) => !input.closest("[hidden]") && input.getClientRects().length > 0);
+    (target || ui.panel.querySelector("button.close")).focus();
+  }
+
+  function render() {
+    if (!host) return;
+    updateWaiting();
+    const a = S.availability || {};
+    const lines = a.online ? [t("online")] : [t("offline", { time: a.reply_time || "" })];
+    if (!a.online && a.opens_at) lines.push(t("back_at", { when: when(a.opens_at) }));
+    ui.availability.replaceChildren(...lines.map((line) => el("span", { text: line })));
+    ui.panel.classList.toggle("online", Boolean(a.online));
+
+    const c = S.conversation;
+    const ended = Boolean(c && !c.live && !S.fresh);
+    const prechat = prechatState();
+    ui.prechat.hidden = !prechat.show;
+    ui.nameField.hidden = !prechat.name;
+    ui.emailField.hidden = !prechat.email;
+    ui.nameInput.required = S.settings.prechat_name === "required";
+    ui.emailInput.required = S.settings.prechat_email === "required";
+    ui.startButton.hidden = !prechat.blocking;
+    ui.composer.hidden = ended || prechat.blocking;
+    ui.endButton.hidden = !(c && c.live && !S.fresh);
+
+    ui.ended.hidden = !ended;
+    const rated = Boolean(c && c.rating);
+    ui.rateForm.hidden = rated;
+    ui.rated.hidden = !rated;
+    ui.transcriptButton.hidden = S.transcriptSent;
+    ui.transcriptSent.hidden = !S.transcriptSent;
+
+    const asynchronous = !ended && !prechat.blocking && (!a.online || S.waited);
+    ui.note.hidden = !asynchronous;
+    ui.emailSaved.textContent = S.visitor.email ? t("email_saved", { email: S.visitor.email }) : "";
+    ui.emailSaved.hidden = !S.visitor.email;
+    // One email form, where it is needed: for the transcript, or so answers can follow them.
+    const emailFor = S.visitor.email ? null
+      : ended && S.afterContact === "transcript" ? ui.ended
+        : asynchronous && !prechat.email ? ui.note : null;
+    if (emailFor && ui.emailForm.parentNode !== emailFor) emailFor.append(ui.emailForm);
+    ui.emailForm.hidden = !emailFor;
+
+    ui.status.hidden = S.ready || !S.everReady;
+    renderSeen();
+    renderBadge();
+  }
+
+  function renderBadge() {
+    const count = S.open && document.visibilityState === "visible" ? 0 : unread();
+    ui.badge.textContent = String(count);
+    ui.badge.hidden = !count;
+    const label = S.open ? t("close") : t("open");
+    ui.launcher.setAttribute("aria-label", count ? `${label} (${count})` : label);
+  }
+
+  boot(0);
+})();

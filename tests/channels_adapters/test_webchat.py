@@ -1,0 +1,565 @@
+"""The chat widget's server side: sessions and identity, the visitor's socket rules, and the
+email that follows a visitor who left."""
+
+import json
+from datetime import timedelta
+
+import pytest
+import time_machine
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.utils import timezone
+
+from channels_adapters.delivery import message_deliver
+from channels_adapters.webchat import adapter as webchat
+from channels_adapters.webchat import chat
+from conversations import services
+from conversations.models import Channel, Conversation, ConversationEvent, Message, Visitor
+from helpdesk.asgi import application
+from tests.conftest import receive
+
+SITE = "https://shop.example"
+
+
+@pytest.fixture
+def widget(chat_inbox):
+    chat_inbox.settings = {"allowed_origins": [SITE], "email_after_minutes": 5}
+    chat_inbox.save()
+    return chat_inbox
+
+
+def start(client, inbox, origin=SITE, **body):
+    return client.post(
+        f"/widget/{inbox.widget_key}/session",
+        data=json.dumps(body),
+        content_type="application/json",
+        HTTP_ORIGIN=origin,
+    )
+
+
+def new_visitor(inbox, **kwargs) -> Visitor:
+    return chat.visitor_session(inbox=inbox, **kwargs)
+
+
+async def visitor_socket(inbox, token=None, origin=SITE, after=0, hello=True):
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/widget/{inbox.widget_key}/",
+        headers=[(b"origin", origin.encode()), (b"host", b"help.example")],
+    )
+    connected, code = await communicator.connect()
+    if connected and hello:
+        await communicator.send_json_to({"action": "hello", "token": token, "after": after})
+    return communicator, connected, code
+
+
+# --- Sessions and identity -------------------------------------------------------------------
+
+
+def test_a_visitor_gets_a_token_and_keeps_their_identity_with_it(client, widget):
+    first = start(client, widget, language="pt-BR")
+    assert first.status_code == 200
+    assert first["Access-Control-Allow-Origin"] == SITE
+    data = first.json()
+    assert data["strings"]["send"] == "Enviar"  # in the visitor's language
+    again = start(client, widget, token=data["token"]).json()
+    assert chat.visitor_from_token(widget, again["token"]) == chat.visitor_from_token(
+        widget, data["token"]
+    )
+    assert Visitor.objects.count() == 1
+    assert Visitor.objects.get().identity.customer.language == "pt-BR"
+
+
+@pytest.mark.parametrize("language", ["pt", "fr", "es"])
+def test_every_widget_string_ships_translated(language):
+    from django.utils import translation
+
+    from channels_adapters.webchat.views import _strings
+
+    english = _strings()
+    with translation.override(language):
+        translated = _strings()
+    untranslated = [key for key in english if translated[key] == english[key]]
+    assert untranslated == []
+
+
+def test_a_forged_or_foreign_token_gets_a_new_visitor(client, widget, chat_inbox):
+    token = start(client, widget).json()["token"]
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    start(client, widget, token=forged)
+    other = services.Inbox.objects.create(
+        name="Other site", kind=Channel.WEBCHAT, settings={"allowed_origins": [SITE]}
+    )
+    start(client, other, token=token)
+    assert Visitor.objects.count() == 3  # neither was taken for the first visitor
+
+
+def test_pages_on_sites_the_inbox_does_not_allow_are_refused(client, widget):
+    response = start(client, widget, origin="https://evil.example")
+    assert response.status_code == 403
+    assert "Access-Control-Allow-Origin" not in response
+    assert start(client, widget, origin="").status_code == 403
+    assert Visitor.objects.count() == 0
+    # Our own pages (the demo) always may.
+    assert start(client, widget, origin="http://testserver").status_code == 200
+
+
+def test_subdomain_patterns_match_subdomains_only(widget):
+    widget.settings = {"allowed_origins": ["https://*.example.org"]}
+    assert chat.origin_allowed(widget, "https://www.example.org", "help.example")
+    assert not chat.origin_allowed(widget, "https://example.org.evil.net", "help.example")
+    assert not chat.origin_allowed(widget, "http://www.example.org", "help.example")
+
+
+def test_a_signed_user_id_links_the_visitor_to_that_customers_history(client, widget):
+    earlier = receive(
+        widget.__class__.objects.create(name="Mail", kind=Channel.EMAIL),
+        "My order is late",
+        address="ana@example.com",
+        channel=Channel.EMAIL,
+    )
+    anonymous = start(client, widget).json()["token"]
+    visitor = chat.visitor_from_token(widget, anonymous)
+    chat.visitor_message(visitor, text="Hi, it's Ana again", client_id="c1")
+
+    signed = {"id": "ana@example.com", "hash": chat.user_hash(widget, "ana@example.com")}
+    data = start(client, widget, token=anonymous, user=signed).json()
+    visitor = chat.visitor_from_token(widget, data["token"])
+    ana = earlier.message.conversation.customer
+    assert visitor.identified
+    assert visitor.identity.customer == ana
+    # What the visitor wrote before signing in went with them.
+    assert Conversation.objects.filter(customer=ana).count() == 2
+
+    # Another device: a new browser, the same signed user, the same history.
+    other = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    assert other.identity.customer == ana
+    assert chat.visitor_conversation(other) == chat.visitor_conversation(visitor)
+
+
+def test_a_bad_user_hash_is_refused_and_changes_nothing(client, widget):
+    response = start(client, widget, user={"id": "ana@example.com", "hash": "0" * 64})
+    assert response.status_code == 403
+    assert response.json()["error"] == "The user identity could not be verified."
+    assert Visitor.objects.count() == 0
+
+
+def test_after_the_user_logs_out_the_browser_no_longer_shows_their_history(client, widget):
+    signed = {"id": "42", "hash": chat.user_hash(widget, "42")}
+    token = start(client, widget, user=signed).json()["token"]
+    chat.visitor_message(chat.visitor_from_token(widget, token), text="Private", client_id="c1")
+    # The site's page no longer passes the user: a fresh, anonymous visitor.
+    fresh = chat.visitor_from_token(widget, start(client, widget, token=token).json()["token"])
+    assert not fresh.identified
+    assert chat.visitor_conversation(fresh) is None
+
+
+def test_an_email_that_is_someone_elses_is_not_linked(widget):
+    owner = receive(widget, "Hello", address="owner@example.com", channel=Channel.EMAIL)
+    visitor = new_visitor(widget)
+    chat.visitor_message(visitor, text="Hi", client_id="c1")
+    visitor = chat.visitor_contact(visitor, email="owner@example.com")
+    assert visitor.email == "owner@example.com"
+    assert visitor.identity.customer != owner.message.conversation.customer
+    assert chat.visitor_email(visitor) is None  # nothing is emailed there
+    assert "another customer" in chat.visitor_conversation(visitor).flag_reason
+    assert chat.visible_messages(chat.visitor_conversation(visitor)).count() == 1
+
+
+def test_a_required_email_is_asked_for_before_the_first_message(widget):
+    widget.settings = {**widget.settings, "prechat_email": "required"}
+    widget.save()
+    visitor = new_visitor(widget)
+    with pytest.raises(services.ValidationError, match="email address first"):
+        chat.visitor_message(visitor, text="Hi", client_id="c1")
+    visitor = chat.visitor_contact(visitor, email="Ana@Example.com")
+    assert chat.visitor_message(visitor, text="Hi", client_id="c1").created
+    assert chat.visitor_email(visitor).address == "ana@example.com"
+
+
+# --- The socket ------------------------------------------------------------------------------
+
+pytestmark_socket = pytest.mark.django_db(transaction=True)
+
+
+@pytestmark_socket
+async def test_the_socket_refuses_foreign_origins_and_missing_or_forged_tokens(widget):
+    _, connected, code = await visitor_socket(widget, origin="https://evil.example", hello=False)
+    assert (connected, code) == (False, 4403)
+
+    socket, connected, _ = await visitor_socket(widget, token="forged")
+    assert connected
+    assert (await socket.receive_output(timeout=5))["code"] == 4401
+
+    socket, _, _ = await visitor_socket(widget, hello=False)
+    await socket.send_json_to({"action": "message", "client_id": "c1", "text": "hi"})
+    assert (await socket.receive_output(timeout=5))["code"] == 4401
+    assert await database_sync_to_async(Message.objects.count)() == 0
+
+
+@pytestmark_socket
+async def test_a_message_is_stored_once_however_often_it_is_resent(widget):
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    token = chat.visitor_token(visitor)
+    socket, _, _ = await visitor_socket(widget, token)
+    ready = await socket.receive_json_from(timeout=5)
+    assert ready["type"] == "ready" and ready["conversation"] is None
+
+    await socket.send_json_to({"action": "message", "client_id": "c-1", "text": "Hello?"})
+    ack = await socket.receive_json_from(timeout=5)
+    assert ack["type"] == "ack"
+    shown = await socket.receive_json_from(timeout=5)
+    assert shown["type"] == "conversation"
+    echoed = await socket.receive_json_from(timeout=5)
+    assert echoed["message"]["id"] == ack["message"]
+    assert echoed["message"]["text"] == "Hello?"
+    # The connection drops before the ack arrives; the widget resends on a new socket.
+    await socket.disconnect()
+    socket, _, _ = await visitor_socket(widget, token, after=ack["message"])
+    assert (await socket.receive_json_from(timeout=5))["messages"] == []
+    await socket.send_json_to({"action": "message", "client_id": "c-1", "text": "Hello?"})
+    assert (await socket.receive_json_from(timeout=5))["message"] == ack["message"]
+    assert await database_sync_to_async(Message.objects.count)() == 1
+    await socket.disconnect()
+
+
+@pytestmark_socket
+async def test_a_reconnect_catches_up_without_gap_or_duplicate(widget, bob):
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    token = chat.visitor_token(visitor)
+    first = await database_sync_to_async(chat.visitor_message)(visitor, text="1", client_id="a")
+    conversation = first.message.conversation
+
+    def agent_writes():
+        reply = services.reply_send(conversation=conversation, author=bob, text="2")
+        services.note_add(conversation=conversation, author=bob, text="internal: refund?")
+        message_deliver(reply.pk)
+        return reply
+
+    reply = await database_sync_to_async(agent_writes)()
+    # The widget had seen message 1 before it dropped.
+    socket, _, _ = await visitor_socket(widget, token, after=first.message.pk)
+    ready = await socket.receive_json_from(timeout=5)
+    assert [m["text"] for m in ready["messages"]] == ["2"]
+    assert ready["messages"][0] == {**ready["messages"][0], "from": "agent", "author": "Bob"}
+    assert ready["messages"][0]["id"] == reply.pk
+    await socket.disconnect()
+
+
+@pytestmark_socket
+async def test_agent_replies_and_typing_reach_the_visitor_live_and_notes_never(widget, bob, client):
+    from tests.conversations.test_consumers import connect, session_cookie
+
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    received = await database_sync_to_async(chat.visitor_message)(visitor, text="Hi", client_id="a")
+    conversation = received.message.conversation
+    socket, _, _ = await visitor_socket(
+        widget, chat.visitor_token(visitor), after=received.message.pk
+    )
+    await socket.receive_json_from(timeout=5)  # ready
+
+    agent, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    await agent.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert (await agent.receive_json_from(timeout=5))["type"] == "subscribed"
+    await agent.send_json_to({"action": "typing", "conversation": conversation.pk, "mode": "note"})
+    await agent.send_json_to({"action": "typing", "conversation": conversation.pk, "mode": "reply"})
+    assert await socket.receive_json_from(timeout=5) == {"type": "typing", "agent": "Bob"}
+
+    def agent_writes():
+        services.note_add(conversation=conversation, author=bob, text="internal")
+        reply = services.reply_send(conversation=conversation, author=bob, text="Hello Ana")
+        message_deliver(reply.pk)
+
+    await database_sync_to_async(agent_writes)()
+    live = await socket.receive_json_from(timeout=5)
+    assert live["type"] == "message" and live["message"]["text"] == "Hello Ana"
+    assert await socket.receive_nothing(timeout=0.3)
+    await socket.disconnect()
+    await agent.disconnect()
+
+
+@pytestmark_socket
+async def test_agents_see_the_visitors_draft_only_where_the_inbox_allows_it(widget, bob, client):
+    from tests.conversations.test_consumers import connect, session_cookie
+
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    received = await database_sync_to_async(chat.visitor_message)(visitor, text="Hi", client_id="a")
+    conversation_id = received.message.conversation_id
+    agent, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    await agent.send_json_to({"action": "subscribe", "conversation": conversation_id})
+    await agent.receive_json_from(timeout=5)
+
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    await socket.receive_json_from(timeout=5)
+    await socket.send_json_to({"action": "typing", "typing": True, "draft": "my card was"})
+    typing = await agent.receive_json_from(timeout=5)
+    assert typing == {
+        "type": "visitor_typing",
+        "conversation": conversation_id,
+        "typing": True,
+        "draft": "",
+    }
+    await socket.disconnect()
+
+    widget.settings = {**widget.settings, "typing_preview": True}
+    await database_sync_to_async(widget.save)()
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    await socket.receive_json_from(timeout=5)
+    await socket.send_json_to({"action": "typing", "typing": True, "draft": "my card was"})
+    assert (await agent.receive_json_from(timeout=5))["draft"] == "my card was"
+    await socket.disconnect()
+    await agent.disconnect()
+
+
+@pytestmark_socket
+async def test_a_visitor_reads_only_their_own_conversation(widget):
+    mine = await database_sync_to_async(new_visitor)(widget)
+    theirs = await database_sync_to_async(new_visitor)(widget)
+    await database_sync_to_async(chat.visitor_message)(theirs, text="secret", client_id="a")
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(mine))
+    ready = await socket.receive_json_from(timeout=5)
+    assert ready["conversation"] is None and ready["messages"] == []
+    other = await database_sync_to_async(chat.visitor_conversation)(theirs)
+    await socket.send_json_to({"action": "end", "conversation": other.pk})
+    assert (await socket.receive_json_from(timeout=5))["error"] == "No such conversation."
+    await socket.send_json_to({"action": "rate", "conversation": other.pk, "rating": 1})
+    assert (await socket.receive_json_from(timeout=5))["error"] == "No such conversation."
+    assert (await database_sync_to_async(Conversation.objects.get)(pk=other.pk)).rating is None
+    await socket.disconnect()
+
+
+@pytestmark_socket
+async def test_floods_and_oversized_frames_are_refused(widget, settings):
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    await socket.receive_json_from(timeout=5)
+    answers = []
+    with time_machine.travel(timezone.now(), tick=False):  # fifteen at one instant
+        for n in range(15):
+            await socket.send_json_to({"action": "message", "client_id": f"c{n}", "text": f"{n}"})
+        while len([a for a in answers if a["type"] in ("ack", "error")]) < 15:
+            answers.append(await socket.receive_json_from(timeout=5))
+    refused = [a for a in answers if a["type"] == "error"]
+    assert [a["client_id"] for a in refused] == ["c10", "c11", "c12", "c13", "c14"]
+    assert refused[0]["retry"] is True
+    assert await database_sync_to_async(Message.objects.count)() == 10
+
+    await socket.send_to(text_data="x" * 70_000)
+    assert (await socket.receive_output(timeout=5))["code"] == 1009
+
+    settings.WEBCHAT_CONNECTIONS_PER_MINUTE = 2
+    with time_machine.travel(timezone.now(), tick=False):  # all within one minute
+        results = [await visitor_socket(widget, hello=False) for _ in range(3)]
+    assert [connected for _, connected, _ in results].count(False) >= 1
+    assert results[-1][2] == 4429
+
+
+# --- Ending, rating, transcript, going asynchronous ------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_back(
+    widget, bob, email_inbox, smtp_server
+):
+    visitor = new_visitor(widget)
+    visitor = chat.visitor_contact(visitor, name="Ana", email="ana@example.com")
+    received = chat.visitor_message(visitor, text="Can I change my order?", client_id="a")
+    conversation = received.message.conversation
+    chat.visitor_seen(visitor.pk, opened=1)
+    chat.visitor_seen(visitor.pk, opened=-1)  # she closed the page
+
+    reply = services.reply_send(conversation=conversation, author=bob, text="Yes, until noon.")
+    message_deliver(reply.pk)
+    # Not yet: she may be back in a minute.
+    assert webchat.follow_up(conversation.pk) is None
+    with time_machine.travel(timezone.now() + timedelta(minutes=6)):
+        emailed = webchat.follow_up(conversation.pk)
+        assert webchat.follow_up(conversation.pk) is None  # twice sends once
+    message_deliver(emailed.pk)
+    [mail] = smtp_server.messages()
+    assert mail["To"] == "ana@example.com"
+    assert "Yes, until noon." in mail.get_body().get_content()
+    assert conversation.reply_token in mail["Reply-To"]
+    assert conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
+
+    # Her answer by email lands in the same conversation, and the widget shows it.
+    answer = services.message_receive(
+        inbox=email_inbox,
+        inbound=services.InboundMessage(
+            channel=Channel.EMAIL,
+            address="ana@example.com",
+            text="Great, please make it blue.",
+            conversation=conversation,
+        ),
+    )
+    assert answer.message.conversation == conversation
+    shown = [m.text for m in chat.visible_messages(chat.visitor_conversation(visitor))]
+    assert shown == ["Can I change my order?", "Yes, until noon.", "Great, please make it blue."]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reply_the_visitor_read_is_not_emailed(widget, bob, email_inbox, smtp_server):
+    visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    reply = services.reply_send(conversation=conversation, author=bob, text="Hello")
+    message_deliver(reply.pk)
+    chat.messages_mark_read(conversation, by_customer=True, up_to=reply.pk)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.READ
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        assert webchat.follow_ups_due() == 0
+        assert webchat.follow_up(conversation.pk) is None
+
+
+def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server):
+    visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    services.reply_send(conversation=conversation, author=bob, text="Hello Ana")
+    chat.chat_end(conversation)
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.RESOLVED
+    with pytest.raises(services.ValidationError):
+        chat.conversation_rate(conversation, rating=6)
+    chat.conversation_rate(conversation, rating=5, comment="Quick and kind")
+    conversation.refresh_from_db()
+    assert (conversation.rating, conversation.rating_comment) == (5, "Quick and kind")
+
+    event = chat.transcript_request(visitor, conversation)
+    assert webchat.transcript_send(event.pk)
+    assert not webchat.transcript_send(event.pk)  # once
+    [mail] = smtp_server.messages()
+    body = mail.get_body().get_content()
+    assert mail["To"] == "ana@example.com"
+    assert "Hi" in body and "Hello Ana" in body
+
+    # The next message starts a new conversation.
+    again = chat.visitor_message(visitor, text="One more thing", client_id="b")
+    assert again.message.conversation != conversation
+
+
+def test_availability_is_online_only_with_an_agent_there_in_business_hours(widget, bob):
+    assert chat.availability(widget)["online"] is False
+    bob.availability = "online"
+    bob.last_seen_at = timezone.now()
+    bob.save()
+    assert chat.availability(widget)["online"] is True
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        assert chat.availability(widget)["online"] is False  # his inbox is not open any more
+
+
+def test_the_agent_sees_the_visitor_and_can_end_the_chat(client, widget, bob):
+    visitor = chat.visitor_contact(
+        new_visitor(widget, page_url="https://shop.example/cart"), email="ana@example.com"
+    )
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    chat.visitor_seen(visitor.pk, opened=1)
+    client.force_login(bob)
+    page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    assert "on the site now" in page
+    assert "https://shop.example/cart" in page
+    assert "End chat" in page
+
+    response = client.post(f"/inbox/{conversation.pk}/end-chat")
+    assert response.status_code == 302
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.RESOLVED
+    page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    assert "ended by the agent" in page
+    assert "End chat" not in page
+
+
+# --- Files and proactive messages ------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def upload(client, inbox, token, name, content, origin=SITE, client_id="f1"):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(
+        f"/widget/{inbox.widget_key}/upload",
+        {
+            "token": token,
+            "client_id": client_id,
+            "file": SimpleUploadedFile(name, content, content_type="image/png"),
+        },
+        HTTP_ORIGIN=origin,
+    )
+
+
+def test_a_visitor_sends_an_image_and_sees_its_preview(client, widget):
+    token = start(client, widget).json()["token"]
+    response = upload(client, widget, token, "photo.png", PNG)
+    assert response.status_code == 201
+    message = Message.objects.get(pk=response.json()["message"])
+    [shown] = chat.message_json(message)["attachments"]
+    assert shown["image"] is True and shown["name"] == "photo.png"
+    preview = client.get(shown["url"])
+    assert preview.status_code == 200
+    assert preview["Content-Type"] == "image/png"
+    assert preview["X-Content-Type-Options"] == "nosniff"
+    # The same upload again (a retry after a drop) stores nothing new.
+    assert upload(client, widget, token, "photo.png", PNG).json()["message"] == message.pk
+    assert Message.objects.count() == 1
+
+
+def test_uploads_are_judged_by_their_bytes_and_size_and_need_a_token(client, widget, settings):
+    token = start(client, widget).json()["token"]
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    refused = upload(client, widget, token, "cute.png", svg)
+    assert refused.status_code == 415
+    assert "Only images" in refused.json()["error"]
+    assert upload(client, widget, "forged", "photo.png", PNG).status_code == 401
+    assert (
+        upload(client, widget, token, "photo.png", PNG, origin="https://evil.example").status_code
+        == 403
+    )
+    big = PNG + b"\x00" * chat.UPLOAD_MAX_BYTES
+    assert upload(client, widget, token, "big.png", big).status_code == 413
+    assert Message.objects.count() == 0
+    # A text file is taken as text, whatever name it has.
+    text = upload(client, widget, token, "notes.txt", "Olá, segue o recibo".encode())
+    assert text.status_code == 201
+    assert Message.objects.get().attachments.get().content_type == "text/plain"
+
+
+def test_media_links_are_signed(client, widget):
+    assert client.get("/widget/media/forged").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_agent_writes_first_and_the_open_widget_shows_it(widget, bob):
+    visitor = await database_sync_to_async(new_visitor)(widget, name="Ana")
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    assert (await socket.receive_json_from(timeout=5))["conversation"] is None
+
+    def agent_starts():
+        conversation = services.conversation_start(
+            customer=visitor.identity.customer,
+            identity=visitor.identity,
+            author=bob,
+            text="Hi Ana, can I help you find a size?",
+        )
+        message_deliver(conversation.messages.get().pk)
+        return conversation
+
+    conversation = await database_sync_to_async(agent_starts)()
+    shown = await socket.receive_json_from(timeout=5)
+    assert shown == {
+        "type": "conversation",
+        "conversation": {"id": conversation.pk, "live": True, "rating": None},
+    }
+    message = await socket.receive_json_from(timeout=5)
+    assert message["message"]["text"] == "Hi Ana, can I help you find a size?"
+    await socket.disconnect()
+
+
+def test_new_visitors_from_one_address_are_limited(client, widget, settings):
+    settings.WEBCHAT_CONNECTIONS_PER_MINUTE = 2
+    with time_machine.travel(timezone.now(), tick=False):  # all within one minute
+        tokens = [start(client, widget).json()["token"] for _ in range(2)]
+        refused = start(client, widget)
+    assert refused.status_code == 429
+    assert Visitor.objects.count() == 2
+    # A visitor coming back with their token is not a new one.
+    assert start(client, widget, token=tokens[0]).status_code == 200

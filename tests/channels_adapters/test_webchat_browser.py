@@ -1,0 +1,587 @@
+"""The chat widget in real headless Chromium, embedded in a shop's page on another origin (served
+under a strict CSP without 'unsafe-inline'), against the real ASGI server (uvicorn, WebSockets,
+its embedded Celery worker) and a real SMTP server. Playwright's waits end when the page shows
+the awaited state, and mail is awaited as it arrives; timeouts only bound a test that would
+otherwise hang. With SCREENSHOTS=1 the screenshots are written to docs/ (else to a temporary
+folder, so that code still runs)."""
+
+import base64
+import html
+import json
+import os
+import re
+import threading
+import urllib.request
+from datetime import UTC, datetime, time, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from channels_adapters.webchat import chat
+from conversations import services
+from conversations.models import Conversation, Message, Visitor
+from routing.models import BusinessHours, BusinessInterval, Holiday
+from tests.conftest import ROOT, signed_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# A 1×1 PNG, as a phone camera would send a (much larger) one.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+class Shop:
+    """A customer's website: one page with the widget's snippet on another origin (another
+    loopback port), under the strict CSP a careful site has: no inline script or style."""
+
+    def __init__(self):
+        self.page = b""
+        self.policy = ""
+        shop = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if self.path != "/":
+                    self.send_response(204)  # the favicon: nothing, without an error
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Security-Policy", shop.policy)
+                self.end_headers()
+                self.wfile.write(shop.page)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def embed(self, base: str, inbox, **data) -> str:
+        """Put the widget of `inbox` on the page, served by `base`; returns the page's URL."""
+        sockets = base.replace("http", "ws", 1)
+        self.policy = "; ".join(
+            [
+                "default-src 'none'",
+                f"script-src {base}",
+                f"style-src {base}",
+                f"img-src {base}",
+                f"connect-src {base} {sockets}",
+                "base-uri 'none'",
+                "form-action 'none'",
+            ]
+        )
+        extra = "".join(f' data-{k.replace("_", "-")}="{html.escape(v)}"' for k, v in data.items())
+        self.page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Acme shop</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+            "<body><h1>Acme shop</h1><p>Kettles, grinders and mugs.</p>"
+            f'<script src="{base}/widget.js" data-inbox="{inbox.widget_key}"{extra} async>'
+            "</script></body></html>"
+        ).encode()
+        return f"{self.origin}/"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def shop():
+    site = Shop()
+    yield site
+    site.close()
+
+
+@pytest.fixture
+def widget(chat_inbox, shop):
+    """The web-chat inbox, allowed on the shop's site; replies go by email as soon as the
+    visitor has no page with the widget open."""
+    chat_inbox.settings = {"allowed_origins": [shop.origin], "email_after_minutes": 0}
+    chat_inbox.save()
+    return chat_inbox
+
+
+class Arrivals(list):
+    """The SMTP server's received mail, telling waiters when some arrives (aiosmtpd's thread
+    appends), so a test waits for the mail itself rather than for a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.changed = threading.Condition()
+
+    def append(self, envelope):
+        with self.changed:
+            super().append(envelope)
+            self.changed.notify_all()
+
+    def wait(self, count: int, timeout: float = 90):
+        # The bound covers the worst case: the reply raced the socket's close, and the
+        # once-a-minute sweep sends it instead.
+        with self.changed:
+            arrived = self.changed.wait_for(lambda: len(self) >= count, timeout)
+        assert arrived, f"{len(self)} of {count} mails arrived in {timeout}s"
+
+
+def arrivals(smtp_server) -> Arrivals:
+    smtp_server.received = Arrivals()
+    return smtp_server.received
+
+
+def watch(page) -> list[str]:
+    """What a careful host would see go wrong: CSP violations and script errors."""
+    problems = []
+    page.on(
+        "console",
+        lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return problems
+
+
+def open_chat(page, title="Website chat"):
+    page.get_by_role("button", name=re.compile("^Open the chat")).click()
+    panel = page.get_by_role("dialog", name=title)
+    expect(panel).to_be_visible()
+    return panel
+
+
+def with_token(page, inbox, visitor):
+    """The browser already chatted as `visitor`: its token is in the site's localStorage."""
+    key, token = (
+        json.dumps(f"threadline:{inbox.widget_key}"),
+        json.dumps(chat.visitor_token(visitor)),
+    )
+    page.context.add_init_script(f"localStorage.setItem({key}, {token})")
+
+
+def agent_reply(page, text: str):
+    """The agent answers with the composer. The page asks before answering a conversation that
+    got messages since it was rendered; they appeared live, so the agent sends anyway."""
+    page.fill("#reply-text", text)
+    page.press("#reply-text", "Control+Enter")
+    sent = page.locator(".message.outbound").filter(has_text=text)
+    stale = page.locator(".stale")
+    expect(sent.or_(stale)).to_be_visible()
+    if stale.is_visible():
+        page.check("[name=confirm]")
+        page.press("#reply-text", "Control+Enter")
+        expect(sent).to_be_visible()
+
+
+def answer_by_email(sent, text: str) -> bytes:
+    """What the visitor's mail program sends when they answer the mail `sent`."""
+    mail = EmailMessage()
+    mail["From"] = "Ana <ana@example.com>"
+    mail["To"] = sent["Reply-To"]
+    mail["Subject"] = f"Re: {sent['Subject'].strip()}"
+    mail["Message-ID"] = make_msgid(domain="example.com")
+    mail["In-Reply-To"] = sent["Message-ID"]
+    mail["References"] = sent["Message-ID"]
+    quoted = "\n".join(f"> {line}" for line in sent.get_body(("plain",)).get_content().splitlines())
+    mail.set_content(f"{text}\n\nOn Monday, Acme Support wrote:\n{quoted}\n")
+    return mail.as_bytes()
+
+
+def post_mime(base: str, inbox, raw: bytes) -> int:
+    """The mail service hands the raw reply to the email inbox's MIME endpoint."""
+    request = urllib.request.Request(  # noqa: S310 - our own test server
+        f"{base}/channels/email/{inbox.pk}/mime",
+        data=raw,
+        headers={"Authorization": f"Bearer {inbox.secret}", "Content-Type": "message/rfc822"},
+    )
+    with urllib.request.urlopen(request) as response:  # noqa: S310 - our own test server
+        return response.status
+
+
+def screenshot(page, name: str, tmp_path, **options):
+    folder = ROOT / "docs" if os.environ.get("SCREENSHOTS") else tmp_path
+    page.screenshot(path=str(folder / name), **options)
+
+
+def test_a_chat_goes_live_then_follows_the_visitor_by_email_and_back_into_the_widget(
+    asgi_server, browser, bob, widget, shop, email_inbox, smtp_server, tmp_path
+):
+    widget.settings |= {"prechat_name": "optional", "prechat_email": "required"}
+    widget.save()
+    bob.availability = "online"
+    bob.last_seen_at = timezone.now()
+    bob.save()
+    mail = arrivals(smtp_server)
+    url = shop.embed(asgi_server, widget)
+
+    # On the shop's page the visitor opens the chat; this inbox wants an email first.
+    visitor = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    problems = watch(visitor)
+    visitor.goto(url)
+    panel = open_chat(visitor)
+    expect(panel.locator(".availability")).to_have_text("Online — we reply in minutes")
+    box = panel.get_by_label("Write a message…")
+    expect(box).to_be_hidden()
+    panel.get_by_role("button", name="Start the chat").click()
+    expect(panel.get_by_role("alert")).to_have_text("This field is required.")
+    panel.get_by_label("Your name").fill("Ana")
+    panel.get_by_label("Your email").fill("ana@example.com")
+    panel.get_by_role("button", name="Start the chat").click()
+    expect(box).to_be_focused()
+    box.fill("Hi! Can I change the colour of order 1042?")
+    box.press("Enter")
+    first = panel.locator("li.message.customer[data-id]").filter(has_text="order 1042")
+    expect(first).to_be_visible()
+    assert Visitor.objects.get().email == "ana@example.com"
+
+    # Bob opens the conversation: the visitor sees that he has read it.
+    conversation = Conversation.objects.get()
+    agent = signed_in(browser, asgi_server, bob)
+    agent.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    expect(first.locator(".seen")).to_have_text("Seen")
+
+    # Live both ways: her next message appears on his page as she sends it...
+    box.fill("It is the blue kettle.")
+    box.press("Enter")
+    expect(agent.locator(".message.inbound").filter(has_text="the blue kettle")).to_be_visible()
+
+    # ...and his answer in the widget, announced by "typing" while he writes it.
+    agent.fill("#reply-text", "Yes! I can make it green; shall I?")
+    expect(panel.locator(".typing")).to_have_text("Bob is typing…")
+    agent_reply(agent, "Yes! I can make it green; shall I?")
+    answer = panel.locator("li.message.agent[data-id]").filter(has_text="make it green")
+    expect(answer.locator(".author")).to_have_text("Bob")
+    expect(panel.locator(".typing")).to_be_hidden()
+    # She has the chat open, so his page says she read it.
+    read = agent.locator(".message.outbound").filter(has_text="make it green")
+    expect(read.locator(".badge", has_text="Read")).to_be_visible()
+    screenshot(visitor, "widget-live.png", tmp_path)
+    assert not problems
+
+    # She closes the page. His next answer follows her by email, through the real SMTP server.
+    context = visitor.context
+    visitor.close()
+    agent_reply(agent, "Done: order 1042 is now green. Anything else?")
+    mail.wait(1)
+    (sent,) = smtp_server.messages()
+    assert sent["To"] == "ana@example.com"
+    body = sent.get_body(("plain",)).get_content()
+    assert "order 1042 is now green" in body
+    assert "make it green" not in body  # she read that one in the chat
+    expect(agent.locator(".timeline")).to_contain_text(
+        "the visitor left; replies go by email to ana@example.com"
+    )
+
+    # She answers the email; her mail service hands it to the email inbox, the worker threads it.
+    raw = answer_by_email(sent, "Perfect, thank you! Green is great.")
+    assert post_mime(asgi_server, email_inbox, raw) == 202
+    expect(agent.locator(".message.inbound").filter(has_text="Green is great")).to_be_visible()
+
+    # Back on the shop's site (same browser, so the same token): the whole thread, once each.
+    visitor = context.new_page()
+    problems = watch(visitor)
+    visitor.goto(url)
+    panel = open_chat(visitor)
+    thread = panel.locator("li.message[data-id]")
+    expect(thread).to_have_count(5)
+    expect(thread).to_contain_text(
+        [
+            "order 1042?",
+            "the blue kettle",
+            "make it green",
+            "order 1042 is now green",
+            "Perfect, thank you! Green is great.",
+        ]
+    )
+    expect(thread.last.locator(".meta")).to_contain_text("by email")
+    expect(thread.last).not_to_contain_text("Acme Support wrote")  # the quoted mail is cut off
+    expect(panel.get_by_label("Your email")).to_be_hidden()
+    assert not problems
+
+    # The agent's timeline has all of it, and how the chat went on by email.
+    timeline = agent.locator(".timeline")
+    for text in ("order 1042?", "blue kettle", "make it green", "now green", "Green is great"):
+        expect(timeline).to_contain_text(text)
+    assert Message.objects.filter(direction="inbound", channel="email").count() == 1
+    screenshot(agent, "agent-chat.png", tmp_path, full_page=True)
+
+
+def test_offline_it_says_when_we_answer_and_asks_where_to_email(
+    asgi_server, browser, widget, shop, tmp_path
+):
+    # Open 02:00-17:00 UTC every day but today and tomorrow; no agent is online anyway.
+    schedule = BusinessHours.objects.create(name="Shop hours", timezone="UTC")
+    BusinessInterval.objects.bulk_create(
+        BusinessInterval(schedule=schedule, weekday=day, opens=time(2), closes=time(17))
+        for day in range(7)
+    )
+    today = timezone.now().date()
+    Holiday.objects.bulk_create(
+        Holiday(schedule=schedule, date=today + timedelta(days=n)) for n in (0, 1)
+    )
+    widget.business_hours = schedule
+    widget.settings |= {"prechat_name": "off", "prechat_email": "off"}
+    widget.save()
+    back = datetime.combine(today + timedelta(days=2), time(2), tzinfo=UTC)
+    assert chat.availability(widget)["opens_at"] == back.isoformat()
+    url = shop.embed(asgi_server, widget)
+
+    visitor = browser.new_page(
+        viewport={"width": 1100, "height": 760}, locale="en-US", timezone_id="America/New_York"
+    )
+    problems = watch(visitor)
+    visitor.goto(url)
+    panel = open_chat(visitor)
+    availability = panel.locator(".availability")
+    expect(availability).to_contain_text("We reply by email, usually within a few hours")
+    # In her own time zone: 02:00 UTC is the evening before in New York.
+    weekday = back.astimezone(ZoneInfo("America/New_York")).strftime("%A")
+    expect(availability).to_contain_text(f"We are back {weekday}")
+    expect(panel.get_by_text("No rush: we will answer here and by email.")).to_be_visible()
+
+    box = panel.get_by_label("Write a message…")
+    box.fill("Do you ship to the Azores?")
+    box.press("Enter")
+    expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("Azores"))
+    email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
+    expect(email).to_be_visible()
+    screenshot(visitor, "widget-offline.png", tmp_path)
+
+    email.fill("jo at example")
+    panel.get_by_role("button", name="Save").click()
+    expect(panel.get_by_role("alert")).to_have_text("Please enter a valid email address.")
+    email.fill("jo@example.com")
+    panel.get_by_role("button", name="Save").click()
+    expect(
+        panel.get_by_text("We will email you at jo@example.com if you have left.")
+    ).to_be_visible()
+    expect(email).to_be_hidden()
+    assert Visitor.objects.get().email == "jo@example.com"
+    assert not problems
+
+
+def test_on_a_phone_it_fills_the_screen_works_by_keyboard_and_shows_text_never_html(
+    asgi_server, browser, bob, widget, shop
+):
+    widget.settings |= {"greeting": "Olá! How can we help?", "color": "#b91c1c"}
+    widget.save()
+    visitor = chat.visitor_session(inbox=widget, name="Rui")
+    asked = chat.visitor_message(visitor, text="Where is my parcel?", client_id="c-1")
+    services.reply_send(
+        conversation=asked.message.conversation,
+        author=bob,
+        text='<img src=x onerror="window.pwned=1"> It ships <b>today</b>.',
+    )
+    url = shop.embed(asgi_server, widget)
+
+    page = browser.new_page(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="en-US"
+    )
+    with_token(page, widget, visitor)
+    problems = watch(page)
+    page.goto(url)
+    # The reply came while she was away: the launcher says so. She opens it by keyboard.
+    launcher = page.locator("button.launcher")
+    expect(launcher).to_have_accessible_name("Open the chat (1)")
+    launcher.focus()
+    page.keyboard.press("Enter")
+    panel = page.get_by_role("dialog", name="Website chat")
+    box = panel.get_by_label("Write a message…")
+    expect(box).to_be_focused()
+    assert panel.bounding_box() == {"x": 0, "y": 0, "width": 390, "height": 844}
+    expect(launcher).to_be_hidden()  # under the full-screen panel
+
+    messages = panel.locator("li.message")
+    expect(messages.first).to_have_text("Olá! How can we help?")  # the greeting comes first
+    reply = panel.locator("li.message.agent[data-id]")
+    expect(reply.locator(".text")).to_have_text(
+        '<img src=x onerror="window.pwned=1"> It ships <b>today</b>.'
+    )
+    expect(reply.locator("img, b")).to_have_count(0)
+    assert page.evaluate("window.pwned") is None
+
+    # Shift+Enter is a new line, Enter sends.
+    box.type("Line one")
+    box.press("Shift+Enter")
+    box.type("Line two")
+    box.press("Enter")
+    expect(panel.locator("li.message.customer[data-id]").last).to_contain_text("Line two")
+    assert Message.objects.filter(text="Line one\nLine two").exists()
+
+    # A picture goes up and shows inline; a web page is refused before it is sent.
+    picker = panel.locator("input[type=file]")
+    picker.set_input_files({"name": "parcel.png", "mimeType": "image/png", "buffer": PNG})
+    picture = panel.locator("li.message.customer[data-id] img[alt='parcel.png']")
+    expect(picture).to_have_js_property("naturalWidth", 1)
+    picker.set_input_files({"name": "notes.html", "mimeType": "text/html", "buffer": b"<p>x</p>"})
+    expect(panel.get_by_role("alert")).to_contain_text("notes.html")
+    assert Message.objects.filter(attachments__filename="notes.html").count() == 0
+
+    # Escape closes it and gives the focus back to the launcher, now with nothing unread.
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+    expect(launcher).to_be_focused()
+    expect(launcher).to_have_accessible_name("Open the chat")
+    assert not problems
+
+
+def test_after_the_chat_ends_the_visitor_rates_it_gets_the_transcript_and_starts_again(
+    asgi_server, browser, bob, widget, shop, email_inbox, smtp_server
+):
+    visitor = chat.visitor_contact(
+        chat.visitor_session(inbox=widget), name="Ana", email="ana@example.com"
+    )
+    conversation = chat.visitor_message(
+        visitor, text="Is the kettle in stock?", client_id="c-1"
+    ).message.conversation
+    services.reply_send(conversation=conversation, author=bob, text="Yes, 12 left.")
+    mail = arrivals(smtp_server)
+    url = shop.embed(asgi_server, widget)
+
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    with_token(page, widget, visitor)
+    problems = watch(page)
+    page.goto(url)
+    panel = open_chat(page)
+    expect(panel.locator("li.message[data-id]")).to_have_count(2)
+
+    agent = signed_in(browser, asgi_server, bob)
+    agent.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    agent.get_by_role("button", name="End chat").click()
+    expect(panel.get_by_text("This chat has ended.")).to_be_visible()
+    expect(panel.get_by_label("Write a message…")).to_be_hidden()
+
+    panel.get_by_role("button", name="4", exact=True).click()
+    panel.get_by_label("Anything to add? (optional)").fill("Quick and kind")
+    panel.get_by_role("button", name="Send", exact=True).click()
+    expect(panel.get_by_text("Thank you for your rating.")).to_be_visible()
+    conversation.refresh_from_db()
+    assert (conversation.rating, conversation.rating_comment) == (4, "Quick and kind")
+
+    panel.get_by_role("button", name="Email me the transcript").click()
+    expect(panel.get_by_text("The transcript is on its way.")).to_be_visible()
+    mail.wait(1)
+    (transcript,) = smtp_server.messages()
+    assert transcript["To"] == "ana@example.com"
+    assert "Yes, 12 left." in transcript.get_body(("plain",)).get_content()
+
+    panel.get_by_role("button", name="Start a new conversation").click()
+    expect(panel.locator("li.message[data-id]")).to_have_count(0)
+    box = panel.get_by_label("Write a message…")
+    expect(box).to_be_focused()
+    box.fill("One more thing: do you gift-wrap?")
+    box.press("Enter")
+    expect(panel.locator("li.message[data-id]")).to_have_text([re.compile("gift-wrap")])
+    assert Conversation.objects.count() == 2
+    assert not problems
+
+
+def test_the_demo_page_embeds_the_widget_under_our_own_csp(asgi_server, browser, chat_inbox):
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    problems = watch(page)
+    page.goto(f"{asgi_server}/widget/demo/")
+    expect(page.get_by_role("heading", name="Acme Demo Shop")).to_be_visible()
+    expect(page.locator("pre")).to_contain_text(f'data-inbox="{chat_inbox.widget_key}"')
+    panel = open_chat(page)
+    box = panel.get_by_label("Write a message…")
+    box.fill("Hello from the demo page")
+    box.press("Enter")
+    expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("demo page"))
+    assert not problems
+
+
+def test_a_signed_in_user_is_not_asked_who_they_are_and_sees_their_chat_from_elsewhere(
+    asgi_server, browser, widget, shop
+):
+    # Ana chatted on her phone, signed in to the shop.
+    signed = chat.user_hash(widget, "ana@example.com")
+    phone = chat.visitor_session(
+        inbox=widget, user_id="ana@example.com", user_hash_given=signed, name="Ana"
+    )
+    chat.visitor_message(phone, text="My order 77 is late", client_id="c-1")
+    widget.settings |= {"prechat_name": "required", "prechat_email": "required"}
+    widget.save()
+    url = shop.embed(asgi_server, widget, user_id="ana@example.com", user_hash=signed)
+
+    # Now on her laptop: the shop vouches for her, so no questions, and the same chat.
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    problems = watch(page)
+    page.goto(url)
+    panel = open_chat(page)
+    expect(panel.locator("li.message[data-id]")).to_have_text([re.compile("order 77 is late")])
+    expect(panel.get_by_label("Your email")).to_be_hidden()
+    box = panel.get_by_label("Write a message…")
+    box.fill("Any news about it?")
+    box.press("Enter")
+    expect(panel.locator("li.message.customer[data-id]")).to_have_count(2)
+    assert Conversation.objects.get().messages.count() == 2
+    assert not problems
+
+
+def test_a_dropped_connection_loses_nothing_and_stores_nothing_twice(
+    asgi_server, browser, bob, widget, shop
+):
+    visitor = chat.visitor_session(inbox=widget, name="Rui")
+    asked = chat.visitor_message(visitor, text="Where is my parcel?", client_id="c-1")
+    conversation = asked.message.conversation
+    answer = services.reply_send(conversation=conversation, author=bob, text="Checking now.")
+    url = shop.embed(asgi_server, widget)
+
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    with_token(page, widget, visitor)
+    problems = watch(page)
+    # Between the widget and the server: frames the widget sends are recorded; with `cut`, the
+    # server's never reach it, as on a connection that died without either side noticing.
+    sent, link = [], {"cut": False}
+
+    def route(socket):
+        server = socket.connect_to_server()
+        link.update(page=socket, server=server)
+
+        def outgoing(frame):
+            sent.append(json.loads(frame))
+            server.send(frame)
+
+        socket.on_message(outgoing)
+        server.on_message(lambda frame: None if link["cut"] else socket.send(frame))
+
+    page.route_web_socket(re.compile("/ws/widget/"), route)
+    page.goto(url)
+    panel = open_chat(page)
+    expect(panel.locator("li.message[data-id]")).to_have_count(2)
+    agent = signed_in(browser, asgi_server, bob)
+    agent.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+
+    # The server stores her message and Bob answers, but the widget hears of neither.
+    link["cut"] = True
+    box = panel.get_by_label("Write a message…")
+    box.fill("Are you there?")
+    box.press("Enter")
+    expect(agent.locator(".message.inbound").filter(has_text="Are you there?")).to_be_visible()
+    agent_reply(agent, "Yes, still here: it left the depot today.")
+    expect(panel.locator("li.pending")).to_contain_text("Sending…")
+
+    # The connection drops; the widget reconnects by itself and catches up.
+    link["cut"] = False
+    link["page"].close(code=4000, reason="network changed")
+    link["server"].close()
+    expect(panel.get_by_role("status")).to_have_text("Reconnecting…")
+    mine = panel.locator("li.message.customer[data-id]").filter(has_text="Are you there?")
+    expect(mine).to_have_count(1, timeout=20000)
+    expect(panel.locator("li.pending")).to_have_count(0)
+    expect(panel.locator("li.message.agent[data-id]")).to_have_text(
+        [re.compile("Checking now"), re.compile("left the depot")]
+    )
+    expect(panel.get_by_role("status")).to_be_hidden()
+
+    # It asked for what came after the last message it had, and resent the unacknowledged
+    # message under the same client id, which the server stored once.
+    hellos = [frame for frame in sent if frame["action"] == "hello"]
+    assert [hello["after"] for hello in hellos] == [0, answer.pk]
+    resent = [frame["client_id"] for frame in sent if frame["action"] == "message"]
+    assert len(resent) == 2 and resent[0] == resent[1]
+    assert Message.objects.filter(text="Are you there?").count() == 1
+    assert not problems
