@@ -43,6 +43,18 @@ def migrate_and_setup(env: dict) -> None:
     django.setup()
 
 
+def uvicorn(app: str, port: int, env: dict, *, bench_module: bool = True) -> subprocess.Popen:
+    """A quiet uvicorn process serving `app` ("module:application") on `port` with `env` on
+    top of ours; `bench_module`: the module is a script of bench/ (Threadline plus its floor)."""
+    where = ["--app-dir", str(REPO / "bench")] if bench_module else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, *where, "--port", str(port), "--lifespan", "on"]
+        + ["--no-access-log", "--log-level", "warning"],
+        cwd=REPO,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+    )
+
+
 def percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]

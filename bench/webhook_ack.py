@@ -18,7 +18,6 @@ floor, and every replay stored once.
 """
 
 import os
-import sys
 
 if __name__ != "__main__":
     # Imported by uvicorn as the application under test: Threadline plus the floor view.
@@ -42,12 +41,18 @@ import asyncio
 import random
 import signal
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from harness import Connections, free_port, fresh_pg_database, migrate_and_setup, percentile
+from harness import (
+    Connections,
+    free_port,
+    fresh_pg_database,
+    migrate_and_setup,
+    percentile,
+    uvicorn,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -163,25 +168,7 @@ def main():
 
     broker = redis.Redis.from_url(REDIS_URL)
     broker.flushdb()  # no worker runs: the tasks the webhooks enqueue are dropped after
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "webhook_ack:application",
-            "--app-dir",
-            str(REPO / "bench"),
-            "--port",
-            str(port),
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
-    )
+    server = uvicorn("webhook_ack:application", port, env)
     webhook_path = f"/channels/sms/{inbox_id}/webhook"
     floor_path = "/bench/floor"
     per_round = args.rate * args.seconds

@@ -2,10 +2,13 @@
 stored first, and events carry ids, so a client that reconnects catches up from the database."""
 
 import asyncio
+import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
@@ -20,13 +23,40 @@ from conversations.realtime import (
 )
 from conversations.selectors import conversation_get_for_agent
 
+
+def db(func):
+    """Run `func` (database work) in a worker thread, closing stale connections around it.
+    Not Channels' default single shared thread: that queues every socket of the process
+    behind each other's queries. As many threads as the process has database connections."""
+    return database_sync_to_async(func, thread_sensitive=False, executor=_database_threads())
+
+
+@functools.cache
+def _database_threads() -> ThreadPoolExecutor:
+    from django.conf import settings
+
+    size = settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {})
+    size = size.get("max_size", 20) if isinstance(size, dict) else 20
+    return ThreadPoolExecutor(max_workers=size, thread_name_prefix="socket-db")
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    async def dispatch(self, message):
+        # Channels closes stale connections before every handler, on that one shared thread;
+        # our handlers reach the database only through db(), which does it in its own thread.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
 UNAUTHORIZED = 4401
 TYPING_MODES = ("reply", "note")
 # Conversation events after which an agent may no longer see the conversation.
 SIGHT_CHANGES = ("team", "assigned", "unassigned")
 
 
-class AgentConsumer(AsyncJsonWebsocketConsumer):
+class AgentConsumer(LiveConsumer):
     """An agent's live connection: their own events, their teams' and, on request, those of
     conversations they open (checked with the same helper as the pages)."""
 
@@ -37,6 +67,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return
         self.groups = await self._groups_for(user)
         self.subscriptions: set[int] = set()  # the conversations this socket has open
+        self.recent: dict[str, None] = {}  # events lately passed on, oldest first
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -49,9 +80,9 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         now = time.monotonic()
         if now - self.seen_at >= 60:
             self.seen_at = now
-            await database_sync_to_async(_agent_seen)(self.scope["user"].pk)
+            await db(_agent_seen)(self.scope["user"].pk)
 
-    @database_sync_to_async
+    @db
     def _groups_for(self, user) -> list[str]:
         groups = [agent_group(user.pk)]
         groups += [team_group(t) for t in user.team_memberships.values_list("team_id", flat=True)]
@@ -71,9 +102,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         elif action == "read":
             # The agent has the conversation on screen: the customer's messages are read.
             if conversation_id in self.subscriptions and isinstance(content.get("message"), int):
-                await database_sync_to_async(_agent_read)(
-                    self.scope["user"], conversation_id, content["message"]
-                )
+                await db(_agent_read)(self.scope["user"], conversation_id, content["message"])
         elif action == "subscribe":
             await self._subscribe(conversation_id)
         elif action == "unsubscribe":
@@ -92,7 +121,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
 
     async def _subscribe(self, conversation_id):
         try:
-            await database_sync_to_async(conversation_get_for_agent)(
+            await db(conversation_get_for_agent)(
                 user=self.scope["user"], conversation_id=conversation_id
             )
         except Http404:
@@ -184,11 +213,19 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def conversation_event(self, event):
+        # Sent to every group that may see the conversation (team, assignee, the conversation
+        # itself...): a socket in several of them gets one copy.
+        key = json.dumps(event, sort_keys=True, default=str)
+        if key in self.recent:
+            return
+        self.recent[key] = None
+        if len(self.recent) > 256:
+            self.recent.pop(next(iter(self.recent)))
         conversation_id = event.get("conversation")
         if event["event"] in SIGHT_CHANGES and conversation_id in self.subscriptions:
             # Sent to whoever could see it before the change: may this agent still?
             try:
-                await database_sync_to_async(conversation_get_for_agent)(
+                await db(conversation_get_for_agent)(
                     user=self.scope["user"], conversation_id=conversation_id
                 )
             except Http404:
@@ -239,7 +276,7 @@ MESSAGE_EVERY = 1.0
 TYPING_EVERY = 0.5
 
 
-class VisitorConsumer(AsyncJsonWebsocketConsumer):
+class VisitorConsumer(LiveConsumer):
     """A widget visitor's live connection. The page's origin must be one the inbox allows; the
     first frame carries the visitor's signed token (not the URL, which logs keep). The socket
     only sends what the visitor's own customer may read, fetched from the database after an
@@ -254,7 +291,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
         self.conversation_id = None  # the conversation whose group it listens to
         self.shown = None  # the conversation the widget shows
         key = self.scope["url_route"]["kwargs"]["key"]
-        self.inbox = await database_sync_to_async(chat.widget_inbox)(key)
+        self.inbox = await db(chat.widget_inbox)(key)
         headers = dict(self.scope.get("headers", []))
         origin = headers.get(b"origin", b"").decode("latin-1")
         host = headers.get(b"host", b"").decode("latin-1")
@@ -262,7 +299,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=FORBIDDEN_ORIGIN)
             return
         address = (self.scope.get("client") or ("unknown",))[0]
-        if not await database_sync_to_async(chat.rate_allowed)("sockets", address):
+        if not await db(chat.rate_allowed)("sockets", address):
             await self.close(code=TOO_MANY)
             return
         self.settings = chat.widget_settings(self.inbox)
@@ -312,9 +349,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
 
         if self.visitor is not None:
             return
-        visitor = await database_sync_to_async(chat.visitor_from_token)(
-            self.inbox, content.get("token")
-        )
+        visitor = await db(chat.visitor_from_token)(self.inbox, content.get("token"))
         if visitor is None:
             await self.close(code=UNAUTHORIZED)
             return
@@ -325,32 +360,34 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
         self.customer_group = customer_group(visitor.identity.customer_id)
         await self.channel_layer.group_add(self.customer_group, self.channel_name)
         self.groups.append(self.customer_group)
-        await database_sync_to_async(chat.visitor_seen)(visitor.pk, opened=1)
-        ready = await database_sync_to_async(self._state)()
+        await db(chat.visitor_seen)(visitor.pk, opened=1)
+        ready = await db(self._state)(full=True)
+        ready["availability"] = await db(chat.availability)(self.inbox)
         self.shown = ready["conversation"]["id"] if ready["conversation"] else None
         await self.send_json({"type": "ready", **ready})
 
-    def _state(self) -> dict:
-        """The visitor's conversation and the messages after the cursor (sync: runs in a
-        thread). Called on hello and whenever the customer's group says something changed."""
+    def _state(self, full: bool) -> dict:
+        """The messages after the cursor (sync: runs in a thread). `full` looks the visitor's
+        conversation up afresh (on hello, and when an event names another conversation: a new
+        one, or the visitor identified and merged); else it is the one this socket follows."""
         from channels_adapters.webchat import chat
 
-        # Read afresh: the visitor may have been identified (and their customer merged) since.
-        self.visitor = chat.visitor_reload(self.visitor)
-        conversation = chat.visitor_conversation(self.visitor)
+        conversation, looked_up = self.conversation_id, full or self.conversation_id is None
+        if looked_up:
+            self.visitor = chat.visitor_reload(self.visitor)
+            conversation = chat.visitor_conversation(self.visitor)
+            if conversation is not None and conversation.pk != self.conversation_id:
+                self._follow(conversation.pk)
         messages = []
         if conversation is not None:
-            if conversation.pk != self.conversation_id:
-                self._follow(conversation.pk)
             messages = [
                 chat.message_json(m) for m in chat.visible_messages(conversation, after=self.cursor)
             ]
             if messages:
                 self.cursor = messages[-1]["id"]
         return {
-            "conversation": chat.conversation_json(conversation),
+            "conversation": chat.conversation_json(conversation) if looked_up else None,
             "messages": messages,
-            "availability": chat.availability(self.inbox),
         }
 
     def _follow(self, conversation_id: int):
@@ -383,19 +420,28 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         self.allowance -= 1
-        try:
-            received = await database_sync_to_async(chat.visitor_message)(
-                self.visitor, text=content.get("text"), client_id=content.get("client_id")
+        client_id = content.get("client_id")
+
+        def store():  # and read what the widget lacks, in one trip to a thread
+            received = chat.visitor_message(
+                self.visitor,
+                text=content.get("text"),
+                client_id=client_id,
+                conversation_id=self.conversation_id,
             )
+            return received, self._state(full=received.message.conversation_id != self.shown)
+
+        try:
+            received, state = await db(store)()
         except ValidationError as exc:
             await self.send_json(
-                {"type": "error", "client_id": content.get("client_id"), "error": exc.messages[0]}
+                {"type": "error", "client_id": client_id, "error": exc.messages[0]}
             )
             return
         await self.send_json(
-            {"type": "ack", "client_id": content.get("client_id"), "message": received.message.pk}
+            {"type": "ack", "client_id": client_id, "message": received.message.pk}
         )
-        await self._catch_up()
+        await self._show(state)
 
     async def _typing(self, content):
         now = time.time()
@@ -415,7 +461,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def _act(self, action, content):
-        result = await database_sync_to_async(self._act_sync)(action, content)
+        result = await db(self._act_sync)(action, content)
         if result is not None:
             await self.send_json(result)
 
@@ -456,8 +502,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
             return {"type": "error", "action": action, "error": exc.messages[0]}
         return {"type": "done", "action": action, "conversation": conversation.pk}
 
-    async def _catch_up(self):
-        state = await database_sync_to_async(self._state)()
+    async def _show(self, state):
         if state["conversation"] and state["conversation"]["id"] != self.shown:
             self.shown = state["conversation"]["id"]
             await self.send_json({"type": "conversation", "conversation": state["conversation"]})
@@ -465,9 +510,12 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "message", "message": message})
 
     async def customer_event(self, event):
-        """Something changed for this customer: read it from the database."""
+        """Something changed for this customer: read it from the database, unless this socket
+        has already sent it (the visitor's own message, read back when it was stored)."""
         if event.get("event") in ("message", "ended"):
-            await self._catch_up()
+            known = event.get("conversation") == self.conversation_id
+            if not (known and event["event"] == "message" and event["message"] <= self.cursor):
+                await self._show(await db(self._state)(full=not known))
             if event["event"] == "ended":
                 await self.send_json({"type": "ended", "conversation": event["conversation"]})
         elif event.get("event") == "read" and event.get("by") == "agent":
@@ -498,7 +546,7 @@ class VisitorConsumer(AsyncJsonWebsocketConsumer):
         if self.hello_timer:
             self.hello_timer.cancel()
         if self.visitor is not None:
-            await database_sync_to_async(chat.visitor_seen)(self.visitor.pk, opened=-1)
+            await db(chat.visitor_seen)(self.visitor.pk, opened=-1)
         if self.conversation_id:
             await self.channel_layer.group_discard(
                 conversation_group(self.conversation_id), self.channel_name

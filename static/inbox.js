@@ -7,11 +7,16 @@
   const page = document.querySelector(".conversation[data-conversation]");
   const conversationId = page ? page.dataset.conversation : null;
 
+  // Events come in bursts: fetch once they pause for 250 ms, but at least every second.
   let refreshTimer = null;
+  let refreshDue = 0;
   function refresh() {
     if (!live) return;
     clearTimeout(refreshTimer);
+    const now = Date.now();
+    if (!refreshDue) refreshDue = now + 1000;
     refreshTimer = setTimeout(async function () {
+      refreshDue = 0;
       const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
       if (!response.ok) return;
       const selected = document.querySelector(".rows li.selected");
@@ -22,7 +27,7 @@
       if (seen && timeline) seen.value = timeline.dataset.seen;
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`));
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
-    }, 250);
+    }, Math.max(0, Math.min(250, refreshDue - now)));
   }
 
   // Presence: who else has this conversation open, and who is typing. Each agent's state

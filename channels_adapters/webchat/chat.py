@@ -312,12 +312,14 @@ def visitor_conversation(visitor: Visitor) -> Conversation | None:
     return conversations.select_related("inbox").order_by("-last_activity_at", "-id").first()
 
 
-def visible_messages(conversation: Conversation, *, after: int = 0, limit: int = 500):
+def visible_messages(conversation: Conversation | int, *, after: int = 0, limit: int = 500):
     """What the customer may read of `conversation`: their messages and our replies on every
     channel, never notes; emailed copies of chat replies are left out (they saw the original)."""
     return (
-        conversation.messages.filter(
-            direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND), id__gt=after
+        Message.objects.filter(
+            conversation=conversation,
+            direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND),
+            id__gt=after,
         )
         .exclude(status=Message.Status.FAILED)
         .exclude(metadata__has_key="follow_up_of")
@@ -400,7 +402,12 @@ def sniffed_type(upload) -> str | None:
 
 
 def visitor_message(
-    visitor: Visitor, *, text: str, client_id: str, attachments: tuple[InboundAttachment, ...] = ()
+    visitor: Visitor,
+    *,
+    text: str,
+    client_id: str,
+    attachments: tuple[InboundAttachment, ...] = (),
+    conversation_id: int | None = None,
 ) -> Received:
     """Store what the visitor wrote. Resending the same client id returns the stored message."""
     text = text if isinstance(text, str) else ""
@@ -416,7 +423,14 @@ def visitor_message(
     required = widget_settings(visitor.inbox)["prechat_email"] == "required"
     if required and not visitor.email and visitor_email(visitor) is None:
         raise ValidationError(_("Tell us your email address first."))
-    conversation = visitor_conversation(visitor)
+    # The widget's socket knows which conversation it shows: one read instead of a search.
+    conversation = (
+        Conversation.objects.filter(
+            pk=conversation_id, customer=visitor.identity.customer_id, merged_into=None
+        ).first()
+        if conversation_id
+        else None
+    ) or visitor_conversation(visitor)
     live = conversation is not None and conversation.status in LIVE
     return message_receive(
         inbox=visitor.inbox,
