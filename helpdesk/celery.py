@@ -35,6 +35,7 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.webchat_follow_ups_due",
             "schedule": 60.0,
         },
+        "webchat-prune": {"task": "channels_adapters.tasks.webchat_prune", "schedule": 86400.0},
         "check-mailbox-health": {
             "task": "channels_adapters.tasks.check_mailbox_health",
             "schedule": 900.0,

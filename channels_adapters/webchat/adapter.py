@@ -149,6 +149,35 @@ def follow_ups_due() -> int:
     return len(conversation_ids)
 
 
+# A visitor who never wrote and has not been back this long leaves no trace.
+SILENT_VISITORS_KEPT = timedelta(days=30)
+
+
+def silent_visitors_prune() -> int:
+    """Delete visitors who opened the widget but never wrote, gave no address and were not
+    identified, once they have been away SILENT_VISITORS_KEPT: each made a customer profile
+    nobody needs. Returns how many profiles went."""
+    from django.db.models import Count
+
+    from conversations.models import Customer
+
+    stale = timezone.now() - SILENT_VISITORS_KEPT
+    silent = (
+        Customer.objects.filter(
+            identities__visitor__last_seen_at__lt=stale,
+            identities__visitor__identified=False,
+            identities__visitor__email="",
+            merged_into=None,
+        )
+        .annotate(conversation_count=Count("conversations", distinct=True))
+        .annotate(identity_count=Count("identities", distinct=True))
+        .filter(conversation_count=0, identity_count=1, merged_from=None)
+    )
+    ids = list(silent.values_list("pk", flat=True)[:10_000])
+    Customer.objects.filter(pk__in=ids).delete()  # its identity and visitor go with it
+    return len(ids)
+
+
 def transcript_send(event_id: int) -> bool:
     """Email a chat's transcript as the customer asked (a CHAT "transcript" event); once."""
     from channels_adapters.email.adapter import EmailAdapter, thread_subject

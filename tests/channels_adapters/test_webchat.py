@@ -563,3 +563,17 @@ def test_new_visitors_from_one_address_are_limited(client, widget, settings):
     assert Visitor.objects.count() == 2
     # A visitor coming back with their token is not a new one.
     assert start(client, widget, token=tokens[0]).status_code == 200
+
+
+def test_visitors_who_never_wrote_leave_no_profile_behind(widget):
+    silent = new_visitor(widget)
+    wrote = new_visitor(widget)
+    chat.visitor_message(wrote, text="Hi", client_id="a")
+    gave_email = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    with time_machine.travel(timezone.now() + timedelta(days=10)):
+        assert webchat.silent_visitors_prune() == 0  # they may come back
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        assert webchat.silent_visitors_prune() == 1
+    assert not Visitor.objects.filter(pk=silent.pk).exists()
+    assert not services.Customer.objects.filter(pk=silent.identity.customer_id).exists()
+    assert Visitor.objects.filter(pk__in=[wrote.pk, gave_email.pk]).count() == 2
