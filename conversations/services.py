@@ -564,7 +564,15 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         conversation.last_inbound_at = now
         conversation.waiting_since = conversation.waiting_since or now
     if inbound.language and not customer.language:
-        Customer.objects.filter(pk=customer.pk).update(language=inbound.language[:10])
+        customer.language = inbound.language[:10]  # routing rules read it
+        Customer.objects.filter(pk=customer.pk).update(language=customer.language)
+    if opened and not inbound.echo:
+        # Routing rules and auto-assignment, in this transaction and before agents hear of
+        # the conversation, so that nobody sees it unrouted. They set team, priority and
+        # assignee on `conversation`, which is saved just below.
+        from routing.services import conversation_route
+
+        conversation_route(conversation=conversation, message=message)
     conversation.save()
     seen = {}
     if not inbound.echo and (
@@ -923,7 +931,12 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None) -> N
         )
         for pk in recipient_ids
     )
-    who = actor.name if actor else (conversation.customer.name or "The customer")
+    if actor:
+        who = actor.name
+    elif kind == Notification.Kind.ASSIGNED:
+        who = "Routing"  # automatic assignment
+    else:
+        who = conversation.customer.name or "The customer"
     text = {
         Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
         Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
@@ -943,8 +956,11 @@ def _locked(conversation: Conversation) -> Conversation:
     )
 
 
-def conversation_assign(*, conversation: Conversation, assignee, actor=None) -> Conversation:
-    """Assign to an agent, or unassign with `assignee=None`."""
+def conversation_assign(
+    *, conversation: Conversation, assignee, actor=None, reason: str = ""
+) -> Conversation:
+    """Assign to an agent, or unassign with `assignee=None`. `reason` says why, when routing
+    did it ("queue", "offline")."""
     if assignee is not None and not assignee.is_active:
         raise ValidationError("Inactive users cannot be assigned conversations.")
     with transaction.atomic():
@@ -962,12 +978,14 @@ def conversation_assign(*, conversation: Conversation, assignee, actor=None) -> 
             previous=previous,
             assignee=new,
             assignee_name=assignee.name if assignee else "",
+            **({"reason": reason} if reason else {}),
         )
         publish_conversation_event(conversation, "assigned", assignee=new, previous=previous)
         if new:
             _notify([new], Notification.Kind.ASSIGNED, conversation, actor=actor)
         if previous:  # the previous assignee may no longer see it: tell them to drop it
             transaction.on_commit(lambda: _notify_agent_removed(previous, conversation.pk))
+            _queue_moves(conversation)  # a place freed, or the conversation waits again
     return conversation
 
 
@@ -978,6 +996,13 @@ def _notify_agent_removed(user_id: int, conversation_id: int) -> None:
         [agent_group(user_id)],
         {"type": "conversation.event", "event": "unassigned", "conversation": conversation_id},
     )
+
+
+def _queue_moves(conversation: Conversation) -> None:
+    """Routing assigns the team's waiting conversations after commit (see routing.services)."""
+    from routing.services import queue_nudge
+
+    queue_nudge(conversation.team_id)
 
 
 def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Conversation:
@@ -991,6 +1016,8 @@ def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Co
         conversation.save(update_fields=["team", "updated_at"])
         _event(conversation, ConversationEvent.Kind.TEAM, actor, previous=previous, team=new)
         publish_conversation_event(conversation, "team", team=new, previous=previous)
+        if conversation.assignee_id is None:
+            _queue_moves(conversation)
     return conversation
 
 
@@ -1030,6 +1057,8 @@ def conversation_set_status(
             snoozed_until=snoozed_until.isoformat() if snoozed_until else None,
         )
         publish_conversation_event(conversation, "status", status=status, previous=previous)
+        if Status.OPEN in (previous, status):
+            _queue_moves(conversation)
     return conversation
 
 

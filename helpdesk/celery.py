@@ -40,6 +40,8 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.check_mailbox_health",
             "schedule": 900.0,
         },
+        # Waiting conversations to agents with room, offline agents' chats back to the queue.
+        "routing-queues": {"task": "routing.tasks.queues_sweep", "schedule": 30.0},
     }
 
 

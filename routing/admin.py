@@ -1,36 +1,161 @@
+import json
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
+from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.utils import dateformat, timezone
+from django.utils.html import escape
 
-from routing import hours
-from routing.models import BusinessHours, BusinessInterval, Holiday, Team, TeamMembership
+from conversations.models import Conversation
+from routing import hours, rules
+from routing.models import (
+    BusinessHours,
+    BusinessInterval,
+    Holiday,
+    RoutingRule,
+    Team,
+    TeamMembership,
+)
 
 
 class TeamMembershipInline(admin.TabularInline):
     model = TeamMembership
     extra = 0
     autocomplete_fields = ["user"]
+    fields = ["user", "is_lead", "max_open", "skills"]
 
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "business_hours", "member_count", "created_at"]
+    list_display = ["name", "slug", "business_hours", "member_count", "auto_assign", "queue"]
     list_select_related = ["business_hours"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["queue"]
+    fields = [
+        "name",
+        "slug",
+        "description",
+        "business_hours",
+        "auto_assign",
+        "requeue_offline_chats",
+        "channel_weights",
+        "queue",
+    ]
     inlines = [TeamMembershipInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(_members=Count("memberships"))
+        waiting = (
+            Conversation.objects.filter(
+                team=OuterRef("pk"), status=Conversation.Status.OPEN, assignee=None
+            )
+            .order_by()
+            .values("team")
+            .annotate(count=Count("id"))
+            .values("count")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_members=Count("memberships"), _waiting=Coalesce(Subquery(waiting), 0))
+        )
 
     @admin.display(description="members", ordering="_members")
     def member_count(self, team):
         return team._members
+
+    @admin.display(description="waiting now", ordering="_waiting")
+    def queue(self, team):
+        return getattr(team, "_waiting", "-")
+
+
+class ConditionsField(forms.JSONField):
+    """Shown one condition per line, so that a long list stays readable."""
+
+    def prepare_value(self, value):
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            lines = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in value)
+            return f"[\n{lines}\n]"
+        return super().prepare_value(value)
+
+
+class RoutingRuleForm(forms.ModelForm):
+    conditions = ConditionsField(
+        required=False,
+        help_text=escape(rules.HELP),  # admin shows help texts as HTML
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 100, "spellcheck": "false"}),
+    )
+
+    class Meta:
+        model = RoutingRule
+        fields = [
+            "name",
+            "position",
+            "inbox",
+            "is_active",
+            "conditions",
+            "team",
+            "priority",
+            "tags",
+            "assignee",
+            "stop",
+        ]
+
+    def clean_conditions(self):
+        return self.cleaned_data["conditions"] or []
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    form = RoutingRuleForm
+    list_display = ["position", "name", "where", "when", "then", "stop", "is_active"]
+    list_display_links = ["name"]
+    list_editable = ["position", "is_active"]
+    list_filter = ["is_active", "inbox", "team"]
+    list_select_related = ["inbox", "team", "assignee"]
+    search_fields = ["name"]
+    autocomplete_fields = ["team", "assignee"]
+    fieldsets = [
+        (None, {"fields": ["name", "position", "inbox", "is_active"]}),
+        ("When", {"fields": ["conditions"]}),
+        ("Then", {"fields": ["team", "priority", "tags", "assignee", "stop"]}),
+    ]
+
+    @admin.display(description="inbox", ordering="inbox__name")
+    def where(self, rule):
+        return rule.inbox or "all inboxes"
+
+    @admin.display(description="when")
+    def when(self, rule):
+        if not rule.conditions:
+            return "always"
+        return " and ".join(_condition_text(condition) for condition in rule.conditions)
+
+    @admin.display(description="then")
+    def then(self, rule):
+        actions = []
+        if rule.team:
+            actions.append(f"team {rule.team}")
+        if rule.priority is not None:
+            actions.append(f"priority {rule.get_priority_display().lower()}")
+        if rule.tags:
+            actions.append(f"tags {rule.tags}")
+        if rule.assignee:
+            actions.append(f"assign {rule.assignee}")
+        return ", ".join(actions)
+
+
+def _condition_text(condition) -> str:
+    if not isinstance(condition, dict):
+        return "?"
+    value = condition.get("value")
+    shown = "" if value is None else " " + json.dumps(value, ensure_ascii=False)
+    return f"{condition.get('field')} {str(condition.get('op', '')).replace('_', ' ')}{shown}"
 
 
 # --- Business hours --------------------------------------------------------------------------

@@ -6,6 +6,12 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from conversations.models import Channel, Conversation, Inbox
+
+# How much one open conversation of a channel weighs against an agent's capacity, unless the
+# team says otherwise: a live chat wants the agent now, an email can wait its turn.
+DEFAULT_CHANNEL_WEIGHTS = {Channel.WEBCHAT.value: 3}
+
 
 class Team(models.Model):
     """A group of agents who answer the conversations of the inboxes assigned to them."""
@@ -27,6 +33,30 @@ class Team(models.Model):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="TeamMembership", related_name="teams", blank=True
     )
+    auto_assign = models.BooleanField(
+        _("assign automatically"),
+        default=True,
+        help_text=_(
+            "Give new and waiting conversations to online members with room, in turn. Off: "
+            "they wait in the team's queue until someone takes them."
+        ),
+    )
+    requeue_offline_chats = models.BooleanField(
+        _("offline agents' chats return to the queue"),
+        default=True,
+        help_text=_(
+            "When an agent goes offline (or closes the inbox for longer than a few minutes), "
+            "their open live chats go back to the queue for someone online."
+        ),
+    )
+    channel_weights = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=_(
+            "How much one open conversation counts against an agent's capacity, per channel, "
+            'e.g. {"webchat": 3, "email": 1}. Channels not listed count 1, web chat 3.'
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -34,6 +64,27 @@ class Team(models.Model):
 
     def __str__(self):
         return self.name
+
+    def weight(self, channel: str) -> int:
+        weights = {**DEFAULT_CHANNEL_WEIGHTS, **(self.channel_weights or {})}
+        return weights.get(channel, 1)
+
+    def clean(self):
+        weights = self.channel_weights
+        if not isinstance(weights, dict):
+            raise ValidationError({"channel_weights": _("Give channel names with numbers.")})
+        problems = [
+            _("“%(name)s” is not a channel (use %(choices)s).")
+            % {"name": name, "choices": ", ".join(Channel.values)}
+            for name in weights
+            if name not in Channel.values
+        ] + [
+            _("The weight of %(name)s must be a whole number from 1 to 100.") % {"name": name}
+            for name, value in weights.items()
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100
+        ]
+        if problems:
+            raise ValidationError({"channel_weights": problems})
 
 
 class TeamMembership(models.Model):
@@ -44,6 +95,25 @@ class TeamMembership(models.Model):
     is_lead = models.BooleanField(
         _("team lead"), default=False, help_text=_("Leads are told about SLA breaches.")
     )
+    max_open = models.PositiveSmallIntegerField(
+        _("capacity"),
+        default=10,
+        help_text=_(
+            "Automatic assignment stops when the agent's open conversations weigh this much "
+            "(each counts its channel's weight: by default a live chat 3, anything else 1)."
+        ),
+    )
+    skills = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text=_(
+            "Comma-separated, e.g. “pt, refunds”. A conversation tagged with a skill that "
+            "someone in the team has goes only to members who have it."
+        ),
+    )
+    # Round robin: the member with the lowest turn gets the next conversation. A counter, not
+    # a time, so assignments within one clock tick still take turns.
+    assigned_turn = models.PositiveBigIntegerField(default=0, editable=False)
     joined_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -53,6 +123,15 @@ class TeamMembership(models.Model):
 
     def __str__(self):
         return f"{self.user} in {self.team}"
+
+    @property
+    def skill_set(self) -> frozenset[str]:
+        return tag_names(self.skills)
+
+
+def tag_names(text: str) -> frozenset[str]:
+    """Comma-separated names as conversation tags spell them (see conversation_tag)."""
+    return frozenset(name.strip().lower()[:50] for name in (text or "").split(",") if name.strip())
 
 
 MIDNIGHT = time(0, 0)
@@ -164,3 +243,98 @@ class Holiday(models.Model):
 
     def __str__(self):
         return f"{self.date:%Y-%m-%d} {self.name}".strip()
+
+
+class RoutingRule(models.Model):
+    """When a new conversation meets all of `conditions`, set its team, priority, tags or
+    assignee. Rules run in `position` order before any agent sees the conversation; the
+    conditions' vocabulary and how they match is in `routing.rules`."""
+
+    name = models.CharField(max_length=100)
+    position = models.PositiveIntegerField(
+        default=100, help_text=_("Rules run from the lowest number up.")
+    )
+    inbox = models.ForeignKey(
+        Inbox,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="routing_rules",
+        help_text=_("Empty: conversations of every inbox."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    conditions = models.JSONField(default=list, blank=True)
+    stop = models.BooleanField(
+        _("stop at this rule when it matches"),
+        default=True,
+        help_text=_(
+            "Ticked: the first matching rule decides and later rules are skipped. Unticked: "
+            "later matching rules apply too (their team, priority or assignee replace this "
+            "one's; tags add up)."
+        ),
+    )
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="routing_rules",
+        help_text=_("Move the conversation to this team (its queue and its agents)."),
+    )
+    priority = models.SmallIntegerField(
+        null=True, blank=True, choices=Conversation.Priority.choices
+    )
+    tags = models.CharField(
+        max_length=300, blank=True, help_text=_("Comma-separated tags to add, e.g. “refund, vip”.")
+    )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text=_(
+            "Assign to this agent whatever their status or load (an account manager, say). "
+            "Empty: automatic assignment picks an online member of the team with room."
+        ),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from routing.rules import conditions_compile
+
+        errors = {}
+        try:
+            conditions_compile(self.conditions)
+        except ValidationError as exc:
+            errors["conditions"] = exc.messages
+        else:
+            unknown = _inboxes_unknown(self.conditions)
+            if unknown:
+                errors["conditions"] = [
+                    _("No inbox has the id %(ids)s.") % {"ids": ", ".join(map(str, unknown))}
+                ]
+        if len(tag_names(self.tags)) > 20:
+            errors["tags"] = [_("Add at most 20 tags.")]
+        if not (self.team_id or self.priority is not None or self.tags.strip() or self.assignee_id):
+            errors["__all__"] = [
+                _("Choose at least one thing to do: team, priority, tags or assignee.")
+            ]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _inboxes_unknown(conditions) -> list[int]:
+    wanted = set()
+    for condition in conditions:
+        if condition.get("field") == "inbox":
+            value = condition.get("value")
+            wanted.update(value if isinstance(value, list) else [value])
+    return sorted(wanted - set(Inbox.objects.filter(pk__in=wanted).values_list("pk", flat=True)))

@@ -18,7 +18,14 @@ from conversations.models import (
     Message,
 )
 from helpdesk.models import User
-from routing.models import BusinessHours, BusinessInterval, Holiday, Team, TeamMembership
+from routing.models import (
+    BusinessHours,
+    BusinessInterval,
+    Holiday,
+    RoutingRule,
+    Team,
+    TeamMembership,
+)
 
 DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
 
@@ -216,6 +223,39 @@ CANNED = [
     ),
 ]
 
+# (name, position, conditions, actions): see routing.rules for the vocabulary.
+ROUTING_RULES = [
+    (
+        "Enterprise refunds to Billing",
+        10,
+        [
+            {
+                "field": "subject_or_text",
+                "op": "contains",
+                "value": ["refund", "reembolso", "remboursement", "devolución"],
+            },
+            {"field": "customer.plan", "op": "is", "value": "enterprise"},
+        ],
+        {"team": "billing", "priority": Conversation.Priority.HIGH, "tags": "refund, enterprise"},
+    ),
+]
+# What each demo agent takes on at once: a live chat weighs 3, anything else 1.
+CAPACITIES = {
+    "admin@example.com": 3,
+    "agent@example.com": 9,
+    "ines@example.com": 9,
+    "hugo@example.com": 12,
+    "lucia@example.com": 6,
+}
+ROUTED_CUSTOMER = (
+    "Grace Okafor",
+    "grace.okafor@northwind.example",
+    {"plan": "enterprise", "company": "Northwind Traders", "seats": 250},
+    "Duplicate charge on our annual plan",
+    "Hello, we were charged twice for our annual licence (invoice 2026-118). Could you "
+    "refund the duplicate payment?",
+)
+
 STATUSES = [Conversation.Status.OPEN] * 5 + [
     Conversation.Status.PENDING,
     Conversation.Status.RESOLVED,
@@ -246,6 +286,8 @@ class Command(BaseCommand):
             agents = self._agents(teams)
             self._canned_responses(teams, author=agents[0])
             inboxes = self._inboxes(teams)
+            self._routing(teams)
+        self._routed_conversation(inboxes)
         created = 0
         for i in range(customers):
             with transaction.atomic():
@@ -322,6 +364,49 @@ class Command(BaseCommand):
                 inbox.save(update_fields=["settings"])
             inboxes.setdefault(kind, inbox)
         return inboxes
+
+    # --- Routing: a rule, the agents' capacities, and a conversation it routes --------------
+
+    def _routing(self, teams):
+        """The rules are looked up by name; capacities are set only when the seed creates the
+        rules, so an admin's later changes to either stay."""
+        for name, position, conditions, actions in ROUTING_RULES:
+            _, created = RoutingRule.objects.get_or_create(
+                name=name,
+                defaults={
+                    "position": position,
+                    "conditions": conditions,
+                    "team": teams[actions["team"]],
+                    "priority": actions["priority"],
+                    "tags": actions["tags"],
+                },
+            )
+            if created:
+                for email, capacity in CAPACITIES.items():
+                    TeamMembership.objects.filter(user__email=email).update(max_open=capacity)
+
+    def _routed_conversation(self, inboxes):
+        """An enterprise customer asks for a refund at the support address: the rule sends it
+        to Billing with high priority, where it waits for the first billing agent online."""
+        name, address, attributes, subject, text = ROUTED_CUSTOMER
+        if Identity.objects.filter(kind=Channel.EMAIL, address=address).exists():
+            return
+        with transaction.atomic():
+            identity = services.identity_get_or_create(
+                kind=Channel.EMAIL, address=address, name=name
+            )
+            services.customer_update(customer=identity.customer, data={"attributes": attributes})
+            services.message_receive(
+                inbox=inboxes[Channel.EMAIL],
+                inbound=services.InboundMessage(
+                    channel=Channel.EMAIL,
+                    address=address,
+                    name=name,
+                    subject=subject,
+                    text=text,
+                    provider_id="demo-routing-refund",
+                ),
+            )
 
     def _customer(self, i, rng, inboxes, agents) -> int:
         first, last = FIRST[i % len(FIRST)], LAST[(i * 7) % len(LAST)]

@@ -1,0 +1,460 @@
+"""Routing and assignment: which team answers a conversation, who in it, and when.
+
+- `conversation_route`: a conversation that just opened goes through the routing rules, then to
+  an online agent of its team with room. message_receive calls it inside its transaction,
+  before agents are told about the conversation, so nobody ever sees it unrouted.
+- `queue_assign`: a team's waiting conversations (open, unassigned) go to agents as capacity
+  frees. Run after commit when a conversation leaves someone's load or joins a queue
+  (`queue_nudge`), and for every team by the periodic `queues_sweep`, the safety net.
+- `offline_chats_requeue`, `agent_availability_set`: live chats of agents who went offline go
+  back to the queue, where the team asks for it.
+- `queue_status`: where a waiting customer stands and how long it may take, for the widget.
+
+Online means availability "online" and a sign of life from the agent's open inbox within
+AGENT_ONLINE_WINDOW (the widget's definition); away and offline agents are never picked.
+Capacity is per agent: their open conversations, each weighing its channel's weight in the team
+(a live chat 3, an email 1 by default), stay within the membership's `max_open`. Agents take
+turns (round robin), skipping those without room or without a skill the conversation needs.
+
+Concurrency: every automatic assignment first locks the team's membership rows and their
+agents' user rows, in user id order, and only then counts the agents' load, in a statement of
+its own. Under READ COMMITTED that statement sees everything committed by whoever held the locks
+before, so conversations arriving together are handed out one after another: nobody goes over
+capacity and turns are taken in order. Teams that share an agent wait on the same user row,
+and the fixed order rules out deadlocks between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Message,
+    Notification,
+    Tag,
+)
+from conversations.services import _notify, conversation_assign
+from routing.models import Team, TeamMembership
+from routing.rules import Decision, rules_decide, rules_load
+
+log = logging.getLogger(__name__)
+
+OPEN = Conversation.Status.OPEN
+# A sweep or nudge assigns at most this many waiting conversations per team and run; the next
+# run takes the rest.
+QUEUE_BATCH = 100
+# Expected waits are estimated from the team's recent conversations of the same channel.
+HANDLING_LOOKBACK = timedelta(days=14)
+HANDLING_SAMPLE = 50
+HANDLING_MIN_SAMPLE = 5
+HANDLING_DEFAULT = timedelta(minutes=10)
+
+
+# --- Who is there ----------------------------------------------------------------------------
+
+
+def agent_is_online(user, now: datetime) -> bool:
+    return (
+        user.is_active
+        and user.availability == get_user_model().Availability.ONLINE
+        and user.last_seen_at is not None
+        and user.last_seen_at >= now - AGENT_ONLINE_WINDOW
+    )
+
+
+def _offline(now: datetime) -> Q:
+    """Conversations whose assignee is offline: set so, or their inbox closed for longer than
+    the online window (an away agent with the inbox open keeps their chats)."""
+    return (
+        Q(assignee__availability=get_user_model().Availability.OFFLINE)
+        | Q(assignee__last_seen_at__lt=now - AGENT_ONLINE_WINDOW)
+        | Q(assignee__last_seen_at__isnull=True)
+    )
+
+
+# What assignment reads of a member, their agent and team, for every message: not whole rows.
+MEMBER_FIELDS = (
+    "team_id",
+    "user_id",
+    "max_open",
+    "skills",
+    "assigned_turn",
+    "user__email",
+    "user__display_name",
+    "user__is_active",
+    "user__availability",
+    "user__last_seen_at",
+    "team__auto_assign",
+    "team__channel_weights",
+)
+
+
+class _Pool:
+    """A team's members, locked, and the load of those online. Hands out conversations in
+    turn to online members with room and the skills needed."""
+
+    def __init__(self, team_id: int, now: datetime):
+        # Membership and user rows are locked together, in user order. Once a locking
+        # statement has waited for a row, PostgreSQL reads the newest version of every row it
+        # locks, so the turns come back as the previous holder left them. The load is counted
+        # in a statement of its own, after the lock, for the same reason (module docstring).
+        members = list(
+            TeamMembership.objects.filter(team_id=team_id, user__is_active=True)
+            .select_related("user", "team")
+            .only(*MEMBER_FIELDS)
+            .select_for_update(of=("self", "user"), no_key=True)
+            .order_by("user_id")
+        )
+        self.team: Team | None = members[0].team if members else None
+        # Skills anyone in the team has, online or not: a conversation tagged with one waits
+        # for a member who has it rather than going to someone who does not.
+        self.skills = frozenset().union(*(member.skill_set for member in members))
+        self.turn = max((member.assigned_turn for member in members), default=0)
+        self.online = [member for member in members if agent_is_online(member.user, now)]
+        self.load = dict.fromkeys((member.user_id for member in self.online), 0)
+        if self.online:
+            open_work = (
+                Conversation.objects.filter(assignee_id__in=self.load, status=OPEN)
+                .values_list("assignee_id", "inbox__kind")
+                .annotate(count=Count("id"))
+                .order_by()
+            )
+            for user_id, kind, count in open_work:
+                self.load[user_id] += count * self.team.weight(kind)
+
+    @property
+    def assigning(self) -> bool:
+        return bool(self.online) and self.team.auto_assign
+
+    def has_room(self) -> bool:
+        return any(self.load[member.user_id] < member.max_open for member in self.online)
+
+    def pick(self, weight: int, tags: frozenset[str]) -> TeamMembership | None:
+        needs = tags & self.skills
+        fits = [
+            member
+            for member in self.online
+            if self.load[member.user_id] + weight <= member.max_open and needs <= member.skill_set
+        ]
+        if not fits:
+            return None
+        chosen = min(fits, key=lambda member: (member.assigned_turn, member.user_id))
+        self.turn += 1
+        chosen.assigned_turn = self.turn
+        self.load[chosen.user_id] += weight
+        TeamMembership.objects.filter(pk=chosen.pk).update(assigned_turn=self.turn)
+        return chosen
+
+
+# --- A new conversation ----------------------------------------------------------------------
+
+
+def conversation_route(*, conversation: Conversation, message: Message) -> None:
+    """Apply the routing rules to `conversation`, just opened by `message`, then assign it to
+    an online member of its team with room (unless a rule named an assignee). Sets team,
+    priority and assignee on `conversation` for the caller to save (message_receive saves it
+    right after, in the one UPDATE it makes anyway); tags, events and the assignee's
+    notification are written here. Each change is recorded as an event naming its rule.
+
+    A failure here (a bug, a lock timeout) must not lose the customer's message: the routing
+    is undone, logged, and the conversation stays in its inbox's team, where the periodic
+    sweep assigns it."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            decision = rules_decide(rules_load(conversation.inbox_id), conversation, message, now)
+            _apply(conversation, decision, now)
+    except Exception:
+        log.exception("routing conversation %s failed; it waits in its team", conversation.pk)
+        conversation.refresh_from_db(fields=["team", "priority", "assignee"])
+
+
+def _apply(conversation: Conversation, decision: Decision, now: datetime) -> None:
+    """Set what the rules decided on a conversation nobody else can see yet (its transaction
+    has not committed). Done here rather than through conversation_set_team and friends:
+    those lock, save and publish once each, about five round trips apiece, while this is one
+    INSERT of events, the caller's UPDATE, and the "created" event announcing the result."""
+    because = decision.because or {}
+    events, assigned = [], False
+
+    def record(kind, rule: str | None, **data):
+        if rule:
+            data["rule"] = rule
+        events.append(ConversationEvent(conversation=conversation, kind=kind, data=data))
+
+    if decision.team_id is not None and decision.team_id != conversation.team_id:
+        record(
+            ConversationEvent.Kind.TEAM,
+            because.get("team_id"),
+            previous=conversation.team_id,
+            team=decision.team_id,
+        )
+        conversation.team_id = decision.team_id
+    if decision.priority is not None and decision.priority != conversation.priority:
+        record(
+            ConversationEvent.Kind.PRIORITY,
+            because.get("priority"),
+            previous=conversation.priority,
+            priority=decision.priority,
+        )
+        conversation.priority = decision.priority
+    if added := _tags_add(conversation, decision.tags):
+        record(ConversationEvent.Kind.TAGS, because.get("tags"), added=added, removed=[])
+
+    assignee, rule, reason = None, because.get("assignee_id"), "rule"
+    if decision.assignee_id is not None:
+        assignee = get_user_model().objects.filter(pk=decision.assignee_id, is_active=True).first()
+    if assignee is None and conversation.assignee_id is None and conversation.team_id:
+        rule, reason = None, "routing"
+        pool = _Pool(conversation.team_id, now)
+        if pool.assigning:
+            # A conversation opened just now has only the tags the rules gave it.
+            member = pool.pick(pool.team.weight(conversation.inbox.kind), decision.tags)
+            assignee = member.user if member else None
+    if assignee is not None and assignee.pk != conversation.assignee_id:
+        record(
+            ConversationEvent.Kind.ASSIGNED,
+            rule,
+            previous=conversation.assignee_id,
+            assignee=assignee.pk,
+            assignee_name=assignee.name,
+            reason=reason,
+        )
+        conversation.assignee, assigned = assignee, True
+
+    ConversationEvent.objects.bulk_create(events)
+    if assigned:
+        _notify([assignee.pk], Notification.Kind.ASSIGNED, conversation)
+
+
+def _tags_add(conversation: Conversation, names: frozenset[str]) -> list[str]:
+    if not names:
+        return []
+    tags = {tag.name: tag for tag in Tag.objects.filter(name__in=names)}
+    for name in sorted(names - tags.keys()):  # a tag's first use
+        tags[name] = Tag.objects.get_or_create(name=name)[0]
+    through = Conversation.tags.through
+    through.objects.bulk_create(
+        [through(conversation_id=conversation.pk, tag_id=tag.pk) for tag in tags.values()],
+        ignore_conflicts=True,
+    )
+    return sorted(names)
+
+
+def _tags_of(conversation_ids) -> dict[int, frozenset[str]]:
+    pairs = Conversation.tags.through.objects.filter(conversation_id__in=conversation_ids)
+    tags: dict[int, set[str]] = {}
+    for conversation_id, name in pairs.values_list("conversation_id", "tag__name"):
+        tags.setdefault(conversation_id, set()).add(name)
+    return {pk: frozenset(names) for pk, names in tags.items()}
+
+
+# --- The queue -------------------------------------------------------------------------------
+
+
+def _waiting(team_id: int):
+    return Conversation.objects.filter(
+        team_id=team_id, status=OPEN, assignee=None, merged_into=None
+    )
+
+
+def queue_assign(*, team_id: int, limit: int = QUEUE_BATCH) -> int:
+    """Give the team's waiting conversations, most urgent first and then oldest, to online
+    members with room; returns how many were assigned. A conversation that fits nobody (a
+    live chat when everyone has room for an email only, a skill nobody online has) does not
+    hold up those behind it. Safe to run any time and at once in several workers: members are
+    locked, and a waiting conversation another run holds is skipped."""
+    assigned = 0
+    with transaction.atomic():
+        pool = _Pool(team_id, timezone.now())
+        if not pool.assigning or not pool.has_room():
+            return 0
+        waiting = list(
+            _waiting(team_id)
+            .select_for_update(of=("self",), skip_locked=True)
+            .select_related("inbox")
+            .order_by("-priority", "created_at", "id")[:limit]
+        )
+        tags = _tags_of([conversation.pk for conversation in waiting])
+        for conversation in waiting:
+            weight = pool.team.weight(conversation.inbox.kind)
+            member = pool.pick(weight, tags.get(conversation.pk, frozenset()))
+            if member is None:
+                continue
+            conversation_assign(conversation=conversation, assignee=member.user, reason="queue")
+            assigned += 1
+            if not pool.has_room():
+                break
+    return assigned
+
+
+def queue_nudge(team_id: int | None) -> None:
+    """Someone's capacity freed, or a conversation joined the team's queue: assign waiting
+    conversations in a task, once the current transaction commits."""
+    if team_id is None:
+        return
+    from routing.tasks import queue_assign as task
+
+    transaction.on_commit(lambda: task.delay(team_id))
+
+
+def offline_chats_requeue(*, user=None, now: datetime | None = None) -> int:
+    """Open live chats assigned to agents who are offline go back to their team's queue, in
+    teams that ask for it; only `user`'s when given. Returns how many."""
+    now = now or timezone.now()
+    chats = Conversation.objects.filter(
+        _offline(now),
+        status=OPEN,
+        inbox__kind=Channel.WEBCHAT,
+        assignee__isnull=False,
+        team__requeue_offline_chats=True,
+    )
+    if user is not None:
+        chats = chats.filter(assignee=user)
+    requeued = 0
+    for pk in list(chats.values_list("pk", flat=True)[:500]):
+        with transaction.atomic():
+            # Checked again under the lock: the agent may be back, or someone took the chat.
+            conversation = chats.select_for_update(of=("self",)).filter(pk=pk).first()
+            if conversation is not None:
+                conversation_assign(conversation=conversation, assignee=None, reason="offline")
+                requeued += 1
+    return requeued
+
+
+def queues_sweep() -> dict:
+    """The periodic safety net: live chats of offline agents back to the queue, then every
+    team's waiting conversations to whoever is online with room. Idempotent."""
+    requeued = offline_chats_requeue()
+    teams = (
+        Conversation.objects.filter(
+            status=OPEN, assignee=None, merged_into=None, team__auto_assign=True
+        )
+        .order_by()
+        .values_list("team_id", flat=True)
+        .distinct()
+    )
+    assigned = sum(queue_assign(team_id=team_id) for team_id in list(teams))
+    return {"requeued": requeued, "assigned": assigned}
+
+
+def agent_availability_set(*, user, availability: str) -> None:
+    """Set an agent's availability. Going offline returns their live chats to the queue (in
+    teams that ask for it); going online lets their teams' queues assign to them. The inbox's
+    availability switch should call this; the periodic sweep catches changes made elsewhere,
+    and an agent whose inbox closed, within a sweep after the online window."""
+    User = get_user_model()  # noqa: N806 - the model
+    if availability not in User.Availability.values:
+        raise ValidationError(f"Unknown availability {availability!r}.")
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(
+            availability=availability, availability_changed_at=timezone.now()
+        )
+        if availability == User.Availability.OFFLINE:
+            offline_chats_requeue(user=user)
+        elif availability == User.Availability.ONLINE:
+            for team_id in user.team_memberships.values_list("team_id", flat=True):
+                queue_nudge(team_id)
+
+
+# --- What a waiting customer is told ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """`position` 1 is next in line; None when the conversation is not waiting (it has an
+    agent, or is not open). `expected_wait` is None when nobody in the team is online to
+    take it (the widget then shows its offline promise, e.g. "we reply in a few hours")."""
+
+    position: int | None
+    expected_wait: timedelta | None
+
+    def as_dict(self) -> dict:
+        wait = self.expected_wait
+        return {
+            "position": self.position,
+            "expected_wait_seconds": None if wait is None else round(wait.total_seconds()),
+        }
+
+
+def queue_status(conversation: Conversation, *, now: datetime | None = None) -> QueueStatus:
+    """Where `conversation` stands in its team's queue, and a rough wait.
+
+    The queue is the order queue_assign takes: priority, then age. The wait is an estimate:
+    conversations up to the room online members have now go at once; beyond that, a place
+    frees every (median handling time / conversations the online members hold at once), where
+    handling time is from opening to resolution of the team's last HANDLING_SAMPLE
+    conversations of this channel in HANDLING_LOOKBACK (HANDLING_DEFAULT with fewer than
+    HANDLING_MIN_SAMPLE). Skills are not taken into account. About five small queries."""
+    now = now or timezone.now()
+    conversation = Conversation.objects.select_related("inbox", "team").get(pk=conversation.pk)
+    team = conversation.team
+    if conversation.status != OPEN or conversation.assignee_id or conversation.merged_into_id:
+        return QueueStatus(None, None)
+    if team is None:
+        return QueueStatus(1, None)
+    priority, created = conversation.priority, conversation.created_at
+    ahead = (
+        _waiting(team.pk)
+        .filter(
+            Q(priority__gt=priority)
+            | Q(priority=priority, created_at__lt=created)
+            | Q(priority=priority, created_at=created, pk__lt=conversation.pk)
+        )
+        .count()
+    )
+    position = ahead + 1
+    weight = team.weight(conversation.inbox.kind)
+    members = [
+        member
+        for member in TeamMembership.objects.filter(team=team).select_related("user")
+        if agent_is_online(member.user, now)
+    ]
+    at_once = sum(member.max_open // weight for member in members)
+    if not team.auto_assign or not at_once:
+        return QueueStatus(position, None)
+    load = dict.fromkeys((member.user_id for member in members), 0)
+    open_work = (
+        Conversation.objects.filter(assignee_id__in=load, status=OPEN)
+        .values_list("assignee_id", "inbox__kind")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
+    for user_id, kind, count in open_work:
+        load[user_id] += count * team.weight(kind)
+    room = sum(max(0, member.max_open - load[member.user_id]) // weight for member in members)
+    if position <= room:
+        return QueueStatus(position, timedelta(0))
+    handling = _median_handling(team, conversation.inbox.kind, now)
+    return QueueStatus(position, handling * (position - room) / at_once)
+
+
+def _median_handling(team: Team, kind: str, now: datetime) -> timedelta:
+    spans = (
+        Conversation.objects.filter(
+            team=team,
+            inbox__kind=kind,
+            status__in=(Conversation.Status.RESOLVED, Conversation.Status.CLOSED),
+            merged_into=None,
+            resolved_at__gte=now - HANDLING_LOOKBACK,
+        )
+        .order_by("-resolved_at")
+        .values_list("created_at", "resolved_at")[:HANDLING_SAMPLE]
+    )
+    durations = [resolved - created for created, resolved in spans]
+    if len(durations) < HANDLING_MIN_SAMPLE:
+        return HANDLING_DEFAULT
+    return statistics.median(durations)

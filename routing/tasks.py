@@ -1,0 +1,15 @@
+"""Thin tasks: ids in, a routing service call. Both are idempotent."""
+
+from celery import shared_task
+
+from routing import services
+
+
+@shared_task(acks_late=True)
+def queue_assign(team_id: int):
+    return services.queue_assign(team_id=team_id)
+
+
+@shared_task(acks_late=True)
+def queues_sweep():
+    return services.queues_sweep()
