@@ -43,20 +43,16 @@ class WebchatAdapter(Adapter):
         return SendResult()
 
 
-def unread_replies(conversation: Conversation):
-    """Agent chat replies the visitor has not read, nor been emailed."""
-    return (
-        conversation.messages.filter(
-            channel=Channel.WEBCHAT,
-            direction=Message.Direction.OUTBOUND,
-            read_at=None,
-            status__in=(Message.Status.SENT, Message.Status.DELIVERED),
-            created_at__gte=timezone.now() - FOLLOW_UP_WITHIN,
-        )
-        .exclude(metadata__has_key="emailed_in")
-        .select_related("author", "identity")
-        .order_by("id")
-    )
+def unread_replies():
+    """Agent chat replies of the last FOLLOW_UP_WITHIN that visitors have not read, nor been
+    emailed."""
+    return Message.objects.filter(
+        channel=Channel.WEBCHAT,
+        direction=Message.Direction.OUTBOUND,
+        read_at=None,
+        status__in=(Message.Status.SENT, Message.Status.DELIVERED),
+        created_at__gte=timezone.now() - FOLLOW_UP_WITHIN,
+    ).exclude(metadata__has_key="emailed_in")
 
 
 def follow_up(conversation_id: int) -> Message | None:
@@ -75,7 +71,12 @@ def follow_up(conversation_id: int) -> Message | None:
         )
         if conversation is None:
             return None
-        replies = list(unread_replies(conversation))
+        replies = list(
+            unread_replies()
+            .filter(conversation=conversation)
+            .select_related("author", "identity")
+            .order_by("id")
+        )
         visitor = (
             Visitor.objects.select_related("inbox", "identity")
             .filter(identity__in=[m.identity_id for m in replies])
@@ -132,18 +133,7 @@ def follow_ups_due() -> int:
     behind `WebchatAdapter.send`, for replies sent while the visitor was still there."""
     from channels_adapters.tasks import webchat_follow_up
 
-    since = timezone.now() - FOLLOW_UP_WITHIN
-    conversation_ids = set(
-        Message.objects.filter(
-            channel=Channel.WEBCHAT,
-            direction=Message.Direction.OUTBOUND,
-            read_at=None,
-            status__in=(Message.Status.SENT, Message.Status.DELIVERED),
-            created_at__gte=since,
-        )
-        .exclude(metadata__has_key="emailed_in")
-        .values_list("conversation_id", flat=True)
-    )
+    conversation_ids = set(unread_replies().values_list("conversation_id", flat=True))
     for conversation_id in sorted(conversation_ids):
         webchat_follow_up.delay(conversation_id)
     return len(conversation_ids)
