@@ -24,6 +24,7 @@ from conversations.models import (
     new_secret,
 )
 from helpdesk.models import User
+from routing.models import AutoReply, SlaClock
 
 
 def _run(modeladmin, request, action, objects) -> int:
@@ -138,6 +139,7 @@ class InboxForm(forms.ModelForm):
             "address",
             "default_team",
             "business_hours",
+            "expected_reply_minutes",
             "settings",
             "is_active",
         ]
@@ -228,6 +230,25 @@ class InboxForm(forms.ModelForm):
         return super().save(commit)
 
 
+class AutoReplyInline(admin.StackedInline):
+    model = AutoReply
+    extra = 0
+    fields = ["kind", "language", "body", "is_active"]
+
+
+class SlaClockInline(admin.TabularInline):
+    """The conversation's SLA record: each target measured, and how it ended."""
+
+    model = SlaClock
+    extra = 0
+    can_delete = False
+    fields = ["target", "channel", "policy", "started_at", "due_at", "stopped_at", "outcome"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Inbox)
 class InboxAdmin(admin.ModelAdmin):
     form = InboxForm
@@ -253,6 +274,10 @@ class InboxAdmin(admin.ModelAdmin):
         "created_at",
     ]
     actions = ["rotate_secret"]
+
+    def get_inlines(self, request, obj):
+        # The widget speaks for itself; other channels may answer by themselves.
+        return [AutoReplyInline] if obj and obj.kind != Channel.WEBCHAT else []
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)
@@ -460,8 +485,9 @@ class ConversationAdmin(admin.ModelAdmin):
         "first_response_at",
         "resolved_at",
         "snoozed_until",
+        "sla_due_at",
     ]
-    inlines = [MessageInline, EventInline]
+    inlines = [MessageInline, EventInline, SlaClockInline]
     action_form = ConversationActionForm
     actions = ["assign", "resolve", "reopen"]
 

@@ -518,6 +518,10 @@ class VisitorConsumer(LiveConsumer):
                 await self._show(await db(self._state)(full=not known))
             if event["event"] == "ended":
                 await self.send_json({"type": "ended", "conversation": event["conversation"]})
+        elif event.get("event") == "joined" and event.get("conversation") == self.conversation_id:
+            await self.send_json(
+                {"type": "joined", "conversation": event["conversation"], "agent": event["agent"]}
+            )
         elif event.get("event") == "read" and event.get("by") == "agent":
             await self.send_json(
                 {"type": "read", "conversation": event["conversation"], "up_to": event["up_to"]}

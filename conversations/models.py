@@ -116,6 +116,15 @@ class Inbox(models.Model):
             "(here and on the team) means always open."
         ),
     )
+    expected_reply_minutes = models.PositiveIntegerField(
+        _("expected reply time (minutes)"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "What customers are told about how soon we answer. Empty: worked out from the "
+            "inbox's first replies of the last two weeks, in business hours."
+        ),
+    )
     settings = models.JSONField(default=dict, blank=True, help_text=_("Channel settings."))
     # Provider credentials (API keys, passwords). Never shown back in admin: see InboxAdmin.
     credentials = models.JSONField(default=dict, blank=True)
@@ -226,6 +235,9 @@ class Conversation(models.Model):
     first_response_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     snoozed_until = models.DateTimeField(null=True, blank=True)
+    # When the earliest running SLA target runs out (see routing.sla): what the inbox counts
+    # down and sorts by. None when no clock runs (none set, all met, or paused on the customer).
+    sla_due_at = models.DateTimeField(null=True, blank=True)
     # The customer's rating of the conversation (1-5) and comment, from the chat widget.
     rating = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
@@ -246,6 +258,11 @@ class Conversation(models.Model):
                 fields=["waiting_since"],
                 name="conv_waiting_idx",
                 condition=Q(waiting_since__isnull=False),
+            ),
+            models.Index(
+                fields=["sla_due_at"],
+                name="conv_sla_due_idx",
+                condition=Q(sla_due_at__isnull=False),
             ),
             models.Index(
                 fields=["snoozed_until"],
@@ -418,6 +435,8 @@ class ConversationEvent(models.Model):
         CONSENT = "consent", _("Opted out or in")
         CHAT = "chat", _("Live chat")  # data.state: "async", "ended" or "transcript"
         RATED = "rated", _("Rated")
+        SLA = "sla", _("SLA")  # data: target, state ("warning" or "breached"), due_at
+        AUTO_REPLY = "auto_reply", _("Automatic reply")  # data: reply (its kind), message, until
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -498,6 +517,8 @@ class Notification(models.Model):
         ASSIGNED = "assigned", _("Assigned to you")
         MENTIONED = "mentioned", _("Mentioned you")
         CUSTOMER_REPLIED = "customer_replied", _("Customer replied")
+        SLA_WARNING = "sla_warning", _("SLA target due soon")
+        SLA_BREACHED = "sla_breached", _("SLA target breached")
 
     recipient = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"

@@ -38,6 +38,14 @@ from conversations.models import (
     Tag,
 )
 from conversations.realtime import publish_conversation_event, publish_notifications
+from routing.replies import auto_reply_due
+from routing.sla import (
+    sla_agent_replied,
+    sla_clocks_reset,
+    sla_customer_wrote,
+    sla_retarget,
+    sla_status_changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +527,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         opened = True
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
-    elif conversation.status != Status.OPEN and not inbound.echo:
+    previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
+    if not opened and conversation.status != Status.OPEN and not inbound.echo:
         _event(
             conversation,
             ConversationEvent.Kind.REOPENED,
@@ -560,6 +569,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     if inbound.echo:  # the business answered, outside Threadline
         conversation.waiting_since = None
         conversation.first_response_at = conversation.first_response_at or now
+        sla_agent_replied(conversation=conversation, now=now)
     else:
         conversation.last_inbound_at = now
         conversation.waiting_since = conversation.waiting_since or now
@@ -573,6 +583,15 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         from routing.services import conversation_route
 
         conversation_route(conversation=conversation, message=message)
+    if not inbound.echo:
+        sla_customer_wrote(
+            conversation=conversation,
+            message=message,
+            opened=opened,
+            was_waiting=was_waiting,
+            previous_status=previous_status,
+            now=now,
+        )
     conversation.save()
     seen = {}
     if not inbound.echo and (
@@ -594,6 +613,15 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         _notify(
             [conversation.assignee_id], Notification.Kind.CUSTOMER_REPLIED, conversation, message
         )
+
+    if (
+        not inbound.echo
+        and inbound.opt_out is None
+        and auto_reply_due(inbox=inbox, message=message)
+    ):
+        from routing.tasks import auto_reply
+
+        transaction.on_commit(lambda: auto_reply.delay(message.pk, opened))
 
     # One notification: "created" for a new conversation, else "message".
     publish_conversation_event(
@@ -787,12 +815,16 @@ def reply_send(
     client_id: str = "",
     attachments: tuple[InboundAttachment, ...] = (),
     template: str = "",
+    automatic: str = "",
 ) -> Message:
     """Queue an agent's reply to the customer on the channel of `identity` (default: where the
     customer last wrote). The message is stored as queued and handed to the delivery pipeline
     once the transaction commits. `template` names an approved message template (WhatsApp,
     outside its 24-hour window). A reply the channel would refuse (opted out, window closed)
-    is refused here, with the reason, before anything is stored."""
+    is refused here, with the reason, before anything is stored.
+
+    `automatic` names what sent a message no agent wrote (e.g. "acknowledgement"): it is
+    marked so (email sends it as Auto-Submitted) and does not count as a response."""
     from channels_adapters.registry import adapter_for
 
     if not (text.strip() or attachments or template):
@@ -819,7 +851,10 @@ def reply_send(
         html=sanitize_html(html),
         client_id=client_id[:64],
         status=Message.Status.QUEUED,
-        metadata={"template": template} if template else {},
+        metadata={
+            **({"template": template} if template else {}),
+            **({"automatic": automatic} if automatic else {}),
+        },
     )
     refusal = adapter.send_refusal(draft)
     if refusal:
@@ -860,9 +895,11 @@ def reply_send(
             )
         now = timezone.now()
         conversation.last_activity_at = now
-        conversation.waiting_since = None
-        if conversation.first_response_at is None:
-            conversation.first_response_at = now
+        if not automatic:  # an automatic reply answers nothing: the customer still waits
+            conversation.waiting_since = None
+            if conversation.first_response_at is None:
+                conversation.first_response_at = now
+            sla_agent_replied(conversation=conversation, now=now)
         conversation.save()
         publish_conversation_event(conversation, "message", message=message.pk)
         message_enqueue_delivery(message)
@@ -919,7 +956,7 @@ def mentioned_agents(conversation: Conversation, text: str) -> list:
     ]
 
 
-def _notify(recipient_ids, kind, conversation, message=None, *, actor=None) -> None:
+def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:
     """Tell agents something concerns them: stored, then pushed to their sockets on commit.
     Nobody is told about what they did themselves."""
     recipient_ids = sorted(set(recipient_ids) - {actor.pk if actor else None})
@@ -937,11 +974,14 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None) -> N
         who = "Routing"  # automatic assignment
     else:
         who = conversation.customer.name or "The customer"
-    text = {
-        Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
-        Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
-        Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
-    }[kind]
+    text = (
+        text
+        or {
+            Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
+            Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
+            Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
+        }[kind]
+    )
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 
 
@@ -980,7 +1020,21 @@ def conversation_assign(
             assignee_name=assignee.name if assignee else "",
             **({"reason": reason} if reason else {}),
         )
-        publish_conversation_event(conversation, "assigned", assignee=new, previous=previous)
+        # A visitor waiting in the chat hears who joined (by first name, as agents sign).
+        joined = assignee and conversation.inbox.kind == Channel.WEBCHAT
+        publish_conversation_event(
+            conversation,
+            "assigned",
+            assignee=new,
+            previous=previous,
+            customer_event={
+                "event": "joined",
+                "conversation": conversation.pk,
+                "agent": assignee.name.split(" ")[0],
+            }
+            if joined
+            else None,
+        )
         if new:
             _notify([new], Notification.Kind.ASSIGNED, conversation, actor=actor)
         if previous:  # the previous assignee may no longer see it: tell them to drop it
@@ -1013,7 +1067,8 @@ def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Co
         if previous == new:
             return conversation
         conversation.team = team
-        conversation.save(update_fields=["team", "updated_at"])
+        sla_retarget(conversation=conversation, now=timezone.now())
+        conversation.save(update_fields=["team", "sla_due_at", "updated_at"])
         _event(conversation, ConversationEvent.Kind.TEAM, actor, previous=previous, team=new)
         publish_conversation_event(conversation, "team", team=new, previous=previous)
         if conversation.assignee_id is None:
@@ -1047,6 +1102,7 @@ def conversation_set_status(
             conversation.waiting_since = None
         else:
             conversation.resolved_at = None
+        sla_status_changed(conversation=conversation, previous=previous, now=now)
         conversation.save()
         _event(
             conversation,
@@ -1071,7 +1127,8 @@ def conversation_set_priority(*, conversation: Conversation, priority: int, acto
         if previous == priority:
             return conversation
         conversation.priority = priority
-        conversation.save(update_fields=["priority", "updated_at"])
+        sla_retarget(conversation=conversation, now=timezone.now())
+        conversation.save(update_fields=["priority", "sla_due_at", "updated_at"])
         _event(
             conversation,
             ConversationEvent.Kind.PRIORITY,
@@ -1146,6 +1203,8 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
         source.merged_into = target
         source.resolved_at = source.resolved_at or timezone.now()
         source.waiting_since = None
+        sla_clocks_reset([source.pk])
+        source.sla_due_at = None
         source.save()
         _event(target, ConversationEvent.Kind.MERGED, actor, source=source.pk, messages=moved)
         _event(source, ConversationEvent.Kind.MERGED, actor, target=target.pk, messages=moved)

@@ -65,6 +65,7 @@ SORTS = {
     "activity": ("Last activity", [("last_activity_at", True), ("id", True)]),
     "waiting": ("Longest waiting", [("waiting_since", False), ("id", False)]),
     "priority": ("Priority", [("priority", True), ("last_activity_at", True), ("id", True)]),
+    "sla": ("SLA due first", [("sla_due_at", False), ("id", False)]),
 }
 
 
@@ -215,6 +216,8 @@ def conversation_list(request):
     conversations = _filtered(request, VIEWS[view][1](visible, user))
     if sort == "waiting":
         conversations = conversations.filter(waiting_since__isnull=False)
+    elif sort == "sla":  # only conversations with a clock running
+        conversations = conversations.filter(sla_due_at__isnull=False)
     cursor = _cursor_decode(request.GET.get("after", ""), fields)
     if cursor:
         conversations = conversations.filter(_after(fields, cursor))
@@ -336,6 +339,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),
         "visitors": _visitors(conversation),
+        "sla_clocks": list(conversation.sla_clocks.order_by("-id")[:6])[::-1],
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         "history": Conversation.objects.filter(customer=conversation.customer)
@@ -529,10 +533,13 @@ def attachment_as_download(attachment: Attachment) -> FileResponse:
 @login_required
 @require_POST
 def availability_set(request):
+    from routing.services import agent_availability_set
+
     value = request.POST.get("availability", "")
     if value not in User.Availability.values:
         return HttpResponseBadRequest("Unknown availability.")
-    User.objects.filter(pk=request.user.pk).update(availability=value)
+    # Through routing: going offline hands live chats back, going online takes from queues.
+    agent_availability_set(user=request.user, availability=value)
     back = request.headers.get("Referer", "")
     if url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):
         return redirect(back)

@@ -42,6 +42,7 @@ def _schedule(sender, **kwargs):
         },
         # Waiting conversations to agents with room, offline agents' chats back to the queue.
         "routing-queues": {"task": "routing.tasks.queues_sweep", "schedule": 30.0},
+        "routing-sla": {"task": "routing.tasks.sla_sweep", "schedule": 30.0},
     }
 
 

@@ -18,6 +18,7 @@ from routing.models import (
     BusinessInterval,
     Holiday,
     RoutingRule,
+    SlaPolicy,
     Team,
     TeamMembership,
 )
@@ -230,3 +231,26 @@ class BusinessHoursAdmin(admin.ModelAdmin):
             local, "D H:i" if opening - now < timedelta(days=6) else "D j M H:i"
         )
         return f"closed, opens {when} {schedule.timezone}"
+
+
+@admin.register(SlaPolicy)
+class SlaPolicyAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "channel",
+        "priority",
+        "first_response_minutes",
+        "next_response_minutes",
+        "resolution_minutes",
+        "business_hours_only",
+        "is_active",
+    ]
+    list_filter = ["is_active", "channel", "priority"]
+    fields = [
+        "name",
+        ("channel", "priority"),
+        ("first_response_minutes", "next_response_minutes", "resolution_minutes"),
+        "business_hours_only",
+        "warn_minutes",
+        "is_active",
+    ]

@@ -1,9 +1,11 @@
+import re
 from datetime import time, timedelta
 from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from conversations.models import Channel, Conversation, Inbox
@@ -338,3 +340,239 @@ def _inboxes_unknown(conditions) -> list[int]:
             value = condition.get("value")
             wanted.update(value if isinstance(value, list) else [value])
     return sorted(wanted - set(Inbox.objects.filter(pk__in=wanted).values_list("pk", flat=True)))
+
+
+# Targets to start from, which admins tune (the first migration and the demo create them):
+# people on chat, SMS and social expect an answer within minutes, email within a morning.
+DEFAULT_SLA_POLICIES = [
+    {
+        "name": "Email",
+        "channel": Channel.EMAIL.value,
+        "first_response_minutes": 240,
+        "next_response_minutes": 240,
+        "warn_minutes": 30,
+    },
+    {
+        "name": "Chat, SMS and social",
+        "channel": "",
+        "first_response_minutes": 15,
+        "next_response_minutes": 15,
+        "warn_minutes": 5,
+    },
+]
+
+
+class SlaPolicy(models.Model):
+    """Reply and resolution targets for conversations of one channel and priority.
+
+    A conversation takes the most specific active policy: its priority and channel, else its
+    priority on any channel, else its channel at any priority, else the catch-all (priority
+    outranks channel: "urgent answers in 30 minutes" should hold for urgent emails too).
+    A target left empty is not measured."""
+
+    name = models.CharField(max_length=100)
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        blank=True,
+        help_text=_("Empty: every channel without a policy of its own."),
+    )
+    priority = models.SmallIntegerField(
+        null=True,
+        blank=True,
+        choices=Conversation.Priority.choices,
+        help_text=_("Empty: every priority without a policy of its own."),
+    )
+    first_response_minutes = models.PositiveIntegerField(
+        _("first response (minutes)"),
+        null=True,
+        blank=True,
+        help_text=_("From the customer's first message to the first reply."),
+    )
+    next_response_minutes = models.PositiveIntegerField(
+        _("next response (minutes)"),
+        null=True,
+        blank=True,
+        help_text=_("From each later customer message to the reply that answers it."),
+    )
+    resolution_minutes = models.PositiveIntegerField(
+        _("resolution (minutes)"),
+        null=True,
+        blank=True,
+        help_text=_("From opening (or reopening) to resolution."),
+    )
+    business_hours_only = models.BooleanField(
+        _("count business hours only"),
+        default=True,
+        help_text=_(
+            "Ticked: clocks run only while the inbox (or its team) is open, so 240 minutes is "
+            "four working hours. Unticked: they run around the clock."
+        ),
+    )
+    warn_minutes = models.PositiveIntegerField(
+        _("warn before (minutes)"),
+        default=5,
+        help_text=_("The assignee (or the team leads) are warned this long before a target."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("SLA policy")
+        verbose_name_plural = _("SLA policies")
+        ordering = ["channel", "priority", "name"]
+
+    def __str__(self):
+        return self.name
+
+    def goal(self, target: str) -> int | None:
+        """The target in seconds, or None when this policy does not measure it."""
+        minutes = getattr(self, f"{target}_minutes")
+        return None if minutes is None else minutes * 60
+
+    def clean(self):
+        if not (self.first_response_minutes or self.next_response_minutes) and not (
+            self.resolution_minutes
+        ):
+            raise ValidationError(_("Set at least one target."))
+        same = SlaPolicy.objects.filter(
+            is_active=True, channel=self.channel, priority=self.priority
+        ).exclude(pk=self.pk)
+        if self.is_active and same.exists():
+            raise ValidationError(
+                _("“%(name)s” already covers this channel and priority; change that one.")
+                % {"name": same.first().name}
+            )
+
+
+class SlaClock(models.Model):
+    """One target being measured on one conversation: started by a customer message (or the
+    opening), paused while the conversation waits on the customer, stopped by the reply (or
+    the resolution) as met or breached. Finished clocks stay as the record for reports."""
+
+    class Target(models.TextChoices):
+        FIRST_RESPONSE = "first_response", _("First response")
+        NEXT_RESPONSE = "next_response", _("Next response")
+        RESOLUTION = "resolution", _("Resolution")
+
+    class Outcome(models.TextChoices):
+        MET = "met", _("Met")
+        BREACHED = "breached", _("Breached")
+        CANCELLED = "cancelled", _("Not measured")  # resolved or retargeted before an answer
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="sla_clocks"
+    )
+    policy = models.ForeignKey(
+        SlaPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="clocks"
+    )
+    target = models.CharField(max_length=20, choices=Target.choices)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    goal_seconds = models.PositiveIntegerField()
+    business_hours_only = models.BooleanField(default=True)
+    started_at = models.DateTimeField()
+    # Counted seconds before `running_since`; the clock is paused or stopped when that is None.
+    elapsed_seconds = models.FloatField(default=0)
+    running_since = models.DateTimeField(null=True, blank=True)
+    # When it runs out (None while paused, or when the schedule stays closed for a year).
+    due_at = models.DateTimeField(null=True, blank=True)
+    warn_at = models.DateTimeField(null=True, blank=True)
+    warned_at = models.DateTimeField(null=True, blank=True)
+    breached_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True)
+
+    class Meta:
+        verbose_name = _("SLA clock")
+        ordering = ["started_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "stopped_at"], name="sla_clock_conversation_idx"),
+            # What the sweep looks for: running clocks due a warning or past their target.
+            models.Index(
+                fields=["warn_at"],
+                name="sla_clock_warn_idx",
+                condition=Q(stopped_at=None, warned_at=None),
+            ),
+            models.Index(
+                fields=["due_at"],
+                name="sla_clock_due_idx",
+                condition=Q(stopped_at=None, breached_at=None),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_target_display()} on #{self.conversation_id}"
+
+    @property
+    def state(self) -> str:
+        """running, paused, or how it ended (met, breached, cancelled)."""
+        if self.stopped_at:
+            return self.outcome
+        return "paused" if self.running_since is None else "running"
+
+    @property
+    def remaining_seconds(self) -> float:
+        """What was left of the target when the clock last paused or stopped."""
+        return max(0.0, self.goal_seconds - self.elapsed_seconds)
+
+
+class AutoReply(models.Model):
+    """What an inbox answers by itself: an acknowledgement of a new conversation, or an
+    out-of-office reply while it is closed. Written per language; the customer gets the one in
+    their language, else the one without a language."""
+
+    class Kind(models.TextChoices):
+        ACKNOWLEDGEMENT = "acknowledgement", _("Acknowledgement of a new conversation")
+        OUT_OF_OFFICE = "out_of_office", _("Out-of-office reply")
+
+    # Placeholders a template may use, filled in when it is sent.
+    PLACEHOLDERS = ("number", "name", "expected_reply", "opens_at", "inbox")
+
+    inbox = models.ForeignKey(Inbox, on_delete=models.CASCADE, related_name="auto_replies")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    language = models.CharField(
+        max_length=10,
+        blank=True,
+        help_text=_("e.g. pt or pt-BR. Empty: for customers whose language has no template."),
+    )
+    body = models.TextField(
+        help_text=_(
+            "Plain text. {number} is the conversation number, {name} the customer's name, "
+            "{expected_reply} how soon we usually answer (e.g. “2 hours”), {opens_at} "
+            "when the inbox opens next, {inbox} its name."
+        )
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("automatic reply")
+        verbose_name_plural = _("automatic replies")
+        ordering = ["inbox", "kind", "language"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["inbox", "kind", "language"], name="auto_reply_unique_language"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} ({self.language or _('any language')})"
+
+    def clean(self):
+        self.language = (self.language or "").strip()
+        unknown = sorted(set(re.findall(r"{(\w*)}", self.body or "")) - set(self.PLACEHOLDERS))
+        if unknown:
+            raise ValidationError(
+                {
+                    "body": _("Unknown placeholder %(names)s; use %(known)s.")
+                    % {
+                        "names": ", ".join(f"{{{name}}}" for name in unknown),
+                        "known": ", ".join(f"{{{name}}}" for name in self.PLACEHOLDERS),
+                    }
+                }
+            )
+        if self.inbox_id and self.inbox.kind == Channel.WEBCHAT:
+            raise ValidationError(
+                _("The chat widget says itself when you are away and how soon you reply.")
+            )

@@ -354,7 +354,7 @@ def queues_sweep() -> dict:
 def agent_availability_set(*, user, availability: str) -> None:
     """Set an agent's availability. Going offline returns their live chats to the queue (in
     teams that ask for it); going online lets their teams' queues assign to them. The inbox's
-    availability switch should call this; the periodic sweep catches changes made elsewhere,
+    availability switch calls this; the periodic sweep catches changes made elsewhere (admin),
     and an agent whose inbox closed, within a sweep after the online window."""
     User = get_user_model()  # noqa: N806 - the model
     if availability not in User.Availability.values:

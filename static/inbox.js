@@ -30,6 +30,28 @@
     }, Math.max(0, Math.min(250, refreshDue - now)));
   }
 
+  // SLA countdowns: the server renders "due in 12 min" / "overdue 5 min"; this keeps the words
+  // true between page loads (same wording as conversations/templatetags/sla.py).
+  function span(seconds) {
+    let minutes = Math.max(0, Math.round(seconds / 60));
+    if (minutes < 60) return `${minutes} min`;
+    let hours = Math.floor(minutes / 60); minutes %= 60;
+    if (hours < 24) return minutes ? `${hours} h ${minutes} min` : `${hours} h`;
+    const days = Math.floor(hours / 24); hours %= 24;
+    return hours ? `${days} d ${hours} h` : `${days} d`;
+  }
+  function tickSla() {
+    document.querySelectorAll("[data-sla-due]").forEach(function (el) {
+      const seconds = (Date.parse(el.dataset.slaDue) - Date.now()) / 1000;
+      el.textContent = seconds >= 0 ? `due in ${span(seconds)}` : `overdue ${span(-seconds)}`;
+      el.classList.toggle("overdue", seconds < 0);
+      el.classList.toggle("soon", seconds >= 0 && seconds < 600);
+    });
+  }
+  tickSla();
+  setInterval(tickSla, 15000);
+  document.addEventListener("threadline:refreshed", tickSla);
+
   // Presence: who else has this conversation open, and who is typing. Each agent's state
   // comes from their socket's announcements; a typing state without news for 5 s is over.
   const presence = document.querySelector("[data-presence]");

@@ -86,6 +86,28 @@ def signed_in(browser, base, user):
 
 
 @pytest.fixture
+def twilio():
+    """Twilio's API on a loopback port (tests/providers.py)."""
+    from tests.providers import FakeTwilio
+
+    fake = FakeTwilio()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def sms_inbox(support, twilio):
+    return Inbox.objects.create(
+        name="Support SMS",
+        kind=Channel.SMS,
+        address="+15005550006",
+        default_team=support,
+        settings={"account_sid": twilio.account_sid, "api_base_url": twilio.url},
+        credentials={"auth_token": twilio.auth_token},
+    )
+
+
+@pytest.fixture
 def chat_inbox(support):
     return Inbox.objects.create(name="Website chat", kind=Channel.WEBCHAT, default_team=support)
 

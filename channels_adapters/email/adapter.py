@@ -213,6 +213,8 @@ class EmailAdapter(Adapter):
             "Reply-To": reply_address(conversation, inbox),
             "X-Loop": loop_marker(inbox),
         }
+        if message.metadata.get("automatic"):  # RFC 3834: other robots must not answer it
+            headers["Auto-Submitted"] = "auto-replied"
         if last_inbound or thread_ids:
             headers["In-Reply-To"] = f"<{last_inbound or thread_ids[-1]}>"
             # RFC 5322 asks for the whole chain; keep the first and the latest few.

@@ -358,12 +358,18 @@ def message_json(message: Message) -> dict:
 
 
 def conversation_json(conversation: Conversation | None) -> dict | None:
+    """What the widget knows of a conversation; `queue` (position, expected wait) while it
+    waits for an agent, so the visitor sees where they stand."""
+    from routing.services import queue_status
+
     if conversation is None:
         return None
+    waiting = conversation.status == Conversation.Status.OPEN and not conversation.assignee_id
     return {
         "id": conversation.pk,
         "live": conversation.status in LIVE,
         "rating": conversation.rating,
+        "queue": queue_status(conversation).as_dict() if waiting else None,
     }
 
 
@@ -532,6 +538,7 @@ def availability(inbox: Inbox, now=None) -> dict:
     from django.contrib.auth import get_user_model
 
     from routing.hours import is_open, next_opening, schedule_for
+    from routing.replies import expected_reply, reply_time_text
 
     now = now or timezone.now()
     schedule = schedule_for(inbox)
@@ -545,7 +552,7 @@ def availability(inbox: Inbox, now=None) -> dict:
         agents = agents.filter(team_memberships__team_id=inbox.default_team_id)
     online = open_now and agents.exists()
     opens_at = None if open_now else next_opening(schedule, now)
-    reply_time = widget_settings(inbox)["reply_time"] or _("a few hours")
+    reply_time = widget_settings(inbox)["reply_time"] or reply_time_text(expected_reply(inbox))
     return {
         "online": online,
         "reply_time": reply_time,

@@ -292,6 +292,12 @@
           S.fresh = false;
         }
         break;
+      case "joined": // an agent took the chat: the queue is behind the visitor
+        if (S.conversation && S.conversation.id === data.conversation) {
+          S.conversation.queue = null;
+          S.joined = data.agent;
+        }
+        break;
       case "read":
         if (S.conversation && S.conversation.id === data.conversation) {
           S.seenUpTo = Math.max(S.seenUpTo, data.up_to || 0);
@@ -332,6 +338,7 @@
       S.seenUpTo = 0;
       S.rating = 0;
       S.transcriptSent = false;
+      S.joined = null;
     }
     S.conversation = conversation ? { ...conversation } : null;
     if (conversation && conversation.live && (!current || conversation.id !== current.id)) {
@@ -844,6 +851,14 @@
     const a = S.availability || {};
     const lines = a.online ? [t("online")] : [t("offline", { time: a.reply_time || "" })];
     if (!a.online && a.opens_at) lines.push(t("back_at", { when: when(a.opens_at) }));
+    const q = S.conversation && S.conversation.live && S.conversation.queue;
+    if (a.online && q && q.position) {
+      const wait = q.expected_wait_seconds;
+      lines.push(wait ? t("queue_wait", { position: q.position, minutes: Math.max(1, Math.round(wait / 60)) })
+        : t("queue", { position: q.position }));
+    } else if (a.online && S.joined && S.conversation && S.conversation.live) {
+      lines.push(t("joined", { name: S.joined }));
+    }
     ui.availability.replaceChildren(...lines.map((line) => el("span", { text: line })));
     ui.panel.classList.toggle("online", Boolean(a.online));
 

@@ -23,32 +23,12 @@ from conversations.models import (
     ConversationEvent,
     DeliveryAttempt,
     Identity,
-    Inbox,
     Message,
 )
 from tests.conftest import wait_for, webhook_path
 from tests.providers import FakeTwilio
 
 CUSTOMER = "+351912345678"
-
-
-@pytest.fixture
-def twilio():
-    fake = FakeTwilio()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def sms_inbox(support, twilio):
-    return Inbox.objects.create(
-        name="Support SMS",
-        kind=Channel.SMS,
-        address="+15005550006",
-        default_team=support,
-        settings={"account_sid": twilio.account_sid, "api_base_url": twilio.url},
-        credentials={"auth_token": twilio.auth_token},
-    )
 
 
 def incoming(sid="SM" + "a" * 32, body="Olá! A minha encomenda não chegou 📦", **extra):

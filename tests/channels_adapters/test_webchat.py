@@ -224,6 +224,37 @@ async def test_a_message_is_stored_once_however_often_it_is_resent(widget):
 
 
 @pytestmark_socket
+async def test_a_waiting_visitor_sees_their_place_in_line_and_who_joins(widget, bob, dana):
+    from routing.models import TeamMembership
+
+    def queued():  # Dana is online but full; two chats already wait
+        dana.availability, dana.last_seen_at = "online", timezone.now()
+        dana.save()
+        TeamMembership.objects.filter(user=dana).update(max_open=0)
+        for n in range(2):
+            chat.visitor_message(new_visitor(widget), text=f"earlier {n}", client_id="x")
+        return new_visitor(widget)
+
+    visitor = await database_sync_to_async(queued)()
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    await socket.receive_json_from(timeout=5)  # ready
+    await socket.send_json_to({"action": "message", "client_id": "c-1", "text": "Hello?"})
+    assert (await socket.receive_json_from(timeout=5))["type"] == "ack"
+    shown = await socket.receive_json_from(timeout=5)
+    assert shown["conversation"]["queue"] == {"position": 3, "expected_wait_seconds": None}
+    await socket.receive_json_from(timeout=5)  # the message itself
+
+    def bob_takes_it():
+        conversation = Conversation.objects.get(pk=shown["conversation"]["id"])
+        services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
+
+    await database_sync_to_async(bob_takes_it)()
+    joined = await socket.receive_json_from(timeout=5)
+    assert joined == {"type": "joined", "conversation": shown["conversation"]["id"], "agent": "Bob"}
+    await socket.disconnect()
+
+
+@pytestmark_socket
 async def test_a_reconnect_catches_up_without_gap_or_duplicate(widget, bob):
     visitor = await database_sync_to_async(new_visitor)(widget)
     token = chat.visitor_token(visitor)
@@ -547,8 +578,8 @@ async def test_an_agent_writes_first_and_the_open_widget_shows_it(widget, bob):
     shown = await socket.receive_json_from(timeout=5)
     assert shown == {
         "type": "conversation",
-        "conversation": {"id": conversation.pk, "live": True, "rating": None},
-    }
+        "conversation": {"id": conversation.pk, "live": True, "rating": None, "queue": None},
+    }  # Bob has it: no queue to wait in
     message = await socket.receive_json_from(timeout=5)
     assert message["message"]["text"] == "Hi Ana, can I help you find a size?"
     await socket.disconnect()

@@ -12,6 +12,7 @@ import pytest
 import time_machine
 from django.core.management import call_command
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from conversations import services
@@ -306,12 +307,14 @@ def bobs_chat_and_email(chat_inbox, mail_inbox, bob, dana):
 
 
 def test_an_agent_going_offline_returns_live_chats_to_the_queue(
-    bobs_chat_and_email, bob, dana, tasks_run
+    client, bobs_chat_and_email, bob, dana, tasks_run
 ):
     chat, email = bobs_chat_and_email
 
-    with tasks_run():
-        agent_availability_set(user=bob, availability="offline")
+    client.login(email=bob.email, password=PASSWORD)
+    with tasks_run():  # Bob flips the inbox's switch to offline
+        response = client.post(reverse("inbox:availability"), {"availability": "offline"})
+    assert response.status_code == 302
 
     assert (assignee_of(chat), assignee_of(email)) == (dana, bob)  # the email can wait
     assigned = [event.data for event in chat.events.filter(kind="assigned").order_by("id")]

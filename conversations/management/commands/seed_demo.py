@@ -6,6 +6,7 @@ from datetime import date, time, timedelta
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from conversations import services
@@ -19,13 +20,19 @@ from conversations.models import (
 )
 from helpdesk.models import User
 from routing.models import (
+    DEFAULT_SLA_POLICIES,
+    AutoReply,
     BusinessHours,
     BusinessInterval,
     Holiday,
     RoutingRule,
+    SlaClock,
+    SlaPolicy,
     Team,
     TeamMembership,
 )
+from routing.replies import auto_reply_send
+from routing.sla import sla_agent_replied
 
 DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
 
@@ -53,10 +60,32 @@ DEMO_WIDGET = {
     "greeting": "Hi! Ask us anything about your order.",
     "prechat_email": "optional",
     "email_after_minutes": 1,
-    "reply_time": "a few hours",
 }
 
 WEEKDAYS = range(5)  # Monday to Friday
+
+# Automatic replies of the email and SMS inboxes: (kind, language, body).
+AUTO_REPLIES = [
+    (
+        "acknowledgement",
+        "",
+        "Hi {name},\n\nThanks for writing to {inbox}. Your request is #{number}; keep that "
+        "number in the subject if you write again. We usually reply within {expected_reply}."
+        "\n\nAcme Support",
+    ),
+    (
+        "acknowledgement",
+        "pt",
+        "Olá {name},\n\nObrigado por escrever para {inbox}. O seu pedido é o #{number}. "
+        "Respondemos normalmente em {expected_reply}.\n\nApoio Acme",
+    ),
+    (
+        "out_of_office",
+        "",
+        "Hi {name},\n\nWe are closed right now and open again {opens_at}. Your request is "
+        "#{number}, and we usually reply within {expected_reply} of opening.\n\nAcme Support",
+    ),
+]
 
 # (name, time zone, team, opens, closes, closed days)
 SCHEDULES = [
@@ -287,11 +316,15 @@ class Command(BaseCommand):
             self._canned_responses(teams, author=agents[0])
             inboxes = self._inboxes(teams)
             self._routing(teams)
-        self._routed_conversation(inboxes)
+            if not SlaPolicy.objects.exists():  # the defaults, when no policy exists at all
+                SlaPolicy.objects.bulk_create(SlaPolicy(**f) for f in DEFAULT_SLA_POLICIES)
         created = 0
         for i in range(customers):
             with transaction.atomic():
                 created += self._customer(i, rng, inboxes, agents)
+        # After the history, so that only the conversation that opens now is acknowledged.
+        self._auto_replies()
+        self._routed_conversation(inboxes)
         self.stdout.write(
             f"Demo ready: {created} new customers. Log in at /admin/ as admin@example.com "
             f"(or agent@example.com) with password {DEMO_PASSWORD!r}."
@@ -385,6 +418,16 @@ class Command(BaseCommand):
                 for email, capacity in CAPACITIES.items():
                     TeamMembership.objects.filter(user__email=email).update(max_open=capacity)
 
+    def _auto_replies(self):
+        """Templates for inboxes that have none, so an admin's own stay as they are."""
+        for inbox in Inbox.objects.filter(kind__in=(Channel.EMAIL, Channel.SMS)):
+            if not AutoReply.objects.filter(inbox=inbox).exists():
+                AutoReply.objects.bulk_create(
+                    AutoReply(inbox=inbox, kind=kind, language=language, body=body)
+                    for kind, language, body in AUTO_REPLIES
+                    if inbox.kind == Channel.EMAIL or kind == "acknowledgement"
+                )
+
     def _routed_conversation(self, inboxes):
         """An enterprise customer asks for a refund at the support address: the rule sends it
         to Billing with high priority, where it waits for the first billing agent online."""
@@ -396,7 +439,7 @@ class Command(BaseCommand):
                 kind=Channel.EMAIL, address=address, name=name
             )
             services.customer_update(customer=identity.customer, data={"attributes": attributes})
-            services.message_receive(
+            received = services.message_receive(
                 inbox=inboxes[Channel.EMAIL],
                 inbound=services.InboundMessage(
                     channel=Channel.EMAIL,
@@ -407,6 +450,9 @@ class Command(BaseCommand):
                     provider_id="demo-routing-refund",
                 ),
             )
+        # Acknowledged here rather than by the worker the demo has not started yet; the
+        # reply is queued, and the server's sweep hands it to delivery once it runs.
+        auto_reply_send(message_id=received.message.pk, opened=True)
 
     def _customer(self, i, rng, inboxes, agents) -> int:
         first, last = FIRST[i % len(FIRST)], LAST[(i * 7) % len(LAST)]
@@ -452,7 +498,8 @@ class Command(BaseCommand):
         if i % 3:
             services.conversation_assign(conversation=conversation, assignee=agent, actor=agent)
         if reply:
-            self._historic_reply(conversation, agent, reply, received.message)
+            delay = timedelta(minutes=rng.choice([20, 45, 70, 90, 150, 200, 300]))
+            self._historic_reply(conversation, agent, reply, received.message, delay)
         if i % 4 == 0:
             services.note_add(
                 conversation=conversation,
@@ -479,10 +526,18 @@ class Command(BaseCommand):
         self._spread_in_time(conversation, hours_ago=rng.randint(1, 240))
         return 1
 
-    def _historic_reply(self, conversation, agent, text, inbound):
-        """A reply sent before the demo began: stored as sent, not queued, since the demo
-        addresses lead nowhere."""
+    def _historic_reply(self, conversation, agent, text, inbound, delay):
+        """A reply sent before the demo began, `delay` after the customer wrote: stored as
+        sent, not queued, since the demo addresses lead nowhere. Its SLA clock records the
+        delay, which is what the inbox's expected reply time is worked out from."""
         now = timezone.now()
+        conversation = Conversation.objects.select_related("inbox").get(pk=conversation.pk)
+        sla_agent_replied(conversation=conversation, now=now)
+        for clock in SlaClock.objects.filter(conversation=conversation, target="first_response"):
+            clock.elapsed_seconds = delay.total_seconds()
+            clock.outcome = "met" if clock.elapsed_seconds <= clock.goal_seconds else "breached"
+            clock.breached_at = clock.started_at + delay if clock.outcome == "breached" else None
+            clock.save()
         Message.objects.create(
             conversation=conversation,
             direction=Message.Direction.OUTBOUND,
@@ -495,7 +550,10 @@ class Command(BaseCommand):
             sent_at=now,
         )
         Conversation.objects.filter(pk=conversation.pk).update(
-            first_response_at=now, waiting_since=None, last_activity_at=now
+            first_response_at=now,
+            waiting_since=None,
+            last_activity_at=now,
+            sla_due_at=conversation.sla_due_at,
         )
 
     def _spread_in_time(self, conversation, hours_ago):
@@ -522,3 +580,24 @@ class Command(BaseCommand):
             }
         )
         conversation.events.update(created_at=conversation.created_at - shift)
+        # Its SLA clocks too; targets that ran out in the meantime count as long breached
+        # (and warned about), so the demo does not open with a burst of alerts.
+        for clock in conversation.sla_clocks.all():
+            for field in (
+                "started_at",
+                "running_since",
+                "due_at",
+                "warn_at",
+                "stopped_at",
+                "breached_at",
+            ):
+                if getattr(clock, field):
+                    setattr(clock, field, getattr(clock, field) - shift)
+            if clock.stopped_at is None and clock.due_at and clock.due_at <= timezone.now():
+                clock.breached_at = clock.warned_at = clock.due_at
+            clock.save()
+        Conversation.objects.filter(pk=conversation.pk).update(
+            sla_due_at=conversation.sla_clocks.filter(stopped_at=None)
+            .exclude(due_at=None)
+            .aggregate(due=Min("due_at"))["due"]
+        )

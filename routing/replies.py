@@ -1,0 +1,198 @@
+"""What customers are told without an agent: how soon we usually answer, the acknowledgement
+of a new conversation and the out-of-office reply.
+
+Expected reply time: set by hand on the inbox, else the median of its first responses of the
+last two weeks as its SLA clocks counted them (business time, so "about 2 hours" means two
+working hours), else the first-response target of its SLA policy, else unknown.
+
+Automatic replies follow the inbox's templates (AutoReply), in the customer's language when
+one is written for it. They never answer automatic mail (auto-replies, bounces, list mail:
+the email adapter marks it `automated`), count as no response for the SLA, go out as
+Auto-Submitted mail, and are sent at most once: an acknowledgement once per conversation (an
+out-of-office reply at the opening stands for it), an out-of-office reply once per
+conversation per closed period. The checks and the send share one transaction under the
+conversation's lock, so a task run twice sends once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import formats, timezone, translation
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
+from routing.hours import is_open, next_opening, schedule_for
+from routing.models import AutoReply, SlaClock
+from routing.sla import policy_for
+
+log = logging.getLogger(__name__)
+
+LOOKBACK = timedelta(days=14)
+SAMPLE = 50
+MIN_SAMPLE = 5
+CACHE_SECONDS = 300
+
+
+def expected_reply(inbox: Inbox, *, now: datetime | None = None) -> timedelta | None:
+    """How soon the inbox usually answers a new conversation (see the module's docstring).
+    Worked out at most every five minutes per inbox."""
+    if inbox.expected_reply_minutes is not None:
+        return timedelta(minutes=inbox.expected_reply_minutes)
+    key = f"routing:expected-reply:{inbox.pk}"
+    seconds = cache.get(key)
+    if seconds is None:
+        now = now or timezone.now()
+        samples = list(
+            SlaClock.objects.filter(
+                conversation__inbox=inbox,
+                target=SlaClock.Target.FIRST_RESPONSE,
+                outcome__in=(SlaClock.Outcome.MET, SlaClock.Outcome.BREACHED),
+                stopped_at__gte=now - LOOKBACK,
+            )
+            .order_by("-stopped_at")
+            .values_list("elapsed_seconds", flat=True)[:SAMPLE]
+        )
+        if len(samples) >= MIN_SAMPLE:
+            seconds = statistics.median(samples)
+        else:
+            policy = policy_for(inbox.kind, Conversation.Priority.NORMAL)
+            goal = policy.goal(SlaClock.Target.FIRST_RESPONSE) if policy else None
+            seconds = -1 if goal is None else goal  # -1: unknown, and cached as such
+        cache.set(key, seconds, CACHE_SECONDS)
+    return None if seconds < 0 else timedelta(seconds=seconds)
+
+
+def reply_time_text(delta: timedelta | None) -> str:
+    """“2 hours”, rounded, in the active language, to follow “we usually reply within”."""
+    if delta is None:
+        return _("a few hours")
+    minutes = delta.total_seconds() / 60
+    if minutes <= 5:
+        return _("a few minutes")
+    if minutes < 55:
+        count = max(10, 5 * round(minutes / 5))
+        return ngettext("%(count)d minute", "%(count)d minutes", count) % {"count": count}
+    hours = round(minutes / 60)
+    if hours < 24:
+        return ngettext("%(count)d hour", "%(count)d hours", hours) % {"count": hours}
+    days = round(hours / 24)
+    return ngettext("%(count)d day", "%(count)d days", days) % {"count": days}
+
+
+# --- Automatic replies -------------------------------------------------------------------------
+
+
+def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
+    """Whether a customer message may get an automatic reply at all (the task decides which,
+    if any): not on web chat, never to automatic mail, only where templates exist."""
+    return (
+        inbox.kind != Channel.WEBCHAT
+        and message.direction == Message.Direction.INBOUND
+        and not message.metadata.get("automated")
+        and AutoReply.objects.filter(inbox=inbox, is_active=True).exists()
+    )
+
+
+def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
+    """Answer the customer message `message_id` by itself, if the inbox says so: closed → the
+    out-of-office reply; a new conversation → the acknowledgement. Returns the reply, or None
+    when none is due (or one went out already)."""
+    from conversations.services import _event, reply_send
+
+    message = Message.objects.select_related("conversation__customer", "inbox", "identity").get(
+        pk=message_id
+    )
+    conversation, inbox = message.conversation, message.inbox
+    if message.metadata.get("automated") or conversation.merged_into_id:
+        return None
+    templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True))
+    schedule = schedule_for(inbox)
+    opens_at, until = None, ""
+    kinds = {template.kind for template in templates}
+    if AutoReply.Kind.OUT_OF_OFFICE in kinds and not is_open(schedule, message.created_at):
+        kind = AutoReply.Kind.OUT_OF_OFFICE
+        opens_at = next_opening(schedule, message.created_at)
+        until = opens_at.isoformat() if opens_at else "never"
+    elif AutoReply.Kind.ACKNOWLEDGEMENT in kinds and opened:
+        kind = AutoReply.Kind.ACKNOWLEDGEMENT
+    else:
+        return None
+    customer = conversation.customer
+    template = _template_for([t for t in templates if t.kind == kind], customer.language)
+    if template is None:
+        return None
+
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+        sent = ConversationEvent.objects.filter(
+            conversation=conversation, kind=ConversationEvent.Kind.AUTO_REPLY
+        )
+        if kind == AutoReply.Kind.OUT_OF_OFFICE:
+            sent = sent.filter(data__until=until)
+        if sent.exists():
+            return None
+        with translation.override(template.language or customer.language or None):
+            text = _render(
+                template.body,
+                number=str(conversation.pk),
+                name=customer.name,
+                expected_reply=reply_time_text(expected_reply(inbox)),
+                opens_at=_local(opens_at, schedule) if opens_at else _("now"),
+                inbox=inbox.name,
+            )
+        try:
+            reply = reply_send(
+                conversation=conversation,
+                author=None,
+                text=text,
+                identity=message.identity,
+                automatic=kind,
+            )
+        except ValidationError as exc:  # opted out, or the channel cannot send: nothing to do
+            log.info("no %s for conversation %s: %s", kind, conversation.pk, exc.messages[0])
+            return None
+        _event(
+            conversation,
+            ConversationEvent.Kind.AUTO_REPLY,
+            reply=kind,
+            message=reply.pk,
+            until=until,
+        )
+    return reply
+
+
+def _template_for(templates: list[AutoReply], language: str) -> AutoReply | None:
+    """The customer's language, else its base language (pt for pt-BR, or the other way
+    round), else the template without a language, else the site's language."""
+    language = (language or "").lower()
+    base = language.split("-")[0]
+    by_language = {t.language.lower(): t for t in templates}
+    for candidate in (language, base):
+        if candidate and candidate in by_language:
+            return by_language[candidate]
+    for written, template in by_language.items():
+        if base and written.split("-")[0] == base:
+            return template
+    return by_language.get("") or by_language.get(settings.LANGUAGE_CODE.split("-")[0])
+
+
+def _render(body: str, **values: str) -> str:
+    return re.sub(r"{(\w+)}", lambda m: values.get(m.group(1), m.group(0)), body)
+
+
+def _local(at: datetime, schedule) -> str:
+    """“Monday 5 January, 09:00”, in the schedule's time zone and the active language."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(schedule.timezone) if schedule else timezone.get_default_timezone()
+    local = at.astimezone(zone)
+    return f"{formats.date_format(local, 'l j F')}, {formats.time_format(local, 'H:i')}"

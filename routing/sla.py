@@ -1,0 +1,347 @@
+"""SLA clocks: how long a customer has waited on us, against the targets of their policy.
+
+Each target being measured is a SlaClock row on the conversation:
+
+- first response: starts with the customer's first message, stops at the first reply;
+- next response: starts with a customer message that follows a reply, stops at the next one;
+- resolution: starts when the conversation opens (or reopens), stops when it is resolved.
+
+Clocks count business hours when their policy says so (the inbox's schedule, else its team's;
+see routing.hours), and pause while the conversation is pending, which is how an agent says
+"waiting on the customer": their reply resumes them. Snoozing does not pause anything: a
+conversation set aside is still ours to answer. A clock stopped before its target is met;
+one that ran out is breached, and stays breached. Resolving a conversation without a reply
+stops its response clocks as not measured.
+
+The conversation services call these functions inside their transaction, with the
+conversation locked, and then save it: they keep `Conversation.sla_due_at` (the earliest
+running target, which the inbox counts down and sorts by) in step. `sla_sweep`, run by the
+periodic scheduler, warns before a target and records breaches, once each.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Case, Min, Value, When
+from django.utils import timezone
+
+from conversations.models import Conversation, ConversationEvent, Message, Notification
+from routing.hours import add_business_time, business_seconds_between
+from routing.models import BusinessHours, SlaClock, SlaPolicy, Team, TeamMembership
+
+log = logging.getLogger(__name__)
+
+Target = SlaClock.Target
+Status = Conversation.Status
+RESPONSES = (Target.FIRST_RESPONSE, Target.NEXT_RESPONSE)
+# The sweep handles at most this many clocks of each kind per run; the next run takes the rest.
+SWEEP_BATCH = 500
+
+
+def policy_for(channel: str, priority: int, policies=None) -> SlaPolicy | None:
+    """The most specific active policy for a channel and priority (see SlaPolicy)."""
+    if policies is None:
+        policies = SlaPolicy.objects.filter(is_active=True)
+    fitting = [
+        policy
+        for policy in policies
+        if policy.channel in ("", channel) and policy.priority in (None, priority)
+    ]
+    return max(
+        fitting,
+        key=lambda p: (p.priority is not None, p.channel != "", -p.pk),
+        default=None,
+    )
+
+
+class _Context:
+    """What one change needs to know, read at most once: the policies and the schedule."""
+
+    def __init__(self, conversation: Conversation, now: datetime):
+        self.conversation = conversation
+        self.now = now
+        self._policies = None
+        self._schedule = ...
+
+    @property
+    def policies(self) -> list[SlaPolicy]:
+        if self._policies is None:
+            self._policies = list(SlaPolicy.objects.filter(is_active=True))
+        return self._policies
+
+    def schedule(self, business_hours_only: bool) -> BusinessHours | None:
+        if not business_hours_only:
+            return None
+        if self._schedule is ...:
+            conversation = self.conversation
+            schedule_id = conversation.inbox.business_hours_id
+            if schedule_id is None and conversation.team_id:
+                schedule_id = (
+                    Team.objects.filter(pk=conversation.team_id)
+                    .values_list("business_hours_id", flat=True)
+                    .first()
+                )
+            self._schedule = (
+                BusinessHours.objects.prefetch_related("intervals", "holidays")
+                .filter(pk=schedule_id)
+                .first()
+                if schedule_id
+                else None
+            )
+        return self._schedule
+
+    def start(self, target: str, channel: str) -> SlaClock | None:
+        policy = policy_for(channel, self.conversation.priority, self.policies)
+        goal = policy.goal(target) if policy else None
+        if goal is None:
+            return None
+        clock = SlaClock(
+            conversation=self.conversation,
+            policy=policy,
+            target=target,
+            channel=channel,
+            goal_seconds=goal,
+            business_hours_only=policy.business_hours_only,
+            started_at=self.now,
+        )
+        self.run(clock, policy)
+        return clock
+
+    def counted(self, clock: SlaClock) -> float:
+        """Seconds the clock has counted up to now."""
+        if clock.running_since is None:
+            return clock.elapsed_seconds
+        schedule = self.schedule(clock.business_hours_only)
+        return clock.elapsed_seconds + business_seconds_between(
+            schedule, clock.running_since, self.now
+        )
+
+    def run(self, clock: SlaClock, policy: SlaPolicy | None) -> None:
+        """(Re)start counting from now: work out when the rest of the target runs out."""
+        clock.running_since = self.now
+        remaining = clock.goal_seconds - clock.elapsed_seconds
+        if remaining <= 0:  # already over: it stays due when it ran out
+            clock.due_at = clock.breached_at or self.now
+        else:
+            clock.due_at = add_business_time(
+                self.schedule(clock.business_hours_only), self.now, remaining
+            )
+        warn = timedelta(minutes=policy.warn_minutes if policy else 0)
+        clock.warn_at = clock.due_at - warn if clock.due_at and not clock.warned_at else None
+
+    def pause(self, clock: SlaClock) -> None:
+        clock.elapsed_seconds = self.counted(clock)
+        clock.running_since = clock.due_at = clock.warn_at = None
+
+    def stop(self, clock: SlaClock, *, answered: bool) -> None:
+        ran_out = clock.due_at if clock.due_at and clock.due_at <= self.now else self.now
+        clock.elapsed_seconds = self.counted(clock)
+        clock.running_since = clock.due_at = clock.warn_at = None
+        clock.stopped_at = self.now
+        if clock.breached_at or clock.elapsed_seconds > clock.goal_seconds:
+            # Over its target: breached, even when the sweep has not been round to say so.
+            clock.outcome = SlaClock.Outcome.BREACHED
+            clock.breached_at = clock.breached_at or ran_out
+        else:
+            clock.outcome = SlaClock.Outcome.MET if answered else SlaClock.Outcome.CANCELLED
+
+
+def _unstopped(conversation: Conversation, *targets):
+    clocks = SlaClock.objects.filter(conversation=conversation, stopped_at=None)
+    return clocks.filter(target__in=targets) if targets else clocks
+
+
+def _due_set(conversation: Conversation) -> None:
+    conversation.sla_due_at = (
+        SlaClock.objects.filter(conversation=conversation, stopped_at=None)
+        .exclude(due_at=None)
+        .aggregate(due=Min("due_at"))["due"]
+    )
+
+
+# --- What the conversation services call ----------------------------------------------------
+
+
+def sla_customer_wrote(
+    *,
+    conversation: Conversation,
+    message: Message,
+    opened: bool,
+    was_waiting: bool,
+    previous_status: str,
+    now: datetime,
+) -> None:
+    """A customer message arrived (already routed, when it opened the conversation). Starts
+    what it starts and resumes what waited on the customer. Automatic mail (auto-replies, list
+    mail) asks nothing of us and starts nothing."""
+    if message.metadata.get("automated"):
+        return
+    context = _Context(conversation, now)
+    changed = []
+    if not opened and previous_status == Status.PENDING:
+        for clock in _unstopped(conversation).filter(running_since=None):
+            context.run(clock, clock.policy)
+            changed.append(clock)
+    if opened or previous_status in (Status.RESOLVED, Status.CLOSED):
+        changed.append(context.start(Target.RESOLUTION, conversation.inbox.kind))
+    if not was_waiting:
+        target = Target.NEXT_RESPONSE if conversation.first_response_at else Target.FIRST_RESPONSE
+        if opened or not _unstopped(conversation, *RESPONSES).exists():
+            changed.append(context.start(target, message.channel))
+    changed = [clock for clock in changed if clock is not None]
+    if not changed:
+        return
+    for clock in changed:
+        clock.save()
+    if opened:  # nothing else can run yet
+        conversation.sla_due_at = min((c.due_at for c in changed if c.due_at), default=None)
+    else:
+        _due_set(conversation)
+
+
+def sla_agent_replied(*, conversation: Conversation, now: datetime) -> None:
+    """A reply reached (or is on its way to) the customer: the response clocks stop."""
+    clocks = list(_unstopped(conversation, *RESPONSES))
+    if not clocks:
+        return
+    context = _Context(conversation, now)
+    for clock in clocks:
+        context.stop(clock, answered=True)
+        clock.save()
+    _due_set(conversation)
+
+
+def sla_status_changed(*, conversation: Conversation, previous: str, now: datetime) -> None:
+    """Pending pauses every clock, back to open resumes them, resolved or closed stops them."""
+    status = conversation.status
+    clocks = list(_unstopped(conversation))
+    if not clocks or status == previous:
+        return
+    context = _Context(conversation, now)
+    for clock in clocks:
+        if status in (Status.RESOLVED, Status.CLOSED):
+            context.stop(clock, answered=clock.target == Target.RESOLUTION)
+        elif status == Status.PENDING and clock.running_since is not None:
+            context.pause(clock)
+        elif status != Status.PENDING and clock.running_since is None:
+            context.run(clock, clock.policy)
+        else:
+            continue
+        clock.save()
+    _due_set(conversation)
+
+
+def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
+    """The priority or team changed: running clocks take the targets of the policy that now
+    applies, and the schedule of the team that now answers. A target the new policy does not
+    measure stops as not measured. Time already counted stays counted."""
+    clocks = list(_unstopped(conversation))
+    if not clocks:
+        return
+    context = _Context(conversation, now)
+    for clock in clocks:
+        policy = policy_for(clock.channel, conversation.priority, context.policies)
+        goal = policy.goal(clock.target) if policy else None
+        if goal is None:
+            context.stop(clock, answered=False)
+        else:
+            running = clock.running_since is not None
+            context.pause(clock)
+            clock.policy, clock.goal_seconds = policy, goal
+            clock.business_hours_only = policy.business_hours_only
+            if running:
+                context.run(clock, policy)
+        clock.save()
+    _due_set(conversation)
+
+
+# --- The sweep ---------------------------------------------------------------------------------
+
+
+def sla_sweep(*, now: datetime | None = None) -> dict:
+    """Warn about targets about to run out and record the ones that ran out. Each clock is
+    handled once, under its row lock: a second sweep, in parallel or later, finds nothing."""
+    now = now or timezone.now()
+    due = SlaClock.objects.filter(stopped_at=None, breached_at=None, due_at__lte=now)
+    soon = SlaClock.objects.filter(stopped_at=None, warned_at=None, warn_at__lte=now)
+    breached = sum(_alert(pk, breach=True, now=now) for pk in _ids(due))
+    warned = sum(_alert(pk, breach=False, now=now) for pk in _ids(soon))
+    return {"warned": warned, "breached": breached}
+
+
+def _ids(clocks) -> list[int]:
+    return list(clocks.order_by("due_at").values_list("pk", flat=True)[:SWEEP_BATCH])
+
+
+def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
+    from conversations.realtime import publish_conversation_event
+    from conversations.services import _event, _notify
+
+    with transaction.atomic():
+        clocks = SlaClock.objects.select_for_update(skip_locked=True).filter(
+            pk=clock_id, stopped_at=None
+        )
+        clock = (
+            clocks.filter(breached_at=None, due_at__lte=now)
+            if breach
+            else clocks.filter(warned_at=None, breached_at=None, warn_at__lte=now)
+        ).first()
+        if clock is None:
+            return False  # stopped, done or being done by another sweep
+        conversation = Conversation.objects.select_related("customer").get(pk=clock.conversation_id)
+        clock.warned_at = clock.warned_at or now  # a breach makes a late warning pointless
+        if breach:
+            clock.breached_at = clock.due_at
+        clock.save(update_fields=["warned_at", "breached_at"])
+        state = "breached" if breach else "warning"
+        _event(
+            conversation,
+            ConversationEvent.Kind.SLA,
+            target=clock.target,
+            state=state,
+            due_at=clock.due_at.isoformat(),
+        )
+        leads = list(
+            TeamMembership.objects.filter(team=conversation.team_id, is_lead=True).values_list(
+                "user_id", flat=True
+            )
+        )
+        if breach:
+            recipients = [conversation.assignee_id, *leads]
+        else:
+            recipients = [conversation.assignee_id] if conversation.assignee_id else leads
+        kind = Notification.Kind.SLA_BREACHED if breach else Notification.Kind.SLA_WARNING
+        _notify(
+            [pk for pk in recipients if pk],
+            kind,
+            conversation,
+            text=_alert_text(clock, breach, now),
+        )
+        publish_conversation_event(conversation, "sla", target=clock.target, state=state)
+    log.info("SLA %s %s on conversation %s", clock.target, state, conversation.pk)
+    return True
+
+
+def _alert_text(clock: SlaClock, breach: bool, now: datetime) -> str:
+    what = clock.get_target_display()
+    if breach:
+        return f"{what} target breached on #{clock.conversation_id}"
+    minutes = max(1, round((clock.due_at - now).total_seconds() / 60))
+    return f"{what} on #{clock.conversation_id} is due in {minutes} min"
+
+
+def sla_clocks_reset(conversation_ids) -> int:
+    """Stop every clock of conversations that left the service's care (merged away)."""
+    return SlaClock.objects.filter(conversation_id__in=conversation_ids, stopped_at=None).update(
+        stopped_at=timezone.now(),
+        running_since=None,
+        due_at=None,
+        warn_at=None,
+        outcome=Case(
+            When(breached_at__isnull=False, then=Value(SlaClock.Outcome.BREACHED)),
+            default=Value(SlaClock.Outcome.CANCELLED),
+        ),
+    )

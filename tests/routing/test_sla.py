@@ -1,0 +1,381 @@
+"""SLA clocks: counted in business hours, paused on the customer, warned and breached once.
+
+Support works Monday to Friday 09:00–18:00 in Lisbon (UTC in winter, UTC+1 in summer) and is
+closed on Christmas. Email answers within 4 working hours; urgent conversations within 30
+minutes on any channel. Bob answers; Dana leads the team."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.urls import reverse
+
+from conversations import services
+from conversations.models import Channel, Conversation, ConversationEvent, Message, Notification
+from routing.models import SlaClock, SlaPolicy, TeamMembership
+from routing.sla import policy_for
+from routing.tasks import auto_reply, sla_sweep
+from tests.conftest import PASSWORD, receive
+from tests.routing.test_business_hours import make_schedule
+
+WEEKDAYS = range(5)
+FIRST, NEXT, RESOLUTION = (
+    SlaClock.Target.FIRST_RESPONSE,
+    SlaClock.Target.NEXT_RESPONSE,
+    SlaClock.Target.RESOLUTION,
+)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def hours(support):
+    schedule = make_schedule(
+        "Europe/Lisbon", {day: [("09:00", "18:00")] for day in WEEKDAYS}, closed=["2026-12-25"]
+    )
+    support.business_hours = schedule
+    support.save()
+    return schedule
+
+
+@pytest.fixture
+def policies(db):
+    SlaPolicy.objects.all().delete()  # the migration's defaults; these tests set their own
+    return {
+        "email": SlaPolicy.objects.create(
+            name="Email",
+            channel=Channel.EMAIL,
+            first_response_minutes=240,
+            next_response_minutes=240,
+            resolution_minutes=480,
+            warn_minutes=30,
+        ),
+        "urgent": SlaPolicy.objects.create(
+            name="Urgent", priority=Conversation.Priority.URGENT, first_response_minutes=30
+        ),
+    }
+
+
+@pytest.fixture
+def lead(dana, support):
+    TeamMembership.objects.filter(user=dana).update(is_lead=True)
+    return dana
+
+
+def mail(inbox, at: str, text="Where is my order?", **kwargs):
+    with time_machine.travel(utc(at), tick=False):
+        return receive(inbox, text=text, address="maria@example.com", **kwargs).message.conversation
+
+
+def clock(conversation, target) -> SlaClock:
+    return SlaClock.objects.filter(conversation=conversation, target=target).latest("id")
+
+
+def due(conversation) -> datetime | None:
+    conversation.refresh_from_db()
+    return conversation.sla_due_at
+
+
+@pytest.mark.parametrize(
+    ("arrives", "first_response_due"),
+    [
+        ("2026-01-12 10:00", "2026-01-12 14:00"),  # Monday morning: the same afternoon
+        ("2026-01-10 12:00", "2026-01-12 13:00"),  # Saturday: from Monday's opening
+        # Friday 16:30 before the clocks go forward: 1.5 h on Friday, 2.5 h on Monday, which
+        # is summer time (09:00 + 2.5 h = 11:30 local = 10:30 UTC).
+        ("2026-03-27 16:30", "2026-03-30 10:30"),
+        # And back: 15:30 UTC is 16:30 on a summer Friday; Monday is on UTC again.
+        ("2026-10-23 15:30", "2026-10-26 11:30"),
+        ("2026-12-24 17:00", "2026-12-28 12:00"),  # closed on Christmas Friday
+    ],
+)
+def test_first_response_is_due_after_four_working_hours(
+    mail_inbox, hours, policies, arrives, first_response_due
+):
+    conversation = mail(mail_inbox, arrives)
+    assert clock(conversation, FIRST).due_at == utc(first_response_due)
+    assert due(conversation) == utc(first_response_due)  # the resolution target is later
+
+
+def test_a_reply_in_time_meets_the_target_and_the_next_message_starts_the_next_clock(
+    mail_inbox, hours, policies, bob
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 11:15"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Looking into it.")
+    first = clock(conversation, FIRST)
+    assert (first.outcome, first.elapsed_seconds) == ("met", 75 * 60)
+
+    mail(mail_inbox, "2026-01-12 17:00", text="Any news?")
+    # One working hour on Monday, three on Tuesday.
+    assert clock(conversation, NEXT).due_at == utc("2026-01-13 12:00")
+    mail(mail_inbox, "2026-01-12 17:30", text="Hello?")  # still the same wait
+    assert SlaClock.objects.filter(conversation=conversation, target=NEXT).count() == 1
+    # The resolution clock (8 working hours from 10:00 Monday: closing time) runs out first.
+    assert due(conversation) == utc("2026-01-12 18:00")
+
+
+def test_waiting_on_the_customer_pauses_the_clocks_and_their_reply_resumes_them(
+    mail_inbox, hours, policies, bob
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Which order number?")
+        services.conversation_set_status(conversation=conversation, status="pending", actor=bob)
+    resolution = clock(conversation, RESOLUTION)
+    assert (resolution.state, resolution.remaining_seconds) == ("paused", 7 * 3600)
+    assert due(conversation) is None  # nothing counts down while we wait on Maria
+
+    with time_machine.travel(utc("2026-01-14 12:00"), tick=False):  # two days later
+        sla_sweep()
+    assert not ConversationEvent.objects.filter(kind="sla").exists()
+
+    mail(mail_inbox, "2026-01-14 10:00", text="It is 7781.")
+    conversation.refresh_from_db()
+    assert conversation.status == "open"
+    # The 7 hours left of resolution count from her answer; a next response is now owed.
+    assert clock(conversation, RESOLUTION).due_at == utc("2026-01-14 17:00")
+    assert clock(conversation, NEXT).due_at == utc("2026-01-14 14:00")
+    assert due(conversation) == utc("2026-01-14 14:00")
+
+
+def test_warnings_and_breaches_are_announced_once_to_the_assignee_and_the_leads(
+    mail_inbox, hours, policies, bob, lead
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    services.conversation_assign(conversation=conversation, assignee=bob)
+
+    def notified(kind):
+        return sorted(
+            Notification.objects.filter(kind=kind).values_list("recipient__email", flat=True)
+        )
+
+    with time_machine.travel(utc("2026-01-12 13:29"), tick=False):
+        assert sla_sweep() == {"warned": 0, "breached": 0}
+    with time_machine.travel(utc("2026-01-12 13:30"), tick=False):
+        assert sla_sweep() == {"warned": 1, "breached": 0}
+        assert sla_sweep() == {"warned": 0, "breached": 0}
+    assert notified("sla_warning") == ["bob@example.com"]  # the assignee, not the leads
+
+    with time_machine.travel(utc("2026-01-12 14:00"), tick=False):
+        assert sla_sweep() == {"warned": 0, "breached": 1}
+    with time_machine.travel(utc("2026-01-12 14:05"), tick=False):
+        assert sla_sweep() == {"warned": 0, "breached": 0}
+    assert notified("sla_breached") == ["bob@example.com", "dana@example.com"]
+    events = ConversationEvent.objects.filter(conversation=conversation, kind="sla")
+    assert [(e.data["target"], e.data["state"]) for e in events] == [
+        (FIRST, "warning"),
+        (FIRST, "breached"),
+    ]
+
+    with time_machine.travel(utc("2026-01-12 15:00"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Sorry for the wait.")
+    first = clock(conversation, FIRST)
+    assert (first.outcome, first.breached_at) == ("breached", utc("2026-01-12 14:00"))
+
+
+def test_an_unassigned_conversation_s_warning_goes_to_the_leads(mail_inbox, hours, policies, lead):
+    mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 13:45"), tick=False):
+        sla_sweep()
+    assert list(Notification.objects.values_list("recipient", "kind")) == [(lead.pk, "sla_warning")]
+
+
+def test_a_reply_after_the_target_is_a_breach_even_before_the_sweep_noticed(
+    mail_inbox, hours, policies, bob
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 14:10"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Here you go.")
+    first = clock(conversation, FIRST)
+    assert (first.outcome, first.breached_at) == ("breached", utc("2026-01-12 14:00"))
+
+
+def test_raising_the_priority_applies_the_stricter_target_to_time_already_counted(
+    mail_inbox, hours, policies, bob
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:10"), tick=False):
+        services.conversation_set_priority(
+            conversation=conversation, priority=Conversation.Priority.URGENT, actor=bob
+        )
+    assert clock(conversation, FIRST).due_at == utc("2026-01-12 10:30")
+    # The urgent policy sets no resolution target: that clock stops, not measured.
+    assert clock(conversation, RESOLUTION).outcome == "cancelled"
+    assert due(conversation) == utc("2026-01-12 10:30")
+
+
+def test_resolving_stops_every_clock_and_a_customer_reopening_starts_them_again(
+    mail_inbox, hours, policies, bob
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 12:00"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    assert {c.target: c.outcome for c in conversation.sla_clocks.all()} == {
+        FIRST: "cancelled",  # closed without an answer: not a response
+        RESOLUTION: "met",
+    }
+    assert due(conversation) is None
+
+    mail(mail_inbox, "2026-01-13 10:00", text="It still has not arrived.")
+    running = conversation.sla_clocks.filter(stopped_at=None)
+    assert sorted(c.target for c in running) == [FIRST, RESOLUTION]
+    assert due(conversation) == utc("2026-01-13 14:00")
+
+
+def test_automatic_mail_starts_no_clock(mail_inbox, hours, policies):
+    conversation = mail(
+        mail_inbox, "2026-01-12 10:00", metadata={"automated": "Auto-Submitted: auto-replied"}
+    )
+    assert not conversation.sla_clocks.exists()
+    assert due(conversation) is None
+
+
+@pytest.mark.parametrize(
+    ("channel", "priority", "expected"),
+    [
+        ("email", 1, "Email"),
+        ("email", 3, "Urgent email"),
+        ("sms", 3, "Urgent"),  # priority outranks channel
+        ("email", 2, "Email"),
+        ("sms", 1, "Everything else"),
+        ("webchat", 0, "Everything else"),
+    ],
+)
+def test_the_most_specific_policy_applies(db, channel, priority, expected):
+    SlaPolicy.objects.all().delete()
+    for name, kind, level in [
+        ("Everything else", "", None),
+        ("Email", "email", None),
+        ("Urgent", "", 3),
+        ("Urgent email", "email", 3),
+        ("Retired", "sms", None),
+    ]:
+        SlaPolicy.objects.create(
+            name=name,
+            channel=kind,
+            priority=level,
+            first_response_minutes=60,
+            is_active=name != "Retired",
+        )
+    assert policy_for(channel, priority).name == expected
+
+
+def test_a_channel_without_a_policy_is_not_measured(mail_inbox, hours):
+    SlaPolicy.objects.exclude(channel="").delete()
+    SlaPolicy.objects.filter(channel="").update(is_active=False)
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    assert not conversation.sla_clocks.exists()
+
+
+def test_the_inbox_counts_down_and_sorts_by_what_is_due_first(
+    client, mail_inbox, hours, policies, alice
+):
+    later = mail(mail_inbox, "2026-01-12 10:00", text="About my invoice")
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        sooner = receive(mail_inbox, text="URGENT: site down", address="joe@example.com")
+        sooner = sooner.message.conversation
+        services.conversation_set_priority(
+            conversation=sooner, priority=Conversation.Priority.URGENT
+        )
+    client.login(email=alice.email, password=PASSWORD)
+    with time_machine.travel(utc("2026-01-12 10:50"), tick=False):
+        page = client.get(reverse("inbox:list"), {"view": "all", "sort": "sla"})
+    html = page.content.decode()
+    assert html.index(f'data-conversation="{sooner.pk}"') < html.index(
+        f'data-conversation="{later.pk}"'
+    )
+    assert "due in 10 min" in html and "due in 3 h 10 min" in html
+    with time_machine.travel(utc("2026-01-12 11:05"), tick=False):
+        page = client.get(reverse("inbox:conversation", args=[sooner.pk]))
+    assert "First response" in page.content.decode()
+    assert "overdue 5 min" in page.content.decode()
+
+
+def test_the_conversation_page_shows_how_each_target_ended(
+    client, mail_inbox, hours, policies, bob, alice
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 15:00"), tick=False):
+        sla_sweep()
+        services.reply_send(conversation=conversation, author=bob, text="Sorry!")
+    client.login(email=alice.email, password=PASSWORD)
+    with time_machine.travel(utc("2026-01-12 15:01"), tick=False):
+        html = client.get(reverse("inbox:conversation", args=[conversation.pk])).content.decode()
+    assert "breached" in html and "took 5 h, target 4 h" in html
+    assert "SLA: first response target breached" in html  # the timeline
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"first_response_minutes": ""}, "Set at least one target."),
+        ({"channel": "email"}, "“Email” already covers this channel and priority"),
+    ],
+)
+def test_the_admin_refuses_a_policy_that_measures_nothing_or_overlaps(
+    client, alice, policies, fields, message
+):
+    client.login(email=alice.email, password=PASSWORD)
+    form = {
+        "name": "New",
+        "channel": "sms",
+        "priority": "",
+        "first_response_minutes": "60",
+        "next_response_minutes": "",
+        "resolution_minutes": "",
+        "business_hours_only": "on",
+        "warn_minutes": "5",
+        "is_active": "on",
+        **fields,
+    }
+    response = client.post(reverse("admin:routing_slapolicy_add"), form)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not SlaPolicy.objects.filter(name="New").exists()
+
+
+def test_it_merged_conversations_stop_their_clocks(mail_inbox, hours, policies, bob):
+    first = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:05"), tick=False):
+        second = receive(
+            mail_inbox, text="Also this", address="maria@example.com", force_new_conversation=True
+        ).message.conversation
+        services.conversation_merge(source=second, target=first, actor=bob)
+    assert not second.sla_clocks.filter(stopped_at=None).exists()
+    assert due(second) is None
+    assert due(first) == utc("2026-01-12 14:00")
+    with time_machine.travel(utc("2026-01-12 14:00") + timedelta(minutes=1), tick=False):
+        assert sla_sweep()["breached"] == 1  # the target's own clock, not the merged one's
+
+
+def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, client):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    with time_machine.travel(utc("2026-01-13 10:00")):  # a Tuesday: Billing is at work
+        call_command("seed_demo", customers=0, stdout=StringIO())
+        call_command("seed_demo", customers=0, stdout=StringIO())  # idempotent: one reply
+    refund = Conversation.objects.get(customer__attributes__plan="enterprise")
+    [ack] = refund.messages.filter(direction="outbound")
+    assert ack.metadata == {"automatic": "acknowledgement"}
+    assert f"Your request is #{refund.pk}" in ack.text
+    assert "We usually reply within 4 hours." in ack.text  # the email target: no history yet
+    assert refund.sla_due_at is not None
+
+    client.login(email="admin@example.com", password="threadline-demo")
+    with time_machine.travel(utc("2026-01-13 10:30")):
+        page = client.get(reverse("inbox:list"), {"view": "all", "sort": "sla"})
+    assert f'data-conversation="{refund.pk}"' in page.content.decode()
+    assert "due in 3 h 30 min" in page.content.decode()
+
+    # Out of hours the customer hears when the team is back instead.
+    with time_machine.travel(utc("2026-01-17 12:00")):  # Saturday
+        late = receive(
+            refund.inbox, text="Any news on the refund?", address="ceo@northwind.example"
+        )
+        reply = Message.objects.get(pk=auto_reply(late.message.pk, True))
+    assert "We are closed right now and open again Monday 19 January, " in reply.text
