@@ -418,6 +418,10 @@ class ConversationEvent(models.Model):
         CONSENT = "consent", _("Opted out or in")
         CHAT = "chat", _("Live chat")  # data.state: "async", "ended" or "transcript"
         RATED = "rated", _("Rated")
+        # data: automation (id), name, trigger, done and skipped (what it did, what it could
+        # not and why), or stopped (why it did not act at all).
+        AUTOMATION = "automation", _("Automation")
+        MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -498,6 +502,7 @@ class Notification(models.Model):
         ASSIGNED = "assigned", _("Assigned to you")
         MENTIONED = "mentioned", _("Mentioned you")
         CUSTOMER_REPLIED = "customer_replied", _("Customer replied")
+        AUTOMATION = "automation", _("Automation")
 
     recipient = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
@@ -516,6 +521,8 @@ class Notification(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
+    # What an automation has to say (its name, and the text its notify action gives).
+    text = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     read_at = models.DateTimeField(null=True, blank=True)
 

@@ -1,8 +1,8 @@
-"""Thin tasks: ids in, a routing service call. Both are idempotent."""
+"""Thin tasks: ids in, a routing service call. All are idempotent."""
 
 from celery import shared_task
 
-from routing import services
+from routing import automations, services
 
 
 @shared_task(acks_late=True)
@@ -13,3 +13,8 @@ def queue_assign(team_id: int):
 @shared_task(acks_late=True)
 def queues_sweep():
     return services.queues_sweep()
+
+
+@shared_task(acks_late=True)
+def automations_idle():
+    return automations.automations_idle_sweep()
