@@ -41,6 +41,7 @@ from conversations.models import (
 )
 from conversations.selectors import conversation_get_for_agent, conversations_visible_to
 from helpdesk.models import User
+from routing.automations import macros_for
 from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
@@ -336,6 +337,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),
         "visitors": _visitors(conversation),
+        "macros": macros_for(request.user),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         "history": Conversation.objects.filter(customer=conversation.customer)
