@@ -81,11 +81,18 @@ def macro_apply(request, number: int):
     if macro is None:
         raise Http404("No such macro")
     try:
-        applied = apply(macro=macro, conversation=conversation, actor=request.user)
+        applied = apply(
+            macro=macro,
+            conversation=conversation,
+            actor=request.user,
+            once=request.POST.get("once", ""),
+        )
     except ValidationError as exc:  # saved around admin's checks
         messages.error(request, f"“{macro.name}” cannot be applied: {' '.join(exc.messages)}")
         return _back(conversation)
-    if applied.skipped:
+    if applied.repeated:
+        messages.info(request, f"“{macro.name}” was already applied.")
+    elif applied.skipped:
         messages.warning(request, f"“{macro.name}” applied, except: {'; '.join(applied.skipped)}")
     else:
         messages.success(request, f"“{macro.name}” applied.")

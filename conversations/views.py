@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from datetime import datetime
 
 from django.contrib import messages
@@ -338,6 +339,8 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "teams": Team.objects.all(),
         "visitors": _visitors(conversation),
         "macros": macros_for(request.user),
+        # Sent with a macro's click, so that a double click applies it once.
+        "macro_once": secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         "history": Conversation.objects.filter(customer=conversation.customer)

@@ -393,7 +393,8 @@ def _do_notify(action, conversation, actor, source):
     else:
         agent = get_user_model().objects.filter(pk=action.value, is_active=True).first()
         # Never point someone at a conversation they may not open.
-        if agent is None or not conversations_visible_to(agent).filter(pk=conversation.pk):
+        visible = agent and conversations_visible_to(agent).filter(pk=conversation.pk).exists()
+        if not visible:
             raise ValidationError(f"agent {action.value} is not an active agent who sees it.")
         recipients = [agent.pk]
     text = f"{source}: {action.text}" if action.text else source
@@ -544,6 +545,8 @@ def automations_run(*, conversation: Conversation, event: str | Iterable[str]) -
         chain.pending += [(conversation.pk, name, chain.depth + 1) for name in events]
         return
     try:
+        if not any(automations_load().get(name) for name in events):
+            return  # most events of most conversations: one small query, no savepoint
         with transaction.atomic():
             _chain_run(_Chain(pending=[(conversation.pk, name, 0) for name in events]))
     except Exception:
@@ -736,18 +739,21 @@ def macros_for(user) -> QuerySet[Macro]:
     return macros.filter(Q(team__isnull=True) | Q(team__in=teams))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Applied:
-    done: list[str]
-    skipped: list[str]
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    repeated: bool = False  # the same click arrived twice: applied once
 
 
-def macro_apply(*, macro: Macro, conversation: Conversation, actor) -> Applied:
+def macro_apply(*, macro: Macro, conversation: Conversation, actor, once: str = "") -> Applied:
     """Do the macro's actions on `conversation` as `actor` (who must be allowed both: see
     macros_for and conversation_get_for_agent), then the automations its changes trigger.
-    Refused actions are skipped and listed in the result, for the agent to see."""
+    Refused actions are skipped and listed in the result, for the agent to see. `once`, a
+    token the page gave this click, makes a double click (or a resent form) apply it once:
+    the customer must not get the same canned reply twice."""
     actions = actions_compile(macro.actions)  # ValidationError if saved around admin's checks
-    outcome = Applied([], [])
+    outcome = Applied()
 
     def apply(chain: _Chain) -> None:
         record = ConversationEvent.objects.create(
@@ -755,13 +761,24 @@ def macro_apply(*, macro: Macro, conversation: Conversation, actor) -> Applied:
         )
         done, skipped = _actions_do(chain, conversation.pk, actions, actor=actor, source=macro.name)
         record.data = {"macro": macro.pk, "name": macro.name, "done": done, "skipped": skipped}
+        if once:
+            record.data["once"] = once[:64]
         record.save(update_fields=["data"])
         publish_conversation_event(conversation, "macro", macro=macro.pk)
         outcome.done.extend(done)
         outcome.skipped.extend(skipped)
 
     with transaction.atomic():
-        # One macro at a time on a conversation: two agents clicking at once take turns.
+        # One macro at a time on a conversation, and the repeat check after the lock: the
+        # second of two clicks waits for the first to commit, then sees it.
         Conversation.objects.select_for_update(of=("self",)).filter(pk=conversation.pk).first()
+        if (
+            once
+            and conversation.events.filter(
+                kind=ConversationEvent.Kind.MACRO, data__once=once[:64]
+            ).exists()
+        ):
+            outcome.repeated = True
+            return outcome
         _chain_run(_Chain(), first=apply)
     return outcome

@@ -106,6 +106,24 @@ def test_one_click_applies_the_macro_as_the_agent(client, bob, conversation, ref
     assert "Macro applied by Bob “Refund issued”: tag refund-issued" in html
 
 
+def test_a_double_click_applies_it_once(client, bob, conversation, refund_issued):
+    client.force_login(bob)
+    page = client.get(reverse("inbox:conversation", args=[conversation.pk]))
+    click = {"macro": refund_issued.pk, "once": page.context["macro_once"]}
+    url = reverse("inbox:macro", args=[conversation.pk])
+
+    client.post(url, click)
+    again = client.post(url, click, follow=True).content.decode()
+
+    assert "“Refund issued” was already applied." in again
+    assert conversation.messages.filter(direction=Message.Direction.OUTBOUND).count() == 1
+    assert conversation.events.filter(kind=ConversationEvent.Kind.MACRO).count() == 1
+    # A new page view is a new click.
+    page = client.get(reverse("inbox:conversation", args=[conversation.pk]))
+    client.post(url, {**click, "once": page.context["macro_once"]})
+    assert conversation.events.filter(kind=ConversationEvent.Kind.MACRO).count() == 2
+
+
 def test_other_agents_see_it_live(
     bob, conversation, refund_issued, django_capture_on_commit_callbacks
 ):
