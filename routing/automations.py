@@ -534,8 +534,9 @@ def automations_run(*, conversation: Conversation, event: str | Iterable[str]) -
     """Run the automations for `event` on `conversation`: call it inside the transaction that
     made the change, once that change is written. Several events raised by one change (a
     reply that reopened the conversation: customer_replied and status_changed) form one chain.
-    Called by an automation's own action, the events join the running chain instead. Never
-    raises: an automation's failure is logged, and the caller's change stands."""
+    Called by an automation's own action, the events join the running chain instead. An
+    automation's failure is logged, never raised: the caller's change stands. Only an unknown
+    event raises (ValueError: a bug in the caller)."""
     events = [event] if isinstance(event, str) else list(event)
     unknown = set(events) - TRIGGERS
     if unknown:
