@@ -1,5 +1,5 @@
-"""The rest of the conversation page's actions (tags, transfer, merge) and starting a new
-conversation from the customer page. As in `views`: the conversation or customer must be one
+"""The rest of the conversation page's actions (tags, transfer, merge, macros) and starting a
+new conversation from the customer page. As in `views`: the conversation or customer must be one
 the agent may see (else 404), writes go through `services`, which record the event, and a
 refusal comes back to the page as a message.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.http import Http404
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
@@ -64,6 +65,39 @@ def conversation_transfer(request, number: int):
         )
         return redirect("inbox:list")
     messages.success(request, f"Transferred to {team.name}.")
+    return _back(conversation)
+
+
+@login_required
+@require_POST
+def macro_apply(request, number: int):
+    """Apply one of the macros the agent may use (else 404, as for a conversation)."""
+    from routing.automations import macro_apply as apply
+    from routing.automations import macros_for
+
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    value = request.POST.get("macro", "")
+    macro = macros_for(request.user).filter(pk=int(value)).first() if value.isdigit() else None
+    if macro is None:
+        raise Http404("No such macro")
+    try:
+        applied = apply(
+            macro=macro,
+            conversation=conversation,
+            actor=request.user,
+            once=request.POST.get("once", ""),
+        )
+    except ValidationError as exc:  # saved around admin's checks
+        messages.error(request, f"“{macro.name}” cannot be applied: {' '.join(exc.messages)}")
+        return _back(conversation)
+    if applied.repeated:
+        messages.info(request, f"“{macro.name}” was already applied.")
+    elif applied.skipped:
+        messages.warning(request, f"“{macro.name}” applied, except: {'; '.join(applied.skipped)}")
+    else:
+        messages.success(request, f"“{macro.name}” applied.")
+    if not conversations_visible_to(request.user).filter(pk=conversation.pk).exists():
+        return redirect("inbox:list")  # it moved to a team the agent is not in
     return _back(conversation)
 
 

@@ -437,6 +437,10 @@ class ConversationEvent(models.Model):
         RATED = "rated", _("Rated")
         SLA = "sla", _("SLA")  # data: target, state ("warning" or "breached"), due_at
         AUTO_REPLY = "auto_reply", _("Automatic reply")  # data: reply (its kind), message, until
+        # data: automation (id), name, trigger, done and skipped (what it did, what it could
+        # not and why), or stopped (why it did not act at all).
+        AUTOMATION = "automation", _("Automation")
+        MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -519,6 +523,7 @@ class Notification(models.Model):
         CUSTOMER_REPLIED = "customer_replied", _("Customer replied")
         SLA_WARNING = "sla_warning", _("SLA target due soon")
         SLA_BREACHED = "sla_breached", _("SLA target breached")
+        AUTOMATION = "automation", _("Automation")
 
     recipient = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
@@ -537,6 +542,8 @@ class Notification(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
+    # What an automation has to say (its name, and the text its notify action gives).
+    text = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     read_at = models.DateTimeField(null=True, blank=True)
 

@@ -504,7 +504,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer = customer.merged_into
     now = timezone.now()
 
-    conversation, flag_reason, opened = None, "", False
+    conversation, flag_reason, opened, reopened = None, "", False, False
     if inbound.conversation is not None:
         conversation = _follow_merges(inbound.conversation)
         if not conversation_accepts_sender(conversation, identity):
@@ -538,6 +538,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         conversation.status = Status.OPEN
         conversation.snoozed_until = None
         conversation.resolved_at = None
+        reopened = True
 
     message = Message.objects.create(
         conversation=conversation,
@@ -630,6 +631,12 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         message=message.pk,
         customer_event={"event": "message", "conversation": conversation.pk, "message": message.pk},
     )
+    if not inbound.echo:
+        if opened:  # after routing, which may have assigned it already
+            events = ["created", "assigned"] if conversation.assignee_id else ["created"]
+        else:
+            events = ["customer_replied", "status_changed"] if reopened else ["customer_replied"]
+        _automations_run(conversation, events)
     return Received(message, created=True)
 
 
@@ -895,7 +902,9 @@ def reply_send(
             )
         now = timezone.now()
         conversation.last_activity_at = now
-        if not automatic:  # an automatic reply answers nothing: the customer still waits
+        if not automatic and author is not None:
+            # An automatic reply (an acknowledgement, an automation's canned reply) answers
+            # nobody: the customer still waits, and SLA clocks keep counting.
             conversation.waiting_since = None
             if conversation.first_response_at is None:
                 conversation.first_response_at = now
@@ -958,13 +967,19 @@ def mentioned_agents(conversation: Conversation, text: str) -> list:
 
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:
     """Tell agents something concerns them: stored, then pushed to their sockets on commit.
-    Nobody is told about what they did themselves."""
+    Nobody is told about what they did themselves. `text`: what an automation says."""
     recipient_ids = sorted(set(recipient_ids) - {actor.pk if actor else None})
     if not recipient_ids:
         return
+    text = text[:300]
     Notification.objects.bulk_create(
         Notification(
-            recipient_id=pk, kind=kind, conversation=conversation, message=message, actor=actor
+            recipient_id=pk,
+            kind=kind,
+            conversation=conversation,
+            message=message,
+            actor=actor,
+            text=text,
         )
         for pk in recipient_ids
     )
@@ -974,14 +989,12 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
         who = "Routing"  # automatic assignment
     else:
         who = conversation.customer.name or "The customer"
-    text = (
-        text
-        or {
-            Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
-            Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
-            Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
-        }[kind]
-    )
+    text = {
+        Notification.Kind.ASSIGNED: f"{who} assigned #{conversation.pk} to you",
+        Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
+        Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
+        Notification.Kind.AUTOMATION: f"#{conversation.pk}: {text}",
+    }.get(kind, text)  # SLA alerts come worded
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 
 
@@ -1040,6 +1053,8 @@ def conversation_assign(
         if previous:  # the previous assignee may no longer see it: tell them to drop it
             transaction.on_commit(lambda: _notify_agent_removed(previous, conversation.pk))
             _queue_moves(conversation)  # a place freed, or the conversation waits again
+        if new:
+            _automations_run(conversation, ["assigned"])
     return conversation
 
 
@@ -1050,6 +1065,13 @@ def _notify_agent_removed(user_id: int, conversation_id: int) -> None:
         [agent_group(user_id)],
         {"type": "conversation.event", "event": "unassigned", "conversation": conversation_id},
     )
+
+
+def _automations_run(conversation: Conversation, events: list[str]) -> None:
+    """Automations for what just happened, in this transaction (see routing.automations)."""
+    from routing.automations import automations_run
+
+    automations_run(conversation=conversation, event=events)
 
 
 def _queue_moves(conversation: Conversation) -> None:
@@ -1115,6 +1137,8 @@ def conversation_set_status(
         publish_conversation_event(conversation, "status", status=status, previous=previous)
         if Status.OPEN in (previous, status):
             _queue_moves(conversation)
+        if previous != status:
+            _automations_run(conversation, ["status_changed"])
     return conversation
 
 
@@ -1232,5 +1256,6 @@ def snoozed_wake_due() -> int:
                 reason="snooze_ended",
             )
             publish_conversation_event(locked, "reopened")
+            _automations_run(locked, ["status_changed"])
             woken += 1
     return woken

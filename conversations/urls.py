@@ -19,6 +19,7 @@ urlpatterns = [
     path("<int:number>/tags", actions.conversation_tags, name="tags"),
     path("<int:number>/transfer", actions.conversation_transfer, name="transfer"),
     path("<int:number>/merge", actions.conversation_merge, name="merge"),
+    path("<int:number>/macro", actions.macro_apply, name="macro"),
     path("<int:number>/end-chat", actions.chat_end, name="chat_end"),
     path("messages/<int:message_id>/retry", views.message_retry, name="retry"),
     path("attachments/<int:attachment_id>", views.attachment_download, name="attachment"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from datetime import datetime
 
 from django.contrib import messages
@@ -41,6 +42,7 @@ from conversations.models import (
 )
 from conversations.selectors import conversation_get_for_agent, conversations_visible_to
 from helpdesk.models import User
+from routing.automations import macros_for
 from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
@@ -340,6 +342,9 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "teams": Team.objects.all(),
         "visitors": _visitors(conversation),
         "sla_clocks": list(conversation.sla_clocks.order_by("-id")[:6])[::-1],
+        "macros": macros_for(request.user),
+        # Sent with a macro's click, so that a double click applies it once.
+        "macro_once": secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         "history": Conversation.objects.filter(customer=conversation.customer)

@@ -9,14 +9,17 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.utils import dateformat, timezone
-from django.utils.html import escape
+from django.utils.html import escape, format_html_join
 
-from conversations.models import Conversation
-from routing import hours, rules
+from conversations.models import CannedResponse, Conversation
+from helpdesk.models import User
+from routing import automations, hours, rules
 from routing.models import (
+    Automation,
     BusinessHours,
     BusinessInterval,
     Holiday,
+    Macro,
     RoutingRule,
     SlaPolicy,
     Team,
@@ -157,6 +160,126 @@ def _condition_text(condition) -> str:
     value = condition.get("value")
     shown = "" if value is None else " " + json.dumps(value, ensure_ascii=False)
     return f"{condition.get('field')} {str(condition.get('op', '')).replace('_', ' ')}{shown}"
+
+
+# --- Automations and macros ------------------------------------------------------------------
+
+
+def _json_area(help_text: str, rows: int = 8) -> ConditionsField:
+    return ConditionsField(
+        required=False,
+        help_text=escape(help_text),  # admin shows help texts as HTML
+        widget=forms.Textarea(attrs={"rows": rows, "cols": 100, "spellcheck": "false"}),
+    )
+
+
+class AutomationForm(forms.ModelForm):
+    conditions = _json_area(rules.HELP)
+    actions = _json_area(automations.HELP)
+
+    class Meta:
+        model = Automation
+        fields = [
+            "name",
+            "position",
+            "is_active",
+            "event",
+            "idle_status",
+            "idle_hours",
+            "conditions",
+            "actions",
+        ]
+
+    def clean_conditions(self):
+        return self.cleaned_data["conditions"] or []
+
+    def clean_actions(self):
+        return self.cleaned_data["actions"] or []
+
+
+class MacroForm(forms.ModelForm):
+    actions = _json_area(automations.HELP)
+
+    class Meta:
+        model = Macro
+        fields = ["name", "team", "is_active", "actions"]
+
+    def clean_actions(self):
+        return self.cleaned_data["actions"] or []
+
+
+class ActionsAdmin(admin.ModelAdmin):
+    """What automations and macros share: the actions shown in the list, and the ids their
+    JSON refers to listed beside the form."""
+
+    readonly_fields = ["ids"]
+
+    @admin.display(description="then")
+    def then(self, obj):
+        try:
+            return ", ".join(map(str, automations.actions_compile(obj.actions)))
+        except ValidationError:
+            return "(invalid: open it to see why)"
+
+    @admin.display(description="ids to use")
+    def ids(self, obj):
+        # Four queries whatever the number of rows: the test of every admin page counts them.
+        agents = User.objects.filter(is_active=True).order_by("display_name", "email")
+        groups = [
+            ("Agents", [(agent.pk, agent.name) for agent in agents]),
+            ("Teams", [(team.pk, team.name) for team in Team.objects.all()]),
+            (
+                "Canned responses",
+                [
+                    (canned.pk, f"/{canned.shortcut} ({canned.team or 'everyone'})")
+                    for canned in CannedResponse.objects.select_related("team")
+                ],
+            ),
+        ]
+        return format_html_join(
+            "",
+            "<p><strong>{}</strong>: {}</p>",
+            (
+                (title, ", ".join(f"{pk} = {name}" for pk, name in items) or "none yet")
+                for title, items in groups
+            ),
+        )
+
+
+@admin.register(Automation)
+class AutomationAdmin(ActionsAdmin):
+    form = AutomationForm
+    list_display = ["event", "position", "name", "when", "then", "is_active"]
+    list_display_links = ["name"]
+    list_editable = ["position", "is_active"]
+    list_filter = ["is_active", "event"]
+    search_fields = ["name"]
+    fieldsets = [
+        (None, {"fields": ["name", "position", "is_active"]}),
+        ("When", {"fields": ["event", "idle_status", "idle_hours", "conditions"]}),
+        ("Then", {"fields": ["actions", "ids"]}),
+    ]
+
+    @admin.display(description="when")
+    def when(self, automation):
+        event = automation.get_event_display()
+        if automation.event == Automation.Event.IDLE:
+            event = f"{automation.get_idle_status_display()} for {automation.idle_hours} h"
+        if not automation.conditions:
+            return event
+        conditions = " and ".join(_condition_text(c) for c in automation.conditions)
+        return f"{event}, if {conditions}"
+
+
+@admin.register(Macro)
+class MacroAdmin(ActionsAdmin):
+    form = MacroForm
+    list_display = ["name", "team", "then", "is_active"]
+    list_filter = ["is_active", "team"]
+    list_select_related = ["team"]
+    search_fields = ["name"]
+    autocomplete_fields = ["team"]
+    fields = ["name", "team", "is_active", "actions", "ids"]
 
 
 # --- Business hours --------------------------------------------------------------------------

@@ -318,11 +318,8 @@ class RoutingRule(models.Model):
         except ValidationError as exc:
             errors["conditions"] = exc.messages
         else:
-            unknown = _inboxes_unknown(self.conditions)
-            if unknown:
-                errors["conditions"] = [
-                    _("No inbox has the id %(ids)s.") % {"ids": ", ".join(map(str, unknown))}
-                ]
+            if unknown := references_unknown(self.conditions):
+                errors["conditions"] = unknown
         if len(tag_names(self.tags)) > 20:
             errors["tags"] = [_("Add at most 20 tags.")]
         if not (self.team_id or self.priority is not None or self.tags.strip() or self.assignee_id):
@@ -333,13 +330,163 @@ class RoutingRule(models.Model):
             raise ValidationError(errors)
 
 
-def _inboxes_unknown(conditions) -> list[int]:
-    wanted = set()
+# --- Automations and macros ------------------------------------------------------------------
+
+
+class Automation(models.Model):
+    """When `event` happens to a conversation that meets all of `conditions`, do `actions`.
+    `routing.automations` runs them: the vocabulary of actions, the triggers, the loop guard
+    and the periodic sweep for `idle`."""
+
+    class Event(models.TextChoices):
+        CREATED = "created", _("A customer opened a conversation")
+        CUSTOMER_REPLIED = "customer_replied", _("The customer replied")
+        STATUS_CHANGED = "status_changed", _("The status changed")
+        ASSIGNED = "assigned", _("It was assigned to an agent")
+        SLA_WARNING = "sla_warning", _("An SLA target is about to be missed")
+        SLA_BREACH = "sla_breach", _("An SLA target was missed")
+        IDLE = "idle", _("It stayed in a status for a time")
+
+    name = models.CharField(max_length=100)
+    position = models.PositiveIntegerField(
+        default=100, help_text=_("Automations of the same event run from the lowest number up.")
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    event = models.CharField(max_length=20, choices=Event.choices)
+    idle_status = models.CharField(
+        _("idle in status"),
+        max_length=10,
+        blank=True,
+        choices=Conversation.Status.choices,
+        help_text=_("For “stayed in a status”: which status."),
+    )
+    idle_hours = models.PositiveIntegerField(
+        _("idle for hours"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "For “stayed in a status”: how long since the conversation entered it (72 = 3 "
+            "days). Runs once each time the conversation enters the status."
+        ),
+    )
+    conditions = models.JSONField(default=list, blank=True)
+    actions = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["event", "position", "id"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from routing.rules import conditions_compile
+
+        errors = {}
+        try:
+            conditions_compile(self.conditions)
+        except ValidationError as exc:
+            errors["conditions"] = exc.messages
+        else:
+            if unknown := references_unknown(self.conditions):
+                errors["conditions"] = unknown
+        if problems := _actions_problems(self.actions):
+            errors["actions"] = problems
+        if self.event == self.Event.IDLE:
+            if not self.idle_status:
+                errors["idle_status"] = [_("Choose the status the conversation stays in.")]
+            if not self.idle_hours:
+                errors["idle_hours"] = [_("Say after how many hours (at least 1).")]
+        elif self.idle_status or self.idle_hours:
+            errors["idle_hours"] = [
+                _("Only “stayed in a status” automations have a status and hours; clear them.")
+            ]
+        if errors:
+            raise ValidationError(errors)
+
+
+class AutomationRun(models.Model):
+    """An idle automation checked a conversation for one stay in a status (`period`: when the
+    conversation entered it). Unique, so that however often and in however many workers the
+    sweep runs, each stay is checked once; `matched` says whether the actions ran."""
+
+    automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="runs")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    period = models.DateTimeField()
+    matched = models.BooleanField()
+    ran_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["automation", "conversation", "period"], name="automation_run_once"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.automation} on #{self.conversation_id}"
+
+
+class Macro(models.Model):
+    """A named list of actions an agent applies to a conversation in one click, from the
+    conversation page. Same actions as automations, run by the same code."""
+
+    name = models.CharField(max_length=100)
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="macros",
+        help_text=_("Only members of this team see it. Empty: every agent."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    actions = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if problems := _actions_problems(self.actions):
+            raise ValidationError({"actions": problems})
+
+
+def _actions_problems(actions) -> list[str]:
+    from routing.automations import actions_compile, actions_references_check
+
+    try:
+        return actions_references_check(actions_compile(actions))
+    except ValidationError as exc:
+        return exc.messages
+
+
+def references_unknown(conditions) -> list[str]:
+    """Messages for inbox, team and agent ids in `conditions` that name nothing."""
+    from django.contrib.auth import get_user_model
+
+    models_by_field = {"inbox": Inbox, "team": Team, "assignee": get_user_model()}
+    wanted: dict[str, set] = {}
     for condition in conditions:
-        if condition.get("field") == "inbox":
-            value = condition.get("value")
-            wanted.update(value if isinstance(value, list) else [value])
-    return sorted(wanted - set(Inbox.objects.filter(pk__in=wanted).values_list("pk", flat=True)))
+        field = condition.get("field")
+        if field in models_by_field and condition.get("value") is not None:
+            value = condition["value"]
+            wanted.setdefault(field, set()).update(value if isinstance(value, list) else [value])
+    problems = []
+    for field, ids in wanted.items():
+        found = models_by_field[field].objects.filter(pk__in=ids).values_list("pk", flat=True)
+        if missing := sorted(ids - set(found)):
+            what = {"inbox": "inbox", "team": "team", "assignee": "agent"}[field]
+            problems.append(
+                _("No %(what)s has the id %(ids)s.")
+                % {"what": what, "ids": ", ".join(map(str, missing))}
+            )
+    return problems
 
 
 # Targets to start from, which admins tune (the first migration and the demo create them):

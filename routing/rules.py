@@ -1,5 +1,5 @@
 """Routing rules: what their conditions may say, checked when a rule is saved, and which rules
-a new conversation matches.
+a new conversation matches. Automations (routing.automations) use the same conditions.
 
 A rule's conditions are a JSON list; all of them must hold. Each names a field, an operator
 and a value:
@@ -21,6 +21,19 @@ and a value:
 | time                           | between                                 | ["09:00", "17:30"]  |
 | weekday                        | in, not_in                              | ["sat", "sun"]      |
 | business_hours                 | is                                      | "open" or "closed"  |
+| status                         | is, is_not, in, not_in                  | open, pending, ...  |
+| priority                       | is, is_not, in, not_in, gt, gte, lt, lte| low, normal, high,  |
+|                                |                                         | urgent              |
+| team, assignee                 | is, is_not, in, not_in, exists,         | team or agent id(s) |
+|                                | not_exists                              |                     |
+| tags                           | contains, not_contains                  | tag name(s)         |
+| hours_since_activity           | gt, gte, lt, lte                        | a number of hours   |
+
+The last six read the conversation as it is when the conditions are checked: for a routing
+rule, as it opened (its inbox's team, no tags yet); for an automation, as its event left it.
+`tags contains` holds when the conversation has any of the tags, `not_contains` when it has
+none of them. `text` is the message that opened the conversation for a routing rule, the
+customer's latest message for an automation.
 
 Text is compared ignoring case. `contains` holds when any of the words or phrases appears as
 whole words ("refund" matches "a refund?" but not "refunds": list both, or use like
@@ -77,6 +90,12 @@ FIELDS = {
     "time": ("between",),
     "weekday": ("in", "not_in"),
     "business_hours": ("is",),
+    "status": CHOICE_OPS,
+    "priority": (*CHOICE_OPS, "gt", "gte", "lt", "lte"),
+    "team": (*CHOICE_OPS, "exists", "not_exists"),
+    "assignee": (*CHOICE_OPS, "exists", "not_exists"),
+    "tags": ("contains", "not_contains"),
+    "hours_since_activity": ("gt", "gte", "lt", "lte"),
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -89,19 +108,38 @@ HELP = (
     + '. Values: channel names; inbox ids; language codes ("pt" also matches pt-BR); words or '
     "phrases for contains (whole words, any case); a pattern for like, * any text and ? one "
     'character; times ["09:00", "17:30"] in the inbox\'s time zone (["22:00", "06:00"] wraps '
-    'midnight); weekdays mon to sun; business_hours "open" or "closed". Empty: every '
+    'midnight); weekdays mon to sun; business_hours "open" or "closed"; statuses open, pending, '
+    "snoozed, resolved, closed; priorities low, normal, high, urgent; team and agent ids "
+    "(exists and not_exists take no value); tag names; hours as a number. Empty: every "
     "conversation."
 )
+PRIORITIES = {choice.label.lower(): choice.value for choice in Conversation.Priority}
 
 
 class Facts:
-    """What conditions look at, for one new conversation. Each is read at most once, and only
-    when a rule asks: a rule set without time conditions never looks up a time zone."""
+    """What conditions look at, for one conversation. Each is read at most once, and only
+    when a rule asks: a rule set without time conditions never looks up a time zone.
+    `message` is the one that opened the conversation (routing); None for automations,
+    which read the customer's latest message if a condition asks for text."""
 
-    def __init__(self, conversation: Conversation, message: Message, now: datetime):
-        self.conversation, self.message, self.now = conversation, message, now
-        self.channel: str = message.channel
+    def __init__(self, conversation: Conversation, message: Message | None, now: datetime):
+        self.conversation, self.now = conversation, now
         self.inbox: int = conversation.inbox_id
+        if message is not None:
+            self.message = message
+
+    @cached_property
+    def message(self) -> Message | None:
+        return (
+            self.conversation.messages.filter(direction=Message.Direction.INBOUND)
+            .order_by("-id")
+            .only("channel", "text")
+            .first()
+        )
+
+    @cached_property
+    def channel(self) -> str:
+        return self.message.channel if self.message else self.conversation.inbox.kind
 
     @cached_property
     def subject(self) -> str:
@@ -109,7 +147,7 @@ class Facts:
 
     @cached_property
     def text(self) -> str:
-        return self.message.text[:TEXT_LIMIT].casefold()
+        return self.message.text[:TEXT_LIMIT].casefold() if self.message else ""
 
     @cached_property
     def subject_or_text(self) -> str:
@@ -123,6 +161,14 @@ class Facts:
     @cached_property
     def language(self) -> str:
         return self.conversation.customer.language.casefold()
+
+    @cached_property
+    def tags(self) -> frozenset[str]:
+        return frozenset(self.conversation.tags.values_list("name", flat=True))
+
+    @cached_property
+    def hours_since_activity(self) -> float:
+        return (self.now - self.conversation.last_activity_at).total_seconds() / 3600
 
     @cached_property
     def local_now(self) -> datetime:
@@ -311,6 +357,8 @@ def _condition(field, op, condition) -> Test:
         if value not in ("open", "closed"):
             raise ValidationError('the value is "open" or "closed".')
         return lambda facts: facts.business_open is (value == "open")
+    if kind in _CONVERSATION_FIELDS:
+        return _CONVERSATION_FIELDS[kind](op, value)
     if kind == "channel":
         channels = _choices(value, op, Channel.values, "channel")
         return _negate(op, lambda facts: facts.channel in channels)
@@ -497,3 +545,76 @@ def _time(value) -> Test:
         return now >= start or now < end  # wraps past midnight
 
     return between
+
+
+# --- The conversation's own state (automations mostly) ---------------------------------------
+
+
+def _status(op, value) -> Test:
+    statuses = _choices(value, op, Conversation.Status.values, "status", lambda v: str(v).lower())
+    return _negate(op, lambda facts: facts.conversation.status in statuses)
+
+
+def _priority_value(value) -> int:
+    name = str(value).strip().lower()
+    if name not in PRIORITIES:
+        raise ValidationError(f"{value!r} is not a priority; use {', '.join(PRIORITIES)}.")
+    return PRIORITIES[name]
+
+
+def _priority(op, value) -> Test:
+    if op in _COMPARE:
+        if isinstance(value, list | dict):
+            raise ValidationError(f'{op} compares with one priority, e.g. "high".')
+        bound, compare = _priority_value(value), _COMPARE[op]
+        return lambda facts: compare(facts.conversation.priority, bound)
+    priorities = _choices(value, op, None, "priority", _priority_value)
+    return _negate(op, lambda facts: facts.conversation.priority in priorities)
+
+
+def _reference(field: str, what: str):
+    """team and assignee: by id, or whether there is one at all."""
+
+    def compile(op, value) -> Test:
+        def read(facts):
+            return getattr(facts.conversation, f"{field}_id")
+
+        if op in ("exists", "not_exists"):
+            if value is not None:
+                raise ValidationError(f"{op} takes no value.")
+            return _negate(op, lambda facts: read(facts) is not None)
+        ids = _choices(value, op, None, what, lambda v: _id(v, what))
+        return _negate(op, lambda facts: read(facts) in ids)
+
+    return compile
+
+
+def _id(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{value!r} is not a {what} (a number).")
+    return value
+
+
+def _tags(op, value) -> Test:
+    names = tag_names(",".join(value) if isinstance(value, list) else str(value or ""))
+    if not names or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+        raise ValidationError('give one or more tag names, e.g. ["refund", "vip"].')
+    return _negate(op, lambda facts: not names.isdisjoint(facts.tags))
+
+
+def _hours_since_activity(op, value) -> Test:
+    bound = _number(value)
+    if bound is None or bound < 0:
+        raise ValidationError(f"{op} compares with a number of hours, e.g. 48.")
+    compare = _COMPARE[op]
+    return lambda facts: compare(facts.hours_since_activity, bound)
+
+
+_CONVERSATION_FIELDS = {
+    "status": _status,
+    "priority": _priority,
+    "team": _reference("team", "team id"),
+    "assignee": _reference("assignee", "agent id"),
+    "tags": _tags,
+    "hours_since_activity": _hours_since_activity,
+}

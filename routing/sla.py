@@ -16,7 +16,8 @@ stops its response clocks as not measured.
 The conversation services call these functions inside their transaction, with the
 conversation locked, and then save it: they keep `Conversation.sla_due_at` (the earliest
 running target, which the inbox counts down and sorts by) in step. `sla_sweep`, run by the
-periodic scheduler, warns before a target and records breaches, once each.
+periodic scheduler, warns before a target and records breaches, once each, and runs the
+automations that react to them.
 """
 
 from __future__ import annotations
@@ -279,6 +280,7 @@ def _ids(clocks) -> list[int]:
 def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
     from conversations.realtime import publish_conversation_event
     from conversations.services import _event, _notify
+    from routing.automations import automations_run
 
     with transaction.atomic():
         clocks = SlaClock.objects.select_for_update(skip_locked=True).filter(
@@ -321,6 +323,8 @@ def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
             text=_alert_text(clock, breach, now),
         )
         publish_conversation_event(conversation, "sla", target=clock.target, state=state)
+        # In this transaction: the alert's record is what makes the automations fire once.
+        automations_run(conversation=conversation, event="sla_breach" if breach else "sla_warning")
     log.info("SLA %s %s on conversation %s", clock.target, state, conversation.pk)
     return True
 

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from routing import replies, services, sla
+from routing import automations, replies, services, sla
 
 
 @shared_task(acks_late=True)
@@ -24,3 +24,8 @@ def sla_sweep():
 def auto_reply(message_id: int, opened: bool):
     reply = replies.auto_reply_send(message_id=message_id, opened=opened)
     return reply.pk if reply else None
+
+
+@shared_task(acks_late=True)
+def automations_idle():
+    return automations.automations_idle_sweep()

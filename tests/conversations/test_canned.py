@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from conversations.canned import canned_render
+from conversations.management.commands.seed_demo import CANNED
 from conversations.models import CannedResponse, Conversation, Customer
 from helpdesk.models import User
 from tests.conftest import receive, signed_in
@@ -204,7 +205,7 @@ class TestAdmin:
 def test_the_demo_seed_adds_its_responses_once():
     call_command("seed_demo", customers=0, stdout=StringIO())
     call_command("seed_demo", customers=0, stdout=StringIO())
-    assert CannedResponse.objects.count() == 4
+    assert CannedResponse.objects.count() == len(CANNED)
     assert CannedResponse.objects.filter(team=None, shortcut="refund-policy").exists()
 
 

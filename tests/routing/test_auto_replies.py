@@ -16,7 +16,7 @@ from conversations.models import Channel, Conversation, ConversationEvent, Messa
 from routing.models import AutoReply, SlaClock, SlaPolicy
 from routing.replies import expected_reply, reply_time_text
 from routing.tasks import auto_reply
-from tests.channels_adapters.test_email import customer_mail, pipe
+from tests.channels_adapters.test_email import FIXTURES, customer_mail, pipe
 from tests.channels_adapters.test_sms import deliver, incoming
 from tests.conftest import receive, wait_for
 from tests.routing.test_business_hours import make_schedule
@@ -109,6 +109,21 @@ def test_automatic_mail_never_gets_an_acknowledgement(mail_inbox, email_policy, 
     assert message.metadata["automated"]
     assert auto_reply(message.pk, True) is None
     assert not Message.objects.filter(direction="outbound").exists()
+
+
+@pytest.mark.parametrize("name", ["auto_reply_pt.eml", "mailing_list.eml", "bounce_template.eml"])
+def test_real_auto_replies_list_mail_and_bounces_are_never_acknowledged(
+    email_inbox, smtp_server, email_policy, name
+):
+    """Captured mail as it arrives: a Portuguese vacation reply, a newsletter, and a bounce
+    for mail we never sent (a bounce of ours fails that reply instead: see test_email)."""
+    templates(email_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
+    raw = (FIXTURES / name).read_bytes().replace(b"{{ORIGINAL_ID}}", b"x@y").replace(b"{{N}}", b"1")
+    pipe(email_inbox, raw)
+    for message in Message.objects.filter(direction="inbound"):
+        assert auto_reply(message.pk, True) is None
+    assert not Message.objects.filter(direction="outbound").exists()
+    assert smtp_server.received == []
 
 
 def test_the_customer_gets_the_template_in_their_language(mail_inbox, email_policy):

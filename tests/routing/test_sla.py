@@ -379,3 +379,30 @@ def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, c
         )
         reply = Message.objects.get(pk=auto_reply(late.message.pk, True))
     assert "We are closed right now and open again Monday 19 January, " in reply.text
+
+
+def test_a_breach_sets_off_the_automations_that_escalate_it_once(mail_inbox, hours, policies, bob):
+    from routing.models import Automation
+
+    escalate = Automation(
+        name="Escalate breaches",
+        event="sla_breach",
+        actions=[
+            {"action": "priority", "priority": "urgent"},
+            {"action": "add_tags", "tags": ["escalated"]},
+        ],
+    )
+    escalate.full_clean()
+    escalate.save()
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 13:45"), tick=False):
+        sla_sweep()  # a warning: not what it waits for
+    conversation.refresh_from_db()
+    assert conversation.priority == Conversation.Priority.NORMAL
+    with time_machine.travel(utc("2026-01-12 14:00"), tick=False):
+        sla_sweep()
+        sla_sweep()
+    conversation.refresh_from_db()
+    assert conversation.priority == Conversation.Priority.URGENT
+    assert list(conversation.tags.values_list("name", flat=True)) == ["escalated"]
+    assert conversation.events.filter(kind="automation").count() == 1

@@ -21,10 +21,12 @@ from conversations.models import (
 from helpdesk.models import User
 from routing.models import (
     DEFAULT_SLA_POLICIES,
+    Automation,
     AutoReply,
     BusinessHours,
     BusinessInterval,
     Holiday,
+    Macro,
     RoutingRule,
     SlaClock,
     SlaPolicy,
@@ -244,6 +246,22 @@ CANNED = [
         "move again within 48 hours. I'll follow up here if it doesn't. {agent.name}",
     ),
     (
+        None,
+        "refund-issued",
+        "Refund issued",
+        "Hi {customer.first_name},\n\nGood news: your refund is on its way. It reaches the "
+        "original payment method within 5 business days. I'm closing #{conversation.number}; "
+        "reply to this message if anything is missing.\n\n{agent.first_name}",
+    ),
+    (
+        None,
+        "still-there",
+        "Still there? (reminder)",
+        "Hi {customer.first_name},\n\nWe haven't heard back about #{conversation.number}. "
+        "Is there anything else we can do? If we don't hear from you, we'll close it in a few "
+        "days; replying reopens it at any time.\n\n{agent.first_name}",
+    ),
+    (
         "billing",
         "segunda-via-fatura",
         "Segunda via da fatura (pt)",
@@ -266,6 +284,32 @@ ROUTING_RULES = [
             {"field": "customer.plan", "op": "is", "value": "enterprise"},
         ],
         {"team": "billing", "priority": Conversation.Priority.HIGH, "tags": "refund, enterprise"},
+    ),
+]
+# (name, event, idle status and hours, actions): see routing.automations for the vocabulary;
+# canned responses are named by shortcut here and by id in the saved actions.
+AUTOMATIONS = [
+    (
+        "Pending 3 days: remind the customer",
+        Automation.Event.IDLE,
+        (Conversation.Status.PENDING, 72),
+        [{"action": "reply", "canned": "still-there"}],
+    ),
+    (
+        "Pending 7 days: resolve",
+        Automation.Event.IDLE,
+        (Conversation.Status.PENDING, 7 * 24),
+        [{"action": "status", "status": "resolved"}],
+    ),
+]
+MACROS = [
+    (
+        "Refund issued",
+        [
+            {"action": "add_tags", "tags": ["refund-issued"]},
+            {"action": "reply", "canned": "refund-issued"},
+            {"action": "status", "status": "resolved"},
+        ],
     ),
 ]
 # What each demo agent takes on at once: a live chat weighs 3, anything else 1.
@@ -318,6 +362,7 @@ class Command(BaseCommand):
             self._routing(teams)
             if not SlaPolicy.objects.exists():  # the defaults, when no policy exists at all
                 SlaPolicy.objects.bulk_create(SlaPolicy(**f) for f in DEFAULT_SLA_POLICIES)
+            self._automations()
         created = 0
         for i in range(customers):
             with transaction.atomic():
@@ -427,6 +472,29 @@ class Command(BaseCommand):
                     for kind, language, body in AUTO_REPLIES
                     if inbox.kind == Channel.EMAIL or kind == "acknowledgement"
                 )
+
+    def _automations(self):
+        """Looked up by name, so an admin's edits to them stay."""
+        canned = dict(CannedResponse.objects.filter(team=None).values_list("shortcut", "pk"))
+
+        def saved(actions):
+            return [
+                {**action, "canned": canned[action["canned"]]} if "canned" in action else action
+                for action in actions
+            ]
+
+        for name, event, (status, hours), actions in AUTOMATIONS:
+            Automation.objects.get_or_create(
+                name=name,
+                defaults={
+                    "event": event,
+                    "idle_status": status,
+                    "idle_hours": hours,
+                    "actions": saved(actions),
+                },
+            )
+        for name, actions in MACROS:
+            Macro.objects.get_or_create(name=name, defaults={"actions": saved(actions)})
 
     def _routed_conversation(self, inboxes):
         """An enterprise customer asks for a refund at the support address: the rule sends it
