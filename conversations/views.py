@@ -31,6 +31,7 @@ from conversations.models import (
     Attachment,
     Channel,
     Conversation,
+    ConversationEvent,
     Customer,
     Identity,
     Inbox,
@@ -292,8 +293,29 @@ def _timeline(conversation) -> list[tuple[str, object]]:
         .prefetch_related("attachments")
         .order_by("id")
     ]
-    items += [("event", e) for e in conversation.events.select_related("actor").order_by("id")]
+    events = list(conversation.events.select_related("actor").order_by("id"))
+    _events_describe(events)
+    items += [("event", e) for e in events]
     return sorted(items, key=lambda item: (item[1].created_at, item[0] == "message"))
+
+
+def _events_describe(events) -> None:
+    """What a team, priority or tags change changed to, as `detail` (team names read now, in
+    one query: the event keeps the id, the name may have changed since)."""
+    Kind = ConversationEvent.Kind  # noqa: N806 - the enum
+    team_ids = {e.data.get("team") for e in events if e.kind == Kind.TEAM}
+    teams = dict(Team.objects.filter(pk__in=team_ids - {None}).values_list("pk", "name"))
+    priorities = dict(Conversation.Priority.choices)
+    for event in events:
+        data = event.data
+        if event.kind == Kind.TEAM:
+            event.detail = teams.get(data.get("team"), "no team")
+        elif event.kind == Kind.PRIORITY:
+            event.detail = str(priorities.get(data.get("priority"), data.get("priority")))
+        elif event.kind == Kind.TAGS:
+            changes = [f"+{n}" for n in data.get("added", [])]
+            changes += [f"−{n}" for n in data.get("removed", [])]
+            event.detail = " ".join(changes)
 
 
 def _reply_identities(conversation) -> list[Identity]:

@@ -421,3 +421,19 @@ class TestSavedViews:
         )
         assert b"A saved view needs a name" in response.content
         assert not bob.saved_views.exists()
+
+
+def test_the_timeline_says_what_team_priority_and_tags_changed_to(
+    client, mail_inbox, billing, alice
+):
+    conversation = receive(mail_inbox, address="maria@example.com").message.conversation
+    services.conversation_set_team(conversation=conversation, team=billing, actor=alice)
+    services.conversation_set_priority(conversation=conversation, priority=3, actor=alice)
+    services.conversation_tag(conversation=conversation, add=["refund"], actor=alice)
+    billing.name = "Billing & refunds"  # renamed since: the timeline says what it is now
+    billing.save()
+    client.force_login(alice)
+    html = client.get(reverse("inbox:conversation", args=[conversation.pk])).content.decode()
+    assert "Team changed by Alice: Billing &amp; refunds" in html
+    assert "Priority changed by Alice: Urgent" in html
+    assert "Tags changed by Alice: +refund" in html
