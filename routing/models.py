@@ -310,16 +310,9 @@ class RoutingRule(models.Model):
         return self.name
 
     def clean(self):
-        from routing.rules import conditions_compile
-
         errors = {}
-        try:
-            conditions_compile(self.conditions)
-        except ValidationError as exc:
-            errors["conditions"] = exc.messages
-        else:
-            if unknown := references_unknown(self.conditions):
-                errors["conditions"] = unknown
+        if problems := conditions_problems(self.conditions):
+            errors["conditions"] = problems
         if len(tag_names(self.tags)) > 20:
             errors["tags"] = [_("Add at most 20 tags.")]
         if not (self.team_id or self.priority is not None or self.tags.strip() or self.assignee_id):
@@ -381,16 +374,9 @@ class Automation(models.Model):
         return self.name
 
     def clean(self):
-        from routing.rules import conditions_compile
-
         errors = {}
-        try:
-            conditions_compile(self.conditions)
-        except ValidationError as exc:
-            errors["conditions"] = exc.messages
-        else:
-            if unknown := references_unknown(self.conditions):
-                errors["conditions"] = unknown
+        if problems := conditions_problems(self.conditions):
+            errors["conditions"] = problems
         if problems := _actions_problems(self.actions):
             errors["actions"] = problems
         if self.event == self.Event.IDLE:
@@ -464,6 +450,18 @@ def _actions_problems(actions) -> list[str]:
         return actions_references_check(actions_compile(actions))
     except ValidationError as exc:
         return exc.messages
+
+
+def conditions_problems(conditions) -> list[str]:
+    """What is wrong with a rule's or automation's conditions: their form, else ids that name
+    nothing. Empty when they are fine."""
+    from routing.rules import conditions_compile
+
+    try:
+        conditions_compile(conditions)
+    except ValidationError as exc:
+        return exc.messages
+    return references_unknown(conditions)
 
 
 def references_unknown(conditions) -> list[str]:

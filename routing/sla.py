@@ -155,7 +155,8 @@ def _unstopped(conversation: Conversation, *targets):
     return clocks.filter(target__in=targets) if targets else clocks
 
 
-def _due_set(conversation: Conversation) -> None:
+def sla_due_set(conversation: Conversation) -> None:
+    """Set `conversation.sla_due_at` (not saved) from its running clocks."""
     conversation.sla_due_at = (
         SlaClock.objects.filter(conversation=conversation, stopped_at=None)
         .exclude(due_at=None)
@@ -200,7 +201,7 @@ def sla_customer_wrote(
     if opened:  # nothing else can run yet
         conversation.sla_due_at = min((c.due_at for c in changed if c.due_at), default=None)
     else:
-        _due_set(conversation)
+        sla_due_set(conversation)
 
 
 def sla_agent_replied(*, conversation: Conversation, now: datetime) -> None:
@@ -212,7 +213,7 @@ def sla_agent_replied(*, conversation: Conversation, now: datetime) -> None:
     for clock in clocks:
         context.stop(clock, answered=True)
         clock.save()
-    _due_set(conversation)
+    sla_due_set(conversation)
 
 
 def sla_status_changed(*, conversation: Conversation, previous: str, now: datetime) -> None:
@@ -232,7 +233,7 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
         else:
             continue
         clock.save()
-    _due_set(conversation)
+    sla_due_set(conversation)
 
 
 def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
@@ -256,7 +257,7 @@ def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
             if running:
                 context.run(clock, policy)
         clock.save()
-    _due_set(conversation)
+    sla_due_set(conversation)
 
 
 # --- The sweep ---------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from datetime import date, time, timedelta
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from django.db.models import Min
 from django.utils import timezone
 
 from conversations import services
@@ -34,7 +33,7 @@ from routing.models import (
     TeamMembership,
 )
 from routing.replies import auto_reply_send
-from routing.sla import sla_agent_replied
+from routing.sla import sla_agent_replied, sla_due_set
 
 DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
 
@@ -664,8 +663,5 @@ class Command(BaseCommand):
             if clock.stopped_at is None and clock.due_at and clock.due_at <= timezone.now():
                 clock.breached_at = clock.warned_at = clock.due_at
             clock.save()
-        Conversation.objects.filter(pk=conversation.pk).update(
-            sla_due_at=conversation.sla_clocks.filter(stopped_at=None)
-            .exclude(due_at=None)
-            .aggregate(due=Min("due_at"))["due"]
-        )
+        sla_due_set(conversation)
+        Conversation.objects.filter(pk=conversation.pk).update(sla_due_at=conversation.sla_due_at)
