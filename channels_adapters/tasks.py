@@ -1,9 +1,16 @@
 """Thin tasks: ids in, a delivery service call, a retry policy. All safe to run twice."""
 
+import logging
+import os
+import threading
+import time
+
 from celery import shared_task
 
 from channels_adapters import delivery
 from channels_adapters.base import TransientError
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -19,6 +26,64 @@ def deliver_message(self, message_id: int):
 def process_inbound_event(event_id: int):
     event = delivery.inbound_event_process(event_id)
     return event.status if event else None
+
+
+@shared_task(acks_late=True)
+def process_inbound_events(event_ids: list[int]):
+    """Several stored events in turn (see InboundHandoff). One that raises stays pending, for
+    the sweep to try again, and does not hold back the others."""
+    statuses = []
+    for event_id in event_ids:
+        try:
+            event = delivery.inbound_event_process(event_id)
+        except Exception:  # noqa: BLE001 - logged; the event stays pending for the sweep
+            log.exception("inbound event %s: processing raised; the sweep will try again", event_id)
+            statuses.append("error")
+        else:
+            statuses.append(event.status if event else None)
+    return statuses
+
+
+class InboundHandoff:
+    """Stored events on their way from a web process to the worker. One thread publishes them,
+    at most PER_SECOND task messages a second, each carrying every id that came in since the
+    last: when quiet, an event goes at once; under load, one broker write serves many webhooks
+    (a Celery publish costs a web process as much CPU as storing the event). The ids wait in
+    memory only, so should the process die first, the events stay pending and the sweep
+    enqueues them."""
+
+    BATCH, PER_SECOND = 100, 50
+
+    def __init__(self):
+        self._ids: list[int] = []
+        self._ready = threading.Condition()
+        self._thread = None
+
+    def add(self, event_id: int) -> None:
+        with self._ready:
+            self._ids.append(event_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._publish_forever, name="inbound-handoff", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+
+    def _publish_forever(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._ids)
+                batch, self._ids = self._ids[: self.BATCH], self._ids[self.BATCH :]
+            try:
+                process_inbound_events.delay(batch)
+            except Exception:  # noqa: BLE001 - the broker is down: the sweep enqueues them later
+                log.exception("could not enqueue inbound events %s; the sweep will", batch)
+            time.sleep(1 / self.PER_SECOND)  # let the next ones gather
+
+
+inbound_handoff = InboundHandoff()
+# A forked child (a prefork worker) starts with no thread and must not share the parent's lock.
+os.register_at_fork(after_in_child=inbound_handoff.__init__)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=6)

@@ -1,7 +1,10 @@
 import logging
+import time
 
 from django.conf import settings
 from django.core import signing
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -11,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 from channels_adapters.base import InvalidPayload
 from channels_adapters.delivery import inbound_event_store
 from channels_adapters.registry import adapter_for
-from channels_adapters.tasks import process_inbound_event
+from channels_adapters.tasks import inbound_handoff
 from conversations.models import Attachment, Channel, Inbox
 from conversations.views import attachment_as_download
 
@@ -21,6 +24,11 @@ log = logging.getLogger(__name__)
 MEDIA_LINK_SECONDS = 24 * 3600
 # Channels whose provider calls a signed webhook (email and the API have their own views).
 WEBHOOK_CHANNELS = {Channel.SMS, Channel.MESSENGER, Channel.WHATSAPP}
+# Reading a webhook's inbox costs a web process as much CPU as storing the event, so each process
+# keeps the inboxes it read for this long. A change saved anywhere applies within that time, and
+# at once in the process that saved it.
+INBOX_CACHE_SECONDS = 10
+_inboxes: dict[tuple[str, int], tuple[float, Inbox]] = {}
 
 
 def public_url(request) -> str:
@@ -43,7 +51,7 @@ def webhook(request, kind: str, inbox_id: int):
     adapter = adapter_for(kind)
     if kind not in WEBHOOK_CHANNELS or adapter is None:
         raise Http404("No such channel.")
-    inbox = get_object_or_404(Inbox, pk=inbox_id, kind=kind, is_active=True)
+    inbox = _webhook_inbox(kind, inbox_id)
     if request.method == "GET":
         return adapter.handshake(inbox, request.GET)
     if int(request.headers.get("Content-Length") or 0) > adapter.webhook_max_bytes:
@@ -62,8 +70,24 @@ def webhook(request, kind: str, inbox_id: int):
     if created:
         # Stored, so the answer can go; the task is enqueued once it has. Should this process
         # die in between, the sweep finds the pending event.
-        _after_response(response, lambda: process_inbound_event.delay(event.pk))
+        _after_response(response, lambda: inbound_handoff.add(event.pk))
     return response
+
+
+def _webhook_inbox(kind: str, inbox_id: int) -> Inbox:
+    expires, inbox = _inboxes.get((kind, inbox_id), (0, None))
+    if expires < time.monotonic():
+        inbox = get_object_or_404(Inbox, pk=inbox_id, kind=kind, is_active=True)
+        if len(_inboxes) > 1000:  # made-up ids are not cached, but stay bounded whatever comes
+            _inboxes.clear()
+        _inboxes[(kind, inbox_id)] = (time.monotonic() + INBOX_CACHE_SECONDS, inbox)
+    return inbox
+
+
+@receiver(post_save, sender=Inbox)
+@receiver(post_delete, sender=Inbox)
+def _inbox_changed(**kwargs):
+    _inboxes.clear()
 
 
 def _after_response(response: HttpResponse, action) -> None:

@@ -104,7 +104,7 @@ if "DATABASE_URL" in env:
     if DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool(
         "DATABASE_POOL", default=True
     ):
-        # Under ASGI every request runs in a thread of its own, so persistent connections
+        # Under ASGI each request in flight has a thread of its own, so persistent connections
         # (one per thread) pile up to the server's limit, and none costs a connect per request.
         # A pool shares a few open connections between them.
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {

@@ -98,6 +98,22 @@ class TestIncoming:
         deliver(twilio, client, sms_inbox, incoming(sid="SM2", body="Ainda nada"))
         assert Message.objects.values("conversation").distinct().count() == 1
 
+    def test_an_inbox_switched_off_or_rekeyed_in_admin_takes_effect_at_once(
+        self, client, twilio, sms_inbox
+    ):
+        path = webhook_path(sms_inbox)
+        assert twilio.post_webhook(client, path, incoming(sid="SM1")).status_code == 200
+        sms_inbox.credentials["auth_token"] = "rotated-token"
+        sms_inbox.save()
+        assert twilio.post_webhook(client, path, incoming(sid="SM2")).status_code == 403
+        twilio.auth_token = "rotated-token"
+        assert twilio.post_webhook(client, path, incoming(sid="SM3")).status_code == 200
+        sms_inbox.is_active = False
+        sms_inbox.save()
+        assert twilio.post_webhook(client, path, incoming(sid="SM4")).status_code == 404
+        stored = InboundEvent.objects.values_list("dedupe_key", flat=True)
+        assert sorted(stored) == ["SM1", "SM3"]
+
     @pytest.mark.parametrize(
         "headers",
         [{}, {"HTTP_X_TWILIO_SIGNATURE": "bm90IGEgc2lnbmF0dXJl"}],
@@ -432,6 +448,22 @@ def test_end_to_end_with_the_worker(twilio, sms_inbox, bob, embedded_worker, set
     assert twilio.post_webhook(client, webhook_path(sms_inbox), callback).status_code == 200
     wait_for(lambda: Message.objects.filter(pk=answer.pk, status="delivered").exists())
     assert timezone.now() - sent.sent_at < timedelta(minutes=1)
+
+
+def test_a_burst_of_webhooks_all_reach_the_worker(twilio, sms_inbox, embedded_worker):
+    client = Client()
+    for number in range(30):
+        params = incoming(
+            sid=f"SM{number:02}", body=f"message {number}", From=f"+3519100000{number:02}"
+        )
+        assert twilio.post_webhook(client, webhook_path(sms_inbox), params).status_code == 200
+    wait_for(
+        lambda: not InboundEvent.objects.filter(status=InboundEvent.Status.PENDING).exists(),
+        what="the worker to process all 30 events",
+    )
+    texts = set(Message.objects.values_list("text", flat=True))
+    assert texts == {f"message {number}" for number in range(30)}
+    assert Message.objects.values("conversation").distinct().count() == 30
 
 
 @pytest.mark.parametrize(
