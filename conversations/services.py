@@ -8,6 +8,7 @@ the transaction commits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from operator import or_
 
 import nh3
 import phonenumbers
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
@@ -284,6 +286,28 @@ def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
             customer.save(update_fields=[*changed, "updated_at"])
     log.info("customer %s: %s changed by user %s", customer.pk, changed, getattr(actor, "pk", None))
     return customer
+
+
+def language_guess(text: str) -> str:
+    """The language `text` is written in, when it says enough to tell; "" when unsure. For
+    customers whose channel does not say (SMS, WhatsApp, most mail). py3langid, restricted to
+    settings.CUSTOMER_LANGUAGES: a "Gracias" or an "ok" is too short to tell apart."""
+    if sum(character.isalpha() for character in text[:200]) < LANGUAGE_GUESS_MIN_LETTERS:
+        return ""
+    language, confidence = _language_identifier().classify(text[:2000])
+    return language if confidence >= LANGUAGE_GUESS_CONFIDENCE else ""
+
+
+LANGUAGE_GUESS_MIN_LETTERS, LANGUAGE_GUESS_CONFIDENCE = 12, 0.8
+
+
+@functools.cache
+def _language_identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    identifier.set_languages(settings.CUSTOMER_LANGUAGES)
+    return identifier
 
 
 def language_normalize(tag: str) -> str:
@@ -574,9 +598,12 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     else:
         conversation.last_inbound_at = now
         conversation.waiting_since = conversation.waiting_since or now
-    if inbound.language and not customer.language:
-        customer.language = inbound.language[:10]  # routing rules read it
-        Customer.objects.filter(pk=customer.pk).update(language=customer.language)
+    if not customer.language and not inbound.echo and not inbound.metadata.get("automated"):
+        # Routing rules and automatic replies read it. The channel's word (a widget's browser,
+        # Content-Language) when it has one, else what the text reads like.
+        customer.language = inbound.language[:10] or language_guess(inbound.text)
+        if customer.language:
+            Customer.objects.filter(pk=customer.pk).update(language=customer.language)
     if opened and not inbound.echo:
         # Routing rules and auto-assignment, in this transaction and before agents hear of
         # the conversation, so that nobody sees it unrouted. They set team, priority and

@@ -16,7 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models import Case, Count, Exists, OuterRef, Q, Subquery, Value, When
 from django.http import FileResponse, Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -231,12 +231,20 @@ def conversation_list(request):
     last_message = Message.objects.filter(conversation=OuterRef("pk")).exclude(
         direction=Message.Direction.SYSTEM
     )
+    # A customer nobody has named yet goes by an address a person can read.
+    address = Identity.objects.filter(
+        customer=OuterRef("customer_id"), kind__in=READABLE_ADDRESSES
+    ).order_by("id")
     page = list(
         conversations.select_related("customer", "assignee", "team", "inbox")
         .prefetch_related("tags")
         .annotate(
             preview=Subquery(last_message.order_by("-id").values("text")[:1]),
             preview_direction=Subquery(last_message.order_by("-id").values("direction")[:1]),
+            customer_address=Case(
+                When(customer__name="", then=Subquery(address.values("address")[:1])),
+                default=Value(""),
+            ),
         )
         .order_by(*order)[: PAGE_SIZE + 1]
     )
@@ -318,6 +326,9 @@ def _events_describe(events) -> None:
             event.detail = " ".join(changes)
 
 
+READABLE_ADDRESSES = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
+
+
 def _reply_identities(conversation) -> list[Identity]:
     """The customer's addresses an agent can answer on (any channel with a sending adapter)."""
     return [
@@ -352,6 +363,10 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "timeline": timeline,
         "seen": seen,
         "identities": identities,
+        "customer_label": conversation.customer.name
+        or next(
+            (i.address for i in identities if i.kind in READABLE_ADDRESSES), "Unknown customer"
+        ),
         "default_identity": default.pk if default else None,
         "agents": User.objects.filter(is_active=True)
         .filter(Q(team_memberships__team_id__in=team_ids) | Q(role=User.Role.ADMIN))

@@ -186,7 +186,16 @@ def _template_for(templates: list[AutoReply], language: str) -> AutoReply | None
 
 
 def _render(body: str, **values: str) -> str:
-    return re.sub(r"{(\w+)}", lambda m: values.get(m.group(1), m.group(0)), body)
+    """Fill in the placeholders. One with nothing to say goes with the spaces before it, so an
+    unnamed customer reads "Hi," rather than "Hi ,"; an unknown placeholder stays as written."""
+
+    def fill(match):
+        value = values.get(match.group(2))
+        if value is None:
+            return match.group(0)
+        return match.group(1) + value if value else ""
+
+    return re.sub(r"([ \t]*){(\w+)}", fill, body)
 
 
 def _local(at: datetime, schedule) -> str:

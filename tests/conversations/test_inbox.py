@@ -160,6 +160,19 @@ class TestList:
             services.conversation_tag(conversation=c, add=["vip", "refund"])
         assert queries() == few
 
+    def test_a_customer_nobody_named_goes_by_their_number_or_address(
+        self, client, alice, sms_inbox, chat_inbox
+    ):
+        texted = receive(sms_inbox, text="Olá", address="+351912000111").message.conversation
+        chatted = receive(chat_inbox, text="Hi", address="visitor-9").message.conversation
+        client.force_login(alice)
+        rows = client.get("/inbox/?view=all").content.decode()
+        assert '<span class="who">+351912000111</span>' in rows
+        assert '<span class="who">Unknown customer</span>' in rows  # a chat visitor id says nothing
+        page = client.get(f"/inbox/{texted.pk}/").content.decode()
+        assert "+351912000111 · " in page
+        assert "Unknown customer · " in client.get(f"/inbox/{chatted.pk}/").content.decode()
+
     def test_customer_content_is_escaped(self, client, alice, chat_inbox):
         receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
         client.force_login(alice)

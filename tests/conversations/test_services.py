@@ -101,6 +101,21 @@ class TestReceive:
         receive(api_inbox, address="jo@example.com", channel=Channel.EMAIL)
         assert Identity.objects.filter(kind=Channel.EMAIL).count() == 1
 
+    def test_a_customer_whose_channel_names_no_language_gets_the_one_they_write(self, api_inbox):
+        def language(address, text, **kwargs):
+            receive(api_inbox, text=text, address=address, **kwargs)
+            return Customer.objects.get(identities__address=address).language
+
+        assert language("ana", "Olá, a minha encomenda ainda não chegou") == "pt"
+        assert language("ana", "Sorry, I mean my order has not arrived") == "pt"  # kept
+        assert language("luc", "Bonjour, où est ma commande ?") == "fr"
+        assert language("sam", "ok thx") == ""  # too short to tell
+        assert language("eva", "Where is my order, please?", language="de") == "de"
+        assert (
+            language("bot", "This is an automatic reply: I am away", metadata={"automated": 1})
+            == ""
+        )
+
 
 class TestStateChanges:
     def test_each_change_leaves_an_event_with_its_actor(self, chat_inbox, bob, charlie):

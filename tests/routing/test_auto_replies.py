@@ -143,6 +143,29 @@ def test_the_customer_gets_the_template_in_their_language(mail_inbox, email_poli
     assert Message.objects.get(pk=auto_reply(other.pk, True)).text.startswith("Hi Anna, we")
 
 
+def test_an_unnamed_sms_customer_gets_the_acknowledgement_in_the_language_they_wrote(
+    client, twilio, sms_inbox, email_policy
+):
+    templates(
+        sms_inbox,
+        (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK),
+        (AutoReply.Kind.ACKNOWLEDGEMENT, "pt", ACK_PT),
+    )
+    message = deliver(
+        twilio, client, sms_inbox, incoming(sid="SM1", body="Olá, a minha encomenda não chegou")
+    ).message
+    assert message.conversation.customer.language == "pt"  # SMS does not say: the text does
+    reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    number = message.conversation_id
+    assert reply.text == f"Olá, recebemos a sua mensagem (#{number}); respondemos em algumas horas."
+
+    short = incoming(sid="SM2", body="ok", From="+351912000222")
+    other = deliver(twilio, client, sms_inbox, short).message
+    assert other.conversation.customer.language == ""  # too short to tell
+    reply = Message.objects.get(pk=auto_reply(other.pk, True))
+    assert reply.text.startswith(f"Hi, we have your message (#{other.conversation_id})")
+
+
 def test_an_sms_out_of_hours_gets_the_out_of_office_reply_once_per_closed_spell(
     client, twilio, sms_inbox, hours, email_policy
 ):

@@ -65,9 +65,24 @@ DEMO_WIDGET = {
 
 WEEKDAYS = range(5)  # Monday to Friday
 
-# Automatic replies of the email and SMS inboxes: (kind, language, body).
+# Automatic replies of the email and SMS inboxes: (channel, kind, language, body).
 AUTO_REPLIES = [
     (
+        Channel.SMS,
+        "acknowledgement",
+        "",
+        "Hi {name}, thanks for writing to Acme. Your request is #{number}; we usually reply "
+        "within {expected_reply}.",
+    ),
+    (
+        Channel.SMS,
+        "acknowledgement",
+        "pt",
+        "Olá {name}, obrigado por escrever à Acme. O seu pedido é o #{number}; respondemos "
+        "normalmente em {expected_reply}.",
+    ),
+    (
+        Channel.EMAIL,
         "acknowledgement",
         "",
         "Hi {name},\n\nThanks for writing to {inbox}. Your request is #{number}; keep that "
@@ -75,12 +90,14 @@ AUTO_REPLIES = [
         "\n\nAcme Support",
     ),
     (
+        Channel.EMAIL,
         "acknowledgement",
         "pt",
         "Olá {name},\n\nObrigado por escrever para {inbox}. O seu pedido é o #{number}. "
         "Respondemos normalmente em {expected_reply}.\n\nApoio Acme",
     ),
     (
+        Channel.EMAIL,
         "out_of_office",
         "",
         "Hi {name},\n\nWe are closed right now and open again {opens_at}. Your request is "
@@ -468,8 +485,8 @@ class Command(BaseCommand):
             if not AutoReply.objects.filter(inbox=inbox).exists():
                 AutoReply.objects.bulk_create(
                     AutoReply(inbox=inbox, kind=kind, language=language, body=body)
-                    for kind, language, body in AUTO_REPLIES
-                    if inbox.kind == Channel.EMAIL or kind == "acknowledgement"
+                    for channel, kind, language, body in AUTO_REPLIES
+                    if channel == inbox.kind
                 )
 
     def _automations(self):
