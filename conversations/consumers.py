@@ -518,10 +518,13 @@ class VisitorConsumer(LiveConsumer):
                 await self._show(await db(self._state)(full=not known))
             if event["event"] == "ended":
                 await self.send_json({"type": "ended", "conversation": event["conversation"]})
-        elif event.get("event") == "joined" and event.get("conversation") == self.conversation_id:
-            await self.send_json(
-                {"type": "joined", "conversation": event["conversation"], "agent": event["agent"]}
-            )
+        elif event.get("event") in ("joined", "queue"):
+            # An agent took the chat, or its place in the queue moved: as said, for this chat.
+            if event.get("conversation") == self.conversation_id:
+                fields = {
+                    key: value for key, value in event.items() if key not in ("type", "event")
+                }
+                await self.send_json({"type": event["event"], **fields})
         elif event.get("event") == "read" and event.get("by") == "agent":
             await self.send_json(
                 {"type": "read", "conversation": event["conversation"], "up_to": event["up_to"]}

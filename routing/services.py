@@ -8,7 +8,9 @@
   (`queue_nudge`), and for every team by the periodic `queues_sweep`, the safety net.
 - `offline_chats_requeue`, `agent_availability_set`: live chats of agents who went offline go
   back to the queue, where the team asks for it.
-- `queue_status`: where a waiting customer stands and how long it may take, for the widget.
+- `queue_status`: where a waiting customer stands and how long it may take, for the widget;
+  `queue_places_tell` pushes the new places to waiting chat visitors after each queue_assign
+  task and each sweep.
 
 Online means availability "online" and a sign of life from the agent's open inbox within
 AGENT_ONLINE_WINDOW (the widget's definition); away and offline agents are never picked.
@@ -30,6 +32,7 @@ import logging
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -46,6 +49,7 @@ from conversations.models import (
     Notification,
     Tag,
 )
+from conversations.realtime import customer_group, send_to_groups
 from conversations.services import _notify, conversation_assign
 from routing.models import Team, TeamMembership
 from routing.rules import Decision, rules_decide, rules_load
@@ -347,7 +351,10 @@ def queues_sweep() -> dict:
         .values_list("team_id", flat=True)
         .distinct()
     )
-    assigned = sum(queue_assign(team_id=team_id) for team_id in list(teams))
+    assigned = 0
+    for team_id in list(teams):
+        assigned += queue_assign(team_id=team_id)
+        queue_places_tell(team_id)  # also for arrivals, which nudge nobody
     return {"requeued": requeued, "assigned": assigned}
 
 
@@ -391,14 +398,7 @@ class QueueStatus:
 
 
 def queue_status(conversation: Conversation, *, now: datetime | None = None) -> QueueStatus:
-    """Where `conversation` stands in its team's queue, and a rough wait.
-
-    The queue is the order queue_assign takes: priority, then age. The wait is an estimate:
-    conversations up to the room online members have now go at once; beyond that, a place
-    frees every (median handling time / conversations the online members hold at once), where
-    handling time is from opening to resolution of the team's last HANDLING_SAMPLE
-    conversations of this channel in HANDLING_LOOKBACK (HANDLING_DEFAULT with fewer than
-    HANDLING_MIN_SAMPLE). Skills are not taken into account. About five small queries."""
+    """Where `conversation` stands in its team's queue, and a rough wait (see _Outlook)."""
     now = now or timezone.now()
     conversation = Conversation.objects.select_related("inbox", "team").get(pk=conversation.pk)
     team = conversation.team
@@ -416,30 +416,82 @@ def queue_status(conversation: Conversation, *, now: datetime | None = None) -> 
         )
         .count()
     )
-    position = ahead + 1
-    weight = team.weight(conversation.inbox.kind)
-    members = [
-        member
-        for member in TeamMembership.objects.filter(team=team).select_related("user")
-        if agent_is_online(member.user, now)
+    return _Outlook(team, now).status(ahead + 1, conversation.inbox.kind)
+
+
+def queue_places_tell(team_id: int, *, now: datetime | None = None) -> int:
+    """Tell each visitor waiting on a live chat in the team's queue their place and wait, which
+    move whenever a conversation ahead is taken, resolved or moved, or a more urgent one comes
+    in: run after each queue_assign. The first QUEUE_BATCH places are told; those behind hear
+    theirs when they open the chat. Returns how many were told."""
+    team = Team.objects.filter(pk=team_id).first()
+    if team is None:
+        return 0
+    queue = _waiting(team_id).order_by("-priority", "created_at", "id")[:QUEUE_BATCH]
+    outlook = _Outlook(team, now or timezone.now())
+    sends = [
+        (
+            [customer_group(customer_id)],
+            {
+                "type": "customer.event",
+                "event": "queue",
+                "conversation": pk,
+                **outlook.status(position, kind).as_dict(),
+            },
+        )
+        for position, (pk, kind, customer_id) in enumerate(
+            queue.values_list("pk", "inbox__kind", "customer_id"), start=1
+        )
+        if kind == Channel.WEBCHAT
     ]
-    at_once = sum(member.max_open // weight for member in members)
-    if not team.auto_assign or not at_once:
-        return QueueStatus(position, None)
-    load = dict.fromkeys((member.user_id for member in members), 0)
-    open_work = (
-        Conversation.objects.filter(assignee_id__in=load, status=OPEN)
-        .values_list("assignee_id", "inbox__kind")
-        .annotate(count=Count("id"))
-        .order_by()
-    )
-    for user_id, kind, count in open_work:
-        load[user_id] += count * team.weight(kind)
-    room = sum(max(0, member.max_open - load[member.user_id]) // weight for member in members)
-    if position <= room:
-        return QueueStatus(position, timedelta(0))
-    handling = _median_handling(team, conversation.inbox.kind, now)
-    return QueueStatus(position, handling * (position - room) / at_once)
+    if sends:
+        transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
+    return len(sends)
+
+
+class _Outlook:
+    """How fast a team's queue moves now. Conversations up to the room online members have
+    go at once; beyond that, a place frees every (median handling time / conversations the
+    online members hold at once), where handling time is from opening to resolution of the
+    team's last HANDLING_SAMPLE conversations of the channel in HANDLING_LOOKBACK
+    (HANDLING_DEFAULT with fewer than HANDLING_MIN_SAMPLE). Skills are not taken into
+    account. A few small queries, once for any number of places."""
+
+    def __init__(self, team: Team, now: datetime):
+        self.team, self.now = team, now
+        self.members = [
+            member
+            for member in TeamMembership.objects.filter(team=team).select_related("user")
+            if agent_is_online(member.user, now)
+        ]
+        self._handling: dict[str, timedelta] = {}
+
+    @cached_property
+    def load(self) -> dict[int, int]:
+        load = dict.fromkeys((member.user_id for member in self.members), 0)
+        open_work = (
+            Conversation.objects.filter(assignee_id__in=load, status=OPEN)
+            .values_list("assignee_id", "inbox__kind")
+            .annotate(count=Count("id"))
+            .order_by()
+        )
+        for user_id, kind, count in open_work:
+            load[user_id] += count * self.team.weight(kind)
+        return load
+
+    def status(self, position: int, kind: str) -> QueueStatus:
+        weight = self.team.weight(kind)
+        at_once = sum(member.max_open // weight for member in self.members)
+        if not self.team.auto_assign or not at_once:
+            return QueueStatus(position, None)
+        room = sum(
+            max(0, member.max_open - self.load[member.user_id]) // weight for member in self.members
+        )
+        if position <= room:
+            return QueueStatus(position, timedelta(0))
+        if kind not in self._handling:
+            self._handling[kind] = _median_handling(self.team, kind, self.now)
+        return QueueStatus(position, self._handling[kind] * (position - room) / at_once)
 
 
 def _median_handling(team: Team, kind: str, now: datetime) -> timedelta:

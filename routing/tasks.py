@@ -7,7 +7,9 @@ from routing import automations, replies, services, sla
 
 @shared_task(acks_late=True)
 def queue_assign(team_id: int):
-    return services.queue_assign(team_id=team_id)
+    assigned = services.queue_assign(team_id=team_id)
+    services.queue_places_tell(team_id)  # the places moved, or someone new is in line
+    return assigned
 
 
 @shared_task(acks_late=True)

@@ -298,6 +298,14 @@
           S.joined = data.agent;
         }
         break;
+      case "queue": // the place in line moved
+        if (S.conversation && S.conversation.id === data.conversation && !S.joined) {
+          S.conversation.queue = {
+            position: data.position,
+            expected_wait_seconds: data.expected_wait_seconds,
+          };
+        }
+        break;
       case "read":
         if (S.conversation && S.conversation.id === data.conversation) {
           S.seenUpTo = Math.max(S.seenUpTo, data.up_to || 0);

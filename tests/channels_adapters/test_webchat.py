@@ -224,7 +224,7 @@ async def test_a_message_is_stored_once_however_often_it_is_resent(widget):
 
 
 @pytestmark_socket
-async def test_a_waiting_visitor_sees_their_place_in_line_and_who_joins(widget, bob, dana):
+async def test_a_waiting_visitor_sees_their_place_in_line_move_and_who_joins(widget, bob, dana):
     from routing.models import TeamMembership
 
     def queued():  # Dana is online but full; two chats already wait
@@ -243,6 +243,22 @@ async def test_a_waiting_visitor_sees_their_place_in_line_and_who_joins(widget, 
     shown = await socket.receive_json_from(timeout=5)
     assert shown["conversation"]["queue"] == {"position": 3, "expected_wait_seconds": None}
     await socket.receive_json_from(timeout=5)  # the message itself
+
+    def first_in_line_answered_elsewhere():
+        from routing.tasks import queue_assign
+
+        first = Conversation.objects.filter(assignee=None).order_by("created_at", "id").first()
+        services.conversation_set_status(conversation=first, status="resolved", actor=bob)
+        queue_assign(first.team_id)  # the task that change enqueued, as the worker runs it
+
+    await database_sync_to_async(first_in_line_answered_elsewhere)()
+    moved = await socket.receive_json_from(timeout=5)
+    assert moved == {
+        "type": "queue",
+        "conversation": shown["conversation"]["id"],
+        "position": 2,
+        "expected_wait_seconds": None,
+    }
 
     def bob_takes_it():
         conversation = Conversation.objects.get(pk=shown["conversation"]["id"])

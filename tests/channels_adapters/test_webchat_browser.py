@@ -483,6 +483,48 @@ def test_after_the_chat_ends_the_visitor_rates_it_gets_the_transcript_and_starts
     assert not problems
 
 
+def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins(
+    asgi_server, browser, bob, widget, shop
+):
+    from routing.models import TeamMembership
+
+    # Bob is online but has no room: chats wait in his team's queue, two already.
+    bob.availability, bob.last_seen_at = "online", timezone.now()
+    bob.save()
+    TeamMembership.objects.filter(user=bob).update(max_open=0)
+    earlier = [
+        chat.visitor_message(
+            chat.visitor_session(inbox=widget), text=f"earlier {n}", client_id="x"
+        ).message.conversation
+        for n in range(2)
+    ]
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    problems = watch(page)
+    page.goto(shop.embed(asgi_server, widget))
+    panel = open_chat(page)
+    box = panel.get_by_label("Write a message…")
+    box.fill("Is anyone there?")
+    box.press("Enter")
+    availability = panel.locator(".availability")
+    expect(availability).to_contain_text("You are number 3 in line")
+
+    # Bob closes the first waiting chat from his inbox: she moves up without reloading.
+    agent = signed_in(browser, asgi_server, bob)
+    agent.goto(f"{asgi_server}/inbox/{earlier[0].pk}/")
+    agent.select_option("#status", "resolved")
+    agent.get_by_role("button", name="Set status").click()
+    expect(availability).to_contain_text("You are number 2 in line")
+
+    # He takes hers: the queue is behind her, and she is told who is there.
+    mine = Conversation.objects.exclude(pk__in=[c.pk for c in earlier]).get()
+    agent.goto(f"{asgi_server}/inbox/{mine.pk}/")
+    agent.select_option("#assignee", str(bob.pk))
+    agent.click('form[action$="/assign"] button')
+    expect(availability).to_contain_text("Bob joined the chat")
+    expect(availability).not_to_contain_text("in line")
+    assert not problems
+
+
 def test_the_demo_page_embeds_the_widget_under_our_own_csp(asgi_server, browser, chat_inbox):
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
     problems = watch(page)
