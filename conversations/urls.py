@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import actions, canned, customers, views
+from conversations import actions, canned, customers, reports, views
 
 app_name = "inbox"
 
@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.conversation_list, name="list"),
     path("availability", views.availability_set, name="availability"),
     path("notifications", views.notification_list, name="notifications"),
+    path("reports", reports.reports, name="reports"),
     path("views/save", views.saved_view_save, name="view_save"),
     path("views/<int:view_id>/delete", views.saved_view_delete, name="view_delete"),
     path("<int:number>/", views.conversation_detail, name="conversation"),

@@ -23,6 +23,14 @@ def span(seconds: float) -> str:
 
 
 @register.filter
+def duration(seconds: float | None) -> str:
+    """45 s, 12 min, 3 h 5 min: `span`, with seconds under a minute (a live chat's answer)."""
+    if seconds is None:
+        return "–"
+    return f"{round(seconds)} s" if seconds < 59.5 else span(seconds)
+
+
+@register.filter
 def sla_left(due: datetime | None) -> str:
     """“due in 12 min” or “overdue 5 min”, from now."""
     if due is None:
