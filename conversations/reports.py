@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from conversations.models import Channel, Conversation
+from conversations.models import Channel, Conversation, ConversationEvent
 from conversations.selectors import conversations_visible_to
 from routing.models import SlaClock, Team
 
@@ -83,7 +83,15 @@ def report(conversations, since) -> dict:
     first = list(
         opened.exclude(first_response_at=None).values_list("created_at", "first_response_at")
     )
-    closed = list(resolved.values_list("created_at", "resolved_at", "assignee_id", "rating"))
+    closed = list(resolved.values_list("created_at", "resolved_at", "assignee_id"))
+    rated_now = ConversationEvent.objects.filter(
+        conversation=OuterRef("pk"), kind=ConversationEvent.Kind.RATED, created_at__gte=since
+    )
+    rated = list(
+        conversations.filter(Exists(rated_now))
+        .exclude(rating=None)
+        .values_list("assignee_id", "rating")
+    )
     clocks = SlaClock.objects.filter(conversation__in=conversations.values("pk"))
     ended = clocks.filter(
         Q(outcome=SlaClock.Outcome.MET, stopped_at__gte=since)
@@ -113,36 +121,38 @@ def report(conversations, since) -> dict:
             status=Conversation.Status.OPEN, first_response_at=None
         ).count(),
         "first_response": Times.of([answered - created for created, answered in first]),
-        "resolution": Times.of([done - created for created, done, _, _ in closed]),
-        "ratings": Ratings.of([rating for _, _, _, rating in closed if rating]),
+        "resolution": Times.of([done - created for created, done, _ in closed]),
+        "ratings": Ratings.of([rating for _, rating in rated]),
         "sla": [
             SlaTarget(label, outcomes.get((target, False), 0), outcomes.get((target, True), 0))
             for target, label in SlaClock.Target.choices
         ],
-        "agents": _by_agent(closed, opened),
+        "agents": _by_agent(closed, opened, rated),
     }
 
 
-def _by_agent(closed, opened) -> list[dict]:
-    """Per assignee: conversations resolved, their median resolution time and ratings, and the
-    median first response of the conversations opened in the period they now hold."""
+def _by_agent(closed, opened, rated) -> list[dict]:
+    """Per assignee: conversations resolved and their median resolution time, the median first
+    response of the conversations opened in the period they now hold, and the ratings given
+    in the period to the conversations they hold."""
     from helpdesk.models import User
 
     rows: dict[int, dict] = {}
-    for created, done, assignee_id, rating in closed:
-        if assignee_id is None:
-            continue
-        row = rows.setdefault(assignee_id, {"times": [], "ratings": [], "first": []})
-        row["times"].append(done - created)
-        if rating:
-            row["ratings"].append(rating)
+
+    def row(assignee_id):
+        return rows.setdefault(assignee_id, {"times": [], "ratings": [], "first": []})
+
+    for created, done, assignee_id in closed:
+        if assignee_id is not None:
+            row(assignee_id)["times"].append(done - created)
     answered = opened.exclude(first_response_at=None).exclude(assignee=None)
     for assignee_id, created, first in answered.values_list(
         "assignee_id", "created_at", "first_response_at"
     ):
-        rows.setdefault(assignee_id, {"times": [], "ratings": [], "first": []})["first"].append(
-            first - created
-        )
+        row(assignee_id)["first"].append(first - created)
+    for assignee_id, rating in rated:
+        if assignee_id is not None:
+            row(assignee_id)["ratings"].append(rating)
     names = {user.pk: user.name for user in User.objects.filter(pk__in=rows)}
     agents = [
         {

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from channels_adapters.webchat import chat
 from conversations import services
 from conversations.models import (
     CannedResponse,
@@ -345,6 +346,8 @@ ROUTED_CUSTOMER = (
     "refund the duplicate payment?",
 )
 
+# Finished chats' ratings, in turn.
+RATINGS = [5, 4, 5, 2, 5, 3, 4]
 STATUSES = [Conversation.Status.OPEN] * 5 + [
     Conversation.Status.PENDING,
     Conversation.Status.RESOLVED,
@@ -369,6 +372,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, customers, **options):
         rng = random.Random(42)  # the same demo every time
+        self.reply_delays = {}  # conversation id -> how long its historic reply took
         with transaction.atomic():
             teams = self._teams()
             self._business_hours(teams)
@@ -582,7 +586,7 @@ class Command(BaseCommand):
         if i % 3:
             services.conversation_assign(conversation=conversation, assignee=agent, actor=agent)
         if reply:
-            delay = timedelta(minutes=rng.choice([20, 45, 70, 90, 150, 200, 300]))
+            delay = timedelta(minutes=rng.choice([4, 9, 12, 20, 45, 70, 90, 150, 300]))
             self._historic_reply(conversation, agent, reply, received.message, delay)
         if i % 4 == 0:
             services.note_add(
@@ -607,14 +611,37 @@ class Command(BaseCommand):
             services.conversation_set_priority(
                 conversation=conversation, priority=Conversation.Priority.HIGH, actor=agent
             )
+        if kind == Channel.WEBCHAT and (status != Conversation.Status.OPEN or i % 2 == 0):
+            # The visitor rated the chat when it ended (the conversation may go on by email).
+            chat.conversation_rate(conversation, rating=RATINGS[i % len(RATINGS)])
         self._spread_in_time(conversation, hours_ago=rng.randint(1, 240))
         return 1
+
+    def _keep_delays(self, conversation, shift):
+        conversation.refresh_from_db()
+        room = shift - timedelta(minutes=1)
+        delay = min(self.reply_delays.get(conversation.pk, timedelta(0)), room)
+        changes = {}
+        if conversation.first_response_at and delay:
+            changes["first_response_at"] = conversation.created_at + delay
+            conversation.messages.filter(
+                direction=Message.Direction.OUTBOUND, author__isnull=False
+            ).update(created_at=changes["first_response_at"], sent_at=changes["first_response_at"])
+        if conversation.resolved_at:
+            # Resolved a while after the answer: 1-4 hours, by its number.
+            changes["resolved_at"] = conversation.created_at + min(
+                delay + timedelta(hours=1 + conversation.pk % 4), room
+            )
+        moments = [conversation.last_activity_at, *changes.values()]
+        changes["last_activity_at"] = max(moments)
+        Conversation.objects.filter(pk=conversation.pk).update(**changes)
 
     def _historic_reply(self, conversation, agent, text, inbound, delay):
         """A reply sent before the demo began, `delay` after the customer wrote: stored as
         sent, not queued, since the demo addresses lead nowhere. Its SLA clock records the
         delay, which is what the inbox's expected reply time is worked out from."""
         now = timezone.now()
+        self.reply_delays[conversation.pk] = delay
         conversation = Conversation.objects.select_related("inbox").get(pk=conversation.pk)
         sla_agent_replied(conversation=conversation, now=now)
         for clock in SlaClock.objects.filter(conversation=conversation, target="first_response"):
@@ -641,7 +668,9 @@ class Command(BaseCommand):
         )
 
     def _spread_in_time(self, conversation, hours_ago):
-        """Move the conversation back in time so the demo list has a realistic spread."""
+        """Move the conversation back in time so the demo list has a realistic spread; its
+        reply (see _historic_reply) and its resolution keep their delays, within what the
+        move leaves room for, so that reports show real response and resolution times."""
         shift = timedelta(hours=hours_ago)
         for message in conversation.messages.all():
             Message.objects.filter(pk=message.pk).update(
@@ -664,6 +693,7 @@ class Command(BaseCommand):
             }
         )
         conversation.events.update(created_at=conversation.created_at - shift)
+        self._keep_delays(conversation, shift)
         # Its SLA clocks too; targets that ran out in the meantime count as long breached
         # (and warned about), so the demo does not open with a burst of alerts.
         for clock in conversation.sla_clocks.all():
