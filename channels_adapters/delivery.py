@@ -26,6 +26,7 @@ from channels_adapters.registry import adapter_for
 from conversations.models import Attachment, DeliveryAttempt, Identity, Inbox, Message
 from conversations.realtime import publish_conversation_event
 from conversations.services import (
+    SenderBlocked,
     StatusUpdate,
     message_enqueue_delivery,
     message_receive,
@@ -140,6 +141,8 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             event.error = "Reports on a message whose provider id is not known yet; will retry."
         except Ignore as exc:
             event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
+        except SenderBlocked as exc:
+            event.status, event.error = InboundEvent.Status.IGNORED, exc.messages[0]
         except (InvalidPayload, ValidationError) as exc:
             log.warning("inbound event %s failed: %s", event.pk, exc)
             event.status = InboundEvent.Status.FAILED

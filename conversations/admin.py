@@ -68,7 +68,11 @@ class CustomerConversationInline(admin.TabularInline):
 @admin.register(Customer)
 class CustomerAdmin(admin.ModelAdmin):
     list_display = ["__str__", "addresses", "language", "conversation_count", "created_at"]
-    list_filter = ["language", ("merged_into", admin.EmptyFieldListFilter)]
+    list_filter = [
+        "language",
+        ("blocked_at", admin.EmptyFieldListFilter),
+        ("merged_into", admin.EmptyFieldListFilter),
+    ]
     search_fields = ["name", "identities__address", "notes"]
     readonly_fields = ["merged_into", "created_at", "updated_at"]
     inlines = [IdentityInline, CustomerConversationInline]

@@ -23,6 +23,7 @@ from channels_adapters.registry import adapter_for
 from conversations import services
 from conversations.models import Channel, Identity
 from conversations.selectors import (
+    conversation_get_for_agent,
     conversations_visible_to,
     customer_get_for_agent,
     customers_visible_to,
@@ -109,6 +110,38 @@ def _attributes_from_rows(rows, current: dict) -> dict:
         unchanged = key in current and _shown(current[key]) == value
         attributes[key] = current[key] if unchanged else value
     return attributes
+
+
+@login_required
+@require_POST
+def customer_block(request, customer_id: int):
+    """POST `blocked` 1 to block the sender (and close `conversation`, where the agent was),
+    0 to take their messages again."""
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return customer_moved(request, customer)
+    if request.POST.get("blocked") not in ("0", "1"):
+        return HttpResponseBadRequest("Say whether to block (1) or unblock (0).")
+    if request.POST["blocked"] == "0":
+        services.customer_unblock(customer=customer, actor=request.user)
+        messages.success(request, f"{customer} is no longer blocked: their messages come in again.")
+        return redirect("inbox:customer", customer_id=customer.pk)
+    number = request.POST.get("conversation", "")
+    conversation = (
+        conversation_get_for_agent(user=request.user, conversation_id=int(number))
+        if number.isdigit()
+        else None
+    )
+    if conversation is not None and conversation.customer_id != customer.pk:
+        return HttpResponseBadRequest("That conversation is not this customer's.")
+    services.customer_block(customer=customer, actor=request.user, conversation=conversation)
+    messages.success(
+        request,
+        f"{customer} is blocked: what they send is kept aside, opens nothing and notifies nobody.",
+    )
+    if conversation is not None:
+        return redirect("inbox:conversation", number=conversation.pk)
+    return redirect("inbox:customer", customer_id=customer.pk)
 
 
 @login_required

@@ -47,6 +47,9 @@ class Customer(models.Model):
         default=dict, blank=True, help_text=_("Free-form facts: plan, lifecycle stage, orders...")
     )
     notes = models.TextField(blank=True)
+    # Set when an agent blocked the sender (spam, abuse): what they send later is kept as an
+    # ignored inbound event and opens nothing, notifies nobody, gets no automatic reply.
+    blocked_at = models.DateTimeField(null=True, blank=True)
     merged_into = models.ForeignKey(
         "self",
         null=True,
@@ -441,6 +444,7 @@ class ConversationEvent(models.Model):
         # not and why), or stopped (why it did not act at all).
         AUTOMATION = "automation", _("Automation")
         MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
+        BLOCKED = "blocked", _("Sender blocked")
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=20, choices=Kind.choices)

@@ -288,6 +288,31 @@ def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
     return customer
 
 
+def customer_block(*, customer: Customer, actor, conversation: Conversation | None = None):
+    """Stop taking messages from `customer` (spam, abuse). What they send later is kept as an
+    ignored inbound event, so nothing is lost, but it opens nothing, notifies nobody and gets
+    no automatic reply; the chat widget tells them it was not taken. `conversation`, where the
+    agent did it, says so in its timeline and is closed."""
+    with transaction.atomic():
+        Customer.objects.filter(pk=customer.pk).update(blocked_at=timezone.now())
+        if conversation is not None:
+            _event(conversation, ConversationEvent.Kind.BLOCKED, actor)
+            if conversation.status != Status.CLOSED:
+                conversation_set_status(
+                    conversation=conversation, status=Status.CLOSED, actor=actor
+                )
+    log.info("customer %s blocked by user %s", customer.pk, getattr(actor, "pk", None))
+    customer.refresh_from_db()
+    return customer
+
+
+def customer_unblock(*, customer: Customer, actor) -> Customer:
+    Customer.objects.filter(pk=customer.pk).update(blocked_at=None)
+    log.info("customer %s unblocked by user %s", customer.pk, getattr(actor, "pk", None))
+    customer.refresh_from_db()
+    return customer
+
+
 def language_guess(text: str) -> str:
     """The language `text` is written in, when it says enough to tell; "" when unsure. For
     customers whose channel does not say (SMS, WhatsApp, most mail). py3langid, restricted to
@@ -491,14 +516,29 @@ def _conversation_to_continue(
     )
 
 
+class SenderBlocked(ValidationError):
+    """The customer was blocked (customer_block): their message is not taken."""
+
+    def __init__(self, identity_id: int):
+        super().__init__("This sender is blocked: the message was not taken.")
+        self.identity_id = identity_id
+
+
 def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
     """Store a customer's message: find or create the customer by identity, drop duplicates,
-    continue (and reopen) their conversation or open a new one."""
+    continue (and reopen) their conversation or open a new one. SenderBlocked when an agent
+    blocked the customer."""
     if not (inbound.text or inbound.html or inbound.attachments or inbound.media):
         raise ValidationError("An inbound message needs text, HTML or an attachment.")
     try:
         with transaction.atomic():
             return _message_receive(inbox, inbound)
+    except SenderBlocked as blocked:
+        if inbound.opt_out is not None:  # an opt-out (SMS STOP) counts, whoever sends it
+            Identity.objects.filter(pk=blocked.identity_id).update(
+                opted_out_at=timezone.now() if inbound.opt_out else None
+            )
+        raise
     except IntegrityError:
         # A concurrent delivery of the same provider/client id won the race: it is stored.
         duplicate = _find_duplicate(inbox, inbound)
@@ -526,6 +566,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     customer = identity.customer
     if customer.merged_into_id:  # identities move on merge; this is belt and braces
         customer = customer.merged_into
+    if customer.blocked_at and not inbound.echo:
+        raise SenderBlocked(identity.pk)
     now = timezone.now()
 
     conversation, flag_reason, opened, reopened = None, "", False, False

@@ -32,5 +32,6 @@ urlpatterns = [
         name="customer_identities",
     ),
     path("customers/<int:customer_id>/merge", customers.customer_merge, name="customer_merge"),
+    path("customers/<int:customer_id>/block", customers.customer_block, name="customer_block"),
     path("customers/<int:customer_id>/start", actions.conversation_start, name="customer_start"),
 ]

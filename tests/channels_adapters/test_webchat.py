@@ -224,6 +224,25 @@ async def test_a_message_is_stored_once_however_often_it_is_resent(widget):
 
 
 @pytestmark_socket
+async def test_a_blocked_visitor_is_told_their_message_was_not_taken(widget):
+    def blocked():
+        visitor = new_visitor(widget)
+        first = chat.visitor_message(visitor, text="spam", client_id="s-1").message
+        services.customer_block(customer=first.conversation.customer, actor=None)
+        return visitor
+
+    visitor = await database_sync_to_async(blocked)()
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    await socket.receive_json_from(timeout=5)  # ready
+    await socket.send_json_to({"action": "message", "client_id": "s-2", "text": "more spam"})
+    refused = await socket.receive_json_from(timeout=5)
+    assert refused["type"] == "error" and refused["client_id"] == "s-2"
+    assert refused["error"] == "This sender is blocked: the message was not taken."
+    assert await database_sync_to_async(Message.objects.count)() == 1
+    await socket.disconnect()
+
+
+@pytestmark_socket
 async def test_a_waiting_visitor_sees_their_place_in_line_move_and_who_joins(widget, bob, dana):
     from routing.models import TeamMembership
 

@@ -9,6 +9,7 @@ from django.urls import reverse
 from conversations import services
 from conversations.models import Channel, Customer, Identity, Inbox
 from conversations.selectors import customers_visible_to
+from tests.channels_adapters.test_email import customer_mail, pipe
 from tests.conftest import receive, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -346,3 +347,65 @@ def test_merge_customers_into_one_profile_with_both_histories(
     # The visitor's old profile now opens the merged one.
     tab.goto(f"{asgi_server}/inbox/customers/{visitor.pk}/")
     tab.wait_for_url(f"{asgi_server}/inbox/customers/{emailer.pk}/")
+
+
+class TestBlocking:
+    """Maria's address sends spam to Support's email inbox; Bob blocks her."""
+
+    @pytest.fixture
+    def spam(self, mail_inbox):
+        from routing.models import AutoReply
+
+        mail_inbox.address = "support@acme.example"
+        mail_inbox.save()
+        AutoReply.objects.create(inbox=mail_inbox, kind="acknowledgement", body="Thanks, #{number}")
+        pipe(mail_inbox, customer_mail(subject="Cheap watches", body="Buy now"))
+        return Customer.objects.get(identities__address="maria@example.com")
+
+    def test_a_blocked_sender_is_kept_aside_and_opens_nothing_until_unblocked(
+        self, client, bob, mail_inbox, spam
+    ):
+        from channels_adapters.models import InboundEvent
+        from conversations.models import Conversation, Message
+
+        conversation = spam.conversations.get()
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:customer_block", args=[spam.pk]),
+            {"blocked": "1", "conversation": conversation.pk},
+        )
+        assert response.status_code == 302
+        conversation.refresh_from_db()
+        assert conversation.status == Conversation.Status.CLOSED
+        page = client.get(reverse("inbox:conversation", args=[conversation.pk])).content.decode()
+        assert "Sender blocked by Bob" in page and "Unblock" in page
+
+        said = pipe(mail_inbox, customer_mail(subject="Cheap watches again", body="Buy"))
+        assert said == "ignored: This sender is blocked: the message was not taken.\n"
+        kept = InboundEvent.objects.order_by("-id").first()
+        assert kept.status == InboundEvent.Status.IGNORED  # the raw mail is kept, set aside
+        assert kept.error == "This sender is blocked: the message was not taken."
+        assert Conversation.objects.count() == 1
+        assert not Message.objects.filter(text__contains="again").exists()
+
+        response = client.post(reverse("inbox:customer_block", args=[spam.pk]), {"blocked": "0"})
+        assert response.status_code == 302
+        pipe(mail_inbox, customer_mail(subject="A real question", body="Where is order 7?"))
+        assert Message.objects.filter(text__contains="order 7").exists()
+
+    def test_someone_who_may_not_see_the_customer_cannot_block_them(self, client, charlie, spam):
+        client.force_login(charlie)
+        response = client.post(reverse("inbox:customer_block", args=[spam.pk]), {"blocked": "1"})
+        assert response.status_code == 404
+        spam.refresh_from_db()
+        assert spam.blocked_at is None
+
+    def test_a_blocked_number_can_still_opt_out(self, sms_inbox):
+        received = receive(sms_inbox, text="Win a prize", address="+351912000333")
+        customer = received.message.conversation.customer
+        services.customer_block(customer=customer, actor=None)
+        with pytest.raises(services.SenderBlocked):
+            receive(sms_inbox, text="STOP", address="+351912000333", opt_out=True)
+        identity = customer.identities.get()
+        assert identity.opted_out_at is not None
+        assert customer.conversations.get().messages.count() == 1
