@@ -124,14 +124,18 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             if adapter is None:
                 raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
             with transaction.atomic():
-                received, updated, unknown = [], [], 0
+                received, updated, unknown, blocked = [], [], 0, ""
                 for item in adapter.parse_inbound(event):
                     if isinstance(item, StatusUpdate):
                         updated.append(message_status_update(item))
                         unknown += updated[-1] is None
-                    else:
+                        continue
+                    try:
                         received.append(message_receive(inbox=event.inbox, inbound=item))
-                        _profile_fetch_later(adapter, received[-1])
+                    except SenderBlocked as exc:  # one sender of a batch: the others go on
+                        blocked = exc.messages[0]
+                        continue
+                    _profile_fetch_later(adapter, received[-1])
                 # Only when nothing in it was known: a receipt naming a part of a message that
                 # we never stored an id for (its attachments) must not hold the rest back.
                 waiting = unknown and unknown == len(updated) and not received
@@ -141,8 +145,6 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             event.error = "Reports on a message whose provider id is not known yet; will retry."
         except Ignore as exc:
             event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
-        except SenderBlocked as exc:
-            event.status, event.error = InboundEvent.Status.IGNORED, exc.messages[0]
         except (InvalidPayload, ValidationError) as exc:
             log.warning("inbound event %s failed: %s", event.pk, exc)
             event.status = InboundEvent.Status.FAILED
@@ -151,7 +153,7 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
             handled = bool(received) or any(updated)
             event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED
             event.message = received[0].message if received else None
-            event.error = "" if handled else "nothing in it for us"
+            event.error = blocked or ("" if handled else "nothing in it for us")
         event.processed_at = timezone.now()
         # Never write the payload back: it can be megabytes, and it is the record.
         event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])

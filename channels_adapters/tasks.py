@@ -52,7 +52,7 @@ class InboundHandoff:
     memory only, so should the process die first, the events stay pending and the sweep
     enqueues them."""
 
-    BATCH, PER_SECOND = 100, 50
+    BATCH, PER_SECOND = 20, 50  # small enough to spread a burst over several workers
 
     def __init__(self):
         self._ids: list[int] = []

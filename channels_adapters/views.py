@@ -3,6 +3,7 @@ import time
 
 from django.conf import settings
 from django.core import signing
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import Http404, HttpResponse
@@ -88,6 +89,8 @@ def _webhook_inbox(kind: str, inbox_id: int) -> Inbox:
 @receiver(post_delete, sender=Inbox)
 def _inbox_changed(**kwargs):
     _inboxes.clear()
+    # Again once saved: a webhook in between may have cached the row as it was before.
+    transaction.on_commit(_inboxes.clear)
 
 
 def _after_response(response: HttpResponse, action) -> None:

@@ -172,7 +172,10 @@ def _by_agent(closed, opened, rated) -> list[dict]:
 def reports(request):
     days = request.GET.get("days", "")
     days = int(days) if days.isdigit() and int(days) in PERIODS else PERIODS[0]
-    conversations = conversations_visible_to(request.user).filter(merged_into=None)
+    conversations = conversations_visible_to(request.user).filter(
+        merged_into=None,
+        customer__blocked_at=None,  # spam is not work
+    )
     teams = Team.objects.order_by("name")
     if not request.user.is_admin:
         teams = teams.filter(memberships__user=request.user)

@@ -289,17 +289,22 @@ def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
 
 
 def customer_block(*, customer: Customer, actor, conversation: Conversation | None = None):
-    """Stop taking messages from `customer` (spam, abuse). What they send later is kept as an
-    ignored inbound event, so nothing is lost, but it opens nothing, notifies nobody and gets
-    no automatic reply; the chat widget tells them it was not taken. `conversation`, where the
-    agent did it, says so in its timeline and is closed."""
+    """Stop taking messages from `customer` (spam, abuse). What they send later by email, SMS,
+    Messenger, WhatsApp or the API is kept as an ignored inbound event, so nothing is lost, but
+    it opens nothing, notifies nobody and gets no automatic reply; the chat widget refuses it
+    and says so. `conversation`, where the agent did it, says so in its timeline and is closed
+    (without automations). Reports leave blocked customers out."""
     with transaction.atomic():
         Customer.objects.filter(pk=customer.pk).update(blocked_at=timezone.now())
         if conversation is not None:
             _event(conversation, ConversationEvent.Kind.BLOCKED, actor)
             if conversation.status != Status.CLOSED:
+                # No automations: a "thank you" or a survey on closing must not go to a spammer.
                 conversation_set_status(
-                    conversation=conversation, status=Status.CLOSED, actor=actor
+                    conversation=conversation,
+                    status=Status.CLOSED,
+                    actor=actor,
+                    automations=False,
                 )
     log.info("customer %s blocked by user %s", customer.pk, getattr(actor, "pk", None))
     customer.refresh_from_db()
@@ -317,9 +322,15 @@ def language_guess(text: str) -> str:
     """The language `text` is written in, when it says enough to tell; "" when unsure. For
     customers whose channel does not say (SMS, WhatsApp, most mail). py3langid, restricted to
     settings.CUSTOMER_LANGUAGES: a "Gracias" or an "ok" is too short to tell apart."""
-    if sum(character.isalpha() for character in text[:200]) < LANGUAGE_GUESS_MIN_LETTERS:
+    # A Chinese or Japanese character says about as much as a word's worth of Latin letters.
+    letters = sum(3 if ord(ch) >= 0x2E80 else 1 for ch in text[:200] if ch.isalpha())
+    if letters < LANGUAGE_GUESS_MIN_LETTERS:
         return ""
-    language, confidence = _language_identifier().classify(text[:2000])
+    try:
+        language, confidence = _language_identifier().classify(text[:2000])
+    except Exception:  # noqa: BLE001 - a guess must never cost the customer their message
+        log.exception("could not guess the language of a message; check CUSTOMER_LANGUAGES")
+        return ""
     return language if confidence >= LANGUAGE_GUESS_CONFIDENCE else ""
 
 
@@ -1173,6 +1184,7 @@ def conversation_set_status(
     status: str,
     actor=None,
     snoozed_until: datetime | None = None,
+    automations: bool = True,
 ) -> Conversation:
     if status not in Status.values:
         raise ValidationError(f"Unknown status {status!r}.")
@@ -1206,7 +1218,7 @@ def conversation_set_status(
         publish_conversation_event(conversation, "status", status=status, previous=previous)
         if Status.OPEN in (previous, status):
             _queue_moves(conversation)
-        if previous != status:
+        if previous != status and automations:
             _automations_run(conversation, ["status_changed"])
     return conversation
 

@@ -212,12 +212,14 @@ LANGUAGES = [("en", "English"), ("pt", "Português"), ("fr", "Français"), ("es"
 LOCALE_PATHS = [BASE_DIR / "locale"]
 # What a customer's first message may be recognised as, when their channel does not say which
 # language they write (conversations.services.language_guess). Fewer is surer on short texts.
-CUSTOMER_LANGUAGES = env.list(
-    "CUSTOMER_LANGUAGES",
-    default="en,pt,es,fr,de,it,nl,pl,sv,da,no,fi,cs,ro,hu,tr,ru,uk,el,ar,he,hi,ja,zh,ko,id,vi,th".split(
-        ","
-    ),
-)
+CUSTOMER_LANGUAGES = [
+    code.strip()
+    for code in env.str(
+        "CUSTOMER_LANGUAGES",
+        default="en,pt,es,fr,de,it,nl,pl,sv,da,no,fi,cs,ro,hu,tr,ru,uk,el,ar,he,hi,ja,zh,ko,id,vi,th",
+    ).split(",")
+    if code.strip()
+]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True

@@ -354,7 +354,10 @@ def queues_sweep() -> dict:
     assigned = 0
     for team_id in list(teams):
         assigned += queue_assign(team_id=team_id)
-        queue_places_tell(team_id)  # also for arrivals, which nudge nobody
+        try:
+            queue_places_tell(team_id)  # also for arrivals, which nudge nobody
+        except Exception:  # noqa: BLE001 - telling is a courtesy: the next team still gets served
+            log.exception("could not tell team %s's waiting visitors their places", team_id)
     return {"requeued": requeued, "assigned": assigned}
 
 

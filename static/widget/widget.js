@@ -298,8 +298,9 @@
           S.joined = data.agent;
         }
         break;
-      case "queue": // the place in line moved
-        if (S.conversation && S.conversation.id === data.conversation && !S.joined) {
+      case "queue": // the place in line moved, or the chat is back in line (its agent left)
+        if (S.conversation && S.conversation.id === data.conversation) {
+          S.joined = null;
           S.conversation.queue = {
             position: data.position,
             expected_wait_seconds: data.expected_wait_seconds,

@@ -248,6 +248,22 @@ class TestInbound:
         assert len({m.conversation.customer_id for m in messages.values()}) == 3
         assert all(m.direction == Message.Direction.INBOUND for m in messages.values())
 
+    def test_a_blocked_sender_in_a_batch_holds_back_nobody_else(self, client, graph, page_inbox):
+        from conversations.models import Customer
+        from conversations.services import customer_block
+
+        spammer = Customer.objects.create(name="Spam bot")
+        Identity.objects.create(
+            customer=spammer, kind=Channel.MESSENGER, address="7310452867593412"
+        )
+        customer_block(customer=spammer, actor=None)
+        (event,) = deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
+
+        assert event.status == InboundEvent.Status.PROCESSED
+        assert event.error == "This sender is blocked: the message was not taken."
+        stored = set(Message.objects.values_list("provider_id", flat=True))
+        assert stored == {"m_batch_1_pt", "m_batch_2_quick", "m_batch_4_postback"}
+
     def test_a_quick_reply_keeps_its_text_and_payload(self, client, graph, page_inbox):
         deliver_webhook(client, graph, page_inbox, meta_payload("messenger_batch.json"))
         message = Message.objects.get(provider_id="m_batch_2_quick")

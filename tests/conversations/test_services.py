@@ -116,6 +116,15 @@ class TestReceive:
             == ""
         )
 
+    def test_a_misconfigured_language_list_costs_no_message(self, api_inbox, settings):
+        services._language_identifier.cache_clear()
+        settings.CUSTOMER_LANGUAGES = ["pt", "klingon"]
+        try:
+            received = receive(api_inbox, text="Olá, a minha encomenda ainda não chegou")
+        finally:
+            services._language_identifier.cache_clear()
+        assert received.created and received.message.conversation.customer.language == ""
+
 
 class TestStateChanges:
     def test_each_change_leaves_an_event_with_its_actor(self, chat_inbox, bob, charlie):
