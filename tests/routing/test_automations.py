@@ -693,3 +693,16 @@ def test_idle_conditions_are_checked_once_when_the_time_comes(mail_inbox, canned
 
     assert list(AutomationRun.objects.values_list("automation", "matched")) == [(rule.pk, False)]
     assert tags(conversation) == {"vip"}
+
+
+def test_blocking_a_spammer_closes_without_setting_automations_off(mail_inbox, bob):
+    survey = automation("status_changed", [{"action": "add_tags", "tags": ["survey-sent"]}])
+    spam = arrive(mail_inbox, "Cheap watches", address="spam@example.com")
+    services.customer_block(customer=spam.customer, actor=bob, conversation=spam)
+    spam.refresh_from_db()
+    assert spam.status == Status.CLOSED
+    assert runs(survey) == [] and tags(spam) == set()
+    # An ordinary close still sets it off.
+    other = arrive(mail_inbox, "Where is order 7?", address="ana@example.com")
+    services.conversation_set_status(conversation=other, status=Status.CLOSED, actor=bob)
+    assert len(runs(survey)) == 1 and tags(other) == {"survey-sent"}
