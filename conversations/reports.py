@@ -125,7 +125,7 @@ def report(conversations, since) -> dict:
         .order_by()
     }
     return {
-        "opened": opened.count(),
+        "opened": sum(count for _, count in by_channel),
         "by_channel": by_channel,
         "resolved": len(closed),
         "waiting": conversations.filter(

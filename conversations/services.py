@@ -546,9 +546,10 @@ def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
             return _message_receive(inbox, inbound)
     except SenderBlocked as blocked:
         if inbound.opt_out is not None:  # an opt-out (SMS STOP) counts, whoever sends it
-            Identity.objects.filter(pk=blocked.identity_id).update(
-                opted_out_at=timezone.now() if inbound.opt_out else None
-            )
+            # As for anyone else: only a change of mind is written (a second STOP keeps the date).
+            Identity.objects.filter(
+                pk=blocked.identity_id, opted_out_at__isnull=inbound.opt_out
+            ).update(opted_out_at=timezone.now() if inbound.opt_out else None)
         raise
     except IntegrityError:
         # A concurrent delivery of the same provider/client id won the race: it is stored.

@@ -427,10 +427,14 @@ def queue_places_tell(team_id: int, *, now: datetime | None = None) -> int:
     move whenever a conversation ahead is taken, resolved or moved, or a more urgent one comes
     in: run after each queue_assign. The first QUEUE_BATCH places are told; those behind hear
     theirs when they open the chat. Returns how many were told."""
+    queue = list(
+        _waiting(team_id)
+        .order_by("-priority", "created_at", "id")
+        .values_list("pk", "inbox__kind", "customer_id")[:QUEUE_BATCH]
+    )
     team = Team.objects.filter(pk=team_id).first()
-    if team is None:
-        return 0
-    queue = _waiting(team_id).order_by("-priority", "created_at", "id")[:QUEUE_BATCH]
+    if team is None or not any(kind == Channel.WEBCHAT for _, kind, _ in queue):
+        return 0  # nobody waits on a live chat: no outlook to work out
     outlook = _Outlook(team, now or timezone.now())
     sends = [
         (
@@ -442,9 +446,7 @@ def queue_places_tell(team_id: int, *, now: datetime | None = None) -> int:
                 **outlook.status(position, kind).as_dict(),
             },
         )
-        for position, (pk, kind, customer_id) in enumerate(
-            queue.values_list("pk", "inbox__kind", "customer_id"), start=1
-        )
+        for position, (pk, kind, customer_id) in enumerate(queue, start=1)
         if kind == Channel.WEBCHAT
     ]
     if sends:
