@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.encoding import force_str
 from django.utils.translation import gettext_lazy as _
 
 
@@ -37,6 +38,21 @@ def new_public_key() -> str:
 def new_reply_token() -> str:
     # 160 bits in lower-case base32: survives mail systems that fold the case of local parts.
     return base64.b32encode(secrets.token_bytes(20)).decode().lower()
+
+
+_choice_labels: dict = {}
+
+
+class ChoiceLabels:
+    """`get_FOO_display()` from a dict made once per field. Django rebuilds the dict on every
+    call, translating each label to hash it: ~0.2 ms a call, 20 ms for a page of 50 rows."""
+
+    def _get_FIELD_display(self, field):
+        labels = _choice_labels.get(field)
+        if labels is None:
+            labels = _choice_labels[field] = dict(field.flatchoices)
+        value = getattr(self, field.attname)
+        return force_str(labels.get(value, value), strings_only=True)
 
 
 class Customer(models.Model):
@@ -69,7 +85,7 @@ class Customer(models.Model):
         return self.name or f"Customer {self.pk}"
 
 
-class Identity(models.Model):
+class Identity(ChoiceLabels, models.Model):
     """One address a customer is reached at: an email, a phone number, a Messenger id..."""
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="identities")
@@ -97,7 +113,7 @@ class Identity(models.Model):
         return f"{self.get_kind_display()}: {self.address}"
 
 
-class Inbox(models.Model):
+class Inbox(ChoiceLabels, models.Model):
     """One configured channel instance: "support@acme.com", "+1 555 0100", "Website chat"."""
 
     name = models.CharField(max_length=100)
@@ -182,7 +198,7 @@ class Tag(models.Model):
         return self.name
 
 
-class Conversation(models.Model):
+class Conversation(ChoiceLabels, models.Model):
     """The ticket. Holds messages from any channel; its number is its primary key."""
 
     class Status(models.TextChoices):
@@ -272,6 +288,12 @@ class Conversation(models.Model):
                 name="conv_snoozed_idx",
                 condition=Q(status="snoozed"),
             ),
+            # The inbox's view counts read only this (an index-only scan): no table pages.
+            models.Index(
+                fields=["inbox", "team", "assignee"],
+                name="conv_active_idx",
+                condition=Q(status__in=["open", "pending"]),
+            ),
         ]
 
     def __str__(self):
@@ -282,7 +304,7 @@ class Conversation(models.Model):
         return self.pk
 
 
-class Message(models.Model):
+class Message(ChoiceLabels, models.Model):
     class Direction(models.TextChoices):
         INBOUND = "inbound", _("From the customer")
         OUTBOUND = "outbound", _("To the customer")
@@ -421,7 +443,7 @@ class Attachment(models.Model):
         return not self.file and bool(self.source) and not self.fetch_error
 
 
-class ConversationEvent(models.Model):
+class ConversationEvent(ChoiceLabels, models.Model):
     """Who changed what on a conversation, and when: the timeline's audit trail."""
 
     class Kind(models.TextChoices):
@@ -517,7 +539,7 @@ class CannedResponse(models.Model):
         return f"/{self.shortcut} {self.title}"
 
 
-class Notification(models.Model):
+class Notification(ChoiceLabels, models.Model):
     """Something an agent should know about: assigned to them, mentioned in a note, their
     customer replied. Listed in the inbox with an unread count, and pushed to their sockets."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections import defaultdict
 from datetime import datetime
 
 from django.contrib import messages
@@ -16,7 +17,18 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Case, Count, Exists, OuterRef, Q, Subquery, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+    prefetch_related_objects,
+)
+from django.db.models.functions import Left
 from django.http import FileResponse, Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -47,6 +59,21 @@ from routing.automations import macros_for
 from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
+PREVIEW = 160  # characters of the last message under each row
+# What a row of the list shows or sorts by: the rest (a customer's notes and attributes, an
+# inbox's credentials) stays in the database.
+ROW_FIELDS = (
+    "subject",
+    "status",
+    "priority",
+    "last_activity_at",
+    "waiting_since",
+    "sla_due_at",
+    "customer__name",
+    "inbox__kind",
+    "assignee__display_name",
+    "assignee__email",
+)
 Status = Conversation.Status
 ACTIVE = (Status.OPEN, Status.PENDING)
 
@@ -228,19 +255,22 @@ def conversation_list(request):
     query = request.GET.get("q", "").strip()[:200]
     if query:
         conversations = conversations.filter(pk__in=_search(conversations, query, order))
-    last_message = Message.objects.filter(conversation=OuterRef("pk")).exclude(
-        direction=Message.Direction.SYSTEM
+    last_message = (
+        Message.objects.filter(conversation=OuterRef("pk"))
+        .exclude(direction=Message.Direction.SYSTEM)
+        .order_by("-id")
     )
     # A customer nobody has named yet goes by an address a person can read.
     address = Identity.objects.filter(
         customer=OuterRef("customer_id"), kind__in=READABLE_ADDRESSES
     ).order_by("id")
     page = list(
-        conversations.select_related("customer", "assignee", "team", "inbox")
-        .prefetch_related("tags")
+        conversations.select_related("customer", "assignee", "inbox")
+        .only(*ROW_FIELDS)
         .annotate(
-            preview=Subquery(last_message.order_by("-id").values("text")[:1]),
-            preview_direction=Subquery(last_message.order_by("-id").values("direction")[:1]),
+            # The start of the text only: a long email is not read whole for a preview line.
+            preview=Subquery(last_message.values(start=Left("text", PREVIEW + 1))[:1]),
+            preview_direction=Subquery(last_message.values("direction")[:1]),
             customer_address=Case(
                 When(customer__name="", then=Subquery(address.values("address")[:1])),
                 default=Value(""),
@@ -250,6 +280,17 @@ def conversation_list(request):
     )
     more = len(page) > PAGE_SIZE
     page = page[:PAGE_SIZE]
+    # Tag names in one query of pairs: prefetch_related("tags") built a queryset per row (9 ms).
+    tag_names = defaultdict(list)
+    pairs = Conversation.tags.through.objects.filter(conversation__in=[c.pk for c in page])
+    for conversation_id, name in pairs.order_by("tag__name").values_list(
+        "conversation_id", "tag__name"
+    ):
+        tag_names[conversation_id].append(name)
+    for conversation in page:
+        conversation.tag_names = tag_names[conversation.pk]
+        preview = conversation.preview or ""
+        conversation.preview = preview[: PREVIEW - 1] + "…" if len(preview) > PREVIEW else preview
     next_query = None
     if more:
         query = request.GET.copy()
@@ -267,11 +308,13 @@ def conversation_list(request):
     if request.GET.get("partial") == "rows":
         return render(request, "inbox/_rows.html", context)
     active = visible.filter(status__in=ACTIVE)
+    # Counting inbox_id (never null), not id: the counts then read only the index of active
+    # conversations (migration 0012), not the table.
     counts = active.aggregate(
-        mine=Count("pk", filter=Q(assignee=user)),
-        unassigned=Count("pk", filter=Q(assignee__isnull=True)),
-        all=Count("pk"),
-        teams=Count("pk", filter=_in_teams_of(user)),
+        mine=Count("inbox", filter=Q(assignee=user)),
+        unassigned=Count("inbox", filter=Q(assignee__isnull=True)),
+        all=Count("inbox"),
+        teams=Count("inbox", filter=_in_teams_of(user)),
     )
     context.update(
         views=[
@@ -353,6 +396,8 @@ def _visitors(conversation) -> list:
 
 
 def _conversation_context(request, conversation, **extra) -> dict:
+    # The customer's identities once, for the composer and the sidebar alike.
+    prefetch_related_objects([conversation.customer], "identities")
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
     identities = _reply_identities(conversation)

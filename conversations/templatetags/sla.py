@@ -1,5 +1,6 @@
-"""How the inbox words SLA clocks. static/inbox.js words them the same way as they count down,
-so keep the two in step."""
+"""How the inbox words times: SLA clocks (static/inbox.js words them the same way as they count
+down, so keep the two in step) and ages. Plain string work: the list calls these 150 times a
+page, where Django's `timesince` and `date` filters cost ~40 µs a call."""
 
 from datetime import datetime
 
@@ -37,3 +38,26 @@ def sla_left(due: datetime | None) -> str:
         return ""
     seconds = (due - timezone.now()).total_seconds()
     return f"due in {span(seconds)}" if seconds >= 0 else f"overdue {span(-seconds)}"
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """just now, 12 min ago, 3 h ago, 5 d ago, or the date once it is a month old."""
+    if moment is None:
+        return ""
+    minutes = int((timezone.now() - moment).total_seconds() // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 24 * 60:
+        return f"{minutes // 60} h ago"
+    if minutes < 30 * 24 * 60:
+        return f"{minutes // (24 * 60)} d ago"
+    return timezone.localtime(moment).strftime("%-d %b %Y")
+
+
+@register.filter
+def iso(moment: datetime | None) -> str:
+    """The moment for a `datetime` attribute: ISO 8601 with its offset, for scripts to read."""
+    return moment.isoformat() if moment else ""

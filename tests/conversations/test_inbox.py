@@ -4,6 +4,7 @@ outsider to Support's conversations) and alice (admin)."""
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.core.cache import cache
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -172,6 +173,21 @@ class TestList:
         page = client.get(f"/inbox/{texted.pk}/").content.decode()
         assert "+351912000111 · " in page
         assert "Unknown customer · " in client.get(f"/inbox/{chatted.pk}/").content.decode()
+
+    def test_a_row_shows_tags_the_start_of_a_long_message_and_its_age(
+        self, client, alice, chat_inbox
+    ):
+        with time_machine.travel(timezone.now() - timedelta(hours=3), tick=False):
+            long = chat(chat_inbox, text="refund " * 100, address="long")
+            services.conversation_tag(conversation=long, add=["vip", "refund"])
+        with time_machine.travel(timezone.now() - timedelta(days=45), tick=False):
+            old = chat(chat_inbox, text="Hi", address="old")
+        client.force_login(alice)
+        rows = client.get("/inbox/?view=all&partial=rows").content.decode()
+        assert ("refund " * 100)[:159] + "…</span>" in rows
+        assert '<span class="badge">refund</span><span class="badge">vip</span>' in rows
+        assert ">3 h ago</time>" in rows
+        assert f">{timezone.localtime(old.last_activity_at):%-d %b %Y}</time>" in rows
 
     def test_customer_content_is_escaped(self, client, alice, chat_inbox):
         receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
@@ -450,3 +466,18 @@ def test_the_timeline_says_what_team_priority_and_tags_changed_to(
     assert "Team changed by Alice: Billing &amp; refunds" in html
     assert "Priority changed by Alice: Urgent" in html
     assert "Tags changed by Alice: +refund" in html
+
+
+@pytest.mark.parametrize(
+    ("age", "said"),
+    [
+        (timedelta(seconds=20), "just now"),
+        (timedelta(minutes=12, seconds=50), "12 min ago"),
+        (timedelta(hours=23, minutes=59), "23 h ago"),
+        (timedelta(days=29, hours=23), "29 d ago"),
+    ],
+)
+def test_an_age_is_said_at_the_precision_an_agent_needs(age, said):
+    from conversations.templatetags.sla import ago
+
+    assert ago(timezone.now() - age) == said
