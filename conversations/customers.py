@@ -52,6 +52,15 @@ def _profile_form(customer) -> dict:
     }
 
 
+def identities_to_write_to(customer) -> list[Identity]:
+    """The customer's addresses an agent can write to: any channel with a sending adapter."""
+    return [
+        identity
+        for identity in customer.identities.all()
+        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
+    ]
+
+
 def customer_page(request, customer, *, status=200, **extra):
     conversations = list(
         conversations_visible_to(request.user)
@@ -68,11 +77,7 @@ def customer_page(request, customer, *, status=200, **extra):
         "conversations": conversations[:HISTORY_LIMIT],
         "more_conversations": len(conversations) > HISTORY_LIMIT,
         "kinds": [(kind, kind.label) for kind in ADDABLE_KINDS],
-        "start_identities": [  # the addresses a new conversation can be started on
-            identity
-            for identity in customer.identities.all()
-            if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
-        ],
+        "start_identities": identities_to_write_to(customer),
         "form": form,
         **extra,
     }

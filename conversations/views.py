@@ -37,8 +37,8 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from channels_adapters.registry import adapter_for
 from conversations import services
+from conversations.customers import identities_to_write_to
 from conversations.models import (
     Attachment,
     Channel,
@@ -372,13 +372,12 @@ def _events_describe(events) -> None:
 READABLE_ADDRESSES = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
 
 
-def _reply_identities(conversation) -> list[Identity]:
-    """The customer's addresses an agent can answer on (any channel with a sending adapter)."""
-    return [
-        identity
-        for identity in conversation.customer.identities.all()
-        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
-    ]
+def _customer_label(customer) -> str:
+    """The name, else the oldest address a person can read: the same as the list's rows."""
+    readable = [i for i in customer.identities.all() if i.kind in READABLE_ADDRESSES]
+    if customer.name or not readable:
+        return customer.name or "Unknown customer"
+    return min(readable, key=lambda identity: identity.pk).address
 
 
 def _visitors(conversation) -> list:
@@ -400,7 +399,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
     prefetch_related_objects([conversation.customer], "identities")
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
-    identities = _reply_identities(conversation)
+    identities = identities_to_write_to(conversation.customer)
     default = services.identity_for_reply(conversation)
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
     return {
@@ -408,10 +407,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "timeline": timeline,
         "seen": seen,
         "identities": identities,
-        "customer_label": conversation.customer.name
-        or next(
-            (i.address for i in identities if i.kind in READABLE_ADDRESSES), "Unknown customer"
-        ),
+        "customer_label": _customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
         "agents": User.objects.filter(is_active=True)
         .filter(Q(team_memberships__team_id__in=team_ids) | Q(role=User.Role.ADMIN))

@@ -174,6 +174,21 @@ class TestList:
         assert "+351912000111 · " in page
         assert "Unknown customer · " in client.get(f"/inbox/{chatted.pk}/").content.decode()
 
+    def test_a_customer_with_several_addresses_goes_by_the_same_one_everywhere(
+        self, client, alice, sms_inbox
+    ):
+        texted = receive(sms_inbox, text="Olá", address="+351912000222").message.conversation
+        # An address added later, which sorts first by kind ("email" < "sms").
+        Identity.objects.create(
+            customer=texted.customer, kind=Channel.EMAIL, address="aaa@example.com"
+        )
+        client.force_login(alice)
+        rows = client.get("/inbox/?view=all").content.decode()
+        assert '<span class="who">+351912000222</span>' in rows
+        page = client.get(f"/inbox/{texted.pk}/").content.decode()
+        assert "+351912000222 · " in page
+        assert "aaa@example.com · " not in page
+
     def test_a_row_shows_tags_the_start_of_a_long_message_and_its_age(
         self, client, alice, chat_inbox
     ):
