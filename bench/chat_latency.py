@@ -1,7 +1,8 @@
 """Live chat: how long a visitor's message takes to reach the agents' sockets.
 
-One ASGI server process (uvicorn, the production setup: PostgreSQL + Redis channel layer, no
-worker in the process) serves both contestants, in one run, alternating:
+One ASGI server (uvicorn, the production setup: PostgreSQL + Redis channel layer, no worker in
+the process; --workers N processes behind one port) serves both contestants, in one run,
+alternating:
   chat   N widget visitors on /ws/widget/<key>/, each sending one message a second (at its
          own phase within the second); the visitor path stores it (`message_receive`), acks it
          and publishes it; agents' sockets on /ws/agent/ (session cookie, members of the
@@ -28,7 +29,7 @@ Target (the live chat issue): at 500 concurrent chats, p99 under 100 ms and with
 floor's p99, and no message lost or duplicated.
 
     python bench/chat_latency.py [--visitors 100,500,1000] [--seconds 20]
-        [--visitors-per-team 100] [--agents-per-team 2] [--watch team|subscribe]
+        [--visitors-per-team 100] [--agents-per-team 2] [--watch team|subscribe] [--workers 1]
 """
 
 import argparse
@@ -61,6 +62,14 @@ TEXT = "Hello, I ordered a blue jacket last week and it has not arrived yet, mes
 # --- Measuring processes through /proc (psutil is not a dependency) -------------------------
 
 
+def server_processes(pid: int) -> list[int]:
+    """The processes that serve: uvicorn itself, or with --workers its worker processes (the
+    parent only supervises them)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    return children or [pid]
+
+
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User + system CPU of a process, all its threads (or only `thread`)."""
     path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
@@ -69,12 +78,12 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def rss_mb(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return total
 
 
 def cpu_seconds_of(names: tuple[str, ...]) -> float:
@@ -116,11 +125,11 @@ class Usage:
     at: float
 
     @classmethod
-    def now(cls, server_pid: int) -> "Usage":
+    def now(cls, server_pids: list[int]) -> "Usage":
         times = os.times()
         return cls(
-            server=cpu_seconds(server_pid),
-            server_loop=cpu_seconds(server_pid, server_pid),
+            server=sum(cpu_seconds(pid) for pid in server_pids),
+            server_loop=sum(cpu_seconds(pid, pid) for pid in server_pids),
             client=times.user + times.system,
             stores=cpu_seconds_of(("postgres", "redis-server")),
             machine=machine_busy_seconds(),
@@ -190,8 +199,8 @@ def stored_counts(inbox_ids: list[int], client_ids) -> dict[str, int]:
 # --- The server under test --------------------------------------------------------------------
 
 
-def start_server(port: int, env: dict) -> subprocess.Popen:
-    return uvicorn("chat_latency:application", port, env)
+def start_server(port: int, env: dict, workers: int) -> subprocess.Popen:
+    return uvicorn("chat_latency:application", port, env, workers=workers)
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -323,10 +332,10 @@ class Phase:
 class Level:
     """The sockets of one level of N and the phases run on them."""
 
-    def __init__(self, port: int, teams: list, agents_per_team: int, server_pid: int):
+    def __init__(self, port: int, teams: list, agents_per_team: int, server_pids: list[int]):
         self.base = f"ws://127.0.0.1:{port}"
         self.origin = f"http://127.0.0.1:{port}"
-        self.teams, self.agents_per_team, self.server_pid = teams, agents_per_team, server_pid
+        self.teams, self.agents_per_team, self.server_pids = teams, agents_per_team, server_pids
         self.record = Record()
         self.visitors, self.agents, self.echoes, self.readers = [], [], [], []
         self.visitor_team, self.agent_team = [], []
@@ -455,7 +464,7 @@ class Level:
             return both
 
         lag_from = len(self.record.lag)
-        before = Usage.now(self.server_pid)
+        before = Usage.now(self.server_pids)
         start = time.perf_counter() + 0.1
         await asyncio.gather(
             *(
@@ -473,7 +482,7 @@ class Level:
         while pending(sent_ids) and time.perf_counter() < give_up:
             await asyncio.sleep(0.25)
         return Phase(
-            name, len(sent_ids), Usage.now(self.server_pid) - before, self.record.lag[lag_from:]
+            name, len(sent_ids), Usage.now(self.server_pids) - before, self.record.lag[lag_from:]
         )
 
     async def close(self):
@@ -512,18 +521,19 @@ async def probe(base: str, origin: str, team: TeamSetup):
 async def run_level(args, port: int, server_pid: int, teams: list) -> dict:
     """Connect, warm up, alternate the contestants; returns the level's figures."""
     visitors = sum(len(team.tokens) for team in teams)
-    level = Level(port, teams, args.agents_per_team, server_pid)
+    level = Level(port, teams, args.agents_per_team, [server_pid])
     stop = asyncio.Event()
     lag_task = asyncio.create_task(watch_lag(level.record, stop))
     await server_ready(level.base, level.origin)
+    level.server_pids = server_pids = server_processes(server_pid)
     await probe(level.base, level.origin, teams[0])
 
-    rss = {"start": rss_mb(server_pid)}
+    rss = {"start": rss_mb(server_pids)}
     await level.open_echoes(visitors)
-    rss["echoes"] = rss_mb(server_pid)
+    rss["echoes"] = rss_mb(server_pids)
     await level.open_agents()
     await level.open_visitors()
-    rss["visitors"] = rss_mb(server_pid)
+    rss["visitors"] = rss_mb(server_pids)
 
     # Warm up: every visitor's first message (this opens or continues its conversation), the
     # echo sockets' first frames; then the agents open their conversations if asked to.
@@ -544,7 +554,7 @@ async def run_level(args, port: int, server_pid: int, teams: list) -> dict:
         phases.append(await level.floor(f"f{round_number}-", args.seconds / 2))
         phases.append(await level.chat(f"c{round_number}-", args.seconds / 2))
     await asyncio.sleep(1)  # a duplicate would come right after the original
-    rss["end"] = rss_mb(server_pid)
+    rss["end"] = rss_mb(server_pids)
     stop.set()
     await lag_task
     await level.close()
@@ -671,6 +681,7 @@ def main():
     parser.add_argument("--visitors-per-team", type=int, default=100)
     parser.add_argument("--agents-per-team", type=int, default=2)
     parser.add_argument("--watch", choices=("team", "subscribe"), default="team")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (uvicorn's)")
     args = parser.parse_args()
     levels = [int(n) for n in args.visitors.split(",")]
 
@@ -691,14 +702,15 @@ def main():
     print(
         f"{os.cpu_count()} cores (shared); {args.seconds:g} s per contestant per level in two "
         f"alternating rounds; teams of {args.visitors_per_team} visitors with "
-        f"{args.agents_per_team} agent sockets each, watching by {args.watch}"
+        f"{args.agents_per_team} agent sockets each, watching by {args.watch}; "
+        f"{args.workers} server process(es)"
     )
     results = []
     for n in levels:
         teams = create_level(n, n, args.visitors_per_team, args.agents_per_team)
         broker.flushdb()  # no worker runs: drop the tasks and groups of the previous level
         port = free_port()
-        server = start_server(port, {**env, "PUBLIC_URL": f"http://127.0.0.1:{port}"})
+        server = start_server(port, {**env, "PUBLIC_URL": f"http://127.0.0.1:{port}"}, args.workers)
         try:
             level = uvloop.run(run_level(args, port, server.pid, teams))
         finally:

@@ -43,10 +43,14 @@ def migrate_and_setup(env: dict) -> None:
     django.setup()
 
 
-def uvicorn(app: str, port: int, env: dict, *, bench_module: bool = True) -> subprocess.Popen:
+def uvicorn(
+    app: str, port: int, env: dict, *, bench_module: bool = True, workers: int = 1
+) -> subprocess.Popen:
     """A quiet uvicorn process serving `app` ("module:application") on `port` with `env` on
-    top of ours; `bench_module`: the module is a script of bench/ (Threadline plus its floor)."""
+    top of ours; `bench_module`: the module is a script of bench/ (Threadline plus its floor);
+    `workers` > 1: that many server processes behind the port, uvicorn supervising them."""
     where = ["--app-dir", str(REPO / "bench")] if bench_module else []
+    where += ["--workers", str(workers)] if workers > 1 else []
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, *where, "--port", str(port), "--lifespan", "on"]
         + ["--no-access-log", "--log-level", "warning"],

@@ -41,8 +41,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -56,6 +54,7 @@ from harness import (
     fresh_pg_database,
     migrate_and_setup,
     percentile,
+    uvicorn,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -770,24 +769,9 @@ def main():
     connection.close()
 
     env.pop("DATABASE_POOL")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "helpdesk.asgi:application",
-            "--port",
-            str(port),
-            "--lifespan",
-            "on",
-            "--workers",
-            str(args.workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env={k: v for k, v in {**os.environ, **env}.items() if k != "DATABASE_POOL"},
+    os.environ.pop("DATABASE_POOL")  # the server's processes use their own pools
+    server = uvicorn(
+        "helpdesk.asgi:application", port, env, bench_module=False, workers=args.workers
     )
     try:
         results, seconds = measure(port, plan, agents, args)
