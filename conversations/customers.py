@@ -13,7 +13,7 @@ import json
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.db.models import Q, prefetch_related_objects
 from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -52,6 +52,18 @@ def _profile_form(customer) -> dict:
     }
 
 
+# A customer nobody has named goes by one of these: a person can read them (not a visitor id).
+READABLE_ADDRESSES = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
+
+
+def customer_label(customer) -> str:
+    """The name, else the oldest address a person can read: the same as the list's rows."""
+    readable = [i for i in customer.identities.all() if i.kind in READABLE_ADDRESSES]
+    if customer.name or not readable:
+        return customer.name or "Unknown customer"
+    return min(readable, key=lambda identity: identity.pk).address
+
+
 def identities_to_write_to(customer) -> list[Identity]:
     """The customer's addresses an agent can write to: any channel with a sending adapter."""
     return [
@@ -62,6 +74,7 @@ def identities_to_write_to(customer) -> list[Identity]:
 
 
 def customer_page(request, customer, *, status=200, **extra):
+    prefetch_related_objects([customer], "identities")  # read three times below
     conversations = list(
         conversations_visible_to(request.user)
         .filter(customer=customer)
@@ -72,6 +85,7 @@ def customer_page(request, customer, *, status=200, **extra):
     form["rows"] = [*form["rows"], *[("", "")] * BLANK_ATTRIBUTE_ROWS]
     context = {
         "customer": customer,
+        "label": customer_label(customer),
         "identities": customer.identities.all(),
         "attributes": [(key, _shown(value)) for key, value in customer.attributes.items()],
         "conversations": conversations[:HISTORY_LIMIT],

@@ -38,7 +38,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from conversations import services
-from conversations.customers import identities_to_write_to
+from conversations.customers import READABLE_ADDRESSES, customer_label, identities_to_write_to
 from conversations.models import (
     Attachment,
     Channel,
@@ -369,17 +369,6 @@ def _events_describe(events) -> None:
             event.detail = " ".join(changes)
 
 
-READABLE_ADDRESSES = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
-
-
-def _customer_label(customer) -> str:
-    """The name, else the oldest address a person can read: the same as the list's rows."""
-    readable = [i for i in customer.identities.all() if i.kind in READABLE_ADDRESSES]
-    if customer.name or not readable:
-        return customer.name or "Unknown customer"
-    return min(readable, key=lambda identity: identity.pk).address
-
-
 def _visitors(conversation) -> list:
     """The customer's chat visitors, with whether they have the widget open right now."""
     from channels_adapters.webchat.chat import visitor_here
@@ -407,7 +396,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "timeline": timeline,
         "seen": seen,
         "identities": identities,
-        "customer_label": _customer_label(conversation.customer),
+        "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
         "agents": User.objects.filter(is_active=True)
         .filter(Q(team_memberships__team_id__in=team_ids) | Q(role=User.Role.ADMIN))

@@ -61,7 +61,7 @@ from datetime import datetime, timedelta
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from conversations import services
@@ -74,7 +74,15 @@ from conversations.models import (
 )
 from conversations.realtime import publish_conversation_event
 from conversations.selectors import conversations_visible_to
-from routing.models import Automation, AutomationRun, Macro, Team, TeamMembership, tag_names
+from routing.models import (
+    Automation,
+    AutomationRun,
+    Macro,
+    TableCache,
+    Team,
+    TeamMembership,
+    tag_names,
+)
 from routing.rules import PRIORITIES, Facts, Test, conditions_compile
 
 log = logging.getLogger(__name__)
@@ -468,44 +476,32 @@ class CompiledAutomation:
         return True
 
 
-@dataclass(frozen=True)
-class _AutomationSet:
-    version: tuple
-    by_event: dict[str, tuple[CompiledAutomation, ...]]
+def _automations_compile() -> dict[str, tuple[CompiledAutomation, ...]]:
+    by_event: dict[str, list[CompiledAutomation]] = {}
+    for automation in Automation.objects.filter(is_active=True).order_by("position", "id"):
+        try:
+            compiled = CompiledAutomation(
+                pk=automation.pk,
+                name=automation.name,
+                event=automation.event,
+                tests=conditions_compile(automation.conditions),
+                actions=actions_compile(automation.actions),
+                idle_status=automation.idle_status,
+                idle_hours=automation.idle_hours,
+            )
+        except ValidationError:  # saved around admin's checks: skip it, loudly
+            log.error("automation %s is invalid; skipped", automation.pk)
+            continue
+        by_event.setdefault(automation.event, []).append(compiled)
+    return {event: tuple(items) for event, items in by_event.items()}
 
 
-_cache = _AutomationSet(version=(), by_event={})
+_automations = TableCache(Automation, _automations_compile)
 
 
 def automations_load() -> dict[str, tuple[CompiledAutomation, ...]]:
-    """The active automations by event, in order. Read again when any automation changes (one
-    small query to know), so an edit in admin applies at once in every process."""
-    global _cache
-    version = tuple(
-        Automation.objects.order_by().aggregate(Count("id"), Max("id"), Max("updated_at")).values()
-    )
-    cache = _cache
-    if cache.version != version:
-        by_event: dict[str, list[CompiledAutomation]] = {}
-        for automation in Automation.objects.filter(is_active=True).order_by("position", "id"):
-            try:
-                compiled = CompiledAutomation(
-                    pk=automation.pk,
-                    name=automation.name,
-                    event=automation.event,
-                    tests=conditions_compile(automation.conditions),
-                    actions=actions_compile(automation.actions),
-                    idle_status=automation.idle_status,
-                    idle_hours=automation.idle_hours,
-                )
-            except ValidationError:  # saved around admin's checks: skip it, loudly
-                log.error("automation %s is invalid; skipped", automation.pk)
-                continue
-            by_event.setdefault(automation.event, []).append(compiled)
-        cache = _cache = _AutomationSet(
-            version=version, by_event={event: tuple(items) for event, items in by_event.items()}
-        )
-    return cache.by_event
+    """The active automations by event, in order, compiled once per change (TableCache)."""
+    return _automations.get()
 
 
 # --- Chains: events, the automations they set off, and theirs in turn ------------------------
@@ -546,10 +542,12 @@ def automations_run(*, conversation: Conversation, event: str | Iterable[str]) -
         chain.pending += [(conversation.pk, name, chain.depth + 1) for name in events]
         return
     try:
-        if not any(automations_load().get(name) for name in events):
+        automations = automations_load()
+        if not any(automations.get(name) for name in events):
             return  # most events of most conversations: one small query, no savepoint
         with transaction.atomic():
-            _chain_run(_Chain(pending=[(conversation.pk, name, 0) for name in events]))
+            pending = [(conversation.pk, name, 0) for name in events]
+            _chain_run(_Chain(pending=pending, automations=automations))
     except Exception:
         log.exception("automations for %s on conversation %s failed", events, conversation.pk)
 
@@ -559,7 +557,7 @@ def _chain_run(chain: _Chain, first: Callable[[_Chain], None] | None = None) -> 
     including those raised on the way, down to MAX_DEPTH."""
     token = _running.set(chain)
     try:
-        chain.automations = automations_load()
+        chain.automations = chain.automations or automations_load()
         if first is not None:
             first(chain)
         handled = 0

@@ -4,7 +4,7 @@ from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
@@ -13,6 +13,43 @@ from conversations.models import Channel, Conversation, Inbox
 # How much one open conversation of a channel weighs against an agent's capacity, unless the
 # team says otherwise: a live chat wants the agent now, an email can wait its turn.
 DEFAULT_CHANNEL_WEIGHTS = {Channel.WEBCHAT.value: 3}
+
+
+class TableCache:
+    """What this process made of a small configuration table (routing rules compiled to
+    predicates, automations, SLA policies, which inboxes answer by themselves), kept until the
+    table changes. Every read first asks where the table stands: rows, highest id and last
+    save (`updated_at`, auto_now). A save, an addition or a deletion moves that mark, so an
+    edit in admin applies to the next message in every process, without a restart; an UPDATE
+    that bypasses save() is not seen. The mark is one raw query: the ORM's aggregate would
+    cost the message several times its round trip, several times over.
+
+    Tests clear every instance (`clear_all`) between tests: a rolled-back SQLite transaction
+    hands out the same ids again, and frozen time the same `updated_at`."""
+
+    instances: list["TableCache"] = []
+
+    def __init__(self, model: type[models.Model], build):
+        self.model, self.build = model, build
+        self._held: tuple = (None, None)  # (mark, value), replaced as one
+        TableCache.instances.append(self)
+
+    def get(self):
+        table = connection.ops.quote_name(self.model._meta.db_table)
+        with connection.cursor() as cursor:
+            # The table's name comes from the model, quoted: nothing from outside.
+            cursor.execute(f"SELECT COUNT(*), MAX(id), MAX(updated_at) FROM {table}")  # noqa: S608
+            mark = cursor.fetchone()
+        held, value = self._held
+        if held != mark:  # two threads here at once only build the same value twice
+            value = self.build()
+            self._held = (mark, value)
+        return value
+
+    @classmethod
+    def clear_all(cls) -> None:
+        for instance in cls.instances:
+            instance._held = (None, None)
 
 
 class Team(models.Model):

@@ -31,7 +31,7 @@ from django.utils.translation import ngettext
 
 from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
 from routing.hours import is_open, next_opening, schedule_for
-from routing.models import AutoReply, SlaClock
+from routing.models import AutoReply, SlaClock, TableCache
 from routing.sla import policy_for
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,14 @@ def reply_time_text(delta: timedelta | None) -> str:
 # --- Automatic replies -------------------------------------------------------------------------
 
 
+# Asked of every customer message: which inboxes have an active template, per process until
+# one changes.
+_answering_inboxes = TableCache(
+    AutoReply,
+    lambda: frozenset(AutoReply.objects.filter(is_active=True).values_list("inbox_id", flat=True)),
+)
+
+
 def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
     """Whether a customer message may get an automatic reply at all (the task decides which,
     if any): not on web chat, never to automatic mail, only where templates exist."""
@@ -98,7 +106,7 @@ def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
         inbox.kind != Channel.WEBCHAT
         and message.direction == Message.Direction.INBOUND
         and not message.metadata.get("automated")
-        and AutoReply.objects.filter(inbox=inbox, is_active=True).exists()
+        and inbox.pk in _answering_inboxes.get()
     )
 
 

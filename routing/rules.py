@@ -62,11 +62,10 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Max
 from django.utils import timezone
 
 from conversations.models import Channel, Conversation, Message
-from routing.models import BusinessHours, RoutingRule, tag_names
+from routing.models import BusinessHours, RoutingRule, TableCache, tag_names
 
 log = logging.getLogger(__name__)
 
@@ -250,34 +249,21 @@ def rules_decide(
 # --- Reading rules: compiled once per change, not per message --------------------------------
 
 
-@dataclass(frozen=True)
-class _RuleSet:
-    version: tuple
-    rules: tuple[CompiledRule, ...]
-    by_inbox: dict[int, tuple[CompiledRule, ...]]
+def _rule_set() -> tuple[tuple[CompiledRule, ...], dict]:
+    """Every active rule, compiled, and room for each inbox's share of them."""
+    return tuple(_compiled(RoutingRule.objects.filter(is_active=True))), {}
 
 
-_cache = _RuleSet(version=(), rules=(), by_inbox={})
+_rules = TableCache(RoutingRule, _rule_set)
 
 
 def rules_load(inbox_id: int) -> tuple[CompiledRule, ...]:
     """The active rules for conversations of the inbox, in order: its own and everyone's.
-    Compiled rules are kept in this process and read again when any rule changes (a rule
-    saved bumps `updated_at`, one added raises the highest id, one deleted lowers the count),
-    so an edit in admin applies to the next message, in every process, without a restart,
-    for one small query per message."""
-    global _cache
-    rules = RoutingRule.objects.order_by()
-    version = tuple(rules.aggregate(Count("id"), Max("id"), Max("updated_at")).values())
-    cache = _cache
-    if cache.version != version:
-        rules = tuple(_compiled(RoutingRule.objects.filter(is_active=True)))
-        cache = _cache = _RuleSet(version=version, rules=rules, by_inbox={})
-    if inbox_id not in cache.by_inbox:  # a race here only computes the same tuple twice
-        cache.by_inbox[inbox_id] = tuple(
-            rule for rule in cache.rules if rule.inbox_id in (None, inbox_id)
-        )
-    return cache.by_inbox[inbox_id]
+    Compiled once per change of any rule (TableCache), for one small query per message."""
+    rules, by_inbox = _rules.get()
+    if inbox_id not in by_inbox:  # a race here only computes the same tuple twice
+        by_inbox[inbox_id] = tuple(rule for rule in rules if rule.inbox_id in (None, inbox_id))
+    return by_inbox[inbox_id]
 
 
 def _compiled(rules):

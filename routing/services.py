@@ -36,7 +36,7 @@ from functools import cached_property
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -247,14 +247,27 @@ def _apply(conversation: Conversation, decision: Decision, now: datetime) -> Non
 def _tags_add(conversation: Conversation, names: frozenset[str]) -> list[str]:
     if not names:
         return []
-    tags = {tag.name: tag for tag in Tag.objects.filter(name__in=names)}
-    for name in sorted(names - tags.keys()):  # a tag's first use
-        tags[name] = Tag.objects.get_or_create(name=name)[0]
     through = Conversation.tags.through
-    through.objects.bulk_create(
-        [through(conversation_id=conversation.pk, tag_id=tag.pk) for tag in tags.values()],
-        ignore_conflicts=True,
-    )
+    quote = connection.ops.quote_name
+    # Tags the rules name nearly always exist: linked in one statement, without reading them
+    # first (the ORM has no INSERT ... SELECT). Table and column names come from the models.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(through._meta.db_table)} "  # noqa: S608
+            f"({quote(through._meta.get_field('conversation').column)}, "
+            f"{quote(through._meta.get_field('tag').column)}) "
+            f"SELECT %s, id FROM {quote(Tag._meta.db_table)} "
+            f"WHERE name IN ({', '.join(['%s'] * len(names))}) ON CONFLICT DO NOTHING",
+            [conversation.pk, *sorted(names)],
+        )
+        linked = cursor.rowcount
+    if linked < len(names):  # a tag's first use
+        missing = names - set(conversation.tags.values_list("name", flat=True))
+        tags = [Tag.objects.get_or_create(name=name)[0] for name in sorted(missing)]
+        through.objects.bulk_create(
+            [through(conversation_id=conversation.pk, tag_id=tag.pk) for tag in tags],
+            ignore_conflicts=True,
+        )
     return sorted(names)
 
 

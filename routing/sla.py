@@ -31,7 +31,14 @@ from django.utils import timezone
 
 from conversations.models import Conversation, ConversationEvent, Message, Notification
 from routing.hours import add_business_time, business_seconds_between
-from routing.models import BusinessHours, SlaClock, SlaPolicy, Team, TeamMembership
+from routing.models import (
+    BusinessHours,
+    SlaClock,
+    SlaPolicy,
+    TableCache,
+    Team,
+    TeamMembership,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +49,15 @@ RESPONSES = (Target.FIRST_RESPONSE, Target.NEXT_RESPONSE)
 SWEEP_BATCH = 500
 
 
+# Read on every customer message and reply: kept per process until a policy changes. The
+# policies are shared between threads: read them, never change them.
+_active_policies = TableCache(SlaPolicy, lambda: tuple(SlaPolicy.objects.filter(is_active=True)))
+
+
 def policy_for(channel: str, priority: int, policies=None) -> SlaPolicy | None:
     """The most specific active policy for a channel and priority (see SlaPolicy)."""
     if policies is None:
-        policies = SlaPolicy.objects.filter(is_active=True)
+        policies = _active_policies.get()
     fitting = [
         policy
         for policy in policies
@@ -68,9 +80,9 @@ class _Context:
         self._schedule = ...
 
     @property
-    def policies(self) -> list[SlaPolicy]:
+    def policies(self) -> tuple[SlaPolicy, ...]:
         if self._policies is None:
-            self._policies = list(SlaPolicy.objects.filter(is_active=True))
+            self._policies = _active_policies.get()
         return self._policies
 
     def schedule(self, business_hours_only: bool) -> BusinessHours | None:

@@ -205,10 +205,14 @@ def _fresh_channel_layer():
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    """Rate-limit counters (logins, chat visitors) start at zero in every test."""
+    """Rate-limit counters (logins, chat visitors) start at zero in every test, and nothing
+    compiled from another test's configuration tables is kept (routing.models.TableCache)."""
     from django.core.cache import cache
 
+    from routing.models import TableCache
+
     cache.clear()
+    TableCache.clear_all()
 
 
 @pytest.fixture

@@ -188,6 +188,9 @@ class TestList:
         page = client.get(f"/inbox/{texted.pk}/").content.decode()
         assert "+351912000222 · " in page
         assert "aaa@example.com · " not in page
+        profile = client.get(f"/inbox/customers/{texted.customer_id}/").content.decode()
+        assert "<h1>+351912000222</h1>" in profile
+        assert "<title>+351912000222 · Threadline</title>" in profile
 
     def test_a_row_shows_tags_the_start_of_a_long_message_and_its_age(
         self, client, alice, chat_inbox
