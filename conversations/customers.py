@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db.models import Q, prefetch_related_objects
-from django.http import HttpResponseBadRequest
+from django.http import HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
@@ -161,6 +161,28 @@ def customer_block(request, customer_id: int):
     if conversation is not None:
         return redirect("inbox:conversation", number=conversation.pk)
     return redirect("inbox:customer", customer_id=customer.pk)
+
+
+@login_required
+@require_POST
+def customer_erase(request, customer_id: int):
+    """Admins only: POST `confirm` "erase" to delete the customer and their conversations
+    (services.customer_erase), then go back to the inbox."""
+    if not request.user.is_admin:
+        return HttpResponseForbidden("Only an admin can erase a customer.")
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return customer_moved(request, customer)
+    if request.POST.get("confirm", "").strip().lower() != "erase":
+        refusal = "Type “erase” to confirm: nothing was deleted."
+        return customer_page(request, customer, status=400, erase_errors=[refusal])
+    counts = services.customer_erase(customer=customer, actor=request.user)
+    messages.success(
+        request,
+        f"Customer {customer_id} erased: {counts['conversations']} conversations, "
+        f"{counts['messages']} messages and {counts['files']} files deleted.",
+    )
+    return redirect("inbox:list")
 
 
 @login_required

@@ -311,6 +311,78 @@ def customer_block(*, customer: Customer, actor, conversation: Conversation | No
     return customer
 
 
+def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
+    """Delete what Threadline holds about `customer`, for a request to be forgotten: the
+    profile and every profile merged into it, their addresses and chat visitors, their
+    conversations with every message, note, event, notification and SLA clock in them, the
+    attachment files, and the raw provider payloads (mail, webhooks) those messages came
+    from. It cannot be undone; the views let admins only. An admin log entry records who
+    erased which profile number and how much, with no personal data.
+
+    What stays: messages they wrote as a CC'd participant of someone else's conversation
+    (that customer's record; the address is unlinked from them), and raw payloads that
+    never became a message (kept aside after a block). Returns counts for the confirmation."""
+    from django.contrib.admin.models import DELETION, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    from channels_adapters.models import InboundEvent
+
+    with transaction.atomic():
+        customer = Customer.objects.select_for_update().get(pk=customer.pk)
+        if customer.merged_into_id:
+            raise ValidationError("This profile was merged into another one: erase that one.")
+        profiles, merged = [customer.pk], [customer.pk]
+        for _ in range(10):  # merges form short chains; the bound guards against a cycle
+            merged = list(
+                Customer.objects.filter(merged_into__in=merged).values_list("pk", flat=True)
+            )
+            if not merged:
+                break
+            profiles += merged
+        conversations = Conversation.objects.filter(customer__in=profiles)
+        messages = Message.objects.filter(conversation__in=conversations)
+        payloads = InboundEvent.objects.filter(message__in=messages)
+        attachment_storage = Attachment._meta.get_field("file").storage
+        payload_storage = InboundEvent._meta.get_field("payload_file").storage
+        files = [
+            *(
+                (attachment_storage, name)
+                for name in Attachment.objects.filter(message__in=messages)
+                .exclude(file="")
+                .values_list("file", flat=True)
+            ),
+            *(
+                (payload_storage, name)
+                for name in payloads.exclude(payload_file="").values_list("payload_file", flat=True)
+            ),
+        ]
+        counts = {
+            "conversations": conversations.count(),
+            "messages": messages.count(),
+            "files": len(files),
+        }
+        payloads.delete()
+        conversations.delete()  # with their messages, attachments, events, notifications...
+        Customer.objects.filter(pk__in=profiles).delete()  # ...addresses and visitors
+        LogEntry.objects.create(
+            user_id=actor.pk,
+            content_type=ContentType.objects.get_for_model(Customer),
+            object_id=str(customer.pk),
+            object_repr=f"Customer {customer.pk} (erased)",
+            action_flag=DELETION,
+            change_message=(
+                f"Erased on request: {counts['conversations']} conversations, "
+                f"{counts['messages']} messages, {counts['files']} files."
+            ),
+        )
+        # Files go once the rows are gone for good: a rollback must not leave rows without them.
+        transaction.on_commit(
+            lambda: [storage.delete(name) for storage, name in files], robust=True
+        )
+    log.info("customer %s erased by user %s", customer.pk, actor.pk)
+    return counts
+
+
 def customer_unblock(*, customer: Customer, actor) -> Customer:
     Customer.objects.filter(pk=customer.pk).update(blocked_at=None)
     log.info("customer %s unblocked by user %s", customer.pk, getattr(actor, "pk", None))

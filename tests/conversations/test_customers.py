@@ -1,6 +1,8 @@
 """The customer page and merging customers, with personas: bob (Support agent), charlie
 (Billing agent, an outsider to Support's customers) and alice (admin)."""
 
+import os
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -409,3 +411,93 @@ class TestBlocking:
         identity = customer.identities.get()
         assert identity.opted_out_at is not None
         assert customer.conversations.get().messages.count() == 1
+
+
+class TestErase:
+    """Maria asks to be forgotten. She mailed Support an invoice, chatted, had an older
+    profile merged into hers, and was CC'd on Leo's conversation."""
+
+    @pytest.fixture
+    def maria(self, mail_inbox, chat_inbox):
+        from email.message import EmailMessage
+
+        mail_inbox.address = "support@acme.example"
+        mail_inbox.save()
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = (
+            "Maria <maria@example.com>",
+            "support@acme.example",
+            "Invoice",
+        )
+        mail.set_content("My invoice is attached.")
+        mail.add_attachment(
+            b"%PDF-1.4 maria", maintype="application", subtype="pdf", filename="i.pdf"
+        )
+        pipe(mail_inbox, mail.as_bytes())
+        customer = Customer.objects.get(identities__address="maria@example.com")
+        Identity.objects.create(customer=customer, kind=Channel.WEBCHAT, address="visitor-maria")
+        receive(chat_inbox, text="Maria by chat", address="visitor-maria")
+        older = receive(chat_inbox, text="From my old laptop", address="visitor-old")
+        services.customer_merge(source=older.message.conversation.customer, target=customer)
+        pipe(mail_inbox, customer_mail(frm="leo@example.com", cc="maria@example.com", body="Leo"))
+        return customer
+
+    def erase(self, client, customer, confirm="erase"):
+        return client.post(
+            reverse("inbox:customer_erase", args=[customer.pk]), {"confirm": confirm}
+        )
+
+    def test_an_admin_erases_everything_about_the_customer(
+        self, client, alice, mail_inbox, maria, django_capture_on_commit_callbacks
+    ):
+        from django.contrib.admin.models import LogEntry
+
+        from channels_adapters.models import InboundEvent
+        from conversations.models import Attachment, Conversation, Message
+
+        leo = Customer.objects.get(identities__address="leo@example.com")
+        files = [
+            a.file.path for a in Attachment.objects.filter(message__conversation__customer=maria)
+        ]
+        assert len(files) == 1 and open(files[0], "rb").read() == b"%PDF-1.4 maria"
+        assert InboundEvent.objects.count() == 2
+        assert leo.conversations.get().participants.get().address == "maria@example.com"
+        client.force_login(alice)
+        assert "Erase this customer" in page(client, maria).content.decode()
+
+        with django_capture_on_commit_callbacks(execute=True):  # the files go after commit
+            response = self.erase(client, maria)
+        assert response.status_code == 302 and response["Location"] == reverse("inbox:list")
+        said = client.get(response["Location"]).content.decode()
+        assert (
+            f"Customer {maria.pk} erased: 3 conversations, 3 messages and 1 files deleted." in said
+        )
+        assert not Customer.objects.exclude(pk=leo.pk).exists()  # hers and the merged one
+        assert not Identity.objects.filter(address__contains="maria").exists()
+        assert not Identity.objects.filter(address="visitor-old").exists()
+        assert list(Conversation.objects.all()) == list(leo.conversations.all())
+        assert not Message.objects.filter(text__contains="Maria").exists()
+        assert not os.path.exists(files[0])
+        # Her mail as it arrived is gone; Leo's, which named her in Cc, is his record.
+        assert [event.raw().count(b"Leo") for event in InboundEvent.objects.all()] == [1]
+        assert leo.conversations.get().participants.count() == 0
+        entry = LogEntry.objects.get()
+        assert entry.user == alice and entry.object_repr == f"Customer {maria.pk} (erased)"
+        assert "maria" not in f"{entry.object_repr} {entry.change_message}".lower()
+        assert page(client, maria).status_code == 404
+
+        # Nothing is left for her next mail to join: it opens a new profile.
+        pipe(mail_inbox, customer_mail(subject="Hello again"))
+        again = Customer.objects.get(identities__address="maria@example.com")
+        assert again.pk != maria.pk and again.conversations.count() == 1
+
+    def test_only_an_admin_may_and_only_with_the_word(self, client, alice, bob, maria):
+        client.force_login(bob)
+        assert "Erase this customer" not in page(client, maria).content.decode()
+        response = self.erase(client, maria)
+        assert response.status_code == 403
+        client.force_login(alice)
+        response = self.erase(client, maria, confirm="yes")
+        assert response.status_code == 400
+        assert "Type “erase” to confirm: nothing was deleted." in response.content.decode()
+        assert maria.conversations.count() == 3 and maria.identities.count() == 3
