@@ -9,14 +9,19 @@ changes nothing: the agent is sent to the surviving profile to try again there.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import tempfile
+import zipfile
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db.models import Q, prefetch_related_objects
-from django.http import HttpResponseBadRequest, HttpResponseForbidden
+from django.http import FileResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from channels_adapters.registry import adapter_for
@@ -25,15 +30,19 @@ from conversations.models import Channel, Identity
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
+    customer_data,
     customer_get_for_agent,
     customers_visible_to,
 )
+
+log = logging.getLogger(__name__)
 
 # The page shows this many conversations, newest first, and says when there are more.
 HISTORY_LIMIT = 200
 CANDIDATES_LIMIT = 20
 ADDABLE_KINDS = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
 BLANK_ATTRIBUTE_ROWS = 3
+EXPORT_IN_MEMORY = 10 * 1024 * 1024  # an export archive past this size is built on disk
 
 
 def _shown(value) -> str:
@@ -161,6 +170,31 @@ def customer_block(request, customer_id: int):
     if conversation is not None:
         return redirect("inbox:conversation", number=conversation.pk)
     return redirect("inbox:customer", customer_id=customer.pk)
+
+
+@login_required
+def customer_export(request, customer_id: int):
+    """Admins only: a ZIP of everything held about the customer (selectors.customer_data as
+    customer.json, and their attachment files), for a request to see or take their data."""
+    if not request.user.is_admin:
+        return HttpResponseForbidden("Only an admin can export a customer's data.")
+    customer = customer_get_for_agent(user=request.user, customer_id=customer_id)
+    if customer.pk != customer_id:
+        return redirect("inbox:customer_export", customer_id=customer.pk)
+    data, files = customer_data(customer)
+    data["exported_at"] = timezone.now().isoformat()
+    archive = tempfile.SpooledTemporaryFile(max_size=EXPORT_IN_MEMORY)  # larger: on disk
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("customer.json", json.dumps(data, ensure_ascii=False, indent=2))
+        for attachment, name in files:
+            try:
+                with attachment.file.open("rb") as source, bundle.open(name, "w") as target:
+                    shutil.copyfileobj(source, target)
+            except FileNotFoundError:  # said in the archive rather than failing the export
+                bundle.writestr(f"{name}.missing.txt", "The stored file could not be found.")
+    archive.seek(0)
+    log.info("customer %s exported by user %s", customer.pk, request.user.pk)
+    return FileResponse(archive, as_attachment=True, filename=f"customer-{customer.pk}.zip")
 
 
 @login_required

@@ -62,3 +62,92 @@ def customer_get_for_agent(*, user, customer_id) -> Customer:
     except (ValueError, TypeError):
         pass
     raise Http404("No such customer")
+
+
+def customer_data(customer: Customer) -> tuple[dict, list]:
+    """Everything held about `customer` that a request for their data covers, as plain JSON
+    values: the profile, the addresses, and every conversation they are the customer of with
+    each message (internal notes included, marked as such: whoever answers the request decides
+    what to hand over). Also returns (attachment, name in the archive) pairs for the files."""
+    from conversations.models import Attachment, Message
+
+    def when(moment):
+        return moment.isoformat() if moment else None
+
+    conversations = list(
+        customer.conversations.select_related("inbox").order_by("created_at", "pk")
+    )
+    messages = (
+        Message.objects.filter(conversation__in=conversations)
+        .select_related("author", "identity")
+        .order_by("created_at", "pk")
+    )
+    attachments: dict[int, list[Attachment]] = {}
+    for attachment in Attachment.objects.filter(message__in=messages).exclude(file=""):
+        attachments.setdefault(attachment.message_id, []).append(attachment)
+    files, by_conversation = [], {c.pk: [] for c in conversations}
+    for message in messages:
+        # A customer's file name never becomes a path: in the archive, a file goes by its id.
+        stored = [
+            (attachment, f"attachments/{attachment.pk}{_extension(attachment.filename)}")
+            for attachment in attachments.get(message.pk, [])
+        ]
+        files += stored
+        by_conversation[message.conversation_id].append(
+            {
+                "id": message.pk,
+                "at": when(message.created_at),
+                "direction": message.direction,
+                "channel": message.channel,
+                "address": message.identity.address if message.identity else None,
+                "agent": message.author.name if message.author else None,
+                "text": message.text,
+                "status": message.status,
+                "attachments": [
+                    {"name": a.filename, "type": a.content_type, "file": name} for a, name in stored
+                ],
+            }
+        )
+    data = {
+        "customer": {
+            "id": customer.pk,
+            "name": customer.name,
+            "language": customer.language,
+            "timezone": customer.timezone,
+            "attributes": customer.attributes,
+            "notes": customer.notes,
+            "created_at": when(customer.created_at),
+            "blocked_at": when(customer.blocked_at),
+        },
+        "addresses": [
+            {
+                "kind": identity.kind,
+                "address": identity.address,
+                "name": identity.display_name,
+                "last_seen_at": when(identity.last_seen_at),
+                "opted_out_at": when(identity.opted_out_at),
+            }
+            for identity in customer.identities.order_by("pk")
+        ],
+        "conversations": [
+            {
+                "number": conversation.pk,
+                "inbox": conversation.inbox.name,
+                "subject": conversation.subject,
+                "status": conversation.status,
+                "created_at": when(conversation.created_at),
+                "resolved_at": when(conversation.resolved_at),
+                "rating": conversation.rating,
+                "rating_comment": conversation.rating_comment,
+                "messages": by_conversation[conversation.pk],
+            }
+            for conversation in conversations
+        ],
+    }
+    return data, files
+
+
+def _extension(filename: str) -> str:
+    """ ".pdf" for "invoice.pdf": letters and digits only, else nothing."""
+    suffix = filename.rpartition(".")[2] if "." in filename else ""
+    return f".{suffix.lower()}" if suffix.isalnum() and len(suffix) <= 10 else ""

@@ -34,5 +34,6 @@ urlpatterns = [
     path("customers/<int:customer_id>/merge", customers.customer_merge, name="customer_merge"),
     path("customers/<int:customer_id>/block", customers.customer_block, name="customer_block"),
     path("customers/<int:customer_id>/erase", customers.customer_erase, name="customer_erase"),
+    path("customers/<int:customer_id>/export", customers.customer_export, name="customer_export"),
     path("customers/<int:customer_id>/start", actions.conversation_start, name="customer_start"),
 ]

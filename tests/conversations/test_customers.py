@@ -413,9 +413,9 @@ class TestBlocking:
         assert customer.conversations.get().messages.count() == 1
 
 
-class TestErase:
-    """Maria asks to be forgotten. She mailed Support an invoice, chatted, had an older
-    profile merged into hers, and was CC'd on Leo's conversation."""
+class TestTheirData:
+    """Maria asks for her data, then to be forgotten. She mailed Support an invoice, chatted,
+    had an older profile merged into hers, and was CC'd on Leo's conversation."""
 
     @pytest.fixture
     def maria(self, mail_inbox, chat_inbox):
@@ -441,6 +441,40 @@ class TestErase:
         services.customer_merge(source=older.message.conversation.customer, target=customer)
         pipe(mail_inbox, customer_mail(frm="leo@example.com", cc="maria@example.com", body="Leo"))
         return customer
+
+    def test_an_admin_downloads_everything_held_about_her(self, client, alice, bob, maria):
+        import io
+        import json
+        import zipfile
+
+        conversation = maria.conversations.get(subject="Invoice")
+        services.note_add(conversation=conversation, author=bob, text="She sounds upset")
+        client.force_login(bob)
+        assert "Download everything" not in page(client, maria).content.decode()
+        assert client.get(reverse("inbox:customer_export", args=[maria.pk])).status_code == 403
+
+        client.force_login(alice)
+        response = client.get(reverse("inbox:customer_export", args=[maria.pk]))
+        assert response.status_code == 200
+        assert response["Content-Disposition"] == f'attachment; filename="customer-{maria.pk}.zip"'
+        bundle = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+        data = json.loads(bundle.read("customer.json"))
+        assert data["customer"]["name"] == "Maria"
+        assert {a["address"] for a in data["addresses"]} == {
+            "maria@example.com",
+            "visitor-maria",
+            "visitor-old",
+        }
+        assert len(data["conversations"]) == 3  # hers and the merged profile's, not Leo's
+        mail = next(c for c in data["conversations"] if c["subject"] == "Invoice")
+        said = [(m["direction"], m["text"].strip(), m["agent"]) for m in mail["messages"]]
+        assert said == [
+            ("inbound", "My invoice is attached.", None),
+            ("note", "She sounds upset", "Bob"),
+        ]
+        (attached,) = mail["messages"][0]["attachments"]
+        assert attached["name"] == "i.pdf" and attached["file"].endswith(".pdf")
+        assert bundle.read(attached["file"]) == b"%PDF-1.4 maria"
 
     def erase(self, client, customer, confirm="erase"):
         return client.post(
