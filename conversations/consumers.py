@@ -53,7 +53,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 UNAUTHORIZED = 4401
 TYPING_MODES = ("reply", "note")
 # Conversation events after which an agent may no longer see the conversation.
-SIGHT_CHANGES = ("team", "assigned", "unassigned")
+SIGHT_CHANGES = ("team", "assigned", "unassigned", "erased")
 
 
 class AgentConsumer(LiveConsumer):

@@ -120,6 +120,21 @@ def publish_conversation_event(
     transaction.on_commit(send)
 
 
+def publish_conversations_erased(rows) -> None:
+    """Tell the agents who could see these conversations that they are gone, after commit.
+    `rows`: dicts of pk, team_id, assignee_id and inbox__default_team_id, read before the
+    conversations were deleted (publish_conversation_event reads them after commit)."""
+    sends = [
+        (
+            _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"}),
+            {"type": "conversation.event", "event": "erased", "conversation": row["pk"]},
+        )
+        for row in rows
+    ]
+    if sends:
+        transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
+
+
 def publish_customer_event(customer_id: int, event: str, **data) -> None:
     """Tell the customer's own open sockets (the chat widget) about a change, after commit.
 

@@ -39,7 +39,11 @@ from conversations.models import (
     Notification,
     Tag,
 )
-from conversations.realtime import publish_conversation_event, publish_notifications
+from conversations.realtime import (
+    publish_conversation_event,
+    publish_conversations_erased,
+    publish_notifications,
+)
 from routing.replies import auto_reply_due
 from routing.sla import (
     sla_agent_replied,
@@ -361,6 +365,9 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
             "messages": messages.count(),
             "files": len(files),
         }
+        publish_conversations_erased(
+            conversations.values("pk", "team_id", "assignee_id", "inbox__default_team_id")
+        )
         payloads.delete()
         conversations.delete()  # with their messages, attachments, events, notifications...
         Customer.objects.filter(pk__in=profiles).delete()  # ...addresses and visitors

@@ -131,6 +131,10 @@
       if (data.type === "presence") return onPresence(data);
       if (data.type === "visitor_typing") return onVisitorTyping(data);
       if (data.type !== "conversation") return;
+      if (data.event === "erased" && String(data.conversation) === conversationId) {
+        location.assign("/inbox/"); // this conversation no longer exists
+        return;
+      }
       if (!conversationId || String(data.conversation) === conversationId) refresh();
     });
     socket.addEventListener("close", function (event) {

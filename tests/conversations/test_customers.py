@@ -10,9 +10,10 @@ from django.urls import reverse
 
 from conversations import services
 from conversations.models import Channel, Customer, Identity, Inbox
+from conversations.realtime import team_group
 from conversations.selectors import customers_visible_to
 from tests.channels_adapters.test_email import customer_mail, pipe
-from tests.conftest import receive, signed_in
+from tests.conftest import listen, receive, signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -499,6 +500,8 @@ class TestTheirData:
         client.force_login(alice)
         assert "Erase this customer" in page(client, maria).content.decode()
 
+        hers = set(maria.conversations.values_list("pk", flat=True))
+        next_event = listen(team_group(mail_inbox.default_team_id))
         with django_capture_on_commit_callbacks(execute=True):  # the files go after commit
             response = self.erase(client, maria)
         assert response.status_code == 302 and response["Location"] == reverse("inbox:list")
@@ -519,6 +522,9 @@ class TestTheirData:
         assert entry.user == alice and entry.object_repr == f"Customer {maria.pk} (erased)"
         assert "maria" not in f"{entry.object_repr} {entry.change_message}".lower()
         assert page(client, maria).status_code == 404
+        # Open inbox pages hear that her conversations are gone.
+        told = [next_event(5) for _ in hers]
+        assert {(e["event"], e["conversation"]) for e in told} == {("erased", pk) for pk in hers}
 
         # Nothing is left for her next mail to join: it opens a new profile.
         pipe(mail_inbox, customer_mail(subject="Hello again"))
