@@ -172,6 +172,10 @@ def customer_block(request, customer_id: int):
     return redirect("inbox:customer", customer_id=customer.pk)
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @login_required
 def customer_export(request, customer_id: int):
     """Admins only: a ZIP of everything held about the customer (selectors.customer_data as
@@ -211,10 +215,13 @@ def customer_erase(request, customer_id: int):
         refusal = "Type “erase” to confirm: nothing was deleted."
         return customer_page(request, customer, status=400, erase_errors=[refusal])
     counts = services.customer_erase(customer=customer, actor=request.user)
+    conversations, sent, files = (
+        _counted(counts["conversations"], "conversation"),
+        _counted(counts["messages"], "message"),
+        _counted(counts["files"], "file"),
+    )
     messages.success(
-        request,
-        f"Customer {customer_id} erased: {counts['conversations']} conversations, "
-        f"{counts['messages']} messages and {counts['files']} files deleted.",
+        request, f"Customer {customer_id} erased: {conversations}, {sent} and {files} deleted."
     )
     return redirect("inbox:list")
 

@@ -507,7 +507,7 @@ class TestTheirData:
         assert response.status_code == 302 and response["Location"] == reverse("inbox:list")
         said = client.get(response["Location"]).content.decode()
         assert (
-            f"Customer {maria.pk} erased: 3 conversations, 3 messages and 1 files deleted." in said
+            f"Customer {maria.pk} erased: 3 conversations, 3 messages and 1 file deleted." in said
         )
         assert not Customer.objects.exclude(pk=leo.pk).exists()  # hers and the merged one
         assert not Identity.objects.filter(address__contains="maria").exists()
