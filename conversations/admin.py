@@ -144,6 +144,7 @@ class InboxForm(forms.ModelForm):
             "default_team",
             "business_hours",
             "expected_reply_minutes",
+            "signature",
             "settings",
             "is_active",
         ]
@@ -287,6 +288,8 @@ class InboxAdmin(admin.ModelAdmin):
         fields = super().get_fields(request, obj)
         if obj is None or obj.kind != Channel.WEBCHAT:
             fields = [f for f in fields if not f.startswith("widget_") and f != "snippet"]
+        if obj is not None and obj.kind != Channel.EMAIL:
+            fields = [f for f in fields if f != "signature"]
         return fields
 
     @admin.display(description="widget snippet")

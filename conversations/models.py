@@ -144,6 +144,15 @@ class Inbox(ChoiceLabels, models.Model):
             "inbox's first replies of the last two weeks, in business hours."
         ),
     )
+    signature = models.TextField(
+        _("email signature"),
+        max_length=1000,
+        blank=True,
+        help_text=_(
+            "Plain text that ends every email an agent sends from this inbox, after the usual "
+            "“-- ” line. {agent} is the agent's name, {inbox} this inbox's name."
+        ),
+    )
     settings = models.JSONField(default=dict, blank=True, help_text=_("Channel settings."))
     # Provider credentials (API keys, passwords). Never shown back in admin: see InboxAdmin.
     credentials = models.JSONField(default=dict, blank=True)
@@ -160,6 +169,10 @@ class Inbox(ChoiceLabels, models.Model):
 
     def __str__(self):
         return self.name
+
+    def signature_for(self, agent_name: str) -> str:
+        """The email signature with its placeholders filled ("" when none is set)."""
+        return self.signature.replace("{agent}", agent_name).replace("{inbox}", self.name).strip()
 
 
 class Visitor(models.Model):

@@ -224,10 +224,17 @@ class EmailAdapter(Adapter):
         cc = sorted(
             {p.address for p in conversation.participants.filter(kind=Channel.EMAIL)} - {to, sender}
         )
-        html = message.html or linebreaks(escape(message.text))
+        text, html = message.text, message.html or linebreaks(escape(message.text))
+        # An agent's reply ends with the inbox's signature, after the "-- " line mail readers
+        # (and our own parser, on the way back) know; automatic messages go without.
+        signature = inbox.signature_for(message.author.name) if message.author else ""
+        if signature:
+            text = f"{text}\n\n-- \n{signature}"
+            lines = "<br>".join(escape(line) for line in signature.splitlines())
+            html += f"<p>-- <br>{lines}</p>"
         email = EmailMultiAlternatives(
             subject=thread_subject(conversation),
-            body=message.text,
+            body=text,
             from_email=format_address(display, sender),
             to=[to],
             cc=cc,

@@ -292,6 +292,26 @@ class TestSmtpOut:
         )
         assert smtp_server.received[0].rcpt_tos == ["camille.dubois@exemple.fr"]
 
+    def test_an_agents_reply_ends_with_the_inboxs_signature(self, email_inbox, bob, smtp_server):
+        email_inbox.signature = "{agent} · {inbox}\n<b>Mon–Fri</b>, {unknown}"
+        email_inbox.save()
+        pipe(email_inbox, customer_mail())
+        conversation = Conversation.objects.get()
+        reply = services.reply_send(conversation=conversation, author=bob, text="Fixed.")
+        message_deliver(reply.pk)
+        [sent] = smtp_server.messages()
+        plain = sent.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        assert plain.strip() == "Fixed.\n\n-- \nBob · Acme Support\n<b>Mon–Fri</b>, {unknown}"
+        html = sent.get_body(("html",)).get_content()
+        assert "<p>-- <br>Bob · Acme Support<br>&lt;b&gt;Mon–Fri&lt;/b&gt;, {unknown}</p>" in html
+        assert reply.text == "Fixed."  # the timeline shows what the agent wrote
+
+        # An automatic message goes without it.
+        services.reply_send(conversation=conversation, author=None, text="We got it.")
+        message_deliver(conversation.messages.latest("id").pk)
+        plain = smtp_server.messages()[-1].get_body(("plain",)).get_content()
+        assert plain.strip() == "We got it."
+
     def test_a_451_is_retried_and_then_sent(self, email_inbox, bob, smtp_server):
         pipe(email_inbox, customer_mail())
         smtp_server.answers = ["451 4.3.0 Mailbox busy, try again later"]

@@ -454,9 +454,10 @@ class Command(BaseCommand):
     def _inboxes(self, teams):
         inboxes = {}
         for name, kind, address, team in INBOXES:
-            inbox, _ = Inbox.objects.get_or_create(
-                name=name, kind=kind, defaults={"address": address, "default_team": teams[team]}
-            )
+            defaults = {"address": address, "default_team": teams[team]}
+            if kind == Channel.EMAIL:
+                defaults["signature"] = "{agent}\n{inbox} · Acme Inc."
+            inbox, _ = Inbox.objects.get_or_create(name=name, kind=kind, defaults=defaults)
             if kind == Channel.WEBCHAT and not inbox.settings:
                 inbox.settings = DEMO_WIDGET
                 inbox.save(update_fields=["settings"])
