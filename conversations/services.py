@@ -360,17 +360,18 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
                 for name in payloads.exclude(payload_file="").values_list("payload_file", flat=True)
             ),
         ]
-        counts = {
-            "conversations": conversations.count(),
-            "messages": messages.count(),
-            "files": len(files),
-        }
         publish_conversations_erased(
             conversations.values("pk", "team_id", "assignee_id", "inbox__default_team_id")
         )
         payloads.delete()
-        conversations.delete()  # with their messages, attachments, events, notifications...
+        # With their messages, attachments, events, notifications...; counted per model.
+        _, deleted = conversations.delete()
         Customer.objects.filter(pk__in=profiles).delete()  # ...addresses and visitors
+        counts = {
+            "conversations": deleted.get(Conversation._meta.label, 0),
+            "messages": deleted.get(Message._meta.label, 0),
+            "files": len(files),
+        }
         LogEntry.objects.create(
             user_id=actor.pk,
             content_type=ContentType.objects.get_for_model(Customer),
