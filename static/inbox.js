@@ -132,7 +132,7 @@
       if (data.type === "visitor_typing") return onVisitorTyping(data);
       if (data.type !== "conversation") return;
       if (data.event === "erased" && String(data.conversation) === conversationId) {
-        location.assign("/inbox/"); // this conversation no longer exists
+        location.assign(document.querySelector("a.brand").href); // it no longer exists: the list
         return;
       }
       if (!conversationId || String(data.conversation) === conversationId) refresh();
