@@ -163,6 +163,7 @@ def worker_threadline(corpus: Path, database_url: str, memory_only: bool) -> dic
     sys.path.insert(0, str(REPO))
     os.environ.update(
         DJANGO_SETTINGS_MODULE="helpdesk.settings",
+        DEBUG="false",
         LOG_LEVEL="WARNING",
         THREADLINE_VAR_DIR=str(corpus.parent / f"var-{os.getpid()}"),
     )

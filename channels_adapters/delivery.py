@@ -102,10 +102,9 @@ def _insert_unless_stored(event: InboundEvent) -> int | None:
     return row[0] if row else None
 
 
-def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> InboundEvent | None:
+def inbound_event_process(event_id: int) -> InboundEvent | None:
     """Turn a stored event into messages. Runs in one transaction with the event locked, so a
-    worker dying half way leaves it pending for the sweep, and a second run does nothing.
-    A caller that just stored the event passes its `payload` rather than reading it back."""
+    worker dying half way leaves it pending for the sweep, and a second run does nothing."""
     with transaction.atomic():
         # The payload is read by the adapter through event.raw(), not with the row.
         events = (
@@ -116,48 +115,52 @@ def inbound_event_process(event_id: int, *, payload: bytes | None = None) -> Inb
         event = events.filter(pk=event_id, status=InboundEvent.Status.PENDING).first()
         if event is None:
             return None  # already processed, or never stored
-        if payload is not None:
-            event.payload_in_hand = payload  # the caller just stored it: no read back
-        event.attempts += 1
-        adapter = adapter_for(event.inbox.kind)
-        try:
-            if adapter is None:
-                raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
-            with transaction.atomic():
-                received, updated, unknown, blocked = [], [], 0, ""
-                for item in adapter.parse_inbound(event):
-                    if isinstance(item, StatusUpdate):
-                        updated.append(message_status_update(item))
-                        unknown += updated[-1] is None
-                        continue
-                    try:
-                        received.append(message_receive(inbox=event.inbox, inbound=item))
-                    except SenderBlocked as exc:  # one sender of a batch: the others go on
-                        blocked = exc.messages[0]
-                        continue
-                    _profile_fetch_later(adapter, received[-1])
-                # Only when nothing in it was known: a receipt naming a part of a message that
-                # we never stored an id for (its attachments) must not hold the rest back.
-                waiting = unknown and unknown == len(updated) and not received
-                if waiting and timezone.now() - event.received_at < STATUS_WAIT:
-                    raise _NotYet
-        except _NotYet:
-            event.error = "Reports on a message whose provider id is not known yet; will retry."
-        except Ignore as exc:
-            event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
-        except (InvalidPayload, ValidationError) as exc:
-            log.warning("inbound event %s failed: %s", event.pk, exc)
-            event.status = InboundEvent.Status.FAILED
-            event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        else:
-            handled = bool(received) or any(updated)
-            event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED
-            event.message = received[0].message if received else None
-            event.error = blocked or ("" if handled else "nothing in it for us")
-        event.processed_at = timezone.now()
-        # Never write the payload back: it can be megabytes, and it is the record.
-        event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])
-        return event
+        return inbound_event_apply(event)
+
+
+def inbound_event_apply(event: InboundEvent) -> InboundEvent:
+    """inbound_event_process's work on a pending `event` that the caller's transaction holds:
+    locked, or stored by it (nobody else can see that row before the commit)."""
+    event.attempts += 1
+    adapter = adapter_for(event.inbox.kind)
+    try:
+        if adapter is None:
+            raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
+        with transaction.atomic():
+            received, updated, unknown, blocked = [], [], 0, ""
+            for item in adapter.parse_inbound(event):
+                if isinstance(item, StatusUpdate):
+                    updated.append(message_status_update(item))
+                    unknown += updated[-1] is None
+                    continue
+                try:
+                    received.append(message_receive(inbox=event.inbox, inbound=item))
+                except SenderBlocked as exc:  # one sender of a batch: the others go on
+                    blocked = exc.messages[0]
+                    continue
+                _profile_fetch_later(adapter, received[-1])
+            # Only when nothing in it was known: a receipt naming a part of a message that
+            # we never stored an id for (its attachments) must not hold the rest back.
+            waiting = unknown and unknown == len(updated) and not received
+            if waiting and timezone.now() - event.received_at < STATUS_WAIT:
+                raise _NotYet
+    except _NotYet:
+        event.error = "Reports on a message whose provider id is not known yet; will retry."
+    except Ignore as exc:
+        event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
+    except (InvalidPayload, ValidationError) as exc:
+        log.warning("inbound event %s failed: %s", event.pk, exc)
+        event.status = InboundEvent.Status.FAILED
+        event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+    else:
+        handled = bool(received) or any(updated)
+        event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED
+        event.message = received[0].message if received else None
+        event.error = blocked or ("" if handled else "nothing in it for us")
+    event.processed_at = timezone.now()
+    # Never write the payload back: it can be megabytes, and it is the record.
+    event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])
+    return event
 
 
 class _NotYet(Exception):  # noqa: N818 - control flow inside inbound_event_process

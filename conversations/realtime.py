@@ -12,7 +12,9 @@ import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
+
+from conversations.models import Conversation, Inbox
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +65,28 @@ class _Publisher:
         asyncio.run_coroutine_threadsafe(coroutine, cls._loop).result(timeout=30)
 
 
+def _layer_for(groups):
+    """The channel layer, or None when nobody can be listening: none configured, or the
+    in-process layer (no Redis) without a socket in any of `groups` (None: in any group; a
+    worker or a command of its own, which no socket reaches)."""
+    layer = get_channel_layer()
+    if isinstance(layer, InMemoryChannelLayer) and not (
+        layer.groups if groups is None else any(g in layer.groups for g in groups)
+    ):
+        return None
+    return layer
+
+
 def send_to_groups(groups, payload: dict, *more: tuple[list[str], dict]) -> None:
     """Send `payload` to `groups` (and each further (groups, payload) pair) in one hop into an
     event loop."""
-    layer = get_channel_layer()
+    sends = ((groups, payload), *more)
+    layer = _layer_for([group for targets, _ in sends for group in targets])
     if layer is None:
         return
 
     async def send_all():
-        for targets, message in ((groups, payload), *more):
+        for targets, message in sends:
             for group in targets:
                 try:
                     await layer.group_send(group, message)
@@ -84,6 +99,22 @@ def send_to_groups(groups, payload: dict, *more: tuple[list[str], dict]) -> None
         _Publisher.run(send_all())
 
 
+def _recipients(conversation_id: int) -> dict | None:
+    """Who may see the conversation as it is now: its team, assignee and inbox's default team.
+    Raw SQL on every event: the ORM's query costs several times its round trip."""
+    conversation, inbox = (model._meta for model in (Conversation, Inbox))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Names come from the models; the id goes as a parameter.
+            f"SELECT c.team_id, c.assignee_id, i.default_team_id FROM {conversation.db_table} c "  # noqa: S608
+            f"JOIN {inbox.db_table} i ON i.id = c.inbox_id WHERE c.id = %s",
+            [conversation_id],
+        )
+        row = cursor.fetchone()
+    names = ("team_id", "assignee_id", "inbox__default_team_id")
+    return dict(zip(names, row, strict=True)) if row else None
+
+
 def publish_conversation_event(
     conversation, event: str, *, customer_event: dict | None = None, **data
 ) -> None:
@@ -92,13 +123,10 @@ def publish_conversation_event(
     message through its own, filtered endpoint)."""
 
     def send():
+        if _layer_for(None) is None:
+            return
         # Recipients from the conversation as it is now, not as it was when the change began.
-        current = (
-            type(conversation)
-            .objects.filter(pk=conversation.pk)
-            .values("team_id", "assignee_id", "inbox__default_team_id")
-            .first()
-        )
+        current = _recipients(conversation.pk)
         if current is None:
             return
         payload = {

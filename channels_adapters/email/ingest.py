@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from channels_adapters.delivery import inbound_event_process, inbound_event_store
+from channels_adapters.delivery import (
+    inbound_event_apply,
+    inbound_event_process,
+    inbound_event_store,
+)
 from channels_adapters.email.parsing import NotAnEmail, read_envelope
 from channels_adapters.models import InboundEvent
 
@@ -40,7 +44,12 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
             # One commit for storing and processing. Processing runs in its own savepoint, so
             # a failure we did not foresee still commits the raw mail, pending for the sweep.
             try:
-                event = inbound_event_process(event.pk, payload=raw) or event
+                if created:  # this transaction's own row: no need to read it back and lock it
+                    event.payload_in_hand = raw
+                    with transaction.atomic():
+                        event = inbound_event_apply(event)
+                else:  # stored earlier and still pending: locked first, as the sweep does
+                    event = inbound_event_process(event.pk) or event
             except Exception:
                 log.exception("processing inbound event %s failed; the sweep will retry", event.pk)
     return Ingested(event=event, duplicate=not created)
