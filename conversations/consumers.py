@@ -41,6 +41,24 @@ def _database_threads() -> ThreadPoolExecutor:
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
+    # Set once the socket is closed, by us or by the client. A handler still at work then (a
+    # group event, a slow hello under load) has nobody left to tell, and an ASGI server
+    # refuses a frame after the close.
+    closed = False
+
+    async def send_json(self, content, close=False):
+        if not self.closed:
+            await super().send_json(content, close=close)
+
+    async def close(self, code=None, reason=None):
+        if not self.closed:
+            self.closed = True
+            await super().close(code=code, reason=reason)
+
+    async def websocket_disconnect(self, message):
+        self.closed = True
+        await super().websocket_disconnect(message)
+
     async def dispatch(self, message):
         # Channels closes stale connections before every handler, on that one shared thread;
         # our handlers reach the database only through db(), which does it in its own thread.
@@ -349,11 +367,11 @@ class VisitorConsumer(LiveConsumer):
 
         if self.visitor is not None:
             return
+        self.hello_timer.cancel()  # it came in time, however long the reading takes
         visitor = await db(chat.visitor_from_token)(self.inbox, content.get("token"))
         if visitor is None:
             await self.close(code=UNAUTHORIZED)
             return
-        self.hello_timer.cancel()
         self.visitor = visitor
         after = content.get("after")
         self.cursor = after if isinstance(after, int) and after >= 0 else 0

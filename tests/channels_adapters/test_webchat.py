@@ -420,6 +420,27 @@ async def test_floods_and_oversized_frames_are_refused(widget, settings):
     assert results[-1][2] == 4429
 
 
+@pytestmark_socket
+async def test_a_socket_the_server_closed_is_sent_nothing_more(widget, bob):
+    """What a handler still had under way when the server closed the socket is dropped: an
+    ASGI server refuses a frame after the close (and logs an error for each)."""
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    received = await database_sync_to_async(chat.visitor_message)(
+        visitor, text="Hello?", client_id="a"
+    )
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    assert (await socket.receive_json_from(timeout=5))["messages"][0]["text"] == "Hello?"
+    await socket.send_to(text_data="x" * 70_000)
+    assert (await socket.receive_output(timeout=5))["code"] == 1009
+
+    # The agent's answer still reaches the socket's groups until the server has let it go.
+    reply = await database_sync_to_async(services.reply_send)(
+        conversation=received.message.conversation, author=bob, text="Hi, how can I help?"
+    )
+    await database_sync_to_async(message_deliver)(reply.pk)
+    assert await socket.receive_nothing(timeout=0.5)
+
+
 # --- Ending, rating, transcript, going asynchronous ------------------------------------------
 
 
