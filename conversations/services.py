@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
@@ -417,8 +418,18 @@ def language_guess(text: str) -> str:
 LANGUAGE_GUESS_MIN_LETTERS, LANGUAGE_GUESS_CONFIDENCE = 12, 0.8
 
 
-@functools.cache
 def _language_identifier():
+    # Loading the model takes a second of CPU: under a lock, or every thread of a busy
+    # process's first burst of messages loads its own copy at once.
+    with _LANGUAGE_LOCK:
+        return _language_identifier_load()
+
+
+_LANGUAGE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _language_identifier_load():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)

@@ -1,3 +1,5 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -117,13 +119,36 @@ class TestReceive:
         )
 
     def test_a_misconfigured_language_list_costs_no_message(self, api_inbox, settings):
-        services._language_identifier.cache_clear()
+        services._language_identifier_load.cache_clear()
         settings.CUSTOMER_LANGUAGES = ["pt", "klingon"]
         try:
             received = receive(api_inbox, text="Olá, a minha encomenda ainda não chegou")
         finally:
-            services._language_identifier.cache_clear()
+            services._language_identifier_load.cache_clear()
         assert received.created and received.message.conversation.customer.language == ""
+
+    def test_the_language_model_is_loaded_once_however_many_threads_ask(self, monkeypatch):
+        """A busy process's first burst of messages arrives on many threads at once: each
+        loading its own copy of the model is a second of CPU apiece."""
+        from py3langid.langid import LanguageIdentifier
+
+        loads, real = [], LanguageIdentifier.from_model_file.__func__
+        monkeypatch.setattr(
+            LanguageIdentifier,
+            "from_model_file",
+            classmethod(lambda cls, *a, **kw: loads.append(1) or real(cls, *a, **kw)),
+        )
+        services._language_identifier_load.cache_clear()
+        start = threading.Barrier(4)
+
+        def guess():
+            start.wait()
+            return services.language_guess("Meu pedido ainda não chegou, podem verificar?")
+
+        with ThreadPoolExecutor(4) as pool:
+            guesses = list(pool.map(lambda _: guess(), range(4)))
+        services._language_identifier_load.cache_clear()
+        assert guesses == ["pt"] * 4 and len(loads) == 1
 
 
 class TestStateChanges:
