@@ -41,14 +41,24 @@ def _database_threads() -> ThreadPoolExecutor:
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    # Set once the socket is closed, by us or by the client. A handler still at work then (a
-    # group event, a slow hello under load) has nobody left to tell, and an ASGI server
-    # refuses a frame after the close.
+    # Set once the socket is closed: by us, by the client or by the server. A handler still at
+    # work then (a group event, a slow hello under load) has nobody left to tell, and an ASGI
+    # server refuses a frame after the close.
     closed = False
 
     async def send_json(self, content, close=False):
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             await super().send_json(content, close=close)
+        except OSError:  # what ASGI servers raise for a client gone before its disconnect
+            self.closed = True
+        except RuntimeError as exc:
+            # uvicorn closed the socket itself (a keepalive ping left unanswered while the
+            # process was overloaded) and its disconnect has not reached this consumer yet.
+            if "after sending 'websocket.close'" not in str(exc):
+                raise
+            self.closed = True
 
     async def close(self, code=None, reason=None):
         if not self.closed:
