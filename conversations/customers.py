@@ -220,8 +220,11 @@ def customer_erase(request, customer_id: int):
         _counted(counts["messages"], "message"),
         _counted(counts["files"], "file"),
     )
+    blanked = counts["blanked"]
+    elsewhere = f"; {_counted(blanked, 'message')} in others’ conversations blanked" * bool(blanked)
     messages.success(
-        request, f"Customer {customer_id} erased: {conversations}, {sent} and {files} deleted."
+        request,
+        f"Customer {customer_id} erased: {conversations}, {sent} and {files} deleted{elsewhere}.",
     )
     return redirect("inbox:list")
 

@@ -66,9 +66,10 @@ def customer_get_for_agent(*, user, customer_id) -> Customer:
 
 def customer_data(customer: Customer) -> tuple[dict, list]:
     """Everything held about `customer` that a request for their data covers, as plain JSON
-    values: the profile, the addresses, and every conversation they are the customer of with
-    each message (internal notes included, marked as such: whoever answers the request decides
-    what to hand over). Also returns (attachment, name in the archive) pairs for the files."""
+    values: the profile, the addresses, every conversation they are the customer of with each
+    message (internal notes included, marked as such: whoever answers the request decides what
+    to hand over), and what they wrote into other customers' conversations. Also returns
+    (attachment, name in the archive) pairs for the files."""
     from conversations.models import Attachment, Message
 
     def when(moment):
@@ -77,15 +78,16 @@ def customer_data(customer: Customer) -> tuple[dict, list]:
     conversations = list(
         customer.conversations.select_related("inbox").order_by("created_at", "pk")
     )
+    # Theirs, and what they wrote into other customers' conversations (a CC'd reply).
     messages = (
-        Message.objects.filter(conversation__in=conversations)
+        Message.objects.filter(Q(conversation__in=conversations) | Q(identity__customer=customer))
         .select_related("author", "identity")
         .order_by("created_at", "pk")
     )
     attachments: dict[int, list[Attachment]] = {}
     for attachment in Attachment.objects.filter(message__in=messages).exclude(file=""):
         attachments.setdefault(attachment.message_id, []).append(attachment)
-    files, by_conversation = [], {c.pk: [] for c in conversations}
+    files, by_conversation, elsewhere = [], {c.pk: [] for c in conversations}, []
     for message in messages:
         # A customer's file name never becomes a path: in the archive, a file goes by its id.
         stored = [
@@ -93,9 +95,10 @@ def customer_data(customer: Customer) -> tuple[dict, list]:
             for attachment in attachments.get(message.pk, [])
         ]
         files += stored
-        by_conversation[message.conversation_id].append(
+        by_conversation.get(message.conversation_id, elsewhere).append(
             {
                 "id": message.pk,
+                "conversation": message.conversation_id,
                 "at": when(message.created_at),
                 "direction": message.direction,
                 "channel": message.channel,
@@ -143,6 +146,7 @@ def customer_data(customer: Customer) -> tuple[dict, list]:
             }
             for conversation in conversations
         ],
+        "messages_in_others_conversations": elsewhere,
     }
     return data, files
 

@@ -316,6 +316,9 @@ def customer_block(*, customer: Customer, actor, conversation: Conversation | No
     return customer
 
 
+ERASED_TEXT = "(erased at the request of the person who wrote it)"
+
+
 def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
     """Delete what Threadline holds about `customer`, for a request to be forgotten: the
     profile and every profile merged into it, their addresses and chat visitors, their
@@ -324,9 +327,10 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
     from. It cannot be undone; the views let admins only. An admin log entry records who
     erased which profile number and how much, with no personal data.
 
-    What stays: messages they wrote as a CC'd participant of someone else's conversation
-    (that customer's record; the address is unlinked from them), and raw payloads that
-    never became a message (kept aside after a block). Returns counts for the confirmation."""
+    What they wrote into someone else's conversation (replying as a CC'd participant) stays
+    as a blanked message, so that conversation still reads in order: its text, HTML, quoted
+    history, attachments and raw payload go. What stays: raw payloads that never became a
+    message (kept aside after a block). Returns counts for the confirmation."""
     from django.contrib.admin.models import DELETION, LogEntry
     from django.contrib.contenttypes.models import ContentType
 
@@ -345,7 +349,12 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
                 break
             profiles += merged
         conversations = Conversation.objects.filter(customer__in=profiles)
-        messages = Message.objects.filter(conversation__in=conversations)
+        elsewhere = Message.objects.filter(identity__customer__in=profiles).exclude(
+            conversation__customer__in=profiles
+        )
+        messages = Message.objects.filter(
+            Q(conversation__in=conversations) | Q(pk__in=elsewhere.values("pk"))
+        )
         payloads = InboundEvent.objects.filter(message__in=messages)
         attachment_storage = Attachment._meta.get_field("file").storage
         payload_storage = InboundEvent._meta.get_field("payload_file").storage
@@ -365,12 +374,15 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
             conversations.values("pk", "team_id", "assignee_id", "inbox__default_team_id")
         )
         payloads.delete()
+        Attachment.objects.filter(message__in=elsewhere).delete()
+        blanked = elsewhere.update(text=ERASED_TEXT, html="", quoted="", metadata={})
         # With their messages, attachments, events, notifications...; counted per model.
         _, deleted = conversations.delete()
         Customer.objects.filter(pk__in=profiles).delete()  # ...addresses and visitors
         counts = {
             "conversations": deleted.get(Conversation._meta.label, 0),
             "messages": deleted.get(Message._meta.label, 0),
+            "blanked": blanked,
             "files": len(files),
         }
         LogEntry.objects.create(
@@ -381,7 +393,8 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
             action_flag=DELETION,
             change_message=(
                 f"Erased on request: {counts['conversations']} conversations, "
-                f"{counts['messages']} messages, {counts['files']} files."
+                f"{counts['messages']} messages, {counts['files']} files; {blanked} messages "
+                "in others' conversations blanked."
             ),
         )
         # Files go once the rows are gone for good: a rollback must not leave rows without them.

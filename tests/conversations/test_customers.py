@@ -2,6 +2,7 @@
 (Billing agent, an outsider to Support's customers) and alice (admin)."""
 
 import os
+from email import message_from_bytes, policy
 
 import pytest
 from django.db import connection
@@ -440,7 +441,20 @@ class TestTheirData:
         receive(chat_inbox, text="Maria by chat", address="visitor-maria")
         older = receive(chat_inbox, text="From my old laptop", address="visitor-old")
         services.customer_merge(source=older.message.conversation.customer, target=customer)
-        pipe(mail_inbox, customer_mail(frm="leo@example.com", cc="maria@example.com", body="Leo"))
+        leos = customer_mail(frm="leo@example.com", cc="maria@example.com", body="Leo")
+        pipe(mail_inbox, leos)
+        # She answers Leo's thread for all, as a CC'd participant of his conversation.
+        answer = message_from_bytes(
+            customer_mail(
+                frm="Maria <maria@example.com>",
+                subject="Re: Help",
+                body="Maria agrees with Leo.",
+                in_reply_to=message_from_bytes(leos)["Message-ID"],
+            ),
+            policy=policy.default,
+        )
+        answer.add_attachment(b"maria's photo", maintype="image", subtype="png", filename="m.png")
+        pipe(mail_inbox, answer.as_bytes())
         return customer
 
     def test_an_admin_downloads_everything_held_about_her(self, client, alice, bob, maria):
@@ -467,6 +481,10 @@ class TestTheirData:
             "visitor-old",
         }
         assert len(data["conversations"]) == 3  # hers and the merged profile's, not Leo's
+        (in_leos,) = data["messages_in_others_conversations"]
+        assert in_leos["text"].strip() == "Maria agrees with Leo."
+        leo = Customer.objects.get(identities__address="leo@example.com")
+        assert in_leos["conversation"] == leo.conversations.get().pk
         mail = next(c for c in data["conversations"] if c["subject"] == "Invoice")
         said = [(m["direction"], m["text"].strip(), m["agent"]) for m in mail["messages"]]
         assert said == [
@@ -491,12 +509,15 @@ class TestTheirData:
         from conversations.models import Attachment, Conversation, Message
 
         leo = Customer.objects.get(identities__address="leo@example.com")
-        files = [
-            a.file.path for a in Attachment.objects.filter(message__conversation__customer=maria)
+        files = [a.file.path for a in Attachment.objects.order_by("pk")]
+        assert [open(f, "rb").read() for f in files] == [b"%PDF-1.4 maria", b"maria's photo"]
+        assert InboundEvent.objects.count() == 3
+        leos = leo.conversations.get()
+        assert leos.participants.get().address == "maria@example.com"
+        assert [m.text.strip() for m in leos.messages.order_by("pk")] == [
+            "Leo",
+            "Maria agrees with Leo.",
         ]
-        assert len(files) == 1 and open(files[0], "rb").read() == b"%PDF-1.4 maria"
-        assert InboundEvent.objects.count() == 2
-        assert leo.conversations.get().participants.get().address == "maria@example.com"
         client.force_login(alice)
         assert "Erase this customer" in page(client, maria).content.decode()
 
@@ -507,14 +528,20 @@ class TestTheirData:
         assert response.status_code == 302 and response["Location"] == reverse("inbox:list")
         said = client.get(response["Location"]).content.decode()
         assert (
-            f"Customer {maria.pk} erased: 3 conversations, 3 messages and 1 file deleted." in said
+            f"Customer {maria.pk} erased: 3 conversations, 3 messages and 2 files deleted; "
+            "1 message in others’ conversations blanked." in said
         )
         assert not Customer.objects.exclude(pk=leo.pk).exists()  # hers and the merged one
         assert not Identity.objects.filter(address__contains="maria").exists()
         assert not Identity.objects.filter(address="visitor-old").exists()
         assert list(Conversation.objects.all()) == list(leo.conversations.all())
         assert not Message.objects.filter(text__contains="Maria").exists()
-        assert not os.path.exists(files[0])
+        assert not any(os.path.exists(f) for f in files) and not Attachment.objects.exists()
+        # Her answer in Leo's thread stays in its place, blanked.
+        assert [m.text.strip() for m in leos.messages.order_by("pk")] == [
+            "Leo",
+            services.ERASED_TEXT,
+        ]
         # Her mail as it arrived is gone; Leo's, which named her in Cc, is his record.
         assert [event.raw().count(b"Leo") for event in InboundEvent.objects.all()] == [1]
         assert leo.conversations.get().participants.count() == 0
