@@ -329,8 +329,9 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
 
     What they wrote into someone else's conversation (replying as a CC'd participant) stays
     as a blanked message, so that conversation still reads in order: its text, HTML, quoted
-    history, attachments and raw payload go. What stays: raw payloads that never became a
-    message (kept aside after a block). Returns counts for the confirmation."""
+    history, attachments and raw payload go. What stays: webhook payloads (SMS, Messenger,
+    WhatsApp) that never became a message, kept aside after a block. Returns counts for the
+    confirmation."""
     from django.contrib.admin.models import DELETION, LogEntry
     from django.contrib.contenttypes.models import ContentType
 
@@ -355,7 +356,17 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
         messages = Message.objects.filter(
             Q(conversation__in=conversations) | Q(pk__in=elsewhere.values("pk"))
         )
-        payloads = InboundEvent.objects.filter(message__in=messages)
+        # Their mail that never became a message (a blocked sender's, kept aside) too: mail
+        # is the one kind whose stored headers name the sender.
+        addresses = Identity.objects.filter(customer__in=profiles, kind=Channel.EMAIL)
+        payloads = InboundEvent.objects.filter(
+            Q(message__in=messages)
+            | Q(
+                message=None,
+                inbox__kind=Channel.EMAIL,
+                headers__from__in=list(addresses.values_list("address", flat=True)),
+            )
+        )
         attachment_storage = Attachment._meta.get_field("file").storage
         payload_storage = InboundEvent._meta.get_field("payload_file").storage
         files = [

@@ -511,7 +511,11 @@ class TestTheirData:
         leo = Customer.objects.get(identities__address="leo@example.com")
         files = [a.file.path for a in Attachment.objects.order_by("pk")]
         assert [open(f, "rb").read() for f in files] == [b"%PDF-1.4 maria", b"maria's photo"]
-        assert InboundEvent.objects.count() == 3
+        # Blocked, she wrote again: kept aside as it came, not made a message.
+        services.customer_block(customer=maria, actor=alice)
+        pipe(mail_inbox, customer_mail(subject="Why?", body="Maria, blocked"))
+        assert InboundEvent.objects.filter(message=None).count() == 1
+        assert InboundEvent.objects.count() == 4
         leos = leo.conversations.get()
         assert leos.participants.get().address == "maria@example.com"
         assert [m.text.strip() for m in leos.messages.order_by("pk")] == [
