@@ -137,6 +137,8 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     received.append(message_receive(inbox=event.inbox, inbound=item))
                 except SenderBlocked as exc:  # one sender of a batch: the others go on
                     blocked = exc.messages[0]
+                    # Who it was, so that erasing them finds what was set aside.
+                    event.headers["blocked"] = f"{item.channel}:{item.address}"
                     continue
                 _profile_fetch_later(adapter, received[-1])
             # Only when nothing in it was known: a receipt naming a part of a message that
@@ -155,11 +157,13 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
     else:
         handled = bool(received) or any(updated)
         event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED
-        event.message = received[0].message if received else None
+        # The message it brought, or the one a status callback was about: erasing a
+        # conversation finds its payloads through it.
+        event.message = received[0].message if received else next(filter(None, updated), None)
         event.error = blocked or ("" if handled else "nothing in it for us")
     event.processed_at = timezone.now()
     # Never write the payload back: it can be megabytes, and it is the record.
-    event.save(update_fields=["status", "error", "message", "attempts", "processed_at"])
+    event.save(update_fields=["status", "error", "message", "attempts", "processed_at", "headers"])
     return event
 
 

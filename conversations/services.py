@@ -322,15 +322,14 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
     """Delete what Threadline holds about `customer`, for a request to be forgotten: the
     profile and every profile merged into it, their addresses and chat visitors, their
     conversations with every message, note, event, notification and SLA clock in them, the
-    attachment files, and the raw provider payloads (mail, webhooks) those messages came
-    from. It cannot be undone; the views let admins only. An admin log entry records who
-    erased which profile number and how much, with no personal data.
+    attachment files, and the raw provider payloads (mail, webhooks, delivery receipts) of
+    those messages and of what was set aside while they were blocked. It cannot be undone;
+    the views let admins only. An admin log entry records who erased which profile number
+    and how much, with no personal data.
 
     What they wrote into someone else's conversation (replying as a CC'd participant) stays
     as a blanked message, so that conversation still reads in order: its text, HTML, quoted
-    history, attachments and raw payload go. What stays: webhook payloads (SMS, Messenger,
-    WhatsApp) that never became a message, kept aside after a block. Returns counts for the
-    confirmation."""
+    history, attachments and raw payload go. Returns counts for the confirmation."""
     from django.contrib.admin.models import DELETION, LogEntry
     from django.contrib.contenttypes.models import ContentType
 
@@ -355,15 +354,19 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
         messages = Message.objects.filter(
             Q(conversation__in=conversations) | Q(pk__in=elsewhere.values("pk"))
         )
-        # Their mail that never became a message (a blocked sender's, kept aside) too: mail
-        # is the one kind whose stored headers name the sender.
-        addresses = Identity.objects.filter(customer__in=profiles, kind=Channel.EMAIL)
+        # What they sent that never became a message goes too: what was set aside while they
+        # were blocked (any channel), and mail that was not taken (an auto-reply, a bounce),
+        # since mail's stored headers name its sender.
+        identities = list(
+            Identity.objects.filter(customer__in=profiles).values_list("kind", "address")
+        )
         payloads = InboundEvent.objects.filter(
             Q(message__in=messages)
+            | Q(message=None, headers__blocked__in=[f"{k}:{a}" for k, a in identities])
             | Q(
                 message=None,
                 inbox__kind=Channel.EMAIL,
-                headers__from__in=list(addresses.values_list("address", flat=True)),
+                headers__from__in=[a for k, a in identities if k == Channel.EMAIL],
             )
         )
         attachment_storage = Attachment._meta.get_field("file").storage

@@ -297,6 +297,24 @@ class TestReplies:
             "Twilio error 30003: The handset is unreachable (switched off or out of coverage)."
         )
 
+    def test_erasing_the_customer_deletes_every_payload_naming_their_number(
+        self, client, twilio, conversation, alice, bob
+    ):
+        inbox = conversation.inbox
+        sid = reply(conversation, bob).provider_id
+        receipt = deliver(twilio, client, inbox, status_callback(sid, "delivered"))
+        assert receipt.message.provider_id == sid  # a receipt is filed with its message
+        customer = conversation.customer
+        services.customer_block(customer=customer, actor=bob)
+        aside = deliver(twilio, client, inbox, incoming(sid="SM" + "b" * 32, body="Still me"))
+        assert aside.message is None and aside.status == InboundEvent.Status.IGNORED
+        other = deliver(twilio, client, inbox, incoming(sid="SM" + "c" * 32, From="+351917777777"))
+        assert InboundEvent.objects.count() == 4
+        services.customer_erase(customer=customer, actor=alice)
+        # What is left is the other customer's SMS: nothing with the erased number in it.
+        assert list(InboundEvent.objects.all()) == [other]
+        assert CUSTOMER.encode() not in other.raw()
+
     def test_a_callback_that_overtakes_the_send_is_applied_later(
         self, client, twilio, conversation, bob
     ):
