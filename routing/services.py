@@ -37,7 +37,7 @@ from functools import cached_property
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW
@@ -45,6 +45,7 @@ from conversations.models import (
     Channel,
     Conversation,
     ConversationEvent,
+    Inbox,
     Message,
     Notification,
     Tag,
@@ -89,21 +90,31 @@ def _offline(now: datetime) -> Q:
     )
 
 
-# What assignment reads of a member, their agent and team, for every message: not whole rows.
-MEMBER_FIELDS = (
-    "team_id",
-    "user_id",
-    "max_open",
-    "skills",
-    "assigned_turn",
-    "user__email",
-    "user__display_name",
-    "user__is_active",
-    "user__availability",
-    "user__last_seen_at",
-    "team__auto_assign",
-    "team__channel_weights",
-)
+def _open_load(team: Team, user_ids) -> dict[int, int]:
+    """The weighted open conversations of each agent in `user_ids`, as `team` weighs its
+    channels. Raw SQL: it runs for every new conversation (see _Pool)."""
+    load = dict.fromkeys(user_ids, 0)
+    if not load:
+        return load
+    conversation, inbox = (_table(model) for model in (Conversation, Inbox))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Names come from the models; values go as parameters.
+            f"SELECT c.assignee_id, i.kind, COUNT(*) FROM {conversation} c "  # noqa: S608
+            f"JOIN {inbox} i ON i.id = c.inbox_id WHERE c.status = %s "
+            f"AND c.assignee_id IN ({', '.join(['%s'] * len(load))}) "
+            "GROUP BY c.assignee_id, i.kind",
+            [OPEN.value, *load],
+        )
+        for user_id, kind, count in cursor.fetchall():
+            load[user_id] += count * team.weight(kind)
+    return load
+
+
+# What assignment reads of a member, their agent and team, in _Pool's statement.
+MEMBER_COLUMNS = ("id", "team_id", "user_id", "max_open", "skills", "assigned_turn")
+USER_COLUMNS = ("id", "email", "display_name", "is_active", "availability")
+TEAM_COLUMNS = ("id", "auto_assign", "channel_weights")
 
 
 class _Pool:
@@ -115,29 +126,48 @@ class _Pool:
         # statement has waited for a row, PostgreSQL reads the newest version of every row it
         # locks, so the turns come back as the previous holder left them. The load is counted
         # in a statement of its own, after the lock, for the same reason (module docstring).
-        members = list(
-            TeamMembership.objects.filter(team_id=team_id, user__is_active=True)
-            .select_related("user", "team")
-            .only(*MEMBER_FIELDS)
-            .select_for_update(of=("self", "user"), no_key=True)
-            .order_by("user_id")
+        # Raw SQL, like the count: the ORM's version of the two cost twice their round trips.
+        users = get_user_model()
+        memberships, agents, teams = (_table(model) for model in (TeamMembership, users, Team))
+        columns = ", ".join(
+            [f"m.{c}" for c in MEMBER_COLUMNS]
+            + [f"u.{c}" for c in USER_COLUMNS]
+            + [f"t.{c}" for c in TEAM_COLUMNS]
+            # Online as agent_is_online says: the one value assignment needs of the clock.
+            + ["u.availability = %s AND u.last_seen_at >= %s"]
         )
-        self.team: Team | None = members[0].team if members else None
+        lock = " FOR NO KEY UPDATE OF m, u" if connection.features.has_select_for_update else ""
+        # Names come from the models; values go as parameters.
+        sql = (
+            f"SELECT {columns} FROM {memberships} m JOIN {agents} u ON u.id = m.user_id "  # noqa: S608
+            f"JOIN {teams} t ON t.id = m.team_id WHERE m.team_id = %s AND u.is_active "
+            f"ORDER BY m.user_id{lock}"
+        )
+        online_since = connection.ops.adapt_datetimefield_value(now - AGENT_ONLINE_WINDOW)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [users.Availability.ONLINE.value, online_since, team_id])
+            rows = cursor.fetchall()
+        members, online, alias = [], [], connection.alias
+        ends = (len(MEMBER_COLUMNS), len(MEMBER_COLUMNS) + len(USER_COLUMNS), -1)
+        for row in rows:
+            member = TeamMembership.from_db(alias, MEMBER_COLUMNS, row[: ends[0]])
+            member.user = users.from_db(alias, USER_COLUMNS, row[ends[0] : ends[1]])
+            members.append(member)
+            if row[-1]:
+                online.append(member)
+        self.team: Team | None = None
+        if rows:
+            team_id, auto_assign, weights = rows[0][ends[1] : ends[2]]
+            weights = Team._meta.get_field("channel_weights").from_db_value(
+                weights, None, connection
+            )
+            self.team = Team.from_db(alias, TEAM_COLUMNS, (team_id, auto_assign, weights))
         # Skills anyone in the team has, online or not: a conversation tagged with one waits
         # for a member who has it rather than going to someone who does not.
         self.skills = frozenset().union(*(member.skill_set for member in members))
         self.turn = max((member.assigned_turn for member in members), default=0)
-        self.online = [member for member in members if agent_is_online(member.user, now)]
-        self.load = dict.fromkeys((member.user_id for member in self.online), 0)
-        if self.online:
-            open_work = (
-                Conversation.objects.filter(assignee_id__in=self.load, status=OPEN)
-                .values_list("assignee_id", "inbox__kind")
-                .annotate(count=Count("id"))
-                .order_by()
-            )
-            for user_id, kind, count in open_work:
-                self.load[user_id] += count * self.team.weight(kind)
+        self.online = online
+        self.load = _open_load(self.team, (member.user_id for member in online))
 
     @property
     def assigning(self) -> bool:
@@ -159,8 +189,16 @@ class _Pool:
         self.turn += 1
         chosen.assigned_turn = self.turn
         self.load[chosen.user_id] += weight
-        TeamMembership.objects.filter(pk=chosen.pk).update(assigned_turn=self.turn)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {_table(TeamMembership)} SET assigned_turn = %s WHERE id = %s",  # noqa: S608
+                [self.turn, chosen.pk],
+            )
         return chosen
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
 
 
 # --- A new conversation ----------------------------------------------------------------------
@@ -486,16 +524,7 @@ class _Outlook:
 
     @cached_property
     def load(self) -> dict[int, int]:
-        load = dict.fromkeys((member.user_id for member in self.members), 0)
-        open_work = (
-            Conversation.objects.filter(assignee_id__in=load, status=OPEN)
-            .values_list("assignee_id", "inbox__kind")
-            .annotate(count=Count("id"))
-            .order_by()
-        )
-        for user_id, kind, count in open_work:
-            load[user_id] += count * self.team.weight(kind)
-        return load
+        return _open_load(self.team, (member.user_id for member in self.members))
 
     def status(self, position: int, kind: str) -> QueueStatus:
         weight = self.team.weight(kind)
