@@ -45,6 +45,7 @@ from conversations.realtime import (
     publish_conversations_erased,
     publish_notifications,
 )
+from routing.models import TableCache
 from routing.replies import auto_reply_due
 from routing.sla import (
     sla_agent_replied,
@@ -659,7 +660,9 @@ def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
     if not (inbound.text or inbound.html or inbound.attachments or inbound.media):
         raise ValidationError("An inbound message needs text, HTML or an attachment.")
     try:
-        with transaction.atomic():
+        # One look at the configuration tables (rules, automations, SLA policies, automatic
+        # replies) for the whole message: see TableCache.
+        with transaction.atomic(), TableCache.snapshot():
             return _message_receive(inbox, inbound)
     except SenderBlocked as blocked:
         if inbound.opt_out is not None:  # an opt-out (SMS STOP) counts, whoever sends it

@@ -346,6 +346,19 @@ def test_edits_apply_to_the_next_message_without_a_restart(mail_inbox, billing, 
     assert (conversation.team, conversation.priority) == (support, Conversation.Priority.NORMAL)
 
 
+def test_a_message_checks_the_configuration_tables_once(mail_inbox, billing):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    rule([], team=billing)
+    with CaptureQueriesContext(connection) as queries:
+        conversation = arrive(mail_inbox)
+    assert conversation.team == billing
+    # Rules, automations, SLA policies and automatic replies, all in one statement.
+    (check,) = [q["sql"] for q in queries if "MAX(updated_at)" in q["sql"]]
+    assert check.count(" UNION ALL ") >= 3
+
+
 # --- What admins may save --------------------------------------------------------------------
 
 INVALID = [
