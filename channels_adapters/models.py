@@ -17,8 +17,11 @@ class InboundEvent(models.Model):
         IGNORED = "ignored", _("Ignored")
         FAILED = "failed", _("Failed")
 
-    inbox = models.ForeignKey(
-        "conversations.Inbox", on_delete=models.CASCADE, related_name="inbound_events"
+    inbox = models.ForeignKey(  # the unique key and inbound_event_inbox_time_idx lead with it
+        "conversations.Inbox",
+        on_delete=models.CASCADE,
+        related_name="inbound_events",
+        db_index=False,
     )
     # The provider's message id, or a hash of the payload when it has none.
     dedupe_key = models.CharField(max_length=255)

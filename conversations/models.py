@@ -227,8 +227,14 @@ class Conversation(ChoiceLabels, models.Model):
         HIGH = 2, _("High")
         URGENT = 3, _("Urgent")
 
-    inbox = models.ForeignKey(Inbox, on_delete=models.PROTECT, related_name="conversations")
-    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="conversations")
+    # The foreign keys lead the indexes in Meta, which serve their look-ups too: no index of
+    # their own to write on every message (db_index=False, here and on other busy tables).
+    inbox = models.ForeignKey(
+        Inbox, on_delete=models.PROTECT, related_name="conversations", db_index=False
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="conversations", db_index=False
+    )
     subject = models.CharField(max_length=300, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
@@ -238,6 +244,7 @@ class Conversation(ChoiceLabels, models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="conversations",
+        db_index=False,
     )
     assignee = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -245,6 +252,7 @@ class Conversation(ChoiceLabels, models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="assigned_conversations",
+        db_index=False,
     )
     tags = models.ManyToManyField(Tag, blank=True, related_name="conversations")
     merged_into = models.ForeignKey(
@@ -333,8 +341,8 @@ class Message(ChoiceLabels, models.Model):
         READ = "read", _("Read")
         FAILED = "failed", _("Failed")
 
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages"
+    conversation = models.ForeignKey(  # message_timeline_idx leads with it
+        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
     )
     direction = models.CharField(max_length=10, choices=Direction.choices)
     # The channel and inbox this message travelled through; may differ from the
@@ -481,7 +489,9 @@ class ConversationEvent(ChoiceLabels, models.Model):
         MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
         BLOCKED = "blocked", _("Sender blocked")
 
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
+    conversation = models.ForeignKey(  # event_timeline_idx leads with it
+        Conversation, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     kind = models.CharField(max_length=20, choices=Kind.choices)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -564,8 +574,11 @@ class Notification(ChoiceLabels, models.Model):
         SLA_BREACHED = "sla_breached", _("SLA target breached")
         AUTOMATION = "automation", _("Automation")
 
-    recipient = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    recipient = models.ForeignKey(  # notification_list_idx leads with it
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        db_index=False,
     )
     kind = models.CharField(max_length=20, choices=Kind.choices)
     conversation = models.ForeignKey(

@@ -679,8 +679,8 @@ class SlaClock(models.Model):
         BREACHED = "breached", _("Breached")
         CANCELLED = "cancelled", _("Not measured")  # resolved or retargeted before an answer
 
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="sla_clocks"
+    conversation = models.ForeignKey(  # sla_clock_conversation_idx leads with it
+        Conversation, on_delete=models.CASCADE, related_name="sla_clocks", db_index=False
     )
     policy = models.ForeignKey(
         SlaPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="clocks"
