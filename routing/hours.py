@@ -31,7 +31,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from routing.models import BusinessHours
+from django.conf import settings
+
+from routing.models import BusinessHours, TableCache, Team
 
 if TYPE_CHECKING:
     from conversations.models import Inbox
@@ -45,10 +47,38 @@ LOOKAHEAD = timedelta(days=LOOKAHEAD_DAYS)
 Period = tuple[datetime, datetime]
 
 
+# Which schedule a team keeps and each schedule's time zone, for every message: kept per
+# process until the tables change (TableCache), so no query when nobody set a schedule.
+_team_schedules = TableCache(Team, lambda: dict(Team.objects.values_list("pk", "business_hours")))
+_zones = TableCache(
+    BusinessHours, lambda: dict(BusinessHours.objects.values_list("pk", "timezone"))
+)
+
+
+def schedule_id(inbox: Inbox, team_id: int | None) -> int | None:
+    """The id of the schedule that answers for `inbox`'s conversations: the inbox's own, else
+    the team's; None when neither has one."""
+    return inbox.business_hours_id or _team_schedules.get().get(team_id)
+
+
+def zone_of(schedule: int | None) -> ZoneInfo:
+    """The time zone of the schedule with this id; the server's when there is none."""
+    return ZoneInfo((schedule and _zones.get().get(schedule)) or settings.TIME_ZONE)
+
+
+def schedule_load(schedule: int | None) -> BusinessHours | None:
+    """The schedule with this id, with its intervals and closed days (three queries, none
+    when there is no schedule), read fresh so that a change in admin applies at once and the
+    functions below never query."""
+    if schedule is None:
+        return None
+    schedules = BusinessHours.objects.prefetch_related("intervals", "holidays")
+    return schedules.filter(pk=schedule).first()
+
+
 def schedule_for(inbox: Inbox) -> BusinessHours | None:
     """The schedule that answers for `inbox`: its own, else its default team's; None (always
-    open) when neither has one. Read fresh with its intervals and closed days in three queries,
-    so a change in admin applies at once and the functions below never query."""
+    open) when neither has one. Read as schedule_load does."""
     schedules = BusinessHours.objects.prefetch_related("intervals", "holidays")
     if inbox.business_hours_id:
         return schedules.filter(pk=inbox.business_hours_id).first()

@@ -133,6 +133,7 @@ class Team(models.Model):
         ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)  # moves TableCache's mark (routing.hours)
 
     class Meta:
         ordering = ["name"]

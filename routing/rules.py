@@ -58,14 +58,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time
 from functools import cached_property
-from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from conversations.models import Channel, Conversation, Message
-from routing.models import BusinessHours, RoutingRule, TableCache, tag_names
+from routing.models import RoutingRule, TableCache, tag_names
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +169,10 @@ class Facts:
 
     @cached_property
     def local_now(self) -> datetime:
+        from routing import hours
+
         inbox = self.conversation.inbox
-        schedules = BusinessHours.objects.values_list("timezone", flat=True)
-        if inbox.business_hours_id:
-            zone = schedules.filter(pk=inbox.business_hours_id).first()
-        elif inbox.default_team_id:
-            zone = schedules.filter(teams=inbox.default_team_id).first()
-        else:
-            zone = None
-        return self.now.astimezone(ZoneInfo(zone or settings.TIME_ZONE))
+        return self.now.astimezone(hours.zone_of(hours.schedule_id(inbox, inbox.default_team_id)))
 
     @cached_property
     def business_open(self) -> bool:

@@ -30,13 +30,13 @@ from django.db.models import Case, Min, Value, When
 from django.utils import timezone
 
 from conversations.models import Conversation, ConversationEvent, Message, Notification
+from routing import hours
 from routing.hours import add_business_time, business_seconds_between
 from routing.models import (
     BusinessHours,
     SlaClock,
     SlaPolicy,
     TableCache,
-    Team,
     TeamMembership,
 )
 
@@ -89,21 +89,9 @@ class _Context:
         if not business_hours_only:
             return None
         if self._schedule is ...:
-            conversation = self.conversation
-            schedule_id = conversation.inbox.business_hours_id
-            if schedule_id is None and conversation.team_id:
-                schedule_id = (
-                    Team.objects.filter(pk=conversation.team_id)
-                    .values_list("business_hours_id", flat=True)
-                    .first()
-                )
-            self._schedule = (
-                BusinessHours.objects.prefetch_related("intervals", "holidays")
-                .filter(pk=schedule_id)
-                .first()
-                if schedule_id
-                else None
-            )
+            conversation = self.conversation  # its team now, not its inbox's default team
+            schedule = hours.schedule_id(conversation.inbox, conversation.team_id)
+            self._schedule = hours.schedule_load(schedule)
         return self._schedule
 
     def start(self, target: str, channel: str) -> SlaClock | None:
