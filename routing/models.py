@@ -26,9 +26,9 @@ class TableCache:
     that bypasses save() is not seen. The mark is raw SQL: the ORM's aggregate would cost the
     message several times its round trip, several times over.
 
-    Inside `TableCache.snapshot()` (a received message is one) the first read asks for every
-    table's mark in one statement, and the block goes on with those: four tables, one round
-    trip, and one configuration for the whole message.
+    `TableCache.snapshot()` (a received message is one) asks for every table's mark in one
+    statement as it begins, and the block goes on with those: one round trip for all of them,
+    and one configuration for the whole message.
 
     Tests clear every instance (`clear_all`) between tests: a rolled-back SQLite transaction
     hands out the same ids again, and frozen time the same `updated_at`."""
@@ -43,12 +43,10 @@ class TableCache:
 
     def get(self):
         marks = getattr(self._snapshot, "marks", None)
-        if marks is None:
-            (mark,) = self._marks([self])
-        else:
-            if self not in marks:  # the block's first read: every table at once
-                marks.update(zip(self.instances, self._marks(self.instances), strict=True))
+        if marks is not None and self in marks:
             mark = marks[self]
+        else:  # outside a snapshot, or a cache made after it began
+            (mark,) = self._marks([self])
         held, value = self._held
         if held != mark:  # two threads here at once only build the same value twice
             value = self.build()
@@ -72,11 +70,11 @@ class TableCache:
     @classmethod
     @contextmanager
     def snapshot(cls):
-        """Check every table at most once in the block (see the class docstring)."""
-        if getattr(cls._snapshot, "marks", None) is not None:  # nested: the outer one holds
-            yield
+        """Check every table once, as the block begins (see the class docstring)."""
+        if getattr(cls._snapshot, "marks", None) is not None or not cls.instances:
+            yield  # nested: the outer block's marks hold
             return
-        cls._snapshot.marks = {}
+        cls._snapshot.marks = dict(zip(cls.instances, cls._marks(cls.instances), strict=True))
         try:
             yield
         finally:
