@@ -3,7 +3,7 @@
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from conversations.models import Conversation, Customer
+from conversations.models import Conversation, Customer, Inbox
 
 
 def conversations_visible_to(user) -> QuerySet[Conversation]:
@@ -15,8 +15,15 @@ def conversations_visible_to(user) -> QuerySet[Conversation]:
         return conversations
     team_ids = list(user.team_memberships.values_list("team_id", flat=True))
     return conversations.filter(
-        Q(team_id__in=team_ids) | Q(inbox__default_team_id__in=team_ids) | Q(assignee=user)
+        Q(team_id__in=team_ids) | Q(inbox__in=team_inboxes(team_ids)) | Q(assignee=user)
     )
+
+
+def team_inboxes(teams) -> QuerySet:
+    """The ids of the inboxes whose default team is one of `teams` (ids or a subquery), to
+    filter conversations with. `inbox__default_team__in` would join every conversation to its
+    inbox: the list's view counts took twice as long."""
+    return Inbox.objects.filter(default_team__in=teams).values("id")
 
 
 def conversation_get_for_agent(*, user, conversation_id) -> Conversation:

@@ -53,7 +53,11 @@ from conversations.models import (
     Tag,
     Visitor,
 )
-from conversations.selectors import conversation_get_for_agent, conversations_visible_to
+from conversations.selectors import (
+    conversation_get_for_agent,
+    conversations_visible_to,
+    team_inboxes,
+)
 from helpdesk.models import User
 from routing.automations import macros_for
 from routing.models import Team, TeamMembership
@@ -80,7 +84,7 @@ ACTIVE = (Status.OPEN, Status.PENDING)
 
 def _in_teams_of(user) -> Q:
     teams = TeamMembership.objects.filter(user=user).values("team_id")
-    return Q(team_id__in=teams) | Q(inbox__default_team_id__in=teams)
+    return Q(team_id__in=teams) | Q(inbox__in=team_inboxes(teams))
 
 
 # Views of the list: what each one holds for `user`.
