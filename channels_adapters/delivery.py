@@ -162,8 +162,10 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         event.message = received[0].message if received else next(filter(None, updated), None)
         event.error = blocked or ("" if handled else "nothing in it for us")
     event.processed_at = timezone.now()
-    # Never write the payload back: it can be megabytes, and it is the record.
-    event.save(update_fields=["status", "error", "message", "attempts", "processed_at", "headers"])
+    # Never write the payload back: it can be megabytes, and it is the record. The headers
+    # change only when a blocked sender's message was set aside.
+    fields = ["status", "error", "message", "attempts", "processed_at"]
+    event.save(update_fields=fields + ["headers"] * ("blocked" in event.headers))
     return event
 
 

@@ -144,12 +144,11 @@ CACHES = {
     if REDIS_URL
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
-# Every request reads its session: from Redis, shared by every process, with the database
-# behind it. Without Redis a per-process cache could keep a session another process ended.
-if REDIS_URL:
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 if REDIS_URL:
+    # Every request reads its session: from Redis, shared by every process, with the database
+    # behind it. Without Redis a per-process cache could keep a session another process ended.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

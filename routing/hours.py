@@ -70,21 +70,21 @@ def schedule_load(schedule: int | None) -> BusinessHours | None:
     """The schedule with this id, with its intervals and closed days (three queries, none
     when there is no schedule), read fresh so that a change in admin applies at once and the
     functions below never query."""
-    if schedule is None:
-        return None
-    schedules = BusinessHours.objects.prefetch_related("intervals", "holidays")
-    return schedules.filter(pk=schedule).first()
+    return _with_days().filter(pk=schedule).first() if schedule is not None else None
 
 
 def schedule_for(inbox: Inbox) -> BusinessHours | None:
     """The schedule that answers for `inbox`: its own, else its default team's; None (always
     open) when neither has one. Read as schedule_load does."""
-    schedules = BusinessHours.objects.prefetch_related("intervals", "holidays")
     if inbox.business_hours_id:
-        return schedules.filter(pk=inbox.business_hours_id).first()
+        return schedule_load(inbox.business_hours_id)
     if inbox.default_team_id:
-        return schedules.filter(teams=inbox.default_team_id).first()
+        return _with_days().filter(teams=inbox.default_team_id).first()
     return None
+
+
+def _with_days():
+    return BusinessHours.objects.prefetch_related("intervals", "holidays")
 
 
 def is_open(schedule: BusinessHours | None, at: datetime) -> bool:

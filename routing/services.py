@@ -90,6 +90,11 @@ def _offline(now: datetime) -> Q:
     )
 
 
+def _table(model) -> str:
+    """A model's table name, quoted for the raw SQL of the hot paths below."""
+    return connection.ops.quote_name(model._meta.db_table)
+
+
 def _open_load(team: Team, user_ids) -> dict[int, int]:
     """The weighted open conversations of each agent in `user_ids`, as `team` weighs its
     channels. Raw SQL: it runs for every new conversation (see _Pool)."""
@@ -148,20 +153,21 @@ class _Pool:
             cursor.execute(sql, [users.Availability.ONLINE.value, online_since, team_id])
             rows = cursor.fetchall()
         members, online, alias = [], [], connection.alias
-        ends = (len(MEMBER_COLUMNS), len(MEMBER_COLUMNS) + len(USER_COLUMNS), -1)
+        user_at = len(MEMBER_COLUMNS)  # where each row's user columns start
+        team_at = user_at + len(USER_COLUMNS)  # then the team's, then whether they are online
         for row in rows:
-            member = TeamMembership.from_db(alias, MEMBER_COLUMNS, row[: ends[0]])
-            member.user = users.from_db(alias, USER_COLUMNS, row[ends[0] : ends[1]])
+            member = TeamMembership.from_db(alias, MEMBER_COLUMNS, row[:user_at])
+            member.user = users.from_db(alias, USER_COLUMNS, row[user_at:team_at])
             members.append(member)
             if row[-1]:
                 online.append(member)
         self.team: Team | None = None
         if rows:
-            team_id, auto_assign, weights = rows[0][ends[1] : ends[2]]
+            pk, auto_assign, weights = rows[0][team_at:-1]
             weights = Team._meta.get_field("channel_weights").from_db_value(
                 weights, None, connection
             )
-            self.team = Team.from_db(alias, TEAM_COLUMNS, (team_id, auto_assign, weights))
+            self.team = Team.from_db(alias, TEAM_COLUMNS, (pk, auto_assign, weights))
         # Skills anyone in the team has, online or not: a conversation tagged with one waits
         # for a member who has it rather than going to someone who does not.
         self.skills = frozenset().union(*(member.skill_set for member in members))
@@ -195,10 +201,6 @@ class _Pool:
                 [self.turn, chosen.pk],
             )
         return chosen
-
-
-def _table(model) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
 
 
 # --- A new conversation ----------------------------------------------------------------------
@@ -291,10 +293,10 @@ def _tags_add(conversation: Conversation, names: frozenset[str]) -> list[str]:
     # first (the ORM has no INSERT ... SELECT). Table and column names come from the models.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {quote(through._meta.db_table)} "  # noqa: S608
+            f"INSERT INTO {_table(through)} "  # noqa: S608
             f"({quote(through._meta.get_field('conversation').column)}, "
             f"{quote(through._meta.get_field('tag').column)}) "
-            f"SELECT %s, id FROM {quote(Tag._meta.db_table)} "
+            f"SELECT %s, id FROM {_table(Tag)} "
             f"WHERE name IN ({', '.join(['%s'] * len(names))}) ON CONFLICT DO NOTHING",
             [conversation.pk, *sorted(names)],
         )
