@@ -18,7 +18,7 @@ adds (routing-on p99 minus routing-off p99); and the routing step alone (time sp
 conversation_route, measured around it), whose p99 is what routing adds per message.
 Target (issue "Routing and assignment"): routing adds under 2 ms p99.
 
-    python bench/route_assign.py [--messages 10000] [--rules 200] [--agents 50] [--block 500]
+    python bench/routing.py [--messages 10000] [--rules 200] [--agents 50] [--block 500]
 
 The ratio in the RESULT line is routing-on p99 / routing-off p99 (end to end).
 """
@@ -26,9 +26,15 @@ The ratio in the RESULT line is routing-on p99 / routing-off p99 (end to end).
 import argparse
 import os
 import random
+import sys
 import time
+from pathlib import Path
 
-from harness import fresh_pg_database, migrate_and_setup, percentile
+# Run as `python bench/routing.py`, this file would be found first as "routing", Django's
+# routing app: the repository root goes first instead, and the harness comes from there.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.harness import fresh_pg_database, migrate_and_setup, percentile  # noqa: E402
 
 DB_NAME = "threadline_bench_routing"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
