@@ -64,6 +64,7 @@ from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
 PREVIEW = 160  # characters of the last message under each row
+HISTORY_SHOWN = 20  # the customer's other conversations beside a conversation
 # What a row of the list shows or sorts by: the rest (a customer's notes and attributes, an
 # inbox's credentials) stays in the database.
 ROW_FIELDS = (
@@ -418,10 +419,16 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "macro_once": secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
-        "history": Conversation.objects.filter(customer=conversation.customer)
-        .exclude(pk=conversation.pk)
-        .select_related("inbox")
-        .order_by("-last_activity_at")[:20],
+        # The customer's other conversations this agent may see, for the sidebar and the
+        # merge form: numbers and subjects of another team's conversations stay hidden.
+        "history": list(
+            conversations_visible_to(request.user)
+            .filter(customer=conversation.customer)
+            .exclude(pk=conversation.pk)
+            .select_related("inbox")
+            .only("subject", "status", "last_activity_at", "merged_into", "inbox__kind")
+            .order_by("-last_activity_at", "-id")[:HISTORY_SHOWN]
+        ),
         **extra,
     }
 

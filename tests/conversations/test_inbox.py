@@ -325,6 +325,29 @@ class TestConversation:
         conversation.refresh_from_db()
         assert conversation.status == "open"
 
+    def test_the_sidebar_lists_the_customers_other_conversations_the_agent_may_see(
+        self, client, bob, chat_inbox, billing_inbox
+    ):
+        earlier = chat(chat_inbox, text="Where is my parcel?")
+        services.conversation_set_status(conversation=earlier, status=Conversation.Status.CLOSED)
+        Conversation.objects.filter(pk=earlier.pk).update(subject="Parcel")
+        billing = receive(billing_inbox, channel=Channel.WEBCHAT, subject="Card declined")
+        billing = billing.message.conversation
+        services.conversation_set_status(conversation=billing, status=Conversation.Status.CLOSED)
+        current = chat(chat_inbox, text="Me again")
+        assert earlier.customer_id == billing.customer_id == current.customer_id
+        services.customer_update(
+            customer=current.customer, data={"notes": "Prefers email after 6 pm"}
+        )
+        client.force_login(bob)
+        page = client.get(f"/inbox/{current.pk}/")
+        html = page.content.decode()
+        assert [c.pk for c in page.context["history"]] == [earlier.pk]
+        assert f'href="/inbox/{earlier.pk}/">#{earlier.pk} Parcel</a>' in html
+        assert "Closed" in html and "Prefers email after 6 pm" in html
+        # Billing's conversation is not Bob's to see: neither listed nor offered to merge into.
+        assert f"#{billing.pk}" not in html and "Card declined" not in html
+
     def test_the_page_runs_the_same_queries_for_3_or_30_messages(self, client, bob, chat_inbox):
         from django.db import connection
         from django.test.utils import CaptureQueriesContext

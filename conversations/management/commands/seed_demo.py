@@ -235,6 +235,31 @@ SCENARIOS = [
     ),
 ]
 
+# An earlier, closed conversation on a customer's other channel, weeks before (every tenth
+# customer): the sidebar and the customer page show history across channels.
+# language -> (subject, the customer's question, the answer)
+EARLIER = {
+    "en": (
+        "Change of delivery address",
+        "Hello, can I still change the delivery address of my order?",
+        "Done: the order now goes to your new address.",
+    ),
+    "pt": (
+        "Mudança de endereço",
+        "Olá, ainda posso mudar o endereço de entrega do meu pedido?",
+        "Feito: o pedido vai para o novo endereço.",
+    ),
+    "es": (
+        "Cambio de dirección",
+        "Hola, ¿todavía puedo cambiar la dirección de entrega de mi pedido?",
+        "Hecho: el pedido va a su nueva dirección.",
+    ),
+    "fr": (
+        "Changement d'adresse",
+        "Bonjour, puis-je encore changer l'adresse de livraison de ma commande ?",
+        "C'est fait : la commande part à votre nouvelle adresse.",
+    ),
+}
 TAGS = ["delivery", "refund", "login", "plan-change", "invoice", "refund", "delivery", "invoice"]
 
 # (team or None for everyone, shortcut, title, body)
@@ -554,6 +579,14 @@ class Command(BaseCommand):
         n = 10400 + i
         name = f"{first} {last}"
         inbox = inboxes[kind]
+        other = Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS  # a second channel
+        agent = agents[i % len(agents)]
+        if i % 10 == 0:
+            earlier = self._earlier_conversation(i, name, language, inboxes[other], agent)
+            # The address they write from now is theirs too: the new message finds the profile.
+            Identity.objects.create(
+                customer=earlier.customer, kind=kind, address=address, display_name=name
+            )
         for j, text in enumerate(texts):
             received = services.message_receive(
                 inbox=inbox,
@@ -576,14 +609,11 @@ class Command(BaseCommand):
         customer.save(update_fields=["attributes"])
         if i % 5 == 0:  # a customer who also writes on a second channel
             Identity.objects.get_or_create(
-                kind=Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS,
-                address=_address(
-                    Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS, i, first, last
-                ),
+                kind=other,
+                address=_address(other, i, first, last),
                 defaults={"customer": customer, "display_name": name},
             )
 
-        agent = agents[i % len(agents)]
         if i % 3:
             services.conversation_assign(conversation=conversation, assignee=agent, actor=agent)
         if reply:
@@ -617,6 +647,30 @@ class Command(BaseCommand):
             chat.conversation_rate(conversation, rating=RATINGS[i % len(RATINGS)])
         self._spread_in_time(conversation, hours_ago=rng.randint(1, 240))
         return 1
+
+    def _earlier_conversation(self, i, name, language, inbox, agent) -> Conversation:
+        """A question the customer asked on `inbox`'s channel weeks ago, answered and closed."""
+        subject, text, answer = EARLIER.get(language, EARLIER["en"])
+        first, last = name.split(" ", 1)
+        received = services.message_receive(
+            inbox=inbox,
+            inbound=services.InboundMessage(
+                channel=inbox.kind,
+                address=_address(inbox.kind, i, first, last),
+                name=name,
+                language=language,
+                subject=subject if inbox.kind == Channel.EMAIL else "",
+                text=text,
+                provider_id=f"demo-{i}-earlier",
+            ),
+        )
+        conversation = received.message.conversation
+        self._historic_reply(conversation, agent, answer, received.message, timedelta(hours=2))
+        services.conversation_set_status(
+            conversation=conversation, status=Conversation.Status.CLOSED, actor=agent
+        )
+        self._spread_in_time(conversation, hours_ago=24 * (20 + i % 30))
+        return conversation
 
     def _keep_delays(self, conversation, shift):
         conversation.refresh_from_db()
