@@ -292,7 +292,14 @@ def conversation_list(request):
         "conversation_id", "tag__name"
     ):
         tag_names[conversation_id].append(name)
+    # What each row shows, worked out here rather than by the template, whose `{% url %}` and
+    # method calls cost ~0.1 ms a row. A conversation's page is the list's URL + its number.
+    list_url = reverse("inbox:list")
     for conversation in page:
+        conversation.url = f"{list_url}{conversation.pk}/"
+        conversation.channel_label = conversation.inbox.get_kind_display()
+        conversation.status_label = conversation.get_status_display()
+        conversation.priority_label = conversation.get_priority_display()
         conversation.tag_names = tag_names[conversation.pk]
         preview = conversation.preview or ""
         conversation.preview = preview[: PREVIEW - 1] + "…" if len(preview) > PREVIEW else preview
@@ -308,7 +315,8 @@ def conversation_list(request):
         "next_query": next_query,
         "view": view,
         "sort": sort,
-        "filters": request.GET,
+        # A dict with every key: a missing key of request.GET costs the template an exception.
+        "filters": {key: request.GET.get(key, "") for key in SAVED_VIEW_KEYS},
     }
     if request.GET.get("partial") == "rows":
         return render(request, "inbox/_rows.html", context)

@@ -200,8 +200,14 @@ class TestList:
             services.conversation_tag(conversation=long, add=["vip", "refund"])
         with time_machine.travel(timezone.now() - timedelta(days=45), tick=False):
             old = chat(chat_inbox, text="Hi", address="old")
+        services.conversation_set_priority(conversation=old, priority=Conversation.Priority.URGENT)
         client.force_login(alice)
         rows = client.get("/inbox/?view=all&partial=rows").content.decode()
+        row = rows[rows.index(f'data-conversation="{old.pk}"') :].split("</li>")[0]
+        assert f'<a href="/inbox/{old.pk}/">' in row
+        assert '<span class="badge">Web chat</span>' in row
+        assert '<span class="badge status-open">Open</span>' in row
+        assert '<span class="badge priority-3">Urgent</span>' in row
         assert ("refund " * 100)[:159] + "…</span>" in rows
         assert '<span class="badge">refund</span><span class="badge">vip</span>' in rows
         assert ">3 h ago</time>" in rows
