@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import zipfile
@@ -286,14 +287,24 @@ def customer_identity_add(request, customer_id: int):
     return redirect("inbox:customer", customer_id=customer.pk)
 
 
-def _merge_candidates(user, customer, query: str) -> list:
-    """Other customers this agent may see whose name or an address contains `query`; a phone
-    number is also looked up in its stored form (+E.164), however it was typed."""
+# What a typed phone number or part of one looks like: "(555) 200-0001", "+1 555 200".
+PHONE_TYPED = re.compile(r"\+?[\d\s().-]+")
+
+
+def addresses_matching(query: str) -> Q:
+    """Identities whose address contains `query`. A phone number is stored as +E.164, so a
+    typed one ("(555) 200-0001", "0044 20 7946") is also looked for by its digits."""
     addresses = Q(address__icontains=query)
-    try:
-        addresses |= Q(address=services.phone_normalize(query))
-    except ValidationError:
-        pass
+    digits = re.sub(r"\D", "", query)
+    if PHONE_TYPED.fullmatch(query) and len(digits) >= 4 and digits != query:
+        addresses |= Q(address__icontains=digits.removeprefix("00"))  # the trigram index
+    return addresses
+
+
+def _merge_candidates(user, customer, query: str) -> list:
+    """Other customers this agent may see whose name or an address contains `query`, a phone
+    number however it was typed."""
+    addresses = addresses_matching(query)
     return list(
         customers_visible_to(user)
         .exclude(pk=customer.pk)

@@ -1074,6 +1074,7 @@ def reply_send(
             existing = conversation.messages.filter(client_id=client_id).first()
             if existing:
                 return existing
+        _refuse_if_merged(conversation)
         previous_channel = (
             conversation.messages.filter(
                 direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND)
@@ -1123,11 +1124,18 @@ def message_enqueue_delivery(message: Message) -> None:
     transaction.on_commit(lambda: deliver_message.delay(message.pk))
 
 
-def note_add(*, conversation: Conversation, author, text: str) -> Message:
+def note_add(
+    *,
+    conversation: Conversation,
+    author,
+    text: str,
+    attachments: tuple[InboundAttachment, ...] = (),
+) -> Message:
     """An internal note: visible to agents only, never sent to the customer."""
     if not text.strip():
         raise ValidationError("A note needs text.")
     with transaction.atomic():
+        _refuse_if_merged(_locked(conversation))
         message = Message.objects.create(
             conversation=conversation,
             direction=Message.Direction.NOTE,
@@ -1136,6 +1144,13 @@ def note_add(*, conversation: Conversation, author, text: str) -> Message:
             author=author,
             text=text,
         )
+        for item in attachments:
+            attachment_store(
+                message=message,
+                filename=item.filename,
+                content=item.content,
+                content_type=item.content_type,
+            )
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         publish_conversation_event(conversation, "note", message=message.pk)
         mentioned = [user.pk for user in mentioned_agents(conversation, text)]
@@ -1200,6 +1215,15 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
 
 
 # --- Conversation state ----------------------------------------------------------------------
+
+
+def _refuse_if_merged(conversation: Conversation) -> None:
+    """Nothing is written into a merged conversation: its messages moved to the other one,
+    and the customer follows that one."""
+    if conversation.merged_into_id:
+        raise ValidationError(
+            f"This conversation was merged into #{conversation.merged_into_id}; write there."
+        )
 
 
 def _locked(conversation: Conversation) -> Conversation:

@@ -38,7 +38,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from conversations import services
-from conversations.customers import READABLE_ADDRESSES, customer_label, identities_to_write_to
+from conversations.customers import (
+    READABLE_ADDRESSES,
+    addresses_matching,
+    customer_label,
+    identities_to_write_to,
+)
 from conversations.models import (
     Attachment,
     Channel,
@@ -64,6 +69,7 @@ from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
 PREVIEW = 160  # characters of the last message under each row
+ATTACHMENTS_MAX = 10  # files on one reply or note
 HISTORY_SHOWN = 20  # the customer's other conversations beside a conversation
 # What a row of the list shows or sorts by: the rest (a customer's notes and attributes, an
 # inbox's credentials) stays in the database.
@@ -152,7 +158,7 @@ def _search(qs, query: str, order: list[str]) -> list[int]:
     # conversations match and walked all of them when none did.
     customers = set(Customer.objects.filter(name__icontains=query).values_list("pk", flat=True))
     customers.update(
-        Identity.objects.filter(address__icontains=query).values_list("customer_id", flat=True)
+        Identity.objects.filter(addresses_matching(query)).values_list("customer_id", flat=True)
     )
     by_customer = qs.filter(customer_id__in=customers)
     found: list[int] = []
@@ -485,6 +491,30 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
     )
 
 
+def _uploads(request) -> tuple[services.InboundAttachment, ...]:
+    """The files attached to a reply or note, checked as the widget checks a visitor's: by
+    their first bytes (images, PDF, plain text, CSV), never by what the browser claims."""
+    from channels_adapters.webchat.chat import UPLOAD_MAX_BYTES, sniffed_type
+
+    files = request.FILES.getlist("files")
+    if len(files) > ATTACHMENTS_MAX:
+        raise ValidationError(f"Attach at most {ATTACHMENTS_MAX} files to one message.")
+    attachments = []
+    for upload in files:
+        name = (upload.name or "file")[:255]
+        if upload.size > UPLOAD_MAX_BYTES:
+            raise ValidationError(f"{name} is over {UPLOAD_MAX_BYTES // 2**20} MB.")
+        content_type = sniffed_type(upload)
+        if content_type is None:
+            raise ValidationError(
+                f"{name} cannot be attached: images, PDF, plain text and CSV files can."
+            )
+        attachments.append(
+            services.InboundAttachment(filename=name, content_type=content_type, content=upload)
+        )
+    return tuple(attachments)
+
+
 @login_required
 @require_POST
 def conversation_reply(request, number: int):
@@ -499,8 +529,14 @@ def conversation_reply(request, number: int):
         )
         return render(request, "inbox/conversation.html", context, status=409)
     try:
+        attachments = _uploads(request)
         if mode == "note":
-            services.note_add(conversation=conversation, author=request.user, text=text)
+            services.note_add(
+                conversation=conversation,
+                author=request.user,
+                text=text,
+                attachments=attachments,
+            )
         else:
             identity = None
             if request.POST.get("identity", "").isdigit():
@@ -515,6 +551,7 @@ def conversation_reply(request, number: int):
                 text=text,
                 identity=identity,
                 client_id=request.POST.get("client_id", "")[:64],
+                attachments=attachments,
             )
     except ValidationError as exc:
         context = _conversation_context(

@@ -20,12 +20,14 @@
       const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
       if (!response.ok) return;
       const selected = document.querySelector(".rows li.selected");
+      // A refresh never moves focus: only a row that had it gets it back.
+      const focused = live.contains(document.activeElement);
       live.innerHTML = await response.text();
       // What the agent has now seen: a reply sent from here is not stale against it.
       const seen = document.querySelector("input[data-seen]");
       const timeline = live.querySelector("[data-timeline]");
       if (seen && timeline) seen.value = timeline.dataset.seen;
-      if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`));
+      if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, Math.max(0, Math.min(250, refreshDue - now)));
   }
@@ -184,12 +186,12 @@
     el.addEventListener("change", function () { el.form.submit(); });
   });
 
-  // List: j/k move, Enter (or o) opens.
-  function select(li) {
+  // List: j/k move, Enter opens (the row's link has the focus).
+  function select(li, focus = true) {
     if (!li) return;
     document.querySelectorAll(".rows li.selected").forEach(function (el) { el.classList.remove("selected"); });
     li.classList.add("selected");
-    li.querySelector("a").focus();
+    if (focus) li.querySelector("a").focus();
   }
   const composer = document.querySelector("[data-composer]");
   const text = composer && composer.querySelector("textarea");
@@ -205,8 +207,12 @@
     const current = rows.indexOf(document.querySelector(".rows li.selected"));
     if (event.key === "j") select(rows[Math.min(current + 1, rows.length - 1)]);
     else if (event.key === "k") select(rows[Math.max(current - 1, 0)]);
-    else if (event.key === "r" && composer) { event.preventDefault(); composer.querySelector('[value="reply"]').checked = true; text.focus(); }
-    else if (event.key === "n" && composer) { event.preventDefault(); composer.querySelector('[value="note"]').checked = true; text.focus(); }
+    else if ((event.key === "r" || event.key === "n") && composer) {
+      event.preventDefault();
+      composer.querySelector(`[value="${event.key === "r" ? "reply" : "note"}"]`).checked = true;
+      updateHint();
+      text.focus();
+    }
     else if (event.key === "e" && composer) {
       const status = document.getElementById("status");
       status.value = "resolved";
@@ -234,6 +240,9 @@
   }
   function updateHint() {
     if (!hint || !picker) return;
+    const note = composer.querySelector('[name=mode][value="note"]').checked;
+    picker.disabled = note; // a note goes nowhere
+    if (note) { hint.textContent = "Only agents see notes; @name tells a teammate."; return; }
     const option = picker.selectedOptions[0];
     const kind = option ? option.dataset.kind : "";
     if (kind === "sms") {
@@ -256,7 +265,12 @@
     }));
   }
   if (text && conversationId) text.addEventListener("input", announceTyping);
-  if (text) { text.addEventListener("input", updateHint); picker && picker.addEventListener("change", updateHint); updateHint(); }
+  if (text) {
+    text.addEventListener("input", updateHint);
+    composer.querySelectorAll("[name=mode]").forEach(function (radio) { radio.addEventListener("change", updateHint); });
+    if (picker) picker.addEventListener("change", updateHint);
+    updateHint();
+  }
 })();
 
 // Canned responses: "/" at the start of a line in the reply box, then a few letters, opens a

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
@@ -20,6 +21,7 @@ from conversations.models import (
 from tests.conftest import PASSWORD, receive
 
 pytestmark = pytest.mark.django_db
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +106,15 @@ class TestList:
 
     @pytest.mark.parametrize(
         ("query", "found"),
-        [("parcel", "Jo"), ("+351912", "Ana"), ("Rosa", "Rosa"), ("nothing-like-it", None)],
+        [
+            ("parcel", "Jo"),
+            ("+351912", "Ana"),
+            ("(912) 345-678", "Ana"),  # a number typed as it is written, not as stored
+            ("00351 912 345", "Ana"),
+            ("Rosa", "Rosa"),
+            ("nothing-like-it", None),
+            ("77-88", None),
+        ],
     )
     def test_search_finds_text_phone_and_name(self, client, alice, chat_inbox, query, found):
         receive(chat_inbox, text="Where is my parcel?", address="v1", name="Jo")
@@ -291,6 +301,52 @@ class TestConversation:
         response = client.post(url, {"text": "Here is the refund", "seen": seen, "confirm": "1"})
         assert response.status_code == 302
         assert conversation.messages.filter(direction="outbound").count() == 1
+
+    def test_an_agent_attaches_files_to_a_reply_and_a_note(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        url = reverse("inbox:reply", args=[conversation.pk])
+        png = SimpleUploadedFile("label.png", PNG, content_type="image/png")
+        csv = SimpleUploadedFile("orders.csv", b"order,total\n10441,12.50\n", "text/csv")
+        response = client.post(url, {"text": "", "files": [png, csv], "seen": 10**9})
+        assert response.status_code == 302
+        reply = conversation.messages.get(direction="outbound")
+        assert sorted(a.filename for a in reply.attachments.all()) == ["label.png", "orders.csv"]
+        assert {a.content_type for a in reply.attachments.all()} == {"image/png", "text/csv"}
+        pdf = SimpleUploadedFile("receipt.pdf", b"%PDF-1.4 ...", content_type="application/pdf")
+        client.post(url, {"text": "Receipt", "mode": "note", "files": [pdf], "seen": 10**9})
+        note = conversation.messages.get(direction="note")
+        assert [a.filename for a in note.attachments.all()] == ["receipt.pdf"]
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "label.png" in page and "receipt.pdf" in page
+
+    def test_a_file_we_do_not_take_is_refused_and_nothing_is_sent(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        page = SimpleUploadedFile("invoice.html", b"<script>alert(1)</script>", "image/png")
+        response = client.post(
+            reverse("inbox:reply", args=[conversation.pk]),
+            {"text": "See attached", "files": [page], "seen": 10**9},
+        )
+        assert response.status_code == 400
+        html = response.content.decode()
+        assert "invoice.html cannot be attached" in html and "See attached</textarea>" in html
+        assert not conversation.messages.filter(direction="outbound").exists()
+
+    def test_a_merged_conversation_takes_no_reply_or_note(self, client, bob, chat_inbox):
+        source = chat(chat_inbox, address="v1")
+        services.conversation_set_status(conversation=source, status=Conversation.Status.CLOSED)
+        target = chat(chat_inbox, address="v1", text="Me again")
+        services.conversation_merge(source=source, target=target, actor=bob)
+        client.force_login(bob)
+        page = client.get(f"/inbox/{source.pk}/").content.decode()
+        assert "data-composer" not in page and f'href="/inbox/{target.pk}/">#{target.pk}' in page
+        url = reverse("inbox:reply", args=[source.pk])
+        for mode in ("reply", "note"):
+            response = client.post(url, {"text": "Hello?", "mode": mode, "seen": 10**9})
+            assert response.status_code == 400
+            assert f"merged into #{target.pk}; write there" in response.content.decode()
+        assert not Message.objects.filter(text="Hello?").exists()
 
     def test_a_refused_reply_keeps_the_draft_and_says_why(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)

@@ -37,6 +37,11 @@ def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser,
     page.goto(f"{asgi_server}/inbox/?view=teams")
     first = page.locator(".rows li[data-conversation]").first
     assert first.get_attribute("data-conversation") != str(older.conversation_id)
+    # The agent picked a row with the keyboard and is typing a search meanwhile.
+    page.locator("h1, .listing").first.click()
+    page.keyboard.press("j")
+    page.click("input[name=q]")
+    page.keyboard.type("Any")
 
     body = json.dumps({"id": "m-3", "from": "a@x.example", "text": "Anyone there? ¿Hola?"}).encode()
     request = urllib.request.Request(  # noqa: S310 - our own test server
@@ -50,6 +55,10 @@ def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser,
     page.wait_for_selector(
         f'.rows li[data-conversation="{older.conversation_id}"]:first-child >> text=¿Hola?'
     )
+    # The refresh kept the selected row and left the focus where the agent was typing.
+    assert page.locator(".rows li.selected").count() == 1
+    page.keyboard.type("one")
+    assert page.input_value("input[name=q]") == "Anyone"
 
 
 def test_answer_a_chat_customer_by_email(
@@ -103,6 +112,8 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     mine.locator("h1").click()
     mine.keyboard.press("n")  # the note shortcut: note mode, the text box focused
     assert mine.is_checked('[name=mode][value="note"]')
+    assert mine.is_disabled("[data-channel-picker]")  # a note goes to no channel
+    assert "Only agents see notes" in mine.inner_text("[data-hint]")
     mine.keyboard.type("@dana can you approve this refund?")
     mine.press("#reply-text", "Control+Enter")
     mine.wait_for_selector(".message.note >> text=can you approve")
