@@ -33,6 +33,7 @@ from django.http import FileResponse, Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
@@ -85,6 +86,7 @@ ROW_FIELDS = (
     "assignee__display_name",
     "assignee__email",
 )
+WHEN = "M j, H:i"  # how the timeline says when: "Nov 30, 14:05", in the agent's zone
 Status = Conversation.Status
 ACTIVE = (Status.OPEN, Status.PENDING)
 
@@ -370,16 +372,21 @@ def _timeline(conversation) -> list[tuple[str, object]]:
 
 
 def _events_describe(events) -> None:
-    """What a team, priority or tags change changed to, as `detail` (team names read now, in
+    """What a team, status, priority or tags change changed to, as `detail` (team names read now, in
     one query: the event keeps the id, the name may have changed since)."""
     Kind = ConversationEvent.Kind  # noqa: N806 - the enum
     team_ids = {e.data.get("team") for e in events if e.kind == Kind.TEAM}
     teams = dict(Team.objects.filter(pk__in=team_ids - {None}).values_list("pk", "name"))
     priorities = dict(Conversation.Priority.choices)
+    statuses = dict(Status.choices)
     for event in events:
         data = event.data
         if event.kind == Kind.TEAM:
             event.detail = teams.get(data.get("team"), "no team")
+        elif event.kind == Kind.STATUS:
+            event.detail = str(statuses.get(data.get("status"), data.get("status"))).lower()
+            if until := parse_datetime(data.get("snoozed_until") or ""):
+                event.detail += f" until {date_format(timezone.localtime(until), WHEN)}"
         elif event.kind == Kind.PRIORITY:
             event.detail = str(priorities.get(data.get("priority"), data.get("priority")))
         elif event.kind == Kind.TAGS:

@@ -1,3 +1,37 @@
+import zoneinfo
+from functools import lru_cache
+
+from django.utils import timezone
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo | None:
+    if not name or len(name) > 64:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+class AgentTimezoneMiddleware:
+    """Times on the agents' pages in their own time zone, and times they type (snooze until)
+    read in it: the browser names its zone in the `tz` cookie (static/inbox.js). Without
+    one, or with a zone we do not know, TIME_ZONE."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        zone = _zone(request.COOKIES.get("tz", ""))
+        if zone:
+            timezone.activate(zone)
+        try:
+            return self.get_response(request)
+        finally:
+            timezone.deactivate()
+
+
 class ContentSecurityPolicyMiddleware:
     """A strict Content-Security-Policy on every response we serve: our own scripts, styles and
     images only, no inline script, no framing. Pages that need more say so explicitly."""

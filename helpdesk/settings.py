@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Django's own CSP support arrives in 6.0, which needs Python 3.12.
     "helpdesk.middleware.ContentSecurityPolicyMiddleware",
+    "helpdesk.middleware.AgentTimezoneMiddleware",
 ]
 
 ROOT_URLCONF = "helpdesk.urls"

@@ -3,6 +3,12 @@
 // the server, so a dropped connection loses nothing: on reconnect it simply fetches again.
 (function () {
   "use strict";
+  // The server shows times in the agent's zone, which only the browser knows (see
+  // helpdesk/middleware.py); from the next page on once it changes.
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && !document.cookie.split("; ").includes(`tz=${zone}`)) {
+    document.cookie = `tz=${zone}; path=/; max-age=31536000; SameSite=Lax`;
+  }
   const live = document.getElementById("live");
   const page = document.querySelector(".conversation[data-conversation]");
   const conversationId = page ? page.dataset.conversation : null;

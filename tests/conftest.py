@@ -74,9 +74,10 @@ def mail_inbox(support):
     )
 
 
-def signed_in(browser, base, user):
-    """A new browser context signed in as `user` on the server at `base`, on the inbox."""
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+def signed_in(browser, base, user, **context):
+    """A new browser context signed in as `user` on the server at `base`, on the inbox.
+    `context`: more of Playwright's context options (a time zone, a locale...)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, **context)
     page.goto(f"{base}/login/")
     page.fill("#id_username", user.email)
     page.fill("#id_password", PASSWORD)

@@ -1,7 +1,7 @@
 """The agent inbox pages, with personas: bob (Support agent), a teammate, charlie (Billing, an
 outsider to Support's conversations) and alice (admin)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -374,6 +374,24 @@ class TestConversation:
         kinds = set(conversation.events.values_list("kind", flat=True))
         assert {ConversationEvent.Kind.ASSIGNED, ConversationEvent.Kind.STATUS} <= kinds
         assert "Dana" in client.get(f"/inbox/{conversation.pk}/").content.decode()
+
+    @time_machine.travel("2026-11-30 12:00Z", tick=False)
+    def test_times_are_read_and_shown_in_the_agents_time_zone(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        client.cookies["tz"] = "America/New_York"  # what inbox.js sets from the browser
+        client.post(
+            reverse("inbox:status", args=[conversation.pk]),
+            {"status": "snoozed", "snoozed_until": "2026-12-01T09:00"},
+        )
+        conversation.refresh_from_db()
+        assert conversation.snoozed_until == datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Status changed by Bob: snoozed until Dec 1, 09:00" in html
+        assert ">Dec 1, 09:00</time>" in html  # beside the status, at the top
+        client.cookies["tz"] = "Not/A_Zone"  # an unknown zone: the server's, UTC
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "snoozed until Dec 1, 14:00" in html
 
     def test_snoozing_into_the_past_is_refused_visibly(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)

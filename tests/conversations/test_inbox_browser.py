@@ -4,6 +4,7 @@ page shows the awaited state; the timeout only bounds a test that would otherwis
 
 import json
 import urllib.request
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -122,3 +123,12 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     theirs.click("[data-notifications]")
     assert "Bob mentioned you" in theirs.inner_text(".rows")
     assert Message.objects.get(direction="note").status == ""
+
+
+def test_the_inbox_shows_times_in_the_agents_time_zone(asgi_server, browser, bob, chat_inbox):
+    conversation = receive(chat_inbox, text="Hello?").message.conversation
+    page = signed_in(browser, asgi_server, bob, timezone_id="Asia/Kolkata")  # UTC+5:30
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")  # the browser has said its zone
+    shown = page.locator(".timeline .event time").first
+    local = conversation.created_at.astimezone(ZoneInfo("Asia/Kolkata"))
+    assert shown.inner_text().endswith(f"{local:%H:%M}")
