@@ -529,11 +529,15 @@ def conversation_reply(request, number: int):
     text = request.POST.get("text", "")
     mode = request.POST.get("mode", "reply")
     seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
-    if not request.POST.get("confirm") and _newer_than(conversation, seen, request.user):
-        # Never answer a stale view: show what arrived and ask before sending.
+    if arrived := _newer_than(conversation, seen, request.user):
+        # Never answer a stale view: show what arrived, marked, with the draft kept. The page
+        # now shows it, so sending again from there sends the reply as it is.
         context = _conversation_context(
             request, conversation, draft=text, draft_mode=mode, stale=True
         )
+        arrived = {message.pk for message in arrived}
+        for kind, item in context["timeline"]:
+            item.is_new = kind == "message" and item.pk in arrived
         return render(request, "inbox/conversation.html", context, status=409)
     try:
         attachments = _uploads(request)

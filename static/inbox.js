@@ -29,10 +29,13 @@
       // A refresh never moves focus: only a row that had it gets it back.
       const focused = live.contains(document.activeElement);
       live.innerHTML = await response.text();
-      // What the agent has now seen: a reply sent from here is not stale against it.
+      // What the agent has now seen, so that a reply sent from here is not stale against it:
+      // only while the reply box is empty. A message that arrives while they write may change
+      // the answer; the server then shows it marked and keeps the draft (conversation_reply).
       const seen = document.querySelector("input[data-seen]");
       const timeline = live.querySelector("[data-timeline]");
-      if (seen && timeline) seen.value = timeline.dataset.seen;
+      const draft = document.getElementById("reply-text");
+      if (seen && timeline && !(draft && draft.value.trim())) seen.value = timeline.dataset.seen;
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, Math.max(0, Math.min(250, refreshDue - now)));

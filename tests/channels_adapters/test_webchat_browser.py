@@ -170,8 +170,7 @@ def agent_reply(page, text: str):
     sent = page.locator(".message.outbound").filter(has_text=text)
     stale = page.locator(".stale")
     expect(sent.or_(stale)).to_be_visible()
-    if stale.is_visible():
-        page.check("[name=confirm]")
+    if stale.is_visible():  # shown now, marked new: sending again sends it
         page.press("#reply-text", "Control+Enter")
         expect(sent).to_be_visible()
 
@@ -530,7 +529,7 @@ def test_the_demo_page_embeds_the_widget_under_our_own_csp(asgi_server, browser,
     problems = watch(page)
     page.goto(f"{asgi_server}/widget/demo/")
     expect(page.get_by_role("heading", name="Acme Demo Shop")).to_be_visible()
-    expect(page.locator("pre")).to_contain_text(f'data-inbox="{chat_inbox.widget_key}"')
+    expect(page.locator(".snippet")).to_contain_text(f'data-inbox="{chat_inbox.widget_key}"')
     panel = open_chat(page)
     box = panel.get_by_label("Write a message…")
     box.fill("Hello from the demo page")

@@ -296,9 +296,14 @@ class TestConversation:
         response = client.post(url, {"text": "Here is the refund", "seen": seen})
         assert response.status_code == 409
         html = response.content.decode()
-        assert "Actually, never mind!" in html and "Here is the refund" in html
+        assert "Here is the refund</textarea>" in html
+        arrived = conversation.messages.get(text="Actually, never mind!")
+        assert f'<li class="message inbound new" id="m{arrived.pk}">' in html
+        assert html.count('class="message inbound new"') == 1  # "First" was seen
         assert not conversation.messages.filter(direction="outbound").exists()
-        response = client.post(url, {"text": "Here is the refund", "seen": seen, "confirm": "1"})
+        # Sent again from the page that showed it: sent as it is.
+        seen = response.context["seen"]
+        response = client.post(url, {"text": "Here is the refund", "seen": seen})
         assert response.status_code == 302
         assert conversation.messages.filter(direction="outbound").count() == 1
 
