@@ -326,8 +326,6 @@ def conversation_list(request):
         # A dict with every key: a missing key of request.GET costs the template an exception.
         "filters": {key: request.GET.get(key, "") for key in SAVED_VIEW_KEYS},
     }
-    if request.GET.get("partial") == "rows":
-        return render(request, "inbox/_rows.html", context)
     active = visible.filter(status__in=ACTIVE)
     # Counting inbox_id (never null), not id: the counts then read only the index of active
     # conversations (migration 0012), not the table.
@@ -337,12 +335,14 @@ def conversation_list(request):
         all=Count("inbox"),
         teams=Count("inbox", filter=_in_teams_of(user)),
     )
+    if not user.is_admin:
+        del counts["all"]
+    # The rows bring the counts along when they are refreshed live (inbox.js).
+    context["counts"] = json.dumps(counts)
+    if request.GET.get("partial") == "rows":
+        return render(request, "inbox/_rows.html", context)
     context.update(
-        views=[
-            (key, label, counts[key])
-            for key, (label, _) in VIEWS.items()
-            if key != "all" or user.is_admin
-        ],
+        views=[(key, label, counts[key]) for key, (label, _) in VIEWS.items() if key in counts],
         sorts=[(key, label) for key, (label, _) in SORTS.items()],
         statuses=Status.choices,
         channels=Channel.choices,

@@ -37,8 +37,35 @@
       const draft = document.getElementById("reply-text");
       if (seen && timeline && !(draft && draft.value.trim())) seen.value = timeline.dataset.seen;
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
+      if (timeline) syncFields(timeline.dataset);
+      const counts = live.querySelector("[data-counts]");
+      if (counts) {
+        Object.entries(JSON.parse(counts.dataset.counts)).forEach(function ([view, count]) {
+          const badge = document.querySelector(`[data-count="${view}"]`);
+          if (badge) badge.textContent = String(count);
+        });
+      }
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, Math.max(0, Math.min(250, refreshDue - now)));
+  }
+
+  // The side panel's fields follow what others changed (assignee, status, priority, team),
+  // except one the agent is editing: focused, or changed and not yet submitted.
+  const SYNCED = ["assignee", "status", "priority", "team"];
+  const shown = {}; // what each field showed from the server
+  SYNCED.forEach(function (name) {
+    const field = document.getElementById(name);
+    if (field) shown[name] = field.value;
+  });
+  function syncFields(state) {
+    SYNCED.forEach(function (name) {
+      const field = document.getElementById(name);
+      if (!field || field === document.activeElement || field.value !== shown[name]) return;
+      if (!Array.from(field.options).some(function (o) { return o.value === state[name]; })) return;
+      field.value = shown[name] = state[name];
+    });
+    const chatEnd = document.querySelector("[data-chat-end]");
+    if (chatEnd) chatEnd.hidden = !("chatLive" in state);
   }
 
   // SLA countdowns: the server renders "due in 12 min" / "overdue 5 min"; this keeps the words

@@ -7,6 +7,7 @@ import urllib.request
 from zoneinfo import ZoneInfo
 
 import pytest
+from playwright.sync_api import expect
 
 from conversations.models import Channel, Identity, Message
 from tests.conftest import receive, signed_in
@@ -19,6 +20,7 @@ def test_assigning_shows_up_in_the_assignees_list_live(asgi_server, browser, bob
     theirs = signed_in(browser, asgi_server, dana)
     theirs.goto(f"{asgi_server}/inbox/?view=mine")
     assert theirs.locator(".rows li[data-conversation]").count() == 0
+    assert theirs.inner_text('[data-count="mine"]') == "0"
 
     mine = signed_in(browser, asgi_server, bob)
     mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
@@ -29,6 +31,32 @@ def test_assigning_shows_up_in_the_assignees_list_live(asgi_server, browser, bob
     # Dana's page was not reloaded: her socket said something changed.
     row = theirs.wait_for_selector(f'.rows li[data-conversation="{conversation.pk}"]')
     assert "My parcel is lost" in row.inner_text()
+    assert theirs.inner_text('[data-count="mine"]') == "1"  # the view counts follow
+
+
+def test_a_teammates_changes_show_on_an_open_conversation_page(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    conversation = receive(chat_inbox, text="Is my order lost?").message.conversation
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    expect(theirs.locator("[data-chat-end]")).to_be_visible()
+    theirs.select_option("#priority", "3")  # Dana is changing the priority, not yet saved
+
+    mine = signed_in(browser, asgi_server, bob)
+    mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    mine.select_option("#assignee", str(bob.pk))
+    mine.click('form[action$="/assign"] button')
+    mine.select_option("#status", "resolved")
+    mine.click('form[action$="/status"] button')
+    mine.wait_for_selector("#live .badge.status-resolved")
+
+    # Dana's page, not reloaded, says what Bob did, and keeps the field she was editing.
+    theirs.wait_for_selector("#live .badge.status-resolved >> text=Resolved")
+    expect(theirs.locator("#status")).to_have_value("resolved")
+    expect(theirs.locator("#assignee")).to_have_value(str(bob.pk))
+    assert theirs.input_value("#priority") == "3"
+    expect(theirs.locator("[data-chat-end]")).to_be_hidden()  # a resolved chat is over
 
 
 def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser, bob, api_inbox):
