@@ -153,7 +153,10 @@ def customer_block(request, customer_id: int):
         return HttpResponseBadRequest("Say whether to block (1) or unblock (0).")
     if request.POST["blocked"] == "0":
         services.customer_unblock(customer=customer, actor=request.user)
-        messages.success(request, f"{customer} is no longer blocked: their messages come in again.")
+        messages.success(
+            request,
+            f"{customer_label(customer)} is no longer blocked: their messages come in again.",
+        )
         return redirect("inbox:customer", customer_id=customer.pk)
     number = request.POST.get("conversation", "")
     conversation = (
@@ -166,7 +169,8 @@ def customer_block(request, customer_id: int):
     services.customer_block(customer=customer, actor=request.user, conversation=conversation)
     messages.success(
         request,
-        f"{customer} is blocked: what they send is kept aside, opens nothing and notifies nobody.",
+        f"{customer_label(customer)} is blocked: what they send is kept aside, opens nothing "
+        "and notifies nobody.",
     )
     if conversation is not None:
         return redirect("inbox:conversation", number=conversation.pk)
@@ -267,6 +271,8 @@ def customer_identity_add(request, customer_id: int):
     except services.AddressTaken as exc:
         # Offer the merge only with a profile this agent may see; never name one they can't.
         owner = customers_visible_to(request.user).filter(pk=exc.owner.pk).first()
+        if owner:
+            owner.label = customer_label(owner)
         return customer_page(
             request,
             customer,
@@ -305,7 +311,7 @@ def _merge_candidates(user, customer, query: str) -> list:
     """Other customers this agent may see whose name or an address contains `query`, a phone
     number however it was typed."""
     addresses = addresses_matching(query)
-    return list(
+    candidates = list(
         customers_visible_to(user)
         .exclude(pk=customer.pk)
         .filter(
@@ -315,6 +321,9 @@ def _merge_candidates(user, customer, query: str) -> list:
         .prefetch_related("identities")
         .order_by("name", "pk")[:CANDIDATES_LIMIT]
     )
+    for candidate in candidates:
+        candidate.label = customer_label(candidate)
+    return candidates
 
 
 @login_required
@@ -338,6 +347,7 @@ def customer_merge(request, customer_id: int):
     if not request.POST.get("confirm"):
         messages.error(request, "Nothing was merged: tick the box to confirm the merge.")
         return redirect(reverse("inbox:customer_merge", args=[customer.pk]) + "#merge")
+    labels = customer_label(customer), customer_label(target)  # before the addresses move
     try:
         target = services.customer_merge(source=customer, target=target, actor=request.user)
     except ValidationError as exc:
@@ -345,7 +355,7 @@ def customer_merge(request, customer_id: int):
         return redirect("inbox:customer", customer_id=customer.pk)
     messages.success(
         request,
-        f"{customer} (#{customer.pk}) was merged into {target} (#{target.pk}): "
+        f"{labels[0]} (#{customer.pk}) was merged into {labels[1]} (#{target.pk}): "
         "one profile, both histories.",
     )
     return redirect("inbox:customer", customer_id=target.pk)

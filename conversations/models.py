@@ -85,6 +85,10 @@ class Customer(models.Model):
         return self.name or f"Customer {self.pk}"
 
 
+# Channels whose addresses are ids made by us or the provider, not something a person reads.
+OPAQUE_ADDRESSES = (Channel.WEBCHAT, Channel.MESSENGER)
+
+
 class Identity(ChoiceLabels, models.Model):
     """One address a customer is reached at: an email, a phone number, a Messenger id..."""
 
@@ -111,6 +115,12 @@ class Identity(ChoiceLabels, models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()}: {self.address}"
+
+    @property
+    def shown_address(self) -> str:
+        """The address as agents see it: a chat visitor's or a Messenger user's is an opaque
+        id that means nothing to a person, so it is not shown."""
+        return "" if self.kind in OPAQUE_ADDRESSES else self.address
 
 
 class Inbox(ChoiceLabels, models.Model):

@@ -248,6 +248,21 @@ class TestConversation:
         assert "internal note" in html
         assert "Channel switched" in html
 
+    def test_a_chat_visitor_goes_by_a_name_or_address_never_by_their_id(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox, address="4f1c9e0a2b7d", name="")
+        client.force_login(bob)
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "4f1c9e0a2b7d" not in html
+        assert "<strong>Unknown customer</strong>" in html
+        assert ">Web chat</option>" in html  # the composer's channel picker
+        Identity.objects.create(
+            customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+        )
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "<strong>jo@example.com</strong>" in html and "4f1c9e0a2b7d" not in html
+
     def test_a_failed_reply_shows_the_reason_and_can_be_retried(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
         message = services.reply_send(conversation=conversation, author=bob, text="Hi")
