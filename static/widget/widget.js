@@ -764,8 +764,9 @@
     ui.noteEmail = el("input", {
       id: "tl-note-email", name: "email", type: "email", autocomplete: "email", maxlength: "254",
     });
+    ui.emailLabel = el("label", { for: "tl-note-email", text: t("ask_email") });
     ui.emailForm = el("form", { class: "email-form", novalidate: true, onsubmit: saveEmail },
-      el("label", { for: "tl-note-email", text: t("ask_email") }),
+      ui.emailLabel,
       el("span", { class: "row" }, ui.noteEmail, el("button", { type: "submit", text: t("save") })),
       el("p", { class: "error", role: "alert", hidden: true }));
     ui.noteText = el("p", { text: t("went_async") });
@@ -858,8 +859,11 @@
     if (!host) return;
     updateWaiting();
     const a = S.availability || {};
-    const lines = a.online ? [t("online")] : [t("offline", { time: a.reply_time || "" })];
-    if (!a.online && a.opens_at) lines.push(t("back_at", { when: when(a.opens_at) }));
+    // Closed: when we are back first, and the usual reply time counted from then.
+    const time = a.reply_time || "";
+    const lines = a.online ? [t("online")]
+      : a.opens_at ? [t("back_at", { when: when(a.opens_at) }), t("offline_closed", { time })]
+        : [t("offline", { time })];
     const q = S.conversation && S.conversation.live && S.conversation.queue;
     if (a.online && q && q.position) {
       const wait = q.expected_wait_seconds;
@@ -899,6 +903,7 @@
       : ended && S.afterContact === "transcript" ? ui.ended
         : asynchronous && !prechat.email ? ui.note : null;
     if (emailFor && ui.emailForm.parentNode !== emailFor) emailFor.append(ui.emailForm);
+    ui.emailLabel.textContent = t(emailFor === ui.ended ? "ask_email_transcript" : "ask_email");
     ui.emailForm.hidden = !emailFor;
 
     ui.status.hidden = S.ready || !S.everReady;
