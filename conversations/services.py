@@ -154,10 +154,13 @@ def normalize_address(kind: str, address: str) -> str:
     return address
 
 
+PHONE_FORMAT = "{} is not a phone number: write it with its country code, e.g. +44 20 7946 0958."
+
+
 def phone_normalize(number: str) -> str:
     """+E.164 for a number in international form ("+44 20 7946 0958", "0044...", WhatsApp's
     "447946..."), or ValidationError."""
-    number = number.strip()
+    number = typed = number.strip()
     if number.startswith("00"):
         number = "+" + number[2:]
     elif not number.startswith("+"):
@@ -165,9 +168,9 @@ def phone_normalize(number: str) -> str:
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationError(f"{number!r} is not a phone number: {exc}") from exc
+        raise ValidationError(PHONE_FORMAT.format(repr(typed))) from exc
     if not phonenumbers.is_possible_number(parsed):
-        raise ValidationError(f"{number!r} is not a possible phone number.")
+        raise ValidationError(PHONE_FORMAT.format(repr(typed)))
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -1083,6 +1086,15 @@ def reply_send(
             .values_list("channel", flat=True)
             .first()
         )
+        if previous_channel and previous_channel != identity.kind:
+            # Before the message, so that the timeline shows it ahead of the reply it concerns.
+            _event(
+                conversation,
+                ConversationEvent.Kind.CHANNEL,
+                author,
+                previous=previous_channel,
+                channel=identity.kind,
+            )
         draft.conversation = conversation
         draft.save()
         message = draft
@@ -1093,14 +1105,6 @@ def reply_send(
                 content=item.content,
                 content_type=item.content_type,
                 content_id=item.content_id,
-            )
-        if previous_channel and previous_channel != identity.kind:
-            _event(
-                conversation,
-                ConversationEvent.Kind.CHANNEL,
-                author,
-                previous=previous_channel,
-                channel=identity.kind,
             )
         now = timezone.now()
         conversation.last_activity_at = now
