@@ -219,6 +219,15 @@ SAVED_VIEW_KEYS = (
 )
 
 
+def _kept_filters(query: QueryDict) -> QueryDict:
+    """The list's filters in `query` that a saved view keeps: known keys with a value."""
+    kept = QueryDict(mutable=True)
+    for key in SAVED_VIEW_KEYS:
+        if query.get(key):
+            kept[key] = query[key][:200]
+    return kept
+
+
 @login_required
 @require_POST
 def saved_view_save(request):
@@ -227,11 +236,7 @@ def saved_view_save(request):
     if not name:
         messages.error(request, "A saved view needs a name.")
         return redirect("inbox:list")
-    current = QueryDict(request.POST.get("query", ""))
-    kept = QueryDict(mutable=True)
-    for key in SAVED_VIEW_KEYS:
-        if current.get(key):
-            kept[key] = current[key][:200]
+    kept = _kept_filters(QueryDict(request.POST.get("query", "")))
     SavedView.objects.update_or_create(
         user=request.user, name=name, defaults={"query": kept.urlencode()[:500]}
     )
@@ -353,7 +358,9 @@ def conversation_list(request):
         inboxes=Inbox.objects.filter(is_active=True),
         tags=Tag.objects.all(),
         saved_views=SavedView.objects.filter(user=user),
-        current_query=request.GET.urlencode(),
+        # As a saved view keeps it (saved_view_save): the known filters that have a value,
+        # so that the same filters applied through the form highlight the saved view.
+        current_query=_kept_filters(request.GET).urlencode(),
     )
     return render(request, "inbox/list.html", context)
 

@@ -229,6 +229,11 @@
     li.classList.add("selected");
     if (focus) li.querySelector("a").focus();
   }
+  const shortcuts = document.getElementById("shortcuts");
+  function showShortcuts() { if (shortcuts && !shortcuts.open) shortcuts.showModal(); }
+  document.querySelectorAll("[data-shortcuts]").forEach(function (button) {
+    button.addEventListener("click", showShortcuts);
+  });
   const composer = document.querySelector("[data-composer]");
   const text = composer && composer.querySelector("textarea");
   document.addEventListener("keydown", function (event) {
@@ -255,7 +260,7 @@
       status.form.requestSubmit();
     }
     else if (event.key === "a" && composer) { event.preventDefault(); document.getElementById("assignee").focus(); }
-    else if (event.key === "?") alert("j / k  move in the list\nEnter  open\nr  reply\nn  note\ne  resolve\na  assign\n/  canned responses (in the reply box)\nCtrl+Enter  send");
+    else if (event.key === "?") showShortcuts();
   });
 
   // The composer's hint for the chosen channel (SMS segments follow sms_segments() in Python).

@@ -573,6 +573,9 @@ class TestSavedViews:
         assert [v.name for v in page.context["saved_views"]] == ["Email waiting"]
         assert [c.inbox.kind for c in page.context["conversations"]] == ["email"]
         assert 'aria-current="page">Email waiting' in page.content.decode()
+        # The same filters applied through the form, which sends its empty fields too.
+        form = "view=teams&q=&status=&channel=email&team=&priority=&tag=&sort=waiting"
+        assert 'aria-current="page">Email waiting' in client.get(f"/inbox/?{form}").content.decode()
 
         client.force_login(dana)  # a teammate does not get bob's views
         assert list(client.get("/inbox/").context["saved_views"]) == []

@@ -139,6 +139,10 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     mine = signed_in(browser, asgi_server, bob)
     mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
     mine.locator("h1").click()
+    mine.keyboard.press("?")  # the shortcuts, in a dialog that Escape closes
+    expect(mine.get_by_role("dialog", name="Keyboard shortcuts")).to_contain_text("internal note")
+    mine.keyboard.press("Escape")
+    expect(mine.get_by_role("dialog")).to_be_hidden()
     mine.keyboard.press("n")  # the note shortcut: note mode, the text box focused
     assert mine.is_checked('[name=mode][value="note"]')
     assert mine.is_disabled("[data-channel-picker]")  # a note goes to no channel
