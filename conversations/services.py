@@ -1157,8 +1157,15 @@ def note_add(
             )
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         publish_conversation_event(conversation, "note", message=message.pk)
-        mentioned = [user.pk for user in mentioned_agents(conversation, text)]
-        _notify(mentioned, Notification.Kind.MENTIONED, conversation, message, actor=author)
+        # Kept on the message for the caller to say who was told.
+        message.mentioned = mentioned_agents(conversation, text)
+        _notify(
+            [user.pk for user in message.mentioned],
+            Notification.Kind.MENTIONED,
+            conversation,
+            message,
+            actor=author,
+        )
     return message
 
 

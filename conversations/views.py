@@ -549,12 +549,20 @@ def conversation_reply(request, number: int):
     try:
         attachments = _uploads(request)
         if mode == "note":
-            services.note_add(
+            note = services.note_add(
                 conversation=conversation,
                 author=request.user,
                 text=text,
                 attachments=attachments,
             )
+            told = {user.email.split("@")[0].lower() for user in note.mentioned}
+            if missed := sorted({h.lower() for h in services.MENTION.findall(text)} - told):
+                names = ", ".join(f"@{handle}" for handle in missed)
+                messages.warning(
+                    request,
+                    f"Nobody was told of {names}: no agent who may see this conversation "
+                    "goes by that name (the part of their email before the @).",
+                )
         else:
             identity = None
             if request.POST.get("identity", "").isdigit():

@@ -292,6 +292,21 @@ class TestConversation:
         reply = conversation.messages.get(direction="outbound")
         assert (reply.channel, reply.inbox, reply.text) == ("email", mail_inbox, "Sent by mail")
 
+    def test_a_note_says_which_mentions_reached_nobody(self, client, bob, dana, chat_inbox):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:reply", args=[conversation.pk]),
+            {"text": "@dana @nobody please check", "mode": "note", "seen": 10**9},
+            follow=True,
+        )
+        flashed = [str(m) for m in response.context["messages"]]
+        assert flashed == [
+            "Nobody was told of @nobody: no agent who may see this conversation goes by that "
+            "name (the part of their email before the @)."
+        ]
+        assert dana.notifications.count() == 1
+
     def test_a_note_is_not_sent(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
         client.force_login(bob)
