@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from channels_adapters.registry import adapter_for
 from conversations import services
-from conversations.models import Channel, Identity
+from conversations.models import OPAQUE_ADDRESSES, Channel, Identity
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
@@ -298,13 +298,19 @@ PHONE_TYPED = re.compile(r"\+?[\d\s().-]+")
 
 
 def addresses_matching(query: str) -> Q:
-    """Identities whose address contains `query`. A phone number is stored as +E.164, so a
-    typed one ("(555) 200-0001", "0044 20 7946") is also looked for by its digits."""
+    """Identities whose address, as agents see it, contains `query` (not the opaque ids of
+    chat visitors and Messenger users). A phone number is stored as +E.164, so a typed one
+    ("(555) 200-0001", "+44 (0)20 7946 0958") is also looked for by its digits and whole."""
     addresses = Q(address__icontains=query)
     digits = re.sub(r"\D", "", query)
     if PHONE_TYPED.fullmatch(query) and len(digits) >= 4 and digits != query:
-        addresses |= Q(address__icontains=digits.removeprefix("00"))  # the trigram index
-    return addresses
+        phones = Q(address__icontains=digits.removeprefix("00"))  # the trigram index
+        try:
+            phones |= Q(address=services.phone_normalize(query))
+        except ValidationError:
+            pass
+        addresses |= Q(kind__in=services.PHONE_CHANNELS) & phones
+    return addresses & ~Q(kind__in=OPAQUE_ADDRESSES)
 
 
 def _merge_candidates(user, customer, query: str) -> list:

@@ -1136,8 +1136,8 @@ def note_add(
     attachments: tuple[InboundAttachment, ...] = (),
 ) -> Message:
     """An internal note: visible to agents only, never sent to the customer."""
-    if not text.strip():
-        raise ValidationError("A note needs text.")
+    if not (text.strip() or attachments):
+        raise ValidationError("A note needs text or an attachment.")
     with transaction.atomic():
         _refuse_if_merged(_locked(conversation))
         message = Message.objects.create(
@@ -1157,10 +1157,10 @@ def note_add(
             )
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         publish_conversation_event(conversation, "note", message=message.pk)
-        # Kept on the message for the caller to say who was told.
-        message.mentioned = mentioned_agents(conversation, text)
+        # The mentions that reached nobody, kept on the message for the caller to say so.
+        agents, message.mentions_missed = mentions_resolve(conversation, text)
         _notify(
-            [user.pk for user in message.mentioned],
+            [user.pk for user in agents],
             Notification.Kind.MENTIONED,
             conversation,
             message,
@@ -1173,23 +1173,25 @@ def note_add(
 MENTION = re.compile(r"(?<![\w.@])@([a-z0-9](?:[\w.+-]*[a-z0-9])?)", re.IGNORECASE)
 
 
-def mentioned_agents(conversation: Conversation, text: str) -> list:
-    """Active agents @-mentioned in `text` who may see `conversation` (a mention must not
-    show a conversation to someone outside it)."""
+def mentions_resolve(conversation: Conversation, text: str) -> tuple[list, list[str]]:
+    """The active agents @-mentioned in `text` who may see `conversation` (a mention must not
+    show a conversation to someone outside it), and the handles that named none of them."""
     from conversations.selectors import conversations_visible_to
 
     handles = {handle.lower() for handle in MENTION.findall(text)}
     if not handles:
-        return []
+        return [], []
     candidates = get_user_model().objects.filter(
         reduce(or_, (Q(email__istartswith=f"{handle}@") for handle in handles)), is_active=True
     )
-    return [
+    agents = [
         user
         for user in candidates
         if user.email.split("@")[0].lower() in handles
         and conversations_visible_to(user).filter(pk=conversation.pk).exists()
     ]
+    found = {user.email.split("@")[0].lower() for user in agents}
+    return agents, sorted(handles - found)
 
 
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:

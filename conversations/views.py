@@ -536,11 +536,13 @@ def conversation_reply(request, number: int):
     text = request.POST.get("text", "")
     mode = request.POST.get("mode", "reply")
     seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
+    # A page sent back cannot keep chosen files (browsers do not allow it): it names them.
+    reattach = [upload.name for upload in request.FILES.getlist("files")]
     if arrived := _newer_than(conversation, seen, request.user):
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
         # now shows it, so sending again from there sends the reply as it is.
         context = _conversation_context(
-            request, conversation, draft=text, draft_mode=mode, stale=True
+            request, conversation, draft=text, draft_mode=mode, stale=True, reattach=reattach
         )
         arrived = {message.pk for message in arrived}
         for kind, item in context["timeline"]:
@@ -555,9 +557,8 @@ def conversation_reply(request, number: int):
                 text=text,
                 attachments=attachments,
             )
-            told = {user.email.split("@")[0].lower() for user in note.mentioned}
-            if missed := sorted({h.lower() for h in services.MENTION.findall(text)} - told):
-                names = ", ".join(f"@{handle}" for handle in missed)
+            if note.mentions_missed:
+                names = ", ".join(f"@{handle}" for handle in note.mentions_missed)
                 messages.warning(
                     request,
                     f"Nobody was told of {names}: no agent who may see this conversation "
@@ -581,7 +582,12 @@ def conversation_reply(request, number: int):
             )
     except ValidationError as exc:
         context = _conversation_context(
-            request, conversation, draft=text, draft_mode=mode, error="; ".join(exc.messages)
+            request,
+            conversation,
+            draft=text,
+            draft_mode=mode,
+            error="; ".join(exc.messages),
+            reattach=reattach,
         )
         return render(request, "inbox/conversation.html", context, status=400)
     return redirect("inbox:conversation", number=conversation.pk)

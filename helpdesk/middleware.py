@@ -4,14 +4,15 @@ from functools import lru_cache
 from django.utils import timezone
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
 def _zone(name: str) -> zoneinfo.ZoneInfo | None:
-    if not name or len(name) > 64:
-        return None
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return None
+    """The zone a cookie names, if it is one: only names from the zone database are looked
+    up (a folder's name, "America", would raise from ZoneInfo)."""
+    return zoneinfo.ZoneInfo(name) if name in _zone_names() else None
 
 
 class AgentTimezoneMiddleware:

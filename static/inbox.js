@@ -16,6 +16,7 @@
   // Events come in bursts: fetch once they pause for 250 ms, but at least every second.
   let refreshTimer = null;
   let refreshDue = 0;
+  let refreshes = 0; // only the latest fetch is shown: an older answer arriving late is dropped
   function refresh() {
     if (!live) return;
     clearTimeout(refreshTimer);
@@ -23,12 +24,15 @@
     if (!refreshDue) refreshDue = now + 1000;
     refreshTimer = setTimeout(async function () {
       refreshDue = 0;
+      const mine = ++refreshes;
       const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
-      if (!response.ok) return;
+      if (!response.ok || mine !== refreshes) return;
+      const html = await response.text();
+      if (mine !== refreshes) return;
       const selected = document.querySelector(".rows li.selected");
       // A refresh never moves focus: only a row that had it gets it back.
       const focused = live.contains(document.activeElement);
-      live.innerHTML = await response.text();
+      live.innerHTML = html;
       // What the agent has now seen, so that a reply sent from here is not stale against it:
       // only while the reply box is empty. A message that arrives while they write may change
       // the answer; the server then shows it marked and keeps the draft (conversation_reply).
@@ -237,6 +241,7 @@
   const composer = document.querySelector("[data-composer]");
   const text = composer && composer.querySelector("textarea");
   document.addEventListener("keydown", function (event) {
+    if (shortcuts && shortcuts.open) return; // the page behind the dialog is out of reach
     const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(event.target.tagName);
     if (composer && event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target === text) {
       event.preventDefault();

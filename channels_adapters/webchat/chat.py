@@ -7,6 +7,7 @@ plain text, never notes, internal events or other people's tokens.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
 from datetime import timedelta
@@ -398,8 +399,8 @@ def sniffed_type(upload) -> str | None:
             return content_type
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    try:
-        text = head.decode("utf-8")
+    try:  # the 2,048 bytes may end inside a character: decoded as a stream, not as a whole
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return None
     if "\x00" in text or "<" in text.lstrip()[:1]:

@@ -107,6 +107,7 @@ class TestList:
     @pytest.mark.parametrize(
         ("query", "found"),
         [
+            ("3a12", None),  # a chat visitor's id is no address to search by
             ("parcel", "Jo"),
             ("+351912", "Ana"),
             ("(912) 345-678", "Ana"),  # a number typed as it is written, not as stored
@@ -120,6 +121,7 @@ class TestList:
         receive(chat_inbox, text="Where is my parcel?", address="v1", name="Jo")
         receive(chat_inbox, channel=Channel.SMS, text="Hi", address="+351912345678", name="Ana")
         receive(chat_inbox, text="Hello", address="v3", name="Rosa Lima")
+        receive(chat_inbox, text="Hi", address="9f3a1234bc", name="Hex")
         client.force_login(alice)
         rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
         assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
@@ -331,6 +333,10 @@ class TestConversation:
         assert f'<li class="message inbound new" id="m{arrived.pk}">' in html
         assert html.count('class="message inbound new"') == 1  # "First" was seen
         assert not conversation.messages.filter(direction="outbound").exists()
+        # The files chosen could not be kept on the page sent back: it names them.
+        label = SimpleUploadedFile("label.png", PNG, content_type="image/png")
+        response = client.post(url, {"text": "Here is the refund", "seen": seen, "files": [label]})
+        assert "attach label.png again" in response.content.decode()
         # Sent again from the page that showed it: sent as it is.
         seen = response.context["seen"]
         response = client.post(url, {"text": "Here is the refund", "seen": seen})
@@ -349,9 +355,14 @@ class TestConversation:
         assert sorted(a.filename for a in reply.attachments.all()) == ["label.png", "orders.csv"]
         assert {a.content_type for a in reply.attachments.all()} == {"image/png", "text/csv"}
         pdf = SimpleUploadedFile("receipt.pdf", b"%PDF-1.4 ...", content_type="application/pdf")
-        client.post(url, {"text": "Receipt", "mode": "note", "files": [pdf], "seen": 10**9})
+        client.post(url, {"text": "", "mode": "note", "files": [pdf], "seen": 10**9})
         note = conversation.messages.get(direction="note")
         assert [a.filename for a in note.attachments.all()] == ["receipt.pdf"]
+        # Text whose first 2,048 bytes end inside a character is still text.
+        accented = SimpleUploadedFile("notas.csv", b"a" * 2047 + "é,1\n".encode(), "text/csv")
+        assert (
+            client.post(url, {"text": "CSV", "files": [accented], "seen": 10**9}).status_code == 302
+        )
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "label.png" in page and "receipt.pdf" in page
 
@@ -424,9 +435,10 @@ class TestConversation:
         html = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "Status changed by Bob: snoozed until Dec 1, 09:00" in html
         assert ">Dec 1, 09:00</time>" in html  # beside the status, at the top
-        client.cookies["tz"] = "Not/A_Zone"  # an unknown zone: the server's, UTC
-        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
-        assert "snoozed until Dec 1, 14:00" in html
+        for unknown in ("Not/A_Zone", "America", "../../etc"):  # the server's zone, UTC
+            client.cookies["tz"] = unknown
+            html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+            assert "snoozed until Dec 1, 14:00" in html
 
     def test_snoozing_into_the_past_is_refused_visibly(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
@@ -459,7 +471,8 @@ class TestConversation:
         html = page.content.decode()
         assert [c.pk for c in page.context["history"]] == [earlier.pk]
         assert f'href="/inbox/{earlier.pk}/">#{earlier.pk} Parcel</a>' in html
-        assert "Closed" in html and "Prefers email after 6 pm" in html
+        assert '<span class="badge status-closed">Closed</span>' in html  # in the card
+        assert "Prefers email after 6 pm" in html
         # Billing's conversation is not Bob's to see: neither listed nor offered to merge into.
         assert f"#{billing.pk}" not in html and "Card declined" not in html
 
