@@ -353,7 +353,8 @@ def customer_merge(request, customer_id: int):
     if not request.POST.get("confirm"):
         messages.error(request, "Nothing was merged: tick the box to confirm the merge.")
         return redirect(reverse("inbox:customer_merge", args=[customer.pk]) + "#merge")
-    labels = customer_label(customer), customer_label(target)  # before the addresses move
+    # Named before the merge moves the addresses the labels may come from.
+    source_label, target_label = customer_label(customer), customer_label(target)
     try:
         target = services.customer_merge(source=customer, target=target, actor=request.user)
     except ValidationError as exc:
@@ -361,7 +362,7 @@ def customer_merge(request, customer_id: int):
         return redirect("inbox:customer", customer_id=customer.pk)
     messages.success(
         request,
-        f"{labels[0]} (#{customer.pk}) was merged into {labels[1]} (#{target.pk}): "
+        f"{source_label} (#{customer.pk}) was merged into {target_label} (#{target.pk}): "
         "one profile, both histories.",
     )
     return redirect("inbox:customer", customer_id=target.pk)

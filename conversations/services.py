@@ -756,14 +756,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         sent_at=now if inbound.echo else None,
         metadata=inbound.metadata,
     )
-    for item in inbound.attachments:
-        attachment_store(
-            message=message,
-            filename=item.filename,
-            content=item.content,
-            content_type=item.content_type,
-            content_id=item.content_id,
-        )
+    attachments_store(message, inbound.attachments)
     _media_fetch_later(message, inbound.media)
     _participants_add(conversation, inbox, identity, inbound.cc)
 
@@ -952,6 +945,17 @@ def attachment_store(
     return attachment
 
 
+def attachments_store(message: Message, attachments: tuple[InboundAttachment, ...]) -> None:
+    for item in attachments:
+        attachment_store(
+            message=message,
+            filename=item.filename,
+            content=item.content,
+            content_type=item.content_type,
+            content_id=item.content_id,
+        )
+
+
 def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> None:
     """Placeholders for provider media, filled by a task once the message is committed: the
     webhook's task stays fast, and a slow or failing media server delays nothing else."""
@@ -1098,14 +1102,7 @@ def reply_send(
         draft.conversation = conversation
         draft.save()
         message = draft
-        for item in attachments:
-            attachment_store(
-                message=message,
-                filename=item.filename,
-                content=item.content,
-                content_type=item.content_type,
-                content_id=item.content_id,
-            )
+        attachments_store(message, attachments)
         now = timezone.now()
         conversation.last_activity_at = now
         if not automatic and author is not None:
@@ -1148,13 +1145,7 @@ def note_add(
             author=author,
             text=text,
         )
-        for item in attachments:
-            attachment_store(
-                message=message,
-                filename=item.filename,
-                content=item.content,
-                content_type=item.content_type,
-            )
+        attachments_store(message, attachments)
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         publish_conversation_event(conversation, "note", message=message.pk)
         # The mentions that reached nobody, kept on the message for the caller to say so.
