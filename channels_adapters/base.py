@@ -77,6 +77,9 @@ class Capabilities:
     html: bool = False
     subject: bool = False
     attachments: bool = False
+    # What the provider takes on one message: files, and their bytes all together.
+    attachments_max: int | None = None
+    attachments_max_bytes: int | None = None
     max_length: int | None = None
     # True when sending the same message twice cannot reach the customer twice, so a message
     # left "sending" by a dead worker may simply be sent again.
@@ -142,6 +145,39 @@ class Adapter:
             )
         return ""
 
+    def attachments_refusal(self, message: Message, files: list[tuple[str, str, int]]) -> str:
+        """Why the files (name, content type, size) cannot go with `message` on this channel,
+        or "". Asked before a reply is stored: the provider would fail it later, after the
+        agent has moved on."""
+        if not files:
+            return ""
+        channel = message.get_channel_display()
+        caps = self.capabilities
+        if not caps.attachments:
+            return f"{channel} messages cannot carry files; send them on another channel."
+        if caps.attachments_max and len(files) > caps.attachments_max:
+            return f"{channel} takes at most {caps.attachments_max} files on one message."
+        total = sum(size for _name, _type, size in files)
+        if caps.attachments_max_bytes and total > caps.attachments_max_bytes:
+            return (
+                f"{channel} takes at most {_megabytes(caps.attachments_max_bytes)} of files on "
+                f"one message; these are {_megabytes(total)}."
+            )
+        return ""
+
+    def attachments_hint(self) -> str:
+        """What the composer says when files are chosen for this channel."""
+        caps = self.capabilities
+        if not caps.attachments:
+            return "Files cannot be sent on this channel."
+        limits = [
+            f"at most {caps.attachments_max} files" if caps.attachments_max else "",
+            f"{_megabytes(caps.attachments_max_bytes)} in all"
+            if caps.attachments_max_bytes
+            else "",
+        ]
+        return ", ".join(part for part in limits if part)
+
     # True when the provider can tell us the customer's name (Messenger): looked up once.
     fetches_profiles: ClassVar[bool] = False
 
@@ -170,6 +206,10 @@ class Adapter:
     def handshake(self, inbox: Inbox, params) -> HttpResponse:
         """A GET on the webhook: Meta's subscription check; nothing for others."""
         return HttpResponse("Use POST.", status=405, content_type="text/plain")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
 
 
 def customer_last_wrote(identity: Identity, inbox: Inbox) -> datetime | None:

@@ -75,12 +75,14 @@ def customer_label(customer) -> str:
 
 
 def identities_to_write_to(customer) -> list[Identity]:
-    """The customer's addresses an agent can write to: any channel with a sending adapter."""
-    return [
-        identity
-        for identity in customer.identities.all()
-        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send
-    ]
+    """The customer's addresses an agent can write to: any channel with a sending adapter,
+    each with what that channel takes in files, for the composer."""
+    identities = []
+    for identity in customer.identities.all():
+        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send:
+            identity.files_hint = adapter.attachments_hint()
+            identities.append(identity)
+    return identities
 
 
 def customer_page(request, customer, *, status=200, **extra):

@@ -945,6 +945,10 @@ def attachment_store(
     return attachment
 
 
+def _size(content: bytes | File) -> int:
+    return len(content) if isinstance(content, bytes) else content.size
+
+
 def attachments_store(message: Message, attachments: tuple[InboundAttachment, ...]) -> None:
     for item in attachments:
         attachment_store(
@@ -1071,7 +1075,8 @@ def reply_send(
             **({"automatic": automatic} if automatic else {}),
         },
     )
-    refusal = adapter.send_refusal(draft)
+    files = [(item.filename, item.content_type, _size(item.content)) for item in attachments]
+    refusal = adapter.send_refusal(draft) or adapter.attachments_refusal(draft, files)
     if refusal:
         raise ValidationError(refusal)
 

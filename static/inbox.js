@@ -299,6 +299,10 @@
     } else if (kind === "email") {
       hint.textContent = "Sent by email, threaded with the customer's mail.";
     } else hint.textContent = "";
+    const files = composer.querySelector("[name=files]");
+    if (files && files.files.length && option && option.dataset.files) {
+      hint.textContent += `${hint.textContent ? " · " : ""}Files: ${option.dataset.files}.`;
+    }
   }
   // Tell the others this agent is typing: at most once every 2 s while the keys go on.
   let typingSent = 0;
@@ -315,6 +319,7 @@
     text.addEventListener("input", updateHint);
     composer.querySelectorAll("[name=mode]").forEach(function (radio) { radio.addEventListener("change", updateHint); });
     if (picker) picker.addEventListener("change", updateHint);
+    composer.querySelector("[name=files]").addEventListener("change", updateHint);
     updateHint();
   }
 })();

@@ -68,7 +68,14 @@ class EmailAdapter(Adapter):
     kind = Channel.EMAIL
     # Sending again is safe: the Message-ID is fixed before the first attempt, and receiving
     # systems (ours included) drop a second copy with the same Message-ID.
-    capabilities = Capabilities(html=True, subject=True, attachments=True, idempotent_send=True)
+    # Most mail servers refuse a message over 25 MB, and base64 makes files a third larger.
+    capabilities = Capabilities(
+        html=True,
+        subject=True,
+        attachments=True,
+        attachments_max_bytes=18 * 2**20,
+        idempotent_send=True,
+    )
 
     # --- Inbound ----------------------------------------------------------------------------
 

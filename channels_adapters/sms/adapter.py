@@ -80,7 +80,14 @@ def _form(body: bytes) -> QueryDict:
 
 class SmsAdapter(Adapter):
     kind = Channel.SMS
-    capabilities = Capabilities(attachments=True, max_length=1600, segments=True)
+    # Twilio's MMS: ten media, 5 MB together (error 21623, 11751).
+    capabilities = Capabilities(
+        attachments=True,
+        attachments_max=10,
+        attachments_max_bytes=5 * 2**20,
+        max_length=1600,
+        segments=True,
+    )
 
     # --- Inbound ---
 

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_WINDOW = timedelta(hours=24)
 MAX_TEXT = 4096
+IMAGE_MAX_BYTES = 5 * 2**20  # the Cloud API's limit for images; documents may be 100 MB
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
 STATUSES = {"sent", "delivered", "read", "failed"}
 PARAMETER = re.compile(r"\{\{\s*\w+\s*\}\}")
@@ -192,6 +193,14 @@ class WhatsAppAdapter(meta.MetaAdapter):
         )
 
     # --- Outbound ---------------------------------------------------------------------------
+
+    def attachments_refusal(self, message, files):
+        if files and (message.metadata or {}).get("template"):
+            return "A WhatsApp template cannot carry attachments; send them separately."
+        for name, content_type, size in files:
+            if SEND_AS.get(content_type) == "image" and size > IMAGE_MAX_BYTES:
+                return f"WhatsApp takes images of at most 5 MB; {name} is larger."
+        return super().attachments_refusal(message, files)
 
     def send_refusal(self, message):
         refusal = super().send_refusal(message)

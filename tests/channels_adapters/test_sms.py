@@ -381,6 +381,24 @@ class TestReplies:
         assert response["Content-Disposition"].startswith("attachment")
         assert client.get(link.removeprefix("http://testserver") + "x").status_code == 404
 
+    def test_files_beyond_what_mms_takes_are_refused_before_anything_is_stored(
+        self, twilio, conversation, bob
+    ):
+        scan = services.InboundAttachment("scan.pdf", "application/pdf", b"%PDF" + bytes(6 << 20))
+        with pytest.raises(
+            ValidationError, match="SMS takes at most 5 MB of files on one message; these are 6 MB"
+        ):
+            services.reply_send(
+                conversation=conversation, author=bob, text="Scan", attachments=(scan,)
+            )
+        photos = tuple(
+            services.InboundAttachment(f"p{n}.png", "image/png", b"\x89PNG") for n in range(11)
+        )
+        with pytest.raises(ValidationError, match="SMS takes at most 10 files on one message"):
+            services.reply_send(conversation=conversation, author=bob, text="", attachments=photos)
+        assert not conversation.messages.filter(direction=Message.Direction.OUTBOUND).exists()
+        assert twilio.calls() == []
+
     def test_without_public_url_an_attachment_cannot_go(self, twilio, conversation, bob):
         photo = services.InboundAttachment("label.png", "image/png", b"\x89PNG label")
         message = reply(conversation, bob, text="The label", attachments=(photo,))

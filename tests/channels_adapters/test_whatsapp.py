@@ -387,6 +387,27 @@ class TestSend:
             services.reply_send(conversation=conversation, author=bob, text="", template=template)
         assert graph.requests == []
 
+    def test_files_whatsapp_would_refuse_are_refused_before_anything_is_stored(
+        self, graph, wa_inbox, bob
+    ):
+        conversation = customer_wrote(wa_inbox)
+        receipt = services.InboundAttachment("nota.pdf", "application/pdf", PDF)
+        with pytest.raises(ValidationError, match="A WhatsApp template cannot carry attachments"):
+            services.reply_send(
+                conversation=conversation,
+                author=bob,
+                text="",
+                template="order_update",
+                attachments=(receipt,),
+            )
+        photo = services.InboundAttachment("foto.jpg", "image/jpeg", JPEG + bytes(6 << 20))
+        with pytest.raises(ValidationError, match="images of at most 5 MB; foto.jpg is larger"):
+            services.reply_send(
+                conversation=conversation, author=bob, text="", attachments=(photo,)
+            )
+        assert not Message.objects.filter(direction=Message.Direction.OUTBOUND).exists()
+        assert graph.requests == []
+
     def test_attachments_are_uploaded_then_sent_after_the_text(self, graph, wa_inbox, bob):
         conversation = customer_wrote(wa_inbox)
         reply = services.reply_send(

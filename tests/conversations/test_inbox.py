@@ -258,7 +258,15 @@ class TestConversation:
         html = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "4f1c9e0a2b7d" not in html
         assert "<strong>Unknown customer</strong>" in html
-        assert ">Web chat</option>" in html  # the composer's channel picker
+        # The composer's channel picker and the side panel tell two chat visitors apart.
+        assert ">Web chat (last seen just now)</option>" in html
+        assert "<dd>last seen just now" in html
+        with time_machine.travel(timezone.now() + timedelta(hours=3)):
+            chat(chat_inbox, address="8d2e6b1f0a3c", name="")
+            Identity.objects.filter(address="8d2e6b1f0a3c").update(customer=conversation.customer)
+            html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert ">Web chat (last seen 3 h ago)</option>" in html
+        assert ">Web chat (last seen just now)</option>" in html
         Identity.objects.create(
             customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
         )
@@ -378,6 +386,24 @@ class TestConversation:
         html = response.content.decode()
         assert "invoice.html cannot be attached" in html and "See attached</textarea>" in html
         assert not conversation.messages.filter(direction="outbound").exists()
+
+    def test_files_the_channel_would_refuse_are_refused_with_the_draft_kept(
+        self, client, alice, sms_inbox
+    ):
+        texted = receive(sms_inbox, text="Olá", address="+351912000333").message.conversation
+        client.force_login(alice)
+        page = client.get(f"/inbox/{texted.pk}/").content.decode()
+        assert 'data-files="at most 10 files, 5 MB in all"' in page  # the composer's hint
+        scan = SimpleUploadedFile("scan.png", PNG + bytes(6 << 20), content_type="image/png")
+        response = client.post(
+            reverse("inbox:reply", args=[texted.pk]),
+            {"text": "Your scan", "files": [scan], "seen": 10**9},
+        )
+        assert response.status_code == 400
+        html = response.content.decode()
+        assert "SMS takes at most 5 MB of files on one message; these are 6 MB." in html
+        assert "Your scan</textarea>" in html
+        assert not texted.messages.filter(direction="outbound").exists()
 
     def test_a_merged_conversation_takes_no_reply_or_note(self, client, bob, chat_inbox):
         source = chat(chat_inbox, address="v1")
