@@ -96,6 +96,13 @@ TEMPLATES = [
             ],
         },
     },
+    {  # only asked by name (using="jinja2"): see helpdesk/templating.py
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "NAME": "jinja2",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": False,
+        "OPTIONS": {"environment": "helpdesk.templating.environment"},
+    },
 ]
 
 # --- Database -------------------------------------------------------------------------------

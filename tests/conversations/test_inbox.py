@@ -228,9 +228,10 @@ class TestList:
     def test_customer_content_is_escaped(self, client, alice, chat_inbox):
         receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
         client.force_login(alice)
-        html = client.get("/inbox/?view=all").content.decode()
-        assert "<script>alert(2)" not in html
-        assert "<img src=x" not in html
+        for url in ("/inbox/?view=all", "/inbox/?view=all&partial=rows"):
+            html = client.get(url).content.decode()
+            assert "<script>alert(2)" not in html and "&lt;script&gt;alert(2)" in html
+            assert "<img src=x" not in html and "&lt;img src=x" in html
 
 
 class TestConversation:
