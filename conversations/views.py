@@ -361,11 +361,13 @@ def conversation_list(request):
         statuses=Status.choices,
         channels=Channel.choices,
         priorities=Conversation.Priority.choices,
-        teams=Team.objects.filter(memberships__user=user)
-        if not user.is_admin
-        else Team.objects.all(),
-        inboxes=Inbox.objects.filter(is_active=True),
-        tags=Tag.objects.all(),
+        # What the filter bar shows, and no more: an inbox's credentials and a team's
+        # settings are JSON, decoded for nothing on every page (~2 ms).
+        teams=(
+            Team.objects.filter(memberships__user=user) if not user.is_admin else Team.objects
+        ).only("name"),
+        inboxes=Inbox.objects.filter(is_active=True).only("name", "kind"),
+        tags=Tag.objects.only("name"),
         saved_views=SavedView.objects.filter(user=user),
         # As a saved view keeps it (saved_view_save): the known filters that have a value,
         # so that the same filters applied through the form highlight the saved view.
