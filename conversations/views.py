@@ -34,7 +34,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
@@ -66,6 +65,7 @@ from conversations.selectors import (
     conversations_visible_to,
     team_inboxes,
 )
+from conversations.templatetags.sla import when
 from helpdesk.models import User
 from routing.automations import macros_for
 from routing.models import Team, TeamMembership
@@ -88,7 +88,6 @@ ROW_FIELDS = (
     "assignee__display_name",
     "assignee__email",
 )
-WHEN = "M j, H:i"  # how the timeline says when: "Nov 30, 14:05", in the agent's zone
 Status = Conversation.Status
 ACTIVE = (Status.OPEN, Status.PENDING)
 
@@ -404,7 +403,7 @@ def _events_describe(events) -> None:
         elif event.kind == Kind.STATUS:
             event.detail = str(statuses.get(data.get("status"), data.get("status"))).lower()
             if until := parse_datetime(data.get("snoozed_until") or ""):
-                event.detail += f" until {date_format(timezone.localtime(until), WHEN)}"
+                event.detail += f" until {when(until)}"
         elif event.kind == Kind.PRIORITY:
             event.detail = str(priorities.get(data.get("priority"), data.get("priority")))
         elif event.kind == Kind.TAGS:

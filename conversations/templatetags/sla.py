@@ -6,8 +6,11 @@ from datetime import datetime
 
 from django import template
 from django.utils import timezone
+from django.utils.dateformat import format as date_format
 
 register = template.Library()
+
+WHEN = "M j, H:i"  # "Nov 30, 14:05", in the agent's time zone
 
 
 @register.filter
@@ -61,3 +64,9 @@ def ago(moment: datetime | None) -> str:
 def iso(moment: datetime | None) -> str:
     """The moment for a `datetime` attribute: ISO 8601 with its offset, for scripts to read."""
     return moment.isoformat() if moment else ""
+
+
+@register.filter
+def when(moment: datetime | None) -> str:
+    """The moment as the inbox words it: "Nov 30, 14:05", in the agent's time zone."""
+    return date_format(timezone.localtime(moment), WHEN) if moment else ""
