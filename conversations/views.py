@@ -518,17 +518,15 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
 def _uploads(request) -> tuple[services.InboundAttachment, ...]:
     """The files attached to a reply or note, checked as the widget checks a visitor's: by
     their first bytes (images, PDF, plain text, CSV), never by what the browser claims."""
-    from channels_adapters.webchat.chat import UPLOAD_MAX_BYTES, sniffed_type
-
     files = request.FILES.getlist("files")
     if len(files) > ATTACHMENTS_MAX:
         raise ValidationError(f"Attach at most {ATTACHMENTS_MAX} files to one message.")
     attachments = []
     for upload in files:
         name = (upload.name or "file")[:255]
-        if upload.size > UPLOAD_MAX_BYTES:
-            raise ValidationError(f"{name} is over {UPLOAD_MAX_BYTES // 2**20} MB.")
-        content_type = sniffed_type(upload)
+        if upload.size > services.UPLOAD_MAX_BYTES:
+            raise ValidationError(f"{name} is over {services.UPLOAD_MAX_BYTES // 2**20} MB.")
+        content_type = services.sniffed_type(upload)
         if content_type is None:
             raise ValidationError(
                 f"{name} cannot be attached: images, PDF, plain text and CSV files can."

@@ -7,7 +7,6 @@ plain text, never notes, internal events or other people's tokens.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import hmac
 from datetime import timedelta
@@ -35,6 +34,7 @@ from conversations.models import (
 )
 from conversations.realtime import publish_conversation_event
 from conversations.services import (
+    IMAGE_TYPES,
     AddressTaken,
     InboundAttachment,
     InboundMessage,
@@ -375,37 +375,6 @@ def conversation_json(conversation: Conversation | None) -> dict | None:
 
 
 # --- What the visitor does -------------------------------------------------------------------
-
-# Shown inline in the widget; anything else is a download. Never SVG or HTML.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
-UPLOAD_TYPES = IMAGE_TYPES + ("application/pdf", "text/plain", "text/csv")
-UPLOAD_MAX_BYTES = 10 * 1024 * 1024
-MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"%PDF-", "application/pdf"),
-)
-
-
-def sniffed_type(upload) -> str | None:
-    """The type of an uploaded file from its first bytes, not from what the browser claims;
-    None for anything we do not take (HTML, SVG, executables...)."""
-    head = upload.read(2048)
-    upload.seek(0)
-    for magic, content_type in MAGIC:
-        if head.startswith(magic):
-            return content_type
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    try:  # the 2,048 bytes may end inside a character: decoded as a stream, not as a whole
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return None
-    if "\x00" in text or "<" in text.lstrip()[:1]:
-        return None  # markup is never taken as text: a browser might render it
-    return "text/csv" if (upload.name or "").lower().endswith(".csv") else "text/plain"
 
 
 def visitor_message(

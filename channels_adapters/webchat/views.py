@@ -22,7 +22,13 @@ from django.views.decorators.csrf import csrf_exempt
 
 from channels_adapters.webchat import chat
 from conversations.models import Attachment, Channel, Inbox
-from conversations.services import InboundAttachment
+from conversations.services import (
+    IMAGE_TYPES,
+    UPLOAD_MAX_BYTES,
+    UPLOAD_TYPES,
+    InboundAttachment,
+    sniffed_type,
+)
 from conversations.views import attachment_as_download
 
 SESSION_BODY_MAX = 16 * 1024
@@ -98,7 +104,7 @@ def _strings() -> dict:
         "you": _("You"),
         "required": _("This field is required."),
         "file_type": _("Only images (PNG, JPEG, GIF, WebP), PDF and text files can be sent."),
-        "file_size": _("Files are limited to %(mb)s MB.") % {"mb": chat.UPLOAD_MAX_BYTES >> 20},
+        "file_size": _("Files are limited to %(mb)s MB.") % {"mb": UPLOAD_MAX_BYTES >> 20},
     }
 
 
@@ -156,8 +162,8 @@ def session(request, inbox: Inbox):
                     "logo_url": config["logo_url"],
                     "prechat_name": config["prechat_name"],
                     "prechat_email": config["prechat_email"],
-                    "upload_types": list(chat.UPLOAD_TYPES),
-                    "upload_max_bytes": chat.UPLOAD_MAX_BYTES,
+                    "upload_types": list(UPLOAD_TYPES),
+                    "upload_max_bytes": UPLOAD_MAX_BYTES,
                 },
                 "availability": chat.availability(inbox),
                 "strings": _strings(),
@@ -186,9 +192,9 @@ def upload(request, inbox: Inbox):
     upload = request.FILES.get("file")
     if upload is None:
         return JsonResponse({"error": "No file."}, status=400)
-    if upload.size > chat.UPLOAD_MAX_BYTES:
+    if upload.size > UPLOAD_MAX_BYTES:
         return JsonResponse({"error": strings["file_size"]}, status=413)
-    content_type = chat.sniffed_type(upload)
+    content_type = sniffed_type(upload)
     if content_type is None:
         return JsonResponse({"error": strings["file_type"]}, status=415)
     try:
@@ -219,7 +225,7 @@ def media(request, token: str):
         Attachment.objects.exclude(file=""), pk=pk, message__direction__in=("inbound", "outbound")
     )
     response = attachment_as_download(attachment)
-    if attachment.content_type in chat.IMAGE_TYPES:
+    if attachment.content_type in IMAGE_TYPES:
         response["Content-Disposition"] = "inline"  # a raster image may show in the chat
     response["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response

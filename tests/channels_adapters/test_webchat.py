@@ -601,7 +601,7 @@ def test_uploads_are_judged_by_their_bytes_and_size_and_need_a_token(client, wid
         upload(client, widget, token, "photo.png", PNG, origin="https://evil.example").status_code
         == 403
     )
-    big = PNG + b"\x00" * chat.UPLOAD_MAX_BYTES
+    big = PNG + b"\x00" * services.UPLOAD_MAX_BYTES
     assert upload(client, widget, token, "big.png", big).status_code == 413
     assert Message.objects.count() == 0
     # A text file is taken as text, whatever name it has.
