@@ -9,6 +9,7 @@ urlpatterns = [
     path("availability", views.availability_set, name="availability"),
     path("notifications", views.notification_list, name="notifications"),
     path("reports", reports.reports, name="reports"),
+    path("bulk", views.conversation_bulk, name="bulk"),
     path("views/save", views.saved_view_save, name="view_save"),
     path("views/<int:view_id>/delete", views.saved_view_delete, name="view_delete"),
     path("<int:number>/", views.conversation_detail, name="conversation"),

@@ -11,6 +11,7 @@ import json
 import secrets
 from collections import defaultdict
 from datetime import datetime
+from functools import partial
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -353,10 +354,12 @@ def conversation_list(request):
     rows = render_to_string("inbox/_rows.jinja", context, request, using="jinja2")
     if request.GET.get("partial") == "rows":
         return HttpResponse(rows)
+    tags = list(Tag.objects.only("name"))
     context.update(
         rows=mark_safe(rows),  # noqa: S308 - rendered by Jinja2 with autoescaping
         views=[(key, label, counts[key]) for key, (label, _) in VIEWS.items() if key in counts],
         sorts=[(key, label) for key, (label, _) in SORTS.items()],
+        bulk_actions=_bulk_actions(user, tags),
         statuses=Status.choices,
         channels=Channel.choices,
         priorities=Conversation.Priority.choices,
@@ -366,7 +369,7 @@ def conversation_list(request):
             Team.objects.filter(memberships__user=user) if not user.is_admin else Team.objects
         ).only("name"),
         inboxes=Inbox.objects.filter(is_active=True).only("name", "kind"),
-        tags=Tag.objects.only("name"),
+        tags=tags,
         saved_views=SavedView.objects.filter(user=user),
         # As a saved view keeps it (saved_view_save): the known filters that have a value,
         # so that the same filters applied through the form highlight the saved view.
@@ -599,6 +602,97 @@ def conversation_reply(request, number: int):
         )
         return render(request, "inbox/conversation.html", context, status=400)
     return redirect("inbox:conversation", number=conversation.pk)
+
+
+BULK_MAX = 100  # conversations changed by one bulk action (a page shows 50)
+# The statuses the list's bulk bar sets: (what the option says, what the result says).
+BULK_STATUSES = {
+    Status.RESOLVED: ("Resolve", "Resolved"),
+    Status.CLOSED: ("Close", "Closed"),
+    Status.OPEN: ("Reopen", "Reopened"),
+    Status.PENDING: ("Mark pending", "Marked pending"),
+}
+
+
+def _bulk_actions(user, tags) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What the list's bulk bar offers, grouped: (group, [(action, label)])."""
+    agents = User.objects.filter(is_active=True).exclude(pk=user.pk)
+    if not user.is_admin:
+        teams = TeamMembership.objects.filter(user=user).values("team_id")
+        agents = agents.filter(team_memberships__team_id__in=teams).distinct()
+    agents = agents.order_by("display_name", "email")
+    return [
+        (
+            "Assign",
+            [("assign:me", "Assign to me"), ("assign:none", "Unassign")]
+            + [(f"assign:{agent.pk}", f"Assign to {agent.name}") for agent in agents],
+        ),
+        ("Status", [(f"status:{value}", verb) for value, (verb, _) in BULK_STATUSES.items()]),
+        (
+            "Priority",
+            [
+                (f"priority:{value}", f"Priority {label}")
+                for value, label in Conversation.Priority.choices
+            ],
+        ),
+        ("Tag", [(f"tag:{tag.name}", f"Tag “{tag.name}”") for tag in tags]),
+    ]
+
+
+def _bulk_change(user, action: str, value: str):
+    """The change one bulk action makes to each conversation (a service, waiting for its
+    `conversation`) and how its result is worded; None for an action we do not know."""
+    if action == "assign":
+        if value in ("me", "none"):
+            assignee = user if value == "me" else None
+        else:
+            pk = int(value) if value.isdigit() else 0
+            if (assignee := User.objects.filter(pk=pk, is_active=True).first()) is None:
+                return None
+        return partial(services.conversation_assign, assignee=assignee, actor=user), "Assigned"
+    if action == "status" and value in BULK_STATUSES:
+        change = partial(services.conversation_set_status, status=value, actor=user)
+        return change, BULK_STATUSES[value][1]
+    if action == "priority" and value.isdigit():
+        change = partial(services.conversation_set_priority, priority=int(value), actor=user)
+        return change, "Changed the priority of"
+    if action == "tag" and value.strip():
+        change = partial(services.conversation_tag, add=[value], actor=user)
+        return change, f"Tagged “{value.strip().lower()[:50]}”:"
+    return None
+
+
+@login_required
+@require_POST
+def conversation_bulk(request):
+    """One action on the conversations picked in the list, each through the same service as
+    its own page, each on its own: one that refuses (merged, say) does not stop the rest."""
+    user = request.user
+    kept = _kept_filters(QueryDict(request.POST.get("query", "")))
+    back = f"{reverse('inbox:list')}?{kept.urlencode()}"
+    numbers = {int(n) for n in request.POST.getlist("conversations") if n.isdigit()}
+    action, _, value = request.POST.get("action", "").partition(":")
+    bulk = _bulk_change(user, action, value)
+    if bulk is None:
+        return HttpResponseBadRequest("Unknown bulk action.")
+    if not numbers or len(numbers) > BULK_MAX:
+        messages.error(request, f"Pick between 1 and {BULK_MAX} conversations.")
+        return redirect(back)
+    change, done = bulk
+    conversations = list(conversations_visible_to(user).filter(pk__in=numbers).order_by("pk"))
+    refused = []
+    for conversation in conversations:
+        try:
+            change(conversation=conversation)
+        except ValidationError as exc:
+            refused.append(f"#{conversation.pk}: {'; '.join(exc.messages)}")
+    if changed := len(conversations) - len(refused):
+        messages.success(request, f"{done} {changed} conversation{'s' if changed > 1 else ''}.")
+    if missing := len(numbers) - len(conversations):
+        messages.error(request, f"{missing} of the conversations picked could not be found.")
+    if refused:
+        messages.error(request, "Not changed: " + " ".join(refused))
+    return redirect(back)
 
 
 def _act(request, number: int, action) -> object:

@@ -32,7 +32,11 @@
       const selected = document.querySelector(".rows li.selected");
       // A refresh never moves focus: only a row that had it gets it back.
       const focused = live.contains(document.activeElement);
+      // Conversations picked for a bulk action stay picked, wherever they moved to.
+      const picked = new Set(Array.from(live.querySelectorAll(".pick:checked"), function (el) { return el.value; }));
       live.innerHTML = html;
+      live.querySelectorAll(".pick").forEach(function (el) { el.checked = picked.has(el.value); });
+      updatePicked();
       // What the agent has now seen, so that a reply sent from here is not stale against it:
       // only while the reply box is empty. A message that arrives while they write may change
       // the answer; the server then shows it marked and keeps the draft (conversation_reply).
@@ -226,6 +230,27 @@
     el.addEventListener("change", function () { el.form.submit(); });
   });
 
+  // List: pick conversations for one action on them all (x picks the highlighted row).
+  const bulk = document.querySelector("[data-bulk]");
+  function updatePicked() {
+    if (!bulk) return;
+    const all = live.querySelectorAll(".pick");
+    const count = live.querySelectorAll(".pick:checked").length;
+    bulk.querySelector("[data-picked]").textContent = count ? `${count} selected` : "Select all";
+    const allBox = bulk.querySelector("[data-pick-all]");
+    allBox.checked = count > 0 && count === all.length;
+    allBox.indeterminate = count > 0 && count < all.length;
+    bulk.querySelector("button").disabled = count === 0;
+  }
+  if (bulk) {
+    bulk.querySelector("[data-pick-all]").addEventListener("change", function (event) {
+      live.querySelectorAll(".pick").forEach(function (el) { el.checked = event.target.checked; });
+      updatePicked();
+    });
+    live.addEventListener("change", function (event) { if (event.target.matches(".pick")) updatePicked(); });
+    updatePicked();
+  }
+
   // List: j/k move, Enter opens (the row's link has the focus).
   function select(li, focus = true) {
     if (!li) return;
@@ -242,7 +267,7 @@
   const text = composer && composer.querySelector("textarea");
   document.addEventListener("keydown", function (event) {
     if (shortcuts && shortcuts.open) return; // the page behind the dialog is out of reach
-    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(event.target.tagName);
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(event.target.tagName) && event.target.type !== "checkbox";
     if (composer && event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target === text) {
       event.preventDefault();
       composer.requestSubmit();
@@ -265,6 +290,10 @@
       status.form.requestSubmit();
     }
     else if (event.key === "a" && composer) { event.preventDefault(); document.getElementById("assignee").focus(); }
+    else if (event.key === "x" && bulk) {
+      const pick = document.querySelector(".rows li.selected .pick");
+      if (pick) { pick.checked = !pick.checked; updatePicked(); }
+    }
     else if (event.key === "?") showShortcuts();
   });
 

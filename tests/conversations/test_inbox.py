@@ -611,6 +611,79 @@ class TestPermissions:
                         assert response.status_code in (400, 403, 404, 405), (method, path)
 
 
+class TestBulkActions:
+    def test_an_agent_resolves_several_conversations_at_once(
+        self, client, bob, chat_inbox, billing_inbox
+    ):
+        first, second = chat(chat_inbox, address="v1"), chat(chat_inbox, address="v2")
+        theirs = receive(billing_inbox, address="c-9").message.conversation  # Billing's
+        client.force_login(bob)
+        page = client.get("/inbox/?view=teams").content.decode()
+        assert f'name="conversations" value="{first.pk}" form="bulk"' in page
+        assert '<option value="status:resolved">Resolve</option>' in page
+        response = client.post(
+            reverse("inbox:bulk"),
+            {
+                "conversations": [first.pk, second.pk, theirs.pk],
+                "action": "status:resolved",
+                "query": "view=teams&status=&evil=1",
+            },
+        )
+        assert response["Location"] == "/inbox/?view=teams"  # back to the same list
+        for conversation in (first, second, theirs):
+            conversation.refresh_from_db()
+        assert first.status == second.status == Conversation.Status.RESOLVED
+        assert theirs.status == Conversation.Status.OPEN  # not Bob's to change, nor to know of
+        assert first.events.filter(kind="status", actor=bob).exists()
+        flashed = [str(m) for m in client.get(response["Location"]).context["messages"]]
+        assert flashed == [
+            "Resolved 2 conversations.",
+            "1 of the conversations picked could not be found.",
+        ]
+
+    def test_one_refusal_does_not_stop_the_others(self, client, bob, dana, chat_inbox):
+        source = chat(chat_inbox, address="v1")
+        services.conversation_set_status(conversation=source, status=Conversation.Status.CLOSED)
+        target = chat(chat_inbox, address="v1", text="Me again")
+        services.conversation_merge(source=source, target=target, actor=bob)
+        services.conversation_set_status(conversation=target, status=Conversation.Status.CLOSED)
+        client.force_login(bob)
+        url = reverse("inbox:bulk")
+        client.post(url, {"conversations": [source.pk, target.pk], "action": "status:open"})
+        target.refresh_from_db()
+        source.refresh_from_db()
+        assert target.status == Conversation.Status.OPEN
+        assert source.status == Conversation.Status.CLOSED
+        flashed = [str(m) for m in client.get("/inbox/").context["messages"]]
+        assert flashed == [
+            "Reopened 1 conversation.",
+            f"Not changed: #{source.pk}: This conversation was merged; work in the one it "
+            "went into.",
+        ]
+        # Assigning to a teammate and tagging go through the same services.
+        client.post(url, {"conversations": [target.pk], "action": f"assign:{dana.pk}"})
+        client.post(url, {"conversations": [target.pk], "action": "tag:Refund"})
+        target.refresh_from_db()
+        assert target.assignee == dana
+        assert [t.name for t in target.tags.all()] == ["refund"]
+
+    def test_a_bulk_action_without_conversations_or_with_a_bad_action_is_refused(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        url = reverse("inbox:bulk")
+        response = client.post(url, {"action": "status:resolved"})
+        assert response.status_code == 302
+        flashed = [str(m) for m in client.get(response["Location"]).context["messages"]]
+        assert flashed == ["Pick between 1 and 100 conversations."]
+        for action in ("status:snoozed", "assign:999", "delete:all", ""):
+            response = client.post(url, {"conversations": [conversation.pk], "action": action})
+            assert response.status_code == 400, action
+        conversation.refresh_from_db()
+        assert conversation.status == Conversation.Status.OPEN
+
+
 class TestSavedViews:
     def test_an_agent_saves_filters_and_finds_them_in_the_sidebar(
         self, client, bob, dana, chat_inbox, mail_inbox

@@ -167,3 +167,30 @@ def test_the_inbox_shows_times_in_the_agents_time_zone(asgi_server, browser, bob
     shown = page.locator(".timeline .event time").first
     opened = conversation.events.order_by("id").first().created_at
     assert shown.inner_text().endswith(f"{opened.astimezone(ZoneInfo('Asia/Kolkata')):%H:%M}")
+
+
+def test_picked_conversations_stay_picked_through_a_live_refresh_and_resolve_together(
+    asgi_server, browser, bob, chat_inbox
+):
+    first = receive(chat_inbox, text="Order 1 is late", address="v1").message.conversation
+    second = receive(chat_inbox, text="Order 2 is late", address="v2").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    expect(page.locator("[data-bulk] button")).to_be_disabled()  # nothing picked yet
+    page.check(f'.rows li[data-conversation="{first.pk}"] .pick')  # the older, second row
+    page.keyboard.press("j")  # highlights the top row, the newer conversation
+    page.keyboard.press("x")  # and picks it
+    expect(page.locator("[data-picked]")).to_have_text("2 selected")
+
+    # A third customer writes: the list refreshes live, and the picks survive it.
+    receive(chat_inbox, text="Me too", address="v3")
+    page.wait_for_selector(".rows li >> text=Me too")
+    expect(page.locator(".pick:checked")).to_have_count(2)
+
+    page.select_option("#bulk-action", "status:resolved")
+    page.click("[data-bulk] button")
+    page.wait_for_selector(".flash >> text=Resolved 2 conversations.")
+    for conversation in (first, second):
+        conversation.refresh_from_db()
+        assert conversation.status == "resolved"
+    expect(page.locator(".rows li[data-conversation]")).to_have_count(1)  # "Me too" is left
