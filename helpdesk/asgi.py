@@ -86,7 +86,7 @@ router = ProtocolTypeRouter(
 async def lifespan(scope, receive, send):
     from asgiref.sync import sync_to_async
 
-    from helpdesk.celery import embedded
+    from helpdesk.celery import embedded, freeze_startup_objects
 
     while True:
         event = await receive()
@@ -94,6 +94,7 @@ async def lifespan(scope, receive, send):
             try:
                 if settings.EMBEDDED_WORKER:
                     await sync_to_async(embedded.start, thread_sensitive=False)()
+                freeze_startup_objects()
             except Exception as exc:
                 log.exception("embedded worker failed to start")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
