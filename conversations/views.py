@@ -166,6 +166,9 @@ def _search(qs, query: str, order: list[str]) -> list[int]:
     )
     by_customer = qs.filter(customer_id__in=customers)
     found: list[int] = []
+    number = query.removeprefix("#")
+    if number.isdigit() and len(number) < 19:  # "#35" or "35": that conversation too
+        found += qs.filter(pk=int(number)).values_list("pk", flat=True)
     for branch in (by_text, by_subject, by_customer):
         found += branch.order_by(*order).values_list("pk", flat=True)[: PAGE_SIZE + 1]
     return found
@@ -235,15 +238,15 @@ def _kept_filters(query: QueryDict) -> QueryDict:
 def saved_view_save(request):
     """Save the list's current filters under a name (the same name replaces them)."""
     name = request.POST.get("name", "").strip()[:60]
+    kept = _kept_filters(QueryDict(request.POST.get("query", "")))
     if not name:
         messages.error(request, "A saved view needs a name.")
-        return redirect("inbox:list")
-    kept = _kept_filters(QueryDict(request.POST.get("query", "")))
-    SavedView.objects.update_or_create(
-        user=request.user, name=name, defaults={"query": kept.urlencode()[:500]}
-    )
-    messages.success(request, f"Saved the view “{name}”.")
-    return redirect(f"{reverse('inbox:list')}?{kept.urlencode()}")
+    else:
+        SavedView.objects.update_or_create(
+            user=request.user, name=name, defaults={"query": kept.urlencode()[:500]}
+        )
+        messages.success(request, f"Saved the view “{name}”.")
+    return redirect(f"{reverse('inbox:list')}?{kept.urlencode()}")  # the same list either way
 
 
 @login_required
@@ -272,7 +275,7 @@ def conversation_list(request):
     if cursor:
         conversations = conversations.filter(_after(fields, cursor))
     order = [f"{'-' if desc else ''}{name}" for name, desc in fields]
-    query = request.GET.get("q", "").strip()[:200]
+    query = " ".join(request.GET.get("q", "").split())[:200]  # "Mateo  Smith" is Mateo Smith
     if query:
         conversations = conversations.filter(pk__in=_search(conversations, query, order))
     last_message = (
@@ -444,8 +447,14 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "identities": identities,
         "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
+        # The team's agents and the admins, and whoever holds it now (from another team, say):
+        # the field must show them, or a click on Assign would take it from them.
         "agents": User.objects.filter(is_active=True)
-        .filter(Q(team_memberships__team_id__in=team_ids) | Q(role=User.Role.ADMIN))
+        .filter(
+            Q(team_memberships__team_id__in=team_ids)
+            | Q(role=User.Role.ADMIN)
+            | Q(pk=conversation.assignee_id)
+        )
         .distinct()
         .order_by("display_name", "email"),
         "statuses": Status.choices,
@@ -549,7 +558,8 @@ def conversation_reply(request, number: int):
     seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
     # A page sent back cannot keep chosen files (browsers do not allow it): it names them.
     reattach = [upload.name for upload in request.FILES.getlist("files")]
-    if arrived := _newer_than(conversation, seen, request.user):
+    # A note answers nobody, so it is never stale; a reply is.
+    if mode != "note" and (arrived := _newer_than(conversation, seen, request.user)):
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
         # now shows it, so sending again from there sends the reply as it is.
         context = _conversation_context(

@@ -280,7 +280,8 @@
     else if (event.key === "k") select(rows[Math.max(current - 1, 0)]);
     else if ((event.key === "r" || event.key === "n") && composer) {
       event.preventDefault();
-      composer.querySelector(`[value="${event.key === "r" ? "reply" : "note"}"]`).checked = true;
+      const mode = composer.querySelector(`[value="${event.key === "r" ? "reply" : "note"}"]`);
+      if (!mode.disabled) mode.checked = true; // no reply where there is no address
       updateHint();
       text.focus();
     }
@@ -374,7 +375,7 @@
   // The "/query" just before the caret, if its "/" starts a line.
   function trigger() {
     const before = text.value.slice(0, text.selectionStart);
-    const match = /(?:^|\n)\/([\p{L}\p{N}_-]+)$/u.exec(before);
+    const match = /(?:^|\n)\/([\p{L}\p{N}_-]*)$/u.exec(before); // "/" alone lists them all
     return match ? { start: before.length - match[1].length - 1, query: match[1] } : null;
   }
 

@@ -113,6 +113,7 @@ class TestList:
             ("(912) 345-678", "Ana"),  # a number typed as it is written, not as stored
             ("00351 912 345", "Ana"),
             ("Rosa", "Rosa"),
+            ("  Rosa   Lima ", "Rosa"),  # spaces as typed
             ("nothing-like-it", None),
             ("77-88", None),
         ],
@@ -125,6 +126,17 @@ class TestList:
         client.force_login(alice)
         rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
         assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
+
+    def test_search_by_conversation_number(self, client, bob, chat_inbox, billing_inbox):
+        mine = chat(chat_inbox, address="v1")
+        theirs = receive(billing_inbox, address="c-9").message.conversation
+        client.force_login(bob)
+        for query in (f"#{mine.pk}", str(mine.pk)):
+            rows = client.get("/inbox/", {"q": query, "view": "teams"}).context["conversations"]
+            assert [c.pk for c in rows] == [mine.pk]
+        rows = client.get("/inbox/", {"q": f"#{theirs.pk}", "view": "teams"}).context
+        assert list(rows["conversations"]) == []  # another team's stays out of sight
+        assert client.get("/inbox/", {"q": "9" * 30}).status_code == 200
 
     def test_filters_take_only_known_values(self, client, alice, chat_inbox, mail_inbox):
         chat(chat_inbox, address="v1")
@@ -430,6 +442,33 @@ class TestConversation:
         assert response.status_code == 400
         assert b"A reply needs text" in response.content
 
+    def test_the_assignee_field_shows_an_assignee_from_another_team(
+        self, client, bob, charlie, chat_inbox
+    ):
+        conversation = chat(chat_inbox)
+        services.conversation_assign(conversation=conversation, assignee=charlie)
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert f'<option value="{charlie.pk}" selected>Charlie</option>' in page
+
+    def test_a_note_is_never_held_as_stale_and_no_address_means_notes_only(
+        self, client, bob, chat_inbox, billing_inbox, alice
+    ):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        seen = client.get(f"/inbox/{conversation.pk}/").context["seen"]
+        receive(chat_inbox, text="Hello again?", address="visitor-1")
+        url = reverse("inbox:reply", args=[conversation.pk])
+        response = client.post(url, {"text": "Check stock", "mode": "note", "seen": seen})
+        assert response.status_code == 302
+        assert conversation.messages.filter(direction="note", text="Check stock").exists()
+        # An API customer has no address to answer: the composer offers notes only.
+        api = receive(billing_inbox, address="c-9").message.conversation
+        client.force_login(alice)
+        page = client.get(f"/inbox/{api.pk}/").content.decode()
+        assert '<input type="radio" name="mode" value="reply" disabled>' in page
+        assert '<input type="radio" name="mode" value="note" checked>' in page
+
     def test_actions_assign_snooze_and_prioritise(self, client, bob, dana, chat_inbox):
         conversation = chat(chat_inbox)
         client.force_login(bob)
@@ -704,6 +743,13 @@ class TestSavedViews:
         # The same filters applied through the form, which sends its empty fields too.
         form = "view=teams&q=&status=&channel=email&team=&priority=&tag=&sort=waiting"
         assert 'aria-current="page">Email waiting' in client.get(f"/inbox/?{form}").content.decode()
+
+        # A nameless view is refused, and the list keeps its filters.
+        response = client.post(reverse("inbox:view_save"), {"name": " ", "query": form})
+        assert response["Location"] == "/inbox/?view=teams&channel=email&sort=waiting"
+        # Apply keeps an inbox picked in the sidebar.
+        page = client.get(f"/inbox/?view=teams&inbox={mail_inbox.pk}").content.decode()
+        assert f'<input type="hidden" name="inbox" value="{mail_inbox.pk}">' in page
 
         client.force_login(dana)  # a teammate does not get bob's views
         assert list(client.get("/inbox/").context["saved_views"]) == []
