@@ -1152,6 +1152,12 @@ def reply_send(
                 conversation.first_response_at = now
             sla_agent_replied(conversation=conversation, now=now)
         conversation.save()
+        if not automatic and author is not None and conversation.assignee_id is None:
+            # Whoever answers an unassigned conversation has taken it: teammates and routing
+            # see it is in hand, and a chat visitor is no longer told they wait in line.
+            conversation_assign(
+                conversation=conversation, assignee=author, actor=author, reason="reply"
+            )
         publish_conversation_event(conversation, "message", message=message.pk)
         message_enqueue_delivery(message)
     return message

@@ -337,6 +337,8 @@ async def test_agent_replies_and_typing_reach_the_visitor_live_and_notes_never(w
         message_deliver(reply.pk)
 
     await database_sync_to_async(agent_writes)()
+    joined = await socket.receive_json_from(timeout=5)  # answering an unassigned chat takes it
+    assert (joined["type"], joined["agent"]) == ("joined", "Bob")
     live = await socket.receive_json_from(timeout=5)
     assert live["type"] == "message" and live["message"]["text"] == "Hello Ana"
     assert await socket.receive_nothing(timeout=0.3)

@@ -442,6 +442,23 @@ class TestConversation:
         assert response.status_code == 400
         assert b"A reply needs text" in response.content
 
+    def test_answering_an_unassigned_conversation_takes_it(self, client, bob, dana, chat_inbox):
+        conversation = chat(chat_inbox)
+        services.reply_send(conversation=conversation, author=bob, text="Ack", automatic="ack")
+        conversation.refresh_from_db()
+        assert conversation.assignee is None  # an automatic reply takes nothing
+        client.force_login(bob)
+        url = reverse("inbox:reply", args=[conversation.pk])
+        client.post(url, {"text": "Looking into it", "seen": 10**9})
+        conversation.refresh_from_db()
+        assert conversation.assignee == bob
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Assigned by Bob: Bob, on answering" in page
+        client.force_login(dana)  # a teammate's answer leaves it with Bob
+        client.post(url, {"text": "Bob is on it", "seen": 10**9})
+        conversation.refresh_from_db()
+        assert conversation.assignee == bob
+
     def test_the_assignee_field_shows_an_assignee_from_another_team(
         self, client, bob, charlie, chat_inbox
     ):
@@ -582,7 +599,8 @@ class TestPermissions:
         assert client.get(reverse("inbox:attachment", args=[attachment.pk])).status_code == 404
         assert "Private matter" not in client.get("/inbox/?view=teams&q=Private").content.decode()
         conversation.refresh_from_db()
-        assert conversation.messages.count() == 2 and conversation.assignee is None
+        assert conversation.messages.count() == 2
+        assert conversation.assignee == bob  # who answered it, nothing Charlie tried
 
     def test_attachments_download_only_as_files(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)

@@ -100,7 +100,11 @@ def test_one_click_applies_the_macro_as_the_agent(client, bob, conversation, ref
         },
     )
     later = conversation.events.filter(pk__gt=applied.pk).order_by("id")
-    assert [(event.kind, event.actor) for event in later] == [("tags", bob), ("status", bob)]
+    assert [(event.kind, event.actor) for event in later] == [
+        ("tags", bob),
+        ("assigned", bob),  # its reply answered an unassigned conversation: Bob has it now
+        ("status", bob),
+    ]
     html = response.content.decode()
     assert "“Refund issued” applied." in html
     assert "Macro applied by Bob “Refund issued”: tag refund-issued" in html
@@ -134,8 +138,8 @@ def test_other_agents_see_it_live(
     with django_capture_on_commit_callbacks(execute=True):
         apply(client, conversation, refund_issued)
 
-    events = [next_event(timeout=5)["event"] for _ in range(4)]
-    assert events == ["tags", "message", "status", "macro"]
+    events = [next_event(timeout=5)["event"] for _ in range(5)]
+    assert events == ["tags", "assigned", "message", "status", "macro"]
 
 
 def test_what_may_not_be_seen_or_used_is_not_found(
