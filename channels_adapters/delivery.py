@@ -29,6 +29,7 @@ from conversations.services import (
     SenderBlocked,
     StatusUpdate,
     message_enqueue_delivery,
+    message_failure_tell,
     message_receive,
     message_status_update,
 )
@@ -345,12 +346,15 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
             message=message, outcome=outcome, detail=detail, started_at=now
         )
         # Only move on from "sending": a status callback may already have said "delivered".
-        Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        moved = Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
             updated_at=timezone.now(), **update
         )
         publish_conversation_event(
             message.conversation, "delivery", message=message.pk, status=update["status"]
         )
+        if moved and update["status"] == Message.Status.FAILED:
+            message.failure_reason = detail
+            message_failure_tell(message)
     return DeliveryOutcome(status=update["status"], retry_in=retry_in)
 
 

@@ -583,6 +583,7 @@ class Notification(ChoiceLabels, models.Model):
         SLA_WARNING = "sla_warning", _("SLA target due soon")
         SLA_BREACHED = "sla_breached", _("SLA target breached")
         AUTOMATION = "automation", _("Automation")
+        FAILED = "failed", _("Reply not delivered")
 
     recipient = models.ForeignKey(  # notification_list_idx leads with it
         settings.AUTH_USER_MODEL,

@@ -912,6 +912,8 @@ def message_status_update(update: StatusUpdate) -> Message | None:
         publish_conversation_event(
             message.conversation, "delivery", message=message.pk, status=message.status
         )
+        if message.status == Message.Status.FAILED:
+            message_failure_tell(message)
     return message
 
 
@@ -1230,6 +1232,20 @@ def mentions_resolve(conversation: Conversation, text: str) -> tuple[list, list[
     return agents, sorted(handles - found)
 
 
+def message_failure_tell(message: Message) -> None:
+    """An outbound message that will not reach the customer (refused, given up on, bounced):
+    its author and the conversation's assignee hear it with the provider's reason, wherever
+    they are, rather than finding out when the customer complains."""
+    recipients = {message.author_id, message.conversation.assignee_id} - {None}
+    _notify(
+        recipients,
+        Notification.Kind.FAILED,
+        message.conversation,
+        message,
+        text=message.failure_reason,
+    )
+
+
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:
     """Tell agents something concerns them: stored, then pushed to their sockets on commit.
     Nobody is told about what they did themselves. `text`: what an automation says."""
@@ -1259,6 +1275,7 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
         Notification.Kind.MENTIONED: f"{who} mentioned you in #{conversation.pk}",
         Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
         Notification.Kind.AUTOMATION: f"#{conversation.pk}: {text}",
+        Notification.Kind.FAILED: f"A reply in #{conversation.pk} was not delivered: {text}",
     }.get(kind, text)  # SLA alerts come worded
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 

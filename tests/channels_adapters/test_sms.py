@@ -24,6 +24,7 @@ from conversations.models import (
     DeliveryAttempt,
     Identity,
     Message,
+    Notification,
 )
 from tests.conftest import wait_for, webhook_path
 from tests.providers import FakeTwilio
@@ -296,6 +297,15 @@ class TestReplies:
         assert message.failure_reason == (
             "Twilio error 30003: The handset is unreachable (switched off or out of coverage)."
         )
+        # Its author hears it once, however often the carrier repeats it.
+        deliver(
+            twilio,
+            client,
+            conversation.inbox,
+            status_callback(message.provider_id, "failed", ErrorCode="30003"),
+        )
+        told = Notification.objects.filter(recipient=bob, kind="failed", message=message)
+        assert [n.text for n in told] == [message.failure_reason]
 
     def test_erasing_the_customer_deletes_every_payload_naming_their_number(
         self, client, twilio, conversation, alice, bob
@@ -359,13 +369,19 @@ class TestReplies:
         ],
     )
     def test_a_refused_recipient_fails_with_the_reason(
-        self, twilio, conversation, bob, mode, reason
+        self, client, twilio, conversation, bob, mode, reason
     ):
         twilio.fail(mode)
         message = reply(conversation, bob)
         assert message.status == Message.Status.FAILED
         assert message.failure_reason.startswith(reason)
         assert len(twilio.calls()) == 1
+        # Bob hears of it, wherever he is now, with Twilio's reason.
+        (told,) = Notification.objects.filter(recipient=bob, message=message)
+        assert (told.kind, told.text) == ("failed", message.failure_reason)
+        client.force_login(bob)
+        page = client.get("/inbox/notifications").content.decode()
+        assert f"Not delivered:</span> {reason}" in page
 
     def test_an_attachment_goes_as_a_signed_media_link(
         self, client, twilio, conversation, bob, settings
