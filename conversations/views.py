@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import (
     Case,
+    CharField,
     Count,
     Exists,
     OuterRef,
@@ -29,7 +30,7 @@ from django.db.models import (
     When,
     prefetch_related_objects,
 )
-from django.db.models.functions import Left
+from django.db.models.functions import Concat, Left
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -291,9 +292,20 @@ def conversation_list(request):
         conversations.select_related("customer", "assignee", "inbox")
         .only(*ROW_FIELDS)
         .annotate(
-            # The start of the text only: a long email is not read whole for a preview line.
-            preview=Subquery(last_message.values(start=Left("text", PREVIEW + 1))[:1]),
-            preview_direction=Subquery(last_message.values("direction")[:1]),
+            # The last message's direction, status and the start of its text (a long email is
+            # not read whole for a preview line), in one probe: "outbound:failed:Hello…".
+            preview=Subquery(
+                last_message.values(
+                    start=Concat(
+                        "direction",
+                        Value(":"),
+                        "status",
+                        Value(":"),
+                        Left("text", PREVIEW + 1),
+                        output_field=CharField(),
+                    )
+                )[:1]
+            ),
             customer_address=Case(
                 When(customer__name="", then=Subquery(address.values("address")[:1])),
                 default=Value(""),
@@ -324,7 +336,9 @@ def conversation_list(request):
         conversation.status_label = statuses[conversation.status]
         conversation.priority_label = priorities[conversation.priority]
         conversation.tag_names = tag_names[conversation.pk]
-        preview = conversation.preview or ""
+        direction, status, preview = (conversation.preview or "::").split(":", 2)
+        conversation.preview_direction = direction
+        conversation.preview_failed = status == Message.Status.FAILED
         conversation.preview = preview[: PREVIEW - 1] + "…" if len(preview) > PREVIEW else preview
     next_query = None
     if more:

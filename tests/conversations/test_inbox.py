@@ -237,6 +237,23 @@ class TestList:
         assert ">3 h ago</time>" in rows
         assert f">{timezone.localtime(old.last_activity_at):%-d %b %Y}</time>" in rows
 
+    def test_a_row_previews_the_last_message_and_says_when_a_reply_failed(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox, text="Where is: my parcel?")
+        client.force_login(bob)
+        rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
+        assert '<span class="preview">Where is: my parcel?</span>' in rows
+        reply = services.reply_send(conversation=conversation, author=bob, text="On its way")
+        rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
+        assert '<span class="preview">Reply: On its way</span>' in rows
+        Message.objects.filter(pk=reply.pk).update(status=Message.Status.FAILED)
+        rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
+        assert (
+            '<span class="preview"><span class="badge failed">not delivered</span> '
+            "Reply: On its way</span>"
+        ) in rows
+
     def test_customer_content_is_escaped(self, client, alice, chat_inbox):
         receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
         client.force_login(alice)
