@@ -34,7 +34,18 @@
       const focused = live.contains(document.activeElement);
       // Conversations picked for a bulk action stay picked, wherever they moved to.
       const picked = new Set(Array.from(live.querySelectorAll(".pick:checked"), function (el) { return el.value; }));
+      // Messages marked new when a reply was held (conversation_reply) stay marked.
+      const marked = Array.from(live.querySelectorAll("li.message.new"), function (li) { return li.id; });
       live.innerHTML = html;
+      marked.forEach(function (id) {
+        const li = document.getElementById(id);
+        if (!li || li.classList.contains("new")) return;
+        li.classList.add("new");
+        const badge = document.createElement("span");
+        badge.className = "badge failed";
+        badge.textContent = "new";
+        li.querySelector(".meta").prepend(badge);
+      });
       live.querySelectorAll(".pick").forEach(function (el) { el.checked = picked.has(el.value); });
       updatePicked();
       // What the agent has now seen, so that a reply sent from here is not stale against it:

@@ -194,3 +194,28 @@ def test_picked_conversations_stay_picked_through_a_live_refresh_and_resolve_tog
         conversation.refresh_from_db()
         assert conversation.status == "resolved"
     expect(page.locator(".rows li[data-conversation]")).to_have_count(1)  # "Me too" is left
+
+
+def test_a_held_reply_keeps_what_arrived_marked_through_the_live_refresh(
+    asgi_server, browser, bob, chat_inbox
+):
+    conversation = receive(chat_inbox, text="Is it shipped?", address="v1").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    # Counts the page's live refreshes, so the test waits for one instead of sleeping.
+    page.add_init_script(
+        "window.refreshes = 0;"
+        "document.addEventListener('threadline:refreshed', () => window.refreshes++);"
+    )
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.fill("#reply-text", "Yes, this morning.")
+    receive(chat_inbox, text="Actually, cancel it", address="v1")
+    page.wait_for_selector(".timeline >> text=Actually, cancel it")  # live, draft kept
+    page.press("#reply-text", "Control+Enter")
+
+    # Held: what arrived is marked new, and stays so after the refresh of the page's new socket.
+    page.wait_for_selector(".stale")
+    page.wait_for_function("() => window.refreshes >= 1")
+    expect(page.locator("li.message.new")).to_have_count(1)
+    expect(page.locator("li.message.new .badge >> text=new")).to_have_count(1)
+    assert "Actually, cancel it" in page.inner_text("li.message.new")
+    assert page.input_value("#reply-text") == "Yes, this morning."
