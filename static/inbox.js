@@ -57,6 +57,12 @@
       if (seen && timeline && !(draft && draft.value.trim())) seen.value = timeline.dataset.seen;
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
       if (timeline) syncFields(timeline.dataset);
+      // The tags a teammate added or removed, unless the agent is on one of them.
+      const tags = live.querySelector("template[data-tags]");
+      const shownTags = document.querySelector("aside ul.tags");
+      if (tags && shownTags && !shownTags.contains(document.activeElement)) {
+        shownTags.replaceWith(tags.content.cloneNode(true));
+      }
       const counts = live.querySelector("[data-counts]");
       if (counts) {
         Object.entries(JSON.parse(counts.dataset.counts)).forEach(function ([view, count]) {

@@ -58,6 +58,10 @@ def test_a_teammates_changes_show_on_an_open_conversation_page(
     assert theirs.input_value("#priority") == "3"
     expect(theirs.locator("[data-chat-end]")).to_be_hidden()  # a resolved chat is over
 
+    mine.fill("#tag-add", "vip")
+    mine.press("#tag-add", "Enter")
+    theirs.wait_for_selector("aside ul.tags >> text=vip")  # tags follow too
+
 
 def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser, bob, api_inbox):
     older = receive(api_inbox, text="First question", address="a@x.example").message
