@@ -143,13 +143,14 @@ def sanitize_html(html: str) -> str:
     return nh3.clean(html, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer")
 
 
-def normalize_address(kind: str, address: str) -> str:
-    """The one spelling of an address we store: lower-case email, E.164 phone numbers."""
+def normalize_address(kind: str, address: str, *, typed: bool = False) -> str:
+    """The one spelling of an address we store: lower-case email, E.164 phone numbers.
+    `typed`: an agent wrote it, rather than a provider sending it (see phone_normalize)."""
     address = (address or "").strip()
     if kind == Channel.EMAIL:
         address = address.lower()
     elif kind in PHONE_CHANNELS and address:
-        address = phone_normalize(address)
+        address = phone_normalize(address, typed=typed)
     if not address:
         raise ValidationError("A customer address is required.")
     return address
@@ -158,20 +159,26 @@ def normalize_address(kind: str, address: str) -> str:
 PHONE_FORMAT = "{} is not a phone number: write it with its country code, e.g. +44 20 7946 0958."
 
 
-def phone_normalize(number: str) -> str:
+def phone_normalize(number: str, *, typed: bool = False) -> str:
     """+E.164 for a number in international form ("+44 20 7946 0958", "0044...", WhatsApp's
-    "447946..."), or ValidationError."""
-    number = typed = number.strip()
+    "447946..."), or ValidationError. A number an agent `typed` without its country code
+    ("555-200-0077") is read as one of `PHONE_REGION` ("US"), else refused: taken as
+    international it would be someone else's number (+55, Brazil, for that one)."""
+    number = original = number.strip()
+    region = None
     if number.startswith("00"):
         number = "+" + number[2:]
     elif not number.startswith("+"):
-        number = "+" + number  # WhatsApp ids are the number without its plus
+        if not typed:
+            number = "+" + number  # WhatsApp ids are the number without its plus
+        elif not (region := settings.PHONE_REGION.upper()):
+            raise ValidationError(PHONE_FORMAT.format(repr(original)))
     try:
-        parsed = phonenumbers.parse(number, None)
+        parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationError(PHONE_FORMAT.format(repr(typed))) from exc
+        raise ValidationError(PHONE_FORMAT.format(repr(original))) from exc
     if not phonenumbers.is_possible_number(parsed):
-        raise ValidationError(PHONE_FORMAT.format(repr(typed)))
+        raise ValidationError(PHONE_FORMAT.format(repr(original)))
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -547,7 +554,7 @@ def identity_add(*, customer: Customer, kind: str, address: str, actor=None) -> 
 
     if kind not in (Channel.EMAIL, *PHONE_CHANNELS):
         raise ValidationError("Only email addresses and phone numbers can be added here.")
-    address = normalize_address(kind, address)
+    address = normalize_address(kind, address, typed=True)
     if kind == Channel.EMAIL:
         validate_email(address)
     kinds = PHONE_CHANNELS if kind in PHONE_CHANNELS else (kind,)

@@ -192,6 +192,9 @@ CELERY_TIMEZONE = "UTC"
 SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=60)
 SWEEP_STUCK_AFTER_SECONDS = env.int("SWEEP_STUCK_AFTER_SECONDS", default=120)
 MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
+# The country of a phone number an agent types without its country code ("US", "GB");
+# empty: such numbers are refused rather than guessed.
+PHONE_REGION = env.str("PHONE_REGION", default="")
 
 # --- Provider channels (SMS, Messenger, WhatsApp) ---------------------------------------------
 

@@ -225,7 +225,21 @@ class TestIdentities:
         )
         assert self.add(client, jo, "email", "nobody@").status_code == 400
         assert self.add(client, jo, "webchat", "visitor-9").status_code == 400
+        # Without its country code a number would be guessed: 555-200-0077 as +55 (Brazil).
+        response = self.add(client, jo, "sms", "555-200-0077")
+        assert response.status_code == 400
+        assert "write it with its country code" in response.content.decode()
         assert jo.identities.count() == 4
+
+    def test_a_number_typed_without_country_code_is_read_in_the_configured_region(
+        self, client, bob, jo, settings
+    ):
+        settings.PHONE_REGION = "US"
+        client.force_login(bob)
+        assert self.add(client, jo, "sms", "(555) 200-0077").status_code == 302
+        assert jo.identities.filter(kind="sms", address="+15552000077").exists()
+        assert self.add(client, jo, "sms", "+44 20 7946 0958").status_code == 302  # as written
+        assert jo.identities.filter(kind="sms", address="+442079460958").exists()
 
     def test_another_customers_address_is_refused_with_an_offer_to_merge(
         self, client, bob, jo, chat_inbox
