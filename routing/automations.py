@@ -410,6 +410,8 @@ def _do_notify(action, conversation, actor, source):
     return str(action)
 
 
+ENDING = (Conversation.Status.RESOLVED, Conversation.Status.CLOSED)  # see _actions_do
+
 DOERS = {
     "assign": _do_assign,
     "unassign": _do_unassign,
@@ -435,10 +437,16 @@ def _current(conversation_id: int) -> Conversation | None:
 
 def _actions_do(chain: _Chain, conversation_id: int, actions, *, actor, source: str):
     """Do `actions` one by one, each in a savepoint: one refused is skipped with its reason,
-    and whatever it had started (events it raised included) is undone. Returns what was done
-    and what was skipped, as text for the timeline."""
+    and whatever it had started (events it raised included) is undone. Once a reply is
+    refused, resolving or closing is skipped too: the customer would be left unanswered in
+    a conversation nobody sees any more. Returns what was done and what was skipped, as text
+    for the timeline."""
     done, skipped = [], []
+    unanswered = False
     for action in actions:
+        if unanswered and action.kind == "status" and action.value in ENDING:
+            skipped.append(f"{action}: the reply before it was not sent")
+            continue
         conversation = _current(conversation_id)  # as the previous action left it
         raised = len(chain.pending)
         try:
@@ -447,10 +455,12 @@ def _actions_do(chain: _Chain, conversation_id: int, actions, *, actor, source: 
         except ValidationError as exc:
             del chain.pending[raised:]
             skipped.append(f"{action}: {' '.join(exc.messages)}")
+            unanswered = unanswered or action.kind == "reply"
         except Exception:
             log.exception("%s: %s failed on conversation %s", source, action, conversation_id)
             del chain.pending[raised:]
             skipped.append(f"{action}: failed (the server log has the details)")
+            unanswered = unanswered or action.kind == "reply"
         else:
             done.append(description)
     return done, skipped

@@ -191,6 +191,21 @@ def test_what_could_not_be_done_is_shown_to_the_agent(client, bob, dana, convers
     assert (conversation.assignee, conversation.priority) == (None, Conversation.Priority.HIGH)
 
 
+def test_a_macro_whose_reply_cannot_go_leaves_the_conversation_open(
+    client, bob, api_inbox, refund_issued
+):
+    conversation = receive(api_inbox, address="jo").message.conversation
+    client.force_login(bob)
+
+    html = apply(client, conversation, refund_issued).content.decode()
+
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.OPEN  # the customer is still waiting
+    assert set(conversation.tags.values_list("name", flat=True)) == {"refund-issued"}
+    assert "Replies cannot be sent on API yet" in html
+    assert "status resolved: the reply before it was not sent" in html
+
+
 def test_a_macro_sets_off_automations(client, bob, dana, conversation, refund_issued):
     TeamMembership.objects.filter(user=dana).update(is_lead=True)
     Automation.objects.create(
