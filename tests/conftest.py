@@ -482,8 +482,11 @@ def start_asgi_server(settings, **env):
             break
     if process.poll() is not None:
         raise RuntimeError("uvicorn did not start:\n" + "".join(output))
-    # Keep draining its log, or a chatty server would block on a full pipe.
-    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+    # Keep draining its log, or a chatty server would block on a full pipe: into this
+    # process's stderr, which pytest shows with a failing test (a 500's traceback, say).
+    threading.Thread(
+        target=lambda: [sys.stderr.write(line) for line in process.stderr], daemon=True
+    ).start()
     return process, f"http://127.0.0.1:{port}"
 
 
