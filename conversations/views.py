@@ -109,9 +109,9 @@ VIEWS = {
 # Sorts: the ordering, and the fields of the keyset cursor in that order.
 SORTS = {
     "activity": ("Last activity", [("last_activity_at", True), ("id", True)]),
-    "waiting": ("Longest waiting", [("waiting_since", False), ("id", False)]),
+    "waiting": ("Longest waiting (only those waiting)", [("waiting_since", False), ("id", False)]),
     "priority": ("Priority", [("priority", True), ("last_activity_at", True), ("id", True)]),
-    "sla": ("SLA due first", [("sla_due_at", False), ("id", False)]),
+    "sla": ("SLA due first (only those with a target)", [("sla_due_at", False), ("id", False)]),
 }
 
 
@@ -759,6 +759,10 @@ def conversation_status(request, number: int):
         until = parse_datetime(request.POST.get("snoozed_until", "") or "")
         if until is not None and timezone.is_naive(until):
             until = timezone.make_aware(until)
+    elif request.POST.get("snoozed_until"):  # a time picked for nothing: say so, change nothing
+        conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+        messages.error(request, "A snooze time goes with the status Snoozed; nothing changed.")
+        return redirect("inbox:conversation", number=conversation.pk)
     return _act(
         request,
         number,

@@ -247,6 +247,14 @@
     el.addEventListener("change", function () { el.form.submit(); });
   });
 
+  // Picking a snooze time means snoozing.
+  const snoozeTime = document.getElementById("snoozed_until");
+  if (snoozeTime) {
+    snoozeTime.addEventListener("change", function () {
+      if (snoozeTime.value) document.getElementById("status").value = "snoozed";
+    });
+  }
+
   // List: pick conversations for one action on them all (x picks the highlighted row).
   const bulk = document.querySelector("[data-bulk]");
   function updatePicked() {

@@ -503,6 +503,20 @@ class TestConversation:
         assert '<input type="radio" name="mode" value="reply" disabled>' in page
         assert '<input type="radio" name="mode" value="note" checked>' in page
 
+    def test_a_snooze_time_without_the_snoozed_status_changes_nothing_and_says_so(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        response = client.post(
+            reverse("inbox:status", args=[conversation.pk]),
+            {"status": "pending", "snoozed_until": "2030-01-01T09:00"},
+            follow=True,
+        )
+        assert "A snooze time goes with the status Snoozed" in response.content.decode()
+        conversation.refresh_from_db()
+        assert conversation.status == Conversation.Status.OPEN
+
     def test_actions_assign_snooze_and_prioritise(self, client, bob, dana, chat_inbox):
         conversation = chat(chat_inbox)
         client.force_login(bob)
