@@ -109,9 +109,10 @@ VIEWS = {
 # Sorts: the ordering, and the fields of the keyset cursor in that order.
 SORTS = {
     "activity": ("Last activity", [("last_activity_at", True), ("id", True)]),
-    "waiting": ("Longest waiting (only those waiting)", [("waiting_since", False), ("id", False)]),
+    # These two list only what they sort by: conversations waiting, or with an SLA target.
+    "waiting": ("Waiting, longest first", [("waiting_since", False), ("id", False)]),
     "priority": ("Priority", [("priority", True), ("last_activity_at", True), ("id", True)]),
-    "sla": ("SLA due first (only those with a target)", [("sla_due_at", False), ("id", False)]),
+    "sla": ("SLA target, due first", [("sla_due_at", False), ("id", False)]),
 }
 
 
