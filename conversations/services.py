@@ -80,6 +80,10 @@ class InboundAttachment:
     content: bytes | File  # a File for large bodies the adapter spooled to disk
     content_id: str = ""
 
+    @property
+    def size(self) -> int:
+        return len(self.content) if isinstance(self.content, bytes) else self.content.size
+
 
 @dataclass(frozen=True)
 class InboundMedia:
@@ -955,10 +959,6 @@ def attachment_store(
     return attachment
 
 
-def _size(content: bytes | File) -> int:
-    return len(content) if isinstance(content, bytes) else content.size
-
-
 def attachments_store(message: Message, attachments: tuple[InboundAttachment, ...]) -> None:
     for item in attachments:
         attachment_store(
@@ -1118,7 +1118,7 @@ def reply_send(
             **({"automatic": automatic} if automatic else {}),
         },
     )
-    files = [(item.filename, item.content_type, _size(item.content)) for item in attachments]
+    files = [(item.filename, item.content_type, item.size) for item in attachments]
     refusal = adapter.send_refusal(draft) or adapter.attachments_refusal(draft, files)
     if refusal:
         raise ValidationError(refusal)
