@@ -325,6 +325,13 @@ class Conversation(ChoiceLabels, models.Model):
                 name="conv_active_idx",
                 condition=Q(status__in=["open", "pending"]),
             ),
+            # The list filtered by channel or inbox, newest first: a small inbox's active
+            # conversations in order, instead of walking every conversation's activity.
+            models.Index(
+                fields=["inbox", "-last_activity_at"],
+                name="conv_active_inbox_idx",
+                condition=Q(status__in=["open", "pending"]),
+            ),
         ]
 
     def __str__(self):

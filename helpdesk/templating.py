@@ -1,7 +1,8 @@
 """The Jinja2 environment, for the few templates rendered often enough for Django's template
-engine to show: the inbox list's rows (every page and every live refresh). Everything else
-stays in Django's templates."""
+engine to show: the inbox list (its rows on every page and live refresh, its filter and bulk
+bars on every page). Everything else stays in Django's templates."""
 
+from django.urls import reverse
 from jinja2 import Environment, StrictUndefined
 
 from conversations.templatetags.sla import ago, iso, sla_left
@@ -14,4 +15,5 @@ def environment(**options) -> Environment:
     options.pop("autoescape", None)
     env = Environment(**options, autoescape=True)
     env.filters.update(ago=ago, iso=iso, sla_left=sla_left)
+    env.globals["url"] = lambda name, *args: reverse(name, args=args)
     return env
