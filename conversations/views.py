@@ -23,6 +23,7 @@ from django.db.models import (
     CharField,
     Count,
     Exists,
+    F,
     OuterRef,
     Q,
     Subquery,
@@ -83,13 +84,10 @@ ROW_FIELDS = (
     "subject",
     "status",
     "priority",
+    "assignee",
     "last_activity_at",
     "waiting_since",
     "sla_due_at",
-    "customer__name",
-    "inbox__kind",
-    "assignee__display_name",
-    "assignee__email",
 )
 Status = Conversation.Status
 ACTIVE = (Status.OPEN, Status.PENDING)
@@ -292,9 +290,17 @@ def conversation_list(request):
         customer=OuterRef("customer_id"), kind__in=READABLE_ADDRESSES
     ).order_by("id")
     page = list(
-        conversations.select_related("customer", "assignee", "inbox")
-        .only(*ROW_FIELDS)
+        conversations.only(*ROW_FIELDS)
         .annotate(
+            # What a row shows of the customer, the inbox and the assignee, as columns:
+            # select_related's three more model instances a row cost a third of the query.
+            channel=F("inbox__kind"),
+            who=Case(
+                When(customer__name="", then=Subquery(address.values("address")[:1])),
+                default=F("customer__name"),
+            ),
+            assignee_display_name=F("assignee__display_name"),
+            assignee_email=F("assignee__email"),
             # The last message's direction, status and the start of its text (a long email is
             # not read whole for a preview line), in one probe: "outbound:failed:Hello…".
             preview=Subquery(
@@ -308,10 +314,6 @@ def conversation_list(request):
                         output_field=CharField(),
                     )
                 )[:1]
-            ),
-            customer_address=Case(
-                When(customer__name="", then=Subquery(address.values("address")[:1])),
-                default=Value(""),
             ),
         )
         .order_by(*order)[: PAGE_SIZE + 1]
@@ -335,7 +337,11 @@ def conversation_list(request):
     )
     for conversation in page:
         conversation.url = f"{list_url}{conversation.pk}/"
-        conversation.channel_label = channels[conversation.inbox.kind]
+        conversation.channel_label = channels[conversation.channel]
+        if conversation.assignee_id:  # as User.name says
+            conversation.assignee_name = (
+                conversation.assignee_display_name or (conversation.assignee_email.split("@")[0])
+            )
         conversation.status_label = statuses[conversation.status]
         conversation.priority_label = priorities[conversation.priority]
         conversation.tag_names = tag_names[conversation.pk]

@@ -143,7 +143,7 @@ class TestList:
         receive(mail_inbox, channel=Channel.EMAIL, address="a@b.example", subject="Invoice")
         client.force_login(alice)
         rows = client.get("/inbox/", {"view": "all", "channel": "email"}).context["conversations"]
-        assert [c.inbox.kind for c in rows] == ["email"]
+        assert [c.channel for c in rows] == ["email"]
         response = client.get(
             "/inbox/", {"view": "all", "channel": "x'; drop", "sort": "pk", "after": "!!"}
         )
@@ -787,7 +787,7 @@ class TestSavedViews:
         assert response["Location"] == "/inbox/?view=teams&channel=email&sort=waiting"
         page = client.get(response["Location"])
         assert [v.name for v in page.context["saved_views"]] == ["Email waiting"]
-        assert [c.inbox.kind for c in page.context["conversations"]] == ["email"]
+        assert [c.channel for c in page.context["conversations"]] == ["email"]
         assert 'aria-current="page">Email waiting' in page.content.decode()
         # The same filters applied through the form, which sends its empty fields too.
         form = "view=teams&q=&status=&channel=email&team=&priority=&tag=&sort=waiting"
