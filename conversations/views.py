@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections import defaultdict
 from datetime import datetime
 from functools import partial
@@ -17,7 +18,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     Case,
     CharField,
@@ -32,6 +33,7 @@ from django.db.models import (
     prefetch_related_objects,
 )
 from django.db.models.functions import Concat, Left
+from django.db.models.signals import post_delete, post_save
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -72,7 +74,7 @@ from conversations.selectors import (
 from conversations.templatetags.sla import when
 from helpdesk.models import User
 from routing.automations import macros_for
-from routing.models import Team
+from routing.models import Team, TeamMembership
 
 PAGE_SIZE = 50
 PREVIEW = 160  # characters of the last message under each row
@@ -379,22 +381,16 @@ def conversation_list(request):
     rows = render_to_string("inbox/_rows.jinja", context, request, using="jinja2")
     if request.GET.get("partial") == "rows":
         return HttpResponse(rows)
-    tags = list(Tag.objects.only("name"))
+    choices = _list_choices(user, teams)
     context.update(
+        choices,
         rows=mark_safe(rows),  # noqa: S308 - rendered by Jinja2 with autoescaping
         views=[(key, label, counts[key]) for key, (label, _) in VIEWS.items() if key in counts],
         sorts=[(key, label) for key, (label, _) in SORTS.items()],
-        bulk_actions=_bulk_actions(user, teams, tags),
+        bulk_actions=_bulk_actions(user, choices),
         statuses=Status.choices,
         channels=Channel.choices,
         priorities=Conversation.Priority.choices,
-        # What the filter bar shows, and no more: an inbox's credentials and a team's
-        # settings are JSON, decoded for nothing on every page (~2 ms).
-        teams=(Team.objects.filter(pk__in=teams.teams) if not user.is_admin else Team.objects).only(
-            "name"
-        ),
-        inboxes=Inbox.objects.filter(is_active=True).only("name", "kind"),
-        tags=tags,
         saved_views=SavedView.objects.filter(user=user),
         # As a saved view keeps it (saved_view_save): the known filters that have a value,
         # so that the same filters applied through the form highlight the saved view.
@@ -649,17 +645,17 @@ BULK_STATUSES = {
 }
 
 
-def _bulk_actions(user, teams, tags) -> list[tuple[str, list[tuple[str, str]]]]:
+def _bulk_actions(user, choices) -> list[tuple[str, list[tuple[str, str]]]]:
     """What the list's bulk bar offers, grouped: (group, [(action, label)])."""
-    agents = User.objects.filter(is_active=True).exclude(pk=user.pk)
-    if not user.is_admin:
-        agents = agents.filter(team_memberships__team_id__in=teams.teams).distinct()
-    agents = agents.order_by("display_name", "email").only("display_name", "email")
     return [
         (
             "Assign",
             [("assign:me", "Assign to me"), ("assign:none", "Unassign")]
-            + [(f"assign:{agent.pk}", f"Assign to {agent.name}") for agent in agents],
+            + [
+                (f"assign:{pk}", f"Assign to {name}")
+                for pk, name in choices["agents"]
+                if pk != user.pk
+            ],
         ),
         ("Status", [(f"status:{value}", verb) for value, (verb, _) in BULK_STATUSES.items()]),
         (
@@ -669,8 +665,51 @@ def _bulk_actions(user, teams, tags) -> list[tuple[str, list[tuple[str, str]]]]:
                 for value, label in Conversation.Priority.choices
             ],
         ),
-        ("Tag", [(f"tag:{tag.name}", f"Tag “{tag.name}”") for tag in tags]),
+        ("Tag", [(f"tag:{name}", f"Tag “{name}”") for name in choices["tags"]]),
     ]
+
+
+# What the filter and bulk bars offer (tags, inboxes, teams, agents) changes rarely and is the
+# same on every page of the same teams: each process keeps it for CHOICES_SECONDS (~2 ms and
+# four queries a page), and forgets it as soon as one of those tables changes in this process;
+# another process shows the change within those seconds.
+CHOICES_SECONDS = 10
+_choices: dict = {}
+
+
+def _list_choices(user, teams) -> dict:
+    key = "admin" if user.is_admin else teams.teams
+    expires, choices = _choices.get(key, (0.0, None))
+    if expires < time.monotonic():
+        agents = User.objects.filter(is_active=True)
+        team_rows = Team.objects.all()
+        if not user.is_admin:
+            agents = agents.filter(team_memberships__team_id__in=teams.teams).distinct()
+            team_rows = team_rows.filter(pk__in=teams.teams)
+        agents = agents.order_by("display_name", "email").only("display_name", "email")
+        choices = {
+            # Names only: an inbox's credentials and a team's settings are JSON, decoded for
+            # nothing otherwise.
+            "teams": list(team_rows.only("name")),
+            "inboxes": list(Inbox.objects.filter(is_active=True).only("name", "kind")),
+            "tags": list(Tag.objects.values_list("name", flat=True)),
+            "agents": [(agent.pk, agent.name) for agent in agents],
+        }
+        if len(_choices) > 1000:  # one entry per set of teams: bounded anyway
+            _choices.clear()
+        _choices[key] = (time.monotonic() + CHOICES_SECONDS, choices)
+    return choices
+
+
+def _choices_changed(**kwargs):
+    _choices.clear()
+    # Again once saved: a page in between may have read the table as it was before.
+    transaction.on_commit(_choices.clear)
+
+
+for _model in (Tag, Inbox, Team, TeamMembership, User):
+    post_save.connect(_choices_changed, sender=_model, dispatch_uid=f"list-choices-{_model}")
+    post_delete.connect(_choices_changed, sender=_model, dispatch_uid=f"list-choices-{_model}")
 
 
 def _bulk_change(user, action: str, value: str):

@@ -18,6 +18,7 @@ from conversations.models import (
     Identity,
     Message,
 )
+from helpdesk.models import User
 from tests.conftest import PASSWORD, receive
 
 pytestmark = pytest.mark.django_db
@@ -137,6 +138,18 @@ class TestList:
         rows = client.get("/inbox/", {"q": f"#{theirs.pk}", "view": "teams"}).context
         assert list(rows["conversations"]) == []  # another team's stays out of sight
         assert client.get("/inbox/", {"q": "9" * 30}).status_code == 200
+
+    def test_a_new_tag_or_team_mate_is_offered_on_the_next_page(self, client, alice, chat_inbox):
+        conversation = chat(chat_inbox, address="v1")
+        client.force_login(alice)
+        page = client.get("/inbox/").content.decode()  # the bars' choices are kept a while
+        assert 'value="outage"' not in page
+        services.conversation_tag(conversation=conversation, add=["outage"])
+        mate = User.objects.create_user(email="mate@acme.example", password=PASSWORD)
+        page = client.get("/inbox/").content.decode()
+        assert '<option value="outage">outage</option>' in page  # the filter bar
+        assert '<option value="tag:outage">Tag “outage”</option>' in page  # the bulk bar
+        assert f'<option value="assign:{mate.pk}">Assign to mate</option>' in page
 
     def test_filters_take_only_known_values(self, client, alice, chat_inbox, mail_inbox):
         chat(chat_inbox, address="v1")
