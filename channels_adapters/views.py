@@ -1,11 +1,7 @@
 import logging
-import time
 
 from django.conf import settings
 from django.core import signing
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
-from django.dispatch import receiver
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -18,6 +14,7 @@ from channels_adapters.registry import adapter_for
 from channels_adapters.tasks import inbound_handoff
 from conversations.models import Attachment, Channel, Inbox
 from conversations.views import attachment_as_download
+from routing.models import ShortCache
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +23,9 @@ MEDIA_LINK_SECONDS = 24 * 3600
 # Channels whose provider calls a signed webhook (email and the API have their own views).
 WEBHOOK_CHANNELS = {Channel.SMS, Channel.MESSENGER, Channel.WHATSAPP}
 # Reading a webhook's inbox costs a web process as much CPU as storing the event, so each process
-# keeps the inboxes it read for this long. A change saved anywhere applies within that time, and
-# at once in the process that saved it.
-INBOX_CACHE_SECONDS = 10
-_inboxes: dict[tuple[str, int], tuple[float, Inbox]] = {}
+# keeps the inboxes it read for 10 s. A change saved anywhere applies within that time, and at
+# once in the process that saved it.
+_inboxes = ShortCache(10, Inbox)
 
 
 def public_url(request) -> str:
@@ -76,21 +72,10 @@ def webhook(request, kind: str, inbox_id: int):
 
 
 def _webhook_inbox(kind: str, inbox_id: int) -> Inbox:
-    expires, inbox = _inboxes.get((kind, inbox_id), (0, None))
-    if expires < time.monotonic():
-        inbox = get_object_or_404(Inbox, pk=inbox_id, kind=kind, is_active=True)
-        if len(_inboxes) > 1000:  # made-up ids are not cached, but stay bounded whatever comes
-            _inboxes.clear()
-        _inboxes[(kind, inbox_id)] = (time.monotonic() + INBOX_CACHE_SECONDS, inbox)
-    return inbox
-
-
-@receiver(post_save, sender=Inbox)
-@receiver(post_delete, sender=Inbox)
-def _inbox_changed(**kwargs):
-    _inboxes.clear()
-    # Again once saved: a webhook in between may have cached the row as it was before.
-    transaction.on_commit(_inboxes.clear)
+    return _inboxes.get(
+        (kind, inbox_id),
+        lambda: get_object_or_404(Inbox, pk=inbox_id, kind=kind, is_active=True),
+    )
 
 
 def _after_response(response: HttpResponse, action) -> None:

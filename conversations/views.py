@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
 from collections import defaultdict
 from datetime import datetime
 from functools import partial
@@ -18,7 +17,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import (
     Case,
     CharField,
@@ -33,7 +32,6 @@ from django.db.models import (
     prefetch_related_objects,
 )
 from django.db.models.functions import Concat, Left
-from django.db.models.signals import post_delete, post_save
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -74,7 +72,7 @@ from conversations.selectors import (
 from conversations.templatetags.sla import when
 from helpdesk.models import User
 from routing.automations import macros_for
-from routing.models import Team, TeamMembership
+from routing.models import ShortCache, Team, TeamMembership
 
 PAGE_SIZE = 50
 PREVIEW = 160  # characters of the last message under each row
@@ -670,24 +668,20 @@ def _bulk_actions(user, choices) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 # What the filter and bulk bars offer (tags, inboxes, teams, agents) changes rarely and is the
-# same on every page of the same teams: each process keeps it for CHOICES_SECONDS (~2 ms and
-# four queries a page), and forgets it as soon as one of those tables changes in this process;
-# another process shows the change within those seconds.
-CHOICES_SECONDS = 10
-_choices: dict = {}
+# same on every page of the same teams: each process keeps it for 10 s (~2 ms and four queries
+# a page), and forgets it as soon as one of those tables is saved in this process.
+_choices = ShortCache(10, Tag, Inbox, Team, TeamMembership, User)
 
 
 def _list_choices(user, teams) -> dict:
-    key = "admin" if user.is_admin else teams.teams
-    expires, choices = _choices.get(key, (0.0, None))
-    if expires < time.monotonic():
+    def build():
         agents = User.objects.filter(is_active=True)
         team_rows = Team.objects.all()
         if not user.is_admin:
             agents = agents.filter(team_memberships__team_id__in=teams.teams).distinct()
             team_rows = team_rows.filter(pk__in=teams.teams)
         agents = agents.order_by("display_name", "email").only("display_name", "email")
-        choices = {
+        return {
             # Names only: an inbox's credentials and a team's settings are JSON, decoded for
             # nothing otherwise.
             "teams": list(team_rows.only("name")),
@@ -695,21 +689,8 @@ def _list_choices(user, teams) -> dict:
             "tags": list(Tag.objects.values_list("name", flat=True)),
             "agents": [(agent.pk, agent.name) for agent in agents],
         }
-        if len(_choices) > 1000:  # one entry per set of teams: bounded anyway
-            _choices.clear()
-        _choices[key] = (time.monotonic() + CHOICES_SECONDS, choices)
-    return choices
 
-
-def _choices_changed(**kwargs):
-    _choices.clear()
-    # Again once saved: a page in between may have read the table as it was before.
-    transaction.on_commit(_choices.clear)
-
-
-for _model in (Tag, Inbox, Team, TeamMembership, User):
-    post_save.connect(_choices_changed, sender=_model, dispatch_uid=f"list-choices-{_model}")
-    post_delete.connect(_choices_changed, sender=_model, dispatch_uid=f"list-choices-{_model}")
+    return _choices.get("admin" if user.is_admin else teams.teams, build)
 
 
 def _bulk_change(user, action: str, value: str):

@@ -2,12 +2,14 @@ import re
 import threading
 from contextlib import contextmanager
 from datetime import time, timedelta
+from time import monotonic
 from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
 from django.utils.translation import gettext_lazy as _
 
 from conversations.models import Channel, Conversation, Inbox
@@ -84,6 +86,49 @@ class TableCache:
     def clear_all(cls) -> None:
         for instance in cls.instances:
             instance._held = (None, None)
+
+
+class ShortCache:
+    """What this process read of rows asked for on nearly every request (a webhook's inbox,
+    the inbox list's choices), kept for `seconds` per key. Saving or deleting any of `models`
+    empties it in this process at once, and again once that transaction commits (a request in
+    between may have read the rows as they were); other processes see the change within
+    `seconds`. Unlike TableCache it asks the database nothing while it holds a value.
+
+    At most MAX_KEYS keys: made-up keys (a webhook's inbox id) cannot grow it without bound.
+    A `build` that raises caches nothing. Tests empty every instance (`clear_all`)."""
+
+    MAX_KEYS = 1000
+    instances: list["ShortCache"] = []
+
+    def __init__(self, seconds: float, *models: type[models.Model]):
+        self.seconds = seconds
+        self._held: dict = {}  # key -> (expires, value)
+        ShortCache.instances.append(self)
+        for model in models:
+            post_save.connect(self._changed, sender=model)
+            post_delete.connect(self._changed, sender=model)
+
+    def get(self, key, build):
+        expires, value = self._held.get(key, (0.0, None))
+        if expires < monotonic():
+            value = build()
+            if len(self._held) >= self.MAX_KEYS:
+                self._held.clear()
+            self._held[key] = (monotonic() + self.seconds, value)
+        return value
+
+    def clear(self) -> None:
+        self._held.clear()
+
+    def _changed(self, **kwargs) -> None:
+        self.clear()
+        transaction.on_commit(self.clear)
+
+    @classmethod
+    def clear_all(cls) -> None:
+        for instance in cls.instances:
+            instance.clear()
 
 
 class Team(models.Model):

@@ -207,16 +207,15 @@ def _fresh_channel_layer():
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters (logins, chat visitors) start at zero in every test, and nothing
-    compiled from another test's configuration tables is kept (routing.models.TableCache, the
-    inbox list's choices)."""
+    compiled or read from another test's tables is kept (routing.models.TableCache and
+    ShortCache)."""
     from django.core.cache import cache
 
-    from conversations.views import _choices
-    from routing.models import TableCache
+    from routing.models import ShortCache, TableCache
 
     cache.clear()
     TableCache.clear_all()
-    _choices.clear()
+    ShortCache.clear_all()
 
 
 @pytest.fixture
