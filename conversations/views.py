@@ -338,9 +338,9 @@ def conversation_list(request):
     for conversation in page:
         conversation.url = f"{list_url}{conversation.pk}/"
         conversation.channel_label = channels[conversation.channel]
-        if conversation.assignee_id:  # as User.name says
-            conversation.assignee_name = (
-                conversation.assignee_display_name or (conversation.assignee_email.split("@")[0])
+        if conversation.assignee_id:
+            conversation.assignee_name = User.name_of(
+                conversation.assignee_display_name, conversation.assignee_email
             )
         conversation.status_label = statuses[conversation.status]
         conversation.priority_label = priorities[conversation.priority]

@@ -75,7 +75,12 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     @property
     def name(self) -> str:
-        return self.display_name or self.email.split("@")[0]
+        return self.name_of(self.display_name, self.email)
+
+    @staticmethod
+    def name_of(display_name: str, email: str) -> str:
+        """What an agent is called, from those two columns (where no User is at hand)."""
+        return display_name or email.split("@")[0]
 
     @property
     def is_admin(self) -> bool:
