@@ -96,6 +96,9 @@ class AgentConsumer(LiveConsumer):
         self.groups = await self._groups_for(user)
         self.subscriptions: set[int] = set()  # the conversations this socket has open
         self.recent: dict[str, None] = {}  # events lately passed on, oldest first
+        # What the page was last told of each other agent, per conversation: "viewing" twice
+        # is no news (two agents opening at once each hear the other's announcement and reply).
+        self.told: dict[tuple[int, int], str] = {}
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -174,6 +177,7 @@ class AgentConsumer(LiveConsumer):
     async def _leave(self, conversation_id: int):
         group = conversation_group(conversation_id)
         self.subscriptions.discard(conversation_id)
+        self.told = {key: state for key, state in self.told.items() if key[0] != conversation_id}
         if group in self.groups:
             self.groups.remove(group)
         await self.channel_layer.group_discard(group, self.channel_name)
@@ -225,12 +229,16 @@ class AgentConsumer(LiveConsumer):
                     "sender": self.channel_name,
                 },
             )
+        key, state = (conversation_id, event["agent"]["id"]), event["state"]
+        if state == "viewing" and self.told.get(key) == state:
+            return
+        self.told[key] = state
         await self.send_json(
             {
                 "type": "presence",
                 "conversation": conversation_id,
                 "agent": event["agent"],
-                "state": event["state"],
+                "state": state,
                 **({"mode": event["mode"]} if "mode" in event else {}),
             }
         )

@@ -162,20 +162,26 @@ if REDIS_URL:
     # Every request reads its session: from Redis, shared by every process, with the database
     # behind it. Without Redis a per-process cache could keep a session another process ended.
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-    CHANNEL_LAYERS = {
-        "default": {
+    # redis-py's async pool defaults (100 connections, 5 s socket timeout that races BRPOP's
+    # 5 s) kill consumers at a few hundred sockets: see DESIGN.md.
+    redis_hosts = [{"address": REDIS_URL, "max_connections": 1000, "socket_timeout": None}]
+    if env("CHANNEL_LAYER", default="pubsub") == "core":
+        layer = {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # redis-py's async pool defaults (100 connections, 5 s socket timeout that
-                # races BRPOP's 5 s) kill consumers at a few hundred sockets: see DESIGN.md.
-                "hosts": [{"address": REDIS_URL, "max_connections": 1000, "socket_timeout": None}],
-                # The default capacity of 100 drops bursts silently. Sockets only notify;
-                # clients catch up from the database, but a deep buffer keeps that rare.
-                "capacity": 2000,
-                "expiry": 60,
-            },
+            # The default capacity of 100 drops bursts silently.
+            "CONFIG": {"hosts": redis_hosts, "capacity": 2000, "expiry": 60},
         }
-    }
+    else:
+        # Redis pub/sub: one PUBLISH per group, and one subscription per process that hands
+        # each message to its sockets, where the core layer keeps a queue per socket in
+        # Redis. At 100 chat visitors a second it kept up where the core layer fell seconds
+        # behind (bench/chat_latency.py, BENCHMARKS.md). It delivers at most once, and only
+        # to those listening: sockets only notify, and clients catch up from the database.
+        layer = {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": redis_hosts},
+        }
+    CHANNEL_LAYERS = {"default": layer}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

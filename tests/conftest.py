@@ -252,21 +252,22 @@ def wait_for(predicate, *, timeout=20.0, what="the condition"):
 
 def listen(*groups):
     """Subscribe to real-time groups; returns next_event(timeout) -> the next notification.
-    For waiting on work done in another process: it announces what it committed there."""
+    For waiting on work done in another process: it announces what it committed there.
+    One event loop subscribes and runs every wait: the pub/sub layer delivers to the loop that
+    subscribed (between waits, Redis's socket holds what arrives)."""
     import asyncio
 
-    from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)("test.")
+    layer, loop = get_channel_layer(), asyncio.new_event_loop()
+    channel = loop.run_until_complete(layer.new_channel("test."))
     for group in groups:
-        async_to_sync(layer.group_add)(group, channel)
+        loop.run_until_complete(layer.group_add(group, channel))
 
-    async def receive(timeout):
-        return await asyncio.wait_for(layer.receive(channel), timeout)
+    def next_event(timeout=30):
+        return loop.run_until_complete(asyncio.wait_for(layer.receive(channel), timeout))
 
-    return lambda timeout=30: async_to_sync(receive)(timeout)
+    return next_event
 
 
 @pytest.fixture

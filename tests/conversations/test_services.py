@@ -19,7 +19,7 @@ from conversations.models import (
     Message,
 )
 from conversations.realtime import conversation_group, team_group
-from tests.conftest import receive
+from tests.conftest import listen, receive
 
 Status = Conversation.Status
 
@@ -331,33 +331,26 @@ class TestConversationMerge:
 class TestRealtimeAfterCommit:
     """Agents are told of a change only once it is committed, never for a rolled back one."""
 
-    def listen(self, group):
-        layer = get_channel_layer()
-        channel = async_to_sync(layer.new_channel)("test.")
-        async_to_sync(layer.group_add)(group, channel)
-        return layer, channel
-
-    def next_event(self, layer, channel):
-        return async_to_sync(layer.receive)(channel)
-
     def test_an_event_is_published_after_commit(self, chat_inbox, support, bob):
         conversation = receive(chat_inbox).message.conversation
-        layer, channel = self.listen(team_group(support.pk))
+        next_event = listen(team_group(support.pk))
 
         with transaction.atomic():
             services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
             # Still inside the transaction: announce a marker directly; it must come first.
-            async_to_sync(layer.group_send)(team_group(support.pk), {"type": "marker"})
+            async_to_sync(get_channel_layer().group_send)(
+                team_group(support.pk), {"type": "marker"}
+            )
 
-        assert self.next_event(layer, channel)["type"] == "marker"
-        event = self.next_event(layer, channel)
+        assert next_event()["type"] == "marker"
+        event = next_event()
         assert event["event"] == "assigned"
         assert event["conversation"] == conversation.pk
         assert event["assignee"] == bob.pk
 
     def test_nothing_is_published_for_a_rolled_back_change(self, chat_inbox, bob):
         conversation = receive(chat_inbox).message.conversation
-        layer, channel = self.listen(conversation_group(conversation.pk))
+        next_event = listen(conversation_group(conversation.pk))
 
         with pytest.raises(RuntimeError), transaction.atomic():
             services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
@@ -366,7 +359,7 @@ class TestRealtimeAfterCommit:
             conversation=conversation, priority=Conversation.Priority.HIGH, actor=bob
         )
 
-        assert self.next_event(layer, channel)["event"] == "priority"
+        assert next_event()["event"] == "priority"
         conversation.refresh_from_db()
         assert conversation.assignee is None
         assert kinds(conversation) == ["created", "priority"]
