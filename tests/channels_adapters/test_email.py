@@ -13,7 +13,7 @@ from channels_adapters.email.parsing import NotAnEmail, parse_email, split_reply
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, Conversation, Identity, Message
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 
 FIXTURES = ROOT / "tests" / "fixtures" / "email"
 
@@ -373,6 +373,37 @@ class TestInboundPaths:
         with pytest.raises(CommandError, match="no email inbox"):
             call_command("ingest_email", "--inbox", "nobody@nowhere.example")
         assert not InboundEvent.objects.exists()
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_mail_piped_without_redis_is_acknowledged_before_the_command_exits(
+        self, email_inbox, smtp_server
+    ):
+        """The README's pipe on a machine without Redis: the command's own process is the only
+        one that can run what the mail sets off, so the acknowledgement must go from there."""
+        import subprocess
+        import sys
+
+        from routing.models import AutoReply
+
+        AutoReply.objects.create(
+            inbox=email_inbox, kind=AutoReply.Kind.ACKNOWLEDGEMENT, body="We have it: #{number}."
+        )
+        piped = subprocess.run(
+            [sys.executable, "manage.py", "ingest_email", "--inbox", email_inbox.address],
+            input=customer_mail(subject="Where is my order?"),
+            capture_output=True,
+            cwd=ROOT,
+            env=subprocess_env(REDIS_URL="", EMBEDDED_WORKER="false"),
+            timeout=60,
+        )
+        assert piped.returncode == 0, piped.stderr
+        conversation = Conversation.objects.get()
+        assert f"stored in conversation #{conversation.pk}" in piped.stderr.decode()
+        (ack,) = smtp_server.messages()
+        assert ack["To"] == "maria@example.com"
+        assert f"We have it: #{conversation.pk}." in ack.get_body(("plain",)).get_content()
+        reply = conversation.messages.get(direction=Message.Direction.OUTBOUND)
+        assert reply.status == Message.Status.SENT
 
     def test_a_20_mb_attachment_is_stored_whole(self, email_inbox):
         mail = EmailMessage()
