@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
-from routing.hours import is_open, next_opening, schedule_for
+from routing.hours import is_open, next_opening, schedule_id, schedule_load
 from routing.models import AutoReply, SlaClock, TableCache
 from routing.sla import policy_for
 
@@ -123,7 +123,9 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     if message.metadata.get("automated") or conversation.merged_into_id:
         return None
     templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True))
-    schedule = schedule_for(inbox)
+    # The schedule of the team that answers, as the SLA clock counts: routing may have
+    # sent the conversation to a team that keeps other hours than the inbox's own.
+    schedule = schedule_load(schedule_id(inbox, conversation.team_id))
     opens_at, until = None, ""
     kinds = {template.kind for template in templates}
     if AutoReply.Kind.OUT_OF_OFFICE in kinds and not is_open(schedule, message.created_at):

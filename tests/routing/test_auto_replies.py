@@ -197,6 +197,29 @@ def test_an_sms_out_of_hours_gets_the_out_of_office_reply_once_per_closed_spell(
     assert [m.metadata["automatic"] for m in replies(first.conversation)] == ["out_of_office"] * 2
 
 
+def test_the_team_a_conversation_was_routed_to_decides_whether_we_are_closed(
+    mail_inbox, billing, email_policy
+):
+    """Support (the inbox's team) keeps no hours; the mail went to Billing, closed at night:
+    the customer is told when Billing opens, as the SLA clock counts, not "within 4 hours"."""
+    billing.business_hours = make_schedule(
+        "Europe/Lisbon", {day: [("09:00", "18:00")] for day in range(5)}
+    )
+    billing.save()
+    templates(
+        mail_inbox,
+        (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK),
+        (AutoReply.Kind.OUT_OF_OFFICE, "", AWAY),
+    )
+    with time_machine.travel(utc("2026-01-12 21:00"), tick=False):  # Monday night
+        message = receive(mail_inbox, address="maria@example.com").message
+        Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
+        reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    assert reply.text == AWAY.format(
+        opens_at="Tuesday 13 January, 09:00", number=message.conversation_id
+    )
+
+
 def test_an_opted_out_number_gets_no_automatic_reply(client, twilio, sms_inbox, email_policy):
     templates(sms_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
     deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="STOP"))
