@@ -8,6 +8,7 @@ from django.core.mail import EmailMessage
 from django.db import transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from channels_adapters.base import Adapter, Capabilities, SendResult
 from conversations.models import Channel, Conversation, ConversationEvent, Message, Visitor
@@ -118,7 +119,13 @@ def follow_up(conversation_id: int) -> Message | None:
 
 
 def _follow_up_text(conversation: Conversation, replies: list[Message]) -> str:
-    parts = [_("You left the chat before we answered. Here is our reply:"), ""]
+    # Not "you left before we answered": the visitor may have been there and not read it.
+    seen = ngettext(
+        "You have not seen our reply in the chat yet, so here it is:",
+        "You have not seen our replies in the chat yet, so here they are:",
+        len(replies),
+    )
+    parts = [seen, ""]
     for reply in replies:
         name = reply.author.name if reply.author else conversation.inbox.name
         parts += [f"{name}:", reply.text, ""]

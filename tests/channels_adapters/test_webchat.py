@@ -467,7 +467,9 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     message_deliver(emailed.pk)
     [mail] = smtp_server.messages()
     assert mail["To"] == "ana@example.com"
-    assert "Yes, until noon." in mail.get_body().get_content()
+    body = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert body.startswith("You have not seen our reply in the chat yet, so here it is:")
+    assert "Bob:\nYes, until noon." in body
     assert conversation.reply_token in mail["Reply-To"]
     assert conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
 
