@@ -398,7 +398,7 @@ class VisitorConsumer(LiveConsumer):
         self.groups.append(self.customer_group)
         await db(chat.visitor_seen)(visitor.pk, opened=1)
         ready = await db(self._state)(full=True)
-        ready["availability"] = await db(chat.availability)(self.inbox)
+        ready["availability"] = self.availability = await db(chat.availability)(self.inbox)
         self.shown = ready["conversation"]["id"] if ready["conversation"] else None
         await self.send_json({"type": "ready", **ready})
 
@@ -506,7 +506,12 @@ class VisitorConsumer(LiveConsumer):
 
         if action == "ping":
             chat.visitor_seen(self.visitor.pk)
-            return None
+            # Agents go offline, hours end: an open widget hears it within one ping.
+            availability = chat.availability(self.inbox)
+            if availability == self.availability:
+                return None
+            self.availability = availability
+            return {"type": "availability", "availability": availability}
         if action == "contact":
             try:
                 self.visitor = chat.visitor_contact(

@@ -259,6 +259,7 @@
   }
 
   function handle(data) {
+    const focused = host && host.shadowRoot.activeElement; // inside the widget, before
     switch (data.type) {
       case "ready":
         S.ready = true;
@@ -315,6 +316,9 @@
       case "typing":
         showTyping(data.agent);
         break;
+      case "availability": // an agent came or went, or the hours turned
+        S.availability = data.availability || S.availability;
+        break;
       case "contact":
         contactSaved(data.email);
         break;
@@ -334,6 +338,9 @@
     }
     render();
     markRead();
+    // What had the focus may now be hidden (the composer once the chat ended, the rating once
+    // sent): keyboard users would be thrown back to the top of the page.
+    if (focused && !(host.shadowRoot.activeElement || focused).getClientRects().length) focusFirst();
   }
 
   // --- Messages ---------------------------------------------------------------------------------
@@ -388,7 +395,8 @@
     if (!href) return el("p", { class: "file", text: file.name });
     if (file.image) {
       const image = el("img", { src: href, alt: file.name, loading: "lazy" });
-      image.addEventListener("load", stickToBottom);
+      // Follow it down if the list was at the bottom before the picture made it taller.
+      image.addEventListener("load", () => stickToBottom(false, image.offsetHeight));
       return el("a", { class: "image", href, target: "_blank", rel: "noopener noreferrer" }, image);
     }
     return el("a", {
@@ -483,9 +491,10 @@
     p.node.remove();
   }
 
-  function stickToBottom(force) {
+  function stickToBottom(force, grownBy) {
     const list = ui.list;
-    if (force === true || list.scrollHeight - list.scrollTop - list.clientHeight < 120) {
+    const below = list.scrollHeight - list.scrollTop - list.clientHeight - (grownBy || 0);
+    if (force === true || below < 120) {
       list.scrollTop = list.scrollHeight;
     }
   }
@@ -787,10 +796,10 @@
     ui.rated = el("p", { class: "muted", text: t("rated"), hidden: true });
     ui.transcriptButton = el("button", { type: "button", text: t("transcript"), onclick: requestTranscript });
     ui.transcriptSent = el("p", { class: "muted", text: t("transcript_sent"), hidden: true });
+    ui.newButton = el("button", { type: "button", class: "primary", text: t("new"), onclick: newConversation });
     ui.ended = el("div", { class: "ended", hidden: true },
       el("p", { class: "ended-title", text: t("ended") }), ui.rateForm, ui.rated,
-      ui.transcriptButton, ui.transcriptSent,
-      el("button", { type: "button", class: "primary", text: t("new"), onclick: newConversation }));
+      ui.transcriptButton, ui.transcriptSent, ui.newButton);
 
     // The composer: Enter sends, Shift+Enter is a new line.
     ui.textarea = el("textarea", {
@@ -850,7 +859,8 @@
 
   function focusFirst() {
     if (!S.open) return;
-    const target = [ui.nameInput, ui.emailInput, ui.textarea, ui.stars[0], ui.noteEmail]
+    const target = [ui.nameInput, ui.emailInput, ui.textarea, ui.stars[0], ui.noteEmail,
+      ui.transcriptButton, ui.newButton]
       .find((input) => !input.closest("[hidden]") && input.getClientRects().length > 0);
     (target || ui.panel.querySelector("button.close")).focus();
   }
@@ -861,11 +871,14 @@
     const a = S.availability || {};
     // Closed: when we are back first, and the usual reply time counted from then.
     const time = a.reply_time || "";
-    const lines = a.online ? [t("online")]
-      : a.opens_at ? [t("back_at", { when: when(a.opens_at) }), t("offline_closed", { time })]
-        : [t("offline", { time })];
     const q = S.conversation && S.conversation.live && S.conversation.queue;
-    if (a.online && q && q.position) {
+    const queued = a.online && q && q.position;
+    // In line, the place and wait say when: "we reply in minutes" above them would not hold.
+    const lines = queued ? []
+      : a.online ? [t("online")]
+        : a.opens_at ? [t("back_at", { when: when(a.opens_at) }), t("offline_closed", { time })]
+          : [t("offline", { time })];
+    if (queued) {
       const wait = q.expected_wait_seconds;
       lines.push(wait ? t("queue_wait", { position: q.position, minutes: Math.max(1, Math.round(wait / 60)) })
         : t("queue", { position: q.position }));

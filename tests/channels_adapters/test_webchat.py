@@ -538,6 +538,27 @@ def test_availability_is_online_only_with_an_agent_there_in_business_hours(widge
         assert chat.availability(widget)["online"] is False  # his inbox is not open any more
 
 
+@pytestmark_socket
+async def test_an_open_widget_hears_when_the_last_agent_goes_offline(widget, bob):
+    def bob_is(availability):
+        bob.availability, bob.last_seen_at = availability, timezone.now()
+        bob.save()
+
+    await database_sync_to_async(bob_is)("online")
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    assert (await socket.receive_json_from(timeout=5))["availability"]["online"] is True
+
+    await socket.send_json_to({"action": "ping"})  # nothing changed: nothing said
+    assert await socket.receive_nothing(timeout=0.3)
+    await database_sync_to_async(bob_is)("offline")
+    await socket.send_json_to({"action": "ping"})
+    told = await socket.receive_json_from(timeout=5)
+    assert told["type"] == "availability"
+    assert told["availability"]["online"] is False
+    await socket.disconnect()
+
+
 def test_the_agent_sees_the_visitor_and_can_end_the_chat(client, widget, bob):
     visitor = chat.visitor_contact(
         new_visitor(widget, page_url="https://shop.example/cart"), email="ana@example.com"

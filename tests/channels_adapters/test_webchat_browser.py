@@ -461,16 +461,20 @@ def test_after_the_chat_ends_the_visitor_rates_it_gets_the_transcript_and_starts
     agent.get_by_role("button", name="End chat").click()
     expect(panel.get_by_text("This chat has ended.")).to_be_visible()
     expect(panel.get_by_label("Write a message…")).to_be_hidden()
+    # Her focus was in the message box, now hidden: it moves to the rating, not to the page.
+    expect(panel.get_by_role("button", name="1", exact=True)).to_be_focused()
 
     panel.get_by_role("button", name="4", exact=True).click()
     panel.get_by_label("Anything to add? (optional)").fill("Quick and kind")
     panel.get_by_role("button", name="Send", exact=True).click()
     expect(panel.get_by_text("Thank you for your rating.")).to_be_visible()
+    expect(panel.get_by_role("button", name="Email me the transcript")).to_be_focused()
     conversation.refresh_from_db()
     assert (conversation.rating, conversation.rating_comment) == (4, "Quick and kind")
 
     panel.get_by_role("button", name="Email me the transcript").click()
     expect(panel.get_by_text("The transcript is on its way.")).to_be_visible()
+    expect(panel.get_by_role("button", name="Start a new conversation")).to_be_focused()
     mail.wait(1)
     (transcript,) = smtp_server.messages()
     assert transcript["To"] == "ana@example.com"
@@ -511,6 +515,7 @@ def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins
     box.press("Enter")
     availability = panel.locator(".availability")
     expect(availability).to_contain_text("You are number 3 in line")
+    expect(availability).not_to_contain_text("we reply in minutes")  # not while in line
 
     # Bob closes the first waiting chat from his inbox: she moves up without reloading.
     agent = signed_in(browser, asgi_server, bob)
