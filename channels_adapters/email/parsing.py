@@ -21,6 +21,7 @@ from email.headerregistry import Address
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
+from html.parser import HTMLParser
 
 import charset_normalizer
 import nh3
@@ -416,14 +417,93 @@ def sanitize_email_html(html: str) -> str:
     return re.sub(r'<img([^>]*?) src="(https?:[^"]*)"', r'<img\1 data-src="\2"', clean)
 
 
-def html_to_text(html: str) -> str:
-    text = re.sub(r"(?is)<(script|style|head).*?</\1>", "", html)
-    text = re.sub(r"(?i)<br\s*/?>|</(p|div|li|tr|h[1-6])>", "\n", text)
-    text = nh3.clean(text, tags=set())
-    import html as htmllib
+class _TextOfHtml(HTMLParser):
+    """What an HTML-only mail says, as text: quoted blocks keep their `>` (so split_reply finds
+    the history), links keep their address, and what the sender hid (a preheader, a tracking
+    block) stays hidden."""
 
-    text = htmllib.unescape(text)
-    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text)).strip()
+    SKIP = frozenset({"script", "style", "head", "title", "template"})
+    VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "wbr", "col", "area", "source"})
+    BLOCKS = frozenset(
+        {"p", "div", "li", "tr", "table", "ul", "ol", "blockquote", "pre", "hr", "section"}
+        | {"article", "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "dd", "dt"}
+    )
+    HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.lines: list[list] = [[0, ""]]  # [quote depth, text] per line
+        self.depth = 0
+        self.hiding: list[str] = []  # the open elements that hide what is inside them
+        self.link: list[str] | None = None  # [address, its text so far]
+
+    def _break(self):
+        if self.lines[-1][1].strip():
+            self.lines.append([self.depth, ""])
+        else:
+            self.lines[-1][0] = self.depth
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if (
+            self.hiding
+            or tag in self.SKIP
+            or "hidden" in attrs
+            or (self.HIDDEN.search(attrs.get("style") or ""))
+        ):
+            if tag not in self.VOID:
+                self.hiding.append(tag)
+            return
+        if tag == "br":
+            self.lines.append([self.depth, ""])
+        elif tag in self.BLOCKS:
+            self._break()
+            if tag == "blockquote":
+                self.depth += 1
+                self.lines[-1][0] = self.depth
+            elif tag == "li":
+                self.lines[-1][1] = "- "
+        elif tag in ("td", "th") and self.lines[-1][1].strip():
+            self.lines[-1][1] += "  "
+        elif tag == "a" and (attrs.get("href") or "").startswith(("http://", "https://")):
+            self.link = [attrs["href"], ""]
+
+    def handle_endtag(self, tag):
+        if self.hiding:
+            if tag in self.hiding:  # closes the hiding element, or one left open inside it
+                del self.hiding[len(self.hiding) - 1 - self.hiding[::-1].index(tag) :]
+            return
+        if tag == "blockquote":
+            self.depth = max(self.depth - 1, 0)
+        if tag in self.BLOCKS:
+            self._break()
+        elif tag == "a" and self.link:
+            address, text = self.link
+            if address not in text:  # "click here" says nothing of where it goes
+                self.lines[-1][1] += f" <{address}>"
+            self.link = None
+
+    def handle_data(self, data):
+        if self.hiding:
+            return
+        text = re.sub(r"\s+", " ", data)
+        self.lines[-1][1] += text
+        if self.link:
+            self.link[1] += text
+
+    def text(self) -> str:
+        out = []
+        for depth, line in self.lines:
+            line = line.strip()
+            out.append(("> " * depth + line).rstrip() if depth else line)
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextOfHtml()
+    parser.feed(html)
+    parser.close()
+    return parser.text()
 
 
 # --- Quotes and signatures --------------------------------------------------------------------

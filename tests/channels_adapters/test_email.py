@@ -94,6 +94,16 @@ class TestParsing:
         [image] = parsed.attachments
         assert (image.content_id, image.content_type) == ("shot1@example.es", "image/png")
 
+    def test_an_html_only_reply_keeps_links_hides_the_hidden_and_folds_the_quote(self):
+        parsed = parse_email(fixture("gmail_html_only_reply.eml"))
+        assert parsed.text == (
+            "Thanks, it works now! Here is the video you asked for: "
+            "grinder.mp4 <https://videos.example.org/grinder.mp4>\n\nOrder  7781"
+        )
+        assert parsed.quoted.startswith("On Mon, 30 Nov 2026 at 10:00, Acme Support")
+        assert "> Please send us a video of the noise." in parsed.quoted
+        assert "Preview" not in parsed.text + parsed.quoted
+
     @pytest.mark.parametrize(
         "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
     )
