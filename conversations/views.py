@@ -280,9 +280,11 @@ def conversation_list(request):
     query = " ".join(request.GET.get("q", "").split())[:200]  # "Mateo  Smith" is Mateo Smith
     if query:
         conversations = conversations.filter(pk__in=_search(conversations, query, order))
+    # An automatic acknowledgement would hide the question it answered.
     last_message = (
         Message.objects.filter(conversation=OuterRef("pk"))
         .exclude(direction=Message.Direction.SYSTEM)
+        .exclude(metadata__has_key="automatic")
         .order_by("-id")
     )
     # A customer nobody has named yet goes by an address a person can read.

@@ -257,6 +257,12 @@ class TestList:
         client.force_login(bob)
         rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
         assert '<span class="preview">Where is: my parcel?</span>' in rows
+        # An automatic acknowledgement does not hide the question.
+        services.reply_send(
+            conversation=conversation, author=None, text="We have it", automatic="acknowledgement"
+        )
+        rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
+        assert '<span class="preview">Where is: my parcel?</span>' in rows
         reply = services.reply_send(conversation=conversation, author=bob, text="On its way")
         rows = client.get("/inbox/?view=teams&partial=rows").content.decode()
         assert '<span class="preview">Reply: On its way</span>' in rows
