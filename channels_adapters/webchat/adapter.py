@@ -177,7 +177,8 @@ def silent_visitors_prune() -> int:
 
 def transcript_send(event_id: int) -> bool:
     """Email a chat's transcript as the customer asked (a CHAT "transcript" event); once."""
-    from channels_adapters.email.adapter import EmailAdapter, thread_subject
+    from channels_adapters.email.adapter import EmailAdapter, reply_address, thread_subject
+    from channels_adapters.email.parsing import format_address
     from channels_adapters.webchat.chat import visible_messages
     from conversations.models import Inbox
 
@@ -206,13 +207,19 @@ def transcript_send(event_id: int) -> bool:
                     else _("You")
                 )
                 lines.append(f"[{message.created_at:%Y-%m-%d %H:%M} UTC] {who}:")
-                lines += [message.text, ""]
+                # A message that was only a file would read as nothing: name the files.
+                files = [f"[{_('File')}: {a.filename}]" for a in message.attachments.all()]
+                lines += [text for text in (message.text, *files) if text] + [""]
             subject = thread_subject(conversation)
+        # From the inbox by name, and answerable: a reply lands in this conversation.
         mail = EmailMessage(
             subject=subject,
             body="\n".join(lines),
-            from_email=sender.address if sender and sender.address else None,
+            from_email=format_address(conversation.inbox.name, sender.address)
+            if sender and sender.address
+            else None,
             to=[event.data["to"]],
+            reply_to=[reply_address(conversation, sender)] if sender and sender.address else None,
             connection=EmailAdapter.connection(sender) if sender else None,
         )
         mail.send()

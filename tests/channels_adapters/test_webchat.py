@@ -506,6 +506,8 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
     conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
     services.reply_send(conversation=conversation, author=bob, text="Hello Ana")
+    photo = services.InboundAttachment("scratch.png", "image/png", PNG)
+    chat.visitor_message(visitor, text="", client_id="f", attachments=(photo,))
     chat.chat_end(conversation)
     conversation.refresh_from_db()
     assert conversation.status == Conversation.Status.RESOLVED
@@ -522,6 +524,9 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     body = mail.get_body().get_content()
     assert mail["To"] == "ana@example.com"
     assert "Hi" in body and "Hello Ana" in body
+    assert "You:\n[File: scratch.png]" in body.replace("\r\n", "\n")  # not an empty line
+    assert mail["From"] == f"{widget.name} <{email_inbox.address}>"
+    assert conversation.reply_token in mail["Reply-To"]  # her answer lands in this chat
 
     # The next message starts a new conversation.
     again = chat.visitor_message(visitor, text="One more thing", client_id="b")
