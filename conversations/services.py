@@ -1143,7 +1143,7 @@ def reply_send(
             _event(
                 conversation,
                 ConversationEvent.Kind.CHANNEL,
-                author,
+                None if automatic else author,  # an automatic message: nobody chose to switch
                 previous=previous_channel,
                 channel=identity.kind,
             )

@@ -108,9 +108,12 @@ def follow_up(conversation_id: int) -> Message | None:
             text=text,
             identity=email,
             client_id=f"follow-up:{replies[0].pk}:{replies[-1].pk}",
+            # A copy of replies already counted: no SLA or assignment of its own, and no
+            # agent chose to switch channels (the timeline would say they did).
+            automatic="follow_up",
         )
         Message.objects.filter(pk=message.pk).update(
-            metadata={"follow_up_of": [m.pk for m in replies]}
+            metadata={**message.metadata, "follow_up_of": [m.pk for m in replies]}
         )
         for reply in replies:
             reply.metadata = {**reply.metadata, "emailed_in": message.pk}

@@ -472,6 +472,8 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     assert "Bob:\nYes, until noon." in body
     assert conversation.reply_token in mail["Reply-To"]
     assert conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
+    switched = conversation.events.get(kind=ConversationEvent.Kind.CHANNEL)
+    assert switched.actor is None  # Threadline moved it to email, not Bob
 
     # Her answer by email lands in the same conversation, and the widget shows it.
     answer = services.message_receive(
