@@ -401,6 +401,16 @@ class VisitorConsumer(LiveConsumer):
         ready["availability"] = self.availability = await db(chat.availability)(self.inbox)
         self.shown = ready["conversation"]["id"] if ready["conversation"] else None
         await self.send_json({"type": "ready", **ready})
+        await self._tell_agents("opened")
+
+    async def _tell_agents(self, widget: str):
+        """Agents with the visitor's conversation open see "on the site now" come and go. Only
+        its own group: the lists do not show it."""
+        if self.conversation_id:
+            event = {"type": "conversation.event", "event": "visitor", "widget": widget}
+            # A time, or an agent socket would drop a second "opened" as a copy it passed on.
+            event |= {"conversation": self.conversation_id, "at": time.time()}
+            await self.channel_layer.group_send(conversation_group(self.conversation_id), event)
 
     def _state(self, full: bool) -> dict:
         """The messages after the cursor (sync: runs in a thread). `full` looks the visitor's
@@ -595,6 +605,7 @@ class VisitorConsumer(LiveConsumer):
             self.hello_timer.cancel()
         if self.visitor is not None:
             await db(chat.visitor_seen)(self.visitor.pk, opened=-1)
+            await self._tell_agents("closed")
         if self.conversation_id:
             await self.channel_layer.group_discard(
                 conversation_group(self.conversation_id), self.channel_name

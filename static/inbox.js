@@ -63,6 +63,10 @@
       if (tags && shownTags && !shownTags.contains(document.activeElement)) {
         shownTags.replaceWith(tags.content.cloneNode(true));
       }
+      // Whether the chat visitor is on the site (they opened or closed the widget).
+      const visitors = live.querySelector("template[data-visitors]");
+      const shownVisitors = document.querySelector("aside [data-visitors]");
+      if (visitors && shownVisitors) shownVisitors.replaceWith(visitors.content.cloneNode(true));
       const counts = live.querySelector("[data-counts]");
       if (counts) {
         Object.entries(JSON.parse(counts.dataset.counts)).forEach(function ([view, count]) {

@@ -359,6 +359,7 @@ async def test_agents_see_the_visitors_draft_only_where_the_inbox_allows_it(widg
 
     socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
     await socket.receive_json_from(timeout=5)
+    assert (await agent.receive_json_from(timeout=5))["widget"] == "opened"
     await socket.send_json_to({"action": "typing", "typing": True, "draft": "my card was"})
     typing = await agent.receive_json_from(timeout=5)
     assert typing == {
@@ -373,6 +374,10 @@ async def test_agents_see_the_visitors_draft_only_where_the_inbox_allows_it(widg
     await database_sync_to_async(widget.save)()
     socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
     await socket.receive_json_from(timeout=5)
+    assert [(await agent.receive_json_from(timeout=5))["widget"] for _ in "12"] == [
+        "closed",
+        "opened",
+    ]
     await socket.send_json_to({"action": "typing", "typing": True, "draft": "my card was"})
     assert (await agent.receive_json_from(timeout=5))["draft"] == "my card was"
     await socket.disconnect()
@@ -585,6 +590,39 @@ def test_the_agent_sees_the_visitor_and_can_end_the_chat(client, widget, bob):
     page = client.get(f"/inbox/{conversation.pk}/").content.decode()
     assert "ended by the agent" in page
     assert "End chat" not in page
+
+
+@pytestmark_socket
+async def test_an_agent_with_the_chat_open_sees_the_visitor_come_and_go(widget, bob):
+    from django.test import Client
+
+    from tests.conversations.test_consumers import connect
+    from tests.conversations.test_presence import session_of
+
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    first = await database_sync_to_async(chat.visitor_message)(visitor, text="Hi", client_id="a")
+    conversation_id = first.message.conversation_id
+    agent, _, _ = await connect(await session_of(bob))
+    await agent.send_json_to({"action": "subscribe", "conversation": conversation_id})
+    assert (await agent.receive_json_from(timeout=5))["type"] == "subscribed"
+
+    def side_panel():  # what the page's live refresh puts in place
+        client = Client()
+        client.force_login(bob)
+        timeline = client.get(f"/inbox/{conversation_id}/?partial=timeline").content.decode()
+        return timeline.split("<template data-visitors>")[1]
+
+    for widget_is, shown in (("opened", "on the site now"), ("closed", "last seen")):
+        if widget_is == "opened":
+            socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+            await socket.receive_json_from(timeout=5)  # ready
+        else:
+            await socket.disconnect()
+        told = await agent.receive_json_from(timeout=5)
+        assert (told["type"], told["event"]) == ("conversation", "visitor")
+        assert (told["conversation"], told["widget"]) == (conversation_id, widget_is)
+        assert shown in await database_sync_to_async(side_panel)()
+    await agent.disconnect()
 
 
 # --- Files and proactive messages ------------------------------------------------------------

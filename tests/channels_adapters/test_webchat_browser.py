@@ -241,6 +241,8 @@ def test_a_chat_goes_live_then_follows_the_visitor_by_email_and_back_into_the_wi
     agent = signed_in(browser, asgi_server, bob)
     agent.goto(f"{asgi_server}/inbox/{conversation.pk}/")
     expect(first.locator(".seen")).to_have_text("Seen")
+    on_site = agent.locator("aside [data-visitors]")
+    expect(on_site).to_contain_text("on the site now")
 
     # Live both ways: her next message appears on his page as she sends it...
     box.fill("It is the blue kettle.")
@@ -263,6 +265,7 @@ def test_a_chat_goes_live_then_follows_the_visitor_by_email_and_back_into_the_wi
     # She closes the page. His next answer follows her by email, through the real SMTP server.
     context = visitor.context
     visitor.close()
+    expect(on_site).to_contain_text("last seen")  # his page follows, without a reload
     agent_reply(agent, "Done: order 1042 is now green. Anything else?")
     mail.wait(1)
     (sent,) = smtp_server.messages()
