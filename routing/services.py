@@ -37,7 +37,7 @@ from functools import cached_property
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Case, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW
@@ -323,13 +323,25 @@ def _tags_of(conversation_ids) -> dict[int, frozenset[str]]:
 
 
 def _waiting(team_id: int):
+    """The team's queue. Served in QUEUE_ORDER: the most urgent first; within a priority live
+    chats, whose customer watches the widget, ahead of mail and messages that can wait a
+    little; then the oldest."""
     return Conversation.objects.filter(
         team_id=team_id, status=OPEN, assignee=None, merged_into=None
+    ).annotate(
+        chat=Case(
+            When(inbox__kind=Channel.WEBCHAT, then=Value(1)),
+            default=Value(0),
+            output_field=IntegerField(),
+        )
     )
 
 
+QUEUE_ORDER = ("-priority", "-chat", "created_at", "id")
+
+
 def queue_assign(*, team_id: int, limit: int = QUEUE_BATCH) -> int:
-    """Give the team's waiting conversations, most urgent first and then oldest, to online
+    """Give the team's waiting conversations, in QUEUE_ORDER, to online
     members with room; returns how many were assigned. A conversation that fits nobody (a
     live chat when everyone has room for an email only, a skill nobody online has) does not
     hold up those behind it. Safe to run any time and at once in several workers: members are
@@ -343,7 +355,7 @@ def queue_assign(*, team_id: int, limit: int = QUEUE_BATCH) -> int:
             _waiting(team_id)
             .select_for_update(of=("self",), skip_locked=True)
             .select_related("inbox")
-            .order_by("-priority", "created_at", "id")[:limit]
+            .order_by(*QUEUE_ORDER)[:limit]
         )
         tags = _tags_of([conversation.pk for conversation in waiting])
         for conversation in waiting:
@@ -463,12 +475,15 @@ def queue_status(conversation: Conversation, *, now: datetime | None = None) -> 
     if team is None:
         return QueueStatus(1, None)
     priority, created = conversation.priority, conversation.created_at
-    ahead = (
+    chat = int(conversation.inbox.kind == Channel.WEBCHAT)
+    same = Q(priority=priority, chat=chat)
+    ahead = (  # those before it in QUEUE_ORDER
         _waiting(team.pk)
         .filter(
             Q(priority__gt=priority)
-            | Q(priority=priority, created_at__lt=created)
-            | Q(priority=priority, created_at=created, pk__lt=conversation.pk)
+            | Q(priority=priority, chat__gt=chat)
+            | same & Q(created_at__lt=created)
+            | same & Q(created_at=created, pk__lt=conversation.pk)
         )
         .count()
     )
@@ -482,7 +497,7 @@ def queue_places_tell(team_id: int, *, now: datetime | None = None) -> int:
     theirs when they open the chat. Returns how many were told."""
     queue = list(
         _waiting(team_id)
-        .order_by("-priority", "created_at", "id")
+        .order_by(*QUEUE_ORDER)
         .values_list("pk", "inbox__kind", "customer_id")[:QUEUE_BATCH]
     )
     team = Team.objects.filter(pk=team_id).first()

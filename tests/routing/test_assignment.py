@@ -230,6 +230,29 @@ def test_the_queue_takes_the_most_urgent_then_the_oldest(mail_inbox, bob, tasks_
     assert [assignee_of(c) for c in (older, newer)] == [bob, None]
 
 
+def test_a_live_chat_goes_ahead_of_older_mail_of_the_same_priority(
+    mail_inbox, chat_inbox, bob, tasks_run
+):
+    """The chat's customer watches the widget; the mail's can wait a little. A more urgent
+    mail still goes first."""
+    capacity(bob, 3)  # room for one chat (weight 3) or three emails
+    online(bob)
+    busy = arrive(chat_inbox)
+    email, chat = arrive(mail_inbox), arrive(chat_inbox)
+    assert [queue_status(c).position for c in (chat, email)] == [1, 2]
+    urgent = arrive(mail_inbox)
+    services.conversation_set_priority(
+        conversation=urgent, priority=Conversation.Priority.HIGH, actor=bob
+    )
+    assert [queue_status(c).position for c in (urgent, chat, email)] == [1, 2, 3]
+    with tasks_run():
+        services.conversation_set_priority(
+            conversation=urgent, priority=Conversation.Priority.NORMAL, actor=bob
+        )
+        resolve(busy, bob)  # room for the chat, and then for nothing else
+    assert [assignee_of(c) for c in (chat, email, urgent)] == [bob, None, None]
+
+
 def test_a_conversation_that_fits_nobody_does_not_hold_up_the_queue(mail_inbox, chat_inbox, bob):
     capacity(bob, 2)
     chat, email = arrive(chat_inbox), arrive(mail_inbox)  # nobody online yet
