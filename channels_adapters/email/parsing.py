@@ -420,7 +420,7 @@ def sanitize_email_html(html: str) -> str:
 class _TextOfHtml(HTMLParser):
     """What an HTML-only mail says, as text: quoted blocks keep their `>` (so split_reply finds
     the history), links keep their address, and what the sender hid (a preheader, a tracking
-    block) stays hidden."""
+    block) stays hidden. Linear in the input, whatever its nesting."""
 
     SKIP = frozenset({"script", "style", "head", "title", "template"})
     VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "wbr", "col", "area", "source"})
@@ -428,13 +428,18 @@ class _TextOfHtml(HTMLParser):
         {"p", "div", "li", "tr", "table", "ul", "ol", "blockquote", "pre", "hr", "section"}
         | {"article", "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "dd", "dt"}
     )
+    # Elements a browser closes by itself when these open (<p>hidden<div>shown, <li>, <body>).
+    CLOSED_BY = {"p": BLOCKS, "li": {"li"}, "td": {"td", "th", "tr"}, "head": {"body"}}
     HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
+    MAX_QUOTE_DEPTH = 5  # deeper quotes are still quotes; each level would copy every line
 
-    def __init__(self):
+    def __init__(self, *, hide: bool = True):
         super().__init__(convert_charrefs=True)
+        self.hide = hide
         self.lines: list[list] = [[0, ""]]  # [quote depth, text] per line
-        self.depth = 0
-        self.hiding: list[str] = []  # the open elements that hide what is inside them
+        self.depth = self.pre = 0
+        self.hidden: tuple[str, int] | None = None  # (the hiding element, its nesting level)
+        self.open: dict[str, int] = {}  # elements open around the text, by name
         self.link: list[str] | None = None  # [address, its text so far]
 
     def _break(self):
@@ -443,17 +448,32 @@ class _TextOfHtml(HTMLParser):
         else:
             self.lines[-1][0] = self.depth
 
+    def _hiding(self, tag: str, opening: bool) -> bool:
+        """Whether `tag` falls inside a hidden element, keeping count of that element's own
+        nesting: only its tag is counted, so nothing is searched."""
+        root, level = self.hidden
+        ends = tag in self.CLOSED_BY.get(root, ()) and level == 1 if opening else False
+        if ends or (not opening and tag != root and self.open.get(tag)):
+            # The browser ends it here (<p> before a block), or an element around it closes
+            # with it still open: what follows shows.
+            self.hidden = None
+            return False
+        if tag == root:
+            level += 1 if opening else -1
+            self.hidden = (root, level) if level else None
+        return True
+
     def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if (
-            self.hiding
-            or tag in self.SKIP
-            or "hidden" in attrs
-            or (self.HIDDEN.search(attrs.get("style") or ""))
-        ):
-            if tag not in self.VOID:
-                self.hiding.append(tag)
+        if self.hidden and self._hiding(tag, True):
             return
+        attrs = dict(attrs)
+        hidden = "hidden" in attrs or self.HIDDEN.search(attrs.get("style") or "")
+        if tag in self.SKIP or (self.hide and hidden):
+            if tag not in self.VOID:
+                self.hidden = (tag, 1)
+            return
+        if tag not in self.VOID:
+            self.open[tag] = self.open.get(tag, 0) + 1
         if tag == "br":
             self.lines.append([self.depth, ""])
         elif tag in self.BLOCKS:
@@ -463,47 +483,71 @@ class _TextOfHtml(HTMLParser):
                 self.lines[-1][0] = self.depth
             elif tag == "li":
                 self.lines[-1][1] = "- "
+            elif tag == "pre":
+                self.pre += 1
         elif tag in ("td", "th") and self.lines[-1][1].strip():
             self.lines[-1][1] += "  "
-        elif tag == "a" and (attrs.get("href") or "").startswith(("http://", "https://")):
-            self.link = [attrs["href"], ""]
+        elif tag == "a":
+            self._link_end()  # an <a> inside another ends it, as in a browser
+            href = (attrs.get("href") or "").strip()
+            if href.lower().startswith(("http://", "https://")):
+                self.link = [href, ""]
 
     def handle_endtag(self, tag):
-        if self.hiding:
-            if tag in self.hiding:  # closes the hiding element, or one left open inside it
-                del self.hiding[len(self.hiding) - 1 - self.hiding[::-1].index(tag) :]
+        if self.hidden and self._hiding(tag, False):
             return
+        if self.open.get(tag):
+            self.open[tag] -= 1
         if tag == "blockquote":
             self.depth = max(self.depth - 1, 0)
+        elif tag == "pre":
+            self.pre = max(self.pre - 1, 0)
         if tag in self.BLOCKS:
             self._break()
-        elif tag == "a" and self.link:
+        elif tag == "a":
+            self._link_end()
+
+    def _link_end(self):
+        if self.link:
             address, text = self.link
             if address not in text:  # "click here" says nothing of where it goes
                 self.lines[-1][1] += f" <{address}>"
-            self.link = None
+        self.link = None
 
     def handle_data(self, data):
-        if self.hiding:
+        if self.hidden:
             return
-        text = re.sub(r"\s+", " ", data)
-        self.lines[-1][1] += text
+        pieces = data.split("\n") if self.pre else [re.sub(r"\s+", " ", data)]
+        for n, piece in enumerate(pieces):
+            if n:  # a line break inside <pre>, whose lines keep their indentation
+                self.lines.append([self.depth, "", True])
+            self.lines[-1][1] += piece
         if self.link:
-            self.link[1] += text
+            self.link[1] += data
 
     def text(self) -> str:
+        self._link_end()  # an <a> left open
         out = []
-        for depth, line in self.lines:
-            line = line.strip()
-            out.append(("> " * depth + line).rstrip() if depth else line)
+        for depth, line, *pre in self.lines:
+            line = "> " * min(depth, self.MAX_QUOTE_DEPTH) + (line if pre else line.strip())
+            out.append(line.rstrip())
         return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 
+HTML_TO_TEXT_LIMIT = 2 * 1024 * 1024  # characters of HTML read for the text: ~1,000 pages
+
+
 def html_to_text(html: str) -> str:
-    parser = _TextOfHtml()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
+    html = html[:HTML_TO_TEXT_LIMIT]
+    for hide in (True, False):
+        # What a sender hid stays hidden, unless that is everything: a hidden element that
+        # never closes would hide the message itself, and "(no text)" helps nobody.
+        parser = _TextOfHtml(hide=hide)
+        parser.feed(html)
+        parser.close()
+        if text := parser.text():
+            return text[:HTML_TO_TEXT_LIMIT]
+    return ""
 
 
 # --- Quotes and signatures --------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from channels_adapters.delivery import message_deliver
-from channels_adapters.email.parsing import NotAnEmail, parse_email, split_reply
+from channels_adapters.email.parsing import NotAnEmail, html_to_text, parse_email, split_reply
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, Conversation, Identity, Message
@@ -103,6 +103,30 @@ class TestParsing:
         assert parsed.quoted.startswith("On Mon, 30 Nov 2026 at 10:00, Acme Support")
         assert "> Please send us a video of the noise." in parsed.quoted
         assert "Preview" not in parsed.text + parsed.quoted
+
+    @pytest.mark.parametrize(
+        ("html", "text"),
+        [
+            # What a browser shows when a hidden element is never closed, or closed for it.
+            (
+                '<p style="display:none">Preview<div>My order never arrived</div>',
+                "My order never arrived",
+            ),
+            ("<head><meta charset=utf-8><title>t</title><body>Body text", "Body text"),
+            ("<ul><li hidden>a<li>b</ul>", "- b"),
+            ("<p>Hi</p><div><span style=display:none>x</div><p>My order</p>", "Hi\nMy order"),
+            ("<div hidden>everything, never closed", "everything, never closed"),  # or nothing
+            ('<pre>Traceback:\n  File "x"\n boom</pre>', 'Traceback:\n  File "x"\n boom'),
+            (
+                '<a href="https://a.example">A<a href="https://b.example">b</a></a>'
+                ' and <a href=" HTTPS://C.example ">c',
+                "A <https://a.example>b <https://b.example> and c <HTTPS://C.example>",
+            ),
+            ("<blockquote>" * 50 + "deep", "> " * 5 + "deep"),  # each level would copy each line
+        ],
+    )
+    def test_html_becomes_the_text_a_browser_would_show(self, html, text):
+        assert html_to_text(html) == text
 
     @pytest.mark.parametrize(
         "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
