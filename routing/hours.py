@@ -73,13 +73,14 @@ def schedule_load(schedule: int | None) -> BusinessHours | None:
     return _with_days().filter(pk=schedule).first() if schedule is not None else None
 
 
-def schedule_for(inbox: Inbox) -> BusinessHours | None:
-    """The schedule that answers for `inbox`: its own, else its default team's; None (always
-    open) when neither has one. Read as schedule_load does."""
+def schedule_for(inbox: Inbox, team_id: int | None = None) -> BusinessHours | None:
+    """The schedule that answers for `inbox`'s conversations in team `team_id` (by default the
+    inbox's own team): the inbox's, else the team's; None (always open) when neither has
+    one. Read as schedule_load does."""
     if inbox.business_hours_id:
         return schedule_load(inbox.business_hours_id)
-    if inbox.default_team_id:
-        return _with_days().filter(teams=inbox.default_team_id).first()
+    if team_id := team_id or inbox.default_team_id:
+        return _with_days().filter(teams=team_id).first()
     return None
 
 

@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
-from routing.hours import is_open, next_opening, schedule_id, schedule_load
+from routing.hours import is_open, next_opening, schedule_for
 from routing.models import AutoReply, SlaClock, TableCache
 from routing.sla import policy_for
 
@@ -125,7 +125,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True))
     # The schedule of the team that answers, as the SLA clock counts: routing may have
     # sent the conversation to a team that keeps other hours than the inbox's own.
-    schedule = schedule_load(schedule_id(inbox, conversation.team_id))
+    schedule = schedule_for(inbox, conversation.team_id)
     opens_at, until = None, ""
     kinds = {template.kind for template in templates}
     if AutoReply.Kind.OUT_OF_OFFICE in kinds and not is_open(schedule, message.created_at):
@@ -136,6 +136,12 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
         kind = AutoReply.Kind.ACKNOWLEDGEMENT
     else:
         return None
+    wait = expected_reply(inbox)
+    if not is_open(schedule, message.created_at):
+        # Acknowledged while the team is closed: the usual time counts from the opening.
+        opening = opens_at or next_opening(schedule, message.created_at)
+        if opening is not None:
+            wait = opening - message.created_at + (wait or timedelta(0))
     customer = conversation.customer
     template = _template_for([t for t in templates if t.kind == kind], customer.language)
     if template is None:
@@ -155,7 +161,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
                 template.body,
                 number=str(conversation.pk),
                 name=customer.name,
-                expected_reply=reply_time_text(expected_reply(inbox)),
+                expected_reply=reply_time_text(wait),
                 opens_at=_local(opens_at, schedule) if opens_at else _("now"),
                 inbox=inbox.name,
             )

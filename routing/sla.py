@@ -90,8 +90,7 @@ class _Context:
             return None
         if self._schedule is ...:
             conversation = self.conversation  # its team now, not its inbox's default team
-            schedule = hours.schedule_id(conversation.inbox, conversation.team_id)
-            self._schedule = hours.schedule_load(schedule)
+            self._schedule = hours.schedule_for(conversation.inbox, conversation.team_id)
         return self._schedule
 
     def start(self, target: str, channel: str) -> SlaClock | None:

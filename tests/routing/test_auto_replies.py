@@ -220,6 +220,22 @@ def test_the_team_a_conversation_was_routed_to_decides_whether_we_are_closed(
     )
 
 
+def test_an_acknowledgement_sent_while_closed_counts_the_wait_from_the_opening(
+    mail_inbox, billing, email_policy
+):
+    billing.business_hours = make_schedule(
+        "Europe/Lisbon", {day: [("09:00", "18:00")] for day in range(5)}
+    )
+    billing.save()
+    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))  # no out-of-office reply
+    with time_machine.travel(utc("2026-01-12 21:00"), tick=False):  # Monday night
+        message = receive(mail_inbox, address="maria@example.com", name="Maria").message
+        Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
+        reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    # Billing opens at 09:00, in 12 hours; then its usual 4 hours: not "within 4 hours".
+    assert reply.text.endswith("usually reply within 16 hours.")
+
+
 def test_an_opted_out_number_gets_no_automatic_reply(client, twilio, sms_inbox, email_policy):
     templates(sms_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
     deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="STOP"))
