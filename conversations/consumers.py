@@ -517,7 +517,7 @@ class VisitorConsumer(LiveConsumer):
         if action == "ping":
             chat.visitor_seen(self.visitor.pk)
             # Agents go offline, hours end: an open widget hears it within one ping.
-            availability = chat.availability(self.inbox)
+            availability = chat.availability_now(self.inbox)
             if availability == self.availability:
                 return None
             self.availability = availability
@@ -603,10 +603,10 @@ class VisitorConsumer(LiveConsumer):
 
         if self.hello_timer:
             self.hello_timer.cancel()
-        if self.visitor is not None:
-            await db(chat.visitor_seen)(self.visitor.pk, opened=-1)
-            await self._tell_agents("closed")
         if self.conversation_id:
             await self.channel_layer.group_discard(
                 conversation_group(self.conversation_id), self.channel_name
             )
+        if self.visitor is not None:
+            await db(chat.visitor_seen)(self.visitor.pk, opened=-1)
+            await self._tell_agents("closed")

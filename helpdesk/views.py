@@ -1,5 +1,6 @@
 """Health and the landing page."""
 
+import asyncio
 import uuid
 
 from asgiref.sync import async_to_sync
@@ -33,7 +34,8 @@ def _check_channel_layer() -> str:
         channel = await layer.new_channel("healthz.")
         token = uuid.uuid4().hex
         await layer.send(channel, {"type": "healthz", "token": token})
-        reply = await layer.receive(channel)
+        # Pub/sub delivers at most once: a lost message must fail the check, not hang it.
+        reply = await asyncio.wait_for(layer.receive(channel), 5)
         if reply.get("token") != token:
             raise RuntimeError("channel layer returned a different message")
 

@@ -220,7 +220,9 @@ class EmailAdapter(Adapter):
             "Reply-To": reply_address(conversation, inbox),
             "X-Loop": loop_marker(inbox),
         }
-        if message.metadata.get("automatic"):  # RFC 3834: other robots must not answer it
+        # RFC 3834: other robots must not answer it. Not a chat follow-up: that carries what
+        # agents wrote, and a customer's mail rules may set aside what says auto-replied.
+        if message.metadata.get("automatic") not in (None, "", "follow_up"):
             headers["Auto-Submitted"] = "auto-replied"
         if last_inbound or thread_ids:
             headers["In-Reply-To"] = f"<{last_inbound or thread_ids[-1]}>"

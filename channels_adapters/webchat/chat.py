@@ -46,6 +46,7 @@ from conversations.services import (
     identity_get_or_create,
     language_normalize,
 )
+from routing.models import ShortCache
 
 VISITOR_SALT = "threadline.webchat.visitor"
 MEDIA_SALT = "threadline.webchat.media"
@@ -500,6 +501,18 @@ def transcript_request(visitor: Visitor, conversation: Conversation) -> Conversa
         )
         transaction.on_commit(lambda: send_transcript.delay(event.pk))
     return event
+
+
+# Asked by every open widget's ping: worked out once per inbox and process every 10 seconds.
+# A save of what it depends on (an agent's availability, hours, a team, an inbox) in this
+# process empties it at once.
+_availability = ShortCache(
+    10, "helpdesk.User", "routing.BusinessHours", "routing.TeamMembership", Inbox
+)
+
+
+def availability_now(inbox: Inbox) -> dict:
+    return _availability.get(inbox.pk, lambda: availability(inbox))
 
 
 def availability(inbox: Inbox, now=None) -> dict:

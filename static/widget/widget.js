@@ -44,7 +44,7 @@
     socket: null, ready: false, everReady: false, retries: 0,
     open: false, fresh: false, waited: false, prechatDone: false,
     rating: 0, transcriptSent: false, afterContact: "", contactForm: null,
-    typingSentAt: 0, timers: {},
+    typingSentAt: 0, timers: {}, atBottom: true,
   };
 
   // --- Small helpers --------------------------------------------------------------------------
@@ -395,8 +395,8 @@
     if (!href) return el("p", { class: "file", text: file.name });
     if (file.image) {
       const image = el("img", { src: href, alt: file.name, loading: "lazy" });
-      // Follow it down if the list was at the bottom before the picture made it taller.
-      image.addEventListener("load", () => stickToBottom(false, image.offsetHeight));
+      // Follow it down if the reader was at the bottom before the picture made it taller.
+      image.addEventListener("load", () => { if (S.atBottom) stickToBottom(true); });
       return el("a", { class: "image", href, target: "_blank", rel: "noopener noreferrer" }, image);
     }
     return el("a", {
@@ -491,10 +491,9 @@
     p.node.remove();
   }
 
-  function stickToBottom(force, grownBy) {
+  function stickToBottom(force) {
     const list = ui.list;
-    const below = list.scrollHeight - list.scrollTop - list.clientHeight - (grownBy || 0);
-    if (force === true || below < 120) {
+    if (force === true || list.scrollHeight - list.scrollTop - list.clientHeight < 120) {
       list.scrollTop = list.scrollHeight;
     }
   }
@@ -754,6 +753,10 @@
       "aria-labelledby": "tl-title",
     }, el("li", { class: "message agent greeting" },
       el("p", { class: "text", text: S.settings.greeting || "" })));
+    ui.list.addEventListener("scroll", () => {
+      const list = ui.list;
+      S.atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 120;
+    });
     ui.typing = el("p", { class: "typing", "aria-live": "polite", hidden: true });
     ui.error = el("p", { class: "error", role: "alert", hidden: true });
 

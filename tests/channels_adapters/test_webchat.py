@@ -476,6 +476,7 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     assert body.startswith("You have not seen our reply in the chat yet, so here it is:")
     assert "Bob:\nYes, until noon." in body
     assert conversation.reply_token in mail["Reply-To"]
+    assert mail["Auto-Submitted"] is None  # Bob's words, not a robot's: her rules must not hide it
     assert conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
     switched = conversation.events.get(kind=ConversationEvent.Kind.CHANNEL)
     assert switched.actor is None  # Threadline moved it to email, not Bob
