@@ -182,7 +182,7 @@ def transcript_send(event_id: int) -> bool:
     """Email a chat's transcript as the customer asked (a CHAT "transcript" event); once."""
     from channels_adapters.email.adapter import EmailAdapter, reply_address, thread_subject
     from channels_adapters.email.parsing import format_address
-    from channels_adapters.webchat.chat import visible_messages
+    from channels_adapters.webchat.chat import files_of, visible_messages
     from conversations.models import Inbox
 
     with transaction.atomic():
@@ -211,7 +211,7 @@ def transcript_send(event_id: int) -> bool:
                 )
                 lines.append(f"[{message.created_at:%Y-%m-%d %H:%M} UTC] {who}:")
                 # A message that was only a file would read as nothing: name the files.
-                files = [f"[{_('File')}: {a.filename}]" for a in message.attachments.all()]
+                files = [f"[{_('File')}: {a.filename}]" for a in files_of(message)]
                 lines += [text for text in (message.text, *files) if text] + [""]
             subject = thread_subject(conversation)
         # From the inbox by name, and answerable: a reply lands in this conversation.

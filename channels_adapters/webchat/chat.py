@@ -17,13 +17,14 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, prefetch_related_objects
 from django.db.models.functions import Greatest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from conversations.models import (
+    Attachment,
     Channel,
     Conversation,
     ConversationEvent,
@@ -314,10 +315,14 @@ def visitor_conversation(visitor: Visitor) -> Conversation | None:
     return conversations.select_related("inbox").order_by("-last_activity_at", "-id").first()
 
 
-def visible_messages(conversation: Conversation | int, *, after: int = 0, limit: int = 500):
+def visible_messages(
+    conversation: Conversation | int, *, after: int = 0, limit: int = 500
+) -> list[Message]:
     """What the customer may read of `conversation`: their messages and our replies on every
-    channel, never notes; emailed copies of chat replies are left out (they saw the original)."""
-    return (
+    channel, never notes; emailed copies of chat replies are left out (they saw the original).
+    Files are read only for the messages that have some (see files_of): most have none, and
+    the widget asks after every message it sends."""
+    messages = list(
         Message.objects.filter(
             conversation=conversation,
             direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND),
@@ -326,9 +331,16 @@ def visible_messages(conversation: Conversation | int, *, after: int = 0, limit:
         .exclude(status=Message.Status.FAILED)
         .exclude(metadata__has_key="follow_up_of")
         .select_related("author")
-        .prefetch_related("attachments")
+        .annotate(has_files=Exists(Attachment.objects.filter(message=OuterRef("pk"))))
         .order_by("id")[:limit]
     )
+    prefetch_related_objects([m for m in messages if m.has_files], "attachments")
+    return messages
+
+
+def files_of(message: Message):
+    """A message's attachments, without a query for one visible_messages found has none."""
+    return message.attachments.all() if getattr(message, "has_files", True) else ()
 
 
 def media_url(attachment) -> str:
@@ -354,7 +366,7 @@ def message_json(message: Message) -> dict:
                 "url": media_url(item) if item.file else "",
                 "image": item.content_type in IMAGE_TYPES,
             }
-            for item in message.attachments.all()
+            for item in files_of(message)
         ],
     }
 

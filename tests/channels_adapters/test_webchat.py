@@ -163,7 +163,7 @@ def test_an_email_that_is_someone_elses_is_not_linked(widget):
     assert visitor.identity.customer != owner.message.conversation.customer
     assert chat.visitor_email(visitor) is None  # nothing is emailed there
     assert "another customer" in chat.visitor_conversation(visitor).flag_reason
-    assert chat.visible_messages(chat.visitor_conversation(visitor)).count() == 1
+    assert len(chat.visible_messages(chat.visitor_conversation(visitor))) == 1
 
 
 def test_a_required_email_is_asked_for_before_the_first_message(widget):
