@@ -507,7 +507,8 @@ def _conversation_context(request, conversation, **extra) -> dict:
 @login_required
 def conversation_detail(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
-    context = _conversation_context(request, conversation)
+    # After a note the composer stays on notes (see conversation_reply).
+    context = _conversation_context(request, conversation, draft_mode=request.GET.get("mode"))
     if request.GET.get("partial") == "timeline":
         return render(request, "inbox/_timeline.html", context)
     # Opening the conversation is reading what it notified about.
@@ -632,7 +633,10 @@ def conversation_reply(request, number: int):
             reattach=reattach,
         )
         return render(request, "inbox/conversation.html", context, status=400)
-    return redirect("inbox:conversation", number=conversation.pk)
+    page = reverse("inbox:conversation", args=[conversation.pk])
+    # After a note, the next line is likely another note: it must not go to the customer
+    # because the composer went back to replies.
+    return redirect(f"{page}?mode=note" if mode == "note" else page)
 
 
 BULK_MAX = 100  # conversations changed by one bulk action (a page shows 50)

@@ -369,12 +369,21 @@ class TestConversation:
     def test_a_note_is_not_sent(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
         client.force_login(bob)
-        client.post(
+        response = client.post(
             reverse("inbox:reply", args=[conversation.pk]),
             {"text": "Internal only", "mode": "note", "seen": 10**9},
+            follow=True,
         )
         note = conversation.messages.get(direction="note")
         assert note.text == "Internal only" and note.status == ""
+        # The composer stays on notes: the next line is not sent to the customer by surprise.
+        assert '<input type="radio" name="mode" value="note" checked>' in response.content.decode()
+        response = client.post(
+            reverse("inbox:reply", args=[conversation.pk]),
+            {"text": "Hello!", "mode": "reply", "seen": 10**9},
+            follow=True,
+        )
+        assert '<input type="radio" name="mode" value="reply" checked>' in response.content.decode()
 
     def test_a_reply_to_a_stale_view_asks_first(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox, text="First")
