@@ -43,6 +43,8 @@ def health_of(inbox) -> str:
                 f"failing: {state.consecutive_failures} polls in a row, last error "
                 f"{state.last_error}"
             )
+        if state.consecutive_failures:  # not "ok": it did not work; admins hear at the third
+            return f"retrying: the last poll failed ({state.last_error})"
     silent_hours = float(config.get("silent_after_hours", 24 if config.get("imap_host") else 0))
     if silent_hours:
         since = inbox.last_received_at or inbox.created_at
@@ -67,7 +69,7 @@ def mailboxes_alert() -> int:
             if state.alerted_at:
                 MailboxState.objects.filter(pk=state.pk).update(alerted_at=None)
             continue
-        if state.alerted_at or not admins:
+        if health.startswith("retrying") or state.alerted_at or not admins:
             continue
         send_mail(
             subject=f"[Threadline] Inbox {inbox.name} needs attention",
