@@ -95,6 +95,14 @@ FIELDS = {
     "hours_since_activity": ("gt", "gte", "lt", "lte"),
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday(day) -> str:
+    """ "mon" or "Monday" is Monday; "monkey" is nothing (it was, cut to three letters)."""
+    day = str(day).strip().lower()
+    return day[:3] if day in WEEKDAY_NAMES else day
+
 
 HELP = (
     "A list of conditions that must all hold, each "
@@ -329,7 +337,7 @@ def _condition(field, op, condition) -> Test:
     if kind == "time":
         return _time(value)
     if kind == "weekday":
-        days = _choices(value, op, WEEKDAYS, "weekday", lambda day: str(day).lower()[:3])
+        days = _choices(value, op, WEEKDAYS, "weekday", _weekday)
         indexes = {WEEKDAYS.index(day) for day in days}
         return _negate(op, lambda facts: facts.local_now.weekday() in indexes)
     if kind == "business_hours":
