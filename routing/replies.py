@@ -215,9 +215,11 @@ def _render(body: str, **values: str) -> str:
 
 
 def _local(at: datetime, schedule) -> str:
-    """“Monday 5 January, 09:00”, in the schedule's time zone and the active language."""
+    """“Monday 5 January, 09:00 WET”, in the schedule's time zone (named: the customer may
+    live in another) and the active language."""
     from zoneinfo import ZoneInfo
 
     zone = ZoneInfo(schedule.timezone) if schedule else timezone.get_default_timezone()
     local = at.astimezone(zone)
-    return f"{formats.date_format(local, 'l j F')}, {formats.time_format(local, 'H:i')}"
+    when = f"{formats.date_format(local, 'l j F')}, {formats.time_format(local, 'H:i')}"
+    return f"{when} {local.tzname()}"

@@ -191,8 +191,8 @@ def test_an_sms_out_of_hours_gets_the_out_of_office_reply_once_per_closed_spell(
     number = first.conversation_id
     bodies = [call.form()["Body"][0] for call in twilio.calls()]
     assert bodies == [
-        f"We are closed until Monday 12 January, 09:00. Your request is #{number}.",
-        f"We are closed until Tuesday 13 January, 09:00. Your request is #{number}.",
+        f"We are closed until Monday 12 January, 09:00 WET. Your request is #{number}.",
+        f"We are closed until Tuesday 13 January, 09:00 WET. Your request is #{number}.",
     ]
     assert [m.metadata["automatic"] for m in replies(first.conversation)] == ["out_of_office"] * 2
 
@@ -216,7 +216,7 @@ def test_the_team_a_conversation_was_routed_to_decides_whether_we_are_closed(
         Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
         reply = Message.objects.get(pk=auto_reply(message.pk, True))
     assert reply.text == AWAY.format(
-        opens_at="Tuesday 13 January, 09:00", number=message.conversation_id
+        opens_at="Tuesday 13 January, 09:00 WET", number=message.conversation_id
     )
 
 
