@@ -8,7 +8,8 @@ Each target being measured is a SlaClock row on the conversation:
 
 Clocks count business hours when their policy says so (the inbox's schedule, else its team's;
 see routing.hours), and pause while the conversation is pending, which is how an agent says
-"waiting on the customer": their reply resumes them. Snoozing does not pause anything: a
+"waiting on the customer": their reply resumes them. A first response never pauses: before
+any reply nobody waits on the customer. Snoozing does not pause anything: a
 conversation set aside is still ours to answer. A clock stopped before its target is met;
 one that ran out is breached, and stays breached. Resolving a conversation without a reply
 stops its response clocks as not measured.
@@ -216,7 +217,9 @@ def sla_agent_replied(*, conversation: Conversation, now: datetime) -> None:
 
 
 def sla_status_changed(*, conversation: Conversation, previous: str, now: datetime) -> None:
-    """Pending pauses every clock, back to open resumes them, resolved or closed stops them."""
+    """Pending pauses the clocks (not a first response: before any reply, nothing waits on
+    the customer, and pending would hide a breach); back to open resumes them; resolved or
+    closed stops them."""
     status = conversation.status
     clocks = list(_unstopped(conversation))
     if not clocks or status == previous:
@@ -226,6 +229,8 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
         if status in (Status.RESOLVED, Status.CLOSED):
             context.stop(clock, answered=clock.target == Target.RESOLUTION)
         elif status == Status.PENDING and clock.running_since is not None:
+            if clock.target == Target.FIRST_RESPONSE:
+                continue  # nobody has answered yet: we are not waiting on the customer
             context.pause(clock)
         elif status != Status.PENDING and clock.running_since is None:
             context.run(clock, clock.policy)

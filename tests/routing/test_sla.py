@@ -141,6 +141,20 @@ def test_waiting_on_the_customer_pauses_the_clocks_and_their_reply_resumes_them(
     assert due(conversation) == utc("2026-01-14 14:00")
 
 
+def test_pending_without_a_reply_does_not_pause_the_first_response(
+    mail_inbox, hours, policies, bob
+):
+    """Nobody answered: setting it pending would hide the wait, and the breach."""
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="pending", actor=bob)
+    assert clock(conversation, FIRST).state == "running"
+    assert clock(conversation, RESOLUTION).state == "paused"
+    with time_machine.travel(utc("2026-01-12 15:00"), tick=False):
+        sla_sweep()
+    assert clock(conversation, FIRST).breached_at == utc("2026-01-12 14:00")  # 4 working hours
+
+
 def test_warnings_and_breaches_are_announced_once_to_the_assignee_and_the_leads(
     mail_inbox, hours, policies, bob, lead
 ):
