@@ -104,9 +104,13 @@ VIEWS = {
 SORTS = {
     "activity": ("Last activity", [("last_activity_at", True), ("id", True)]),
     # These two list only what they sort by: conversations waiting, or with an SLA target.
-    "waiting": ("Waiting, longest first", [("waiting_since", False), ("id", False)]),
+    # The labels say so: a list that quietly showed 1 of 4 would look like lost work.
+    "waiting": (
+        "Waiting on us, longest first (only those)",
+        [("waiting_since", False), ("id", False)],
+    ),
     "priority": ("Priority", [("priority", True), ("last_activity_at", True), ("id", True)]),
-    "sla": ("SLA target, due first", [("sla_due_at", False), ("id", False)]),
+    "sla": ("SLA due first (only those with a target)", [("sla_due_at", False), ("id", False)]),
 }
 
 

@@ -250,6 +250,13 @@ class TestList:
         assert ">3 h ago</time>" in rows
         assert f">{timezone.localtime(old.last_activity_at):%-d %b %Y}</time>" in rows
 
+    def test_the_sorts_that_leave_conversations_out_say_so(self, client, bob, chat_inbox):
+        chat(chat_inbox)
+        client.force_login(bob)
+        page = client.get("/inbox/?view=teams&sort=sla").content.decode()
+        assert '<option value="sla" selected>SLA due first (only those with a target)' in page
+        assert "Waiting on us, longest first (only those)" in page
+
     def test_a_row_previews_the_last_message_and_says_when_a_reply_failed(
         self, client, bob, chat_inbox
     ):
