@@ -463,6 +463,9 @@ def _conversation_context(request, conversation, **extra) -> dict:
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
     identities = identities_to_write_to(conversation.customer)
+    # Where the customer is, but no reply can go (an API integration): said, not just "none".
+    unreachable = {i.get_kind_display() for i in conversation.customer.identities.all()}
+    unreachable -= {i.get_kind_display() for i in identities}
     default = services.identity_for_reply(conversation)
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
     return {
@@ -470,6 +473,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "timeline": timeline,
         "seen": seen,
         "identities": identities,
+        "unreachable": sorted(unreachable),
         "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
         # The team's agents and the admins, and whoever holds it now (from another team, say):

@@ -537,6 +537,7 @@ class TestConversation:
         page = client.get(f"/inbox/{api.pk}/").content.decode()
         assert '<input type="radio" name="mode" value="reply" disabled>' in page
         assert '<input type="radio" name="mode" value="note" checked>' in page
+        assert "Replies cannot be sent on API:" in page  # why, where the address shows
 
     def test_a_snooze_time_without_the_snoozed_status_changes_nothing_and_says_so(
         self, client, bob, chat_inbox
