@@ -125,13 +125,62 @@ class IdentityAdmin(admin.ModelAdmin):
 # --- Inboxes --------------------------------------------------------------------------------
 
 
+# What an email inbox's settings may say (README, "Connect a real mailbox"), and how to check it.
+EMAIL_SETTINGS = {
+    "imap_host": str,
+    "imap_port": "port",
+    "imap_ssl": bool,
+    "imap_username": str,
+    "imap_folder": str,
+    "imap_after": str,
+    "smtp_host": str,
+    "smtp_port": "port",
+    "smtp_username": str,
+    "smtp_use_tls": bool,
+    "smtp_use_ssl": bool,
+    "smtp_timeout": "seconds",
+    "silent_after_hours": "hours",
+}
+
+
+def _email_settings_problems(settings) -> list[str]:
+    """Why these email settings would not work, in sentences an admin can act on."""
+    if not isinstance(settings, dict):
+        return ["Settings must be a JSON object."]
+    problems = []
+    for key, value in settings.items():
+        kind = EMAIL_SETTINGS.get(key)
+        if any(word in key for word in ("password", "secret", "token")):
+            problems.append(f"{key} goes in Replace credentials, which are never shown again.")
+        elif kind is None:
+            known = ", ".join(EMAIL_SETTINGS)
+            problems.append(f"Unknown setting {key!r}; an email inbox knows {known}.")
+        elif kind is bool and not isinstance(value, bool):
+            problems.append(f"{key} is true or false, not {value!r}.")
+        elif kind is str and not (isinstance(value, str) and value.strip()):
+            problems.append(f"{key} is a text value, not {value!r}.")
+        elif kind == "port" and not (isinstance(value, int) and 0 < value < 65536):
+            problems.append(f"{key} is a port number from 1 to 65535, not {value!r}.")
+        elif kind in ("seconds", "hours") and not (
+            isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        ):
+            problems.append(f"{key} is a number of {kind}, not {value!r}.")
+    after = settings.get("imap_after", "seen")
+    if isinstance(after, str) and not (after == "seen" or after.startswith("move:")):
+        problems.append(f'imap_after is "seen" or "move:<folder>", not {after!r}.')
+    if settings.get("smtp_use_tls") is True and settings.get("smtp_use_ssl") is True:
+        problems.append("Use smtp_use_tls (STARTTLS, port 587) or smtp_use_ssl (port 465).")
+    return problems
+
+
 class InboxForm(forms.ModelForm):
     """Credentials are write-only: the form shows which keys are set, never their values."""
 
     new_credentials = forms.JSONField(
         required=False,
         label="Replace credentials",
-        help_text="A JSON object of provider credentials. Leave empty to keep the current ones.",
+        help_text='A JSON object of provider credentials, e.g. {"imap_password": "..."}. '
+        "The keys given replace those set; null removes one. Leave empty to keep them all.",
         widget=forms.Textarea(attrs={"rows": 3}),
     )
 
@@ -220,9 +269,19 @@ class InboxForm(forms.ModelForm):
             raise ValidationError("Credentials must be a JSON object.")
         return value
 
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("kind") == Channel.EMAIL:
+            problems = _email_settings_problems(cleaned.get("settings") or {})
+            if problems:
+                self.add_error("settings", problems)
+        return cleaned
+
     def save(self, commit=True):
-        if self.cleaned_data.get("new_credentials") is not None:
-            self.instance.credentials = self.cleaned_data["new_credentials"]
+        if (given := self.cleaned_data.get("new_credentials")) is not None:
+            # Key by key: setting the IMAP password keeps the SMTP one. null removes a key.
+            credentials = {**(self.instance.credentials or {}), **given}
+            self.instance.credentials = {k: v for k, v in credentials.items() if v is not None}
         if self.instance.kind == Channel.WEBCHAT:
             settings = dict(self.instance.settings or {})
             for name, value in self.cleaned_data.items():

@@ -1,6 +1,8 @@
 """Every admin page renders for a superuser with data present, in a number of queries that
 does not grow with the number of rows."""
 
+import json
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group
@@ -144,6 +146,54 @@ def test_inbox_credentials_are_write_only(client, alice, chat_inbox):
     chat_inbox.refresh_from_db()
     assert chat_inbox.name == "Chat"
     assert chat_inbox.credentials == {"api_key": "sk_live_very_secret"}
+
+
+@pytest.mark.django_db
+def test_an_email_inbox_s_settings_are_checked_and_credentials_set_key_by_key(
+    client, alice, mail_inbox
+):
+    mail_inbox.credentials = {"smtp_password": "smtp-secret"}
+    mail_inbox.save()
+    client.force_login(alice)
+    url = reverse("admin:conversations_inbox_change", args=[mail_inbox.pk])
+    form = {"name": "Support email", "kind": "email", "address": "support@acme.example"}
+    form |= {"default_team": mail_inbox.default_team_id, "is_active": "on"}
+    form |= {"auto_replies-TOTAL_FORMS": 0, "auto_replies-INITIAL_FORMS": 0}  # its inline
+
+    bad = {
+        "imap_hots": "imap.example.com",
+        "imap_port": "nine",
+        "smtp_use_tls": "maybe",
+        "imap_password": "hunter2",
+    }
+    response = client.post(url, form | {"settings": json.dumps(bad), "new_credentials": ""})
+    assert response.status_code == 200  # the form again, saying what is wrong
+    html = response.content.decode()
+    assert "Unknown setting &#x27;imap_hots&#x27;" in html
+    assert "imap_port is a port number from 1 to 65535, not &#x27;nine&#x27;" in html
+    assert "smtp_use_tls is true or false, not &#x27;maybe&#x27;" in html
+    assert "imap_password goes in Replace credentials" in html
+    mail_inbox.refresh_from_db()
+    assert mail_inbox.settings == {}
+
+    good = {"imap_host": "imap.example.com", "imap_port": 993, "smtp_use_tls": True}
+    credentials = json.dumps({"imap_password": "imap-secret"})
+    response = client.post(
+        url, form | {"settings": json.dumps(good), "new_credentials": credentials}
+    )
+    assert response.status_code == 302
+    mail_inbox.refresh_from_db()
+    assert mail_inbox.settings == good
+    # The IMAP password is added; the SMTP one set before stays.
+    assert mail_inbox.credentials == {
+        "smtp_password": "smtp-secret",
+        "imap_password": "imap-secret",
+    }
+    client.post(
+        url, form | {"settings": json.dumps(good), "new_credentials": '{"smtp_password": null}'}
+    )
+    mail_inbox.refresh_from_db()
+    assert mail_inbox.credentials == {"imap_password": "imap-secret"}
 
 
 @pytest.mark.django_db
