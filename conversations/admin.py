@@ -401,11 +401,19 @@ class InboxAdmin(admin.ModelAdmin):
 
         from channels_adapters.views import WEBHOOK_CHANNELS
 
+        base = settings.PUBLIC_URL or "https://<PUBLIC_URL>"
+        if inbox.pk and inbox.kind == Channel.EMAIL:
+            url = base + reverse("email-inbound", args=[inbox.pk])
+            return format_html(
+                "<code>{}</code><br>For a mail service that forwards by HTTP: POST the raw "
+                "message (Content-Type: message/rfc822) with the header Authorization: Bearer "
+                "and the inbox secret. Or poll IMAP (settings imap_host…), or pipe from your MTA "
+                "(manage.py ingest_email): see the README.",
+                url,
+            )
         if not inbox.pk or inbox.kind not in WEBHOOK_CHANNELS:
             return "-"
-        url = (settings.PUBLIC_URL or "https://<PUBLIC_URL>") + reverse(
-            "webhook", args=[inbox.kind, inbox.pk]
-        )
+        url = base + reverse("webhook", args=[inbox.kind, inbox.pk])
         where = {
             "sms": "Twilio console → the phone number → Messaging → 'A message comes in' "
             "(HTTP POST). Credentials: auth_token; settings: account_sid.",

@@ -255,3 +255,8 @@ def test_a_provider_inbox_shows_the_webhook_url_to_paste(client, alice, settings
     assert f"https://help.acme.example/channels/messenger/{inbox.pk}/webhook".encode() in html
     assert b"verify_token" in html
     assert b"app-secret-value-7f3" not in html
+
+    mail = Inbox.objects.create(name="Mail", kind="email", address="help@acme.example")
+    html = client.get(reverse("admin:conversations_inbox_change", args=[mail.pk])).content
+    assert f"https://help.acme.example/channels/email/{mail.pk}/mime".encode() in html
+    assert mail.secret.encode() not in html
