@@ -698,6 +698,25 @@ class SlaPolicy(models.Model):
             self.resolution_minutes
         ):
             raise ValidationError(_("Set at least one target."))
+        shortest = min(
+            m
+            for m in (
+                self.first_response_minutes,
+                self.next_response_minutes,
+                self.resolution_minutes,
+            )
+            if m
+        )
+        if self.warn_minutes is not None and self.warn_minutes >= shortest:
+            # A warning due before the clock even starts would come with every message.
+            raise ValidationError(
+                {
+                    "warn_minutes": _(
+                        "Warn fewer minutes ahead than the shortest target (%(n)s minutes)."
+                    )
+                    % {"n": shortest}
+                }
+            )
         same = SlaPolicy.objects.filter(
             is_active=True, channel=self.channel, priority=self.priority
         ).exclude(pk=self.pk)

@@ -327,6 +327,10 @@ def test_the_conversation_page_shows_how_each_target_ended(
     [
         ({"first_response_minutes": ""}, "Set at least one target."),
         ({"channel": "email"}, "“Email” already covers this channel and priority"),
+        (
+            {"first_response_minutes": "10", "warn_minutes": "120"},
+            "Warn fewer minutes ahead than the shortest target (10 minutes).",
+        ),
     ],
 )
 def test_the_admin_refuses_a_policy_that_measures_nothing_or_overlaps(
