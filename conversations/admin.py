@@ -173,10 +173,17 @@ def _email_settings_problems(settings) -> list[str]:
     return problems
 
 
+class _BlankJSONField(forms.JSONField):
+    """Empty until something is typed: the credentials it replaces are never shown."""
+
+    def prepare_value(self, value):
+        return "" if value is None else super().prepare_value(value)
+
+
 class InboxForm(forms.ModelForm):
     """Credentials are write-only: the form shows which keys are set, never their values."""
 
-    new_credentials = forms.JSONField(
+    new_credentials = _BlankJSONField(
         required=False,
         label="Replace credentials",
         help_text='A JSON object of provider credentials, e.g. {"imap_password": "..."}. '

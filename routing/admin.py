@@ -82,6 +82,8 @@ class ConditionsField(forms.JSONField):
     """Shown one condition per line, so that a long list stays readable."""
 
     def prepare_value(self, value):
+        if value is None:  # a new rule: an empty list to fill in, not "null"
+            return "[]"
         if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             lines = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in value)
             return f"[\n{lines}\n]"

@@ -260,3 +260,12 @@ def test_a_provider_inbox_shows_the_webhook_url_to_paste(client, alice, settings
     html = client.get(reverse("admin:conversations_inbox_change", args=[mail.pk])).content
     assert f"https://help.acme.example/channels/email/{mail.pk}/mime".encode() in html
     assert mail.secret.encode() not in html
+
+
+@pytest.mark.django_db
+def test_new_rules_automations_and_macros_start_with_an_empty_list_not_null(client, alice):
+    client.force_login(alice)
+    for page in ("routing_routingrule_add", "routing_automation_add", "routing_macro_add"):
+        html = client.get(reverse(f"admin:{page}")).content.decode()
+        assert ">\n[]</textarea>" in html or ">[]</textarea>" in html, page
+        assert ">\nnull</textarea>" not in html and ">null</textarea>" not in html, page
