@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from conversations import services
@@ -446,6 +447,16 @@ class InboxAdmin(admin.ModelAdmin):
 
     @admin.action(description="Rotate secret (shown once)")
     def rotate_secret(self, request, queryset):
+        if request.POST.get("confirmed") != "yes":  # what breaks until the new one is pasted
+            return TemplateResponse(
+                request,
+                "admin/conversations/inbox/rotate_secret.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "inboxes": queryset,
+                    "title": "Rotate the secret?",
+                },
+            )
         for inbox in queryset:
             inbox.secret = new_secret()
             inbox.save(update_fields=["secret"])

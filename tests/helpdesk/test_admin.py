@@ -269,3 +269,21 @@ def test_new_rules_automations_and_macros_start_with_an_empty_list_not_null(clie
         html = client.get(reverse(f"admin:{page}")).content.decode()
         assert ">\n[]</textarea>" in html or ">[]</textarea>" in html, page
         assert ">\nnull</textarea>" not in html and ">null</textarea>" not in html, page
+
+
+@pytest.mark.django_db
+def test_rotating_an_inbox_secret_asks_first(client, alice, mail_inbox):
+    old = mail_inbox.secret
+    client.force_login(alice)
+    url = reverse("admin:conversations_inbox_changelist")
+    chosen = {"action": "rotate_secret", "_selected_action": [mail_inbox.pk]}
+    response = client.post(url, chosen)
+    assert response.status_code == 200
+    assert "mail forwarded to its HTTP endpoint" in response.content.decode()
+    mail_inbox.refresh_from_db()
+    assert mail_inbox.secret == old  # nothing yet
+
+    response = client.post(url, chosen | {"confirmed": "yes"}, follow=True)
+    mail_inbox.refresh_from_db()
+    assert mail_inbox.secret != old
+    assert f"New secret for {mail_inbox}: {mail_inbox.secret}" in response.content.decode()
