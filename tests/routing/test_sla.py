@@ -155,6 +155,17 @@ def test_pending_without_a_reply_does_not_pause_the_first_response(
     assert clock(conversation, FIRST).breached_at == utc("2026-01-12 14:00")  # 4 working hours
 
 
+def test_no_response_target_runs_where_no_reply_can_go(billing_inbox, policies):
+    """An API integration's messages cannot be answered from the inbox: a response clock
+    there would breach, and alert the leads, every time. Its resolution is still timed."""
+    SlaPolicy.objects.create(
+        name="Everything else", first_response_minutes=15, resolution_minutes=600
+    )
+    conversation = receive(billing_inbox, address="c-9").message.conversation
+    targets = set(conversation.sla_clocks.values_list("target", flat=True))
+    assert targets == {RESOLUTION}
+
+
 def test_warnings_and_breaches_are_announced_once_to_the_assignee_and_the_leads(
     mail_inbox, hours, policies, bob, lead
 ):
