@@ -1185,8 +1185,10 @@ def note_add(
     author,
     text: str,
     attachments: tuple[InboundAttachment, ...] = (),
+    automation: str = "",
 ) -> Message:
-    """An internal note: visible to agents only, never sent to the customer."""
+    """An internal note: visible to agents only, never sent to the customer. `automation`
+    names the automation that wrote it, when no agent did."""
     if not (text.strip() or attachments):
         raise ValidationError("A note needs text or an attachment.")
     with transaction.atomic():
@@ -1198,6 +1200,7 @@ def note_add(
             inbox=conversation.inbox,
             author=author,
             text=text,
+            metadata={"automation": automation} if automation else {},
         )
         attachments_store(message, attachments)
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())

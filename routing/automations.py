@@ -368,7 +368,9 @@ def _do_note(action, conversation, actor, source):
     text = canned_render(
         action.text, conversation=conversation, agent=_signature(conversation, actor)
     )
-    services.note_add(conversation=conversation, author=actor, text=text)
+    # Signed by the automation when it wrote the note, not by the inbox.
+    automation = "" if actor else source
+    services.note_add(conversation=conversation, author=actor, text=text, automation=automation)
     return "added a note"
 
 

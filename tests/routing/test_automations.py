@@ -226,7 +226,7 @@ def test_a_canned_reply_goes_out_signed_by_the_assignee_and_answers_nobody(mail_
     assert conversation.waiting_since is not None
 
 
-def test_notes_statuses_and_snoozes(mail_inbox, bob):
+def test_notes_statuses_and_snoozes(client, mail_inbox, bob):
     conversation = arrive(mail_inbox)
     services.conversation_assign(conversation=conversation, assignee=bob)
     automation(
@@ -237,6 +237,9 @@ def test_notes_statuses_and_snoozes(mail_inbox, bob):
     automations_run(conversation=conversation, event="sla_warning")
     note = conversation.messages.get(direction=Message.Direction.NOTE)
     assert (note.text, note.author) == ("Bob: the customer Ana Lima waits", None)
+    client.force_login(bob)  # the timeline signs it with the automation, not the inbox
+    page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    assert "<strong>Automation “On sla_warning”</strong>" in page
 
     automations_run(conversation=conversation, event="sla_breach")
     conversation.refresh_from_db()
