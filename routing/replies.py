@@ -137,8 +137,9 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     else:
         return None
     wait = expected_reply(inbox)
-    if not is_open(schedule, message.created_at):
-        # Acknowledged while the team is closed: the usual time counts from the opening.
+    if kind == AutoReply.Kind.ACKNOWLEDGEMENT and not is_open(schedule, message.created_at):
+        # Acknowledged while the team is closed: the usual time counts from the opening. (An
+        # out-of-office reply says when we open, and its "{expected_reply}" follows that.)
         opening = opens_at or next_opening(schedule, message.created_at)
         if opening is not None:
             wait = opening - message.created_at + (wait or timedelta(0))

@@ -24,6 +24,7 @@ from tests.routing.test_business_hours import make_schedule
 ACK = "Hi {name}, we have your message (#{number}) and usually reply within {expected_reply}."
 ACK_PT = "Olá {name}, recebemos a sua mensagem (#{number}); respondemos em {expected_reply}."
 AWAY = "We are closed until {opens_at}. Your request is #{number}."
+AWAY_THEN = "Closed until {opens_at}; then we usually reply within {expected_reply}."
 
 
 def utc(text: str) -> datetime:
@@ -234,6 +235,23 @@ def test_an_acknowledgement_sent_while_closed_counts_the_wait_from_the_opening(
         reply = Message.objects.get(pk=auto_reply(message.pk, True))
     # Billing opens at 09:00, in 12 hours; then its usual 4 hours: not "within 4 hours".
     assert reply.text.endswith("usually reply within 16 hours.")
+
+
+def test_the_out_of_office_reply_s_expected_time_counts_from_the_opening_it_names(
+    mail_inbox, billing, email_policy
+):
+    billing.business_hours = make_schedule(
+        "Europe/Lisbon", {day: [("09:00", "18:00")] for day in range(5)}
+    )
+    billing.save()
+    templates(mail_inbox, (AutoReply.Kind.OUT_OF_OFFICE, "", AWAY_THEN))
+    with time_machine.travel(utc("2026-01-12 21:00"), tick=False):
+        message = receive(mail_inbox, address="maria@example.com").message
+        Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
+        reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    assert reply.text == (
+        "Closed until Tuesday 13 January, 09:00 WET; then we usually reply within 4 hours."
+    )
 
 
 def test_an_opted_out_number_gets_no_automatic_reply(client, twilio, sms_inbox, email_policy):
