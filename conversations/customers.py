@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
-from channels_adapters.registry import adapter_for
+from channels_adapters.registry import sending_adapter
 from conversations import services
 from conversations.models import OPAQUE_ADDRESSES, Channel, Identity
 from conversations.selectors import (
@@ -79,7 +79,7 @@ def identities_to_write_to(customer) -> list[Identity]:
     each with what that channel takes in files, for the composer."""
     identities = []
     for identity in customer.identities.all():
-        if (adapter := adapter_for(identity.kind)) and adapter.capabilities.can_send:
+        if adapter := sending_adapter(identity.kind):
             identity.files_hint = adapter.attachments_hint()
             identities.append(identity)
     return identities

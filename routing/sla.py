@@ -179,6 +179,8 @@ def sla_customer_wrote(
     """A customer message arrived (already routed, when it opened the conversation). Starts
     what it starts and resumes what waited on the customer. Automatic mail (auto-replies, list
     mail) asks nothing of us and starts nothing."""
+    from channels_adapters.registry import sending_adapter  # which imports the services
+
     if message.metadata.get("automated"):
         return
     context = _Context(conversation, now)
@@ -189,7 +191,9 @@ def sla_customer_wrote(
             changed.append(clock)
     if opened or previous_status in (Status.RESOLVED, Status.CLOSED):
         changed.append(context.start(Target.RESOLUTION, conversation.inbox.kind))
-    if not was_waiting and _answerable(message.channel):
+    # No response target where agents cannot reply (an API integration): it would breach, and
+    # alert the leads, every time, whatever anyone did.
+    if not was_waiting and sending_adapter(message.channel):
         target = Target.NEXT_RESPONSE if conversation.first_response_at else Target.FIRST_RESPONSE
         if opened or not _unstopped(conversation, *RESPONSES).exists():
             changed.append(context.start(target, message.channel))
@@ -202,15 +206,6 @@ def sla_customer_wrote(
         conversation.sla_due_at = min((c.due_at for c in changed if c.due_at), default=None)
     else:
         sla_due_set(conversation)
-
-
-def _answerable(channel: str) -> bool:
-    """Can an agent reply on `channel`? A response target on one that cannot (an API
-    integration) would breach, and alert the leads, every time, whatever anyone did."""
-    from channels_adapters.registry import adapter_for
-
-    adapter = adapter_for(channel)
-    return adapter is not None and adapter.capabilities.can_send
 
 
 def sla_agent_replied(*, conversation: Conversation, now: datetime) -> None:
