@@ -126,9 +126,10 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     # The schedule of the team that answers, as the SLA clock counts: routing may have
     # sent the conversation to a team that keeps other hours than the inbox's own.
     schedule = schedule_for(inbox, conversation.team_id)
+    closed = not is_open(schedule, message.created_at)
     opens_at, until = None, ""
     kinds = {template.kind for template in templates}
-    if AutoReply.Kind.OUT_OF_OFFICE in kinds and not is_open(schedule, message.created_at):
+    if AutoReply.Kind.OUT_OF_OFFICE in kinds and closed:
         kind = AutoReply.Kind.OUT_OF_OFFICE
         opens_at = next_opening(schedule, message.created_at)
         until = opens_at.isoformat() if opens_at else "never"
@@ -137,11 +138,10 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     else:
         return None
     wait = expected_reply(inbox)
-    if kind == AutoReply.Kind.ACKNOWLEDGEMENT and not is_open(schedule, message.created_at):
+    if kind == AutoReply.Kind.ACKNOWLEDGEMENT and closed:
         # Acknowledged while the team is closed: the usual time counts from the opening. (An
         # out-of-office reply says when we open, and its "{expected_reply}" follows that.)
-        opening = opens_at or next_opening(schedule, message.created_at)
-        if opening is not None:
+        if (opening := next_opening(schedule, message.created_at)) is not None:
             wait = opening - message.created_at + (wait or timedelta(0))
     customer = conversation.customer
     template = _template_for([t for t in templates if t.kind == kind], customer.language)
