@@ -491,9 +491,14 @@
     p.node.remove();
   }
 
+  function nearBottom() {
+    const list = ui.list;
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 120;
+  }
+
   function stickToBottom(force) {
     const list = ui.list;
-    if (force === true || list.scrollHeight - list.scrollTop - list.clientHeight < 120) {
+    if (force === true || nearBottom()) {
       list.scrollTop = list.scrollHeight;
     }
   }
@@ -753,10 +758,7 @@
       "aria-labelledby": "tl-title",
     }, el("li", { class: "message agent greeting" },
       el("p", { class: "text", text: S.settings.greeting || "" })));
-    ui.list.addEventListener("scroll", () => {
-      const list = ui.list;
-      S.atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 120;
-    });
+    ui.list.addEventListener("scroll", () => { S.atBottom = nearBottom(); });
     ui.typing = el("p", { class: "typing", "aria-live": "polite", hidden: true });
     ui.error = el("p", { class: "error", role: "alert", hidden: true });
 
