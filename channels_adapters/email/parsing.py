@@ -452,7 +452,7 @@ class _TextOfHtml(HTMLParser):
         """Whether `tag` falls inside a hidden element, keeping count of that element's own
         nesting: only its tag is counted, so nothing is searched."""
         root, level = self.hidden
-        ends = tag in self.CLOSED_BY.get(root, ()) and level == 1 if opening else False
+        ends = opening and level == 1 and tag in self.CLOSED_BY.get(root, ())
         if ends or (not opening and tag != root and self.open.get(tag)):
             # The browser ends it here (<p> before a block), or an element around it closes
             # with it still open: what follows shows.
