@@ -95,13 +95,14 @@ class ShortCache:
     between may have read the rows as they were); other processes see the change within
     `seconds`. Unlike TableCache it asks the database nothing while it holds a value.
 
+    `models` are classes, or "app_label.Model" where importing the class would be circular.
     At most MAX_KEYS keys: made-up keys (a webhook's inbox id) cannot grow it without bound.
     A `build` that raises caches nothing. Tests empty every instance (`clear_all`)."""
 
     MAX_KEYS = 1000
     instances: list["ShortCache"] = []
 
-    def __init__(self, seconds: float, *models: type[models.Model]):
+    def __init__(self, seconds: float, *models: type[models.Model] | str):
         self.seconds = seconds
         self._held: dict = {}  # key -> (expires, value)
         ShortCache.instances.append(self)
