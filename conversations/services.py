@@ -623,6 +623,16 @@ def conversation_start(
 
 
 def _conversation_create(*, inbox, customer, subject="", actor=None, **event_data):
+    conversation, created = _conversation_insert(inbox, customer, subject, actor, **event_data)
+    created.save()
+    return conversation
+
+
+def _conversation_insert(
+    inbox, customer, subject, actor=None, **event_data
+) -> tuple[Conversation, ConversationEvent]:
+    """The new conversation, stored, and its "created" event, not yet: message_receive writes
+    it with the other events of the message, in one INSERT."""
     if customer.merged_into_id:
         raise ValidationError("This customer was merged into another; use that profile.")
     conversation = Conversation.objects.create(
@@ -632,8 +642,10 @@ def _conversation_create(*, inbox, customer, subject="", actor=None, **event_dat
         team=inbox.default_team,
         last_activity_at=timezone.now(),
     )
-    _event(conversation, ConversationEvent.Kind.CREATED, actor, **event_data)
-    return conversation
+    created = ConversationEvent(
+        conversation=conversation, kind=ConversationEvent.Kind.CREATED, actor=actor, data=event_data
+    )
+    return conversation, created
 
 
 # --- Inbound ---------------------------------------------------------------------------------
@@ -733,20 +745,24 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     elif not inbound.force_new_conversation:
         conversation = _conversation_to_continue(inbox, customer, identity)
 
+    # The message's events, written together once the conversation is saved.
+    events: list[ConversationEvent] = []
     if conversation is None:
-        conversation = _conversation_create(
-            inbox=inbox, customer=customer, subject=inbound.subject, channel=inbound.channel
+        conversation, created = _conversation_insert(
+            inbox, customer, inbound.subject, channel=inbound.channel
         )
+        events.append(created)
         opened = True
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
     previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
     if not opened and conversation.status != Status.OPEN and not inbound.echo:
-        _event(
-            conversation,
-            ConversationEvent.Kind.REOPENED,
-            previous=conversation.status,
-            reason="customer_replied",
+        events.append(
+            ConversationEvent(
+                conversation=conversation,
+                kind=ConversationEvent.Kind.REOPENED,
+                data={"previous": conversation.status, "reason": "customer_replied"},
+            )
         )
         conversation.status = Status.OPEN
         conversation.snoozed_until = None
@@ -789,10 +805,10 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     if opened and not inbound.echo:
         # Routing rules and auto-assignment, in this transaction and before agents hear of
         # the conversation, so that nobody sees it unrouted. They set team, priority and
-        # assignee on `conversation`, which is saved just below.
+        # assignee on `conversation`, which is saved just below, and return their events.
         from routing.services import conversation_route
 
-        conversation_route(conversation=conversation, message=message)
+        events += conversation_route(conversation=conversation, message=message)
     if not inbound.echo:
         sla_customer_wrote(
             conversation=conversation,
@@ -810,12 +826,14 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         seen["last_seen_at"] = now
     if inbound.opt_out is not None and bool(identity.opted_out_at) != inbound.opt_out:
         seen["opted_out_at"] = now if inbound.opt_out else None
-        _event(
-            conversation,
-            ConversationEvent.Kind.CONSENT,
-            address=identity.address,
-            opted_out=inbound.opt_out,
+        events.append(
+            ConversationEvent(
+                conversation=conversation,
+                kind=ConversationEvent.Kind.CONSENT,
+                data={"address": identity.address, "opted_out": inbound.opt_out},
+            )
         )
+    ConversationEvent.objects.bulk_create(events)
     if seen:
         Identity.objects.filter(pk=identity.pk).update(**seen)
 

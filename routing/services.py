@@ -206,12 +206,13 @@ class _Pool:
 # --- A new conversation ----------------------------------------------------------------------
 
 
-def conversation_route(*, conversation: Conversation, message: Message) -> None:
+def conversation_route(*, conversation: Conversation, message: Message) -> list[ConversationEvent]:
     """Apply the routing rules to `conversation`, just opened by `message`, then assign it to
     an online member of its team with room (unless a rule named an assignee). Sets team,
     priority and assignee on `conversation` for the caller to save (message_receive saves it
-    right after, in the one UPDATE it makes anyway); tags, events and the assignee's
-    notification are written here. Each change is recorded as an event naming its rule.
+    right after, in the one UPDATE it makes anyway); tags and the assignee's notification are
+    written here. Returns an event for each change, naming its rule, for the caller to write
+    with its own (message_receive writes all of a message's events in one INSERT).
 
     A failure here (a bug, a lock timeout) must not lose the customer's message: the routing
     is undone, logged, and the conversation stays in its inbox's team, where the periodic
@@ -220,17 +221,19 @@ def conversation_route(*, conversation: Conversation, message: Message) -> None:
     try:
         with transaction.atomic():
             decision = rules_decide(rules_load(conversation.inbox_id), conversation, message, now)
-            _apply(conversation, decision, now)
+            return _apply(conversation, decision, now)
     except Exception:
         log.exception("routing conversation %s failed; it waits in its team", conversation.pk)
         conversation.refresh_from_db(fields=["team", "priority", "assignee"])
+        return []
 
 
-def _apply(conversation: Conversation, decision: Decision, now: datetime) -> None:
+def _apply(conversation: Conversation, decision: Decision, now: datetime) -> list:
     """Set what the rules decided on a conversation nobody else can see yet (its transaction
     has not committed). Done here rather than through conversation_set_team and friends:
-    those lock, save and publish once each, about five round trips apiece, while this is one
-    INSERT of events, the caller's UPDATE, and the "created" event announcing the result."""
+    those lock, save and publish once each, about five round trips apiece, while this is
+    events for the caller's INSERT, the caller's UPDATE, and the "created" notification
+    announcing the result."""
     because = decision.because or {}
     events, assigned = [], False
 
@@ -279,9 +282,9 @@ def _apply(conversation: Conversation, decision: Decision, now: datetime) -> Non
         )
         conversation.assignee, assigned = assignee, True
 
-    ConversationEvent.objects.bulk_create(events)
     if assigned:
         _notify([assignee.pk], Notification.Kind.ASSIGNED, conversation)
+    return events
 
 
 def _tags_add(conversation: Conversation, names: frozenset[str]) -> list[str]:
