@@ -569,6 +569,10 @@ class VisitorConsumer(LiveConsumer):
                 await self._show(await db(self._state)(full=not known))
             if event["event"] == "ended":
                 await self.send_json({"type": "ended", "conversation": event["conversation"]})
+        elif event.get("event") == "reopened" and event.get("conversation") == self.conversation_id:
+            # An agent opened the ended chat again: the widget takes messages in it once more.
+            self.shown = None
+            await self._show(await db(self._state)(full=True))
         elif event.get("event") in ("joined", "queue"):
             # An agent took the chat, or its place in the queue moved: as said, for this chat.
             if event.get("conversation") == self.conversation_id:

@@ -1439,7 +1439,8 @@ def conversation_set_status(
             return conversation
         conversation.status = status
         conversation.snoozed_until = snoozed_until if status == Status.SNOOZED else None
-        if status in (Status.RESOLVED, Status.CLOSED):
+        ended = (Status.RESOLVED, Status.CLOSED)
+        if status in ended:
             conversation.resolved_at = conversation.resolved_at or now
             conversation.waiting_since = None
         else:
@@ -1454,7 +1455,15 @@ def conversation_set_status(
             status=status,
             snoozed_until=snoozed_until.isoformat() if snoozed_until else None,
         )
-        publish_conversation_event(conversation, "status", status=status, previous=previous)
+        told = None
+        if conversation.inbox.kind == Channel.WEBCHAT and (previous in ended) != (status in ended):
+            # The visitor's widget ends the chat (a rating, the transcript, a new conversation
+            # for what they write next), or takes messages in it again.
+            told = {"event": "ended" if status in ended else "reopened"}
+            told["conversation"] = conversation.pk
+        publish_conversation_event(
+            conversation, "status", status=status, previous=previous, customer_event=told
+        )
         if Status.OPEN in (previous, status):
             _queue_moves(conversation)
         if previous != status and automations:

@@ -477,12 +477,8 @@ def chat_end(conversation: Conversation, *, actor=None) -> Conversation:
             state="ended",
             by="agent" if actor else "customer",
         )
-        publish_conversation_event(
-            conversation,
-            "chat",
-            state="ended",
-            customer_event={"event": "ended", "conversation": conversation.pk},
-        )
+        # conversation_set_status told the widget.
+        publish_conversation_event(conversation, "chat", state="ended")
     return conversation
 
 

@@ -541,6 +541,36 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     assert again.message.conversation != conversation
 
 
+@pytestmark_socket
+async def test_a_chat_resolved_or_reopened_by_status_tells_the_open_widget(widget, bob):
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    received = await database_sync_to_async(chat.visitor_message)(visitor, text="Hi", client_id="a")
+    conversation = received.message.conversation
+    socket, _, _ = await visitor_socket(
+        widget, chat.visitor_token(visitor), after=received.message.pk
+    )
+    assert (await socket.receive_json_from(timeout=5))["conversation"]["live"] is True
+
+    def status(value):
+        services.conversation_set_status(conversation=conversation, status=value, actor=bob)
+
+    # Resolved from the status menu (or a macro, or "e"), not by "End chat": the widget stops
+    # taking messages in it and offers the rating, as when the chat is ended.
+    await database_sync_to_async(status)(Conversation.Status.RESOLVED)
+    assert await socket.receive_json_from(timeout=5) == {
+        "type": "ended",
+        "conversation": conversation.pk,
+    }
+    await database_sync_to_async(status)(Conversation.Status.OPEN)
+    told = await socket.receive_json_from(timeout=5)
+    assert told["type"] == "conversation"
+    assert (told["conversation"]["id"], told["conversation"]["live"]) == (conversation.pk, True)
+    # Pending keeps the chat going: nothing to tell.
+    await database_sync_to_async(status)(Conversation.Status.PENDING)
+    assert await socket.receive_nothing(timeout=0.3)
+    await socket.disconnect()
+
+
 def test_availability_is_online_only_with_an_agent_there_in_business_hours(widget, bob):
     assert chat.availability(widget)["online"] is False
     bob.availability = "online"
