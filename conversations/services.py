@@ -1204,13 +1204,18 @@ def note_add(
     text: str,
     attachments: tuple[InboundAttachment, ...] = (),
     automation: str = "",
+    client_id: str = "",
 ) -> Message:
     """An internal note: visible to agents only, never sent to the customer. `automation`
-    names the automation that wrote it, when no agent did."""
+    names the automation that wrote it, when no agent did. A second note with the same
+    `client_id` (the form sent twice) is the first one."""
     if not (text.strip() or attachments):
         raise ValidationError("A note needs text or an attachment.")
     with transaction.atomic():
         _refuse_if_merged(_locked(conversation))
+        if client_id and (same := conversation.messages.filter(client_id=client_id).first()):
+            same.mentions_missed = []
+            return same
         message = Message.objects.create(
             conversation=conversation,
             direction=Message.Direction.NOTE,
@@ -1218,6 +1223,7 @@ def note_add(
             inbox=conversation.inbox,
             author=author,
             text=text,
+            client_id=client_id[:64],
             metadata={"automation": automation} if automation else {},
         )
         attachments_store(message, attachments)

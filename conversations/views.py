@@ -496,6 +496,8 @@ def _conversation_context(request, conversation, **extra) -> dict:
         "macros": macros_for(request.user),
         # Sent with a macro's click, so that a double click applies it once.
         "macro_once": secrets.token_urlsafe(16),
+        # The composer's too: a form sent twice (a double click, a resend) sends one reply.
+        "reply_once": secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
         # The customer's other conversations this agent may see, for the sidebar and the
@@ -607,6 +609,7 @@ def conversation_reply(request, number: int):
                 author=request.user,
                 text=text,
                 attachments=attachments,
+                client_id=request.POST.get("client_id", "")[:64],
             )
             if note.mentions_missed:
                 names = ", ".join(f"@{handle}" for handle in note.mentions_missed)

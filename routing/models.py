@@ -560,6 +560,11 @@ class Macro(models.Model):
         if problems := _actions_problems(self.actions):
             raise ValidationError({"actions": problems})
 
+    @property
+    def replies(self) -> bool:
+        """Whether applying it writes to the customer (the page asks before it does)."""
+        return any(isinstance(a, dict) and a.get("action") == "reply" for a in self.actions)
+
 
 def _actions_problems(actions) -> list[str]:
     from routing.automations import actions_compile, actions_references_check

@@ -37,24 +37,20 @@
       // Messages marked new when a reply was held (conversation_reply) stay marked.
       const marked = Array.from(live.querySelectorAll("li.message.new"), function (li) { return li.id; });
       live.innerHTML = html;
-      marked.forEach(function (id) {
-        const li = document.getElementById(id);
-        if (!li || li.classList.contains("new")) return;
-        li.classList.add("new");
-        const badge = document.createElement("span");
-        badge.className = "badge failed";
-        badge.textContent = "new";
-        li.querySelector(".meta").prepend(badge);
-      });
+      marked.forEach(function (id) { markNew(document.getElementById(id)); });
       live.querySelectorAll(".pick").forEach(function (el) { el.checked = picked.has(el.value); });
       updatePicked();
       // What the agent has now seen, so that a reply sent from here is not stale against it:
       // only while the reply box is empty. A message that arrives while they write may change
-      // the answer; the server then shows it marked and keeps the draft (conversation_reply).
+      // the answer: Send then holds the reply once, with what arrived marked (holdStale). In a
+      // live chat, where the visitor's lines come one after another under the agent's eyes,
+      // what the page shows counts as seen.
       const seen = document.querySelector("input[data-seen]");
       const timeline = live.querySelector("[data-timeline]");
       const draft = document.getElementById("reply-text");
-      if (seen && timeline && !(draft && draft.value.trim())) seen.value = timeline.dataset.seen;
+      if (seen && timeline && (!(draft && draft.value.trim()) || replyingInChat())) {
+        seen.value = timeline.dataset.seen;
+      }
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
       if (timeline) syncFields(timeline.dataset);
       // The tags a teammate added or removed, unless the agent is on one of them.
@@ -76,6 +72,41 @@
       }
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, Math.max(0, Math.min(250, refreshDue - now)));
+  }
+
+  function markNew(li) {
+    if (!li || li.classList.contains("new")) return;
+    li.classList.add("new");
+    const badge = document.createElement("span");
+    badge.className = "badge failed";
+    badge.textContent = "new";
+    li.querySelector(".meta").prepend(badge);
+  }
+
+  function replyingInChat() {
+    const channel = document.querySelector("[data-channel-picker]");
+    const option = channel && channel.selectedOptions[0];
+    return Boolean(option && option.dataset.kind === "webchat");
+  }
+
+  // Before a reply goes: messages shown since the agent began writing (the customer's, a
+  // teammate's), not yet counted as seen, hold it once, marked, as the server would
+  // (conversation_reply), but without a reload, so chosen files stay attached. The server
+  // still checks, for what the page never showed.
+  function holdStale(composer) {
+    const seen = composer.querySelector("input[data-seen]");
+    const timeline = document.querySelector("[data-timeline]");
+    const mode = composer.querySelector("[name=mode]:checked");
+    if (!seen || !timeline || (mode && mode.value === "note")) return false;
+    const arrived = Array.from(timeline.querySelectorAll("li.message:not(.system):not([data-mine])"))
+      .filter(function (li) { return Number(li.id.slice(1)) > Number(seen.value); });
+    if (!arrived.length) return false;
+    arrived.forEach(markNew);
+    seen.value = timeline.dataset.seen;
+    const notice = composer.querySelector("[data-stale]");
+    notice.hidden = false;
+    arrived[0].scrollIntoView({ block: "center" });
+    return true;
   }
 
   // The side panel's fields follow what others changed (assignee, status, priority, team),
@@ -381,6 +412,50 @@
     composer.querySelector("[name=files]").addEventListener("change", updateHint);
     updateHint();
   }
+
+  // The draft outlives the page: every action in the side panel, a macro, "e" and a visit to
+  // the list reload it, and a half-written reply must survive that. Kept in this browser,
+  // per conversation, until it is sent.
+  const draftKey = text && conversationId ? `threadline:draft:${conversationId}` : null;
+  function draftSave() {
+    const mode = composer.querySelector("[name=mode]:checked");
+    try {
+      if (text.value.trim()) {
+        localStorage.setItem(draftKey, JSON.stringify({ text: text.value, mode: mode && mode.value }));
+      } else localStorage.removeItem(draftKey);
+    } catch (error) { /* storage refused: the draft lives as long as the page */ }
+  }
+  if (draftKey) {
+    let stored = null;
+    try { stored = JSON.parse(localStorage.getItem(draftKey)); } catch (error) { stored = null; }
+    if (text.value.trim()) draftSave(); // sent back by the server, not sent: keep it
+    else if (stored && typeof stored.text === "string") {
+      text.value = stored.text;
+      const mode = composer.querySelector(`[name=mode][value="${stored.mode === "note" ? "note" : "reply"}"]`);
+      if (mode && !mode.disabled) mode.checked = true;
+      updateHint();
+    }
+    text.addEventListener("input", draftSave);
+    composer.querySelectorAll("[name=mode]").forEach(function (radio) { radio.addEventListener("change", draftSave); });
+  }
+  if (composer) {
+    // Sent once: a second click or Ctrl+Enter while the first is on its way does nothing (the
+    // server would drop the copy by its client id anyway).
+    composer.addEventListener("submit", function (event) {
+      if (event.defaultPrevented) return;
+      if (composer.dataset.sending || holdStale(composer)) { event.preventDefault(); return; }
+      composer.dataset.sending = "1";
+      if (draftKey) try { localStorage.removeItem(draftKey); } catch (error) { /* see draftSave */ }
+    });
+    // Back to a page the browser kept: it can send again.
+    window.addEventListener("pageshow", function () { delete composer.dataset.sending; });
+  }
+  // Buttons that do something the agent cannot take back (a macro writing to the customer)
+  // ask first.
+  document.addEventListener("submit", function (event) {
+    const question = event.submitter && event.submitter.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  }, true);
 })();
 
 // Canned responses: "/" at the start of a line in the reply box, then a few letters, opens a

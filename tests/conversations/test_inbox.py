@@ -392,6 +392,23 @@ class TestConversation:
         )
         assert '<input type="radio" name="mode" value="reply" checked>' in response.content.decode()
 
+    def test_a_form_sent_twice_writes_once(self, client, bob, chat_inbox):
+        conversation = chat(chat_inbox, text="First")
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/")
+        once, seen = page.context["reply_once"], page.context["seen"]
+        assert f'name="client_id" value="{once}"' in page.content.decode()
+        url = reverse("inbox:reply", args=[conversation.pk])
+        for mode in ("reply", "reply", "note"):
+            # The same page's form (a double click, a resend), then a note from a fresh page.
+            if mode == "note":
+                once = client.get(f"/inbox/{conversation.pk}/").context["reply_once"]
+            for _ in range(2):
+                form = {"text": f"A {mode}", "mode": mode, "seen": seen, "client_id": once}
+                assert client.post(url, form).status_code == 302
+        assert conversation.messages.filter(text="A reply").count() == 1
+        assert conversation.messages.filter(text="A note").count() == 1
+
     def test_a_reply_to_a_stale_view_asks_first(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox, text="First")
         client.force_login(bob)
