@@ -157,7 +157,9 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
             sent = sent.filter(data__until=until)
         if sent.exists():
             return None
-        with translation.override(template.language or customer.language or None):
+        # Words filled in (a wait, a date) in the template's language: one written without a
+        # language is in the site's, whatever the customer reads.
+        with translation.override(template.language or settings.LANGUAGE_CODE):
             text = _render(
                 template.body,
                 number=str(conversation.pk),
