@@ -1418,6 +1418,16 @@ def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Co
         conversation.save(update_fields=["team", "sla_due_at", "updated_at"])
         _event(conversation, ConversationEvent.Kind.TEAM, actor, previous=previous, team=new)
         publish_conversation_event(conversation, "team", team=new, previous=previous)
+        if (
+            conversation.assignee_id
+            and new
+            and not team.memberships.filter(user_id=conversation.assignee_id)
+        ):
+            # Handed to a team its agent is not in: the team takes it from its queue, or it
+            # would stay with someone who may no longer even see it.
+            return conversation_assign(
+                conversation=conversation, assignee=None, actor=actor, reason="transfer"
+            )
         if conversation.assignee_id is None:
             _queue_moves(conversation)
     return conversation

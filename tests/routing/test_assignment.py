@@ -273,6 +273,24 @@ def test_a_conversation_moved_to_another_team_joins_its_queue(
     assert assignee_of(conversation) == charlie
 
 
+def test_a_transfer_leaves_the_agent_only_if_they_are_in_the_new_team(
+    client, mail_inbox, support, billing, charlie, bob, dana, tasks_run
+):
+    TeamMembership.objects.create(team=billing, user=dana)  # Dana is in both teams
+    online(charlie)
+    theirs, hers = arrive(mail_inbox), arrive(mail_inbox)
+    services.conversation_assign(conversation=theirs, assignee=bob, actor=bob)
+    services.conversation_assign(conversation=hers, assignee=dana, actor=dana)
+    with tasks_run():
+        for conversation in (theirs, hers):
+            services.conversation_set_team(conversation=conversation, team=billing, actor=bob)
+    # Bob is not in Billing: Billing's queue gave it to Charlie. Dana is: she keeps hers.
+    assert (assignee_of(theirs), assignee_of(hers)) == (charlie, dana)
+    client.force_login(charlie)
+    page = client.get(f"/inbox/{theirs.pk}/").content.decode()
+    assert "Assigned by Bob: nobody, on the transfer to another team" in page
+
+
 def test_an_unassigned_conversation_waits_again(mail_inbox, bob, dana, tasks_run):
     online(bob)
     conversation = arrive(mail_inbox)
