@@ -242,7 +242,7 @@ class InboxForm(forms.ModelForm):
     widget_reply_time = forms.CharField(
         required=False,
         max_length=60,
-        help_text='What the offline widget promises: "usually within <this>", e.g. "a few hours".',
+        help_text="What the offline widget promises, “usually within …”: e.g. “a few hours”.",
     )
 
     def __init__(self, *args, **kwargs):
@@ -277,12 +277,32 @@ class InboxForm(forms.ModelForm):
             raise ValidationError("Credentials must be a JSON object.")
         return value
 
+    def clean_settings(self):
+        value = self.cleaned_data.get("settings")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise ValidationError('Settings must be a JSON object, such as {"greeting": "Hi"}.')
+        return value
+
     def clean(self):
+        from django.core.validators import validate_email
+
         cleaned = super().clean()
         if cleaned.get("kind") == Channel.EMAIL:
-            problems = _email_settings_problems(cleaned.get("settings") or {})
-            if problems:
+            if problems := _email_settings_problems(cleaned.get("settings") or {}):
                 self.add_error("settings", problems)
+            address = (cleaned.get("address") or "").strip().lower()
+            try:
+                validate_email(address)
+            except ValidationError:
+                self.add_error("address", "An email inbox needs its email address.")
+            else:
+                # Mail to one address lands in one inbox.
+                taken = Inbox.objects.filter(kind=Channel.EMAIL, address__iexact=address)
+                if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
+                    self.add_error("address", f"The inbox “{other.name}” has this address.")
+                cleaned["address"] = address
         return cleaned
 
     def save(self, commit=True):
@@ -293,7 +313,9 @@ class InboxForm(forms.ModelForm):
         if self.instance.kind == Channel.WEBCHAT:
             settings = dict(self.instance.settings or {})
             for name, value in self.cleaned_data.items():
-                if name.startswith("widget_"):
+                # Only what the admin changed on the page: an edit of the same setting in the
+                # Settings JSON must not be undone by the field's old value.
+                if name.startswith("widget_") and name in self.changed_data:
                     key = name.removeprefix("widget_")
                     settings[key] = value
                     if value in (None, ""):
@@ -350,6 +372,14 @@ class InboxAdmin(admin.ModelAdmin):
     def get_inlines(self, request, obj):
         # The widget speaks for itself; other channels may answer by themselves.
         return [AutoReplyInline] if obj and obj.kind != Channel.WEBCHAT else []
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None or obj.kind != Channel.WEBCHAT:
+            # Not on the page, so not in the form: a checkbox never shown would save as off.
+            for name in [name for name in form.base_fields if name.startswith("widget_")]:
+                del form.base_fields[name]
+        return form
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)

@@ -1,6 +1,6 @@
 import json
 from datetime import timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.contrib import admin
@@ -343,6 +343,10 @@ class BusinessHoursAdmin(admin.ModelAdmin):
 
     @admin.display(description="now")
     def state(self, schedule):
+        try:
+            ZoneInfo(schedule.timezone)
+        except (ValueError, ZoneInfoNotFoundError):  # being corrected on this page
+            return "-"
         if not schedule.pk:
             return "-"
         now = timezone.now()

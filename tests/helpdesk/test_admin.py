@@ -287,3 +287,77 @@ def test_rotating_an_inbox_secret_asks_first(client, alice, mail_inbox):
     mail_inbox.refresh_from_db()
     assert mail_inbox.secret != old
     assert f"New secret for {mail_inbox}: {mail_inbox.secret}" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_inbox_settings_are_a_json_object_and_a_new_chat_keeps_the_widget_defaults(
+    client, alice, sms_inbox
+):
+    from channels_adapters.webchat.chat import widget_settings
+
+    client.force_login(alice)
+    add = reverse("admin:conversations_inbox_add")
+    form = {"name": "Shop B chat", "kind": "webchat", "address": "", "new_credentials": ""}
+    form |= {"is_active": "on"}
+    response = client.post(add, form | {"settings": "[1, 2]"})
+    assert response.status_code == 200
+    assert "Settings must be a JSON object" in response.content.decode()
+    assert not Inbox.objects.filter(name="Shop B chat").exists()
+
+    # The widget's options are not on the add page: none of them is saved as "off".
+    assert client.post(add, form | {"settings": "{}"}).status_code == 302
+    chat = Inbox.objects.get(name="Shop B chat")
+    assert widget_settings(chat)["show_agent_typing"] is True
+
+    # On its page, a greeting edited in the Settings JSON is kept (its own field unchanged).
+    change = reverse("admin:conversations_inbox_change", args=[chat.pk])
+    shown = client.get(change).context["adminform"].form.initial
+    edited = {k: v for k, v in shown.items() if k.startswith("widget_") and v not in (None, False)}
+    edited |= form | {"settings": json.dumps({"greeting": "Hola"})}
+    assert client.post(change, edited).status_code == 302
+    chat.refresh_from_db()
+    assert chat.settings["greeting"] == "Hola"
+    assert widget_settings(chat)["show_agent_typing"] is True
+
+    # An SMS inbox's settings as a bare string would break every reply: refused.
+    change = reverse("admin:conversations_inbox_change", args=[sms_inbox.pk])
+    form = {"name": sms_inbox.name, "kind": "sms", "address": sms_inbox.address}
+    form |= {"new_credentials": "", "is_active": "on", "settings": '"hello"'}
+    form |= {"auto_replies-TOTAL_FORMS": 0, "auto_replies-INITIAL_FORMS": 0}
+    assert client.post(change, form).status_code == 200
+    sms_inbox.refresh_from_db()
+    assert isinstance(sms_inbox.settings, dict)
+
+
+@pytest.mark.django_db
+def test_an_email_inbox_needs_an_address_of_its_own(client, alice, mail_inbox):
+    client.force_login(alice)
+    add = reverse("admin:conversations_inbox_add")
+    form = {"name": "Billing email", "kind": "email", "settings": "{}", "new_credentials": ""}
+    form |= {"is_active": "on"}
+    for address, problem in (
+        ("not an address", "An email inbox needs its email address."),
+        (mail_inbox.address.upper(), f"The inbox “{mail_inbox.name}” has this address."),
+    ):
+        response = client.post(add, form | {"address": address})
+        assert response.status_code == 200
+        assert problem in response.content.decode()
+    assert client.post(add, form | {"address": "Billing@Acme.example"}).status_code == 302
+    assert Inbox.objects.get(name="Billing email").address == "billing@acme.example"
+
+
+@pytest.mark.django_db
+def test_an_unknown_time_zone_in_business_hours_is_an_error_not_a_crash(client, alice):
+    from routing.models import BusinessHours
+
+    hours = BusinessHours.objects.create(name="Support hours", timezone="Europe/Lisbon")
+    client.force_login(alice)
+    url = reverse("admin:routing_businesshours_change", args=[hours.pk])
+    form = {"name": "Support hours", "timezone": "Mars/Olympus"}
+    for inline in ("intervals", "holidays"):
+        form |= {f"{inline}-TOTAL_FORMS": 0, f"{inline}-INITIAL_FORMS": 0}
+    response = client.post(url, form)
+    assert response.status_code == 200
+    assert "Unknown time zone “Mars/Olympus”" in response.content.decode()
+    hours.refresh_from_db()
+    assert hours.timezone == "Europe/Lisbon"
