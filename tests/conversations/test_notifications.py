@@ -66,6 +66,23 @@ class TestPages:
         assert "Bob</span> mentioned you" in html
         assert "&lt;i&gt;hi&lt;/i&gt;" in html
 
+    def test_each_notification_reads_as_a_sentence(self, client, chat_inbox, bob, dana):
+        named = receive(chat_inbox, address="v1", name="Grace Okafor").message.conversation
+        services.conversation_assign(conversation=named, assignee=dana, actor=bob)
+        receive(chat_inbox, address="v1", text="Any news?")
+        nameless = receive(chat_inbox, address="v2").message.conversation
+        services.conversation_assign(conversation=nameless, assignee=dana)  # routing's doing
+        receive(chat_inbox, address="v2", text="Hello?")
+        client.force_login(dana)
+        html = client.get("/inbox/notifications").content.decode()
+        for said in (
+            "Bob</span> assigned it to you",
+            "Grace Okafor</span> replied",
+            "Routing</span> assigned it to you",
+            "The customer</span> replied",
+        ):
+            assert said in html
+
     def test_opening_the_conversation_reads_its_notifications(self, client, chat_inbox, bob, dana):
         one = receive(chat_inbox, address="v1").message.conversation
         two = receive(chat_inbox, address="v2").message.conversation
