@@ -531,7 +531,8 @@ class VisitorConsumer(LiveConsumer):
                 )
             except ValidationError as exc:
                 return {"type": "error", "action": action, "error": exc.messages[0]}
-            return {"type": "contact", "email": self.visitor.email}
+            pending = chat.email_pending(self.visitor)
+            return {"type": "contact", "email": self.visitor.email, "pending": pending}
         conversation = chat.visitor_conversation(self.visitor)
         if conversation is None or conversation.pk != content.get("conversation"):
             return {"type": "error", "action": action, "error": "No such conversation."}

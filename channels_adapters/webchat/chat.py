@@ -249,18 +249,28 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
             try:
                 identity_add(customer=customer, kind=Channel.EMAIL, address=email)
             except AddressTaken:
-                conversation = visitor_conversation(visitor)
-                if conversation is not None:
-                    Conversation.objects.filter(pk=conversation.pk).update(
-                        flag_reason=(
-                            f"The visitor gave {email}, the address of another customer. Merge "
-                            "the two profiles if they are the same person; until then replies "
-                            "are not emailed there."
-                        )[:300]
-                    )
+                # Before the first message there is no conversation yet: visitor_message flags
+                # the one it opens.
+                if (conversation := visitor_conversation(visitor)) is not None:
+                    _flag_email_elsewhere(conversation, email)
             except ValidationError:
                 pass  # already this customer's
     return visitor_reload(visitor)
+
+
+def _flag_email_elsewhere(conversation: Conversation, email: str) -> None:
+    reason = (
+        f"The visitor gave {email}, the address of another customer. Merge the two profiles "
+        "if they are the same person; until then replies are not emailed there."
+    )
+    conversation.flag_reason = reason[:300]
+    Conversation.objects.filter(pk=conversation.pk).update(flag_reason=conversation.flag_reason)
+
+
+def email_pending(visitor: Visitor) -> bool:
+    """The visitor gave an email that is another customer's: replies go there only once an
+    agent has merged the two (the widget says so rather than promising mail)."""
+    return bool(visitor.email) and visitor_email(visitor) is None
 
 
 def visitor_email(visitor: Visitor) -> Identity | None:
@@ -421,7 +431,7 @@ def visitor_message(
         else None
     ) or visitor_conversation(visitor)
     live = conversation is not None and conversation.status in LIVE
-    return message_receive(
+    received = message_receive(
         inbox=visitor.inbox,
         inbound=InboundMessage(
             channel=Channel.WEBCHAT,
@@ -434,6 +444,9 @@ def visitor_message(
             metadata={"page": visitor.page_url} if visitor.page_url else {},
         ),
     )
+    if not live and email_pending(visitor):  # a new conversation: the agent is asked to merge
+        _flag_email_elsewhere(received.message.conversation, visitor.email)
+    return received
 
 
 def messages_mark_read(conversation: Conversation, *, by_customer: bool, up_to: int) -> int:

@@ -86,6 +86,7 @@ def _strings() -> dict:
         "start": _("Start the chat"),
         "save": _("Save"),
         "email_saved": _("We will email you at %(email)s if you have left."),
+        "email_pending": _("We will email you at %(email)s once we have checked it is yours."),
         "typing": _("%(name)s is typing…"),
         "seen": _("Seen"),
         "sending": _("Sending…"),
@@ -153,6 +154,7 @@ def session(request, inbox: Inbox):
                 "visitor": {
                     "name": customer.name,
                     "email": visitor.email or getattr(chat.visitor_email(visitor), "address", ""),
+                    "email_pending": chat.email_pending(visitor),
                     "identified": visitor.identified,
                 },
                 "settings": {

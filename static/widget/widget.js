@@ -320,7 +320,7 @@
         S.availability = data.availability || S.availability;
         break;
       case "contact":
-        contactSaved(data.email);
+        contactSaved(data.email, data.pending);
         break;
       case "done":
         if (data.action === "rate" && S.conversation) S.conversation.rating = S.rating;
@@ -588,13 +588,13 @@
     return sent;
   }
 
-  function contactSaved(email) {
+  function contactSaved(email, pending) {
     if (S.contactForm === ui.prechat) {
       S.prechatDone = true;
       const name = ui.nameInput.value.trim();
       if (name) S.visitor.name = name;
     }
-    S.visitor.email = email || S.visitor.email;
+    if (email) Object.assign(S.visitor, { email, email_pending: Boolean(pending) });
     S.contactForm = null;
     if (S.afterContact === "transcript") requestTranscript();
     S.afterContact = "";
@@ -914,7 +914,10 @@
 
     const asynchronous = !ended && !prechat.blocking && (!a.online || S.waited);
     ui.note.hidden = !asynchronous;
-    ui.emailSaved.textContent = S.visitor.email ? t("email_saved", { email: S.visitor.email }) : "";
+    // Promised only where replies can go: an address of another customer's waits for an
+    // agent to check it.
+    const promise = S.visitor.email_pending ? "email_pending" : "email_saved";
+    ui.emailSaved.textContent = S.visitor.email ? t(promise, { email: S.visitor.email }) : "";
     ui.emailSaved.hidden = !S.visitor.email;
     // One email form, where it is needed: for the transcript, or so answers can follow them.
     const emailFor = S.visitor.email ? null

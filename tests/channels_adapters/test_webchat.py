@@ -164,6 +164,22 @@ def test_an_email_that_is_someone_elses_is_not_linked(widget):
     assert chat.visitor_email(visitor) is None  # nothing is emailed there
     assert "another customer" in chat.visitor_conversation(visitor).flag_reason
     assert len(chat.visible_messages(chat.visitor_conversation(visitor))) == 1
+    assert chat.email_pending(visitor)  # the widget says an agent checks it first
+
+
+def test_an_email_of_someone_elses_given_before_the_first_message_flags_the_chat(client, widget):
+    receive(widget, "Hello", address="carla@example.com", channel=Channel.EMAIL)
+    # On another device, the pre-chat form comes before any conversation exists.
+    visitor = chat.visitor_contact(new_visitor(widget), email="carla@example.com")
+    conversation = chat.visitor_message(visitor, text="Hi again", client_id="c1").message
+    assert "carla@example.com, the address of another customer" in (
+        conversation.conversation.flag_reason
+    )
+    token = chat.visitor_token(visitor)
+    shown = start(client, widget, token=token).json()["visitor"]
+    assert (shown["email"], shown["email_pending"]) == ("carla@example.com", True)
+    mine = chat.visitor_contact(new_visitor(widget), email="new@example.com")
+    assert not chat.email_pending(mine)
 
 
 def test_a_required_email_is_asked_for_before_the_first_message(widget):
