@@ -35,8 +35,10 @@ SESSION_BODY_MAX = 16 * 1024
 
 
 def _cors(view):
-    """Answer pages on the inbox's allowed origins (and preflights); refuse others with 403.
-    No credentials: the token is in the body, so no other site's cookies matter here."""
+    """Answer pages on the inbox's allowed origins; refuse others with 403, readable by the
+    page (the widget says why in the browser's console, for whoever embeds it on a site not
+    yet allowed). No credentials: the token is in the body, so no other site's cookies matter
+    here."""
 
     @csrf_exempt
     @wraps(view)
@@ -45,10 +47,14 @@ def _cors(view):
         if inbox is None:
             return JsonResponse({"error": "No such chat widget."}, status=404)
         origin = request.headers.get("Origin", "")
-        if not chat.origin_allowed(inbox, origin, request.get_host()):
-            return JsonResponse({"error": "This site may not use this chat widget."}, status=403)
         if request.method == "OPTIONS":
-            response = HttpResponse(status=204)
+            response = HttpResponse(status=204)  # the request itself is refused, saying why
+        elif not chat.origin_allowed(inbox, origin, request.get_host()):
+            error = (
+                f"This site ({origin or 'no origin'}) may not use this chat widget: an admin "
+                "adds it to the inbox's allowed websites."
+            )
+            response = JsonResponse({"error": error}, status=403)
         elif request.method != "POST":
             response = JsonResponse({"error": "Use POST."}, status=405)
         else:

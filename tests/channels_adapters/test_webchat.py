@@ -97,7 +97,12 @@ def test_a_forged_or_foreign_token_gets_a_new_visitor(client, widget, chat_inbox
 def test_pages_on_sites_the_inbox_does_not_allow_are_refused(client, widget):
     response = start(client, widget, origin="https://evil.example")
     assert response.status_code == 403
-    assert "Access-Control-Allow-Origin" not in response
+    # Readable by the page, so that whoever embedded it there sees why in the console.
+    assert response["Access-Control-Allow-Origin"] == "https://evil.example"
+    assert response.json()["error"] == (
+        "This site (https://evil.example) may not use this chat widget: an admin adds it to "
+        "the inbox's allowed websites."
+    )
     assert start(client, widget, origin="").status_code == 403
     assert Visitor.objects.count() == 0
     # Our own pages (the demo) always may.
