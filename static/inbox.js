@@ -277,9 +277,25 @@
     });
   }
 
-  // Availability switch submits itself.
+  // Selects that apply themselves (availability, the reports' period and team): at once when
+  // picked with the mouse; from the keyboard, where the arrows walk through the options (and
+  // "away" on the way to "offline" would hand chats back), on Enter or when the focus leaves.
   document.querySelectorAll("[data-autosubmit]").forEach(function (el) {
-    el.addEventListener("change", function () { el.form.submit(); });
+    const shown = el.value;
+    let walking = false;
+    let sent = false;
+    function apply() {
+      if (sent || el.value === shown) return;
+      sent = true;
+      el.form.submit();
+    }
+    el.addEventListener("keydown", function (event) {
+      walking = event.key !== "Enter";
+      if (event.key === "Enter") { event.preventDefault(); apply(); }
+    });
+    el.addEventListener("pointerdown", function () { walking = false; });
+    el.addEventListener("change", function () { if (!walking) apply(); });
+    el.addEventListener("blur", apply);
   });
 
   // Picking a snooze time means snoozing.

@@ -274,3 +274,27 @@ def test_a_draft_survives_the_side_panel_and_is_sent_once(asgi_server, browser, 
     page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
     assert page.input_value("#reply-text") == ""
     assert Message.objects.filter(direction="note").count() == 1
+
+
+def test_walking_the_availability_with_the_keyboard_changes_it_only_on_enter(
+    asgi_server, browser, bob
+):
+    page = signed_in(browser, asgi_server, bob)
+    with page.expect_navigation():
+        page.select_option("#availability", "away")  # picked with the mouse: applied at once
+    expect(page.locator("#availability")).to_have_value("away")
+    bob.refresh_from_db()
+    assert bob.availability == "away"
+
+    page.focus("#availability")
+    page.keyboard.press("ArrowDown")  # on the way somewhere: nothing happens yet
+    expect(page.locator("#availability")).to_have_value("offline")
+    bob.refresh_from_db()
+    assert bob.availability == "away"
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    expect(page.locator("#availability")).to_have_value("online")
+    bob.refresh_from_db()
+    assert bob.availability == "online"
