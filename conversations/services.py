@@ -248,9 +248,18 @@ def customer_merge(*, source: Customer, target: Customer, actor=None) -> Custome
         for attr in ("name", "language", "timezone"):
             if not getattr(target, attr):
                 setattr(target, attr, getattr(source, attr))
+        # The target's values win; the source's that differ are kept in the notes, not lost.
+        differing = {
+            key: value
+            for key, value in source.attributes.items()
+            if key in target.attributes and target.attributes[key] != value
+        }
         target.attributes = {**source.attributes, **target.attributes}
-        if source.notes:
-            target.notes = f"{target.notes}\n\n{source.notes}".strip()
+        notes = [target.notes, source.notes]
+        if differing:
+            facts = ", ".join(f"{key}: {value}" for key, value in differing.items())
+            notes.append(f"Merged from {source.name or f'customer {source.pk}'}, who had {facts}.")
+        target.notes = "\n\n".join(note for note in notes if note).strip()
         target.full_clean()
         target.save()
 

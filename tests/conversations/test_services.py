@@ -290,6 +290,20 @@ class TestCustomerMerge:
         assert again.message.conversation.customer_id == target.pk
         assert again.message.conversation_id == moved.pk
 
+    def test_attributes_that_differ_are_kept_in_the_notes(self, api_inbox, chat_inbox):
+        smith = receive(api_inbox, "a", address="js@example.com", name="Javier Smith")
+        santos = receive(chat_inbox, "b", address="visitor-2", name="Javier Santos")
+        source, target = (r.message.conversation.customer for r in (smith, santos))
+        source.attributes = {"plan": "enterprise", "orders": 7, "city": "Vigo"}
+        source.save()
+        target.attributes, target.notes = {"plan": "pro", "orders": 24}, "Prefers chat."
+        target.save()
+        merged = services.customer_merge(source=source, target=target)
+        assert merged.attributes == {"plan": "pro", "orders": 24, "city": "Vigo"}
+        assert merged.notes == (
+            "Prefers chat.\n\nMerged from Javier Smith, who had plan: enterprise, orders: 7."
+        )
+
     def test_a_customer_cannot_be_merged_into_itself_or_twice(self, chat_inbox):
         one = receive(chat_inbox, address="v1").message.conversation.customer
         two = receive(chat_inbox, address="v2").message.conversation.customer
