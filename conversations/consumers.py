@@ -480,9 +480,9 @@ class VisitorConsumer(LiveConsumer):
         try:
             received, state = await db(store)()
         except ValidationError as exc:
-            await self.send_json(
-                {"type": "error", "client_id": client_id, "error": exc.messages[0]}
-            )
+            # Refused as it is (blocked, too long...): sending it again would not help.
+            error = {"type": "error", "client_id": client_id, "error": exc.messages[0]}
+            await self.send_json(error | {"retry": False})
             return
         await self.send_json(
             {"type": "ack", "client_id": client_id, "message": received.message.pk}

@@ -112,6 +112,8 @@ def _strings() -> dict:
         "required": _("This field is required."),
         "file_type": _("Only images (PNG, JPEG, GIF, WebP), PDF and text files can be sent."),
         "file_size": _("Files are limited to %(mb)s MB.") % {"mb": UPLOAD_MAX_BYTES >> 20},
+        "too_long": _("Messages are limited to %(n)s characters.") % {"n": chat.TEXT_MAX_CHARS},
+        "preview_notice": _("Our team sees what you type before you send it."),
     }
 
 
@@ -172,6 +174,8 @@ def session(request, inbox: Inbox):
                     "prechat_email": config["prechat_email"],
                     "upload_types": list(UPLOAD_TYPES),
                     "upload_max_bytes": UPLOAD_MAX_BYTES,
+                    # The unsent draft leaves the browser only where agents may read it.
+                    "typing_preview": config["typing_preview"],
                 },
                 "availability": chat.availability(inbox),
                 "strings": _strings(),

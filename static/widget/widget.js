@@ -32,6 +32,7 @@
   const PING_MS = 30000; // the server counts a visitor as gone without it
   const TYPING_SHOWN_MS = 6000; // agents announce typing every ~2 s while they type
   const TYPING_EVERY_MS = 1000;
+  const TEXT_MAX = 5000; // characters in one message (chat.TEXT_MAX_CHARS)
 
   const S = {
     token: "", config: null, strings: {}, settings: {}, availability: {}, visitor: {},
@@ -328,7 +329,10 @@
         break;
       case "error":
         if (data.client_id && S.pending.has(data.client_id)) {
-          failPending(S.pending.get(data.client_id), data.error);
+          const p = S.pending.get(data.client_id);
+          // Too many at once: it goes again by itself, a little later.
+          if (data.retry === true) S.timers[p.cid] = setTimeout(() => transmit(p), 2000 + Math.random() * 2000);
+          else failPending(p, data.error, data.retry !== false);
         } else if (data.action === "contact" && S.contactForm) {
           formError(S.contactForm, data.error);
         } else showError(data.error);
@@ -462,7 +466,9 @@
         method: "POST", body: form, credentials: "omit",
       });
       const data = await response.json().catch(() => ({}));
-      if (!response.ok) return failPending(p, data.error || t("failed"));
+      // A file refused for what it is (type, size) would be refused again; a busy server not.
+      const again = response.status === 429 || response.status >= 500;
+      if (!response.ok) return failPending(p, data.error || t("failed"), again);
       p.id = data.message; // the message itself arrives over the socket
       if (S.messages.has(p.id)) dropPending(p);
     } catch (error) {
@@ -475,14 +481,16 @@
     p.node.classList.toggle("failed", p.state === "failed");
     if (p.state !== "failed") return meta.replaceChildren(t("sending"));
     const retry = () => (p.file ? upload(p) : transmit(p));
-    meta.replaceChildren(
-      el("span", { class: "error", text: p.error }), " ",
-      el("button", { type: "button", class: "retry", text: t("failed"), onclick: retry }));
+    meta.replaceChildren(el("span", { class: "error", text: p.error }));
+    if (p.retryable) {
+      meta.append(" ", el("button", { type: "button", class: "retry", text: t("failed"), onclick: retry }));
+    }
   }
 
-  function failPending(p, error) {
+  function failPending(p, error, retryable = true) {
     p.state = "failed";
     p.error = error || "";
+    p.retryable = retryable;
     updatePending(p);
   }
 
@@ -545,11 +553,14 @@
 
   // The visitor's draft, so agents see someone is writing: at most once a second.
   function typed() {
+    // The box stops at the limit: a longer paste is cut, and the visitor is told so.
+    if (ui.textarea.value.length >= TEXT_MAX) showError(t("too_long"));
     if (!S.conversation || !S.conversation.live) return;
     const now = Date.now();
     if (now - S.typingSentAt >= TYPING_EVERY_MS) {
       S.typingSentAt = now;
-      send({ action: "typing", typing: true, draft: ui.textarea.value.slice(0, 500) });
+      const draft = S.settings.typing_preview ? { draft: ui.textarea.value.slice(0, 500) } : {};
+      send({ action: "typing", typing: true, ...draft });
     }
     clearTimeout(S.timers.typingStop);
     S.timers.typingStop = setTimeout(stopTyping, 3000);
@@ -808,7 +819,7 @@
 
     // The composer: Enter sends, Shift+Enter is a new line.
     ui.textarea = el("textarea", {
-      id: "tl-text", rows: "1", maxlength: "5000", placeholder: t("placeholder"),
+      id: "tl-text", rows: "1", maxlength: String(TEXT_MAX), placeholder: t("placeholder"),
       "aria-label": t("placeholder"), oninput: typed,
     });
     ui.textarea.addEventListener("keydown", (event) => {
@@ -826,6 +837,9 @@
       ui.fileInput.value = "";
       if (file) sendFile(file);
     });
+    // Where agents read the draft as it is typed, the visitor knows.
+    ui.previewNotice = el("p", { id: "tl-preview", class: "preview-notice", text: t("preview_notice"), hidden: true });
+    if (S.settings.typing_preview) ui.textarea.setAttribute("aria-describedby", "tl-preview");
     ui.composer = el("form", {
       class: "composer", onsubmit: (event) => { event.preventDefault(); sendText(); },
     },
@@ -840,7 +854,8 @@
     ui.panel = el("div", {
       id: "tl-panel", class: "panel", role: "dialog", "aria-modal": "false", "aria-label": title,
       hidden: true,
-    }, header, ui.status, ui.list, ui.typing, ui.note, ui.prechat, ui.ended, ui.error, ui.composer);
+    }, header, ui.status, ui.list, ui.typing, ui.note, ui.prechat, ui.ended, ui.error, ui.previewNotice,
+    ui.composer);
     ui.panel.addEventListener("keydown", (event) => {
       if (event.key === "Escape") {
         event.stopPropagation();
@@ -903,6 +918,7 @@
     ui.emailInput.required = S.settings.prechat_email === "required";
     ui.startButton.hidden = !prechat.blocking;
     ui.composer.hidden = ended || prechat.blocking;
+    ui.previewNotice.hidden = ui.composer.hidden || !S.settings.typing_preview;
     ui.endButton.hidden = !(c && c.live && !S.fresh);
 
     ui.ended.hidden = !ended;

@@ -24,7 +24,7 @@ from playwright.sync_api import expect
 
 from channels_adapters.webchat import chat
 from conversations import services
-from conversations.models import Conversation, Message, Visitor
+from conversations.models import Channel, Conversation, Inbox, Message, Visitor
 from routing.models import BusinessHours, BusinessInterval, Holiday
 from tests.conftest import ROOT, signed_in
 
@@ -639,3 +639,51 @@ def test_a_dropped_connection_loses_nothing_and_stores_nothing_twice(
     assert len(resent) == 2 and resent[0] == resent[1]
     assert Message.objects.filter(text="Are you there?").count() == 1
     assert not problems
+
+
+def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_be_sent(
+    asgi_server, browser, widget, shop
+):
+    visitor = chat.visitor_session(inbox=widget, name="Rui")
+    chat.visitor_message(visitor, text="Hello", client_id="c-1")
+    # Another shop's inbox, where agents read the draft as it is typed.
+    previewing = Inbox.objects.create(
+        name="Shop B chat",
+        kind=Channel.WEBCHAT,
+        settings={"allowed_origins": [shop.origin], "typing_preview": True},
+    )
+    url = shop.embed(asgi_server, widget)
+    page = browser.new_page(locale="en-US")
+    with_token(page, widget, visitor)
+    frames = []
+    page.on("websocket", lambda socket: socket.on("framesent", lambda f: frames.append(f)))
+    page.goto(url)
+    panel = open_chat(page)
+    box = panel.get_by_label("Write a message…")
+
+    # Agents may not read drafts in this inbox: what is typed stays in the browser until sent.
+    box.type("My card number is")
+    expect(panel.locator(".preview-notice")).to_be_hidden()
+    typing = [json.loads(f) for f in frames if '"typing"' in f]
+    assert typing and all("draft" not in frame for frame in typing)
+
+    # A paste over the limit is cut at it, and the visitor is told.
+    box.fill("")
+    box.focus()
+    page.keyboard.insert_text("x" * 6000)
+    expect(panel.get_by_role("alert")).to_have_text("Messages are limited to 5000 characters.")
+    assert len(box.input_value()) == 5000
+
+    # Blocked: the message is refused for good, so no "Tap to retry".
+    services.customer_block(customer=visitor.identity.customer, actor=None)
+    box.fill("Hello?")
+    box.press("Enter")
+    failed = panel.locator("li.message.pending.failed")
+    expect(failed.locator(".error")).to_contain_text("blocked")
+    expect(failed.locator("button.retry")).to_have_count(0)
+
+    # Where agents do read drafts, the visitor knows it.
+    page.goto(shop.embed(asgi_server, previewing))
+    expect(open_chat(page, "Shop B chat").locator(".preview-notice")).to_have_text(
+        "Our team sees what you type before you send it."
+    )
