@@ -459,6 +459,11 @@ def attachment_path(instance, filename):
     return f"attachments/{secrets.token_hex(16)}"
 
 
+# Pictures shown in place (the widget, the agent's timeline): raster formats only, never SVG,
+# which can carry script.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
 class Attachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
     # Empty while provider media waits to be fetched from `source`.
@@ -479,6 +484,10 @@ class Attachment(models.Model):
     @property
     def is_pending(self) -> bool:
         return not self.file and bool(self.source) and not self.fetch_error
+
+    @property
+    def is_image(self) -> bool:
+        return bool(self.file) and self.content_type in IMAGE_TYPES
 
 
 class ConversationEvent(ChoiceLabels, models.Model):

@@ -30,6 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversations.models import (
+    IMAGE_TYPES,
     Attachment,
     Channel,
     Conversation,
@@ -999,7 +1000,6 @@ def attachments_store(message: Message, attachments: tuple[InboundAttachment, ..
 
 # What agents and chat visitors may upload, by the file's first bytes. Images show inline in
 # the widget; anything else is a download. Never SVG or HTML.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 UPLOAD_TYPES = IMAGE_TYPES + ("application/pdf", "text/plain", "text/csv")
 UPLOAD_MAX_BYTES = 10 * 1024 * 1024
 MAGIC = (

@@ -420,13 +420,14 @@ def _timeline(conversation) -> list[tuple[str, object]]:
 
 
 def _events_describe(events) -> None:
-    """What a team, status, priority or tags change changed to, as `detail` (team names read now, in
-    one query: the event keeps the id, the name may have changed since)."""
+    """What a team, status, priority, tags or channel change changed to, as `detail` (team
+    names read now, in one query: the event keeps the id, the name may have changed since)."""
     Kind = ConversationEvent.Kind  # noqa: N806 - the enum
     team_ids = {e.data.get("team") for e in events if e.kind == Kind.TEAM}
     teams = dict(Team.objects.filter(pk__in=team_ids - {None}).values_list("pk", "name"))
     priorities = dict(Conversation.Priority.choices)
     statuses = dict(Status.choices)
+    channels = dict(Channel.choices)
     for event in events:
         data = event.data
         if event.kind == Kind.TEAM:
@@ -441,6 +442,9 @@ def _events_describe(events) -> None:
             changes = [f"+{n}" for n in data.get("added", [])]
             changes += [f"−{n}" for n in data.get("removed", [])]
             event.detail = " ".join(changes)
+        elif event.kind == Kind.CHANNEL:
+            previous, channel = (data.get(key) for key in ("previous", "channel"))
+            event.detail = f"{channels.get(previous, previous)} → {channels.get(channel, channel)}"
 
 
 def _visitors(conversation) -> list:

@@ -117,9 +117,7 @@ def test_answer_a_chat_customer_by_email(
     (mail,) = smtp_server.messages()
     assert mail["To"] == "jo@example.com"
     assert "invoice 10436" in mail.get_body(("plain",)).get_content()
-    assert "Web chat → email" in page.inner_text(".timeline") or "webchat → email" in (
-        page.inner_text(".timeline")
-    )
+    assert "Channel switched by Bob: Web chat → Email" in page.inner_text(".timeline")
 
 
 def test_search_finds_a_message_by_a_word_in_its_text(asgi_server, browser, alice, chat_inbox):
@@ -298,3 +296,20 @@ def test_walking_the_availability_with_the_keyboard_changes_it_only_on_enter(
     expect(page.locator("#availability")).to_have_value("online")
     bob.refresh_from_db()
     assert bob.availability == "online"
+
+
+def test_a_customers_picture_shows_in_the_timeline(asgi_server, browser, bob, chat_inbox):
+    from conversations.services import InboundAttachment
+    from tests.channels_adapters.test_webchat_browser import PNG
+
+    photo = InboundAttachment("scratch.png", "image/png", PNG)
+    receipt = InboundAttachment("receipt.pdf", "application/pdf", b"%PDF-1.4\n%%EOF\n")
+    conversation = receive(
+        chat_inbox, text="It arrived scratched", attachments=(photo, receipt)
+    ).message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    picture = page.locator(".attachments img.picture")
+    expect(picture).to_have_count(1)  # the picture, not the PDF
+    expect(picture).to_have_js_property("naturalWidth", 1)  # loaded, under the page's CSP
+    expect(page.locator(".attachments a", has_text="scratch.png")).to_be_visible()
