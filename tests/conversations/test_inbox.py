@@ -151,6 +151,17 @@ class TestList:
         assert '<option value="tag:outage">Tag “outage”</option>' in page  # the bulk bar
         assert f'<option value="assign:{mate.pk}">Assign to mate</option>' in page
 
+    def test_a_lead_filters_by_assignee(self, client, alice, bob, dana, chat_inbox):
+        bobs, danas, nobodys = (chat(chat_inbox, address=f"v{i}") for i in range(3))
+        services.conversation_assign(conversation=bobs, assignee=bob)
+        services.conversation_assign(conversation=danas, assignee=dana)
+        client.force_login(alice)
+        page = client.get("/inbox/", {"view": "all", "assignee": dana.pk})
+        assert [c.pk for c in page.context["conversations"]] == [danas.pk]
+        assert f'<option value="{dana.pk}" selected>Dana</option>' in page.content.decode()
+        page = client.get("/inbox/", {"view": "all", "assignee": "none"})
+        assert [c.pk for c in page.context["conversations"]] == [nobodys.pk]
+
     def test_filters_take_only_known_values(self, client, alice, chat_inbox, mail_inbox):
         chat(chat_inbox, address="v1")
         receive(mail_inbox, channel=Channel.EMAIL, address="a@b.example", subject="Invoice")
