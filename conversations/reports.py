@@ -152,20 +152,22 @@ def _since_created(field: str) -> ExpressionWrapper:
 def _by_agent(closed, first, rated) -> list[dict]:
     """Per assignee: conversations resolved and their median resolution time, the median first
     response of the conversations opened in the period they now hold, and the ratings given
-    in the period to the conversations they hold."""
+    in the period to the conversations they hold. Those nobody holds come last, as
+    "Unassigned", so that the rows add up to the totals above them."""
     from helpdesk.models import User
 
-    rows: dict[int, dict] = {}
+    rows: dict[int | None, dict] = {}
     for key, pairs in (("times", closed), ("first", first), ("ratings", rated)):
         for assignee_id, value in pairs:
-            if assignee_id is not None:
-                rows.setdefault(assignee_id, {"times": [], "first": [], "ratings": []})[key].append(
-                    value
-                )
-    names = {user.pk: user.name for user in User.objects.filter(pk__in=rows)}
+            rows.setdefault(assignee_id, {"times": [], "first": [], "ratings": []})[key].append(
+                value
+            )
+    names = {user.pk: user.name for user in User.objects.filter(pk__in=rows.keys() - {None})}
+    names[None] = "Unassigned"
     agents = [
         {
             "name": names.get(pk, "?"),
+            "unassigned": pk is None,
             "resolved": len(row["times"]),
             "resolution": Times.of(row["times"]),
             "first_response": Times.of(row["first"]),
@@ -173,7 +175,7 @@ def _by_agent(closed, first, rated) -> list[dict]:
         }
         for pk, row in rows.items()
     ]
-    return sorted(agents, key=lambda agent: (-agent["resolved"], agent["name"]))
+    return sorted(agents, key=lambda a: (a["unassigned"], -a["resolved"], a["name"]))
 
 
 @login_required

@@ -78,6 +78,20 @@ def test_a_lead_sees_the_weeks_volume_times_slas_and_ratings(client, bob, week):
     assert '<th scope="row">Bob</th><td>1</td><td>10 min</td><td>2 min</td><td>5.0 (1)</td>' in rows
 
 
+def test_conversations_resolved_without_an_assignee_have_their_row(client, bob, week, chat_inbox):
+    with at(60):
+        spam = receive(chat_inbox, text="Buy now", address="v-9").message.conversation
+        services.conversation_set_status(conversation=spam, status="resolved", actor=bob)
+    client.force_login(bob)
+    with at(24 * 60):
+        page = client.get("/inbox/reports?days=7").content.decode()
+    assert figures(page)["resolved"] == "4"
+    rows = page.split("<h2>By agent</h2>")[1]
+    # The rows add up to the four resolved: Dana 2, Bob 1, and one nobody held, last.
+    assert rows.index("Bob") < rows.index("Unassigned")
+    assert '<th scope="row">Unassigned</th><td>1</td><td>0 s</td>' in rows
+
+
 def test_the_period_and_team_narrow_it_and_bad_input_falls_back(client, alice, week, billing):
     client.force_login(alice)
     with at(24 * 60):
