@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from email.utils import make_msgid
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.mail import EmailMessage
 from django.db import transaction
@@ -180,7 +182,12 @@ def silent_visitors_prune() -> int:
 
 def transcript_send(event_id: int) -> bool:
     """Email a chat's transcript as the customer asked (a CHAT "transcript" event); once."""
-    from channels_adapters.email.adapter import EmailAdapter, reply_address, thread_subject
+    from channels_adapters.email.adapter import (
+        EmailAdapter,
+        _domain,
+        reply_address,
+        thread_subject,
+    )
     from channels_adapters.email.parsing import format_address
     from channels_adapters.webchat.chat import files_of, visible_messages
     from conversations.models import Inbox
@@ -201,6 +208,11 @@ def transcript_send(event_id: int) -> bool:
             .first()
             or Inbox.objects.filter(kind=Channel.EMAIL, is_active=True).first()
         )
+        # Times as the visitor's browser told us its zone, else UTC.
+        try:
+            zone = ZoneInfo(conversation.customer.timezone or "UTC")
+        except (ValueError, ZoneInfoNotFoundError):
+            zone = ZoneInfo("UTC")
         with translation.override(conversation.customer.language or None):
             lines = [_("Transcript of conversation #%(n)s") % {"n": conversation.pk}, ""]
             for message in visible_messages(conversation, limit=5000):
@@ -209,7 +221,8 @@ def transcript_send(event_id: int) -> bool:
                     if message.direction == Message.Direction.OUTBOUND
                     else _("You")
                 )
-                lines.append(f"[{message.created_at:%Y-%m-%d %H:%M} UTC] {who}:")
+                at = message.created_at.astimezone(zone)
+                lines.append(f"[{at:%Y-%m-%d %H:%M} {at.tzname()}] {who}:")
                 # A message that was only a file would read as nothing: name the files.
                 files = [f"[{_('File')}: {a.filename}]" for a in files_of(message)]
                 lines += [text for text in (message.text, *files) if text] + [""]
@@ -223,6 +236,8 @@ def transcript_send(event_id: int) -> bool:
             else None,
             to=[event.data["to"]],
             reply_to=[reply_address(conversation, sender)] if sender and sender.address else None,
+            # Our domain, not the machine's name.
+            headers={"Message-ID": make_msgid(domain=_domain(sender))} if sender else None,
             connection=EmailAdapter.connection(sender) if sender else None,
         )
         mail.send()

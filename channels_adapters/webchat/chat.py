@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from datetime import timedelta
 from urllib.parse import urlsplit
+from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core import signing
@@ -157,6 +158,7 @@ def visitor_session(
     user_hash_given: str = "",
     name: str = "",
     language: str = "",
+    zone: str = "",
     page_url: str = "",
     user_agent: str = "",
 ) -> Visitor:
@@ -185,10 +187,13 @@ def visitor_session(
         language = language_normalize(language) if language else ""
     except ValidationError:
         language = ""  # a browser's odd tag is not the visitor's fault
-    if language and not customer.language:
-        type(customer).objects.filter(pk=customer.pk).update(language=language)
-    if name and not customer.name:
-        type(customer).objects.filter(pk=customer.pk).update(name=name[:200])
+    # What the browser says of the visitor, where the profile does not say it yet.
+    learnt = {"language": language, "name": name[:200]}
+    if zone != "localtime" and zone in available_timezones():  # the transcript's times
+        learnt["timezone"] = zone
+    learnt = {key: value for key, value in learnt.items() if value and not getattr(customer, key)}
+    if learnt:
+        type(customer).objects.filter(pk=customer.pk).update(**learnt)
     return visitor_reload(visitor)
 
 
@@ -389,11 +394,17 @@ def conversation_json(conversation: Conversation | None) -> dict | None:
     if conversation is None:
         return None
     waiting = conversation.status == Conversation.Status.OPEN and not conversation.assignee_id
+    live = conversation.status in LIVE
     return {
         "id": conversation.pk,
-        "live": conversation.status in LIVE,
+        "live": live,
         "rating": conversation.rating,
         "queue": queue_status(conversation).as_dict() if waiting else None,
+        # Asked for already (the widget then says it is on its way instead of offering it).
+        "transcript": not live
+        and conversation.events.filter(
+            kind=ConversationEvent.Kind.CHAT, data__state="transcript"
+        ).exists(),
     }
 
 

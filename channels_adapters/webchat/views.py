@@ -147,6 +147,7 @@ def session(request, inbox: Inbox):
                 user_hash_given=str(user.get("hash") or ""),
                 name=str(user.get("name") or ""),
                 language=language,
+                zone=str(data.get("timezone") or "")[:64],
                 page_url=str(data.get("page") or ""),
                 user_agent=request.headers.get("User-Agent", ""),
             )

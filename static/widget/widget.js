@@ -166,6 +166,7 @@
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         token: S.token || undefined, user, language: navigator.language || "", page: location.href,
+        timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "",
       }),
     });
     const data = await response.json().catch(() => ({}));
@@ -361,6 +362,7 @@
       S.joined = null;
     }
     S.conversation = conversation ? { ...conversation } : null;
+    if (conversation && conversation.transcript) S.transcriptSent = true;
     if (conversation && conversation.live && (!current || conversation.id !== current.id)) {
       S.fresh = false;
     }

@@ -3,6 +3,7 @@ email that follows a visitor who left."""
 
 import json
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -532,7 +533,9 @@ def test_a_reply_the_visitor_read_is_not_emailed(widget, bob, email_inbox, smtp_
 
 
 def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server):
-    visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    visitor = new_visitor(widget, zone="Europe/Lisbon")
+    assert visitor.identity.customer.timezone == "Europe/Lisbon"  # what her browser said
+    visitor = chat.visitor_contact(visitor, email="ana@example.com")
     conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
     services.reply_send(conversation=conversation, author=bob, text="Hello Ana")
     photo = services.InboundAttachment("scratch.png", "image/png", PNG)
@@ -546,11 +549,19 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     conversation.refresh_from_db()
     assert (conversation.rating, conversation.rating_comment) == (5, "Quick and kind")
 
+    assert chat.conversation_json(conversation)["transcript"] is False
     event = chat.transcript_request(visitor, conversation)
+    # Asked for: a widget opened later says it is on its way rather than offering it again.
+    assert chat.conversation_json(conversation)["transcript"] is True
     assert webchat.transcript_send(event.pk)
     assert not webchat.transcript_send(event.pk)  # once
     [mail] = smtp_server.messages()
     body = mail.get_body().get_content()
+    # In her browser's time zone (Lisbon: UTC in winter, WEST in summer), from our domain.
+    first = conversation.messages.order_by("id").first().created_at
+    local = first.astimezone(ZoneInfo("Europe/Lisbon"))
+    assert f"[{local:%Y-%m-%d %H:%M} {local.tzname()}] You:" in body
+    assert mail["Message-ID"].endswith("@acme.example>")
     assert mail["To"] == "ana@example.com"
     assert "Hi" in body and "Hello Ana" in body
     assert "You:\n[File: scratch.png]" in body.replace("\r\n", "\n")  # not an empty line
@@ -756,7 +767,13 @@ async def test_an_agent_writes_first_and_the_open_widget_shows_it(widget, bob):
     shown = await socket.receive_json_from(timeout=5)
     assert shown == {
         "type": "conversation",
-        "conversation": {"id": conversation.pk, "live": True, "rating": None, "queue": None},
+        "conversation": {
+            "id": conversation.pk,
+            "live": True,
+            "rating": None,
+            "queue": None,
+            "transcript": False,
+        },
     }  # Bob has it: no queue to wait in
     message = await socket.receive_json_from(timeout=5)
     assert message["message"]["text"] == "Hi Ana, can I help you find a size?"
