@@ -317,6 +317,11 @@
         break;
       case "typing":
         showTyping(data.agent);
+        // Someone is answering: "number 8 in line" under "Dana is typing…" would not hold.
+        if (S.conversation && S.conversation.queue) {
+          S.conversation.queue = null;
+          S.joined = data.agent;
+        }
         break;
       case "availability": // an agent came or went, or the hours turned
         S.availability = data.availability || S.availability;

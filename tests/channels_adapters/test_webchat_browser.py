@@ -523,9 +523,14 @@ def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins
     agent.get_by_role("button", name="Set status").click()
     expect(availability).to_contain_text("You are number 2 in line")
 
-    # He takes hers: the queue is behind her, and she is told who is there.
+    # He opens hers and starts answering: she sees him typing, and no place in line under it.
     mine = Conversation.objects.exclude(pk__in=[c.pk for c in earlier]).get()
     agent.goto(f"{asgi_server}/inbox/{mine.pk}/")
+    agent.fill("#reply-text", "Hello! Let me look.")
+    expect(panel.locator(".typing")).to_have_text("Bob is typing…")
+    expect(availability).not_to_contain_text("in line")
+
+    # He takes it: the queue is behind her, and she is told who is there.
     agent.select_option("#assignee", str(bob.pk))
     agent.click('form[action$="/assign"] button')
     expect(availability).to_contain_text("Bob joined the chat")
