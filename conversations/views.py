@@ -442,6 +442,11 @@ def _events_describe(events) -> None:
             changes = [f"+{n}" for n in data.get("added", [])]
             changes += [f"−{n}" for n in data.get("removed", [])]
             event.detail = " ".join(changes)
+        elif event.kind == Kind.MERGED:  # both ends say where the messages went
+            if data.get("target"):
+                event.detail = f"into #{data['target']}"
+            elif data.get("source"):
+                event.detail = f"#{data['source']} into this one"
         elif event.kind == Kind.CHANNEL:
             previous, channel = (data.get(key) for key in ("previous", "channel"))
             event.detail = f"{channels.get(previous, previous)} → {channels.get(channel, channel)}"

@@ -142,6 +142,10 @@ class TestMerge:
         source.refresh_from_db()
         assert (source.merged_into, source.status) == (target, Conversation.Status.CLOSED)
         assert target.events.filter(kind=ConversationEvent.Kind.MERGED, actor=bob).exists()
+        # Each timeline names the other end.
+        assert f"Merged by Bob: #{source.pk} into this one" in response.content.decode()
+        page = client.get(f"/inbox/{source.pk}/").content.decode()
+        assert f"Merged by Bob: into #{target.pk}" in page
 
     def test_it_needs_the_confirmation(self, client, bob, pair):
         source, target = pair
