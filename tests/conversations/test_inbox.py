@@ -117,9 +117,14 @@ class TestList:
             ("  Rosa   Lima ", "Rosa"),  # spaces as typed
             ("nothing-like-it", None),
             ("77-88", None),
+            ("PROBLÈME", "Zoë"),  # capitals of any script, not only ASCII
+            ("zoë lefèvre", "Zoë"),
+            ("100%", None),  # the wildcards are characters like the others
+            ("a_b", None),
         ],
     )
     def test_search_finds_text_phone_and_name(self, client, alice, chat_inbox, query, found):
+        receive(chat_inbox, text="Un problème de livraison", address="v9", name="Zoë Lefèvre")
         receive(chat_inbox, text="Where is my parcel?", address="v1", name="Jo")
         receive(chat_inbox, channel=Channel.SMS, text="Hi", address="+351912345678", name="Ana")
         receive(chat_inbox, text="Hello", address="v3", name="Rosa Lima")

@@ -1,0 +1,44 @@
+import functools
+import re
+
+from django.apps import AppConfig
+from django.db.backends.signals import connection_created
+
+
+class HelpdeskConfig(AppConfig):
+    name = "helpdesk"
+
+    def ready(self):
+        connection_created.connect(_sqlite_like_for_every_script)
+
+
+def _sqlite_like_for_every_script(sender, connection, **kwargs):
+    """SQLite's LIKE (Django's icontains there) folds only ASCII letters, so a search for
+    "PROBLÈME" or "JOÃO" missed "problème" and "João". Replaced, on SQLite, by one that folds
+    case in every script, as PostgreSQL's ILIKE does. Slower per row, on the databases of a
+    demo or a small team."""
+    if connection.vendor != "sqlite":
+        return
+    raw = connection.connection
+    raw.create_function("like", 2, _like, deterministic=True)
+    raw.create_function("like", 3, _like, deterministic=True)
+
+
+def _like(pattern, value, escape=None):
+    if pattern is None or value is None:
+        return None
+    return _like_pattern(pattern, escape).fullmatch(str(value).casefold()) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _like_pattern(pattern: str, escape: str | None) -> re.Pattern:
+    parts, escaped = [], False
+    for char in pattern:
+        if escaped or char not in (escape, "%", "_"):
+            parts.append(re.escape(char.casefold()))
+            escaped = False
+        elif char == escape:
+            escaped = True
+        else:
+            parts.append(".*" if char == "%" else ".")
+    return re.compile("".join(parts), re.DOTALL)
