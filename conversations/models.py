@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.encoding import force_str
 from django.utils.translation import gettext_lazy as _
 
@@ -528,7 +529,9 @@ class ConversationEvent(ChoiceLabels, models.Model):
         help_text=_("Empty when the customer or the system did it."),
     )
     data = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When the event was made, not written: message_receive writes a message's events together
+    # after the message, and "opened" must still come before it in the timeline.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
         ordering = ["created_at", "id"]

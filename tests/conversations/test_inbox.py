@@ -408,6 +408,17 @@ class TestConversation:
         )
         assert '<input type="radio" name="mode" value="reply" checked>' in response.content.decode()
 
+    def test_the_timeline_opens_and_reopens_before_the_message_that_did_it(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox, text="first")
+        services.conversation_set_status(conversation=conversation, status="resolved")
+        receive(chat_inbox, text="second", address="visitor-1")
+        client.force_login(bob)
+        timeline = client.get(f"/inbox/{conversation.pk}/").context["timeline"]
+        said = [item.text if kind == "message" else item.kind for kind, item in timeline]
+        assert said == ["created", "first", "status", "reopened", "second"]
+
     def test_a_form_sent_twice_writes_once(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox, text="First")
         client.force_login(bob)
