@@ -57,7 +57,9 @@ def conversation_transfer(request, number: int):
     if team is None:
         messages.error(request, "Choose a team to transfer the conversation to.")
         return _back(conversation)
-    services.conversation_set_team(conversation=conversation, team=team, actor=request.user)
+    services.conversation_set_team(
+        conversation=conversation, team=team, actor=request.user, unassign_outsider=True
+    )
     if not conversations_visible_to(request.user).filter(pk=conversation.pk).exists():
         # Handing it to a team the agent is not in is the point of a transfer, not an error.
         messages.success(

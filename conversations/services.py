@@ -1415,7 +1415,12 @@ def _queue_moves(conversation: Conversation) -> None:
     queue_nudge(conversation.team_id)
 
 
-def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Conversation:
+def conversation_set_team(
+    *, conversation: Conversation, team, actor=None, unassign_outsider: bool = False
+) -> Conversation:
+    """Move the conversation to `team`. With `unassign_outsider` (an agent's transfer), an
+    assignee who is not in the team lets go of a conversation still being worked on, and the
+    team's queue takes it; automations and macros keep what their own actions set."""
     with transaction.atomic():
         conversation = _locked(conversation)
         previous = conversation.team_id
@@ -1428,7 +1433,9 @@ def conversation_set_team(*, conversation: Conversation, team, actor=None) -> Co
         _event(conversation, ConversationEvent.Kind.TEAM, actor, previous=previous, team=new)
         publish_conversation_event(conversation, "team", team=new, previous=previous)
         if (
-            conversation.assignee_id
+            unassign_outsider
+            and conversation.assignee_id
+            and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED)
             and new
             and not team.memberships.filter(user_id=conversation.assignee_id)
         ):

@@ -281,11 +281,16 @@ def test_a_transfer_leaves_the_agent_only_if_they_are_in_the_new_team(
     theirs, hers = arrive(mail_inbox), arrive(mail_inbox)
     services.conversation_assign(conversation=theirs, assignee=bob, actor=bob)
     services.conversation_assign(conversation=hers, assignee=dana, actor=dana)
+    resolved = arrive(mail_inbox)
+    services.conversation_assign(conversation=resolved, assignee=bob, actor=bob)
+    services.conversation_set_status(conversation=resolved, status="resolved", actor=bob)
+    client.force_login(bob)
     with tasks_run():
-        for conversation in (theirs, hers):
-            services.conversation_set_team(conversation=conversation, team=billing, actor=bob)
-    # Bob is not in Billing: Billing's queue gave it to Charlie. Dana is: she keeps hers.
-    assert (assignee_of(theirs), assignee_of(hers)) == (charlie, dana)
+        for conversation in (theirs, hers, resolved):
+            client.post(f"/inbox/{conversation.pk}/transfer", {"team": billing.pk})
+    # Bob is not in Billing: Billing's queue gave it to Charlie. Dana is: she keeps hers. The
+    # resolved one stays Bob's work.
+    assert [assignee_of(c) for c in (theirs, hers, resolved)] == [charlie, dana, bob]
     client.force_login(charlie)
     page = client.get(f"/inbox/{theirs.pk}/").content.decode()
     assert "Assigned by Bob: nobody, on the transfer to another team" in page
