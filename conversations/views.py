@@ -597,6 +597,11 @@ def conversation_reply(request, number: int):
     text = request.POST.get("text", "")
     mode = request.POST.get("mode", "reply")
     seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
+    once = request.POST.get("client_id", "")[:64]
+    if once and conversation.messages.filter(client_id=once).exists():
+        # Sent already (the answer to the first try was lost, and the browser sent it again):
+        # neither held as stale nor sent twice.
+        return _after_writing(conversation, mode)
     # A page sent back cannot keep chosen files (browsers do not allow it): it names them.
     reattach = [upload.name for upload in request.FILES.getlist("files")]
     # A note answers nobody, so it is never stale; a reply is.
@@ -604,7 +609,13 @@ def conversation_reply(request, number: int):
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
         # now shows it, so sending again from there sends the reply as it is.
         context = _conversation_context(
-            request, conversation, draft=text, draft_mode=mode, stale=True, reattach=reattach
+            request,
+            conversation,
+            draft=text,
+            draft_mode=mode,
+            stale=True,
+            reattach=reattach,
+            reply_once=once or secrets.token_urlsafe(16),  # the same reply when sent again
         )
         arrived = {message.pk for message in arrived}
         for kind, item in context["timeline"]:
@@ -618,7 +629,7 @@ def conversation_reply(request, number: int):
                 author=request.user,
                 text=text,
                 attachments=attachments,
-                client_id=request.POST.get("client_id", "")[:64],
+                client_id=once,
             )
             if note.mentions_missed:
                 names = ", ".join(f"@{handle}" for handle in note.mentions_missed)
@@ -640,7 +651,7 @@ def conversation_reply(request, number: int):
                 author=request.user,
                 text=text,
                 identity=identity,
-                client_id=request.POST.get("client_id", "")[:64],
+                client_id=once,
                 attachments=attachments,
             )
     except ValidationError as exc:
@@ -651,8 +662,13 @@ def conversation_reply(request, number: int):
             draft_mode=mode,
             error="; ".join(exc.messages),
             reattach=reattach,
+            reply_once=once or secrets.token_urlsafe(16),
         )
         return render(request, "inbox/conversation.html", context, status=400)
+    return _after_writing(conversation, mode)
+
+
+def _after_writing(conversation, mode: str):
     page = reverse("inbox:conversation", args=[conversation.pk])
     # After a note, the next line is likely another note: it must not go to the customer
     # because the composer went back to replies.

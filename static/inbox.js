@@ -359,6 +359,7 @@
       const mode = composer.querySelector(`[value="${event.key === "r" ? "reply" : "note"}"]`);
       if (!mode.disabled) mode.checked = true; // no reply where there is no address
       updateHint();
+      draftSave();
       text.focus();
     }
     else if (event.key === "e" && composer) {
@@ -430,38 +431,50 @@
   }
 
   // The draft outlives the page: every action in the side panel, a macro, "e" and a visit to
-  // the list reload it, and a half-written reply must survive that. Kept in this browser,
-  // per conversation, until it is sent.
-  const draftKey = text && conversationId ? `threadline:draft:${conversationId}` : null;
-  function draftSave() {
+  // the list reload it, and a half-written reply must survive that. Kept in this browser, per
+  // agent and conversation, for a week, until the page shows it was sent.
+  const DRAFT_DAYS = 7;
+  const draftKey = text && conversationId ? `threadline:draft:${page.dataset.agent}:${conversationId}` : null;
+  const sendOnce = composer && composer.querySelector("[name=client_id]");
+  function draftSave(sending) {
+    if (!draftKey) return;
     const mode = composer.querySelector("[name=mode]:checked");
+    const draft = { text: text.value, mode: mode && mode.value, at: Date.now() };
+    if (sending) draft.sending = sendOnce.value; // kept until the page shows it sent
     try {
-      if (text.value.trim()) {
-        localStorage.setItem(draftKey, JSON.stringify({ text: text.value, mode: mode && mode.value }));
-      } else localStorage.removeItem(draftKey);
+      if (text.value.trim()) localStorage.setItem(draftKey, JSON.stringify(draft));
+      else localStorage.removeItem(draftKey);
     } catch (error) { /* storage refused: the draft lives as long as the page */ }
   }
   if (draftKey) {
     let stored = null;
     try { stored = JSON.parse(localStorage.getItem(draftKey)); } catch (error) { stored = null; }
+    const sent = stored && stored.sending && Array.from(document.querySelectorAll("[data-client-id]"))
+      .some(function (li) { return li.dataset.clientId === stored.sending; });
+    const stale = stored && !(Date.now() - stored.at < DRAFT_DAYS * 864e5);
     if (text.value.trim()) draftSave(); // sent back by the server, not sent: keep it
-    else if (stored && typeof stored.text === "string") {
+    else if (!stored || sent || stale || typeof stored.text !== "string") {
+      try { localStorage.removeItem(draftKey); } catch (error) { /* see draftSave */ }
+    } else {
       text.value = stored.text;
       const mode = composer.querySelector(`[name=mode][value="${stored.mode === "note" ? "note" : "reply"}"]`);
       if (mode && !mode.disabled) mode.checked = true;
       updateHint();
     }
-    text.addEventListener("input", draftSave);
-    composer.querySelectorAll("[name=mode]").forEach(function (radio) { radio.addEventListener("change", draftSave); });
+    text.addEventListener("input", function () { draftSave(); });
+    composer.querySelectorAll("[name=mode]").forEach(function (radio) {
+      radio.addEventListener("change", function () { draftSave(); });
+    });
   }
   if (composer) {
     // Sent once: a second click or Ctrl+Enter while the first is on its way does nothing (the
-    // server would drop the copy by its client id anyway).
+    // server would drop the copy by its client id anyway), for as long as a send may take.
     composer.addEventListener("submit", function (event) {
       if (event.defaultPrevented) return;
       if (composer.dataset.sending || holdStale(composer)) { event.preventDefault(); return; }
       composer.dataset.sending = "1";
-      if (draftKey) try { localStorage.removeItem(draftKey); } catch (error) { /* see draftSave */ }
+      setTimeout(function () { delete composer.dataset.sending; }, 15000);
+      draftSave(true);
     });
     // Back to a page the browser kept: it can send again.
     window.addEventListener("pageshow", function () { delete composer.dataset.sending; });

@@ -424,6 +424,7 @@ class TestConversation:
         client.force_login(bob)
         page = client.get(f"/inbox/{conversation.pk}/")
         once, seen = page.context["reply_once"], page.context["seen"]
+        page_once = once
         assert f'name="client_id" value="{once}"' in page.content.decode()
         url = reverse("inbox:reply", args=[conversation.pk])
         for mode in ("reply", "reply", "note"):
@@ -435,6 +436,12 @@ class TestConversation:
                 assert client.post(url, form).status_code == 302
         assert conversation.messages.filter(text="A reply").count() == 1
         assert conversation.messages.filter(text="A note").count() == 1
+        # The first answer was lost and the browser sends again after the customer wrote: it
+        # was sent, so it is neither held as stale nor sent twice.
+        receive(chat_inbox, text="Hello?")
+        form = {"text": "A reply", "mode": "reply", "seen": seen, "client_id": page_once}
+        assert client.post(url, form).status_code == 302
+        assert conversation.messages.filter(text="A reply").count() == 1
 
     def test_a_reply_to_a_stale_view_asks_first(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox, text="First")
