@@ -15,8 +15,8 @@ class HelpdeskConfig(AppConfig):
 def _sqlite_like_for_every_script(sender, connection, **kwargs):
     """SQLite's LIKE (Django's icontains there) folds only ASCII letters, so a search for
     "PROBLÈME" or "JOÃO" missed "problème" and "João". Replaced, on SQLite, by one that folds
-    case in every script, as PostgreSQL's ILIKE does. Slower per row, on the databases of a
-    demo or a small team."""
+    case in every script, as PostgreSQL's ILIKE does (lower(), not casefold(): "straße" stays
+    unlike "strasse" on both). Slower per row, on the databases of a demo or a small team."""
     if connection.vendor != "sqlite":
         return
     raw = connection.connection
@@ -27,7 +27,7 @@ def _sqlite_like_for_every_script(sender, connection, **kwargs):
 def _like(pattern, value, escape=None):
     if pattern is None or value is None:
         return None
-    return _like_pattern(pattern, escape).fullmatch(str(value).casefold()) is not None
+    return _like_pattern(pattern, escape).fullmatch(str(value).lower()) is not None
 
 
 @functools.lru_cache(maxsize=256)
@@ -35,7 +35,7 @@ def _like_pattern(pattern: str, escape: str | None) -> re.Pattern:
     parts, escaped = [], False
     for char in pattern:
         if escaped or char not in (escape, "%", "_"):
-            parts.append(re.escape(char.casefold()))
+            parts.append(re.escape(char.lower()))
             escaped = False
         elif char == escape:
             escaped = True

@@ -7,6 +7,7 @@ plain text, never notes, internal events or other people's tokens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from datetime import timedelta
@@ -189,12 +190,18 @@ def visitor_session(
         language = ""  # a browser's odd tag is not the visitor's fault
     # What the browser says of the visitor, where the profile does not say it yet.
     learnt = {"language": language, "name": name[:200]}
-    if zone != "localtime" and zone in available_timezones():  # the transcript's times
+    if zone and not customer.timezone and zone in _zones():  # the transcript's times
         learnt["timezone"] = zone
     learnt = {key: value for key, value in learnt.items() if value and not getattr(customer, key)}
     if learnt:
         type(customer).objects.filter(pk=customer.pk).update(**learnt)
     return visitor_reload(visitor)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    """IANA zone names ("localtime" is the server's, not a visitor's): read once, ~5 ms."""
+    return frozenset(available_timezones()) - {"localtime"}
 
 
 def visitor_reload(visitor: Visitor) -> Visitor:
@@ -268,8 +275,11 @@ def _flag_email_elsewhere(conversation: Conversation, email: str) -> None:
         f"The visitor gave {email}, the address of another customer. Merge the two profiles "
         "if they are the same person; until then replies are not emailed there."
     )
-    conversation.flag_reason = reason[:300]
-    Conversation.objects.filter(pk=conversation.pk).update(flag_reason=conversation.flag_reason)
+    if not conversation.flag_reason:  # an earlier flag (a forged reference) says more
+        conversation.flag_reason = reason[:300]
+        Conversation.objects.filter(pk=conversation.pk, flag_reason="").update(
+            flag_reason=conversation.flag_reason
+        )
 
 
 def email_pending(visitor: Visitor) -> bool:

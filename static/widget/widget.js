@@ -45,7 +45,7 @@
     socket: null, ready: false, everReady: false, retries: 0,
     open: false, fresh: false, waited: false, prechatDone: false,
     rating: 0, transcriptSent: false, afterContact: "", contactForm: null,
-    typingSentAt: 0, timers: {}, atBottom: true,
+    typingSentAt: 0, timers: {}, atBottom: true, resends: 0,
   };
 
   // --- Small helpers --------------------------------------------------------------------------
@@ -279,6 +279,7 @@
         addMessage(data.message);
         break;
       case "ack": {
+        S.resends = 0;
         const p = S.pending.get(data.client_id);
         if (p) {
           p.id = data.message;
@@ -317,11 +318,6 @@
         break;
       case "typing":
         showTyping(data.agent);
-        // Someone is answering: "number 8 in line" under "Dana is typing…" would not hold.
-        if (S.conversation && S.conversation.queue) {
-          S.conversation.queue = null;
-          S.joined = data.agent;
-        }
         break;
       case "availability": // an agent came or went, or the hours turned
         S.availability = data.availability || S.availability;
@@ -336,8 +332,7 @@
       case "error":
         if (data.client_id && S.pending.has(data.client_id)) {
           const p = S.pending.get(data.client_id);
-          // Too many at once: it goes again by itself, a little later.
-          if (data.retry === true) S.timers[p.cid] = setTimeout(() => transmit(p), 2000 + Math.random() * 2000);
+          if (data.retry === true && S.resends < 5) resendLater();
           else failPending(p, data.error, data.retry !== false);
         } else if (data.action === "contact" && S.contactForm) {
           formError(S.contactForm, data.error);
@@ -454,6 +449,16 @@
     return p;
   }
 
+  // Refused for coming too fast: what waits goes again, in the order it was written, a little
+  // later each time; after five tries it waits for a tap.
+  function resendLater() {
+    clearTimeout(S.timers.resend);
+    S.resends += 1;
+    S.timers.resend = setTimeout(() => {
+      S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
+    }, 2000 * S.resends);
+  }
+
   function transmit(p) {
     p.state = "sending";
     updatePending(p);
@@ -554,14 +559,18 @@
 
   function hideTyping() {
     clearTimeout(S.timers.typing);
+    const shown = !ui.typing.hidden;
     ui.typing.hidden = true;
     ui.typing.textContent = "";
+    if (shown) render(); // the place in line, if any, comes back
   }
 
   // The visitor's draft, so agents see someone is writing: at most once a second.
   function typed() {
-    // The box stops at the limit: a longer paste is cut, and the visitor is told so.
-    if (ui.textarea.value.length >= TEXT_MAX) showError(t("too_long"));
+    // The box stops at the limit: a longer paste is cut, and the visitor is told so, once.
+    const full = ui.textarea.value.length >= TEXT_MAX;
+    if (full && !S.full) showError(t("too_long"));
+    S.full = full;
     if (!S.conversation || !S.conversation.live) return;
     const now = Date.now();
     if (now - S.typingSentAt >= TYPING_EVERY_MS) {
@@ -899,7 +908,8 @@
     // Closed: when we are back first, and the usual reply time counted from then.
     const time = a.reply_time || "";
     const q = S.conversation && S.conversation.live && S.conversation.queue;
-    const queued = a.online && q && q.position;
+    // An agent typing is answering: "number 8 in line" under "Dana is typing…" would not hold.
+    const queued = a.online && q && q.position && ui.typing.hidden;
     // In line, the place and wait say when: "we reply in minutes" above them would not hold.
     const lines = queued ? []
       : a.online ? [t("online")]
