@@ -249,7 +249,7 @@ class InboxForm(forms.ModelForm):
         from channels_adapters.webchat.chat import widget_settings
 
         super().__init__(*args, **kwargs)
-        current = widget_settings(self.instance)
+        current = self.widget_before = widget_settings(self.instance)
         for key, value in current.items():
             name = f"widget_{key}"
             if name in self.fields and self.instance.pk:
@@ -313,10 +313,11 @@ class InboxForm(forms.ModelForm):
         if self.instance.kind == Channel.WEBCHAT:
             settings = dict(self.instance.settings or {})
             for name, value in self.cleaned_data.items():
-                # Only what the admin changed on the page: an edit of the same setting in the
-                # Settings JSON must not be undone by the field's old value.
-                if name.startswith("widget_") and name in self.changed_data:
-                    key = name.removeprefix("widget_")
+                # Only what the admin changed on the page (by value: a browser sends the
+                # origins' lines back with \r\n): an edit of the same setting in the Settings
+                # JSON must not be undone by the field's old value.
+                key = name.removeprefix("widget_")
+                if name != key and value != self.widget_before.get(key):
                     settings[key] = value
                     if value in (None, ""):
                         del settings[key]  # left empty: the default applies

@@ -309,14 +309,20 @@ def test_inbox_settings_are_a_json_object_and_a_new_chat_keeps_the_widget_defaul
     chat = Inbox.objects.get(name="Shop B chat")
     assert widget_settings(chat)["show_agent_typing"] is True
 
-    # On its page, a greeting edited in the Settings JSON is kept (its own field unchanged).
+    # On its page, settings edited in the Settings JSON are kept (their own fields unchanged,
+    # sent back as a browser does, lines ending in \r\n).
+    chat.settings = {"allowed_origins": ["https://a.example", "https://b.example"]}
+    chat.save()
     change = reverse("admin:conversations_inbox_change", args=[chat.pk])
     shown = client.get(change).context["adminform"].form.initial
     edited = {k: v for k, v in shown.items() if k.startswith("widget_") and v not in (None, False)}
-    edited |= form | {"settings": json.dumps({"greeting": "Hola"})}
+    edited["widget_allowed_origins"] = edited["widget_allowed_origins"].replace("\n", "\r\n")
+    json_edit = {"greeting": "Hola", "allowed_origins": ["https://c.example"]}
+    edited |= form | {"settings": json.dumps(json_edit)}
     assert client.post(change, edited).status_code == 302
     chat.refresh_from_db()
     assert chat.settings["greeting"] == "Hola"
+    assert chat.settings["allowed_origins"] == ["https://c.example"]
     assert widget_settings(chat)["show_agent_typing"] is True
 
     # An SMS inbox's settings as a bare string would break every reply: refused.
