@@ -362,9 +362,20 @@ def conversation_list(request):
         query.pop("partial", None)
         next_query = query.urlencode()
 
+    widest = "all" if user.is_admin else "teams"
+    wider_search = None
+    if query and not page and view != widest:
+        # Nothing in this view (Mine, by default): the same search where the agent sees most.
+        wider = request.GET.copy()
+        wider["view"] = widest
+        wider.pop("after", None)
+        wider.pop("partial", None)
+        wider_search = (VIEWS[widest][0], wider.urlencode())
+
     context = {
         "conversations": page,
         "next_query": next_query,
+        "wider_search": wider_search,
         "view": view,
         "sort": sort,
         # A dict with every key: a missing key of request.GET costs the template an exception.

@@ -133,6 +133,17 @@ class TestList:
         rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
         assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
 
+    def test_a_search_that_finds_nothing_in_mine_offers_the_teams(self, client, bob, chat_inbox):
+        chat(chat_inbox, text="The lid is cracked", address="v1")
+        client.force_login(bob)
+        page = client.get("/inbox/", {"q": "cracked"})  # Mine: nobody's conversation yet
+        assert list(page.context["conversations"]) == []
+        link = "?q=cracked&amp;view=teams"
+        assert f'<a href="{link}">Search “cracked” in My teams</a>' in page.content.decode()
+        found = client.get("/inbox/", {"q": "cracked", "view": "teams"}).context
+        assert len(found["conversations"]) == 1
+        assert found["wider_search"] is None
+
     def test_search_by_conversation_number(self, client, bob, chat_inbox, billing_inbox):
         mine = chat(chat_inbox, address="v1")
         theirs = receive(billing_inbox, address="c-9").message.conversation
