@@ -739,12 +739,27 @@
   let host = null;
   const ui = {};
 
+  // White or near-black, whichever reads better on the admin's colour (WCAG contrast): white
+  // on a light green or yellow header would be hard to read.
+  function textOn(hex) {
+    const digits = hex.length === 4 ? hex.slice(1).replace(/./g, "$&$&") : hex.slice(1);
+    const [r, g, b] = [0, 2, 4].map((i) => {
+      const c = parseInt(digits.slice(i, i + 2), 16) / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    const light = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    return 1.05 / (light + 0.05) >= (light + 0.05) / 0.05 ? "#fff" : "#111827";
+  }
+
   function mount() {
     host = document.createElement("threadline-chat");
     host.dataset.inbox = KEY;
     host.hidden = true; // until its stylesheet has loaded: no flash of an unstyled widget
     const color = String(S.settings.color || "");
-    if (/^#[0-9a-f]{3,8}$/i.test(color)) host.style.setProperty("--tl-accent", color); // CSSOM: CSP allows it
+    if (/^#([0-9a-f]{3}|[0-9a-f]{6})$/i.test(color)) { // CSSOM: the page's CSP allows it
+      host.style.setProperty("--tl-accent", color);
+      host.style.setProperty("--tl-on-accent", textOn(color));
+    }
     const root = host.attachShadow({ mode: "open" });
     const css = el("link", { rel: "stylesheet", href: serverUrl("static/widget/widget.css") });
     css.addEventListener("load", () => { host.hidden = false; });

@@ -655,7 +655,7 @@ def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_
     previewing = Inbox.objects.create(
         name="Shop B chat",
         kind=Channel.WEBCHAT,
-        settings={"allowed_origins": [shop.origin], "typing_preview": True},
+        settings={"allowed_origins": [shop.origin], "typing_preview": True, "color": "#facc15"},
     )
     url = shop.embed(asgi_server, widget)
     page = browser.new_page(locale="en-US")
@@ -687,8 +687,15 @@ def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_
     expect(failed.locator(".error")).to_contain_text("blocked")
     expect(failed.locator("button.retry")).to_have_count(0)
 
-    # Where agents do read drafts, the visitor knows it.
+    def header_text(panel):
+        return panel.locator("header h2").evaluate("h => getComputedStyle(h).color")
+
+    assert header_text(panel) == "rgb(255, 255, 255)"  # white on the default blue
+
+    # Where agents do read drafts, the visitor knows it. On this shop's yellow, dark text.
     page.goto(shop.embed(asgi_server, previewing))
-    expect(open_chat(page, "Shop B chat").locator(".preview-notice")).to_have_text(
+    panel = open_chat(page, "Shop B chat")
+    expect(panel.locator(".preview-notice")).to_have_text(
         "Our team sees what you type before you send it."
     )
+    assert header_text(panel) == "rgb(17, 24, 39)"
