@@ -1,3 +1,4 @@
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -6,6 +7,8 @@ from django.db.models import Count
 
 from conversations.models import Channel, Conversation, Customer, Message
 from helpdesk.models import User
+from routing.hours import is_open, schedule_for
+from routing.models import SlaClock
 
 
 @pytest.mark.django_db
@@ -32,3 +35,10 @@ def test_the_demo_covers_every_channel_and_is_idempotent(client):
     assert client.login(username="admin@example.com", password="threadline-demo")
     assert client.get("/admin/conversations/conversation/").status_code == 200
     assert User.objects.get(email="agent@example.com").is_admin is False
+    # The demo's running SLA targets fall due while their team works, not on a Sunday night.
+    running = SlaClock.objects.filter(stopped_at=None, business_hours_only=True)
+    running = running.exclude(due_at=None).select_related("conversation__inbox")
+    assert running.exists()
+    for clock in running:
+        schedule = schedule_for(clock.conversation.inbox, clock.conversation.team_id)
+        assert schedule is None or is_open(schedule, clock.due_at - timedelta(seconds=1)), clock

@@ -34,7 +34,7 @@ from routing.models import (
     TeamMembership,
 )
 from routing.replies import auto_reply_send
-from routing.sla import sla_agent_replied, sla_due_set
+from routing.sla import sla_agent_replied, sla_clock_rerun, sla_due_set
 
 DEMO_PASSWORD = "threadline-demo"  # noqa: S105 - printed in the README, demo only
 
@@ -762,6 +762,10 @@ class Command(BaseCommand):
             ):
                 if getattr(clock, field):
                     setattr(clock, field, getattr(clock, field) - shift)
+            if clock.running_since and clock.stopped_at is None:
+                # Counted again from its new start, in the team's business hours: shifted as
+                # it was, a target could fall due on a Sunday night.
+                sla_clock_rerun(conversation, clock)
             if clock.stopped_at is None and clock.due_at and clock.due_at <= timezone.now():
                 clock.breached_at = clock.warned_at = clock.due_at
             clock.save()
