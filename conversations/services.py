@@ -507,10 +507,10 @@ def language_normalize(tag: str) -> str:
 
 
 def _timezone_clean(value) -> str:
-    import zoneinfo
+    from helpdesk.middleware import zone_names
 
     value = str(value or "").strip()
-    if value and value not in zoneinfo.available_timezones():
+    if value and value not in zone_names():
         raise ValidationError(f"{value!r} is not a time zone such as Europe/Lisbon.")
     return value
 

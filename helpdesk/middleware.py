@@ -5,14 +5,15 @@ from django.utils import timezone
 
 
 @lru_cache(maxsize=1)
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+def zone_names() -> frozenset[str]:
+    """The IANA zone names, read once (~5 ms): not "localtime", the server's own setting."""
+    return frozenset(zoneinfo.available_timezones()) - {"localtime"}
 
 
-def _zone(name: str) -> zoneinfo.ZoneInfo | None:
-    """The zone a cookie names, if it is one: only names from the zone database are looked
-    up (a folder's name, "America", would raise from ZoneInfo)."""
-    return zoneinfo.ZoneInfo(name) if name in _zone_names() else None
+def zone_named(name: str) -> zoneinfo.ZoneInfo | None:
+    """The zone a cookie, a browser or a form names, if it is one: only names from the zone
+    database are looked up (a folder's name, "America", would raise from ZoneInfo)."""
+    return zoneinfo.ZoneInfo(name) if name in zone_names() else None
 
 
 class AgentTimezoneMiddleware:
@@ -24,7 +25,7 @@ class AgentTimezoneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        zone = _zone(request.COOKIES.get("tz", ""))
+        zone = zone_named(request.COOKIES.get("tz", ""))
         if zone:
             timezone.activate(zone)
         try:

@@ -1,6 +1,5 @@
 import json
 from datetime import timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.contrib import admin
@@ -12,6 +11,7 @@ from django.utils import dateformat, timezone
 from django.utils.html import escape, format_html_join
 
 from conversations.models import CannedResponse, Conversation
+from helpdesk.middleware import zone_named
 from helpdesk.models import User
 from routing import automations, hours, rules
 from routing.models import (
@@ -343,11 +343,8 @@ class BusinessHoursAdmin(admin.ModelAdmin):
 
     @admin.display(description="now")
     def state(self, schedule):
-        try:
-            ZoneInfo(schedule.timezone)
-        except (ValueError, ZoneInfoNotFoundError):  # being corrected on this page
-            return "-"
-        if not schedule.pk:
+        zone = zone_named(schedule.timezone)
+        if zone is None or not schedule.pk:  # not saved, or a zone being corrected on this page
             return "-"
         now = timezone.now()
         if hours.is_open(schedule, now):
@@ -355,7 +352,7 @@ class BusinessHoursAdmin(admin.ModelAdmin):
         opening = hours.next_opening(schedule, now)
         if opening is None:
             return "closed, no opening within a year"
-        local = opening.astimezone(ZoneInfo(schedule.timezone))
+        local = opening.astimezone(zone)
         when = dateformat.format(
             local, "D H:i" if opening - now < timedelta(days=6) else "D j M H:i"
         )

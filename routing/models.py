@@ -3,7 +3,6 @@ import threading
 from contextlib import contextmanager
 from datetime import time, timedelta
 from time import monotonic
-from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -13,6 +12,7 @@ from django.db.models.signals import post_delete, post_save
 from django.utils.translation import gettext_lazy as _
 
 from conversations.models import Channel, Conversation, Inbox
+from helpdesk.middleware import zone_names
 
 # How much one open conversation of a channel weighs against an agent's capacity, unless the
 # team says otherwise: a live chat wants the agent now, an email can wait its turn.
@@ -282,7 +282,7 @@ class BusinessHours(models.Model):
         # The list of names, not just "ZoneInfo() loads it": that would also take the "right/"
         # zones (clocks that count leap seconds, out of step with everything else) and
         # "localtime" (whatever the machine happens to be set to).
-        if self.timezone == "localtime" or self.timezone not in available_timezones():
+        if self.timezone not in zone_names():
             raise ValidationError(
                 {
                     "timezone": _(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from email.utils import make_msgid
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from django.core.mail import EmailMessage
 from django.db import transaction
@@ -15,6 +15,7 @@ from django.utils.translation import ngettext
 from channels_adapters.base import Adapter, Capabilities, SendResult
 from conversations.models import Channel, Conversation, ConversationEvent, Message, Visitor
 from conversations.realtime import publish_customer_event
+from helpdesk.middleware import zone_named
 
 # Agent replies older than this are not emailed any more: the visitor has had them in the
 # widget for a week, or never came back to an address we know.
@@ -209,10 +210,7 @@ def transcript_send(event_id: int) -> bool:
             or Inbox.objects.filter(kind=Channel.EMAIL, is_active=True).first()
         )
         # Times as the visitor's browser told us its zone, else UTC.
-        try:
-            zone = ZoneInfo(conversation.customer.timezone or "UTC")
-        except (ValueError, ZoneInfoNotFoundError):
-            zone = ZoneInfo("UTC")
+        zone = zone_named(conversation.customer.timezone) or ZoneInfo("UTC")
         with translation.override(conversation.customer.language or None):
             lines = [_("Transcript of conversation #%(n)s") % {"n": conversation.pk}, ""]
             for message in visible_messages(conversation, limit=5000):

@@ -7,12 +7,10 @@ plain text, never notes, internal events or other people's tokens.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 from datetime import timedelta
 from urllib.parse import urlsplit
-from zoneinfo import available_timezones
 
 from django.conf import settings
 from django.core import signing
@@ -49,6 +47,7 @@ from conversations.services import (
     identity_get_or_create,
     language_normalize,
 )
+from helpdesk.middleware import zone_names
 from routing.models import ShortCache
 
 VISITOR_SALT = "threadline.webchat.visitor"
@@ -190,18 +189,12 @@ def visitor_session(
         language = ""  # a browser's odd tag is not the visitor's fault
     # What the browser says of the visitor, where the profile does not say it yet.
     learnt = {"language": language, "name": name[:200]}
-    if zone and not customer.timezone and zone in _zones():  # the transcript's times
+    if zone and not customer.timezone and zone in zone_names():  # the transcript's times
         learnt["timezone"] = zone
     learnt = {key: value for key, value in learnt.items() if value and not getattr(customer, key)}
     if learnt:
         type(customer).objects.filter(pk=customer.pk).update(**learnt)
     return visitor_reload(visitor)
-
-
-@functools.cache
-def _zones() -> frozenset[str]:
-    """IANA zone names ("localtime" is the server's, not a visitor's): read once, ~5 ms."""
-    return frozenset(available_timezones()) - {"localtime"}
 
 
 def visitor_reload(visitor: Visitor) -> Visitor:
