@@ -232,6 +232,10 @@ class Conversation(ChoiceLabels, models.Model):
         RESOLVED = "resolved", _("Resolved")
         CLOSED = "closed", _("Closed")
 
+    # Still being worked on (a chat in it is live), and over.
+    WORKING = (Status.OPEN, Status.PENDING, Status.SNOOZED)
+    ENDED = (Status.RESOLVED, Status.CLOSED)
+
     class Priority(models.IntegerChoices):
         LOW = 0, _("Low")
         NORMAL = 1, _("Normal")

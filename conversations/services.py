@@ -1435,7 +1435,7 @@ def conversation_set_team(
         if (
             unassign_outsider
             and conversation.assignee_id
-            and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED)
+            and conversation.status in Conversation.WORKING
             and new
             and not team.memberships.filter(user_id=conversation.assignee_id)
         ):
@@ -1471,8 +1471,7 @@ def conversation_set_status(
             return conversation
         conversation.status = status
         conversation.snoozed_until = snoozed_until if status == Status.SNOOZED else None
-        ended = (Status.RESOLVED, Status.CLOSED)
-        if status in ended:
+        if status in Conversation.ENDED:
             conversation.resolved_at = conversation.resolved_at or now
             conversation.waiting_since = None
         else:
@@ -1487,12 +1486,11 @@ def conversation_set_status(
             status=status,
             snoozed_until=snoozed_until.isoformat() if snoozed_until else None,
         )
-        told = None
-        if conversation.inbox.kind == Channel.WEBCHAT and (previous in ended) != (status in ended):
+        told, ended = None, status in Conversation.ENDED
+        if conversation.inbox.kind == Channel.WEBCHAT and (previous in Conversation.ENDED) != ended:
             # The visitor's widget ends the chat (a rating, the transcript, a new conversation
             # for what they write next), or takes messages in it again.
-            told = {"event": "ended" if status in ended else "reopened"}
-            told["conversation"] = conversation.pk
+            told = {"event": "ended" if ended else "reopened", "conversation": conversation.pk}
         publish_conversation_event(
             conversation, "status", status=status, previous=previous, customer_event=told
         )

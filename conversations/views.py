@@ -519,7 +519,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         # The composer's too: a form sent twice (a double click, a resend) sends one reply.
         "reply_once": secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
-        and conversation.status in (Status.OPEN, Status.PENDING, Status.SNOOZED),
+        and conversation.status in Conversation.WORKING,
         # The customer's other conversations this agent may see, for the sidebar and the
         # merge form: numbers and subjects of another team's conversations stay hidden.
         "history": list(

@@ -412,8 +412,6 @@ def _do_notify(action, conversation, actor, source):
     return str(action)
 
 
-ENDING = (Conversation.Status.RESOLVED, Conversation.Status.CLOSED)  # see _actions_do
-
 DOERS = {
     "assign": _do_assign,
     "unassign": _do_unassign,
@@ -446,7 +444,7 @@ def _actions_do(chain: _Chain, conversation_id: int, actions, *, actor, source: 
     done, skipped = [], []
     unanswered = False
     for action in actions:
-        if unanswered and action.kind == "status" and action.value in ENDING:
+        if unanswered and action.kind == "status" and action.value in Conversation.ENDED:
             skipped.append(f"{action}: the reply before it was not sent")
             continue
         conversation = _current(conversation_id)  # as the previous action left it

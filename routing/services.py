@@ -566,7 +566,7 @@ def _median_handling(team: Team, kind: str, now: datetime) -> timedelta:
         Conversation.objects.filter(
             team=team,
             inbox__kind=kind,
-            status__in=(Conversation.Status.RESOLVED, Conversation.Status.CLOSED),
+            status__in=Conversation.ENDED,
             merged_into=None,
             resolved_at__gte=now - HANDLING_LOOKBACK,
         )

@@ -195,7 +195,7 @@ def sla_customer_wrote(
         for clock in _unstopped(conversation).filter(running_since=None):
             context.run(clock, clock.policy)
             changed.append(clock)
-    if opened or previous_status in (Status.RESOLVED, Status.CLOSED):
+    if opened or previous_status in Conversation.ENDED:
         changed.append(context.start(Target.RESOLUTION, conversation.inbox.kind))
     # No response target where agents cannot reply (an API integration): it would breach, and
     # alert the leads, every time, whatever anyone did.
@@ -236,7 +236,7 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
         return
     context = _Context(conversation, now)
     for clock in clocks:
-        if status in (Status.RESOLVED, Status.CLOSED):
+        if status in Conversation.ENDED:
             context.stop(clock, answered=clock.target == Target.RESOLUTION)
         elif status == Status.PENDING and clock.running_since is not None:
             if clock.target == Target.FIRST_RESPONSE:

@@ -56,7 +56,7 @@ MEDIA_LINK_SECONDS = 24 * 3600
 TEXT_MAX_CHARS = 5000
 # The conversation the widget shows takes new messages while in one of these; after it was
 # resolved or closed (the chat ended), the visitor's next message opens a new one.
-LIVE = (Conversation.Status.OPEN, Conversation.Status.PENDING, Conversation.Status.SNOOZED)
+LIVE = Conversation.WORKING
 # How often an open widget says it is still there, and how long an agent's inbox counts as
 # "someone is there" after its last sign of life.
 HEARTBEAT_SECONDS = 30
