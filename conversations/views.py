@@ -477,7 +477,9 @@ def _visitors(conversation) -> list:
     return visitors
 
 
-def _conversation_context(request, conversation, **extra) -> dict:
+def _conversation_context(request, conversation, reply_once: str = "", **extra) -> dict:
+    """What the conversation page shows. `reply_once`: the client id of a reply sent back to
+    the agent (held, or refused), so that sending it from there still sends it once."""
     # The customer's identities once, for the composer and the sidebar alike.
     prefetch_related_objects([conversation.customer], "identities")
     timeline = _timeline(conversation)
@@ -517,7 +519,7 @@ def _conversation_context(request, conversation, **extra) -> dict:
         # Sent with a macro's click, so that a double click applies it once.
         "macro_once": secrets.token_urlsafe(16),
         # The composer's too: a form sent twice (a double click, a resend) sends one reply.
-        "reply_once": secrets.token_urlsafe(16),
+        "reply_once": reply_once or secrets.token_urlsafe(16),
         "chat_live": conversation.inbox.kind == Channel.WEBCHAT
         and conversation.status in Conversation.WORKING,
         # The customer's other conversations this agent may see, for the sidebar and the
@@ -626,7 +628,7 @@ def conversation_reply(request, number: int):
             draft_mode=mode,
             stale=True,
             reattach=reattach,
-            reply_once=once or secrets.token_urlsafe(16),  # the same reply when sent again
+            reply_once=once,
         )
         arrived = {message.pk for message in arrived}
         for kind, item in context["timeline"]:
@@ -673,7 +675,7 @@ def conversation_reply(request, number: int):
             draft_mode=mode,
             error="; ".join(exc.messages),
             reattach=reattach,
-            reply_once=once or secrets.token_urlsafe(16),
+            reply_once=once,
         )
         return render(request, "inbox/conversation.html", context, status=400)
     return _after_writing(conversation, mode)
