@@ -271,7 +271,7 @@
         showConversation(data.conversation);
         (data.messages || []).forEach(addMessage);
         // Whatever was not acknowledged before the drop goes again, under the same client id.
-        S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
+        resendWaiting();
         clearInterval(S.timers.ping);
         S.timers.ping = setInterval(() => send({ action: "ping" }), PING_MS);
         break;
@@ -454,9 +454,12 @@
   function resendLater() {
     clearTimeout(S.timers.resend);
     S.resends += 1;
-    S.timers.resend = setTimeout(() => {
-      S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
-    }, 2000 * S.resends);
+    S.timers.resend = setTimeout(resendWaiting, 2000 * S.resends);
+  }
+
+  // The texts not yet acknowledged, in the order they were written (files go by upload).
+  function resendWaiting() {
+    S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
   }
 
   function transmit(p) {
