@@ -144,10 +144,9 @@ EMAIL_SETTINGS = {
 }
 
 
-def _email_settings_problems(settings) -> list[str]:
-    """Why these email settings would not work, in sentences an admin can act on."""
-    if not isinstance(settings, dict):
-        return ["Settings must be a JSON object."]
+def _email_settings_problems(settings: dict) -> list[str]:
+    """Why these email settings (a JSON object: InboxForm.clean_settings) would not work, in
+    sentences an admin can act on."""
     problems = []
     for key, value in settings.items():
         kind = EMAIL_SETTINGS.get(key)
@@ -292,8 +291,8 @@ class InboxForm(forms.ModelForm):
         if cleaned.get("kind") == Channel.EMAIL:
             if problems := _email_settings_problems(cleaned.get("settings") or {}):
                 self.add_error("settings", problems)
-            address = (cleaned.get("address") or "").strip().lower()
             try:
+                address = services.normalize_address(Channel.EMAIL, cleaned.get("address"))
                 validate_email(address)
             except ValidationError:
                 self.add_error("address", "An email inbox needs its email address.")
