@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conversations.models import Channel, Identity, Message
+from tests.channels_adapters.test_webchat_browser import post_mime
 from tests.conftest import receive, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,13 +208,7 @@ def mail_in(server, inbox, conversation, text, sender="jo@example.com"):
     mail["From"], mail["To"] = sender, inbox.address
     mail["Subject"] = f"Re: Order [#{conversation.pk}]"
     mail.set_content(text)
-    request = urllib.request.Request(  # noqa: S310 - our own test server
-        f"{server}/channels/email/{inbox.pk}/mime",
-        data=bytes(mail),
-        headers={"Authorization": f"Bearer {inbox.secret}", "Content-Type": "message/rfc822"},
-    )
-    with urllib.request.urlopen(request) as response:  # noqa: S310 - our own test server
-        assert response.status == 202
+    assert post_mime(server, inbox, bytes(mail)) == 202
 
 
 def test_a_held_reply_keeps_what_arrived_marked_and_its_files(
