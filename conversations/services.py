@@ -1309,8 +1309,8 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
     )
     if actor:
         who = actor.name
-    elif kind == Notification.Kind.ASSIGNED:
-        who = "Routing"  # automatic assignment
+    elif kind == Notification.Kind.ASSIGNED:  # automatic: an automation's, or routing's
+        who = f"Automation “{text}”" if text else "Routing"
     else:
         who = conversation.customer.name or "The customer"
     text = {
@@ -1344,10 +1344,12 @@ def _locked(conversation: Conversation) -> Conversation:
 
 
 def conversation_assign(
-    *, conversation: Conversation, assignee, actor=None, reason: str = ""
+    *, conversation: Conversation, assignee, actor=None, reason: str = "", automation: str = ""
 ) -> Conversation:
     """Assign to an agent, or unassign with `assignee=None`. `reason` says why, when routing
-    did it ("queue", "offline")."""
+    did it ("queue", "offline"); `automation` names the automation that did it, which the
+    new assignee is told."""
+    reason = reason or ("automation" if automation else "")
     if assignee is not None and not assignee.is_active:
         raise ValidationError("Inactive users cannot be assigned conversations.")
     with transaction.atomic():
@@ -1383,7 +1385,7 @@ def conversation_assign(
             else None,
         )
         if new:
-            _notify([new], Notification.Kind.ASSIGNED, conversation, actor=actor)
+            _notify([new], Notification.Kind.ASSIGNED, conversation, actor=actor, text=automation)
         if previous:  # the previous assignee may no longer see it: tell them to drop it
             transaction.on_commit(lambda: _notify_agent_removed(previous, conversation.pk))
             _queue_moves(conversation)  # a place freed, or the conversation waits again

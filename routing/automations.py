@@ -317,14 +317,14 @@ def _do_assign(action, conversation, actor, source):
     if agent is None:
         raise ValidationError(f"agent {action.value} is not an active agent.")
     services.conversation_assign(
-        conversation=conversation, assignee=agent, actor=actor, reason="" if actor else "automation"
+        conversation=conversation, assignee=agent, actor=actor, automation="" if actor else source
     )
     return f"assigned to {agent.name}"
 
 
 def _do_unassign(action, conversation, actor, source):
     services.conversation_assign(
-        conversation=conversation, assignee=None, actor=actor, reason="" if actor else "automation"
+        conversation=conversation, assignee=None, actor=actor, automation="" if actor else source
     )
     return "unassigned"
 

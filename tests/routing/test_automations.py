@@ -301,6 +301,15 @@ def test_the_timeline_says_which_automation_did_it(client, mail_inbox, bob):
     assert "Automation “&lt;b&gt;VIP&lt;/b&gt; first”: priority urgent" in html
 
 
+def test_an_agent_assigned_by_an_automation_is_told_which_one(client, mail_inbox, dana):
+    automation("created", [{"action": "assign", "agent": dana.pk}], name="<i>Night</i> desk")
+    arrive(mail_inbox)
+    client.force_login(dana)
+    html = client.get(reverse("inbox:notifications")).content.decode()
+    assert "Automation “&lt;i&gt;Night&lt;/i&gt; desk”</span> assigned it to you" in html
+    assert "Routing" not in html
+
+
 # --- The events that set them off ------------------------------------------------------------
 
 
