@@ -16,7 +16,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
-from django.db import connections, router, transaction
+from django.db import DataError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -155,6 +155,10 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         log.warning("inbound event %s failed: %s", event.pk, exc)
         event.status = InboundEvent.Status.FAILED
         event.error = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+    except DataError as exc:  # a value the database refuses: every retry would fail the same
+        log.exception("inbound event %s cannot be stored", event.pk)
+        event.status = InboundEvent.Status.FAILED
+        event.error = f"The database refused it: {str(exc).strip()[:500]}"
     else:
         handled = bool(received) or any(updated)
         event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED

@@ -19,6 +19,7 @@ from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
     customer_get_for_agent,
+    id_given,
 )
 from routing.models import Team
 
@@ -53,7 +54,7 @@ def conversation_tags(request, number: int):
 def conversation_transfer(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     value = request.POST.get("team", "")
-    team = Team.objects.filter(pk=int(value)).first() if value.isdigit() else None
+    team = Team.objects.filter(pk=id_given(value)).first()
     if team is None:
         messages.error(request, "Choose a team to transfer the conversation to.")
         return _back(conversation)
@@ -79,7 +80,7 @@ def macro_apply(request, number: int):
 
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     value = request.POST.get("macro", "")
-    macro = macros_for(request.user).filter(pk=int(value)).first() if value.isdigit() else None
+    macro = macros_for(request.user).filter(pk=id_given(value)).first()
     if macro is None:
         raise Http404("No such macro")
     try:
@@ -124,12 +125,12 @@ def chat_end(request, number: int):
 def conversation_merge(request, number: int):
     """Fold this conversation into the one numbered `into`, once `confirm` is ticked."""
     source = conversation_get_for_agent(user=request.user, conversation_id=number)
-    into = request.POST.get("into", "").strip().lstrip("#")
-    if not into.isdigit():
+    into = id_given(request.POST.get("into", "").strip().lstrip("#"))
+    if into is None:
         messages.error(request, "Type the number of the conversation to merge into.")
         return _back(source)
     # Same words for one that does not exist and one the agent may not see.
-    target = conversations_visible_to(request.user).filter(pk=int(into)).first()
+    target = conversations_visible_to(request.user).filter(pk=into).first()
     if target is None:
         messages.error(request, f"There is no conversation #{into} that you can see.")
         return _back(source)
@@ -158,11 +159,7 @@ def conversation_start(request, customer_id: int):
         "subject": post.get("subject", "")[:300],
         "text": post.get("text", ""),
     }
-    identity = (
-        customer.identities.filter(pk=int(draft["identity"])).first()
-        if draft["identity"].isdigit()
-        else None
-    )
+    identity = customer.identities.filter(pk=id_given(draft["identity"])).first()
     try:
         if identity is None:
             raise ValidationError("Choose one of this customer's addresses.")

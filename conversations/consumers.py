@@ -21,7 +21,8 @@ from conversations.realtime import (
     customer_group,
     team_group,
 )
-from conversations.selectors import conversation_get_for_agent
+from conversations.selectors import conversation_get_for_agent, id_given
+from conversations.services import without_nul
 
 
 def db(func):
@@ -124,10 +125,9 @@ class AgentConsumer(LiveConsumer):
     async def receive_json(self, content, **kwargs):
         action = content.get("action") if isinstance(content, dict) else None
         conversation_id = content.get("conversation") if isinstance(content, dict) else None
-        if isinstance(conversation_id, str) and conversation_id.isdigit():
-            conversation_id = int(conversation_id)
-        elif not isinstance(conversation_id, int):
+        if isinstance(conversation_id, bool) or not isinstance(conversation_id, str | int):
             conversation_id = None
+        conversation_id = id_given(conversation_id)
         if action == "ping":
             await self._alive()
         elif action == "read":
@@ -356,7 +356,7 @@ class VisitorConsumer(LiveConsumer):
             await self.close(code=TOO_BIG)
             return
         try:
-            content = json.loads(text_data)
+            content = without_nul(json.loads(text_data))
         except ValueError:
             await self.send_json({"type": "error", "error": "Frames are JSON objects."})
             return
@@ -447,26 +447,28 @@ class VisitorConsumer(LiveConsumer):
             conversation_group(conversation_id), self.channel_name
         )
 
-    async def _message(self, content):
-        from channels_adapters.webchat import chat
-
+    def _spend(self) -> bool:
+        """One from the socket's allowance (MESSAGE_BURST at once, then one every
+        MESSAGE_EVERY seconds) for what writes: a message, an email given, a rating, a
+        transcript, ending the chat. False when it is spent."""
         now = time.time()
         self.allowance = min(
             MESSAGE_BURST, self.allowance + (now - self.allowance_at) / MESSAGE_EVERY
         )
         self.allowance_at = now
         if self.allowance < 1:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "client_id": content.get("client_id"),
-                    "error": "Too many messages; wait a moment.",
-                    "retry": True,
-                }
-            )
-            return
+            return False
         self.allowance -= 1
+        return True
+
+    async def _message(self, content):
+        from channels_adapters.webchat import chat
+
         client_id = content.get("client_id")
+        if not self._spend():
+            error = {"type": "error", "client_id": client_id, "retry": True}
+            await self.send_json(error | {"error": "Too many messages; wait a moment."})
+            return
 
         def store():  # and read what the widget lacks, in one trip to a thread
             received = chat.visitor_message(
@@ -507,6 +509,14 @@ class VisitorConsumer(LiveConsumer):
         )
 
     async def _act(self, action, content):
+        if action not in ("ping", "read") and not self._spend():
+            error = {
+                "type": "error",
+                "action": action,
+                "error": "Too many requests; wait a moment.",
+            }
+            await self.send_json(error)
+            return
         result = await db(self._act_sync)(action, content)
         if result is not None:
             await self.send_json(result)

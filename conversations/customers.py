@@ -34,6 +34,7 @@ from conversations.selectors import (
     customer_data,
     customer_get_for_agent,
     customers_visible_to,
+    id_given,
 )
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,11 @@ def customer_block(request, customer_id: int):
             f"{customer_label(customer)} is no longer blocked: their messages come in again.",
         )
         return redirect("inbox:customer", customer_id=customer.pk)
-    number = request.POST.get("conversation", "")
+    number = id_given(request.POST.get("conversation"))
     conversation = (
-        conversation_get_for_agent(user=request.user, conversation_id=int(number))
-        if number.isdigit()
-        else None
+        None
+        if number is None
+        else conversation_get_for_agent(user=request.user, conversation_id=number)
     )
     if conversation is not None and conversation.customer_id != customer.pk:
         return HttpResponseBadRequest("That conversation is not this customer's.")
@@ -348,10 +349,10 @@ def customer_merge(request, customer_id: int):
 
     if customer.pk != customer_id:
         return customer_moved(request, customer)
-    into = request.POST.get("into", "")
-    if not into.isdigit():
+    into = id_given(request.POST.get("into"))
+    if into is None:
         return HttpResponseBadRequest("Choose the customer to merge into.")
-    target = customer_get_for_agent(user=request.user, customer_id=int(into))
+    target = customer_get_for_agent(user=request.user, customer_id=into)
     if not request.POST.get("confirm"):
         messages.error(request, "Nothing was merged: tick the box to confirm the merge.")
         return redirect(reverse("inbox:customer_merge", args=[customer.pk]) + "#merge")

@@ -207,6 +207,12 @@ class Visitor(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        indexes = [
+            # Was this address typed in the widget? Asked of new mail (EmailAdapter.thread).
+            models.Index(fields=["email"], name="visitor_email_idx", condition=~Q(email="")),
+        ]
+
     def __str__(self):
         return f"Visitor {self.key[:8]}"
 

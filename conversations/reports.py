@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from conversations.models import Channel, Conversation, ConversationEvent
-from conversations.selectors import conversations_visible_to
+from conversations.selectors import conversations_visible_to, id_given
 from routing.models import SlaClock, Team
 
 PERIODS = (7, 30, 90)
@@ -182,7 +182,7 @@ def _by_agent(closed, first, rated) -> list[dict]:
 @require_GET
 def reports(request):
     days = request.GET.get("days", "")
-    days = int(days) if days.isdigit() and int(days) in PERIODS else PERIODS[0]
+    days = id_given(days) if id_given(days) in PERIODS else PERIODS[0]
     conversations = conversations_visible_to(request.user).filter(
         merged_into=None,
         customer__blocked_at=None,  # spam is not work
@@ -191,7 +191,7 @@ def reports(request):
     if not request.user.is_admin:
         teams = teams.filter(memberships__user=request.user)
     team_id = request.GET.get("team", "")
-    team = teams.filter(pk=team_id).first() if team_id.isdigit() else None
+    team = teams.filter(pk=id_given(team_id)).first()
     if team is not None:
         conversations = conversations.filter(team=team)
     since = timezone.now() - timedelta(days=days)

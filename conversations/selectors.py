@@ -16,6 +16,14 @@ class Teams(NamedTuple):
     inboxes: frozenset[int]
 
 
+def id_given(value) -> int | None:
+    """The id (or number) a query string or form names, else None. `str.isdigit` lets "²"
+    through, which int() refuses, and a long run of digits overflowed SQLite's integers: both
+    were 500s for a mistyped link."""
+    value = str(value or "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+
+
 def conversations_visible_to(user, teams: Teams | None = None) -> QuerySet[Conversation]:
     """Admins see everything; an agent sees conversations of their teams and their own.
     `teams`: what teams_of(user) gave, for a caller that needs it again."""

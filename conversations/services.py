@@ -41,6 +41,7 @@ from conversations.models import (
     Message,
     Notification,
     Tag,
+    Visitor,
 )
 from conversations.realtime import (
     publish_conversation_event,
@@ -121,7 +122,37 @@ class InboundMessage:
     # True for a message the business sent to `address` outside Threadline (a Messenger echo
     # of a reply typed in the Page inbox): stored as an outbound message.
     echo: bool = False
+    # True for a mail that answers one of ours (by our reply token or Message-ID): its sender
+    # reads the address, which counts as confirmed from then on (Identity.verified).
+    answers_ours: bool = False
     metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if (cleaned := without_nul(value)) != value:
+                object.__setattr__(self, name, cleaned)
+
+
+# What a channel brings that is stored as text or JSON (see without_nul).
+TEXT_FIELDS = (
+    "address", "text", "html", "name", "subject", "provider_id", "client_id", "language",
+    "quoted", "cc", "metadata",
+)  # fmt: skip
+
+
+def without_nul(value):
+    """`value` without NUL characters (U+0000), in strings, lists and dicts at any depth.
+    PostgreSQL refuses them in text and JSON, so one in a customer's mail or chat line made
+    the whole message fail to store, retried for ever; nobody means one. Dropped where input
+    enters, on every database alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(without_nul(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -151,7 +182,9 @@ def sanitize_html(html: str) -> str:
 def normalize_address(kind: str, address: str, *, typed: bool = False) -> str:
     """The one spelling of an address we store: lower-case email, E.164 phone numbers.
     `typed`: an agent wrote it, rather than a provider sending it (see phone_normalize)."""
-    address = (address or "").strip()
+    address = without_nul(address or "").strip()
+    if len(address) > ADDRESS_MAX:
+        raise ValidationError(f"An address has at most {ADDRESS_MAX} characters.")
     if kind == Channel.EMAIL:
         address = address.lower()
     elif kind in PHONE_CHANNELS and address:
@@ -161,6 +194,7 @@ def normalize_address(kind: str, address: str, *, typed: bool = False) -> str:
     return address
 
 
+ADDRESS_MAX = Identity._meta.get_field("address").max_length
 PHONE_FORMAT = "{} is not a phone number: write it with its country code, e.g. +44 20 7946 0958."
 
 
@@ -648,7 +682,8 @@ def _conversation_insert(
     conversation = Conversation.objects.create(
         inbox=inbox,
         customer=customer,
-        subject=subject[:300],
+        # On one line: a subject becomes an email header, where a line break is refused.
+        subject=" ".join(subject.split())[:300],
         team=inbox.default_team,
         last_activity_at=timezone.now(),
     )
@@ -737,6 +772,14 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer = customer.merged_into
     if customer.blocked_at and not inbound.echo:
         raise SenderBlocked(identity.pk)
+    if inbound.answers_ours and not identity.verified:
+        Identity.objects.filter(pk=identity.pk).update(verified=True)
+        identity.verified = True
+    if not customer.name and inbound.name.strip() and not inbound.echo:
+        # A profile begun without a name (a chat visitor who gave only an email) takes the
+        # one their mail signs with; a name an agent or the customer set is never replaced.
+        customer.name = inbound.name.strip()[:200]
+        Customer.objects.filter(pk=customer.pk, name="").update(name=customer.name)
     now = timezone.now()
 
     conversation, flag_reason, opened, reopened = None, "", False, False
@@ -763,6 +806,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         )
         events.append(created)
         opened = True
+        flag_reason = flag_reason or _typed_in_chat(identity)
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
     previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
@@ -877,6 +921,20 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     return Received(message, created=True)
 
 
+def _typed_in_chat(identity: Identity) -> str:
+    """Why agents should check who wrote, when a new conversation comes from an email address
+    that a chat visitor typed and nobody confirmed, else "". Anyone can type anyone's address:
+    the owner's mail then joins the visitor's profile, next to the visitor's chats."""
+    if identity.kind != Channel.EMAIL or identity.verified:
+        return ""
+    if not Visitor.objects.filter(email=identity.address).exists():
+        return ""
+    return (
+        f"{identity.address} was typed into the web chat and never confirmed: this mail may "
+        "come from someone other than the visitor. Check before sharing anything from the chat."
+    )
+
+
 def _follow_merges(conversation: Conversation) -> Conversation:
     conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
     for _ in range(10):  # merges form a short chain; the bound guards against a cycle
@@ -897,13 +955,26 @@ def conversation_accepts_sender(conversation: Conversation, identity: Identity) 
     )
 
 
+def our_addresses() -> frozenset[str]:
+    """The email addresses our inboxes write from (see ours)."""
+    inboxes = Inbox.objects.exclude(address="").values_list("address", flat=True)
+    return frozenset(address.strip().lower() for address in inboxes)
+
+
+def ours(address: str, own: frozenset[str]) -> bool:
+    """Is `address` one of our inboxes' `own`, or one with a tag: support+<token>@ is the
+    Reply-To of every reply, and a customer's answer copies it in To."""
+    local, _, domain = address.strip().lower().partition("@")
+    return f"{local}@{domain}" in own or f"{local.partition('+')[0]}@{domain}" in own
+
+
 def _participants_add(conversation, inbox, sender, cc) -> None:
     if not cc:
         return
-    own = {a.lower() for a in Inbox.objects.exclude(address="").values_list("address", flat=True)}
+    own = our_addresses()
     for name, address in cc:
         address = (address or "").strip().lower()
-        if not address or address == sender.address or address in own:
+        if not address or address == sender.address or ours(address, own):
             continue
         identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)
         if identity.customer_id != conversation.customer_id:
@@ -1161,11 +1232,14 @@ def reply_send(
             conversation.messages.filter(
                 direction__in=(Message.Direction.INBOUND, Message.Direction.OUTBOUND)
             )
+            .exclude(metadata__has_key="follow_up_of")  # an emailed copy of chat replies
             .order_by("-id")
             .values_list("channel", flat=True)
             .first()
         )
-        if previous_channel and previous_channel != identity.kind:
+        # A chat's follow-up by email switches nothing: the timeline says the visitor left and
+        # where replies go now.
+        if previous_channel and previous_channel != identity.kind and automatic != "follow_up":
             # Before the message, so that the timeline shows it ahead of the reply it concerns.
             _event(
                 conversation,
@@ -1194,7 +1268,15 @@ def reply_send(
             conversation_assign(
                 conversation=conversation, assignee=author, actor=author, reason="reply"
             )
-        publish_conversation_event(conversation, "message", message=message.pk)
+        # A customer with the chat widget open sees replies on every channel there: a chat
+        # reply is announced by the widget's own adapter once sent, any other now.
+        told = {"event": "message", "conversation": conversation.pk, "message": message.pk}
+        publish_conversation_event(
+            conversation,
+            "message",
+            message=message.pk,
+            customer_event=None if message.channel == Channel.WEBCHAT else told,
+        )
         message_enqueue_delivery(message)
     return message
 

@@ -66,6 +66,7 @@ from conversations.models import (
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
+    id_given,
     in_teams,
     teams_of,
 )
@@ -127,18 +128,18 @@ def _filtered(request, qs):
         # them for a page of a small one (50 ms for SMS at 100,000).
         kind = Inbox.objects.filter(kind=get["channel"]).values_list("pk", flat=True)
         qs = qs.filter(inbox_id__in=list(kind))
-    if get.get("inbox", "").isdigit():
-        qs = qs.filter(inbox_id=int(get["inbox"]))
-    if get.get("team", "").isdigit():
-        qs = qs.filter(team_id=int(get["team"]))
+    if (inbox := id_given(get.get("inbox"))) is not None:
+        qs = qs.filter(inbox_id=inbox)
+    if (team := id_given(get.get("team"))) is not None:
+        qs = qs.filter(team_id=team)
     if get.get("assignee") == "none":
         qs = qs.filter(assignee__isnull=True)
-    elif get.get("assignee", "").isdigit():
-        qs = qs.filter(assignee_id=int(get["assignee"]))
+    elif (assignee := id_given(get.get("assignee"))) is not None:
+        qs = qs.filter(assignee_id=assignee)
     if get.get("tag"):
         qs = qs.filter(tags__name=get["tag"][:50])
-    if get.get("priority", "").isdigit():
-        qs = qs.filter(priority=int(get["priority"]))
+    if (priority := id_given(get.get("priority"))) is not None:
+        qs = qs.filter(priority=priority)
     return qs
 
 
@@ -170,9 +171,8 @@ def _search(qs, query: str, order: list[str]) -> list[int]:
     )
     by_customer = qs.filter(customer_id__in=customers)
     found: list[int] = []
-    number = query.removeprefix("#")
-    if number.isdigit() and len(number) < 19:  # "#35" or "35": that conversation too
-        found += qs.filter(pk=int(number)).values_list("pk", flat=True)
+    if (number := id_given(query.removeprefix("#"))) is not None:  # "#35" or "35": that one too
+        found += qs.filter(pk=number).values_list("pk", flat=True)
     for branch in (by_text, by_subject, by_customer):
         found += branch.order_by(*order).values_list("pk", flat=True)[: PAGE_SIZE + 1]
     return found
@@ -490,6 +490,12 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     unreachable -= {i.get_kind_display() for i in identities}
     default = services.identity_for_reply(conversation)
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
+    clocks = list(conversation.sla_clocks.order_by("-id")[:6])[::-1]
+    visitors = _visitors(conversation)
+    # An email a visitor gave that is another customer's: agents merge the two profiles once
+    # they know it is one person, and the page takes them to that profile (chat._flag_...).
+    emails = {i.address for i in conversation.customer.identities.all() if i.kind == Channel.EMAIL}
+    elsewhere = next((v.email for v in visitors if v.email and v.email not in emails), "")
     return {
         "conversation": conversation,
         "timeline": timeline,
@@ -513,8 +519,12 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "tags": conversation.tags.all(),
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),
-        "visitors": _visitors(conversation),
-        "sla_clocks": list(conversation.sla_clocks.order_by("-id")[:6])[::-1],
+        "visitors": visitors,
+        "email_elsewhere": elsewhere,
+        "sla_clocks": clocks,
+        # Two "next response" clocks of different goals read as a mistake without their
+        # channels (the customer wrote by chat, then by email).
+        "sla_channels": len({clock.channel for clock in clocks}) > 1,
         "macros": macros_for(request.user),
         # Sent with a macro's click, so that a double click applies it once.
         "macro_once": secrets.token_urlsafe(16),
@@ -609,7 +619,7 @@ def conversation_reply(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     text = request.POST.get("text", "")
     mode = request.POST.get("mode", "reply")
-    seen = int(request.POST.get("seen") or 0) if request.POST.get("seen", "").isdigit() else 0
+    seen = id_given(request.POST.get("seen")) or 0
     once = request.POST.get("client_id", "")[:64]
     if once and conversation.messages.filter(client_id=once).exists():
         # Sent already (the answer to the first try was lost, and the browser sent it again):
@@ -653,10 +663,8 @@ def conversation_reply(request, number: int):
                 )
         else:
             identity = None
-            if request.POST.get("identity", "").isdigit():
-                identity = conversation.customer.identities.filter(
-                    pk=int(request.POST["identity"])
-                ).first()
+            if (pk := id_given(request.POST.get("identity"))) is not None:
+                identity = conversation.customer.identities.filter(pk=pk).first()
                 if identity is None:
                     raise ValidationError("That address is not this customer's.")
             services.reply_send(
@@ -755,15 +763,15 @@ def _bulk_change(user, action: str, value: str):
         if value in ("me", "none"):
             assignee = user if value == "me" else None
         else:
-            pk = int(value) if value.isdigit() else 0
+            pk = id_given(value)
             if (assignee := User.objects.filter(pk=pk, is_active=True).first()) is None:
                 return None
-        return partial(services.conversation_assign, assignee=assignee, actor=user), "Assigned"
+        return partial(_assign, assignee=assignee, actor=user), "Assigned"
     if action == "status" and value in BULK_STATUSES:
         change = partial(services.conversation_set_status, status=value, actor=user)
         return change, BULK_STATUSES[value][1]
-    if action == "priority" and value.isdigit():
-        change = partial(services.conversation_set_priority, priority=int(value), actor=user)
+    if action == "priority" and id_given(value) is not None:
+        change = partial(services.conversation_set_priority, priority=id_given(value), actor=user)
         return change, "Changed the priority of"
     if action == "tag" and value.strip():
         change = partial(services.conversation_tag, add=[value], actor=user)
@@ -779,7 +787,7 @@ def conversation_bulk(request):
     user = request.user
     kept = _kept_filters(QueryDict(request.POST.get("query", "")))
     back = f"{reverse('inbox:list')}?{kept.urlencode()}"
-    numbers = {int(n) for n in request.POST.getlist("conversations") if n.isdigit()}
+    numbers = set(filter(None, map(id_given, request.POST.getlist("conversations"))))
     action, _, value = request.POST.get("action", "").partition(":")
     bulk = _bulk_change(user, action, value)
     if bulk is None:
@@ -820,19 +828,29 @@ def conversation_assign(request, number: int):
     value = request.POST.get("assignee", "")
     if value == "me":
         assignee = request.user
-    elif value.isdigit():
-        assignee = get_object_or_404(User, pk=int(value), is_active=True)
+    elif id_given(value) is not None:
+        assignee = get_object_or_404(User, pk=id_given(value), is_active=True)
     elif value == "":
         assignee = None
     else:
         return HttpResponseBadRequest("Unknown assignee.")
-    return _act(
-        request,
-        number,
-        lambda c: services.conversation_assign(
-            conversation=c, assignee=assignee, actor=request.user
-        ),
-    )
+    return _act(request, number, partial(_assign, assignee=assignee, actor=request.user))
+
+
+def _assign(conversation, *, assignee, actor):
+    """An agent's assignment (one, or in bulk): to someone who can see the conversation
+    already, an admin or a member of its team, as the Assignee field offers. Handing it to
+    another team's agent is a transfer to their team first."""
+    if (
+        assignee is not None
+        and not assignee.is_admin
+        and assignee.pk != conversation.assignee_id
+        and not conversations_visible_to(assignee).filter(pk=conversation.pk).exists()
+    ):
+        raise ValidationError(
+            f"{assignee.name} is not in this conversation's team: transfer it to their team first."
+        )
+    return services.conversation_assign(conversation=conversation, assignee=assignee, actor=actor)
 
 
 @login_required
@@ -860,14 +878,14 @@ def conversation_status(request, number: int):
 @login_required
 @require_POST
 def conversation_priority(request, number: int):
-    value = request.POST.get("priority", "")
-    if not value.isdigit():
+    value = id_given(request.POST.get("priority"))
+    if value is None:
         return HttpResponseBadRequest("Unknown priority.")
     return _act(
         request,
         number,
         lambda c: services.conversation_set_priority(
-            conversation=c, priority=int(value), actor=request.user
+            conversation=c, priority=value, actor=request.user
         ),
     )
 

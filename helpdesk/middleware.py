@@ -1,6 +1,7 @@
 import zoneinfo
 from functools import lru_cache
 
+from django.http import HttpResponseBadRequest
 from django.utils import timezone
 
 
@@ -32,6 +33,31 @@ class AgentTimezoneMiddleware:
             return self.get_response(request)
         finally:
             timezone.deactivate()
+
+
+class NulCharacterMiddleware:
+    """A page's query string or form with a NUL character (U+0000) is refused with a 400 that
+    says so: PostgreSQL cannot store one, and a search or a saved field carrying one failed
+    with a 500. Views exempt from CSRF (webhooks, the widget, the API) read their own bodies
+    and drop NUL where they take input (conversations.services.without_nul)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        if getattr(view_func, "csrf_exempt", False):
+            return None
+        forms = [request.GET] + [request.POST] * (request.method == "POST")
+        for form in forms:
+            for key, values in form.lists():
+                if "\x00" in key or any("\x00" in value for value in values):
+                    return HttpResponseBadRequest(
+                        "Text cannot contain NUL characters (U+0000).", content_type="text/plain"
+                    )
+        return None
 
 
 class ContentSecurityPolicyMiddleware:

@@ -37,7 +37,7 @@ from functools import cached_property
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.db.models import Case, Exists, IntegerField, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW
@@ -49,6 +49,7 @@ from conversations.models import (
     Message,
     Notification,
     Tag,
+    Visitor,
 )
 from conversations.realtime import customer_group, send_to_groups
 from conversations.services import _notify, conversation_assign
@@ -385,10 +386,18 @@ def queue_nudge(team_id: int | None) -> None:
 
 def offline_chats_requeue(*, user=None, now: datetime | None = None) -> int:
     """Open live chats assigned to agents who are offline go back to their team's queue, in
-    teams that ask for it; only `user`'s when given. Returns how many."""
+    teams that ask for it; only `user`'s when given. Returns how many. Live: the visitor has
+    the widget open now (chat.visitor_here); a chat whose visitor left goes on by email, at
+    the pace of email, with the agent who knows it."""
+    from channels_adapters.webchat.chat import visitors_here
+
     now = now or timezone.now()
+    here = Visitor.objects.filter(
+        visitors_here(now), identity__customer=OuterRef("customer"), inbox=OuterRef("inbox")
+    )
     chats = Conversation.objects.filter(
         _offline(now),
+        Exists(here),
         status=OPEN,
         inbox__kind=Channel.WEBCHAT,
         assignee__isnull=False,

@@ -110,8 +110,9 @@
   }
 
   // The side panel's fields follow what others changed (assignee, status, priority, team),
-  // except one the agent is editing: focused, or changed and not yet submitted.
-  const SYNCED = ["assignee", "status", "priority", "team"];
+  // and "Send on" the channel the customer last wrote on (they left the chat for email, or
+  // came back to it), except one the agent is editing: focused, or changed and not yet sent.
+  const SYNCED = ["assignee", "status", "priority", "team", "identity"];
   const shown = {}; // what each field showed from the server
   SYNCED.forEach(function (name) {
     const field = document.getElementById(name);
@@ -123,6 +124,7 @@
       if (!field || field === document.activeElement || field.value !== shown[name]) return;
       if (!Array.from(field.options).some(function (o) { return o.value === state[name]; })) return;
       field.value = shown[name] = state[name];
+      if (name === "identity") field.dispatchEvent(new Event("change")); // its hint follows
     });
     const chatEnd = document.querySelector("[data-chat-end]");
     if (chatEnd) chatEnd.hidden = !("chatLive" in state);

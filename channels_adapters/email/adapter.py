@@ -12,8 +12,9 @@ import smtplib
 from email.utils import make_msgid
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.utils.html import escape, linebreaks
+from django.utils.text import Truncator
 
 from channels_adapters.base import (
     Adapter,
@@ -32,7 +33,14 @@ from channels_adapters.email.parsing import (
     parse_email,
 )
 from conversations.models import Channel, Conversation, Identity, Message
-from conversations.services import InboundMessage, StatusUpdate, conversation_accepts_sender
+from conversations.selectors import id_given
+from conversations.services import (
+    InboundMessage,
+    StatusUpdate,
+    conversation_accepts_sender,
+    our_addresses,
+    ours,
+)
 
 SUBJECT_NUMBER = re.compile(r"\[#(\d{1,12})\]")
 REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|fw|fwd|res|tr|rv)\s*:\s*)+", re.I)
@@ -55,9 +63,22 @@ def reply_address(conversation: Conversation, inbox) -> str:
 
 
 def thread_subject(conversation: Conversation) -> str:
-    subject = SUBJECT_NUMBER.sub("", REPLY_PREFIX.sub("", conversation.subject or "")).strip()
-    subject = subject or f"Your conversation with {conversation.inbox.name}"
-    return f"Re: {subject} [#{conversation.pk}]"
+    """ "Re: <their subject> [#n]"; for a conversation that began without one (a chat, a
+    text message), its first words, as the customer wrote them: our first mail in it answers
+    nothing they sent by email, and an inbox's name means nothing to them."""
+    subject = " ".join((conversation.subject or "").split())  # a header: one line
+    subject = SUBJECT_NUMBER.sub("", REPLY_PREFIX.sub("", subject)).strip()
+    if subject:
+        return f"Re: {subject} [#{conversation.pk}]"
+    first = (
+        conversation.messages.filter(direction=Message.Direction.INBOUND)
+        .exclude(text="")
+        .order_by("id")
+        .values_list("text", flat=True)
+        .first()
+    )
+    words = Truncator(" ".join((first or "").split())).chars(60)
+    return f"{words or f'Your conversation with {conversation.inbox.name}'} [#{conversation.pk}]"
 
 
 def _text(value) -> str:
@@ -111,7 +132,7 @@ class EmailAdapter(Adapter):
         automated = parsed.automated
         if parsed.loop_marker and parsed.loop_marker == loop_marker(event.inbox):
             automated = "X-Loop: our own marker"
-        conversation = self.thread(parsed)
+        conversation, answered = self.thread(parsed)
         metadata = {"message_id": parsed.message_id, "to": [a for _, a in parsed.to]}
         if automated:
             metadata["automated"] = automated
@@ -130,27 +151,34 @@ class EmailAdapter(Adapter):
                 language=parsed.language,
                 conversation=conversation,
                 force_new_conversation=conversation is None,
+                answers_ours=answered,
                 attachments=tuple(parsed.attachments),
+                # Those copied join the thread, unless it was found by the number in the subject
+                # alone: anyone can write a From and a "[#12]", and would then be copied on
+                # every reply to #12.
                 cc=tuple(
                     (name, address)
                     for name, address in parsed.cc + parsed.to
                     if address not in (parsed.from_address, event.inbox.address.lower())
-                ),
+                )
+                if answered or conversation is None
+                else (),
                 metadata=metadata,
             )
         ]
 
-    def thread(self, parsed: ParsedEmail) -> Conversation | None:
+    def thread(self, parsed: ParsedEmail) -> tuple[Conversation | None, bool]:
         """The conversation this mail continues, by our reply token, then by the Message-IDs it
-        answers, then by "[#n]" in the subject when the sender is on that conversation. The
-        first two are checked against the sender again by message_receive."""
+        answers, then by "[#n]" in the subject when the sender is on that conversation; and
+        whether it answers a mail of ours (the first two). Those are checked against the sender
+        again by message_receive."""
         for address in parsed.recipients:
             local = address.partition("@")[0]
             if "+" in local:
                 token = local.partition("+")[2]
                 found = Conversation.objects.filter(reply_token=token).first()
                 if found:
-                    return found
+                    return found, True
         if parsed.references:
             found = (
                 Message.objects.filter(
@@ -161,16 +189,16 @@ class EmailAdapter(Adapter):
                 .first()
             )
             if found:
-                return found.conversation
+                return found.conversation, True
         number = SUBJECT_NUMBER.search(parsed.subject)
-        if number:
-            conversation = Conversation.objects.filter(pk=int(number.group(1))).first()
+        if number and (pk := id_given(number.group(1))) is not None:
+            conversation = Conversation.objects.filter(pk=pk).first()
             sender = Identity.objects.filter(
                 kind=Channel.EMAIL, address=parsed.from_address
             ).first()
             if conversation and sender and conversation_accepts_sender(conversation, sender):
-                return conversation
-        return None
+                return conversation, False
+        return None, False
 
     # --- Outbound ---------------------------------------------------------------------------
 
@@ -194,6 +222,8 @@ class EmailAdapter(Adapter):
             raise error(f"SMTP server answered {exc.smtp_code} {_text(exc.smtp_error)}") from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientError(f"Could not reach the SMTP server: {exc}") from exc
+        except BadHeaderError as exc:  # the same mail would be refused on every try
+            raise PermanentError(f"The mail could not be written: {exc}") from exc
         return SendResult(provider_id=message.provider_id)
 
     def build(self, message: Message) -> EmailMultiAlternatives:
@@ -230,9 +260,11 @@ class EmailAdapter(Adapter):
             chain = thread_ids[:1] + thread_ids[-19:] if len(thread_ids) > 20 else thread_ids
             headers["References"] = " ".join(f"<{i}>" for i in dict.fromkeys(chain))
         to = message.identity.address
-        cc = sorted(
-            {p.address for p in conversation.participants.filter(kind=Channel.EMAIL)} - {to, sender}
+        own = our_addresses() | {sender}
+        copied = conversation.participants.filter(kind=Channel.EMAIL).values_list(
+            "address", flat=True
         )
+        cc = sorted({address for address in copied if not ours(address, own)} - {to})
         text, html = message.text, message.html or linebreaks(escape(message.text))
         # An agent's reply ends with the inbox's signature, after the "-- " line mail readers
         # (and our own parser, on the way back) know; automatic messages go without.

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import DataError
 from django.db.models import Q
 from django.utils import timezone
 from imap_tools import MailBox, MailBoxUnencrypted
@@ -95,9 +96,10 @@ def _poll(inbox, state: MailboxState) -> PollResult:
             if status == "OK" and raw is not None:
                 try:
                     result = ingest(inbox, raw, process_now=False)
-                except NotAnEmail as exc:
-                    # Left in the mailbox, unmarked, for a person to look at.
-                    log.warning("%s: UID %s is not an email (%s); skipped", inbox, uid, exc)
+                except (NotAnEmail, DataError) as exc:
+                    # Left in the mailbox, unmarked, for a person to look at: one mail that
+                    # cannot be stored must not hold back every mail behind it.
+                    log.warning("%s: UID %s cannot be stored (%s); skipped", inbox, uid, exc)
                     unreadable += 1
                 else:
                     duplicates += result.duplicate

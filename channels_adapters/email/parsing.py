@@ -221,7 +221,13 @@ def _header(msg, name: str) -> str:
         value = _modern(msg, name)
     except Exception:  # noqa: BLE001 - a malformed header reads as absent, never crashes
         return ""
-    return re.sub(r"\s+", " ", str(value or "")).strip()
+    return _one_line(str(value or ""))
+
+
+def _one_line(value: str) -> str:
+    """A header's text on one line. NUL, which an encoded word can carry and PostgreSQL
+    cannot store, goes with the folding."""
+    return re.sub(r"[\s\x00]+", " ", value).strip()
 
 
 def _raw_addrs(msg, name) -> list[str]:
@@ -246,9 +252,7 @@ def _addresses(msg, name) -> list[tuple[str, str]]:
     except Exception:  # noqa: BLE001 - fall back to the lenient parser on broken headers
         found = getaddresses([str(v) for v in msg.get_all(name, [])])
     return [
-        (re.sub(r"\s+", " ", display).strip()[:200], addr.strip().lower())
-        for display, addr in found
-        if "@" in addr
+        (_one_line(display)[:200], addr.strip().lower()) for display, addr in found if "@" in addr
     ]
 
 
@@ -572,6 +576,9 @@ MOBILE_SIGNATURE = re.compile(
 )
 
 
+RULE = re.compile(r"[_=-]{8,}")
+
+
 def split_reply(text: str) -> tuple[str, str]:
     """(new text, quoted history + signature). Language-neutral where it can be: a tail of
     `>` lines and the attribution line ending in ':' just above it, in any language; the RFC
@@ -588,6 +595,12 @@ def split_reply(text: str) -> tuple[str, str]:
             break
         if HEADER_START.match(line) and any(HEADER_NEXT.match(n) for n in lines[i + 1 : i + 4]):
             cut = i
+            # Outlook rules the header block off with a line of underscores: it goes too.
+            j = i - 1
+            while j >= 0 and not lines[j].strip():
+                j -= 1
+            if j >= 0 and RULE.fullmatch(lines[j].strip()):
+                cut = j
             break
         if stripped.startswith(">") and all(
             not n.strip() or n.strip().startswith(">") for n in lines[i:]

@@ -17,7 +17,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q, prefetch_related_objects
+from django.db.models import Exists, F, Max, OuterRef, Q, prefetch_related_objects
 from django.db.models.functions import Greatest
 from django.urls import reverse
 from django.utils import timezone
@@ -57,9 +57,10 @@ TEXT_MAX_CHARS = 5000
 # The conversation the widget shows takes new messages while in one of these; after it was
 # resolved or closed (the chat ended), the visitor's next message opens a new one.
 LIVE = Conversation.WORKING
-# How often an open widget says it is still there, and how long an agent's inbox counts as
-# "someone is there" after its last sign of life.
+# How often an open widget says it is still there (three missed: the visitor is gone), and
+# how long an agent's inbox counts as "someone is there" after its last sign of life.
 HEARTBEAT_SECONDS = 30
+HERE_WINDOW = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 AGENT_ONLINE_WINDOW = timedelta(minutes=3)
 
 DEFAULTS = {
@@ -232,6 +233,11 @@ def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
     return visitor_reload(visitor)
 
 
+# A visitor may correct a mistyped address, not collect other people's: each unconfirmed one
+# joins their profile, and mail from it would land there.
+EMAILS_TYPED_MAX = 3
+
+
 def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Visitor:
     """The visitor tells us their name and email (pre-chat form, or when we offer to answer by
     email). The email is where replies follow them; it joins their profile only when nobody
@@ -244,6 +250,11 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
             validate_email(email)
         except ValidationError:
             raise ValidationError(_("Please enter a valid email address.")) from None
+    typed = Identity.objects.filter(customer=customer, kind=Channel.EMAIL, verified=False)
+    if email and typed.count() >= EMAILS_TYPED_MAX and not typed.filter(address=email).exists():
+        raise ValidationError(
+            _("That is enough email addresses for one chat; tell us in the chat if yours changed.")
+        )
     with transaction.atomic():
         if name and customer.name != name and not visitor.identified:
             type(customer).objects.filter(pk=customer.pk).update(name=name)
@@ -302,10 +313,15 @@ def visitor_seen(visitor_id: int, *, opened: int = 0) -> None:
 
 def visitor_here(visitor: Visitor, now=None) -> bool:
     """Has the visitor the widget open now? A count left high by a crashed server stops
-    counting once the heartbeat it should have sent is late."""
+    counting once the heartbeat it should have sent is late (HERE_WINDOW)."""
     now = now or timezone.now()
     seen = visitor.last_seen_at or visitor.created_at
-    return visitor.open_sockets > 0 and now - seen < timedelta(seconds=3 * HEARTBEAT_SECONDS)
+    return visitor.open_sockets > 0 and now - seen < HERE_WINDOW
+
+
+def visitors_here(now) -> Q:
+    """visitor_here, as a filter on visitors."""
+    return Q(open_sockets__gt=0, last_seen_at__gt=now - HERE_WINDOW)
 
 
 def visitor_away(visitor: Visitor, now=None) -> bool:
@@ -531,6 +547,15 @@ def transcript_request(visitor: Visitor, conversation: Conversation) -> Conversa
     if email is None:
         raise ValidationError(_("Tell us your email address first."))
     with transaction.atomic():
+        # Once per address until the chat goes on: the widget must not be a way to send our
+        # mail, again and again, to an address nobody confirmed.
+        sent = conversation.events.filter(
+            kind=ConversationEvent.Kind.CHAT, data__state="transcript", data__to=email.address
+        ).aggregate(last=Max("created_at"))["last"]
+        if sent and not conversation.messages.filter(created_at__gt=sent).exists():
+            raise ValidationError(
+                _("The transcript is already on its way to %(email)s.") % {"email": email.address}
+            )
         event = _event(
             conversation, ConversationEvent.Kind.CHAT, state="transcript", to=email.address
         )

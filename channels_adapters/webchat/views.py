@@ -28,6 +28,7 @@ from conversations.services import (
     UPLOAD_TYPES,
     InboundAttachment,
     sniffed_type,
+    without_nul,
 )
 from conversations.views import attachment_as_download
 
@@ -124,7 +125,7 @@ def session(request, inbox: Inbox):
     if len(request.body) > SESSION_BODY_MAX:
         return JsonResponse({"error": "Body too large."}, status=413)
     try:
-        data = json.loads(request.body or b"{}")
+        data = without_nul(json.loads(request.body or b"{}"))
     except ValueError:
         return JsonResponse({"error": "The body must be JSON."}, status=400)
     if not isinstance(data, dict):
@@ -180,6 +181,7 @@ def session(request, inbox: Inbox):
                 },
                 "availability": chat.availability(inbox),
                 "strings": _strings(),
+                "language": translation.get_language(),  # the strings', for dates in them
             }
         )
 

@@ -126,24 +126,34 @@
     return ceiling / 2 + Math.random() * (ceiling / 2);
   }
 
+  // Dates in the language of the words around them (the server's, which falls back to
+  // English), in the browser's regional form when it is the same language.
+  function locale() {
+    const words = S.config && S.config.language ? S.config.language : "en";
+    const browser = navigator.language || "";
+    return browser.split("-")[0].toLowerCase() === words ? browser : words;
+  }
+
   function clock(iso) {
     const at = new Date(iso);
     if (Number.isNaN(at.getTime())) return "";
     const today = at.toDateString() === new Date().toDateString();
     const options = today ? { hour: "numeric", minute: "2-digit" }
       : { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" };
-    return new Intl.DateTimeFormat(undefined, options).format(at);
+    try {
+      return new Intl.DateTimeFormat(locale(), options).format(at);
+    } catch (error) { return at.toLocaleString(); }
   }
 
   function when(iso) {
-    // "Friday 9:00 AM" in the visitor's own time zone and language; a date when further away.
+    // "Friday 9:00 AM" in the visitor's own time zone; a date when further away.
     const at = new Date(iso);
     if (Number.isNaN(at.getTime())) return "";
     const soon = at - Date.now() < 6 * 24 * 3600 * 1000;
     const options = soon ? { weekday: "long", hour: "numeric", minute: "2-digit" }
       : { dateStyle: "medium", timeStyle: "short" };
     try {
-      return new Intl.DateTimeFormat(navigator.language || undefined, options).format(at);
+      return new Intl.DateTimeFormat(locale(), options).format(at);
     } catch (error) { return at.toLocaleString(); }
   }
 

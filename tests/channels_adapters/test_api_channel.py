@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from channels_adapters.delivery import inbound_event_process
@@ -25,6 +27,26 @@ class TestApiInbound:
         message = Message.objects.get()
         assert message.text == "Olá 👋"
         assert message.conversation.customer.name == "Jo"
+
+    def test_nul_characters_are_dropped_and_an_overlong_address_fails_visibly(
+        self, client, api_inbox
+    ):
+        nul = {"id": "n-1", "from": "c\x001", "name": "J\x00o", "text": "Hi\x00 there"}
+        post(client, api_inbox, json.dumps({**nul, "subject": "Re\x00fund"}).encode())
+        post(client, api_inbox, json.dumps({"id": "n-2", "from": "x" * 400, "text": "Hi"}).encode())
+        for event in InboundEvent.objects.order_by("id"):
+            inbound_event_process(event.pk)
+        message = Message.objects.get()
+        assert (message.text, message.identity.address) == ("Hi there", "c1")
+        assert (message.conversation.subject, message.conversation.customer.name) == (
+            "Refund",
+            "Jo",
+        )
+        overlong = InboundEvent.objects.get(dedupe_key="n-2")
+        assert (overlong.status, overlong.error) == (
+            "failed",
+            "An address has at most 320 characters.",
+        )
 
     def test_a_replay_is_acknowledged_and_stored_once(self, client, api_inbox):
         post(client, api_inbox, self.body)

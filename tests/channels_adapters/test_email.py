@@ -12,8 +12,8 @@ from channels_adapters.delivery import message_deliver
 from channels_adapters.email.parsing import NotAnEmail, html_to_text, parse_email, split_reply
 from channels_adapters.models import InboundEvent
 from conversations import services
-from conversations.models import Channel, Conversation, Identity, Message
-from tests.conftest import ROOT, subprocess_env
+from conversations.models import Channel, Conversation, Customer, Identity, Message
+from tests.conftest import ROOT, receive, subprocess_env
 
 FIXTURES = ROOT / "tests" / "fixtures" / "email"
 
@@ -158,6 +158,12 @@ class TestParsing:
                 "noviembre de 2026 10:00\nPara: Sofía\nAsunto: RE: pedido\n\nHola",
                 "¡Gracias!",
             ),
+            (  # Outlook rules its header block off: the rule is not the customer's
+                "Danke!\n\n________________________________\nFrom: Acme Support "
+                "<support@acme.example>\nSent: Monday, 23 November 2026 10:00\nTo: Kunde\n"
+                "Subject: Re: Bestellung\n\nHallo",
+                "Danke!",
+            ),
             ("See you.\n-- \nGrace Smith\nProcurement", "See you."),
             ("Done.\n\nEnviado do meu iPhone", "Done."),
             ("> only a quote\n> nothing new", "> only a quote\n> nothing new"),
@@ -217,6 +223,37 @@ class TestThreading:
         )
         assert Conversation.objects.count() == 2
         assert conversation.messages.count() == 2
+
+    def test_answering_our_reply_address_copies_nobody_on_the_next_reply(
+        self, email_inbox, bob, smtp_server
+    ):
+        # The answer goes To: support+<token>@, our Reply-To: that address became a copied
+        # participant (and a customer), and every later reply was copied to our own mailbox.
+        pipe(email_inbox, customer_mail(subject="Refund"))
+        conversation = Conversation.objects.get()
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Hm?").pk)
+        pipe(email_inbox, reply_to(smtp_server.messages()[0], body="Order 7781"))
+        assert conversation.messages.count() == 3
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Done").pk)
+        assert smtp_server.received[-1].rcpt_tos == ["maria@example.com"]
+        assert "Cc" not in smtp_server.messages()[-1]
+        assert not conversation.participants.exists()
+        assert Customer.objects.count() == 1
+
+    def test_a_subject_number_alone_copies_nobody_new_on_the_replies(
+        self, email_inbox, bob, smtp_server
+    ):
+        # From is not proof of anything: a mail "from" the customer with "[#n]" and someone in
+        # Cc would have had every later reply copied to them.
+        pipe(email_inbox, customer_mail(subject="Refund", cc="partner@example.com"))
+        conversation = Conversation.objects.get()
+        pipe(
+            email_inbox,
+            customer_mail(subject=f"Re: Refund [#{conversation.pk}]", cc="mallory@evil.example"),
+        )
+        assert conversation.messages.count() == 2
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
+        assert smtp_server.received[0].rcpt_tos == ["maria@example.com", "partner@example.com"]
 
     def test_a_forged_sender_with_valid_references_opens_a_new_flagged_conversation(
         self, email_inbox, bob, smtp_server
@@ -325,6 +362,26 @@ class TestSmtpOut:
             sent.get_body(("html",)).get_content()
         )
         assert smtp_server.received[0].rcpt_tos == ["camille.dubois@exemple.fr"]
+
+    def test_a_subject_with_line_breaks_is_kept_on_one_line_and_replies_go(
+        self, api_inbox, email_inbox, bob, smtp_server
+    ):
+        # Another channel (the API here) brought a subject with a line break: every email
+        # reply was refused as a header injection, and retried for hours before failing.
+        conversation = receive(
+            api_inbox, address="c-1", subject="Order 5\r\nBcc: everyone@example.org"
+        ).message.conversation
+        assert conversation.subject == "Order 5 Bcc: everyone@example.org"
+        email = services.identity_add(
+            customer=conversation.customer, kind=Channel.EMAIL, address="cust@example.org"
+        )
+        reply = services.reply_send(
+            conversation=conversation, author=bob, text="Hi", identity=email
+        )
+        assert message_deliver(reply.pk).status == Message.Status.SENT
+        [sent] = smtp_server.messages()
+        assert sent["Subject"] == f"Re: Order 5 Bcc: everyone@example.org [#{conversation.pk}]"
+        assert smtp_server.received[0].rcpt_tos == ["cust@example.org"]
 
     def test_an_agents_reply_ends_with_the_inboxs_signature(self, email_inbox, bob, smtp_server):
         email_inbox.signature = "{agent} · {inbox}\n<b>Mon–Fri</b>, {unknown}"

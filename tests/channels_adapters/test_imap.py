@@ -106,6 +106,23 @@ class TestPolling:
         assert (result.stored, result.unreadable) == (1, 1)
         assert len(unseen(imap_server)) == 1
 
+    def test_a_nul_in_a_subject_neither_fails_its_mail_nor_holds_back_the_next(
+        self, imap_inbox, imap_server
+    ):
+        # PostgreSQL refuses NUL in text: this mail failed on every poll, and so did every
+        # mail behind it.
+        poisoned = (
+            b"From: maria@example.com\r\nTo: support@acme.example\r\n"
+            b"Subject: =?utf-8?q?Order=00_7781?=\r\nMessage-ID: <nul@example.com>\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\nWhere=00 is it?\r\n"
+        )
+        deliver(imap_server, poisoned, customer_mail(frm="ana@example.com", subject="Next one"))
+        assert mailbox_poll(imap_inbox).stored == 2
+        process_all()
+        texts = Message.objects.values_list("conversation__subject", "text")
+        assert set(texts) == {("Order 7781", "Where is it?"), ("Next one", "Hello")}
+
 
 @pytest.mark.django_db
 def test_a_customer_reply_lands_once_whether_by_imap_pipe_or_http(

@@ -15,8 +15,16 @@ from channels_adapters.delivery import message_deliver
 from channels_adapters.webchat import adapter as webchat
 from channels_adapters.webchat import chat
 from conversations import services
-from conversations.models import Channel, Conversation, ConversationEvent, Message, Visitor
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Identity,
+    Message,
+    Visitor,
+)
 from helpdesk.asgi import application
+from tests.channels_adapters.test_email import customer_mail, pipe, reply_to
 from tests.conftest import receive
 
 SITE = "https://shop.example"
@@ -63,12 +71,54 @@ def test_a_visitor_gets_a_token_and_keeps_their_identity_with_it(client, widget)
     assert first["Access-Control-Allow-Origin"] == SITE
     data = first.json()
     assert data["strings"]["send"] == "Enviar"  # in the visitor's language
+    assert data["language"] == "pt"  # the widget writes dates in it too
     again = start(client, widget, token=data["token"]).json()
     assert chat.visitor_from_token(widget, again["token"]) == chat.visitor_from_token(
         widget, data["token"]
     )
     assert Visitor.objects.count() == 1
     assert Visitor.objects.get().identity.customer.language == "pt-BR"
+
+
+def test_nul_characters_from_a_visitor_are_dropped(client, widget):
+    # PostgreSQL refuses NUL in text: the session answered 500 and the line never arrived.
+    data = start(client, widget, user={"name": "Eve\x00"}, page="https://shop.example/\x00")
+    assert data.status_code == 200
+    visitor = chat.visitor_from_token(widget, data.json()["token"])
+    assert (visitor.identity.customer.name, visitor.page_url) == ("Eve", "https://shop.example/")
+    chat.visitor_message(visitor, text="hi\x00 there", client_id="c1")
+    assert Message.objects.get().text == "hi there"
+
+
+def test_mail_from_an_address_a_visitor_typed_is_flagged_until_it_answers_our_mail(
+    widget, email_inbox, bob, smtp_server
+):
+    # Anyone can type anyone's address in the widget: the owner's first mail then joined the
+    # visitor's profile, and agents answered it with the chat's history in view, unwarned.
+    visitor = chat.visitor_contact(new_visitor(widget), email="owner@example.org")
+    chat_id = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation_id
+    pipe(email_inbox, customer_mail(frm="owner@example.org", subject="My order"))
+    fresh = Conversation.objects.exclude(pk=chat_id).get()
+    assert fresh.flag_reason.startswith(
+        "owner@example.org was typed into the web chat and never confirmed: this mail may"
+    )
+    # Answering our mail shows the sender reads the address: no flag from then on.
+    message_deliver(services.reply_send(conversation=fresh, author=bob, text="Which one?").pk)
+    [sent] = smtp_server.messages()
+    pipe(email_inbox, reply_to(sent, frm="owner@example.org"))
+    pipe(email_inbox, customer_mail(frm="owner@example.org", subject="Another question"))
+    latest = Conversation.objects.latest("id")
+    assert (latest.subject, latest.flag_reason) == ("Another question", "")
+
+
+def test_a_visitor_may_correct_their_email_but_not_collect_addresses(widget):
+    visitor = new_visitor(widget)
+    for n in range(3):
+        visitor = chat.visitor_contact(visitor, email=f"me{n}@example.org")
+    with pytest.raises(services.ValidationError, match="enough email addresses for one chat"):
+        chat.visitor_contact(visitor, email="someone@example.org")
+    assert chat.visitor_contact(visitor, email="me0@example.org").email == "me0@example.org"
+    assert not Identity.objects.filter(address="someone@example.org").exists()
 
 
 @pytest.mark.parametrize("language", ["pt", "fr", "es"])
@@ -160,7 +210,7 @@ def test_after_the_user_logs_out_the_browser_no_longer_shows_their_history(clien
     assert chat.visitor_conversation(fresh) is None
 
 
-def test_an_email_that_is_someone_elses_is_not_linked(widget):
+def test_an_email_that_is_someone_elses_is_not_linked(client, widget, bob):
     owner = receive(widget, "Hello", address="owner@example.com", channel=Channel.EMAIL)
     visitor = new_visitor(widget)
     chat.visitor_message(visitor, text="Hi", client_id="c1")
@@ -171,6 +221,14 @@ def test_an_email_that_is_someone_elses_is_not_linked(widget):
     assert "another customer" in chat.visitor_conversation(visitor).flag_reason
     assert len(chat.visible_messages(chat.visitor_conversation(visitor))) == 1
     assert chat.email_pending(visitor)  # the widget says an agent checks it first
+    # The agent's page leads to the other profile, to merge once they know it is one person.
+    client.force_login(bob)
+    conversation = chat.visitor_conversation(visitor)
+    page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    link = f"/inbox/customers/{conversation.customer_id}/merge?q=owner%40example.com"
+    assert f'<a href="{link}#merge">Find the profile with owner@example.com to merge</a>' in page
+    owner_id = owner.message.conversation.customer_id
+    assert f'<li data-candidate="{owner_id}">' in client.get(link).content.decode()
 
 
 def test_an_email_of_someone_elses_given_before_the_first_message_flags_the_chat(client, widget):
@@ -434,6 +492,20 @@ async def test_floods_and_oversized_frames_are_refused(widget, settings):
             await socket.send_json_to({"action": "message", "client_id": f"c{n}", "text": f"{n}"})
         while len([a for a in answers if a["type"] in ("ack", "error")]) < 15:
             answers.append(await socket.receive_json_from(timeout=5))
+        # The other frames that write (a rating here; an email given, a transcript) spend
+        # the same allowance: 100 ratings a second made 100 timeline entries.
+        chat_id = (await database_sync_to_async(Conversation.objects.get)()).pk
+        await socket.send_json_to({"action": "rate", "conversation": chat_id, "rating": 1})
+        answer = await socket.receive_json_from(timeout=5)
+        while answer["type"] != "error":
+            answer = await socket.receive_json_from(timeout=5)
+        assert answer == {
+            "type": "error",
+            "action": "rate",
+            "error": "Too many requests; wait a moment.",
+        }
+        rated = ConversationEvent.objects.filter(kind=ConversationEvent.Kind.RATED)
+        assert not await database_sync_to_async(rated.exists)()
     refused = [a for a in answers if a["type"] == "error"]
     assert [a["client_id"] for a in refused] == ["c10", "c11", "c12", "c13", "c14"]
     assert refused[0]["retry"] is True
@@ -475,7 +547,7 @@ async def test_a_socket_the_server_closed_is_sent_nothing_more(widget, bob):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_back(
-    widget, bob, email_inbox, smtp_server
+    client, widget, bob, email_inbox, smtp_server
 ):
     visitor = new_visitor(widget)
     visitor = chat.visitor_contact(visitor, name="Ana", email="ana@example.com")
@@ -494,14 +566,19 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     message_deliver(emailed.pk)
     [mail] = smtp_server.messages()
     assert mail["To"] == "ana@example.com"
+    # Her first words, not "Re:" to a mail she never sent, nor the name of our inbox.
+    assert mail["Subject"] == f"Can I change my order? [#{conversation.pk}]"
     body = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert body.startswith("You have not seen our reply in the chat yet, so here it is:")
     assert "Bob:\nYes, until noon." in body
     assert conversation.reply_token in mail["Reply-To"]
     assert mail["Auto-Submitted"] is None  # Bob's words, not a robot's: her rules must not hide it
     assert conversation.events.filter(kind=ConversationEvent.Kind.CHAT, data__state="async")
-    switched = conversation.events.get(kind=ConversationEvent.Kind.CHANNEL)
-    assert switched.actor is None  # Threadline moved it to email, not Bob
+    # That line says where replies go now: no "channel switched" as if Bob had chosen email.
+    assert not conversation.events.filter(kind=ConversationEvent.Kind.CHANNEL).exists()
+    client.force_login(bob)
+    page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    assert f'<a class="muted" href="#m{emailed.pk}">not seen in the chat: emailed</a>' in page
 
     # Her answer by email lands in the same conversation, and the widget shows it.
     answer = services.message_receive(
@@ -555,6 +632,9 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     assert chat.conversation_json(conversation)["transcript"] is True
     assert webchat.transcript_send(event.pk)
     assert not webchat.transcript_send(event.pk)  # once
+    # Asked again with nothing new said: refused, not another mail to the address.
+    with pytest.raises(services.ValidationError, match="already on its way to ana@example.com"):
+        chat.transcript_request(visitor, conversation)
     [mail] = smtp_server.messages()
     body = mail.get_body().get_content()
     # In her browser's time zone (Lisbon: UTC in winter, WEST in summer), from our domain.
@@ -571,6 +651,34 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     # The next message starts a new conversation.
     again = chat.visitor_message(visitor, text="One more thing", client_id="b")
     assert again.message.conversation != conversation
+
+
+@pytestmark_socket
+async def test_a_reply_by_email_shows_in_the_open_widget_at_once(widget, bob, email_inbox):
+    # The customer came back to the chat; the agent answered on their email. The widget
+    # showed the reply only after a reload.
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    visitor = await database_sync_to_async(chat.visitor_contact)(visitor, email="ana@example.com")
+    received = await database_sync_to_async(chat.visitor_message)(visitor, text="Hi", client_id="a")
+    conversation = received.message.conversation
+    socket, _, _ = await visitor_socket(
+        widget, chat.visitor_token(visitor), after=received.message.pk
+    )
+    await socket.receive_json_from(timeout=5)  # ready
+
+    def email_reply():
+        email = conversation.customer.identities.get(kind=Channel.EMAIL)
+        return services.reply_send(
+            conversation=conversation, author=bob, text="Sent by email", identity=email
+        )
+
+    reply = await database_sync_to_async(email_reply)()
+    frame = await socket.receive_json_from(timeout=5)
+    while frame["type"] != "message":
+        frame = await socket.receive_json_from(timeout=5)
+    assert frame["message"]["id"] == reply.pk
+    assert (frame["message"]["text"], frame["message"]["channel"]) == ("Sent by email", "email")
+    await socket.disconnect()
 
 
 @pytestmark_socket

@@ -328,8 +328,10 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     assert chat.availability(widget)["opens_at"] == back.isoformat()
     url = shop.embed(asgi_server, widget)
 
+    # A German browser: we ship no German, so the widget speaks English, its dates too (they
+    # read "We are back Dienstag").
     visitor = browser.new_page(
-        viewport={"width": 1100, "height": 760}, locale="en-US", timezone_id="America/New_York"
+        viewport={"width": 1100, "height": 760}, locale="de-DE", timezone_id="America/New_York"
     )
     problems = watch(visitor)
     visitor.goto(url)

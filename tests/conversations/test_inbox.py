@@ -133,6 +133,21 @@ class TestList:
         rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
         assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
 
+    def test_a_nul_character_in_a_search_or_a_form_is_refused_with_a_reason(
+        self, client, alice, chat_inbox
+    ):
+        customer = receive(chat_inbox, name="Jo").message.conversation.customer
+        client.force_login(alice)
+        refused = client.get("/inbox/", {"q": "a\x00b"})
+        assert (refused.status_code, refused.content) == (
+            400,
+            b"Text cannot contain NUL characters (U+0000).",
+        )
+        edit = client.post(f"/inbox/customers/{customer.pk}/edit", {"name": "Ev\x00e"})
+        assert edit.status_code == 400
+        customer.refresh_from_db()
+        assert customer.name == "Jo"
+
     def test_a_search_that_finds_nothing_in_mine_offers_the_teams(self, client, bob, chat_inbox):
         chat(chat_inbox, text="The lid is cracked", address="v1")
         client.force_login(bob)
@@ -581,6 +596,22 @@ class TestConversation:
         client.force_login(bob)
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert f'<option value="{charlie.pk}" selected>Charlie</option>' in page
+
+    def test_an_agent_cannot_hand_a_conversation_to_another_teams_agent(
+        self, client, bob, charlie, chat_inbox
+    ):
+        # The field offers the team's agents; a crafted form gave it to Billing's Charlie,
+        # who then saw a conversation of a team he is not in.
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        url = reverse("inbox:assign", args=[conversation.pk])
+        page = client.post(url, {"assignee": charlie.pk}, follow=True).content.decode()
+        assert "Charlie is not in this conversation&#x27;s team: transfer it to their" in page
+        bulk = {"action": f"assign:{charlie.pk}", "conversations": [conversation.pk]}
+        page = client.post(reverse("inbox:bulk"), bulk, follow=True).content.decode()
+        assert f"Not changed: #{conversation.pk}: Charlie is not in" in page
+        conversation.refresh_from_db()
+        assert conversation.assignee is None
 
     def test_a_note_is_never_held_as_stale_and_no_address_means_notes_only(
         self, client, bob, chat_inbox, billing_inbox, alice

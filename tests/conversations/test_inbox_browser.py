@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import expect
 
+from conversations import services
 from conversations.models import Channel, Identity, Message
 from tests.channels_adapters.test_webchat_browser import post_mime
 from tests.conftest import receive, signed_in
@@ -209,6 +210,26 @@ def mail_in(server, inbox, conversation, text, sender="jo@example.com"):
     mail["Subject"] = f"Re: Order [#{conversation.pk}]"
     mail.set_content(text)
     assert post_mime(server, inbox, bytes(mail)) == 202
+
+
+def test_send_on_follows_the_channel_the_customer_moved_to(
+    asgi_server, browser, bob, chat_inbox, email_inbox
+):
+    # The picker kept "Web chat" after the visitor went on by email; Send then answered in a
+    # chat nobody had open.
+    conversation = receive(chat_inbox, text="Hi from the chat", address="v1").message.conversation
+    services.identity_add(
+        customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+    )
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    expect(page.locator("#identity option:checked")).to_contain_text("Web chat")
+    mail_in(asgi_server, email_inbox, conversation, "I left the site, write to me here")
+    page.wait_for_selector(".timeline >> text=I left the site, write to me here")
+    expect(page.locator("#identity option:checked")).to_contain_text("Email")
+    expect(page.locator("[data-hint]")).to_have_text(
+        "Sent by email, threaded with the customer's mail."
+    )
 
 
 def test_a_held_reply_keeps_what_arrived_marked_and_its_files(

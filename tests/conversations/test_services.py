@@ -103,6 +103,19 @@ class TestReceive:
         receive(api_inbox, address="jo@example.com", channel=Channel.EMAIL)
         assert Identity.objects.filter(kind=Channel.EMAIL).count() == 1
 
+    def test_a_nameless_customer_takes_the_name_their_message_gives_but_a_name_is_kept(
+        self, api_inbox
+    ):
+        # A visitor who gave only an email, then wrote from it: their profile stayed nameless
+        # and showed as an address everywhere.
+        customer = receive(api_inbox, address="jo@example.com", channel=Channel.EMAIL).message
+        customer = customer.conversation.customer
+        assert customer.name == ""
+        receive(api_inbox, address="jo@example.com", channel=Channel.EMAIL, name="Jo Müller")
+        receive(api_inbox, address="jo@example.com", channel=Channel.EMAIL, name="JM (phone)")
+        customer.refresh_from_db()
+        assert customer.name == "Jo Müller"
+
     def test_a_customer_whose_channel_names_no_language_gets_the_one_they_write(self, api_inbox):
         def language(address, text, **kwargs):
             receive(api_inbox, text=text, address=address, **kwargs)

@@ -15,8 +15,16 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
+from channels_adapters.webchat import chat as webchat
 from conversations import services
-from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Notification
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Inbox,
+    Notification,
+    Visitor,
+)
 from helpdesk.models import User
 from routing.models import RoutingRule, Team, TeamMembership
 from routing.services import (
@@ -342,11 +350,19 @@ def test_a_team_without_auto_assignment_leaves_its_queue_to_the_agents(support, 
 # --- Agents who go offline -------------------------------------------------------------------
 
 
+def visiting(inbox) -> Conversation:
+    """A live chat: a visitor with the widget open writes."""
+    visitor = webchat.visitor_session(inbox=inbox)
+    webchat.visitor_seen(visitor.pk, opened=1)
+    received = webchat.visitor_message(visitor, text="Hello", client_id="c1")
+    return Conversation.objects.get(pk=received.message.conversation_id)
+
+
 @pytest.fixture
 def bobs_chat_and_email(chat_inbox, mail_inbox, bob, dana):
     """Bob, alone online, takes a live chat and an email; then Dana comes online."""
     online(bob)
-    chat, email = arrive(chat_inbox), arrive(mail_inbox)
+    chat, email = visiting(chat_inbox), arrive(mail_inbox)
     assert (chat.assignee, email.assignee) == (bob, bob)
     online(dana)
     return chat, email
@@ -369,6 +385,19 @@ def test_an_agent_going_offline_returns_live_chats_to_the_queue(
         (None, "offline"),
         (dana.pk, "queue"),
     ]
+    page = client.get(reverse("inbox:conversation", args=[chat.pk])).content.decode()
+    assert "Assigned: nobody, back to the queue: the agent went offline" in page
+    assert "Assigned: Dana, from the team's queue" in page
+
+
+def test_a_chat_whose_visitor_left_stays_with_its_agent(bobs_chat_and_email, bob, tasks_run):
+    # It goes on by email now (the visitor left): nothing for the queue's next agent to
+    # answer live, and its agent knows it.
+    chat, _ = bobs_chat_and_email
+    Visitor.objects.update(open_sockets=0)
+    with tasks_run():
+        agent_availability_set(user=bob, availability="offline")
+    assert assignee_of(chat) == bob
 
 
 def test_a_team_may_keep_chats_with_agents_who_go_offline(
@@ -394,6 +423,7 @@ def test_chats_of_an_agent_whose_inbox_closed_return_to_the_queue(bobs_chat_and_
     chat, email = bobs_chat_and_email
     with time_machine.travel(timezone.now() + timedelta(minutes=4)):
         online(dana)  # Dana's inbox is still open; Bob's went quiet four minutes ago
+        Visitor.objects.update(last_seen_at=timezone.now())  # the visitor's is open too
         assert queues_sweep() == {"requeued": 1, "assigned": 1}
     assert (assignee_of(chat), assignee_of(email)) == (dana, bob)
 

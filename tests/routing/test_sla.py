@@ -333,6 +333,21 @@ def test_the_conversation_page_shows_how_each_target_ended(
     assert "SLA: first response target breached" in html  # the timeline
 
 
+def test_clocks_of_two_channels_say_which_is_which(client, chat_inbox, mail_inbox, bob):
+    # A chat answered by email: "Next response met in 3 min of 4 h" beside "First response
+    # met in 1 min of 15 min" read as a mistake.
+    conversation = receive(chat_inbox, text="Hi", address="v1").message.conversation
+    email = services.identity_add(
+        customer=conversation.customer, kind=Channel.EMAIL, address="jo@example.com"
+    )
+    services.reply_send(conversation=conversation, author=bob, text="Hello", identity=email)
+    receive(mail_inbox, channel=Channel.EMAIL, address="jo@example.com", text="One more thing")
+    client.force_login(bob)
+    html = client.get(reverse("inbox:conversation", args=[conversation.pk])).content.decode()
+    assert '<strong>First response</strong> <span class="muted">(Web chat)</span>' in html
+    assert '<strong>Next response</strong> <span class="muted">(Email)</span>' in html
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
