@@ -24,6 +24,7 @@ from conversations.models import (
     Tag,
     new_secret,
 )
+from conversations.selectors import id_given
 from helpdesk.models import User
 from routing.models import AutoReply, SlaClock
 
@@ -644,7 +645,8 @@ class ConversationAdmin(admin.ModelAdmin):
     def assign(self, request, queryset):
         assignee = None
         if request.POST.get("assignee"):
-            assignee = User.objects.filter(pk=request.POST["assignee"], is_active=True).first()
+            pk = id_given(request.POST["assignee"])
+            assignee = User.objects.filter(pk=pk, is_active=True).first()
             if assignee is None:
                 self.message_user(request, "No such agent.", messages.ERROR)
                 return

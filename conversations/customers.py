@@ -34,6 +34,7 @@ from conversations.selectors import (
     customer_data,
     customer_get_for_agent,
     customers_visible_to,
+    folded_contains,
     id_given,
 )
 
@@ -324,7 +325,7 @@ def _merge_candidates(user, customer, query: str) -> list:
         customers_visible_to(user)
         .exclude(pk=customer.pk)
         .filter(
-            Q(name__icontains=query)
+            Q(folded_contains("name", query))
             | Q(pk__in=Identity.objects.filter(addresses).values("customer_id"))
         )
         .prefetch_related("identities")

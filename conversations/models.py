@@ -209,7 +209,7 @@ class Visitor(models.Model):
 
     class Meta:
         indexes = [
-            # Was this address typed in the widget? Asked of new mail (EmailAdapter.thread).
+            # Was this address typed in the widget? Asked of new mail (services._typed_in_chat).
             models.Index(fields=["email"], name="visitor_email_idx", condition=~Q(email="")),
         ]
 

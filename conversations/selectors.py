@@ -1,8 +1,10 @@
 """Reads, and who may read what. Every entry point (page, API, socket) asks these helpers."""
 
+import unicodedata
 from typing import NamedTuple
 
-from django.db.models import Q, QuerySet
+from django.db.models import CharField, Func, Q, QuerySet, Value
+from django.db.models.lookups import Contains
 from django.http import Http404
 
 from conversations.models import Conversation, Customer
@@ -14,6 +16,27 @@ class Teams(NamedTuple):
 
     teams: frozenset[int]
     inboxes: frozenset[int]
+
+
+class Folded(Func):
+    """Text as a search compares it: upper case, accents off, so "jose" finds "José" and
+    "PROBLEME" finds "problème". threadline_fold: on PostgreSQL an SQL function over
+    unaccent, indexed with trigrams (migration 0020); on SQLite `fold`, registered on each
+    connection (helpdesk.apps)."""
+
+    function = "threadline_fold"
+    output_field = CharField()
+
+
+def fold(text: str) -> str:
+    """Folded's work in Python, for SQLite: the letters without their marks, upper case."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def folded_contains(field: str, query: str) -> Contains:
+    """`field` contains `query`, case and accents aside (see Folded): a filter."""
+    return Contains(Folded(field), Folded(Value(query)))
 
 
 def id_given(value) -> int | None:

@@ -122,9 +122,10 @@ class InboundMessage:
     # True for a message the business sent to `address` outside Threadline (a Messenger echo
     # of a reply typed in the Page inbox): stored as an outbound message.
     echo: bool = False
-    # True for a mail that answers one of ours (by our reply token or Message-ID): its sender
-    # reads the address, which counts as confirmed from then on (Identity.verified).
-    answers_ours: bool = False
+    # The Message-IDs a mail answers (In-Reply-To, References). One of a mail we sent to this
+    # very address, which only that mailbox got (the reply token is the same for the whole
+    # thread), confirms the address (Identity.verified) once the conversation accepts it.
+    answers: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -132,13 +133,14 @@ class InboundMessage:
             value = getattr(self, name)
             if (cleaned := without_nul(value)) != value:
                 object.__setattr__(self, name, cleaned)
+        for name in ("provider_id", "client_id"):  # they name things: refused, not changed
+            if "\x00" in getattr(self, name):
+                raise ValidationError(f"The {name.replace('_', ' ')} contains a NUL character.")
 
 
-# What a channel brings that is stored as text or JSON (see without_nul).
-TEXT_FIELDS = (
-    "address", "text", "html", "name", "subject", "provider_id", "client_id", "language",
-    "quoted", "cc", "metadata",
-)  # fmt: skip
+# What a channel brings that is stored as text or JSON (see without_nul). The address is
+# refused with a NUL (normalize_address): "c\x001" made into "c1" would be someone else.
+TEXT_FIELDS = ("text", "html", "name", "subject", "language", "quoted", "cc", "metadata")
 
 
 def without_nul(value):
@@ -182,9 +184,11 @@ def sanitize_html(html: str) -> str:
 def normalize_address(kind: str, address: str, *, typed: bool = False) -> str:
     """The one spelling of an address we store: lower-case email, E.164 phone numbers.
     `typed`: an agent wrote it, rather than a provider sending it (see phone_normalize)."""
-    address = without_nul(address or "").strip()
+    address = (address or "").strip()
     if len(address) > ADDRESS_MAX:
         raise ValidationError(f"An address has at most {ADDRESS_MAX} characters.")
+    if "\x00" in address:
+        raise ValidationError("An address cannot contain NUL characters.")
     if kind == Channel.EMAIL:
         address = address.lower()
     elif kind in PHONE_CHANNELS and address:
@@ -772,14 +776,6 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer = customer.merged_into
     if customer.blocked_at and not inbound.echo:
         raise SenderBlocked(identity.pk)
-    if inbound.answers_ours and not identity.verified:
-        Identity.objects.filter(pk=identity.pk).update(verified=True)
-        identity.verified = True
-    if not customer.name and inbound.name.strip() and not inbound.echo:
-        # A profile begun without a name (a chat visitor who gave only an email) takes the
-        # one their mail signs with; a name an agent or the customer set is never replaced.
-        customer.name = inbound.name.strip()[:200]
-        Customer.objects.filter(pk=customer.pk, name="").update(name=customer.name)
     now = timezone.now()
 
     conversation, flag_reason, opened, reopened = None, "", False, False
@@ -797,6 +793,13 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
             conversation = None
     elif not inbound.force_new_conversation:
         conversation = _conversation_to_continue(inbox, customer, identity)
+    if inbound.answers and conversation is not None and not identity.verified:
+        ours_to_them = conversation.messages.filter(
+            direction=Message.Direction.OUTBOUND, identity=identity, provider_id__in=inbound.answers
+        )
+        if ours_to_them.exists():
+            Identity.objects.filter(pk=identity.pk).update(verified=True)
+            identity.verified = True
 
     # The message's events, written together once the conversation is saved.
     events: list[ConversationEvent] = []
@@ -809,6 +812,12 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         flag_reason = flag_reason or _typed_in_chat(identity)
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
+    if not (customer.name or flag_reason or inbound.echo) and inbound.name.strip():
+        # A profile begun without a name (a chat visitor who gave only an email) takes the
+        # one their mail signs with; a name an agent or the customer set is never replaced,
+        # nor taken from a message whose sender agents are asked to check.
+        customer.name = inbound.name.strip()[:200]
+        Customer.objects.filter(pk=customer.pk, name="").update(name=customer.name)
     previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
     if not opened and conversation.status != Status.OPEN and not inbound.echo:
         events.append(
@@ -927,7 +936,14 @@ def _typed_in_chat(identity: Identity) -> str:
     the owner's mail then joins the visitor's profile, next to the visitor's chats."""
     if identity.kind != Channel.EMAIL or identity.verified:
         return ""
-    if not Visitor.objects.filter(email=identity.address).exists():
+    # A visitor of this customer who came before the address did: it joined the profile by
+    # being typed (an address that wrote first is the customer's own, typed again or not).
+    typed = Visitor.objects.filter(
+        email=identity.address,
+        identity__customer=identity.customer_id,
+        created_at__lte=identity.created_at,
+    )
+    if not typed.exists():
         return ""
     return (
         f"{identity.address} was typed into the web chat and never confirmed: this mail may "
@@ -965,7 +981,11 @@ def ours(address: str, own: frozenset[str]) -> bool:
     """Is `address` one of our inboxes' `own`, or one with a tag: support+<token>@ is the
     Reply-To of every reply, and a customer's answer copies it in To."""
     local, _, domain = address.strip().lower().partition("@")
-    return f"{local}@{domain}" in own or f"{local.partition('+')[0]}@{domain}" in own
+    for mine in own:
+        mine_local, _, mine_domain = mine.partition("@")
+        if domain == mine_domain and (local == mine_local or local.startswith(mine_local + "+")):
+            return True
+    return False
 
 
 def _participants_add(conversation, inbox, sender, cc) -> None:
@@ -976,7 +996,10 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
         address = (address or "").strip().lower()
         if not address or address == sender.address or ours(address, own):
             continue
-        identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)
+        try:
+            identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)
+        except ValidationError:  # one unusable address copied loses no mail
+            continue
         if identity.customer_id != conversation.customer_id:
             conversation.participants.add(identity)
 
@@ -1428,9 +1451,9 @@ def _locked(conversation: Conversation) -> Conversation:
 def conversation_assign(
     *, conversation: Conversation, assignee, actor=None, reason: str = "", automation: str = ""
 ) -> Conversation:
-    """Assign to an agent, or unassign with `assignee=None`. `reason` says why, when routing
-    did it ("queue", "offline"); `automation` names the automation that did it, which the
-    new assignee is told."""
+    """Assign to an agent, or unassign with `assignee=None`. `reason` says why, when it was not
+    an agent's choice ("routing", "queue", "offline", "reply", "transfer"); `automation` names
+    the automation that did it, which the new assignee is told."""
     reason = reason or ("automation" if automation else "")
     if assignee is not None and not assignee.is_active:
         raise ValidationError("Inactive users cannot be assigned conversations.")

@@ -66,6 +66,7 @@ from conversations.models import (
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
+    folded_contains,
     id_given,
     in_teams,
     teams_of,
@@ -162,10 +163,11 @@ def _search(qs, query: str, order: list[str]) -> list[int]:
     else:
         texts = Message.objects.filter(text__icontains=query)
     by_text = qs.filter(Exists(texts.filter(conversation=OuterRef("pk"))))
-    by_subject = qs.filter(subject__icontains=query)  # trigram index: migration 0007
+    by_subject = qs.filter(folded_contains("subject", query))  # trigram index: migration 0020
     # The customers first, as values: behind a subquery the planner guessed that most
     # conversations match and walked all of them when none did.
-    customers = set(Customer.objects.filter(name__icontains=query).values_list("pk", flat=True))
+    customers = Customer.objects.filter(folded_contains("name", query))
+    customers = set(customers.values_list("pk", flat=True))
     customers.update(
         Identity.objects.filter(addresses_matching(query)).values_list("customer_id", flat=True)
     )

@@ -11,5 +11,5 @@ websocket_urlpatterns = [
         AllowedHostsOriginValidator(AuthMiddlewareStack(AgentConsumer.as_asgi())),
     ),
     # Visitors: from the sites the inbox allows (checked by the consumer), with their token.
-    path("ws/widget/<str:key>/", VisitorConsumer.as_asgi()),
+    path("ws/widget/<slug:key>/", VisitorConsumer.as_asgi()),
 ]

@@ -16,12 +16,22 @@ def _sqlite_like_for_every_script(sender, connection, **kwargs):
     """SQLite's LIKE (Django's icontains there) folds only ASCII letters, so a search for
     "PROBLÈME" or "JOÃO" missed "problème" and "João". Replaced, on SQLite, by one that folds
     case in every script, as PostgreSQL's ILIKE does (lower(), not casefold(): "straße" stays
-    unlike "strasse" on both). Slower per row, on the databases of a demo or a small team."""
+    unlike "strasse" on both). Slower per row, on the databases of a demo or a small team.
+    And the search's threadline_fold, which PostgreSQL has from a migration."""
     if connection.vendor != "sqlite":
         return
+    from conversations.selectors import fold
+
     raw = connection.connection
     raw.create_function("like", 2, _like, deterministic=True)
     raw.create_function("like", 3, _like, deterministic=True)
+    # conversations.selectors.Folded, which PostgreSQL has from migration 0020.
+    raw.create_function(
+        "threadline_fold",
+        1,
+        lambda value: None if value is None else fold(str(value)),
+        deterministic=True,
+    )
 
 
 def _like(pattern, value, escape=None):

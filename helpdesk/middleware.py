@@ -1,7 +1,7 @@
 import zoneinfo
 from functools import lru_cache
 
-from django.http import HttpResponseBadRequest
+from django.http import QueryDict
 from django.utils import timezone
 
 
@@ -36,10 +36,11 @@ class AgentTimezoneMiddleware:
 
 
 class NulCharacterMiddleware:
-    """A page's query string or form with a NUL character (U+0000) is refused with a 400 that
-    says so: PostgreSQL cannot store one, and a search or a saved field carrying one failed
-    with a 500. Views exempt from CSRF (webhooks, the widget, the API) read their own bodies
-    and drop NUL where they take input (conversations.services.without_nul)."""
+    """Query strings and forms of our pages lose their NUL characters (U+0000) before the
+    view reads them: PostgreSQL cannot store one (a search or a saved field carrying one was
+    a 500), and nobody can see one to take it out (a paste brings it). Views exempt from CSRF
+    (webhooks, the widget, the API) read their own bodies and deal with NUL where they take
+    input (conversations.services.without_nul, normalize_address)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -50,14 +51,23 @@ class NulCharacterMiddleware:
     def process_view(self, request, view_func, view_args, view_kwargs):
         if getattr(view_func, "csrf_exempt", False):
             return None
-        forms = [request.GET] + [request.POST] * (request.method == "POST")
-        for form in forms:
-            for key, values in form.lists():
-                if "\x00" in key or any("\x00" in value for value in values):
-                    return HttpResponseBadRequest(
-                        "Text cannot contain NUL characters (U+0000).", content_type="text/plain"
-                    )
+        if _has_nul(request.GET):
+            request.GET = _without_nul(request.GET)
+        if request.method == "POST" and _has_nul(request.POST):
+            request.POST = _without_nul(request.POST)
         return None
+
+
+def _has_nul(query: QueryDict) -> bool:
+    return any("\x00" in key + "".join(values) for key, values in query.lists())
+
+
+def _without_nul(query: QueryDict) -> QueryDict:
+    cleaned = QueryDict(mutable=True)
+    for key, values in query.lists():
+        cleaned.setlist(key.replace("\x00", ""), [value.replace("\x00", "") for value in values])
+    cleaned._mutable = False  # as Django's own are
+    return cleaned
 
 
 class ContentSecurityPolicyMiddleware:

@@ -83,7 +83,7 @@ from routing.models import (
     TeamMembership,
     tag_names,
 )
-from routing.rules import PRIORITIES, Facts, Test, conditions_compile
+from routing.rules import ID_MAX, PRIORITIES, Facts, Test, conditions_compile
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _priority_name(value: int) -> str:
 
 def _id(spec: dict, key: str, what: str) -> int:
     value = spec.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= ID_MAX:
         raise ValidationError(f'give the {what}\'s id as a number, e.g. {{"{key}": 3}}.')
     return value
 
@@ -675,18 +675,12 @@ def automations_idle_sweep(*, now: datetime | None = None, limit: int = IDLE_BAT
     now = now or timezone.now()
     acted = 0
     for automation in automations_load().get(Event.IDLE, ()):
-        checked = AutomationRun.objects.filter(
-            automation_id=automation.pk, conversation=OuterRef("pk"), period=OuterRef("since")
-        )
-        due = (
-            Conversation.objects.filter(status=automation.idle_status, merged_into=None)
-            .annotate(since=_in_status_since())
-            .filter(since__lte=now - timedelta(hours=automation.idle_hours))
-            .exclude(Exists(checked))
-            .order_by("since", "pk")
-            .values_list("pk", "since")[:limit]
-        )
-        for conversation_id, since in list(due):
+        try:
+            due = _idle_due(automation, now, limit)
+        except Exception:  # one broken automation (saved around admin's checks) stops no other
+            log.exception("idle automation %s could not look for conversations", automation.pk)
+            continue
+        for conversation_id, since in due:
             try:
                 acted += _idle_check(automation, conversation_id, since, now)
             except Exception:  # the next run tries it again; the others go on
@@ -694,6 +688,22 @@ def automations_idle_sweep(*, now: datetime | None = None, limit: int = IDLE_BAT
                     "idle automation %s on conversation %s failed", automation.pk, conversation_id
                 )
     return acted
+
+
+def _idle_due(automation: CompiledAutomation, now: datetime, limit: int) -> list:
+    """(conversation id, since when) of those in the automation's status long enough, not
+    yet checked for this stay."""
+    checked = AutomationRun.objects.filter(
+        automation_id=automation.pk, conversation=OuterRef("pk"), period=OuterRef("since")
+    )
+    return list(
+        Conversation.objects.filter(status=automation.idle_status, merged_into=None)
+        .annotate(since=_in_status_since())
+        .filter(since__lte=now - timedelta(hours=automation.idle_hours))
+        .exclude(Exists(checked))
+        .order_by("since", "pk")
+        .values_list("pk", "since")[:limit]
+    )
 
 
 def _idle_check(automation: CompiledAutomation, conversation_id: int, since, now) -> bool:

@@ -444,6 +444,11 @@ class RoutingRule(models.Model):
 # --- Automations and macros ------------------------------------------------------------------
 
 
+# A longer wait is a typo (extra zeros), and one past ~17 million hours is a date Python
+# cannot reach: the idle sweep failed on it, for every automation after it.
+IDLE_HOURS_MAX = 24 * 365 * 10
+
+
 class Automation(models.Model):
     """When `event` happens to a conversation that meets all of `conditions`, do `actions`.
     `routing.automations` runs them: the vocabulary of actions, the triggers, the loop guard
@@ -502,6 +507,10 @@ class Automation(models.Model):
                 errors["idle_status"] = [_("Choose the status the conversation stays in.")]
             if not self.idle_hours:
                 errors["idle_hours"] = [_("Say after how many hours (at least 1).")]
+            elif self.idle_hours > IDLE_HOURS_MAX:
+                errors["idle_hours"] = [
+                    _("At most %(max)s hours (ten years).") % {"max": f"{IDLE_HOURS_MAX:,}"}
+                ]
         elif self.idle_status or self.idle_hours:
             errors["idle_hours"] = [
                 _("Only “stayed in a status” automations have a status and hours; clear them.")

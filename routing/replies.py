@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
-from routing.hours import is_open, next_opening, schedule_for
+from routing.hours import add_business_time, is_open, next_opening, schedule_for
 from routing.models import AutoReply, SlaClock, TableCache
 from routing.sla import policy_for
 
@@ -138,11 +138,15 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     else:
         return None
     wait = expected_reply(inbox)
-    if kind == AutoReply.Kind.ACKNOWLEDGEMENT and closed:
-        # Acknowledged while the team is closed: the usual time counts from the opening. (An
-        # out-of-office reply says when we open, and its "{expected_reply}" follows that.)
-        if (opening := next_opening(schedule, message.created_at)) is not None:
-            wait = opening - message.created_at + (wait or timedelta(0))
+    if kind == AutoReply.Kind.ACKNOWLEDGEMENT:
+        # The usual time counted in the team's open hours, as its SLA clock counts: from the
+        # opening when it is closed, and past the closing that comes first. (An out-of-office
+        # reply says when we open, and its "{expected_reply}" follows that.)
+        if wait is not None:
+            due = add_business_time(schedule, message.created_at, wait.total_seconds())
+            wait = due - message.created_at if due is not None else wait
+        elif closed and (opening := next_opening(schedule, message.created_at)) is not None:
+            wait = opening - message.created_at
     customer = conversation.customer
     template = _template_for([t for t in templates if t.kind == kind], customer.language)
     if template is None:

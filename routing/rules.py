@@ -52,6 +52,7 @@ subject or message are looked at.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -72,6 +73,7 @@ MAX_WORDS = 50
 MAX_WORD_CHARS = 100
 MAX_PATTERN_CHARS = 200
 MAX_CONDITIONS = 20
+ID_MAX = 2**63 - 1  # the largest id the databases' keys hold
 
 CHOICE_OPS = ("is", "is_not", "in", "not_in")
 TEXT_OPS = ("contains", "not_contains", "is", "starts_with", "like", "not_like")
@@ -384,9 +386,7 @@ def _choices(value, op, allowed, what, normalize=str) -> frozenset:
 
 
 def _inbox_id(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{value!r} is not an inbox id (a number).")
-    return value
+    return _id(value, "inbox id")
 
 
 def _language(value) -> str:
@@ -577,8 +577,12 @@ def _reference(field: str, what: str):
 
 
 def _id(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{value!r} is not a {what} (a number).")
+    """An id a condition names: a whole number the database's keys can hold (a longer one
+    was a 500 when admin looked it up), named in the error as JSON writes it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= ID_MAX:
+        article = "an" if what[0] in "aeiou" else "a"
+        shown = json.dumps(value, ensure_ascii=False)[:60]
+        raise ValidationError(f"{shown} is not {article} {what} (a number).")
     return value
 
 

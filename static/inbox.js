@@ -337,7 +337,24 @@
     if (focus) li.querySelector("a").focus();
   }
   const shortcuts = document.getElementById("shortcuts");
-  function showShortcuts() { if (shortcuts && !shortcuts.open) shortcuts.showModal(); }
+  // Closing it gives focus back where it was, or to the picked row when a live refresh
+  // replaced the list meanwhile: Enter opens it, as before. Unless a key pressed since (the
+  // close event comes a moment later) already put focus somewhere.
+  let focusedBefore = null;
+  function showShortcuts() {
+    if (!shortcuts || shortcuts.open) return;
+    focusedBefore = document.activeElement;
+    shortcuts.showModal();
+  }
+  if (shortcuts) {
+    shortcuts.addEventListener("close", function () {
+      const now = document.activeElement;
+      if (now && now !== document.body && !shortcuts.contains(now)) return;
+      const picked = document.querySelector(".rows li.selected a");
+      const back = focusedBefore && focusedBefore.isConnected ? focusedBefore : picked;
+      if (back) back.focus();
+    });
+  }
   document.querySelectorAll("[data-shortcuts]").forEach(function (button) {
     button.addEventListener("click", showShortcuts);
   });

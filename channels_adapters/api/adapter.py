@@ -34,6 +34,11 @@ class ApiAdapter(Adapter):
         for key in ("name", "subject"):
             if not isinstance(data.get(key, ""), str):
                 raise InvalidPayload(f"Field {key!r} must be a string.")
+        for key in ("id", "from"):  # they name things: not cleaned, refused
+            if "\x00" in data[key]:
+                raise InvalidPayload(f"Field {key!r} cannot contain NUL characters.")
+        if len(data["id"]) > 255:
+            raise InvalidPayload("Field 'id' has at most 255 characters.")
         return data
 
     def parse_inbound(self, event):

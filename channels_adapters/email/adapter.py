@@ -77,7 +77,8 @@ def thread_subject(conversation: Conversation) -> str:
         .values_list("text", flat=True)
         .first()
     )
-    words = Truncator(" ".join((first or "").split())).chars(60)
+    words = SUBJECT_NUMBER.sub("", " ".join((first or "").split())).strip()
+    words = Truncator(words).chars(60)
     return f"{words or f'Your conversation with {conversation.inbox.name}'} [#{conversation.pk}]"
 
 
@@ -151,7 +152,7 @@ class EmailAdapter(Adapter):
                 language=parsed.language,
                 conversation=conversation,
                 force_new_conversation=conversation is None,
-                answers_ours=answered,
+                answers=tuple(parsed.references[:100]),
                 attachments=tuple(parsed.attachments),
                 # Those copied join the thread, unless it was found by the number in the subject
                 # alone: anyone can write a From and a "[#12]", and would then be copied on

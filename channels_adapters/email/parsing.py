@@ -200,10 +200,30 @@ def parse_email(raw: bytes) -> ParsedEmail:
 
 def _modern(msg, name):
     """The header parsed by the modern policy (decoded words, structured addresses)."""
-    value = msg.get(name)
-    if value is None:
+    values = _header_values(msg, name)
+    if not values:
         return None
-    return _parsed_header(name.lower(), str(value))
+    return _parsed_header(name.lower(), values[0])
+
+
+def _header_values(msg, name: str) -> list[str]:
+    """Every `name` header of `msg`, as text. A header in raw UTF-8 (RFC 6532: SMTPUTF8 mail,
+    and many mailers' names and subjects) comes from compat32 as undecodable bytes, which
+    str() turned into U+FFFD: "chloé@" became another address, so another customer. Read
+    as UTF-8, else as windows-1252 (the 8-bit headers of older mailers)."""
+    wanted, values = name.lower(), []
+    for key, value in msg.raw_items():
+        if key.lower() != wanted:
+            continue
+        value = str(value)
+        if not value.isascii():
+            data = value.encode("utf-8", "surrogateescape")
+            try:
+                value = data.decode("utf-8")
+            except UnicodeDecodeError:
+                value = data.decode("cp1252", "replace")
+        values.append(value)
+    return values
 
 
 @functools.lru_cache(maxsize=2048)
@@ -234,8 +254,8 @@ def _raw_addrs(msg, name) -> list[str]:
     if name not in msg:
         return []
     values = []
-    for value in msg.get_all(name, []) or []:
-        values += [addr for _, addr in getaddresses([str(value)]) if "@" in addr]
+    for value in _header_values(msg, name):
+        values += [addr for _, addr in getaddresses([value]) if "@" in addr]
     return values
 
 
@@ -250,9 +270,11 @@ def _addresses(msg, name) -> list[tuple[str, str]]:
     try:
         found = [(a.display_name, a.addr_spec) for a in _modern(msg, name).addresses]
     except Exception:  # noqa: BLE001 - fall back to the lenient parser on broken headers
-        found = getaddresses([str(v) for v in msg.get_all(name, [])])
+        found = getaddresses(_header_values(msg, name))
     return [
-        (_one_line(display)[:200], addr.strip().lower()) for display, addr in found if "@" in addr
+        (_one_line(display)[:200], addr.replace("\x00", "").strip().lower())
+        for display, addr in found
+        if "@" in addr
     ]
 
 
@@ -262,7 +284,7 @@ def _first_id(value: str) -> str:
 
 
 def _ids(value) -> list[str]:
-    return [m[:250] for m in MESSAGE_ID.findall(str(value or ""))]
+    return [m[:250] for m in MESSAGE_ID.findall(str(value or "").replace("\x00", ""))]
 
 
 def _automated(msg: Message, sender: str) -> str:

@@ -30,6 +30,7 @@ from channels_adapters.base import (
 )
 from channels_adapters.http import media_fetch, provider_call, transient_or_permanent
 from conversations.models import Channel
+from conversations.selectors import id_given
 from conversations.services import (
     OPT_IN_KEYWORDS,
     OPT_OUT_KEYWORDS,
@@ -136,7 +137,7 @@ class SmsAdapter(Adapter):
             return [StatusUpdate(channel=Channel.SMS, provider_id=sid, status=ours, reason=reason)]
         text = form.get("Body", "")
         media = []
-        for index in range(min(int(form.get("NumMedia") or 0), 10)):
+        for index in range(min(id_given(form.get("NumMedia")) or 0, 10)):
             url = form.get(f"MediaUrl{index}")
             if url:
                 media.append(

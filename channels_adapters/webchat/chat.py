@@ -17,7 +17,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Exists, F, Max, OuterRef, Q, prefetch_related_objects
+from django.db.models import Exists, F, OuterRef, Q, prefetch_related_objects
 from django.db.models.functions import Greatest
 from django.urls import reverse
 from django.utils import timezone
@@ -233,6 +233,8 @@ def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
     return visitor_reload(visitor)
 
 
+# How long a transcript not yet sent counts as on its way (its task retries meanwhile).
+TRANSCRIPT_TRYING = timedelta(hours=1)
 # A visitor may correct a mistyped address, not collect other people's: each unconfirmed one
 # joins their profile, and mail from it would land there.
 EMAILS_TYPED_MAX = 3
@@ -250,7 +252,11 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
             validate_email(email)
         except ValidationError:
             raise ValidationError(_("Please enter a valid email address.")) from None
-    typed = Identity.objects.filter(customer=customer, kind=Channel.EMAIL, verified=False)
+    # Unconfirmed addresses that never wrote to us: typed (here, or by an agent), not ones
+    # the customer's own mail or a merge brought.
+    typed = Identity.objects.filter(
+        customer=customer, kind=Channel.EMAIL, verified=False, last_seen_at=None
+    )
     if email and typed.count() >= EMAILS_TYPED_MAX and not typed.filter(address=email).exists():
         raise ValidationError(
             _("That is enough email addresses for one chat; tell us in the chat if yours changed.")
@@ -548,11 +554,19 @@ def transcript_request(visitor: Visitor, conversation: Conversation) -> Conversa
         raise ValidationError(_("Tell us your email address first."))
     with transaction.atomic():
         # Once per address until the chat goes on: the widget must not be a way to send our
-        # mail, again and again, to an address nobody confirmed.
-        sent = conversation.events.filter(
-            kind=ConversationEvent.Kind.CHAT, data__state="transcript", data__to=email.address
-        ).aggregate(last=Max("created_at"))["last"]
-        if sent and not conversation.messages.filter(created_at__gt=sent).exists():
+        # mail, again and again, to an address nobody confirmed. One that failed for good
+        # (still unsent after TRANSCRIPT_TRYING) may be asked for again.
+        last = (
+            conversation.events.filter(
+                kind=ConversationEvent.Kind.CHAT, data__state="transcript", data__to=email.address
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        going = last and (
+            last.data.get("sent_at") or timezone.now() - last.created_at < TRANSCRIPT_TRYING
+        )
+        if going and not conversation.messages.filter(created_at__gt=last.created_at).exists():
             raise ValidationError(
                 _("The transcript is already on its way to %(email)s.") % {"email": email.address}
             )

@@ -7,6 +7,6 @@ app_name = "webchat"
 urlpatterns = [
     path("demo/", views.demo, name="demo"),
     path("media/<str:token>", views.media, name="media"),
-    path("<str:key>/session", views.session, name="session"),
-    path("<str:key>/upload", views.upload, name="upload"),
+    path("<slug:key>/session", views.session, name="session"),
+    path("<slug:key>/upload", views.upload, name="upload"),
 ]

@@ -10,14 +10,14 @@ def forward(apps, schema_editor):
     Identity = apps.get_model("conversations", "Identity")
     Inbox = apps.get_model("conversations", "Inbox")
     Message = apps.get_model("conversations", "Message")
-    own = {
-        a.strip().lower()
+    own = [
+        a.strip().lower().partition("@")
         for a in Inbox.objects.exclude(address="").values_list("address", flat=True)
-    }
+    ]
     tagged = Identity.objects.filter(kind="email", address__contains="+").select_related("customer")
     for identity in tagged.iterator():
         local, _, domain = identity.address.partition("@")
-        if f"{local.partition('+')[0]}@{domain}" not in own:
+        if not any(domain == d and local.startswith(f"{l}+") for l, _, d in own):
             continue
         identity.participating_in.clear()
         customer = identity.customer

@@ -28,20 +28,24 @@ class TestApiInbound:
         assert message.text == "Olá 👋"
         assert message.conversation.customer.name == "Jo"
 
-    def test_nul_characters_are_dropped_and_an_overlong_address_fails_visibly(
+    def test_nul_characters_leave_text_and_an_id_with_one_or_an_overlong_address_fails(
         self, client, api_inbox
     ):
-        nul = {"id": "n-1", "from": "c\x001", "name": "J\x00o", "text": "Hi\x00 there"}
+        # PostgreSQL refuses NUL: the event stayed pending for ever. In text it goes; in what
+        # names someone ("c\x001" is not "c1") it is refused, as is an address we cannot store.
+        refused = post(client, api_inbox, json.dumps({"id": "n-0", "from": "c\x001", "text": "Hi"}))
+        assert (refused.status_code, refused.json()["error"]) == (
+            400,
+            "Field 'from' cannot contain NUL characters.",
+        )
+        nul = {"id": "n-1", "from": "c1", "name": "J\x00o", "text": "Hi\x00 there"}
         post(client, api_inbox, json.dumps({**nul, "subject": "Re\x00fund"}).encode())
         post(client, api_inbox, json.dumps({"id": "n-2", "from": "x" * 400, "text": "Hi"}).encode())
         for event in InboundEvent.objects.order_by("id"):
             inbound_event_process(event.pk)
         message = Message.objects.get()
-        assert (message.text, message.identity.address) == ("Hi there", "c1")
-        assert (message.conversation.subject, message.conversation.customer.name) == (
-            "Refund",
-            "Jo",
-        )
+        assert (message.text, message.conversation.subject) == ("Hi there", "Refund")
+        assert message.conversation.customer.name == "Jo"
         overlong = InboundEvent.objects.get(dedupe_key="n-2")
         assert (overlong.status, overlong.error) == (
             "failed",

@@ -9,7 +9,13 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from channels_adapters.delivery import message_deliver
-from channels_adapters.email.parsing import NotAnEmail, html_to_text, parse_email, split_reply
+from channels_adapters.email.parsing import (
+    NotAnEmail,
+    html_to_text,
+    parse_email,
+    read_envelope,
+    split_reply,
+)
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, Conversation, Customer, Identity, Message
@@ -128,6 +134,24 @@ class TestParsing:
     def test_html_becomes_the_text_a_browser_would_show(self, html, text):
         assert html_to_text(html) == text
 
+    def test_headers_in_raw_utf8_or_8_bit_read_as_written(self):
+        # SMTPUTF8 mail (RFC 6532) and many mailers write names and subjects unencoded: they
+        # read as U+FFFD, and "chloé@" became another address, so another customer.
+        raw = (
+            "From: =?utf-8?q?Chlo=C3=A9_Smith?= <chloé.smith@example.com>\r\n"
+            "To: support@acme.example\r\nSubject: Café order\r\n"
+            "Message-ID: <u8@example.com>\r\n\r\nHi\r\n"
+        ).encode()
+        parsed = parse_email(raw)
+        assert (parsed.from_name, parsed.from_address, parsed.subject) == (
+            "Chloé Smith",
+            "chloé.smith@example.com",
+            "Café order",
+        )
+        assert read_envelope(raw).from_address == "chloé.smith@example.com"
+        older = raw.replace("Café".encode(), "Café".encode("cp1252"))  # 8-bit, not UTF-8
+        assert parse_email(older).subject == "Café order"
+
     @pytest.mark.parametrize(
         "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
     )
@@ -239,6 +263,25 @@ class TestThreading:
         assert "Cc" not in smtp_server.messages()[-1]
         assert not conversation.participants.exists()
         assert Customer.objects.count() == 1
+
+    def test_an_address_too_long_in_cc_loses_nothing(self, email_inbox):
+        pipe(email_inbox, customer_mail(cc=f"{'x' * 400}@example.com, ana@example.com"))
+        conversation = Conversation.objects.get()
+        assert conversation.messages.count() == 1  # the mail, not a failed event
+        assert [i.address for i in conversation.participants.all()] == ["ana@example.com"]
+
+    @pytest.mark.parametrize(
+        ("address", "mine"),
+        [
+            ("support+tok@acme.example", True),
+            ("acme+help+tok@gmail.com", True),  # an inbox address with a tag of its own
+            ("acme+helpdesk@gmail.com", False),
+            ("support@other.example", False),
+        ],
+    )
+    def test_our_addresses_with_or_without_a_tag_are_ours(self, address, mine):
+        own = frozenset({"support@acme.example", "acme+help@gmail.com"})
+        assert services.ours(address, own) is mine
 
     def test_a_subject_number_alone_copies_nobody_new_on_the_replies(
         self, email_inbox, bob, smtp_server

@@ -96,16 +96,22 @@ def test_mail_from_an_address_a_visitor_typed_is_flagged_until_it_answers_our_ma
     # Anyone can type anyone's address in the widget: the owner's first mail then joined the
     # visitor's profile, and agents answered it with the chat's history in view, unwarned.
     visitor = chat.visitor_contact(new_visitor(widget), email="owner@example.org")
-    chat_id = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation_id
+    talk = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    # The chat's reply token proves nothing of the address: anyone given a transcript has it.
+    token = f"support+{talk.reply_token}@acme.example"
+    pipe(email_inbox, customer_mail(frm="owner@example.org", to=token, body="Forged"))
+    assert talk.messages.filter(text="Forged").exists()
     pipe(email_inbox, customer_mail(frm="owner@example.org", subject="My order"))
-    fresh = Conversation.objects.exclude(pk=chat_id).get()
+    fresh = Conversation.objects.exclude(pk=talk.pk).get()
     assert fresh.flag_reason.startswith(
         "owner@example.org was typed into the web chat and never confirmed: this mail may"
     )
-    # Answering our mail shows the sender reads the address: no flag from then on.
+    # An answer to a mail we sent to that very address shows its sender reads it: no flag
+    # from then on.
     message_deliver(services.reply_send(conversation=fresh, author=bob, text="Which one?").pk)
     [sent] = smtp_server.messages()
     pipe(email_inbox, reply_to(sent, frm="owner@example.org"))
+    assert Identity.objects.get(address="owner@example.org").verified
     pipe(email_inbox, customer_mail(frm="owner@example.org", subject="Another question"))
     latest = Conversation.objects.latest("id")
     assert (latest.subject, latest.flag_reason) == ("Another question", "")
@@ -221,6 +227,15 @@ def test_an_email_that_is_someone_elses_is_not_linked(client, widget, bob):
     assert "another customer" in chat.visitor_conversation(visitor).flag_reason
     assert len(chat.visible_messages(chat.visitor_conversation(visitor))) == 1
     assert chat.email_pending(visitor)  # the widget says an agent checks it first
+    # The owner's own next mail is theirs: a stranger typing it flags nothing of theirs.
+    again = receive(
+        widget,
+        "More",
+        address="owner@example.com",
+        channel=Channel.EMAIL,
+        force_new_conversation=True,
+    )
+    assert again.message.conversation.flag_reason == ""
     # The agent's page leads to the other profile, to merge once they know it is one person.
     client.force_login(bob)
     conversation = chat.visitor_conversation(visitor)

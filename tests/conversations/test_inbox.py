@@ -119,6 +119,9 @@ class TestList:
             ("77-88", None),
             ("PROBLÈME", "Zoë"),  # capitals of any script, not only ASCII
             ("zoë lefèvre", "Zoë"),
+            ("zoe lefevre", "Zoë"),  # accents aside, as agents type names
+            ("LEFÈVRE", "Zoë"),
+            ("reclamacao", "Rosa"),  # and subjects
             ("100%", None),  # the wildcards are characters like the others
             ("a_b", None),
         ],
@@ -127,26 +130,21 @@ class TestList:
         receive(chat_inbox, text="Un problème de livraison", address="v9", name="Zoë Lefèvre")
         receive(chat_inbox, text="Where is my parcel?", address="v1", name="Jo")
         receive(chat_inbox, channel=Channel.SMS, text="Hi", address="+351912345678", name="Ana")
-        receive(chat_inbox, text="Hello", address="v3", name="Rosa Lima")
+        receive(chat_inbox, text="Hello", address="v3", name="Rosa Lima", subject="Reclamação")
         receive(chat_inbox, text="Hi", address="9f3a1234bc", name="Hex")
         client.force_login(alice)
         rows = client.get("/inbox/", {"q": query, "view": "all"}).context["conversations"]
         assert [c.customer.name.split()[0] for c in rows] == ([found] if found else [])
 
-    def test_a_nul_character_in_a_search_or_a_form_is_refused_with_a_reason(
-        self, client, alice, chat_inbox
-    ):
+    def test_a_nul_character_in_a_search_or_a_form_is_dropped(self, client, alice, chat_inbox):
+        # PostgreSQL refuses NUL: a search or a saved field with one (a paste) was a 500.
         customer = receive(chat_inbox, name="Jo").message.conversation.customer
         client.force_login(alice)
-        refused = client.get("/inbox/", {"q": "a\x00b"})
-        assert (refused.status_code, refused.content) == (
-            400,
-            b"Text cannot contain NUL characters (U+0000).",
-        )
-        edit = client.post(f"/inbox/customers/{customer.pk}/edit", {"name": "Ev\x00e"})
-        assert edit.status_code == 400
+        found = client.get("/inbox/", {"q": "J\x00o", "view": "all"}).context["conversations"]
+        assert [c.customer_id for c in found] == [customer.pk]
+        client.post(f"/inbox/customers/{customer.pk}/edit", {"name": "Ev\x00e"})
         customer.refresh_from_db()
-        assert customer.name == "Jo"
+        assert customer.name == "Eve"
 
     def test_a_search_that_finds_nothing_in_mine_offers_the_teams(self, client, bob, chat_inbox):
         chat(chat_inbox, text="The lid is cracked", address="v1")

@@ -134,6 +134,24 @@ def test_search_finds_a_message_by_a_word_in_its_text(asgi_server, browser, alic
     assert "Ana" in rows.first.inner_text()
 
 
+def test_after_the_shortcuts_dialog_enter_opens_the_picked_row(
+    asgi_server, browser, alice, chat_inbox
+):
+    # A live refresh while the dialog was open replaced the focused row: closing the dialog
+    # left focus nowhere, and Enter opened nothing.
+    conversation = receive(chat_inbox, text="Where is my parcel?", address="v1").message
+    page = signed_in(browser, asgi_server, alice)
+    page.goto(f"{asgi_server}/inbox/?view=all")
+    page.keyboard.press("j")
+    page.keyboard.press("?")
+    expect(page.get_by_role("dialog", name="Keyboard shortcuts")).to_be_visible()
+    receive(chat_inbox, text="Me too", address="v2")
+    page.wait_for_selector(".rows li >> text=Me too")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/inbox/{conversation.conversation_id}/")
+
+
 def test_a_mention_in_a_note_notifies_the_teammate_live(
     asgi_server, browser, bob, dana, chat_inbox
 ):

@@ -224,34 +224,42 @@ def test_the_team_a_conversation_was_routed_to_decides_whether_we_are_closed(
     )
 
 
-def test_an_acknowledgement_sent_while_closed_counts_the_wait_from_the_opening(
-    mail_inbox, billing, email_policy
-):
+def billing_reply(mail_inbox, billing, kind, body, at: str) -> Message:
+    """The automatic reply to a mail at `at` (UTC) that routing gave to Billing, open 09:00 to
+    18:00 Lisbon time from Monday to Friday (its usual wait: 4 hours, the email policy's)."""
     billing.business_hours = make_schedule(
         "Europe/Lisbon", {day: [("09:00", "18:00")] for day in range(5)}
     )
     billing.save()
-    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))  # no out-of-office reply
-    with time_machine.travel(utc("2026-01-12 21:00"), tick=False):  # Monday night
+    templates(mail_inbox, (kind, "", body))
+    with time_machine.travel(utc(at), tick=False):
         message = receive(mail_inbox, address="maria@example.com", name="Maria").message
         Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
-        reply = Message.objects.get(pk=auto_reply(message.pk, True))
-    # Billing opens at 09:00, in 12 hours; then its usual 4 hours: not "within 4 hours".
-    assert reply.text.endswith("usually reply within 16 hours.")
+        return Message.objects.get(pk=auto_reply(message.pk, True))
+
+
+@pytest.mark.parametrize(
+    ("at", "within"),
+    [
+        # Monday night, with no out-of-office reply: Billing opens at 09:00, in 12 hours.
+        ("2026-01-12 21:00", "16 hours"),
+        # Open, an hour before closing: one hour today, three from 09:00, so by 12:00.
+        ("2026-01-12 17:00", "19 hours"),
+    ],
+)
+def test_an_acknowledgement_counts_the_usual_wait_in_the_team_s_open_hours(
+    mail_inbox, billing, email_policy, at, within
+):
+    # Not "within 4 hours" either time: the team would not answer that soon.
+    reply = billing_reply(mail_inbox, billing, AutoReply.Kind.ACKNOWLEDGEMENT, ACK, at)
+    assert reply.text.endswith(f"usually reply within {within}.")
 
 
 def test_the_out_of_office_reply_s_expected_time_counts_from_the_opening_it_names(
     mail_inbox, billing, email_policy
 ):
-    billing.business_hours = make_schedule(
-        "Europe/Lisbon", {day: [("09:00", "18:00")] for day in range(5)}
-    )
-    billing.save()
-    templates(mail_inbox, (AutoReply.Kind.OUT_OF_OFFICE, "", AWAY_THEN))
-    with time_machine.travel(utc("2026-01-12 21:00"), tick=False):
-        message = receive(mail_inbox, address="maria@example.com").message
-        Conversation.objects.filter(pk=message.conversation_id).update(team=billing)
-        reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    kind = AutoReply.Kind.OUT_OF_OFFICE
+    reply = billing_reply(mail_inbox, billing, kind, AWAY_THEN, "2026-01-12 21:00")
     assert reply.text == (
         "Closed until Tuesday 13 January, 09:00 WET; then we usually reply within 4 hours."
     )

@@ -524,9 +524,19 @@ BAD = [
         "actions",
         "give the agent's id as a number",
     ),
+    (
+        {"actions": [{"action": "assign", "agent": 10**23}]},
+        "actions",
+        "give the agent's id as a number",
+    ),
     ({"event": "idle"}, "idle_status", "Choose the status"),
     ({"event": "idle", "idle_status": "pending"}, "idle_hours", "after how many hours"),
     ({"event": "created", "idle_hours": 3}, "idle_hours", "Only “stayed in a status”"),
+    (
+        {"event": "idle", "idle_status": "pending", "idle_hours": 99_999_999_999},
+        "idle_hours",
+        "At most 87,600 hours (ten years).",
+    ),
     (
         {"conditions": [{"field": "mood", "op": "is", "value": "bad"}]},
         "conditions",
@@ -646,6 +656,22 @@ def test_pending_three_days_reminds_and_seven_days_resolves(mail_inbox, bob, pen
     assert reminders(conversation) == 1
     assert (len(runs(remind)), len(runs(resolve))) == (1, 1)
     assert AutomationRun.objects.filter(conversation=quiet).count() == 0
+
+
+def test_a_broken_idle_automation_stops_no_other(mail_inbox, pending_policy):
+    # Saved around admin's checks (an import, an older version): hours past what a date can
+    # hold made the sweep fail before every idle automation after it.
+    broken = automation(
+        "idle", TAG_IT, name="Typo", idle_status="pending", idle_hours=1, position=0
+    )
+    Automation.objects.filter(pk=broken.pk).update(idle_hours=2_000_000_000)  # ~228,000 years
+    start = timezone.now()
+    conversation = arrive(mail_inbox)
+    services.conversation_set_status(conversation=conversation, status=Status.PENDING)
+    with time_machine.travel(start + timedelta(days=10)):
+        assert tasks.automations_idle() == 2  # the reminder and the resolution
+    conversation.refresh_from_db()
+    assert conversation.status == Status.RESOLVED
 
 
 def test_a_late_sweep_does_both_in_order(mail_inbox, pending_policy):

@@ -388,7 +388,10 @@ INVALID = [
     ([{"field": "customer.plan", "op": "is", "value": {"a": 1}}], "is takes one value"),
     ([{"field": "text", "op": "contains", "value": "x", "sql": "1"}], "unknown keys sql"),
     ([{"field": "inbox", "op": "is", "value": 999999}], "No inbox has the id 999999"),
-    ([{"field": "inbox", "op": "is", "value": "Support"}], "'Support' is not an inbox id"),
+    ([{"field": "inbox", "op": "is", "value": "Support"}], '"Support" is not an inbox id'),
+    # Past what the database's keys hold: looking it up was a 500.
+    ([{"field": "inbox", "op": "is", "value": 10**20}], f"{10**20} is not an inbox id"),
+    ([{"field": "assignee", "op": "in", "value": [True]}], "true is not an agent id (a number)"),
 ]
 
 
