@@ -62,6 +62,12 @@ def reply_address(conversation: Conversation, inbox) -> str:
     return f"{local}+{conversation.reply_token}@{domain}"
 
 
+def _deliverable(address: str) -> bool:
+    """Can our mail reach `address`? Not with letters outside ASCII before the @ (RFC 6531
+    needs SMTPUTF8 end to end); a domain of any script goes as IDNA."""
+    return address.partition("@")[0].isascii()
+
+
 def thread_subject(conversation: Conversation) -> str:
     """ "Re: <their subject> [#n]"; for a conversation that began without one (a chat, a
     text message), its first words, as the customer wrote them: our first mail in it answers
@@ -98,6 +104,18 @@ class EmailAdapter(Adapter):
         attachments_max_bytes=18 * 2**20,
         idempotent_send=True,
     )
+
+    def send_refusal(self, message):
+        address = message.identity.address if message.identity else ""
+        if not _deliverable(address):
+            # Django writes such a name as an encoded word, which no server delivers: said now,
+            # rather than bounced later or lost.
+            return (
+                f"{address} has letters outside ASCII before the @: mail to it needs SMTPUTF8, "
+                "which Threadline does not send yet. Answer on another channel, or ask the "
+                "customer for another address."
+            )
+        return super().send_refusal(message)
 
     # --- Inbound ----------------------------------------------------------------------------
 
@@ -265,7 +283,8 @@ class EmailAdapter(Adapter):
         copied = conversation.participants.filter(kind=Channel.EMAIL).values_list(
             "address", flat=True
         )
-        cc = sorted({address for address in copied if not ours(address, own)} - {to})
+        cc = {address for address in copied if not ours(address, own) and _deliverable(address)}
+        cc = sorted(cc - {to})
         text, html = message.text, message.html or linebreaks(escape(message.text))
         # An agent's reply ends with the inbox's signature, after the "-- " line mail readers
         # (and our own parser, on the way back) know; automatic messages go without.

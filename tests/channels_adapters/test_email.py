@@ -5,6 +5,7 @@ from email.utils import make_msgid
 
 import pytest
 import time_machine
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -263,6 +264,16 @@ class TestThreading:
         assert "Cc" not in smtp_server.messages()[-1]
         assert not conversation.participants.exists()
         assert Customer.objects.count() == 1
+
+    def test_a_reply_to_an_address_we_cannot_deliver_is_refused_with_the_reason(
+        self, email_inbox, bob
+    ):
+        # Django wrote "chloé@" as an encoded word (=?utf-8?...?=@), which no server delivers.
+        pipe(email_inbox, customer_mail(frm="chloé@example.com"))
+        conversation = Conversation.objects.get()
+        with pytest.raises(ValidationError, match="chloé@example.com has letters outside ASCII"):
+            services.reply_send(conversation=conversation, author=bob, text="Hello")
+        assert not Message.objects.filter(direction="outbound").exists()
 
     def test_an_address_too_long_in_cc_loses_nothing(self, email_inbox):
         pipe(email_inbox, customer_mail(cc=f"{'x' * 400}@example.com, ana@example.com"))

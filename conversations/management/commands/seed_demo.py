@@ -18,6 +18,7 @@ from conversations.models import (
     Inbox,
     Message,
 )
+from conversations.selectors import fold
 from helpdesk.models import User
 from routing.models import (
     DEFAULT_SLA_POLICIES,
@@ -383,7 +384,8 @@ STATUSES = [Conversation.Status.OPEN] * 5 + [
 
 def _address(kind: str, i: int, first: str, last: str) -> str:
     if kind == Channel.EMAIL:
-        return f"{first}.{last}.{i}@customers.example".lower().replace(" ", "")
+        # In ASCII: mail to "chloé.smith@" needs SMTPUTF8 (see EmailAdapter.send_refusal).
+        return f"{fold(first)}.{fold(last)}.{i}@customers.example".lower().replace(" ", "")
     if kind in (Channel.SMS, Channel.WHATSAPP):
         return f"+1555{2000000 + i:07d}"
     return f"demo-{kind}-{i}"
