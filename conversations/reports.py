@@ -181,8 +181,8 @@ def _by_agent(closed, first, rated) -> list[dict]:
 @login_required
 @require_GET
 def reports(request):
-    days = request.GET.get("days", "")
-    days = id_given(days) if id_given(days) in PERIODS else PERIODS[0]
+    days = id_given(request.GET.get("days"))
+    days = days if days in PERIODS else PERIODS[0]
     conversations = conversations_visible_to(request.user).filter(
         merged_into=None,
         customer__blocked_at=None,  # spam is not work

@@ -63,9 +63,11 @@ def _has_nul(query: QueryDict) -> bool:
 
 
 def _without_nul(query: QueryDict) -> QueryDict:
+    from conversations.services import without_nul  # which imports this module, through routing
+
     cleaned = QueryDict(mutable=True)
     for key, values in query.lists():
-        cleaned.setlist(key.replace("\x00", ""), [value.replace("\x00", "") for value in values])
+        cleaned.setlist(without_nul(key), without_nul(values))
     cleaned._mutable = False  # as Django's own are
     return cleaned
 

@@ -352,7 +352,7 @@ def _condition(field, op, condition) -> Test:
         channels = _choices(value, op, Channel.values, "channel")
         return _negate(op, lambda facts: facts.channel in channels)
     if kind == "inbox":
-        ids = _choices(value, op, None, "inbox id", _inbox_id)
+        ids = _choices(value, op, None, "inbox id", lambda v: _id(v, "inbox id"))
         return _negate(op, lambda facts: facts.inbox in ids)
     languages = _choices(value, op, None, "language code", _language)
     return _negate(
@@ -383,10 +383,6 @@ def _choices(value, op, allowed, what, normalize=str) -> frozenset:
             raise ValidationError(f"{item!r} is not a {what}; use {', '.join(allowed)}.")
         normalized.add(item)
     return frozenset(normalized)
-
-
-def _inbox_id(value) -> int:
-    return _id(value, "inbox id")
 
 
 def _language(value) -> str:

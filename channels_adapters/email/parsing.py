@@ -601,6 +601,14 @@ MOBILE_SIGNATURE = re.compile(
 RULE = re.compile(r"[_=-]{8,}")
 
 
+def _filled_above(lines: list[str], i: int) -> int:
+    """The index of the nearest line above line `i` that is not blank, or -1."""
+    j = i - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    return j
+
+
 def split_reply(text: str) -> tuple[str, str]:
     """(new text, quoted history + signature). Language-neutral where it can be: a tail of
     `>` lines and the attribution line ending in ':' just above it, in any language; the RFC
@@ -618,9 +626,7 @@ def split_reply(text: str) -> tuple[str, str]:
         if HEADER_START.match(line) and any(HEADER_NEXT.match(n) for n in lines[i + 1 : i + 4]):
             cut = i
             # Outlook rules the header block off with a line of underscores: it goes too.
-            j = i - 1
-            while j >= 0 and not lines[j].strip():
-                j -= 1
+            j = _filled_above(lines, i)
             if j >= 0 and RULE.fullmatch(lines[j].strip()):
                 cut = j
             break
@@ -630,9 +636,7 @@ def split_reply(text: str) -> tuple[str, str]:
             cut = i
             # The attribution ("On ... wrote:", "Em ... escreveu:", "Le ... a écrit :") is the
             # paragraph just above the quote, ending with a colon; it may wrap over lines.
-            j = i - 1
-            while j >= 0 and not lines[j].strip():
-                j -= 1
+            j = _filled_above(lines, i)
             if j >= 0 and lines[j].rstrip().endswith(":"):
                 k = j
                 while k - 1 >= 0 and lines[k - 1].strip() and j - k < 2:
