@@ -2,8 +2,11 @@
 of a new conversation and the out-of-office reply.
 
 Expected reply time: set by hand on the inbox, else the median of its first responses of the
-last two weeks as its SLA clocks counted them (business time, so "about 2 hours" means two
-working hours), else the first-response target of its SLA policy, else unknown.
+last two weeks as their SLA clocks counted them (business time, so "about 2 hours" means two
+working hours), else the first-response target of its SLA policy, else unknown. For a
+conversation, the median is of those the same team answered at the same priority, else of the
+same team's, before the whole inbox's: an urgent refund routed to Billing is not told how long
+Support's questions usually wait.
 
 Automatic replies follow the inbox's templates (AutoReply), in the customer's language when
 one is written for it. They never answer automatic mail (auto-replies, bounces, list mail:
@@ -42,16 +45,24 @@ MIN_SAMPLE = 5
 CACHE_SECONDS = 300
 
 
-def expected_reply(inbox: Inbox, *, now: datetime | None = None) -> timedelta | None:
-    """How soon the inbox usually answers a new conversation (see the module's docstring).
-    Worked out at most every five minutes per inbox."""
+def expected_reply(
+    inbox: Inbox, conversation: Conversation | None = None, *, now: datetime | None = None
+) -> timedelta | None:
+    """How soon the inbox usually answers a new conversation, or `conversation` as routing left
+    it (see the module's docstring). Worked out at most every five minutes per inbox, team and
+    priority."""
     if inbox.expected_reply_minutes is not None:
         return timedelta(minutes=inbox.expected_reply_minutes)
-    key = f"routing:expected-reply:{inbox.pk}"
+    team_id, priority = (
+        (conversation.team_id, conversation.priority)
+        if conversation
+        else (None, Conversation.Priority.NORMAL)
+    )
+    key = f"routing:expected-reply:{inbox.pk}:{team_id}:{priority}"
     seconds = cache.get(key)
     if seconds is None:
         now = now or timezone.now()
-        samples = list(
+        answered = list(
             SlaClock.objects.filter(
                 conversation__inbox=inbox,
                 target=SlaClock.Target.FIRST_RESPONSE,
@@ -59,12 +70,19 @@ def expected_reply(inbox: Inbox, *, now: datetime | None = None) -> timedelta | 
                 stopped_at__gte=now - LOOKBACK,
             )
             .order_by("-stopped_at")
-            .values_list("elapsed_seconds", flat=True)[:SAMPLE]
+            .values_list("elapsed_seconds", "conversation__team_id", "conversation__priority")[
+                : SAMPLE * 20
+            ]
         )
-        if len(samples) >= MIN_SAMPLE:
-            seconds = statistics.median(samples)
+        # The closest kind of conversation with enough answers: team and priority, team, any.
+        alike = [(team_id, priority), (team_id,), ()] if team_id is not None else [()]
+        for kind in alike:
+            samples = [row[0] for row in answered if row[1 : 1 + len(kind)] == kind][:SAMPLE]
+            if len(samples) >= MIN_SAMPLE:
+                seconds = statistics.median(samples)
+                break
         else:
-            policy = policy_for(inbox.kind, Conversation.Priority.NORMAL)
+            policy = policy_for(inbox.kind, priority)
             goal = policy.goal(SlaClock.Target.FIRST_RESPONSE) if policy else None
             seconds = -1 if goal is None else goal  # -1: unknown, and cached as such
         cache.set(key, seconds, CACHE_SECONDS)
@@ -137,7 +155,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
         kind = AutoReply.Kind.ACKNOWLEDGEMENT
     else:
         return None
-    wait = expected_reply(inbox)
+    wait = expected_reply(inbox, conversation)
     if kind == AutoReply.Kind.ACKNOWLEDGEMENT:
         # The usual time counted in the team's open hours, as its SLA clock counts: from the
         # opening when it is closed, and past the closing that comes first. (An out-of-office

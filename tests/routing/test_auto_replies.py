@@ -294,6 +294,44 @@ def test_expected_reply_time_is_the_median_first_response_in_business_hours(
     assert availability(chat_inbox)["reply_time"] == "15 minutes"
 
 
+def test_the_expected_time_is_what_the_routed_team_takes_at_that_priority(
+    mail_inbox, billing, support, email_policy, bob
+):
+    """Support answers its questions in about four hours; Billing answers urgent ones in ten
+    minutes. Maria's urgent refund, routed to Billing, is told ten minutes, not four hours."""
+    from conversations import services
+
+    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
+    start = timezone.now() - timedelta(days=2)
+
+    def answered(n, team, priority, minutes):
+        for i in range(n):
+            with time_machine.travel(start, tick=False):
+                conversation = receive(mail_inbox, address=f"{team.slug}{priority}{i}@example.com")
+                conversation = conversation.message.conversation
+                Conversation.objects.filter(pk=conversation.pk).update(team=team, priority=priority)
+            with time_machine.travel(start + timedelta(minutes=minutes), tick=False):
+                services.reply_send(conversation=conversation, author=bob, text="Answered")
+
+    answered(6, support, Conversation.Priority.NORMAL, 240)
+    answered(5, billing, Conversation.Priority.URGENT, 10)
+    answered(5, billing, Conversation.Priority.NORMAL, 60)
+
+    def told(team, priority):
+        address = f"maria.{team.slug}{priority}@example.com"
+        message = receive(mail_inbox, address=address, name="Maria").message
+        Conversation.objects.filter(pk=message.conversation_id).update(team=team, priority=priority)
+        return Message.objects.get(pk=auto_reply(message.pk, True)).text.rsplit("within ", 1)[1]
+
+    assert told(billing, Conversation.Priority.URGENT) == "10 minutes."
+    assert told(billing, Conversation.Priority.NORMAL) == "1 hour."
+    # Billing has no history at high priority: its own answers, not the inbox's.
+    assert told(billing, Conversation.Priority.HIGH) == "35 minutes."
+    assert told(support, Conversation.Priority.NORMAL) == "4 hours."
+    # The widget, before anyone is routed, tells the inbox's median (Support's, here).
+    assert reply_time_text(expected_reply(mail_inbox)) == "1 hour"
+
+
 @pytest.mark.parametrize(
     ("minutes", "text"),
     [
