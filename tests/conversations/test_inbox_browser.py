@@ -291,17 +291,19 @@ def test_a_draft_survives_the_side_panel_and_is_sent_once(asgi_server, browser, 
     page.click('[name=mode][value="note"]')
     page.fill("#reply-text", "Check with the carrier first")
     page.select_option("#priority", "3")
-    page.click('form[action$="/priority"] button')  # the whole page reloads
+    with page.expect_navigation():
+        page.click('form[action$="/priority"] button')  # the whole page reloads
     page.wait_for_selector(".timeline >> text=Priority")
     assert page.input_value("#reply-text") == "Check with the carrier first"
     expect(page.locator('[name=mode][value="note"]')).to_be_checked()
 
     # Two sends in a row (an impatient double Ctrl+Enter) make one note; then the box is empty,
     # also on the next visit.
-    page.evaluate(
-        "() => { const f = document.querySelector('[data-composer]');"
-        " f.requestSubmit(); f.requestSubmit(); }"
-    )
+    with page.expect_navigation():
+        page.evaluate(
+            "() => { const f = document.querySelector('[data-composer]');"
+            " f.requestSubmit(); f.requestSubmit(); }"
+        )
     page.wait_for_selector(".message.note >> text=Check with the carrier first")
     page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
     assert page.input_value("#reply-text") == ""
