@@ -146,8 +146,9 @@ def _filtered(request, qs):
 
 def _search(qs, query: str, order: list[str]) -> list[int]:
     """The first page of `qs` (in `order`) matching `query` in message text, subjects,
-    customer names or addresses (emails, phone numbers). On PostgreSQL the text is searched
-    by words with its full-text index (see migration 0005); on SQLite by substring.
+    customer names or addresses (emails, phone numbers), case and accents aside. On PostgreSQL
+    the text is searched by words with its full-text index (migration 0021); on SQLite by
+    substring.
 
     One query of one page per kind of match, not one OR: with "or a message matches" in an OR,
     PostgreSQL fetched every matching message first (83,000 for a common word at a million
@@ -156,12 +157,13 @@ def _search(qs, query: str, order: list[str]) -> list[int]:
     matches (see BENCHMARKS.md, inbox). The newest page of the union is in the union of each
     branch's newest page."""
     if connection.vendor == "postgresql":
-        words = SearchQuery(query, config="simple", search_type="websearch")
-        texts = Message.objects.annotate(document=SearchVector("text", config="simple")).filter(
+        config = "threadline_folded"  # migration 0021
+        words = SearchQuery(query, config=config, search_type="websearch")
+        texts = Message.objects.annotate(document=SearchVector("text", config=config)).filter(
             document=words
         )
     else:
-        texts = Message.objects.filter(text__icontains=query)
+        texts = Message.objects.filter(folded_contains("text", query))
     by_text = qs.filter(Exists(texts.filter(conversation=OuterRef("pk"))))
     by_subject = qs.filter(folded_contains("subject", query))  # trigram index: migration 0020
     # The customers first, as values: behind a subquery the planner guessed that most
