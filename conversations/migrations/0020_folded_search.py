@@ -2,7 +2,8 @@
 "José". On PostgreSQL threadline_fold is upper(unaccent(text)), declared immutable so that it
 can be indexed (unaccent itself is only stable: its dictionary could change), and the name
 and subject searches get trigram indexes on it instead of the UPPER(...) ones of migration
-0007. SQLite registers the same function on each connection (helpdesk.apps)."""
+0007, built concurrently so that mail and chats keep arriving meanwhile. SQLite registers the
+same function on each connection (helpdesk.apps)."""
 
 from django.db import migrations
 
@@ -29,10 +30,10 @@ def forward(apps, schema_editor):
     schema_editor.execute(FOLD)
     for old, (new, table, column) in INDEXES.items():
         schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {new} ON {table} "
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {new} ON {table} "
             f"USING gin (threadline_fold({column}::text) gin_trgm_ops)"
         )
-        schema_editor.execute(f"DROP INDEX IF EXISTS {old}")
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {old}")
 
 
 def backward(apps, schema_editor):
@@ -48,6 +49,7 @@ def backward(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
     dependencies = [("conversations", "0019_drop_own_tagged_participants")]
 
     operations = [migrations.RunPython(forward, backward)]

@@ -2,7 +2,9 @@
 wrote, as migration 0020 made it for names and subjects. On PostgreSQL the words go through a
 text search configuration of our own, `threadline_folded`: the `simple` one with unaccent in
 front for every kind of word that can carry a mark, and the full-text index of migration 0005
-is rebuilt on it. SQLite compares folded text (conversations.selectors.Folded)."""
+is rebuilt on it, concurrently: messages keep arriving while it builds (a failed build leaves an
+invalid index behind, which must be dropped before running this again). SQLite compares folded
+text (conversations.selectors.Folded)."""
 
 from django.db import migrations
 
@@ -10,7 +12,7 @@ CONFIG = "threadline_folded"
 # Token kinds of the default parser that may hold non-ASCII letters; ASCII words need nothing.
 WORDS = "word, hword, hword_part, numword, numhword, hword_numpart"
 INDEX = (
-    "CREATE INDEX IF NOT EXISTS {name} ON conversations_message "
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON conversations_message "
     "USING gin (to_tsvector('{config}'::regconfig, COALESCE(text, '')))"
 )
 
@@ -26,7 +28,7 @@ def forward(apps, schema_editor):
         f"ALTER MAPPING FOR {WORDS} WITH public.unaccent, simple"
     )
     schema_editor.execute(INDEX.format(name="message_text_fold_idx", config=CONFIG))
-    schema_editor.execute("DROP INDEX IF EXISTS message_text_search_idx")
+    schema_editor.execute("DROP INDEX CONCURRENTLY IF EXISTS message_text_search_idx")
 
 
 def backward(apps, schema_editor):
@@ -37,6 +39,7 @@ def backward(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
     dependencies = [("conversations", "0020_folded_search")]
 
     operations = [migrations.RunPython(forward, backward)]
