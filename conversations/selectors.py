@@ -39,12 +39,17 @@ def folded_contains(field: str, query: str) -> Contains:
     return Contains(Folded(field), Folded(Value(query)))
 
 
+ID_MAX = 2**63 - 1  # the largest id the databases' keys hold
+
+
 def id_given(value) -> int | None:
     """The id (or number) a query string or form names, else None. `str.isdigit` lets "²"
     through, which int() refuses, and a long run of digits overflowed SQLite's integers: both
     were 500s for a mistyped link."""
     value = str(value or "")
-    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+    if not (value.isascii() and value.isdigit() and len(value) < 20):
+        return None
+    return number if (number := int(value)) <= ID_MAX else None
 
 
 def conversations_visible_to(user, teams: Teams | None = None) -> QuerySet[Conversation]:

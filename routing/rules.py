@@ -64,6 +64,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from conversations.models import Channel, Conversation, Message
+from conversations.selectors import ID_MAX
 from routing.models import RoutingRule, TableCache, tag_names
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ MAX_WORDS = 50
 MAX_WORD_CHARS = 100
 MAX_PATTERN_CHARS = 200
 MAX_CONDITIONS = 20
-ID_MAX = 2**63 - 1  # the largest id the databases' keys hold
 
 CHOICE_OPS = ("is", "is_not", "in", "not_in")
 TEXT_OPS = ("contains", "not_contains", "is", "starts_with", "like", "not_like")

@@ -174,14 +174,9 @@ class EmailAdapter(Adapter):
                 attachments=tuple(parsed.attachments),
                 # Those copied join the thread, unless it was found by the number in the subject
                 # alone: anyone can write a From and a "[#12]", and would then be copied on
-                # every reply to #12.
-                cc=tuple(
-                    (name, address)
-                    for name, address in parsed.cc + parsed.to
-                    if address not in (parsed.from_address, event.inbox.address.lower())
-                )
-                if answered or conversation is None
-                else (),
+                # every reply to #12. (The sender and our own addresses never join: see
+                # conversations.services._participants_add.)
+                cc=tuple(parsed.cc + parsed.to) if answered or conversation is None else (),
                 metadata=metadata,
             )
         ]
