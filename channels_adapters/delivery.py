@@ -41,6 +41,14 @@ PAYLOAD_IN_ROW_MAX = 256 * 1024
 # A status callback can overtake the answer that told us the provider's id for the message:
 # such an event stays pending (the sweep tries it again) for this long before it is dropped.
 STATUS_WAIT = timedelta(minutes=30)
+# A message still "sending" this long after its attempt began lost its worker on the way. Where
+# sending twice would reach the customer twice (SMS, Messenger) it fails, saying so, for the
+# agent to check and retry; long enough that no live attempt, however slow, is still at it.
+SENDING_ABANDONED = timedelta(minutes=15)
+UNCERTAIN = (
+    "The send was cut off (the worker stopped) before {channel} answered: the message may or "
+    "may not have reached the customer. Check before you retry."
+)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -331,7 +339,9 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
     if outcome == DeliveryAttempt.Outcome.SENT:
         update.update(
             status=Message.Status.SENT,
-            sent_at=timezone.now(),
+            # When the attempt began: the provider stamps the message while we wait for its
+            # answer, and Messenger's read and delivery watermarks are that stamp.
+            sent_at=now,
             failure_reason="",
             next_attempt_at=None,
         )
@@ -393,7 +403,8 @@ class SweepResult:
 def sweep_stuck() -> SweepResult:
     """Enqueue again whatever lost its task: queued messages and pending inbound events older
     than SWEEP_STUCK_AFTER_SECONDS, and messages left "sending" by a dead worker on channels
-    where sending twice is harmless. Running it twice, or beside a live task, is safe: the
+    where sending twice is harmless; on the others such a message fails after
+    SENDING_ABANDONED (see there). Running it twice, or beside a live task, is safe: the
     tasks themselves skip work that is already done."""
     from channels_adapters.tasks import deliver_message, process_inbound_event
 
@@ -404,22 +415,38 @@ def sweep_stuck() -> SweepResult:
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .values_list("pk", flat=True)[:1000]
     )
+    sending = Message.objects.filter(status=Message.Status.SENDING)
     idempotent = [
         kind
-        for kind in Message.objects.filter(status=Message.Status.SENDING)
-        .values_list("channel", flat=True)
-        .distinct()
+        for kind in sending.values_list("channel", flat=True).distinct()
         if (adapter := adapter_for(kind)) and adapter.capabilities.idempotent_send
     ]
     abandoned = list(
-        Message.objects.filter(
-            status=Message.Status.SENDING, channel__in=idempotent, updated_at__lt=cutoff
-        ).values_list("pk", flat=True)[:1000]
+        sending.filter(channel__in=idempotent, updated_at__lt=cutoff).values_list("pk", flat=True)[
+            :1000
+        ]
     )
     if abandoned:
-        Message.objects.filter(pk__in=abandoned, status=Message.Status.SENDING).update(
-            status=Message.Status.QUEUED, updated_at=now
-        )
+        sending.filter(pk__in=abandoned).update(status=Message.Status.QUEUED, updated_at=now)
+    uncertain = sending.exclude(channel__in=idempotent).filter(
+        updated_at__lt=now - SENDING_ABANDONED
+    )
+    for message in uncertain.select_related("conversation")[:1000]:
+        message.failure_reason = UNCERTAIN.format(channel=message.get_channel_display())
+        with transaction.atomic():
+            if sending.filter(pk=message.pk).update(
+                status=Message.Status.FAILED, failure_reason=message.failure_reason, updated_at=now
+            ):
+                DeliveryAttempt.objects.create(
+                    message=message,
+                    outcome=DeliveryAttempt.Outcome.FAILED,
+                    detail=message.failure_reason,
+                    started_at=message.updated_at,
+                )
+                publish_conversation_event(
+                    message.conversation, "delivery", message=message.pk, status="failed"
+                )
+                message_failure_tell(message)
     events = list(
         InboundEvent.objects.filter(
             status=InboundEvent.Status.PENDING, received_at__lt=cutoff

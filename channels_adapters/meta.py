@@ -29,8 +29,9 @@ SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 # Graph codes that mean "later": unknown/service errors, rate limits and throttling
 # (https://developers.facebook.com/docs/graph-api/guides/error-handling,
-# https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes).
-TRANSIENT_CODES = {1, 2, 4, 17, 32, 613, 80007, 130429, 131056}
+# https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes), and the Send
+# API's 1200, "temporary send message failure".
+TRANSIENT_CODES = {1, 2, 4, 17, 32, 613, 1200, 80007, 130429, 131056}
 # What the agent can do about the refusals they will meet most often.
 HINTS = {
     (10, 2018278): "The customer has not written in the last 24 hours (7 days with the human "

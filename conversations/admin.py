@@ -455,7 +455,8 @@ class InboxAdmin(admin.ModelAdmin):
         url = base + reverse("webhook", args=[inbox.kind, inbox.pk])
         where = {
             "sms": "Twilio console → the phone number → Messaging → 'A message comes in' "
-            "(HTTP POST). Credentials: auth_token; settings: account_sid.",
+            "(HTTP POST). Credentials: auth_token (and webhook_shared_key, the secret of a "
+            "webhook SharedKey, if the account signs with one); settings: account_sid.",
             "messenger": "Meta app → Messenger → Webhooks: callback URL, with credentials "
             "verify_token as the verify token; subscribe the Page to messages, "
             "message_echoes, message_deliveries, message_reads, messaging_postbacks. "

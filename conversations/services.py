@@ -68,7 +68,7 @@ CONTINUABLE = (Status.OPEN, Status.PENDING, Status.SNOOZED, Status.RESOLVED)
 # Channels addressed by phone number: the same number on both is the same customer.
 PHONE_CHANNELS = (Channel.SMS, Channel.WHATSAPP)
 # What customers text to stop and restart messages (the carriers' and Twilio's keywords).
-OPT_OUT_KEYWORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"}
+OPT_OUT_KEYWORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 OPT_IN_KEYWORDS = {"START", "UNSTOP", "YES", "OPTIN"}
 
 
@@ -1008,7 +1008,7 @@ def message_status_update(update: StatusUpdate) -> Message | None:
     """Apply a provider's status callback to our outbound message. Callbacks come late, out of
     order and more than once: a status only ever moves forward, and "failed" cannot undo a
     delivery the provider already confirmed. Returns the message, or None if it is unknown."""
-    if update.status not in STATUS_RANK and update.status != Message.Status.FAILED:
+    if update.status not in STATUS_RANK:
         raise ValidationError(f"Unknown delivery status {update.status!r}.")
     with transaction.atomic():
         message = (
@@ -1054,6 +1054,10 @@ STATUS_RANK = {
     Message.Status.QUEUED: 0,
     Message.Status.SENDING: 1,
     Message.Status.SENT: 2,
+    # A failure the provider reported stands against a "sent" that comes after it (Twilio's
+    # callbacks cross, and one that came before our send's answer waits for the sweep): only
+    # a confirmed delivery moves it on.
+    Message.Status.FAILED: 2,
     Message.Status.DELIVERED: 3,
     Message.Status.READ: 4,
 }

@@ -58,6 +58,7 @@ class FakeProvider:
         self.media: dict[str, tuple[bytes, str]] = {}  # path -> (content, content type)
         self._failures: deque[str] = deque()
         self._released = threading.Event()
+        self.called = threading.Event()  # set by every API call, for another process's calls
         self._lock = threading.Lock()
         fake = self
 
@@ -117,6 +118,7 @@ class FakeProvider:
             self.requests.append(request)
             if request.path in self.media:
                 return self.serve_media(request)
+            self.called.set()
             mode = self._failures.popleft() if self._failures else ""
         if mode == "timeout":
             return None
@@ -206,21 +208,31 @@ class FakeTwilio(FakeProvider):
             },
         )
 
-    def sign(self, url: str, params: dict) -> str:
+    def sign(self, url: str, params: dict, key: str = "", digest=hashlib.sha1) -> str:
         """Twilio's scheme: the URL, then each POST field name and value in name order,
-        HMAC-SHA1 with the auth token, base64."""
+        HMAC-SHA1 with the auth token (or another key and digest), base64."""
         data = url + "".join(f"{name}{params[name]}" for name in sorted(params))
-        digest = hmac.new(self.auth_token.encode(), data.encode(), hashlib.sha1).digest()
-        return base64.b64encode(digest).decode()
+        mac = hmac.new((key or self.auth_token).encode(), data.encode(), digest).digest()
+        return base64.b64encode(mac).decode()
 
-    def post_webhook(self, client, path: str, params: dict, *, signed_url=None, **headers):
-        """Call our webhook with form fields, signed for the URL Twilio believes it called."""
+    def post_webhook(
+        self, client, path: str, params: dict, *, signed_url=None, shared_key="", **headers
+    ):
+        """Call our webhook with form fields, signed for the URL Twilio believes it called.
+        With `shared_key`, as Twilio signs where a webhook rule names a SharedKey: HMAC-SHA256
+        with that key's secret, and a header that says so."""
         url = signed_url or f"http://testserver{path}"
+        if shared_key:
+            headers["HTTP_X_TWILIO_WEBHOOKS_SIGNATURE_SETTINGS"] = (
+                "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256"
+            )
         return client.post(
             path,
             data=urlencode(params),
             content_type="application/x-www-form-urlencoded",
-            HTTP_X_TWILIO_SIGNATURE=self.sign(url, params),
+            HTTP_X_TWILIO_SIGNATURE=self.sign(
+                url, params, shared_key, hashlib.sha256 if shared_key else hashlib.sha1
+            ),
             **headers,
         )
 
@@ -438,6 +450,10 @@ class FakeGraph(FakeProvider):
                     details="Cloud API message throughput has been reached.",
                 )
             return self._error(400, 613, "(#613) Calls to this api have exceeded the rate limit.")
+        if mode == "temporary":  # the Send API's own "try again later"
+            return self._error(
+                400, 1200, "(#1200) Temporary send message failure. Please try again later."
+            )
         if mode == "invalid_recipient":
             if whatsapp:
                 return self._error(

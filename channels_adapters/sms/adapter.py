@@ -3,7 +3,8 @@
 Inbox: `kind="sms"`, `address` the Twilio number in E.164 (`+15550100`), `settings =
 {"account_sid": "AC...", "messaging_service_sid": "MG..." (optional, sends through the service
 instead of from the number), "api_base_url": "https://api.twilio.com" (tests point it at a fake)}`,
-`credentials = {"auth_token": "..."}`.
+`credentials = {"auth_token": "...", "webhook_shared_key": "..." (only with Twilio's webhook
+SharedKeys: its secret)}`.
 
 Twilio calls `/channels/sms/<inbox id>/webhook` for incoming messages and, since we ask it to
 with `StatusCallback`, for every status change of what we send. Both are signed with
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.http import HttpResponse, QueryDict
 from django.urls import reverse
+from django.utils import timezone
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from channels_adapters.base import (
@@ -29,7 +31,7 @@ from channels_adapters.base import (
     SendResult,
 )
 from channels_adapters.http import media_fetch, provider_call, transient_or_permanent
-from conversations.models import Channel
+from conversations.models import Channel, Identity
 from conversations.selectors import id_given
 from conversations.services import (
     OPT_IN_KEYWORDS,
@@ -51,6 +53,7 @@ STATUSES = {
     "failed": "failed",
     "canceled": "failed",
 }
+UNSUBSCRIBED = "21610"  # Twilio's refusal to send to a number that opted out
 # Error codes agents meet most, in words (Twilio's error dictionary has the rest).
 ERRORS = {
     "21211": "The number is not a valid phone number.",
@@ -93,11 +96,15 @@ class SmsAdapter(Adapter):
     # --- Inbound ---
 
     def verify(self, inbox, *, body, headers, url):
-        token = (inbox.credentials or {}).get("auth_token", "")
+        # Signed with the Auth Token, or, where a webhook rule of the account names a
+        # SharedKey, with that key's secret and the algorithm this header gives.
+        shared = headers.get("X-Twilio-Webhooks-Signature-Settings")
+        key = "webhook_shared_key" if shared else "auth_token"
+        token = (inbox.credentials or {}).get(key, "")
         signature = headers.get("X-Twilio-Signature", "")
         if not token or not signature:
             return False
-        algorithm = get_signature_algorithm(headers.get("X-Twilio-Webhooks-Signature-Settings"))
+        algorithm = get_signature_algorithm(shared)
         try:
             params = _form(body)
         except InvalidPayload:
@@ -180,13 +187,23 @@ class SmsAdapter(Adapter):
         media = [public_attachment_url(a) for a in message.attachments.all()]
         if media:
             form["MediaUrl"] = media
-        response = provider_call(
-            "POST",
-            f"{_api(inbox)}/2010-04-01/Accounts/{account}/Messages.json",
-            data=form,
-            auth=_auth(inbox),
-            error=_error,
-        )
+        try:
+            response = provider_call(
+                "POST",
+                f"{_api(inbox)}/2010-04-01/Accounts/{account}/Messages.json",
+                data=form,
+                auth=_auth(inbox),
+                error=_error,
+            )
+        except PermanentError as refused:
+            if refused.reason.startswith(_describe(UNSUBSCRIBED)):
+                # Twilio keeps an opt-out we never saw (a keyword we do not know, a STOP to
+                # another number of the service): kept here too, the next reply is refused
+                # before it is queued instead of failing in its turn.
+                Identity.objects.filter(pk=message.identity_id, opted_out_at=None).update(
+                    opted_out_at=timezone.now()
+                )
+            raise
         return SendResult(provider_id=response.json().get("sid", ""))
 
 

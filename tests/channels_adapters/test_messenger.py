@@ -11,6 +11,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from channels_adapters.delivery import (
     attachment_fetch,
@@ -426,6 +427,30 @@ class TestReceipts:
 
         assert [status_of(r) for r in replies] == ["read", "read", "sent"]
 
+    def test_the_newest_reply_is_read_by_a_watermark_at_metas_own_stamp(
+        self, client, graph, page_inbox, bob
+    ):
+        """Meta stamps a message while it handles our Send API call, and a read watermark is
+        the newest read message's stamp; the answer to our call reaches us after it."""
+        accept, stamped = graph._messenger_send, []
+        with time_machine.travel(START, tick=False) as clock:
+
+            def send_then_answer_late(request):
+                stamped.append(ms(timezone.now()))
+                clock.shift(timedelta(milliseconds=300))  # the answer's way back to us
+                return accept(request)
+
+            graph._messenger_send = send_then_answer_late
+            conversation = customer_wrote(page_inbox)
+            reply = services.reply_send(conversation=conversation, author=bob, text="Claro!")
+            message_deliver(reply.pk)
+        read = json.loads(meta_payload("messenger_read.json"))
+        read["entry"][0]["messaging"][0]["read"]["watermark"] = stamped[0]
+
+        deliver_webhook(client, graph, page_inbox, read)
+
+        assert status_of(reply) == Message.Status.READ
+
     def test_a_delivery_watermark_without_mids_marks_earlier_replies_delivered(
         self, client, graph, page_inbox, bob
     ):
@@ -589,6 +614,7 @@ class TestSend:
             ("500", "An unexpected error has occurred. (code 2)"),
             ("429", "Application request limit reached (code 4)"),
             ("rate_limit", "Calls to this api have exceeded the rate limit. (code 613)"),
+            ("temporary", "Temporary send message failure. Please try again later. (code 1200)"),
         ],
     )
     def test_a_transient_error_is_retried_and_the_retry_sends_once(

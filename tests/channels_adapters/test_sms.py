@@ -1,5 +1,7 @@
 """SMS through Twilio, against a loopback fake that speaks Twilio's wire format."""
 
+import signal
+import subprocess
 import threading
 from datetime import timedelta
 
@@ -11,9 +13,12 @@ from django.test import Client
 from django.utils import timezone
 
 from channels_adapters.delivery import (
+    SENDING_ABANDONED,
     attachment_fetch,
     inbound_event_process,
     message_deliver,
+    message_retry,
+    sweep_stuck,
 )
 from channels_adapters.models import InboundEvent
 from channels_adapters.sms.adapter import sms_segments
@@ -26,7 +31,7 @@ from conversations.models import (
     Message,
     Notification,
 )
-from tests.conftest import wait_for, webhook_path
+from tests.conftest import start_celery_worker, wait_for, webhook_path
 from tests.providers import FakeTwilio
 
 CUSTOMER = "+351912345678"
@@ -159,6 +164,21 @@ class TestIncoming:
         # What reached us (http://testserver...) is not what Twilio signed: refused.
         assert twilio.post_webhook(client, path, incoming(sid="SM9")).status_code == 403
 
+    def test_a_webhook_signed_with_a_shared_key_is_checked_with_its_secret(
+        self, client, twilio, sms_inbox
+    ):
+        path, secret = webhook_path(sms_inbox), "the-shared-key-secret"
+        # Not set on the inbox yet: refused, and Twilio retries as its rule says.
+        assert twilio.post_webhook(client, path, incoming(), shared_key=secret).status_code == 403
+        sms_inbox.credentials["webhook_shared_key"] = secret
+        sms_inbox.save()
+        assert twilio.post_webhook(client, path, incoming(), shared_key=secret).status_code == 200
+        # The Auth Token is not what signs under that header.
+        token = sms_inbox.credentials["auth_token"]
+        other = incoming(sid="SM2")
+        assert twilio.post_webhook(client, path, other, shared_key=token).status_code == 403
+        assert InboundEvent.objects.count() == 1
+
     def test_a_signed_body_without_message_sid_is_a_400(self, client, twilio, sms_inbox):
         response = twilio.post_webhook(
             client, webhook_path(sms_inbox), {"From": CUSTOMER, "Body": "x"}
@@ -191,13 +211,14 @@ class TestIncoming:
         assert identity.opted_out_at is None
         assert reply(conversation, bob).status == Message.Status.SENT
 
+    @pytest.mark.parametrize("keyword", ["UNSUBSCRIBE", "Revoke"])  # Twilio's own keywords
     def test_an_opt_out_while_a_reply_waits_fails_it_without_sending(
-        self, client, twilio, sms_inbox, bob
+        self, client, twilio, sms_inbox, bob, keyword
     ):
         deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="Hello"))
         conversation = Message.objects.get().conversation
         message = services.reply_send(conversation=conversation, author=bob, text="Hi!")
-        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body="UNSUBSCRIBE"))
+        deliver(twilio, client, sms_inbox, incoming(sid="SM2", body=keyword))
         message_deliver(message.pk)
         message.refresh_from_db()
         assert message.status == Message.Status.FAILED
@@ -307,6 +328,24 @@ class TestReplies:
         told = Notification.objects.filter(recipient=bob, kind="failed", message=message)
         assert [n.text for n in told] == [message.failure_reason]
 
+    def test_a_sent_that_comes_after_undelivered_leaves_it_failed_and_retryable(
+        self, client, twilio, conversation, bob
+    ):
+        """Twilio's "sent" overtook the answer to our send, so it waited for the sweep; the
+        carrier's "undelivered" came in between. The agent keeps the failure and its Retry."""
+        sid = "SM" + "e" * 32
+        twilio.next_sids.append(sid)
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        early = deliver(twilio, client, conversation.inbox, status_callback(sid, "sent"))
+        message_deliver(message.pk)
+        undelivered = status_callback(sid, "undelivered", ErrorCode="30005")
+        deliver(twilio, client, conversation.inbox, undelivered)
+        inbound_event_process(early.pk)  # the sweep, two minutes later
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        assert message.failure_reason.startswith("Twilio error 30005")
+        assert message_retry(message=message).status == Message.Status.QUEUED
+
     def test_erasing_the_customer_deletes_every_payload_naming_their_number(
         self, client, twilio, conversation, alice, bob
     ):
@@ -382,6 +421,17 @@ class TestReplies:
         client.force_login(bob)
         page = client.get("/inbox/notifications").content.decode()
         assert f"Not delivered:</span> {reason}" in page
+
+    def test_a_number_twilio_says_unsubscribed_is_refused_at_once_next_time(
+        self, twilio, conversation, bob
+    ):
+        """An opt-out we never saw (a keyword of Twilio's Advanced Opt-Out, a STOP to another
+        number of the service): Twilio's 21610 says so once, and it is kept."""
+        twilio.fail("unsubscribed")
+        assert reply(conversation, bob).status == Message.Status.FAILED
+        with pytest.raises(ValidationError, match="opted out"):
+            services.reply_send(conversation=conversation, author=bob, text="Hello?")
+        assert len(twilio.calls()) == 1
 
     def test_an_attachment_goes_as_a_signed_media_link(
         self, client, twilio, conversation, bob, settings
@@ -541,3 +591,41 @@ def test_a_burst_of_webhooks_all_reach_the_worker(twilio, sms_inbox, embedded_wo
 def test_segment_counts_follow_gsm7_and_ucs2(text, encoding, segments):
     counted = sms_segments(text)
     assert (counted.encoding, counted.segments) == (encoding, segments)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_send_fails_the_sms_for_the_agent_to_check_and_retry(
+    redis_url, client, twilio, sms_inbox, bob, purge_broker
+):
+    """Sending an SMS twice reaches the customer twice, so a send cut off halfway is not
+    repeated by itself. It must not stay "sending" for ever either: it fails, says why, and
+    its author hears of it and can retry."""
+    deliver(twilio, client, sms_inbox, incoming())
+    twilio.fail("timeout")  # Twilio has the request and the worker dies waiting for the answer
+    worker = start_celery_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        message = services.reply_send(
+            conversation=Message.objects.get().conversation, author=bob, text="Vamos ver."
+        )
+        assert twilio.called.wait(30), "the worker never called Twilio"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    message.refresh_from_db()
+    assert message.status == Message.Status.SENDING
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=5)):
+        sweep_stuck()  # an attempt may be slow: nothing yet
+        assert Message.objects.get(pk=message.pk).status == Message.Status.SENDING
+    with time_machine.travel(timezone.now() + SENDING_ABANDONED + timedelta(seconds=1)):
+        assert sweep_stuck().messages == 0  # failed, not sent again by itself
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+    assert "may or may not have reached the customer" in message.failure_reason
+    assert Notification.objects.get(recipient=bob, kind="failed").message == message
+    assert len(twilio.calls()) == 1
+    purge_broker()
+    message_retry(message=message)
+    assert message_deliver(message.pk).status == Message.Status.SENT
