@@ -18,6 +18,7 @@ from conversations.realtime import (
     ADMINS_GROUP,
     agent_group,
     conversation_group,
+    conversation_payload,
     customer_group,
     team_group,
 )
@@ -250,8 +251,8 @@ class AgentConsumer(LiveConsumer):
 
     async def conversation_event(self, event):
         # Sent to every group that may see the conversation (team, assignee, the conversation
-        # itself...): a socket in several of them gets one copy.
-        key = json.dumps(event, sort_keys=True, default=str)
+        # itself...): a socket in several of them gets one copy of each publish.
+        key = event.get("event_id") or json.dumps(event, sort_keys=True, default=str)
         if key in self.recent:
             return
         self.recent[key] = None
@@ -267,7 +268,7 @@ class AgentConsumer(LiveConsumer):
             except Http404:
                 await self._leave(conversation_id)
         await self.send_json(
-            {key: value for key, value in event.items() if key != "type"}
+            {key: value for key, value in event.items() if key not in ("type", "event_id")}
             | {"type": "conversation", "event": event["event"]}
         )
 
@@ -407,9 +408,7 @@ class VisitorConsumer(LiveConsumer):
         """Agents with the visitor's conversation open see "on the site now" come and go. Only
         its own group: the lists do not show it."""
         if self.conversation_id:
-            event = {"type": "conversation.event", "event": "visitor", "widget": widget}
-            # A time, or an agent socket would drop a second "opened" as a copy it passed on.
-            event |= {"conversation": self.conversation_id, "at": time.time()}
+            event = conversation_payload(self.conversation_id, "visitor", widget=widget)
             await self.channel_layer.group_send(conversation_group(self.conversation_id), event)
 
     def _state(self, full: bool) -> dict:

@@ -1,4 +1,4 @@
-from conversations.models import Notification
+from conversations.selectors import notifications_for
 
 
 def inbox(request):
@@ -6,5 +6,5 @@ def inbox(request):
     user = getattr(request, "user", None)
     if not (user and user.is_authenticated):
         return {}
-    unread = Notification.objects.filter(recipient=user, read_at__isnull=True).count()
+    unread = notifications_for(user).filter(read_at__isnull=True).count()
     return {"unread_notifications": unread}

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+import uuid
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -115,6 +116,19 @@ def _recipients(conversation_id: int) -> dict | None:
     return dict(zip(names, row, strict=True)) if row else None
 
 
+def conversation_payload(conversation_id: int, event: str, **data) -> dict:
+    """What agents' sockets get of a conversation's `event`. Its event_id says which publish
+    it is: a socket in several of the groups sent to passes on one copy of each, and a change
+    made twice (High, Normal, High) is two events, not a copy."""
+    return {
+        "type": "conversation.event",
+        "event": event,
+        "conversation": conversation_id,
+        "event_id": uuid.uuid4().hex,
+        **data,
+    }
+
+
 def publish_conversation_event(
     conversation, event: str, *, customer_event: dict | None = None, **data
 ) -> None:
@@ -129,12 +143,7 @@ def publish_conversation_event(
         current = _recipients(conversation.pk)
         if current is None:
             return
-        payload = {
-            "type": "conversation.event",
-            "event": event,
-            "conversation": conversation.pk,
-            **data,
-        }
+        payload = conversation_payload(conversation.pk, event, **data)
         more = []
         if customer_event is not None:
             more.append(
@@ -143,7 +152,11 @@ def publish_conversation_event(
                     {"type": "customer.event", **customer_event},
                 )
             )
-        send_to_groups(_agent_groups(conversation.pk, **current), payload, *more)
+        groups = _agent_groups(conversation.pk, **current)
+        if event == "team" and (left := data.get("previous")):
+            # The team it left: its lists and counts drop the conversation.
+            groups = list(dict.fromkeys([*groups, team_group(left)]))
+        send_to_groups(groups, payload, *more)
 
     transaction.on_commit(send)
 
@@ -155,7 +168,7 @@ def publish_conversations_erased(rows) -> None:
     sends = [
         (
             _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"}),
-            {"type": "conversation.event", "event": "erased", "conversation": row["pk"]},
+            conversation_payload(row["pk"], "erased"),
         )
         for row in rows
     ]

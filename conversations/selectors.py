@@ -7,7 +7,7 @@ from django.db.models import CharField, Func, Q, QuerySet, Value
 from django.db.models.lookups import Contains
 from django.http import Http404
 
-from conversations.models import Conversation, Customer
+from conversations.models import Conversation, Customer, Notification
 from routing.models import TeamMembership
 
 
@@ -216,3 +216,11 @@ def _extension(filename: str) -> str:
     """ ".pdf" for "invoice.pdf": letters and digits only, else nothing."""
     suffix = filename.rpartition(".")[2] if "." in filename else ""
     return f".{suffix.lower()}" if suffix.isalnum() and len(suffix) <= 10 else ""
+
+
+def notifications_for(user) -> QuerySet[Notification]:
+    """The agent's notifications about conversations they may still see: one moved to
+    another team is neither listed nor counted behind the bell."""
+    return Notification.objects.filter(
+        recipient=user, conversation__in=conversations_visible_to(user).values("pk")
+    )

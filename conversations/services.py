@@ -1504,12 +1504,9 @@ def conversation_assign(
 
 
 def _notify_agent_removed(user_id: int, conversation_id: int) -> None:
-    from conversations.realtime import agent_group, send_to_groups
+    from conversations.realtime import agent_group, conversation_payload, send_to_groups
 
-    send_to_groups(
-        [agent_group(user_id)],
-        {"type": "conversation.event", "event": "unassigned", "conversation": conversation_id},
-    )
+    send_to_groups([agent_group(user_id)], conversation_payload(conversation_id, "unassigned"))
 
 
 def _automations_run(conversation: Conversation, events: list[str]) -> None:

@@ -69,6 +69,7 @@ from conversations.selectors import (
     folded_contains,
     id_given,
     in_teams,
+    notifications_for,
     teams_of,
 )
 from conversations.templatetags.sla import when
@@ -569,10 +570,7 @@ def notification_list(request):
     """The agent's recent notifications, newest first; unread ones stand out. Only
     conversations the agent may still see are listed."""
     notifications = list(
-        Notification.objects.filter(
-            recipient=request.user,
-            conversation__in=conversations_visible_to(request.user).values("pk"),
-        )
+        notifications_for(request.user)
         .select_related("conversation__customer", "actor", "message")
         .order_by("-id")[:50]
     )

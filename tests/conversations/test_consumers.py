@@ -89,3 +89,60 @@ async def test_unknown_actions_get_an_error(client, bob):
     await socket.send_json_to({"action": "drop_tables"})
     assert (await socket.receive_json_from(timeout=5))["type"] == "error"
     await socket.disconnect()
+
+
+async def next_change(socket) -> dict:
+    """The next conversation event, past notifications that may come between."""
+    while (event := await socket.receive_json_from(timeout=5))["type"] != "conversation":
+        pass
+    return event
+
+
+async def test_a_change_made_again_is_heard_again_and_each_change_once(
+    client, bob, dana, chat_inbox
+):
+    """Dana follows the conversation on its page (its group and her team's): each change
+    once, and High after Normal after High three times, not the second High taken for a copy."""
+    conversation = (await database_sync_to_async(receive)(chat_inbox)).message.conversation
+    socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, dana))
+    await socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+
+    for priority in (3, 2, 3):
+        await database_sync_to_async(services.conversation_set_priority)(
+            conversation=conversation, priority=priority, actor=bob
+        )
+        await database_sync_to_async(services.conversation_tag)(
+            conversation=conversation,
+            add=["vip"] if priority == 3 else [],
+            remove=["vip"] if priority == 2 else [],
+            actor=bob,
+        )
+    heard = [await next_change(socket) for _ in range(6)]
+    assert [(e["event"], e.get("priority")) for e in heard] == [
+        ("priority", 3),
+        ("tags", None),
+        ("priority", 2),
+        ("tags", None),
+        ("priority", 3),
+        ("tags", None),
+    ]
+    assert await socket.receive_nothing(timeout=0.2)
+    await socket.disconnect()
+
+
+async def test_the_team_a_conversation_leaves_hears_it_go(
+    client, alice, bob, support, billing_inbox
+):
+    """Billing's conversation goes to Support, then back: Bob's list (Support) took it in and
+    must drop it again."""
+    conversation = (await database_sync_to_async(receive)(billing_inbox)).message.conversation
+    socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    for team in (support, billing_inbox.default_team):
+        await database_sync_to_async(services.conversation_set_team)(
+            conversation=conversation, team=team, actor=alice
+        )
+    came, went = await next_change(socket), await next_change(socket)
+    assert (came["event"], came["team"]) == ("team", support.pk)
+    assert (went["event"], went["previous"]) == ("team", support.pk)
+    await socket.disconnect()

@@ -104,4 +104,6 @@ class TestPages:
         chat_inbox.default_team = billing
         chat_inbox.save()
         client.force_login(dana)
-        assert client.get("/inbox/notifications").context["notifications"] == []
+        page = client.get("/inbox/notifications")
+        assert page.context["notifications"] == []
+        assert page.context["unread_notifications"] == 0  # nor counted behind the bell
