@@ -593,6 +593,14 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
     )
 
 
+class FileRefused(ValidationError):
+    """One of the files cannot go: the page sent back asks to attach the others again."""
+
+    def __init__(self, message: str, upload):
+        super().__init__(message)
+        self.upload = upload
+
+
 def _uploads(request) -> tuple[services.InboundAttachment, ...]:
     """The files attached to a reply or note, checked as the widget checks a visitor's: by
     their first bytes (images, PDF, plain text, CSV), never by what the browser claims."""
@@ -603,11 +611,11 @@ def _uploads(request) -> tuple[services.InboundAttachment, ...]:
     for upload in files:
         name = (upload.name or "file")[:255]
         if upload.size > services.UPLOAD_MAX_BYTES:
-            raise ValidationError(f"{name} is over {services.UPLOAD_MAX_BYTES // 2**20} MB.")
+            raise FileRefused(f"{name} is over {services.UPLOAD_MAX_BYTES // 2**20} MB.", upload)
         content_type = services.sniffed_type(upload)
         if content_type is None:
-            raise ValidationError(
-                f"{name} cannot be attached: images, PDF, plain text and CSV files can."
+            raise FileRefused(
+                f"{name} cannot be attached: images, PDF, plain text and CSV files can.", upload
             )
         attachments.append(
             services.InboundAttachment(filename=name, content_type=content_type, content=upload)
@@ -678,6 +686,8 @@ def conversation_reply(request, number: int):
                 attachments=attachments,
             )
     except ValidationError as exc:
+        if isinstance(exc, FileRefused):  # not that one again: the error says why
+            reattach = [u.name for u in request.FILES.getlist("files") if u is not exc.upload]
         context = _conversation_context(
             request,
             conversation,

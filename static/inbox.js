@@ -235,6 +235,12 @@
         location.assign(document.querySelector("a.brand").href); // it no longer exists: the list
         return;
       }
+      if (data.event === "merged" && data.target && String(data.conversation) === conversationId) {
+        // No more replies here: the page says where, and the draft goes there. (Not reload():
+        // this page may be the answer to a POST.)
+        location.assign(`/inbox/${conversationId}/`);
+        return;
+      }
       if (!conversationId || String(data.conversation) === conversationId) refresh();
     });
     socket.addEventListener("close", function (event) {
@@ -464,6 +470,26 @@
       if (text.value.trim()) localStorage.setItem(draftKey, JSON.stringify(draft));
       else localStorage.removeItem(draftKey);
     } catch (error) { /* storage refused: the draft lives as long as the page */ }
+  }
+  // Merged while the agent wrote: what they wrote goes on in the conversation it was merged
+  // into, after any draft already waiting there.
+  const mergedInto = document.querySelector("[data-merged-into]");
+  if (mergedInto && conversationId) {
+    const key = (id) => `threadline:draft:${page.dataset.agent}:${id}`;
+    try {
+      const moving = JSON.parse(localStorage.getItem(key(conversationId)));
+      if (moving && typeof moving.text === "string" && moving.text.trim()) {
+        let there = null;
+        try { there = JSON.parse(localStorage.getItem(key(mergedInto.dataset.mergedInto))); } catch (error) { there = null; }
+        const before = there && typeof there.text === "string" && there.text.trim() ? `${there.text}\n\n` : "";
+        localStorage.setItem(key(mergedInto.dataset.mergedInto), JSON.stringify(
+          { text: before + moving.text, mode: moving.mode, at: Date.now() }));
+        if (!document.querySelector("[data-unsent]")) {
+          mergedInto.append(` What you were writing waits in #${mergedInto.dataset.mergedInto}'s reply box.`);
+        }
+      }
+      localStorage.removeItem(key(conversationId));
+    } catch (error) { /* storage refused: the page shows the text to copy */ }
   }
   if (draftKey) {
     let stored = null;

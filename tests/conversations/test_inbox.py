@@ -519,13 +519,16 @@ class TestConversation:
         conversation = chat(chat_inbox)
         client.force_login(bob)
         page = SimpleUploadedFile("invoice.html", b"<script>alert(1)</script>", "image/png")
+        photo = SimpleUploadedFile("label.png", PNG, content_type="image/png")
         response = client.post(
             reverse("inbox:reply", args=[conversation.pk]),
-            {"text": "See attached", "files": [page], "seen": 10**9},
+            {"text": "See attached", "files": [photo, page], "seen": 10**9},
         )
         assert response.status_code == 400
         html = response.content.decode()
         assert "invoice.html cannot be attached" in html and "See attached</textarea>" in html
+        # The good file was dropped with it and must be attached again; the refused one not.
+        assert "Your files were not kept: attach label.png again." in html
         assert not conversation.messages.filter(direction="outbound").exists()
 
     def test_files_the_channel_would_refuse_are_refused_with_the_draft_kept(

@@ -310,6 +310,35 @@ def test_a_draft_survives_the_side_panel_and_is_sent_once(asgi_server, browser, 
     assert Message.objects.filter(direction="note").count() == 1
 
 
+def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
+    asgi_server, browser, alice, bob, chat_inbox
+):
+    """Bob writes in #A while Alice merges #A into #B: his page says so, and what he wrote
+    waits in #B's reply box, after the draft he had begun there."""
+    source = receive(chat_inbox, text="Parcel lost", address="v1").message.conversation
+    services.conversation_set_status(conversation=source, status="closed")
+    target = receive(chat_inbox, text="Any news?", address="v1").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{target.pk}/")
+    page.fill("#reply-text", "Checking with the carrier.")
+    page.goto(f"{asgi_server}/inbox/{source.pk}/")
+    page.fill("#reply-text", "Here is your tracking number")
+    theirs = signed_in(browser, asgi_server, alice)
+    theirs.goto(f"{asgi_server}/inbox/{source.pk}/")
+    with page.expect_navigation():
+        theirs.fill("#merge-into", str(target.pk))
+        theirs.check("#merge [name=confirm]")
+        theirs.click("#merge button")
+    expect(page.locator("[data-merged-into]")).to_contain_text(
+        f"What you were writing waits in #{target.pk}'s reply box."
+    )
+    expect(page.locator("#reply-text")).to_have_count(0)
+    page.goto(f"{asgi_server}/inbox/{target.pk}/")
+    assert page.input_value("#reply-text") == (
+        "Checking with the carrier.\n\nHere is your tracking number"
+    )
+
+
 def test_walking_the_availability_with_the_keyboard_changes_it_only_on_enter(
     asgi_server, browser, bob
 ):

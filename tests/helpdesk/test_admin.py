@@ -367,3 +367,13 @@ def test_an_unknown_time_zone_in_business_hours_is_an_error_not_a_crash(client, 
     assert "Unknown time zone “Mars/Olympus”" in response.content.decode()
     hours.refresh_from_db()
     assert hours.timezone == "Europe/Lisbon"
+
+
+@pytest.mark.django_db
+def test_admin_pages_ask_for_no_favicon_the_server_does_not_have(client, alice):
+    """A browser asks /favicon.ico of a page that names no icon: a 404 in every admin
+    page's console. They name an empty one, as the inbox does, and keep Django's header."""
+    client.force_login(alice)
+    page = client.get("/admin/").content.decode()
+    assert '<link rel="icon" href="data:,">' in page
+    assert ">Threadline administration</a>" in page  # the header of the base it extends
