@@ -360,8 +360,15 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
             message=message, outcome=outcome, detail=detail, started_at=now
         )
         # Only move on from "sending": a status callback may already have said "delivered".
-        moved = Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-            updated_at=timezone.now(), **update
+        # Or from the sweep's "cut off" failure, if this attempt was only slow: it knows.
+        cut_off = Q(
+            status=Message.Status.FAILED,
+            failure_reason=UNCERTAIN.format(channel=message.get_channel_display()),
+        )
+        moved = (
+            Message.objects.filter(pk=message.pk)
+            .filter(Q(status=Message.Status.SENDING) | cut_off)
+            .update(updated_at=timezone.now(), **update)
         )
         publish_conversation_event(
             message.conversation, "delivery", message=message.pk, status=update["status"]

@@ -3,7 +3,7 @@
 import unicodedata
 from typing import NamedTuple
 
-from django.db.models import CharField, Func, Q, QuerySet, Value
+from django.db.models import CharField, Exists, Func, OuterRef, Q, QuerySet, Value
 from django.db.models.lookups import Contains
 from django.http import Http404
 
@@ -221,6 +221,7 @@ def _extension(filename: str) -> str:
 def notifications_for(user) -> QuerySet[Notification]:
     """The agent's notifications about conversations they may still see: one moved to
     another team is neither listed nor counted behind the bell."""
-    return Notification.objects.filter(
-        recipient=user, conversation__in=conversations_visible_to(user).values("pk")
-    )
+    # EXISTS per notification, not IN: the planner turned IN into a scan of every conversation
+    # the agent may see, on every page (the bell), however few notifications there were.
+    visible = conversations_visible_to(user).filter(pk=OuterRef("conversation_id"))
+    return Notification.objects.filter(Exists(visible), recipient=user)

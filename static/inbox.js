@@ -472,23 +472,26 @@
     } catch (error) { /* storage refused: the draft lives as long as the page */ }
   }
   // Merged while the agent wrote: what they wrote goes on in the conversation it was merged
-  // into, after any draft already waiting there.
+  // into, after any draft already waiting there. A draft that went out to be sent moves only
+  // if this page says the send was refused (else it was sent, and moved with the messages).
   const mergedInto = document.querySelector("[data-merged-into]");
   if (mergedInto && conversationId) {
     const key = (id) => `threadline:draft:${page.dataset.agent}:${id}`;
+    const refused = document.querySelector("[data-unsent]");
     try {
       const moving = JSON.parse(localStorage.getItem(key(conversationId)));
-      if (moving && typeof moving.text === "string" && moving.text.trim()) {
+      // One that went out, with no refusal here, stays where it was: this page cannot tell.
+      if (moving && typeof moving.text === "string" && moving.text.trim() && (!moving.sending || refused)) {
         let there = null;
         try { there = JSON.parse(localStorage.getItem(key(mergedInto.dataset.mergedInto))); } catch (error) { there = null; }
         const before = there && typeof there.text === "string" && there.text.trim() ? `${there.text}\n\n` : "";
         localStorage.setItem(key(mergedInto.dataset.mergedInto), JSON.stringify(
           { text: before + moving.text, mode: moving.mode, at: Date.now() }));
-        if (!document.querySelector("[data-unsent]")) {
+        if (!refused) {
           mergedInto.append(` What you were writing waits in #${mergedInto.dataset.mergedInto}'s reply box.`);
         }
+        localStorage.removeItem(key(conversationId));
       }
-      localStorage.removeItem(key(conversationId));
     } catch (error) { /* storage refused: the page shows the text to copy */ }
   }
   if (draftKey) {

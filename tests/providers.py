@@ -3,7 +3,8 @@
 Each fake is a real HTTP server on 127.0.0.1 that answers in the provider's documented wire
 format, records every request it gets, serves media behind the provider's auth, and can be told
 to fail the next requests: `fail("500")`, `fail("429")`, `fail("timeout")` (hold the request
-until the client gives up) or a provider error such as an invalid recipient. They also sign the
+until the client gives up), `fail("slow")` (answer, but only once `go_on` is set) or a provider
+error such as an invalid recipient. They also sign the
 webhooks they send, as the real provider does, with their own code rather than ours.
 """
 
@@ -59,6 +60,7 @@ class FakeProvider:
         self._failures: deque[str] = deque()
         self._released = threading.Event()
         self.called = threading.Event()  # set by every API call, for another process's calls
+        self.go_on = threading.Event()  # lets a "slow" call answer
         self._lock = threading.Lock()
         fake = self
 
@@ -122,6 +124,9 @@ class FakeProvider:
             mode = self._failures.popleft() if self._failures else ""
         if mode == "timeout":
             return None
+        if mode == "slow":  # took the request, answers once the test says so
+            self.go_on.wait(30)
+            mode = ""
         if mode:
             return self.failure(mode)
         return self.answer(request)

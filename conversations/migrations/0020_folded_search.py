@@ -29,6 +29,15 @@ def forward(apps, schema_editor):
     schema_editor.execute("CREATE EXTENSION IF NOT EXISTS unaccent SCHEMA public")
     schema_editor.execute(FOLD)
     for old, (new, table, column) in INDEXES.items():
+        # A build cut off on an earlier run (a timeout, a killed deploy) leaves an invalid
+        # index of that name, which IF NOT EXISTS would keep: built again, and the old one
+        # dropped only once the new one is whole.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [new]
+            )
+            if (row := cursor.fetchone()) and not row[0]:
+                cursor.execute(f"DROP INDEX CONCURRENTLY {new}")
         schema_editor.execute(
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {new} ON {table} "
             f"USING gin (threadline_fold({column}::text) gin_trgm_ops)"

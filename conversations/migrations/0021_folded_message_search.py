@@ -2,9 +2,9 @@
 wrote, as migration 0020 made it for names and subjects. On PostgreSQL the words go through a
 text search configuration of our own, `threadline_folded`: the `simple` one with unaccent in
 front for every kind of word that can carry a mark, and the full-text index of migration 0005
-is rebuilt on it, concurrently: messages keep arriving while it builds (a failed build leaves an
-invalid index behind, which must be dropped before running this again). SQLite compares folded
-text (conversations.selectors.Folded)."""
+is rebuilt on it, concurrently: messages keep arriving while it builds. Run again after a build
+was cut off, it starts over: dropping the configuration drops the invalid index built on it.
+SQLite compares folded text (conversations.selectors.Folded)."""
 
 from django.db import migrations
 

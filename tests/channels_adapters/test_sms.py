@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -629,3 +630,39 @@ def test_a_worker_killed_mid_send_fails_the_sms_for_the_agent_to_check_and_retry
     purge_broker()
     message_retry(message=message)
     assert message_deliver(message.pk).status == Message.Status.SENT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_slower_than_the_sweeps_patience_ends_sent_all_the_same(
+    client, twilio, sms_inbox, bob, settings
+):
+    """The sweep gave up on an attempt that was only slow (a stalled worker): when Twilio's
+    answer does come, the SMS is sent, with its sid, not left failed for a retry that would
+    reach the customer twice."""
+    settings.PROVIDER_TIMEOUT_SECONDS = 60
+    deliver(twilio, client, sms_inbox, incoming())
+    sid = "SM" + "7" * 32
+    twilio.next_sids.append(sid)
+    twilio.fail("slow")
+    message = services.reply_send(
+        conversation=Message.objects.get().conversation, author=bob, text="Hi"
+    )
+
+    def attempt():
+        try:
+            return message_deliver(message.pk)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(attempt)
+        assert twilio.called.wait(30)
+        with time_machine.travel(timezone.now() + SENDING_ABANDONED + timedelta(minutes=1)):
+            sweep_stuck()
+        assert Message.objects.get(pk=message.pk).status == Message.Status.FAILED
+        twilio.go_on.set()
+        assert sending.result(timeout=30).status == Message.Status.SENT
+    message.refresh_from_db()
+    assert (message.status, message.provider_id, message.failure_reason) == ("sent", sid, "")
+    deliver(twilio, client, sms_inbox, status_callback(sid, "delivered"))
+    assert Message.objects.get(pk=message.pk).status == Message.Status.DELIVERED

@@ -339,6 +339,29 @@ def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     )
 
 
+def test_a_reply_sent_just_before_a_merge_does_not_come_back_as_a_draft(
+    asgi_server, browser, alice, bob, chat_inbox
+):
+    """Bob pressed Send in #A (the composer kept the text, marked as going out) and the reply
+    went, but the page that would show it never loaded: the merge landed first. The reply
+    moved to #B with the messages; its text must not wait there to be sent twice."""
+    source = receive(chat_inbox, text="Parcel lost", address="v1").message.conversation
+    services.conversation_set_status(conversation=source, status="closed")
+    target = receive(chat_inbox, text="Any news?", address="v1").message.conversation
+    services.reply_send(conversation=source, author=bob, text="Tracking: 123", client_id="c-1")
+    services.conversation_merge(source=source, target=target, actor=alice)
+    page = signed_in(browser, asgi_server, bob)
+    page.evaluate(
+        "(key) => localStorage.setItem(key, JSON.stringify("
+        "{text: 'Tracking: 123', mode: 'reply', at: Date.now(), sending: 'c-1'}))",
+        f"threadline:draft:{bob.pk}:{source.pk}",
+    )
+    page.goto(f"{asgi_server}/inbox/{source.pk}/")
+    expect(page.locator("[data-merged-into]")).not_to_contain_text("What you were writing")
+    page.goto(f"{asgi_server}/inbox/{target.pk}/")
+    assert page.input_value("#reply-text") == ""
+
+
 def test_walking_the_availability_with_the_keyboard_changes_it_only_on_enter(
     asgi_server, browser, bob
 ):
