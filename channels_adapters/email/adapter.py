@@ -131,20 +131,23 @@ class EmailAdapter(Adapter):
         )
         if ours.exists():
             raise Ignore("Our own message came back (its Message-ID is one we sent).")
+        report = parsed.bounce
         if (
-            parsed.bounce
+            report
             and Message.objects.filter(
                 channel=Channel.EMAIL,
                 direction=Message.Direction.OUTBOUND,
-                provider_id=parsed.bounce.original_message_id,
+                provider_id=report.original_message_id,
             ).exists()
         ):
+            if not report.status:
+                raise Ignore(f"A delivery report that changes nothing: {report.reason}"[:500])
             return [
                 StatusUpdate(
                     channel=Channel.EMAIL,
-                    provider_id=parsed.bounce.original_message_id,
-                    status=Message.Status.FAILED,
-                    reason=f"Bounced: {parsed.bounce.reason}"[:1000],
+                    provider_id=report.original_message_id,
+                    status=report.status,
+                    reason=f"Bounced: {report.reason}"[:1000] if report.status == "failed" else "",
                 )
             ]
 

@@ -40,8 +40,13 @@ class NotAnEmail(ValueError):
 
 @dataclass
 class Bounce:
+    """A report about a mail we sent: a delivery status notification (RFC 3464) or a read
+    receipt (RFC 8098). `status`: what it makes of the message ("failed", "delivered",
+    "read"), or "" when it changes nothing (a delay, a relay, a receipt of a deletion)."""
+
     original_message_id: str
     reason: str
+    status: str = "failed"
 
 
 @dataclass
@@ -312,28 +317,48 @@ def _automated(msg: Message, sender: str) -> str:
 
 
 def _bounce(msg: Message) -> Bounce | None:
-    """A delivery status notification (RFC 3464): which of our messages failed, and why."""
+    """A delivery status notification or a read receipt: which of our messages it is about,
+    and what it says of it (see Bounce)."""
     if msg.get_content_type() != "multipart/report":
         return None
-    reason, original = "", ""
+    reason, original, status, dsn = "", "", "", False
+    receipt = (msg.get_param("report-type") or "").lower() == "disposition-notification"
     for part in msg.walk():
         ctype = part.get_content_type()
         if ctype == "message/delivery-status":
+            dsn = True
             body = _payload_text(part)
             diagnostic = re.search(
                 r"^Diagnostic-Code:\s*(?:smtp;)?\s*(.+(?:\n[ \t].+)*)", body, re.I | re.M
             )
-            status = re.search(r"^Status:\s*(\S+)", body, re.I | re.M)
+            code = re.search(r"^Status:\s*((\d)\.\S*)", body, re.I | re.M)
             reason = re.sub(r"\s+", " ", diagnostic.group(1)).strip() if diagnostic else ""
-            if status and not reason:
-                reason = f"delivery status {status.group(1)}"
+            if code and not reason:
+                reason = f"delivery status {code.group(1)}"
+            actions = {a.lower() for a in re.findall(r"^Action:\s*(\S+)", body, re.I | re.M)}
+            if not actions and code:  # no Action (it is required): the status class says
+                actions = {{"5": "failed", "2": "delivered"}.get(code.group(2), "delayed")}
+            # Each recipient's Action (RFC 3464 2.3.3): one failure fails the message (the
+            # agent must know someone missed it); "delayed" (a 4xx, still being tried),
+            # "relayed" and "expanded" say nothing yet.
+            status = next((a for a in ("failed", "delivered") if a in actions), "")
+        elif ctype == "message/disposition-notification":
+            body = _payload_text(part)
+            found = re.search(r"^Original-Message-ID:\s*(<[^>]+>)", body, re.I | re.M)
+            original = original or (_first_id(found.group(1)) if found else "")
+            disposition = re.search(r"^Disposition:.*;\s*(\S+)", body, re.I | re.M)
+            status = "read" if disposition and disposition.group(1).lower() == "displayed" else ""
+            reason = disposition.group(0) if disposition else ""
         elif ctype in ("message/rfc822", "text/rfc822-headers") and not original:
             inner = _payload_text(part)
             found = re.search(r"^Message-ID:\s*(<[^>]+>)", inner, re.I | re.M)
             original = _first_id(found.group(1)) if found else ""
     if not original:
         return None
-    return Bounce(original_message_id=original, reason=reason or "the message bounced")
+    if not (receipt or dsn):  # a report with nothing more to say: a bounce, as it always was
+        status = "failed"
+    reason = reason or ("the message bounced" if status == "failed" else "")
+    return Bounce(original_message_id=original, reason=reason, status=status)
 
 
 def _payload_text(part) -> str:

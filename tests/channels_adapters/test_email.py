@@ -364,25 +364,49 @@ class TestLoopsAndBounces:
     def test_a_bounce_fails_the_message_it_concerns_and_opens_nothing(
         self, email_inbox, bob, smtp_server
     ):
-        pipe(email_inbox, customer_mail(frm="nobody@customers.example"))
-        reply = services.reply_send(
-            conversation=Conversation.objects.get(), author=bob, text="Hello"
-        )
-        message_deliver(reply.pk)
-        reply.refresh_from_db()
-        bounce = (
-            fixture("bounce_template.eml")
-            .replace(b"{{ORIGINAL_ID}}", reply.provider_id.encode())
-            .replace(b"{{N}}", b"1")
-        )
-
-        pipe(email_inbox, bounce)
+        reply = self.sent_reply(email_inbox, bob)
+        said = pipe(email_inbox, self.report("bounce_template.eml", reply))
+        assert said == "delivery report applied to the message it concerns\n"
 
         reply.refresh_from_db()
         assert reply.status == Message.Status.FAILED
         assert reply.failure_reason.startswith("Bounced: 550 5.1.1 <nobody@customers.example>")
         assert "User unknown" in reply.failure_reason
         assert Conversation.objects.count() == 1
+
+    @pytest.mark.parametrize(
+        ("name", "status", "said"),
+        [
+            # Gmail still trying (Action: delayed, 4.7.0): nothing to retry, nothing failed.
+            ("dsn_delayed.eml", "sent", "ignored: A delivery report that changes nothing: 421"),
+            # Thunderbird's read receipt (RFC 8098, "displayed"): read, not bounced.
+            ("read_receipt.eml", "read", "delivery report applied to the message it concerns"),
+        ],
+    )
+    def test_a_delay_notice_or_a_read_receipt_fails_nothing(
+        self, email_inbox, bob, smtp_server, name, status, said
+    ):
+        reply = self.sent_reply(email_inbox, bob)
+        result = pipe(email_inbox, self.report(name, reply))
+        reply.refresh_from_db()
+        assert (reply.status, reply.failure_reason) == (status, "")
+        assert result.startswith(said)
+        assert Conversation.objects.count() == 1 and Message.objects.count() == 2
+
+    @staticmethod
+    def sent_reply(inbox, agent) -> Message:
+        pipe(inbox, customer_mail(frm="nobody@customers.example"))
+        reply = services.reply_send(
+            conversation=Conversation.objects.get(), author=agent, text="Hello"
+        )
+        message_deliver(reply.pk)
+        reply.refresh_from_db()
+        return reply
+
+    @staticmethod
+    def report(name: str, reply: Message) -> bytes:
+        raw = fixture(name).replace(b"{{ORIGINAL_ID}}", reply.provider_id.encode())
+        return raw.replace(b"{{N}}", b"1")
 
 
 @pytest.mark.django_db

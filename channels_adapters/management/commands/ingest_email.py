@@ -7,7 +7,7 @@ from django.db.models import Q
 from channels_adapters.email.ingest import MAX_EMAIL_BYTES, ingest
 from channels_adapters.email.parsing import NotAnEmail
 from channels_adapters.models import InboundEvent
-from conversations.models import Channel, Inbox
+from conversations.models import Channel, Inbox, Message
 
 
 class Command(BaseCommand):
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             self.stderr.write(f"stored as event {event.pk} but not processed: {event.error}")
         elif event.status == InboundEvent.Status.IGNORED:
             self.stderr.write(f"ignored: {event.error}")
-        elif event.message is None:
+        elif event.message is None or event.message.direction == Message.Direction.OUTBOUND:
             self.stderr.write("delivery report applied to the message it concerns")
         else:
             automated = event.message.metadata.get("automated")
