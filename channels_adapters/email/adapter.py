@@ -124,12 +124,12 @@ class EmailAdapter(Adapter):
             parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
-        ours = Message.objects.filter(
+        echo = Message.objects.filter(
             channel=Channel.EMAIL,
             direction=Message.Direction.OUTBOUND,
             provider_id=parsed.message_id,
         )
-        if ours.exists():
+        if echo.exists():
             raise Ignore("Our own message came back (its Message-ID is one we sent).")
         report = parsed.bounce
         if (
@@ -154,8 +154,13 @@ class EmailAdapter(Adapter):
         automated = parsed.automated
         if parsed.loop_marker and parsed.loop_marker == loop_marker(event.inbox):
             automated = "X-Loop: our own marker"
-        conversation, answered = self.thread(parsed)
         metadata = {"message_id": parsed.message_id, "to": [a for _, a in parsed.to]}
+        name, sender = parsed.from_name, parsed.from_address
+        if parsed.reply_to and not ours(parsed.reply_to[1], our_addresses()):
+            # Where answers go, as every mail reader has it: a shop's contact form writes
+            # From itself and the visitor in Reply-To, a list rewrites From to its own.
+            (name, sender), metadata["sent_by"] = parsed.reply_to, parsed.from_address
+        conversation, answered = self.thread(parsed, sender)
         if automated:
             metadata["automated"] = automated
         if parsed.skipped_attachments:
@@ -163,8 +168,8 @@ class EmailAdapter(Adapter):
         return [
             InboundMessage(
                 channel=Channel.EMAIL,
-                address=parsed.from_address,
-                name=parsed.from_name,
+                address=sender,
+                name=name,
                 subject=parsed.subject,
                 text=parsed.text or "(no text)",
                 quoted=parsed.quoted,
@@ -184,9 +189,9 @@ class EmailAdapter(Adapter):
             )
         ]
 
-    def thread(self, parsed: ParsedEmail) -> tuple[Conversation | None, bool]:
+    def thread(self, parsed: ParsedEmail, sender: str) -> tuple[Conversation | None, bool]:
         """The conversation this mail continues, by our reply token, then by the Message-IDs it
-        answers, then by "[#n]" in the subject when the sender is on that conversation; and
+        answers, then by "[#n]" in the subject when `sender` is on that conversation; and
         whether it answers a mail of ours (the first two). Those are checked against the sender
         again by message_receive."""
         for address in parsed.recipients:
@@ -210,10 +215,8 @@ class EmailAdapter(Adapter):
         number = SUBJECT_NUMBER.search(parsed.subject)
         if number and (pk := id_given(number.group(1))) is not None:
             conversation = Conversation.objects.filter(pk=pk).first()
-            sender = Identity.objects.filter(
-                kind=Channel.EMAIL, address=parsed.from_address
-            ).first()
-            if conversation and sender and conversation_accepts_sender(conversation, sender):
+            identity = Identity.objects.filter(kind=Channel.EMAIL, address=sender).first()
+            if conversation and identity and conversation_accepts_sender(conversation, identity):
                 return conversation, False
         return None, False
 

@@ -67,6 +67,9 @@ class ParsedEmail:
     loop_marker: str = ""  # our X-Loop value when the mail carries it
     bounce: Bounce | None = None
     language: str = ""
+    # (name, address) of Reply-To when it names someone else than From: a contact form or a
+    # list that rewrites From writes the person there.
+    reply_to: tuple[str, str] | None = None
     delivered_to: list[str] = field(default_factory=list)
 
     @property
@@ -174,6 +177,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     new_text, quoted = split_reply(text)
 
     message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
+    reply_to = _address(msg, "Reply-To")
     references = _ids(_header(msg, "In-Reply-To")) + list(
         reversed(_ids(_header(msg, "References")))
     )
@@ -194,6 +198,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         loop_marker=_header(msg, "X-Loop"),
         bounce=_bounce(msg),
         language=_header(msg, "Content-Language").split(",")[0].strip()[:10],
+        reply_to=reply_to if reply_to[1] not in ("", from_address) else None,
         delivered_to=[
             a.lower() for h in ("Delivered-To", "X-Original-To") for a in _raw_addrs(msg, h)
         ],

@@ -361,6 +361,27 @@ class TestLoopsAndBounces:
         assert said.startswith("ignored: Our own message came back")
         assert Message.objects.count() == 2
 
+    def test_a_contact_form_mail_is_from_the_visitor_in_reply_to(
+        self, email_inbox, bob, smtp_server
+    ):
+        """A shop's contact form sends as itself and names the visitor in Reply-To: each
+        visitor is their own customer, and answers reach them, not the shop's robot."""
+        for visitor in ("Olivia Hart <olivia@example.org>", "Tom Okafor <tom@example.net>"):
+            form = customer_mail(
+                frm="Shop <mailer@shop.example>", subject="Contact form", reply_to=visitor
+            )
+            pipe(email_inbox, form)
+        olivia = Conversation.objects.get(customer__name="Olivia Hart")
+        assert Conversation.objects.filter(customer__name="Tom Okafor").exists()
+        assert only_message(conversation=olivia).metadata["sent_by"] == "mailer@shop.example"
+        message_deliver(services.reply_send(conversation=olivia, author=bob, text="Hi").pk)
+        [sent] = smtp_server.messages()
+        assert sent["To"] == "olivia@example.org"
+        # A Reply-To naming one of our own addresses changes nothing.
+        pipe(email_inbox, customer_mail(frm="ana@example.com", reply_to="support@acme.example"))
+        assert Identity.objects.filter(address="ana@example.com").exists()
+        assert not Identity.objects.filter(address="support@acme.example").exists()
+
     def test_a_bounce_fails_the_message_it_concerns_and_opens_nothing(
         self, email_inbox, bob, smtp_server
     ):
