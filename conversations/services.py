@@ -819,7 +819,10 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer.name = inbound.name.strip()[:200]
         Customer.objects.filter(pk=customer.pk, name="").update(name=customer.name)
     previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
-    if not opened and conversation.status != Status.OPEN and not inbound.echo:
+    # An out-of-office reply or a bounce-like robot answering our reply joins the timeline
+    # but asks nothing of anyone: no reopening, no waiting customer, no notification.
+    quiet = inbound.echo or (not opened and bool(inbound.metadata.get("automated")))
+    if not opened and conversation.status != Status.OPEN and not quiet:
         events.append(
             ConversationEvent(
                 conversation=conversation,
@@ -858,7 +861,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         sla_agent_replied(conversation=conversation, now=now)
     else:
         conversation.last_inbound_at = now
-        conversation.waiting_since = conversation.waiting_since or now
+        if not quiet:
+            conversation.waiting_since = conversation.waiting_since or now
     if not customer.language and not inbound.echo and not inbound.metadata.get("automated"):
         # Routing rules and automatic replies read it. The channel's word (a widget's browser,
         # Content-Language) when it has one, else what the text reads like.
@@ -872,7 +876,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         from routing.services import conversation_route
 
         events += conversation_route(conversation=conversation, message=message)
-    if not inbound.echo:
+    if not quiet:
         sla_customer_wrote(
             conversation=conversation,
             message=message,
@@ -900,7 +904,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     if seen:
         Identity.objects.filter(pk=identity.pk).update(**seen)
 
-    if conversation.assignee_id and not opened and not inbound.echo:
+    if conversation.assignee_id and not opened and not quiet:
         _notify(
             [conversation.assignee_id], Notification.Kind.CUSTOMER_REPLIED, conversation, message
         )
@@ -921,7 +925,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         message=message.pk,
         customer_event={"event": "message", "conversation": conversation.pk, "message": message.pk},
     )
-    if not inbound.echo:
+    if not quiet:
         if opened:  # after routing, which may have assigned it already
             events = ["created", "assigned"] if conversation.assignee_id else ["created"]
         else:

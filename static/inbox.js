@@ -223,6 +223,7 @@
     socket.addEventListener("open", function () {
       retry = 500;
       if (conversationId) socket.send(JSON.stringify({ action: "subscribe", conversation: Number(conversationId) }));
+      if (typingUnsaid) announceTyping();
       refresh(); // catch up on whatever happened while disconnected
     });
     socket.addEventListener("message", function (message) {
@@ -438,8 +439,10 @@
   }
   // Tell the others this agent is typing: at most once every 2 s while the keys go on.
   let typingSent = 0;
+  let typingUnsaid = false; // typed before the socket was open: said once it is
   function announceTyping() {
-    if (!socket || socket.readyState !== WebSocket.OPEN || Date.now() - typingSent < 2000) return;
+    typingUnsaid = !socket || socket.readyState !== WebSocket.OPEN;
+    if (typingUnsaid || Date.now() - typingSent < 2000) return;
     typingSent = Date.now();
     const mode = composer.querySelector("[name=mode]:checked");
     socket.send(JSON.stringify({

@@ -19,7 +19,14 @@ from channels_adapters.email.parsing import (
 )
 from channels_adapters.models import InboundEvent
 from conversations import services
-from conversations.models import Channel, Conversation, Customer, Identity, Message
+from conversations.models import (
+    Channel,
+    Conversation,
+    Customer,
+    Identity,
+    Message,
+    Notification,
+)
 from tests.conftest import ROOT, receive, subprocess_env
 
 FIXTURES = ROOT / "tests" / "fixtures" / "email"
@@ -346,6 +353,31 @@ class TestLoopsAndBounces:
         message = only_message()
         assert message.metadata["automated"] == "Auto-Submitted: auto-replied"
         assert "automated" in said
+
+    def test_an_out_of_office_answer_to_our_reply_reopens_nothing(
+        self, email_inbox, bob, smtp_server
+    ):
+        """Bob answered Maria and resolved the conversation; her mail program answers that
+        she is away. It joins the timeline, and asks nothing of anyone."""
+        pipe(email_inbox, customer_mail())
+        conversation = Conversation.objects.get()
+        services.conversation_assign(conversation=conversation, assignee=bob)
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Done").pk)
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+        [sent] = smtp_server.messages()
+        pipe(
+            email_inbox,
+            reply_to(sent, body="I am away until Monday.", Auto_Submitted="auto-replied"),
+        )
+        conversation.refresh_from_db()
+        assert conversation.messages.filter(text__startswith="I am away").exists()
+        assert (conversation.status, conversation.waiting_since) == ("resolved", None)
+        assert not conversation.events.filter(kind="reopened").exists()
+        assert not Notification.objects.filter(recipient=bob, kind="customer_replied").exists()
+        # Maria herself writing does reopen it.
+        pipe(email_inbox, reply_to(sent, body="Actually, one more thing."))
+        conversation.refresh_from_db()
+        assert conversation.status == "open" and conversation.waiting_since is not None
 
     def test_a_list_mail_is_marked_automated(self, email_inbox):
         pipe(email_inbox, fixture("mailing_list.eml"))
