@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import itertools
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -615,17 +616,29 @@ HEADER_NEXT = re.compile(
     r"gesendet|an|betreff|à|cc)\s*:",
     re.I,
 )
+# A quoted mail's header block always names its subject: "From: Lisbon / To: Berlin / Date:"
+# in a booking change, or a pasted bank receipt, does not.
+HEADER_SUBJECT = re.compile(r"^\s*\**(subject|objet|assunto|asunto|betreff)\s*:", re.I)
+# A forward's marker: what follows is the message forwarded, not history.
+FORWARDED = re.compile(
+    r"^\s*-*\s*(forwarded message|begin forwarded message|mensagem encaminhada|"
+    r"message transf[ée]r[ée]|mensaje reenviado|weitergeleitete nachricht)\s*:?\s*-*\s*$",
+    re.I,
+)
 ORIGINAL_MESSAGE = re.compile(
     r"^\s*-{2,}\s*(original message|mensagem original|"
     r"message d'origine|mensaje original|urspr[üu]ngliche nachricht)"
     r"\s*-{2,}\s*$",
     re.I,
 )
+# A phone's signature: a short line of its own ("Von meinem iPhone gesendet"), never a
+# sentence that begins the same way ("Von meinem Konto wurden ... abgebucht.").
 MOBILE_SIGNATURE = re.compile(
-    r"^\s*(sent from my|enviado do meu|enviado desde mi|"
-    r"envoy[ée] de mon|von meinem)\b.*$",
+    r"(sent from my|enviado do meu|enviado desde mi|envoy[ée] de mon|von meinem|"
+    r"get outlook for)\b[^.!?:<]{0,40}(<https?://[^>\s]*>)?",
     re.I,
 )
+SIGNATURE_MAX_LINES = 10  # what may follow a bare "--" for it to be a signature's
 
 
 RULE = re.compile(r"[_=-]{8,}")
@@ -641,19 +654,25 @@ def _filled_above(lines: list[str], i: int) -> int:
 
 def split_reply(text: str) -> tuple[str, str]:
     """(new text, quoted history + signature). Language-neutral where it can be: a tail of
-    `>` lines and the attribution line ending in ':' just above it, in any language; the RFC
-    3676 signature delimiter; Outlook's header block in the languages our customers write."""
+    `>` lines (a signature or a footer may follow) and the attribution line ending in ':' just
+    above it, in any language; the signature delimiter; Outlook's header block in the languages
+    our customers write; a phone's signature ending the new text. Nothing after a forward's
+    marker is history: it is the message forwarded."""
     lines = text.replace("\r\n", "\n").split("\n")
     cut = len(lines)
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if ORIGINAL_MESSAGE.match(stripped) or stripped in ("-- ", "--") and line.startswith("--"):
+        if FORWARDED.match(stripped):
+            break
+        if ORIGINAL_MESSAGE.match(stripped) or _signature_starts(lines, i):
             cut = i
             break
-        if MOBILE_SIGNATURE.match(stripped):
-            cut = i
-            break
-        if HEADER_START.match(line) and any(HEADER_NEXT.match(n) for n in lines[i + 1 : i + 4]):
+        block = lines[i + 1 : i + 6]
+        if (
+            HEADER_START.match(line)
+            and any(HEADER_NEXT.match(n) for n in block[:3])
+            and any(HEADER_SUBJECT.match(n) for n in block)
+        ):
             cut = i
             # Outlook rules the header block off with a line of underscores: it goes too.
             j = _filled_above(lines, i)
@@ -661,7 +680,8 @@ def split_reply(text: str) -> tuple[str, str]:
                 cut = j
             break
         if stripped.startswith(">") and all(
-            not n.strip() or n.strip().startswith(">") for n in lines[i:]
+            not n.strip() or n.strip().startswith(">")
+            for n in itertools.takewhile(lambda n: n.strip() != "--", lines[i:])
         ):
             cut = i
             # The attribution ("On ... wrote:", "Em ... escreveu:", "Le ... a écrit :") is the
@@ -673,11 +693,27 @@ def split_reply(text: str) -> tuple[str, str]:
                     k -= 1
                 cut = k
             break
+    last = _filled_above(lines, cut)
+    if last >= 0 and MOBILE_SIGNATURE.fullmatch(lines[last].strip()):
+        cut = last
     new = "\n".join(lines[:cut]).strip()
     quoted = "\n".join(lines[cut:]).strip()
     if not new:  # everything looked quoted: show it all rather than nothing
         return text.strip(), ""
     return new, quoted
+
+
+def _signature_starts(lines: list[str], i: int) -> bool:
+    """Line `i` is the signature delimiter: "-- " (RFC 3676), or a bare "--" (mail programs
+    that trim spaces) with no more than a signature's few lines after it, and the only one
+    (two make a frame around something pasted)."""
+    if lines[i] == "-- ":
+        return True
+    return (
+        lines[i].rstrip() == "--"
+        and sum(1 for n in lines[i + 1 :] if n.strip()) <= SIGNATURE_MAX_LINES
+        and sum(1 for n in lines if n.rstrip() == "--") == 1
+    )
 
 
 def format_address(name: str, address: str) -> str:

@@ -198,11 +198,39 @@ class TestParsing:
             ),
             ("See you.\n-- \nGrace Smith\nProcurement", "See you."),
             ("Done.\n\nEnviado do meu iPhone", "Done."),
+            ("Sure.\n\nGet Outlook for Android<https://aka.ms/AAb9ysg>", "Sure."),
             ("> only a quote\n> nothing new", "> only a quote\n> nothing new"),
+            (  # a footer below the quote (Google Workspace, mail gateways) hides nothing
+                "Fixed, thanks!\n\nOn Tue, Dec 1, 2026, Acme <support@acme.example> wrote:\n"
+                "> Please restart it.\n\n-- \nCONFIDENTIAL: for the addressee only.",
+                "Fixed, thanks!",
+            ),
         ],
     )
     def test_quoted_history_and_signatures_split_off_in_our_languages(self, text, new):
         assert split_reply(text)[0] == new
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            # A sentence that starts like a phone's signature ("Von meinem Konto ...").
+            "Die Ware ist zurück.\nVon meinem Konto wurden trotzdem 89,90 € abgebucht.\nBitte "
+            "erstatten Sie den Betrag.\n\nGruß\nKlaus",
+            # Lines like a quoted header block, with no subject: a booking, a bank receipt.
+            "I need to change my booking:\nFrom: Lisbon\nTo: Berlin\nDate: 14 December\n\nCan I "
+            "move it to the 16th?",
+            "Fiz a transferência:\nDe: Banco Itaú\nPara: Acme Ltda\nData: 30/11/2026\n\n"
+            "Confirmem o pedido 4471.",
+            # "--" framing a pasted error code, not a signature.
+            "The error code is:\n--\nE42 overheating\n--\nPlease advise, third unit.",
+            # A colleague's forward: the message forwarded is what we must read.
+            "Can you help him?\n\n---------- Forwarded message ---------\nFrom: Peter Brown "
+            "<peter@example.net>\nDate: Mon, Nov 30, 2026\nSubject: Broken handle\nTo: "
+            "<sales@acme.example>\n\nThe handle broke. Order 66120.",
+        ],
+    )
+    def test_what_only_looks_like_history_or_a_signature_stays(self, text):
+        assert split_reply(text) == (text, "")
 
 
 @pytest.mark.django_db
