@@ -131,6 +131,21 @@ class EmailAdapter(Adapter):
         )
         if echo.exists():
             raise Ignore("Our own message came back (its Message-ID is one we sent).")
+        twin = (
+            Message.objects.filter(
+                channel=Channel.EMAIL,
+                direction=Message.Direction.INBOUND,
+                provider_id=parsed.message_id,
+            )
+            .exclude(inbox=event.inbox)
+            .select_related("inbox")
+            .first()
+        )
+        if twin:  # one mail to two of our addresses (To support@, Cc billing@) is one message
+            raise Ignore(
+                f"The same mail came in through {twin.inbox}: it is in conversation "
+                f"#{twin.conversation_id}."
+            )
         report = parsed.bounce
         if (
             report

@@ -1,4 +1,5 @@
 import io
+import re
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -24,6 +25,7 @@ from conversations.models import (
     Conversation,
     Customer,
     Identity,
+    Inbox,
     Message,
     Notification,
 )
@@ -420,6 +422,32 @@ class TestLoopsAndBounces:
         said = pipe(email_inbox, sent.as_bytes())
         assert said.startswith("ignored: Our own message came back")
         assert Message.objects.count() == 2
+
+    def test_one_mail_to_two_of_our_inboxes_is_one_message(self, email_inbox, billing):
+        """To support@, Cc billing@: the mail server delivers a copy to each inbox. One
+        conversation, one acknowledgement; the customer's follow-up lands there once."""
+        other = Inbox.objects.create(
+            name="Billing mail",
+            kind=Channel.EMAIL,
+            address="billing@acme.example",
+            default_team=billing,
+        )
+        first = customer_mail(to="support@acme.example", Cc="billing@acme.example")
+        pipe(email_inbox, first)
+        assert pipe(other, first).startswith("ignored: The same mail came in through")
+        (conversation,) = Conversation.objects.all()
+        sent_id = re.search(rb"Message-ID: <([^>]+)>", first).group(1).decode()
+        again = customer_mail(
+            body="Any news?",
+            to="support@acme.example",
+            Cc="billing@acme.example",
+            In_Reply_To=f"<{sent_id}>",
+            References=f"<{sent_id}>",
+        )
+        pipe(other, again)
+        pipe(email_inbox, again)
+        assert list(conversation.messages.values_list("text", flat=True)) == ["Hello", "Any news?"]
+        assert Conversation.objects.count() == 1
 
     def test_a_contact_form_mail_is_from_the_visitor_in_reply_to(
         self, email_inbox, bob, smtp_server
