@@ -400,14 +400,16 @@ def _walk(msg: Message, spooled: list):
             if ctype == "text/html" and html_part is None:
                 html_part = part
                 continue
-            if not ctype.startswith("image/"):
-                continue
+            if not ctype.startswith("image/") and ctype != "text/calendar":
+                continue  # an invitation's calendar part is what it proposes: kept
         content = part.get_payload(decode=True) or b""
         if content.startswith(SPOOL_MARKER.encode()):
             spooled_file = spooled[int(content[len(SPOOL_MARKER) :])]
             spooled_file.seek(0)
             content = File(spooled_file)
-        name = filename or f"attachment.{ctype.split('/')[-1][:10]}"
+        name = filename or (
+            "invite.ics" if ctype == "text/calendar" else f"attachment.{ctype.split('/')[-1][:10]}"
+        )
         size = content.size if isinstance(content, File) else len(content)
         if size > MAX_ATTACHMENT_BYTES:
             skipped.append(f"{name} ({size // (1024 * 1024)} MB, over the limit)")
@@ -435,6 +437,43 @@ def _filename(part) -> str:
 
 
 def _decode(part) -> str:
+    """Body text, as written: format=flowed paragraphs joined again (see _unflow)."""
+    text = _decode_charset(part)
+    if (
+        part.get_content_type() == "text/plain"
+        and str(part.get_param("format")).lower() == "flowed"
+    ):
+        return _unflow(text, delsp=str(part.get_param("delsp") or "").lower() == "yes")
+    return text
+
+
+def _unflow(text: str, *, delsp: bool) -> str:
+    """RFC 3676: a line ending in a space goes on in the next one at the same quote depth
+    (Apple Mail and Thunderbird wrap paragraphs so); a space after the quote marks is
+    stuffing. Without this every wrapped line shows as a hard break."""
+    out, flowing = [], None  # flowing: (depth, text) of a paragraph not yet ended
+
+    def line_of(depth: int, body: str) -> str:
+        return "> " * depth + body if depth else body
+
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        body = line[depth:].removeprefix(" ")
+        if flowing and flowing[0] == depth:
+            body = flowing[1] + body
+        elif flowing:
+            out.append(line_of(*flowing))
+        flowing = None
+        if body.endswith(" ") and body != "-- ":
+            flowing = (depth, body[:-1] if delsp else body)
+        else:
+            out.append(line_of(depth, body))
+    if flowing:
+        out.append(line_of(*flowing))
+    return "\n".join(out)
+
+
+def _decode_charset(part) -> str:
     """Body text whatever its declared charset: trust the label when it decodes cleanly, else
     let charset-normalizer find the real one, else windows-1252, which never fails."""
     raw = part.get_payload(decode=True) or b""

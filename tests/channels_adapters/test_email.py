@@ -212,6 +212,34 @@ class TestParsing:
     def test_quoted_history_and_signatures_split_off_in_our_languages(self, text, new):
         assert split_reply(text)[0] == new
 
+    def test_format_flowed_paragraphs_read_as_written(self):
+        """Thunderbird and Apple Mail wrap a paragraph with a space at each line's end (RFC
+        3676); shown as sent, every wrap was a hard break mid-sentence."""
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "marc@example.fr", "support@acme.example", "Re"
+        mail.set_content(
+            "L'appareil a été acheté le 3 mars \n2025, il est encore \nsous garantie.\n\n"
+            "Le 01/12/2026, Acme a écrit :\n> Pouvez-vous envoyer \n> l'étiquette ?\n",
+            params={"format": "flowed"},
+        )
+        parsed = parse_email(mail.as_bytes())
+        assert parsed.text == "L'appareil a été acheté le 3 mars 2025, il est encore sous garantie."
+        assert parsed.quoted.endswith("> Pouvez-vous envoyer l'étiquette ?")
+
+    def test_a_calendar_invitation_keeps_what_it_proposes(self):
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = (
+            "ana@example.com",
+            "support@acme.example",
+            "Call",
+        )
+        mail.set_content("Can we do a quick call?")
+        invite = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nDTSTART:20261203T150000Z\r\n"
+        mail.add_alternative(invite + "END:VEVENT\r\nEND:VCALENDAR\r\n", subtype="calendar")
+        (ics,) = parse_email(mail.as_bytes()).attachments
+        assert (ics.filename, ics.content_type) == ("invite.ics", "text/calendar")
+        assert b"DTSTART:20261203T150000Z" in ics.content
+
     @pytest.mark.parametrize(
         "text",
         [
