@@ -126,6 +126,12 @@ class InboundMessage:
     # very address, which only that mailbox got (the reply token is the same for the whole
     # thread), confirms the address (Identity.verified) once the conversation accepts it.
     answers: tuple[str, ...] = ()
+    # An automatic answer (an out-of-office reply): it joins the timeline of a conversation
+    # it continues but reopens nothing, waits for nothing and tells nobody.
+    asks_nothing: bool = False
+    # Why agents should check who wrote, when the channel cannot vouch for the address (an
+    # email's Reply-To): shown on a new conversation until the address is confirmed.
+    check: str = ""
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -809,6 +815,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         )
         events.append(created)
         opened = True
+        flag_reason = flag_reason or ("" if identity.verified else inbound.check)
         flag_reason = flag_reason or _typed_in_chat(identity)
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
@@ -819,9 +826,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         customer.name = inbound.name.strip()[:200]
         Customer.objects.filter(pk=customer.pk, name="").update(name=customer.name)
     previous_status, was_waiting = conversation.status, conversation.waiting_since is not None
-    # An out-of-office reply or a bounce-like robot answering our reply joins the timeline
-    # but asks nothing of anyone: no reopening, no waiting customer, no notification.
-    quiet = inbound.echo or (not opened and bool(inbound.metadata.get("automated")))
+    # An out-of-office reply to ours joins the timeline and asks nothing of anyone.
+    quiet = inbound.echo or (not opened and inbound.asks_nothing)
     if not opened and conversation.status != Status.OPEN and not quiet:
         events.append(
             ConversationEvent(

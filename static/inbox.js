@@ -223,7 +223,7 @@
     socket.addEventListener("open", function () {
       retry = 500;
       if (conversationId) socket.send(JSON.stringify({ action: "subscribe", conversation: Number(conversationId) }));
-      if (typingUnsaid) announceTyping();
+      if (Date.now() - typedUnsaid < 5000) announceTyping();
       refresh(); // catch up on whatever happened while disconnected
     });
     socket.addEventListener("message", function (message) {
@@ -439,10 +439,14 @@
   }
   // Tell the others this agent is typing: at most once every 2 s while the keys go on.
   let typingSent = 0;
-  let typingUnsaid = false; // typed before the socket was open: said once it is
+  let typedUnsaid = 0; // when a key went unsaid, the socket not open yet: said if still fresh
   function announceTyping() {
-    typingUnsaid = !socket || socket.readyState !== WebSocket.OPEN;
-    if (typingUnsaid || Date.now() - typingSent < 2000) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      typedUnsaid = Date.now();
+      return;
+    }
+    typedUnsaid = 0;
+    if (Date.now() - typingSent < 2000) return;
     typingSent = Date.now();
     const mode = composer.querySelector("[name=mode]:checked");
     socket.send(JSON.stringify({

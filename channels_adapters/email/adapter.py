@@ -157,6 +157,14 @@ class EmailAdapter(Adapter):
         ):
             if not report.status:
                 raise Ignore(f"A delivery report that changes nothing: {report.reason}"[:500])
+            if (
+                report.reader
+                and not Message.objects.filter(
+                    provider_id=report.original_message_id, identity__address=report.reader
+                ).exists()
+            ):
+                # Someone copied read it: the customer may not have (or got a bounce).
+                raise Ignore(f"A read receipt from {report.reader}, not the customer.")
             return [
                 StatusUpdate(
                     channel=Channel.EMAIL,
@@ -166,16 +174,27 @@ class EmailAdapter(Adapter):
                 )
             ]
 
-        automated = parsed.automated
+        automated, auto_reply = parsed.automated, parsed.auto_reply
         if parsed.loop_marker and parsed.loop_marker == loop_marker(event.inbox):
-            automated = "X-Loop: our own marker"
+            automated, auto_reply = "X-Loop: our own marker", True
         metadata = {"message_id": parsed.message_id, "to": [a for _, a in parsed.to]}
-        name, sender = parsed.from_name, parsed.from_address
-        if parsed.reply_to and not ours(parsed.reply_to[1], our_addresses()):
-            # Where answers go, as every mail reader has it: a shop's contact form writes
-            # From itself and the visitor in Reply-To, a list rewrites From to its own.
+        name, sender, check = parsed.from_name, parsed.from_address, ""
+        if (
+            parsed.reply_to
+            and _on_behalf(parsed.from_name, parsed.from_address)
+            and not ours(parsed.reply_to[1], our_addresses())
+        ):
+            # A shop's contact form writes From itself and the visitor in Reply-To; a group
+            # that rewrites From ("Ana via Purchasing") keeps the author there. Reply-To is
+            # anyone's to write: a new conversation asks agents to check.
             (name, sender), metadata["sent_by"] = parsed.reply_to, parsed.from_address
-        conversation, answered = self.thread(parsed, sender)
+            check = (
+                f"Sent by {parsed.from_address} for {sender}, the address in its Reply-To, "
+                "which anyone can write: check before sharing anything about the account."
+            )
+            if automated.startswith("automated sender"):  # the form's no-reply@ wrote for them
+                automated, auto_reply = "", False
+        conversation, answered = self.thread(parsed)
         if automated:
             metadata["automated"] = automated
         if parsed.skipped_attachments:
@@ -185,6 +204,8 @@ class EmailAdapter(Adapter):
                 channel=Channel.EMAIL,
                 address=sender,
                 name=name,
+                check=check,
+                asks_nothing=auto_reply,
                 subject=parsed.subject,
                 text=parsed.text or "(no text)",
                 quoted=parsed.quoted,
@@ -204,9 +225,9 @@ class EmailAdapter(Adapter):
             )
         ]
 
-    def thread(self, parsed: ParsedEmail, sender: str) -> tuple[Conversation | None, bool]:
+    def thread(self, parsed: ParsedEmail) -> tuple[Conversation | None, bool]:
         """The conversation this mail continues, by our reply token, then by the Message-IDs it
-        answers, then by "[#n]" in the subject when `sender` is on that conversation; and
+        answers, then by "[#n]" in the subject when From is on that conversation; and
         whether it answers a mail of ours (the first two). Those are checked against the sender
         again by message_receive."""
         for address in parsed.recipients:
@@ -230,7 +251,9 @@ class EmailAdapter(Adapter):
         number = SUBJECT_NUMBER.search(parsed.subject)
         if number and (pk := id_given(number.group(1))) is not None:
             conversation = Conversation.objects.filter(pk=pk).first()
-            identity = Identity.objects.filter(kind=Channel.EMAIL, address=sender).first()
+            identity = Identity.objects.filter(
+                kind=Channel.EMAIL, address=parsed.from_address
+            ).first()
             if conversation and identity and conversation_accepts_sender(conversation, identity):
                 return conversation, False
         return None, False
@@ -340,3 +363,18 @@ class EmailAdapter(Adapter):
             use_ssl=bool(config.get("smtp_use_ssl", False)),
             timeout=int(config.get("smtp_timeout", 30)),
         )
+
+
+# From addresses that send for someone else: contact forms, shops, website robots.
+ON_BEHALF = re.compile(
+    r"(no-?reply|do-?not-?reply|mailer|wordpress|forms?\b|form-|notifications?|notify|"
+    r"webmaster|website)",
+    re.I,
+)
+
+
+def _on_behalf(name: str, address: str) -> bool:
+    """Whether From is a robot writing for the person in Reply-To (a contact form), or a
+    group that rewrote From for DMARC ("'Ana Costa' via Purchasing"). Otherwise From is the
+    person who wrote, whatever Reply-To says, and stays the customer."""
+    return bool(ON_BEHALF.search(address.partition("@")[0])) or " via " in name

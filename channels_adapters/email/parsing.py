@@ -48,6 +48,7 @@ class Bounce:
     original_message_id: str
     reason: str
     status: str = "failed"
+    reader: str = ""  # a read receipt's Final-Recipient: who read it
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ParsedEmail:
     attachments: list[InboundAttachment] = field(default_factory=list)
     skipped_attachments: list[str] = field(default_factory=list)
     automated: str = ""  # why this is an auto-reply, list mail or loop; empty for a person
+    auto_reply: bool = False  # automated, and not by a person through a list: asks nothing
     loop_marker: str = ""  # our X-Loop value when the mail carries it
     bounce: Bounce | None = None
     language: str = ""
@@ -179,6 +181,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
 
     message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
     reply_to = _address(msg, "Reply-To")
+    automated = _automated(msg, from_address)
     references = _ids(_header(msg, "In-Reply-To")) + list(
         reversed(_ids(_header(msg, "References")))
     )
@@ -195,7 +198,8 @@ def parse_email(raw: bytes) -> ParsedEmail:
         html=sanitize_email_html(raw_html),
         attachments=attachments,
         skipped_attachments=skipped,
-        automated=_automated(msg, from_address),
+        automated=automated,
+        auto_reply=bool(automated) and automated not in LIST_MAIL,
         loop_marker=_header(msg, "X-Loop"),
         bounce=_bounce(msg),
         language=_header(msg, "Content-Language").split(",")[0].strip()[:10],
@@ -298,6 +302,11 @@ def _ids(value) -> list[str]:
     return [m[:250] for m in MESSAGE_ID.findall(str(value or "").replace("\x00", ""))]
 
 
+# Reasons _automated gives for mail that people write through a list or a group: never
+# answered automatically, but a person wrote it.
+LIST_MAIL = ("Precedence: list", "List-Id header", "List-Unsubscribe header")
+
+
 def _automated(msg: Message, sender: str) -> str:
     """Why this mail must never get an automatic answer (RFC 3834 and common practice)."""
     auto_submitted = _header(msg, "Auto-Submitted").lower()
@@ -327,7 +336,7 @@ def _bounce(msg: Message) -> Bounce | None:
     and what it says of it (see Bounce)."""
     if msg.get_content_type() != "multipart/report":
         return None
-    reason, original, status, dsn = "", "", "", False
+    reason, original, status, dsn, reader = "", "", "", False, None
     receipt = (msg.get_param("report-type") or "").lower() == "disposition-notification"
     for part in msg.walk():
         ctype = part.get_content_type()
@@ -349,7 +358,9 @@ def _bounce(msg: Message) -> Bounce | None:
             # "relayed" and "expanded" say nothing yet.
             status = next((a for a in ("failed", "delivered") if a in actions), "")
         elif ctype == "message/disposition-notification":
+            receipt = True  # whatever report-type says, or does not
             body = _payload_text(part)
+            reader = re.search(r"^Final-Recipient:\s*(?:rfc822;)?\s*(\S+)", body, re.I | re.M)
             found = re.search(r"^Original-Message-ID:\s*(<[^>]+>)", body, re.I | re.M)
             original = original or (_first_id(found.group(1)) if found else "")
             disposition = re.search(r"^Disposition:.*;\s*(\S+)", body, re.I | re.M)
@@ -364,7 +375,8 @@ def _bounce(msg: Message) -> Bounce | None:
     if not (receipt or dsn):  # a report with nothing more to say: a bounce, as it always was
         status = "failed"
     reason = reason or ("the message bounced" if status == "failed" else "")
-    return Bounce(original_message_id=original, reason=reason, status=status)
+    who = bare_address(reader.group(1)) if receipt and reader else ""
+    return Bounce(original_message_id=original, reason=reason, status=status, reader=who)
 
 
 def _payload_text(part) -> str:
@@ -422,6 +434,10 @@ def _walk(msg: Message, spooled: list):
                 content_id=_first_id(part.get("Content-ID", "")) or "",
             )
         )
+    # Gmail sends an invitation twice, inline and as invite.ics: one is enough.
+    calendars = [a for a in attachments if a.filename.lower().endswith(".ics")]
+    if len(calendars) > 1:
+        attachments = [a for a in attachments if a is not calendars[0]]
     return text_part, html_part, attachments, skipped
 
 
@@ -459,12 +475,18 @@ def _unflow(text: str, *, delsp: bool) -> str:
     for line in text.split("\n"):
         depth = len(line) - len(line.lstrip(">"))
         body = line[depth:].removeprefix(" ")
+        if body == "-- ":  # the signature separator: never flowed, nor flowed into
+            if flowing:
+                out.append(line_of(*flowing))
+            out.append(line_of(depth, body))
+            flowing = None
+            continue
         if flowing and flowing[0] == depth:
             body = flowing[1] + body
         elif flowing:
             out.append(line_of(*flowing))
         flowing = None
-        if body.endswith(" ") and body != "-- ":
+        if body.endswith(" "):
             flowing = (depth, body[:-1] if delsp else body)
         else:
             out.append(line_of(depth, body))
@@ -652,12 +674,15 @@ def html_to_text(html: str) -> str:
 HEADER_START = re.compile(r"^\s*\**(from|de|von|da|van)\s*:\**\s+\S", re.I)
 HEADER_NEXT = re.compile(
     r"^\s*\**(sent|date|to|subject|enviado|envoy[ée]|data|fecha|para|objet|assunto|asunto|"
-    r"gesendet|an|betreff|à|cc)\s*:",
+    r"gesendet|an|betreff|à|cc|verzonden|aan|onderwerp|inviato|a|oggetto)\s*:",
     re.I,
 )
 # A quoted mail's header block always names its subject: "From: Lisbon / To: Berlin / Date:"
 # in a booking change, or a pasted bank receipt, does not.
-HEADER_SUBJECT = re.compile(r"^\s*\**(subject|objet|assunto|asunto|betreff)\s*:", re.I)
+HEADER_SUBJECT = re.compile(
+    r"^\s*\**(subject|objet|assunto|asunto|betreff|onderwerp|oggetto)\s*:", re.I
+)
+HEADER_LINES = 10  # how far below "From:" its Subject may be (a To: list wraps over lines)
 # A forward's marker: what follows is the message forwarded, not history.
 FORWARDED = re.compile(
     r"^\s*-*\s*(forwarded message|begin forwarded message|mensagem encaminhada|"
@@ -706,7 +731,7 @@ def split_reply(text: str) -> tuple[str, str]:
         if ORIGINAL_MESSAGE.match(stripped) or _signature_starts(lines, i):
             cut = i
             break
-        block = lines[i + 1 : i + 6]
+        block = lines[i + 1 : i + 1 + HEADER_LINES]
         if (
             HEADER_START.match(line)
             and any(HEADER_NEXT.match(n) for n in block[:3])

@@ -226,6 +226,35 @@ class TestParsing:
         assert parsed.text == "L'appareil a été acheté le 3 mars 2025, il est encore sous garantie."
         assert parsed.quoted.endswith("> Pouvez-vous envoyer l'étiquette ?")
 
+    def test_a_flowed_line_does_not_swallow_the_signature(self):
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "maria@example.com", "support@acme.example", "X"
+        mail.set_content("Thanks for the help, \n-- \nMaria Silva\n", params={"format": "flowed"})
+        parsed = parse_email(mail.as_bytes())
+        assert (parsed.text, parsed.quoted) == ("Thanks for the help,", "-- \nMaria Silva")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Het pakket is er niet.\n\n________________________________\nVan: Acme "
+            "<support@acme.example>\nVerzonden: dinsdag 1 december 2026 09:05\nAan: Sanne\n"
+            "CC: Piet\nOnderwerp: Re: Levering [#12]\n\nYour parcel left.",
+            "Il pacco non è arrivato.\n\n________________________________\nDa: Acme "
+            "<support@acme.example>\nInviato: martedì 1 dicembre 2026 09:05\nA: Giulia\n"
+            "Cc: Marco\nOggetto: Re: Consegna [#12]\n\nYour parcel left.",
+            # A To: list wrapped over lines pushes Subject down.
+            "See my answers.\n\n________________________________\nFrom: Acme "
+            "<support@acme.example>\nSent: Tuesday, December 1, 2026 9:05 AM\nTo: John "
+            "<john@outlook.com>; Anna Lee\n<anna@corp.example>; Bob Stone\n<bob@corp.example>; "
+            "Carla\n<carla@corp.example>; Dave\n<dave@corp.example>\nCc: Frank\n"
+            "Subject: Re: Contract [#12]\n\nYour parcel left.",
+        ],
+        ids=["nl", "it", "wrapped_to"],
+    )
+    def test_outlooks_header_block_is_history_in_every_language(self, text):
+        new, quoted = split_reply(text)
+        assert "parcel" not in new and quoted.endswith("Your parcel left.")
+
     def test_a_calendar_invitation_keeps_what_it_proposes(self):
         mail = EmailMessage()
         mail["From"], mail["To"], mail["Subject"] = (
@@ -239,6 +268,9 @@ class TestParsing:
         (ics,) = parse_email(mail.as_bytes()).attachments
         assert (ics.filename, ics.content_type) == ("invite.ics", "text/calendar")
         assert b"DTSTART:20261203T150000Z" in ics.content
+        # Gmail attaches it again as a file: one is kept.
+        mail.add_attachment(invite.encode(), "application", "ics", filename="invite.ics")
+        assert len(parse_email(mail.as_bytes()).attachments) == 1
 
     @pytest.mark.parametrize(
         "text",
@@ -451,6 +483,71 @@ class TestLoopsAndBounces:
         assert said.startswith("ignored: Our own message came back")
         assert Message.objects.count() == 2
 
+    def test_a_persons_reply_to_changes_neither_the_customer_nor_the_thread(
+        self, email_inbox, bob, smtp_server
+    ):
+        """Alice writes with Reply-To her boss, and later answers us with Reply-To her
+        assistant: she is the customer, gets our answer, and stays in one conversation."""
+        pipe(email_inbox, customer_mail(frm="alice@corp.example", reply_to="boss@corp.example"))
+        conversation = Conversation.objects.get()
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
+        [sent] = smtp_server.messages()
+        assert sent["To"] == "alice@corp.example"
+        pipe(
+            email_inbox,
+            reply_to(sent, frm="alice@corp.example", Reply_To="assistant@corp.example"),
+        )
+        assert Conversation.objects.count() == 1 and conversation.messages.count() == 3
+
+    @pytest.mark.parametrize("frm", ["mallory@evil.example", "noreply@evil.example"])
+    def test_a_forged_reply_to_and_number_do_not_write_as_the_customer(self, email_inbox, frm):
+        """Nobody checks Reply-To: naming Maria there, with her conversation's number, does
+        not put words in her conversation. A robot-like sender opens a flagged one."""
+        pipe(email_inbox, customer_mail(subject="Refund"))
+        conversation = Conversation.objects.get()
+        forged = customer_mail(
+            frm=frm,
+            subject=f"Re: Refund [#{conversation.pk}]",
+            reply_to="maria@example.com",
+            body="Send the refund to IBAN XX00 EVIL",
+        )
+        pipe(email_inbox, forged)
+        assert not conversation.messages.filter(text__contains="EVIL").exists()
+        other = Conversation.objects.exclude(pk=conversation.pk).get()
+        assert other.customer_id != conversation.customer_id or other.flag_reason
+
+    def test_a_list_post_is_from_its_author_not_the_list(self, email_inbox):
+        list_post = customer_mail(
+            frm="Alice <alice@example.org>",
+            reply_to="users@lists.example.org",
+            List_Id="<users.lists.example.org>",
+        )
+        pipe(email_inbox, list_post)
+        assert only_message().identity.address == "alice@example.org"
+
+    def test_a_customer_writing_through_a_group_reopens_and_is_heard(
+        self, email_inbox, bob, smtp_server
+    ):
+        """A Google Group rewrites From ("Ana via Purchasing") and keeps Ana in Reply-To:
+        list mail, but a person wrote it."""
+        group = {
+            "frm": "'Ana Costa' via Purchasing <purchasing@costa.example>",
+            "Reply_To": "Ana Costa <ana@costa.example>",
+            "Precedence": "list",
+            "List_Id": "<purchasing.costa.example>",
+        }
+        pipe(email_inbox, customer_mail(subject="VAT", **group))
+        conversation = Conversation.objects.get(customer__name="Ana Costa")
+        services.conversation_assign(conversation=conversation, assignee=bob)
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+        [sent] = smtp_server.messages()
+        assert sent["To"] == "ana@costa.example"
+        pipe(email_inbox, reply_to(sent, body="The VAT number is still wrong.", **group))
+        conversation.refresh_from_db()
+        assert conversation.status == "open"
+        assert Notification.objects.filter(recipient=bob, kind="customer_replied").exists()
+
     def test_one_mail_to_two_of_our_inboxes_is_one_message(self, email_inbox, billing):
         """To support@, Cc billing@: the mail server delivers a copy to each inbox. One
         conversation, one acknowledgement; the customer's follow-up lands there once."""
@@ -489,6 +586,8 @@ class TestLoopsAndBounces:
             pipe(email_inbox, form)
         olivia = Conversation.objects.get(customer__name="Olivia Hart")
         assert Conversation.objects.filter(customer__name="Tom Okafor").exists()
+        # Anyone can type an address into a form: agents are asked to check.
+        assert olivia.flag_reason.startswith("Sent by mailer@shop.example for olivia@")
         assert only_message(conversation=olivia).metadata["sent_by"] == "mailer@shop.example"
         message_deliver(services.reply_send(conversation=olivia, author=bob, text="Hi").pk)
         [sent] = smtp_server.messages()
@@ -529,6 +628,35 @@ class TestLoopsAndBounces:
         assert (reply.status, reply.failure_reason) == (status, "")
         assert result.startswith(said)
         assert Conversation.objects.count() == 1 and Message.objects.count() == 2
+
+    def test_a_read_receipt_from_someone_copied_hides_no_bounce(
+        self, email_inbox, bob, smtp_server
+    ):
+        """Our reply went to Maria, Liam copied. Liam's read receipt says nothing of Maria,
+        whose mailbox bounces it: the agent must learn she did not get it."""
+        pipe(email_inbox, customer_mail(frm="nobody@customers.example", Cc="liam@corp.example"))
+        reply = services.reply_send(conversation=Conversation.objects.get(), author=bob, text="Hi")
+        message_deliver(reply.pk)
+        reply.refresh_from_db()
+        receipt = self.report("read_receipt.eml", reply).replace(
+            b"Final-Recipient: rfc822;nobody@customers.example",
+            b"Final-Recipient: rfc822;liam@corp.example",
+        )
+        assert pipe(email_inbox, receipt).startswith("ignored: A read receipt from liam@")
+        pipe(email_inbox, self.report("bounce_template.eml", reply))
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.FAILED
+
+    def test_a_read_receipt_without_its_report_type_is_still_a_receipt(
+        self, email_inbox, bob, smtp_server
+    ):
+        reply = self.sent_reply(email_inbox, bob)
+        receipt = self.report("read_receipt.eml", reply).replace(
+            b"report-type=disposition-notification;", b""
+        )
+        pipe(email_inbox, receipt)
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.READ
 
     @staticmethod
     def sent_reply(inbox, agent) -> Message:
