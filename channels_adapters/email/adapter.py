@@ -13,6 +13,7 @@ from email.utils import make_msgid
 
 from django.conf import settings
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
+from django.db.models import Q
 from django.utils.html import escape, linebreaks
 from django.utils.text import Truncator
 
@@ -124,27 +125,20 @@ class EmailAdapter(Adapter):
             parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
-        echo = Message.objects.filter(
-            channel=Channel.EMAIL,
-            direction=Message.Direction.OUTBOUND,
-            provider_id=parsed.message_id,
+        # Seen before: one we sent, coming back; or one mail to two of our addresses (To
+        # support@, Cc billing@), which the other inbox has already (one look-up for both).
+        seen = (
+            Message.objects.filter(channel=Channel.EMAIL, provider_id=parsed.message_id)
+            .filter(Q(direction=Message.Direction.OUTBOUND) | ~Q(inbox_id=event.inbox_id))
+            .values_list("direction", "inbox__name", "conversation_id")
+            .order_by()[:1]
         )
-        if echo.exists():
+        seen = seen[0] if seen else None
+        if seen and seen[0] == Message.Direction.OUTBOUND:
             raise Ignore("Our own message came back (its Message-ID is one we sent).")
-        twin = (
-            Message.objects.filter(
-                channel=Channel.EMAIL,
-                direction=Message.Direction.INBOUND,
-                provider_id=parsed.message_id,
-            )
-            .exclude(inbox=event.inbox)
-            .select_related("inbox")
-            .first()
-        )
-        if twin:  # one mail to two of our addresses (To support@, Cc billing@) is one message
+        if seen:
             raise Ignore(
-                f"The same mail came in through {twin.inbox}: it is in conversation "
-                f"#{twin.conversation_id}."
+                f"The same mail came in through {seen[1]}: it is in conversation #{seen[2]}."
             )
         report = parsed.bounce
         if (
