@@ -252,7 +252,7 @@ class AgentConsumer(LiveConsumer):
     async def conversation_event(self, event):
         # Sent to every group that may see the conversation (team, assignee, the conversation
         # itself...): a socket in several of them gets one copy of each publish.
-        key = event.get("event_id") or json.dumps(event, sort_keys=True, default=str)
+        key = event["event_id"]  # every publish has one: realtime.conversation_payload
         if key in self.recent:
             return
         self.recent[key] = None

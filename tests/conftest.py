@@ -454,6 +454,25 @@ def start_celery_worker(**popen):
     )
 
 
+def worker_killed_mid_task(enqueue, reached, what: str):
+    """Start a real worker, call `enqueue()` (which hands it a task), wait until `reached`
+    (an Event the task's far end sets) and SIGKILL the worker there. Returns what `enqueue`
+    returned."""
+    import signal
+    import subprocess
+
+    worker = start_celery_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = enqueue()
+        assert reached.wait(30), f"the worker never reached {what}"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    return result
+
+
 def start_asgi_server(settings, **env):
     """The real ASGI app (HTTP and WebSockets, with its embedded Celery worker) in a uvicorn
     process on this test's database. Returns (process, base URL) once uvicorn says it is up."""

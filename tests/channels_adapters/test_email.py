@@ -60,7 +60,11 @@ def post_mime(client, inbox, raw: bytes, token=None):
     )
 
 
-def customer_mail(frm="maria@example.com", subject="Help", body="Hello", **headers) -> bytes:
+def customer_message(
+    frm="maria@example.com", subject="Help", body="Hello", params=None, **headers
+) -> EmailMessage:
+    """A customer's mail to support, to add parts to; `params`: its text's Content-Type
+    parameters (format=flowed...)."""
     mail = EmailMessage()
     mail["From"] = frm
     mail["To"] = headers.pop("to", "support@acme.example")
@@ -68,8 +72,12 @@ def customer_mail(frm="maria@example.com", subject="Help", body="Hello", **heade
     mail["Message-ID"] = headers.pop("message_id", make_msgid(domain="example.com"))
     for name, value in headers.items():
         mail[name.replace("_", "-")] = value
-    mail.set_content(body)
-    return mail.as_bytes()
+    mail.set_content(body, params=params)
+    return mail
+
+
+def customer_mail(frm="maria@example.com", subject="Help", body="Hello", **headers) -> bytes:
+    return customer_message(frm, subject, body, **headers).as_bytes()
 
 
 def reply_to(sent, frm="maria@example.com", body="Thanks!", **overrides) -> bytes:
@@ -215,9 +223,9 @@ class TestParsing:
     def test_format_flowed_paragraphs_read_as_written(self):
         """Thunderbird and Apple Mail wrap a paragraph with a space at each line's end (RFC
         3676); shown as sent, every wrap was a hard break mid-sentence."""
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = "marc@example.fr", "support@acme.example", "Re"
-        mail.set_content(
+        mail = customer_message(
+            "marc@example.fr",
+            "Re",
             "L'appareil a été acheté le 3 mars \n2025, il est encore \nsous garantie.\n\n"
             "Le 01/12/2026, Acme a écrit :\n> Pouvez-vous envoyer \n> l'étiquette ?\n",
             params={"format": "flowed"},
@@ -227,9 +235,8 @@ class TestParsing:
         assert parsed.quoted.endswith("> Pouvez-vous envoyer l'étiquette ?")
 
     def test_a_flowed_line_does_not_swallow_the_signature(self):
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = "maria@example.com", "support@acme.example", "X"
-        mail.set_content("Thanks for the help, \n-- \nMaria Silva\n", params={"format": "flowed"})
+        body = "Thanks for the help, \n-- \nMaria Silva\n"
+        mail = customer_message(body=body, params={"format": "flowed"})
         parsed = parse_email(mail.as_bytes())
         assert (parsed.text, parsed.quoted) == ("Thanks for the help,", "-- \nMaria Silva")
 
@@ -256,13 +263,7 @@ class TestParsing:
         assert "parcel" not in new and quoted.endswith("Your parcel left.")
 
     def test_a_calendar_invitation_keeps_what_it_proposes(self):
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = (
-            "ana@example.com",
-            "support@acme.example",
-            "Call",
-        )
-        mail.set_content("Can we do a quick call?")
+        mail = customer_message("ana@example.com", "Call", "Can we do a quick call?")
         invite = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nDTSTART:20261203T150000Z\r\n"
         mail.add_alternative(invite + "END:VEVENT\r\nEND:VCALENDAR\r\n", subtype="calendar")
         (ics,) = parse_email(mail.as_bytes()).attachments
@@ -840,10 +841,7 @@ class TestInboundPaths:
         assert reply.status == Message.Status.SENT
 
     def test_a_20_mb_attachment_is_stored_whole(self, email_inbox):
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = "a@b.example", "support@acme.example", "big"
-        mail["Message-ID"] = make_msgid()
-        mail.set_content("see attached")
+        mail = customer_message("a@b.example", "big", "see attached")
         payload = bytes(range(256)) * (20 * 1024 * 1024 // 256)
         mail.add_attachment(
             payload, maintype="application", subtype="octet-stream", filename="dump.bin"
@@ -858,10 +856,7 @@ class TestInboundPaths:
     ):
         from channels_adapters.delivery import inbound_event_process
 
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = "a@b.example", "support@acme.example", "log"
-        mail["Message-ID"] = make_msgid()
-        mail.set_content("log attached")
+        mail = customer_message("a@b.example", "log", "log attached")
         payload = bytes(range(256)) * 8192  # 2 MB
         mail.add_attachment(payload, maintype="application", subtype="gzip", filename="x.gz")
         raw = mail.as_bytes()

@@ -1,6 +1,4 @@
 import asyncio
-import signal
-import subprocess
 import threading
 from datetime import timedelta
 
@@ -13,7 +11,7 @@ from channels_adapters.delivery import message_deliver, sweep_stuck
 from conversations import services
 from conversations.models import Conversation, Message
 from tests.channels_adapters.test_email import customer_mail, pipe
-from tests.conftest import start_celery_worker
+from tests.conftest import worker_killed_mid_task
 
 
 @pytest.mark.django_db(transaction=True)
@@ -33,17 +31,13 @@ def test_a_worker_killed_mid_send_loses_nothing_and_resends_with_the_same_messag
 
     smtp_server.handle_DATA = hold_first_data
     pipe(email_inbox, customer_mail())
-    worker = start_celery_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        reply = services.reply_send(
+    reply = worker_killed_mid_task(
+        lambda: services.reply_send(
             conversation=Conversation.objects.get(), author=bob, text="Your refund is on its way."
-        )
-        assert data_received.wait(30), "the worker never reached DATA"
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+        ),
+        data_received,
+        "DATA",
+    )
     release.set()
 
     reply.refresh_from_db()

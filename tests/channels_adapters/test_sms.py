@@ -1,7 +1,5 @@
 """SMS through Twilio, against a loopback fake that speaks Twilio's wire format."""
 
-import signal
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -32,7 +30,7 @@ from conversations.models import (
     Message,
     Notification,
 )
-from tests.conftest import start_celery_worker, wait_for, webhook_path
+from tests.conftest import wait_for, webhook_path, worker_killed_mid_task
 from tests.providers import FakeTwilio
 
 CUSTOMER = "+351912345678"
@@ -603,17 +601,13 @@ def test_a_worker_killed_mid_send_fails_the_sms_for_the_agent_to_check_and_retry
     its author hears of it and can retry."""
     deliver(twilio, client, sms_inbox, incoming())
     twilio.fail("timeout")  # Twilio has the request and the worker dies waiting for the answer
-    worker = start_celery_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        message = services.reply_send(
+    message = worker_killed_mid_task(
+        lambda: services.reply_send(
             conversation=Message.objects.get().conversation, author=bob, text="Vamos ver."
-        )
-        assert twilio.called.wait(30), "the worker never called Twilio"
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+        ),
+        twilio.called,
+        "Twilio",
+    )
     message.refresh_from_db()
     assert message.status == Message.Status.SENDING
 

@@ -13,7 +13,7 @@ from conversations import services
 from conversations.models import Channel, Customer, Identity, Inbox
 from conversations.realtime import team_group
 from conversations.selectors import customers_visible_to
-from tests.channels_adapters.test_email import customer_mail, pipe
+from tests.channels_adapters.test_email import customer_mail, customer_message, pipe
 from tests.conftest import listen, receive, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -439,17 +439,9 @@ class TestTheirData:
 
     @pytest.fixture
     def maria(self, mail_inbox, chat_inbox):
-        from email.message import EmailMessage
-
         mail_inbox.address = "support@acme.example"
         mail_inbox.save()
-        mail = EmailMessage()
-        mail["From"], mail["To"], mail["Subject"] = (
-            "Maria <maria@example.com>",
-            "support@acme.example",
-            "Invoice",
-        )
-        mail.set_content("My invoice is attached.")
+        mail = customer_message("Maria <maria@example.com>", "Invoice", "My invoice is attached.")
         mail.add_attachment(
             b"%PDF-1.4 maria", maintype="application", subtype="pdf", filename="i.pdf"
         )
