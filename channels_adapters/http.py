@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from urllib.parse import unquote, urljoin, urlsplit
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -16,17 +17,42 @@ from channels_adapters.base import DeliveryError, FetchedMedia, PermanentError, 
 
 MAX_REDIRECTS = 5
 _client: httpx.Client | None = None
+_media_client: httpx.Client | None = None
 
 
 def client() -> httpx.Client:
     """The process's HTTP client: pooled connections, shared by threads."""
     global _client
     if _client is None:
-        _client = httpx.Client(
+        _client = httpx.Client(headers={"User-Agent": "Threadline"}, follow_redirects=False)
+    return _client
+
+
+class _PublicOnly(httpcore.SyncBackend):
+    """Opens connections to public addresses only. The address checked is the address
+    connected to: a name that answers a public address to a check and a private one to the
+    connection (DNS rebinding) has no second answer to give."""
+
+    def connect_tcp(self, host, port, *args, **kwargs):
+        return super().connect_tcp(_public_address(host, port), port, *args, **kwargs)
+
+
+def media_client() -> httpx.Client:
+    """The client that downloads what customers send: its own pool, on _PublicOnly."""
+    global _media_client
+    if _media_client is None:
+        transport = httpx.HTTPTransport()
+        # httpx has no public setting for the network backend; its pool takes one.
+        transport._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=_PublicOnly()
+        )
+        _media_client = httpx.Client(
             headers={"User-Agent": "Threadline"},
             follow_redirects=False,
+            transport=transport,
+            trust_env=False,  # a proxy from the environment would connect past the check
         )
-    return _client
+    return _media_client
 
 
 def transient_or_permanent(response: httpx.Response, reason: str) -> DeliveryError:
@@ -59,24 +85,23 @@ def provider_call(
     raise error(response)
 
 
-def _refuse_private(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"Refusing to fetch {url[:200]!r}: not an http(s) URL.")
-    if settings.MEDIA_FETCH_ALLOW_PRIVATE:
-        return
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to for `host`, refused unless every address it has is public."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError as exc:
-        raise TransientError(f"Cannot resolve {parts.hostname}: {exc}") from exc
+        raise TransientError(f"Cannot resolve {host}: {exc}") from exc
+    if settings.MEDIA_FETCH_ALLOW_PRIVATE:
+        return infos[0][4][0]
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
             raise PermanentError(
-                f"Refusing to fetch from {parts.hostname} ({address}): not a public address."
+                f"Refusing to fetch from {host} ({address}): not a public address."
             )
+    return infos[0][4][0]
 
 
 def _filename(response: httpx.Response, url: str) -> str:
@@ -87,15 +112,18 @@ def _filename(response: httpx.Response, url: str) -> str:
 
 
 def media_fetch(url: str, *, headers: dict | None = None, auth=None) -> FetchedMedia:
-    """Download customer media, at most MEDIA_FETCH_MAX_BYTES, from public addresses only,
-    checked again after each redirect. Credentials go only to the host they were given for."""
+    """Download customer media, at most MEDIA_FETCH_MAX_BYTES, from public addresses only
+    (each connection checks where it goes, redirects included). Credentials go only to the
+    host they were given for."""
     limit = settings.MEDIA_FETCH_MAX_BYTES
     origin = urlsplit(url).netloc
     for _ in range(MAX_REDIRECTS + 1):
-        _refuse_private(url)
-        same_origin = urlsplit(url).netloc == origin
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PermanentError(f"Refusing to fetch {url[:200]!r}: not an http(s) URL.")
+        same_origin = parts.netloc == origin
         try:
-            with client().stream(
+            with media_client().stream(
                 "GET",
                 url,
                 headers=headers if same_origin else None,

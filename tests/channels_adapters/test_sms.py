@@ -1,5 +1,7 @@
 """SMS through Twilio, against a loopback fake that speaks Twilio's wire format."""
 
+import contextlib
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -11,6 +13,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from channels_adapters.base import TransientError
 from channels_adapters.delivery import (
     SENDING_ABANDONED,
     attachment_fetch,
@@ -259,6 +262,33 @@ class TestMedia:
         assert not attachment.file
         assert "not a public address" in attachment.fetch_error
         assert not any(r.path == "/media/ME1" for r in twilio.requests)
+
+    def test_a_name_that_turns_private_after_its_check_reaches_nothing_private(
+        self, client, twilio, sms_inbox, settings, monkeypatch
+    ):
+        # DNS rebinding: the media host answers a public address first, then the address of
+        # something inside (here the fake Twilio, on 127.0.0.1) to whoever asks again.
+        settings.PROVIDER_TIMEOUT_SECONDS = 2
+        real_getaddrinfo, answers = socket.getaddrinfo, []
+
+        def rebinding(host, port, *args, **kwargs):
+            if host != "media.rebind.example":
+                return real_getaddrinfo(host, port, *args, **kwargs)
+            answers.append("127.0.0.1" if answers else "1.1.1.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], port))]
+
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        params = self.mms(twilio)
+        params["MediaUrl0"] = params["MediaUrl0"].replace("127.0.0.1", "media.rebind.example")
+        deliver(twilio, client, sms_inbox, params)
+        attachment = Message.objects.get().attachments.get()
+        with contextlib.suppress(TransientError):  # 1.1.1.1 is not reachable from here
+            attachment_fetch(attachment.pk)
+
+        assert not any(r.path == "/media/ME1" for r in twilio.requests)
+        attachment.refresh_from_db()
+        assert not attachment.file
+        assert answers == ["1.1.1.1"]  # one answer, checked and connected to
 
     def test_media_larger_than_the_limit_is_refused(self, client, twilio, sms_inbox, settings):
         settings.MEDIA_FETCH_ALLOW_PRIVATE = True
