@@ -181,10 +181,13 @@ class Received:
 
 def sanitize_html(html: str) -> str:
     """Customer HTML reduced to what is safe to show: no scripts, styles, handlers or
-    javascript: links; only http, https and mailto URLs survive."""
+    javascript: links; only http, https and mailto URLs survive, and cid: (a picture of the
+    mail's own, which the timeline puts in place)."""
     if not html:
         return ""
-    return nh3.clean(html, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer")
+    return nh3.clean(
+        html, url_schemes={"http", "https", "mailto", "cid"}, link_rel="noopener noreferrer"
+    )
 
 
 def normalize_address(kind: str, address: str, *, typed: bool = False) -> str:

@@ -311,6 +311,27 @@ class TestThreading:
         assert attachment.filename == "contract signed.pdf"
         assert attachment.file.read() == b"%PDF-1.4 fake but harmless pdf body"
 
+    def test_an_inline_picture_shows_in_place_and_nothing_remote_loads(
+        self, client, email_inbox, bob
+    ):
+        pipe(email_inbox, fixture("html_only_inline_image.eml"))
+        message = only_message()
+        [picture] = message.attachments.all()
+        client.force_login(bob)
+        page = client.get(f"/inbox/{message.conversation_id}/").content.decode()
+
+        [formatted] = re.findall(r'<details class="formatted">.*?</details>', page, re.S)
+        assert "with 1 picture in place" in formatted
+        # The picture between the two paragraphs, from our own (access-checked) address.
+        assert re.search(
+            rf'error:</p>\s*<p><img src="/inbox/attachments/{picture.pk}" alt="captura"></p>',
+            formatted,
+        )
+        assert "tracker.example.com" not in formatted  # the read-tracking pixel: not loaded
+        assert "<script" not in formatted and "onclick" not in formatted
+        assert "javascript:" not in formatted
+        assert '<a href="https://example.es/ayuda" rel="noopener noreferrer">' in formatted
+
     def test_addresses_are_normalised(self, email_inbox):
         pipe(email_inbox, fixture("new_thread_fr.eml"))
         message = only_message()
