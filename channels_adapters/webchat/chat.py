@@ -32,6 +32,7 @@ from conversations.models import (
     Inbox,
     Message,
     Visitor,
+    new_public_key,
 )
 from conversations.realtime import publish_conversation_event
 from conversations.services import (
@@ -51,6 +52,8 @@ from helpdesk.middleware import zone_names
 from routing.models import ShortCache
 
 VISITOR_SALT = "threadline.webchat.visitor"
+# How long a signed-in user's token opens their history: a copy of it must not do so for ever.
+IDENTIFIED_TOKEN_AGE = timedelta(hours=12)
 MEDIA_SALT = "threadline.webchat.media"
 MEDIA_LINK_SECONDS = 24 * 3600
 TEXT_MAX_CHARS = 5000
@@ -132,18 +135,26 @@ def visitor_token(visitor: Visitor) -> str:
 
 
 def visitor_from_token(inbox: Inbox, token: str) -> Visitor | None:
-    """The visitor a token names, in this inbox; None for a missing, forged or foreign one."""
+    """The visitor a token names, in this inbox; None for a missing, forged or foreign one,
+    and for a signed-in user's token older than IDENTIFIED_TOKEN_AGE (the site's page gets a
+    fresh one each time it loads; the widget asks for one when the socket refuses it)."""
     if not token or not isinstance(token, str):
         return None
     try:
         key = signing.loads(token, salt=VISITOR_SALT)
     except signing.BadSignature:
         return None
-    return (
+    visitor = (
         Visitor.objects.select_related("identity__customer", "inbox")
         .filter(key=key, inbox=inbox)
         .first()
     )
+    if visitor is not None and visitor.identified:
+        try:
+            signing.loads(token, salt=VISITOR_SALT, max_age=IDENTIFIED_TOKEN_AGE)
+        except signing.SignatureExpired:
+            return None
+    return visitor
 
 
 def user_hash(inbox: Inbox, user_id: str) -> str:
@@ -172,7 +183,10 @@ def visitor_session(
             raise ValidationError(_("The user identity could not be verified."))
     visitor = visitor_from_token(inbox, token)
     if visitor is not None and visitor.identified and not user_id:
-        visitor = None  # the identified user left (logged out): the browser starts afresh
+        # The user signed out: the browser starts afresh, and the token it held (or a copy
+        # of it) no longer opens their history.
+        Visitor.objects.filter(pk=visitor.pk).update(key=new_public_key())
+        visitor = None
     if visitor is None:
         visitor = _visitor_new(inbox, name)
     if user_id:
@@ -217,20 +231,37 @@ def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
     except ValidationError:
         kind, address = Channel.WEBCHAT, f"user:{user_id}"
     target = identity_get_or_create(kind=kind, address=address, name=name)
-    if not target.verified:
-        Identity.objects.filter(pk=target.pk).update(verified=True)
     target_customer = target.customer.merged_into or target.customer
-    current = visitor.identity.customer
-    if current.pk == target_customer.pk:
-        return visitor
-    if visitor.identified:
+    if visitor.identified and visitor.identity.customer_id != target_customer.pk:
         # This browser was someone else's: a new visitor, so neither sees the other's history.
         visitor = _visitor_new(visitor.inbox, name)
-        current = visitor.identity.customer
-    # An anonymous visitor's profile holds only what this browser did: it joins the customer.
-    customer_merge(source=current, target=target_customer)
+    current = visitor.identity.customer
+    if current.pk == target_customer.pk:
+        pass
+    elif _typed_by_another(target, target_customer, visitor):
+        # Someone typed this address into a chat of theirs: the site's word outweighs theirs.
+        # It moves to this user, whose history must not join a profile a stranger's browser
+        # reads; the typed chat stays the typist's.
+        Identity.objects.filter(pk=target.pk).update(customer=current)
+    else:
+        # An anonymous visitor's profile holds only what this browser did: it joins the customer.
+        customer_merge(source=current, target=target_customer)
+    Identity.objects.filter(pk=target.pk, verified=False).update(verified=True)
     Visitor.objects.filter(pk=visitor.pk).update(identified=True)
     return visitor_reload(visitor)
+
+
+def _typed_by_another(target: Identity, customer, visitor: Visitor) -> bool:
+    """Whether an address no site vouched for came to `customer` by an anonymous visitor
+    typing it, in a browser other than this one."""
+    return (
+        not target.verified
+        and Visitor.objects.filter(
+            identity__customer=customer, email=target.address, identified=False
+        )
+        .exclude(pk=visitor.pk)
+        .exists()
+    )
 
 
 # How long a transcript not yet sent counts as on its way (its task retries meanwhile).

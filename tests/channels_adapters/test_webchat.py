@@ -199,6 +199,27 @@ def test_a_signed_user_id_links_the_visitor_to_that_customers_history(client, wi
     assert chat.visitor_conversation(other) == chat.visitor_conversation(visitor)
 
 
+def test_an_address_a_stranger_typed_first_does_not_open_the_users_chat_to_them(
+    client, widget
+):
+    # A stranger types Ana's address into their own chat before Ana ever wrote to us...
+    stranger = chat.visitor_from_token(widget, start(client, widget).json()["token"])
+    chat.visitor_message(stranger, text="Hello?", client_id="s1")
+    stranger = chat.visitor_contact(stranger, email="ana@example.com")
+    # ...then Ana signs in on the site, which vouches for her address, and chats.
+    signed = {"id": "ana@example.com", "hash": chat.user_hash(widget, "ana@example.com")}
+    ana = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    chat.visitor_message(ana, text="My reset code is 991234", client_id="a1")
+
+    ana = chat.visitor_reload(ana)
+    assert ana.identified and ana.identity.customer != stranger.identity.customer
+    assert ana.identity.customer.identities.get(kind=Channel.EMAIL).address == "ana@example.com"
+    # The stranger's browser shows the stranger's chat, and nothing of Ana's.
+    shown = chat.visitor_conversation(chat.visitor_reload(stranger))
+    assert [m.text for m in chat.visible_messages(shown)] == ["Hello?"]
+    assert chat.visitor_email(chat.visitor_reload(stranger)) is None  # no replies go to Ana
+
+
 def test_a_bad_user_hash_is_refused_and_changes_nothing(client, widget):
     response = start(client, widget, user={"id": "ana@example.com", "hash": "0" * 64})
     assert response.status_code == 403
@@ -290,6 +311,32 @@ async def test_the_socket_refuses_foreign_origins_and_missing_or_forged_tokens(w
     await socket.send_json_to({"action": "message", "client_id": "c1", "text": "hi"})
     assert (await socket.receive_output(timeout=5))["code"] == 4401
     assert await database_sync_to_async(Message.objects.count)() == 0
+
+
+@pytestmark_socket
+async def test_a_signed_in_users_old_token_no_longer_opens_their_history(widget):
+    def signed_in(at, client_id):
+        with time_machine.travel(at, tick=False):
+            visitor = chat.visitor_session(
+                inbox=widget, user_id="42", user_hash_given=chat.user_hash(widget, "42")
+            )
+            chat.visitor_message(visitor, text="Private", client_id=client_id)
+            return chat.visitor_token(visitor)
+
+    now = timezone.now()
+    # A token from this morning's page still opens the chat...
+    fresh = await database_sync_to_async(signed_in)(now - timedelta(hours=2), "c1")
+    socket, _, _ = await visitor_socket(widget, fresh)
+    assert [m["text"] for m in (await socket.receive_json_from(timeout=5))["messages"]]
+    await socket.disconnect()
+    # ...one from two days ago (copied from a shared computer, say) does not,
+    stale = await database_sync_to_async(signed_in)(now - timedelta(days=2), "c2")
+    socket, _, _ = await visitor_socket(widget, stale)
+    assert (await socket.receive_output(timeout=5))["code"] == 4401
+    # ...and once the user signed out in that browser, neither does the fresh one.
+    await database_sync_to_async(chat.visitor_session)(inbox=widget, token=fresh)
+    socket, _, _ = await visitor_socket(widget, fresh)
+    assert (await socket.receive_output(timeout=5))["code"] == 4401
 
 
 @pytestmark_socket
