@@ -316,6 +316,10 @@ class EmailAdapter(Adapter):
         copied = conversation.participants.filter(kind=Channel.EMAIL).values_list(
             "address", flat=True
         )
+        if message.metadata.get("follow_up_of"):
+            # What was said in a chat goes to whoever chatted, not to those copied on the
+            # conversation's mail (a mail from anyone's address could have copied anyone).
+            copied = []
         cc = {address for address in copied if not ours(address, own) and _deliverable(address)}
         cc = sorted(cc - {to})
         text, html = message.text, message.html or linebreaks(escape(message.text))

@@ -615,6 +615,9 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     visitor = chat.visitor_contact(visitor, name="Ana", email="ana@example.com")
     received = chat.visitor_message(visitor, text="Can I change my order?", client_id="a")
     conversation = received.message.conversation
+    # Someone copied on the conversation's mail (here, a mail from her address copied them).
+    colleague = services.identity_get_or_create(kind=Channel.EMAIL, address="liam@corp.example")
+    conversation.participants.add(colleague)
     chat.visitor_seen(visitor.pk, opened=1)
     chat.visitor_seen(visitor.pk, opened=-1)  # she closed the page
 
@@ -628,6 +631,7 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     message_deliver(emailed.pk)
     [mail] = smtp_server.messages()
     assert mail["To"] == "ana@example.com"
+    assert mail["Cc"] is None  # what was said in the chat goes to her alone
     # Her first words, not "Re:" to a mail she never sent, nor the name of our inbox.
     assert mail["Subject"] == f"Can I change my order? [#{conversation.pk}]"
     body = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
