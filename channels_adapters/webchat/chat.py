@@ -117,14 +117,15 @@ def origin_allowed(inbox: Inbox, origin: str, host: str) -> bool:
     return False
 
 
-def rate_allowed(what: str, address: str) -> bool:
-    """At most WEBCHAT_CONNECTIONS_PER_MINUTE of `what` (new sockets, new visitors) per client
-    address and minute, counted in the cache (shared by every process when there is Redis)."""
+def rate_allowed(what: str, address: str, per_minute: int | None = None) -> bool:
+    """At most `per_minute` (WEBCHAT_CONNECTIONS_PER_MINUTE unless given) of `what` (new
+    sockets, new visitors, files) per client address or visitor and minute, counted in the
+    cache (shared by every process when there is Redis)."""
     from django.core.cache import cache
 
     key = f"webchat:{what}:{address}:{int(timezone.now().timestamp() // 60)}"
     cache.add(key, 0, timeout=120)
-    return cache.incr(key) <= settings.WEBCHAT_CONNECTIONS_PER_MINUTE
+    return cache.incr(key) <= (per_minute or settings.WEBCHAT_CONNECTIONS_PER_MINUTE)
 
 
 # --- Visitors and their tokens ---------------------------------------------------------------

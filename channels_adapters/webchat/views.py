@@ -33,6 +33,7 @@ from conversations.services import (
 from conversations.views import attachment_as_download
 
 SESSION_BODY_MAX = 16 * 1024
+UPLOADS_PER_MINUTE = 10  # per visitor: a chat's screenshots, not a disk filled in a loop
 
 
 def _cors(view):
@@ -203,6 +204,8 @@ def upload(request, inbox: Inbox):
     visitor = chat.visitor_from_token(inbox, request.POST.get("token", ""))
     if visitor is None:
         return JsonResponse({"error": "Missing or invalid visitor token."}, status=401)
+    if not chat.rate_allowed("files", visitor.key, UPLOADS_PER_MINUTE):
+        return JsonResponse({"error": "Too many files at once; wait a minute."}, status=429)
     strings = _strings_for(visitor)
     upload = request.FILES.get("file")
     if upload is None:

@@ -199,9 +199,7 @@ def test_a_signed_user_id_links_the_visitor_to_that_customers_history(client, wi
     assert chat.visitor_conversation(other) == chat.visitor_conversation(visitor)
 
 
-def test_an_address_a_stranger_typed_first_does_not_open_the_users_chat_to_them(
-    client, widget
-):
+def test_an_address_a_stranger_typed_first_does_not_open_the_users_chat_to_them(client, widget):
     # A stranger types Ana's address into their own chat before Ana ever wrote to us...
     stranger = chat.visitor_from_token(widget, start(client, widget).json()["token"])
     chat.visitor_message(stranger, text="Hello?", client_id="s1")
@@ -915,6 +913,22 @@ def test_uploads_are_judged_by_their_bytes_and_size_and_need_a_token(client, wid
     text = upload(client, widget, token, "notes.txt", "Olá, segue o recibo".encode())
     assert text.status_code == 201
     assert Message.objects.get().attachments.get().content_type == "text/plain"
+
+
+def test_a_visitor_sending_files_in_a_loop_is_slowed_down(client, widget):
+    token = start(client, widget).json()["token"]
+    with time_machine.travel(timezone.now().replace(second=0), tick=False):
+        sent = [
+            upload(client, widget, token, f"shot{i}.png", PNG, client_id=f"f{i}").status_code
+            for i in range(12)
+        ]
+        assert sent == [201] * 10 + [429] * 2
+        assert Message.objects.count() == 10
+        assert upload(client, widget, token, "more.png", PNG, client_id="f12").json() == {
+            "error": "Too many files at once; wait a minute."
+        }
+    with time_machine.travel(timezone.now().replace(second=0) + timedelta(minutes=1)):
+        assert upload(client, widget, token, "later.png", PNG, client_id="f13").status_code == 201
 
 
 def test_media_links_are_signed(client, widget):
