@@ -88,26 +88,35 @@ def home(request):
     return redirect("inbox:list")
 
 
-# Failed sign-ins allowed per address and per account in a window, before we answer 429.
-LOGIN_FAILURES_ALLOWED = 10
+# Failed sign-ins allowed in a window before we answer 429: at one account from one address
+# (guessing), from one address at any accounts (trying one password on many), and at one
+# account from anywhere (guessing spread over addresses). The first is the tightest, so that
+# one address cannot lock someone out of their account by failing on purpose.
+LOGIN_FAILURES_ALLOWED = {"account-address": 10, "address": 30, "account": 100}
 LOGIN_WINDOW_SECONDS = 15 * 60
 
 
 class LoginView(auth_views.LoginView):
-    """Email and password, with failures counted per client address and per account: guessing
-    is slowed to ten tries per quarter of an hour, whoever spreads them."""
+    """Email and password, with failures counted per account and client address (see
+    LOGIN_FAILURES_ALLOWED): guessing is slowed to ten tries per quarter of an hour."""
 
     template_name = "login.html"
     redirect_authenticated_user = True
 
-    def _keys(self):
+    def _keys(self) -> dict[str, int]:
+        """cache key -> failures allowed."""
         email = (self.request.POST.get("username") or "").strip().lower()
-        return [f"login-fail:ip:{self.request.META.get('REMOTE_ADDR', '')}"] + (
-            [f"login-fail:user:{email}"] if email else []
-        )
+        address = self.request.META.get("REMOTE_ADDR", "")
+        keys = {f"login-fail:ip:{address}": LOGIN_FAILURES_ALLOWED["address"]}
+        if email:
+            keys[f"login-fail:user:{email}"] = LOGIN_FAILURES_ALLOWED["account"]
+            keys[f"login-fail:user-ip:{email}:{address}"] = LOGIN_FAILURES_ALLOWED[
+                "account-address"
+            ]
+        return keys
 
     def post(self, request, *args, **kwargs):
-        if any((cache.get(key) or 0) >= LOGIN_FAILURES_ALLOWED for key in self._keys()):
+        if any((cache.get(key) or 0) >= allowed for key, allowed in self._keys().items()):
             response = self.render_to_response(
                 {"form": self.get_form(), "throttled": True}, status=429
             )

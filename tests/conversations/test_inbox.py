@@ -46,13 +46,26 @@ class TestLogin:
         assert response.status_code == 200
         assert b"do not match" in response.content
 
-    def test_ten_failures_lock_the_account_out_for_a_while(self, client, bob):
+    def test_ten_failures_lock_that_address_out_of_the_account_for_a_while(self, client, bob):
+        def sign_in(password, address="203.0.113.5", email=bob.email):
+            data = {"username": email, "password": password}
+            return client.post(reverse("login"), data, REMOTE_ADDR=address)
+
         for _ in range(10):
-            client.post(reverse("login"), {"username": bob.email, "password": "guess"})
-        response = client.post(reverse("login"), {"username": bob.email, "password": PASSWORD})
+            sign_in("guess")
+        response = sign_in(PASSWORD)
         assert response.status_code == 429
         assert b"Too many failed attempts" in response.content
         assert "_auth_user_id" not in client.session
+        # Bob, from his own address, still gets in: failing on purpose locks nobody out.
+        assert sign_in(PASSWORD, address="198.51.100.7").status_code == 302
+
+    def test_one_address_trying_many_accounts_is_stopped(self, client, bob):
+        for n in range(30):
+            data = {"username": f"agent{n}@example.com", "password": "Winter2026!"}
+            client.post(reverse("login"), data, REMOTE_ADDR="203.0.113.5")
+        data = {"username": bob.email, "password": PASSWORD}
+        assert client.post(reverse("login"), data, REMOTE_ADDR="203.0.113.5").status_code == 429
 
     def test_a_password_change_ends_other_sessions(self, client, bob):
         client.force_login(bob)
