@@ -95,7 +95,8 @@ class AgentConsumer(LiveConsumer):
         if user is None or not user.is_authenticated or not user.is_active:
             await self.close(code=UNAUTHORIZED)
             return
-        self.groups = await self._groups_for(user)
+        self.groups = await db(_groups_for)(user)
+        self.own_groups = list(self.groups)  # the agent's, their teams' and admins'
         self.subscriptions: set[int] = set()  # the conversations this socket has open
         self.recent: dict[str, None] = {}  # events lately passed on, oldest first
         # What the page was last told of each other agent, per conversation: "viewing" twice
@@ -109,19 +110,38 @@ class AgentConsumer(LiveConsumer):
 
     async def _alive(self):
         """Say the agent has the inbox open (for the widget's "online"), at most once a
-        minute: the page pings while it is open."""
+        minute: the page pings while it is open. Also when the socket learns who the agent
+        is now (see _refresh)."""
         now = time.monotonic()
         if now - self.seen_at >= 60:
             self.seen_at = now
-            await db(_agent_seen)(self.scope["user"].pk)
+            if await self._refresh():
+                await db(_agent_seen)(self.scope["user"].pk)
 
-    @db
-    def _groups_for(self, user) -> list[str]:
-        groups = [agent_group(user.pk)]
-        groups += [team_group(t) for t in user.team_memberships.values_list("team_id", flat=True)]
-        if user.is_admin:
-            groups.append(ADMINS_GROUP)
-        return groups
+    async def _refresh(self) -> bool:
+        """Take the agent as they are now: closed (4401) once deactivated or signed out, in
+        their teams' groups as they are now, out of conversations they may no longer see.
+        False when the socket was closed."""
+        user, groups = await db(_agent_now)(self.scope)
+        if user is None:
+            await self.close(code=UNAUTHORIZED)
+            return False
+        self.scope["user"] = user
+        if groups == self.own_groups:
+            return True
+        for group in set(self.own_groups) - set(groups):
+            self.groups.remove(group)
+            await self.channel_layer.group_discard(group, self.channel_name)
+        for group in set(groups) - set(self.own_groups):
+            self.groups.append(group)
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.own_groups = groups
+        for conversation_id in list(self.subscriptions):
+            try:
+                await db(conversation_get_for_agent)(user=user, conversation_id=conversation_id)
+            except Http404:
+                await self._leave(conversation_id)
+        return True
 
     async def receive_json(self, content, **kwargs):
         action = content.get("action") if isinstance(content, dict) else None
@@ -152,6 +172,8 @@ class AgentConsumer(LiveConsumer):
             await self.send_json({"type": "error", "error": "Unknown action."})
 
     async def _subscribe(self, conversation_id):
+        if not await self._refresh():
+            return
         try:
             await db(conversation_get_for_agent)(
                 user=self.scope["user"], conversation_id=conversation_id
@@ -282,6 +304,34 @@ class AgentConsumer(LiveConsumer):
                     "draft": event.get("draft", ""),
                 }
             )
+
+
+def _groups_for(user) -> list[str]:
+    groups = [agent_group(user.pk)]
+    groups += [team_group(t) for t in user.team_memberships.values_list("team_id", flat=True)]
+    if user.is_admin:
+        groups.append(ADMINS_GROUP)
+    return groups
+
+
+def _agent_now(scope) -> tuple[object | None, list[str]]:
+    """The socket's agent as they are now, with their groups; (None, []) once they may no
+    longer be here: deactivated, signed out, or signed out everywhere by a new password."""
+    from django.contrib.auth import HASH_SESSION_KEY, get_user_model
+    from django.utils.crypto import constant_time_compare
+
+    session = scope.get("session")
+    user = get_user_model().objects.filter(pk=scope["user"].pk, is_active=True).first()
+    if (
+        user is None
+        or session is None
+        or not session.exists(session.session_key)
+        or not constant_time_compare(
+            session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
+        )
+    ):
+        return None, []
+    return user, _groups_for(user)
 
 
 def _agent_seen(user_id: int) -> None:

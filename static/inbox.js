@@ -249,7 +249,12 @@
       others.forEach(function (other) { clearTimeout(other.timer); });
       others.clear();
       showPresence();
-      if (event.code === 4401) return; // signed out
+      if (event.code === 4401) {
+        // Signed out (here or in another tab) or deactivated: the sign-in page says which.
+        // A draft is kept in the browser, so nothing typed is lost on the way.
+        location.assign(`/login/?next=${encodeURIComponent(location.pathname)}`);
+        return;
+      }
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
     });

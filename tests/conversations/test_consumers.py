@@ -146,3 +146,40 @@ async def test_the_team_a_conversation_leaves_hears_it_go(
     assert (came["event"], came["team"]) == ("team", support.pk)
     assert (went["event"], went["previous"]) == ("team", support.pk)
     await socket.disconnect()
+
+
+async def test_a_deactivated_or_signed_out_agent_hears_no_more(client, bob, dana, chat_inbox):
+    conversation = (await database_sync_to_async(receive)(chat_inbox)).message.conversation
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    await database_sync_to_async(type(bob).objects.filter(pk=bob.pk).update)(is_active=False)
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert (await bob_socket.receive_output(timeout=5))["code"] == 4401
+
+    dana_cookie = await database_sync_to_async(session_cookie)(client, dana)
+    dana_socket, _, _ = await connect(dana_cookie)
+    await database_sync_to_async(client.logout)()  # signed out in another tab
+    await dana_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    assert (await dana_socket.receive_output(timeout=5))["code"] == 4401
+
+
+async def test_an_agent_moved_out_of_a_team_stops_hearing_it(client, bob, support, chat_inbox):
+    from routing.models import TeamMembership
+
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    first = (await database_sync_to_async(receive)(chat_inbox, address="v1")).message
+    assert (await next_change(bob_socket))["conversation"] == first.conversation_id
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": first.conversation_id})
+    while (await bob_socket.receive_json_from(timeout=5))["type"] != "subscribed":
+        pass
+
+    await database_sync_to_async(TeamMembership.objects.filter(user=bob).delete)()
+    second = (await database_sync_to_async(receive)(chat_inbox, address="v2")).message
+    # The socket learns who Bob is now when it next asks for something (or pings).
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": second.conversation_id})
+    replies = []
+    while (reply := await bob_socket.receive_json_from(timeout=5))["type"] != "error":
+        replies.append(reply)
+    assert reply["error"] == "No such conversation."
+    await database_sync_to_async(receive)(chat_inbox, "Still there?", address="v1")
+    assert await bob_socket.receive_nothing(timeout=0.3)
+    await bob_socket.disconnect()
