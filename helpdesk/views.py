@@ -61,13 +61,16 @@ CHECKS = {
 @never_cache
 @require_GET
 def healthz(request):
-    """200 with each part's state when all is well, 503 naming the parts that are down."""
+    """200 with each part's state when all is well, 503 naming the parts that are down. Why
+    a part is down (hosts, user names, a server's words) only to a signed-in admin: for
+    anyone else, the state alone."""
+    detailed = request.user.is_authenticated and request.user.is_staff
     report = {}
     for name, check in CHECKS.items():
         try:
             report[name] = check()
         except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
-            report[name] = f"down: {type(exc).__name__}: {exc}"[:300]
+            report[name] = f"down: {type(exc).__name__}: {exc}"[:300] if detailed else "down"
     healthy = all(state == "ok" for state in report.values())
     # Mailboxes are reported but do not fail the check: a customer's broken IMAP password
     # must not make the orchestrator restart a healthy web process.
@@ -75,10 +78,12 @@ def healthz(request):
         from channels_adapters.email.health import email_inboxes_with_health, health_of
 
         report["mailboxes"] = {
-            inbox.name: health_of(inbox) for inbox in email_inboxes_with_health()
+            inbox.name: health if detailed else health.partition(":")[0]
+            for inbox in email_inboxes_with_health()
+            for health in [health_of(inbox)]
         }
     except Exception as exc:  # noqa: BLE001 - the database check above already says why
-        report["mailboxes"] = f"unknown: {type(exc).__name__}"
+        report["mailboxes"] = f"unknown: {type(exc).__name__}" if detailed else "unknown"
     return JsonResponse(
         {"status": "ok" if healthy else "down", **report}, status=200 if healthy else 503
     )

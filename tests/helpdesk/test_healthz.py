@@ -16,14 +16,40 @@ def test_healthz_reports_every_part_ok(client, embedded_worker, settings):
 
 
 @pytest.mark.django_db
-def test_healthz_names_a_dead_embedded_worker(client, settings):
+def test_healthz_names_a_dead_embedded_worker_and_says_why_to_admins_only(client, settings, alice):
     settings.EMBEDDED_WORKER = True  # configured to run in-process, but nothing started it
     response = client.get("/healthz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "down"
-    assert body["database"] == "ok"
+    assert response.json() == {
+        "status": "down",
+        "database": "ok",
+        "channel_layer": "ok",
+        "broker": "down",
+        "mailboxes": {},
+    }
+    client.force_login(alice)
+    body = client.get("/healthz").json()
     assert body["broker"] == "down: RuntimeError: embedded worker is not running"
+
+
+@pytest.mark.django_db
+def test_a_failing_mailbox_shows_its_state_and_only_admins_its_error(client, alice):
+    from channels_adapters.models import MailboxState
+    from conversations.models import Channel, Inbox
+
+    inbox = Inbox.objects.create(
+        name="Acme Support",
+        kind=Channel.EMAIL,
+        address="support@acme.example",
+        settings={"imap_host": "imap.acme.example", "imap_user": "support"},
+    )
+    MailboxState.objects.create(
+        inbox=inbox, consecutive_failures=5, last_error="LOGIN failed for support@10.0.0.7"
+    )
+    assert client.get("/healthz").json()["mailboxes"] == {"Acme Support": "failing"}
+    client.force_login(alice)
+    [state] = client.get("/healthz").json()["mailboxes"].values()
+    assert state.endswith("LOGIN failed for support@10.0.0.7")
 
 
 @pytest.mark.django_db
@@ -44,4 +70,4 @@ def test_healthz_names_an_unreachable_channel_layer(client, settings):
     finally:
         channel_layers.backends.clear()
     assert response.status_code == 503
-    assert response.json()["channel_layer"].startswith("down:")
+    assert response.json()["channel_layer"] == "down"
