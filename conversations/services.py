@@ -132,6 +132,9 @@ class InboundMessage:
     # Why agents should check who wrote, when the channel cannot vouch for the address (an
     # email's Reply-To): shown on a new conversation until the address is confirmed.
     check: str = ""
+    # Why the sender's own domain says the message is not from the address (an email that
+    # failed DMARC at the server that received it): flags the conversation, new or not.
+    forged: str = ""
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -802,7 +805,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
             conversation = None
     elif not inbound.force_new_conversation:
         conversation = _conversation_to_continue(inbox, customer, identity)
-    if inbound.answers and conversation is not None and not identity.verified:
+    if inbound.answers and conversation is not None and not (identity.verified or inbound.forged):
         ours_to_them = conversation.messages.filter(
             direction=Message.Direction.OUTBOUND, identity=identity, provider_id__in=inbound.answers
         )
@@ -818,10 +821,13 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         )
         events.append(created)
         opened = True
+        flag_reason = flag_reason or inbound.forged
         flag_reason = flag_reason or ("" if identity.verified else inbound.check)
         flag_reason = flag_reason or _typed_in_chat(identity)
         if flag_reason:
             conversation.flag_reason = flag_reason[:300]
+    elif inbound.forged and not conversation.flag_reason:
+        conversation.flag_reason = flag_reason = inbound.forged[:300]
     if not (customer.name or flag_reason or inbound.echo) and inbound.name.strip():
         # A profile begun without a name (a chat visitor who gave only an email) takes the
         # one their mail signs with; a name an agent or the customer set is never replaced,

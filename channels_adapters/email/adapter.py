@@ -199,6 +199,7 @@ class EmailAdapter(Adapter):
                 address=sender,
                 name=name,
                 check=check,
+                forged=parsed.forged,
                 asks_nothing=auto_reply,
                 subject=parsed.subject,
                 text=parsed.text or "(no text)",
@@ -211,10 +212,12 @@ class EmailAdapter(Adapter):
                 answers=tuple(parsed.references[:100]),
                 attachments=tuple(parsed.attachments),
                 # Those copied join the thread, unless it was found by the number in the subject
-                # alone: anyone can write a From and a "[#12]", and would then be copied on
-                # every reply to #12. (The sender and our own addresses never join: see
-                # conversations.services._participants_add.)
-                cc=tuple(parsed.cc + parsed.to) if answered or conversation is None else (),
+                # alone (anyone can write a From and a "[#12]", and would then be copied on
+                # every reply to #12) or the sender's domain disowns the mail. (The sender and
+                # our own addresses never join: see conversations.services._participants_add.)
+                cc=tuple(parsed.cc + parsed.to)
+                if (answered or conversation is None) and not parsed.forged
+                else (),
                 metadata=metadata,
             )
         ]

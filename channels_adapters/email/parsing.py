@@ -74,6 +74,7 @@ class ParsedEmail:
     # list that rewrites From writes the person there.
     reply_to: tuple[str, str] | None = None
     delivered_to: list[str] = field(default_factory=list)
+    forged: str = ""  # why the receiving server says From did not send it (DMARC failed)
 
     @property
     def recipients(self) -> list[str]:
@@ -207,6 +208,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         delivered_to=[
             a.lower() for h in ("Delivered-To", "X-Original-To") for a in _raw_addrs(msg, h)
         ],
+        forged=_dmarc_failed(msg, from_address),
     )
 
 
@@ -305,6 +307,23 @@ def _ids(value) -> list[str]:
 # Reasons _automated gives for mail that people write through a list or a group: never
 # answered automatically, but a person wrote it.
 LIST_MAIL = ("Precedence: list", "List-Id header", "List-Unsubscribe header")
+
+
+DMARC_FAIL = re.compile(r"\bdmarc\s*=\s*fail\b", re.I)
+
+
+def _dmarc_failed(msg: Message, sender: str) -> str:
+    """Why the server that received the mail says its From is forged, or "". That server
+    writes its Authentication-Results above all others; only a failure is believed, since
+    anyone can write a header that says "pass" and not every server adds one."""
+    results = msg.get_all("Authentication-Results") or []
+    if not results or not DMARC_FAIL.search(str(results[0])):
+        return ""
+    domain = sender.rpartition("@")[2]
+    return (
+        f"The receiving mail server found this mail did not come from {domain} (DMARC "
+        f"failed): {sender} may not have written it. Check before sharing anything."
+    )
 
 
 def _automated(msg: Message, sender: str) -> str:

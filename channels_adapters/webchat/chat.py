@@ -376,7 +376,8 @@ def visitor_away(visitor: Visitor, now=None) -> bool:
 def visitor_conversation(visitor: Visitor) -> Conversation | None:
     """The conversation the widget shows: the customer's latest in this inbox or one this
     visitor wrote in (wherever it went on: email, SMS...); for a visitor the site identified,
-    the customer's latest on any channel, which the chat then continues."""
+    the customer's latest on any channel, which the chat then continues, unless agents are
+    asked to check who wrote it (a forged mail must not become the user's own history)."""
     customer = visitor.identity.customer
     customer_id = customer.merged_into_id or customer.pk
     conversations = Conversation.objects.filter(customer_id=customer_id, merged_into=None)
@@ -384,6 +385,8 @@ def visitor_conversation(visitor: Visitor) -> Conversation | None:
         conversations = conversations.filter(
             Q(inbox=visitor.inbox) | Q(messages__identity=visitor.identity)
         )
+    else:
+        conversations = conversations.filter(Q(inbox=visitor.inbox) | Q(flag_reason=""))
     return conversations.select_related("inbox").order_by("-last_activity_at", "-id").first()
 
 

@@ -332,6 +332,29 @@ class TestThreading:
         assert "javascript:" not in formatted
         assert '<a href="https://example.es/ayuda" rel="noopener noreferrer">' in formatted
 
+    @pytest.mark.parametrize(
+        "results, forged",
+        [
+            # Our server's verdict comes first; what the sender wrote below it is not believed.
+            (["dmarc=fail (p=reject) header.from=example.com", "dmarc=pass"], True),
+            (["spf=pass; dkim=pass; dmarc=pass", "dmarc=fail"], False),
+            ([], False),
+        ],
+    )
+    def test_a_mail_its_senders_domain_disowns_is_flagged_and_copies_nobody(
+        self, email_inbox, results, forged
+    ):
+        mail = customer_mail(subject="New bank details", Cc="thief@evil.example")
+        headers = b"".join(
+            f"Authentication-Results: mx.acme.example; {result}\r\n".encode() for result in results
+        )
+        pipe(email_inbox, headers + mail)
+        conversation = Conversation.objects.get()
+        flagged = "did not come from example.com (DMARC failed)" in conversation.flag_reason
+        assert flagged == forged
+        copied = [p.address for p in conversation.participants.all()]
+        assert copied == ([] if forged else ["thief@evil.example"])
+
     def test_addresses_are_normalised(self, email_inbox):
         pipe(email_inbox, fixture("new_thread_fr.eml"))
         message = only_message()

@@ -218,6 +218,21 @@ def test_an_address_a_stranger_typed_first_does_not_open_the_users_chat_to_them(
     assert chat.visitor_email(chat.visitor_reload(stranger)) is None  # no replies go to Ana
 
 
+def test_a_signed_in_users_chat_does_not_go_on_in_a_mail_forged_in_their_name(
+    client, widget, email_inbox
+):
+    forged = (
+        b"Authentication-Results: mx.acme.example; dmarc=fail header.from=example.com\r\n"
+        + customer_mail(frm="ana@example.com", subject="Send my invoices here")
+    )
+    pipe(email_inbox, forged)
+    signed = {"id": "ana@example.com", "hash": chat.user_hash(widget, "ana@example.com")}
+    ana = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    assert chat.visitor_conversation(ana) is None  # not shown to her as her own
+    mine = chat.visitor_message(ana, text="Hi, a question", client_id="a1").message
+    assert mine.conversation.inbox == widget  # her chat opens one of its own
+
+
 def test_a_bad_user_hash_is_refused_and_changes_nothing(client, widget):
     response = start(client, widget, user={"id": "ana@example.com", "hash": "0" * 64})
     assert response.status_code == 403
