@@ -446,6 +446,25 @@ def message_json(message: Message) -> dict:
     }
 
 
+def takes_messages(conversation: Conversation) -> bool:
+    """Whether the visitor's next message goes into `conversation`: while agents work on it,
+    and after the chat ended when an agent wrote in it since (a question asked then is
+    answered where it was asked, and the answer reopens the conversation)."""
+    if conversation.status in LIVE:
+        return True
+    return (
+        conversation.status == Conversation.Status.RESOLVED
+        and conversation.resolved_at is not None
+        and conversation.messages.filter(
+            direction=Message.Direction.OUTBOUND,
+            author__isnull=False,
+            created_at__gt=conversation.resolved_at,
+        )
+        .exclude(metadata__has_key="follow_up_of")
+        .exists()
+    )
+
+
 def conversation_json(conversation: Conversation | None) -> dict | None:
     """What the widget knows of a conversation; `queue` (position, expected wait) while it
     waits for an agent, so the visitor sees where they stand."""
@@ -454,7 +473,7 @@ def conversation_json(conversation: Conversation | None) -> dict | None:
     if conversation is None:
         return None
     waiting = conversation.status == Conversation.Status.OPEN and not conversation.assignee_id
-    live = conversation.status in LIVE
+    live = takes_messages(conversation)
     return {
         "id": conversation.pk,
         "live": live,
@@ -501,7 +520,7 @@ def visitor_message(
         if conversation_id
         else None
     ) or visitor_conversation(visitor)
-    live = conversation is not None and conversation.status in LIVE
+    live = conversation is not None and takes_messages(conversation)
     received = message_receive(
         inbox=visitor.inbox,
         inbound=InboundMessage(

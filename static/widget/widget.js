@@ -287,6 +287,11 @@
         break;
       case "message":
         addMessage(data.message);
+        // An agent wrote after the chat ended: the visitor answers there (the server agrees:
+        // chat.takes_messages).
+        if (data.message && data.message.from === "agent" && S.conversation) {
+          S.conversation.live = true;
+        }
         break;
       case "ack": {
         S.resends = 0;

@@ -732,6 +732,25 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     assert again.message.conversation != conversation
 
 
+def test_an_agent_writing_after_the_chat_ended_is_answered_in_that_chat(widget, bob):
+    visitor = new_visitor(widget)
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    services.reply_send(conversation=conversation, author=bob, text="Hello!")
+    with time_machine.travel(timezone.now() + timedelta(minutes=5)):
+        chat.chat_end(conversation)
+    conversation.refresh_from_db()
+    assert chat.conversation_json(conversation)["live"] is False  # rating and transcript
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        services.reply_send(conversation=conversation, author=bob, text="Keep the box, please.")
+        conversation.refresh_from_db()
+        assert chat.conversation_json(conversation)["live"] is True  # the widget can answer
+        answer = chat.visitor_message(visitor, text="Sure, I will", client_id="b").message
+    assert answer.conversation == conversation
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.OPEN
+
+
 @pytestmark_socket
 async def test_a_reply_by_email_shows_in_the_open_widget_at_once(widget, bob, email_inbox):
     # The customer came back to the chat; the agent answered on their email. The widget

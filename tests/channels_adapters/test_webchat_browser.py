@@ -492,6 +492,39 @@ def test_after_the_chat_ends_the_visitor_rates_it_gets_the_transcript_and_starts
     assert not problems
 
 
+def test_an_agent_who_writes_after_the_chat_ended_is_answered_in_the_same_chat(
+    asgi_server, browser, bob, widget, shop
+):
+    widget.settings["email_after_minutes"] = 5
+    widget.save()
+    visitor = chat.visitor_session(inbox=widget)
+    conversation = chat.visitor_message(
+        visitor, text="Is the kettle in stock?", client_id="c-1"
+    ).message.conversation
+    url = shop.embed(asgi_server, widget)
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    with_token(page, widget, visitor)
+    page.goto(url)
+    panel = open_chat(page)
+
+    agent = signed_in(browser, asgi_server, bob)
+    agent.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    agent_reply(agent, "Yes, 12 left.")
+    agent.get_by_role("button", name="End chat").click()
+    expect(panel.get_by_text("This chat has ended.")).to_be_visible()
+    agent_reply(agent, "One more thing: keep the box, please.")
+
+    box = panel.get_by_label("Write a message…")
+    expect(box).to_be_visible()
+    expect(panel.get_by_text("This chat has ended.")).to_be_hidden()
+    box.fill("Sure, I will")
+    box.press("Enter")
+    expect(agent.locator(".message.inbound").filter(has_text="Sure, I will")).to_be_visible()
+    assert Conversation.objects.count() == 1
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.OPEN
+
+
 def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins(
     asgi_server, browser, bob, widget, shop
 ):
