@@ -429,6 +429,7 @@
   function sendText() {
     const text = ui.textarea.value;
     if (!text.trim()) return;
+    if (text.length > TEXT_MAX) return showError(t("too_long")); // kept, for them to shorten
     beforeSending();
     const p = addPending({ text });
     ui.textarea.value = "";
@@ -498,6 +499,11 @@
       const data = await response.json().catch(() => ({}));
       // A file refused for what it is (type, size) would be refused again; a busy server not.
       const again = response.status === 429 || response.status >= 500;
+      if (!response.ok && !again) {
+        // Refused for what it is: said as a file picked of the wrong kind is, and gone.
+        dropPending(p);
+        return showError(`${p.file.name}: ${data.error || t("failed")}`);
+      }
       if (!response.ok) return failPending(p, data.error || t("failed"), again);
       p.id = data.message; // the message itself arrives over the socket
       if (S.messages.has(p.id)) dropPending(p);
@@ -585,8 +591,8 @@
 
   // The visitor's draft, so agents see someone is writing: at most once a second.
   function typed() {
-    // The box stops at the limit: a longer paste is cut, and the visitor is told so, once.
-    const full = ui.textarea.value.length >= TEXT_MAX;
+    // Past the limit the visitor is told so, once; nothing they pasted is cut.
+    const full = ui.textarea.value.length > TEXT_MAX;
     if (full && !S.full) showError(t("too_long"));
     S.full = full;
     if (!S.conversation || !S.conversation.live) return;
@@ -868,7 +874,7 @@
 
     // The composer: Enter sends, Shift+Enter is a new line.
     ui.textarea = el("textarea", {
-      id: "tl-text", rows: "1", maxlength: String(TEXT_MAX), placeholder: t("placeholder"),
+      id: "tl-text", rows: "1", placeholder: t("placeholder"),
       "aria-label": t("placeholder"), oninput: typed,
     });
     ui.textarea.addEventListener("keydown", (event) => {

@@ -965,6 +965,12 @@ def test_a_visitor_sending_files_in_a_loop_is_slowed_down(client, widget):
         assert upload(client, widget, token, "later.png", PNG, client_id="f13").status_code == 201
 
 
+def test_the_script_says_its_charset_for_shops_whose_pages_are_not_utf8(client):
+    response = client.get("/widget.js")
+    assert response["Content-Type"] == "text/javascript; charset=utf-8"
+    assert "·".encode() in b"".join(response.streaming_content)
+
+
 def test_media_links_are_signed(client, widget):
     assert client.get("/widget/media/forged").status_code == 404
 

@@ -707,12 +707,21 @@ def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_
     typing = [json.loads(f) for f in frames if '"typing"' in f]
     assert typing and all("draft" not in frame for frame in typing)
 
-    # A paste over the limit is cut at it, and the visitor is told.
+    # A paste over the limit is kept whole, the visitor is told, and it is not sent cut.
     box.fill("")
     box.focus()
     page.keyboard.insert_text("x" * 6000)
     expect(panel.get_by_role("alert")).to_have_text("Messages are limited to 5000 characters.")
-    assert len(box.input_value()) == 5000
+    box.press("Enter")
+    assert len(box.input_value()) == 6000
+    expect(panel.locator("li.message.pending")).to_have_count(0)
+
+    # A file refused for what it is (markup named .png) is said so, and leaves no bubble.
+    panel.locator("input[type=file]").set_input_files(
+        {"name": "fake.png", "mimeType": "image/png", "buffer": b"<html><p>not a picture</p>"}
+    )
+    expect(panel.get_by_role("alert")).to_contain_text("fake.png: Only images")
+    expect(panel.locator("li.message.pending")).to_have_count(0)
 
     # Blocked: the message is refused for good, so no "Tap to retry".
     services.customer_block(customer=visitor.identity.customer, actor=None)
