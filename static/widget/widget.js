@@ -350,7 +350,7 @@
           if (data.retry === true && S.resends < 5) resendLater();
           else failPending(p, data.error, data.retry !== false);
         } else if (data.action === "contact" && S.contactForm) {
-          formError(S.contactForm, data.error);
+          contactRefused(data.error);
         } else showError(data.error);
         break;
       default:
@@ -637,6 +637,22 @@
     const sent = send({ action: "contact", ...fields });
     if (!sent) formError(form, t("reconnecting"));
     return sent;
+  }
+
+  // The server refused the address (the only field it can refuse): the field is marked, and
+  // keeps what was typed. Optional pre-chat fields already went with the first message: the
+  // note below the chat asks again, with it.
+  function contactRefused(error) {
+    let form = S.contactForm;
+    let field = form === ui.prechat ? ui.emailInput : ui.noteEmail;
+    if (form === ui.prechat && ui.prechat.hidden) {
+      ui.noteEmail.value = ui.emailInput.value;
+      form = ui.emailForm;
+      field = ui.noteEmail;
+    }
+    render();
+    formError(form, error, field);
+    if (!form.closest("[hidden]")) field.focus();
   }
 
   function contactSaved(email, pending) {

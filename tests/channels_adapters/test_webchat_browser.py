@@ -368,6 +368,28 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     assert not problems
 
 
+def test_a_mistyped_optional_email_is_asked_again_as_typed(asgi_server, browser, widget, shop):
+    widget.settings |= {"prechat_name": "off", "prechat_email": "optional"}
+    widget.save()
+    page = browser.new_page(locale="en-US")
+    page.goto(shop.embed(asgi_server, widget))
+    panel = open_chat(page)
+    panel.get_by_label("Your email").fill("jo@example")
+    box = panel.get_by_label("Write a message…")
+    box.fill("Do you ship to the Azores?")
+    box.press("Enter")
+    expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("Azores"))
+    # The message went; the address comes back, as typed, marked, for her to correct.
+    email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
+    expect(email).to_have_value("jo@example")
+    expect(email).to_have_attribute("aria-invalid", "true")
+    expect(email).to_be_focused()
+    expect(panel.get_by_role("alert")).to_have_text("Please enter a valid email address.")
+    email.fill("jo@example.com")
+    panel.get_by_role("button", name="Save").click()
+    expect(panel.get_by_text("We will email you at jo@example.com")).to_be_visible()
+
+
 def test_on_a_phone_it_fills_the_screen_works_by_keyboard_and_shows_text_never_html(
     asgi_server, browser, bob, widget, shop
 ):
