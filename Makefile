@@ -20,7 +20,8 @@ run: $(VENV)/.installed
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
-	$(BIN)/uvicorn helpdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on \
+	PUBLIC_URL="$${PUBLIC_URL:-http://$(HOST):$(PORT)}" \
+		$(BIN)/uvicorn helpdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on \
 		--ws-max-size 1048576
 
 test: $(VENV)/.installed

@@ -493,7 +493,11 @@ def start_asgi_server(settings, **env):
             "on",
         ],
         cwd=ROOT,
-        env=subprocess_env(EMBEDDED_WORKER="true", MEDIA_ROOT=str(settings.MEDIA_ROOT), **env),
+        env=subprocess_env(
+            EMBEDDED_WORKER="true",
+            MEDIA_ROOT=str(settings.MEDIA_ROOT),
+            **{"PUBLIC_URL": f"http://127.0.0.1:{port}", **env},  # as `make run` sets it
+        ),
         stderr=subprocess.PIPE,
         text=True,
     )

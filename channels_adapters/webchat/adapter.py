@@ -63,7 +63,7 @@ def follow_up(conversation_id: int) -> Message | None:
     """Email the visitor the chat replies they missed, once they have been away long enough:
     one email for all of them, threaded with a reply-to token, so their answer lands in this
     conversation. Safe to run twice: the replies are marked as emailed in the same commit."""
-    from channels_adapters.webchat.chat import visitor_away, visitor_email
+    from channels_adapters.webchat.chat import resume_link, visitor_away, visitor_email
     from conversations.services import _event, reply_send
 
     with transaction.atomic():
@@ -104,7 +104,7 @@ def follow_up(conversation_id: int) -> Message | None:
         if email is None:
             return None
         with translation.override(conversation.customer.language or None):
-            text = _follow_up_text(conversation, replies)
+            text = _follow_up_text(conversation, replies, resume_link(visitor))
         message = reply_send(
             conversation=conversation,
             author=replies[-1].author,
@@ -124,7 +124,7 @@ def follow_up(conversation_id: int) -> Message | None:
     return message
 
 
-def _follow_up_text(conversation: Conversation, replies: list[Message]) -> str:
+def _follow_up_text(conversation: Conversation, replies: list[Message], link: str) -> str:
     # Not "you left before we answered": the visitor may have been there and not read it.
     seen = ngettext(
         "You have not seen our reply in the chat yet, so here it is:",
@@ -135,9 +135,16 @@ def _follow_up_text(conversation: Conversation, replies: list[Message]) -> str:
     for reply in replies:
         name = reply.author.name if reply.author else conversation.inbox.name
         parts += [f"{name}:", reply.text, ""]
-    parts.append(
-        _("Reply to this email to continue the conversation; it also appears in the chat.")
-    )
+    if link:  # the chat this browser had, on whichever device reads the mail
+        parts.append(
+            _(
+                "Reply to this email to continue the conversation, or go on in the chat, "
+                "on any device: %(link)s"
+            )
+            % {"link": link}
+        )
+    else:
+        parts.append(_("Reply to this email to continue the conversation."))
     return "\n".join(parts)
 
 

@@ -54,6 +54,9 @@ from routing.models import ShortCache
 VISITOR_SALT = "threadline.webchat.visitor"
 # How long a signed-in user's token opens their history: a copy of it must not do so for ever.
 IDENTIFIED_TOKEN_AGE = timedelta(hours=12)
+# A "continue in the chat" link in our mail brings the visitor back on any device, this long.
+RESUME_SALT = "threadline.webchat.resume"
+RESUME_AGE = timedelta(days=30)
 MEDIA_SALT = "threadline.webchat.media"
 MEDIA_LINK_SECONDS = 24 * 3600
 TEXT_MAX_CHARS = 5000
@@ -158,6 +161,26 @@ def visitor_from_token(inbox: Inbox, token: str) -> Visitor | None:
     return visitor
 
 
+def resume_link(visitor: Visitor) -> str:
+    """The address of our own chat page that continues the visitor's chat on any device, for
+    the mail we send them ("" without PUBLIC_URL, or for a user the site signs in, whom the
+    site brings back). The token is in the fragment, which browsers never send to a server."""
+    if visitor.identified or not settings.PUBLIC_URL:
+        return ""
+    page = reverse("webchat:page", args=[visitor.inbox.widget_key])
+    token = signing.dumps(visitor.key, salt=RESUME_SALT)
+    return f"{settings.PUBLIC_URL}{page}#threadline-chat={token}"
+
+
+def visitor_resumed(inbox: Inbox, resume: str) -> Visitor | None:
+    """The visitor a resume_link names, in this inbox, while the link is fresh."""
+    try:
+        key = signing.loads(resume, salt=RESUME_SALT, max_age=RESUME_AGE)
+    except signing.BadSignature:
+        return None
+    return Visitor.objects.filter(key=key, inbox=inbox, identified=False).first()
+
+
 def user_hash(inbox: Inbox, user_id: str) -> str:
     """What the site computes on its server to vouch for its user (HMAC-SHA256, hex)."""
     return hmac.new(inbox.secret.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()
@@ -174,15 +197,19 @@ def visitor_session(
     zone: str = "",
     page_url: str = "",
     user_agent: str = "",
+    resume: str = "",
 ) -> Visitor:
     """The visitor behind `token`, or a new one. With `user_id` the site vouches for who this
     is (`user_hash_given` must be its HMAC with the inbox secret): the visitor is linked to
-    that customer and sees their history. A bad hash is refused with ValidationError."""
+    that customer and sees their history. A bad hash is refused with ValidationError.
+    `resume`, from a resume_link, names the visitor to continue as, on this device too."""
     if user_id:
         user_id = str(user_id)[:200]
         if not hmac.compare_digest(user_hash(inbox, user_id), str(user_hash_given or "")):
             raise ValidationError(_("The user identity could not be verified."))
     visitor = visitor_from_token(inbox, token)
+    if resume and not user_id and (resumed := visitor_resumed(inbox, resume)) is not None:
+        visitor = resumed
     if visitor is not None and visitor.identified and not user_id:
         # The user signed out: the browser starts afresh, and the token it held (or a copy
         # of it) no longer opens their history.

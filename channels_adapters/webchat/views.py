@@ -150,8 +150,9 @@ def session(request, inbox: Inbox):
                 name=str(user.get("name") or ""),
                 language=language,
                 zone=str(data.get("timezone") or "")[:64],
-                page_url=str(data.get("page") or ""),
+                page_url=str(data.get("page") or "").partition("#")[0],
                 user_agent=request.headers.get("User-Agent", ""),
+                resume=str(data.get("resume") or ""),
             )
         except ValidationError as exc:
             return JsonResponse({"error": exc.messages[0]}, status=403)
@@ -271,3 +272,12 @@ def demo(request):
     if inbox is None:
         raise Http404("There is no web-chat inbox; add one in the admin.")
     return render(request, "widget/demo.html", {"inbox": inbox})
+
+
+def page(request, key: str):
+    """The inbox's chat on a page of our own, opened: where our mail's "continue in the chat"
+    links lead (chat.resume_link), on whatever device the customer reads it."""
+    inbox = chat.widget_inbox(key)
+    if inbox is None:
+        raise Http404("No such chat.")
+    return render(request, "widget/page.html", {"inbox": inbox})

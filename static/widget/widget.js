@@ -33,6 +33,8 @@
   const TYPING_SHOWN_MS = 6000; // agents announce typing every ~2 s while they type
   const TYPING_EVERY_MS = 1000;
   const TEXT_MAX = 5000; // characters in one message (chat.TEXT_MAX_CHARS)
+  // A "continue in the chat" link from our mail: the chat to go on with, on this device too.
+  const RESUME = (location.hash.match(/[#&]threadline-chat=([\w:-]+)/) || [])[1] || "";
 
   const S = {
     token: "", config: null, strings: {}, settings: {}, availability: {}, visitor: {},
@@ -175,7 +177,8 @@
       credentials: "omit", // the token travels in the body; no cookies of ours on their site
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        token: S.token || undefined, user, language: navigator.language || "", page: location.href,
+        token: S.token || undefined, user, resume: RESUME || undefined,
+        language: navigator.language || "", page: location.href.split("#")[0],
         timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "",
       }),
     });
@@ -206,6 +209,11 @@
     }
     mount();
     connect();
+    if (RESUME) {
+      // Out of the address bar, bookmarks and the history: the link is the chat's key.
+      history.replaceState(history.state, "", location.href.split("#")[0]);
+    }
+    if (RESUME || "open" in script.dataset) setOpen(true);
   }
 
   // The token was refused (expired key, another inbox): start over as a new visitor.

@@ -20,6 +20,7 @@ from conversations.models import (
     Conversation,
     ConversationEvent,
     Identity,
+    Inbox,
     Message,
     Visitor,
 )
@@ -231,6 +232,33 @@ def test_a_signed_in_users_chat_does_not_go_on_in_a_mail_forged_in_their_name(
     assert chat.visitor_conversation(ana) is None  # not shown to her as her own
     mine = chat.visitor_message(ana, text="Hi, a question", client_id="a1").message
     assert mine.conversation.inbox == widget  # her chat opens one of its own
+
+
+def test_a_link_from_our_mail_continues_the_chat_on_another_device_for_a_month(
+    client, widget, settings
+):
+    settings.PUBLIC_URL = "https://help.acme.example"
+    visitor = chat.visitor_from_token(widget, start(client, widget).json()["token"])
+    chat.visitor_message(visitor, text="Is the kettle in stock?", client_id="c1")
+    link = chat.resume_link(visitor)
+    page, _, resume = link.partition("#threadline-chat=")
+    assert page == f"https://help.acme.example/widget/{widget.widget_key}/"
+    assert client.get(page.removeprefix("https://help.acme.example")).status_code == 200
+
+    phone = start(client, widget, resume=resume).json()["token"]  # no token of its own
+    assert chat.visitor_from_token(widget, phone) == visitor
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        later = start(client, widget, resume=resume).json()["token"]
+        assert chat.visitor_from_token(widget, later) != visitor
+    shop_b = Inbox.objects.create(
+        name="Shop B", kind=Channel.WEBCHAT, settings={"allowed_origins": [SITE]}
+    )
+    elsewhere = start(client, shop_b, resume=resume).json()["token"]
+    assert chat.visitor_from_token(shop_b, elsewhere).identity != visitor.identity
+    # A user the site signs in is brought back by the site, not by a link in a mail.
+    signed = {"id": "42", "hash": chat.user_hash(widget, "42")}
+    user = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    assert chat.resume_link(user) == ""
 
 
 def test_a_bad_user_hash_is_refused_and_changes_nothing(client, widget):

@@ -299,6 +299,18 @@ def test_a_chat_goes_live_then_follows_the_visitor_by_email_and_back_into_the_wi
     expect(panel.get_by_label("Your email")).to_be_hidden()
     assert not problems
 
+    # On her phone, another browser: the link in the mail opens the same chat, on our page.
+    link = re.search(r"(http\S+)#threadline-chat=\S+", body)
+    assert link.group(1) == f"{asgi_server}/widget/{widget.widget_key}/"
+    phone = browser.new_page(viewport={"width": 375, "height": 667}, locale="en-US")
+    problems = watch(phone)
+    phone.goto(link.group(0))
+    thread = phone.get_by_role("dialog", name="Website chat").locator("li.message[data-id]")
+    expect(thread).to_have_count(5)
+    expect(thread.last).to_contain_text("Green is great")
+    assert phone.url == link.group(1)  # the key is out of the address bar and the history
+    assert not problems
+
     # The agent's timeline has all of it, and how the chat went on by email.
     timeline = agent.locator(".timeline")
     for text in ("order 1042?", "blue kettle", "make it green", "now green", "Green is great"):
