@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
@@ -12,13 +13,24 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["team"]
 
 
-class UserCreationForm(AdminUserCreationForm):
+class EmailInAnyCase:
+    """Emails are kept in lower case, and one address is one user whatever its case."""
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].strip().lower()
+        others = User.objects.filter(email__iexact=email).exclude(pk=self.instance.pk)
+        if others.exists():
+            raise forms.ValidationError("A user with this email address already exists.")
+        return email
+
+
+class UserCreationForm(EmailInAnyCase, AdminUserCreationForm):
     class Meta:
         model = User
         fields = ("email",)
 
 
-class UserEditForm(UserChangeForm):
+class UserEditForm(EmailInAnyCase, UserChangeForm):
     class Meta:
         model = User
         fields = "__all__"

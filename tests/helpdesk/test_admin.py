@@ -377,3 +377,22 @@ def test_admin_pages_ask_for_no_favicon_the_server_does_not_have(client, alice):
     page = client.get("/admin/").content.decode()
     assert '<link rel="icon" href="data:,">' in page
     assert ">Threadline administration</a>" in page  # the header of the base it extends
+
+
+@pytest.mark.django_db
+def test_an_email_is_one_user_whatever_its_case(client, alice, bob):
+    client.force_login(alice)
+    add = reverse("admin:helpdesk_user_add")
+    password = {"password1": "a long passphrase 42", "password2": "a long passphrase 42"}
+    password |= {"team_memberships-TOTAL_FORMS": 0, "team_memberships-INITIAL_FORMS": 0}
+    response = client.post(add, {"email": "BOB@Example.com", "usable_password": "true"} | password)
+    assert response.status_code == 200
+    assert "A user with this email address already exists." in response.content.decode()
+    assert User.objects.filter(email__iexact="bob@example.com").count() == 1
+    # A new one is kept in lower case; Bob still signs in, in any case.
+    data = {"email": "Nina.New@Example.com", "usable_password": "true"} | password
+    assert client.post(add, data).status_code == 302
+    assert User.objects.filter(email="nina.new@example.com").exists()
+    client.logout()
+    login = {"username": "BOB@example.com", "password": "correct horse battery staple"}
+    assert client.post(reverse("login"), login).status_code == 302
