@@ -167,6 +167,9 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         log.exception("inbound event %s cannot be stored", event.pk)
         event.status = InboundEvent.Status.FAILED
         event.error = f"The database refused it: {str(exc).strip()[:500]}"
+    except Exception as exc:  # noqa: BLE001 - a bug or a hiccup: said, and left to the sweep
+        log.exception("inbound event %s failed; the sweep will retry", event.pk)
+        event.error = f"Failed, will be tried again: {type(exc).__name__}: {exc}"[:1000]
     else:
         handled = bool(received) or any(updated)
         event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED

@@ -6,6 +6,7 @@ from time import monotonic
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
@@ -619,6 +620,12 @@ def references_unknown(conditions) -> list[str]:
     return problems
 
 
+# A target longer than a year is a typo (an extra zero or five), not a promise.
+SLA_MINUTES_MAX = 60 * 24 * 365
+SLA_MINUTES_VALID = MaxValueValidator(
+    SLA_MINUTES_MAX, _("At most %(limit_value)s minutes (a year).")
+)
+
 # Targets to start from, which admins tune (the first migration and the demo create them):
 # people on chat, SMS and social expect an answer within minutes, email within a morning.
 DEFAULT_SLA_POLICIES = [
@@ -664,18 +671,21 @@ class SlaPolicy(models.Model):
         _("first response (minutes)"),
         null=True,
         blank=True,
+        validators=[SLA_MINUTES_VALID],
         help_text=_("From the customer's first message to the first reply."),
     )
     next_response_minutes = models.PositiveIntegerField(
         _("next response (minutes)"),
         null=True,
         blank=True,
+        validators=[SLA_MINUTES_VALID],
         help_text=_("From each later customer message to the reply that answers it."),
     )
     resolution_minutes = models.PositiveIntegerField(
         _("resolution (minutes)"),
         null=True,
         blank=True,
+        validators=[SLA_MINUTES_VALID],
         help_text=_("From opening (or reopening) to resolution."),
     )
     business_hours_only = models.BooleanField(
@@ -689,6 +699,7 @@ class SlaPolicy(models.Model):
     warn_minutes = models.PositiveIntegerField(
         _("warn before (minutes)"),
         default=5,
+        validators=[SLA_MINUTES_VALID],
         help_text=_("The assignee (or the team leads) are warned this long before a target."),
     )
     is_active = models.BooleanField(_("active"), default=True)

@@ -357,6 +357,8 @@ def test_clocks_of_two_channels_say_which_is_which(client, chat_inbox, mail_inbo
             {"first_response_minutes": "10", "warn_minutes": "120"},
             "Warn fewer minutes ahead than the shortest target (10 minutes).",
         ),
+        # A typo of a few zeros: every matching message would have failed to be stored.
+        ({"first_response_minutes": "99999999999"}, "At most 525600 minutes (a year)."),
     ],
 )
 def test_the_admin_refuses_a_policy_that_measures_nothing_or_overlaps(
@@ -450,3 +452,17 @@ def test_a_breach_sets_off_the_automations_that_escalate_it_once(mail_inbox, hou
     assert conversation.priority == Conversation.Priority.URGENT
     assert list(conversation.tags.values_list("name", flat=True)) == ["escalated"]
     assert conversation.events.filter(kind="automation").count() == 1
+
+
+@pytest.mark.parametrize("business_hours_only", [True, False])
+def test_a_target_past_the_admins_bound_stops_no_message(
+    mail_inbox, hours, policies, business_hours_only
+):
+    # Saved around the admin's check (a script, an older version): 2,147,483,647 minutes is
+    # what PostgreSQL holds, far past what dates can count to.
+    policies["email"].first_response_minutes = 2_147_483_647
+    policies["email"].business_hours_only = business_hours_only
+    policies["email"].save()
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    assert conversation.messages.count() == 1
+    assert clock(conversation, "first_response").due_at is None  # no deadline to count down
