@@ -1,4 +1,5 @@
 import json
+import re
 
 from django import forms
 from django.conf import settings
@@ -151,9 +152,9 @@ def _email_settings_problems(settings: dict) -> list[str]:
     problems = []
     for key, value in settings.items():
         kind = EMAIL_SETTINGS.get(key)
-        if any(word in key for word in ("password", "secret", "token")):
-            problems.append(f"{key} goes in Replace credentials, which are never shown again.")
-        elif kind is None:
+        if _secret(key):
+            continue  # InboxForm.clean says where it goes
+        if kind is None:
             known = ", ".join(EMAIL_SETTINGS)
             problems.append(f"Unknown setting {key!r}; an email inbox knows {known}.")
         elif kind is bool and not isinstance(value, bool):
@@ -172,6 +173,11 @@ def _email_settings_problems(settings: dict) -> list[str]:
     if settings.get("smtp_use_tls") is True and settings.get("smtp_use_ssl") is True:
         problems.append("Use smtp_use_tls (STARTTLS, port 587) or smtp_use_ssl (port 465).")
     return problems
+
+
+def _secret(key: str) -> bool:
+    """A setting's name that says it holds a secret, which settings (shown back) must not."""
+    return any(word in key.lower() for word in ("password", "secret", "token", "api_key"))
 
 
 class _BlankJSONField(forms.JSONField):
@@ -289,8 +295,33 @@ class InboxForm(forms.ModelForm):
         from django.core.validators import validate_email
 
         cleaned = super().clean()
-        if cleaned.get("kind") == Channel.EMAIL:
-            if problems := _email_settings_problems(cleaned.get("settings") or {}):
+        kind, given = cleaned.get("kind"), cleaned.get("settings") or {}
+        if self.instance.pk and kind and kind != self.instance.kind:
+            if Message.objects.filter(inbox=self.instance).exists():
+                self.add_error(
+                    "kind",
+                    "This inbox has conversations on its channel: its kind cannot change. Add an "
+                    "inbox of the other kind (and deactivate this one if it is done with).",
+                )
+        if secrets := [key for key in given if _secret(key)]:
+            self.add_error(
+                "settings",
+                f"{', '.join(secrets)}: secrets go in Replace credentials, which are never "
+                "shown again.",
+            )
+        if kind in services.PHONE_CHANNELS and (address := cleaned.get("address")):
+            try:  # a short code (SMS from "72345") is a number of its own
+                if not re.fullmatch(r"\d{3,8}", address):
+                    address = services.normalize_address(kind, address, typed=True)
+            except ValidationError as exc:
+                self.add_error("address", exc)
+            else:
+                taken = Inbox.objects.filter(kind=kind, address=address)
+                if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
+                    self.add_error("address", f"The inbox “{other.name}” has this number.")
+                cleaned["address"] = address
+        if kind == Channel.EMAIL:
+            if problems := _email_settings_problems(given):
                 self.add_error("settings", problems)
             try:
                 address = services.normalize_address(Channel.EMAIL, cleaned.get("address"))

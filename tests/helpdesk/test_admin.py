@@ -172,7 +172,7 @@ def test_an_email_inbox_s_settings_are_checked_and_credentials_set_key_by_key(
     assert "Unknown setting &#x27;imap_hots&#x27;" in html
     assert "imap_port is a port number from 1 to 65535, not &#x27;nine&#x27;" in html
     assert "smtp_use_tls is true or false, not &#x27;maybe&#x27;" in html
-    assert "imap_password goes in Replace credentials" in html
+    assert "imap_password: secrets go in Replace credentials" in html
     mail_inbox.refresh_from_db()
     assert mail_inbox.settings == {}
 
@@ -396,3 +396,33 @@ def test_an_email_is_one_user_whatever_its_case(client, alice, bob):
     client.logout()
     login = {"username": "BOB@example.com", "password": "correct horse battery staple"}
     assert client.post(reverse("login"), login).status_code == 302
+
+
+@pytest.mark.django_db
+def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_own(
+    client, alice, chat_inbox
+):
+    services.message_receive(
+        inbox=chat_inbox,
+        inbound=services.InboundMessage(channel=Channel.WEBCHAT, address="v1", text="Hi"),
+    )
+    client.force_login(alice)
+    form = {"name": chat_inbox.name, "kind": "sms", "address": "+15550170", "settings": "{}"}
+    form |= {"new_credentials": "", "is_active": "on", "autoreplies-TOTAL_FORMS": 0}
+    form |= {"autoreplies-INITIAL_FORMS": 0}
+    page = client.post(reverse("admin:conversations_inbox_change", args=[chat_inbox.pk]), form)
+    assert "its kind cannot change" in page.content.decode()
+    chat_inbox.refresh_from_db()
+    assert chat_inbox.kind == Channel.WEBCHAT
+
+    add = reverse("admin:conversations_inbox_add")
+    line = form | {"name": "SMS line", "address": "+1 415 555 0100"}
+    secret = line | {"settings": '{"account_sid": "AC1", "auth_token": "tw-secret"}'}
+    assert (
+        "auth_token: secrets go in Replace credentials" in client.post(add, secret).content.decode()
+    )
+    assert "is not a phone number" in client.post(add, line | {"address": "hello"}).content.decode()
+    assert client.post(add, line).status_code == 302
+    assert Inbox.objects.get(name="SMS line").address == "+14155550100"
+    again = client.post(add, line | {"name": "Another", "address": "+14155550100"})
+    assert "The inbox “SMS line” has this number." in again.content.decode()
