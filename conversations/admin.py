@@ -26,6 +26,7 @@ from conversations.models import (
     new_secret,
 )
 from conversations.selectors import id_given
+from helpdesk.admin import KeptWhileUsed
 from helpdesk.models import User
 from routing.models import AutoReply, SlaClock
 
@@ -533,12 +534,18 @@ class TagAdmin(admin.ModelAdmin):
 
 
 @admin.register(CannedResponse)
-class CannedResponseAdmin(admin.ModelAdmin):
+class CannedResponseAdmin(KeptWhileUsed, admin.ModelAdmin):
     list_display = ["shortcut", "title", "team", "created_by", "updated_at"]
     list_filter = ["team"]
     list_select_related = ["team", "created_by"]
     search_fields = ["shortcut", "title", "body"]
     readonly_fields = ["created_by", "created_at", "updated_at"]
+
+    def in_use(self, canned):
+        from routing.automations import actions_naming
+
+        using = actions_naming("canned response", canned.pk)
+        return [f"{user} replies with it: change that first" for user in using]
 
     def save_model(self, request, obj, form, change):
         if not change:

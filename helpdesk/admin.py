@@ -7,6 +7,28 @@ from helpdesk.models import User
 from routing.models import TeamMembership
 
 
+class KeptWhileUsed:
+    """An admin whose deletes are refused, on the confirmation page itself, while something
+    still uses the object (`in_use`: one sentence each, saying what to do first). Deleting it
+    would otherwise change live conversations and automations without a word."""
+
+    def in_use(self, obj) -> list[str]:
+        return []
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, perms, [*protected, *(r for o in objs for r in self.in_use(o))]
+
+
+def open_count(conversations, what: str) -> list[str]:
+    """ "3 open conversations <what>", for in_use, or nothing."""
+    from conversations.models import Conversation
+
+    count = conversations.filter(status__in=Conversation.WORKING).count()
+    plural = "s" if count != 1 else ""
+    return [f"{count} open conversation{plural} {what}"] if count else []
+
+
 class MembershipInline(admin.TabularInline):
     model = TeamMembership
     extra = 0
@@ -37,7 +59,7 @@ class UserEditForm(EmailInAnyCase, UserChangeForm):
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(KeptWhileUsed, BaseUserAdmin):
     form = UserEditForm
     add_form = UserCreationForm
     ordering = ["email"]
@@ -69,3 +91,16 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = [
         (None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]}),
     ]
+
+    def in_use(self, user):
+        from conversations.models import Conversation, Message
+        from routing.automations import actions_naming
+
+        keep = "untick Active instead: they can no longer sign in, and their work keeps its name"
+        reasons = open_count(
+            Conversation.objects.filter(assignee=user),
+            f"assigned to {user}: reassign them, or {keep}",
+        )
+        if not reasons and Message.objects.filter(author=user).exists():
+            reasons.append(f"{user} wrote to customers: {keep}")
+        return reasons + [f"{using} acts for {user}" for using in actions_naming("agent", user.pk)]

@@ -10,7 +10,8 @@ from django.forms.models import BaseInlineFormSet
 from django.utils import dateformat, timezone
 from django.utils.html import escape, format_html_join
 
-from conversations.models import CannedResponse, Conversation
+from conversations.models import CannedResponse, Conversation, Inbox
+from helpdesk.admin import KeptWhileUsed, open_count
 from helpdesk.middleware import zone_named
 from helpdesk.models import User
 from routing import automations, hours, rules
@@ -35,7 +36,7 @@ class TeamMembershipInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(KeptWhileUsed, admin.ModelAdmin):
     list_display = ["name", "slug", "business_hours", "member_count", "auto_assign", "queue"]
     list_select_related = ["business_hours"]
     search_fields = ["name", "slug"]
@@ -52,6 +53,12 @@ class TeamAdmin(admin.ModelAdmin):
         "queue",
     ]
     inlines = [TeamMembershipInline]
+
+    def in_use(self, team):
+        reasons = open_count(team.conversations, f"in {team}: transfer them to another team first")
+        reasons += [f"Inbox “{i.name}” gives {team} its conversations" for i in team.inboxes.all()]
+        using = automations.actions_naming("team", team.pk)
+        return reasons + [f"{user} moves conversations to {team}" for user in using]
 
     def get_queryset(self, request):
         waiting = (
@@ -331,11 +338,18 @@ class HolidayInline(admin.TabularInline):
 
 
 @admin.register(BusinessHours)
-class BusinessHoursAdmin(admin.ModelAdmin):
+class BusinessHoursAdmin(KeptWhileUsed, admin.ModelAdmin):
     list_display = ["name", "timezone", "state", "updated_at"]
     search_fields = ["name", "timezone"]
     readonly_fields = ["state", "created_at", "updated_at"]
     inlines = [BusinessIntervalInline, HolidayInline]
+
+    def in_use(self, schedule):
+        # Without them an inbox or a team is open around the clock: no out-of-office reply,
+        # and SLA clocks that never pause.
+        users = [f"Inbox “{i.name}”" for i in Inbox.objects.filter(business_hours=schedule)]
+        users += [f"Team “{t.name}”" for t in Team.objects.filter(business_hours=schedule)]
+        return [f"{user} keeps these hours: give it others first" for user in users]
 
     def get_queryset(self, request):
         # `state` reads every interval and closed day: load them with the page, not per row.

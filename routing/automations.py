@@ -294,6 +294,24 @@ def actions_references_check(actions: tuple[Action, ...]) -> list[str]:
     return problems
 
 
+def actions_naming(what: str, pk: int) -> list[str]:
+    """ "Automation “Night desk”", "Macro “Refund issued”": those whose actions name `pk` as
+    `what` ("agent", "team" or "canned response"), for refusing to delete what they use."""
+    kinds = {"agent": ("assign", "notify"), "team": ("team",), "canned response": ("reply",)}
+    using = []
+    for model in (Automation, Macro):
+        for name, actions in model.objects.values_list("name", "actions"):
+            try:
+                named = any(
+                    a.kind in kinds[what] and a.value == pk for a in actions_compile(actions)
+                )
+            except ValidationError:
+                continue  # it names nothing usable anyway
+            if named:
+                using.append(f"{model._meta.verbose_name.capitalize()} “{name}”")
+    return using
+
+
 # --- Doing them ------------------------------------------------------------------------------
 
 

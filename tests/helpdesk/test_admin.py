@@ -426,3 +426,43 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
     assert Inbox.objects.get(name="SMS line").address == "+14155550100"
     again = client.post(add, line | {"name": "Another", "address": "+14155550100"})
     assert "The inbox “SMS line” has this number." in again.content.decode()
+
+
+@pytest.mark.django_db
+def test_what_live_work_uses_is_not_deleted_and_the_page_says_what_to_do_first(
+    client, alice, bob, support, chat_inbox
+):
+    from conversations.models import CannedResponse
+    from routing.models import Automation, BusinessHours, Team
+
+    conversation = services.message_receive(
+        inbox=chat_inbox,
+        inbound=services.InboundMessage(channel=Channel.WEBCHAT, address="v1", text="Hi"),
+    ).message.conversation
+    services.conversation_assign(conversation=conversation, assignee=bob, actor=alice)
+    hours = BusinessHours.objects.create(name="Shop hours", timezone="Europe/Lisbon")
+    chat_inbox.business_hours = hours
+    chat_inbox.save()
+    canned = CannedResponse.objects.create(shortcut="thanks", title="Thanks", body="Thank you!")
+    Automation.objects.create(
+        name="Say thanks", event="created", actions=[{"action": "reply", "canned": canned.pk}]
+    )
+    client.force_login(alice)
+    for obj, says in (
+        (support, f"1 open conversation in {support.name}: transfer them to another team first"),
+        (bob, "1 open conversation assigned to Bob: reassign them, or untick Active instead"),
+        (hours, f"Inbox “{chat_inbox.name}” keeps these hours: give it others first"),
+        (canned, "Automation “Say thanks” replies with it: change that first"),
+    ):
+        meta = obj._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_delete", args=[obj.pk])
+        page = client.post(url, {"post": "yes"})
+        assert page.status_code == 200
+        assert says in page.content.decode()
+        assert type(obj).objects.filter(pk=obj.pk).exists()
+    # Once nothing uses it, it goes.
+    Automation.objects.all().delete()
+    url = reverse("admin:conversations_cannedresponse_delete", args=[canned.pk])
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not CannedResponse.objects.filter(pk=canned.pk).exists()
+    assert Team.objects.filter(pk=support.pk).exists()
