@@ -64,7 +64,7 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
     add_form = UserCreationForm
     ordering = ["email"]
     list_display = ["email", "display_name", "role", "availability", "is_active", "last_login"]
-    list_filter = ["role", "availability", "is_active", "is_staff", "teams"]
+    list_filter = ["role", "availability", "is_active", "teams"]
     search_fields = ["email", "display_name"]
     readonly_fields = ["last_login", "date_joined", "availability_changed_at"]
     inlines = [MembershipInline]
@@ -84,7 +84,7 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
         ),
         (
             "Permissions",
-            {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},
+            {"fields": ["is_active"]},  # the role says the rest
         ),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]

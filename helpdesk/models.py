@@ -48,7 +48,15 @@ class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(_("email"), unique=True)
     display_name = models.CharField(_("display name"), max_length=120, blank=True)
     avatar = models.ImageField(_("avatar"), upload_to="avatars/", blank=True)
-    role = models.CharField(max_length=10, choices=Role.choices, default=Role.AGENT)
+    role = models.CharField(
+        max_length=10,
+        choices=Role.choices,
+        default=Role.AGENT,
+        help_text=_(
+            "Agents answer their teams' conversations. Admins see every conversation and "
+            "configure Threadline here, in the admin."
+        ),
+    )
     availability = models.CharField(
         max_length=10, choices=Availability.choices, default=Availability.OFFLINE
     )
@@ -89,6 +97,9 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def save(self, *args, **kwargs):
         self.email = self.email.strip().lower()
+        # One switch: an admin sees every conversation and configures Threadline in the
+        # Django admin; an agent does neither.
+        self.is_staff = self.is_superuser = self.role == self.Role.ADMIN
         super().save(*args, **kwargs)
 
     @property

@@ -466,3 +466,18 @@ def test_what_live_work_uses_is_not_deleted_and_the_page_says_what_to_do_first(
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not CannedResponse.objects.filter(pk=canned.pk).exists()
     assert Team.objects.filter(pk=support.pk).exists()
+
+
+@pytest.mark.django_db
+def test_the_admin_role_is_the_one_switch_for_the_admin(client, alice, bob):
+    client.force_login(bob)
+    assert 'href="/admin/"' not in client.get("/inbox/").content.decode()
+    assert client.get("/admin/").status_code == 302  # to the admin's sign-in
+    bob.role = User.Role.ADMIN
+    bob.save()
+    page = client.get("/inbox/").content.decode()
+    assert 'href="/admin/"' in page  # the top bar's Admin link leads somewhere
+    assert client.get("/admin/conversations/inbox/").status_code == 200
+    bob.role = User.Role.AGENT
+    bob.save()
+    assert client.get("/admin/").status_code == 302
