@@ -25,6 +25,7 @@ def _first_name(name: str) -> str:
 
 
 def placeholder_values(*, conversation: Conversation, agent) -> dict[str, str]:
+    """Each of CannedResponse.PLACEHOLDERS, for this conversation and agent."""
     customer_name = conversation.customer.name.strip()
     return {
         "customer.name": customer_name,

@@ -4,9 +4,11 @@ State changes go through `conversations.services`; nothing here saves itself beh
 """
 
 import base64
+import re
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -583,22 +585,51 @@ class CannedResponse(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # What `conversations.canned.placeholder_values` fills in.
+    PLACEHOLDERS = (
+        "customer.name",
+        "customer.first_name",
+        "agent.name",
+        "agent.first_name",
+        "conversation.number",
+        "conversation.subject",
+    )
+
     class Meta:
         ordering = ["shortcut"]
         constraints = [
             models.UniqueConstraint(
-                fields=["team", "shortcut"], name="canned_team_shortcut_unique"
+                fields=["team", "shortcut"],
+                name="canned_team_shortcut_unique",
+                violation_error_message=_("This team has a canned response with this shortcut."),
             ),
             # NULLs are distinct in a unique constraint: the global ones need their own.
             models.UniqueConstraint(
                 fields=["shortcut"],
                 condition=Q(team__isnull=True),
                 name="canned_global_shortcut_unique",
+                violation_error_message=_(
+                    "A canned response for everyone has this shortcut already."
+                ),
             ),
         ]
 
     def __str__(self):
         return f"/{self.shortcut} {self.title}"
+
+    def clean(self):
+        # An unknown placeholder would reach the customer as typed when an automation replies.
+        unknown = sorted(set(re.findall(r"\{([\w.]+)\}", self.body or "")) - set(self.PLACEHOLDERS))
+        if unknown:
+            known = ", ".join(f"{{{name}}}" for name in self.PLACEHOLDERS)
+            names = ", ".join(f"{{{name}}}" for name in unknown)
+            raise ValidationError({"body": f"Unknown placeholder {names}; use {known}."})
+        # One "/shortcut" per agent's menu: a team's may not shadow everyone's, nor the reverse.
+        same = CannedResponse.objects.filter(shortcut=self.shortcut).exclude(pk=self.pk)
+        clash = same.filter(team=None) if self.team_id else same.exclude(team=None)
+        if self.shortcut and (other := clash.select_related("team").first()) is not None:
+            whose = f"the team {other.team}" if other.team_id else "everyone"
+            raise ValidationError({"shortcut": f"/{self.shortcut} is already {whose}'s."})
 
 
 class Notification(ChoiceLabels, models.Model):

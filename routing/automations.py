@@ -65,7 +65,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from conversations import services
-from conversations.canned import canned_render
+from conversations.canned import PLACEHOLDER, canned_render
 from conversations.models import (
     CannedResponse,
     Conversation,
@@ -378,6 +378,12 @@ def _do_reply(action, conversation, actor, source):
     text = canned_render(
         canned.body, conversation=conversation, agent=_signature(conversation, actor)
     )
+    if empty := PLACEHOLDER.findall(text):
+        # An agent sees "{customer.first_name}" in the box and fixes it; a customer would not.
+        raise ValidationError(
+            f"/{canned.shortcut} not sent: nothing to put for "
+            f"{', '.join(f'{{{name}}}' for name in dict.fromkeys(empty))} here."
+        )
     services.reply_send(conversation=conversation, author=actor, text=text)
     return f"replied with /{canned.shortcut}"
 

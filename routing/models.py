@@ -867,7 +867,15 @@ class AutoReply(models.Model):
         return f"{self.get_kind_display()} ({self.language or _('any language')})"
 
     def clean(self):
+        from conversations.services import language_normalize
+
+        # "FR" and "fr" are one language: two templates for it would be sent at random.
         self.language = (self.language or "").strip()
+        if self.language:
+            try:
+                self.language = language_normalize(self.language)
+            except ValidationError as exc:
+                raise ValidationError({"language": exc.messages}) from None
         unknown = sorted(set(re.findall(r"{(\w*)}", self.body or "")) - set(self.PLACEHOLDERS))
         if unknown:
             raise ValidationError(

@@ -202,7 +202,29 @@ class TestAdmin:
 
         response = client.post(url, {**data, "shortcut": "refund-policy"})
         assert response.status_code == 200  # the form again, with the error
+        assert "A canned response for everyone has this shortcut already." in (
+            response.content.decode()
+        )
         assert CannedResponse.objects.filter(shortcut="refund-policy").count() == 1
+
+    def test_unknown_placeholders_and_a_shortcut_twice_in_one_menu_are_refused(
+        self, client, alice, support, responses
+    ):
+        client.force_login(alice)
+        url = reverse("admin:conversations_cannedresponse_add")
+        data = {
+            "title": "Hi",
+            "shortcut": "hi",
+            "body": "Hi {customer.email}, {conversation.secret}",
+        }
+        page = client.post(url, data).content.decode()
+        assert "Unknown placeholder {conversation.secret}, {customer.email}; use" in page
+        # Support's agents would see two /refund-policy in their menu.
+        data |= {"body": "Hi", "shortcut": "refund-policy", "team": support.pk}
+        assert (
+            "/refund-policy is already everyone&#x27;s." in client.post(url, data).content.decode()
+        )
+        assert not CannedResponse.objects.filter(title="Hi").exists()
 
 
 def test_the_demo_seed_adds_its_responses_once():

@@ -362,6 +362,21 @@ def test_a_template_with_an_unknown_placeholder_is_refused(mail_inbox, body, mes
     assert message in str(refused.value)
 
 
+def test_one_language_has_one_template_however_it_is_written(mail_inbox):
+    kind = AutoReply.Kind.OUT_OF_OFFICE
+    french = AutoReply(inbox=mail_inbox, kind=kind, language="FR", body="Fermé")
+    french.full_clean()
+    french.save()
+    assert french.language == "fr"
+    with pytest.raises(ValidationError, match="already exists"):
+        AutoReply(inbox=mail_inbox, kind=kind, language="fr", body="Aussi fermé").full_clean()
+    with pytest.raises(ValidationError, match="not a language code"):
+        AutoReply(inbox=mail_inbox, kind=kind, language="french", body="Fermé").full_clean()
+    brazil = AutoReply(inbox=mail_inbox, kind=kind, language="pt_br", body="Fechado")
+    brazil.full_clean()
+    assert brazil.language == "pt-BR"
+
+
 def test_chat_inboxes_take_no_templates(chat_inbox):
     with pytest.raises(ValidationError, match="The chat widget says itself"):
         AutoReply(inbox=chat_inbox, kind=AutoReply.Kind.OUT_OF_OFFICE, body="Away").full_clean()

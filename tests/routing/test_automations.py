@@ -226,6 +226,19 @@ def test_a_canned_reply_goes_out_signed_by_the_assignee_and_answers_nobody(mail_
     assert conversation.waiting_since is not None
 
 
+def test_a_canned_reply_with_nothing_for_a_placeholder_is_not_sent(mail_inbox, canned):
+    # Nobody to fix "Hi {customer.first_name}" before it goes: a customer with no name.
+    conversation = receive(mail_inbox, text="?", address="x@example.com").message.conversation
+    automation("sla_warning", [{"action": "reply", "canned": canned.pk}])
+    automations_run(conversation=conversation, event="sla_warning")
+    assert not conversation.messages.filter(direction=Message.Direction.OUTBOUND).exists()
+    [event] = conversation.events.filter(kind="automation")
+    assert event.data["skipped"] == [
+        f"reply with canned response {canned.pk}: /still-there not sent: nothing to put for "
+        "{customer.first_name} here."
+    ]
+
+
 def test_notes_statuses_and_snoozes(client, mail_inbox, bob):
     conversation = arrive(mail_inbox)
     services.conversation_assign(conversation=conversation, assignee=bob)
