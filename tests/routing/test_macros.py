@@ -203,7 +203,7 @@ def test_what_could_not_be_done_is_shown_to_the_agent(client, bob, dana, convers
 def test_a_macro_whose_reply_cannot_go_leaves_the_conversation_open(
     client, bob, api_inbox, refund_issued
 ):
-    conversation = receive(api_inbox, address="jo").message.conversation
+    conversation = receive(api_inbox, address="jo", name="Jo Lima").message.conversation
     client.force_login(bob)
 
     html = apply(client, conversation, refund_issued).content.decode()
