@@ -626,6 +626,12 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ["status", "priority", "inbox__kind", "inbox", "team", "assignee"]
     list_select_related = ["customer", "inbox", "team", "assignee"]
     search_fields = ["=id", "subject", "customer__name", "customer__identities__address"]
+
+    def get_search_results(self, request, queryset, search_term):
+        # "#57", as agents write a conversation's number, finds #57.
+        if re.fullmatch(r"#\d+", search_term.strip()):
+            search_term = search_term.strip()[1:]
+        return super().get_search_results(request, queryset, search_term)
     # Autocomplete, not a select of every identity in the database.
     autocomplete_fields = ["customer", "participants"]
     exclude = ["reply_token"]

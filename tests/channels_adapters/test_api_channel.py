@@ -91,4 +91,14 @@ class TestApiInbound:
         assert not InboundEvent.objects.exists()
 
     def test_a_non_api_inbox_is_not_found(self, client, chat_inbox):
-        assert post(client, chat_inbox, self.body).status_code == 404
+        response = post(client, chat_inbox, self.body)
+        assert response.status_code == 404
+        assert response.json() == {"error": f"No API inbox has the id {chat_inbox.pk}."}
+
+    def test_a_switched_off_inbox_says_so(self, client, api_inbox):
+        api_inbox.is_active = False
+        api_inbox.save()
+        response = post(client, api_inbox, self.body)
+        assert response.status_code == 403
+        assert response.json() == {"error": "This inbox is switched off; an admin can turn it on."}
+        assert not InboundEvent.objects.exists()

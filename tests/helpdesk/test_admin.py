@@ -481,3 +481,15 @@ def test_the_admin_role_is_the_one_switch_for_the_admin(client, alice, bob):
     bob.role = User.Role.AGENT
     bob.save()
     assert client.get("/admin/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_conversation_is_found_by_its_number_as_agents_write_it(client, alice, chat_inbox):
+    conversation = services.message_receive(
+        inbox=chat_inbox,
+        inbound=services.InboundMessage(channel=Channel.WEBCHAT, address="v1", text="Hi"),
+    ).message.conversation
+    client.force_login(alice)
+    url = reverse("admin:conversations_conversation_changelist")
+    page = client.get(url, {"q": f"#{conversation.pk}"}).content.decode()
+    assert reverse("admin:conversations_conversation_change", args=[conversation.pk]) in page
