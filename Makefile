@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
-	PUBLIC_URL="$${PUBLIC_URL:-http://$(HOST):$(PORT)}" \
+	SERVED_AT="http://$(HOST):$(PORT)" \
 		$(BIN)/uvicorn helpdesk.asgi:application --host $(HOST) --port $(PORT) --lifespan on \
 		--ws-max-size 1048576
 

@@ -34,7 +34,13 @@ class _PublicOnly(httpcore.SyncBackend):
     connection (DNS rebinding) has no second answer to give."""
 
     def connect_tcp(self, host, port, *args, **kwargs):
-        return super().connect_tcp(_public_address(host, port), port, *args, **kwargs)
+        failed = None
+        for address in _public_addresses(host, port):  # in order, as a plain connect would
+            try:
+                return super().connect_tcp(address, port, *args, **kwargs)
+            except httpcore.ConnectError as exc:  # an IPv6 address from an IPv4-only host
+                failed = exc
+        raise failed
 
 
 def media_client() -> httpx.Client:
@@ -85,23 +91,22 @@ def provider_call(
     raise error(response)
 
 
-def _public_address(host: str, port: int) -> str:
-    """The address to connect to for `host`, refused unless every address it has is public."""
+def _public_addresses(host: str, port: int) -> list[str]:
+    """The addresses to connect to for `host`, refused unless every one of them is public."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise TransientError(f"Cannot resolve {host}: {exc}") from exc
-    if settings.MEDIA_FETCH_ALLOW_PRIVATE:
-        return infos[0][4][0]
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for text in addresses if not settings.MEDIA_FETCH_ALLOW_PRIVATE else ():
+        address = ipaddress.ip_address(text)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
             raise PermanentError(
                 f"Refusing to fetch from {host} ({address}): not a public address."
             )
-    return infos[0][4][0]
+    return addresses
 
 
 def _filename(response: httpx.Response, url: str) -> str:

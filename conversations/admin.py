@@ -176,6 +176,12 @@ def _email_settings_problems(settings: dict) -> list[str]:
     return problems
 
 
+# What an SMS inbox may send from besides a phone number: a short code ("72345"), or an
+# alphanumeric sender ID ("ACME Shop": up to 11 letters, digits and spaces, one letter at least).
+SHORT_CODE = r"\d{3,8}"
+SENDER_IDS = rf"{SHORT_CODE}|(?=[\d ]*[A-Za-z])[A-Za-z\d ]{{1,11}}"
+
+
 def _secret(key: str) -> bool:
     """A setting's name that says it holds a secret, which settings (shown back) must not."""
     return any(word in key.lower() for word in ("password", "secret", "token", "api_key"))
@@ -311,13 +317,13 @@ class InboxForm(forms.ModelForm):
                 "shown again.",
             )
         if kind in services.PHONE_CHANNELS and (address := cleaned.get("address")):
-            try:  # a short code (SMS from "72345") is a number of its own
-                if not re.fullmatch(r"\d{3,8}", address):
+            try:
+                if not re.fullmatch(SENDER_IDS if kind == Channel.SMS else SHORT_CODE, address):
                     address = services.normalize_address(kind, address, typed=True)
             except ValidationError as exc:
                 self.add_error("address", exc)
             else:
-                taken = Inbox.objects.filter(kind=kind, address=address)
+                taken = Inbox.objects.filter(kind=kind, address=address, is_active=True)
                 if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
                     self.add_error("address", f"The inbox “{other.name}” has this number.")
                 cleaned["address"] = address
@@ -632,6 +638,7 @@ class ConversationAdmin(admin.ModelAdmin):
         if re.fullmatch(r"#\d+", search_term.strip()):
             search_term = search_term.strip()[1:]
         return super().get_search_results(request, queryset, search_term)
+
     # Autocomplete, not a select of every identity in the database.
     autocomplete_fields = ["customer", "participants"]
     exclude = ["reply_token"]

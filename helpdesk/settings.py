@@ -212,7 +212,8 @@ PHONE_REGION = env.str("PHONE_REGION", default="")
 
 # The address providers call us at, e.g. https://help.example.com. Twilio signs the URL it
 # called, which a proxy in front of us may rewrite: webhook signatures are checked against this.
-PUBLIC_URL = env.str("PUBLIC_URL", default="").rstrip("/")
+# `make run` says where it serves (SERVED_AT), for when nothing else does.
+PUBLIC_URL = (env.str("PUBLIC_URL", default="") or env.str("SERVED_AT", default="")).rstrip("/")
 # Customer media (MMS, Messenger and WhatsApp attachments) larger than this is not fetched.
 MEDIA_FETCH_MAX_BYTES = env.int("MEDIA_FETCH_MAX_BYTES", default=25 * 1024 * 1024)
 # Server-side fetches refuse loopback, private and link-local addresses; tests allow them.

@@ -94,11 +94,14 @@ def home(request):
 
 
 # Failed sign-ins allowed in a window before we answer 429: at one account from one address
-# (guessing), from one address at any accounts (trying one password on many), and at one
-# account from anywhere (guessing spread over addresses). The first is the tightest, so that
-# one address cannot lock someone out of their account by failing on purpose.
-LOGIN_FAILURES_ALLOWED = {"account-address": 10, "address": 30, "account": 100}
+# (guessing), from one address at any accounts (one password tried on many), and at one
+# account from browsers it never signed in on (guessing spread over addresses). A browser
+# the account signed in on before (a signed cookie says so) is spared that last count, so
+# nobody can lock the owner out by failing on purpose, from however many addresses.
+LOGIN_FAILURES_ALLOWED = {"account-address": 10, "address": 30, "account": 20}
 LOGIN_WINDOW_SECONDS = 15 * 60
+DEVICE_COOKIE, DEVICE_SALT = "threadline_device", "threadline.login.device"
+DEVICE_SECONDS = 365 * 24 * 3600
 
 
 class LoginView(auth_views.LoginView):
@@ -112,12 +115,15 @@ class LoginView(auth_views.LoginView):
         """cache key -> failures allowed."""
         email = (self.request.POST.get("username") or "").strip().lower()
         address = self.request.META.get("REMOTE_ADDR", "")
-        keys = {f"login-fail:ip:{address}": LOGIN_FAILURES_ALLOWED["address"]}
+        allowed = LOGIN_FAILURES_ALLOWED
+        keys = {f"login-fail:ip:{address}": allowed["address"]}
         if email:
-            keys[f"login-fail:user:{email}"] = LOGIN_FAILURES_ALLOWED["account"]
-            keys[f"login-fail:user-ip:{email}:{address}"] = LOGIN_FAILURES_ALLOWED[
-                "account-address"
-            ]
+            keys[f"login-fail:user-ip:{email}:{address}"] = allowed["account-address"]
+            known = self.request.get_signed_cookie(
+                DEVICE_COOKIE, default="", salt=DEVICE_SALT, max_age=DEVICE_SECONDS
+            )
+            if known != email:
+                keys[f"login-fail:user:{email}"] = allowed["account"]
         return keys
 
     def post(self, request, *args, **kwargs):
@@ -128,6 +134,19 @@ class LoginView(auth_views.LoginView):
             response["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
             return response
         return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        response.set_signed_cookie(
+            DEVICE_COOKIE,
+            form.get_user().email,
+            salt=DEVICE_SALT,
+            max_age=DEVICE_SECONDS,
+            httponly=True,
+            samesite="Lax",
+            secure=settings.SESSION_COOKIE_SECURE,
+        )
+        return response
 
     def form_invalid(self, form):
         for key in self._keys():

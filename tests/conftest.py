@@ -496,7 +496,7 @@ def start_asgi_server(settings, **env):
         env=subprocess_env(
             EMBEDDED_WORKER="true",
             MEDIA_ROOT=str(settings.MEDIA_ROOT),
-            **{"PUBLIC_URL": f"http://127.0.0.1:{port}", **env},  # as `make run` sets it
+            **{"SERVED_AT": f"http://127.0.0.1:{port}", **env},  # as `make run` does
         ),
         stderr=subprocess.PIPE,
         text=True,

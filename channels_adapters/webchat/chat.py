@@ -208,8 +208,10 @@ def visitor_session(
         if not hmac.compare_digest(user_hash(inbox, user_id), str(user_hash_given or "")):
             raise ValidationError(_("The user identity could not be verified."))
     visitor = visitor_from_token(inbox, token)
-    if resume and not user_id and (resumed := visitor_resumed(inbox, resume)) is not None:
-        visitor = resumed
+    if resume and not user_id and (visitor is None or visitor_conversation(visitor) is None):
+        # Not over a chat of the browser's own: a link someone sent to it would show them
+        # whatever was typed next.
+        visitor = visitor_resumed(inbox, resume) or visitor
     if visitor is not None and visitor.identified and not user_id:
         # The user signed out: the browser starts afresh, and the token it held (or a copy
         # of it) no longer opens their history.

@@ -297,7 +297,7 @@
         addMessage(data.message);
         // An agent wrote after the chat ended: the visitor answers there (the server agrees:
         // chat.takes_messages).
-        if (data.message && data.message.from === "agent" && S.conversation) {
+        if (data.message && data.message.from === "agent" && data.message.author && S.conversation) {
           S.conversation.live = true;
         }
         break;
@@ -492,7 +492,7 @@
     send({ action: "message", client_id: p.cid, text: p.text }); // else resent on "ready"
   }
 
-  async function upload(p) {
+  async function upload(p, renewed) {
     p.state = "sending";
     updatePending(p);
     const form = new FormData();
@@ -505,14 +505,18 @@
         method: "POST", body: form, credentials: "omit",
       });
       const data = await response.json().catch(() => ({}));
-      // A file refused for what it is (type, size) would be refused again; a busy server not.
-      const again = response.status === 429 || response.status >= 500;
-      if (!response.ok && !again) {
+      if (response.status === 401 && !renewed) {
+        // A signed-in user's token lasts hours: a fresh one, and the file goes again.
+        await requestSession();
+        return upload(p, true);
+      }
+      if (response.status === 413 || response.status === 415) {
         // Refused for what it is: said as a file picked of the wrong kind is, and gone.
         dropPending(p);
         return showError(`${p.file.name}: ${data.error || t("failed")}`);
       }
-      if (!response.ok) return failPending(p, data.error || t("failed"), again);
+      // Anything else may pass later: a busy server, the email asked for first.
+      if (!response.ok) return failPending(p, data.error || t("failed"));
       p.id = data.message; // the message itself arrives over the socket
       if (S.messages.has(p.id)) dropPending(p);
     } catch (error) {

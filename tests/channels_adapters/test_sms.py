@@ -290,6 +290,27 @@ class TestMedia:
         assert not attachment.file
         assert answers == ["1.1.1.1"]  # one answer, checked and connected to
 
+    def test_a_name_with_an_address_that_does_not_answer_is_fetched_from_the_next(
+        self, client, twilio, sms_inbox, settings, monkeypatch
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True  # the fake Twilio is on 127.0.0.1
+        real_getaddrinfo = socket.getaddrinfo
+
+        def both(host, port, *args, **kwargs):  # IPv6 first, where nothing listens
+            if host != "media.example":
+                return real_getaddrinfo(host, port, *args, **kwargs)
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+
+        monkeypatch.setattr(socket, "getaddrinfo", both)
+        params = self.mms(twilio)
+        params["MediaUrl0"] = params["MediaUrl0"].replace("127.0.0.1", "media.example")
+        deliver(twilio, client, sms_inbox, params)
+        attachment = Message.objects.get().attachments.get()
+        assert attachment_fetch(attachment.pk) == "fetched"
+
     def test_media_larger_than_the_limit_is_refused(self, client, twilio, sms_inbox, settings):
         settings.MEDIA_FETCH_ALLOW_PRIVATE = True
         settings.MEDIA_FETCH_MAX_BYTES = 10

@@ -247,6 +247,11 @@ def test_a_link_from_our_mail_continues_the_chat_on_another_device_for_a_month(
 
     phone = start(client, widget, resume=resume).json()["token"]  # no token of its own
     assert chat.visitor_from_token(widget, phone) == visitor
+    # A browser with a chat of its own keeps it: a link someone else sent does not replace it.
+    mine = chat.visitor_from_token(widget, start(client, widget).json()["token"])
+    chat.visitor_message(mine, text="My own question", client_id="m1")
+    kept = start(client, widget, token=chat.visitor_token(mine), resume=resume).json()["token"]
+    assert chat.visitor_from_token(widget, kept) == mine
     with time_machine.travel(timezone.now() + timedelta(days=31)):
         later = start(client, widget, resume=resume).json()["token"]
         assert chat.visitor_from_token(widget, later) != visitor

@@ -1,6 +1,7 @@
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import Client
 
 from conversations import services
 from helpdesk.asgi import application
@@ -10,8 +11,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def session_cookie(client, user) -> str:
-    client.force_login(user)
-    return client.cookies["sessionid"].value
+    """`user`'s session, on a client of its own (`client` is not used): a second login on a
+    shared client ends the first session, and the socket on it closes, as it should."""
+    own = Client()
+    own.force_login(user)
+    return own.cookies["sessionid"].value
 
 
 async def connect(session=None, origin="http://localhost"):
@@ -155,8 +159,8 @@ async def test_a_deactivated_or_signed_out_agent_hears_no_more(client, bob, dana
     await bob_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
     assert (await bob_socket.receive_output(timeout=5))["code"] == 4401
 
-    dana_cookie = await database_sync_to_async(session_cookie)(client, dana)
-    dana_socket, _, _ = await connect(dana_cookie)
+    await database_sync_to_async(client.force_login)(dana)
+    dana_socket, _, _ = await connect(client.cookies["sessionid"].value)
     await database_sync_to_async(client.logout)()  # signed out in another tab
     await dana_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
     assert (await dana_socket.receive_output(timeout=5))["code"] == 4401

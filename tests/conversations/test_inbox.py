@@ -46,19 +46,30 @@ class TestLogin:
         assert response.status_code == 200
         assert b"do not match" in response.content
 
-    def test_ten_failures_lock_that_address_out_of_the_account_for_a_while(self, client, bob):
-        def sign_in(password, address="203.0.113.5", email=bob.email):
-            data = {"username": email, "password": password}
-            return client.post(reverse("login"), data, REMOTE_ADDR=address)
+    def test_failures_lock_out_the_guesser_not_the_owner(self, bob):
+        from django.test import Client
 
+        bobs, guesser = Client(), Client()
+        assert self.sign_in(bobs, bob, PASSWORD, "198.51.100.7").status_code == 302  # before
+        bobs.post(reverse("logout"))  # as his browser does: the session ends, cookies stay
+        assert "_auth_user_id" not in bobs.session
         for _ in range(10):
-            sign_in("guess")
-        response = sign_in(PASSWORD)
+            self.sign_in(guesser, bob, "guess", "203.0.113.5")
+        response = self.sign_in(guesser, bob, PASSWORD, "203.0.113.5")
         assert response.status_code == 429
         assert b"Too many failed attempts" in response.content
-        assert "_auth_user_id" not in client.session
-        # Bob, from his own address, still gets in: failing on purpose locks nobody out.
-        assert sign_in(PASSWORD, address="198.51.100.7").status_code == 302
+        assert "_auth_user_id" not in guesser.session
+        # Guessing from ten more addresses closes the account to browsers it never signed in
+        # on; Bob's own browser still gets in, whatever the guessers do.
+        for n in range(10):
+            self.sign_in(guesser, bob, "guess", f"203.0.113.{10 + n}")
+        assert self.sign_in(Client(), bob, PASSWORD, "192.0.2.9").status_code == 429
+        assert self.sign_in(bobs, bob, PASSWORD, "192.0.2.9").status_code == 302
+
+    @staticmethod
+    def sign_in(client, user, password, address):
+        data = {"username": user.email, "password": password}
+        return client.post(reverse("login"), data, REMOTE_ADDR=address)
 
     def test_one_address_trying_many_accounts_is_stopped(self, client, bob):
         for n in range(30):

@@ -421,11 +421,19 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
     assert (
         "auth_token: secrets go in Replace credentials" in client.post(add, secret).content.decode()
     )
-    assert "is not a phone number" in client.post(add, line | {"address": "hello"}).content.decode()
+    assert (
+        "is not a phone number" in client.post(add, line | {"address": "ring me!"}).content.decode()
+    )
     assert client.post(add, line).status_code == 302
     assert Inbox.objects.get(name="SMS line").address == "+14155550100"
     again = client.post(add, line | {"name": "Another", "address": "+14155550100"})
     assert "The inbox “SMS line” has this number." in again.content.decode()
+    # A sender ID (one-way SMS) and a short code are what some lines send from.
+    for name, sender in (("Alerts", "ACME Shop"), ("Short", "72345")):
+        assert client.post(add, line | {"name": name, "address": sender}).status_code == 302
+    # A number a switched-off inbox had is free for its replacement.
+    Inbox.objects.filter(name="SMS line").update(is_active=False)
+    assert client.post(add, line | {"name": "New line"}).status_code == 302
 
 
 @pytest.mark.django_db

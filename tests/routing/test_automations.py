@@ -237,6 +237,12 @@ def test_a_canned_reply_with_nothing_for_a_placeholder_is_not_sent(mail_inbox, c
         f"reply with canned response {canned.pk}: /still-there not sent: nothing to put for "
         "{customer.first_name} here."
     ]
+    # A name that looks like a placeholder is a name: the reply goes.
+    conversation.customer.name = "{agent.name}"
+    conversation.customer.save()
+    automations_run(conversation=conversation, event="sla_warning")
+    [reply] = conversation.messages.filter(direction=Message.Direction.OUTBOUND)
+    assert reply.text.startswith("Hi {agent.name}, is #")
 
 
 def test_notes_statuses_and_snoozes(client, mail_inbox, bob):
