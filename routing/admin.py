@@ -1,4 +1,5 @@
 import json
+import threading
 from datetime import timedelta
 
 from django import forms
@@ -123,8 +124,40 @@ class RoutingRuleForm(forms.ModelForm):
         return self.cleaned_data["conditions"] or []
 
 
+# The fields of conditions, and the kinds of actions, that hold an id; what they name.
+NAMED = {"inbox": "inbox", "team": "team", "assignee": "agent"}
+ACTIONS_NAMED = {"assign": ("assign to", "agent"), "team": ("move to team", "team")}
+ACTIONS_NAMED |= {"reply": ("reply with", "canned"), "notify": ("notify", "agent")}
+_page = threading.local()
+
+
+def _named(kind: str, pk) -> str:
+    """What an id in a rule's, automation's or macro's JSON names, for the list pages: read
+    once per page (NamesOnPage), whatever the number of rows."""
+    names = getattr(_page, "names", None)
+    if names is None:
+        names = {("inbox", i.pk): i.name for i in Inbox.objects.only("name")}
+        names |= {("team", t.pk): t.name for t in Team.objects.only("name")}
+        names |= {("agent", u.pk): u.name for u in User.objects.only("email", "display_name")}
+        names |= {
+            ("canned", c.pk): f"/{c.shortcut}" for c in CannedResponse.objects.only("shortcut")
+        }
+        _page.names = names
+    if isinstance(pk, bool) or not isinstance(pk, int):
+        return json.dumps(pk, ensure_ascii=False)
+    return names.get((kind, pk), f"{kind} {pk} (not found)")
+
+
+class NamesOnPage(admin.ModelAdmin):
+    """A list page that shows names for the ids in its rows' JSON (see _named)."""
+
+    def changelist_view(self, request, extra_context=None):
+        _page.names = None  # read afresh for this page (it renders after this returns)
+        return super().changelist_view(request, extra_context)
+
+
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(NamesOnPage):
     form = RoutingRuleForm
     list_display = ["position", "name", "where", "when", "then", "stop", "is_active"]
     list_display_links = ["name"]
@@ -166,9 +199,14 @@ class RoutingRuleAdmin(admin.ModelAdmin):
 def _condition_text(condition) -> str:
     if not isinstance(condition, dict):
         return "?"
-    value = condition.get("value")
-    shown = "" if value is None else " " + json.dumps(value, ensure_ascii=False)
-    return f"{condition.get('field')} {str(condition.get('op', '')).replace('_', ' ')}{shown}"
+    field, value = condition.get("field"), condition.get("value")
+    if field in NAMED:  # an id, or a list of them: what it names
+        ids = value if isinstance(value, list) else [value]
+        named = [_named(NAMED[field], pk) for pk in ids]
+        shown = " " + (", ".join(named) if isinstance(value, list) else named[0])
+    else:
+        shown = "" if value is None else " " + json.dumps(value, ensure_ascii=False)
+    return f"{field} {str(condition.get('op', '')).replace('_', ' ')}{shown}"
 
 
 # --- Automations and macros ------------------------------------------------------------------
@@ -217,7 +255,7 @@ class MacroForm(forms.ModelForm):
         return self.cleaned_data["actions"] or []
 
 
-class ActionsAdmin(admin.ModelAdmin):
+class ActionsAdmin(NamesOnPage):
     """What automations and macros share: the actions shown in the list, and the ids their
     JSON refers to listed beside the form."""
 
@@ -226,9 +264,15 @@ class ActionsAdmin(admin.ModelAdmin):
     @admin.display(description="then")
     def then(self, obj):
         try:
-            return ", ".join(map(str, automations.actions_compile(obj.actions)))
+            actions = automations.actions_compile(obj.actions)
         except ValidationError:
             return "(invalid: open it to see why)"
+        return ", ".join(
+            f"{ACTIONS_NAMED[a.kind][0]} {_named(ACTIONS_NAMED[a.kind][1], a.value)}"
+            if a.kind in ACTIONS_NAMED and isinstance(a.value, int)
+            else str(a)
+            for a in actions
+        )
 
     @admin.display(description="ids to use")
     def ids(self, obj):

@@ -622,7 +622,27 @@ def test_admin_lists_the_ids_to_use_and_saves_a_valid_automation(client, alice, 
     )
     listing = client.get(reverse("admin:routing_automation_changelist")).content.decode()
     assert "Pending for 72 h" in listing
-    assert "reply with canned response" in listing
+    assert "reply with /still-there" in listing  # what the id names, not the id
+
+
+def test_admin_lists_say_what_the_ids_in_rules_and_actions_name(client, alice, bob, support):
+    from routing.models import RoutingRule
+
+    RoutingRule.objects.create(
+        name="VIP", conditions=[{"field": "assignee", "op": "in", "value": [bob.pk, 999999]}]
+    )
+    Automation.objects.create(
+        name="Escalate",
+        event="created",
+        conditions=[{"field": "team", "op": "is", "value": support.pk}],
+        actions=[{"action": "assign", "agent": bob.pk}, {"action": "team", "team": support.pk}],
+    )
+    client.force_login(alice)
+    rules = client.get(reverse("admin:routing_routingrule_changelist")).content.decode()
+    assert "assignee in Bob, agent 999999 (not found)" in rules
+    listing = client.get(reverse("admin:routing_automation_changelist")).content.decode()
+    assert "if team is Support" in listing
+    assert "assign to Bob, move to team Support" in listing
 
 
 # --- Idle: "pending for 3 days" --------------------------------------------------------------
