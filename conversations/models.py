@@ -87,6 +87,12 @@ class Customer(models.Model):
     def __str__(self):
         return self.name or f"Customer {self.pk}"
 
+    def clean(self):
+        if not isinstance(self.attributes, dict):  # routing rules read customer.<attribute>
+            raise ValidationError(
+                {"attributes": 'Attributes are a JSON object, such as {"plan": "enterprise"}.'}
+            )
+
 
 # Channels whose addresses are ids made by us or the provider, not something a person reads.
 OPAQUE_ADDRESSES = (Channel.WEBCHAT, Channel.MESSENGER)
@@ -118,6 +124,17 @@ class Identity(ChoiceLabels, models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()}: {self.address}"
+
+    def clean(self):
+        # As every channel stores it (lower-case email, E.164 numbers), or "JEAN@EXAMPLE.FR"
+        # would be a second jean@example.fr that no mail ever reaches.
+        from conversations.services import normalize_address
+
+        if self.kind in (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP):
+            try:
+                self.address = normalize_address(self.kind, self.address, typed=True)
+            except ValidationError as exc:
+                raise ValidationError({"address": exc.messages}) from None
 
     @property
     def shown_address(self) -> str:

@@ -501,3 +501,27 @@ def test_a_conversation_is_found_by_its_number_as_agents_write_it(client, alice,
     url = reverse("admin:conversations_conversation_changelist")
     page = client.get(url, {"q": f"#{conversation.pk}"}).content.decode()
     assert reverse("admin:conversations_conversation_change", args=[conversation.pk]) in page
+
+
+@pytest.mark.django_db
+def test_an_identity_added_in_the_admin_is_stored_as_channels_store_it(client, alice):
+    from conversations.models import Customer, Identity
+
+    jean = Customer.objects.create(name="Jean")
+    Identity.objects.create(customer=jean, kind=Channel.EMAIL, address="jean@example.fr")
+    other = Customer.objects.create(name="Other")
+    client.force_login(alice)
+    url = reverse("admin:conversations_identity_add")
+    form = {"customer": other.pk, "kind": "email", "display_name": ""}
+    page = client.post(url, form | {"address": "JEAN@EXAMPLE.FR"}).content.decode()
+    assert "Identity with this Kind and Address already exists." in page
+    page = client.post(url, form | {"kind": "sms", "address": "call me maybe"}).content.decode()
+    assert "is not a phone number" in page
+    london = form | {"kind": "sms", "address": "+44 20 7946 0958"}
+    assert client.post(url, london).status_code == 302
+    assert other.identities.get().address == "+442079460958"
+    # Routing rules read customer.<attribute>: a list there would match nothing, silently.
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="Attributes are a JSON object"):
+        Customer(name="Listy", attributes=["a", "b"]).full_clean()
