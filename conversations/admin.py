@@ -513,7 +513,16 @@ class InboxAdmin(admin.ModelAdmin):
 
     @admin.display(description="secret")
     def secret_hint(self, inbox):
+        if not inbox.pk:
+            return "Made when the inbox is added, and shown once then."
         return f"••••••{inbox.secret[-4:]}  (use the 'Rotate secret' action to get a new one)"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:  # the one time it is shown: the API, the MIME endpoint, user hashes use it
+            self.message_user(
+                request, f"The secret of {obj}, shown this once: {obj.secret}", messages.WARNING
+            )
 
     @admin.action(description="Rotate secret (shown once)")
     def rotate_secret(self, request, queryset):

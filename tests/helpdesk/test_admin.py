@@ -348,8 +348,12 @@ def test_an_email_inbox_needs_an_address_of_its_own(client, alice, mail_inbox):
         response = client.post(add, form | {"address": address})
         assert response.status_code == 200
         assert problem in response.content.decode()
-    assert client.post(add, form | {"address": "Billing@Acme.example"}).status_code == 302
-    assert Inbox.objects.get(name="Billing email").address == "billing@acme.example"
+    assert "Made when the inbox is added, and shown once then." in client.get(add).content.decode()
+    added = client.post(add, form | {"address": "Billing@Acme.example"}, follow=True)
+    inbox = Inbox.objects.get(name="Billing email")
+    assert inbox.address == "billing@acme.example"
+    # Its secret, for the MIME endpoint: shown once, as it is saved.
+    assert f"shown this once: {inbox.secret}" in added.content.decode()
 
 
 @pytest.mark.django_db
