@@ -376,9 +376,11 @@
   function showConversation(conversation) {
     const current = S.conversation;
     if (current && (!conversation || conversation.id !== current.id)) {
-      // Another conversation (a new one after the chat ended): show only its messages.
+      // Another conversation (a new one after the chat ended): show only its messages, and
+      // no "Dana is typing…" left over from the last one.
       S.messages.clear();
       ui.list.querySelectorAll("li[data-id]").forEach((node) => node.remove());
+      hideTyping();
       S.seenUpTo = 0;
       S.rating = 0;
       S.transcriptSent = false;
