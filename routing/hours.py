@@ -42,7 +42,6 @@ ONE_DAY = timedelta(days=1)
 # A schedule that stays closed this long is taken to never open (no intervals, or closed days
 # covering a whole year): searches forward stop there instead of running forever.
 LOOKAHEAD_DAYS = 366
-FAR_SECONDS = 100 * 366 * 24 * 3600  # past any deadline worth keeping, before datetime overflows
 LOOKAHEAD = timedelta(days=LOOKAHEAD_DAYS)
 
 Period = tuple[datetime, datetime]
@@ -153,8 +152,6 @@ def add_business_time(
     before that much open time has passed."""
     if seconds < 0:
         raise ValueError("seconds must not be negative")
-    if seconds > FAR_SECONDS:  # a target saved around the admin's bound: no deadline
-        return None
     start, remaining = _utc(start), timedelta(seconds=seconds)
     if schedule is None or not remaining:
         return start + remaining

@@ -715,9 +715,10 @@ class SlaPolicy(models.Model):
         return self.name
 
     def goal(self, target: str) -> int | None:
-        """The target in seconds, or None when this policy does not measure it."""
+        """The target in seconds, or None when this policy does not measure it (nor a target
+        saved around the admin's bound: no clock can count that far)."""
         minutes = getattr(self, f"{target}_minutes")
-        return None if minutes is None else minutes * 60
+        return None if minutes is None or minutes > SLA_MINUTES_MAX else minutes * 60
 
     def clean(self):
         if not (self.first_response_minutes or self.next_response_minutes) and not (
