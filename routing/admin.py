@@ -200,7 +200,7 @@ def _condition_text(condition) -> str:
     if not isinstance(condition, dict):
         return "?"
     field, value = condition.get("field"), condition.get("value")
-    if field in NAMED:  # an id, or a list of them: what it names
+    if field in NAMED and value is not None:  # an id, or a list of them: what it names
         ids = value if isinstance(value, list) else [value]
         named = [_named(NAMED[field], pk) for pk in ids]
         shown = " " + (", ".join(named) if isinstance(value, list) else named[0])

@@ -634,14 +634,17 @@ def test_admin_lists_say_what_the_ids_in_rules_and_actions_name(client, alice, b
     Automation.objects.create(
         name="Escalate",
         event="created",
-        conditions=[{"field": "team", "op": "is", "value": support.pk}],
+        conditions=[
+            {"field": "team", "op": "is", "value": support.pk},
+            {"field": "assignee", "op": "not_exists"},
+        ],
         actions=[{"action": "assign", "agent": bob.pk}, {"action": "team", "team": support.pk}],
     )
     client.force_login(alice)
     rules = client.get(reverse("admin:routing_routingrule_changelist")).content.decode()
     assert "assignee in Bob, agent 999999 (not found)" in rules
     listing = client.get(reverse("admin:routing_automation_changelist")).content.decode()
-    assert "if team is Support" in listing
+    assert "if team is Support and assignee not exists<" in listing
     assert "assign to Bob, move to team Support" in listing
 
 
