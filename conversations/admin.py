@@ -321,6 +321,11 @@ class InboxForm(forms.ModelForm):
                 if not re.fullmatch(SENDER_IDS if kind == Channel.SMS else SHORT_CODE, address):
                     address = services.normalize_address(kind, address, typed=True)
             except ValidationError as exc:
+                if kind == Channel.SMS:  # the other kinds of sender an SMS line may have
+                    exc = ValidationError(
+                        f"{exc.messages[0]} Or a short code (72345), or a sender name of up to "
+                        "11 letters, digits and spaces (ACME Shop)."
+                    )
                 self.add_error("address", exc)
             else:
                 taken = Inbox.objects.filter(kind=kind, address=address, is_active=True)

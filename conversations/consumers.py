@@ -81,6 +81,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
 
 UNAUTHORIZED = 4401
+# An agent socket says the agent is there, and checks who they are now, at the page's pings
+# (every 30 s) and no more often than this: a sign-out elsewhere closes it within half a minute.
+ALIVE_EVERY = 25
 TYPING_MODES = ("reply", "note")
 # Conversation events after which an agent may no longer see the conversation.
 SIGHT_CHANGES = ("team", "assigned", "unassigned", "erased")
@@ -109,11 +112,10 @@ class AgentConsumer(LiveConsumer):
         await self._alive()
 
     async def _alive(self):
-        """Say the agent has the inbox open (for the widget's "online"), at most once a
-        minute: the page pings while it is open. Also when the socket learns who the agent
-        is now (see _refresh)."""
+        """Say the agent has the inbox open (for the widget's "online") and take who they are
+        now (see _refresh), at most every ALIVE_EVERY seconds: the page pings while open."""
         now = time.monotonic()
-        if now - self.seen_at >= 60:
+        if now - self.seen_at >= ALIVE_EVERY:
             self.seen_at = now
             if await self._refresh():
                 await db(_agent_seen)(self.scope["user"].pk)

@@ -1,7 +1,9 @@
 """Health and the landing page."""
 
 import asyncio
+import hashlib
 import uuid
+from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -11,6 +13,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import redirect
+from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -93,12 +96,13 @@ def home(request):
     return redirect("inbox:list")
 
 
-# Failed sign-ins allowed in a window before we answer 429: at one account from one address
-# (guessing), from one address at any accounts (one password tried on many), and at one
-# account from browsers it never signed in on (guessing spread over addresses). A browser
-# the account signed in on before (a signed cookie says so) is spared that last count, so
-# nobody can lock the owner out by failing on purpose, from however many addresses.
-LOGIN_FAILURES_ALLOWED = {"account-address": 10, "address": 30, "account": 20}
+# Failed sign-ins allowed in a window before we answer 429. From a browser the account signed
+# in on before (a signed cookie says so): that browser's own failures, nobody else's, so no one
+# can lock the owner out by failing on purpose, from however many addresses or from the
+# owner's own (an office's, or everyone's behind a proxy). From any other browser: at one
+# account from one address (guessing), from one address at any accounts (one password tried
+# on many), and at one account from anywhere (guessing spread over addresses).
+LOGIN_FAILURES_ALLOWED = {"device": 10, "account-address": 10, "address": 30, "account": 20}
 LOGIN_WINDOW_SECONDS = 15 * 60
 DEVICE_COOKIE, DEVICE_SALT = "threadline_device", "threadline.login.device"
 DEVICE_SECONDS = 365 * 24 * 3600
@@ -116,15 +120,21 @@ class LoginView(auth_views.LoginView):
         email = (self.request.POST.get("username") or "").strip().lower()
         address = self.request.META.get("REMOTE_ADDR", "")
         allowed = LOGIN_FAILURES_ALLOWED
+        device = self.request.COOKIES.get(DEVICE_COOKIE, "")
+        if email and self._known(email):
+            key = f"login-fail:device:{hashlib.sha256(device.encode()).hexdigest()}"
+            return {key: allowed["device"]}
         keys = {f"login-fail:ip:{address}": allowed["address"]}
         if email:
             keys[f"login-fail:user-ip:{email}:{address}"] = allowed["account-address"]
-            known = self.request.get_signed_cookie(
-                DEVICE_COOKIE, default="", salt=DEVICE_SALT, max_age=DEVICE_SECONDS
-            )
-            if known != email:
-                keys[f"login-fail:user:{email}"] = allowed["account"]
+            keys[f"login-fail:user:{email}"] = allowed["account"]
         return keys
+
+    def _known(self, email: str) -> bool:
+        known = self.request.get_signed_cookie(
+            DEVICE_COOKIE, default="", salt=DEVICE_SALT, max_age=DEVICE_SECONDS
+        )
+        return known == email
 
     def post(self, request, *args, **kwargs):
         if any((cache.get(key) or 0) >= allowed for key, allowed in self._keys().items()):
@@ -134,6 +144,19 @@ class LoginView(auth_views.LoginView):
             response["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
             return response
         return super().post(request, *args, **kwargs)
+
+    def get_redirect_url(self):
+        """Where `next` leads; an action on a conversation (a reply sent as the session ended
+        lands here with next=/inbox/59/reply) leads back to the conversation, which a GET can
+        show, rather than to its POST-only address."""
+        url = super().get_redirect_url()
+        try:
+            match = resolve(urlsplit(url).path) if url else None
+        except Resolver404:
+            return url
+        if match and match.namespace == "inbox" and "number" in match.kwargs:
+            return reverse("inbox:conversation", args=[match.kwargs["number"]])
+        return url
 
     def form_valid(self, form):
         response = super().form_valid(form)

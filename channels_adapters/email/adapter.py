@@ -14,7 +14,7 @@ from email.utils import make_msgid
 from django.conf import settings
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.db.models import Q
-from django.utils.html import escape, linebreaks
+from django.utils.html import escape, linebreaks, urlize
 from django.utils.text import Truncator
 
 from channels_adapters.base import (
@@ -325,7 +325,9 @@ class EmailAdapter(Adapter):
             copied = []
         cc = {address for address in copied if not ours(address, own) and _deliverable(address)}
         cc = sorted(cc - {to})
-        text, html = message.text, message.html or linebreaks(escape(message.text))
+        # Addresses in the text are links in the HTML part (a chat's "continue" link, say).
+        text = message.text
+        html = message.html or linebreaks(urlize(text, autoescape=True))
         # An agent's reply ends with the inbox's signature, after the "-- " line mail readers
         # (and our own parser, on the way back) know; automatic messages go without.
         signature = inbox.signature_for(message.author.name) if message.author else ""

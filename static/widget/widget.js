@@ -608,6 +608,7 @@
     // Past the limit the visitor is told so, once; nothing they pasted is cut.
     const full = ui.textarea.value.length > TEXT_MAX;
     if (full && !S.full) showError(t("too_long"));
+    if (!full && S.full) showError(""); // cut back within the limit: nothing to say
     S.full = full;
     if (!S.conversation || !S.conversation.live) return;
     const now = Date.now();

@@ -302,6 +302,7 @@ def test_a_chat_goes_live_then_follows_the_visitor_by_email_and_back_into_the_wi
     # On her phone, another browser: the link in the mail opens the same chat, on our page.
     link = re.search(r"(http\S+)#threadline-chat=\S+", body)
     assert link.group(1) == f"{asgi_server}/widget/{widget.widget_key}/"
+    assert f'<a href="{link.group(0)}">' in sent.get_body(("html",)).get_content()
     phone = browser.new_page(viewport={"width": 375, "height": 667}, locale="en-US")
     problems = watch(phone)
     phone.goto(link.group(0))

@@ -64,7 +64,20 @@ class TestLogin:
         for n in range(10):
             self.sign_in(guesser, bob, "guess", f"203.0.113.{10 + n}")
         assert self.sign_in(Client(), bob, PASSWORD, "192.0.2.9").status_code == 429
-        assert self.sign_in(bobs, bob, PASSWORD, "192.0.2.9").status_code == 302
+        # Nor from the guesser's own address (an office's, or everyone's behind a proxy).
+        assert self.sign_in(bobs, bob, PASSWORD, "203.0.113.5").status_code == 302
+
+    def test_signing_in_again_after_an_action_leads_back_to_the_conversation(
+        self, client, bob, chat_inbox
+    ):
+        # The session ended in another tab; Bob's reply was sent to the sign-in page.
+        number = receive(chat_inbox).message.conversation_id
+        sent = client.post(f"/inbox/{number}/reply", {"text": "Hello"})
+        assert sent["Location"] == f"/login/?next=/inbox/{number}/reply"
+        data = {"username": bob.email, "password": PASSWORD}
+        back = client.post(sent["Location"], data)
+        assert back["Location"] == f"/inbox/{number}/"  # a page, not the POST-only address
+        assert client.get(back["Location"]).status_code == 200
 
     @staticmethod
     def sign_in(client, user, password, address):
