@@ -124,10 +124,8 @@ class RoutingRuleForm(forms.ModelForm):
         return self.cleaned_data["conditions"] or []
 
 
-# The fields of conditions, and the kinds of actions, that hold an id; what they name.
+# The fields of conditions that hold an id, and what it names (for actions: automations.REFERS).
 NAMED = {"inbox": "inbox", "team": "team", "assignee": "agent"}
-ACTIONS_NAMED = {"assign": ("assign to", "agent"), "team": ("move to team", "team")}
-ACTIONS_NAMED |= {"reply": ("reply with", "canned"), "notify": ("notify", "agent")}
 _page = threading.local()
 
 
@@ -140,7 +138,8 @@ def _named(kind: str, pk) -> str:
         names |= {("team", t.pk): t.name for t in Team.objects.only("name")}
         names |= {("agent", u.pk): u.name for u in User.objects.only("email", "display_name")}
         names |= {
-            ("canned", c.pk): f"/{c.shortcut}" for c in CannedResponse.objects.only("shortcut")
+            ("canned response", c.pk): f"/{c.shortcut}"
+            for c in CannedResponse.objects.only("shortcut")
         }
         _page.names = names
     if isinstance(pk, bool) or not isinstance(pk, int):
@@ -267,12 +266,7 @@ class ActionsAdmin(NamesOnPage):
             actions = automations.actions_compile(obj.actions)
         except ValidationError:
             return "(invalid: open it to see why)"
-        return ", ".join(
-            f"{ACTIONS_NAMED[a.kind][0]} {_named(ACTIONS_NAMED[a.kind][1], a.value)}"
-            if a.kind in ACTIONS_NAMED and isinstance(a.value, int)
-            else str(a)
-            for a in actions
-        )
+        return ", ".join(action.said(_named) for action in actions)
 
     @admin.display(description="ids to use")
     def ids(self, obj):

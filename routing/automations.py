@@ -105,6 +105,10 @@ MAX_SNOOZE_HOURS = 24 * 365
 # --- The vocabulary --------------------------------------------------------------------------
 
 
+# What the id of an action names (a notification also goes to "assignee" or "team_leads").
+REFERS = {"assign": "agent", "notify": "agent", "team": "team", "reply": "canned response"}
+
+
 @dataclass(frozen=True)
 class Action:
     """One action, checked and normalised: `value` is the id, name, number or tag names it
@@ -115,20 +119,27 @@ class Action:
     text: str = ""
 
     def __str__(self) -> str:
+        return self.said()
+
+    def said(self, name: Callable[[str, int], str] | None = None) -> str:
+        """What it does, in words; `name(what, id)`, when given, says what an id names (an
+        agent, a team, a canned response: see REFERS) instead of the bare id."""
+        what = REFERS.get(self.kind) if isinstance(self.value, int) else None
+        named = name(what, self.value) if what and name else ""
         match self.kind:
             case "unassign":
                 return "unassign"
             case "assign":
-                return f"assign to agent {self.value}"
+                return f"assign to {named or f'agent {self.value}'}"
             case "team":
-                return f"move to team {self.value}"
+                return f"move to team {named or self.value}"
             case "priority":
                 return f"priority {_priority_name(self.value)}"
             case "add_tags" | "remove_tags":
                 verb = "tag" if self.kind == "add_tags" else "untag"
                 return f"{verb} {', '.join(sorted(self.value))}"
             case "reply":
-                return f"reply with canned response {self.value}"
+                return f"reply with {named or f'canned response {self.value}'}"
             case "note":
                 return "add a note"
             case "status":
@@ -136,7 +147,7 @@ class Action:
             case "snooze":
                 return f"snooze {self.value:g} h"
             case _:
-                return f"notify {str(self.value).replace('_', ' ')}"
+                return f"notify {named or str(self.value).replace('_', ' ')}"
 
 
 def _priority_name(value: int) -> str:
@@ -272,19 +283,14 @@ def actions_compile(actions) -> tuple[Action, ...]:
 
 def actions_references_check(actions: tuple[Action, ...]) -> list[str]:
     """Messages for ids that name no active agent, team or canned response."""
-    wanted = {
-        "agent": {a.value for a in actions if a.kind == "assign"}
-        | {a.value for a in actions if a.kind == "notify" and isinstance(a.value, int)},
-        "team": {a.value for a in actions if a.kind == "team"},
-        "canned response": {a.value for a in actions if a.kind == "reply"},
-    }
     found = {
         "agent": get_user_model().objects.filter(is_active=True),
         "team": Team.objects.all(),
         "canned response": CannedResponse.objects.all(),
     }
     problems = []
-    for what, ids in wanted.items():
+    for what in found:
+        ids = {a.value for a in actions if _names(a, what)}
         if not ids:
             continue
         missing = ids - set(found[what].filter(pk__in=ids).values_list("pk", flat=True))
@@ -297,19 +303,21 @@ def actions_references_check(actions: tuple[Action, ...]) -> list[str]:
 def actions_naming(what: str, pk: int) -> list[str]:
     """ "Automation “Night desk”", "Macro “Refund issued”": those whose actions name `pk` as
     `what` ("agent", "team" or "canned response"), for refusing to delete what they use."""
-    kinds = {"agent": ("assign", "notify"), "team": ("team",), "canned response": ("reply",)}
     using = []
     for model in (Automation, Macro):
         for name, actions in model.objects.values_list("name", "actions"):
             try:
-                named = any(
-                    a.kind in kinds[what] and a.value == pk for a in actions_compile(actions)
-                )
+                named = any(_names(a, what) and a.value == pk for a in actions_compile(actions))
             except ValidationError:
                 continue  # it names nothing usable anyway
             if named:
                 using.append(f"{model._meta.verbose_name.capitalize()} “{name}”")
     return using
+
+
+def _names(action: Action, what: str) -> bool:
+    """Whether the action's value is the id of `what` (see REFERS)."""
+    return REFERS.get(action.kind) == what and isinstance(action.value, int)
 
 
 # --- Doing them ------------------------------------------------------------------------------
