@@ -40,8 +40,15 @@ def placeholder_values(*, conversation: Conversation, agent) -> dict[str, str]:
 def canned_render(body: str, *, conversation: Conversation, agent) -> str:
     """The body with known placeholders filled. Unknown ones, and known ones with no value
     (a customer with no name), stay as typed, for the agent to see and fix before sending."""
+    return canned_fill(body, conversation=conversation, agent=agent)[0]
+
+
+def canned_fill(body: str, *, conversation: Conversation, agent) -> tuple[str, list[str]]:
+    """canned_render's text, and the placeholders it had nothing for: what nobody is there to
+    fix when no agent sends it (an automation's reply)."""
     values = placeholder_values(conversation=conversation, agent=agent)
-    return PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or m.group(0), body)
+    unfilled = [name for name in dict.fromkeys(PLACEHOLDER.findall(body)) if not values.get(name)]
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or m.group(0), body), unfilled
 
 
 def canned_responses_for(user) -> QuerySet[CannedResponse]:

@@ -570,6 +570,22 @@ class ConversationEvent(ChoiceLabels, models.Model):
         return f"{self.get_kind_display()} on #{self.conversation_id}"
 
 
+def placeholders_check(body: str, known: tuple[str, ...], pattern: str) -> None:
+    """ValidationError on the body of a template whose placeholders (`pattern`'s group) are
+    not all `known`, naming those that are not and those that are."""
+    unknown = sorted(set(re.findall(pattern, body or "")) - set(known))
+    if unknown:
+        raise ValidationError(
+            {
+                "body": _("Unknown placeholder %(names)s; use %(known)s.")
+                % {
+                    "names": ", ".join(f"{{{name}}}" for name in unknown),
+                    "known": ", ".join(f"{{{name}}}" for name in known),
+                }
+            }
+        )
+
+
 class CannedResponse(models.Model):
     """A saved reply an agent inserts by typing `/shortcut` in the composer. Its placeholders
     are filled by `conversations.canned.canned_render`, never by a template engine."""
@@ -636,11 +652,7 @@ class CannedResponse(models.Model):
 
     def clean(self):
         # An unknown placeholder would reach the customer as typed when an automation replies.
-        unknown = sorted(set(re.findall(r"\{([\w.]+)\}", self.body or "")) - set(self.PLACEHOLDERS))
-        if unknown:
-            known = ", ".join(f"{{{name}}}" for name in self.PLACEHOLDERS)
-            names = ", ".join(f"{{{name}}}" for name in unknown)
-            raise ValidationError({"body": f"Unknown placeholder {names}; use {known}."})
+        placeholders_check(self.body, self.PLACEHOLDERS, r"\{([\w.]+)\}")
         # One "/shortcut" per agent's menu: a team's may not shadow everyone's, nor the reverse.
         same = CannedResponse.objects.filter(shortcut=self.shortcut).exclude(pk=self.pk)
         clash = same.filter(team=None) if self.team_id else same.exclude(team=None)

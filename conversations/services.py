@@ -182,14 +182,18 @@ class Received:
     created: bool  # False when the message was a duplicate of one already stored
 
 
-def sanitize_html(html: str) -> str:
+def sanitize_html(html: str, attribute_filter=None) -> str:
     """Customer HTML reduced to what is safe to show: no scripts, styles, handlers or
     javascript: links; only http, https and mailto URLs survive, and cid: (a picture of the
-    mail's own, which the timeline puts in place)."""
+    mail's own, which the timeline puts in place). `attribute_filter(tag, name, value)`, as
+    nh3 takes it, may change or drop (None) what is left of an attribute."""
     if not html:
         return ""
     return nh3.clean(
-        html, url_schemes={"http", "https", "mailto", "cid"}, link_rel="noopener noreferrer"
+        html,
+        url_schemes={"http", "https", "mailto", "cid"},
+        link_rel="noopener noreferrer",
+        attribute_filter=attribute_filter,
     )
 
 

@@ -91,10 +91,6 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self):
         return self.name
 
-    def clean(self):
-        super().clean()
-        self.email = self.email.strip().lower()
-
     def save(self, *args, **kwargs):
         self.email = self.email.strip().lower()
         # One switch: an admin sees every conversation and configures Threadline in the

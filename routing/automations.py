@@ -65,7 +65,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from conversations import services
-from conversations.canned import PLACEHOLDER, canned_render, placeholder_values
+from conversations.canned import canned_fill, canned_render
 from conversations.models import (
     CannedResponse,
     Conversation,
@@ -383,15 +383,15 @@ def _do_reply(action, conversation, actor, source):
     canned = CannedResponse.objects.filter(pk=action.value).first()
     if canned is None:
         raise ValidationError(f"there is no canned response {action.value}.")
-    agent = _signature(conversation, actor)
-    values = placeholder_values(conversation=conversation, agent=agent)
-    if empty := [name for name in PLACEHOLDER.findall(canned.body) if not values.get(name)]:
+    text, unfilled = canned_fill(
+        canned.body, conversation=conversation, agent=_signature(conversation, actor)
+    )
+    if unfilled:
         # An agent sees "{customer.first_name}" in the box and fixes it; a customer would not.
         raise ValidationError(
             f"/{canned.shortcut} not sent: nothing to put for "
-            f"{', '.join(f'{{{name}}}' for name in dict.fromkeys(empty))} here."
+            f"{', '.join(f'{{{name}}}' for name in unfilled)} here."
         )
-    text = canned_render(canned.body, conversation=conversation, agent=agent)
     services.reply_send(conversation=conversation, author=actor, text=text)
     return f"replied with /{canned.shortcut}"
 

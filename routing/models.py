@@ -1,4 +1,3 @@
-import re
 import threading
 from contextlib import contextmanager
 from datetime import time, timedelta
@@ -12,7 +11,7 @@ from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.utils.translation import gettext_lazy as _
 
-from conversations.models import Channel, Conversation, Inbox
+from conversations.models import Channel, Conversation, Inbox, placeholders_check
 from helpdesk.middleware import zone_names
 
 # How much one open conversation of a channel weighs against an agent's capacity, unless the
@@ -877,17 +876,7 @@ class AutoReply(models.Model):
                 self.language = language_normalize(self.language)
             except ValidationError as exc:
                 raise ValidationError({"language": exc.messages}) from None
-        unknown = sorted(set(re.findall(r"{(\w*)}", self.body or "")) - set(self.PLACEHOLDERS))
-        if unknown:
-            raise ValidationError(
-                {
-                    "body": _("Unknown placeholder %(names)s; use %(known)s.")
-                    % {
-                        "names": ", ".join(f"{{{name}}}" for name in unknown),
-                        "known": ", ".join(f"{{{name}}}" for name in self.PLACEHOLDERS),
-                    }
-                }
-            )
+        placeholders_check(self.body, self.PLACEHOLDERS, r"{(\w*)}")
         if self.inbox_id and self.inbox.kind == Channel.WEBCHAT:
             raise ValidationError(
                 _("The chat widget says itself when you are away and how soon you reply.")

@@ -1,10 +1,11 @@
 """A message's own formatting, for the timeline: the sender's HTML, cleaned again as it is
 shown, with its inline (cid:) pictures in place and remote images not loaded."""
 
-import nh3
 from django import template
 from django.urls import reverse
 from django.utils.safestring import mark_safe
+
+from conversations.services import sanitize_html
 
 register = template.Library()
 
@@ -26,14 +27,8 @@ def formatted(message) -> str:
             return inline.get(value[4:]) if value.startswith("cid:") else None
         return value
 
-    return mark_safe(  # noqa: S308 (nh3 keeps only safe tags, attributes and URL schemes)
-        nh3.clean(
-            message.html,
-            url_schemes={"http", "https", "mailto", "cid"},
-            link_rel="noopener noreferrer",
-            attribute_filter=attribute,
-        )
-    )
+    # sanitize_html (nh3) keeps only safe tags, attributes and URL schemes.
+    return mark_safe(sanitize_html(message.html, attribute))  # noqa: S308
 
 
 def _inline(message) -> dict[str, str]:
