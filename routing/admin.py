@@ -11,7 +11,7 @@ from django.forms.models import BaseInlineFormSet
 from django.utils import dateformat, timezone
 from django.utils.html import escape, format_html_join
 
-from conversations.models import CannedResponse, Conversation, Inbox
+from conversations.models import CannedResponse, Channel, Conversation, Inbox
 from helpdesk.admin import KeptWhileUsed, open_count
 from helpdesk.middleware import zone_named
 from helpdesk.models import User
@@ -98,12 +98,105 @@ class ConditionsField(forms.JSONField):
         return super().prepare_value(value)
 
 
-class RoutingRuleForm(forms.ModelForm):
-    conditions = ConditionsField(
+# How the condition editor (static/conditions.js) words each operator and field.
+OPERATORS = {
+    "is": "is",
+    "is_not": "is not",
+    "in": "is any of",
+    "not_in": "is none of",
+    "contains": "contains",
+    "not_contains": "does not contain",
+    "starts_with": "starts with",
+    "like": "matches the pattern",
+    "not_like": "does not match the pattern",
+    "gt": "is more than",
+    "gte": "is at least",
+    "lt": "is less than",
+    "lte": "is at most",
+    "exists": "is set",
+    "not_exists": "is not set",
+    "between": "is between",
+}
+FIELD_LABELS = {
+    "subject_or_text": "Subject or text",
+    "customer.<attribute>": "Customer attribute",
+    "time": "Time of day",
+    "business_hours": "Business hours",
+    "hours_since_activity": "Hours since last activity",
+}
+# What a field's value is, beyond the fields whose value is one of a few (their choices).
+VALUE_KINDS = {
+    "subject": "text",
+    "text": "text",
+    "subject_or_text": "text",
+    "language": "words",
+    "tags": "words",
+    "customer.<attribute>": "attribute",
+    "time": "times",
+    "hours_since_activity": "number",
+}
+
+
+def conditions_schema() -> dict:
+    """Every field a condition can test, with its operators and, where the value is one of a
+    few, the choices: what static/conditions.js offers as menus. Read for each page, so that a
+    new inbox, team or agent is there at once."""
+    choices = {
+        "channel": Channel.choices,
+        "inbox": Inbox.objects.order_by("name").values_list("pk", "name"),
+        "weekday": [
+            (day, name.title())
+            for day, name in zip(rules.WEEKDAYS, rules.WEEKDAY_NAMES, strict=True)
+        ],
+        "business_hours": [("open", "Open"), ("closed", "Closed")],
+        "status": Conversation.Status.choices,
+        "priority": [(label.lower(), label) for label in Conversation.Priority.labels],
+        "team": Team.objects.order_by("name").values_list("pk", "name"),
+        "assignee": [
+            (user.pk, user.name)
+            for user in User.objects.filter(is_active=True).order_by("display_name", "email")
+        ],
+    }
+    fields = []
+    for name, ops in rules.FIELDS.items():
+        field = {
+            "name": name.removesuffix("<attribute>"),  # customer. takes the attribute's name
+            "label": FIELD_LABELS.get(name, name.capitalize()),
+            "ops": ops,
+        }
+        if name in choices:
+            field["choices"] = [[value, str(label)] for value, label in choices[name]]
+        else:
+            field["kind"] = VALUE_KINDS[name]
+        fields.append(field)
+    return {"fields": fields, "operators": OPERATORS}
+
+
+class ConditionsWidget(forms.Textarea):
+    """The conditions' JSON, which static/conditions.js turns into rows of field, operator
+    and value (and back, as the admin edits). Without the script, or for a list the rows
+    cannot show as it is, the JSON stays there to edit by hand."""
+
+    class Media:
+        js = ["conditions.js"]
+        css = {"all": ["conditions.css"]}
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        context["widget"]["attrs"]["data-conditions"] = json.dumps(conditions_schema())
+        return context
+
+
+def _json_area(help_text: str, widget=forms.Textarea) -> ConditionsField:
+    return ConditionsField(
         required=False,
-        help_text=escape(rules.HELP),  # admin shows help texts as HTML
-        widget=forms.Textarea(attrs={"rows": 8, "cols": 100, "spellcheck": "false"}),
+        help_text=escape(help_text),  # admin shows help texts as HTML
+        widget=widget(attrs={"rows": 8, "cols": 100, "spellcheck": "false"}),
     )
+
+
+class RoutingRuleForm(forms.ModelForm):
+    conditions = _json_area(rules.HELP, ConditionsWidget)
 
     class Meta:
         model = RoutingRule
@@ -211,16 +304,8 @@ def _condition_text(condition) -> str:
 # --- Automations and macros ------------------------------------------------------------------
 
 
-def _json_area(help_text: str, rows: int = 8) -> ConditionsField:
-    return ConditionsField(
-        required=False,
-        help_text=escape(help_text),  # admin shows help texts as HTML
-        widget=forms.Textarea(attrs={"rows": rows, "cols": 100, "spellcheck": "false"}),
-    )
-
-
 class AutomationForm(forms.ModelForm):
-    conditions = _json_area(rules.HELP)
+    conditions = _json_area(rules.HELP, ConditionsWidget)
     actions = _json_area(automations.HELP)
 
     class Meta:
