@@ -86,8 +86,8 @@ class TeamAdmin(KeptWhileUsed, admin.ModelAdmin):
         return getattr(team, "_waiting", "-")
 
 
-class ConditionsField(forms.JSONField):
-    """Shown one condition per line, so that a long list stays readable."""
+class RowsField(forms.JSONField):
+    """A JSON list of conditions or actions, one per line, so that a long list stays readable."""
 
     def prepare_value(self, value):
         if value is None:  # a new rule: an empty list to fill in, not "null"
@@ -98,7 +98,7 @@ class ConditionsField(forms.JSONField):
         return super().prepare_value(value)
 
 
-# How the condition editor (static/conditions.js) words each operator and field.
+# How the editors of conditions and actions (static/rule_rows.js) word each choice.
 OPERATORS = {
     "is": "is",
     "is_not": "is not",
@@ -124,40 +124,52 @@ FIELD_LABELS = {
     "business_hours": "Business hours",
     "hours_since_activity": "Hours since last activity",
 }
-# What a field's value is, beyond the fields whose value is one of a few (their choices).
+# The fields whose value is neither one of a few (_choices) nor words and text.
 VALUE_KINDS = {
-    "subject": "text",
-    "text": "text",
-    "subject_or_text": "text",
-    "language": "words",
-    "tags": "words",
     "customer.<attribute>": "attribute",
     "time": "times",
     "hours_since_activity": "number",
 }
+ACTION_LABELS = {
+    "assign": "Assign to",
+    "unassign": "Unassign",
+    "team": "Move to team",
+    "priority": "Set the priority",
+    "add_tags": "Add tags",
+    "remove_tags": "Remove tags",
+    "reply": "Reply with a canned response",
+    "note": "Add a note",
+    "status": "Set the status",
+    "snooze": "Snooze for hours",
+    "notify": "Notify",
+}
 
 
-def conditions_schema() -> dict:
-    """Every field a condition can test, with its operators and, where the value is one of a
-    few, the choices: what static/conditions.js offers as menus. Read for each page, so that a
-    new inbox, team or agent is there at once."""
+def _choices() -> dict[str, list]:
+    """What the editors offer as menus, by the name conditions give it. Read for each page, so
+    that a new inbox, team, agent or canned response is there at once."""
+    agents = User.objects.filter(is_active=True).order_by("display_name", "email")
+    days = zip(rules.WEEKDAYS, rules.WEEKDAY_NAMES, strict=True)
     choices = {
         "channel": Channel.choices,
         "inbox": Inbox.objects.order_by("name").values_list("pk", "name"),
-        "weekday": [
-            (day, name.title())
-            for day, name in zip(rules.WEEKDAYS, rules.WEEKDAY_NAMES, strict=True)
-        ],
+        "weekday": [(day, name.title()) for day, name in days],
         "business_hours": [("open", "Open"), ("closed", "Closed")],
         "status": Conversation.Status.choices,
         "priority": [(label.lower(), label) for label in Conversation.Priority.labels],
         "team": Team.objects.order_by("name").values_list("pk", "name"),
-        "assignee": [
-            (user.pk, user.name)
-            for user in User.objects.filter(is_active=True).order_by("display_name", "email")
+        "assignee": [(user.pk, user.name) for user in agents],
+        "canned": [
+            (c.pk, f"/{c.shortcut} – {c.title}")
+            for c in CannedResponse.objects.order_by("shortcut").only("shortcut", "title")
         ],
     }
-    fields = []
+    return {name: [[code, str(label)] for code, label in pairs] for name, pairs in choices.items()}
+
+
+def conditions_schema() -> dict:
+    """Every field a condition can test, with its operators and its value's choices or kind."""
+    choices, fields = _choices(), []
     for name, ops in rules.FIELDS.items():
         field = {
             "name": name.removesuffix("<attribute>"),  # customer. takes the attribute's name
@@ -165,30 +177,64 @@ def conditions_schema() -> dict:
             "ops": ops,
         }
         if name in choices:
-            field["choices"] = [[value, str(label)] for value, label in choices[name]]
+            field["choices"] = choices[name]
         else:
-            field["kind"] = VALUE_KINDS[name]
+            field["kind"] = VALUE_KINDS.get(name, "text")
         fields.append(field)
-    return {"fields": fields, "operators": OPERATORS}
+    return {"rows": "conditions", "fields": fields, "operators": OPERATORS}
 
 
-class ConditionsWidget(forms.Textarea):
-    """The conditions' JSON, which static/conditions.js turns into rows of field, operator
-    and value (and back, as the admin edits). Without the script, or for a list the rows
-    cannot show as it is, the JSON stays there to edit by hand."""
+def actions_schema() -> dict:
+    """Every action, with what each takes (automations.PARSERS's keys)."""
+    choices = _choices()
+    statuses = [pair for pair in choices["status"] if pair[0] in automations.STATUSES]
+    takes = {
+        "agent": {"label": "Agent", "choices": choices["assignee"]},
+        "team": {"label": "Team", "choices": choices["team"]},
+        "priority": {"label": "Priority", "choices": choices["priority"]},
+        "tags": {"label": "Tags", "many": True},
+        "canned": {"label": "Canned response", "choices": choices["canned"]},
+        "status": {"label": "Status", "choices": statuses},
+        "hours": {"label": "Hours", "kind": "number"},
+        "text": {"label": "Text", "kind": "longtext"},
+        "to": {
+            "label": "Who",
+            "choices": [["assignee", "The assignee"], ["team_leads", "The team's leads"]]
+            + choices["assignee"],
+        },
+    }
+    actions = []
+    for kind, (keys, _parse) in automations.PARSERS.items():
+        params = [{"key": key, **takes[key]} for key in keys]
+        if kind == "notify":  # its text is optional: the notification says what happened
+            params[1] = {**params[1], "label": "Text (optional)", "optional": True}
+        actions.append({"name": kind, "label": ACTION_LABELS[kind], "params": params})
+    return {"rows": "actions", "actions": actions}
+
+
+class RowsWidget(forms.Textarea):
+    """A JSON list of conditions or actions, which static/rule_rows.js shows as rows of menus
+    and writes back as the admin edits. Without the script, or for a list the rows cannot
+    show as it is, the JSON stays there to edit by hand."""
+
+    schema = staticmethod(conditions_schema)
 
     class Media:
-        js = ["conditions.js"]
-        css = {"all": ["conditions.css"]}
+        js = ["rule_rows.js"]
+        css = {"all": ["rule_rows.css"]}
 
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)
-        context["widget"]["attrs"]["data-conditions"] = json.dumps(conditions_schema())
+        context["widget"]["attrs"]["data-rows"] = json.dumps(self.schema())
         return context
 
 
-def _json_area(help_text: str, widget=forms.Textarea) -> ConditionsField:
-    return ConditionsField(
+class ActionsWidget(RowsWidget):
+    schema = staticmethod(actions_schema)
+
+
+def _rows_field(help_text: str, widget: type[RowsWidget]) -> RowsField:
+    return RowsField(
         required=False,
         help_text=escape(help_text),  # admin shows help texts as HTML
         widget=widget(attrs={"rows": 8, "cols": 100, "spellcheck": "false"}),
@@ -196,7 +242,7 @@ def _json_area(help_text: str, widget=forms.Textarea) -> ConditionsField:
 
 
 class RoutingRuleForm(forms.ModelForm):
-    conditions = _json_area(rules.HELP, ConditionsWidget)
+    conditions = _rows_field(rules.HELP, RowsWidget)
 
     class Meta:
         model = RoutingRule
@@ -305,8 +351,8 @@ def _condition_text(condition) -> str:
 
 
 class AutomationForm(forms.ModelForm):
-    conditions = _json_area(rules.HELP, ConditionsWidget)
-    actions = _json_area(automations.HELP)
+    conditions = _rows_field(rules.HELP, RowsWidget)
+    actions = _rows_field(automations.HELP, ActionsWidget)
 
     class Meta:
         model = Automation
@@ -329,7 +375,7 @@ class AutomationForm(forms.ModelForm):
 
 
 class MacroForm(forms.ModelForm):
-    actions = _json_area(automations.HELP)
+    actions = _rows_field(automations.HELP, ActionsWidget)
 
     class Meta:
         model = Macro

@@ -14,7 +14,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def condition(page, number):
-    return page.locator(".conditions-row").nth(number - 1)
+    return page.locator(".field-conditions .rows-row").nth(number - 1)
+
+
+def action(page, number):
+    return page.locator(".field-actions .rows-row").nth(number - 1)
 
 
 def test_an_admin_builds_a_rule_from_menus_and_it_routes(asgi_server, browser, alice, mail_inbox):
@@ -59,7 +63,7 @@ def test_an_admin_builds_a_rule_from_menus_and_it_routes(asgi_server, browser, a
 
     # The rule reopens as the same rows; a change to one of them is saved.
     page.goto(f"{asgi_server}/admin/routing/routingrule/{rule.pk}/change/")
-    expect(page.locator(".conditions-row")).to_have_count(3)
+    expect(page.locator(".field-conditions .rows-row")).to_have_count(3)
     expect(condition(page, 1).get_by_label("Value")).to_have_value("refund, reembolso")
     expect(condition(page, 2).get_by_label("Attribute")).to_have_value("plan")
     expect(condition(page, 3).get_by_label("Support email")).to_be_checked()
@@ -83,8 +87,13 @@ def test_the_server_still_judges_and_its_error_names_the_row(asgi_server, browse
     first = condition(page, 1)
     first.get_by_label("Field").select_option(label="Hours since last activity")
     first.get_by_label("Operator").select_option(label="is more than")
-    page.fill("#id_actions", '[{"action": "priority", "priority": "high"}]')
-    page.click("input[name=_save]")  # no number given
+    page.get_by_role("button", name="Add an action").click()
+    action(page, 1).get_by_label("Action", exact=True).select_option(label="Set the priority")
+    action(page, 1).get_by_label("Priority").select_option(label="High")
+    page.get_by_role("button", name="Add an action").click()
+    action(page, 2).get_by_label("Action", exact=True).select_option(label="Notify")
+    action(page, 2).get_by_label("Who").select_option(label="The team's leads")
+    page.click("input[name=_save]")  # no number of hours given
 
     expect(page.locator(".errorlist")).to_contain_text("Condition 1 (hours_since_activity)")
     assert not Automation.objects.exists()
@@ -93,8 +102,11 @@ def test_the_server_still_judges_and_its_error_names_the_row(asgi_server, browse
     first.get_by_label("Value").fill("72")
     page.click("input[name=_save]")
     page.wait_for_url(f"{asgi_server}/admin/routing/automation/")
-    assert Automation.objects.get().conditions == [
-        {"field": "hours_since_activity", "op": "gt", "value": 72}
+    saved = Automation.objects.get()
+    assert saved.conditions == [{"field": "hours_since_activity", "op": "gt", "value": 72}]
+    assert saved.actions == [  # a notification's text is optional: left out, not ""
+        {"action": "priority", "priority": "high"},
+        {"action": "notify", "to": "team_leads"},
     ]
 
 
@@ -106,7 +118,7 @@ def test_what_the_menus_cannot_show_stays_json_untouched(asgi_server, browser, a
     rule = RoutingRule.objects.create(name="Odd", conditions=kept, priority=2)
     page = signed_in(browser, asgi_server, alice)
     page.goto(f"{asgi_server}/admin/routing/routingrule/{rule.pk}/change/")
-    expect(page.locator(".conditions-note")).to_have_text(
+    expect(page.locator(".rows-note")).to_have_text(
         "Condition 2 cannot be shown in the form; edit it here."
     )
     expect(page.locator("#id_conditions")).to_be_visible()
