@@ -310,14 +310,26 @@ LIST_MAIL = ("Precedence: list", "List-Id header", "List-Unsubscribe header")
 
 
 DMARC_FAIL = re.compile(r"\bdmarc\s*=\s*fail\b", re.I)
+# A policy of none, as the receiving server words it: Gmail's "(p=NONE sp=NONE dis=NONE)",
+# OpenDMARC's "(p=none dis=none)", Microsoft's "action=none" (not "sp=none", a subdomain's).
+POLICY_NONE = re.compile(r"\b(?:p|action)\s*=\s*none\b", re.I)
 
 
 def _dmarc_failed(msg: Message, sender: str) -> str:
     """Why the server that received the mail says its From is forged, or "". That server
     writes its Authentication-Results above all others; only a failure is believed, since
-    anyone can write a header that says "pass" and not every server adds one."""
+    anyone can write a header that says "pass" and not every server adds one.
+
+    Not where the domain's policy is none: its owner tells receivers that some of its own
+    mail fails (a newsletter tool, a server without DKIM, a forward that breaks SPF), and
+    flagging it would flag honest customers every day until agents ignored the flag. An ARC
+    "pass" is not taken instead: anyone can seal a forged mail with a key of their own."""
     results = msg.get_all("Authentication-Results") or []
-    if not results or not DMARC_FAIL.search(str(results[0])):
+    if not results:
+        return ""
+    verdict = str(results[0])
+    failed = [part for part in verdict.split(";") if DMARC_FAIL.search(part)]
+    if not failed or POLICY_NONE.search(failed[0]):
         return ""
     domain = sender.rpartition("@")[2]
     return (

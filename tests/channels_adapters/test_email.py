@@ -339,6 +339,13 @@ class TestThreading:
             (["dmarc=fail (p=reject) header.from=example.com", "dmarc=pass"], True),
             (["spf=pass; dkim=pass; dmarc=pass", "dmarc=fail"], False),
             ([], False),
+            # The domain's policy: failures are believed where it asks receivers to act.
+            (["dmarc=fail (p=QUARANTINE sp=NONE dis=QUARANTINE) header.from=example.com"], True),
+            (["spf=fail; dmarc=fail action=oreject header.from=example.com"], True),
+            (["dkim=none; dmarc=fail (p=NONE sp=NONE dis=NONE) header.from=example.com"], False),
+            (["spf=softfail; dmarc=fail action=none header.from=example.com"], False),
+            # A seal of the forwarder's own making proves nothing.
+            (["dmarc=fail (p=reject dis=none) header.from=example.com; arc=pass (i=1)"], True),
         ],
     )
     def test_a_mail_its_senders_domain_disowns_is_flagged_and_copies_nobody(
