@@ -182,18 +182,34 @@ class Received:
     created: bool  # False when the message was a duplicate of one already stored
 
 
-def sanitize_html(html: str, attribute_filter=None) -> str:
+# How senders hide a part of their mail (a preheader, a tracking block) from its reader.
+HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
+
+
+def sanitize_html(html: str, attribute_filter=None, attributes=None) -> str:
     """Customer HTML reduced to what is safe to show: no scripts, styles, handlers or
     javascript: links; only http, https and mailto URLs survive, and cid: (a picture of the
-    mail's own, which the timeline puts in place). `attribute_filter(tag, name, value)`, as
-    nh3 takes it, may change or drop (None) what is left of an attribute."""
+    mail's own, which the timeline puts in place). `attributes`: those kept per tag (nh3's
+    default set unless given); `attribute_filter(tag, name, value)`, as nh3 takes it, may
+    change or drop (None) what is left of one.
+
+    Of a style, only whether it hides the element survives, as `display:none`: no inline
+    style applies under our Content-Security-Policy, so the inbox's stylesheet hides what
+    carries exactly that, and a hidden preheader stays hidden as in the customer's mailbox."""
     if not html:
         return ""
+
+    def keep(tag, name, value):
+        if name == "style":
+            return "display:none" if HIDDEN_STYLE.search(value) else None
+        return attribute_filter(tag, name, value) if attribute_filter else value
+
     return nh3.clean(
         html,
         url_schemes={"http", "https", "mailto", "cid"},
         link_rel="noopener noreferrer",
-        attribute_filter=attribute_filter,
+        attributes={**(attributes or nh3.ALLOWED_ATTRIBUTES), "*": {"style", "hidden"}},
+        attribute_filter=keep,
     )
 
 

@@ -36,8 +36,19 @@
       const picked = new Set(Array.from(live.querySelectorAll(".pick:checked"), function (el) { return el.value; }));
       // Messages marked new when a reply was held (conversation_reply) stay marked.
       const marked = Array.from(live.querySelectorAll("li.message.new"), function (li) { return li.id; });
+      // What the agent opened in a message (its quoted history, the sender's formatting)
+      // stays open, by the message's id and the part's place in it.
+      const opened = Array.from(live.querySelectorAll("li[id] details[open]"), function (part) {
+        const li = part.closest("li[id]");
+        return [li.id, Array.from(li.querySelectorAll("details")).indexOf(part)];
+      });
       live.innerHTML = html;
       marked.forEach(function (id) { markNew(document.getElementById(id)); });
+      opened.forEach(function ([id, place]) {
+        const li = document.getElementById(id);
+        const part = li && li.querySelectorAll("details")[place];
+        if (part) part.open = true;
+      });
       live.querySelectorAll(".pick").forEach(function (el) { el.checked = picked.has(el.value); });
       updatePicked();
       // What the agent has now seen, so that a reply sent from here is not stale against it:

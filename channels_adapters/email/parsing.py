@@ -25,10 +25,9 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 
 import charset_normalizer
-import nh3
 from django.core.files import File
 
-from conversations.services import InboundAttachment
+from conversations.services import HIDDEN_STYLE, InboundAttachment, sanitize_html
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 AUTOMATED_SENDERS = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply)@", re.I)
@@ -552,10 +551,8 @@ def sanitize_email_html(html: str) -> str:
     sender cannot track when an agent opens the mail; inline (cid:) images are kept."""
     if not html:
         return ""
-    clean = nh3.clean(
+    clean = sanitize_html(
         html,
-        url_schemes={"http", "https", "mailto", "cid"},
-        link_rel="noopener noreferrer",
         attributes={
             "img": {"src", "alt", "width", "height"},
             "a": {"href", "title"},
@@ -579,7 +576,6 @@ class _TextOfHtml(HTMLParser):
     )
     # Elements a browser closes by itself when these open (<p>hidden<div>shown, <li>, <body>).
     CLOSED_BY = {"p": BLOCKS, "li": {"li"}, "td": {"td", "th", "tr"}, "head": {"body"}}
-    HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
     MAX_QUOTE_DEPTH = 5  # deeper quotes are still quotes; each level would copy every line
 
     def __init__(self, *, hide: bool = True):
@@ -616,7 +612,7 @@ class _TextOfHtml(HTMLParser):
         if self.hidden and self._hiding(tag, True):
             return
         attrs = dict(attrs)
-        hidden = "hidden" in attrs or self.HIDDEN.search(attrs.get("style") or "")
+        hidden = "hidden" in attrs or HIDDEN_STYLE.search(attrs.get("style") or "")
         if tag in self.SKIP or (self.hide and hidden):
             if tag not in self.VOID:
                 self.hidden = (tag, 1)

@@ -401,3 +401,39 @@ def test_a_customers_picture_shows_in_the_timeline(asgi_server, browser, bob, ch
     expect(picture).to_have_count(1)  # the picture, not the PDF
     expect(picture).to_have_js_property("naturalWidth", 1)  # loaded, under the page's CSP
     expect(page.locator(".attachments a", has_text="scratch.png")).to_be_visible()
+
+
+def test_what_a_sender_hid_stays_hidden_and_what_the_agent_opened_stays_open(
+    asgi_server, browser, bob, dana, mail_inbox
+):
+    from tests.channels_adapters.test_email import pipe
+
+    newsletter = (
+        "From: Ana <ana@example.com>\r\nTo: support@acme.example\r\nSubject: Order 5521\r\n"
+        "Message-ID: <n1@example.com>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n\r\n"
+        '<div style="display: none !important; max-height: 0">Preview: 20% off today</div>'
+        "<p>My order 5521 never came.</p>"
+        '<span style="color: red; font-weight: bold">Please help.</span>'
+    )
+    pipe(mail_inbox, newsletter.encode())
+    conversation = mail_inbox.conversations.get()
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.get_by_text("As the sender formatted it").click()
+
+    # A teammate's change refreshes Bob's page live while he reads the mail.
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    theirs.select_option("#priority", "3")
+    theirs.click('form[action$="/priority"] button')
+    expect(page.locator("#priority")).to_have_value("3")
+
+    # innerText is what the page shows: the hidden preheader is not in it.
+    opened, shown = page.locator(".formatted .html").evaluate(
+        "html => [html.closest('details').open, html.innerText]"
+    )
+    assert opened
+    assert "My order 5521 never came." in shown
+    assert "Please help." in shown  # a style that hides nothing hides nothing
+    assert "20% off" not in shown
