@@ -48,6 +48,7 @@
     open: false, fresh: false, waited: false, prechatDone: false,
     rating: 0, transcriptSent: false, afterContact: "", contactForm: null,
     typingSentAt: 0, timers: {}, atBottom: true, resends: 0,
+    reopened: false, // an agent's message just brought an ended chat back
   };
 
   // --- Small helpers --------------------------------------------------------------------------
@@ -296,8 +297,10 @@
       case "message":
         addMessage(data.message);
         // An agent wrote after the chat ended: the visitor answers there (the server agrees:
-        // chat.takes_messages).
+        // chat.takes_messages). The panel trades its rating for the composer, so the message
+        // that brought the chat back is scrolled to once it is drawn.
         if (data.message && data.message.from === "agent" && data.message.author && S.conversation) {
+          S.reopened = !S.conversation.live;
           S.conversation.live = true;
         }
         break;
@@ -365,6 +368,8 @@
         return;
     }
     render();
+    if (S.reopened) stickToBottom(true);
+    S.reopened = false;
     markRead();
     // What had the focus may now be hidden (the composer once the chat ended, the rating once
     // sent): keyboard users would be thrown back to the top of the page.

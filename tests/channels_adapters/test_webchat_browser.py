@@ -533,9 +533,10 @@ def test_an_agent_who_writes_after_the_chat_ended_is_answered_in_the_same_chat(
     widget.settings["email_after_minutes"] = 5
     widget.save()
     visitor = chat.visitor_session(inbox=widget)
-    conversation = chat.visitor_message(
-        visitor, text="Is the kettle in stock?", client_id="c-1"
-    ).message.conversation
+    for n in range(1, 9):  # a chat long enough to scroll
+        conversation = chat.visitor_message(
+            visitor, text=f"Question {n}: is the kettle in stock?", client_id=f"c-{n}"
+        ).message.conversation
     url = shop.embed(asgi_server, widget)
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
     with_token(page, widget, visitor)
@@ -552,6 +553,8 @@ def test_an_agent_who_writes_after_the_chat_ended_is_answered_in_the_same_chat(
     box = panel.get_by_label("Write a message…")
     expect(box).to_be_visible()
     expect(panel.get_by_text("This chat has ended.")).to_be_hidden()
+    # The chat scrolled to what reopened it.
+    expect(panel.get_by_text("One more thing: keep the box, please.")).to_be_in_viewport()
     box.fill("Sure, I will")
     box.press("Enter")
     expect(agent.locator(".message.inbound").filter(has_text="Sure, I will")).to_be_visible()
