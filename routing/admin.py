@@ -148,7 +148,15 @@ ACTION_LABELS = {
 def _choices() -> dict[str, list]:
     """What the editors offer as menus, by the name conditions give it. Read for each page, so
     that a new inbox, team, agent or canned response is there at once."""
-    agents = User.objects.filter(is_active=True).order_by("display_name", "email")
+    # Two agents can share a name, and two teams' canned responses a shortcut: each label
+    # says which one it is.
+    agents = sorted(
+        (
+            (user.pk, user.name if user.name == user.email else f"{user.name} ({user.email})")
+            for user in User.objects.filter(is_active=True).only("email", "display_name")
+        ),
+        key=lambda pair: pair[1].casefold(),
+    )
     days = zip(rules.WEEKDAYS, rules.WEEKDAY_NAMES, strict=True)
     choices = {
         "channel": Channel.choices,
@@ -156,12 +164,12 @@ def _choices() -> dict[str, list]:
         "weekday": [(day, name.title()) for day, name in days],
         "business_hours": [("open", "Open"), ("closed", "Closed")],
         "status": Conversation.Status.choices,
-        "priority": [(label.lower(), label) for label in Conversation.Priority.labels],
+        "priority": [(name, name.capitalize()) for name in rules.PRIORITIES],  # what they take
         "team": Team.objects.order_by("name").values_list("pk", "name"),
-        "assignee": [(user.pk, user.name) for user in agents],
+        "assignee": agents,
         "canned": [
-            (c.pk, f"/{c.shortcut} – {c.title}")
-            for c in CannedResponse.objects.order_by("shortcut").only("shortcut", "title")
+            (c.pk, f"/{c.shortcut} – {c.title} ({c.team.name if c.team else 'everyone'})")
+            for c in CannedResponse.objects.select_related("team").order_by("shortcut", "team")
         ],
     }
     return {name: [[code, str(label)] for code, label in pairs] for name, pairs in choices.items()}

@@ -25,10 +25,20 @@
     return text.split(",").map((word) => word.trim()).filter(Boolean);
   }
 
-  // An attribute's value as the CRM would have sent it: 20 is a number, "pro" a text.
+  // An attribute's value as the CRM would have sent it: 20 is a number, "pro" a text, and
+  // so are "007" and "1.10", which a number would change (and "contains" would then miss).
   function scalar(text) {
     const trimmed = text.trim();
-    return /^-?\d+(\.\d+)?$/.test(trimmed) ? Number(trimmed) : trimmed;
+    const number = Number(trimmed);
+    const exact = String(number) === trimmed && (Number.isSafeInteger(number) || !Number.isInteger(number));
+    return exact ? number : trimmed;
+  }
+
+  // A whole number JavaScript cannot hold exactly: shown, it would be saved rounded.
+  function inexact(value) {
+    if (typeof value === "number") return Number.isInteger(value) && !Number.isSafeInteger(value);
+    if (value && typeof value === "object") return Object.values(value).some(inexact);
+    return false;
   }
 
   function shown(value) {
@@ -38,25 +48,31 @@
   /* One value's input, as `spec` describes it: `choices` ([code, label] pairs: a menu, or
      checkboxes when `many`), or `kind` "times" (a pair), "number", "longtext", "attribute"
      (numbers read as numbers), else text (words split at commas when `many`). Returns the
-     nodes to show and a function reading the value back as JSON holds it. */
+     nodes to show, a function reading the value back as JSON holds it, and what of `given`
+     is not among the choices (a deleted team, an agent made inactive). */
   function valueInput(spec, given) {
     const label = spec.label || "Value";
-    if (spec.choices && spec.many) {
-      const chosen = new Set((Array.isArray(given) ? given : []).map(String));
-      const boxes = spec.choices.map(([code]) => make("input", { type: "checkbox", checked: chosen.has(String(code)) }));
+    if (!spec.choices) return [...otherInput(spec, given, label), []];
+    const codes = new Set(spec.choices.map(([code]) => JSON.stringify(code)));
+    const givens = Array.isArray(given) ? given : given === undefined || given === "" ? [] : [given];
+    const missing = givens.filter((code) => !codes.has(JSON.stringify(code)));
+    if (spec.many) {
+      const chosen = new Set(givens.map((code) => JSON.stringify(code)));
+      const boxes = spec.choices.map(([code]) => make("input", { type: "checkbox", checked: chosen.has(JSON.stringify(code)) }));
       const labels = spec.choices.map(([, name], n) => make("label", { className: "rows-choice" }, [boxes[n], " " + name]));
       const group = make("span", { className: "rows-choices", role: "group", ariaLabel: label }, labels);
       group.classList.toggle("rows-long", boxes.length > 8);
       const read = () => spec.choices.filter((choice, n) => boxes[n].checked).map(([code]) => code);
-      return [[group], read];
+      return [[group], read, missing];
     }
-    if (spec.choices) {
-      const menu = make("select", { ariaLabel: label });
-      menu.add(new Option("choose…", ""));
-      for (const [code, name] of spec.choices) menu.add(new Option(name, JSON.stringify(code)));
-      menu.value = given === undefined ? "" : JSON.stringify(given);
-      return [[menu], () => (menu.value ? JSON.parse(menu.value) : "")];
-    }
+    const menu = make("select", { ariaLabel: label });
+    menu.add(new Option("choose…", ""));
+    for (const [code, name] of spec.choices) menu.add(new Option(name, JSON.stringify(code)));
+    menu.value = givens.length ? JSON.stringify(given) : "";
+    return [[menu], () => (menu.value ? JSON.parse(menu.value) : ""), missing];
+  }
+
+  function otherInput(spec, given, label) {
     if (spec.kind === "times") {
       const [from, to] = Array.isArray(given) ? given : ["09:00", "17:00"];
       const inputs = [from, to].map((time, n) => make("input", { type: "time", value: time, ariaLabel: n ? "Until" : "From" }));
@@ -75,12 +91,16 @@
     return [[input], () => one(input.value)];
   }
 
+  // Removes its row; the focus goes to the next row, else the one before, else "Add".
   function removeButton(item, what) {
     const button = make("button", { type: "button", textContent: "Remove", ariaLabel: "Remove this " + what });
     button.addEventListener("click", () => {
       const list = item.parentNode;
+      const near = item.nextElementSibling || item.previousElementSibling;
+      const next = near ? near.querySelector("select") : list.parentNode.querySelector(".rows-add");
       item.remove();
       list.dispatchEvent(new Event("change", { bubbles: true }));
+      if (next) next.focus();
     });
     return button;
   }
@@ -112,9 +132,10 @@
       if (NO_VALUE.has(op)) return;
       const numeric = field.kind === "attribute" && NUMBERS.has(op);
       const spec = { choices: field.choices, kind: numeric ? "number" : field.kind, many: many(field, op) };
-      const [nodes, read] = valueInput(spec, given);
+      const [nodes, read, missing] = valueInput(spec, given);
       value.append(...nodes);
       readValue = read;
+      item.missing = missing;
     }
 
     function drawOps(op, given) {
@@ -160,9 +181,11 @@
 
     function draw(given) {
       params.replaceChildren();
+      item.missing = [];
       reads = actions.get(menu.value).params.map((param) => {
-        const [nodes, read] = valueInput(param, given[param.key]);
+        const [nodes, read, missing] = valueInput(param, given[param.key]);
         params.append(...nodes);
+        item.missing.push(...missing);
         return [param, read];
       });
     }
@@ -185,7 +208,7 @@
     conditions: {
       row: conditionRow,
       what: "condition",
-      fits: (schema, item) => Boolean(schema.fieldOf(String(item.field))),
+      fits: (schema, item) => Boolean(schema.fieldOf(item.field)),
       blank: (schema) => ({ field: schema.fields[0].name, op: schema.fields[0].ops[0] }),
     },
     actions: {
@@ -196,24 +219,27 @@
     },
   };
 
-  // The same item, its keys in one order: what a row must give back unchanged.
+  // The same item, its keys in one order and its lists sorted: what a row must give back
+  // unchanged. Sorted, since ticked boxes come back in the menu's order and "any of 2, 1" is
+  // "any of 1, 2"; the rows keep the order of what is an order (a time range, typed words).
   function canonical(item) {
-    return JSON.stringify(item, Object.keys(item).sort());
+    const sorted = (value) => (Array.isArray(value) ? value.map((v) => JSON.stringify(v)).sort() : value);
+    return JSON.stringify(Object.keys(item).sort().map((key) => [key, sorted(item[key])]));
   }
 
   function editor(area) {
     const schema = JSON.parse(area.dataset.rows);
     const rows = ROWS[schema.rows];
     const byName = new Map((schema.fields || []).map((field) => [field.name, field]));
-    schema.fieldOf = (name) => byName.get(name) || (name.startsWith("customer.") ? byName.get("customer.") : null);
+    schema.fieldOf = (name) => typeof name !== "string" ? null
+      : byName.get(name) || (name.startsWith("customer.") ? byName.get("customer.") : null);
     const what = rows.what;
     const list = make("ol", { className: "rows-list" });
-    const add = make("button", { type: "button", textContent: "Add " + (what === "action" ? "an " : "a ") + what });
+    const add = make("button", { type: "button", className: "rows-add", textContent: "Add " + (what === "action" ? "an " : "a ") + what });
     const box = make("div", { className: "rows-editor" }, [list, add]);
     const note = make("p", { className: "rows-note", hidden: true });
     const toggle = make("button", { type: "button", className: "rows-toggle" });
     const help = document.getElementById(area.id + "_helptext"); // it explains the JSON
-    area.before(make("div", {}, [box, note, toggle]));
 
     function write() {
       const lines = [...list.children].map((item) => "  " + JSON.stringify(item.read()));
@@ -231,9 +257,20 @@
       if (!Array.isArray(parsed)) return "This must be a list; correct it here.";
       const items = [];
       for (const [index, given] of parsed.entries()) {
-        const odd = what[0].toUpperCase() + what.slice(1) + " " + (index + 1) + " cannot be shown in the form; edit it here.";
+        const which = what[0].toUpperCase() + what.slice(1) + " " + (index + 1);
+        const odd = which + " cannot be shown in the form; edit it here.";
         if (!given || typeof given !== "object" || Array.isArray(given) || !rows.fits(schema, given)) return odd;
-        const item = rows.row(schema, given);
+        if (inexact(given)) return which + " holds a number too long for the form; edit it here.";
+        let item;
+        try {
+          item = rows.row(schema, given);
+        } catch (error) {
+          return odd;
+        }
+        if (item.missing.length) {
+          const named = item.missing.map((code) => JSON.stringify(code)).join(", ");
+          return which + " names " + named + ", which is not among the choices (deleted, or no longer active); edit it here.";
+        }
         if (canonical(item.read()) !== canonical(given)) return odd;
         items.push(item);
       }
@@ -265,11 +302,19 @@
     box.addEventListener("input", write);
     box.addEventListener("change", write);
     const why = load();
+    area.before(make("div", {}, [box, note, toggle]));
     show(Boolean(why), why);
   }
 
+  // Each list on its own: one the script trips on stays plain JSON, and the others work.
   function start() {
-    for (const area of document.querySelectorAll("textarea[data-rows]")) editor(area);
+    for (const area of document.querySelectorAll("textarea[data-rows]")) {
+      try {
+        editor(area);
+      } catch (error) {
+        console.error("The rows editor could not start; the JSON stays editable.", error);
+      }
+    }
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

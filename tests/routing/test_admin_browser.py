@@ -5,7 +5,7 @@ JSON, and what they built routes the next message."""
 import pytest
 from playwright.sync_api import expect
 
-from conversations.models import Conversation
+from conversations.models import Conversation, Inbox
 from routing.models import Automation, RoutingRule
 from tests.conftest import signed_in
 from tests.routing.test_rules import arrive
@@ -133,3 +133,64 @@ def test_what_the_menus_cannot_show_stays_json_untouched(asgi_server, browser, a
     page.get_by_role("button", name="Edit with the form").click()
     expect(page.locator("#id_conditions")).to_be_hidden()
     expect(condition(page, 1).get_by_label("Value")).to_have_value("refund")
+
+
+def test_rows_keep_what_they_hold_and_the_focus(asgi_server, browser, alice, mail_inbox):
+    other = Inbox.objects.create(name="Billing email", kind="email", address="billing@acme.example")
+    rule = RoutingRule.objects.create(
+        name="Codes",
+        priority=2,
+        conditions=[
+            {"field": "inbox", "op": "in", "value": [mail_inbox.pk, other.pk]},  # not menu order
+            {"field": "customer.code", "op": "contains", "value": "007"},
+            {"field": "customer.orders", "op": "is", "value": 20},
+        ],
+    )
+    page = signed_in(browser, asgi_server, alice)
+    page.goto(f"{asgi_server}/admin/routing/routingrule/{rule.pk}/change/")
+    expect(page.locator(".field-conditions .rows-row")).to_have_count(3)  # no JSON: a set
+    expect(condition(page, 2).get_by_label("Value")).to_have_value("007")
+
+    # Removed from the keyboard, a row hands the focus to the next one.
+    condition(page, 1).get_by_role("button", name="Remove this condition").press("Enter")
+    expect(condition(page, 1).get_by_label("Field")).to_be_focused()
+    page.click("input[name=_save]")
+    page.wait_for_url(f"{asgi_server}/admin/routing/routingrule/")
+    rule.refresh_from_db()
+    assert rule.conditions == [  # "007" stays text: a number would be 7, in no "agent 007"
+        {"field": "customer.code", "op": "contains", "value": "007"},
+        {"field": "customer.orders", "op": "is", "value": 20},
+    ]
+
+
+def test_what_the_menus_would_change_stays_json_and_says_why(asgi_server, browser, alice, bob):
+    bob.is_active = False
+    bob.save()
+    cases = {
+        "holds a number too long for the form": [
+            {"field": "customer.crm_id", "op": "is", "value": 12345678901234567891}
+        ],
+        f"names {bob.pk}, which is not among the choices": [
+            {"field": "assignee", "op": "is", "value": bob.pk}
+        ],
+    }
+    page = signed_in(browser, asgi_server, alice)
+    for why, conditions in cases.items():
+        rule = RoutingRule.objects.create(name=why, conditions=conditions, priority=2)
+        page.goto(f"{asgi_server}/admin/routing/routingrule/{rule.pk}/change/")
+        expect(page.locator(".field-conditions .rows-note")).to_contain_text(f"Condition 1 {why}")
+        page.click("input[name=_save]")
+        page.wait_for_url(f"{asgi_server}/admin/routing/routingrule/")
+        rule.refresh_from_db()
+        assert rule.conditions == conditions
+
+    # A condition the script cannot read at all: its list stays JSON, the actions still work.
+    automation = Automation.objects.create(
+        name="Odd",
+        event="created",
+        conditions=[{"field": ["status"], "op": "is", "value": "open"}],
+        actions=[{"action": "priority", "priority": "high"}],
+    )
+    page.goto(f"{asgi_server}/admin/routing/automation/{automation.pk}/change/")
+    expect(page.locator("#id_conditions")).to_be_visible()
+    expect(action(page, 1).get_by_label("Priority")).to_have_value('"high"')
