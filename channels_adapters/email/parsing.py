@@ -14,6 +14,7 @@ import binascii
 import functools
 import hashlib
 import itertools
+import mimetypes
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from html.parser import HTMLParser
 import charset_normalizer
 from django.core.files import File
 
+from channels_adapters.email.tnef import Unreadable, tnef_files
 from conversations.services import HIDDEN_STYLE, InboundAttachment, sanitize_html
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
@@ -456,19 +458,44 @@ def _walk(msg: Message, spooled: list):
         if size > MAX_ATTACHMENT_BYTES:
             skipped.append(f"{name} ({size // (1024 * 1024)} MB, over the limit)")
             continue
-        attachments.append(
-            InboundAttachment(
-                filename=name,
-                content_type=ctype,
-                content=content,
-                content_id=_first_id(part.get("Content-ID", "")) or "",
-            )
+        attachment = InboundAttachment(
+            filename=name,
+            content_type=ctype,
+            content=content,
+            content_id=_first_id(part.get("Content-ID", "")) or "",
         )
+        if ctype == "application/ms-tnef" or name.lower() == "winmail.dat":
+            attachments += _unwrapped(attachment)
+        else:
+            attachments.append(attachment)
     # Gmail sends an invitation twice, inline and as invite.ics: one is enough.
     calendars = [a for a in attachments if a.filename.lower().endswith(".ics")]
     if len(calendars) > 1:
         attachments = [a for a in attachments if a is not calendars[0]]
     return text_part, html_part, attachments, skipped
+
+
+def _unwrapped(winmail: InboundAttachment) -> list[InboundAttachment]:
+    """The files an Outlook winmail.dat carries, in its place; itself, as it came, when it
+    cannot be read or carries none (a rich-text body only, already in the text part)."""
+    content = winmail.content
+    if isinstance(content, File):
+        content.seek(0)
+        content = content.read()
+    try:
+        files = tnef_files(content)
+    except Unreadable:
+        return [winmail]
+    return [
+        InboundAttachment(
+            filename=_readable(file.filename) or "attachment",
+            content_type=file.content_type
+            or mimetypes.guess_type(file.filename)[0]
+            or "application/octet-stream",
+            content=file.content,
+        )
+        for file in files
+    ] or [winmail]
 
 
 def _filename(part) -> str:
@@ -478,8 +505,12 @@ def _filename(part) -> str:
             name = str(policy.default.header_factory("X-Filename", name))
     except Exception:  # noqa: BLE001
         name = ""
-    # Keep the name readable, never a path.
-    return re.sub(r"[\x00-\x1f/\\]", "_", name).strip()[:255]
+    return _readable(name)
+
+
+def _readable(filename: str) -> str:
+    """A file name as the sender gave it, readable and never a path."""
+    return re.sub(r"[\x00-\x1f/\\]", "_", filename).strip()[:255]
 
 
 def _decode(part) -> str:

@@ -91,6 +91,37 @@ def reply_to(sent, frm="maria@example.com", body="Thanks!", **overrides) -> byte
     return customer_mail(frm=frm, subject=f"Re: {sent['Subject']}", body=body, **headers)
 
 
+def winmail_dat(*files, props=None) -> bytes:
+    """A TNEF stream as Outlook writes one ([MS-OXTNEF] 2.1.3): each file is (8.3 name, long
+    name or "", MIME type or "", content); `props` replaces each file's MAPI property list."""
+    import struct
+
+    def attribute(level, attribute_id, data):
+        checksum = sum(data) & 0xFFFF
+        return (
+            struct.pack("<BII", level, attribute_id, len(data)) + data + struct.pack("<H", checksum)
+        )
+
+    def text(prop_type, prop_id, value):
+        wide = prop_type == 0x001F
+        raw = value.encode("utf-16-le" if wide else "cp1252") + b"\x00" * (2 if wide else 1)
+        padded = raw + b"\x00" * (-len(raw) % 4)
+        return struct.pack("<HHII", prop_type, prop_id, 1, len(raw)) + padded
+
+    out = struct.pack("<IH", 0x223E9F78, 0x0001)
+    out += attribute(1, 0x00089006, struct.pack("<I", 0x00010000))  # attTnefVersion
+    out += attribute(1, 0x00069007, struct.pack("<II", 1252, 0))  # attOemCodepage
+    for short, long, mime, content in files:
+        out += attribute(2, 0x00069002, struct.pack("<HIIIH", 1, 0xFFFFFFFF, 0, 0, 0))
+        out += attribute(2, 0x00018010, short.encode("cp1252") + b"\x00")  # attAttachTitle
+        out += attribute(2, 0x0006800F, content)  # attAttachData
+        listed = [text(0x001F, 0x3707, long)] if long else []
+        listed += [text(0x001E, 0x370E, mime)] if mime else []
+        mapi = struct.pack("<I", len(listed)) + b"".join(listed)
+        out += attribute(2, 0x00069005, props if props is not None else mapi)  # attAttachment
+    return out
+
+
 def only_message(**filters) -> Message:
     return Message.objects.get(direction="inbound", **filters)
 
@@ -901,6 +932,40 @@ class TestInboundPaths:
         [attachment] = only_message().attachments.all()
         assert attachment.size == len(payload)
         assert attachment.file.read() == payload
+
+    def test_outlooks_winmail_dat_arrives_as_the_files_inside_it(self, email_inbox):
+        quote, photo = b"%PDF-1.4 the quote", b"\x89PNG\r\n\x1a\n picture"
+        mail = customer_message("a@b.example", "Quote", "The quote and a photo, attached.")
+        winmail = winmail_dat(
+            ("QUOTEM~1.PDF", "Quote März 2026.pdf", "", quote),  # the long name in MAPI
+            ("PHOTO.PNG", "", "image/png", photo),  # only the short name, and a MIME type
+        )
+        mail.add_attachment(winmail, "application", "ms-tnef", filename="winmail.dat")
+        pipe(email_inbox, mail.as_bytes())
+        message = only_message()
+        files = {a.filename: (a.content_type, a.file.read()) for a in message.attachments.all()}
+        assert files == {
+            "Quote März 2026.pdf": ("application/pdf", quote),
+            "PHOTO.PNG": ("image/png", photo),
+        }
+        assert message.text == "The quote and a photo, attached."
+
+    @pytest.mark.parametrize(
+        "winmail",
+        [
+            b"not TNEF at all",
+            # Counts no file could hold: a property list claiming 4 billion entries, each a
+            # list of 4 billion numbers, and then 3,000 empty attributes.
+            winmail_dat(("A.TXT", "", "", b"x"), props=b"\xff\xff\xff\xff" + b"\x03\x10\x01\x00")
+            + b"\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" * 3000,
+        ],
+    )
+    def test_a_winmail_dat_that_cannot_be_read_is_kept_as_it_came(self, email_inbox, winmail):
+        mail = customer_message("a@b.example", "Odd", "See the attachment.")
+        mail.add_attachment(winmail, "application", "ms-tnef", filename="winmail.dat")
+        pipe(email_inbox, mail.as_bytes())
+        [kept] = only_message().attachments.all()
+        assert (kept.filename, kept.file.read()) == ("winmail.dat", winmail)
 
     def test_a_large_mail_over_http_is_kept_as_a_file_and_processed_by_the_task(
         self, client, email_inbox
