@@ -58,6 +58,11 @@ class TransientError(DeliveryError):
     """Worth trying again later: timeouts, rate limits, 4xx SMTP, provider 5xx."""
 
 
+class AnswerLost(TransientError):
+    """The request went out but its answer never came back (a read timeout, a dropped
+    connection): the provider may have acted on it. Retrying as is may send twice."""
+
+
 class PermanentError(DeliveryError):
     """Will never work as is: invalid recipient, blocked, opted out. The message fails."""
 

@@ -13,7 +13,13 @@ import httpcore
 import httpx
 from django.conf import settings
 
-from channels_adapters.base import DeliveryError, FetchedMedia, PermanentError, TransientError
+from channels_adapters.base import (
+    AnswerLost,
+    DeliveryError,
+    FetchedMedia,
+    PermanentError,
+    TransientError,
+)
 
 MAX_REDIRECTS = 5
 _client: httpx.Client | None = None
@@ -82,6 +88,10 @@ def provider_call(
         response = client().request(
             method, url, timeout=settings.PROVIDER_TIMEOUT_SECONDS, **kwargs
         )
+    except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+        # The whole request was sent: the provider may have done what it asked.
+        said = "did not answer in time" if isinstance(exc, httpx.ReadTimeout) else "hung up"
+        raise AnswerLost(f"{host} {said} ({type(exc).__name__}).") from exc
     except httpx.TimeoutException as exc:
         raise TransientError(f"{host} did not answer in time ({type(exc).__name__}).") from exc
     except httpx.TransportError as exc:

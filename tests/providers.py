@@ -3,8 +3,9 @@
 Each fake is a real HTTP server on 127.0.0.1 that answers in the provider's documented wire
 format, records every request it gets, serves media behind the provider's auth, and can be told
 to fail the next requests: `fail("500")`, `fail("429")`, `fail("timeout")` (hold the request
-until the client gives up), `fail("slow")` (answer, but only once `go_on` is set) or a provider
-error such as an invalid recipient. They also sign the
+until the client gives up), `fail("slow")` (answer, but only once `go_on` is set),
+`fail("hang_up")` (close the connection without answering), `fail("answer_lost")` (do what
+was asked, then hang up) or a provider error such as an invalid recipient. They also sign the
 webhooks they send, as the real provider does, with their own code rather than ours.
 """
 
@@ -18,6 +19,7 @@ import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -48,6 +50,9 @@ class Answer:
     @classmethod
     def json(cls, status: int, data) -> Answer:
         return cls(status, json.dumps(data).encode())
+
+
+HANG_UP = Answer(0)  # close the connection without a word
 
 
 class FakeProvider:
@@ -81,6 +86,9 @@ class FakeProvider:
                 answer = fake._dispatch(request)
                 if answer is None:  # "timeout": hold the connection until released
                     fake._released.wait(30)
+                    return
+                if answer is HANG_UP:
+                    self.close_connection = True
                     return
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
@@ -124,6 +132,10 @@ class FakeProvider:
             mode = self._failures.popleft() if self._failures else ""
         if mode == "timeout":
             return None
+        if mode in ("hang_up", "answer_lost"):
+            if mode == "answer_lost":
+                self.answer(request)
+            return HANG_UP
         if mode == "slow":  # took the request, answers once the test says so
             self.go_on.wait(30)
             mode = ""
@@ -159,6 +171,7 @@ class FakeTwilio(FakeProvider):
     def __init__(self, account_sid="AC" + "1" * 32, auth_token="twilio-auth-token"):
         self.account_sid, self.auth_token = account_sid, auth_token
         self.next_sids: list[str] = []  # sids to hand out before random ones
+        self.sent: list[dict] = []  # the messages made, oldest first, as the API lists them
         super().__init__()
 
     @property
@@ -172,25 +185,31 @@ class FakeTwilio(FakeProvider):
     media_authorized = _authorized
 
     def answer(self, request: Recorded) -> Answer:
-        if request.method != "POST" or request.path != self.messages_path:
+        if request.path != self.messages_path or request.method not in ("POST", "GET"):
             return self._error(404, 20404, "The requested resource was not found")
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
+        if request.method == "GET":  # the list, newest first, filtered as the API does
+            asked = {key.lower(): value for key, value in request.query.items()}
+            wanted = {key: asked[key] for key in ("to", "from") if key in asked}
+            listed = [m for m in reversed(self.sent) if all(m[k] == v for k, v in wanted.items())]
+            size = int(request.query.get("PageSize", 50))
+            return Answer.json(200, {"messages": listed[:size], "page": 0, "page_size": size})
         form = request.form()
         sid = self.next_sids.pop(0) if self.next_sids else "SM" + secrets.token_hex(16)
-        return Answer.json(
-            201,
-            {
-                "sid": sid,
-                "account_sid": self.account_sid,
-                "to": form["To"][0],
-                "from": form.get("From", [""])[0],
-                "body": form.get("Body", [""])[0],
-                "status": "queued",
-                "num_media": str(len(form.get("MediaUrl", []))),
-                "error_code": None,
-            },
-        )
+        made = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "to": form["To"][0],
+            "from": form.get("From", [""])[0],
+            "body": form.get("Body", [""])[0],
+            "status": "queued",
+            "num_media": str(len(form.get("MediaUrl", []))),
+            "error_code": None,
+            "date_created": formatdate(usegmt=True),
+        }
+        self.sent.append(made)
+        return Answer.json(201, made)
 
     def failure(self, mode: str) -> Answer:
         errors = {

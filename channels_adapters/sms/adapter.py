@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 
 from django.conf import settings
 from django.http import HttpResponse, QueryDict
@@ -24,14 +26,16 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from channels_adapters.base import (
     Adapter,
+    AnswerLost,
     Capabilities,
+    DeliveryError,
     Ignore,
     InvalidPayload,
     PermanentError,
     SendResult,
 )
 from channels_adapters.http import media_fetch, provider_call, transient_or_permanent
-from conversations.models import Channel, Identity
+from conversations.models import Channel, Identity, Message
 from conversations.selectors import id_given
 from conversations.services import (
     OPT_IN_KEYWORDS,
@@ -187,14 +191,15 @@ class SmsAdapter(Adapter):
         media = [public_attachment_url(a) for a in message.attachments.all()]
         if media:
             form["MediaUrl"] = media
+        messages = f"{_api(inbox)}/2010-04-01/Accounts/{account}/Messages.json"
+        asked_at = timezone.now()
         try:
-            response = provider_call(
-                "POST",
-                f"{_api(inbox)}/2010-04-01/Accounts/{account}/Messages.json",
-                data=form,
-                auth=_auth(inbox),
-                error=_error,
-            )
+            response = provider_call("POST", messages, data=form, auth=_auth(inbox), error=_error)
+        except AnswerLost:
+            sid = _sent_anyway(inbox, messages, form, asked_at)
+            if sid:
+                return SendResult(provider_id=sid)
+            raise  # not there: sent again on the next attempt
         except PermanentError as refused:
             if refused.reason.startswith(_describe(UNSUBSCRIBED)):
                 # Twilio keeps an opt-out we never saw (a keyword we do not know, a STOP to
@@ -205,6 +210,33 @@ class SmsAdapter(Adapter):
                 )
             raise
         return SendResult(provider_id=response.json().get("sid", ""))
+
+
+def _sent_anyway(inbox, messages: str, form: dict, asked_at) -> str:
+    """The sid of the message Twilio made of a request whose answer we lost, or "". Twilio
+    has no idempotency key for sending: its newest messages to the number are read back,
+    and one with our text, made since we asked (a minute's leeway for clocks) and known to no
+    other message of ours, is ours. Trial accounts put a notice before the text."""
+    query = {"To": form["To"], "PageSize": 20}
+    if "From" in form:
+        query["From"] = form["From"]
+    try:
+        listed = provider_call("GET", messages, params=query, auth=_auth(inbox), error=_error)
+        found = listed.json().get("messages") or []
+    except (DeliveryError, ValueError):
+        return ""  # not known: the next attempt sends, as before
+    since = asked_at - timedelta(minutes=1)
+    for sent in found:
+        try:
+            made = parsedate_to_datetime(sent.get("date_created") or "")
+        except (TypeError, ValueError):
+            continue
+        sid, body = sent.get("sid") or "", sent.get("body") or ""
+        ours = body == form["Body"] or (form["Body"] and body.endswith(form["Body"]))
+        if made >= since and sid and ours:
+            if not Message.objects.filter(provider_id=sid).exists():
+                return sid
+    return ""
 
 
 def _consent(opt_out_type: str, text: str) -> bool | None:

@@ -450,6 +450,30 @@ class TestReplies:
         assert message.status == Message.Status.QUEUED
         assert "did not answer in time" in message.failure_reason
 
+    def test_a_lost_answer_is_looked_up_not_sent_twice(self, twilio, conversation, bob):
+        twilio.fail("answer_lost")  # Twilio sends it, then the connection drops
+        message = reply(conversation, bob)
+        assert message.status == Message.Status.SENT
+        (made,) = twilio.sent
+        assert message.provider_id == made["sid"]  # its delivery reports find it
+        assert len(twilio.calls("POST")) == 1
+        (looked_up,) = twilio.calls("GET")
+        assert looked_up.query["To"] == CUSTOMER
+
+    def test_an_answer_lost_before_twilio_acted_is_sent_on_the_next_attempt(
+        self, twilio, conversation, bob
+    ):
+        earlier = reply(conversation, bob, text="Same words")  # the same text, sent before
+        twilio.fail("hang_up")
+        message = reply(conversation, bob, text="Same words")
+        assert message.status == Message.Status.QUEUED  # not taken for the earlier one
+        assert "hung up" in message.failure_reason
+        with time_machine.travel(message.next_attempt_at + timedelta(seconds=1), tick=False):
+            message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.SENT
+        assert [m["sid"] for m in twilio.sent] == [earlier.provider_id, message.provider_id]
+
     @pytest.mark.parametrize(
         ("mode", "reason"),
         [
