@@ -179,7 +179,8 @@ def parse_email(raw: bytes) -> ParsedEmail:
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
-    new_text, quoted = split_reply(text)
+    subject = _header(msg, "Subject")
+    new_text, quoted = split_reply(text, forward=bool(FORWARD_SUBJECT.match(subject)))
 
     message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
     reply_to = _address(msg, "Reply-To")
@@ -189,7 +190,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     )
     return ParsedEmail(
         message_id=message_id,
-        subject=_header(msg, "Subject"),
+        subject=subject,
         from_name=from_name,
         from_address=from_address,
         to=_addresses(msg, "To"),
@@ -741,12 +742,19 @@ HEADER_SUBJECT = re.compile(
     r"^\s*\**(subject|objet|assunto|asunto|betreff|onderwerp|oggetto)\s*:", re.I
 )
 HEADER_LINES = 10  # how far below "From:" its Subject may be (a To: list wraps over lines)
-# A forward's marker: what follows is the message forwarded, not history.
+# A forward's marker: what follows is the message forwarded, not history. Gmail's, then Apple
+# Mail's ("Begin forwarded message:", "Anfang der weitergeleiteten Nachricht:"...).
 FORWARDED = re.compile(
     r"^\s*-*\s*(forwarded message|begin forwarded message|mensagem encaminhada|"
-    r"message transf[ée]r[ée]|mensaje reenviado|weitergeleitete nachricht)\s*:?\s*-*\s*$",
+    r"message transf[ée]r[ée]|mensaje reenviado|weitergeleitete nachricht|"
+    r"anfang der weitergeleiteten nachricht|in[íi]cio da mensagem (re)?encaminhada|"
+    r"d[ée]but du message r[ée]exp[ée]di[ée]|inicio del mensaje reenviado|"
+    r"inizio messaggio inoltrato|begin doorgestuurd bericht)\s*:?\s*-*\s*$",
     re.I,
 )
+# A subject that says the mail is a forward (Outlook's FW:, WG:, TR:, RV:, Enc:...): Outlook
+# marks the forwarded mail with the same header block as a reply's history.
+FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|rv|enc|doorst|vs)\s*:", re.I)
 ORIGINAL_MESSAGE = re.compile(
     r"^\s*-{2,}\s*(original message|mensagem original|"
     r"message d'origine|mensaje original|urspr[üu]ngliche nachricht)"
@@ -774,27 +782,34 @@ def _filled_above(lines: list[str], i: int) -> int:
     return j
 
 
-def split_reply(text: str) -> tuple[str, str]:
+def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
     """(new text, quoted history + signature). Language-neutral where it can be: a tail of
     `>` lines (a signature or a footer may follow) and the attribution line ending in ':' just
     above it, in any language; the signature delimiter; Outlook's header block in the languages
     our customers write; a phone's signature ending the new text. Nothing after a forward's
-    marker is history: it is the message forwarded."""
+    marker is history: it is the message forwarded; nor, in a `forward` (its subject says
+    so), is Outlook's header block or "Original Message" rule, which mark the mail forwarded."""
     lines = text.replace("\r\n", "\n").split("\n")
+
+    def forwarded_from(i: int) -> bool:
+        stripped = lines[i].strip()
+        return bool(FORWARDED.match(stripped)) or (
+            forward and bool(ORIGINAL_MESSAGE.match(stripped) or _header_block(lines, i))
+        )
+
+    # The forwarded message's first line: a signature above it is the forwarder's, and what
+    # follows it is no history, so nothing is cut there.
+    first_forwarded = next((i for i in range(len(lines)) if forwarded_from(i)), len(lines))
     cut = len(lines)
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if FORWARDED.match(stripped):
+        if i == first_forwarded:
             break
-        if ORIGINAL_MESSAGE.match(stripped) or _signature_starts(lines, i):
+        signature = _signature_starts(lines, i) and first_forwarded == len(lines)
+        if ORIGINAL_MESSAGE.match(stripped) or signature:
             cut = i
             break
-        block = lines[i + 1 : i + 1 + HEADER_LINES]
-        if (
-            HEADER_START.match(line)
-            and any(HEADER_NEXT.match(n) for n in block[:3])
-            and any(HEADER_SUBJECT.match(n) for n in block)
-        ):
+        if _header_block(lines, i):
             cut = i
             # Outlook rules the header block off with a line of underscores: it goes too.
             j = _filled_above(lines, i)
@@ -823,6 +838,16 @@ def split_reply(text: str) -> tuple[str, str]:
     if not new:  # everything looked quoted: show it all rather than nothing
         return text.strip(), ""
     return new, quoted
+
+
+def _header_block(lines: list[str], i: int) -> bool:
+    """Line `i` starts a quoted mail's header block (From:, then Sent: or To:, and Subject:)."""
+    block = lines[i + 1 : i + 1 + HEADER_LINES]
+    return bool(
+        HEADER_START.match(lines[i])
+        and any(HEADER_NEXT.match(n) for n in block[:3])
+        and any(HEADER_SUBJECT.match(n) for n in block)
+    )
 
 
 def _signature_starts(lines: list[str], i: int) -> bool:

@@ -321,10 +321,31 @@ class TestParsing:
             "Can you help him?\n\n---------- Forwarded message ---------\nFrom: Peter Brown "
             "<peter@example.net>\nDate: Mon, Nov 30, 2026\nSubject: Broken handle\nTo: "
             "<sales@acme.example>\n\nThe handle broke. Order 66120.",
+            # The same, forwarded from Apple Mail in German, and from Gmail under a signature.
+            "Schaut mal.\n\nAnfang der weitergeleiteten Nachricht:\n\nVon: Peter "
+            "<peter@example.net>\nBetreff: Griff kaputt\nDatum: 30. November 2026\n"
+            "An: sales@acme.example\n\nDer Griff ist kaputt.",
+            "Can you help him?\n-- \nAna Lima\nSales\n\n---------- Forwarded message "
+            "---------\nFrom: Peter Brown <peter@example.net>\nSubject: Broken handle\n\n"
+            "The handle broke.",
         ],
     )
     def test_what_only_looks_like_history_or_a_signature_stays(self, text):
         assert split_reply(text) == (text, "")
+
+    @pytest.mark.parametrize(
+        ("subject", "forwarded"),
+        [("FW: Broken handle", True), ("WG: Griff", True), ("RE: Broken handle", False)],
+    )
+    def test_outlooks_forward_is_the_message_not_its_history(self, subject, forwarded):
+        body = (
+            "Please look at this customer's problem.\n\n________________________________\n"
+            "From: Peter Brown <peter@example.net>\nSent: Monday, 30 November 2026 10:00\n"
+            "To: Sales <sales@acme.example>\nSubject: Broken handle\n\nThe handle broke."
+        )
+        parsed = parse_email(customer_mail(subject=subject, body=body))
+        assert ("The handle broke." in parsed.text) == forwarded
+        assert parsed.text.startswith("Please look at this customer's problem.")
 
 
 @pytest.mark.django_db
