@@ -1,5 +1,6 @@
 import json
 import re
+import threading
 
 from django import forms
 from django.conf import settings
@@ -387,6 +388,20 @@ class SlaClockInline(admin.TabularInline):
         return False
 
 
+_page = threading.local()  # the address the admin browses, for the inbox page being drawn
+
+
+def _public_base() -> tuple[str, str]:
+    """The address sites and providers reach this server at, and a warning when it is only
+    the one the admin is browsing (PUBLIC_URL unset): pasted elsewhere, it must be right."""
+    if settings.PUBLIC_URL:
+        return settings.PUBLIC_URL, ""
+    return getattr(_page, "base", "") or "https://<PUBLIC_URL>", (
+        "PUBLIC_URL is not set, so this shows the address you are browsing: set PUBLIC_URL to "
+        "the one the internet reaches this server at, if it differs."
+    )
+
+
 @admin.register(Inbox)
 class InboxAdmin(admin.ModelAdmin):
     form = InboxForm
@@ -425,6 +440,10 @@ class InboxAdmin(admin.ModelAdmin):
                 del form.base_fields[name]
         return form
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        _page.base = request.build_absolute_uri("/").rstrip("/")
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)
         if obj is None or obj.kind != Channel.WEBCHAT:
@@ -440,13 +459,15 @@ class InboxAdmin(admin.ModelAdmin):
 
         if not inbox.pk or inbox.kind != Channel.WEBCHAT:
             return "-"
+        base, warning = _public_base()
         return format_html(
             "<code>{}</code><br>Paste it before &lt;/body&gt; on every page of your site. "
             "To link signed-in users to their history on every device, add "
             "<code>data-user-id</code> (your user's id or email), <code>data-user-name</code> "
             "and <code>data-user-hash</code> = hex HMAC-SHA256 of the id with this inbox's "
-            "secret, computed on your server.",
-            snippet(inbox, settings.PUBLIC_URL or "https://<PUBLIC_URL>"),
+            "secret, computed on your server.{}",
+            snippet(inbox, base),
+            format_html("<br><strong>{}</strong>", warning) if warning else "",
         )
 
     def get_queryset(self, request):
@@ -478,20 +499,21 @@ class InboxAdmin(admin.ModelAdmin):
     @admin.display(description="webhook URL")
     def webhook(self, inbox):
         """What to paste in the provider's console (see the README's "Connecting channels")."""
-        from django.conf import settings
         from django.urls import reverse
 
         from channels_adapters.views import WEBHOOK_CHANNELS
 
-        base = settings.PUBLIC_URL or "https://<PUBLIC_URL>"
+        base, warning = _public_base()
+        warned = format_html("<br><strong>{}</strong>", warning) if warning else ""
         if inbox.pk and inbox.kind == Channel.EMAIL:
             url = base + reverse("email-inbound", args=[inbox.pk])
             return format_html(
                 "<code>{}</code><br>For a mail service that forwards by HTTP: POST the raw "
                 "message (Content-Type: message/rfc822) with the header Authorization: Bearer "
                 "and the inbox secret. Or poll IMAP (settings imap_host…), or pipe from your MTA "
-                "(manage.py ingest_email): see the README.",
+                "(manage.py ingest_email): see the README.{}",
                 url,
+                warned,
             )
         if not inbox.pk or inbox.kind not in WEBHOOK_CHANNELS:
             return "-"
@@ -508,7 +530,7 @@ class InboxAdmin(admin.ModelAdmin):
             "credentials verify_token as the verify token; subscribe to messages. Credentials: "
             "app_secret, access_token, verify_token; settings: phone_number_id, templates.",
         }[inbox.kind]
-        return format_html("<code>{}</code><br>{}", url, where)
+        return format_html("<code>{}</code><br>{}{}", url, where, warned)
 
     @admin.display(description="credentials")
     def credentials_set(self, inbox):

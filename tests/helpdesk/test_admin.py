@@ -263,6 +263,29 @@ def test_a_provider_inbox_shows_the_webhook_url_to_paste(client, alice, settings
 
 
 @pytest.mark.django_db
+def test_without_public_url_the_admin_sees_the_address_it_browses_and_a_warning(
+    client, alice, settings
+):
+    settings.PUBLIC_URL, settings.ALLOWED_HOSTS = "", ["help.acme.test"]
+    chat = Inbox.objects.create(name="Site", kind="webchat")
+    sms = Inbox.objects.create(name="Texts", kind="sms", address="+15550100")
+    client.force_login(alice)
+    html = client.get(
+        reverse("admin:conversations_inbox_change", args=[chat.pk]), HTTP_HOST="help.acme.test"
+    ).content.decode()
+    assert f'src="http://help.acme.test/widget.js" data-inbox="{chat.widget_key}"' in (
+        html.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+    )
+    assert "PUBLIC_URL is not set" in html
+    html = client.get(
+        reverse("admin:conversations_inbox_change", args=[sms.pk]), HTTP_HOST="help.acme.test"
+    ).content.decode()
+    assert f"http://help.acme.test/channels/sms/{sms.pk}/webhook" in html
+    assert "PUBLIC_URL is not set" in html
+    assert "&lt;PUBLIC_URL&gt;" not in html
+
+
+@pytest.mark.django_db
 def test_new_rules_automations_and_macros_start_with_an_empty_list_not_null(client, alice):
     client.force_login(alice)
     for page in ("routing_routingrule_add", "routing_automation_add", "routing_macro_add"):
