@@ -182,8 +182,10 @@ class Received:
     created: bool  # False when the message was a duplicate of one already stored
 
 
-# How senders hide a part of their mail (a preheader, a tracking block) from its reader.
-HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
+# How senders hide a part of their mail (a preheader, a tracking block) from its reader. Not
+# mso-hide: it hides from desktop Outlook only, and marks the very link (a button's) that
+# every other reader shows.
+HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 
 
 def sanitize_html(html: str, attribute_filter=None, attributes=None) -> str:
@@ -208,7 +210,11 @@ def sanitize_html(html: str, attribute_filter=None, attributes=None) -> str:
         html,
         url_schemes={"http", "https", "mailto", "cid"},
         link_rel="noopener noreferrer",
-        attributes={**(attributes or nh3.ALLOWED_ATTRIBUTES), "*": {"style", "hidden"}},
+        # On every tag: nh3's own two, and the two that say what the sender hid.
+        attributes={
+            **(attributes or nh3.ALLOWED_ATTRIBUTES),
+            "*": {"lang", "title", "style", "hidden"},
+        },
         attribute_filter=keep,
     )
 

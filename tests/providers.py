@@ -202,6 +202,7 @@ class FakeTwilio(FakeProvider):
             "account_sid": self.account_sid,
             "to": form["To"][0],
             "from": form.get("From", [""])[0],
+            "messaging_service_sid": form.get("MessagingServiceSid", [None])[0],
             "body": form.get("Body", [""])[0],
             "status": "queued",
             "num_media": str(len(form.get("MediaUrl", []))),

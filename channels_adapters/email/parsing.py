@@ -13,7 +13,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import itertools
 import mimetypes
 import re
 import tempfile
@@ -180,7 +179,8 @@ def parse_email(raw: bytes) -> ParsedEmail:
     if not text and raw_html:
         text = html_to_text(raw_html)
     subject = _header(msg, "Subject")
-    new_text, quoted = split_reply(text, forward=bool(FORWARD_SUBJECT.match(subject)))
+    forward = bool(FORWARD_SUBJECT.match(subject)) and not _header(msg, "In-Reply-To")
+    new_text, quoted = split_reply(text, forward=forward)
 
     message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
     reply_to = _address(msg, "Reply-To")
@@ -311,10 +311,11 @@ def _ids(value) -> list[str]:
 LIST_MAIL = ("Precedence: list", "List-Id header", "List-Unsubscribe header")
 
 
-DMARC_FAIL = re.compile(r"\bdmarc\s*=\s*fail\b", re.I)
-# A policy of none, as the receiving server words it: Gmail's "(p=NONE sp=NONE dis=NONE)",
-# OpenDMARC's "(p=none dis=none)", Microsoft's "action=none" (not "sp=none", a subdomain's).
-POLICY_NONE = re.compile(r"\b(?:p|action)\s*=\s*none\b", re.I)
+# The receiving server's DMARC verdict, one result of its Authentication-Results; and the
+# policies it names there: Gmail's "(p=NONE sp=QUARANTINE dis=QUARANTINE)", OpenDMARC's
+# "(p=none dis=none)", Microsoft's "action=oreject".
+DMARC_FAIL = re.compile(r"\s*dmarc\s*=\s*fail\b", re.I)
+POLICY = re.compile(r"\b(?:p|sp|dis|action)\s*=\s*([\w.-]+)", re.I)
 
 
 def _dmarc_failed(msg: Message, sender: str) -> str:
@@ -322,16 +323,21 @@ def _dmarc_failed(msg: Message, sender: str) -> str:
     writes its Authentication-Results above all others; only a failure is believed, since
     anyone can write a header that says "pass" and not every server adds one.
 
-    Not where the domain's policy is none: its owner tells receivers that some of its own
-    mail fails (a newsletter tool, a server without DKIM, a forward that breaks SPF), and
-    flagging it would flag honest customers every day until agents ignored the flag. An ARC
-    "pass" is not taken instead: anyone can seal a forged mail with a key of their own."""
+    Not where the domain's policy is none, and only that: its owner tells receivers that some
+    of its own mail fails (a newsletter tool, a server without DKIM, a forward that breaks
+    SPF), and flagging it would flag honest customers every day until agents ignored the flag.
+    The verdict is a result that begins "dmarc=fail"; other results repeat what the sender
+    wrote (the envelope sender in spf=), and a sender could write more results in there, so
+    the mail is flagged when any such result names a policy other than none, or none at all.
+    An ARC "pass" is not taken instead: anyone can seal a forged mail with a key of their own."""
     results = msg.get_all("Authentication-Results") or []
     if not results:
         return ""
-    verdict = str(results[0])
-    failed = [part for part in verdict.split(";") if DMARC_FAIL.search(part)]
-    if not failed or POLICY_NONE.search(failed[0]):
+    verdicts = [part for part in str(results[0]).split(";") if DMARC_FAIL.match(part)]
+    if not verdicts or all(
+        (policies := POLICY.findall(verdict)) and {p.lower() for p in policies} == {"none"}
+        for verdict in verdicts
+    ):
         return ""
     domain = sender.rpartition("@")[2]
     return (
@@ -477,26 +483,37 @@ def _walk(msg: Message, spooled: list):
 
 
 def _unwrapped(winmail: InboundAttachment) -> list[InboundAttachment]:
-    """The files an Outlook winmail.dat carries, in its place; itself, as it came, when it
-    cannot be read or carries none (a rich-text body only, already in the text part)."""
+    """The files an Outlook winmail.dat carries, in its place. Itself, as it came, when it
+    cannot be read or carries no file (a rich-text body only, already in the text part); and
+    beside its files when it also carries what is no file (a mail attached to the mail)."""
     content = winmail.content
     if isinstance(content, File):
         content.seek(0)
         content = content.read()
     try:
-        files = tnef_files(content)
+        carried = tnef_files(content)
     except Unreadable:
         return [winmail]
-    return [
+    files = [
         InboundAttachment(
             filename=_readable(file.filename) or "attachment",
-            content_type=file.content_type
-            or mimetypes.guess_type(file.filename)[0]
-            or "application/octet-stream",
+            content_type=_content_type(file.content_type, file.filename),
             content=file.content,
         )
-        for file in files
-    ] or [winmail]
+        for file in carried
+        if file.content is not None
+    ]
+    if not files or len(files) < len(carried):
+        files.append(winmail)
+    return files
+
+
+def _content_type(given: str, filename: str) -> str:
+    """A type as a MIME header would give it, else the one the file's name says."""
+    given = given.strip().lower()
+    if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", given):
+        return given
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
 def _filename(part) -> str:
@@ -753,8 +770,9 @@ FORWARDED = re.compile(
     re.I,
 )
 # A subject that says the mail is a forward (Outlook's FW:, WG:, TR:, RV:, Enc:...): Outlook
-# marks the forwarded mail with the same header block as a reply's history.
-FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|rv|enc|doorst|vs)\s*:", re.I)
+# marks the forwarded mail with the same header block as a reply's history. (Not "VS:", a
+# reply in Finnish.) Believed only of a mail that answers none (no In-Reply-To).
+FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|rv|enc|doorst|vl)\s*:", re.I)
 ORIGINAL_MESSAGE = re.compile(
     r"^\s*-{2,}\s*(original message|mensagem original|"
     r"message d'origine|mensaje original|urspr[üu]ngliche nachricht)"
@@ -797,15 +815,23 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
             forward and bool(ORIGINAL_MESSAGE.match(stripped) or _header_block(lines, i))
         )
 
-    # The forwarded message's first line: a signature above it is the forwarder's, and what
-    # follows it is no history, so nothing is cut there.
+    # The forwarded message's first line: what follows it is no history, and a signature
+    # just above it is the forwarder's, so nothing is cut there.
     first_forwarded = next((i for i in range(len(lines)) if forwarded_from(i)), len(lines))
+    # Whether each line begins a tail of quoted lines (blank ones allowed) that runs to the
+    # end or to a "--" (a footer under the quote): one pass from the end, not one per line.
+    quoted_tail = [True] * (len(lines) + 1)
+    for i in range(len(lines) - 1, -1, -1):
+        stripped = lines[i].strip()
+        quoted_tail[i] = stripped == "--" or (
+            (not stripped or stripped.startswith(">")) and quoted_tail[i + 1]
+        )
     cut = len(lines)
     for i, line in enumerate(lines):
         stripped = line.strip()
         if i == first_forwarded:
             break
-        signature = _signature_starts(lines, i) and first_forwarded == len(lines)
+        signature = _signature_starts(lines, i) and not _signs_forward(lines, i, first_forwarded)
         if ORIGINAL_MESSAGE.match(stripped) or signature:
             cut = i
             break
@@ -816,10 +842,7 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
             if j >= 0 and RULE.fullmatch(lines[j].strip()):
                 cut = j
             break
-        if stripped.startswith(">") and all(
-            not n.strip() or n.strip().startswith(">")
-            for n in itertools.takewhile(lambda n: n.strip() != "--", lines[i:])
-        ):
+        if stripped.startswith(">") and quoted_tail[i]:
             cut = i
             # The attribution ("On ... wrote:", "Em ... escreveu:", "Le ... a écrit :") is the
             # paragraph just above the quote, ending with a colon; it may wrap over lines.
@@ -838,6 +861,16 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
     if not new:  # everything looked quoted: show it all rather than nothing
         return text.strip(), ""
     return new, quoted
+
+
+def _signs_forward(lines: list[str], i: int, forwarded: int) -> bool:
+    """The signature at line `i` closes the forwarder's note: the forwarded message follows
+    within a signature's few lines, with no history in between."""
+    return (
+        i < forwarded < len(lines)
+        and forwarded <= i + SIGNATURE_MAX_LINES + 2
+        and not any(_header_block(lines, j) for j in range(i, forwarded))
+    )
 
 
 def _header_block(lines: list[str], i: int) -> bool:

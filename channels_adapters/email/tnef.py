@@ -36,7 +36,7 @@ MAX_FILES = 100
 class TnefFile:
     filename: str = ""
     content_type: str = ""
-    content: bytes = b""
+    content: bytes | None = None  # None: no file data (an attached mail, an OLE object)
 
 
 class Unreadable(ValueError):
@@ -44,14 +44,15 @@ class Unreadable(ValueError):
 
 
 def tnef_files(data: bytes) -> list[TnefFile]:
-    """The files in a TNEF stream, in order; raises Unreadable."""
+    """The attachments in a TNEF stream, in order, with their data where they are files;
+    raises Unreadable."""
     view = memoryview(data)
     if len(view) < 6 or _uint32(view, 0) != SIGNATURE:
         raise Unreadable("no TNEF signature")
     codepage, files, offset = "cp1252", [], 6
     for _ in range(MAX_ATTRIBUTES):
         if offset == len(view):
-            return [file for file in files if file.content]
+            return files
         level, attribute = view[offset], _uint16(view, offset + 1)
         length = _uint32(view, offset + 5)
         body = _slice(view, offset + 9, length)

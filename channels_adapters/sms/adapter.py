@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from email.utils import parsedate_to_datetime
 
 from django.conf import settings
@@ -212,11 +212,18 @@ class SmsAdapter(Adapter):
         return SendResult(provider_id=response.json().get("sid", ""))
 
 
+TRIAL_NOTICE = "Sent from your Twilio trial account - "
+
+
 def _sent_anyway(inbox, messages: str, form: dict, asked_at) -> str:
     """The sid of the message Twilio made of a request whose answer we lost, or "". Twilio
     has no idempotency key for sending: its newest messages to the number are read back,
-    and one with our text, made since we asked (a minute's leeway for clocks) and known to no
-    other message of ours, is ours. Trial accounts put a notice before the text."""
+    and one from this inbox's number or service, with our text exactly (a trial account
+    puts its notice before it) and as many pictures, made since we asked (a minute's leeway
+    for clocks) and known to no other message of ours, is ours. A picture without text is
+    not looked for: any other would match it."""
+    if not form["Body"]:
+        return ""
     query = {"To": form["To"], "PageSize": 20}
     if "From" in form:
         query["From"] = form["From"]
@@ -231,8 +238,18 @@ def _sent_anyway(inbox, messages: str, form: dict, asked_at) -> str:
             made = parsedate_to_datetime(sent.get("date_created") or "")
         except (TypeError, ValueError):
             continue
+        if made.tzinfo is None:  # "-0000": UTC, by RFC 5322
+            made = made.replace(tzinfo=UTC)
         sid, body = sent.get("sid") or "", sent.get("body") or ""
-        ours = body == form["Body"] or (form["Body"] and body.endswith(form["Body"]))
+        ours = (
+            body in (form["Body"], TRIAL_NOTICE + form["Body"])
+            and str(sent.get("num_media") or "0") == str(len(form.get("MediaUrl", [])))
+            and (
+                sent.get("messaging_service_sid") == form["MessagingServiceSid"]
+                if "MessagingServiceSid" in form
+                else sent.get("from") == form["From"]
+            )
+        )
         if made >= since and sid and ours:
             if not Message.objects.filter(provider_id=sid).exists():
                 return sid

@@ -93,7 +93,8 @@ def reply_to(sent, frm="maria@example.com", body="Thanks!", **overrides) -> byte
 
 def winmail_dat(*files, props=None) -> bytes:
     """A TNEF stream as Outlook writes one ([MS-OXTNEF] 2.1.3): each file is (8.3 name, long
-    name or "", MIME type or "", content); `props` replaces each file's MAPI property list."""
+    name or "", MIME type or "", content or None); `props` replaces each file's MAPI property
+    list."""
     import struct
 
     def attribute(level, attribute_id, data):
@@ -114,7 +115,8 @@ def winmail_dat(*files, props=None) -> bytes:
     for short, long, mime, content in files:
         out += attribute(2, 0x00069002, struct.pack("<HIIIH", 1, 0xFFFFFFFF, 0, 0, 0))
         out += attribute(2, 0x00018010, short.encode("cp1252") + b"\x00")  # attAttachTitle
-        out += attribute(2, 0x0006800F, content)  # attAttachData
+        if content is not None:  # an attached mail has none: it is in its MAPI properties
+            out += attribute(2, 0x0006800F, content)  # attAttachData
         listed = [text(0x001F, 0x3707, long)] if long else []
         listed += [text(0x001E, 0x370E, mime)] if mime else []
         mapi = struct.pack("<I", len(listed)) + b"".join(listed)
@@ -251,6 +253,21 @@ class TestParsing:
     def test_quoted_history_and_signatures_split_off_in_our_languages(self, text, new):
         assert split_reply(text)[0] == new
 
+    def test_only_what_every_reader_hides_is_marked_hidden(self):
+        html = (
+            '<div style="display:none;max-height:0">Preview text</div>'
+            '<a href="https://bank.example/confirm" style="mso-hide:all;display:inline-block">'
+            "Confirm your new bank details</a>"  # a button: hidden from desktop Outlook only
+            '<p lang="ar" title="Arabic">مرحبا</p>'
+        )
+        mail = customer_message("ana@example.com", "Is this real?", "See below.")
+        mail.add_alternative(html, subtype="html")
+        parsed = parse_email(mail.as_bytes())
+        assert '<div style="display:none">Preview text</div>' in parsed.html
+        assert '<a href="https://bank.example/confirm" rel="noopener noreferrer">' in parsed.html
+        assert '<p lang="ar" title="Arabic">' in parsed.html
+        assert "Confirm your new bank details" in html_to_text(html)
+
     def test_format_flowed_paragraphs_read_as_written(self):
         """Thunderbird and Apple Mail wrap a paragraph with a space at each line's end (RFC
         3676); shown as sent, every wrap was a hard break mid-sentence."""
@@ -335,9 +352,15 @@ class TestParsing:
 
     @pytest.mark.parametrize(
         ("subject", "forwarded"),
-        [("FW: Broken handle", True), ("WG: Griff", True), ("RE: Broken handle", False)],
+        [
+            ("FW: Broken handle", True),
+            ("WG: Griff", True),
+            ("RE: Broken handle", False),
+            ("VS: Broken handle", False),  # a reply, in Finnish
+        ],
     )
     def test_outlooks_forward_is_the_message_not_its_history(self, subject, forwarded):
+        """A forward's subject is believed of a mail that answers none of ours."""
         body = (
             "Please look at this customer's problem.\n\n________________________________\n"
             "From: Peter Brown <peter@example.net>\nSent: Monday, 30 November 2026 10:00\n"
@@ -346,6 +369,16 @@ class TestParsing:
         parsed = parse_email(customer_mail(subject=subject, body=body))
         assert ("The handle broke." in parsed.text) == forwarded
         assert parsed.text.startswith("Please look at this customer's problem.")
+        answering = parse_email(customer_mail(subject=subject, body=body, In_Reply_To="<a@b>"))
+        assert "The handle broke." not in answering.text
+
+    def test_a_forward_deep_in_the_history_does_not_keep_the_signature(self):
+        text = (
+            "Thanks, that works.\n\n-- \nAna Lima\nSales\n\nFrom: Acme <support@acme.example>"
+            "\nSent: Monday\nTo: Ana\nSubject: Re: Handle\n\nTry this.\n\n---------- "
+            "Forwarded message ---------\nFrom: Peter\n\nThe handle broke."
+        )
+        assert split_reply(text)[0] == "Thanks, that works."
 
 
 @pytest.mark.django_db
@@ -396,6 +429,17 @@ class TestThreading:
             (["spf=fail; dmarc=fail action=oreject header.from=example.com"], True),
             (["dkim=none; dmarc=fail (p=NONE sp=NONE dis=NONE) header.from=example.com"], False),
             (["spf=softfail; dmarc=fail action=none header.from=example.com"], False),
+            # A subdomain's own policy counts; and a sender who writes a verdict of their own
+            # into the envelope sender the spf result repeats does not silence the real one.
+            (["dmarc=fail (p=NONE sp=QUARANTINE dis=QUARANTINE) header.from=example.com"], True),
+            (
+                [
+                    "spf=fail (domain of dmarc=fail.p=none@evil.example) smtp.mailfrom="
+                    '"x;dmarc=fail p=none"@evil.example; dmarc=fail (p=REJECT dis=NONE) '
+                    "header.from=example.com"
+                ],
+                True,
+            ),
             # A seal of the forwarder's own making proves nothing.
             (["dmarc=fail (p=reject dis=none) header.from=example.com; arc=pass (i=1)"], True),
         ],
@@ -970,6 +1014,24 @@ class TestInboundPaths:
             "PHOTO.PNG": ("image/png", photo),
         }
         assert message.text == "The quote and a photo, attached."
+
+    def test_what_in_a_winmail_dat_is_no_file_keeps_the_winmail_dat_beside_the_files(
+        self, email_inbox
+    ):
+        mail = customer_message("a@b.example", "Fwd", "The quote, and the mail it came with.")
+        winmail = winmail_dat(
+            ("QUOTE.PDF", "", "Application/PDF\r\nX-Injected: 1", b"%PDF-1.4 q"),
+            ("EMPTY.TXT", "", "", b""),  # an empty file is still a file
+            ("ORIGINAL", "Original mail", "", None),  # an attached mail
+        )
+        mail.add_attachment(winmail, "application", "ms-tnef", filename="winmail.dat")
+        pipe(email_inbox, mail.as_bytes())
+        files = {a.filename: a.content_type for a in only_message().attachments.all()}
+        assert files == {
+            "QUOTE.PDF": "application/pdf",  # the type its name says, not a broken one
+            "EMPTY.TXT": "text/plain",
+            "winmail.dat": "application/ms-tnef",  # what was not unpacked is not lost
+        }
 
     @pytest.mark.parametrize(
         "winmail",

@@ -464,6 +464,9 @@ class TestReplies:
         self, twilio, conversation, bob
     ):
         earlier = reply(conversation, bob, text="Same words")  # the same text, sent before
+        twilio.sent.append(  # and another app on the account, a moment ago
+            {**twilio.sent[0], "sid": "SM" + "e" * 32, "body": "Booked. Same words"}
+        )
         twilio.fail("hang_up")
         message = reply(conversation, bob, text="Same words")
         assert message.status == Message.Status.QUEUED  # not taken for the earlier one
@@ -472,7 +475,8 @@ class TestReplies:
             message_deliver(message.pk)
         message.refresh_from_db()
         assert message.status == Message.Status.SENT
-        assert [m["sid"] for m in twilio.sent] == [earlier.provider_id, message.provider_id]
+        made = [m["sid"] for m in twilio.sent]
+        assert made == [earlier.provider_id, "SM" + "e" * 32, message.provider_id]
 
     @pytest.mark.parametrize(
         ("mode", "reason"),
