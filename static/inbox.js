@@ -228,6 +228,11 @@
   setInterval(function () {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ action: "ping" }));
   }, 30000); // the server checks who the agent is now on one a minute at most
+  // This page's own merge: the form's answer takes the agent to the conversation merged
+  // into, and the "merged" event, which comes first, must not send them back here.
+  let merging = false;
+  const mergeForm = document.getElementById("merge");
+  if (mergeForm) mergeForm.addEventListener("submit", function () { merging = true; });
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
@@ -247,7 +252,7 @@
         location.assign(document.querySelector("a.brand").href); // it no longer exists: the list
         return;
       }
-      if (data.event === "merged" && data.target && String(data.conversation) === conversationId) {
+      if (data.event === "merged" && data.target && String(data.conversation) === conversationId && !merging) {
         // No more replies here: the page says where, and the draft goes there. (Not reload():
         // this page may be the answer to a POST.)
         location.assign(`/inbox/${conversationId}/`);

@@ -332,6 +332,10 @@ def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     expect(page.locator("[data-merged-into]")).to_contain_text(
         f"What you were writing waits in #{target.pk}'s reply box."
     )
+    # Alice, who merged, is on the conversation that has it all now, and stays there.
+    expect(theirs.get_by_text(f"#{source.pk} was merged into this conversation")).to_be_visible()
+    theirs.wait_for_load_state("networkidle")
+    assert theirs.evaluate("location.pathname") == f"/inbox/{target.pk}/"
     expect(page.locator("#reply-text")).to_have_count(0)
     page.goto(f"{asgi_server}/inbox/{target.pk}/")
     assert page.input_value("#reply-text") == (
