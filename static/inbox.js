@@ -228,6 +228,16 @@
   setInterval(function () {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ action: "ping" }));
   }, 30000); // the server checks who the agent is now on one a minute at most
+  // A list's filters are saved as they are on screen, applied or not: the form's hidden
+  // query holds those the page was loaded with (what is saved without the script).
+  document.addEventListener("submit", function (event) {
+    const filters = document.querySelector("form.filters");
+    if (!event.target.matches("form.save-view") || !filters) return;
+    const query = new URLSearchParams();
+    new FormData(filters).forEach(function (value, name) { if (value) query.append(name, value); });
+    event.target.querySelector("[name=query]").value = query.toString();
+  });
+
   // This page's own merge: the form's answer takes the agent to the conversation merged
   // into, and the "merged" event, which comes first, must not send them back here.
   let merging = false;

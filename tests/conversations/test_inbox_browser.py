@@ -8,6 +8,7 @@ from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.http import QueryDict
 from playwright.sync_api import expect
 
 from conversations import services
@@ -441,3 +442,17 @@ def test_what_a_sender_hid_stays_hidden_and_what_the_agent_opened_stays_open(
     assert "My order 5521 never came." in shown
     assert "Please help." in shown  # a style that hides nothing hides nothing
     assert "20% off" not in shown
+
+
+def test_a_view_is_saved_with_the_filters_on_screen(asgi_server, browser, bob, chat_inbox):
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=mine")
+    page.select_option("form.filters [name=channel]", "email")
+    page.select_option("form.filters [name=priority]", "2")  # chosen, Apply not pressed
+    page.fill("#view-name", "High email")
+    page.press("#view-name", "Enter")
+    expect(page.get_by_text("Saved the view “High email”.")).to_be_visible()
+    saved = bob.saved_views.get()
+    wanted = {"view": "mine", "channel": "email", "priority": "2"}
+    assert wanted.items() <= QueryDict(saved.query).dict().items()
+    expect(page.locator("form.filters [name=channel]")).to_have_value("email")  # shown applied
