@@ -51,6 +51,7 @@ from conversations.customers import (
 )
 from conversations.models import (
     Attachment,
+    CannedResponse,
     Channel,
     Conversation,
     ConversationEvent,
@@ -672,6 +673,7 @@ def conversation_reply(request, number: int):
                     "goes by that name (the part of their email before the @).",
                 )
         else:
+            _refuse_unfilled(text)
             identity = None
             if (pk := id_given(request.POST.get("identity"))) is not None:
                 identity = conversation.customer.identities.filter(pk=pk).first()
@@ -699,6 +701,23 @@ def conversation_reply(request, number: int):
         )
         return render(request, "inbox/conversation.html", context, status=400)
     return _after_writing(conversation, mode)
+
+
+def _refuse_unfilled(text: str) -> None:
+    """A canned response's placeholder left in a reply ("Hi {customer.first_name},": the
+    customer has no name): the agent fills it in or takes it out, the customer never reads it."""
+    from conversations.canned import PLACEHOLDER
+
+    unfilled = [
+        f"{{{name}}}"
+        for name in dict.fromkeys(PLACEHOLDER.findall(text))
+        if name in CannedResponse.PLACEHOLDERS
+    ]
+    if unfilled:
+        raise ValidationError(
+            f"Fill in or remove {', '.join(unfilled)} before sending: there was nothing to "
+            "put there (a customer without a name, say)."
+        )
 
 
 def _after_writing(conversation, mode: str):
