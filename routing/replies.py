@@ -13,7 +13,7 @@ one is written for it. They never answer automatic mail (auto-replies, bounces, 
 the email adapter marks it `automated`), count as no response for the SLA, go out as
 Auto-Submitted mail, and are sent at most once: an acknowledgement once per conversation (an
 out-of-office reply at the opening stands for it), an out-of-office reply once per
-conversation per closed period. The checks and the send share one transaction under the
+conversation per closed period, and none within an hour of an agent's reply (they are there). The checks and the send share one transaction under the
 conversation's lock, so a task run twice sends once.
 """
 
@@ -128,6 +128,20 @@ def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
     )
 
 
+# An agent who wrote this recently is answering, closed or not: "we are closed" would
+# contradict them, right under their reply.
+AGENT_WROTE_WITHIN = timedelta(hours=1)
+
+
+def _agent_just_wrote(message: Message) -> bool:
+    return message.conversation.messages.filter(
+        direction=Message.Direction.OUTBOUND,
+        author__isnull=False,
+        created_at__gte=message.created_at - AGENT_WROTE_WITHIN,
+        created_at__lte=message.created_at,
+    ).exists()
+
+
 def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     """Answer the customer message `message_id` by itself, if the inbox says so: closed → the
     out-of-office reply; a new conversation → the acknowledgement. Returns the reply, or None
@@ -147,7 +161,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     closed = not is_open(schedule, message.created_at)
     opens_at, until = None, ""
     kinds = {template.kind for template in templates}
-    if AutoReply.Kind.OUT_OF_OFFICE in kinds and closed:
+    if AutoReply.Kind.OUT_OF_OFFICE in kinds and closed and not _agent_just_wrote(message):
         kind = AutoReply.Kind.OUT_OF_OFFICE
         opens_at = next_opening(schedule, message.created_at)
         until = opens_at.isoformat() if opens_at else "never"

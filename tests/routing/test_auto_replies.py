@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from channels_adapters.delivery import message_deliver
 from channels_adapters.webchat.chat import availability
+from conversations import services
 from conversations.models import Channel, Conversation, ConversationEvent, Message
 from routing.models import AutoReply, SlaClock, SlaPolicy
 from routing.replies import expected_reply, reply_time_text
@@ -199,6 +200,26 @@ def test_an_sms_out_of_hours_gets_the_out_of_office_reply_once_per_closed_spell(
         f"We are closed until Tuesday 13 January, 09:00 WET. Your request is #{number}.",
     ]
     assert [m.metadata["automatic"] for m in replies(first.conversation)] == ["out_of_office"] * 2
+
+
+def test_no_out_of_office_reply_right_after_an_agent_answered(
+    client, twilio, sms_inbox, hours, email_policy, bob
+):
+    templates(sms_inbox, (AutoReply.Kind.OUT_OF_OFFICE, "", AWAY))
+
+    def sms(at, sid, body):
+        with time_machine.travel(utc(at), tick=False):
+            deliver(twilio, client, sms_inbox, incoming(sid=sid, body=body))
+            message = Message.objects.get(provider_id=sid)
+            return auto_reply(message.pk, message.conversation.messages.count() == 1), message
+
+    sent, first = sms("2026-01-09 17:00", "SM1", "Olá")  # Friday, open: no reply
+    assert sent is None
+    with time_machine.travel(utc("2026-01-09 17:50"), tick=False):  # an agent answers
+        services.reply_send(conversation=first.conversation, author=bob, text="Resolvido?")
+    # Closed since 18:00, but the agent wrote 40 minutes ago: no "we are closed".
+    assert sms("2026-01-09 18:30", "SM2", "Quase!")[0] is None
+    assert sms("2026-01-10 11:00", "SM3", "Ainda aí?")[0]  # Saturday: nobody is writing
 
 
 def test_the_team_a_conversation_was_routed_to_decides_whether_we_are_closed(
