@@ -13,8 +13,9 @@ one is written for it. They never answer automatic mail (auto-replies, bounces, 
 the email adapter marks it `automated`), count as no response for the SLA, go out as
 Auto-Submitted mail, and are sent at most once: an acknowledgement once per conversation (an
 out-of-office reply at the opening stands for it), an out-of-office reply once per
-conversation per closed period, and none within an hour of an agent's reply (they are there). The checks and the send share one transaction under the
-conversation's lock, so a task run twice sends once.
+conversation per closed period, and none within an hour of an agent's reply (they are
+there). The checks and the send share one transaction under the conversation's lock, so a
+task run twice sends once.
 """
 
 from __future__ import annotations
