@@ -540,6 +540,10 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         and conversation.status in Conversation.WORKING,
         # The customer's other conversations this agent may see, for the sidebar and the
         # merge form: numbers and subjects of another team's conversations stay hidden.
+        # Merged into this one: drafts begun there follow (static/inbox.js).
+        "merged_from": list(
+            Conversation.objects.filter(merged_into=conversation).values_list("pk", flat=True)
+        ),
         "history": list(
             conversations_visible_to(request.user)
             .filter(customer=conversation.customer)
@@ -673,7 +677,7 @@ def conversation_reply(request, number: int):
                     "goes by that name (the part of their email before the @).",
                 )
         else:
-            _refuse_unfilled(text)
+            text = _placeholders_filled(text, conversation, request.user)
             identity = None
             if (pk := id_given(request.POST.get("identity"))) is not None:
                 identity = conversation.customer.identities.filter(pk=pk).first()
@@ -703,21 +707,21 @@ def conversation_reply(request, number: int):
     return _after_writing(conversation, mode)
 
 
-def _refuse_unfilled(text: str) -> None:
-    """A canned response's placeholder left in a reply ("Hi {customer.first_name},": the
-    customer has no name): the agent fills it in or takes it out, the customer never reads it."""
-    from conversations.canned import PLACEHOLDER
+def _placeholders_filled(text: str, conversation, agent) -> str:
+    """A reply with canned placeholders filled in, as inserting the response does (the
+    customer may have been named since, the agent may have typed one); one with nothing to
+    put there ("Hi {customer.first_name},": no name) is refused, for the agent to fill in or
+    take out: the customer never reads it."""
+    from conversations.canned import canned_fill
 
-    unfilled = [
-        f"{{{name}}}"
-        for name in dict.fromkeys(PLACEHOLDER.findall(text))
-        if name in CannedResponse.PLACEHOLDERS
-    ]
+    filled, unfilled = canned_fill(text, conversation=conversation, agent=agent)
+    unfilled = [f"{{{name}}}" for name in unfilled if name in CannedResponse.PLACEHOLDERS]
     if unfilled:
         raise ValidationError(
-            f"Fill in or remove {', '.join(unfilled)} before sending: there was nothing to "
-            "put there (a customer without a name, say)."
+            f"Fill in or remove {', '.join(unfilled)} before sending: there is nothing to put "
+            "there (a customer without a name, say)."
         )
+    return filled
 
 
 def _after_writing(conversation, mode: str):

@@ -135,12 +135,16 @@ AGENT_WROTE_WITHIN = timedelta(hours=1)
 
 
 def _agent_just_wrote(message: Message) -> bool:
-    return message.conversation.messages.filter(
-        direction=Message.Direction.OUTBOUND,
-        author__isnull=False,
-        created_at__gte=message.created_at - AGENT_WROTE_WITHIN,
-        created_at__lte=message.created_at,
-    ).exists()
+    return (
+        message.conversation.messages.filter(
+            direction=Message.Direction.OUTBOUND,
+            author__isnull=False,
+            created_at__gte=message.created_at - AGENT_WROTE_WITHIN,
+            created_at__lte=message.created_at,
+        )
+        .exclude(status=Message.Status.FAILED)  # the customer never read it
+        .exists()
+    )
 
 
 def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:

@@ -234,7 +234,7 @@
     const filters = document.querySelector("form.filters");
     if (!event.target.matches("form.save-view") || !filters) return;
     const query = new URLSearchParams();
-    new FormData(filters).forEach(function (value, name) { if (value) query.append(name, value); });
+    new FormData(filters).forEach(function (value, name) { if (String(value).trim()) query.append(name, String(value).trim()); });
     event.target.querySelector("[name=query]").value = query.toString();
   });
 
@@ -243,6 +243,7 @@
   let merging = false;
   const mergeForm = document.getElementById("merge");
   if (mergeForm) mergeForm.addEventListener("submit", function () { merging = true; });
+  window.addEventListener("pageshow", function (event) { if (event.persisted) merging = false; });
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
@@ -511,26 +512,32 @@
   }
   // Merged while the agent wrote: what they wrote goes on in the conversation it was merged
   // into, after any draft already waiting there. A draft that went out to be sent moves only
-  // if this page says the send was refused (else it was sent, and moved with the messages).
+  // if the page says the send was refused (else it was sent, and moved with the messages).
+  const draftOf = (id) => `threadline:draft:${page.dataset.agent}:${id}`;
+  function draftMove(from, to, refused) {
+    try {
+      const moving = JSON.parse(localStorage.getItem(draftOf(from)));
+      // One that went out, with no refusal here, stays where it was: this page cannot tell.
+      if (!moving || typeof moving.text !== "string" || !moving.text.trim() || (moving.sending && !refused)) return false;
+      let there = null;
+      try { there = JSON.parse(localStorage.getItem(draftOf(to))); } catch (error) { there = null; }
+      const before = there && typeof there.text === "string" && there.text.trim() ? `${there.text}\n\n` : "";
+      localStorage.setItem(draftOf(to), JSON.stringify({ text: before + moving.text, mode: moving.mode, at: Date.now() }));
+      localStorage.removeItem(draftOf(from));
+      return true;
+    } catch (error) { return false; /* storage refused: the page shows the text to copy */ }
+  }
   const mergedInto = document.querySelector("[data-merged-into]");
   if (mergedInto && conversationId) {
-    const key = (id) => `threadline:draft:${page.dataset.agent}:${id}`;
     const refused = document.querySelector("[data-unsent]");
-    try {
-      const moving = JSON.parse(localStorage.getItem(key(conversationId)));
-      // One that went out, with no refusal here, stays where it was: this page cannot tell.
-      if (moving && typeof moving.text === "string" && moving.text.trim() && (!moving.sending || refused)) {
-        let there = null;
-        try { there = JSON.parse(localStorage.getItem(key(mergedInto.dataset.mergedInto))); } catch (error) { there = null; }
-        const before = there && typeof there.text === "string" && there.text.trim() ? `${there.text}\n\n` : "";
-        localStorage.setItem(key(mergedInto.dataset.mergedInto), JSON.stringify(
-          { text: before + moving.text, mode: moving.mode, at: Date.now() }));
-        if (!refused) {
-          mergedInto.append(` What you were writing waits in #${mergedInto.dataset.mergedInto}'s reply box.`);
-        }
-        localStorage.removeItem(key(conversationId));
-      }
-    } catch (error) { /* storage refused: the page shows the text to copy */ }
+    if (draftMove(conversationId, mergedInto.dataset.mergedInto, refused) && !refused) {
+      mergedInto.append(` What you were writing waits in #${mergedInto.dataset.mergedInto}'s reply box.`);
+    }
+  }
+  // Arrived here from a merge (one's own goes straight here): drafts begun in what was merged
+  // into this conversation come along, before this page reads its own.
+  if (page && conversationId && page.dataset.mergedFrom) {
+    page.dataset.mergedFrom.split(" ").forEach(function (from) { draftMove(from, conversationId, false); });
   }
   if (draftKey) {
     let stored = null;

@@ -179,8 +179,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     if not text and raw_html:
         text = html_to_text(raw_html)
     subject = _header(msg, "Subject")
-    forward = bool(FORWARD_SUBJECT.match(subject)) and not _header(msg, "In-Reply-To")
-    new_text, quoted = split_reply(text, forward=forward)
+    new_text, quoted = split_reply(text, forward=bool(FORWARD_SUBJECT.match(subject)))
 
     message_id = _message_id(msg, raw)  # hashed as received, as read_envelope does
     reply_to = _address(msg, "Reply-To")
@@ -315,7 +314,7 @@ LIST_MAIL = ("Precedence: list", "List-Id header", "List-Unsubscribe header")
 # policies it names there: Gmail's "(p=NONE sp=QUARANTINE dis=QUARANTINE)", OpenDMARC's
 # "(p=none dis=none)", Microsoft's "action=oreject".
 DMARC_FAIL = re.compile(r"\s*dmarc\s*=\s*fail\b", re.I)
-POLICY = re.compile(r"\b(?:p|sp|dis|action)\s*=\s*([\w.-]+)", re.I)
+POLICY = re.compile(r"\b(p|sp|dis|action)\s*=\s*([\w.-]+)", re.I)
 
 
 def _dmarc_failed(msg: Message, sender: str) -> str:
@@ -328,21 +327,34 @@ def _dmarc_failed(msg: Message, sender: str) -> str:
     SPF), and flagging it would flag honest customers every day until agents ignored the flag.
     The verdict is a result that begins "dmarc=fail"; other results repeat what the sender
     wrote (the envelope sender in spf=), and a sender could write more results in there, so
-    the mail is flagged when any such result names a policy other than none, or none at all.
-    An ARC "pass" is not taken instead: anyone can seal a forged mail with a key of their own."""
+    the mail is flagged when any such result asks for more than none (see _strict), or says
+    nothing of a policy. An ARC "pass" is not taken instead: anyone can seal a forged mail
+    with a key of their own."""
     results = msg.get_all("Authentication-Results") or []
     if not results:
         return ""
     verdicts = [part for part in str(results[0]).split(";") if DMARC_FAIL.match(part)]
-    if not verdicts or all(
-        (policies := POLICY.findall(verdict)) and {p.lower() for p in policies} == {"none"}
-        for verdict in verdicts
-    ):
+    if not any(_strict(verdict) for verdict in verdicts):
         return ""
     domain = sender.rpartition("@")[2]
     return (
         f"The receiving mail server found this mail did not come from {domain} (DMARC "
         f"failed): {sender} may not have written it. Check before sharing anything."
+    )
+
+
+def _strict(verdict: str) -> bool:
+    """Whether a DMARC failure falls under a policy that asks receivers to act: the domain's
+    (p=), Microsoft's word for the one it applied (action=), or the subdomains' (sp=) where
+    the receiver acted on it (dis=): p=none with sp=quarantine is a domain in monitoring mode
+    whose own mail is let through (dis=none). No policy named: strict."""
+    named = {key.lower(): value.lower() for key, value in POLICY.findall(verdict)}
+    if not named:
+        return True
+    return (
+        named.get("p", "none") != "none"
+        or named.get("action", "none") != "none"
+        or (named.get("sp", "none") != "none" and named.get("dis", "none") != "none")
     )
 
 
@@ -771,7 +783,7 @@ FORWARDED = re.compile(
 )
 # A subject that says the mail is a forward (Outlook's FW:, WG:, TR:, RV:, Enc:...): Outlook
 # marks the forwarded mail with the same header block as a reply's history. (Not "VS:", a
-# reply in Finnish.) Believed only of a mail that answers none (no In-Reply-To).
+# reply in Finnish.) Mail programs may name the forwarded mail in In-Reply-To: not a sign.
 FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|rv|enc|doorst|vl)\s*:", re.I)
 ORIGINAL_MESSAGE = re.compile(
     r"^\s*-{2,}\s*(original message|mensagem original|"
@@ -787,6 +799,7 @@ MOBILE_SIGNATURE = re.compile(
     re.I,
 )
 SIGNATURE_MAX_LINES = 10  # what may follow a bare "--" for it to be a signature's
+FORWARDER_SIGNATURE_LINES = 60  # how far above a forwarded message its forwarder's may start
 
 
 RULE = re.compile(r"[_=-]{8,}")
@@ -826,12 +839,15 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
         quoted_tail[i] = stripped == "--" or (
             (not stripped or stripped.startswith(">")) and quoted_tail[i + 1]
         )
+    dashes = sum(1 for line in lines if line.rstrip() == "--")
     cut = len(lines)
     for i, line in enumerate(lines):
         stripped = line.strip()
         if i == first_forwarded:
             break
-        signature = _signature_starts(lines, i) and not _signs_forward(lines, i, first_forwarded)
+        signature = _signature_starts(lines, i, dashes) and not _signs_forward(
+            lines, i, first_forwarded
+        )
         if ORIGINAL_MESSAGE.match(stripped) or signature:
             cut = i
             break
@@ -865,11 +881,15 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
 
 def _signs_forward(lines: list[str], i: int, forwarded: int) -> bool:
     """The signature at line `i` closes the forwarder's note: the forwarded message follows
-    within a signature's few lines, with no history in between."""
+    within what a signature takes (a legal notice can be long), with no history in between:
+    no quoted line, no quoted mail's header block."""
     return (
         i < forwarded < len(lines)
-        and forwarded <= i + SIGNATURE_MAX_LINES + 2
-        and not any(_header_block(lines, j) for j in range(i, forwarded))
+        and forwarded <= i + FORWARDER_SIGNATURE_LINES
+        and not any(
+            lines[j].lstrip().startswith(">") or _header_block(lines, j)
+            for j in range(i, forwarded)
+        )
     )
 
 
@@ -883,16 +903,16 @@ def _header_block(lines: list[str], i: int) -> bool:
     )
 
 
-def _signature_starts(lines: list[str], i: int) -> bool:
+def _signature_starts(lines: list[str], i: int, dashes: int) -> bool:
     """Line `i` is the signature delimiter: "-- " (RFC 3676), or a bare "--" (mail programs
     that trim spaces) with no more than a signature's few lines after it, and the only one
-    (two make a frame around something pasted)."""
+    of the `dashes` bare ones (two make a frame around something pasted)."""
     if lines[i] == "-- ":
         return True
     return (
-        lines[i].rstrip() == "--"
+        dashes == 1
+        and lines[i].rstrip() == "--"
         and sum(1 for n in lines[i + 1 :] if n.strip()) <= SIGNATURE_MAX_LINES
-        and sum(1 for n in lines if n.rstrip() == "--") == 1
     )
 
 

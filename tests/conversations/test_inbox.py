@@ -452,7 +452,7 @@ class TestConversation:
         assert dana.notifications.count() == 1
 
     def test_a_placeholder_left_unfilled_holds_the_reply(self, client, bob, chat_inbox):
-        conversation = chat(chat_inbox)  # a visitor who gave no name
+        conversation = chat(chat_inbox, name="")  # a visitor who gave no name
         client.force_login(bob)
         text = "Hi {customer.first_name},\n\nRefunds take 5 days. {signature}"
         response = client.post(
@@ -463,12 +463,15 @@ class TestConversation:
         assert "Fill in or remove {customer.first_name} before sending" in page
         assert "Hi {customer.first_name}," in page  # the draft, kept to fix
         assert not conversation.messages.filter(direction="outbound").exists()
-        # Braces that are no placeholder of ours go out as written.
+        # Named since, the customer's name goes in; braces that are no placeholder of ours
+        # go out as written.
+        services.customer_update(customer=conversation.customer, data={"name": "Jo Lee"})
         sent = client.post(
-            reverse("inbox:reply", args=[conversation.pk]),
-            {"text": "Hi, Refunds take 5 days. {signature}", "seen": 10**9},
+            reverse("inbox:reply", args=[conversation.pk]), {"text": text, "seen": 10**9}
         )
         assert sent.status_code == 302
+        reply = conversation.messages.get(direction="outbound")
+        assert reply.text == "Hi Jo,\n\nRefunds take 5 days. {signature}"
 
     def test_a_note_is_not_sent(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)

@@ -326,6 +326,7 @@ def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     page.fill("#reply-text", "Here is your tracking number")
     theirs = signed_in(browser, asgi_server, alice)
     theirs.goto(f"{asgi_server}/inbox/{source.pk}/")
+    theirs.fill("#reply-text", "Alice's half reply")
     with page.expect_navigation():
         theirs.fill("#merge-into", str(target.pk))
         theirs.check("#merge [name=confirm]")
@@ -337,6 +338,7 @@ def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     expect(theirs.get_by_text(f"#{source.pk} was merged into this conversation")).to_be_visible()
     theirs.wait_for_load_state("networkidle")
     assert theirs.evaluate("location.pathname") == f"/inbox/{target.pk}/"
+    expect(theirs.locator("#reply-text")).to_have_value("Alice's half reply")  # it came along
     expect(page.locator("#reply-text")).to_have_count(0)
     page.goto(f"{asgi_server}/inbox/{target.pk}/")
     assert page.input_value("#reply-text") == (
