@@ -107,7 +107,6 @@
 
   // A condition: field (plus an attribute's name), operator, value.
   function conditionRow(schema, condition) {
-    const fields = new Map(schema.fields.map((field) => [field.name, field]));
     const item = make("li", { className: "rows-row" });
     const fieldMenu = make("select", { ariaLabel: "Field" });
     for (const field of schema.fields) fieldMenu.add(new Option(field.label, field.name));
@@ -125,7 +124,7 @@
     }
 
     function drawValue(given) {
-      const field = fields.get(fieldMenu.value);
+      const field = schema.fieldOf(fieldMenu.value);
       const op = opMenu.value;
       readValue = () => undefined;
       value.replaceChildren();
@@ -139,7 +138,7 @@
     }
 
     function drawOps(op, given) {
-      const field = fields.get(fieldMenu.value);
+      const field = schema.fieldOf(fieldMenu.value);
       opMenu.replaceChildren(...field.ops.map((code) => new Option(schema.operators[code] || code, code)));
       opMenu.value = field.ops.includes(op) ? op : field.ops[0];
       attribute.hidden = field.name !== "customer.";
@@ -155,7 +154,7 @@
     opMenu.addEventListener("change", () => {
       const before = readValue();
       if (before === undefined || before === "") return drawValue();
-      const wanted = many(fields.get(fieldMenu.value), opMenu.value);
+      const wanted = many(schema.fieldOf(fieldMenu.value), opMenu.value);
       if (Array.isArray(before) === wanted) drawValue(before);
       else drawValue(wanted ? [before] : before[0]);
     });
