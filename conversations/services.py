@@ -61,6 +61,9 @@ from routing.sla import (
 log = logging.getLogger(__name__)
 
 Status = Conversation.Status
+# Where a conversation goes back to open when a person's reply in it fails: it was set aside
+# waiting on the customer or on a date, or resolved. A closed one stays closed.
+UNDELIVERED_REOPENS = (Status.PENDING, Status.SNOOZED, Status.RESOLVED)
 # "Last seen" is for people; a minute's precision spares a write per message in a burst.
 LAST_SEEN_PRECISION = timedelta(minutes=1)
 # A customer writing into one of these continues it (and reopens it when it is not open).
@@ -1441,6 +1444,17 @@ def message_failure_tell(message: Message) -> None:
         message,
         text=message.failure_reason,
     )
+    if not message.author_id:  # an automatic message's failure reopens nothing
+        return
+    # Resolved or set aside on the strength of a reply the customer never got (a macro that
+    # replies and resolves, a bounce a day later): back in the team's open work, where the
+    # failure is seen. Read as it is now: it may have changed while the send was on its way.
+    with transaction.atomic():
+        conversation = _locked(message.conversation)
+        if conversation.status in UNDELIVERED_REOPENS and not conversation.merged_into_id:
+            conversation_set_status(
+                conversation=conversation, status=Status.OPEN, reason="undelivered"
+            )
 
 
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:
@@ -1609,7 +1623,9 @@ def conversation_set_status(
     actor=None,
     snoozed_until: datetime | None = None,
     automations: bool = True,
+    reason: str = "",
 ) -> Conversation:
+    """`reason`: why the change was made for nobody's hand ("undelivered": a reply failed)."""
     if status not in Status.values:
         raise ValidationError(f"Unknown status {status!r}.")
     now = timezone.now()
@@ -1638,6 +1654,7 @@ def conversation_set_status(
             previous=previous,
             status=status,
             snoozed_until=snoozed_until.isoformat() if snoozed_until else None,
+            **({"reason": reason} if reason else {}),
         )
         told, ended = None, status in Conversation.ENDED
         if conversation.inbox.kind == Channel.WEBCHAT and (previous in Conversation.ENDED) != ended:

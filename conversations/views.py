@@ -453,6 +453,8 @@ def _events_describe(events) -> None:
             event.detail = str(statuses.get(data.get("status"), data.get("status"))).lower()
             if until := parse_datetime(data.get("snoozed_until") or ""):
                 event.detail += f" until {when(until)}"
+            if data.get("reason") == "undelivered":
+                event.detail += ", as a reply was not delivered"
         elif event.kind == Kind.PRIORITY:
             event.detail = str(priorities.get(data.get("priority"), data.get("priority")))
         elif event.kind == Kind.TAGS:

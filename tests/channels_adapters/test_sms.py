@@ -378,6 +378,49 @@ class TestReplies:
         told = Notification.objects.filter(recipient=bob, kind="failed", message=message)
         assert [n.text for n in told] == [message.failure_reason]
 
+    @pytest.mark.parametrize(
+        ("status", "reopened"),
+        [("resolved", True), ("pending", True), ("closed", False), ("open", False)],
+    )
+    def test_a_reply_that_fails_after_resolving_reopens_the_conversation(
+        self, client, twilio, conversation, bob, status, reopened
+    ):
+        """A macro answered and resolved at once, or the agent resolved right after sending:
+        the carrier's "undelivered" puts the conversation back in the team's open work, and
+        its timeline says why. A closed one stays closed; the author is told either way."""
+        message = reply(conversation, bob)
+        if status != "open":
+            services.conversation_set_status(conversation=conversation, status=status, actor=bob)
+        deliver(
+            twilio,
+            client,
+            conversation.inbox,
+            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
+        )
+        conversation.refresh_from_db()
+        assert conversation.status == ("open" if reopened else status)
+        assert Notification.objects.filter(recipient=bob, kind="failed", message=message).exists()
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert ("Status changed: open, as a reply was not delivered" in page) is reopened
+
+    def test_an_automatic_message_that_fails_reopens_nothing(
+        self, client, twilio, conversation, bob
+    ):
+        message = services.reply_send(conversation=conversation, author=None, text="Thanks!")
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+        deliver(
+            twilio,
+            client,
+            conversation.inbox,
+            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
+        )
+        conversation.refresh_from_db()
+        assert Message.objects.get(pk=message.pk).status == Message.Status.FAILED
+        assert conversation.status == "resolved"
+
     def test_a_sent_that_comes_after_undelivered_leaves_it_failed_and_retryable(
         self, client, twilio, conversation, bob
     ):
