@@ -118,13 +118,19 @@ _answering_inboxes = TableCache(
 )
 
 
+def _unanswered(message: Message) -> bool:
+    """Automatic mail; or an agent's forward of what a customer wrote them, which the agent
+    answers as they see fit (the customer wrote to them, not to us)."""
+    return bool(message.metadata.get("automated") or message.metadata.get("forwarded_by"))
+
+
 def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
     """Whether a customer message may get an automatic reply at all (the task decides which,
-    if any): not on web chat, never to automatic mail, only where templates exist."""
+    if any): not on web chat, never to what _unanswered says, only where templates exist."""
     return (
         inbox.kind != Channel.WEBCHAT
         and message.direction == Message.Direction.INBOUND
-        and not message.metadata.get("automated")
+        and not _unanswered(message)
         and inbox.pk in _answering_inboxes.get()
     )
 
@@ -157,7 +163,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
         pk=message_id
     )
     conversation, inbox = message.conversation, message.inbox
-    if message.metadata.get("automated") or conversation.merged_into_id:
+    if _unanswered(message) or conversation.merged_into_id:
         return None
     templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True))
     # The schedule of the team that answers, as the SLA clock counts: routing may have

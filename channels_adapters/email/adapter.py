@@ -12,6 +12,7 @@ import smtplib
 from email.utils import make_msgid
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.db.models import Q
 from django.utils.html import escape, linebreaks, urlize
@@ -27,10 +28,12 @@ from channels_adapters.base import (
     TransientError,
 )
 from channels_adapters.email.parsing import (
+    FORWARD_SUBJECT,
     NotAnEmail,
     ParsedEmail,
     bare_address,
     format_address,
+    forwarded_sender,
     parse_email,
 )
 from conversations.models import Channel, Conversation, Identity, Message
@@ -189,6 +192,11 @@ class EmailAdapter(Adapter):
             if automated.startswith("automated sender"):  # the form's no-reply@ wrote for them
                 automated, auto_reply = "", False
         conversation, answered = self.thread(parsed)
+        forwarded = conversation is None and not parsed.forged and _agent_forward(parsed)
+        if forwarded:
+            # An agent passing on what a customer wrote to them directly: the conversation is
+            # the customer's, replies go to them, and the agent's colleagues copied are not.
+            (name, sender), metadata["forwarded_by"] = forwarded, parsed.from_address
         if automated:
             metadata["automated"] = automated
         if parsed.skipped_attachments:
@@ -216,7 +224,7 @@ class EmailAdapter(Adapter):
                 # every reply to #12) or the sender's domain disowns the mail. (The sender and
                 # our own addresses never join: see conversations.services._participants_add.)
                 cc=tuple(parsed.cc + parsed.to)
-                if (answered or conversation is None) and not parsed.forged
+                if (answered or conversation is None) and not (parsed.forged or forwarded)
                 else (),
                 metadata=metadata,
             )
@@ -374,6 +382,20 @@ ON_BEHALF = re.compile(
     r"webmaster|website)",
     re.I,
 )
+
+
+def _agent_forward(parsed: ParsedEmail) -> tuple[str, str] | None:
+    """(name, address) of the customer whose mail an active agent forwarded to us, or None:
+    the mail is not from an agent, forwards nothing, or what it forwards is from one of us."""
+    agents = get_user_model().objects.filter(is_active=True)
+    if not agents.filter(email=parsed.from_address).exists():
+        return None
+    # In the new text: a forward is kept there whole; one deep in quoted history is not this
+    # mail's.
+    found = forwarded_sender(parsed.text, forward=bool(FORWARD_SUBJECT.match(parsed.subject)))
+    if found is None or ours(found[1], our_addresses()) or agents.filter(email=found[1]).exists():
+        return None
+    return found
 
 
 def _on_behalf(name: str, address: str) -> bool:

@@ -25,7 +25,9 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 
 import charset_normalizer
+from django.core.exceptions import ValidationError
 from django.core.files import File
+from django.core.validators import validate_email
 
 from channels_adapters.email.tnef import Unreadable, tnef_files
 from conversations.services import HIDDEN_STYLE, InboundAttachment, sanitize_html
@@ -821,16 +823,9 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
     marker is history: it is the message forwarded; nor, in a `forward` (its subject says
     so), is Outlook's header block or "Original Message" rule, which mark the mail forwarded."""
     lines = text.replace("\r\n", "\n").split("\n")
-
-    def forwarded_from(i: int) -> bool:
-        stripped = lines[i].strip()
-        return bool(FORWARDED.match(stripped)) or (
-            forward and bool(ORIGINAL_MESSAGE.match(stripped) or _header_block(lines, i))
-        )
-
     # The forwarded message's first line: what follows it is no history, and a signature
     # just above it is the forwarder's, so nothing is cut there.
-    first_forwarded = next((i for i in range(len(lines)) if forwarded_from(i)), len(lines))
+    first_forwarded = _first_forwarded(lines, forward)
     # Whether each line begins a tail of quoted lines (blank ones allowed) that runs to the
     # end or to a "--" (a footer under the quote): one pass from the end, not one per line.
     quoted_tail = [True] * (len(lines) + 1)
@@ -877,6 +872,42 @@ def split_reply(text: str, *, forward: bool = False) -> tuple[str, str]:
     if not new:  # everything looked quoted: show it all rather than nothing
         return text.strip(), ""
     return new, quoted
+
+
+def _first_forwarded(lines: list[str], forward: bool) -> int:
+    """The line that begins a forwarded message (its marker; in a `forward`, also Outlook's
+    header block or "Original Message" rule), or len(lines)."""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if FORWARDED.match(stripped) or (
+            forward and (ORIGINAL_MESSAGE.match(stripped) or _header_block(lines, i))
+        ):
+            return i
+    return len(lines)
+
+
+def forwarded_sender(text: str, *, forward: bool = False) -> tuple[str, str] | None:
+    """(name, address) of whom a forwarded message is from, as the forward's header block
+    names them ("From: Ana Silva <ana@example.com>", Outlook's "[mailto:...]"), or None."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    first = _first_forwarded(lines, forward)
+    for line in lines[first : first + HEADER_LINES + 1]:
+        if HEADER_START.match(line):
+            # Not parseaddr: these lines are written for people ("Brown, Peter <...>",
+            # "<mailto:...>"), not to the RFC.
+            value = line.split(":", 1)[1].replace("*", "").replace("mailto:", "")
+            value = re.sub(r"\[([^\]\s]+@[^\]\s]+)\]", r"<\1>", value).strip()
+            if "<" in value:
+                name, _, address = value.rpartition("<")
+                address = address.partition(">")[0]
+            else:
+                name, address = "", value.rpartition(" ")[2]
+            try:
+                validate_email(address)
+            except ValidationError:
+                return None
+            return name.strip().strip('"').strip(), address.lower()
+    return None
 
 
 def _signs_forward(lines: list[str], i: int, forwarded: int) -> bool:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from channels_adapters.delivery import message_deliver
 from channels_adapters.email.parsing import (
     NotAnEmail,
+    forwarded_sender,
     html_to_text,
     parse_email,
     read_envelope,
@@ -376,7 +377,26 @@ class TestParsing:
         naming = parse_email(customer_mail(subject=subject, body=body, In_Reply_To="<a@b>"))
         assert ("The handle broke." in naming.text) == forwarded
 
-    def test_a_forward_deep_in_the_history_does_not_keep_the_signature(self):
+    @pytest.mark.parametrize(
+        ("line", "sender"),
+        [
+            ("From: Brown, Peter <Peter@Example.net>", ("Brown, Peter", "peter@example.net")),
+            ('De: "Brown, Peter" <peter@example.net>', ("Brown, Peter", "peter@example.net")),
+            ("From: Peter Brown [mailto:peter@example.net]", ("Peter Brown", "peter@example.net")),
+            ("Von: *Peter Brown* <mailto:peter@example.net>", ("Peter Brown", "peter@example.net")),
+            ("From: peter@example.net", ("", "peter@example.net")),
+            ("From: Peter Brown", None),
+            ("From: Peter <not an address>", None),
+        ],
+    )
+    def test_a_forward_names_whom_it_forwards(self, line, sender):
+        text = f"See below.\n\n---------- Forwarded message ---------\n{line}\nSubject: x\n\nHi"
+        assert forwarded_sender(text) == sender
+        # Outlook's header block is a forward's only when the subject says so.
+        outlook = f"See below.\n\n{line}\nSent: Monday\nSubject: x\n\nHi"
+        assert forwarded_sender(outlook, forward=True) == sender
+        assert forwarded_sender(outlook) is None
+
         text = (
             "Thanks, that works.\n\n-- \nAna Lima\nSales\n\nFrom: Acme <support@acme.example>"
             "\nSent: Monday\nTo: Ana\nSubject: Re: Handle\n\nTry this.\n\n---------- "
@@ -387,6 +407,91 @@ class TestParsing:
 
 @pytest.mark.django_db
 class TestThreading:
+    @pytest.mark.parametrize(
+        ("subject", "body"),
+        [
+            (
+                "Fwd: Broken handle",
+                "Can you take this one?\n\n---------- Forwarded message ---------\nFrom: Peter "
+                "Brown <Peter@Example.net>\nDate: Mon, Nov 30, 2026\nSubject: Broken handle\n"
+                "To: Bob <bob@example.com>\n\nThe handle broke. Order 66120.",
+            ),
+            (  # Outlook: only the subject says it is a forward
+                "FW: Broken handle",
+                "Please look at this.\n\n________________________________\nFrom: Peter Brown "
+                "[mailto:peter@example.net]\nSent: Monday, 30 November 2026 10:00\nTo: Bob\n"
+                "Subject: Broken handle\n\nThe handle broke. Order 66120.",
+            ),
+            (  # Apple Mail in German, under Bob's signature
+                "WG: Griff kaputt",
+                "Schaut mal.\n-- \nBob\nAcme\n\nAnfang der weitergeleiteten Nachricht:\n\n"
+                "Von: Peter Brown <peter@example.net>\nBetreff: Griff kaputt\nDatum: 30. "
+                "November 2026\nAn: bob@example.com\n\nThe handle broke. Order 66120.",
+            ),
+        ],
+    )
+    def test_an_agents_forward_is_the_customers_conversation(
+        self, client, email_inbox, bob, smtp_server, subject, body
+    ):
+        """A customer wrote to Bob directly; Bob forwards it to support. The conversation is
+        Peter's: replies go to him, Bob's colleague copied is not on it, and no
+        acknowledgement tells Peter of a request he did not send us."""
+        from routing.models import AutoReply
+        from routing.tasks import auto_reply
+
+        AutoReply.objects.create(
+            inbox=email_inbox, kind=AutoReply.Kind.ACKNOWLEDGEMENT, body="We have it: #{number}."
+        )
+        pipe(
+            email_inbox,
+            customer_mail(
+                frm="Bob <bob@example.com>", subject=subject, body=body, Cc="ana@acme.example"
+            ),
+        )
+        message = only_message()
+        conversation = message.conversation
+        assert (conversation.customer.name, message.identity.address) == (
+            "Peter Brown",
+            "peter@example.net",
+        )
+        assert "The handle broke. Order 66120." in message.text
+        assert message.metadata["forwarded_by"] == "bob@example.com"
+        assert not conversation.participants.exists()
+        assert auto_reply(message.pk, True) is None
+        client.force_login(bob)
+        assert (
+            "forwarded by bob@example.com"
+            in client.get(f"/inbox/{conversation.pk}/").content.decode()
+        )
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="On it").pk)
+        [sent] = smtp_server.messages()
+        assert sent["To"] == "peter@example.net"
+
+    @pytest.mark.parametrize(
+        ("frm", "forwarded", "dmarc"),
+        [
+            # A customer forwarding a friend's mail: the conversation is the customer's.
+            ("maria@example.com", "Peter Brown <peter@example.net>", ""),
+            # Bob forwarding his colleague's or our own mail: nobody else's.
+            ("bob@example.com", "Bob <bob@example.com>", ""),
+            ("bob@example.com", "Acme <support@acme.example>", ""),
+            # Someone writing Bob's address, which his domain disowns.
+            ("bob@example.com", "Peter Brown <peter@example.net>", "dmarc=fail (p=reject)"),
+        ],
+    )
+    def test_a_forward_by_anyone_else_stays_with_its_sender(
+        self, email_inbox, bob, frm, forwarded, dmarc
+    ):
+        body = (
+            "Look.\n\n---------- Forwarded message ---------\n"
+            f"From: {forwarded}\nSubject: Handle\n\nThe handle broke."
+        )
+        headers = {"Authentication_Results": f"mx.acme.example; {dmarc}"} if dmarc else {}
+        pipe(email_inbox, customer_mail(frm=frm, subject="Fwd: Handle", body=body, **headers))
+        message = only_message()
+        assert message.identity.address == frm
+        assert "forwarded_by" not in message.metadata
+
     def test_a_new_mail_opens_a_conversation_with_its_participants(self, email_inbox):
         pipe(email_inbox, fixture("cc_and_attachment.eml"))
         message = only_message()
