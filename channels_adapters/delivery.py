@@ -41,6 +41,7 @@ PAYLOAD_IN_ROW_MAX = 256 * 1024
 # A status callback can overtake the answer that told us the provider's id for the message:
 # such an event stays pending (the sweep tries it again) for this long before it is dropped.
 STATUS_WAIT = timedelta(minutes=30)
+NOT_YET = "Reports on a message whose provider id is not known yet; will retry."
 # A message still "sending" this long after its attempt began lost its worker on the way. Where
 # sending twice would reach the customer twice (SMS, Messenger) it fails, saying so, for the
 # agent to check and retry; long enough that no live attempt, however slow, is still at it.
@@ -132,15 +133,17 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
     locked, or stored by it (nobody else can see that row before the commit)."""
     event.attempts += 1
     adapter = adapter_for(event.inbox.kind)
+    waiting = False
     try:
         if adapter is None:
             raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
         with transaction.atomic():
-            received, updated, unknown, blocked = [], [], 0, ""
+            received, updated, unknown, blocked = [], [], [], ""
             for item in adapter.parse_inbound(event):
                 if isinstance(item, StatusUpdate):
                     updated.append(message_status_update(item))
-                    unknown += updated[-1] is None
+                    if updated[-1] is None:
+                        unknown.append(item.status)
                     continue
                 try:
                     received.append(message_receive(inbox=event.inbox, inbound=item))
@@ -150,13 +153,18 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     event.headers["blocked"] = f"{item.channel}:{item.address}"
                     continue
                 _profile_fetch_later(adapter, received[-1])
-            # Only when nothing in it was known: a receipt naming a part of a message that
-            # we never stored an id for (its attachments) must not hold the rest back.
-            waiting = unknown and unknown == len(updated) and not received
-            if waiting and timezone.now() - event.received_at < STATUS_WAIT:
+            # A report on a message whose provider id is not known yet (the answer to our
+            # send is still on its way) is tried again, until STATUS_WAIT: the whole event,
+            # since a replay changes nothing already applied. What the rest of the event
+            # brought is kept now. Beside known ones, only a failure waits: a receipt naming
+            # a part of a message that we never stored an id for (its attachments) is
+            # nothing to wait for, and a lost delivery receipt loses no reply.
+            fresh = timezone.now() - event.received_at < STATUS_WAIT
+            if fresh and unknown and len(unknown) == len(updated) and not received:
                 raise _NotYet
+            waiting = fresh and Message.Status.FAILED in unknown
     except _NotYet:
-        event.error = "Reports on a message whose provider id is not known yet; will retry."
+        event.error = NOT_YET
     except Ignore as exc:
         event.status, event.error = InboundEvent.Status.IGNORED, str(exc)
     except (InvalidPayload, ValidationError) as exc:
@@ -177,6 +185,8 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         # conversation finds its payloads through it.
         event.message = received[0].message if received else next(filter(None, updated), None)
         event.error = blocked or ("" if handled else "nothing in it for us")
+        if waiting:  # pending again, for the sweep
+            event.status, event.error = InboundEvent.Status.PENDING, NOT_YET
     event.processed_at = timezone.now()
     # Never write the payload back: it can be megabytes, and it is the record. The headers
     # change only when a blocked sender's message was set aside.

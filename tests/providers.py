@@ -317,6 +317,7 @@ class FakeGraph(FakeProvider):
         self.whatsapp_media: dict[str, str] = {}  # media id -> mime type (served under /wa/)
         self.uploads: dict[str, tuple[str, str, bytes]] = {}  # media id -> multipart file
         self.sent: list[tuple[Recorded, str]] = []
+        self.next_wamids: list[str] = []  # WhatsApp message ids to hand out before random ones
         self._local = threading.local()
         super().__init__()
 
@@ -436,7 +437,11 @@ class FakeGraph(FakeProvider):
             return self._error(400, 131053, "Media upload error")
         if kind == "template" and not (payload.get("template") or {}).get("language"):
             return self._error(400, 100, "(#100) Param template['language'] is required")
-        wamid = "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()
+        wamid = (
+            self.next_wamids.pop(0)
+            if self.next_wamids
+            else "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()
+        )
         self.sent.append((request, wamid))
         return Answer.json(
             200,

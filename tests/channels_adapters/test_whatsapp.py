@@ -15,7 +15,7 @@ from django.test import Client
 from channels_adapters.delivery import attachment_fetch, message_deliver
 from channels_adapters.models import InboundEvent
 from conversations import services
-from conversations.models import Attachment, Channel, Inbox, Message
+from conversations.models import Attachment, Channel, Inbox, Message, Notification
 from tests.conftest import (
     deliver_webhook,
     process_pending,
@@ -324,6 +324,35 @@ class TestStatuses:
             "Message undeliverable (code 131026): Message Undeliverable."
         )
         assert "no WhatsApp account" in reply.failure_reason
+
+    def test_a_failure_that_overtakes_its_send_is_not_lost_beside_another_status(
+        self, client, graph, wa_inbox, bob
+    ):
+        """Meta batches statuses: the "delivered" of one reply and the "failed" of another
+        whose send has not answered yet. The first is applied at once; the failure, once
+        the send has told us its wamid, and Bob hears of it."""
+        first = sent_reply(wa_inbox, bob)
+        graph.next_wamids.append("wamid.SECOND")
+        second = services.reply_send(conversation=first.conversation, author=bob, text="E mais")
+        body = json.loads(meta_payload("whatsapp_failed.json", WAMID="wamid.SECOND"))
+        value = body["entry"][0]["changes"][0]["value"]
+        failed = value["statuses"][0]
+        delivered = {key: v for key, v in failed.items() if key != "errors"}
+        value["statuses"] = [{**delivered, "id": first.provider_id, "status": "delivered"}, failed]
+        deliver_webhook(client, graph, wa_inbox, body)
+        assert status_of(first) == Message.Status.DELIVERED
+        event = InboundEvent.objects.filter(inbox=wa_inbox).latest("id")
+        assert event.status == InboundEvent.Status.PENDING
+
+        message_deliver(second.pk)  # Graph's answer comes: "sent", wamid.SECOND
+        process_pending()  # what the sweep does a minute later
+        second.refresh_from_db()
+        assert second.status == Message.Status.FAILED
+        assert second.failure_reason.startswith("Message undeliverable (code 131026)")
+        assert Notification.objects.filter(message=second, recipient=bob, kind="failed").exists()
+        assert status_of(first) == Message.Status.DELIVERED
+        event.refresh_from_db()
+        assert (event.status, event.error) == (InboundEvent.Status.PROCESSED, "")
 
 
 # --- Sending ---------------------------------------------------------------------------------
