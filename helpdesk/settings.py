@@ -108,43 +108,40 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 
-if "DATABASE_URL" in env:
-    DATABASES = {"default": env.db("DATABASE_URL")}
-    postgresql = DATABASES["default"]["ENGINE"].endswith("postgresql")
-    if postgresql:
-        # No parallel plans: the app runs many small queries at once, and a parallel one takes
-        # more cores from the others. The inbox's LIMIT queries suffered most: each worker
-        # walks ahead on its own (a search of a common word, 24 ms serial, took 205 ms).
-        options = DATABASES["default"].setdefault("OPTIONS", {})
-        options["options"] = f"-c max_parallel_workers_per_gather=0 {options.get('options', '')}"
-    if postgresql and env.bool("DATABASE_POOL", default=True):
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL",
+        default=f"sqlite:///{VAR_DIR / 'threadline.sqlite3'}",
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # No parallel plans: the app runs many small queries at once, and a parallel one takes
+    # more cores from the others. The inbox's LIMIT queries suffered most: each worker
+    # walks ahead on its own (a search of a common word, 24 ms serial, took 205 ms).
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["options"] = f"-c max_parallel_workers_per_gather=0 {options.get('options', '')}"
+    if env.bool("DATABASE_POOL", default=True):
         # Under ASGI each request in flight has a thread of its own, so persistent connections
-        # (one per thread) pile up to the server's limit, and none costs a connect per request.
-        # A pool shares a few open connections between them.
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # (one per thread) pile up to the server's limit, and none costs a connect per
+        # request. A pool shares a few open connections between them.
+        options["pool"] = {
             "min_size": 2,
             "max_size": env.int("DATABASE_POOL_SIZE", default=20),
             "timeout": 10,
         }
         DATABASES["default"]["CONN_MAX_AGE"] = 0
-    else:
-        DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
-else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "threadline.sqlite3",
-            # The embedded worker and the web server write from several threads: WAL lets
-            # readers go on during a write, IMMEDIATE takes the write lock up front instead of
-            # failing with "database is locked" on upgrade, and the timeout waits for it.
-            "OPTIONS": {
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
-            "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
-        }
-    }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The embedded worker and the web server write from several threads (and a test's
+    # server and worker from several processes): WAL lets readers go on during a write,
+    # IMMEDIATE takes the write lock up front instead of failing with "database is locked"
+    # on upgrade, and the timeout waits for it. Also for a DATABASE_URL naming a file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        transaction_mode="IMMEDIATE",
+        timeout=20,
+    )
+    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", VAR_DIR / "test.sqlite3")
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
 DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"].endswith("postgresql")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
