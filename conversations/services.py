@@ -56,6 +56,7 @@ from routing.sla import (
     sla_customer_wrote,
     sla_retarget,
     sla_status_changed,
+    sla_waiting_again,
 )
 
 log = logging.getLogger(__name__)
@@ -892,7 +893,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         client_id=inbound.client_id[:64],
         status=Message.Status.SENT if inbound.echo else Message.Status.RECEIVED,
         sent_at=now if inbound.echo else None,
-        metadata=inbound.metadata,
+        metadata={**inbound.metadata, "echo": True} if inbound.echo else inbound.metadata,
     )
     attachments_store(message, inbound.attachments)
     _media_fetch_later(message, inbound.media)
@@ -1451,10 +1452,54 @@ def message_failure_tell(message: Message) -> None:
     # failure is seen. Read as it is now: it may have changed while the send was on its way.
     with transaction.atomic():
         conversation = _locked(message.conversation)
-        if conversation.status in UNDELIVERED_REOPENS and not conversation.merged_into_id:
-            conversation_set_status(
+        if conversation.merged_into_id:
+            return
+        if conversation.status in UNDELIVERED_REOPENS:
+            conversation = conversation_set_status(
                 conversation=conversation, status=Status.OPEN, reason="undelivered"
             )
+        # Nor was it an answer: the customer waits on us as before it, the first response is
+        # the first one that was not lost, and the SLA clock it stopped goes on.
+        fields = ("first_response_at", "waiting_since", "sla_due_at")
+        before = [getattr(conversation, field) for field in fields]
+        answers = _answers(conversation)
+        first = answers.order_by("pk").values_list("created_at", flat=True).first()
+        if first is None or (conversation.first_response_at or first) < first:
+            conversation.first_response_at = first
+        if conversation.status not in Conversation.ENDED:
+            _waiting_again(conversation, answers=answers)
+        if [getattr(conversation, field) for field in fields] != before:
+            conversation.save(update_fields=[*fields, "updated_at"])
+            publish_conversation_event(conversation, "waiting")
+
+
+def _answers(conversation: Conversation):
+    """What answered the customer, as `reply_send` counts it: agents' replies that were not
+    lost on the way, and those written in the business's own app (echoes)."""
+    return (
+        conversation.messages.filter(direction=Message.Direction.OUTBOUND)
+        .filter(Q(author__isnull=False) | Q(metadata__has_key="echo"))
+        .exclude(status=Message.Status.FAILED)
+        .exclude(metadata__has_key="automatic")
+    )
+
+
+def _waiting_again(conversation: Conversation, *, answers=None) -> None:
+    """Read from the timeline since when the customer has waited on us (their first message
+    after our last answer), and let their response clock go on from there. Not saved."""
+    last = (answers or _answers(conversation)).order_by("-pk").values_list("pk", flat=True).first()
+    since = (
+        conversation.messages.filter(direction=Message.Direction.INBOUND, pk__gt=last or 0)
+        .exclude(metadata__has_key="automated")
+        .order_by("pk")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if since is None:
+        return
+    if conversation.waiting_since is None or since < conversation.waiting_since:
+        conversation.waiting_since = since
+    sla_waiting_again(conversation=conversation, since=since, now=timezone.now())
 
 
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:
@@ -1646,6 +1691,8 @@ def conversation_set_status(
         else:
             conversation.resolved_at = None
         sla_status_changed(conversation=conversation, previous=previous, now=now)
+        if previous in Conversation.ENDED and status not in Conversation.ENDED:
+            _waiting_again(conversation)  # resolved unanswered: it is in "waiting on us" again
         conversation.save()
         _event(
             conversation,

@@ -12,7 +12,8 @@ see routing.hours), and pause while the conversation is pending, which is how an
 any reply nobody waits on the customer. Snoozing does not pause anything: a
 conversation set aside is still ours to answer. A clock stopped before its target is met;
 one that ran out is breached, and stays breached. Resolving a conversation without a reply
-stops its response clocks as not measured.
+stops its response clocks as not measured; an agent reopening it, or a reply that never
+reached the customer, sets the clock going again, the time it stood still counted.
 
 The conversation services call these functions inside their transaction, with the
 conversation locked, and then save it: they keep `Conversation.sla_due_at` (the earliest
@@ -231,11 +232,10 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
     the customer, and pending would hide a breach); back to open resumes them; resolved or
     closed stops them."""
     status = conversation.status
-    clocks = list(_unstopped(conversation))
-    if not clocks or status == previous:
+    if status == previous:
         return
     context = _Context(conversation, now)
-    for clock in clocks:
+    for clock in _unstopped(conversation):
         if status in Conversation.ENDED:
             context.stop(clock, answered=clock.target == Target.RESOLUTION)
         elif status == Status.PENDING and clock.running_since is not None:
@@ -247,6 +247,46 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
         else:
             continue
         clock.save()
+    if previous in Conversation.ENDED and status not in Conversation.ENDED:
+        # Reopened: resolving it is a target again, as when the customer reopens it.
+        clock = context.start(Target.RESOLUTION, conversation.inbox.kind)
+        if clock is not None:
+            if status == Status.PENDING:
+                context.pause(clock)
+            clock.save()
+    sla_due_set(conversation)
+
+
+def sla_waiting_again(*, conversation: Conversation, since: datetime, now: datetime) -> None:
+    """The customer waits on us again for what they wrote at `since`: the reply that stopped
+    their response clock never reached them, or the conversation was resolved unanswered and
+    is open again. That clock goes on, and the time it stood still counts: the customer was
+    waiting all along. Nothing changes while a response clock runs, or where the policy no
+    longer measures the target."""
+    if _unstopped(conversation, *RESPONSES).exists():
+        return
+    clock = (
+        SlaClock.objects.filter(conversation=conversation, target__in=RESPONSES)
+        .filter(stopped_at__gte=since)
+        .order_by("-stopped_at", "-pk")
+        .first()
+    )
+    if clock is None:
+        return
+    context = _Context(conversation, now)
+    policy = policy_for(clock.channel, conversation.priority, context.policies)
+    goal = policy.goal(clock.target) if policy else None
+    if goal is None:
+        return
+    clock.policy, clock.goal_seconds = policy, goal
+    clock.business_hours_only = policy.business_hours_only
+    clock.running_since, clock.stopped_at, clock.outcome = clock.stopped_at, None, ""
+    clock.elapsed_seconds = context.counted(clock)
+    if conversation.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE:
+        clock.running_since = None
+    else:
+        context.run(clock, policy)
+    clock.save()
     sla_due_set(conversation)
 
 

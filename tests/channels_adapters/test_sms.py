@@ -33,6 +33,7 @@ from conversations.models import (
     Message,
     Notification,
 )
+from routing.models import SlaClock
 from tests.conftest import wait_for, webhook_path, worker_killed_mid_task
 from tests.providers import FakeTwilio
 
@@ -403,6 +404,15 @@ class TestReplies:
         client.force_login(bob)
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert ("Status changed: open, as a reply was not delivered" in page) is reopened
+        # Nor was it an answer: back in "waiting on us" since the customer wrote, with no first
+        # response, and the first-response clock counting on (a closed one waits on nobody).
+        asked = conversation.messages.get(direction="inbound").created_at
+        assert conversation.first_response_at is None
+        assert conversation.waiting_since == (None if status == "closed" else asked)
+        waiting = client.get("/inbox/?sort=waiting").content.decode()
+        assert (f'href="/inbox/{conversation.pk}/"' in waiting) is (status != "closed")
+        clock = conversation.sla_clocks.get(target=SlaClock.Target.FIRST_RESPONSE)
+        assert (clock.stopped_at is None) is (status != "closed")
 
     def test_an_automatic_message_that_fails_reopens_nothing(
         self, client, twilio, conversation, bob

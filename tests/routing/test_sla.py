@@ -250,6 +250,37 @@ def test_resolving_stops_every_clock_and_a_customer_reopening_starts_them_again(
     assert due(conversation) == utc("2026-01-13 14:00")
 
 
+def test_reopening_an_unanswered_conversation_makes_it_wait_on_us_again(
+    mail_inbox, hours, policies, bob
+):
+    """Resolved by mistake, reopened an hour later: Maria has waited since 10:00 all along.
+    Her first-response clock goes on with that hour counted, and resolving is timed again."""
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    with time_machine.travel(utc("2026-01-12 12:00"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="open", actor=bob)
+    conversation.refresh_from_db()
+    assert conversation.waiting_since == utc("2026-01-12 10:00")
+    first = clock(conversation, FIRST)
+    assert (first.state, first.due_at) == ("running", utc("2026-01-12 14:00"))
+    # 8 working hours from noon: six on Monday, two on Tuesday.
+    assert clock(conversation, RESOLUTION).due_at == utc("2026-01-13 11:00")
+    assert due(conversation) == utc("2026-01-12 14:00")
+
+    with time_machine.travel(utc("2026-01-12 13:00"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="On its way.")
+    first.refresh_from_db()
+    assert (first.outcome, first.elapsed_seconds) == ("met", 3 * 3600)
+    # Answered, then resolved and reopened: nobody waits, and no response is owed.
+    with time_machine.travel(utc("2026-01-12 14:00"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+        services.conversation_set_status(conversation=conversation, status="open", actor=bob)
+    conversation.refresh_from_db()
+    assert conversation.waiting_since is None
+    assert not conversation.sla_clocks.filter(stopped_at=None).exclude(target=RESOLUTION).exists()
+
+
 def test_automatic_mail_starts_no_clock(mail_inbox, hours, policies):
     conversation = mail(
         mail_inbox, "2026-01-12 10:00", metadata={"automated": "Auto-Submitted: auto-replied"}
