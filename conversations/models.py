@@ -96,6 +96,13 @@ class Customer(models.Model):
 
 # Channels whose addresses are ids made by us or the provider, not something a person reads.
 OPAQUE_ADDRESSES = (Channel.WEBCHAT, Channel.MESSENGER)
+# An integrator's own ids: "42" in the shop is not "42" in the billing system. Such an address
+# is stored as "<inbox id>:<id>" (see inbox_scoped_address) and shown without the prefix.
+INBOX_SCOPED_ADDRESSES = (Channel.API,)
+
+
+def inbox_scoped_address(inbox_id: int, address: str) -> str:
+    return f"{inbox_id}:{address}"
 
 
 class Identity(ChoiceLabels, models.Model):
@@ -140,7 +147,11 @@ class Identity(ChoiceLabels, models.Model):
     def shown_address(self) -> str:
         """The address as agents see it: a chat visitor's or a Messenger user's is an opaque
         id that means nothing to a person, so it is not shown."""
-        return "" if self.kind in OPAQUE_ADDRESSES else self.address
+        if self.kind in OPAQUE_ADDRESSES:
+            return ""
+        if self.kind in INBOX_SCOPED_ADDRESSES:
+            return self.address.partition(":")[2] or self.address
+        return self.address
 
 
 class Inbox(ChoiceLabels, models.Model):

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from conversations.models import (
     IMAGE_TYPES,
+    INBOX_SCOPED_ADDRESSES,
     Attachment,
     Channel,
     Conversation,
@@ -42,6 +43,7 @@ from conversations.models import (
     Notification,
     Tag,
     Visitor,
+    inbox_scoped_address,
 )
 from conversations.realtime import (
     publish_conversation_event,
@@ -810,9 +812,10 @@ def _find_duplicate(inbox: Inbox, inbound: InboundMessage) -> Message | None:
 def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     # No duplicate look-up first: the unique provider and client ids refuse a second copy,
     # and message_receive then returns the stored one. Replays are rare; reads are not.
-    identity = identity_get_or_create(
-        kind=inbound.channel, address=inbound.address, name=inbound.name
-    )
+    address = inbound.address
+    if inbound.channel in INBOX_SCOPED_ADDRESSES:
+        address = inbox_scoped_address(inbox.pk, address)
+    identity = identity_get_or_create(kind=inbound.channel, address=address, name=inbound.name)
     customer = identity.customer
     if customer.merged_into_id:  # identities move on merge; this is belt and braces
         customer = customer.merged_into

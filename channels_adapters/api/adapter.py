@@ -39,6 +39,8 @@ class ApiAdapter(Adapter):
                 raise InvalidPayload(f"Field {key!r} cannot contain NUL characters.")
         if len(data["id"]) > 255:
             raise InvalidPayload("Field 'id' has at most 255 characters.")
+        if len(data["from"]) > 300:  # stored after this inbox's id (Identity.address)
+            raise InvalidPayload("Field 'from' has at most 300 characters.")
         return data
 
     def parse_inbound(self, event):

@@ -38,19 +38,40 @@ class TestApiInbound:
             400,
             "Field 'from' cannot contain NUL characters.",
         )
+        overlong = post(
+            client, api_inbox, json.dumps({"id": "n-2", "from": "x" * 301, "text": "Hi"})
+        )
+        assert (overlong.status_code, overlong.json()["error"]) == (
+            400,
+            "Field 'from' has at most 300 characters.",
+        )
         nul = {"id": "n-1", "from": "c1", "name": "J\x00o", "text": "Hi\x00 there"}
         post(client, api_inbox, json.dumps({**nul, "subject": "Re\x00fund"}).encode())
-        post(client, api_inbox, json.dumps({"id": "n-2", "from": "x" * 400, "text": "Hi"}).encode())
-        for event in InboundEvent.objects.order_by("id"):
-            inbound_event_process(event.pk)
+        (event,) = InboundEvent.objects.all()
+        inbound_event_process(event.pk)
         message = Message.objects.get()
         assert (message.text, message.conversation.subject) == ("Hi there", "Refund")
         assert message.conversation.customer.name == "Jo"
-        overlong = InboundEvent.objects.get(dedupe_key="n-2")
-        assert (overlong.status, overlong.error) == (
-            "failed",
-            "An address has at most 320 characters.",
+
+    def test_the_same_id_in_two_integrations_is_two_customers(
+        self, client, api_inbox, billing_inbox, bob
+    ):
+        """The shop's customer 42 and the billing system's 42 are different people: neither
+        sees the other's conversation, and each shows as 42 to agents."""
+        post(client, api_inbox, json.dumps({"id": "s-1", "from": "42", "text": "Where is it?"}))
+        post(client, billing_inbox, json.dumps({"id": "b-1", "from": "42", "text": "Refund?"}))
+        post(client, api_inbox, json.dumps({"id": "s-2", "from": "42", "text": "Any news?"}))
+        for event in InboundEvent.objects.order_by("id"):
+            inbound_event_process(event.pk)
+        shop, billing = (
+            Message.objects.get(text=text).conversation for text in ("Where is it?", "Refund?")
         )
+        assert shop.inbox == api_inbox and billing.inbox == billing_inbox
+        assert shop.customer_id != billing.customer_id
+        assert Message.objects.get(text="Any news?").conversation == shop
+        client.force_login(bob)
+        page = client.get(f"/inbox/customers/{shop.customer_id}/").content.decode()
+        assert '<span class="address">42</span>' in page
 
     def test_a_replay_is_acknowledged_and_stored_once(self, client, api_inbox):
         post(client, api_inbox, self.body)

@@ -34,7 +34,7 @@ def jo(chat_inbox, mail_inbox, sms_inbox, billing_inbox):
     addresses = [
         (Channel.EMAIL, "jo@example.com"),
         (Channel.SMS, "+351912345678"),
-        (Channel.API, "jo-shop"),
+        (Channel.API, f"{billing_inbox.pk}:jo-shop"),
     ]
     for kind, address in addresses:
         Identity.objects.create(customer=customer, kind=kind, address=address)

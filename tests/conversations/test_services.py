@@ -119,7 +119,7 @@ class TestReceive:
     def test_a_customer_whose_channel_names_no_language_gets_the_one_they_write(self, api_inbox):
         def language(address, text, **kwargs):
             receive(api_inbox, text=text, address=address, **kwargs)
-            return Customer.objects.get(identities__address=address).language
+            return Customer.objects.get(identities__address=f"{api_inbox.pk}:{address}").language
 
         assert language("ana", "Olá, a minha encomenda ainda não chegou") == "pt"
         assert language("ana", "Sorry, I mean my order has not arrived") == "pt"  # kept
@@ -286,7 +286,7 @@ class TestCustomerMerge:
         assert merged.pk == target.pk
         assert set(target.identities.values_list("address", flat=True)) == {
             "visitor-9",
-            "maria@example.com",
+            f"{api_inbox.pk}:maria@example.com",
         }
         assert target.conversations.count() == 2
         merged.refresh_from_db()
@@ -331,7 +331,8 @@ class TestConversationMerge:
     def test_messages_and_tags_move_and_the_source_closes(self, chat_inbox, api_inbox, bob):
         first = receive(chat_inbox, "chat", address="v1").message.conversation
         customer = first.customer
-        Identity.objects.create(customer=customer, kind=Channel.API, address="v1@example.com")
+        address = f"{api_inbox.pk}:v1@example.com"  # an integrator's id, in that inbox
+        Identity.objects.create(customer=customer, kind=Channel.API, address=address)
         second = receive(api_inbox, "by api", address="v1@example.com").message.conversation
         services.conversation_tag(conversation=second, add=["refund"], actor=bob)
 

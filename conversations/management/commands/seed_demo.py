@@ -11,12 +11,14 @@ from django.utils import timezone
 from channels_adapters.webchat import chat
 from conversations import services
 from conversations.models import (
+    INBOX_SCOPED_ADDRESSES,
     CannedResponse,
     Channel,
     Conversation,
     Identity,
     Inbox,
     Message,
+    inbox_scoped_address,
 )
 from conversations.selectors import fold
 from helpdesk.models import User
@@ -575,19 +577,22 @@ class Command(BaseCommand):
         kinds = list(inboxes)
         kind = kinds[i % len(kinds)]
         address = _address(kind, i, first, last)
-        if Identity.objects.filter(kind=kind, address=address).exists():
+        inbox = inboxes[kind]
+        stored = address  # as the identity keeps it
+        if kind in INBOX_SCOPED_ADDRESSES:
+            stored = inbox_scoped_address(inbox.pk, address)
+        if Identity.objects.filter(kind=kind, address=stored).exists():
             return 0  # seeded on an earlier run
         language, subject, texts, reply = SCENARIOS[i % len(SCENARIOS)]
         n = 10400 + i
         name = f"{first} {last}"
-        inbox = inboxes[kind]
         other = Channel.EMAIL if kind != Channel.EMAIL else Channel.SMS  # a second channel
         agent = agents[i % len(agents)]
         if i % 10 == 0:
             earlier = self._earlier_conversation(i, name, language, inboxes[other], agent)
             # The address they write from now is theirs too: the new message finds the profile.
             Identity.objects.create(
-                customer=earlier.customer, kind=kind, address=address, display_name=name
+                customer=earlier.customer, kind=kind, address=stored, display_name=name
             )
         for j, text in enumerate(texts):
             received = services.message_receive(
