@@ -169,7 +169,11 @@ def conversation_start(request, customer_id: int):
             author=request.user,
             text=draft["text"],
             subject=draft["subject"],
+            again=post.get("again") == "1",
         )
+    except services.StartedAlready as exc:
+        draft["again"] = True  # the page shows it: pressing Send from there means it
+        return customer_page(request, customer, status=409, start_errors=exc.messages, start=draft)
     except ValidationError as exc:
         return customer_page(request, customer, status=400, start_errors=exc.messages, start=draft)
     messages.success(request, "Conversation started; the message is on its way.")

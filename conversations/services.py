@@ -690,19 +690,58 @@ def conversation_open(
     return conversation
 
 
+class StartedAlready(ValidationError):
+    """The agent sent this very text to this customer a moment ago (a double click, or Back
+    after sending): starting again would send it twice. `again=True` means it."""
+
+    def __init__(self, earlier: Message):
+        super().__init__(
+            f"Not sent: you sent this same message to this customer at "
+            f"{timezone.localtime(earlier.created_at):%H:%M}, in #{earlier.conversation_id}. "
+            "Press Send again only to start another conversation with it."
+        )
+        self.earlier = earlier
+
+
+STARTED_ALREADY_WITHIN = timedelta(minutes=30)
+
+
 def conversation_start(
-    *, customer: Customer, identity: Identity, author, text: str, subject: str = ""
+    *,
+    customer: Customer,
+    identity: Identity,
+    author,
+    text: str,
+    subject: str = "",
+    again: bool = False,
 ) -> Conversation:
     """An agent writes first: a new conversation with `customer` on the channel of `identity`,
     in the inbox that channel sends from (as for a reply), assigned to `author`, with `text`
     queued as its first message. All or nothing: when the channel refuses the message (opted
     out, Messenger's or WhatsApp's window closed), nothing is stored and ValidationError says
-    why."""
+    why; StartedAlready when the agent sent the same text to the customer within
+    STARTED_ALREADY_WITHIN, unless `again`."""
     if identity.customer_id != customer.pk:
         raise ValidationError("That address is not this customer's.")
     if not text.strip():
         raise ValidationError("A message needs text.")
     with transaction.atomic():
+        # One start at a time per customer, so that a double click's second finds the first.
+        Customer.objects.select_for_update().filter(pk=customer.pk).first()
+        if not again:
+            earlier = (
+                Message.objects.filter(
+                    conversation__customer=customer,
+                    author=author,
+                    direction=Message.Direction.OUTBOUND,
+                    text=text,
+                    created_at__gte=timezone.now() - STARTED_ALREADY_WITHIN,
+                )
+                .order_by("-pk")
+                .first()
+            )
+            if earlier is not None:
+                raise StartedAlready(earlier)
         inbox = _inbox_for_address(
             identity, current=None, same_team=Q(default_team__memberships__user=author)
         )

@@ -600,6 +600,15 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
     )
 
 
+def _written_already(conversation, seen: int, user, text: str, mode: str) -> list[Message]:
+    """The agent's own reply (or note) with this very text that the page did not show."""
+    if not text.strip():
+        return []
+    direction = Message.Direction.NOTE if mode == "note" else Message.Direction.OUTBOUND
+    mine = conversation.messages.filter(pk__gt=seen, author=user, direction=direction)
+    return [message for message in mine if message.text.strip() == text.strip()]
+
+
 class FileRefused(ValidationError):
     """One of the files cannot go: the page sent back asks to attach the others again."""
 
@@ -645,19 +654,23 @@ def conversation_reply(request, number: int):
     # A page sent back cannot keep chosen files (browsers do not allow it): it names them.
     reattach = [upload.name for upload in request.FILES.getlist("files")]
     # A note answers nobody, so it is never stale; a reply is.
-    if mode != "note" and (arrived := _newer_than(conversation, seen, request.user)):
+    arrived = _newer_than(conversation, seen, request.user) if mode != "note" else []
+    repeated = [] if arrived else _written_already(conversation, seen, request.user, text, mode)
+    if arrived or repeated:
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
-        # now shows it, so sending again from there sends the reply as it is.
+        # now shows it, so sending again from there sends the reply as it is. Likewise the
+        # agent's own message with this very text, sent since the page was shown: they went
+        # Back after sending, and the browser gave them the text and a new page to send from.
         context = _conversation_context(
             request,
             conversation,
             draft=text,
             draft_mode=mode,
-            stale=True,
+            stale="repeated" if repeated else "arrived",
             reattach=reattach,
             reply_once=once,
         )
-        arrived = {message.pk for message in arrived}
+        arrived = {message.pk for message in arrived or repeated}
         for kind, item in context["timeline"]:
             item.is_new = kind == "message" and item.pk in arrived
         return render(request, "inbox/conversation.html", context, status=409)

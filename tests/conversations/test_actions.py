@@ -7,7 +7,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from conversations import services
-from conversations.models import Channel, Conversation, ConversationEvent, Identity, Inbox, Tag
+from conversations.models import (
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Identity,
+    Inbox,
+    Message,
+    Tag,
+)
 from tests.conftest import receive
 
 pytestmark = pytest.mark.django_db
@@ -232,6 +240,28 @@ class TestStart:
         )
         kinds = set(conversation.events.values_list("kind", flat=True))
         assert {ConversationEvent.Kind.CREATED, ConversationEvent.Kind.ASSIGNED} <= kinds
+
+    def test_sending_the_same_start_twice_asks_before_a_second_conversation(
+        self, client, bob, jo, mail_inbox
+    ):
+        """A double click, or Back after sending: the same text to the same customer again
+        is held, saying where it went; pressed again from that page, it is meant."""
+        client.force_login(bob)
+        email = jo.identities.get(kind=Channel.EMAIL)
+        assert self.start(client, jo, email, text="Your refund is sent").status_code == 302
+        first = Conversation.objects.latest("pk")
+        response = self.start(client, jo, email, text="Your refund is sent")
+        assert response.status_code == 409
+        html = response.content.decode()
+        assert "you sent this same message to this customer at" in html
+        assert f"in #{first.pk}" in html and "Your refund is sent</textarea>" in html
+        assert '<input type="hidden" name="again" value="1">' in html
+        assert Conversation.objects.latest("pk") == first
+        # Other words are another conversation; the same words, pressed again, too.
+        assert self.start(client, jo, email, text="Your exchange is sent").status_code == 302
+        again = self.start(client, jo, email, text="Your refund is sent", again="1")
+        assert again.status_code == 302
+        assert Message.objects.filter(text="Your refund is sent").count() == 2
 
     def test_the_page_offers_only_addresses_that_can_be_written_to(self, client, bob, jo):
         client.force_login(bob)

@@ -1,6 +1,7 @@
 """The agent inbox pages, with personas: bob (Support agent), a teammate, charlie (Billing, an
 outsider to Support's conversations) and alice (admin)."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -550,6 +551,31 @@ class TestConversation:
         response = client.post(url, {"text": "Here is the refund", "seen": seen})
         assert response.status_code == 302
         assert conversation.messages.filter(direction="outbound").count() == 1
+
+    @pytest.mark.parametrize("mode", ["reply", "note"])
+    def test_back_after_sending_and_send_again_asks_before_a_second_copy(
+        self, client, bob, chat_inbox, mode
+    ):
+        """Back to the page before sending: the browser restores the text, and the page,
+        loaded anew, has a new client id. The same text is held, the one sent marked."""
+        conversation = chat(chat_inbox, text="First")
+        client.force_login(bob)
+        url = reverse("inbox:reply", args=[conversation.pk])
+        before = client.get(f"/inbox/{conversation.pk}/").context
+        form = {"text": "Refunded today.", "mode": mode, "seen": before["seen"]}
+        assert client.post(url, {**form, "client_id": before["reply_once"]}).status_code == 302
+        again = client.get(f"/inbox/{conversation.pk}/?back").context["reply_once"]
+        response = client.post(url, {**form, "client_id": again})
+        assert response.status_code == 409
+        html = response.content.decode()
+        assert f"Not sent: you already sent this same {mode}" in html
+        assert "Refunded today.</textarea>" in html
+        (sent,) = conversation.messages.filter(text="Refunded today.")
+        assert re.search(rf'<li class="[^"]*\bnew\b[^"]*" id="m{sent.pk}"', html)
+        # Pressed again from the page that showed it: meant, and sent.
+        form["seen"] = response.context["seen"]
+        assert client.post(url, {**form, "client_id": again}).status_code == 302
+        assert conversation.messages.filter(text="Refunded today.").count() == 2
 
     def test_an_agent_attaches_files_to_a_reply_and_a_note(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
