@@ -128,11 +128,21 @@ class EmailAdapter(Adapter):
             parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
+        # A mail whose Message-ID another mail had is kept under its own key (see ingest).
+        provider_id = parsed.message_id
+        if event.dedupe_key.startswith(f"{parsed.message_id} "):
+            provider_id = event.dedupe_key
         # Seen before: one we sent, coming back; or one mail to two of our addresses (To
-        # support@, Cc billing@), which the other inbox has already (one look-up for both).
+        # support@, Cc billing@), which the other inbox has already (one look-up for both):
+        # the same id from the same sender.
+        other_inbox = ~Q(inbox_id=event.inbox_id) & Q(
+            provider_id=provider_id, identity__address=parsed.from_address.lower()
+        )
         seen = (
-            Message.objects.filter(channel=Channel.EMAIL, provider_id=parsed.message_id)
-            .filter(Q(direction=Message.Direction.OUTBOUND) | ~Q(inbox_id=event.inbox_id))
+            Message.objects.filter(channel=Channel.EMAIL)
+            .filter(
+                Q(direction=Message.Direction.OUTBOUND, provider_id=parsed.message_id) | other_inbox
+            )
             .values_list("direction", "inbox__name", "conversation_id")
             .order_by()[:1]
         )
@@ -213,7 +223,7 @@ class EmailAdapter(Adapter):
                 text=parsed.text or "(no text)",
                 quoted=parsed.quoted,
                 html=parsed.html,
-                provider_id=parsed.message_id,
+                provider_id=provider_id,
                 language=parsed.language,
                 conversation=conversation,
                 force_new_conversation=conversation is None,
@@ -294,13 +304,15 @@ class EmailAdapter(Adapter):
         inbox = message.inbox
         sender = inbox.address or bare_address(settings.DEFAULT_FROM_EMAIL)
         display = f"{message.author.name} ({inbox.name})" if message.author else inbox.name
-        thread_ids = list(
-            conversation.messages.filter(channel=Channel.EMAIL)
+        # Message-IDs: a mail that came under a reused one is stored under "<id> <digest>".
+        thread_ids = [
+            provider_id.split(" ", 1)[0]
+            for provider_id in conversation.messages.filter(channel=Channel.EMAIL)
             .exclude(provider_id="")
             .exclude(pk=message.pk)
             .order_by("id")
             .values_list("provider_id", flat=True)
-        )
+        ]
         last_inbound = (
             conversation.messages.filter(channel=Channel.EMAIL, direction=Message.Direction.INBOUND)
             .exclude(provider_id="")
@@ -308,6 +320,7 @@ class EmailAdapter(Adapter):
             .values_list("provider_id", flat=True)
             .first()
         )
+        last_inbound = last_inbound and last_inbound.split(" ", 1)[0]
         headers = {
             "Message-ID": f"<{message.provider_id}>",
             "Reply-To": reply_address(conversation, inbox),

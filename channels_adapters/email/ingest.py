@@ -1,5 +1,6 @@
 """One entry for raw mail, whoever brings it (IMAP poller, MTA pipe, HTTP): check it reads as
-an email, store it raw (deduplicated by Message-ID), then process it."""
+an email, store it raw (deduplicated by Message-ID and body: see collision_key), then
+process it."""
 
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ MAX_EMAIL_BYTES = 50 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
+def collision_key(message_id: str, digest: str) -> str:
+    """The key (and the message's provider id) of a mail whose Message-ID another mail had:
+    the id, a space (which no Message-ID holds) and its body's digest."""
+    return f"{message_id[:200]} {digest[:32]}"
+
+
 @dataclass(frozen=True)
 class Ingested:
     event: InboundEvent
@@ -32,14 +39,30 @@ def ingest(inbox, raw: bytes, *, process_now: bool) -> Ingested:
     if len(raw) > MAX_EMAIL_BYTES:
         raise NotAnEmail(f"larger than {MAX_EMAIL_BYTES // (1024 * 1024)} MB")
     envelope = read_envelope(raw)  # headers only: the body is parsed once, when processed
+    headers = {
+        "subject": envelope.subject[:200],
+        "from": envelope.from_address,
+        "digest": envelope.body_digest,
+    }
     with transaction.atomic():
         event, created = inbound_event_store(
             inbox=inbox,
             dedupe_key=envelope.message_id,
             payload=raw,
-            headers={"subject": envelope.subject[:200], "from": envelope.from_address},
+            headers=headers,
             enqueue=not process_now,
         )
+        if not created and event.headers.get("digest", envelope.body_digest) != headers["digest"]:
+            # Another mail under a Message-ID stored already (mailers that reuse them exist,
+            # and anyone can write one): kept too, under its own key, which its own copies
+            # share. Only the same mail, whatever path brought it, is a duplicate.
+            event, created = inbound_event_store(
+                inbox=inbox,
+                dedupe_key=collision_key(envelope.message_id, envelope.body_digest),
+                payload=raw,
+                headers=headers,
+                enqueue=not process_now,
+            )
         if process_now and event.status == InboundEvent.Status.PENDING:
             # One commit for storing and processing. Processing runs in its own savepoint, so
             # a failure we did not foresee still commits the raw mail, pending for the sweep.

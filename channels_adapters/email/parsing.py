@@ -88,6 +88,7 @@ class Envelope:
     message_id: str
     from_address: str
     subject: str
+    body_digest: str  # the same mail by two paths has the same body, whatever its trace headers
 
 
 def read_envelope(raw: bytes) -> Envelope:
@@ -97,8 +98,17 @@ def read_envelope(raw: bytes) -> Envelope:
     msg = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[: blank.end()] if blank else raw)
     _, from_address = _sender(msg)
     return Envelope(
-        message_id=_message_id(msg, raw), from_address=from_address, subject=_header(msg, "Subject")
+        message_id=_message_id(msg, raw),
+        from_address=from_address,
+        subject=_header(msg, "Subject"),
+        body_digest=_body_digest(raw[blank.end() :] if blank else b""),
     )
+
+
+def _body_digest(body: bytes) -> str:
+    """What tells one mail from another under the same Message-ID: its body, as any path
+    brings it (a mailbox stores CRLF where a pipe passed LF, and may add a last newline)."""
+    return hashlib.sha256(body.replace(b"\r\n", b"\n").rstrip()).hexdigest()
 
 
 def _require_content(raw: bytes) -> None:

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from channels_adapters.delivery import message_deliver
+from channels_adapters.delivery import inbound_event_process, message_deliver
 from channels_adapters.email.parsing import (
     NotAnEmail,
     forwarded_sender,
@@ -1057,6 +1057,32 @@ class TestInboundPaths:
         assert response.json()["duplicate"] is True
         assert "duplicate" in pipe(email_inbox, raw)
         assert Message.objects.count() == 1
+
+    def test_another_mail_under_a_message_id_we_have_is_kept_too(
+        self, client, email_inbox, bob, smtp_server
+    ):
+        """Some mailers reuse Message-IDs, and anyone can write one: only the same mail,
+        whatever trace headers its path added, is a duplicate."""
+        reused = "<contact-form@shop.example>"
+        maria = customer_mail(body="My order is late", message_id=reused)
+        pipe(email_inbox, maria)
+        relayed = b"Received: from relay.example by mx.acme.example; Tue, 1 Dec 2026\r\n" + maria
+        assert "duplicate" in pipe(email_inbox, relayed)
+        jo = customer_mail(frm="jo@example.com", body="Refund please", message_id=reused)
+        assert post_mime(client, email_inbox, jo).json()["duplicate"] is False
+        assert post_mime(client, email_inbox, jo).json()["duplicate"] is True
+        for event in InboundEvent.objects.filter(status="pending"):
+            inbound_event_process(event.pk)
+        late, refund = (
+            Message.objects.get(text=text) for text in ("My order is late", "Refund please")
+        )
+        assert late.conversation != refund.conversation
+        assert refund.conversation.customer.identities.get().address == "jo@example.com"
+        # Answering Jo refers to the Message-ID her mail had.
+        reply = services.reply_send(conversation=refund.conversation, author=bob, text="Done")
+        message_deliver(reply.pk)
+        (sent,) = smtp_server.messages()
+        assert sent["In-Reply-To"] == reused
 
     def test_the_http_endpoint_refuses_a_wrong_secret_and_non_email(self, client, email_inbox):
         assert post_mime(client, email_inbox, customer_mail(), token="nope").status_code == 403
