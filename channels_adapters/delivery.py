@@ -32,6 +32,7 @@ from conversations.services import (
     message_failure_tell,
     message_receive,
     message_status_update,
+    without_reordering,
 )
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def identity_profile_fetch(identity_id: int) -> bool:
     if last is None or adapter is None:
         return False
     name = adapter.profile_name(last.inbox, identity)  # TransientError: the task retries
+    name = without_reordering(name).strip()
     with transaction.atomic():
         if not Identity.objects.filter(pk=identity.pk, profile_fetched_at=None).update(
             profile_fetched_at=timezone.now(),

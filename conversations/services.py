@@ -148,6 +148,11 @@ class InboundMessage:
             value = getattr(self, name)
             if (cleaned := without_nul(value)) != value:
                 object.__setattr__(self, name, cleaned)
+        object.__setattr__(self, "name", without_reordering(self.name))
+        object.__setattr__(self, "subject", without_reordering(self.subject))
+        if self.cc:
+            cc = tuple((without_reordering(name), address) for name, address in self.cc)
+            object.__setattr__(self, "cc", cc)
         for name in ("provider_id", "client_id"):  # they name things: refused, not changed
             if "\x00" in getattr(self, name):
                 raise ValidationError(f"The {name.replace('_', ' ')} contains a NUL character.")
@@ -156,6 +161,17 @@ class InboundMessage:
 # What a channel brings that is stored as text or JSON (see without_nul). The address is
 # refused with a NUL (normalize_address): "c\x001" made into "c1" would be someone else.
 TEXT_FIELDS = ("text", "html", "name", "subject", "language", "quoted", "cc", "metadata")
+
+
+# Invisible characters that reorder or hide text: in a name or a subject, "Bob\u202e" and the
+# like let a sender pass for someone else on the agents' screens. Nobody's name needs them
+# (right-to-left names read right without them); the joiners some scripts spell with stay.
+REORDERING = dict.fromkeys([0x200B, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF])
+
+
+def without_reordering(value: str) -> str:
+    """A name or subject without the characters of REORDERING."""
+    return value.translate(REORDERING)
 
 
 def without_nul(value):

@@ -47,6 +47,7 @@ from conversations.services import (
     identity_add,
     identity_get_or_create,
     language_normalize,
+    without_reordering,
 )
 from helpdesk.middleware import zone_names
 from routing.models import ShortCache
@@ -306,7 +307,7 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
     email). The email is where replies follow them; it joins their profile only when nobody
     else's profile has it: an agent merges the two after checking it is the same person."""
     customer = visitor.identity.customer
-    name = name.strip()[:200]
+    name = without_reordering(name).strip()[:200]
     email = email.strip().lower()
     if email:
         try:

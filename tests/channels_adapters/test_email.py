@@ -575,6 +575,25 @@ class TestThreading:
         assert message.identity.address == "camille.dubois@exemple.fr"
         assert message.conversation.customer.language == "fr-FR"
 
+    def test_names_and_subjects_lose_what_would_reorder_them_on_screen(
+        self, client, email_inbox, bob
+    ):
+        """U+202E turns "Maria\u202enimda" into "Mariaadmin" on screen: a sender could pass
+        for someone else. Such controls go; an Arabic name and a Persian joiner stay."""
+        frm = "Maria \u202enimda\u2066 <maria@example.com>"
+        pipe(email_inbox, customer_mail(frm=frm, subject="\u200bRefund \u202eredro"))
+        pipe(email_inbox, customer_mail(frm="\u0645\u0647\u200c\u0633\u0627 <mahsa@example.com>"))
+        maria, mahsa = (
+            only_message(identity__address=a) for a in ("maria@example.com", "mahsa@example.com")
+        )
+        assert maria.conversation.customer.name == "Maria nimda"
+        assert maria.identity.display_name == "Maria nimda"
+        assert maria.conversation.subject == "Refund redro"
+        assert mahsa.conversation.customer.name == "\u0645\u0647\u200c\u0633\u0627"
+        client.force_login(bob)
+        page = client.get(f"/inbox/{maria.conversation.pk}/").content.decode()
+        assert "\u202e" not in page and "Maria nimda" in page
+
     def test_a_reply_threads_by_the_reply_token(self, email_inbox, bob, smtp_server):
         pipe(email_inbox, customer_mail(subject="Refund"))
         conversation = Conversation.objects.get()
