@@ -684,6 +684,7 @@ class Notification(ChoiceLabels, models.Model):
         SLA_BREACHED = "sla_breached", _("SLA target breached")
         AUTOMATION = "automation", _("Automation")
         FAILED = "failed", _("Reply not delivered")
+        SNOOZE_ENDED = "snooze_ended", _("Back from snooze")
 
     recipient = models.ForeignKey(  # notification_list_idx leads with it
         settings.AUTH_USER_MODEL,

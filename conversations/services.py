@@ -1590,6 +1590,7 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
         Notification.Kind.CUSTOMER_REPLIED: f"{who} replied in #{conversation.pk}",
         Notification.Kind.AUTOMATION: f"#{conversation.pk}: {text}",
         Notification.Kind.FAILED: f"A reply in #{conversation.pk} was not delivered: {text}",
+        Notification.Kind.SNOOZE_ENDED: f"#{conversation.pk} is back from snooze",
     }.get(kind, text)  # SLA alerts come worded
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 
@@ -1890,6 +1891,16 @@ def snoozed_wake_due() -> int:
                 reason="snooze_ended",
             )
             publish_conversation_event(locked, "reopened")
+            # Its assignee hears it is back, else whoever snoozed it: nobody else set it aside.
+            snoozer = (
+                locked.events.filter(
+                    kind=ConversationEvent.Kind.STATUS, data__status=Status.SNOOZED
+                )
+                .order_by("-pk")
+                .values_list("actor_id", flat=True)
+                .first()
+            )
+            _notify([locked.assignee_id or snoozer], Notification.Kind.SNOOZE_ENDED, locked)
             _automations_run(locked, ["status_changed"])
             woken += 1
     return woken

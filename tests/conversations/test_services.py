@@ -17,6 +17,7 @@ from conversations.models import (
     Customer,
     Identity,
     Message,
+    Notification,
 )
 from conversations.realtime import conversation_group, team_group
 from tests.conftest import listen, receive
@@ -231,6 +232,28 @@ class TestStateChanges:
         conversation.refresh_from_db()
         assert conversation.status == Status.OPEN
         assert conversation.events.filter(kind="reopened", data__reason="snooze_ended").exists()
+        # Nobody has it: whoever snoozed it hears it is back, once.
+        (told,) = Notification.objects.filter(kind="snooze_ended")
+        assert (told.recipient, told.conversation) == (bob, conversation)
+
+    def test_a_woken_conversation_is_announced_to_its_assignee(self, client, chat_inbox, bob, dana):
+        import time_machine
+
+        conversation = receive(chat_inbox, subject="Kettle").message.conversation
+        services.conversation_assign(conversation=conversation, assignee=dana, actor=bob)
+        until = timezone.now() + timedelta(hours=1)
+        services.conversation_set_status(
+            conversation=conversation, status=Status.SNOOZED, actor=bob, snoozed_until=until
+        )
+        with time_machine.travel(until + timedelta(seconds=1)):
+            services.snoozed_wake_due()
+        assert list(Notification.objects.order_by("pk").values_list("recipient", "kind")) == [
+            (dana.pk, "assigned"),
+            (dana.pk, "snooze_ended"),
+        ]
+        client.force_login(dana)
+        page = client.get("/inbox/notifications").content.decode()
+        assert "Back from snooze:</span> Kettle" in page
 
 
 class TestReplies:
