@@ -54,8 +54,8 @@ from routing.models import TableCache
 from routing.replies import auto_reply_due
 from routing.sla import (
     sla_agent_replied,
-    sla_clocks_reset,
     sla_customer_wrote,
+    sla_merged,
     sla_retarget,
     sla_status_changed,
     sla_waiting_again,
@@ -1857,12 +1857,21 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
             values = [v for v in (getattr(source, attr), getattr(target, attr)) if v]
             setattr(target, attr, min(values) if values else None)
         target.last_activity_at = max(source.last_activity_at, target.last_activity_at)
+        if source.priority > target.priority:  # what was urgent stays urgent
+            previous, target.priority = target.priority, source.priority
+            _event(
+                target,
+                ConversationEvent.Kind.PRIORITY,
+                actor,
+                previous=previous,
+                priority=source.priority,
+            )
+        sla_merged(source=source, target=target, now=timezone.now())
         target.save()
         source.status = Status.CLOSED
         source.merged_into = target
         source.resolved_at = source.resolved_at or timezone.now()
         source.waiting_since = None
-        sla_clocks_reset([source.pk])
         source.sla_due_at = None
         source.save()
         _event(target, ConversationEvent.Kind.MERGED, actor, source=source.pk, messages=moved)

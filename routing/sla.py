@@ -392,9 +392,35 @@ def _alert_text(clock: SlaClock, breach: bool, now: datetime) -> str:
     return f"{what} on #{clock.conversation_id} is due in {minutes} min"
 
 
-def sla_clocks_reset(conversation_ids) -> int:
-    """Stop every clock of conversations that left the service's care (merged away)."""
-    return SlaClock.objects.filter(conversation_id__in=conversation_ids, stopped_at=None).update(
+def sla_merged(*, source: Conversation, target: Conversation, now: datetime) -> None:
+    """`source` was folded into `target`. Of each target the two measure, the clock that
+    started first goes on in `target` (the customer has waited since then), running or
+    paused as `target` is; the rest stop as not measured. Then `target`'s clocks take the
+    policy of its priority, which the merge may have raised. Not saved."""
+    clocks = SlaClock.objects.filter(conversation__in=[source, target], stopped_at=None)
+    kept = {}
+    if target.status not in Conversation.ENDED:
+        for clock in clocks.order_by("started_at", "pk"):
+            kept.setdefault(clock.target, clock)
+    _cancel(clocks.exclude(pk__in=[clock.pk for clock in kept.values()]))
+    context = _Context(target, now)
+    for clock in kept.values():
+        if clock.conversation_id == target.pk:
+            continue
+        clock.conversation = target
+        paused = target.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE
+        if paused and clock.running_since is not None:
+            context.pause(clock)
+        elif not paused and clock.running_since is None:
+            context.run(clock, clock.policy)
+        clock.save()
+    sla_retarget(conversation=target, now=now)
+    sla_due_set(target)
+
+
+def _cancel(clocks) -> int:
+    """Stop `clocks` as not measured (breached, if they were)."""
+    return clocks.update(
         stopped_at=timezone.now(),
         running_since=None,
         due_at=None,

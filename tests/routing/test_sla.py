@@ -428,6 +428,31 @@ def test_it_merged_conversations_stop_their_clocks(mail_inbox, hours, policies, 
         assert sla_sweep()["breached"] == 1  # the target's own clock, not the merged one's
 
 
+def test_a_merge_keeps_the_longer_wait_and_the_higher_priority(mail_inbox, hours, policies, bob):
+    """Maria's urgent question of 10:00 is merged into her later, normal one: it stays
+    urgent, and its first response is due 30 minutes from 10:00, not from 11:00."""
+    urgent = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:00"), tick=False):
+        services.conversation_set_priority(conversation=urgent, priority=3, actor=bob)
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        later = receive(
+            mail_inbox, text="Hello?", address="maria@example.com", force_new_conversation=True
+        ).message.conversation
+    assert clock(later, FIRST).due_at == utc("2026-01-12 15:00")
+    with time_machine.travel(utc("2026-01-12 11:05"), tick=False):
+        services.conversation_merge(source=urgent, target=later, actor=bob)
+    later.refresh_from_db()
+    assert later.priority == 3
+    first = later.sla_clocks.get(target=FIRST, stopped_at=None)
+    # Over its 30 minutes already: due now, and the next sweep says it was breached.
+    assert (first.started_at, first.due_at) == (utc("2026-01-12 10:00"), utc("2026-01-12 11:05"))
+    assert not urgent.sla_clocks.filter(stopped_at=None).exists()
+    with time_machine.travel(utc("2026-01-12 11:06"), tick=False):
+        assert sla_sweep()["breached"] == 1
+    assert later.events.filter(kind="sla", data__state="breached").exists()
+    assert later.events.filter(kind="priority", data__priority=3).exists()
+
+
 def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, client):
     from io import StringIO
 
