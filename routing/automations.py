@@ -341,7 +341,7 @@ def _signature(conversation: Conversation, actor):
 def _do_assign(action, conversation, actor, source):
     agent = get_user_model().objects.filter(pk=action.value, is_active=True).first()
     if agent is None:
-        raise ValidationError(f"agent {action.value} is not an active agent.")
+        raise ValidationError("not an active agent.")
     services.conversation_assign(
         conversation=conversation, assignee=agent, actor=actor, automation="" if actor else source
     )
@@ -358,7 +358,7 @@ def _do_unassign(action, conversation, actor, source):
 def _do_team(action, conversation, actor, source):
     team = Team.objects.filter(pk=action.value).first()
     if team is None:
-        raise ValidationError(f"there is no team {action.value}.")
+        raise ValidationError("there is no such team.")
     services.conversation_set_team(conversation=conversation, team=team, actor=actor)
     return f"moved to {team.name}"
 
@@ -382,15 +382,15 @@ def _do_tags(action, conversation, actor, source):
 def _do_reply(action, conversation, actor, source):
     canned = CannedResponse.objects.filter(pk=action.value).first()
     if canned is None:
-        raise ValidationError(f"there is no canned response {action.value}.")
+        raise ValidationError("there is no such canned response.")
     text, unfilled = canned_fill(
         canned.body, conversation=conversation, agent=_signature(conversation, actor)
     )
     if unfilled:
         # An agent sees "{customer.first_name}" in the box and fixes it; a customer would not.
         raise ValidationError(
-            f"/{canned.shortcut} not sent: nothing to put for "
-            f"{', '.join(f'{{{name}}}' for name in unfilled)} here."
+            f"nothing to put for {', '.join(f'{{{name}}}' for name in unfilled)} here, "
+            "so it was not sent."
         )
     services.reply_send(conversation=conversation, author=actor, text=text)
     return f"replied with /{canned.shortcut}"
@@ -437,7 +437,7 @@ def _do_notify(action, conversation, actor, source):
         # Never point someone at a conversation they may not open.
         visible = agent and conversations_visible_to(agent).filter(pk=conversation.pk).exists()
         if not visible:
-            raise ValidationError(f"agent {action.value} is not an active agent who sees it.")
+            raise ValidationError("not an active agent who sees it.")
         recipients = [agent.pk]
     text = f"{source}: {action.text}" if action.text else source
     services._notify(recipients, Notification.Kind.AUTOMATION, conversation, actor=actor, text=text)
@@ -477,7 +477,7 @@ def _actions_do(chain: _Chain, conversation_id: int, actions, *, actor, source: 
     unanswered = False
     for action in actions:
         if unanswered and action.kind == "status" and action.value in Conversation.ENDED:
-            skipped.append(f"{action}: the reply before it was not sent")
+            skipped.append(f"{_said(action)}: the reply before it was not sent")
             continue
         conversation = _current(conversation_id)  # as the previous action left it
         raised = len(chain.pending)
@@ -486,16 +486,31 @@ def _actions_do(chain: _Chain, conversation_id: int, actions, *, actor, source: 
                 description = DOERS[action.kind](action, conversation, actor, source)
         except ValidationError as exc:
             del chain.pending[raised:]
-            skipped.append(f"{action}: {' '.join(exc.messages)}")
+            skipped.append(f"{_said(action)}: {' '.join(exc.messages)}")
             unanswered = unanswered or action.kind == "reply"
         except Exception:
             log.exception("%s: %s failed on conversation %s", source, action, conversation_id)
             del chain.pending[raised:]
-            skipped.append(f"{action}: failed (the server log has the details)")
+            skipped.append(f"{_said(action)}: failed (the server log has the details)")
             unanswered = unanswered or action.kind == "reply"
         else:
             done.append(description)
     return done, skipped
+
+
+def _said(action: Action) -> str:
+    """A skipped action in words, naming what its id refers to, as agents know it ("reply
+    with /refund", not "canned response 4"). Read only when one is skipped."""
+
+    def name(what: str, pk: int) -> str:
+        if what == "canned response":
+            shortcut = CannedResponse.objects.filter(pk=pk).values_list("shortcut", flat=True)
+            return f"/{shortcut[0]}" if shortcut else ""
+        model = Team if what == "team" else get_user_model()
+        found = model.objects.filter(pk=pk).first()
+        return found.name if found else ""
+
+    return action.said(name)
 
 
 # --- Compiled automations, read once per change ----------------------------------------------
