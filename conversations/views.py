@@ -10,7 +10,7 @@ import base64
 import json
 import secrets
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.contrib import messages
@@ -600,12 +600,19 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
     )
 
 
-def _written_already(conversation, seen: int, user, text: str, mode: str) -> list[Message]:
-    """The agent's own reply (or note) with this very text that the page did not show."""
+REPEAT_WITHIN = timedelta(minutes=10)
+
+
+def _written_already(conversation, user, text: str, mode: str) -> list[Message]:
+    """The agent's own reply (or note) with this very text of the last REPEAT_WITHIN. Not
+    "since the page was shown": a page the browser gave back counts what it shows as seen
+    (in a live chat, what arrives does), the reply just sent included."""
     if not text.strip():
         return []
     direction = Message.Direction.NOTE if mode == "note" else Message.Direction.OUTBOUND
-    mine = conversation.messages.filter(pk__gt=seen, author=user, direction=direction)
+    mine = conversation.messages.filter(
+        author=user, direction=direction, created_at__gte=timezone.now() - REPEAT_WITHIN
+    )
     return [message for message in mine if message.text.strip() == text.strip()]
 
 
@@ -655,7 +662,9 @@ def conversation_reply(request, number: int):
     reattach = [upload.name for upload in request.FILES.getlist("files")]
     # A note answers nobody, so it is never stale; a reply is.
     arrived = _newer_than(conversation, seen, request.user) if mode != "note" else []
-    repeated = [] if arrived else _written_already(conversation, seen, request.user, text, mode)
+    repeated = []
+    if not (arrived or request.POST.get("again") == "1"):  # "again": sent from the page held
+        repeated = _written_already(conversation, request.user, text, mode)
     if arrived or repeated:
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
         # now shows it, so sending again from there sends the reply as it is. Likewise the

@@ -572,8 +572,9 @@ class TestConversation:
         assert "Refunded today.</textarea>" in html
         (sent,) = conversation.messages.filter(text="Refunded today.")
         assert re.search(rf'<li class="[^"]*\bnew\b[^"]*" id="m{sent.pk}"', html)
+        assert '<input type="hidden" name="again" value="1">' in html
         # Pressed again from the page that showed it: meant, and sent.
-        form["seen"] = response.context["seen"]
+        form |= {"seen": response.context["seen"], "again": "1"}
         assert client.post(url, {**form, "client_id": again}).status_code == 302
         assert conversation.messages.filter(text="Refunded today.").count() == 2
 

@@ -311,6 +311,39 @@ def test_a_draft_survives_the_side_panel_and_is_sent_once(asgi_server, browser, 
     assert Message.objects.filter(direction="note").count() == 1
 
 
+def test_back_after_sending_then_send_asks_before_sending_it_twice(
+    asgi_server, browser, bob, chat_inbox
+):
+    conversation = receive(chat_inbox, text="Refund?", address="v1").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.fill("#reply-text", "Refunded today.")
+    with page.expect_navigation():
+        page.click("[data-composer] button[type=submit]")
+    page.wait_for_selector(".message.outbound >> text=Refunded today.")
+    # Back to the page as it was before sending (kept by the browser, its client id with
+    # it), and Send: it went already, and goes once.
+    page.go_back()
+    page.wait_for_selector("#reply-text")
+    if not page.input_value("#reply-text"):
+        page.fill("#reply-text", "Refunded today.")
+    with page.expect_navigation():
+        page.click("[data-composer] button[type=submit]")
+    assert conversation.messages.filter(text="Refunded today.").count() == 1
+    # The page loaded anew (a new client id), the same text in the box: held, saying so.
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.fill("#reply-text", "Refunded today.")
+    with page.expect_navigation():
+        page.click("[data-composer] button[type=submit]")
+    expect(page.locator("[data-stale]")).to_contain_text("you already sent this same reply")
+    assert page.input_value("#reply-text") == "Refunded today."
+    assert conversation.messages.filter(text="Refunded today.").count() == 1
+    with page.expect_navigation():  # meant: sent again
+        page.click("[data-composer] button[type=submit]")
+    page.wait_for_selector(".message.outbound >> nth=1")
+    assert conversation.messages.filter(text="Refunded today.").count() == 2
+
+
 def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     asgi_server, browser, alice, bob, chat_inbox
 ):
