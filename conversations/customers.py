@@ -69,10 +69,11 @@ READABLE_ADDRESSES = (Channel.EMAIL, Channel.SMS, Channel.WHATSAPP)
 
 
 def customer_label(customer) -> str:
-    """The name, else the oldest address a person can read: the same as the list's rows."""
+    """The name, else the oldest address a person can read, else the profile's number (two
+    nameless chat visitors are told apart): the same as the list's rows."""
     readable = [i for i in customer.identities.all() if i.kind in READABLE_ADDRESSES]
     if customer.name or not readable:
-        return customer.name or "Unknown customer"
+        return customer.name or f"Customer {customer.pk}"
     return min(readable, key=lambda identity: identity.pk).address
 
 

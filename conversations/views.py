@@ -85,6 +85,7 @@ HISTORY_SHOWN = 20  # the customer's other conversations beside a conversation
 # What a row of the list shows or sorts by: the rest (a customer's notes and attributes, an
 # inbox's credentials) stays in the database.
 ROW_FIELDS = (
+    "customer",  # its id: a customer with no name nor readable address goes by it
     "subject",
     "status",
     "priority",
