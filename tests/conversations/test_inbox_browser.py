@@ -344,6 +344,25 @@ def test_back_after_sending_then_send_asks_before_sending_it_twice(
     assert conversation.messages.filter(text="Refunded today.").count() == 2
 
 
+def test_a_name_or_subject_of_one_long_word_does_not_push_the_page_sideways(
+    asgi_server, browser, bob, mail_inbox
+):
+    long = "Aurelianomaximilianodelostremedios" * 6
+    conversation = receive(
+        mail_inbox, text="Hi", address="a@example.com", name=long, subject=long
+    ).message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    wider = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    for path in (
+        "?view=unassigned",
+        f"{conversation.pk}/",
+        f"customers/{conversation.customer_id}/",
+    ):
+        page.goto(f"{asgi_server}/inbox/{path}")
+        page.wait_for_selector(f"text={long[:30]}")
+        assert page.evaluate(wider) <= 0, path
+
+
 def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     asgi_server, browser, alice, bob, chat_inbox
 ):
