@@ -129,21 +129,23 @@ def customer_detail(request, customer_id: int):
     return customer_page(request, customer)
 
 
-def _attributes_from_rows(rows, current: dict) -> dict:
-    """Name/value rows to a dict. A value that was shown as JSON and comes back unchanged keeps
-    its type; whatever the agent typed is text. A row with neither name nor value is skipped."""
-    attributes = {}
+def _attributes_from_rows(rows, current: dict) -> tuple[dict, list[str]]:
+    """Name/value rows to a dict, and what is wrong with them (every row's problem, not the
+    first). A value that was shown as JSON and comes back unchanged keeps its type; whatever
+    the agent typed is text. A row with neither name nor value is skipped."""
+    attributes, errors = {}, []
     for key, value in rows:
         key = key.strip()
         if not key:
             if value.strip():
-                raise ValidationError(f"The attribute with the value {value!r} needs a name.")
+                errors.append(f"The attribute with the value {value!r} needs a name.")
             continue
         if key in attributes:
-            raise ValidationError(f"The attribute {key!r} appears twice.")
+            errors.append(f"The attribute {key!r} appears twice.")
+            continue
         unchanged = key in current and _shown(current[key]) == value
         attributes[key] = current[key] if unchanged else value
-    return attributes
+    return attributes, errors
 
 
 @login_required
@@ -253,9 +255,15 @@ def customer_edit(request, customer_id: int):
         "notes": post.get("notes", ""),
         "rows": list(zip(post.getlist("attr_key"), post.getlist("attr_value"), strict=False)),
     }
+    data = {name: form[name] for name in ("name", "language", "timezone", "notes")}
+    data["attributes"], errors = _attributes_from_rows(form["rows"], customer.attributes)
     try:
-        data = {name: form[name] for name in ("name", "language", "timezone", "notes")}
-        data["attributes"] = _attributes_from_rows(form["rows"], customer.attributes)
+        if errors:  # said together with whatever else is wrong, so that one save fixes all
+            try:
+                services.customer_clean(data)
+            except ValidationError as exc:
+                errors += exc.messages
+            raise ValidationError(errors)
         services.customer_update(customer=customer, data=data, actor=request.user)
     except ValidationError as exc:
         form["rows"] = [(key, value) for key, value in form["rows"] if key or value]

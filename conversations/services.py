@@ -385,12 +385,9 @@ ATTRIBUTES_MAX_CHARS = 20_000
 NOTES_MAX_CHARS = 20_000
 
 
-def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
-    """Change the profile fields of `customer` named in `data` (see CUSTOMER_EDITABLE).
-
-    Every field is checked first; on any error nothing changes and ValidationError holds a
-    message per field. The log names the fields that changed, never their values: profiles
-    hold personal data."""
+def customer_clean(data: dict) -> dict:
+    """The profile fields of `data` as they would be stored, or ValidationError with a
+    message per field that is wrong (all of them, not the first)."""
     unknown = set(data) - set(CUSTOMER_EDITABLE)
     if unknown:
         raise ValueError(f"Not editable: {sorted(unknown)}")  # a caller's bug, not user input
@@ -402,6 +399,16 @@ def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
             errors[name] = exc.messages
     if errors:
         raise ValidationError(errors)
+    return cleaned
+
+
+def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
+    """Change the profile fields of `customer` named in `data` (see CUSTOMER_EDITABLE).
+
+    Every field is checked first; on any error nothing changes and ValidationError holds a
+    message per field. The log names the fields that changed, never their values: profiles
+    hold personal data."""
+    cleaned = customer_clean(data)
     with transaction.atomic():
         customer = Customer.objects.select_for_update().get(pk=customer.pk)
         if customer.merged_into_id:

@@ -193,6 +193,18 @@ class TestEdit:
         jo.refresh_from_db()
         assert (jo.name, jo.language, jo.attributes) == ("Jo Lima", "", {})
 
+    def test_every_mistake_is_said_at_once(self, client, bob, jo):
+        client.force_login(bob)
+        data = {"name": "Jo", "language": "portuguese", "timezone": "Mars/Olympus", "notes": ""}
+        data |= {"attr_key": ["plan", "", "plan"], "attr_value": ["a", "x", "b"]}
+        response = client.post(reverse("inbox:customer_edit", args=[jo.pk]), data)
+        assert response.status_code == 400
+        html = response.content.decode()
+        for error in ("needs a name", "appears twice", "not a language code", "not a time zone"):
+            assert error in html
+        jo.refresh_from_db()
+        assert (jo.language, jo.attributes) == ("", {})
+
     def test_the_service_refuses_unknown_fields(self, jo):
         with pytest.raises(ValueError, match="merged_into"):
             services.customer_update(customer=jo, data={"merged_into": None})
