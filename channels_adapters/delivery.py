@@ -139,8 +139,9 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         if adapter is None:
             raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
         with transaction.atomic():
-            received, updated, unknown, blocked = [], [], [], ""
-            for item in adapter.parse_inbound(event):
+            received, updated, unknown, blocked, refused = [], [], [], "", []
+            items = list(adapter.parse_inbound(event))
+            for item in items:
                 if isinstance(item, StatusUpdate):
                     updated.append(message_status_update(item))
                     if updated[-1] is None:
@@ -153,7 +154,18 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     # Who it was, so that erasing them finds what was set aside.
                     event.headers["blocked"] = f"{item.channel}:{item.address}"
                     continue
+                except (ValidationError, DataError) as exc:
+                    if len(items) == 1:
+                        raise
+                    # One message of a batch that cannot be taken (message_receive undid
+                    # its part) must not keep the others from the agents: they go in, and
+                    # the event fails, naming it. A replay takes nothing twice.
+                    reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else exc
+                    refused.append(f"{item.provider_id or 'a message'}: {reason}")
+                    continue
                 _profile_fetch_later(adapter, received[-1])
+            if refused and not (received or any(updated)):
+                raise ValidationError(refused)
             # A report on a message whose provider id is not known yet (the answer to our
             # send is still on its way) is tried again, until STATUS_WAIT: the whole event,
             # since a replay changes nothing already applied. What the rest of the event
@@ -188,6 +200,12 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         event.error = blocked or ("" if handled else "nothing in it for us")
         if waiting:  # pending again, for the sweep
             event.status, event.error = InboundEvent.Status.PENDING, NOT_YET
+        if refused:
+            event.status = InboundEvent.Status.FAILED
+            event.error = (
+                f"{len(refused)} of {len(received) + len(refused)} messages not taken: "
+                + "; ".join(refused)
+            )[:1000]
     event.processed_at = timezone.now()
     # Never write the payload back: it can be megabytes, and it is the record. The headers
     # change only when a blocked sender's message was set aside.

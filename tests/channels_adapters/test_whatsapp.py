@@ -355,6 +355,22 @@ class TestStatuses:
         assert (event.status, event.error) == (InboundEvent.Status.PROCESSED, "")
 
 
+def test_one_message_of_a_batch_that_cannot_be_taken_keeps_the_others(client, graph, wa_inbox):
+    """Meta batches messages: one from a number we cannot read must not keep João's from
+    the agents. His goes in; the event fails, naming the other, for an admin to see."""
+    body = json.loads(meta_payload("whatsapp_text.json"))
+    value = body["entry"][0]["changes"][0]["value"]
+    (good,) = value["messages"]
+    value["messages"] = [good, {**good, "id": "wamid.BAD", "from": "not-a-number"}]
+    deliver_webhook(client, graph, wa_inbox, body)
+    (message,) = Message.objects.all()
+    assert message.text == good["text"]["body"]
+    event = InboundEvent.objects.get(inbox=wa_inbox)
+    assert event.status == InboundEvent.Status.FAILED
+    assert event.error.startswith("1 of 2 messages not taken: wamid.BAD: ")
+    assert event.message == message
+
+
 # --- Sending ---------------------------------------------------------------------------------
 
 
