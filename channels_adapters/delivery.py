@@ -32,6 +32,7 @@ from conversations.services import (
     message_failure_tell,
     message_receive,
     message_status_update,
+    reply_retried,
     without_reordering,
 )
 
@@ -141,11 +142,16 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         with transaction.atomic():
             received, updated, unknown, blocked, refused = [], [], [], "", []
             items = list(adapter.parse_inbound(event))
+            # Replayed for the statuses it waited for: only those. The others were applied,
+            # and a message may have moved on since (an agent's Retry of a failed reply).
+            waited = event.headers.get("waiting_for")
             for item in items:
                 if isinstance(item, StatusUpdate):
+                    if waited is not None and item.provider_id not in waited:
+                        continue
                     updated.append(message_status_update(item))
                     if updated[-1] is None:
-                        unknown.append(item.status)
+                        unknown.append(item)
                     continue
                 try:
                     received.append(message_receive(inbox=event.inbox, inbound=item))
@@ -175,7 +181,10 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
             fresh = timezone.now() - event.received_at < STATUS_WAIT
             if fresh and unknown and len(unknown) == len(updated) and not received:
                 raise _NotYet
-            waiting = fresh and Message.Status.FAILED in unknown
+            failures = [u.provider_id for u in unknown if u.status == Message.Status.FAILED]
+            if fresh and failures:
+                waiting = True
+                event.headers["waiting_for"] = failures
     except _NotYet:
         event.error = NOT_YET
     except Ignore as exc:
@@ -208,9 +217,11 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
             )[:1000]
     event.processed_at = timezone.now()
     # Never write the payload back: it can be megabytes, and it is the record. The headers
-    # change only when a blocked sender's message was set aside.
+    # change only when a blocked sender's message was set aside, or statuses wait.
     fields = ["status", "error", "message", "attempts", "processed_at"]
-    event.save(update_fields=fields + ["headers"] * ("blocked" in event.headers))
+    event.save(
+        update_fields=fields + ["headers"] * bool({"blocked", "waiting_for"} & event.headers.keys())
+    )
     return event
 
 
@@ -424,6 +435,7 @@ def message_retry(*, message: Message) -> Message:
         if not updated:
             raise ValidationError("Only a failed message can be retried.")
         message.refresh_from_db()
+        reply_retried(message)
         message_enqueue_delivery(message)
         publish_conversation_event(
             message.conversation, "delivery", message=message.pk, status=message.status

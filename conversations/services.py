@@ -1398,10 +1398,7 @@ def reply_send(
         if not automatic and author is not None:
             # An automatic reply (an acknowledgement, an automation's canned reply) answers
             # nobody: the customer still waits, and SLA clocks keep counting.
-            conversation.waiting_since = None
-            if conversation.first_response_at is None:
-                conversation.first_response_at = now
-            sla_agent_replied(conversation=conversation, now=now)
+            _answered(conversation, now)
         conversation.save()
         if not automatic and author is not None and conversation.assignee_id is None:
             # Whoever answers an unassigned conversation has taken it: teammates and routing
@@ -1420,6 +1417,27 @@ def reply_send(
         )
         message_enqueue_delivery(message)
     return message
+
+
+def _answered(conversation: Conversation, now) -> None:
+    """An agent's reply is on its way: nobody waits on us any more. Not saved."""
+    conversation.waiting_since = None
+    if conversation.first_response_at is None:
+        conversation.first_response_at = now
+    sla_agent_replied(conversation=conversation, now=now)
+
+
+def reply_retried(message: Message) -> None:
+    """An agent sends a failed reply again: it answers the customer again (its failure had
+    put them back in "waiting on us", see message_failure_tell)."""
+    if message.author_id is None or message.metadata.get("automatic"):
+        return
+    with transaction.atomic():
+        conversation = _locked(message.conversation)
+        _answered(conversation, timezone.now())
+        conversation.save(
+            update_fields=["waiting_since", "first_response_at", "sla_due_at", "updated_at"]
+        )
 
 
 def message_enqueue_delivery(message: Message) -> None:
@@ -1552,7 +1570,8 @@ def _answers(conversation: Conversation):
 def _waiting_again(conversation: Conversation, *, answers=None) -> None:
     """Read from the timeline since when the customer has waited on us (their first message
     after our last answer), and let their response clock go on from there. Not saved."""
-    last = (answers or _answers(conversation)).order_by("-pk").values_list("pk", flat=True).first()
+    answers = _answers(conversation) if answers is None else answers
+    last = answers.order_by("-pk").values_list("pk", flat=True).first()
     since = (
         conversation.messages.filter(direction=Message.Direction.INBOUND, pk__gt=last or 0)
         .exclude(metadata__has_key="automated")

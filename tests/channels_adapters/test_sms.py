@@ -414,6 +414,24 @@ class TestReplies:
         clock = conversation.sla_clocks.get(target=SlaClock.Target.FIRST_RESPONSE)
         assert (clock.stopped_at is None) is (status != "closed")
 
+    def test_a_failed_reply_sent_again_answers_the_customer_again(
+        self, client, twilio, conversation, bob
+    ):
+        message = reply(conversation, bob)
+        deliver(
+            twilio,
+            client,
+            conversation.inbox,
+            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
+        )
+        conversation.refresh_from_db()
+        assert conversation.waiting_since is not None
+        message_retry(message=message)
+        conversation.refresh_from_db()
+        assert conversation.waiting_since is None
+        assert conversation.first_response_at is not None
+        assert not conversation.sla_clocks.filter(stopped_at=None).exclude(target="resolution")
+
     def test_an_automatic_message_that_fails_reopens_nothing(
         self, client, twilio, conversation, bob
     ):

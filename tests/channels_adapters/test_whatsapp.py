@@ -12,10 +12,16 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
 
-from channels_adapters.delivery import attachment_fetch, message_deliver
+from channels_adapters.delivery import attachment_fetch, message_deliver, message_retry
 from channels_adapters.models import InboundEvent
 from conversations import services
-from conversations.models import Attachment, Channel, Inbox, Message, Notification
+from conversations.models import (
+    Attachment,
+    Channel,
+    Inbox,
+    Message,
+    Notification,
+)
 from tests.conftest import (
     deliver_webhook,
     process_pending,
@@ -353,6 +359,30 @@ class TestStatuses:
         assert status_of(first) == Message.Status.DELIVERED
         event.refresh_from_db()
         assert (event.status, event.error) == (InboundEvent.Status.PROCESSED, "")
+
+
+def test_a_retry_is_not_undone_by_the_statuses_its_batch_waited_for(client, graph, wa_inbox, bob):
+    """Both replies fail in one batch; the second's send has not answered yet, so the batch
+    waits for it. Bob retries the first meanwhile: the batch's replay must not fail it
+    again."""
+    first = sent_reply(wa_inbox, bob)
+    graph.next_wamids.append("wamid.SECOND")
+    second = services.reply_send(conversation=first.conversation, author=bob, text="E mais")
+    body = json.loads(meta_payload("whatsapp_failed.json", WAMID=first.provider_id))
+    value = body["entry"][0]["changes"][0]["value"]
+    (failed,) = value["statuses"]
+    value["statuses"] = [failed, {**failed, "id": "wamid.SECOND"}]
+    deliver_webhook(client, graph, wa_inbox, body)
+    assert status_of(first) == Message.Status.FAILED
+
+    message_retry(message=first)
+    message_deliver(second.pk)  # the second's wamid is known now
+    process_pending()  # the sweep replays the batch
+    assert status_of(second) == Message.Status.FAILED
+    assert status_of(first) == Message.Status.QUEUED  # Bob's retry stands
+    message_deliver(first.pk)
+    assert status_of(first) == Message.Status.SENT
+    assert Notification.objects.filter(message=first, kind="failed").count() == 1
 
 
 def test_one_message_of_a_batch_that_cannot_be_taken_keeps_the_others(client, graph, wa_inbox):
