@@ -1550,7 +1550,7 @@ def message_failure_tell(message: Message) -> None:
         if first is None or (conversation.first_response_at or first) < first:
             conversation.first_response_at = first
         if conversation.status not in Conversation.ENDED:
-            _waiting_again(conversation, answers=answers)
+            _waiting_again(conversation, answers=answers, undelivered=True)
         if [getattr(conversation, field) for field in fields] != before:
             conversation.save(update_fields=[*fields, "updated_at"])
             publish_conversation_event(conversation, "waiting")
@@ -1567,9 +1567,10 @@ def _answers(conversation: Conversation):
     )
 
 
-def _waiting_again(conversation: Conversation, *, answers=None) -> None:
+def _waiting_again(conversation: Conversation, *, answers=None, undelivered=False) -> None:
     """Read from the timeline since when the customer has waited on us (their first message
-    after our last answer), and let their response clock go on from there. Not saved."""
+    after our last answer), and let their response clock go on (`undelivered`: the time it
+    stood still counts, see sla_waiting_again). Not saved."""
     answers = _answers(conversation) if answers is None else answers
     last = answers.order_by("-pk").values_list("pk", flat=True).first()
     since = (
@@ -1583,7 +1584,9 @@ def _waiting_again(conversation: Conversation, *, answers=None) -> None:
         return
     if conversation.waiting_since is None or since < conversation.waiting_since:
         conversation.waiting_since = since
-    sla_waiting_again(conversation=conversation, since=since, now=timezone.now())
+    sla_waiting_again(
+        conversation=conversation, since=since, now=timezone.now(), stood_still_counts=undelivered
+    )
 
 
 def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text="") -> None:

@@ -12,8 +12,8 @@ see routing.hours), and pause while the conversation is pending, which is how an
 any reply nobody waits on the customer. Snoozing does not pause anything: a
 conversation set aside is still ours to answer. A clock stopped before its target is met;
 one that ran out is breached, and stays breached. Resolving a conversation without a reply
-stops its response clocks as not measured; an agent reopening it, or a reply that never
-reached the customer, sets the clock going again, the time it stood still counted.
+stops its response clocks as not measured; an agent reopening it sets the clock going again,
+and a reply that never reached the customer does too, the time it stood still counted.
 
 The conversation services call these functions inside their transaction, with the
 conversation locked, and then save it: they keep `Conversation.sla_due_at` (the earliest
@@ -257,12 +257,15 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
     sla_due_set(conversation)
 
 
-def sla_waiting_again(*, conversation: Conversation, since: datetime, now: datetime) -> None:
+def sla_waiting_again(
+    *, conversation: Conversation, since: datetime, now: datetime, stood_still_counts: bool
+) -> None:
     """The customer waits on us again for what they wrote at `since`: the reply that stopped
     their response clock never reached them, or the conversation was resolved unanswered and
-    is open again. That clock goes on, and the time it stood still counts: the customer was
-    waiting all along. Nothing changes while a response clock runs, or where the policy no
-    longer measures the target."""
+    an agent opened it again. That clock goes on. For a reply that never arrived, the time it
+    stood still counts (the customer waited all along); for a reopening it does not (a
+    "Thanks!" resolved overnight is not a night's wait). Nothing changes while a response
+    clock runs, or where the policy no longer measures the target."""
     if _unstopped(conversation, *RESPONSES).exists():
         return
     clock = (
@@ -280,7 +283,8 @@ def sla_waiting_again(*, conversation: Conversation, since: datetime, now: datet
         return
     clock.policy, clock.goal_seconds = policy, goal
     clock.business_hours_only = policy.business_hours_only
-    clock.running_since, clock.stopped_at, clock.outcome = clock.stopped_at, None, ""
+    clock.running_since = clock.stopped_at if stood_still_counts else now
+    clock.stopped_at, clock.outcome = None, ""
     clock.elapsed_seconds = context.counted(clock)
     if conversation.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE:
         clock.running_since = None
@@ -401,7 +405,8 @@ def sla_merged(*, source: Conversation, target: Conversation, now: datetime) -> 
     kept = {}
     if target.status not in Conversation.ENDED:
         for clock in clocks.order_by("started_at", "pk"):
-            kept.setdefault(clock.target, clock)
+            # One response owed, first or next: the customer's earliest question is it.
+            kept.setdefault("response" if clock.target in RESPONSES else clock.target, clock)
     _cancel(clocks.exclude(pk__in=[clock.pk for clock in kept.values()]))
     context = _Context(target, now)
     for clock in kept.values():

@@ -253,8 +253,9 @@ def test_resolving_stops_every_clock_and_a_customer_reopening_starts_them_again(
 def test_reopening_an_unanswered_conversation_makes_it_wait_on_us_again(
     mail_inbox, hours, policies, bob
 ):
-    """Resolved by mistake, reopened an hour later: Maria has waited since 10:00 all along.
-    Her first-response clock goes on with that hour counted, and resolving is timed again."""
+    """Resolved by mistake, reopened an hour later: Maria waits on us again since 10:00.
+    Her first-response clock goes on from the reopening (the hour it stood resolved is not
+    counted: resolving a "Thanks!" overnight is no night's wait), and resolving is timed."""
     conversation = mail(mail_inbox, "2026-01-12 10:00")
     with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
         services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
@@ -263,15 +264,15 @@ def test_reopening_an_unanswered_conversation_makes_it_wait_on_us_again(
     conversation.refresh_from_db()
     assert conversation.waiting_since == utc("2026-01-12 10:00")
     first = clock(conversation, FIRST)
-    assert (first.state, first.due_at) == ("running", utc("2026-01-12 14:00"))
+    assert (first.state, first.due_at) == ("running", utc("2026-01-12 15:00"))
     # 8 working hours from noon: six on Monday, two on Tuesday.
     assert clock(conversation, RESOLUTION).due_at == utc("2026-01-13 11:00")
-    assert due(conversation) == utc("2026-01-12 14:00")
+    assert due(conversation) == utc("2026-01-12 15:00")
 
     with time_machine.travel(utc("2026-01-12 13:00"), tick=False):
         services.reply_send(conversation=conversation, author=bob, text="On its way.")
     first.refresh_from_db()
-    assert (first.outcome, first.elapsed_seconds) == ("met", 3 * 3600)
+    assert (first.outcome, first.elapsed_seconds) == ("met", 2 * 3600)
     # Answered, then resolved and reopened: nobody waits, and no response is owed.
     with time_machine.travel(utc("2026-01-12 14:00"), tick=False):
         services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
@@ -451,6 +452,23 @@ def test_a_merge_keeps_the_longer_wait_and_the_higher_priority(mail_inbox, hours
         assert sla_sweep()["breached"] == 1
     assert later.events.filter(kind="sla", data__state="breached").exists()
     assert later.events.filter(kind="priority", data__priority=3).exists()
+
+
+def test_a_merge_leaves_one_response_owed(mail_inbox, hours, policies, bob):
+    """An unanswered question merged into an answered conversation that was asked again:
+    one response is owed, counted from the earlier question."""
+    unanswered = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        answered = receive(
+            mail_inbox, text="Also", address="maria@example.com", force_new_conversation=True
+        ).message.conversation
+        services.reply_send(conversation=answered, author=bob, text="Done.")
+    mail(mail_inbox, "2026-01-12 11:00", text="Thanks, and the other?")
+    assert clock(answered, NEXT).state == "running"
+    with time_machine.travel(utc("2026-01-12 11:05"), tick=False):
+        services.conversation_merge(source=unanswered, target=answered, actor=bob)
+    running = answered.sla_clocks.filter(stopped_at=None).exclude(target=RESOLUTION)
+    assert [(c.target, c.started_at) for c in running] == [(FIRST, utc("2026-01-12 10:00"))]
 
 
 def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, client):
