@@ -14,7 +14,7 @@ from email.utils import make_msgid
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils.html import escape, linebreaks, urlize
 from django.utils.text import Truncator
 
@@ -32,10 +32,12 @@ from channels_adapters.email.parsing import (
     NotAnEmail,
     ParsedEmail,
     bare_address,
+    collision_key,
     format_address,
     forwarded_sender,
     parse_email,
 )
+from channels_adapters.models import InboundEvent
 from conversations.models import Channel, Conversation, Identity, Message
 from conversations.selectors import id_given
 from conversations.services import (
@@ -130,14 +132,15 @@ class EmailAdapter(Adapter):
             raise InvalidPayload(f"Not an email: {exc}") from exc
         # A mail whose Message-ID another mail had is kept under its own key (see ingest).
         provider_id = parsed.message_id
-        if event.dedupe_key.startswith(f"{parsed.message_id} "):
+        if event.dedupe_key.startswith(collision_key(parsed.message_id, "")):
             provider_id = event.dedupe_key
         # Seen before: one we sent, coming back; or one mail to two of our addresses (To
         # support@, Cc billing@), which the other inbox has already (one look-up for both):
-        # the same id from the same sender.
-        other_inbox = ~Q(inbox_id=event.inbox_id) & Q(
-            provider_id=provider_id, identity__address=parsed.from_address.lower()
-        )
+        # the same id and, where the stored mail says, the same body (see ingest).
+        other_inbox = ~Q(inbox_id=event.inbox_id) & Q(provider_id=provider_id)
+        if digest := event.headers.get("digest"):
+            same_body = InboundEvent.objects.filter(message=OuterRef("pk"), headers__digest=digest)
+            other_inbox &= Exists(same_body)
         seen = (
             Message.objects.filter(channel=Channel.EMAIL)
             .filter(

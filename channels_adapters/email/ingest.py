@@ -12,18 +12,12 @@ from channels_adapters.delivery import (
     inbound_event_process,
     inbound_event_store,
 )
-from channels_adapters.email.parsing import NotAnEmail, read_envelope
+from channels_adapters.email.parsing import NotAnEmail, collision_key, read_envelope
 from channels_adapters.models import InboundEvent
 
 MAX_EMAIL_BYTES = 50 * 1024 * 1024
 
 log = logging.getLogger(__name__)
-
-
-def collision_key(message_id: str, digest: str) -> str:
-    """The key (and the message's provider id) of a mail whose Message-ID another mail had:
-    the id, a space (which no Message-ID holds) and its body's digest."""
-    return f"{message_id[:200]} {digest[:32]}"
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,12 @@ def read_envelope(raw: bytes) -> Envelope:
     )
 
 
+def collision_key(message_id: str, digest: str) -> str:
+    """The key (and the message's provider id) of a mail whose Message-ID another mail had:
+    the id, a space (which no Message-ID holds) and its body's digest (see ingest)."""
+    return f"{message_id[:200]} {digest[:32]}"
+
+
 def _body_digest(body: bytes) -> str:
     """What tells one mail from another under the same Message-ID: its body, as any path
     brings it (a mailbox stores CRLF where a pipe passed LF, and may add a last newline)."""
