@@ -157,8 +157,12 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     received.append(message_receive(inbox=event.inbox, inbound=item))
                 except SenderBlocked as exc:  # one sender of a batch: the others go on
                     blocked = exc.messages[0]
-                    # Who it was, so that erasing them finds what was set aside.
-                    event.headers["blocked"] = f"{item.channel}:{item.address}"
+                    # Who it was, so that erasing them finds what was set aside: their
+                    # address as stored (an API id is kept with its inbox's, say).
+                    kind, address = Identity.objects.values_list("kind", "address").get(
+                        pk=exc.identity_id
+                    )
+                    event.headers["blocked"] = f"{kind}:{address}"
                     continue
                 except (ValidationError, DataError) as exc:
                     if len(items) == 1:

@@ -4,6 +4,7 @@ import pytest
 
 from channels_adapters.delivery import inbound_event_process
 from channels_adapters.models import InboundEvent
+from conversations import services
 from conversations.models import Message
 
 
@@ -123,3 +124,14 @@ class TestApiInbound:
         assert response.status_code == 403
         assert response.json() == {"error": "This inbox is switched off; an admin can turn it on."}
         assert not InboundEvent.objects.exists()
+
+    def test_erasing_a_blocked_customer_erases_what_was_set_aside(self, client, api_inbox, alice):
+        post(client, api_inbox, json.dumps({"id": "s-1", "from": "42", "text": "Hi"}))
+        inbound_event_process(InboundEvent.objects.get(dedupe_key="s-1").pk)
+        customer = Message.objects.get().conversation.customer
+        services.customer_block(customer=customer, actor=alice)
+        post(client, api_inbox, json.dumps({"id": "s-2", "from": "42", "text": "spam"}))
+        set_aside = InboundEvent.objects.get(dedupe_key="s-2")
+        inbound_event_process(set_aside.pk)
+        services.customer_erase(customer=customer, actor=alice)
+        assert not InboundEvent.objects.filter(pk=set_aside.pk).exists()
