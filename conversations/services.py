@@ -166,11 +166,13 @@ TEXT_FIELDS = ("text", "html", "name", "subject", "language", "quoted", "cc", "m
 # Invisible characters that reorder or hide text: in a name or a subject, "Bob\u202e" and the
 # like let a sender pass for someone else on the agents' screens. Nobody's name needs them
 # (right-to-left names read right without them); the joiners some scripts spell with stay.
-REORDERING = dict.fromkeys([0x200B, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF])
+REORDERING = dict.fromkeys(
+    [0x061C, 0x200B, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2060, 0x206A), 0xFEFF]
+)
 
 
 def without_reordering(value: str) -> str:
-    """A name or subject without the characters of REORDERING."""
+    """A name, subject or file name without the characters of REORDERING."""
     return value.translate(REORDERING)
 
 
@@ -1203,7 +1205,7 @@ def attachments_store(message: Message, attachments: tuple[InboundAttachment, ..
     for item in attachments:
         attachment_store(
             message=message,
-            filename=item.filename,
+            filename=without_reordering(item.filename),  # "invoice\u202efdp.exe"
             content=item.content,
             content_type=item.content_type,
             content_id=item.content_id,

@@ -29,6 +29,7 @@ from conversations.services import (
     InboundAttachment,
     sniffed_type,
     without_nul,
+    without_reordering,
 )
 from conversations.views import attachment_as_download
 
@@ -147,7 +148,7 @@ def session(request, inbox: Inbox):
                 token=token,
                 user_id=str(user.get("id") or ""),
                 user_hash_given=str(user.get("hash") or ""),
-                name=str(user.get("name") or ""),
+                name=without_reordering(str(user.get("name") or "")),
                 language=language,
                 zone=str(data.get("timezone") or "")[:64],
                 page_url=str(data.get("page") or "").partition("#")[0],

@@ -91,6 +91,15 @@ def test_nul_characters_from_a_visitor_are_dropped(client, widget):
     assert Message.objects.get().text == "hi there"
 
 
+def test_what_reorders_text_on_screen_is_dropped_from_a_visitors_name_and_files(client, widget):
+    data = start(client, widget, user={"name": "Maria \u202enimda"})
+    visitor = chat.visitor_from_token(widget, data.json()["token"])
+    assert visitor.identity.customer.name == "Maria nimda"
+    photo = services.InboundAttachment("invoice\u202efdp.png", "image/png", PNG)
+    chat.visitor_message(visitor, text="see", client_id="c1", attachments=(photo,))
+    assert Message.objects.get().attachments.get().filename == "invoicefdp.png"
+
+
 def test_mail_from_an_address_a_visitor_typed_is_flagged_until_it_answers_our_mail(
     widget, email_inbox, bob, smtp_server
 ):
