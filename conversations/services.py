@@ -762,6 +762,7 @@ def conversation_start(
                     text=text,
                     created_at__gte=timezone.now() - STARTED_ALREADY_WITHIN,
                 )
+                .exclude(status=Message.Status.FAILED)  # sending a failed one again is meant
                 .order_by("-pk")
                 .first()
             )

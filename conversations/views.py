@@ -613,7 +613,7 @@ def _written_already(conversation, user, text: str, mode: str) -> list[Message]:
     direction = Message.Direction.NOTE if mode == "note" else Message.Direction.OUTBOUND
     mine = conversation.messages.filter(
         author=user, direction=direction, created_at__gte=timezone.now() - REPEAT_WITHIN
-    )
+    ).exclude(status=Message.Status.FAILED)  # sending a failed one again is meant
     return [message for message in mine if message.text.strip() == text.strip()]
 
 

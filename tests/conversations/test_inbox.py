@@ -579,6 +579,11 @@ class TestConversation:
         form |= {"seen": response.context["seen"], "again": "1"}
         assert client.post(url, {**form, "client_id": again}).status_code == 302
         assert conversation.messages.filter(text="Refunded today.").count() == 2
+        if mode == "reply":  # a reply that failed, written again, is meant: it goes
+            conversation.messages.filter(direction="outbound").update(status="failed")
+            again = client.get(f"/inbox/{conversation.pk}/").context["reply_once"]
+            form.pop("again")
+            assert client.post(url, {**form, "client_id": again}).status_code == 302
 
     def test_an_agent_attaches_files_to_a_reply_and_a_note(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
