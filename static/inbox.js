@@ -9,6 +9,14 @@
   if (zone && !document.cookie.split("; ").includes(`tz=${zone}`)) {
     document.cookie = `tz=${zone}; path=/; max-age=31536000; SameSite=Lax`;
   }
+  // A page a form sent back (a refused or held reply, a customer's form with its errors)
+  // comes under the form's address: the address bar says the page's own, so that reloading
+  // shows the page again instead of offering to send the form twice.
+  const canonical = document.querySelector("link[rel=canonical]");
+  if (canonical) {
+    const own = new URL(canonical.href).pathname;
+    if (location.pathname !== own) history.replaceState(history.state, "", own + location.hash);
+  }
   const live = document.getElementById("live");
   const page = document.querySelector(".conversation[data-conversation]");
   const conversationId = page ? page.dataset.conversation : null;

@@ -336,6 +336,8 @@ def test_back_after_sending_then_send_asks_before_sending_it_twice(
     with page.expect_navigation():
         page.click("[data-composer] button[type=submit]")
     expect(page.locator("[data-stale]")).to_contain_text("you already sent this same reply")
+    # The page sent back says its own address: reloading it does not post the form again.
+    assert page.url == f"{asgi_server}/inbox/{conversation.pk}/"
     assert page.input_value("#reply-text") == "Refunded today."
     assert conversation.messages.filter(text="Refunded today.").count() == 1
     with page.expect_navigation():  # meant: sent again
