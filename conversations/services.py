@@ -1913,6 +1913,25 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
     return target
 
 
+def _snooze_owner(conversation: Conversation) -> int | None:
+    """Who hears a snoozed conversation is back: its assignee, else whoever snoozed it while
+    they may still see it (nobody else set it aside)."""
+    from conversations.selectors import conversations_visible_to
+
+    if conversation.assignee_id:
+        return conversation.assignee_id
+    snoozed = (
+        conversation.events.filter(kind=ConversationEvent.Kind.STATUS, data__status=Status.SNOOZED)
+        .select_related("actor")
+        .order_by("-pk")
+        .first()
+    )
+    agent = snoozed.actor if snoozed else None
+    if agent and conversations_visible_to(agent).filter(pk=conversation.pk).exists():
+        return agent.pk
+    return None
+
+
 def snoozed_wake_due() -> int:
     """Reopen snoozed conversations whose time has come. Returns how many woke up."""
     due = Conversation.objects.filter(status=Status.SNOOZED, snoozed_until__lte=timezone.now())
@@ -1932,16 +1951,7 @@ def snoozed_wake_due() -> int:
                 reason="snooze_ended",
             )
             publish_conversation_event(locked, "reopened")
-            # Its assignee hears it is back, else whoever snoozed it: nobody else set it aside.
-            snoozer = (
-                locked.events.filter(
-                    kind=ConversationEvent.Kind.STATUS, data__status=Status.SNOOZED
-                )
-                .order_by("-pk")
-                .values_list("actor_id", flat=True)
-                .first()
-            )
-            _notify([locked.assignee_id or snoozer], Notification.Kind.SNOOZE_ENDED, locked)
+            _notify([_snooze_owner(locked)], Notification.Kind.SNOOZE_ENDED, locked)
             _automations_run(locked, ["status_changed"])
             woken += 1
     return woken

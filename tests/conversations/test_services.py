@@ -236,6 +236,20 @@ class TestStateChanges:
         (told,) = Notification.objects.filter(kind="snooze_ended")
         assert (told.recipient, told.conversation) == (bob, conversation)
 
+    def test_a_snoozer_who_may_no_longer_see_it_is_not_told(self, chat_inbox, bob):
+        import time_machine
+
+        conversation = receive(chat_inbox).message.conversation
+        until = timezone.now() + timedelta(hours=1)
+        services.conversation_set_status(
+            conversation=conversation, status=Status.SNOOZED, actor=bob, snoozed_until=until
+        )
+        bob.is_active = False  # left the company since
+        bob.save()
+        with time_machine.travel(until + timedelta(seconds=1)):
+            assert services.snoozed_wake_due() == 1
+        assert not Notification.objects.filter(kind="snooze_ended").exists()
+
     def test_a_woken_conversation_is_announced_to_its_assignee(self, client, chat_inbox, bob, dana):
         import time_machine
 
