@@ -159,10 +159,7 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     blocked = exc.messages[0]
                     # Who it was, so that erasing them finds what was set aside: their
                     # address as stored (an API id is kept with its inbox's, say).
-                    kind, address = Identity.objects.values_list("kind", "address").get(
-                        pk=exc.identity_id
-                    )
-                    event.headers["blocked"] = f"{kind}:{address}"
+                    event.headers["blocked"] = exc.marker
                     continue
                 except (ValidationError, DataError) as exc:
                     if len(items) == 1:
@@ -174,8 +171,6 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                     refused.append(f"{item.provider_id or 'a message'}: {reason}")
                     continue
                 _profile_fetch_later(adapter, received[-1])
-            if refused and not (received or any(updated)):
-                raise ValidationError(refused)
             # A report on a message whose provider id is not known yet (the answer to our
             # send is still on its way) is tried again, until STATUS_WAIT: the whole event,
             # since a replay changes nothing already applied. What the rest of the event
@@ -185,6 +180,8 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
             fresh = timezone.now() - event.received_at < STATUS_WAIT
             if fresh and unknown and len(unknown) == len(updated) and not received:
                 raise _NotYet
+            if refused and not (received or any(updated)):
+                raise ValidationError(refused)
             failures = [u.provider_id for u in unknown if u.status == Message.Status.FAILED]
             if fresh and failures:
                 waiting = True
@@ -211,14 +208,15 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         # conversation finds its payloads through it.
         event.message = received[0].message if received else next(filter(None, updated), None)
         event.error = blocked or ("" if handled else "nothing in it for us")
-        if waiting:  # pending again, for the sweep
-            event.status, event.error = InboundEvent.Status.PENDING, NOT_YET
         if refused:
             event.status = InboundEvent.Status.FAILED
             event.error = (
                 f"{len(refused)} of {len(received) + len(refused)} messages not taken: "
                 + "; ".join(refused)
             )[:1000]
+        if waiting:  # pending again, for the sweep; what it refused fails it when it is done
+            event.status = InboundEvent.Status.PENDING
+            event.error = f"{NOT_YET} {event.error}".strip()[:1000]
     event.processed_at = timezone.now()
     # Never write the payload back: it can be megabytes, and it is the record. The headers
     # change only when a blocked sender's message was set aside, or statuses wait.
@@ -297,7 +295,7 @@ def attachment_fetch(attachment_id: int) -> str:
                 return "done"
             locked.content_type = (media.content_type or locked.content_type)[:127]
             if media.filename and locked.filename == "attachment":
-                locked.filename = media.filename[:255]
+                locked.filename = without_reordering(media.filename)[:255] or "attachment"
             locked.size = len(media.content)
             locked.file.save(locked.filename, ContentFile(media.content), save=False)
             locked.save()

@@ -833,9 +833,11 @@ def _conversation_to_continue(
 class SenderBlocked(ValidationError):
     """The customer was blocked (customer_block): their message is not taken."""
 
-    def __init__(self, identity_id: int):
+    def __init__(self, identity: Identity):
         super().__init__("This sender is blocked: the message was not taken.")
-        self.identity_id = identity_id
+        # Read now: the identity may have been made for this message, and go with its rollback.
+        self.identity_id = identity.pk
+        self.marker = f"{identity.kind}:{identity.address}"  # what erasing them looks for
 
 
 def message_receive(*, inbox: Inbox, inbound: InboundMessage) -> Received:
@@ -885,7 +887,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     if customer.merged_into_id:  # identities move on merge; this is belt and braces
         customer = customer.merged_into
     if customer.blocked_at and not inbound.echo:
-        raise SenderBlocked(identity.pk)
+        raise SenderBlocked(identity)
     now = timezone.now()
 
     conversation, flag_reason, opened, reopened = None, "", False, False
@@ -1192,7 +1194,7 @@ def attachment_store(
         content = ContentFile(content)
     attachment = Attachment(
         message=message,
-        filename=(filename or "attachment")[:255],
+        filename=(without_reordering(filename) or "attachment")[:255],  # "invoice\u202efdp.exe"
         content_type=(content_type or "application/octet-stream")[:127],
         size=content.size,
         content_id=content_id[:255],
@@ -1206,7 +1208,7 @@ def attachments_store(message: Message, attachments: tuple[InboundAttachment, ..
     for item in attachments:
         attachment_store(
             message=message,
-            filename=without_reordering(item.filename),  # "invoice\u202efdp.exe"
+            filename=item.filename,
             content=item.content,
             content_type=item.content_type,
             content_id=item.content_id,
@@ -1255,7 +1257,7 @@ def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> Non
     for item in media:
         attachment = Attachment.objects.create(
             message=message,
-            filename=(item.filename or "attachment")[:255],
+            filename=(without_reordering(item.filename) or "attachment")[:255],
             content_type=(item.content_type or "application/octet-stream")[:127],
             source=item.source[:2000],
         )
@@ -1434,6 +1436,13 @@ def reply_retried(message: Message) -> None:
     """An agent sends a failed reply again: it answers the customer again (its failure had
     put them back in "waiting on us", see message_failure_tell)."""
     if message.author_id is None or message.metadata.get("automatic"):
+        return
+    asked_since = (
+        message.conversation.messages.filter(direction=Message.Direction.INBOUND, pk__gt=message.pk)
+        .exclude(metadata__has_key="automated")
+        .exists()
+    )
+    if asked_since:  # it answers what came before it, not the customer's newer question
         return
     with transaction.atomic():
         conversation = _locked(message.conversation)
@@ -1783,7 +1792,8 @@ def conversation_set_status(
             conversation.resolved_at = None
         sla_status_changed(conversation=conversation, previous=previous, now=now)
         if previous in Conversation.ENDED and status not in Conversation.ENDED:
-            _waiting_again(conversation)  # resolved unanswered: it is in "waiting on us" again
+            # Resolved unanswered: it is in "waiting on us" again.
+            _waiting_again(conversation, undelivered=reason == "undelivered")
         conversation.save()
         _event(
             conversation,

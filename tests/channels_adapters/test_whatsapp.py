@@ -401,6 +401,52 @@ def test_one_message_of_a_batch_that_cannot_be_taken_keeps_the_others(client, gr
     assert event.message == message
 
 
+def test_a_blocked_customer_writing_from_a_new_channel_keeps_nobody_else_out(
+    client, graph, wa_inbox, sms_inbox, alice
+):
+    """Blocked on SMS, the same number writes on WhatsApp: a new identity of the blocked
+    customer, undone with their message. The batch's other sender still goes in."""
+    texted = receive(sms_inbox, address="+" + NUMBER).message.conversation
+    services.customer_block(customer=texted.customer, actor=alice)
+    body = json.loads(meta_payload("whatsapp_text.json"))
+    value = body["entry"][0]["changes"][0]["value"]
+    (blocked,) = value["messages"]
+    value["messages"] = [blocked, {**blocked, "id": "wamid.OTHER", "from": "5511900000000"}]
+    deliver_webhook(client, graph, wa_inbox, body)
+    assert Message.objects.filter(provider_id="wamid.OTHER").exists()
+    event = InboundEvent.objects.get(inbox=wa_inbox)
+    assert (event.status, event.headers["blocked"]) == ("processed", f"whatsapp:+{NUMBER}")
+
+
+def test_a_refused_message_does_not_drop_the_wait_for_a_failure(client, graph, wa_inbox, bob):
+    first = sent_reply(wa_inbox, bob)
+    graph.next_wamids.append("wamid.SECOND")
+    second = services.reply_send(conversation=first.conversation, author=bob, text="E mais")
+    body = json.loads(meta_payload("whatsapp_text.json"))
+    value = body["entry"][0]["changes"][0]["value"]
+    (good,) = value["messages"]
+    value["messages"] = [{**good, "id": "wamid.NEW"}, {**good, "id": "wamid.BAD", "from": "x"}]
+    failed = json.loads(meta_payload("whatsapp_failed.json", WAMID="wamid.SECOND"))
+    value["statuses"] = failed["entry"][0]["changes"][0]["value"]["statuses"]
+    deliver_webhook(client, graph, wa_inbox, body)
+    event = InboundEvent.objects.get(inbox=wa_inbox)
+    assert event.status == InboundEvent.Status.PENDING
+    message_deliver(second.pk)  # the send's answer: its wamid is known now
+    process_pending()
+    assert status_of(second) == Message.Status.FAILED
+    event.refresh_from_db()
+    assert event.status == InboundEvent.Status.FAILED
+    assert "1 of 2 messages not taken: wamid.BAD" in event.error
+
+
+def test_a_documents_name_loses_what_would_reorder_it(wa_inbox):
+    document = services.InboundMedia(
+        source="m1", content_type="application/pdf", filename="invoice\u202efdp.exe"
+    )
+    received = receive(wa_inbox, address=NUMBER, text="see", media=(document,))
+    assert received.message.attachments.get().filename == "invoicefdp.exe"
+
+
 # --- Sending ---------------------------------------------------------------------------------
 
 

@@ -282,6 +282,46 @@ def test_reopening_an_unanswered_conversation_makes_it_wait_on_us_again(
     assert not conversation.sla_clocks.filter(stopped_at=None).exclude(target=RESOLUTION).exists()
 
 
+@pytest.mark.parametrize("resolved", [False, True])
+def test_a_reply_that_never_arrived_counts_the_whole_wait(
+    mail_inbox, hours, policies, bob, resolved
+):
+    """Maria writes at 10:00; Bob replies (and resolves) at 10:30; it bounces at 12:00. Her
+    first response is due at 14:00 as if the reply had never been sent."""
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        reply = services.reply_send(conversation=conversation, author=bob, text="Done.")
+        if resolved:
+            services.conversation_set_status(conversation=conversation, status="resolved")
+    with time_machine.travel(utc("2026-01-12 12:00"), tick=False):
+        Message.objects.filter(pk=reply.pk).update(status="failed", failure_reason="Bounced")
+        reply.refresh_from_db()
+        services.message_failure_tell(reply)
+    assert clock(conversation, FIRST).due_at == utc("2026-01-12 14:00")
+
+
+def test_sending_an_old_failed_reply_again_does_not_answer_a_newer_question(
+    mail_inbox, hours, policies, bob
+):
+    from channels_adapters.delivery import message_retry
+
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        old = services.reply_send(conversation=conversation, author=bob, text="Invoice")
+    with time_machine.travel(utc("2026-01-12 10:40"), tick=False):
+        Message.objects.filter(pk=old.pk).update(status="failed", failure_reason="Bounced")
+        old.refresh_from_db()
+        services.message_failure_tell(old)
+    with time_machine.travel(utc("2026-01-12 10:50"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Looking into it")
+    mail(mail_inbox, "2026-01-12 11:00", text="Where is the refund?")
+    with time_machine.travel(utc("2026-01-12 11:30"), tick=False):
+        message_retry(message=old)
+    conversation.refresh_from_db()
+    assert conversation.waiting_since == utc("2026-01-12 11:00")
+    assert clock(conversation, NEXT).state == "running"
+
+
 def test_automatic_mail_starts_no_clock(mail_inbox, hours, policies):
     conversation = mail(
         mail_inbox, "2026-01-12 10:00", metadata={"automated": "Auto-Submitted: auto-replied"}
