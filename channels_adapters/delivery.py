@@ -28,6 +28,7 @@ from conversations.realtime import publish_conversation_event
 from conversations.services import (
     SenderBlocked,
     StatusUpdate,
+    attachment_filename,
     message_enqueue_delivery,
     message_failure_tell,
     message_receive,
@@ -295,7 +296,7 @@ def attachment_fetch(attachment_id: int) -> str:
                 return "done"
             locked.content_type = (media.content_type or locked.content_type)[:127]
             if media.filename and locked.filename == "attachment":
-                locked.filename = without_reordering(media.filename)[:255] or "attachment"
+                locked.filename = attachment_filename(media.filename)
             locked.size = len(media.content)
             locked.file.save(locked.filename, ContentFile(media.content), save=False)
             locked.save()

@@ -176,6 +176,11 @@ def without_reordering(value: str) -> str:
     return value.translate(REORDERING)
 
 
+def attachment_filename(name: str) -> str:
+    """A file name as stored: without REORDERING ("invoice\u202efdp.exe"), cut to fit."""
+    return (without_reordering(name or "") or "attachment")[:255]
+
+
 def without_nul(value):
     """`value` without NUL characters (U+0000), in strings, lists and dicts at any depth.
     PostgreSQL refuses them in text and JSON, so one in a customer's mail or chat line made
@@ -1194,7 +1199,7 @@ def attachment_store(
         content = ContentFile(content)
     attachment = Attachment(
         message=message,
-        filename=(without_reordering(filename) or "attachment")[:255],  # "invoice\u202efdp.exe"
+        filename=attachment_filename(filename),
         content_type=(content_type or "application/octet-stream")[:127],
         size=content.size,
         content_id=content_id[:255],
@@ -1257,7 +1262,7 @@ def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> Non
     for item in media:
         attachment = Attachment.objects.create(
             message=message,
-            filename=(without_reordering(item.filename) or "attachment")[:255],
+            filename=attachment_filename(item.filename),
             content_type=(item.content_type or "application/octet-stream")[:127],
             source=item.source[:2000],
         )
@@ -1437,12 +1442,8 @@ def reply_retried(message: Message) -> None:
     put them back in "waiting on us", see message_failure_tell)."""
     if message.author_id is None or message.metadata.get("automatic"):
         return
-    asked_since = (
-        message.conversation.messages.filter(direction=Message.Direction.INBOUND, pk__gt=message.pk)
-        .exclude(metadata__has_key="automated")
-        .exists()
-    )
-    if asked_since:  # it answers what came before it, not the customer's newer question
+    # It answers what came before it, not the customer's newer question.
+    if _asking(message.conversation).filter(pk__gt=message.pk).exists():
         return
     with transaction.atomic():
         conversation = _locked(message.conversation)
@@ -1579,6 +1580,13 @@ def _answers(conversation: Conversation):
     )
 
 
+def _asking(conversation: Conversation):
+    """The customer's messages that ask something of us (not their auto-replies)."""
+    return conversation.messages.filter(direction=Message.Direction.INBOUND).exclude(
+        metadata__has_key="automated"
+    )
+
+
 def _waiting_again(conversation: Conversation, *, answers=None, undelivered=False) -> None:
     """Read from the timeline since when the customer has waited on us (their first message
     after our last answer), and let their response clock go on (`undelivered`: the time it
@@ -1586,8 +1594,8 @@ def _waiting_again(conversation: Conversation, *, answers=None, undelivered=Fals
     answers = _answers(conversation) if answers is None else answers
     last = answers.order_by("-pk").values_list("pk", flat=True).first()
     since = (
-        conversation.messages.filter(direction=Message.Direction.INBOUND, pk__gt=last or 0)
-        .exclude(metadata__has_key="automated")
+        _asking(conversation)
+        .filter(pk__gt=last or 0)
         .order_by("pk")
         .values_list("created_at", flat=True)
         .first()
