@@ -140,6 +140,25 @@ class _Context:
         warn = timedelta(minutes=policy.warn_minutes if policy else 0)
         clock.warn_at = clock.due_at - warn if clock.due_at and not clock.warned_at else None
 
+    def policy_now(self, clock: SlaClock) -> SlaPolicy | None:
+        """The policy that measures `clock`'s target now (the conversation's priority may
+        have changed), or None when none does."""
+        policy = policy_for(clock.channel, self.conversation.priority, self.policies)
+        return policy if policy and policy.goal(clock.target) is not None else None
+
+    def follow_status(self, clock: SlaClock) -> bool:
+        """Run or pause `clock` as the conversation's status says (pending pauses all but a
+        first response: before any reply nobody waits on the customer). True if it changed."""
+        conversation = self.conversation
+        paused = conversation.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE
+        if paused and clock.running_since is not None:
+            self.pause(clock)
+        elif not paused and clock.running_since is None:
+            self.run(clock, clock.policy)
+        else:
+            return False
+        return True
+
     def pause(self, clock: SlaClock) -> None:
         clock.elapsed_seconds = self.counted(clock)
         clock.running_since = clock.due_at = clock.warn_at = None
@@ -238,21 +257,14 @@ def sla_status_changed(*, conversation: Conversation, previous: str, now: dateti
     for clock in _unstopped(conversation):
         if status in Conversation.ENDED:
             context.stop(clock, answered=clock.target == Target.RESOLUTION)
-        elif status == Status.PENDING and clock.running_since is not None:
-            if clock.target == Target.FIRST_RESPONSE:
-                continue  # nobody has answered yet: we are not waiting on the customer
-            context.pause(clock)
-        elif status != Status.PENDING and clock.running_since is None:
-            context.run(clock, clock.policy)
-        else:
+        elif not context.follow_status(clock):
             continue
         clock.save()
     if previous in Conversation.ENDED and status not in Conversation.ENDED:
         # Reopened: resolving it is a target again, as when the customer reopens it.
         clock = context.start(Target.RESOLUTION, conversation.inbox.kind)
         if clock is not None:
-            if status == Status.PENDING:
-                context.pause(clock)
+            context.follow_status(clock)
             clock.save()
     sla_due_set(conversation)
 
@@ -277,21 +289,23 @@ def sla_waiting_again(
     if clock is None:
         return
     context = _Context(conversation, now)
-    policy = policy_for(clock.channel, conversation.priority, context.policies)
-    goal = policy.goal(clock.target) if policy else None
-    if goal is None:
+    policy = context.policy_now(clock)
+    if policy is None:
         return
-    clock.policy, clock.goal_seconds = policy, goal
-    clock.business_hours_only = policy.business_hours_only
+    _adopt(clock, policy)
     clock.running_since = clock.stopped_at if stood_still_counts else now
     clock.stopped_at, clock.outcome = None, ""
     clock.elapsed_seconds = context.counted(clock)
-    if conversation.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE:
-        clock.running_since = None
-    else:
-        context.run(clock, policy)
+    clock.running_since = None  # its time counted: as paused, until the status says
+    context.follow_status(clock)
     clock.save()
     sla_due_set(conversation)
+
+
+def _adopt(clock: SlaClock, policy: SlaPolicy) -> None:
+    """`clock` measured by `policy` from now on (its goal and its kind of hours)."""
+    clock.policy, clock.goal_seconds = policy, policy.goal(clock.target)
+    clock.business_hours_only = policy.business_hours_only
 
 
 def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
@@ -303,15 +317,13 @@ def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
         return
     context = _Context(conversation, now)
     for clock in clocks:
-        policy = policy_for(clock.channel, conversation.priority, context.policies)
-        goal = policy.goal(clock.target) if policy else None
-        if goal is None:
+        policy = context.policy_now(clock)
+        if policy is None:
             context.stop(clock, answered=False)
         else:
             running = clock.running_since is not None
             context.pause(clock)
-            clock.policy, clock.goal_seconds = policy, goal
-            clock.business_hours_only = policy.business_hours_only
+            _adopt(clock, policy)
             if running:
                 context.run(clock, policy)
         clock.save()
@@ -413,11 +425,7 @@ def sla_merged(*, source: Conversation, target: Conversation, now: datetime) -> 
         if clock.conversation_id == target.pk:
             continue
         clock.conversation = target
-        paused = target.status == Status.PENDING and clock.target != Target.FIRST_RESPONSE
-        if paused and clock.running_since is not None:
-            context.pause(clock)
-        elif not paused and clock.running_since is None:
-            context.run(clock, clock.policy)
+        context.follow_status(clock)
         clock.save()
     sla_retarget(conversation=target, now=now)
     sla_due_set(target)
