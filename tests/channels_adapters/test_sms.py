@@ -81,6 +81,12 @@ def deliver(twilio, client, inbox, params):
     return inbound_event_process(event.pk) or event
 
 
+def undelivered(twilio, client, message):
+    """The carrier's "undelivered" (30003: unreachable handset) for `message`."""
+    callback = status_callback(message.provider_id, "undelivered", ErrorCode="30003")
+    deliver(twilio, client, message.inbox, callback)
+
+
 def reply(conversation, agent, text="Vamos verificar, obrigado!", **kwargs):
     message = services.reply_send(conversation=conversation, author=agent, text=text, **kwargs)
     message_deliver(message.pk)
@@ -358,12 +364,7 @@ class TestReplies:
 
     def test_undelivered_shows_the_carriers_reason(self, client, twilio, conversation, bob):
         message = reply(conversation, bob)
-        deliver(
-            twilio,
-            client,
-            conversation.inbox,
-            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
-        )
+        undelivered(twilio, client, message)
         message.refresh_from_db()
         assert message.status == Message.Status.FAILED
         assert message.failure_reason == (
@@ -392,12 +393,7 @@ class TestReplies:
         message = reply(conversation, bob)
         if status != "open":
             services.conversation_set_status(conversation=conversation, status=status, actor=bob)
-        deliver(
-            twilio,
-            client,
-            conversation.inbox,
-            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
-        )
+        undelivered(twilio, client, message)
         conversation.refresh_from_db()
         assert conversation.status == ("open" if reopened else status)
         assert Notification.objects.filter(recipient=bob, kind="failed", message=message).exists()
@@ -418,12 +414,7 @@ class TestReplies:
         self, client, twilio, conversation, bob
     ):
         message = reply(conversation, bob)
-        deliver(
-            twilio,
-            client,
-            conversation.inbox,
-            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
-        )
+        undelivered(twilio, client, message)
         conversation.refresh_from_db()
         assert conversation.waiting_since is not None
         message_retry(message=message)
@@ -439,12 +430,7 @@ class TestReplies:
         message_deliver(message.pk)
         message.refresh_from_db()
         services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
-        deliver(
-            twilio,
-            client,
-            conversation.inbox,
-            status_callback(message.provider_id, "undelivered", ErrorCode="30003"),
-        )
+        undelivered(twilio, client, message)
         conversation.refresh_from_db()
         assert Message.objects.get(pk=message.pk).status == Message.Status.FAILED
         assert conversation.status == "resolved"
