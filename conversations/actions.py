@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from conversations import services
 from conversations.customers import customer_moved, customer_page
 from conversations.selectors import (
+    can_see,
     conversation_get_for_agent,
     conversations_visible_to,
     customer_get_for_agent,
@@ -61,7 +62,7 @@ def conversation_transfer(request, number: int):
     services.conversation_set_team(
         conversation=conversation, team=team, actor=request.user, unassign_outsider=True
     )
-    if not conversations_visible_to(request.user).filter(pk=conversation.pk).exists():
+    if not can_see(request.user, conversation):
         # Handing it to a team the agent is not in is the point of a transfer, not an error.
         messages.success(
             request, f"#{conversation.pk} was transferred to {team.name}; it left your inbox."
@@ -99,7 +100,7 @@ def macro_apply(request, number: int):
         messages.warning(request, f"“{macro.name}” applied, except: {'; '.join(applied.skipped)}")
     else:
         messages.success(request, f"“{macro.name}” applied.")
-    if not conversations_visible_to(request.user).filter(pk=conversation.pk).exists():
+    if not can_see(request.user, conversation):
         return redirect("inbox:list")  # it moved to a team the agent is not in
     return _back(conversation)
 

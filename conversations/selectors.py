@@ -64,6 +64,11 @@ def conversations_visible_to(user, teams: Teams | None = None) -> QuerySet[Conve
     return conversations.filter(in_teams(teams) | Q(assignee=user))
 
 
+def can_see(user, conversation) -> bool:
+    """Whether `user` may see `conversation` (by conversations_visible_to's rule)."""
+    return bool(user) and conversations_visible_to(user).filter(pk=conversation.pk).exists()
+
+
 def teams_of(user) -> Teams:
     """Read in one query, and used as values (in_teams): behind subqueries the planner could
     not see how teams and inboxes relate, and listing the email of a team that never gets any

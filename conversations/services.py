@@ -1511,7 +1511,7 @@ MENTION = re.compile(r"(?<![\w.@])@([a-z0-9](?:[\w.+-]*[a-z0-9])?)", re.IGNORECA
 def mentions_resolve(conversation: Conversation, text: str) -> tuple[list, list[str]]:
     """The active agents @-mentioned in `text` who may see `conversation` (a mention must not
     show a conversation to someone outside it), and the handles that named none of them."""
-    from conversations.selectors import conversations_visible_to
+    from conversations.selectors import can_see
 
     handles = {handle.lower() for handle in MENTION.findall(text)}
     if not handles:
@@ -1522,8 +1522,7 @@ def mentions_resolve(conversation: Conversation, text: str) -> tuple[list, list[
     agents = [
         user
         for user in candidates
-        if user.email.split("@")[0].lower() in handles
-        and conversations_visible_to(user).filter(pk=conversation.pk).exists()
+        if user.email.split("@")[0].lower() in handles and can_see(user, conversation)
     ]
     found = {user.email.split("@")[0].lower() for user in agents}
     return agents, sorted(handles - found)
@@ -1934,7 +1933,7 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
 def _snooze_owner(conversation: Conversation) -> int | None:
     """Who hears a snoozed conversation is back: its assignee, else whoever snoozed it while
     they may still see it (nobody else set it aside)."""
-    from conversations.selectors import conversations_visible_to
+    from conversations.selectors import can_see
 
     if conversation.assignee_id:
         return conversation.assignee_id
@@ -1945,7 +1944,7 @@ def _snooze_owner(conversation: Conversation) -> int | None:
         .first()
     )
     agent = snoozed.actor if snoozed else None
-    if agent and conversations_visible_to(agent).filter(pk=conversation.pk).exists():
+    if can_see(agent, conversation):
         return agent.pk
     return None
 

@@ -65,6 +65,7 @@ from conversations.models import (
     Visitor,
 )
 from conversations.selectors import (
+    can_see,
     conversation_get_for_agent,
     conversations_visible_to,
     folded_contains,
@@ -905,7 +906,7 @@ def _assign(conversation, *, assignee, actor):
         assignee is not None
         and not assignee.is_admin
         and assignee.pk != conversation.assignee_id
-        and not conversations_visible_to(assignee).filter(pk=conversation.pk).exists()
+        and not can_see(assignee, conversation)
     ):
         raise ValidationError(
             f"{assignee.name} is not in this conversation's team: transfer it to their team first."

@@ -73,7 +73,7 @@ from conversations.models import (
     Notification,
 )
 from conversations.realtime import publish_conversation_event
-from conversations.selectors import conversations_visible_to
+from conversations.selectors import can_see
 from routing.models import (
     Automation,
     AutomationRun,
@@ -435,8 +435,7 @@ def _do_notify(action, conversation, actor, source):
     else:
         agent = get_user_model().objects.filter(pk=action.value, is_active=True).first()
         # Never point someone at a conversation they may not open.
-        visible = agent and conversations_visible_to(agent).filter(pk=conversation.pk).exists()
-        if not visible:
+        if not can_see(agent, conversation):
             raise ValidationError("not an active agent who sees it.")
         recipients = [agent.pk]
     text = f"{source}: {action.text}" if action.text else source
