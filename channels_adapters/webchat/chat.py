@@ -507,6 +507,8 @@ def conversation_json(conversation: Conversation | None) -> dict | None:
     return {
         "id": conversation.pk,
         "live": live,
+        # An agent has answered: only then may the visitor end the chat and rate it.
+        "answered": conversation.first_response_at is not None,
         "rating": conversation.rating,
         "queue": queue_status(conversation).as_dict() if waiting else None,
         # Asked for already (the widget then says it is on its way instead of offering it).
@@ -596,9 +598,20 @@ def messages_mark_read(conversation: Conversation, *, by_customer: bool, up_to: 
     return count
 
 
+def _answered(conversation: Conversation) -> bool:
+    """Read from the database: the caller's copy may predate the agent's answer."""
+    return Conversation.objects.filter(pk=conversation.pk, first_response_at__isnull=False).exists()
+
+
 def chat_end(conversation: Conversation, *, actor=None) -> Conversation:
     """Either side ends the chat: the conversation is resolved and the widget offers a rating
-    and the transcript. The customer's next message opens a new conversation."""
+    and the transcript. The customer's next message opens a new conversation. A visitor may
+    not end one nobody has answered yet: that would resolve their question unread (the widget
+    offers no "End the chat" until an answer came; see conversation_json)."""
+    if actor is None and not _answered(conversation):
+        raise ValidationError(
+            _("Nobody has answered yet: your message stays with us, and the answer comes here.")
+        )
     with transaction.atomic():
         conversation = conversation_set_status(
             conversation=conversation, status=Conversation.Status.RESOLVED, actor=actor
@@ -618,6 +631,8 @@ def chat_end(conversation: Conversation, *, actor=None) -> Conversation:
 def conversation_rate(conversation: Conversation, *, rating, comment: str = "") -> Conversation:
     if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5:
         raise ValidationError(_("Choose a rating from 1 to 5."))
+    if not _answered(conversation):
+        raise ValidationError(_("Nobody has answered yet: there is nothing to rate."))
     comment = (comment or "").strip()[:2000] if isinstance(comment, str) else ""
     with transaction.atomic():
         Conversation.objects.filter(pk=conversation.pk).update(

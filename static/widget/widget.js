@@ -46,7 +46,7 @@
     readSent: 0, // the visitor read the agent's messages up to this id
     socket: null, ready: false, everReady: false, retries: 0,
     open: false, fresh: false, waited: false, prechatDone: false,
-    rating: 0, transcriptSent: false, afterContact: "", contactForm: null,
+    rating: 0, transcriptSent: false, afterContact: "", contactForm: null, fixEmail: false,
     typingSentAt: 0, timers: {}, atBottom: true, resends: 0,
     reopened: false, // an agent's message just brought an ended chat back
   };
@@ -669,6 +669,7 @@
       ui.noteEmail.value = ui.emailInput.value;
       form = ui.emailForm;
       field = ui.noteEmail;
+      S.fixEmail = true; // shown until corrected, agents online or not
     }
     render();
     formError(form, error, field);
@@ -1002,6 +1003,9 @@
 
     const c = S.conversation;
     const ended = Boolean(c && !c.live && !S.fresh);
+    // An agent has answered (so far, or since the widget opened): a chat to end and to rate.
+    const answered = Boolean(c && (c.answered
+      || [...S.messages.values()].some((m) => m.from === "agent" && m.author)));
     const prechat = prechatState();
     ui.prechat.hidden = !prechat.show;
     ui.nameField.hidden = !prechat.name;
@@ -1011,17 +1015,22 @@
     ui.startButton.hidden = !prechat.blocking;
     ui.composer.hidden = ended || prechat.blocking;
     ui.previewNotice.hidden = ui.composer.hidden || !S.settings.typing_preview;
-    ui.endButton.hidden = !(c && c.live && !S.fresh);
+    // Nothing to end before an agent answered: the question stays open for them.
+    ui.endButton.hidden = !(c && c.live && answered && !S.fresh);
 
     ui.ended.hidden = !ended;
     const rated = Boolean(c && c.rating);
-    ui.rateForm.hidden = rated;
+    ui.rateForm.hidden = rated || !answered;
     ui.rated.hidden = !rated;
     ui.transcriptButton.hidden = S.transcriptSent;
     ui.transcriptSent.hidden = !S.transcriptSent;
 
     const asynchronous = !ended && !prechat.blocking && (!a.online || S.waited);
-    ui.note.hidden = !asynchronous;
+    // An optional pre-chat address the server refused, to correct even while agents are online
+    // (and then the note says where answers go).
+    const correcting = S.fixEmail && !ended;
+    ui.note.hidden = !(asynchronous || correcting);
+    ui.noteText.hidden = !asynchronous;
     // Promised only where replies can go: an address of another customer's waits for an
     // agent to check it.
     const promise = S.visitor.email_pending ? "email_pending" : "email_saved";
@@ -1030,7 +1039,7 @@
     // One email form, where it is needed: for the transcript, or so answers can follow them.
     const emailFor = S.visitor.email ? null
       : ended && S.afterContact === "transcript" ? ui.ended
-        : asynchronous && !prechat.email ? ui.note : null;
+        : (asynchronous && !prechat.email) || correcting ? ui.note : null;
     if (emailFor && ui.emailForm.parentNode !== emailFor) emailFor.append(ui.emailForm);
     ui.emailLabel.textContent = t(emailFor === ui.ended ? "ask_email_transcript" : "ask_email");
     ui.emailForm.hidden = !emailFor;

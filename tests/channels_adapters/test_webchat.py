@@ -730,6 +730,26 @@ def test_a_reply_the_visitor_read_is_not_emailed(widget, bob, email_inbox, smtp_
         assert webchat.follow_up(conversation.pk) is None
 
 
+def test_a_visitor_cannot_end_or_rate_a_chat_nobody_has_answered(widget, bob):
+    # "End the chat" before any answer resolved the question and hid it from the agents.
+    visitor = new_visitor(widget)
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    assert chat.conversation_json(conversation)["answered"] is False
+    with pytest.raises(services.ValidationError, match="Nobody has answered yet"):
+        chat.chat_end(conversation)
+    with pytest.raises(services.ValidationError, match="nothing to rate"):
+        chat.conversation_rate(conversation, rating=5)
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.OPEN and conversation.rating is None
+
+    services.reply_send(conversation=conversation, author=bob, text="Hello")
+    conversation.refresh_from_db()
+    assert chat.conversation_json(conversation)["answered"] is True
+    chat.chat_end(conversation)
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.RESOLVED
+
+
 def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server):
     visitor = new_visitor(widget, zone="Europe/Lisbon")
     assert visitor.identity.customer.timezone == "Europe/Lisbon"  # what her browser said
@@ -1040,6 +1060,7 @@ async def test_an_agent_writes_first_and_the_open_widget_shows_it(widget, bob):
         "conversation": {
             "id": conversation.pk,
             "live": True,
+            "answered": True,  # Bob wrote: the visitor may end and rate this chat
             "rating": None,
             "queue": None,
             "transcript": False,

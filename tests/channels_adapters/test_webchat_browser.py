@@ -381,12 +381,20 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     assert not problems
 
 
-def test_a_mistyped_optional_email_is_asked_again_as_typed(asgi_server, browser, widget, shop):
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_a_mistyped_optional_email_is_asked_again_as_typed(
+    asgi_server, browser, widget, shop, bob, online
+):
     widget.settings |= {"prechat_name": "off", "prechat_email": "optional"}
     widget.save()
+    if online:  # no "No rush" note to hold the address: it was dropped, with nothing to fix
+        bob.availability = "online"
+        bob.last_seen_at = timezone.now()
+        bob.save()
     page = browser.new_page(locale="en-US")
     page.goto(shop.embed(asgi_server, widget))
     panel = open_chat(page)
+    expect(panel.locator(".availability")).to_contain_text("Online" if online else "by email")
     panel.get_by_label("Your email").fill("jo@example")
     box = panel.get_by_label("Write a message…")
     box.fill("Do you ship to the Azores?")
