@@ -124,13 +124,12 @@ class AgentConsumer(LiveConsumer):
         """Take the agent as they are now: closed (4401) once deactivated or signed out, in
         their teams' groups as they are now, out of conversations they may no longer see.
         False when the socket was closed."""
-        user, groups = await db(_agent_now)(self.scope)
+        opened = set(self.subscriptions)
+        user, groups, visible = await db(_agent_now)(self.scope, opened)
         if user is None:
             await self.close(code=UNAUTHORIZED)
             return False
         self.scope["user"] = user
-        if groups == self.own_groups:
-            return True
         for group in set(self.own_groups) - set(groups):
             self.groups.remove(group)
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -138,11 +137,10 @@ class AgentConsumer(LiveConsumer):
             self.groups.append(group)
             await self.channel_layer.group_add(group, self.channel_name)
         self.own_groups = groups
-        for conversation_id in list(self.subscriptions):
-            try:
-                await db(conversation_get_for_agent)(user=user, conversation_id=conversation_id)
-            except Http404:
-                await self._leave(conversation_id)
+        # Checked every time, not only when their teams changed: an admin may have moved an
+        # inbox to another team, or a conversation may have been erased.
+        for conversation_id in opened - visible:
+            await self._leave(conversation_id)
         return True
 
     async def receive_json(self, content, **kwargs):
@@ -316,11 +314,14 @@ def _groups_for(user) -> list[str]:
     return groups
 
 
-def _agent_now(scope) -> tuple[object | None, list[str]]:
-    """The socket's agent as they are now, with their groups; (None, []) once they may no
-    longer be here: deactivated, signed out, or signed out everywhere by a new password."""
+def _agent_now(scope, subscriptions: set[int]) -> tuple[object | None, list[str], set[int]]:
+    """The socket's agent as they are now, with their groups and which of the conversations
+    the socket has open they may still see; (None, [], set()) once they may no longer be
+    here: deactivated, signed out, or signed out everywhere by a new password."""
     from django.contrib.auth import HASH_SESSION_KEY, get_user_model
     from django.utils.crypto import constant_time_compare
+
+    from conversations.selectors import conversations_visible_to
 
     session = scope.get("session")
     user = get_user_model().objects.filter(pk=scope["user"].pk, is_active=True).first()
@@ -332,8 +333,10 @@ def _agent_now(scope) -> tuple[object | None, list[str]]:
             session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
         )
     ):
-        return None, []
-    return user, _groups_for(user)
+        return None, [], set()
+    visible = conversations_visible_to(user).filter(pk__in=subscriptions)
+    visible = set(visible.values_list("pk", flat=True)) if subscriptions else set()
+    return user, _groups_for(user), visible
 
 
 def _agent_seen(user_id: int) -> None:

@@ -1531,10 +1531,14 @@ def mentions_resolve(conversation: Conversation, text: str) -> tuple[list, list[
 def message_failure_tell(message: Message) -> None:
     """An outbound message that will not reach the customer (refused, given up on, bounced):
     its author and the conversation's assignee hear it with the provider's reason, wherever
-    they are, rather than finding out when the customer complains."""
-    recipients = {message.author_id, message.conversation.assignee_id} - {None}
+    they are, rather than finding out when the customer complains. An author who has since
+    left the conversation's team is not told what they may no longer read."""
+    from conversations.selectors import can_see
+
+    told = {message.author_id, message.conversation.assignee_id} - {None}
+    agents = get_user_model().objects.filter(pk__in=told, is_active=True)
     _notify(
-        recipients,
+        [agent.pk for agent in agents if can_see(agent, message.conversation)],
         Notification.Kind.FAILED,
         message.conversation,
         message,
@@ -1647,8 +1651,9 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
 
 
 def _refuse_if_merged(conversation: Conversation) -> None:
-    """Nothing is written into a merged conversation: its messages moved to the other one,
-    and the customer follows that one."""
+    """Nothing is written into a merged conversation, nor is it assigned, moved, prioritised
+    or tagged: its messages moved to the other one, and the customer and the work follow
+    that one."""
     if conversation.merged_into_id:
         raise ValidationError(
             f"This conversation was merged into #{conversation.merged_into_id}; write there."
@@ -1674,6 +1679,7 @@ def conversation_assign(
         raise ValidationError("Inactive users cannot be assigned conversations.")
     with transaction.atomic():
         conversation = _locked(conversation)
+        _refuse_if_merged(conversation)
         previous = conversation.assignee_id
         new = assignee.pk if assignee else None
         if previous == new:
@@ -1742,6 +1748,7 @@ def conversation_set_team(
     team's queue takes it; automations and macros keep what their own actions set."""
     with transaction.atomic():
         conversation = _locked(conversation)
+        _refuse_if_merged(conversation)
         previous = conversation.team_id
         new = team.pk if team else None
         if previous == new:
@@ -1831,6 +1838,7 @@ def conversation_set_priority(*, conversation: Conversation, priority: int, acto
         raise ValidationError(f"Unknown priority {priority!r}.")
     with transaction.atomic():
         conversation = _locked(conversation)
+        _refuse_if_merged(conversation)
         previous = conversation.priority
         if previous == priority:
             return conversation
@@ -1854,6 +1862,7 @@ def conversation_tag(*, conversation: Conversation, add=(), remove=(), actor=Non
     remove = {name.strip().lower() for name in remove if name.strip()} - add
     with transaction.atomic():
         conversation = _locked(conversation)
+        _refuse_if_merged(conversation)
         current = set(conversation.tags.values_list("name", flat=True))
         added, removed = add - current, remove & current
         if not (added or removed):

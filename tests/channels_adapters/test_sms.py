@@ -33,7 +33,7 @@ from conversations.models import (
     Message,
     Notification,
 )
-from routing.models import SlaClock
+from routing.models import SlaClock, TeamMembership
 from tests.conftest import wait_for, webhook_path, worker_killed_mid_task
 from tests.providers import FakeTwilio
 
@@ -379,6 +379,17 @@ class TestReplies:
         )
         told = Notification.objects.filter(recipient=bob, kind="failed", message=message)
         assert [n.text for n in told] == [message.failure_reason]
+
+    def test_an_author_who_left_the_team_is_not_told_of_the_failure(
+        self, client, twilio, conversation, bob, dana
+    ):
+        # The failure reason quotes the conversation: only who may still read it hears it.
+        message = reply(conversation, bob)
+        services.conversation_assign(conversation=conversation, assignee=dana, actor=dana)
+        TeamMembership.objects.filter(user=bob).delete()
+        undelivered(twilio, client, message)
+        assert not Notification.objects.filter(recipient=bob).exists()
+        assert Notification.objects.filter(recipient=dana, kind="failed", message=message).exists()
 
     @pytest.mark.parametrize(
         ("status", "reopened"),

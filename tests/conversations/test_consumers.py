@@ -166,7 +166,19 @@ async def test_a_deactivated_or_signed_out_agent_hears_no_more(client, bob, dana
     assert (await dana_socket.receive_output(timeout=5))["code"] == 4401
 
 
-async def test_an_agent_moved_out_of_a_team_stops_hearing_it(client, bob, support, chat_inbox):
+async def after_admin_hears_a_message(client, admin, inbox, address):
+    """A customer writes again; returns once an admin's socket has the event, so that by
+    then every socket that hears it has it too (one publish reaches all groups at once)."""
+    admin_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, admin))
+    received = await database_sync_to_async(receive)(inbox, "Still there?", address=address)
+    while (await next_change(admin_socket)).get("message") != received.message.pk:
+        pass
+    await admin_socket.disconnect()
+
+
+async def test_an_agent_moved_out_of_a_team_stops_hearing_it(
+    client, alice, bob, support, chat_inbox
+):
     from routing.models import TeamMembership
 
     bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
@@ -190,6 +202,34 @@ async def test_an_agent_moved_out_of_a_team_stops_hearing_it(client, bob, suppor
     while not await bob_socket.receive_nothing(timeout=0.3):
         replies.append(await bob_socket.receive_json_from())
     assert first.conversation_id not in {r.get("conversation") for r in replies}
-    await database_sync_to_async(receive)(chat_inbox, "Still there?", address="v1")
-    assert await bob_socket.receive_nothing(timeout=0.3)
+    await after_admin_hears_a_message(client, alice, chat_inbox, address="v1")
+    assert await bob_socket.receive_nothing(timeout=0.1)
+    await bob_socket.disconnect()
+
+
+async def test_an_agent_who_loses_sight_of_an_open_conversation_stops_hearing_it(
+    client, alice, bob, billing, chat_inbox
+):
+    # Bob's teams stay the same; an admin hands the inbox to Billing, and the conversation
+    # Billing took from it is no longer Bob's to read.
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    first = (await database_sync_to_async(receive)(chat_inbox, address="v1")).message
+    await database_sync_to_async(services.conversation_set_team)(
+        conversation=first.conversation, team=billing
+    )
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": first.conversation_id})
+    while (await bob_socket.receive_json_from(timeout=5))["type"] != "subscribed":
+        pass
+
+    chat_inbox.default_team = billing
+    await database_sync_to_async(chat_inbox.save)()
+    # The socket checks what Bob may see when he next asks for something (or pings).
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": first.conversation_id})
+    while (reply := await bob_socket.receive_json_from(timeout=5))["type"] != "error":
+        pass
+    assert reply["error"] == "No such conversation."
+    while not await bob_socket.receive_nothing(timeout=0.3):
+        await bob_socket.receive_json_from()
+    await after_admin_hears_a_message(client, alice, chat_inbox, address="v1")
+    assert await bob_socket.receive_nothing(timeout=0.1)
     await bob_socket.disconnect()

@@ -384,6 +384,31 @@ class TestConversationMerge:
         assert first.events.get(kind="merged").data == {"source": second.pk, "messages": 1}
         assert second.events.get(kind="merged").data == {"target": first.pk, "messages": 1}
 
+    def test_a_merged_conversation_is_not_worked_on(self, chat_inbox, billing, bob):
+        # An automation or a stale page could assign, move, prioritise or tag the husk of a
+        # merged conversation: work nobody would ever see, away from the customer's thread.
+        first = receive(chat_inbox, address="v1").message.conversation
+        second = receive(chat_inbox, "more", address="v1").message.conversation
+        if second == first:  # the chat went on in one conversation: open another
+            second = services.conversation_open(
+                inbox=chat_inbox, customer=first.customer, subject="Another"
+            )
+        services.conversation_merge(source=second, target=first, actor=bob)
+        changes = [
+            lambda: services.conversation_assign(conversation=second, assignee=bob, actor=bob),
+            lambda: services.conversation_set_team(conversation=second, team=billing, actor=bob),
+            lambda: services.conversation_set_priority(
+                conversation=second, priority=Conversation.Priority.HIGH, actor=bob
+            ),
+            lambda: services.conversation_tag(conversation=second, add=["refund"], actor=bob),
+        ]
+        for change in changes:
+            with pytest.raises(ValidationError, match=f"merged into #{first.pk}"):
+                change()
+        second.refresh_from_db()
+        assert second.assignee is None and second.team != billing and not second.tags.exists()
+        assert second.priority == Conversation.Priority.NORMAL
+
     def test_conversations_of_different_customers_are_not_merged(self, chat_inbox):
         one = receive(chat_inbox, address="v1").message.conversation
         two = receive(chat_inbox, address="v2").message.conversation
