@@ -347,10 +347,15 @@ def _agent_seen(user_id: int) -> None:
 
 
 def _agent_read(user, conversation_id: int, up_to: int) -> None:
+    """The agent has the conversation on screen: the customer's messages up to `up_to` (0:
+    none yet) are read, and so is what the agent was notified of about it."""
     from channels_adapters.webchat.chat import messages_mark_read
+    from conversations.services import notifications_mark_read
 
     conversation = conversation_get_for_agent(user=user, conversation_id=conversation_id)
-    messages_mark_read(conversation, by_customer=False, up_to=up_to)
+    if up_to:
+        messages_mark_read(conversation, by_customer=False, up_to=up_to)
+    notifications_mark_read(user, conversation)
 
 
 # --- The chat widget's socket ------------------------------------------------------------------

@@ -1647,6 +1647,15 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 
 
+def notifications_mark_read(user, conversation: Conversation | None = None) -> int:
+    """The agent has read their notifications: all of them, or those of the conversation on
+    their screen (opening it is reading what it notified about)."""
+    unread = Notification.objects.filter(recipient=user, read_at__isnull=True)
+    if conversation is not None:
+        unread = unread.filter(conversation=conversation)
+    return unread.update(read_at=timezone.now())
+
+
 # --- Conversation state ----------------------------------------------------------------------
 
 

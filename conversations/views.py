@@ -59,7 +59,6 @@ from conversations.models import (
     Identity,
     Inbox,
     Message,
-    Notification,
     SavedView,
     Tag,
     Visitor,
@@ -567,10 +566,7 @@ def conversation_detail(request, number: int):
     context = _conversation_context(request, conversation, draft_mode=request.GET.get("mode"))
     if request.GET.get("partial") == "timeline":
         return render(request, "inbox/_timeline.html", context)
-    # Opening the conversation is reading what it notified about.
-    Notification.objects.filter(
-        recipient=request.user, conversation=conversation, read_at__isnull=True
-    ).update(read_at=timezone.now())
+    services.notifications_mark_read(request.user, conversation)
     return render(request, "inbox/conversation.html", context)
 
 
@@ -584,9 +580,7 @@ def notification_list(request):
         .order_by("-id")[:50]
     )
     if request.method == "POST":
-        Notification.objects.filter(recipient=request.user, read_at__isnull=True).update(
-            read_at=timezone.now()
-        )
+        services.notifications_mark_read(request.user)
         return redirect("inbox:notifications")
     return render(request, "inbox/notifications.html", {"notifications": notifications})
 

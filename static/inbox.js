@@ -220,12 +220,17 @@
   }
 
   // The customer's messages on screen are read: tell the server (the widget shows "Seen").
+  // So are the agent's notifications about it: the bell forgets those it counted meanwhile.
   function markRead() {
     if (!conversationId || document.hidden || !socket || socket.readyState !== WebSocket.OPEN) return;
     const inbound = document.querySelectorAll(".timeline li.message.inbound");
-    if (!inbound.length) return;
-    const last = Number(inbound[inbound.length - 1].id.slice(1));
+    const last = inbound.length ? Number(inbound[inbound.length - 1].id.slice(1)) : 0;
     socket.send(JSON.stringify({ action: "read", conversation: Number(conversationId), message: last }));
+    if (unread && countedHere) {
+      unread.textContent = String(Math.max(0, Number(unread.textContent || 0) - countedHere));
+      unread.hidden = unread.textContent === "0";
+      countedHere = 0;
+    }
   }
   document.addEventListener("threadline:refreshed", markRead);
   document.addEventListener("visibilitychange", markRead);
@@ -298,10 +303,15 @@
 
   // Notifications: the bell's count, a desktop notification if allowed, a short tone.
   const unread = document.querySelector("[data-unread]");
+  let countedHere = 0; // of this page's conversation, while the agent was elsewhere
   function notify(data) {
-    if (unread) {
+    const here = Boolean(conversationId) && String(data.conversation) === conversationId;
+    if (here && !document.hidden) {
+      markRead(); // news about what is on screen: read as it comes
+    } else if (unread) {
       unread.textContent = String(Number(unread.textContent || 0) + 1);
       unread.hidden = false;
+      if (here) countedHere += 1;
     }
     if (window.Notification && Notification.permission === "granted" && document.hidden) {
       const shown = new Notification("Threadline", { body: data.text, tag: `c${data.conversation}` });

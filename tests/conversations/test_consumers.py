@@ -4,6 +4,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from conversations import services
+from conversations.models import Notification
 from helpdesk.asgi import application
 from tests.conftest import receive
 
@@ -233,3 +234,25 @@ async def test_an_agent_who_loses_sight_of_an_open_conversation_stops_hearing_it
     await after_admin_hears_a_message(client, alice, chat_inbox, address="v1")
     assert await bob_socket.receive_nothing(timeout=0.1)
     await bob_socket.disconnect()
+
+
+async def test_the_conversation_on_screen_is_read_with_what_it_notified(client, dana, chat_inbox):
+    first = await database_sync_to_async(receive)(chat_inbox, text="Hello")
+    conversation = first.message.conversation
+    await database_sync_to_async(services.conversation_assign)(
+        conversation=conversation, assignee=dana
+    )
+    unread = Notification.objects.filter(recipient=dana, read_at__isnull=True)
+    assert await database_sync_to_async(unread.count)() == 1  # "assigned to you"
+
+    socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, dana))
+    await socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    # No customer message on screen yet (0): what she was notified of is read all the same.
+    await socket.send_json_to({"action": "read", "conversation": conversation.pk, "message": 0})
+    await socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    while (await socket.receive_json_from(timeout=5)).get("type") != "subscribed":
+        pass
+    while (await socket.receive_json_from(timeout=5)).get("type") != "subscribed":
+        pass  # frames are handled in order: the read is done
+    assert await database_sync_to_async(unread.count)() == 0
+    await socket.disconnect()

@@ -184,6 +184,32 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     assert Message.objects.get(direction="note").status == ""
 
 
+def test_news_about_the_conversation_on_screen_does_not_ring_the_bell(
+    asgi_server, browser, dana, chat_inbox
+):
+    conversation = receive(chat_inbox, text="Where is my parcel?").message.conversation
+    services.conversation_assign(conversation=conversation, assignee=dana)
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    expect(theirs.locator("[data-unread]")).to_be_hidden()
+
+    receive(chat_inbox, text="Any news about it?")  # Dana's customer replied: she is told
+    theirs.wait_for_selector(".timeline .message.inbound >> text=Any news about it?")
+    # The page hears a message after the notification before it: once it shows the next
+    # one, the bell has had its chance to ring.
+    receive(chat_inbox, text="Hello?")
+    theirs.wait_for_selector(".timeline .message.inbound >> text=Hello?")
+    expect(theirs.locator("[data-unread]")).to_be_hidden()  # she is reading it already
+    theirs.click("[data-notifications]")
+    expect(theirs.locator(".rows")).to_contain_text("replied")
+    # Read, not new (the page's "read" may reach the server just after this request).
+    for _ in range(20):
+        if not theirs.locator(".rows .unread").count():
+            break
+        theirs.reload()
+    expect(theirs.locator(".rows .unread")).to_have_count(0)
+
+
 def test_the_inbox_shows_times_in_the_agents_time_zone(asgi_server, browser, bob, chat_inbox):
     conversation = receive(chat_inbox, text="Hello?").message.conversation
     page = signed_in(browser, asgi_server, bob, timezone_id="Asia/Kolkata")  # UTC+5:30
