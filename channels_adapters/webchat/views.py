@@ -84,6 +84,8 @@ def _strings() -> dict:
         "online": _("Online — we reply in minutes"),
         "offline": _("We reply by email, usually within %(time)s"),
         "back_at": _("We are back %(when)s"),
+        "back_today": _("We are back today at %(time)s"),
+        "back_tomorrow": _("We are back tomorrow at %(time)s"),
         "offline_closed": _("We reply by email, usually within %(time)s of opening"),
         "queue": _("You are number %(position)s in line"),
         "queue_wait": _("You are number %(position)s in line, about %(minutes)s min"),

@@ -160,6 +160,22 @@
     } catch (error) { return at.toLocaleString(); }
   }
 
+  function backAt(iso) {
+    // When the team is back: "today at 9:00 AM" and "tomorrow at …" by the visitor's own
+    // calendar, a weekday or a date further away.
+    const at = new Date(iso);
+    const days = Math.round((new Date(at).setHours(0, 0, 0, 0) - new Date().setHours(0, 0, 0, 0))
+      / (24 * 3600 * 1000));
+    if (days === 0 || days === 1) {
+      let time = "";
+      try {
+        time = new Intl.DateTimeFormat(locale(), { hour: "numeric", minute: "2-digit" }).format(at);
+      } catch (error) { time = at.toLocaleTimeString(); }
+      return t(days ? "back_tomorrow" : "back_today", { time });
+    }
+    return t("back_at", { when: when(iso) });
+  }
+
   function size(bytes) {
     if (bytes >= 1048576) return `${(bytes / 1048576).toFixed(1)} MB`;
     return `${Math.max(1, Math.round(bytes / 1024))} KB`;
@@ -989,7 +1005,7 @@
     // In line, the place and wait say when: "we reply in minutes" above them would not hold.
     const lines = queued ? []
       : a.online ? [t("online")]
-        : a.opens_at ? [t("back_at", { when: when(a.opens_at) }), t("offline_closed", { time })]
+        : a.opens_at ? [backAt(a.opens_at), t("offline_closed", { time })]
           : [t("offline", { time })];
     if (queued) {
       const wait = q.expected_wait_seconds;

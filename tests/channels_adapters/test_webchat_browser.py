@@ -351,12 +351,14 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     panel = open_chat(visitor)
     availability = panel.locator(".availability")
     # Closed: when we are back, then the usual reply time counted from then.
-    # In her own time zone: 02:00 UTC is the evening before in New York.
-    weekday = back.astimezone(ZoneInfo("America/New_York")).strftime("%A")
+    # In her own time zone and calendar: 02:00 UTC is the evening before in New York, which
+    # may be tomorrow there ("today" and "tomorrow" rather than a weekday, said with "at").
+    new_york = ZoneInfo("America/New_York")
+    local = back.astimezone(new_york)
+    days = (local.date() - timezone.now().astimezone(new_york).date()).days
+    when = {0: "today at", 1: "tomorrow at"}.get(days, local.strftime("%A"))
     expect(availability).to_have_text(
-        re.compile(
-            f"^We are back {weekday} .*We reply by email, usually within 3 hours of opening$"
-        )
+        re.compile(f"^We are back {when} .*We reply by email, usually within 3 hours of opening$")
     )
     expect(panel.get_by_text("No rush: we will answer here and by email.")).to_be_visible()
 
