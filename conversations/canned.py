@@ -4,6 +4,10 @@ Placeholders are filled by a plain lookup in an allowlist, in one pass over the 
 Never the template engine or `str.format`: those would evaluate whatever the body or a
 customer's name contains (`{{ settings.SECRET_KEY }}`, `{0.__class__}`). In one pass, a value
 that itself looks like a placeholder (a customer named "{agent.name}") is left as it is.
+
+A placeholder may say what to write when there is no value: `{customer.first_name|there}`
+reads "Hi there," for a customer without a name, and an empty fallback,
+`Hi {customer.first_name|},`, leaves the word out with the spaces before it ("Hi,").
 """
 
 import re
@@ -17,7 +21,8 @@ from conversations.selectors import conversation_get_for_agent
 from routing.models import TeamMembership
 
 MAX_RESULTS = 10
-PLACEHOLDER = re.compile(r"\{([a-z_]+\.[a-z_]+)\}")
+# The spaces before it, its name, and its fallback after a "|" if it has one.
+PLACEHOLDER = re.compile(r"([ \t]*)\{([a-z_]+\.[a-z_]+)(?:\|([^{}|\n]{0,60}))?\}")
 
 
 def _first_name(name: str) -> str:
@@ -47,8 +52,18 @@ def canned_fill(body: str, *, conversation: Conversation, agent) -> tuple[str, l
     """canned_render's text, and the placeholders it had nothing for: what nobody is there to
     fix when no agent sends it (an automation's reply)."""
     values = placeholder_values(conversation=conversation, agent=agent)
-    unfilled = [name for name in dict.fromkeys(PLACEHOLDER.findall(body)) if not values.get(name)]
-    return PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or m.group(0), body), unfilled
+    unfilled = []
+
+    def fill(match) -> str:
+        spaces, name, fallback = match.groups()
+        value = (values[name] or fallback) if name in values else None
+        if value is None:  # unknown, or nothing to put there and no fallback: as typed
+            if name not in unfilled:
+                unfilled.append(name)
+            return match.group(0)
+        return spaces + value if value else ""
+
+    return PLACEHOLDER.sub(fill, body), unfilled
 
 
 def canned_responses_for(user) -> QuerySet[CannedResponse]:

@@ -608,7 +608,9 @@ class CannedResponse(models.Model):
     body = models.TextField(
         help_text=_(
             "Plain text. Placeholders: {customer.name}, {customer.first_name}, {agent.name}, "
-            "{agent.first_name}, {conversation.number}, {conversation.subject}."
+            "{agent.first_name}, {conversation.number}, {conversation.subject}. After a '|', "
+            "what to write when there is none: {customer.first_name|there}; with nothing "
+            "after it, the word is left out."
         )
     )
     team = models.ForeignKey(
@@ -663,7 +665,7 @@ class CannedResponse(models.Model):
 
     def clean(self):
         # An unknown placeholder would reach the customer as typed when an automation replies.
-        placeholders_check(self.body, self.PLACEHOLDERS, r"\{([\w.]+)\}")
+        placeholders_check(self.body, self.PLACEHOLDERS, r"\{([\w.]+)(?:\|[^{}|\n]{0,60})?\}")
         # One "/shortcut" per agent's menu: a team's may not shadow everyone's, nor the reverse.
         same = CannedResponse.objects.filter(shortcut=self.shortcut).exclude(pk=self.pk)
         clash = same.filter(team=None) if self.team_id else same.exclude(team=None)

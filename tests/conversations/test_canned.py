@@ -50,6 +50,16 @@ class TestRender:
             "Hi {customer.first_name}, re: {conversation.subject}", customer="", subject=""
         ) == ("Hi {customer.first_name}, re: {conversation.subject}")
 
+    def test_a_fallback_says_what_to_write_for_a_customer_without_a_name(self):
+        body = "Hi {customer.first_name|there}, {agent.first_name|the team} here."
+        assert render(body, customer="") == "Hi there, Bob here."
+        assert render(body) == "Hi Joana, Bob here."  # a name wins over the fallback
+        # Nothing after the bar: the word goes, with the space before it.
+        assert render("Olá {customer.first_name|},", customer="") == "Olá,"
+        assert render("Olá {customer.first_name|},", customer="Joana") == "Olá Joana,"
+        # Unknown stays unknown, fallback or not.
+        assert render("{customer.email|you}") == "{customer.email|you}"
+
     def test_a_customer_named_like_a_placeholder_stays_literal(self):
         assert render("Hi {customer.name}, {agent.name} here", customer="{agent.name}") == (
             "Hi {agent.name}, Bob Stone here"

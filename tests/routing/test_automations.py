@@ -782,3 +782,14 @@ def test_blocking_a_spammer_closes_without_setting_automations_off(mail_inbox, b
     other = arrive(mail_inbox, "Where is order 7?", address="ana@example.com")
     services.conversation_set_status(conversation=other, status=Status.CLOSED, actor=bob)
     assert len(runs(survey)) == 1 and tags(other) == {"survey-sent"}
+
+
+def test_a_canned_reply_with_a_fallback_reaches_a_customer_without_a_name(mail_inbox, canned):
+    canned.body = "Hi {customer.first_name|there}, is #{conversation.number} sorted?"
+    canned.full_clean()
+    canned.save()
+    conversation = receive(mail_inbox, text="?", address="x@example.com").message.conversation
+    automation("sla_warning", [{"action": "reply", "canned": canned.pk}])
+    automations_run(conversation=conversation, event="sla_warning")
+    [reply] = conversation.messages.filter(direction=Message.Direction.OUTBOUND)
+    assert reply.text == f"Hi there, is #{conversation.number} sorted?"

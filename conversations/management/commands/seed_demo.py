@@ -271,7 +271,7 @@ CANNED = [
         None,
         "refund-policy",
         "Refund policy",
-        "Hi {customer.first_name},\n\nRefunds are made to the original payment method within "
+        "Hi {customer.first_name|there},\n\nRefunds are made to the original payment method within "
         "5 business days of the item reaching us. I'll keep conversation #{conversation.number} "
         "open until it's done.\n\n{agent.first_name}",
     ),
@@ -279,7 +279,7 @@ CANNED = [
         None,
         "reembolso",
         "Política de reembolso (pt)",
-        "Olá {customer.first_name},\n\nO reembolso é feito no meio de pagamento original em até "
+        "Olá {customer.first_name|},\n\nO reembolso é feito no meio de pagamento original em até "
         "5 dias úteis depois de recebermos o artigo. Mantenho a conversa #{conversation.number} "
         "aberta até estar concluído.\n\n{agent.first_name}",
     ),
@@ -287,14 +287,14 @@ CANNED = [
         "support",
         "tracking-delay",
         "Delivery delayed",
-        "Hi {customer.first_name}, sorry for the wait! The carrier has the parcel and it should "
-        "move again within 48 hours. I'll follow up here if it doesn't. {agent.name}",
+        "Hi {customer.first_name|there}, sorry for the wait! The carrier has the parcel and it "
+        "should move again within 48 hours. I'll follow up here if it doesn't. {agent.name}",
     ),
     (
         None,
         "refund-issued",
         "Refund issued",
-        "Hi {customer.first_name},\n\nGood news: your refund is on its way. It reaches the "
+        "Hi {customer.first_name|there},\n\nGood news: your refund is on its way. It reaches the "
         "original payment method within 5 business days. I'm closing #{conversation.number}; "
         "reply to this message if anything is missing.\n\n{agent.first_name}",
     ),
@@ -302,7 +302,7 @@ CANNED = [
         None,
         "still-there",
         "Still there? (reminder)",
-        "Hi {customer.first_name},\n\nWe haven't heard back about #{conversation.number}. "
+        "Hi {customer.first_name|there},\n\nWe haven't heard back about #{conversation.number}. "
         "Is there anything else we can do? If we don't hear from you, we'll close it in a few "
         "days; replying reopens it at any time.\n\n{agent.first_name}",
     ),
@@ -310,7 +310,7 @@ CANNED = [
         "billing",
         "segunda-via-fatura",
         "Segunda via da fatura (pt)",
-        "Olá {customer.first_name}, a segunda via da fatura está em Conta → Faturas. "
+        "Olá {customer.first_name|}, a segunda via da fatura está em Conta → Faturas. "
         "Qualquer dúvida, responda a esta mensagem. {agent.name}",
     ),
 ]
