@@ -501,6 +501,13 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
     clocks = list(conversation.sla_clocks.order_by("-id")[:6])[::-1]
     visitors = _visitors(conversation)
+    for identity in conversation.customer.identities.all():  # the objects `identities` holds
+        # A chat address is as present as its visitors: "on the site now" in the composer's
+        # "Send on" too, and last seen when its widget last said so, not when it last wrote.
+        theirs = [visitor for visitor in visitors if visitor.identity_id == identity.pk]
+        identity.here = any(visitor.here for visitor in theirs)
+        seen = [identity.last_seen_at, *(visitor.last_seen_at for visitor in theirs)]
+        identity.seen_at = max((moment for moment in seen if moment), default=None)
     # An email a visitor gave that is another customer's: agents merge the two profiles once
     # they know it is one person, and the page takes them to that profile (chat._flag_...).
     emails = {i.address for i in conversation.customer.identities.all() if i.kind == Channel.EMAIL}

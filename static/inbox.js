@@ -167,9 +167,26 @@
       el.classList.toggle("soon", seconds >= 0 && seconds < 600);
     });
   }
-  tickSla();
-  setInterval(tickSla, 15000);
-  document.addEventListener("threadline:refreshed", tickSla);
+  // "last seen just now" ages as it would on a reload (the wording of the `ago` filter).
+  function ago(moment) {
+    const minutes = Math.floor((Date.now() - Date.parse(moment)) / 60000);
+    if (Number.isNaN(minutes)) return null;
+    if (minutes < 1) return "just now";
+    if (minutes < 60) return `${minutes} min ago`;
+    if (minutes < 24 * 60) return `${Math.floor(minutes / 60)} h ago`;
+    if (minutes < 30 * 24 * 60) return `${Math.floor(minutes / (24 * 60))} d ago`;
+    return null; // a date by then, as rendered
+  }
+  function tick() {
+    tickSla();
+    document.querySelectorAll("time[data-ago]").forEach(function (el) {
+      const words = ago(el.getAttribute("datetime"));
+      if (words) el.textContent = words;
+    });
+  }
+  tick();
+  setInterval(tick, 15000);
+  document.addEventListener("threadline:refreshed", tick);
 
   // Presence: who else has this conversation open, and who is typing. Each agent's state
   // comes from their socket's announcements; a typing state without news for 5 s is over.

@@ -923,6 +923,25 @@ def test_the_agent_sees_the_visitor_and_can_end_the_chat(client, widget, bob):
     assert "End chat" not in page
 
 
+def test_send_on_says_the_chat_visitor_is_on_the_site_or_when_they_were(client, widget, bob):
+    # The chat address was "last seen 14 min ago" (when Ana last wrote) while the panel
+    # beside it said she was on the site now.
+    visitor = new_visitor(widget)
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    client.force_login(bob)
+    start = timezone.now()
+    with time_machine.travel(start + timedelta(minutes=14), tick=False):
+        chat.visitor_seen(visitor.pk, opened=1)  # she comes back to the shop
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Web chat (on the site now)</option>" in page
+        assert "last seen" not in page
+        chat.visitor_seen(visitor.pk, opened=-1)  # and leaves
+    with time_machine.travel(start + timedelta(minutes=20), tick=False):
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Web chat (last seen 6 min ago)</option>" in page  # her visit, not her message
+        assert "data-ago>6 min ago</time>" in page  # aged by the page from here on
+
+
 @pytestmark_socket
 async def test_an_agent_with_the_chat_open_sees_the_visitor_come_and_go(widget, bob):
     from django.test import Client

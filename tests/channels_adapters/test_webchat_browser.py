@@ -791,3 +791,19 @@ def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_
         "Our team sees what you type before you send it."
     )
     assert header_text(panel) == "rgb(17, 24, 39)"
+
+
+def test_last_seen_ages_on_an_open_conversation_page(asgi_server, browser, widget, bob):
+    # "last seen just now" stayed "just now" for as long as the agent kept the page open.
+    visitor = chat.visitor_session(inbox=widget)
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    chat.visitor_seen(visitor.pk)  # her page with the widget closed a moment ago
+    page = signed_in(browser, asgi_server, bob)
+    page.clock.install()  # the page's clock, travelled below (from the real now)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    seen = page.locator("[data-visitors] time[data-ago]")
+    expect(seen).to_have_text("just now")
+    page.clock.fast_forward("10:00")
+    expect(seen).to_have_text("10 min ago")
+    page.clock.fast_forward("02:00:00")
+    expect(seen).to_have_text("2 h ago")
