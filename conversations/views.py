@@ -506,8 +506,8 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         # "Send on" too, and last seen when its widget last said so, not when it last wrote.
         theirs = [visitor for visitor in visitors if visitor.identity_id == identity.pk]
         identity.here = any(visitor.here for visitor in theirs)
-        seen = [identity.last_seen_at, *(visitor.last_seen_at for visitor in theirs)]
-        identity.seen_at = max((moment for moment in seen if moment), default=None)
+        moments = [identity.last_seen_at, *(visitor.last_seen_at for visitor in theirs)]
+        identity.seen_at = max((moment for moment in moments if moment), default=None)
     # An email a visitor gave that is another customer's: agents merge the two profiles once
     # they know it is one person, and the page takes them to that profile (chat._flag_...).
     emails = {i.address for i in conversation.customer.identities.all() if i.kind == Channel.EMAIL}

@@ -397,7 +397,7 @@ class TestConversation:
         assert f"<strong>Customer {conversation.customer_id}</strong>" in html
         # The composer's channel picker and the side panel tell two chat visitors apart.
         assert ">Web chat (last seen just now)</option>" in html
-        assert "<dd>last seen just now" in html
+        assert "<dd>last seen <time datetime=" in html and "data-ago>just now</time>" in html
         with time_machine.travel(timezone.now() + timedelta(hours=3)):
             chat(chat_inbox, address="8d2e6b1f0a3c", name="")
             Identity.objects.filter(address="8d2e6b1f0a3c").update(customer=conversation.customer)
