@@ -135,17 +135,19 @@ def _follow_up_text(conversation: Conversation, replies: list[Message], link: st
     for reply in replies:
         name = reply.author.name if reply.author else conversation.inbox.name
         parts += [f"{name}:", reply.text, ""]
-    if link:  # the chat this browser had, on whichever device reads the mail
-        parts.append(
-            _(
-                "Reply to this email to continue the conversation, or go on in the chat, "
-                "on any device: %(link)s"
-            )
-            % {"link": link}
-        )
-    else:
-        parts.append(_("Reply to this email to continue the conversation."))
+    parts.append(_continue_text(link))
     return "\n".join(parts)
+
+
+def _continue_text(link: str) -> str:
+    """How the visitor goes on from our mail; `link` continues the chat this browser had, on
+    whichever device reads the mail (see chat.resume_link)."""
+    if not link:
+        return _("Reply to this email to continue the conversation.")
+    return _(
+        "Reply to this email to continue the conversation, or go on in the chat, "
+        "on any device: %(link)s"
+    ) % {"link": link}
 
 
 def follow_ups_due() -> int:
@@ -197,8 +199,8 @@ def transcript_send(event_id: int) -> bool:
         thread_subject,
     )
     from channels_adapters.email.parsing import format_address
-    from channels_adapters.webchat.chat import files_of, visible_messages
-    from conversations.models import Inbox
+    from channels_adapters.webchat.chat import files_of, resume_link, visible_messages
+    from conversations.models import Inbox, Visitor
 
     with transaction.atomic():
         event = (
@@ -231,6 +233,9 @@ def transcript_send(event_id: int) -> bool:
                 # A message that was only a file would read as nothing: name the files.
                 files = [f"[{_('File')}: {a.filename}]" for a in files_of(message)]
                 lines += [text for text in (message.text, *files) if text] + [""]
+            # And how to go on: by answering the mail, or in this chat on another device.
+            visitor = Visitor.objects.filter(pk=event.data.get("visitor")).first()
+            lines.append(_continue_text(resume_link(visitor) if visitor else ""))
             subject = thread_subject(conversation)
         # From the inbox by name, and answerable: a reply lands in this conversation.
         mail = EmailMessage(

@@ -670,7 +670,11 @@ def transcript_request(visitor: Visitor, conversation: Conversation) -> Conversa
                 _("The transcript is already on its way to %(email)s.") % {"email": email.address}
             )
         event = _event(
-            conversation, ConversationEvent.Kind.CHAT, state="transcript", to=email.address
+            conversation,
+            ConversationEvent.Kind.CHAT,
+            state="transcript",
+            to=email.address,
+            visitor=visitor.pk,  # whose chat the mail's link continues
         )
         transaction.on_commit(lambda: send_transcript.delay(event.pk))
     return event

@@ -2,6 +2,7 @@
 email that follows a visitor who left."""
 
 import json
+import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -750,7 +751,8 @@ def test_a_visitor_cannot_end_or_rate_a_chat_nobody_has_answered(widget, bob):
     assert conversation.status == Conversation.Status.RESOLVED
 
 
-def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server):
+def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server, settings):
+    settings.PUBLIC_URL = "https://help.acme.example"
     visitor = new_visitor(widget, zone="Europe/Lisbon")
     assert visitor.identity.customer.timezone == "Europe/Lisbon"  # what her browser said
     visitor = chat.visitor_contact(visitor, email="ana@example.com")
@@ -788,6 +790,10 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server)
     assert "You:\n[File: scratch.png]" in body.replace("\r\n", "\n")  # not an empty line
     assert mail["From"] == f"{widget.name} <{email_inbox.address}>"
     assert conversation.reply_token in mail["Reply-To"]  # her answer lands in this chat
+    # Or she goes on in the chat on her phone: the link opens this visitor's chat there.
+    link = re.search(r"on any device: (\S+)#threadline-chat=(\S+)", body)
+    assert link.group(1) == f"https://help.acme.example/widget/{widget.widget_key}/"
+    assert chat.visitor_resumed(widget, link.group(2)) == visitor
 
     # The next message starts a new conversation.
     again = chat.visitor_message(visitor, text="One more thing", client_id="b")
