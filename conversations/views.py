@@ -512,6 +512,18 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     # they know it is one person, and the page takes them to that profile (chat._flag_...).
     emails = {i.address for i in conversation.customer.identities.all() if i.kind == Channel.EMAIL}
     elsewhere = next((v.email for v in visitors if v.email and v.email not in emails), "")
+    # Who may see it (see selectors.conversations_visible_to): the team's agents, the admins
+    # and the assignee; the Assignee field and the note's @mentions offer them.
+    agents = list(
+        User.objects.filter(is_active=True)
+        .filter(
+            Q(team_memberships__team_id__in=team_ids)
+            | Q(role=User.Role.ADMIN)
+            | Q(pk=conversation.assignee_id)
+        )
+        .distinct()
+        .order_by("display_name", "email")
+    )
     return {
         "conversation": conversation,
         "timeline": timeline,
@@ -520,16 +532,15 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "unreachable": sorted(unreachable),
         "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
-        # The team's agents and the admins, and whoever holds it now (from another team, say):
-        # the field must show them, or a click on Assign would take it from them.
-        "agents": User.objects.filter(is_active=True)
-        .filter(
-            Q(team_memberships__team_id__in=team_ids)
-            | Q(role=User.Role.ADMIN)
-            | Q(pk=conversation.assignee_id)
-        )
-        .distinct()
-        .order_by("display_name", "email"),
+        # Whoever holds it now (from another team, say) too: the field must show them, or a
+        # click on Assign would take it from them.
+        "agents": agents,
+        # By the handle a note names them with (services.MENTION: their email's local part).
+        "mentionable": [
+            {"handle": agent.email.split("@")[0].lower(), "name": agent.name}
+            for agent in agents
+            if agent.pk != request.user.pk
+        ],
         "statuses": Status.choices,
         "priorities": Conversation.Priority.choices,
         "tags": conversation.tags.all(),

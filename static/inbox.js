@@ -615,127 +615,162 @@
   }, true);
 })();
 
-// Canned responses: "/" at the start of a line in the reply box, then a few letters, opens a
-// listbox of saved replies, searched on the server and already filled in for this conversation.
-// Arrows move, Enter or Tab inserts, Escape closes. Focus stays in the textarea; screen readers
-// follow the highlighted option through aria-activedescendant.
+// Suggestions in the reply box, as the agent types: canned responses after a "/" that starts a
+// line (searched on the server, already filled in for this conversation), and in a note the
+// agents who may be @mentioned (those who can see the conversation). Arrows move, Enter or
+// Tab inserts, Escape closes. Focus stays in the textarea; screen readers follow the
+// highlighted option through aria-activedescendant. Text only: nothing shown is parsed as HTML.
 (function () {
   "use strict";
-  const list = document.getElementById("canned-list");
   const text = document.getElementById("reply-text");
-  if (!list || !text || !list.dataset.cannedUrl) return;
-  let results = [];
-  let active = -1;
-  let timer = null;
-  let request = null;
-  let dismissed = null; // where the "/" was when the agent pressed Escape: stay closed there
-
+  if (!text) return;
   text.setAttribute("aria-autocomplete", "list");
-  text.setAttribute("aria-controls", list.id);
 
-  // The "/query" just before the caret, if its "/" starts a line.
-  function trigger() {
-    const before = text.value.slice(0, text.selectionStart);
-    const match = /(?:^|\n)\/([\p{L}\p{N}_-]*)$/u.exec(before); // "/" alone lists them all
-    return match ? { start: before.length - match[1].length - 1, query: match[1] } : null;
-  }
+  // `pattern` finds the query just before the caret (its group 1, after a one-character sign);
+  // `items(query, signal)` gives the options; `label(item)` what an option shows; `value(item)`
+  // what replaces the sign and the query; `when()` whether to suggest at all just now.
+  function picker(list, { pattern, items, label, value, when }) {
+    let results = [];
+    let active = -1;
+    let timer = null;
+    let request = null;
+    let dismissed = null; // where the sign was when the agent pressed Escape: stay closed there
 
-  function close() {
-    clearTimeout(timer);
-    if (request) request.abort();
-    results = [];
-    active = -1;
-    list.hidden = true;
-    list.replaceChildren();
-    text.removeAttribute("aria-activedescendant");
-  }
+    function trigger() {
+      if (when && !when()) return null;
+      const before = text.value.slice(0, text.selectionStart);
+      const match = pattern.exec(before);
+      return match ? { start: before.length - match[1].length - 1, query: match[1] } : null;
+    }
 
-  function highlight(index) {
-    active = index;
-    Array.from(list.children).forEach(function (li, i) {
-      li.setAttribute("aria-selected", String(i === index));
-      if (i === index) {
-        text.setAttribute("aria-activedescendant", li.id);
-        li.scrollIntoView({ block: "nearest" });
+    function close() {
+      clearTimeout(timer);
+      if (request) request.abort();
+      results = [];
+      active = -1;
+      if (list.hidden) return;
+      list.hidden = true;
+      list.replaceChildren();
+      text.removeAttribute("aria-activedescendant");
+    }
+
+    function highlight(index) {
+      active = index;
+      Array.from(list.children).forEach(function (li, i) {
+        li.setAttribute("aria-selected", String(i === index));
+        if (i === index) {
+          text.setAttribute("aria-activedescendant", li.id);
+          text.setAttribute("aria-controls", list.id);
+          li.scrollIntoView({ block: "nearest" });
+        }
+      });
+    }
+
+    function option(item, index) {
+      const li = document.createElement("li");
+      li.id = `${list.id}-${index}`;
+      li.setAttribute("role", "option");
+      li.append(...label(item));
+      // mousedown, not click: the textarea must not lose focus (and close the list) first.
+      li.addEventListener("mousedown", function (event) { event.preventDefault(); choose(index); });
+      return li;
+    }
+
+    function show(found) {
+      if (!found.length) return close();
+      results = found;
+      list.replaceChildren(...found.map(option));
+      list.hidden = false;
+      highlight(0);
+    }
+
+    function choose(index) {
+      const item = results[index];
+      const found = trigger();
+      if (!item || !found) return close();
+      text.setRangeText(value(item), found.start, text.selectionStart, "end");
+      close();
+      text.dispatchEvent(new Event("input", { bubbles: true })); // e.g. the SMS length hint
+    }
+
+    async function search(query) {
+      if (request) request.abort();
+      request = new AbortController();
+      try {
+        const found = await items(query, request.signal);
+        const now = trigger();
+        if (found && now && now.query === query) show(found); else if (!found) close();
+      } catch (error) {
+        if (error.name !== "AbortError") close();
       }
+    }
+
+    text.addEventListener("input", function () {
+      const found = trigger();
+      if (!found) dismissed = null;
+      if (!found || found.start === dismissed) return close();
+      clearTimeout(timer);
+      timer = setTimeout(function () { search(found.query); }, 150);
+    });
+
+    text.addEventListener("keydown", function (event) {
+      if (list.hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+      if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+        const step = event.key === "ArrowDown" ? 1 : -1;
+        highlight((active + step + results.length) % results.length);
+      } else if ((event.key === "Enter" || event.key === "Tab") && !event.shiftKey) {
+        choose(active);
+      } else if (event.key === "Escape") {
+        const found = trigger();
+        dismissed = found ? found.start : null;
+        close();
+      } else return;
+      event.preventDefault();
+      event.stopPropagation();
+    });
+
+    text.addEventListener("blur", close);
+  }
+
+  function span(className, content) {
+    const el = document.createElement("span");
+    el.className = className;
+    el.textContent = content;
+    return el;
+  }
+
+  const canned = document.getElementById("canned-list");
+  if (canned && canned.dataset.cannedUrl) {
+    picker(canned, {
+      pattern: /(?:^|\n)\/([\p{L}\p{N}_-]*)$/u, // "/" alone lists them all
+      items: async function (query, signal) {
+        const response = await fetch(`${canned.dataset.cannedUrl}?q=${encodeURIComponent(query)}`, {
+          credentials: "same-origin",
+          headers: { Accept: "application/json" },
+          signal,
+        });
+        return response.ok ? response.json() : null;
+      },
+      label: (item) => [span("shortcut", `/${item.shortcut}`), ` ${item.title}`, span("preview", item.body)],
+      value: (item) => item.body,
     });
   }
 
-  function option(item, index) {
-    // Text only: titles and bodies are shown, never parsed as HTML.
-    const li = document.createElement("li");
-    li.id = `canned-option-${item.id}`;
-    li.setAttribute("role", "option");
-    const shortcut = document.createElement("span");
-    shortcut.className = "shortcut";
-    shortcut.textContent = `/${item.shortcut}`;
-    const preview = document.createElement("span");
-    preview.className = "preview";
-    preview.textContent = item.body;
-    li.append(shortcut, ` ${item.title}`, preview);
-    // mousedown, not click: the textarea must not lose focus (and close the list) first.
-    li.addEventListener("mousedown", function (event) { event.preventDefault(); choose(index); });
-    return li;
+  const mentions = document.getElementById("mention-list");
+  const agents = document.getElementById("mentionable");
+  if (mentions && agents) {
+    const people = JSON.parse(agents.textContent);
+    const note = document.querySelector('[name=mode][value="note"]');
+    picker(mentions, {
+      pattern: /(?:^|\s)@([\p{L}\p{N}._+-]*)$/u,
+      when: () => Boolean(note && note.checked), // a mention tells an agent of a note
+      items: async function (query) {
+        const q = query.toLowerCase();
+        return people.filter((p) => p.handle.startsWith(q)
+          || p.name.toLowerCase().split(/\s+/).some((word) => word.startsWith(q))).slice(0, 8);
+      },
+      label: (item) => [span("shortcut", `@${item.handle}`), ` ${item.name}`],
+      value: (item) => `@${item.handle} `,
+    });
   }
-
-  function show(items) {
-    if (!items.length) return close();
-    results = items;
-    list.replaceChildren(...items.map(option));
-    list.hidden = false;
-    highlight(0);
-  }
-
-  function choose(index) {
-    const item = results[index];
-    const found = trigger();
-    if (!item || !found) return close();
-    text.setRangeText(item.body, found.start, text.selectionStart, "end");
-    close();
-    text.dispatchEvent(new Event("input", { bubbles: true })); // e.g. the SMS length hint
-  }
-
-  async function search(query) {
-    if (request) request.abort();
-    request = new AbortController();
-    try {
-      const response = await fetch(`${list.dataset.cannedUrl}?q=${encodeURIComponent(query)}`, {
-        credentials: "same-origin",
-        headers: { Accept: "application/json" },
-        signal: request.signal,
-      });
-      if (!response.ok) return close();
-      const items = await response.json();
-      const found = trigger();
-      if (found && found.query === query) show(items); // only if the agent still types it
-    } catch (error) {
-      if (error.name !== "AbortError") close();
-    }
-  }
-
-  text.addEventListener("input", function () {
-    const found = trigger();
-    if (!found) dismissed = null;
-    if (!found || found.start === dismissed) return close();
-    clearTimeout(timer);
-    timer = setTimeout(function () { search(found.query); }, 150);
-  });
-
-  text.addEventListener("keydown", function (event) {
-    if (list.hidden || event.ctrlKey || event.metaKey || event.altKey) return;
-    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
-      const step = event.key === "ArrowDown" ? 1 : -1;
-      highlight((active + step + results.length) % results.length);
-    } else if ((event.key === "Enter" || event.key === "Tab") && !event.shiftKey) {
-      choose(active);
-    } else if (event.key === "Escape") {
-      const found = trigger();
-      dismissed = found ? found.start : null;
-      close();
-    } else return;
-    event.preventDefault();
-    event.stopPropagation();
-  });
-
-  text.addEventListener("blur", close);
 })();

@@ -154,7 +154,7 @@ def test_after_the_shortcuts_dialog_enter_opens_the_picked_row(
 
 
 def test_a_mention_in_a_note_notifies_the_teammate_live(
-    asgi_server, browser, bob, dana, chat_inbox
+    asgi_server, browser, bob, dana, charlie, chat_inbox
 ):
     conversation = receive(chat_inbox, text="Refund for order 7781?").message.conversation
     theirs = signed_in(browser, asgi_server, dana)
@@ -172,7 +172,15 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     assert mine.is_checked('[name=mode][value="note"]')
     assert mine.is_disabled("[data-channel-picker]")  # a note goes to no channel
     assert "Only agents see notes" in mine.inner_text("[data-hint]")
-    mine.keyboard.type("@dana can you approve this refund?")
+    # "@" suggests who may read the note: Dana, not Charlie of Billing, nor Bob himself.
+    mine.keyboard.type("@")
+    suggested = mine.get_by_role("listbox", name="Agents to mention")
+    expect(suggested.get_by_role("option")).to_have_text(["@dana Dana"])
+    mine.keyboard.type("da")
+    mine.keyboard.press("Enter")  # picks her, and the note goes on
+    expect(suggested).to_be_hidden()
+    expect(mine.locator("#reply-text")).to_have_value("@dana ")
+    mine.keyboard.type("can you approve this refund?")
     mine.press("#reply-text", "Control+Enter")
     mine.wait_for_selector(".message.note >> text=can you approve")
 
