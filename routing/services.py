@@ -40,7 +40,7 @@ from django.db import connection, transaction
 from django.db.models import Case, Exists, IntegerField, OuterRef, Q, Value, When
 from django.utils import timezone
 
-from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW
+from channels_adapters.webchat.chat import AGENT_ONLINE_WINDOW, visitors_here
 from conversations.models import (
     Channel,
     Conversation,
@@ -326,15 +326,21 @@ def _tags_of(conversation_ids) -> dict[int, frozenset[str]]:
 # --- The queue -------------------------------------------------------------------------------
 
 
-def _waiting(team_id: int):
+def _waiting(team_id: int, now: datetime | None = None):
     """The team's queue. Served in QUEUE_ORDER: the most urgent first; within a priority live
     chats, whose customer watches the widget, ahead of mail and messages that can wait a
-    little; then the oldest."""
+    little; then the oldest. A chat whose visitor has left waits like mail: the answer
+    reaches them by email (see webchat.follow_up), and whoever is still there goes first."""
+    watched = Visitor.objects.filter(
+        visitors_here(now or timezone.now()),
+        inbox_id=OuterRef("inbox_id"),
+        identity__customer_id=OuterRef("customer_id"),
+    )
     return Conversation.objects.filter(
         team_id=team_id, status=OPEN, assignee=None, merged_into=None
     ).annotate(
         chat=Case(
-            When(inbox__kind=Channel.WEBCHAT, then=Value(1)),
+            When(Q(inbox__kind=Channel.WEBCHAT) & Exists(watched), then=Value(1)),
             default=Value(0),
             output_field=IntegerField(),
         )
@@ -487,11 +493,11 @@ def queue_status(conversation: Conversation, *, now: datetime | None = None) -> 
     if team is None:
         return QueueStatus(1, None)
     priority, created = conversation.priority, conversation.created_at
-    chat = int(conversation.inbox.kind == Channel.WEBCHAT)
+    waiting = _waiting(team.pk, now)
+    chat = waiting.filter(pk=conversation.pk).values_list("chat", flat=True).first() or 0
     same = Q(priority=priority, chat=chat)
     ahead = (  # those before it in QUEUE_ORDER
-        _waiting(team.pk)
-        .filter(
+        waiting.filter(
             Q(priority__gt=priority)
             | Q(priority=priority, chat__gt=chat)
             | same & Q(created_at__lt=created)
@@ -507,15 +513,16 @@ def queue_places_tell(team_id: int, *, now: datetime | None = None) -> int:
     move whenever a conversation ahead is taken, resolved or moved, or a more urgent one comes
     in: run after each queue_assign. The first QUEUE_BATCH places are told; those behind hear
     theirs when they open the chat. Returns how many were told."""
+    now = now or timezone.now()
     queue = list(
-        _waiting(team_id)
+        _waiting(team_id, now)
         .order_by(*QUEUE_ORDER)
         .values_list("pk", "inbox__kind", "customer_id")[:QUEUE_BATCH]
     )
     team = Team.objects.filter(pk=team_id).first()
     if team is None or not any(kind == Channel.WEBCHAT for _, kind, _ in queue):
         return 0  # nobody waits on a live chat: no outlook to work out
-    outlook = _Outlook(team, now or timezone.now())
+    outlook = _Outlook(team, now)
     sends = [
         (
             [customer_group(customer_id)],

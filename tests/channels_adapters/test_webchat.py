@@ -444,12 +444,14 @@ async def test_a_blocked_visitor_is_told_their_message_was_not_taken(widget):
 async def test_a_waiting_visitor_sees_their_place_in_line_move_and_who_joins(widget, bob, dana):
     from routing.models import TeamMembership
 
-    def queued():  # Dana is online but full; two chats already wait
+    def queued():  # Dana is online but full; two chats already wait, their visitors there
         dana.availability, dana.last_seen_at = "online", timezone.now()
         dana.save()
         TeamMembership.objects.filter(user=dana).update(max_open=0)
         for n in range(2):
-            chat.visitor_message(new_visitor(widget), text=f"earlier {n}", client_id="x")
+            earlier = new_visitor(widget)
+            chat.visitor_message(earlier, text=f"earlier {n}", client_id="x")
+            chat.visitor_seen(earlier.pk, opened=1)
         return new_visitor(widget)
 
     visitor = await database_sync_to_async(queued)()

@@ -582,12 +582,15 @@ def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins
     bob.availability, bob.last_seen_at = "online", timezone.now()
     bob.save()
     TeamMembership.objects.filter(user=bob).update(max_open=0)
-    earlier = [
-        chat.visitor_message(
-            chat.visitor_session(inbox=widget), text=f"earlier {n}", client_id="x"
-        ).message.conversation
-        for n in range(2)
-    ]
+    # Two chats wait already, their visitors watching the widget (one who left would wait
+    # behind her, like mail).
+    visitors = [chat.visitor_session(inbox=widget) for _ in range(2)]
+    earlier = []
+    for n, visitor in enumerate(visitors):
+        earlier.append(
+            chat.visitor_message(visitor, text=f"earlier {n}", client_id="x").message.conversation
+        )
+        chat.visitor_seen(visitor.pk, opened=1)
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
     problems = watch(page)
     page.goto(shop.embed(asgi_server, widget))

@@ -246,7 +246,7 @@ def test_a_live_chat_goes_ahead_of_older_mail_of_the_same_priority(
     capacity(bob, 3)  # room for one chat (weight 3) or three emails
     online(bob)
     busy = arrive(chat_inbox)
-    email, chat = arrive(mail_inbox), arrive(chat_inbox)
+    email, chat = arrive(mail_inbox), chatting(chat_inbox)
     assert [queue_status(c).position for c in (chat, email)] == [1, 2]
     urgent = arrive(mail_inbox)
     services.conversation_set_priority(
@@ -259,6 +259,32 @@ def test_a_live_chat_goes_ahead_of_older_mail_of_the_same_priority(
         )
         resolve(busy, bob)  # room for the chat, and then for nothing else
     assert [assignee_of(c) for c in (chat, email, urgent)] == [bob, None, None]
+
+
+def chatting(inbox, *, here=True) -> Conversation:
+    """A live chat from a visitor with the widget open (`here`), or who has left since."""
+    visitor = webchat.visitor_session(inbox=inbox)
+    conversation = webchat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    webchat.visitor_seen(visitor.pk, opened=1)
+    if not here:
+        webchat.visitor_seen(visitor.pk, opened=-1)
+    return conversation
+
+
+def test_a_chat_whose_visitor_left_waits_like_mail(mail_inbox, chat_inbox, bob):
+    """Those still watching the widget go first; the one who left gets the answer by email,
+    in turn with the mail that came before it."""
+    capacity(bob, 3)
+    online(bob)
+    arrive(chat_inbox)  # Bob's only place
+    email, left, watching = (
+        arrive(mail_inbox),
+        chatting(chat_inbox, here=False),
+        chatting(chat_inbox),
+    )
+    assert [queue_status(c).position for c in (watching, email, left)] == [1, 2, 3]
+    Visitor.objects.filter(identity__customer=left.customer).update(open_sockets=1)  # back
+    assert [queue_status(c).position for c in (left, watching, email)] == [1, 2, 3]
 
 
 def test_a_conversation_that_fits_nobody_does_not_hold_up_the_queue(mail_inbox, chat_inbox, bob):
