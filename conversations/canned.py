@@ -22,7 +22,8 @@ from routing.models import TeamMembership
 
 MAX_RESULTS = 10
 # The spaces before it, its name, and its fallback after a "|" if it has one.
-PLACEHOLDER = re.compile(r"([ \t]*)\{([a-z_]+\.[a-z_]+)(?:\|([^{}|\n]{0,60}))?\}")
+# (Not preceded by a space: a run of them is taken whole, once, not tried from each space.)
+PLACEHOLDER = re.compile(r"(?<![ \t])([ \t]*)\{([a-z_]+\.[a-z_]+)(?:\|([^{}|\n]{0,60}))?\}")
 
 
 def _first_name(name: str) -> str:

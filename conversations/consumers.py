@@ -154,7 +154,10 @@ class AgentConsumer(LiveConsumer):
         elif action == "read":
             # The agent has the conversation on screen: the customer's messages are read.
             if conversation_id in self.subscriptions and isinstance(content.get("message"), int):
-                await db(_agent_read)(self.scope["user"], conversation_id, content["message"])
+                try:
+                    await db(_agent_read)(self.scope["user"], conversation_id, content["message"])
+                except Http404:  # no longer theirs to see (an inbox handed to another team)
+                    await self._leave(conversation_id)
         elif action == "subscribe":
             await self._subscribe(conversation_id)
         elif action == "unsubscribe":

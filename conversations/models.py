@@ -665,7 +665,22 @@ class CannedResponse(models.Model):
 
     def clean(self):
         # An unknown placeholder would reach the customer as typed when an automation replies.
-        placeholders_check(self.body, self.PLACEHOLDERS, r"\{([\w.]+)(?:\|[^{}|\n]{0,60})?\}")
+        placeholders_check(self.body, self.PLACEHOLDERS, r"\{([\w.]+)(?:\|[^}]*)?\}")
+        # A fallback the filling cannot read would reach the customer as typed, braces and all.
+        bad = [
+            match.group(0)
+            for match in re.finditer(r"\{[\w.]+\|([^}]*)\}", self.body or "")
+            if len(match.group(1)) > 60 or re.search(r"[{|\n]", match.group(1))
+        ]
+        if bad:
+            raise ValidationError(
+                {
+                    "body": _(
+                        "A fallback is up to 60 characters on one line, without { | or }: %(bad)s"
+                    )
+                    % {"bad": ", ".join(bad)}
+                }
+            )
         # One "/shortcut" per agent's menu: a team's may not shadow everyone's, nor the reverse.
         same = CannedResponse.objects.filter(shortcut=self.shortcut).exclude(pk=self.pk)
         clash = same.filter(team=None) if self.team_id else same.exclude(team=None)

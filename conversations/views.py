@@ -537,9 +537,11 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "agents": agents,
         # By the handle a note names them with (services.MENTION: their email's local part).
         "mentionable": [
-            {"handle": agent.email.split("@")[0].lower(), "name": agent.name}
+            {"handle": handle, "name": agent.name}
             for agent in agents
             if agent.pk != request.user.pk
+            for handle in [agent.email.split("@")[0].lower()]
+            if services.MENTION.fullmatch(f"@{handle}")  # what a note can name
         ],
         "statuses": Status.choices,
         "priorities": Conversation.Priority.choices,

@@ -502,8 +502,7 @@ def queue_status(conversation: Conversation, *, now: datetime | None = None) -> 
             | Q(priority=priority, chat__gt=chat)
             | same & Q(created_at__lt=created)
             | same & Q(created_at=created, pk__lt=conversation.pk)
-        )
-        .count()
+        ).count()
     )
     return _Outlook(team, now).status(ahead + 1, conversation.inbox.kind)
 

@@ -805,6 +805,7 @@
   function newConversation() {
     // The next message opens a new conversation on the server; until then show an empty chat.
     S.fresh = true;
+    S.fixEmail = false; // the note said where this chat's answers go; a new one starts plain
     S.messages.clear();
     ui.list.querySelectorAll("li[data-id]").forEach((node) => node.remove());
     render();

@@ -229,6 +229,11 @@ class TestAdmin:
         }
         page = client.post(url, data).content.decode()
         assert "Unknown placeholder {conversation.secret}, {customer.email}; use" in page
+        # A fallback the filling could not read would reach the customer braces and all.
+        data["body"] = "Hi {customer.first_name|a|b}, {customer.name|" + "x" * 61 + "}"
+        page = client.post(url, data).content.decode()
+        assert "A fallback is up to 60 characters on one line, without { | or }" in page
+        assert "{customer.first_name|a|b}" in page and "x" * 61 in page
         # Support's agents would see two /refund-policy in their menu.
         data |= {"body": "Hi", "shortcut": "refund-policy", "team": support.pk}
         assert (

@@ -224,6 +224,11 @@ async def test_an_agent_who_loses_sight_of_an_open_conversation_stops_hearing_it
 
     chat_inbox.default_team = billing
     await database_sync_to_async(chat_inbox.save)()
+    # His page still says it has the conversation on screen: no error, it is left.
+    await bob_socket.send_json_to({"action": "read", "conversation": first.conversation_id})
+    await bob_socket.send_json_to(
+        {"action": "read", "conversation": first.conversation_id, "message": 0}
+    )
     # The socket checks what Bob may see when he next asks for something (or pings).
     await bob_socket.send_json_to({"action": "subscribe", "conversation": first.conversation_id})
     while (reply := await bob_socket.receive_json_from(timeout=5))["type"] != "error":
