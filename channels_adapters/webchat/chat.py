@@ -372,11 +372,24 @@ def visitor_email(visitor: Visitor) -> Identity | None:
 
 
 def visitor_seen(visitor_id: int, *, opened: int = 0) -> None:
-    """A socket of the visitor opened (+1), closed (-1) or said it is still there (0)."""
+    """A socket of the visitor opened (+1), closed (-1) or said it is still there (0). A chat
+    in a team's queue moves when its visitor comes or goes (routing.services._waiting): the
+    queue is served and its waiting visitors told their places again."""
+    from routing.services import queue_nudge
+
     changes = {"last_seen_at": timezone.now()}
     if opened:
         changes["open_sockets"] = Greatest(F("open_sockets") + opened, 0)
     Visitor.objects.filter(pk=visitor_id).update(**changes)
+    if opened:
+        waiting = Conversation.objects.filter(
+            customer__identities__visitor=visitor_id,
+            inbox__visitors=visitor_id,
+            status=Conversation.Status.OPEN,
+            assignee=None,
+            merged_into=None,
+        )
+        queue_nudge(waiting.values_list("team_id", flat=True).first())
 
 
 def visitor_here(visitor: Visitor, now=None) -> bool:

@@ -25,6 +25,7 @@ from conversations.models import (
     Notification,
     Visitor,
 )
+from conversations.realtime import customer_group
 from helpdesk.models import User
 from routing.models import RoutingRule, Team, TeamMembership
 from routing.services import (
@@ -34,7 +35,7 @@ from routing.services import (
     queue_status,
     queues_sweep,
 )
-from tests.conftest import PASSWORD, receive
+from tests.conftest import PASSWORD, listen, receive
 
 OPEN, RESOLVED = Conversation.Status.OPEN, Conversation.Status.RESOLVED
 
@@ -271,7 +272,7 @@ def chatting(inbox, *, here=True) -> Conversation:
     return conversation
 
 
-def test_a_chat_whose_visitor_left_waits_like_mail(mail_inbox, chat_inbox, bob):
+def test_a_chat_whose_visitor_left_waits_like_mail(mail_inbox, chat_inbox, bob, tasks_run):
     """Those still watching the widget go first; the one who left gets the answer by email,
     in turn with the mail that came before it."""
     capacity(bob, 3)
@@ -283,8 +284,13 @@ def test_a_chat_whose_visitor_left_waits_like_mail(mail_inbox, chat_inbox, bob):
         chatting(chat_inbox),
     )
     assert [queue_status(c).position for c in (watching, email, left)] == [1, 2, 3]
-    Visitor.objects.filter(identity__customer=left.customer).update(open_sockets=1)  # back
+    # She comes back: ahead again, and the one watching is told at once they moved back.
+    told = listen(customer_group(watching.customer_id))
+    with tasks_run():
+        webchat.visitor_seen(Visitor.objects.get(identity__customer=left.customer).pk, opened=1)
     assert [queue_status(c).position for c in (left, watching, email)] == [1, 2, 3]
+    event = told(timeout=5)
+    assert (event["event"], event["conversation"], event["position"]) == ("queue", watching.pk, 2)
 
 
 def test_a_conversation_that_fits_nobody_does_not_hold_up_the_queue(mail_inbox, chat_inbox, bob):
