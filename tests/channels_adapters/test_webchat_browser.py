@@ -751,6 +751,8 @@ def test_the_widget_keeps_the_draft_private_says_when_it_is_not_and_what_cannot_
     page.goto(url)
     panel = open_chat(page)
     box = panel.get_by_label("Write a message…")
+    # The socket is ready (its first frame brings the chat so far): typing is announced.
+    expect(panel.locator("li.message[data-id]").first).to_contain_text("Hello")
 
     # Agents may not read drafts in this inbox: what is typed stays in the browser until sent.
     box.type("My card number is")
