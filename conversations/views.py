@@ -513,8 +513,9 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     emails = {i.address for i in conversation.customer.identities.all() if i.kind == Channel.EMAIL}
     elsewhere = next((v.email for v in visitors if v.email and v.email not in emails), "")
     # Who may see it (see selectors.conversations_visible_to): the team's agents, the admins
-    # and the assignee; the Assignee field and the note's @mentions offer them.
-    agents = list(
+    # and the assignee; the Assignee field and the note's @mentions offer them. Read only by
+    # the whole page (one query, shared): a live refresh of the timeline needs neither.
+    agents = (
         User.objects.filter(is_active=True)
         .filter(
             Q(team_memberships__team_id__in=team_ids)
@@ -536,7 +537,8 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         # click on Assign would take it from them.
         "agents": agents,
         # By the handle a note names them with (services.MENTION: their email's local part).
-        "mentionable": [
+        # A callable, which the template calls when it shows the composer.
+        "mentionable": lambda: [
             {"handle": handle, "name": agent.name}
             for agent in agents
             if agent.pk != request.user.pk
