@@ -326,6 +326,10 @@ def _tags_of(conversation_ids) -> dict[int, frozenset[str]]:
 # --- The queue -------------------------------------------------------------------------------
 
 
+# A conversation in its team's queue: open, nobody's, and not folded into another.
+IN_QUEUE = Q(status=OPEN, assignee=None, merged_into=None)
+
+
 def _waiting(team_id: int, now: datetime | None = None):
     """The team's queue. Served in QUEUE_ORDER: the most urgent first; within a priority live
     chats, whose customer watches the widget, ahead of mail and messages that can wait a
@@ -336,9 +340,7 @@ def _waiting(team_id: int, now: datetime | None = None):
         inbox_id=OuterRef("inbox_id"),
         identity__customer_id=OuterRef("customer_id"),
     )
-    return Conversation.objects.filter(
-        team_id=team_id, status=OPEN, assignee=None, merged_into=None
-    ).annotate(
+    return Conversation.objects.filter(IN_QUEUE, team_id=team_id).annotate(
         chat=Case(
             When(Q(inbox__kind=Channel.WEBCHAT) & Exists(watched), then=Value(1)),
             default=Value(0),
@@ -427,9 +429,7 @@ def queues_sweep() -> dict:
     team's waiting conversations to whoever is online with room. Idempotent."""
     requeued = offline_chats_requeue()
     teams = (
-        Conversation.objects.filter(
-            status=OPEN, assignee=None, merged_into=None, team__auto_assign=True
-        )
+        Conversation.objects.filter(IN_QUEUE, team__auto_assign=True)
         .order_by()
         .values_list("team_id", flat=True)
         .distinct()

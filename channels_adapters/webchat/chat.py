@@ -375,7 +375,7 @@ def visitor_seen(visitor_id: int, *, opened: int = 0) -> None:
     """A socket of the visitor opened (+1), closed (-1) or said it is still there (0). A chat
     in a team's queue moves when its visitor comes or goes (routing.services._waiting): the
     queue is served and its waiting visitors told their places again."""
-    from routing.services import queue_nudge
+    from routing.services import IN_QUEUE, queue_nudge
 
     changes = {"last_seen_at": timezone.now()}
     if opened:
@@ -383,11 +383,7 @@ def visitor_seen(visitor_id: int, *, opened: int = 0) -> None:
     Visitor.objects.filter(pk=visitor_id).update(**changes)
     if opened:
         waiting = Conversation.objects.filter(
-            customer__identities__visitor=visitor_id,
-            inbox__visitors=visitor_id,
-            status=Conversation.Status.OPEN,
-            assignee=None,
-            merged_into=None,
+            IN_QUEUE, customer__identities__visitor=visitor_id, inbox__visitors=visitor_id
         )
         queue_nudge(waiting.values_list("team_id", flat=True).first())
 
