@@ -466,6 +466,12 @@
       if (pick) { pick.checked = !pick.checked; updatePicked(); }
     }
     else if (event.key === "?") showShortcuts();
+    else if (event.key === "Enter" && (event.target === document.body || (shortcuts && shortcuts.contains(event.target)))) {
+      // Focus on nothing (a closed dialog's, or a refreshed row's): Enter still opens the
+      // picked row, whether or not the dialog's close event has given its link focus yet.
+      const link = document.querySelector(".rows li.selected a");
+      if (link) link.click();
+    }
   });
 
   // The composer's hint for the chosen channel (SMS segments follow sms_segments() in Python).
