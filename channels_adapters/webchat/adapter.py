@@ -222,6 +222,16 @@ def transcript_send(event_id: int) -> bool:
         zone = zone_named(conversation.customer.timezone) or ZoneInfo("UTC")
         with translation.override(conversation.customer.language or None):
             lines = [_("Transcript of conversation #%(n)s") % {"n": conversation.pk}, ""]
+            if event.data.get("why") == "continue":
+                # Mailed because someone gave this address in a chat in another browser.
+                lines[:0] = [
+                    _(
+                        "This address was given in our chat in another browser. If that was "
+                        "you, the link at the end goes on with this conversation there; if "
+                        "not, ignore this email."
+                    ),
+                    "",
+                ]
             for message in visible_messages(conversation, limit=5000):
                 who = (
                     (message.author.name if message.author else conversation.inbox.name)

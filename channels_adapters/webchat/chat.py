@@ -342,6 +342,33 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
     return visitor_reload(visitor)
 
 
+def continue_link_send(visitor: Visitor, email: str) -> bool:
+    """The visitor gave `email`, another customer's address: often the same person, on
+    another device. If that customer chatted in this inbox before, their conversation goes
+    to the address, with the link that continues it in any browser (resume_link): whoever
+    reads that mailbox may go on with it, and the typist learns nothing of it. Once per
+    address until that chat goes on (transcript_request). Whether such a mail is on its way."""
+    email_identity = (
+        Identity.objects.filter(kind=Channel.EMAIL, address=email, opted_out_at=None)
+        .exclude(customer=visitor.identity.customer_id)
+        .first()
+    )
+    if email_identity is None:
+        return False
+    earlier = Visitor.objects.filter(
+        inbox=visitor.inbox, identity__customer=email_identity.customer_id, identified=False
+    ).select_related("identity__customer", "inbox")
+    for other in earlier.order_by("-last_seen_at")[:5]:
+        if (conversation := visitor_conversation(other)) is None:
+            continue
+        try:
+            transcript_request(other, conversation, to=email_identity, why="continue")
+        except ValidationError:
+            pass  # already on its way to that address
+        return True
+    return False
+
+
 def _flag_email_elsewhere(conversation: Conversation, email: str) -> None:
     reason = (
         f"The visitor gave {email}, the address of another customer. Merge the two profiles "
@@ -653,11 +680,15 @@ def conversation_rate(conversation: Conversation, *, rating, comment: str = "") 
     return conversation
 
 
-def transcript_request(visitor: Visitor, conversation: Conversation) -> ConversationEvent:
-    """Email the conversation to the visitor's address; the task sends it once."""
+def transcript_request(
+    visitor: Visitor, conversation: Conversation, *, to: Identity | None = None, why: str = ""
+) -> ConversationEvent:
+    """Email the conversation to the visitor's address (or `to`, another address of their
+    customer's); the task sends it once. `why="continue"`: the address was given in a chat in
+    another browser (continue_link_send), which the mail says first."""
     from channels_adapters.tasks import send_transcript
 
-    email = visitor_email(visitor)
+    email = to or visitor_email(visitor)
     if email is None:
         raise ValidationError(_("Tell us your email address first."))
     with transaction.atomic():
@@ -684,6 +715,7 @@ def transcript_request(visitor: Visitor, conversation: Conversation) -> Conversa
             state="transcript",
             to=email.address,
             visitor=visitor.pk,  # whose chat the mail's link continues
+            **({"why": why} if why else {}),
         )
         transaction.on_commit(lambda: send_transcript.delay(event.pk))
     return event

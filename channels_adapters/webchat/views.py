@@ -98,6 +98,10 @@ def _strings() -> dict:
         "save": _("Save"),
         "email_saved": _("We will email you at %(email)s if you have left."),
         "email_pending": _("We will email you at %(email)s once we have checked it is yours."),
+        "email_linked": _(
+            "We have emailed %(email)s a link to your earlier chat with us, to go on with it "
+            "on this device."
+        ),
         "typing": _("%(name)s is typing…"),
         "seen": _("Seen"),
         "sending": _("Sending…"),

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
@@ -27,7 +28,7 @@ from conversations.models import (
 )
 from helpdesk.asgi import application
 from tests.channels_adapters.test_email import customer_mail, pipe, reply_to
-from tests.conftest import receive
+from tests.conftest import receive, wait_for
 
 SITE = "https://shop.example"
 
@@ -717,6 +718,55 @@ def test_the_reply_follows_a_visitor_who_left_by_email_and_their_answer_comes_ba
     assert answer.message.conversation == conversation
     shown = [m.text for m in chat.visible_messages(chat.visitor_conversation(visitor))]
     assert shown == ["Can I change my order?", "Yes, until noon.", "Great, please make it blue."]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_her_address_given_on_a_new_device_mails_her_the_way_back_to_her_earlier_chat(
+    client, bob, widget, email_inbox, smtp_server, embedded_worker, settings
+):
+    settings.PUBLIC_URL = "https://help.acme.example"
+    # On her laptop, Ana asked something, left her address, and got an answer.
+    laptop = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    asked = chat.visitor_message(laptop, text="Where is order 7781?", client_id="a").message
+    services.reply_send(conversation=asked.conversation, author=bob, text="It left today.")
+
+    async def give_address(token, email):
+        socket, _, _ = await visitor_socket(widget, token)
+        assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
+        await socket.send_json_to({"action": "contact", "email": email})
+        answer = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return answer
+
+    # On her phone, a fresh widget knows nothing of it; she gives the same address.
+    phone = new_visitor(widget)
+    answer = async_to_sync(give_address)(chat.visitor_token(phone), "ana@example.com")
+    assert (answer["type"], answer["pending"], answer["linked"]) == ("contact", True, True)
+    [mail] = wait_for(smtp_server.messages, what="the mail with the link")
+    assert mail["To"] == "ana@example.com"
+    body = mail.get_body().get_content().replace("\r\n", "\n")
+    assert body.startswith("This address was given in our chat in another browser.")
+    assert "Where is order 7781?" in body and "It left today." in body
+    # The link opens the laptop's chat wherever she reads the mail: her phone, say.
+    resume = re.search(r"on any device: \S+#threadline-chat=(\S+)", body).group(1)
+    token = start(client, widget, resume=resume).json()["token"]
+    assert chat.visitor_from_token(widget, token) == laptop
+    assert start(client, widget, resume=resume).json()["visitor"]["email"] == "ana@example.com"
+    # Her agent's timeline says why she was mailed.
+    client.force_login(bob)
+    page = client.get(f"/inbox/{asked.conversation_id}/").content.decode()
+    assert "the address was given in a chat in another browser" in page
+
+    # Giving it again mails nothing more until that chat goes on; nor does an address whose
+    # customer never chatted here (Liam only ever wrote by email).
+    assert async_to_sync(give_address)(chat.visitor_token(phone), "ana@example.com")["linked"]
+    receive(widget, "Hello", address="liam@example.com", channel=Channel.EMAIL)
+    other = new_visitor(widget)
+    answer = async_to_sync(give_address)(chat.visitor_token(other), "liam@example.com")
+    assert (answer["pending"], answer["linked"]) == (True, False)
+    mailed = ConversationEvent.objects.filter(data__why="continue")
+    assert [event.data["to"] for event in mailed] == ["ana@example.com"]
+    assert len(smtp_server.messages()) == 1
 
 
 @pytest.mark.django_db(transaction=True)

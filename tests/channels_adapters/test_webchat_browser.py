@@ -383,6 +383,32 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     assert not problems
 
 
+def test_her_address_on_a_new_device_says_her_earlier_chat_is_a_mail_away(
+    asgi_server, browser, widget, shop
+):
+    widget.settings |= {"prechat_name": "off", "prechat_email": "off"}
+    widget.save()
+    # Jo chatted yesterday on her laptop, and left her address there.
+    laptop = chat.visitor_contact(chat.visitor_session(inbox=widget), email="jo@example.com")
+    chat.visitor_message(laptop, text="Do you ship to the Azores?", client_id="a")
+    # Today, on her phone, the widget is new to her. Nobody is online: it asks for her email.
+    page = browser.new_page(locale="en-US")
+    page.goto(shop.embed(asgi_server, widget))
+    panel = open_chat(page)
+    box = panel.get_by_label("Write a message…")
+    box.fill("And to Madeira?")
+    box.press("Enter")
+    email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
+    email.fill("jo@example.com")
+    panel.get_by_role("button", name="Save").click()
+    expect(
+        panel.get_by_text(
+            "We have emailed jo@example.com a link to your earlier chat with us, "
+            "to go on with it on this device."
+        )
+    ).to_be_visible()
+
+
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
 def test_a_mistyped_optional_email_is_asked_again_as_typed(
     asgi_server, browser, widget, shop, bob, online
