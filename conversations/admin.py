@@ -224,6 +224,12 @@ class InboxForm(forms.ModelForm):
     widget_greeting = forms.CharField(
         required=False, max_length=300, help_text="First words the visitor sees."
     )
+    widget_greetings = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="The greeting in other languages, one per line: “es: ¡Hola! ¿En qué "
+        "podemos ayudarte?”. A visitor whose browser speaks none of them gets the one above.",
+    )
     widget_color = forms.RegexField(
         regex=r"^#[0-9a-fA-F]{6}$", required=False, initial="#2563eb", help_text="e.g. #2563eb"
     )
@@ -267,7 +273,28 @@ class InboxForm(forms.ModelForm):
         for key, value in current.items():
             name = f"widget_{key}"
             if name in self.fields and self.instance.pk:
+                if isinstance(value, dict):
+                    value = [f"{language}: {text}" for language, text in value.items()]
                 self.initial[name] = "\n".join(value) if isinstance(value, list) else value
+
+    def clean_widget_greetings(self):
+        greetings = {}
+        for line in self.cleaned_data["widget_greetings"].splitlines():
+            if not line.strip():
+                continue
+            language, colon, text = line.partition(":")
+            if not colon or not text.strip():
+                raise ValidationError(
+                    f"{line.strip()!r}: write a language, a colon, then its greeting."
+                )
+            try:
+                language = services.language_normalize(language)
+            except ValidationError as exc:
+                raise ValidationError(f"{line.strip()!r}: {exc.messages[0]}") from None
+            if len(text.strip()) > 300:
+                raise ValidationError(f"The {language} greeting is over 300 characters.")
+            greetings[language] = text.strip()
+        return greetings
 
     def clean_widget_allowed_origins(self):
         from urllib.parse import urlsplit

@@ -72,6 +72,7 @@ AGENT_ONLINE_WINDOW = timedelta(minutes=3)
 
 DEFAULTS = {
     "greeting": "",
+    "greetings": {},  # the greeting in other languages: {"es": "¡Hola!", "pt-BR": "Olá!"}
     "color": "#2563eb",
     "logo_url": "",
     "prechat_name": "off",  # off / optional / required
@@ -96,6 +97,18 @@ def widget_settings(inbox: Inbox) -> dict:
         if merged[key] not in PRECHAT_CHOICES:
             merged[key] = DEFAULTS[key]
     return merged
+
+
+def greeting_for(config: dict, language: str) -> str:
+    """The inbox's greeting in the visitor's language ("pt-BR", then "pt"), else its own
+    greeting; "" for none (the widget's translated default)."""
+    greetings = config["greetings"]
+    tag = language.strip().lower()
+    for key in (tag, tag.split("-")[0]):
+        match = next((text for lang, text in greetings.items() if lang.lower() == key), None)
+        if key and isinstance(match, str) and match.strip():
+            return match
+    return config["greeting"]
 
 
 def widget_inbox(key: str) -> Inbox | None:

@@ -178,7 +178,8 @@ def session(request, inbox: Inbox):
                 },
                 "settings": {
                     "title": inbox.name,
-                    "greeting": config["greeting"] or _("Hi! How can we help?"),
+                    "greeting": chat.greeting_for(config, language or customer.language)
+                    or _("Hi! How can we help?"),
                     "color": config["color"],
                     "logo_url": config["logo_url"],
                     "prechat_name": config["prechat_name"],

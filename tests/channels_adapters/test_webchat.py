@@ -83,6 +83,22 @@ def test_a_visitor_gets_a_token_and_keeps_their_identity_with_it(client, widget)
     assert Visitor.objects.get().identity.customer.language == "pt-BR"
 
 
+def test_the_greeting_is_in_the_visitors_language_where_the_inbox_has_one(client, widget):
+    def greeting(language):
+        return start(client, widget, language=language).json()["settings"]["greeting"]
+
+    assert greeting("es-MX") == "¡Hola! ¿En qué podemos ayudarte?"  # our default, translated
+    widget.settings |= {
+        "greeting": "Hi! Ask us about your order.",
+        "greetings": {"es": "¡Hola! Pregúntanos por tu pedido.", "pt-BR": "Oi!", "pt": "Olá!"},
+    }
+    widget.save()
+    assert greeting("es-MX") == "¡Hola! Pregúntanos por tu pedido."
+    assert greeting("pt-BR") == "Oi!"
+    assert greeting("pt-PT") == "Olá!"
+    assert greeting("de-DE") == "Hi! Ask us about your order."  # none in German: the inbox's own
+
+
 def test_nul_characters_from_a_visitor_are_dropped(client, widget):
     # PostgreSQL refuses NUL in text: the session answered 500 and the line never arrived.
     data = start(client, widget, user={"name": "Eve\x00"}, page="https://shop.example/\x00")

@@ -348,6 +348,19 @@ def test_inbox_settings_are_a_json_object_and_a_new_chat_keeps_the_widget_defaul
     assert chat.settings["allowed_origins"] == ["https://c.example"]
     assert widget_settings(chat)["show_agent_typing"] is True
 
+    # The greeting in other languages: one line each, the language checked.
+    edited["widget_greetings"] = "es: ¡Hola! ¿En qué podemos ayudarte?\r\nSpanish! Hola"
+    response = client.post(change, edited)
+    assert "'Spanish! Hola': write a language, a colon, then its greeting." in (
+        response.content.decode().replace("&#x27;", "'")
+    )
+    edited["widget_greetings"] = "es: ¡Hola! ¿En qué podemos ayudarte?\r\nPT_br: Olá!"
+    assert client.post(change, edited).status_code == 302
+    chat.refresh_from_db()
+    assert chat.settings["greetings"] == {"es": "¡Hola! ¿En qué podemos ayudarte?", "pt-BR": "Olá!"}
+    shown = client.get(change).context["adminform"].form.initial["widget_greetings"]
+    assert shown == "es: ¡Hola! ¿En qué podemos ayudarte?\npt-BR: Olá!"
+
     # An SMS inbox's settings as a bare string would break every reply: refused.
     change = reverse("admin:conversations_inbox_change", args=[sms_inbox.pk])
     form = {"name": sms_inbox.name, "kind": "sms", "address": sms_inbox.address}

@@ -63,6 +63,11 @@ INBOXES = [
 # after one minute rather than five, so trying it out is quick.
 DEMO_WIDGET = {
     "greeting": "Hi! Ask us anything about your order.",
+    "greetings": {
+        "es": "¡Hola! Pregúntanos lo que quieras sobre tu pedido.",
+        "fr": "Bonjour ! Posez-nous vos questions sur votre commande.",
+        "pt": "Olá! Pergunte-nos o que quiser sobre a sua encomenda.",
+    },
     "prechat_email": "optional",
     "email_after_minutes": 1,
 }
