@@ -372,8 +372,8 @@ def continue_link_send(visitor: Visitor, email: str) -> bool:
         inbox=visitor.inbox, identity__customer=email_identity.customer_id, identified=False
     ).select_related("identity__customer", "inbox")
     for other in earlier.order_by("-last_seen_at")[:5]:
-        if (conversation := visitor_conversation(other)) is None:
-            continue
+        if not resume_link(other) or (conversation := visitor_conversation(other)) is None:
+            continue  # no link to give (no PUBLIC_URL), or nothing to go on with
         try:
             transcript_request(other, conversation, to=email_identity, why="continue")
         except ValidationError:

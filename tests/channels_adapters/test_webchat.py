@@ -780,6 +780,10 @@ def test_her_address_given_on_a_new_device_mails_her_the_way_back_to_her_earlier
     other = new_visitor(widget)
     answer = async_to_sync(give_address)(chat.visitor_token(other), "liam@example.com")
     assert (answer["pending"], answer["linked"]) == (True, False)
+    # Without a public address for this server there is no link to give: none is promised.
+    settings.PUBLIC_URL = ""
+    third = new_visitor(widget)
+    assert not async_to_sync(give_address)(chat.visitor_token(third), "ana@example.com")["linked"]
     mailed = ConversationEvent.objects.filter(data__why="continue")
     assert [event.data["to"] for event in mailed] == ["ana@example.com"]
     assert len(smtp_server.messages()) == 1
