@@ -202,6 +202,11 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
     except Exception as exc:  # noqa: BLE001 - a bug or a hiccup: said, and left to the sweep
         log.exception("inbound event %s failed; the sweep will retry", event.pk)
         event.error = f"Failed, will be tried again: {type(exc).__name__}: {exc}"[:1000]
+        if event.attempts >= MAX_ATTEMPTS:  # not a hiccup: failed, for an admin to look at
+            event.status = InboundEvent.Status.FAILED
+            event.error = f"Gave up after {event.attempts} attempts: {type(exc).__name__}: {exc}"[
+                :1000
+            ]
     else:
         handled = bool(received) or any(updated)
         event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED

@@ -234,9 +234,10 @@ class EmailAdapter(Adapter):
                 attachments=tuple(parsed.attachments),
                 # Those copied join the thread, unless it was found by the number in the subject
                 # alone (anyone can write a From and a "[#12]", and would then be copied on
-                # every reply to #12) or the sender's domain disowns the mail. (The sender and
-                # our own addresses never join: see conversations.services._participants_add.)
-                cc=tuple(parsed.cc + parsed.to)
+                # every reply to #12) or the sender's domain disowns the mail. Nor does a
+                # mailing list: our replies would go to all its readers. (The sender and our
+                # own addresses never join: see conversations.services._participants_add.)
+                cc=tuple(pair for pair in parsed.cc + parsed.to if pair[1] not in parsed.lists)
                 if (answered or conversation is None) and not (parsed.forged or forwarded)
                 else (),
                 metadata=metadata,

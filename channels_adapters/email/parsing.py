@@ -77,6 +77,7 @@ class ParsedEmail:
     reply_to: tuple[str, str] | None = None
     delivered_to: list[str] = field(default_factory=list)
     forged: str = ""  # why the receiving server says From did not send it (DMARC failed)
+    lists: list[str] = field(default_factory=list)  # the mailing lists it came through
 
     @property
     def recipients(self) -> list[str]:
@@ -191,8 +192,12 @@ def parse_email(raw: bytes) -> ParsedEmail:
     msg = BytesParser(policy=policy.compat32).parsebytes(small)
     from_name, from_address = _sender(msg)
 
-    text_part, html_part, attachments, skipped = _walk(msg, spooled)
-    text = _decode(text_part) if text_part is not None else ""
+    texts, html_part, attachments, skipped = _walk(msg, spooled)
+    text = (
+        _decode(texts[0])
+        if len(texts) == 1
+        else "\n\n".join(filter(None, (_decode(part).strip("\n") for part in texts)))
+    )
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
@@ -228,7 +233,23 @@ def parse_email(raw: bytes) -> ParsedEmail:
             a.lower() for h in ("Delivered-To", "X-Original-To") for a in _raw_addrs(msg, h)
         ],
         forged=_dmarc_failed(msg, from_address),
+        lists=_lists(msg),
     )
+
+
+def _lists(msg) -> list[str]:
+    """The addresses of the mailing lists a mail came through: where List-Post says to write,
+    and the address its List-Id stands for ("users.lists.example" is users@lists.example)."""
+    found = [
+        address.lower()
+        for value in _header_values(msg, "List-Post")
+        for address in re.findall(r"<mailto:([^>?\s]+)", value, re.IGNORECASE)
+    ]
+    if list_id := MESSAGE_ID.search(_header(msg, "List-Id")):
+        local, dot, domain = list_id.group(1).lower().partition(".")
+        if dot and "." in domain:
+            found.append(f"{local}@{domain}")
+    return found
 
 
 # --- Headers --------------------------------------------------------------------------------
@@ -240,6 +261,32 @@ def _modern(msg, name):
     if not values:
         return None
     return _parsed_header(name.lower(), values[0])
+
+
+# Charset labels as mail programs write them, to the codec that reads what they really send:
+# the web's encoding standard (WHATWG), as browsers do. Latin-1 is windows-1252 in practice
+# (Outlook's quotes and euro sign in the 0x80-0x9f range), GB2312 is GBK, Thai Outlook says
+# windows-874, Korean Outlook ks_c_5601-1987; some labels Python does not know at all.
+CHARSET_ALIASES = {
+    **dict.fromkeys(("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "cp819"), "cp1252"),
+    **dict.fromkeys(("gb2312", "gbk", "x-gbk", "gb_2312-80", "chinese", "csgb2312"), "gb18030"),
+    **dict.fromkeys(("windows-874", "tis-620", "iso-8859-11", "x-windows-874"), "cp874"),
+    **dict.fromkeys(("ks_c_5601-1987", "euc-kr", "x-windows-949", "korean"), "cp949"),
+    **dict.fromkeys(("shift_jis", "shift-jis", "x-sjis", "sjis", "ms_kanji"), "cp932"),
+    **dict.fromkeys(("iso-8859-8-i", "iso-8859-8-e", "logical", "visual"), "iso-8859-8"),
+    **dict.fromkeys(("iso-8859-6-i", "iso-8859-6-e"), "iso-8859-6"),
+    "iso-8859-9": "cp1254",
+    "big5": "big5hkscs",
+    "x-mac-roman": "mac-roman",
+    "utf8": "utf-8",
+}
+ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*]+)((?:\*[^?]*)?\?[bBqQ]\?)")
+
+
+def codec_for(label: str) -> str:
+    """The codec to read text labelled `label` with (CHARSET_ALIASES)."""
+    label = (label or "").strip().strip('"').lower()
+    return CHARSET_ALIASES.get(label, label)
 
 
 def _header_values(msg, name: str) -> list[str]:
@@ -258,6 +305,10 @@ def _header_values(msg, name: str) -> list[str]:
                 value = data.decode("utf-8")
             except UnicodeDecodeError:
                 value = data.decode("cp1252", "replace")
+        if "=?" in value:  # encoded words in the charset their bytes are really in
+            value = ENCODED_WORD_CHARSET.sub(
+                lambda m: f"=?{codec_for(m.group(1))}{m.group(2)}", value
+            )
         values.append(value)
     return values
 
@@ -283,7 +334,29 @@ def _header(msg, name: str) -> str:
 def _one_line(value: str) -> str:
     """A header's text on one line. NUL, which an encoded word can carry and PostgreSQL
     cannot store, goes with the folding."""
-    return re.sub(r"[\s\x00]+", " ", value).strip()
+    return re.sub(r"[\s\x00]+", " ", _undecoded_bytes_read(value)).strip()
+
+
+UNDECODED = re.compile(r"[\ud800-\udfff]")
+
+
+def _undecoded_bytes_read(value: str) -> str:
+    """The parser leaves the bytes of an encoded word it could not decode (a charset it does
+    not know, "unknown-8bit", a UTF-8 character split across two words) as lone surrogates,
+    which no database can store: the mail never reached an agent. Read them as UTF-8 (the
+    split character whole again), else windows-1252."""
+    if not UNDECODED.search(value):
+        return value
+    # Two words' halves of one character come apart by the space the parser put between.
+    value = re.sub(r"([\udc80-\udcff]) (?=[\udc80-\udcff])", r"\1", value)
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return UNDECODED.sub("\ufffd", value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
 
 
 def _raw_addrs(msg, name) -> list[str]:
@@ -462,39 +535,34 @@ def _payload_text(part) -> str:
 # --- Bodies ---------------------------------------------------------------------------------
 
 
+def _leaves(part, parent: str = ""):
+    """The parts of a mail that carry content, each with its parent's type. A mail inside the
+    mail (message/rfc822: one forwarded as an attachment) is one part, kept whole."""
+    if part.get_content_type() == "message/rfc822" or not part.is_multipart():
+        yield part, parent
+        return
+    for child in part.get_payload():
+        yield from _leaves(child, part.get_content_type())
+
+
 def _walk(msg: Message, spooled: list):
-    text_part = html_part = None
+    """The mail's text parts (the first, then any more a mail program put between its
+    files), its HTML part, its attachments, and what was too big to keep."""
+    texts: list = []
+    html_part = None
     attachments: list[InboundAttachment] = []
     skipped: list[str] = []
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        if ctype == "message/delivery-status":
-            continue
-        disposition = part.get_content_disposition()
-        filename = _filename(part)
-        if disposition != "attachment" and not filename:
-            if ctype == "text/plain" and text_part is None:
-                text_part = part
-                continue
-            if ctype == "text/html" and html_part is None:
-                html_part = part
-                continue
-            if not ctype.startswith("image/") and ctype != "text/calendar":
-                continue  # an invitation's calendar part is what it proposes: kept
+
+    def keep(part, ctype: str, name: str) -> None:
         content = part.get_payload(decode=True) or b""
         if content.startswith(SPOOL_MARKER.encode()):
             spooled_file = spooled[int(content[len(SPOOL_MARKER) :])]
             spooled_file.seek(0)
             content = File(spooled_file)
-        name = filename or (
-            "invite.ics" if ctype == "text/calendar" else f"attachment.{ctype.split('/')[-1][:10]}"
-        )
         size = content.size if isinstance(content, File) else len(content)
         if size > MAX_ATTACHMENT_BYTES:
             skipped.append(f"{name} ({size // (1024 * 1024)} MB, over the limit)")
-            continue
+            return
         attachment = InboundAttachment(
             filename=name,
             content_type=ctype,
@@ -502,14 +570,54 @@ def _walk(msg: Message, spooled: list):
             content_id=_first_id(part.get("Content-ID", "")) or "",
         )
         if ctype == "application/ms-tnef" or name.lower() == "winmail.dat":
-            attachments += _unwrapped(attachment)
+            attachments.extend(_unwrapped(attachment))
         else:
             attachments.append(attachment)
+
+    for part, parent in _leaves(msg):
+        ctype = part.get_content_type()
+        if ctype.startswith("message/") and ctype != "message/rfc822":
+            continue  # a bounce's or a read receipt's report, read by _bounce and _automated
+        disposition = part.get_content_disposition()
+        filename = _filename(part)
+        if ctype == "message/rfc822":
+            _forwarded_keep(part, filename, attachments, keep)
+            continue
+        if disposition != "attachment" and not filename and ctype.startswith("text/"):
+            if ctype == "text/plain" and (not texts or parent == "multipart/mixed"):
+                texts.append(part)  # Apple Mail: text, a photo, more text
+            elif ctype == "text/html" and html_part is None:
+                html_part = part
+            elif ctype == "text/calendar":  # an invitation's calendar part is what it proposes
+                keep(part, ctype, "invite.ics")
+            continue  # the alternatives of what was kept, bounces' copied headers
+        keep(part, ctype, filename or f"attachment.{ctype.split('/')[-1][:10]}")
     # Gmail sends an invitation twice, inline and as invite.ics: one is enough.
     calendars = [a for a in attachments if a.filename.lower().endswith(".ics")]
-    if len(calendars) > 1:
+    if len(calendars) > 1 and calendars[0].filename == "invite.ics":
         attachments = [a for a in attachments if a is not calendars[0]]
-    return text_part, html_part, attachments, skipped
+    return texts, html_part, attachments, skipped
+
+
+def _forwarded_keep(part, filename: str, attachments: list, keep) -> None:
+    """A mail forwarded as an attachment: kept whole as an .eml, named by its subject. Files
+    in it too big for the parser were set aside (_spool_big_parts) and are kept beside it."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if inner is None:
+        return
+    subject = _readable(_header(inner, "Subject"))[:100]
+    attachments.append(
+        InboundAttachment(
+            filename=filename or f"{subject or 'forwarded'}.eml",
+            content_type="message/rfc822",
+            content=inner.as_bytes(),
+        )
+    )
+    for leaf, _ in _leaves(inner):
+        content = leaf.get_payload(decode=True) if not leaf.is_multipart() else None
+        if content and content.startswith(SPOOL_MARKER.encode()):
+            keep(leaf, leaf.get_content_type(), _filename(leaf) or "attachment")
 
 
 def _unwrapped(winmail: InboundAttachment) -> list[InboundAttachment]:
@@ -608,7 +716,7 @@ def _decode_charset(part) -> str:
     """Body text whatever its declared charset: trust the label when it decodes cleanly, else
     let charset-normalizer find the real one, else windows-1252, which never fails."""
     raw = part.get_payload(decode=True) or b""
-    declared = part.get_content_charset() or "us-ascii"
+    declared = codec_for(part.get_content_charset() or "us-ascii")
     for charset in (declared, "utf-8"):
         try:
             return raw.decode(charset).replace("\r\n", "\n")

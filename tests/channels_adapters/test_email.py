@@ -140,6 +140,44 @@ class TestParsing:
         assert parsed.subject == "注文について"
         assert "注文番号 10422 がまだ届いていません。" in parsed.text
 
+    def test_names_and_text_in_charsets_the_parser_gets_wrong_still_reach_the_agents(
+        self, email_inbox
+    ):
+        """An unknown-8bit name, a UTF-8 character split over two encoded words, Thai
+        Outlook's windows-874 and Outlook's Latin-1 that is windows-1252: the names kept
+        undecodable bytes, which no database stores, and the mail never reached an agent."""
+        pipe(email_inbox, fixture("broken_charsets.eml"))
+        message = only_message()
+        assert message.identity.customer.name == "José García"
+        assert message.conversation.subject == "สอบถามใบแจ้งหนี้"
+        assert message.text == (
+            "Hello, you charged me €49.90 twice – that’s wrong. Please refund “one” of them…"
+        )
+        [copied] = message.conversation.participants.all()
+        assert (copied.display_name, copied.address) == ("João Alves", "joao@pt.example")
+
+    def test_text_between_files_and_files_without_a_name_are_kept(self, email_inbox):
+        # Apple Mail puts the text around the photo, in two parts; a scanner names no file.
+        pipe(email_inbox, fixture("apple_text_photo_text.eml"))
+        message = only_message()
+        assert message.text == (
+            "This is how the lamp arrived:\n\n"
+            "The base is cracked too. Order 20417, please send a new one."
+        )
+        files = [(a.filename, a.content_type) for a in message.attachments.order_by("id")]
+        assert files == [("lamp.png", "image/png"), ("attachment.pdf", "application/pdf")]
+
+    def test_a_mail_forwarded_as_an_attachment_is_kept_whole(self, email_inbox):
+        pipe(email_inbox, fixture("forwarded_as_attachment.eml"))
+        message = only_message()
+        assert message.text == "Our customer's mail is attached: order 20460."
+        assert message.html == ""  # the forwarded mail's HTML is not the sender's own
+        [kept] = message.attachments.all()
+        assert (kept.filename, kept.content_type) == ("Wrong colour.eml", "message/rfc822")
+        inner = parse_email(kept.file.read())
+        assert inner.from_address == "kim@home.example"
+        assert "IBAN DE02 1203 0000 0000 2020 51" in inner.text
+
     def test_html_only_mail_gets_text_and_safe_html(self):
         parsed = parse_email(fixture("html_only_inline_image.eml"))
         assert parsed.text.startswith("Hola, adjunto la captura del error:")
@@ -746,6 +784,15 @@ class TestLoopsAndBounces:
         pipe(email_inbox, reply_to(sent, body="Actually, one more thing."))
         conversation.refresh_from_db()
         assert conversation.status == "open" and conversation.waiting_since is not None
+
+    def test_a_list_is_not_copied_on_our_replies(self, email_inbox, bob, smtp_server):
+        pipe(email_inbox, fixture("list_post.eml"))
+        conversation = Conversation.objects.get()
+        # Rui, copied by Ana, is; the list's readers are not.
+        assert [p.address for p in conversation.participants.all()] == ["rui@members.example"]
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Hi").pk)
+        [sent] = smtp_server.messages()
+        assert (sent["To"], sent["Cc"]) == ("ana@members.example", "rui@members.example")
 
     def test_a_list_mail_is_marked_automated(self, email_inbox):
         pipe(email_inbox, fixture("mailing_list.eml"))

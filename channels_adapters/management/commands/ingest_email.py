@@ -50,6 +50,9 @@ class Command(BaseCommand):
             self.stderr.write(f"stored as event {event.pk} but not processed: {event.error}")
         elif event.status == InboundEvent.Status.IGNORED:
             self.stderr.write(f"ignored: {event.error}")
+        elif event.status == InboundEvent.Status.PENDING:
+            # Stored; processing failed for now (a bug, the database away): the sweep retries.
+            self.stderr.write(f"stored as event {event.pk}, to be processed later: {event.error}")
         elif event.message is None or event.message.direction == Message.Direction.OUTBOUND:
             self.stderr.write("delivery report applied to the message it concerns")
         else:
