@@ -150,6 +150,12 @@ class Adapter:
             )
         return ""
 
+    def reply_templates(self, inbox: Inbox) -> list[dict]:
+        """The approved templates an agent may send from `inbox` instead of free text (which
+        a closed messaging window refuses), as {"name", "language", "body"}; none on most
+        channels."""
+        return []
+
     def attachments_refusal(self, message: Message, files: list[tuple[str, str, int]]) -> str:
         """Why the files (name, content type, size) cannot go with `message` on this channel,
         or "". Asked before a reply is stored: the provider would fail it later, after the

@@ -159,6 +159,8 @@ def conversation_start(request, customer_id: int):
         "identity": post.get("identity", ""),
         "subject": post.get("subject", "")[:300],
         "text": post.get("text", ""),
+        # One picker per address that takes templates: the one picked.
+        "template": next(filter(None, post.getlist("template")), "")[:512],
     }
     identity = customer.identities.filter(pk=id_given(draft["identity"])).first()
     try:
@@ -171,6 +173,7 @@ def conversation_start(request, customer_id: int):
             text=draft["text"],
             subject=draft["subject"],
             again=post.get("again") == "1",
+            template=draft["template"],
         )
     except services.StartedAlready as exc:
         draft["again"] = True  # the page shows it: pressing Send from there means it

@@ -8,6 +8,7 @@ changes nothing: the agent is sent to the surviving profile to try again there.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from channels_adapters.registry import sending_adapter
 from conversations import services
-from conversations.models import OPAQUE_ADDRESSES, Channel, Identity
+from conversations.models import OPAQUE_ADDRESSES, Channel, Identity, Message
 from conversations.selectors import (
     conversation_get_for_agent,
     conversations_visible_to,
@@ -77,15 +78,34 @@ def customer_label(customer) -> str:
     return min(readable, key=lambda identity: identity.pk).address
 
 
-def identities_to_write_to(customer) -> list[Identity]:
+def identities_to_write_to(customer, *, conversation=None, author=None) -> list[Identity]:
     """The customer's addresses an agent can write to: any channel with a sending adapter,
-    each with what that channel takes in files, for the composer."""
+    each with what that channel takes in files and, read when the page shows it (`sending`),
+    why free text would be refused now and the templates that may go instead, for a reply in
+    `conversation` or a conversation `author` starts."""
     identities = []
     for identity in customer.identities.all():
         if adapter := sending_adapter(identity.kind):
             identity.files_hint = adapter.attachments_hint()
+            identity.sending = functools.cache(
+                functools.partial(
+                    _sending, adapter, identity, conversation=conversation, author=author
+                )
+            )
             identities.append(identity)
     return identities
+
+
+def _sending(adapter, identity, **where) -> dict:
+    """Whether free text may go to `identity` now, and what may go instead (a template)."""
+    try:
+        inbox = services.inbox_for_message(identity, **where)
+    except ValidationError as exc:  # no inbox of that channel left to send from
+        return {"refusal": exc.messages[0], "templates": []}
+    draft = Message(
+        direction=Message.Direction.OUTBOUND, channel=identity.kind, inbox=inbox, identity=identity
+    )
+    return {"refusal": adapter.send_refusal(draft), "templates": adapter.reply_templates(inbox)}
 
 
 def customer_page(request, customer, *, status=200, **extra):
@@ -106,7 +126,7 @@ def customer_page(request, customer, *, status=200, **extra):
         "conversations": conversations[:HISTORY_LIMIT],
         "more_conversations": len(conversations) > HISTORY_LIMIT,
         "kinds": [(kind, kind.label) for kind in ADDABLE_KINDS],
-        "start_identities": identities_to_write_to(customer),
+        "start_identities": identities_to_write_to(customer, author=request.user),
         "form": form,
         **extra,
     }
@@ -158,13 +178,6 @@ def customer_block(request, customer_id: int):
         return customer_moved(request, customer)
     if request.POST.get("blocked") not in ("0", "1"):
         return HttpResponseBadRequest("Say whether to block (1) or unblock (0).")
-    if request.POST["blocked"] == "0":
-        services.customer_unblock(customer=customer, actor=request.user)
-        messages.success(
-            request,
-            f"{customer_label(customer)} is no longer blocked: their messages come in again.",
-        )
-        return redirect("inbox:customer", customer_id=customer.pk)
     number = id_given(request.POST.get("conversation"))
     conversation = (
         None
@@ -173,13 +186,20 @@ def customer_block(request, customer_id: int):
     )
     if conversation is not None and conversation.customer_id != customer.pk:
         return HttpResponseBadRequest("That conversation is not this customer's.")
-    services.customer_block(customer=customer, actor=request.user, conversation=conversation)
-    messages.success(
-        request,
-        f"{customer_label(customer)} is blocked: what they send is kept aside, opens nothing "
-        "and notifies nobody.",
-    )
-    if conversation is not None:
+    if request.POST["blocked"] == "0":
+        services.customer_unblock(customer=customer, actor=request.user)
+        messages.success(
+            request,
+            f"{customer_label(customer)} is no longer blocked: their messages come in again.",
+        )
+    else:
+        services.customer_block(customer=customer, actor=request.user, conversation=conversation)
+        messages.success(
+            request,
+            f"{customer_label(customer)} is blocked: what they send is kept aside, opens "
+            "nothing and notifies nobody.",
+        )
+    if conversation is not None:  # back where the agent was
         return redirect("inbox:conversation", number=conversation.pk)
     return redirect("inbox:customer", customer_id=customer.pk)
 

@@ -6,6 +6,7 @@ from typing import NamedTuple
 from django.db.models import CharField, Exists, Func, OuterRef, Q, QuerySet, Value
 from django.db.models.lookups import Contains
 from django.http import Http404
+from django.utils.dateparse import parse_datetime
 
 from conversations.models import Conversation, Customer, Notification
 from routing.models import TeamMembership
@@ -50,6 +51,15 @@ def id_given(value) -> int | None:
     if not (value.isascii() and value.isdigit() and len(value) < 20):
         return None
     return number if (number := int(value)) <= ID_MAX else None
+
+
+def datetime_given(value):
+    """The date and time a form or link gives, else None: "2026-13-45T10:00" looks like one
+    to parse_datetime, whose ValueError was a 500."""
+    try:
+        return parse_datetime(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def conversations_visible_to(user, teams: Teams | None = None) -> QuerySet[Conversation]:

@@ -744,16 +744,18 @@ def conversation_start(
     text: str,
     subject: str = "",
     again: bool = False,
+    template: str = "",
 ) -> Conversation:
     """An agent writes first: a new conversation with `customer` on the channel of `identity`,
     in the inbox that channel sends from (as for a reply), assigned to `author`, with `text`
     queued as its first message. All or nothing: when the channel refuses the message (opted
     out, Messenger's or WhatsApp's window closed), nothing is stored and ValidationError says
     why; StartedAlready when the agent sent the same text to the customer within
-    STARTED_ALREADY_WITHIN, unless `again`."""
+    STARTED_ALREADY_WITHIN, unless `again`. `template`: an approved template (WhatsApp),
+    sent instead of `text`."""
     if identity.customer_id != customer.pk:
         raise ValidationError("That address is not this customer's.")
-    if not text.strip():
+    if not (text.strip() or template):
         raise ValidationError("A message needs text.")
     with transaction.atomic():
         # One start at a time per customer, so that a double click's second finds the first.
@@ -773,14 +775,18 @@ def conversation_start(
             )
             if earlier is not None:
                 raise StartedAlready(earlier)
-        inbox = _inbox_for_address(
-            identity, current=None, same_team=Q(default_team__memberships__user=author)
-        )
+        inbox = inbox_for_message(identity, author=author)
         conversation = conversation_open(
             inbox=inbox, customer=customer, subject=subject, actor=author, channel=identity.kind
         )
         conversation = conversation_assign(conversation=conversation, assignee=author, actor=author)
-        reply_send(conversation=conversation, author=author, text=text, identity=identity)
+        reply_send(
+            conversation=conversation,
+            author=author,
+            text=text,
+            identity=identity,
+            template=template,
+        )
     return conversation
 
 
@@ -1285,13 +1291,18 @@ def identity_for_reply(conversation: Conversation) -> Identity | None:
     return conversation.customer.identities.filter(kind=conversation.inbox.kind).first()
 
 
-def _inbox_for_channel(conversation: Conversation, identity: Identity) -> Inbox:
-    """The inbox this address last used (a Messenger id only works with its own Page), else
-    the conversation's, else one of the same team."""
+def inbox_for_message(identity: Identity, *, conversation: Conversation | None = None, author=None):
+    """The inbox a message to `identity` goes from: the one this address last used (a
+    Messenger id only works with its own Page), else `conversation`'s, else one of its team;
+    for a conversation `author` starts, one of the author's teams."""
+    if conversation is not None:
+        return _inbox_for_address(
+            identity,
+            current=conversation.inbox,
+            same_team=Q(default_team_id=conversation.inbox.default_team_id),
+        )
     return _inbox_for_address(
-        identity,
-        current=conversation.inbox,
-        same_team=Q(default_team_id=conversation.inbox.default_team_id),
+        identity, current=None, same_team=Q(default_team__memberships__user=author)
     )
 
 
@@ -1348,9 +1359,13 @@ def reply_send(
     adapter = sending_adapter(identity.kind)
     if adapter is None:
         raise ValidationError(f"Replies cannot be sent on {Channel(identity.kind).label} yet.")
-    inbox = _inbox_for_channel(conversation, identity)
+    inbox = inbox_for_message(identity, conversation=conversation)
     if template and not adapter.capabilities.templates:
         raise ValidationError(f"{Channel(identity.kind).label} has no message templates.")
+    if template:  # the template alone goes: stored as the customer reads it
+        text = next(
+            (t["body"] for t in adapter.reply_templates(inbox) if t["name"] == template), text
+        )
     draft = Message(
         conversation=conversation,
         direction=Message.Direction.OUTBOUND,

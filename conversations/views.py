@@ -37,7 +37,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
@@ -67,6 +66,7 @@ from conversations.selectors import (
     can_see,
     conversation_get_for_agent,
     conversations_visible_to,
+    datetime_given,
     folded_contains,
     id_given,
     in_teams,
@@ -204,7 +204,7 @@ def _cursor_decode(cursor: str, fields) -> list | None:
             if not isinstance(value, int):
                 return None
         else:
-            value = parse_datetime(value) if isinstance(value, str) else None
+            value = datetime_given(value)
             if value is None:
                 return None
         decoded.append(value)
@@ -452,7 +452,7 @@ def _events_describe(events) -> None:
             event.detail = teams.get(data.get("team"), "no team")
         elif event.kind == Kind.STATUS:
             event.detail = str(statuses.get(data.get("status"), data.get("status"))).lower()
-            if until := parse_datetime(data.get("snoozed_until") or ""):
+            if until := datetime_given(data.get("snoozed_until")):
                 event.detail += f" until {when(until)}"
             if data.get("reason") == "undelivered":
                 event.detail += ", as a reply was not delivered"
@@ -493,7 +493,7 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     prefetch_related_objects([conversation.customer], "identities")
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
-    identities = identities_to_write_to(conversation.customer)
+    identities = identities_to_write_to(conversation.customer, conversation=conversation)
     # Where the customer is, but no reply can go (an API integration): said, not just "none".
     unreachable = {i.get_kind_display() for i in conversation.customer.identities.all()}
     unreachable -= {i.get_kind_display() for i in identities}
@@ -670,6 +670,7 @@ def conversation_reply(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     text = request.POST.get("text", "")
     mode = request.POST.get("mode", "reply")
+    template = request.POST.get("template", "")[:512] if mode == "reply" else ""
     seen = id_given(request.POST.get("seen")) or 0
     once = request.POST.get("client_id", "")[:64]
     if once and conversation.messages.filter(client_id=once).exists():
@@ -693,6 +694,7 @@ def conversation_reply(request, number: int):
             conversation,
             draft=text,
             draft_mode=mode,
+            draft_template=template,
             stale="repeated" if repeated else "arrived",
             reattach=reattach,
             reply_once=once,
@@ -732,6 +734,7 @@ def conversation_reply(request, number: int):
                 identity=identity,
                 client_id=once,
                 attachments=attachments,
+                template=template,
             )
     except ValidationError as exc:
         if isinstance(exc, FileRefused):  # not that one again: the error says why
@@ -741,6 +744,7 @@ def conversation_reply(request, number: int):
             conversation,
             draft=text,
             draft_mode=mode,
+            draft_template=template,
             error="; ".join(exc.messages),
             reattach=reattach,
             reply_once=once,
@@ -936,7 +940,7 @@ def conversation_status(request, number: int):
     status = request.POST.get("status", "")
     until = None
     if status == Status.SNOOZED:
-        until = parse_datetime(request.POST.get("snoozed_until", "") or "")
+        until = datetime_given(request.POST.get("snoozed_until", ""))
         if until is not None and timezone.is_naive(until):
             until = timezone.make_aware(until)
     elif request.POST.get("snoozed_until"):  # a time picked for nothing: say so, change nothing

@@ -490,14 +490,41 @@
     costs.forEach(function (cost) { if (used + cost > split) { count += 1; used = 0; } used += cost; });
     return { gsm: gsm, units: units, count: count };
   }
+  // An approved template (WhatsApp) for the address picked, where its inbox has them: the
+  // template goes alone, so the box shows its text, read-only, and gives back what was typed.
+  let typed = null;
+  function updateTemplate(note, option) {
+    let chosen = null;
+    composer.querySelectorAll("[data-template-for]").forEach(function (label) {
+      const mine = !note && option && label.dataset.templateFor === option.value;
+      const select = label.querySelector("select");
+      label.hidden = !mine;
+      select.disabled = !mine;
+      if (mine && select.value) chosen = select.selectedOptions[0];
+    });
+    if (chosen) {
+      if (typed === null) typed = text.value;
+      text.value = chosen.dataset.body;
+    } else if (typed !== null) {
+      text.value = typed;
+      typed = null;
+    }
+    text.readOnly = Boolean(chosen);
+    return chosen;
+  }
   function updateHint() {
     if (!hint || !picker) return;
     const note = composer.querySelector('[name=mode][value="note"]').checked;
     picker.disabled = note; // a note goes nowhere
-    if (note) { hint.textContent = "Only agents see notes; @name tells a teammate."; return; }
     const option = picker.selectedOptions[0];
+    const template = updateTemplate(note, option);
+    if (note) { hint.textContent = "Only agents see notes; @name tells a teammate."; return; }
     const kind = option ? option.dataset.kind : "";
-    if (kind === "sms") {
+    if (template) {
+      hint.textContent = "The approved template goes as it is, alone.";
+    } else if (option && option.dataset.refusal) {
+      hint.textContent = option.dataset.refusal; // said before a word is written
+    } else if (kind === "sms") {
       const s = segments(text.value);
       hint.textContent = `${s.units} ${s.gsm ? "GSM-7" : "UCS-2"} characters · ${s.count} SMS`;
     } else if (kind === "messenger" || kind === "whatsapp") {
@@ -531,6 +558,9 @@
     text.addEventListener("input", updateHint);
     composer.querySelectorAll("[name=mode]").forEach(function (radio) { radio.addEventListener("change", updateHint); });
     if (picker) picker.addEventListener("change", updateHint);
+    composer.querySelectorAll("[data-template-for] select").forEach(function (select) {
+      select.addEventListener("change", updateHint);
+    });
     composer.querySelector("[name=files]").addEventListener("change", updateHint);
     updateHint();
   }

@@ -227,12 +227,26 @@ class WhatsAppAdapter(meta.MetaAdapter):
             return ""
         last = customer_last_wrote(message.identity, message.inbox)
         if last is None or timezone.now() - last > SERVICE_WINDOW:
-            when = f"last wrote on {last:%Y-%m-%d %H:%M} UTC" if last else "has not written yet"
+            # In the agent's zone when an agent is sending (the request's), else UTC.
+            local = timezone.localtime(last) if last else None
+            when = (
+                f"last wrote on {local:%Y-%m-%d %H:%M} {local.tzname()}"
+                if last
+                else ("has not written yet")
+            )
             return (
                 f"The customer {when}, and WhatsApp only delivers free-form messages within 24 "
                 "hours of the customer's last message. Pick an approved template instead."
             )
         return ""
+
+    def reply_templates(self, inbox):
+        # Those a reply can send: one with parameters to fill in cannot be yet.
+        return [
+            {"name": t["name"], "language": str(t.get("language") or ""), "body": body}
+            for t in meta.dicts((inbox.settings or {}).get("templates"))
+            if t.get("name") and not PARAMETER.search(body := str(t.get("body") or ""))
+        ]
 
     @staticmethod
     def template_names(inbox) -> list[str]:

@@ -11,6 +11,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
+from django.urls import reverse
 
 from channels_adapters.delivery import attachment_fetch, message_deliver, message_retry
 from channels_adapters.models import InboundEvent
@@ -494,6 +495,57 @@ class TestSend:
                 "template": {"name": "order_update", "language": {"code": "pt_BR"}},
             }
         ]
+
+    def test_the_agent_is_told_the_window_closed_and_picks_a_template_on_the_page(
+        self, client, graph, wa_inbox, bob
+    ):
+        with time_machine.travel(START, tick=False):
+            conversation = customer_wrote(wa_inbox)
+        seen = conversation.messages.get().pk
+        page = reverse("inbox:conversation", args=[conversation.pk])
+        client.force_login(bob)
+        with time_machine.travel(START + timedelta(hours=1), tick=False):
+            shown = client.get(page).content.decode()
+        assert 'data-refusal=""' in shown  # free text goes: nothing said before writing
+        client.cookies["tz"] = "America/Sao_Paulo"  # the agent's browser's zone
+        with time_machine.travel(START + timedelta(days=3), tick=False):
+            shown = client.get(page).content.decode()
+            # Before a word is written: the window is closed (since when, in the agent's
+            # time), and the templates that may go instead (not one with a parameter).
+            assert "The customer last wrote on 2026-03-02 06:00 -03, and WhatsApp" in shown
+            assert "only delivers free-form messages within 24" in shown
+            assert '<option value="order_update" data-body="Olá! Há novidades' in shown
+            assert 'value="shipped_named"' not in shown
+            sent = client.post(
+                reverse("inbox:reply", args=[conversation.pk]),
+                {"mode": "reply", "text": "", "template": "order_update", "seen": seen},
+            )
+            assert sent.status_code == 302
+            reply = conversation.messages.get(direction=Message.Direction.OUTBOUND)
+            message_deliver(reply.pk)
+        # The timeline shows what João read: the template's text.
+        assert reply.text == "Olá! Há novidades sobre o seu pedido. Responda para continuar."
+        [payload] = graph.payloads()
+        assert payload["template"] == {"name": "order_update", "language": {"code": "pt_BR"}}
+
+    def test_an_agent_writes_first_with_a_template_from_the_customer_page(
+        self, client, graph, wa_inbox, bob
+    ):
+        with time_machine.travel(START, tick=False):
+            customer = customer_wrote(wa_inbox).customer
+        whatsapp = customer.identities.get(kind=Channel.WHATSAPP)
+        client.force_login(bob)
+        with time_machine.travel(START + timedelta(days=30), tick=False):
+            page = client.get(reverse("inbox:customer", args=[customer.pk])).content.decode()
+            assert f'<select id="start-template-{whatsapp.pk}" name="template">' in page
+            response = client.post(
+                reverse("inbox:customer_start", args=[customer.pk]),
+                {"identity": whatsapp.pk, "text": "", "template": ["", "order_update"]},
+            )
+        assert response.status_code == 302
+        started = Message.objects.get(direction=Message.Direction.OUTBOUND)
+        assert started.metadata["template"] == "order_update"
+        assert started.conversation != customer.conversations.order_by("id").first()
 
     @pytest.mark.parametrize(
         ("template", "reason"),

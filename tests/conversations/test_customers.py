@@ -404,6 +404,10 @@ class TestBlocking:
 
         conversation = spam.conversations.get()
         client.force_login(bob)
+        # The page asks first (inbox.js confirms a button with data-confirm).
+        page = client.get(reverse("inbox:conversation", args=[conversation.pk])).content.decode()
+        name = spam.name or "this sender"
+        assert f'data-confirm="Block {name}? This conversation closes' in page
         response = client.post(
             reverse("inbox:customer_block", args=[spam.pk]),
             {"blocked": "1", "conversation": conversation.pk},
@@ -422,8 +426,12 @@ class TestBlocking:
         assert Conversation.objects.count() == 1
         assert not Message.objects.filter(text__contains="again").exists()
 
-        response = client.post(reverse("inbox:customer_block", args=[spam.pk]), {"blocked": "0"})
-        assert response.status_code == 302
+        # Unblocked from the conversation's page: back on it.
+        response = client.post(
+            reverse("inbox:customer_block", args=[spam.pk]),
+            {"blocked": "0", "conversation": conversation.pk},
+        )
+        assert response.url == reverse("inbox:conversation", args=[conversation.pk])
         pipe(mail_inbox, customer_mail(subject="A real question", body="Where is order 7?"))
         assert Message.objects.filter(text__contains="order 7").exists()
 

@@ -778,12 +778,15 @@ class TestConversation:
             html = client.get(f"/inbox/{conversation.pk}/").content.decode()
             assert "snoozed until Dec 1, 14:00" in html
 
-    def test_snoozing_into_the_past_is_refused_visibly(self, client, bob, chat_inbox):
+    @pytest.mark.parametrize("until", ["2001-01-01T10:00", "2026-13-45T10:00"])
+    def test_snoozing_into_the_past_or_a_day_that_is_none_is_refused_visibly(
+        self, client, bob, chat_inbox, until
+    ):
         conversation = chat(chat_inbox)
         client.force_login(bob)
         response = client.post(
             reverse("inbox:status", args=[conversation.pk]),
-            {"status": "snoozed", "snoozed_until": "2001-01-01T10:00"},
+            {"status": "snoozed", "snoozed_until": until},
             follow=True,
         )
         assert b"Snoozing needs a time in the future" in response.content

@@ -550,3 +550,43 @@ def test_a_view_is_saved_with_the_filters_on_screen(asgi_server, browser, bob, c
     wanted = {"view": "mine", "channel": "email", "priority": "2"}
     assert wanted.items() <= QueryDict(saved.query).dict().items()
     expect(page.locator("form.filters [name=channel]")).to_have_value("email")  # shown applied
+
+
+def test_after_whatsapps_window_closed_the_agent_sends_an_approved_template(
+    asgi_server, browser, bob, support
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations.models import Inbox
+
+    inbox = Inbox.objects.create(
+        name="Acme on WhatsApp",
+        kind=Channel.WHATSAPP,
+        address="+15550783881",
+        default_team=support,
+        settings={
+            "phone_number_id": "1055",
+            "templates": [
+                {"name": "order_update", "language": "pt_BR", "body": "Há novidades do pedido."}
+            ],
+        },
+    )
+    asked = receive(inbox, text="Oi, e o meu pedido?", address="+5511987654321").message
+    Message.objects.filter(pk=asked.pk).update(created_at=timezone.now() - timedelta(days=2))
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{asked.conversation_id}/")
+    # Said before a word is written: free text would not go; a template would.
+    expect(page.locator("[data-hint]")).to_contain_text("Pick an approved template instead.")
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("Olá João")
+    template = page.get_by_role("combobox", name="Approved template")
+    template.select_option("order_update")
+    expect(box).to_have_value("Há novidades do pedido.")  # what goes, as João will read it
+    expect(box).not_to_be_editable()
+    template.select_option("")  # changed their mind: what they typed comes back
+    expect(box).to_have_value("Olá João")
+    template.select_option("order_update")
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(page.locator("li.message.outbound")).to_contain_text("Há novidades do pedido.")
