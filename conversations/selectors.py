@@ -95,6 +95,13 @@ def in_teams(teams: Teams) -> Q:
     return Q(team_id__in=teams.teams) | Q(inbox_id__in=teams.inboxes)
 
 
+def worked_by(teams: Teams) -> Q:
+    """Conversations that are those teams' work: routed to one of them, or to no team in an
+    inbox one of them answers by default. Narrower than in_teams, what they may see: one
+    transferred to another team stays readable to the inbox's team, and is not its work."""
+    return Q(team_id__in=teams.teams) | Q(team__isnull=True, inbox_id__in=teams.inboxes)
+
+
 def conversation_get_for_agent(*, user, conversation_id) -> Conversation:
     """The conversation if `user` may see it. Raises Http404 otherwise, so that a conversation
     someone may not see is indistinguishable from one that does not exist."""

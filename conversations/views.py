@@ -69,9 +69,9 @@ from conversations.selectors import (
     datetime_given,
     folded_contains,
     id_given,
-    in_teams,
     notifications_for,
     teams_of,
+    worked_by,
 )
 from conversations.templatetags.sla import when
 from helpdesk.models import User
@@ -101,8 +101,13 @@ ACTIVE = (Status.OPEN, Status.PENDING)
 # Views of the list: what each one holds for `user`, whose teams are `teams` (teams_of).
 VIEWS = {
     "mine": ("Mine", lambda user, teams: Q(assignee=user)),
-    "unassigned": ("Unassigned", lambda user, teams: Q(assignee__isnull=True)),
-    "teams": ("My teams", lambda user, teams: in_teams(teams)),
+    # An agent's unassigned ones: their teams' work waiting for someone (not one of their
+    # inbox's that was transferred to another team); an admin's: everyone's.
+    "unassigned": (
+        "Unassigned",
+        lambda user, teams: Q(assignee__isnull=True) & (Q() if user.is_admin else worked_by(teams)),
+    ),
+    "teams": ("My teams", lambda user, teams: worked_by(teams)),
     "all": ("All", None),
 }
 # Sorts: the ordering, and the fields of the keyset cursor in that order.

@@ -1,6 +1,8 @@
 """The agent inbox pages, with personas: bob (Support agent), a teammate, charlie (Billing, an
 outsider to Support's conversations) and alice (admin)."""
 
+import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -924,6 +926,30 @@ class TestPermissions:
                             assert response["Location"].startswith("/login/"), path
                     elif f"{conversation.pk}" in path or str(message.pk) in path:
                         assert response.status_code in (400, 403, 404, 405), (method, path)
+
+
+def test_a_conversation_transferred_to_another_team_leaves_the_first_teams_queue(
+    client, bob, charlie, chat_inbox, billing
+):
+    moved = chat(chat_inbox, text="A question for billing", address="v1")
+    services.conversation_set_team(conversation=moved, team=billing)
+    stays = chat(chat_inbox, text="A question for us", address="v2")
+
+    def listed(user, view):
+        client.force_login(user)
+        page = client.get(f"/inbox/?view={view}").content.decode()
+        counts = json.loads(html.unescape(re.search(r'data-counts="([^"]*)"', page).group(1)))
+        shown = [pk for pk in (moved.pk, stays.pk) if f'data-conversation="{pk}"' in page]
+        return shown, counts[view]
+
+    # Bob's team answers the inbox: the transferred one is Billing's work now, not his.
+    assert listed(bob, "unassigned") == ([stays.pk], 1)
+    assert listed(bob, "teams") == ([stays.pk], 1)
+    assert listed(charlie, "unassigned") == ([moved.pk], 1)
+    assert listed(charlie, "teams") == ([moved.pk], 1)
+    # Bob may still read it (its inbox is his team's), as a search finds it.
+    client.force_login(bob)
+    assert client.get(reverse("inbox:conversation", args=[moved.pk])).status_code == 200
 
 
 class TestBulkActions:
