@@ -3,7 +3,7 @@
 import pytest
 
 from conversations import services
-from conversations.models import Notification
+from conversations.models import Conversation, Notification
 from tests.conftest import listen, receive
 
 
@@ -82,6 +82,10 @@ class TestPages:
             "The customer</span> replied",
         ):
             assert said in html
+        # Whom and what it is about, without opening it.
+        Conversation.objects.filter(pk=named.pk).update(subject="Refund for order 7781")
+        html = client.get("/inbox/notifications").content.decode()
+        assert f"#{named.pk} · Grace Okafor: Refund for order 7781</span>" in html
 
     def test_opening_the_conversation_reads_its_notifications(self, client, chat_inbox, bob, dana):
         one = receive(chat_inbox, address="v1").message.conversation
