@@ -885,16 +885,28 @@ def html_to_text(html: str) -> str:
 # --- Quotes and signatures --------------------------------------------------------------------
 
 # Lines that start a forwarded/quoted header block in Outlook and friends, in our languages.
-HEADER_START = re.compile(r"^\s*\**(from|de|von|da|van)\s*:\**\s+\S", re.I)
+# Outlook's header block above the quoted mail, in the languages customers write in: English,
+# Portuguese, Spanish, French, German, Italian, Dutch, Swedish, Danish and Norwegian, Polish
+# and Czech, Finnish, Turkish, Russian, Japanese, Chinese, Korean (a full-width colon too).
+HEADER_START = re.compile(
+    r"^\s*\**(from|de|von|da|van|från|fra|od|lähettäjä|kimden|от|差出人|发件人|보낸 사람)"
+    r"\s*[:：]\**\s*\S",
+    re.I,
+)
 HEADER_NEXT = re.compile(
     r"^\s*\**(sent|date|to|subject|enviado|envoy[ée]|data|fecha|para|objet|assunto|asunto|"
-    r"gesendet|an|betreff|à|cc|verzonden|aan|onderwerp|inviato|a|oggetto)\s*:",
+    r"gesendet|an|betreff|à|cc|verzonden|aan|onderwerp|inviato|a|oggetto|skickat|till|ämne|"
+    r"kopia|sendt|til|emne|kopi|wysłano|do|temat|dw|odesláno|komu|předmět|lähetetty|"
+    r"vastaanottaja|aihe|kopio|gönderildi|kime|konu|отправлено|кому|тема|копия|送信日時|宛先|"
+    r"件名|发送时间|收件人|主题|抄送|보낸 날짜|받는 사람|제목)\s*[:：]",
     re.I,
 )
 # A quoted mail's header block always names its subject: "From: Lisbon / To: Berlin / Date:"
 # in a booking change, or a pasted bank receipt, does not.
 HEADER_SUBJECT = re.compile(
-    r"^\s*\**(subject|objet|assunto|asunto|betreff|onderwerp|oggetto)\s*:", re.I
+    r"^\s*\**(subject|objet|assunto|asunto|betreff|onderwerp|oggetto|ämne|emne|temat|"
+    r"předmět|aihe|konu|тема|件名|主题|제목)\s*[:：]",
+    re.I,
 )
 HEADER_LINES = 10  # how far below "From:" its Subject may be (a To: list wraps over lines)
 # A forward's marker: what follows is the message forwarded, not history. Gmail's, then Apple

@@ -278,6 +278,31 @@ class TestParsing:
                 "Subject: Re: Bestellung\n\nHallo",
                 "Danke!",
             ),
+            (  # Outlook in Swedish, Polish, Finnish, Japanese (a full-width colon) and Russian
+                "Tack!\n\nFrån: Acme Support <support@acme.example>\nSkickat: den 1 december "
+                "2026 10:00\nTill: Anna\nÄmne: Re: Order 7781\n\nHej Anna",
+                "Tack!",
+            ),
+            (
+                "Dziękuję.\n\nOd: Acme Support <support@acme.example>\nWysłano: wtorek, 1 "
+                "grudnia 2026 10:00\nDo: Jan\nTemat: Re: Zamówienie\n\nDzień dobry",
+                "Dziękuję.",
+            ),
+            (
+                "Kiitos.\n\nLähettäjä: Acme Support <support@acme.example>\nLähetetty: 1. "
+                "joulukuuta 2026 10.00\nVastaanottaja: Matti\nAihe: Re: Tilaus\n\nHei",
+                "Kiitos.",
+            ),
+            (
+                "ありがとうございます。\n\n差出人： Acme Support <support@acme.example>\n"
+                "送信日時： 2026年12月1日 10:00\n宛先： 山田\n件名： Re: 注文\n\n山田様",
+                "ありがとうございます。",
+            ),
+            (
+                "Спасибо.\n\nОт: Acme Support <support@acme.example>\nОтправлено: 1 декабря "
+                "2026 г. 10:00\nКому: Иван\nТема: Re: Заказ\n\nИван,",
+                "Спасибо.",
+            ),
             ("See you.\n-- \nGrace Smith\nProcurement", "See you."),
             ("Done.\n\nEnviado do meu iPhone", "Done."),
             ("Sure.\n\nGet Outlook for Android<https://aka.ms/AAb9ysg>", "Sure."),
