@@ -226,7 +226,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         automated=automated,
         auto_reply=bool(automated) and automated not in LIST_MAIL,
         loop_marker=_header(msg, "X-Loop"),
-        bounce=_bounce(msg),
+        bounce=_bounce(msg) or _plain_bounce(from_address, text),
         language=_header(msg, "Content-Language").split(",")[0].strip()[:10],
         reply_to=reply_to if reply_to[1] not in ("", from_address) else None,
         delivered_to=[
@@ -519,6 +519,33 @@ def _bounce(msg: Message) -> Bounce | None:
     reason = reason or ("the message bounced" if status == "failed" else "")
     who = bare_address(reader.group(1)) if receipt and reader else ""
     return Bounce(original_message_id=original, reason=reason, status=status, reader=who)
+
+
+BOUNCE_SENDERS = re.compile(r"^(mailer-daemon|postmaster)@", re.I)
+STILL_TRYING = re.compile(
+    r"temporar|delayed|will (keep|continue) trying|not yet been delivered", re.I
+)
+DELIVERY_CODE = re.compile(r"\b[45]\.\d{1,3}\.\d{1,3}\b|\b[45]\d\d[ -]")
+
+
+def _plain_bounce(sender: str, text: str) -> Bounce | None:
+    """A bounce written as plain text (qmail, older Exim and Sendmail, some hosted mail) that
+    quotes the mail it returns: the Message-ID in that copy says which message of ours failed,
+    the first line with a delivery status code says why. One that is still trying changes
+    nothing."""
+    if not BOUNCE_SENDERS.match(sender):
+        return None
+    found = re.search(r"^\s*Message-ID:\s*(<[^>]+>)", text, re.I | re.M)
+    if not found:
+        return None
+    report = text[: found.start()]
+    if STILL_TRYING.search(report):
+        return Bounce(original_message_id=_first_id(found.group(1)), reason="", status="")
+    why = next(
+        (line.strip() for line in report.splitlines() if DELIVERY_CODE.search(line)),
+        "the message bounced",
+    )
+    return Bounce(original_message_id=_first_id(found.group(1)), reason=why[:300])
 
 
 def _payload_text(part) -> str:
