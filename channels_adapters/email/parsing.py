@@ -132,8 +132,15 @@ def _sender(msg) -> tuple[str, str]:
 
 
 def _message_id(msg, raw: bytes) -> str:
-    """The Message-ID without brackets, or a hash of the mail as received when it has none."""
-    return _first_id(_header(msg, "Message-ID")) or "sha256-" + hashlib.sha256(raw).hexdigest()
+    """The Message-ID without brackets; for a mail without one, a hash of what its sender
+    wrote (From, Date, Subject, body), not of the mail as received: one that reached two of
+    our addresses, each path adding its own trace headers, is the same mail."""
+    if found := _first_id(_header(msg, "Message-ID")):
+        return found
+    blank = BLANK_LINE.search(raw)
+    written = [_header(msg, name) for name in ("From", "Date", "Subject")]
+    written.append(_body_digest(raw[blank.end() :] if blank else b""))
+    return "sha256-" + hashlib.sha256("\n".join(written).encode()).hexdigest()
 
 
 # Base64 bodies larger than this are decoded to a temporary file before the stdlib parser sees

@@ -923,6 +923,13 @@ class TestLoopsAndBounces:
         pipe(email_inbox, again)
         assert list(conversation.messages.values_list("text", flat=True)) == ["Hello", "Any news?"]
         assert Conversation.objects.count() == 1
+        # A mail without a Message-ID (a script's, an old form's) is known by what its sender
+        # wrote, not by the trace headers each delivery added.
+        bare = re.sub(rb"Message-ID: [^\r\n]+\r?\n", b"", customer_mail(subject="No id"))
+        pipe(email_inbox, b"Delivered-To: support@acme.example\r\n" + bare)
+        said = pipe(other, b"Delivered-To: billing@acme.example\r\n" + bare)
+        assert said.startswith("ignored: The same mail came in through")
+        assert Conversation.objects.filter(subject="No id").count() == 1
         # A contact form's mail, whose customer is in Reply-To, is one message too; another
         # mail under a Message-ID the other inbox has is not taken for it.
         form = customer_mail(
@@ -936,7 +943,7 @@ class TestLoopsAndBounces:
         reused = re.search(rb"Message-ID: (<[^>]+>)", form).group(1).decode()
         stranger = customer_mail(frm="jo@example.com", body="Refund", message_id=reused)
         assert not pipe(other, stranger).startswith("ignored")
-        assert Conversation.objects.count() == 3
+        assert Conversation.objects.count() == 4  # with the mail without an id
 
     def test_a_contact_form_mail_is_from_the_visitor_in_reply_to(
         self, email_inbox, bob, smtp_server
