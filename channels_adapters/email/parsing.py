@@ -287,6 +287,7 @@ CHARSET_ALIASES = {
     "x-mac-roman": "mac-roman",
     "utf8": "utf-8",
 }
+HEADER_MAX_CHARS = 64 * 1024
 ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*]+)((?:\*[^?]*)?\?[bBqQ]\?)")
 
 
@@ -312,6 +313,9 @@ def _header_values(msg, name: str) -> list[str]:
                 value = data.decode("utf-8")
             except UnicodeDecodeError:
                 value = data.decode("cp1252", "replace")
+        # A header beyond any real one's length (the parser's time grows with its square:
+        # half a megabyte of encoded words took a minute) is read as far as that.
+        value = value[:HEADER_MAX_CHARS]
         if "=?" in value:  # encoded words in the charset their bytes are really in
             value = ENCODED_WORD_CHARSET.sub(
                 lambda m: f"=?{codec_for(m.group(1))}{m.group(2)}", value
@@ -386,7 +390,10 @@ def _addresses(msg, name) -> list[tuple[str, str]]:
     try:
         found = [(a.display_name, a.addr_spec) for a in _modern(msg, name).addresses]
     except Exception:  # noqa: BLE001 - fall back to the lenient parser on broken headers
-        found = getaddresses(_header_values(msg, name))
+        try:
+            found = getaddresses(_header_values(msg, name))
+        except RecursionError:  # thousands of nested comments: no address to be read there
+            found = []
     return [
         (_one_line(display)[:200], addr.replace("\x00", "").strip().lower())
         for display, addr in found

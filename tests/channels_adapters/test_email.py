@@ -1219,7 +1219,23 @@ class TestInboundPaths:
             pipe(email_inbox, b"")
         with pytest.raises(CommandError, match="no email inbox"):
             call_command("ingest_email", "--inbox", "nobody@nowhere.example")
+        # A From of thousands of nested comments overflowed the parser's stack: a traceback.
+        nested = customer_mail(frm="x@example.com").replace(
+            b"From: x@example.com", b"From: " + b"(" * 30_000 + b"x@example.com"
+        )
+        with pytest.raises(CommandError, match="unreadable input: no From address"):
+            pipe(email_inbox, nested)
         assert not InboundEvent.objects.exists()
+
+    def test_a_header_beyond_any_real_ones_length_is_read_as_far_as_that(self, email_inbox):
+        # Half a megabyte of encoded words took the parser a minute (its time grows with the
+        # square of the length): what is read of it is cut.
+        words = " ".join(["=?utf-8?Q?caf=C3=A9?="] * 25_000)
+        raw = customer_mail(subject="x").replace(b"Subject: x", f"Subject: {words}".encode())
+        subject = parse_email(raw).subject
+        assert subject.startswith("cafécafé") and len(subject) < 20_000
+        pipe(email_inbox, raw)
+        assert Conversation.objects.get().subject.startswith("cafécafé")
 
     @pytest.mark.django_db(transaction=True)
     def test_a_mail_piped_without_redis_is_acknowledged_before_the_command_exits(
