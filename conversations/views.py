@@ -93,6 +93,7 @@ ROW_FIELDS = (
     "last_activity_at",
     "waiting_since",
     "sla_due_at",
+    "snoozed_until",
 )
 Status = Conversation.Status
 ACTIVE = (Status.OPEN, Status.PENDING)

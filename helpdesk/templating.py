@@ -5,7 +5,7 @@ bars on every page). Everything else stays in Django's templates."""
 from django.urls import reverse
 from jinja2 import Environment, StrictUndefined
 
-from conversations.templatetags.sla import ago, iso, sla_left
+from conversations.templatetags.sla import ago, iso, sla_left, when
 
 
 def environment(**options) -> Environment:
@@ -14,6 +14,6 @@ def environment(**options) -> Environment:
     options.update(undefined=StrictUndefined)
     options.pop("autoescape", None)
     env = Environment(**options, autoescape=True)
-    env.filters.update(ago=ago, iso=iso, sla_left=sla_left)
+    env.filters.update(ago=ago, iso=iso, sla_left=sla_left, when=when)
     env.globals["url"] = lambda name, *args: reverse(name, args=args)
     return env

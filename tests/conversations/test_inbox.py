@@ -775,6 +775,8 @@ class TestConversation:
         html = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "Status changed by Bob: snoozed until Dec 1, 09:00" in html
         assert ">Dec 1, 09:00</time>" in html  # beside the status, at the top
+        rows = client.get("/inbox/?view=teams&status=snoozed&partial=rows").content.decode()
+        assert ">Snoozed until Dec 1, 09:00</span>" in rows  # in the list too
         for unknown in ("Not/A_Zone", "America", "../../etc"):  # the server's zone, UTC
             client.cookies["tz"] = unknown
             html = client.get(f"/inbox/{conversation.pk}/").content.decode()
@@ -1042,6 +1044,7 @@ class TestSavedViews:
         assert [v.name for v in page.context["saved_views"]] == ["Email waiting"]
         assert [c.channel for c in page.context["conversations"]] == ["email"]
         assert 'aria-current="page">Email waiting' in page.content.decode()
+        assert page.content.decode().count('aria-current="page"') == 1  # not My teams as well
         # The same filters applied through the form, which sends its empty fields too.
         form = "view=teams&q=&status=&channel=email&team=&priority=&tag=&sort=waiting"
         assert 'aria-current="page">Email waiting' in client.get(f"/inbox/?{form}").content.decode()

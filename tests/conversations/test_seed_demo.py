@@ -30,6 +30,10 @@ def test_the_demo_covers_every_channel_and_is_idempotent(client):
         channels=Count("conversations__inbox__kind", distinct=True)
     ).filter(channels=2, conversations__status=Conversation.Status.CLOSED)
     assert spanning.count() == 5
+    # Their profile is as old as their first conversation ("since" on the customer page).
+    for customer in spanning:
+        first = customer.conversations.order_by("created_at").first()
+        assert customer.created_at <= first.created_at
     # Every demo address can be answered: "chloé.smith@" needs SMTPUTF8, which we do not send.
     emails = Identity.objects.filter(kind=Channel.EMAIL).values_list("address", flat=True)
     assert all(address.isascii() for address in emails)

@@ -15,6 +15,7 @@ from conversations.models import (
     CannedResponse,
     Channel,
     Conversation,
+    Customer,
     Identity,
     Inbox,
     Message,
@@ -760,6 +761,10 @@ class Command(BaseCommand):
             }
         )
         conversation.events.update(created_at=conversation.created_at - shift)
+        # The customer is ours since their first conversation ("since" on their page).
+        Customer.objects.filter(
+            pk=conversation.customer_id, created_at__gt=conversation.created_at - shift
+        ).update(created_at=conversation.created_at - shift)
         self._keep_delays(conversation, shift)
         # Its SLA clocks too; targets that ran out in the meantime count as long breached
         # (and warned about), so the demo does not open with a burst of alerts.
