@@ -91,6 +91,9 @@ class Capabilities:
     idempotent_send: bool = False
     # Approved message templates the agent may pick (WhatsApp outside its 24-hour window).
     templates: bool = False
+    # Free text goes only within a messaging window after the customer's last message
+    # (Messenger's, WhatsApp's): the composer says so before a word is written.
+    window: bool = False
     # SMS: the composer counts GSM-7/UCS-2 segments.
     segments: bool = False
 

@@ -40,6 +40,7 @@ from conversations.services import (
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+INBOUND_GIVE_UP = timedelta(days=1)
 PAYLOAD_IN_ROW_MAX = 256 * 1024
 # A status callback can overtake the answer that told us the provider's id for the message:
 # such an event stays pending (the sweep tries it again) for this long before it is dropped.
@@ -202,11 +203,12 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
     except Exception as exc:  # noqa: BLE001 - a bug or a hiccup: said, and left to the sweep
         log.exception("inbound event %s failed; the sweep will retry", event.pk)
         event.error = f"Failed, will be tried again: {type(exc).__name__}: {exc}"[:1000]
-        if event.attempts >= MAX_ATTEMPTS:  # not a hiccup: failed, for an admin to look at
+        # Still failing a day on (an outage is over by then): a bug, failed for an admin to
+        # look at and retry once fixed, rather than tried every minute for ever.
+        if timezone.now() - event.received_at > INBOUND_GIVE_UP:
             event.status = InboundEvent.Status.FAILED
-            event.error = f"Gave up after {event.attempts} attempts: {type(exc).__name__}: {exc}"[
-                :1000
-            ]
+            reason = f"{type(exc).__name__}: {exc}"
+            event.error = f"Gave up after {event.attempts} attempts over a day: {reason}"[:1000]
     else:
         handled = bool(received) or any(updated)
         event.status = InboundEvent.Status.PROCESSED if handled else InboundEvent.Status.IGNORED

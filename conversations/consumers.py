@@ -604,14 +604,10 @@ class VisitorConsumer(LiveConsumer):
             except ValidationError as exc:
                 return {"type": "error", "action": action, "error": exc.messages[0]}
             pending = chat.email_pending(self.visitor)
-            # Another customer's address: perhaps theirs, on another device.
-            linked = pending and chat.continue_link_send(self.visitor, self.visitor.email)
-            return {
-                "type": "contact",
-                "email": self.visitor.email,
-                "pending": pending,
-                "linked": linked,
-            }
+            if pending:  # another customer's address: perhaps theirs, on another device
+                chat.continue_link_send(self.visitor, self.visitor.email)
+            # Whether a link went is not said: the typist learns nothing of the address.
+            return {"type": "contact", "email": self.visitor.email, "pending": pending}
         conversation = chat.visitor_conversation(self.visitor)
         if conversation is None or conversation.pk != content.get("conversation"):
             return {"type": "error", "action": action, "error": "No such conversation."}

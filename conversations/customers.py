@@ -97,15 +97,19 @@ def identities_to_write_to(customer, *, conversation=None, author=None) -> list[
 
 
 def _sending(adapter, identity, **where) -> dict:
-    """Whether free text may go to `identity` now, and what may go instead (a template)."""
-    try:
-        inbox = services.inbox_for_message(identity, **where)
-    except ValidationError as exc:  # no inbox of that channel left to send from
-        return {"refusal": exc.messages[0], "templates": []}
+    """Whether free text may go to `identity` now, and what may go instead (a template). The
+    inbox it would go from is looked up only where a messaging window makes it matter."""
+    inbox = None
+    if adapter.capabilities.window or adapter.capabilities.templates:
+        try:
+            inbox = services.inbox_for_message(identity, **where)
+        except ValidationError as exc:  # no inbox of that channel left to send from
+            return {"refusal": exc.messages[0], "templates": []}
     draft = Message(
         direction=Message.Direction.OUTBOUND, channel=identity.kind, inbox=inbox, identity=identity
     )
-    return {"refusal": adapter.send_refusal(draft), "templates": adapter.reply_templates(inbox)}
+    templates = adapter.reply_templates(inbox) if inbox else []
+    return {"refusal": adapter.send_refusal(draft), "templates": templates}
 
 
 def customer_page(request, customer, *, status=200, **extra):

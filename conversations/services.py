@@ -1363,9 +1363,8 @@ def reply_send(
     if template and not adapter.capabilities.templates:
         raise ValidationError(f"{Channel(identity.kind).label} has no message templates.")
     if template:  # the template alone goes: stored as the customer reads it
-        text = next(
-            (t["body"] for t in adapter.reply_templates(inbox) if t["name"] == template), text
-        )
+        chosen = (t for t in adapter.reply_templates(inbox) if template in (t["ref"], t["name"]))
+        text = next((t["body"] for t in chosen), text)
     draft = Message(
         conversation=conversation,
         direction=Message.Direction.OUTBOUND,

@@ -133,12 +133,15 @@ def _sender(msg) -> tuple[str, str]:
 
 def _message_id(msg, raw: bytes) -> str:
     """The Message-ID without brackets; for a mail without one, a hash of what its sender
-    wrote (From, Date, Subject, body), not of the mail as received: one that reached two of
-    our addresses, each path adding its own trace headers, is the same mail."""
+    wrote (From, Date, Subject, body) and of its first hop, not of the mail as received: one
+    that reached two of our addresses, each path adding its own trace headers, is one mail."""
     if found := _first_id(_header(msg, "Message-ID")):
         return found
     blank = BLANK_LINE.search(raw)
     written = [_header(msg, name) for name in ("From", "Date", "Subject")]
+    # And the first hop's Received, which both copies share and a resend a day later does
+    # not (alerts from scripts repeat From, Subject and body, often with no Date).
+    written += [_one_line(str(h)) for h in (msg.get_all("Received") or [])[-1:]]
     written.append(_body_digest(raw[blank.end() :] if blank else b""))
     return "sha256-" + hashlib.sha256("\n".join(written).encode()).hexdigest()
 
@@ -536,6 +539,7 @@ def _bounce(msg: Message) -> Bounce | None:
 
 
 BOUNCE_SENDERS = re.compile(r"^(mailer-daemon|postmaster)@", re.I)
+PERMANENT = re.compile(r"permanent|given up|giving up|\b5\.\d{1,3}\.\d{1,3}\b|#5\.\d", re.I)
 STILL_TRYING = re.compile(
     r"temporar|delayed|will (keep|continue) trying|not yet been delivered", re.I
 )
@@ -546,19 +550,18 @@ def _plain_bounce(sender: str, text: str) -> Bounce | None:
     """A bounce written as plain text (qmail, older Exim and Sendmail, some hosted mail) that
     quotes the mail it returns: the Message-ID in that copy says which message of ours failed,
     the first line with a delivery status code says why. One that is still trying changes
-    nothing."""
+    nothing; one that says it gave up fails, whatever temporary trouble it quotes."""
     if not BOUNCE_SENDERS.match(sender):
         return None
     found = re.search(r"^\s*Message-ID:\s*(<[^>]+>)", text, re.I | re.M)
     if not found:
         return None
     report = text[: found.start()]
-    if STILL_TRYING.search(report):
+    if STILL_TRYING.search(report) and not PERMANENT.search(report):
         return Bounce(original_message_id=_first_id(found.group(1)), reason="", status="")
-    why = next(
-        (line.strip() for line in report.splitlines() if DELIVERY_CODE.search(line)),
-        "the message bounced",
-    )
+    coded = [line.strip() for line in report.splitlines() if DELIVERY_CODE.search(line)]
+    why = next((line for line in coded if PERMANENT.search(line)), None)
+    why = why or next(iter(coded), "the message bounced")
     return Bounce(original_message_id=_first_id(found.group(1)), reason=why[:300])
 
 
@@ -655,7 +658,7 @@ def _forwarded_keep(part, filename: str, attachments: list, keep) -> None:
             content=inner.as_bytes(),
         )
     )
-    for leaf, _ in _leaves(inner):
+    for leaf in inner.walk():  # into mails forwarded within it too
         content = leaf.get_payload(decode=True) if not leaf.is_multipart() else None
         if content and content.startswith(SPOOL_MARKER.encode()):
             keep(leaf, leaf.get_content_type(), _filename(leaf) or "attachment")

@@ -68,7 +68,7 @@ def _attachment_kind(content_type: str) -> str:
 
 class MessengerAdapter(meta.MetaAdapter):
     kind = Channel.MESSENGER
-    capabilities = Capabilities(attachments=True, max_length=MAX_TEXT)
+    capabilities = Capabilities(attachments=True, max_length=MAX_TEXT, window=True)
     fetches_profiles = True
 
     # --- Webhooks ---------------------------------------------------------------------------

@@ -97,10 +97,9 @@ def _strings() -> dict:
         "start": _("Start the chat"),
         "save": _("Save"),
         "email_saved": _("We will email you at %(email)s if you have left."),
-        "email_pending": _("We will email you at %(email)s once we have checked it is yours."),
-        "email_linked": _(
-            "We have emailed %(email)s a link to your earlier chat with us, to go on with it "
-            "on this device."
+        "email_pending": _(
+            "We will email you at %(email)s once we have checked it is yours. If it chatted "
+            "with us before, a link to go on with that chat is on its way there."
         ),
         "typing": _("%(name)s is typing…"),
         "seen": _("Seen"),

@@ -89,7 +89,7 @@ def _filename(kind: str, mime_type: str, given) -> str:
 
 class WhatsAppAdapter(meta.MetaAdapter):
     kind = Channel.WHATSAPP
-    capabilities = Capabilities(attachments=True, max_length=MAX_TEXT, templates=True)
+    capabilities = Capabilities(attachments=True, max_length=MAX_TEXT, templates=True, window=True)
 
     # --- Webhooks ---------------------------------------------------------------------------
 
@@ -241,11 +241,13 @@ class WhatsAppAdapter(meta.MetaAdapter):
         return ""
 
     def reply_templates(self, inbox):
-        # Those a reply can send: one with parameters to fill in cannot be yet.
+        # Those a reply can send: one with parameters to fill in cannot be yet. One name may
+        # stand for a template in several languages: "name|language" picks one (template()).
         return [
-            {"name": t["name"], "language": str(t.get("language") or ""), "body": body}
+            {"ref": f"{t['name']}|{lang}", "name": t["name"], "language": lang, "body": body}
             for t in meta.dicts((inbox.settings or {}).get("templates"))
             if t.get("name") and not PARAMETER.search(body := str(t.get("body") or ""))
+            for lang in [str(t.get("language") or "")]
         ]
 
     @staticmethod
@@ -255,9 +257,11 @@ class WhatsAppAdapter(meta.MetaAdapter):
         ]
 
     @staticmethod
-    def template(inbox, name: str) -> dict | None:
+    def template(inbox, ref: str) -> dict | None:
+        """The template `ref` names: "name", or "name|language" for one of its languages."""
+        name, _, language = ref.partition("|")
         for template in meta.dicts((inbox.settings or {}).get("templates")):
-            if template.get("name") == name:
+            if template.get("name") == name and language in ("", template.get("language")):
                 return template
         return None
 
@@ -281,7 +285,9 @@ class WhatsAppAdapter(meta.MetaAdapter):
             if template is None:  # removed from settings since the refusal check
                 raise PermanentError(f"There is no WhatsApp template named {name!r} any more.")
             language = {"code": str(template.get("language") or "en_US")}
-            parts = [{"type": "template", "template": {"name": name, "language": language}}]
+            parts = [
+                {"type": "template", "template": {"name": template["name"], "language": language}}
+            ]
         else:
             parts = (
                 [{"type": "text", "text": {"body": message.text}}] if message.text.strip() else []

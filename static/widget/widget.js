@@ -365,7 +365,7 @@
         S.availability = data.availability || S.availability;
         break;
       case "contact":
-        contactSaved(data.email, data.pending, data.linked);
+        contactSaved(data.email, data.pending);
         break;
       case "done":
         if (data.action === "rate" && S.conversation) S.conversation.rating = S.rating;
@@ -692,13 +692,13 @@
     if (!form.closest("[hidden]")) field.focus();
   }
 
-  function contactSaved(email, pending, linked) {
+  function contactSaved(email, pending) {
     if (S.contactForm === ui.prechat) {
       S.prechatDone = true;
       const name = ui.nameInput.value.trim();
       if (name) S.visitor.name = name;
     }
-    if (email) Object.assign(S.visitor, { email, email_pending: Boolean(pending), email_linked: Boolean(linked) });
+    if (email) Object.assign(S.visitor, { email, email_pending: Boolean(pending) });
     S.contactForm = null;
     if (S.afterContact === "transcript") requestTranscript();
     S.afterContact = "";
@@ -1049,10 +1049,9 @@
     ui.note.hidden = !(asynchronous || correcting);
     ui.noteText.hidden = !asynchronous;
     // Promised only where replies can go: an address of another customer's waits for an
-    // agent to check it, and if that customer chatted here before, the address was sent a
-    // link to go on with that chat (chat.continue_link_send).
-    const promise = S.visitor.email_linked ? "email_linked"
-      : S.visitor.email_pending ? "email_pending" : "email_saved";
+    // agent to check it (and if it chatted here before, it was mailed the way back to that
+    // chat: chat.continue_link_send; the note says so either way, telling nothing).
+    const promise = S.visitor.email_pending ? "email_pending" : "email_saved";
     ui.emailSaved.textContent = S.visitor.email ? t(promise, { email: S.visitor.email }) : "";
     ui.emailSaved.hidden = !S.visitor.email;
     // One email form, where it is needed: for the transcript, or so answers can follow them.

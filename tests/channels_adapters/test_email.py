@@ -140,6 +140,35 @@ class TestParsing:
         assert parsed.subject == "注文について"
         assert "注文番号 10422 がまだ届いていません。" in parsed.text
 
+    def test_a_big_file_in_a_forward_of_a_forward_is_kept(self, email_inbox):
+        from email.message import EmailMessage
+
+        def mail(frm, subject, text, attached, **headers):
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = (
+                frm,
+                "support@acme.example",
+                subject,
+            )
+            message.set_content(text)
+            if isinstance(attached, EmailMessage):
+                message.add_attachment(attached)  # message/rfc822
+            else:
+                message.add_attachment(
+                    attached, maintype="application", subtype="pdf", filename="contract.pdf"
+                )
+            return message
+
+        pdf = b"%PDF-1.4\n" + bytes(700_000)  # set aside before parsing (over 512 kB)
+        signed = mail("kim@home.example", "Contract", "Signed.", pdf)
+        forwarded = mail("tom@reseller.example", "Fwd: Contract", "See below.", signed)
+        pipe(
+            email_inbox,
+            mail("maria@example.com", "Fwd: Fwd: Contract", "FYI", forwarded).as_bytes(),
+        )
+        files = {a.filename: a.file.size for a in only_message().attachments.all()}
+        assert files["contract.pdf"] == len(pdf)
+
     def test_names_and_text_in_charsets_the_parser_gets_wrong_still_reach_the_agents(
         self, email_inbox
     ):
@@ -926,10 +955,15 @@ class TestLoopsAndBounces:
         # A mail without a Message-ID (a script's, an old form's) is known by what its sender
         # wrote, not by the trace headers each delivery added.
         bare = re.sub(rb"Message-ID: [^\r\n]+\r?\n", b"", customer_mail(subject="No id"))
-        pipe(email_inbox, b"Delivered-To: support@acme.example\r\n" + bare)
-        said = pipe(other, b"Delivered-To: billing@acme.example\r\n" + bare)
+        hop = b"Received: from mx.example.com by mx.acme.example; Tue, 1 Dec 2026 10:00 +0000\r\n"
+        for to in (b"support", b"billing"):  # each copy's own last hop, above the shared one
+            copy = b"Delivered-To: %s@acme.example\r\nReceived: by %s\r\n" % (to, to) + hop
+            said = pipe(email_inbox if to == b"support" else other, copy + bare)
         assert said.startswith("ignored: The same mail came in through")
         assert Conversation.objects.filter(subject="No id").count() == 1
+        # The same words sent again the next day (a script's alert) are another mail.
+        pipe(email_inbox, hop.replace(b"Tue, 1", b"Wed, 2") + bare)
+        assert Conversation.objects.filter(subject="No id").count() == 2
         # A contact form's mail, whose customer is in Reply-To, is one message too; another
         # mail under a Message-ID the other inbox has is not taken for it.
         form = customer_mail(
@@ -943,7 +977,7 @@ class TestLoopsAndBounces:
         reused = re.search(rb"Message-ID: (<[^>]+>)", form).group(1).decode()
         stranger = customer_mail(frm="jo@example.com", body="Refund", message_id=reused)
         assert not pipe(other, stranger).startswith("ignored")
-        assert Conversation.objects.count() == 4  # with the mail without an id
+        assert Conversation.objects.count() == 5  # with the two mails without an id
 
     def test_a_contact_form_mail_is_from_the_visitor_in_reply_to(
         self, email_inbox, bob, smtp_server
@@ -974,6 +1008,8 @@ class TestLoopsAndBounces:
             ("bounce_template.eml", "Bounced: 550 5.1.1 <nobody@customers.example>"),
             # qmail's, in plain text: the copy of our mail below it names it.
             ("bounce_plain_qmail.eml", "Bounced: Sorry, no mailbox here by that name. (#5.1.1)"),
+            # It gave up, whatever temporary trouble it quotes.
+            ("bounce_plain_gave_up.eml", "Bounced: Remote host said: 451 4.3.0 Temporary"),
         ],
     )
     def test_a_bounce_fails_the_message_it_concerns_and_opens_nothing(

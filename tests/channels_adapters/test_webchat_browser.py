@@ -403,8 +403,8 @@ def test_her_address_on_a_new_device_says_her_earlier_chat_is_a_mail_away(
     panel.get_by_role("button", name="Save").click()
     expect(
         panel.get_by_text(
-            "We have emailed jo@example.com a link to your earlier chat with us, "
-            "to go on with it on this device."
+            "We will email you at jo@example.com once we have checked it is yours. If it "
+            "chatted with us before, a link to go on with that chat is on its way there."
         )
     ).to_be_visible()
 

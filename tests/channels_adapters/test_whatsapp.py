@@ -514,11 +514,11 @@ class TestSend:
             # time), and the templates that may go instead (not one with a parameter).
             assert "The customer last wrote on 2026-03-02 06:00 -03, and WhatsApp" in shown
             assert "only delivers free-form messages within 24" in shown
-            assert '<option value="order_update" data-body="Olá! Há novidades' in shown
+            assert '<option value="order_update|pt_BR" data-body="Olá! Há novidades' in shown
             assert 'value="shipped_named"' not in shown
             sent = client.post(
                 reverse("inbox:reply", args=[conversation.pk]),
-                {"mode": "reply", "text": "", "template": "order_update", "seen": seen},
+                {"mode": "reply", "text": "", "template": "order_update|pt_BR", "seen": seen},
             )
             assert sent.status_code == 302
             reply = conversation.messages.get(direction=Message.Direction.OUTBOUND)
@@ -527,6 +527,21 @@ class TestSend:
         assert reply.text == "Olá! Há novidades sobre o seu pedido. Responda para continuar."
         [payload] = graph.payloads()
         assert payload["template"] == {"name": "order_update", "language": {"code": "pt_BR"}}
+
+    def test_a_template_name_in_two_languages_sends_the_one_picked(self, graph, wa_inbox, bob):
+        spanish = {"name": "order_update", "language": "es", "body": "¡Hay novedades!"}
+        wa_inbox.settings["templates"].append(spanish)
+        wa_inbox.save()
+        with time_machine.travel(START, tick=False):
+            conversation = customer_wrote(wa_inbox)
+        with time_machine.travel(START + timedelta(days=3), tick=False):
+            reply = services.reply_send(
+                conversation=conversation, author=bob, text="", template="order_update|es"
+            )
+            message_deliver(reply.pk)
+        assert reply.text == "¡Hay novedades!"
+        [payload] = graph.payloads()
+        assert payload["template"] == {"name": "order_update", "language": {"code": "es"}}
 
     def test_an_agent_writes_first_with_a_template_from_the_customer_page(
         self, client, graph, wa_inbox, bob
@@ -540,11 +555,11 @@ class TestSend:
             assert f'<select id="start-template-{whatsapp.pk}" name="template">' in page
             response = client.post(
                 reverse("inbox:customer_start", args=[customer.pk]),
-                {"identity": whatsapp.pk, "text": "", "template": ["", "order_update"]},
+                {"identity": whatsapp.pk, "text": "", "template": ["", "order_update|pt_BR"]},
             )
         assert response.status_code == 302
         started = Message.objects.get(direction=Message.Direction.OUTBOUND)
-        assert started.metadata["template"] == "order_update"
+        assert started.metadata["template"] == "order_update|pt_BR"
         assert started.conversation != customer.conversations.order_by("id").first()
 
     @pytest.mark.parametrize(

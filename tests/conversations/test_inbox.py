@@ -839,6 +839,12 @@ class TestConversation:
             receive(chat_inbox, text=f"More {i}")
             services.note_add(conversation=conversation, author=bob, text=f"Note {i}")
         assert queries() == few
+        # Nor for more addresses to write to (the composer's "Send on" and what each takes).
+        for i in range(10):
+            services.identity_add(
+                customer=conversation.customer, kind="email", address=f"jo{i}@example.com"
+            )
+        assert queries() == few
 
 
 class TestPermissions:

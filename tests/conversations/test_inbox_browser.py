@@ -582,11 +582,11 @@ def test_after_whatsapps_window_closed_the_agent_sends_an_approved_template(
     box = page.get_by_role("textbox", name="Message")
     box.fill("Olá João")
     template = page.get_by_role("combobox", name="Approved template")
-    template.select_option("order_update")
+    template.select_option("order_update|pt_BR")
     expect(box).to_have_value("Há novidades do pedido.")  # what goes, as João will read it
     expect(box).not_to_be_editable()
     template.select_option("")  # changed their mind: what they typed comes back
     expect(box).to_have_value("Olá João")
-    template.select_option("order_update")
+    template.select_option("order_update|pt_BR")
     page.get_by_role("button", name="Send", exact=True).click()
     expect(page.locator("li.message.outbound")).to_contain_text("Há novidades do pedido.")
