@@ -211,6 +211,9 @@ def parse_email(raw: bytes) -> ParsedEmail:
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
+    if not text.strip():  # nothing but a mail forwarded as an attachment: its text, to read
+        forwarded = next((a for a in attachments if a.content_type == "message/rfc822"), None)
+        text = _forwarded_text(forwarded.content) if forwarded else ""
     subject = _header(msg, "Subject")
     new_text, quoted = split_reply(text, forward=bool(FORWARD_SUBJECT.match(subject)))
 
@@ -643,6 +646,23 @@ def _walk(msg: Message, spooled: list):
     return texts, html_part, attachments, skipped
 
 
+def _forwarded_text(content) -> str:
+    """What a mail forwarded as an attachment says, headed by who wrote it, for a forward
+    that says nothing of its own (its .eml is kept beside)."""
+    if not isinstance(content, bytes):
+        return ""
+    inner = BytesParser(policy=policy.compat32).parsebytes(content)
+    plain = next((p for p, _ in _leaves(inner) if p.get_content_type() == "text/plain"), None)
+    html = next((p for p, _ in _leaves(inner) if p.get_content_type() == "text/html"), None)
+    said = _decode(plain) if plain else html_to_text(_decode(html)) if html else ""
+    if not said.strip():
+        return ""
+    name, address = _address(inner, "From")
+    who = format_address(name, address) if address else ""
+    heading = f"{FORWARDED_HEADING}\nFrom: {who}\nSubject: {_header(inner, 'Subject')}\n\n"
+    return heading + said
+
+
 def _forwarded_keep(part, filename: str, attachments: list, keep) -> None:
     """A mail forwarded as an attachment: kept whole as an .eml, named by its subject. Files
     in it too big for the parser were set aside (_spool_big_parts) and are kept beside it."""
@@ -955,6 +975,7 @@ HEADER_SUBJECT = re.compile(
 HEADER_LINES = 10  # how far below "From:" its Subject may be (a To: list wraps over lines)
 # A forward's marker: what follows is the message forwarded, not history. Gmail's, then Apple
 # Mail's ("Begin forwarded message:", "Anfang der weitergeleiteten Nachricht:"...).
+FORWARDED_HEADING = "---------- Forwarded message ---------"  # Gmail's: FORWARDED knows it
 FORWARDED = re.compile(
     r"^\s*-*\s*(forwarded message|begin forwarded message|mensagem encaminhada|"
     r"message transf[ée]r[ée]|mensaje reenviado|weitergeleitete nachricht|"

@@ -140,6 +140,17 @@ class TestParsing:
         assert parsed.subject == "注文について"
         assert "注文番号 10422 がまだ届いていません。" in parsed.text
 
+    def test_a_forward_that_says_nothing_shows_the_forwarded_mails_text(self, email_inbox):
+        raw = fixture("forwarded_as_attachment.eml").replace(
+            b"Our customer's mail is attached: order 20460.", b""
+        )
+        pipe(email_inbox, raw)
+        message = only_message()
+        assert message.text.startswith("---------- Forwarded message ---------\n")
+        assert "From: Kim Park <kim@home.example>\nSubject: Wrong colour" in message.text
+        assert "I ordered blue and got green." in message.text
+        assert [a.filename for a in message.attachments.all()] == ["Wrong colour.eml"]
+
     def test_a_big_file_in_a_forward_of_a_forward_is_kept(self, email_inbox):
         from email.message import EmailMessage
 
