@@ -582,14 +582,15 @@ def _payload_text(part) -> str:
 # --- Bodies ---------------------------------------------------------------------------------
 
 
-def _leaves(part, parent: str = ""):
-    """The parts of a mail that carry content, each with its parent's type. A mail inside the
-    mail (message/rfc822: one forwarded as an attachment) is one part, kept whole."""
+def _leaves(part, parent=None):
+    """The parts of a mail that carry content, each with its parent (None for the mail
+    itself). A mail inside the mail (message/rfc822: one forwarded as an attachment) is one
+    part, kept whole."""
     if part.get_content_type() == "message/rfc822" or not part.is_multipart():
         yield part, parent
         return
     for child in part.get_payload():
-        yield from _leaves(child, part.get_content_type())
+        yield from _leaves(child, part)
 
 
 def _walk(msg: Message, spooled: list):
@@ -621,6 +622,7 @@ def _walk(msg: Message, spooled: list):
         else:
             attachments.append(attachment)
 
+    alternatives_read = set()  # the multipart/alternatives a text was taken from
     for part, parent in _leaves(msg):
         ctype = part.get_content_type()
         if ctype.startswith("message/") and ctype != "message/rfc822":
@@ -631,8 +633,16 @@ def _walk(msg: Message, spooled: list):
             _forwarded_keep(part, filename, attachments, keep)
             continue
         if disposition != "attachment" and not filename and ctype.startswith("text/"):
-            if ctype == "text/plain" and (not texts or parent == "multipart/mixed"):
-                texts.append(part)  # Apple Mail: text, a photo, more text
+            # The first text, and more between files: Apple Mail sends text, a photo, more
+            # text, each text on its own or as an alternative of its own with its HTML.
+            kind = parent.get_content_type() if parent is not None else ""
+            further = kind == "multipart/mixed" or (
+                kind == "multipart/alternative" and id(parent) not in alternatives_read
+            )
+            if ctype == "text/plain" and (not texts or further):
+                texts.append(part)
+                if kind == "multipart/alternative":
+                    alternatives_read.add(id(parent))
             elif ctype == "text/html" and html_part is None:
                 html_part = part
             elif ctype == "text/calendar":  # an invitation's calendar part is what it proposes

@@ -207,6 +207,27 @@ class TestParsing:
         files = [(a.filename, a.content_type) for a in message.attachments.order_by("id")]
         assert files == [("lamp.png", "image/png"), ("attachment.pdf", "application/pdf")]
 
+    def test_apple_mails_rich_text_around_a_photo_is_read_whole(self):
+        from email.message import EmailMessage
+
+        def rich(text):  # a text and its HTML, as alternatives
+            part = EmailMessage()
+            part.set_content(text)
+            part.add_alternative(f"<p>{text}</p>", subtype="html")
+            return part
+
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "rosa@mac.example", "support@acme.example", "x"
+        mail.make_mixed()
+        photo = EmailMessage()
+        photo.set_content(
+            b"\x89PNG\r\n\x1a\n", maintype="image", subtype="png", disposition="inline"
+        )
+        for part in (rich("The lamp arrived like this:"), photo, rich("Order 20417.")):
+            mail.attach(part)
+        parsed = parse_email(mail.as_bytes())
+        assert parsed.text == "The lamp arrived like this:\n\nOrder 20417."
+
     def test_a_mail_forwarded_as_an_attachment_is_kept_whole(self, email_inbox):
         pipe(email_inbox, fixture("forwarded_as_attachment.eml"))
         message = only_message()
