@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import functools
 import hashlib
 import mimetypes
@@ -297,6 +298,19 @@ HEADER_MAX_CHARS = 64 * 1024
 ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*]+)((?:\*[^?]*)?\?[bBqQ]\?)")
 
 
+def _eight_bit_charset(msg) -> str:
+    """What raw 8-bit headers that are not UTF-8 are written in: the body's charset (old
+    mailers wrote both alike: KOI8-R, ISO-8859-2...), else windows-1252."""
+    for part in msg.walk():
+        codec = codec_for(part.get_content_charset() or "")
+        if part.get_content_maintype() == "text" and codec not in ("", "us-ascii", "utf-8"):
+            try:
+                return codecs.lookup(codec).name
+            except LookupError:
+                break
+    return "cp1252"
+
+
 def codec_for(label: str) -> str:
     """The codec to read text labelled `label` with (CHARSET_ALIASES)."""
     label = (label or "").strip().strip('"').lower()
@@ -318,7 +332,7 @@ def _header_values(msg, name: str) -> list[str]:
             try:
                 value = data.decode("utf-8")
             except UnicodeDecodeError:
-                value = data.decode("cp1252", "replace")
+                value = data.decode(_eight_bit_charset(msg), "replace")
         # A header beyond any real one's length (the parser's time grows with its square:
         # half a megabyte of encoded words took a minute) is read as far as that.
         value = value[:HEADER_MAX_CHARS]

@@ -196,6 +196,12 @@ class TestParsing:
         [copied] = message.conversation.participants.all()
         assert (copied.display_name, copied.address) == ("João Alves", "joao@pt.example")
 
+    def test_raw_8_bit_headers_read_in_the_bodys_charset(self):
+        # An old Russian mailer writes its headers in KOI8-R, unencoded, as its body.
+        parsed = parse_email(fixture("koi8r_raw_headers.eml"))
+        assert (parsed.from_name, parsed.subject) == ("Ольга Смирнова", "Заказ 30211 не пришёл")
+        assert parsed.text == "Здравствуйте, заказ 30211 так и не пришёл."
+
     def test_text_between_files_and_files_without_a_name_are_kept(self, email_inbox):
         # Apple Mail puts the text around the photo, in two parts; a scanner names no file.
         pipe(email_inbox, fixture("apple_text_photo_text.eml"))
