@@ -155,8 +155,8 @@ class Adapter:
 
     def reply_templates(self, inbox: Inbox) -> list[dict]:
         """The approved templates an agent may send from `inbox` instead of free text (which
-        a closed messaging window refuses), as {"name", "language", "body"}; none on most
-        channels."""
+        a closed messaging window refuses), as {"ref", "name", "language", "body"}: `ref`
+        is what the picker sends back to name one; none on most channels."""
         return []
 
     def attachments_refusal(self, message: Message, files: list[tuple[str, str, int]]) -> str:

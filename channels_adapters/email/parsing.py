@@ -328,11 +328,7 @@ def _header_values(msg, name: str) -> list[str]:
             continue
         value = str(value)
         if not value.isascii():
-            data = value.encode("utf-8", "surrogateescape")
-            try:
-                value = data.decode("utf-8")
-            except UnicodeDecodeError:
-                value = data.decode(_eight_bit_charset(msg), "replace")
+            value = _utf8_else(value.encode("utf-8", "surrogateescape"), _eight_bit_charset(msg))
         # A header beyond any real one's length (the parser's time grows with its square:
         # half a megabyte of encoded words took a minute) is read as far as that.
         value = value[:HEADER_MAX_CHARS]
@@ -384,10 +380,15 @@ def _undecoded_bytes_read(value: str) -> str:
         data = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that stands for no byte
         return UNDECODED.sub("\ufffd", value)
+    return _utf8_else(data, "cp1252")
+
+
+def _utf8_else(data: bytes, charset: str) -> str:
+    """Bytes of a header as UTF-8 when they are, else in `charset`, which never fails."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
+        return data.decode(charset, "replace")
 
 
 def _raw_addrs(msg, name) -> list[str]:
@@ -972,7 +973,6 @@ def html_to_text(html: str) -> str:
 
 # --- Quotes and signatures --------------------------------------------------------------------
 
-# Lines that start a forwarded/quoted header block in Outlook and friends, in our languages.
 # Outlook's header block above the quoted mail, in the languages customers write in: English,
 # Portuguese, Spanish, French, German, Italian, Dutch, Swedish, Danish and Norwegian, Polish
 # and Czech, Finnish, Turkish, Russian, Japanese, Chinese, Korean (a full-width colon too).

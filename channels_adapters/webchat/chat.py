@@ -355,19 +355,19 @@ def visitor_contact(visitor: Visitor, *, name: str = "", email: str = "") -> Vis
     return visitor_reload(visitor)
 
 
-def continue_link_send(visitor: Visitor, email: str) -> bool:
+def continue_link_send(visitor: Visitor, email: str) -> None:
     """The visitor gave `email`, another customer's address: often the same person, on
     another device. If that customer chatted in this inbox before, their conversation goes
     to the address, with the link that continues it in any browser (resume_link): whoever
     reads that mailbox may go on with it, and the typist learns nothing of it. Once per
-    address until that chat goes on (transcript_request). Whether such a mail is on its way."""
+    address until that chat goes on (transcript_request)."""
     email_identity = (
         Identity.objects.filter(kind=Channel.EMAIL, address=email, opted_out_at=None)
         .exclude(customer=visitor.identity.customer_id)
         .first()
     )
     if email_identity is None:
-        return False
+        return
     earlier = Visitor.objects.filter(
         inbox=visitor.inbox, identity__customer=email_identity.customer_id, identified=False
     ).select_related("identity__customer", "inbox")
@@ -378,8 +378,7 @@ def continue_link_send(visitor: Visitor, email: str) -> bool:
             transcript_request(other, conversation, to=email_identity, why="continue")
         except ValidationError:
             pass  # already on its way to that address
-        return True
-    return False
+        return
 
 
 def _flag_email_elsewhere(conversation: Conversation, email: str) -> None:

@@ -228,12 +228,10 @@ class WhatsAppAdapter(meta.MetaAdapter):
         last = customer_last_wrote(message.identity, message.inbox)
         if last is None or timezone.now() - last > SERVICE_WINDOW:
             # In the agent's zone when an agent is sending (the request's), else UTC.
-            local = timezone.localtime(last) if last else None
-            when = (
-                f"last wrote on {local:%Y-%m-%d %H:%M} {local.tzname()}"
-                if last
-                else ("has not written yet")
-            )
+            when = "has not written yet"
+            if last:
+                local = timezone.localtime(last)
+                when = f"last wrote on {local:%Y-%m-%d %H:%M} {local.tzname()}"
             return (
                 f"The customer {when}, and WhatsApp only delivers free-form messages within 24 "
                 "hours of the customer's last message. Pick an approved template instead."
@@ -245,22 +243,25 @@ class WhatsAppAdapter(meta.MetaAdapter):
         # stand for a template in several languages: "name|language" picks one (template()).
         return [
             {"ref": f"{t['name']}|{lang}", "name": t["name"], "language": lang, "body": body}
-            for t in meta.dicts((inbox.settings or {}).get("templates"))
+            for t in self._templates(inbox)
             if t.get("name") and not PARAMETER.search(body := str(t.get("body") or ""))
             for lang in [str(t.get("language") or "")]
         ]
 
     @staticmethod
-    def template_names(inbox) -> list[str]:
-        return [
-            t["name"] for t in meta.dicts((inbox.settings or {}).get("templates")) if t.get("name")
-        ]
+    def _templates(inbox) -> list[dict]:
+        """The templates in the inbox's settings, as the admin wrote them."""
+        return meta.dicts((inbox.settings or {}).get("templates"))
 
-    @staticmethod
-    def template(inbox, ref: str) -> dict | None:
+    @classmethod
+    def template_names(cls, inbox) -> list[str]:
+        return [t["name"] for t in cls._templates(inbox) if t.get("name")]
+
+    @classmethod
+    def template(cls, inbox, ref: str) -> dict | None:
         """The template `ref` names: "name", or "name|language" for one of its languages."""
         name, _, language = ref.partition("|")
-        for template in meta.dicts((inbox.settings or {}).get("templates")):
+        for template in cls._templates(inbox):
             if template.get("name") == name and language in ("", template.get("language")):
                 return template
         return None
