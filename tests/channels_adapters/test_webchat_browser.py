@@ -153,6 +153,13 @@ def open_chat(page, title="Website chat"):
     return panel
 
 
+def write(panel, text):
+    """The visitor writes `text` in the widget and sends it with Enter."""
+    box = panel.get_by_label("Write a message…")
+    box.fill(text)
+    box.press("Enter")
+
+
 def with_token(page, inbox, visitor):
     """The browser already chatted as `visitor`: its token is in the site's localStorage."""
     key, token = (
@@ -362,9 +369,7 @@ def test_offline_it_says_when_we_answer_and_asks_where_to_email(
     )
     expect(panel.get_by_text("No rush: we will answer here and by email.")).to_be_visible()
 
-    box = panel.get_by_label("Write a message…")
-    box.fill("Do you ship to the Azores?")
-    box.press("Enter")
+    write(panel, "Do you ship to the Azores?")
     expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("Azores"))
     email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
     expect(email).to_be_visible()
@@ -395,9 +400,7 @@ def test_her_address_on_a_new_device_says_her_earlier_chat_is_a_mail_away(
     page = browser.new_page(locale="en-US")
     page.goto(shop.embed(asgi_server, widget))
     panel = open_chat(page)
-    box = panel.get_by_label("Write a message…")
-    box.fill("And to Madeira?")
-    box.press("Enter")
+    write(panel, "And to Madeira?")
     email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
     email.fill("jo@example.com")
     panel.get_by_role("button", name="Save").click()
@@ -424,9 +427,7 @@ def test_a_mistyped_optional_email_is_asked_again_as_typed(
     panel = open_chat(page)
     expect(panel.locator(".availability")).to_contain_text("Online" if online else "by email")
     panel.get_by_label("Your email").fill("jo@example")
-    box = panel.get_by_label("Write a message…")
-    box.fill("Do you ship to the Azores?")
-    box.press("Enter")
+    write(panel, "Do you ship to the Azores?")
     expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("Azores"))
     # The message went; the address comes back, as typed, marked, for her to correct.
     email = panel.get_by_label("Leave your email so our answer reaches you if you go:")
@@ -621,9 +622,7 @@ def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins
     problems = watch(page)
     page.goto(shop.embed(asgi_server, widget))
     panel = open_chat(page)
-    box = panel.get_by_label("Write a message…")
-    box.fill("Is anyone there?")
-    box.press("Enter")
+    write(panel, "Is anyone there?")
     availability = panel.locator(".availability")
     expect(availability).to_contain_text("You are number 3 in line")
     expect(availability).not_to_contain_text("we reply in minutes")  # not while in line
@@ -657,9 +656,7 @@ def test_the_demo_page_embeds_the_widget_under_our_own_csp(asgi_server, browser,
     expect(page.get_by_role("heading", name="Acme Demo Shop")).to_be_visible()
     expect(page.locator(".snippet")).to_contain_text(f'data-inbox="{chat_inbox.widget_key}"')
     panel = open_chat(page)
-    box = panel.get_by_label("Write a message…")
-    box.fill("Hello from the demo page")
-    box.press("Enter")
+    write(panel, "Hello from the demo page")
     expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("demo page"))
     assert not problems
 
@@ -684,9 +681,7 @@ def test_a_signed_in_user_is_not_asked_who_they_are_and_sees_their_chat_from_els
     panel = open_chat(page)
     expect(panel.locator("li.message[data-id]")).to_have_text([re.compile("order 77 is late")])
     expect(panel.get_by_label("Your email")).to_be_hidden()
-    box = panel.get_by_label("Write a message…")
-    box.fill("Any news about it?")
-    box.press("Enter")
+    write(panel, "Any news about it?")
     expect(panel.locator("li.message.customer[data-id]")).to_have_count(2)
     assert Conversation.objects.get().messages.count() == 2
     assert not problems
@@ -728,9 +723,7 @@ def test_a_dropped_connection_loses_nothing_and_stores_nothing_twice(
 
     # The server stores her message and Bob answers, but the widget hears of neither.
     link["cut"] = True
-    box = panel.get_by_label("Write a message…")
-    box.fill("Are you there?")
-    box.press("Enter")
+    write(panel, "Are you there?")
     expect(agent.locator(".message.inbound").filter(has_text="Are you there?")).to_be_visible()
     agent_reply(agent, "Yes, still here: it left the depot today.")
     expect(panel.locator("li.pending")).to_contain_text("Sending…")
