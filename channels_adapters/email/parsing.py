@@ -15,6 +15,7 @@ import codecs
 import functools
 import hashlib
 import mimetypes
+import quopri
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from conversations.services import HIDDEN_STYLE, InboundAttachment, sanitize_htm
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 AUTOMATED_SENDERS = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply)@", re.I)
 MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+# A mail inside the mail: message/global is one whose headers may be UTF-8 (RFC 6532).
+FORWARDED_TYPES = ("message/rfc822", "message/global")
 
 
 class NotAnEmail(ValueError):
@@ -213,7 +216,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     if not text and raw_html:
         text = html_to_text(raw_html)
     if not text.strip():  # nothing but a mail forwarded as an attachment: its text, to read
-        forwarded = next((a for a in attachments if a.content_type == "message/rfc822"), None)
+        forwarded = next((a for a in attachments if a.content_type in FORWARDED_TYPES), None)
         text = _forwarded_text(forwarded.content) if forwarded else ""
     subject = _header(msg, "Subject")
     new_text, quoted = split_reply(text, forward=bool(FORWARD_SUBJECT.match(subject)))
@@ -517,7 +520,8 @@ def _bounce(msg: Message) -> Bounce | None:
     receipt = (msg.get_param("report-type") or "").lower() == "disposition-notification"
     for part in msg.walk():
         ctype = part.get_content_type()
-        if ctype == "message/delivery-status":
+        # The message/global-* ones are the same reports for mail with UTF-8 headers (RFC 6533).
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
             dsn = True
             body = _payload_text(part)
             diagnostic = re.search(
@@ -534,7 +538,10 @@ def _bounce(msg: Message) -> Bounce | None:
             # agent must know someone missed it); "delayed" (a 4xx, still being tried),
             # "relayed" and "expanded" say nothing yet.
             status = next((a for a in ("failed", "delivered") if a in actions), "")
-        elif ctype == "message/disposition-notification":
+        elif ctype in (
+            "message/disposition-notification",
+            "message/global-disposition-notification",
+        ):
             receipt = True  # whatever report-type says, or does not
             body = _payload_text(part)
             reader = re.search(r"^Final-Recipient:\s*(?:rfc822;)?\s*(\S+)", body, re.I | re.M)
@@ -543,10 +550,9 @@ def _bounce(msg: Message) -> Bounce | None:
             disposition = re.search(r"^Disposition:.*;\s*(\S+)", body, re.I | re.M)
             status = "read" if disposition and disposition.group(1).lower() == "displayed" else ""
             reason = disposition.group(0) if disposition else ""
-        elif ctype in ("message/rfc822", "text/rfc822-headers") and not original:
-            inner = _payload_text(part)
-            found = re.search(r"^Message-ID:\s*(<[^>]+>)", inner, re.I | re.M)
-            original = _first_id(found.group(1)) if found else ""
+        elif ctype in (*FORWARDED_TYPES, "text/rfc822-headers", "message/global-headers"):
+            found = re.search(r"^Message-ID:\s*(<[^>]+>)", _payload_text(part), re.I | re.M)
+            original = original or (_first_id(found.group(1)) if found else "")
     if not original:
         return None
     if not (receipt or dsn):  # a report with nothing more to say: a bounce, as it always was
@@ -583,10 +589,37 @@ def _plain_bounce(sender: str, text: str) -> Bounce | None:
     return Bounce(original_message_id=_first_id(found.group(1)), reason=why[:300])
 
 
+def _encoded(part) -> str:
+    """The transfer encoding of a message/* part that has one. RFC 6532 and 6533 let the UTF-8
+    ones (message/global, a report's message/global-delivery-status) come in base64 or
+    quoted-printable, which the parser does not undo: it reads the encoded text as a mail."""
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    return encoding if encoding in ("base64", "quoted-printable") else ""
+
+
+def _inner_bytes(part) -> bytes | None:
+    """The mail, or report, inside a message/* part, as it was before any transfer encoding."""
+    payload = part.get_payload()
+    if not isinstance(payload, list) or not payload:
+        return None
+    content = payload[0].as_bytes()
+    if encoding := _encoded(part):
+        # The parser took the encoded lines for a body with no headers, or for headers.
+        content = content.lstrip(b"\r\n")
+        decode = binascii.a2b_base64 if encoding == "base64" else quopri.decodestring
+        try:
+            content = decode(content)
+        except (binascii.Error, ValueError):
+            return None
+    return content
+
+
 def _payload_text(part) -> str:
     """Text of a report sub-part, whether the parser kept it as bytes or as a message."""
     payload = part.get_payload()
     if isinstance(payload, list):
+        if _encoded(part):
+            return (_inner_bytes(part) or b"").decode("utf-8", "replace")
         return "\n".join(str(p) for p in payload)
     if isinstance(payload, str):
         raw = part.get_payload(decode=True)
@@ -599,9 +632,9 @@ def _payload_text(part) -> str:
 
 def _leaves(part, parent=None):
     """The parts of a mail that carry content, each with its parent (None for the mail
-    itself). A mail inside the mail (message/rfc822: one forwarded as an attachment) is one
-    part, kept whole."""
-    if part.get_content_type() == "message/rfc822" or not part.is_multipart():
+    itself). A message/* part (a mail forwarded as an attachment, a report) is one part: the
+    parser reads one as a mail of its own, which is not this mail's text."""
+    if part.get_content_maintype() == "message" or not part.is_multipart():
         yield part, parent
         return
     for child in part.get_payload():
@@ -640,13 +673,13 @@ def _walk(msg: Message, spooled: list):
     alternatives_read = set()  # the multipart/alternatives a text was taken from
     for part, parent in _leaves(msg):
         ctype = part.get_content_type()
-        if ctype.startswith("message/") and ctype != "message/rfc822":
+        if ctype in FORWARDED_TYPES:
+            _forwarded_keep(part, _filename(part), attachments, keep)
+            continue
+        if ctype.startswith("message/"):
             continue  # a bounce's or a read receipt's report, read by _bounce and _automated
         disposition = part.get_content_disposition()
         filename = _filename(part)
-        if ctype == "message/rfc822":
-            _forwarded_keep(part, filename, attachments, keep)
-            continue
         if disposition != "attachment" and not filename and ctype.startswith("text/"):
             # The first text, and more between files: Apple Mail sends text, a photo, more
             # text, each text on its own or as an alternative of its own with its HTML.
@@ -691,16 +724,18 @@ def _forwarded_text(content) -> str:
 def _forwarded_keep(part, filename: str, attachments: list, keep) -> None:
     """A mail forwarded as an attachment: kept whole as an .eml, named by its subject. Files
     in it too big for the parser were set aside (_spool_big_parts) and are kept beside it."""
-    payload = part.get_payload()
-    inner = payload[0] if isinstance(payload, list) and payload else None
-    if inner is None:
+    content = _inner_bytes(part)
+    if content is None:
         return
+    inner = part.get_payload(0)
+    if _encoded(part):  # what the parser read as a mail was its base64 or quoted-printable
+        inner = BytesParser(policy=policy.compat32).parsebytes(content)
     subject = _readable(_header(inner, "Subject"))[:100]
     attachments.append(
         InboundAttachment(
             filename=filename or f"{subject or 'forwarded'}.eml",
-            content_type="message/rfc822",
-            content=inner.as_bytes(),
+            content_type=part.get_content_type(),
+            content=content,
         )
     )
     for leaf in inner.walk():  # into mails forwarded within it too

@@ -1,4 +1,6 @@
+import base64
 import io
+import quopri
 import re
 from datetime import timedelta
 from email.message import EmailMessage
@@ -244,6 +246,35 @@ class TestParsing:
         inner = parse_email(kept.file.read())
         assert inner.from_address == "kim@home.example"
         assert "IBAN DE02 1203 0000 0000 2020 51" in inner.text
+
+    @pytest.mark.parametrize("encoding", ["8bit", "base64", "quoted-printable"])
+    def test_a_forwarded_mail_with_utf8_headers_is_kept_whole(self, email_inbox, encoding):
+        """message/global (RFC 6532): a mail whose headers are UTF-8, which may come encoded.
+        It is kept as the .eml it was, not read as the forwarder's own text and files."""
+        original = (
+            "From: Zoë Müller <zoë@beispiel.example>\r\nSubject: Lieferung fehlt\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nBestellung 20461 fehlt.\r\n"
+        ).encode()
+        encode = {"base64": base64.encodebytes, "quoted-printable": quopri.encodestring}
+        mail = (
+            b"From: rosa@acme-partner.example\r\nTo: support@acme.example\r\n"
+            b"Subject: Fwd: Lieferung fehlt\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+            b"--B\r\nContent-Type: text/plain\r\n\r\nForwarding this one to you.\r\n"
+            b"--B\r\nContent-Type: message/global\r\n"
+            b"Content-Transfer-Encoding: "
+            + encoding.encode()
+            + b"\r\n\r\n"
+            + encode.get(encoding, bytes)(original)
+            + b"\r\n--B--\r\n"
+        )
+        pipe(email_inbox, mail)
+        message = only_message()
+        assert message.text == "Forwarding this one to you."
+        [kept] = message.attachments.all()
+        assert (kept.filename, kept.content_type) == ("Lieferung fehlt.eml", "message/global")
+        inner = parse_email(kept.file.read())
+        assert (inner.from_name, inner.text) == ("Zoë Müller", "Bestellung 20461 fehlt.")
 
     def test_html_only_mail_gets_text_and_safe_html(self):
         parsed = parse_email(fixture("html_only_inline_image.eml"))
@@ -1048,6 +1079,8 @@ class TestLoopsAndBounces:
             ("bounce_plain_qmail.eml", "Bounced: Sorry, no mailbox here by that name. (#5.1.1)"),
             # It gave up, whatever temporary trouble it quotes.
             ("bounce_plain_gave_up.eml", "Bounced: Remote host said: 451 4.3.0 Temporary"),
+            # For mail to an address in UTF-8 (RFC 6533): message/global-*, its status base64.
+            ("bounce_smtputf8.eml", "Bounced: 550 5.1.1 <nobody@customers.example>: Empfänger"),
         ],
     )
     def test_a_bounce_fails_the_message_it_concerns_and_opens_nothing(
