@@ -151,7 +151,7 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
                 if isinstance(item, StatusUpdate):
                     if waited is not None and item.provider_id not in waited:
                         continue
-                    updated.append(message_status_update(item))
+                    updated.append(message_status_update(item, inbox=event.inbox))
                     if updated[-1] is None:
                         unknown.append(item)
                     continue
@@ -204,8 +204,9 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
         log.exception("inbound event %s failed; the sweep will retry", event.pk)
         event.error = f"Failed, will be tried again: {type(exc).__name__}: {exc}"[:1000]
         # Still failing a day on (an outage is over by then): a bug, failed for an admin to
-        # look at and retry once fixed, rather than tried every minute for ever.
-        if timezone.now() - event.received_at > INBOUND_GIVE_UP:
+        # look at and retry once fixed, rather than tried every minute for ever. A day from
+        # the admin's retry, for one they retried: a hiccup then is tried again too.
+        if timezone.now() - (event.requeued_at or event.received_at) > INBOUND_GIVE_UP:
             event.status = InboundEvent.Status.FAILED
             reason = f"{type(exc).__name__}: {exc}"
             event.error = f"Gave up after {event.attempts} attempts over a day: {reason}"[:1000]
@@ -328,7 +329,9 @@ def inbound_events_requeue(events) -> int:
 
     ids = list(events.filter(status=InboundEvent.Status.FAILED).values_list("pk", flat=True))
     with transaction.atomic():
-        InboundEvent.objects.filter(pk__in=ids).update(status=InboundEvent.Status.PENDING, error="")
+        InboundEvent.objects.filter(pk__in=ids).update(
+            status=InboundEvent.Status.PENDING, error="", requeued_at=timezone.now()
+        )
         for pk in ids:
             transaction.on_commit(lambda pk=pk: process_inbound_event.delay(pk))
     return len(ids)

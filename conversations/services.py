@@ -1134,23 +1134,23 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
             conversation.participants.add(identity)
 
 
-def message_status_update(update: StatusUpdate) -> Message | None:
+def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -> Message | None:
     """Apply a provider's status callback to our outbound message. Callbacks come late, out of
     order and more than once: a status only ever moves forward, and "failed" cannot undo a
-    delivery the provider already confirmed. Returns the message, or None if it is unknown."""
+    delivery the provider already confirmed. Returns the message, or None if it is unknown.
+
+    A callback signed with `inbox`'s secret speaks of that inbox's messages only. Not so a
+    bounce: it goes to the envelope sender, which may be routed to any of our mailboxes, and
+    anyone may write one anyway."""
     if update.status not in STATUS_RANK:
         raise ValidationError(f"Unknown delivery status {update.status!r}.")
+    ours = Message.objects.filter(
+        channel=update.channel, provider_id=update.provider_id, direction=Message.Direction.OUTBOUND
+    )
+    if inbox is not None and update.channel != Channel.EMAIL:
+        ours = ours.filter(inbox=inbox)
     with transaction.atomic():
-        message = (
-            Message.objects.select_for_update(of=("self",))
-            .select_related("conversation")
-            .filter(
-                channel=update.channel,
-                provider_id=update.provider_id,
-                direction=Message.Direction.OUTBOUND,
-            )
-            .first()
-        )
+        message = ours.select_for_update(of=("self",)).select_related("conversation").first()
         if message is None:
             return None
         current = STATUS_RANK.get(message.status, -1)

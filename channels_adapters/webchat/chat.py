@@ -706,7 +706,9 @@ def transcript_request(
     with transaction.atomic():
         # Once per address until the chat goes on: the widget must not be a way to send our
         # mail, again and again, to an address nobody confirmed. One that failed for good
-        # (still unsent after TRANSCRIPT_TRYING) may be asked for again.
+        # (still unsent after TRANSCRIPT_TRYING) may be asked for again. The conversation is
+        # locked first: two clicks at once, or two browsers, ask one after the other.
+        Conversation.objects.select_for_update().filter(pk=conversation.pk).exists()
         last = (
             conversation.events.filter(
                 kind=ConversationEvent.Kind.CHAT, data__state="transcript", data__to=email.address

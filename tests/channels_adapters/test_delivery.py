@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 from datetime import timedelta
@@ -112,6 +113,48 @@ class TestEmbeddedWorker:
         event.refresh_from_db()
         assert event.status == InboundEvent.Status.PROCESSED
         assert event.message.text == "hello"
+
+
+def test_an_event_failing_for_a_day_fails_for_an_admin_who_retries_it_for_a_day_more(
+    client, alice, api_inbox, purge_broker
+):
+    """A hiccup (here the payload's file storage gone) is tried again by the sweep; a day
+    on it is a bug, failed for an admin. Their retry gets a day of its own, not one try."""
+    from channels_adapters.delivery import inbound_event_process, inbound_event_store
+
+    payload = b'{"id": "ext-8", "from": "jo@example.com", "text": "%s"}' % (b"x" * 300_000)
+    with transaction.atomic():
+        event, _ = inbound_event_store(inbox=api_inbox, dedupe_key="ext-8", payload=payload)
+    kept = event.payload_file.path
+    lost = f"{kept}.lost"
+    os.rename(kept, lost)  # the volume is not mounted
+    start = timezone.now()
+
+    def process_at(when) -> InboundEvent:
+        with time_machine.travel(when, tick=False):
+            inbound_event_process(event.pk)
+        return InboundEvent.objects.get(pk=event.pk)
+
+    tried = process_at(start + timedelta(minutes=1))
+    assert (tried.status, tried.error[:35]) == ("pending", "Failed, will be tried again: FileNo")
+    tried = process_at(start + timedelta(hours=25))
+    assert tried.status == "failed"
+    assert tried.error.startswith("Gave up after 2 attempts over a day: FileNotFoundError")
+
+    # The admin asks for it again before the volume is back, then once it is.
+    client.force_login(alice)
+    with time_machine.travel(start + timedelta(hours=26), tick=False):
+        response = client.post(
+            "/admin/channels_adapters/inboundevent/",
+            {"action": "reprocess", "_selected_action": [event.pk]},
+            follow=True,
+        )
+    assert "1 events queued again." in response.content.decode()
+    assert process_at(start + timedelta(hours=26, minutes=1)).status == "pending"
+    os.rename(lost, kept)
+    processed = process_at(start + timedelta(hours=27))
+    assert (processed.status, processed.attempts) == ("processed", 4)
+    assert processed.message.text.startswith("xxx")
 
 
 @pytest.mark.django_db(transaction=True)

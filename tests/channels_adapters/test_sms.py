@@ -30,6 +30,7 @@ from conversations.models import (
     ConversationEvent,
     DeliveryAttempt,
     Identity,
+    Inbox,
     Message,
     Notification,
 )
@@ -361,6 +362,25 @@ class TestReplies:
         assert message.status == Message.Status.DELIVERED
         assert message.failure_reason == ""
         assert message.delivered_at is not None
+
+    def test_a_callback_speaks_only_for_its_own_inbox(self, client, twilio, conversation, bob):
+        """Each SMS inbox has its own webhook and may have its own Twilio account: one
+        inbox's callback cannot fail another inbox's message, whatever SID it names."""
+        message = reply(conversation, bob)
+        other = Inbox.objects.create(
+            name="Sales SMS",
+            kind=Channel.SMS,
+            address="+15005550007",
+            default_team=conversation.inbox.default_team,
+            settings=conversation.inbox.settings,
+            credentials=conversation.inbox.credentials,
+        )
+        deliver(twilio, client, other, status_callback(message.provider_id, "undelivered"))
+        message.refresh_from_db()
+        assert (message.status, message.failure_reason) == (Message.Status.SENT, "")
+        undelivered(twilio, client, message)  # through its own inbox's webhook
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
 
     def test_undelivered_shows_the_carriers_reason(self, client, twilio, conversation, bob):
         message = reply(conversation, bob)

@@ -3,6 +3,7 @@ email that follows a visitor who left."""
 
 import json
 import re
+import threading
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -11,6 +12,7 @@ import time_machine
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from channels_adapters.delivery import message_deliver
@@ -871,6 +873,43 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server,
     # The next message starts a new conversation.
     again = chat.visitor_message(visitor, text="One more thing", client_id="b")
     assert again.message.conversation != conversation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_transcript_requests_at_once_send_one_mail(widget, bob):
+    """A double click, or the widget open in two tabs: the second request waits for the
+    first to be written, then is told the transcript is on its way, rather than both
+    reading "nothing sent yet" and mailing it twice."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite takes one writer at a time: there is no race to see")
+    visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+    conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+    second = []
+
+    def ask_again(lock_timeout):
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:  # wait this long for a row lock, no more
+                    cursor.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+                second.append(chat.transcript_request(visitor, conversation))
+        except Exception as exc:  # noqa: BLE001 - what the request met, asserted below
+            second.append(exc)
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        first = chat.transcript_request(visitor, conversation)
+        # The first is written but not committed: the second waits for it.
+        waiting = threading.Thread(target=ask_again, args=("200ms",))
+        waiting.start()
+        waiting.join()
+        assert isinstance(second[0], OperationalError), second
+    again = threading.Thread(target=ask_again, args=("10s",))
+    again.start()
+    again.join()
+    assert "already on its way to ana@example.com" in str(second[1])
+    transcripts = conversation.events.filter(kind="chat", data__state="transcript")
+    assert list(transcripts) == [first]
 
 
 def test_an_agent_writing_after_the_chat_ended_is_answered_in_that_chat(widget, bob):
