@@ -27,6 +27,7 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 
 import charset_normalizer
+from asn1crypto import cms
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.validators import validate_email
@@ -630,15 +631,50 @@ def _payload_text(part) -> str:
 # --- Bodies ---------------------------------------------------------------------------------
 
 
-def _leaves(part, parent=None):
+def _leaves(part, parent=None, opened=lambda part: None):
     """The parts of a mail that carry content, each with its parent (None for the mail
     itself). A message/* part (a mail forwarded as an attachment, a report) is one part: the
-    parser reads one as a mail of its own, which is not this mail's text."""
+    parser reads one as a mail of its own, which is not this mail's text. A part `opened`
+    gives a mail for (a signed one) is that mail's parts."""
+    if (inner := opened(part)) is not None:
+        yield from _leaves(inner, parent, opened)
+        return
     if part.get_content_maintype() == "message" or not part.is_multipart():
         yield part, parent
         return
     for child in part.get_payload():
-        yield from _leaves(child, part)
+        yield from _leaves(child, part, opened)
+
+
+# S/MIME: a mail signed "opaque" (Outlook when not told to sign in clear text, signing
+# gateways) is one file, smime.p7m, with the mail inside its signature.
+PKCS7_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+
+
+def _signed_mail(content: bytes) -> Message | None:
+    """The mail an S/MIME signed-data file wraps, or None for anything else (an encrypted
+    one, which only its recipient's key opens, stays the file it is). The signature is not
+    checked: nothing here trusts a sender more for it."""
+    try:
+        signed = cms.ContentInfo.load(content)
+        if signed["content_type"].native != "signed_data":
+            return None
+        inner = signed["content"]["encap_content_info"]["content"].native
+    except Exception:  # noqa: BLE001 - asn1crypto parses lazily: any malformed DER, any error
+        return None
+    if not isinstance(inner, bytes) or not inner.strip():
+        return None
+    return BytesParser(policy=policy.compat32).parsebytes(inner)
+
+
+def _content(part, spooled: list) -> bytes | File:
+    """A leaf's decoded content; a large one set aside by _spool_big_parts, as its file."""
+    content = part.get_payload(decode=True) or b""
+    if content.startswith(SPOOL_MARKER.encode()):
+        spooled_file = spooled[int(content[len(SPOOL_MARKER) :])]
+        spooled_file.seek(0)
+        return File(spooled_file)
+    return content
 
 
 def _walk(msg: Message, spooled: list):
@@ -650,11 +686,7 @@ def _walk(msg: Message, spooled: list):
     skipped: list[str] = []
 
     def keep(part, ctype: str, name: str) -> None:
-        content = part.get_payload(decode=True) or b""
-        if content.startswith(SPOOL_MARKER.encode()):
-            spooled_file = spooled[int(content[len(SPOOL_MARKER) :])]
-            spooled_file.seek(0)
-            content = File(spooled_file)
+        content = _content(part, spooled)
         size = content.size if isinstance(content, File) else len(content)
         if size > MAX_ATTACHMENT_BYTES:
             skipped.append(f"{name} ({size // (1024 * 1024)} MB, over the limit)")
@@ -670,8 +702,16 @@ def _walk(msg: Message, spooled: list):
         else:
             attachments.append(attachment)
 
+    def opened(part) -> Message | None:
+        if part.get_content_type() not in PKCS7_TYPES:
+            return None
+        if (part.get_param("smime-type") or "signed-data").lower() != "signed-data":
+            return None
+        content = _content(part, spooled)
+        return _signed_mail(content.read() if isinstance(content, File) else content)
+
     alternatives_read = set()  # the multipart/alternatives a text was taken from
-    for part, parent in _leaves(msg):
+    for part, parent in _leaves(msg, opened=opened):
         ctype = part.get_content_type()
         if ctype in FORWARDED_TYPES:
             _forwarded_keep(part, _filename(part), attachments, keep)

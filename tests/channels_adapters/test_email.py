@@ -276,6 +276,19 @@ class TestParsing:
         inner = parse_email(kept.file.read())
         assert (inner.from_name, inner.text) == ("Zoë Müller", "Bestellung 20461 fehlt.")
 
+    def test_an_opaque_signed_smime_mail_is_read_and_an_encrypted_one_kept(self, email_inbox):
+        """S/MIME signed "opaque" (Outlook when not told to sign in clear text): the mail is
+        inside smime.p7m, which the agent could not open. Encrypted: only our key would."""
+        pipe(email_inbox, fixture("smime_opaque_signed.eml"))
+        message = only_message()
+        assert message.text.startswith("Guten Tag,\n\ndie Rechnung 4711 wurde doppelt abgebucht.")
+        files = [(a.filename, a.content_type) for a in message.attachments.all()]
+        assert files == [("kontoauszug.pdf", "application/pdf")]
+
+        encrypted = parse_email(fixture("smime_encrypted.eml"))
+        assert encrypted.text == ""
+        assert [a.filename for a in encrypted.attachments] == ["smime.p7m"]
+
     def test_html_only_mail_gets_text_and_safe_html(self):
         parsed = parse_email(fixture("html_only_inline_image.eml"))
         assert parsed.text.startswith("Hola, adjunto la captura del error:")
