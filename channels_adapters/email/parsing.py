@@ -131,6 +131,8 @@ def _require_content(raw: bytes) -> None:
 def _sender(msg) -> tuple[str, str]:
     """(name, address) of From, or NotAnEmail when `msg` does not read as an email."""
     name, address = _address(msg, "From")
+    if not address:  # "From: Name <>": whoever the mail says sent it, or where answers go
+        name, address = _address(msg, "Sender") if "Sender" in msg else _address(msg, "Reply-To")
     if not address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
         raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
     return name, address
@@ -208,11 +210,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     from_name, from_address = _sender(msg)
 
     texts, html_part, attachments, skipped = _walk(msg, spooled)
-    text = (
-        _decode(texts[0])
-        if len(texts) == 1
-        else "\n\n".join(filter(None, (_decode(part).strip("\n") for part in texts)))
-    )
+    text = _pieces_text(texts)
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
@@ -299,6 +297,7 @@ CHARSET_ALIASES = {
     "utf8": "utf-8",
 }
 HEADER_MAX_CHARS = 64 * 1024
+FOLDING = re.compile(r"\r?\n(?=[ \t])")
 ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*]+)((?:\*[^?]*)?\?[bBqQ]\?)")
 
 
@@ -330,7 +329,10 @@ def _header_values(msg, name: str) -> list[str]:
     for key, value in msg.raw_items():
         if key.lower() != wanted:
             continue
-        value = str(value)
+        # Unfolded (RFC 5322 2.2.3), as the modern parser expects its values: with the line
+        # breaks in, a long name's encoded words stayed "=?utf-8?q?...?=" and a subject
+        # folded between two of them read "Präsenta tion".
+        value = FOLDING.sub("", str(value))
         if not value.isascii():
             value = _utf8_else(value.encode("utf-8", "surrogateescape"), _eight_bit_charset(msg))
         # A header beyond any real one's length (the parser's time grows with its square:
@@ -410,20 +412,61 @@ def _address(msg, name) -> tuple[str, str]:
 
 
 def _addresses(msg, name) -> list[tuple[str, str]]:
+    """The (name, address) pairs of every `name` header: a mail with two To or Cc headers
+    names everyone in both; of two From, the first readable one comes first."""
     if name not in msg:
         return []
-    try:
-        found = [(a.display_name, a.addr_spec) for a in _modern(msg, name).addresses]
-    except Exception:  # noqa: BLE001 - fall back to the lenient parser on broken headers
-        try:
-            found = getaddresses(_header_values(msg, name))
-        except RecursionError:  # thousands of nested comments: no address to be read there
-            found = []
+    found = []
+    for value in _header_values(msg, name):
+        found += _value_addresses(name.lower(), value)
     return [
         (_one_line(display)[:200], addr.replace("\x00", "").strip().lower())
         for display, addr in found
-        if "@" in addr
+        if _plausible(addr)
     ]
+
+
+def _value_addresses(name: str, value: str) -> list[tuple[str, str]]:
+    """The standard parser's reading of an address header, and the lenient one's where that
+    one cannot read it: a name with unquoted specials ("Max Kohl | ACME <max@...>") came out
+    as the address '"Max Kohl |"', a name with no brackets ("Test test@example.com") as
+    '"Test test"@example.com'. The standard parser also drops a name written the old way,
+    as a comment ("marc@example.com (Marc Smith)"): the lenient one's is taken."""
+    try:
+        found = [(a.display_name, a.addr_spec) for a in _parsed_header(name, value).addresses]
+    except Exception:  # noqa: BLE001 - the lenient parser below reads what it can
+        found = []
+    if found and all(_plausible(addr) for _, addr in found) and "(" not in value:
+        return found
+    try:
+        lenient = [_name_apart(display, addr) for display, addr in getaddresses([value])]
+    except RecursionError:  # thousands of nested comments: no address to be read there
+        return found
+    if found and all(_plausible(addr) for _, addr in found):  # only names to fill in
+        named = {addr.lower(): display for display, addr in lenient if display}
+        return [(display or named.get(addr.lower(), ""), addr) for display, addr in found]
+    return lenient
+
+
+def _name_apart(display: str, addr: str) -> tuple[str, str]:
+    """ "Test test@example.com", read as one address: the name, and the word with the @."""
+    words = addr.split()
+    if len(words) < 2:
+        return display, addr
+    at = next((word for word in reversed(words) if "@" in word), addr)
+    return display or " ".join(word for word in words if word is not at), at
+
+
+def _plausible(addr: str) -> bool:
+    """An address we can write to: a local part and a domain, no spaces, no quotes."""
+    local, _, domain = addr.rpartition("@")
+    return bool(local and domain) and not any(c.isspace() or c == '"' for c in addr)
+
+
+def _content_id(value) -> str:
+    """A Content-ID, which some mailers write without its angle brackets."""
+    value = str(value or "").replace("\x00", "").strip()
+    return _first_id(value) or (value[:250] if value and not any(c in value for c in " <>") else "")
 
 
 def _first_id(value: str) -> str:
@@ -704,7 +747,7 @@ def _walk(msg: Message, spooled: list):
             filename=name,
             content_type=ctype,
             content=content,
-            content_id=_first_id(part.get("Content-ID", "")) or "",
+            content_id=_content_id(part.get("Content-ID", "")),
         )
         if ctype == "application/ms-tnef" or name.lower() == "winmail.dat":
             attachments.extend(_unwrapped(attachment))
@@ -727,6 +770,10 @@ def _walk(msg: Message, spooled: list):
             continue
         if ctype.startswith("message/"):
             continue  # a bounce's or a read receipt's report, read by _bounce and _automated
+        if part.get_content_maintype() == "multipart":  # no boundary: the parser kept it whole
+            if not texts and (part.get_payload(decode=True) or b"").strip():
+                texts.append(part)
+            continue
         disposition = part.get_content_disposition()
         filename = _filename(part)
         if disposition != "attachment" and not filename and ctype.startswith("text/"):
@@ -740,6 +787,11 @@ def _walk(msg: Message, spooled: list):
                 texts.append(part)
                 if kind == "multipart/alternative":
                     alternatives_read.add(id(parent))
+            elif ctype == "text/html" and kind == "multipart/mixed":
+                # HTML of its own beside other parts, not an alternative of a text: a list's
+                # footer after the mail, or the mail before a plain footer. A part of the text.
+                texts.append(part)
+                html_part = html_part or part
             elif ctype == "text/html" and html_part is None:
                 html_part = part
             elif ctype == "text/calendar":  # an invitation's calendar part is what it proposes
@@ -751,6 +803,24 @@ def _walk(msg: Message, spooled: list):
     if len(calendars) > 1 and calendars[0].filename == "invite.ics":
         attachments = [a for a in attachments if a is not calendars[0]]
     return texts, html_part, attachments, skipped
+
+
+def _pieces_text(parts) -> str:
+    """The text of a mail written in several parts, in order; HTML ones read as text. A part
+    that says again what is already there (a mailer that sends its text and HTML side by
+    side rather than as alternatives) is left out."""
+    if len(parts) == 1 and parts[0].get_content_type() != "text/html":
+        return _decode(parts[0])  # as written, to the last line break
+    pieces: list[str] = []
+    for part in parts:
+        piece = _decode(part)
+        if part.get_content_type() == "text/html":
+            piece = html_to_text(piece)
+        piece = piece.strip("\n")
+        said = " ".join(" ".join(pieces).split()).casefold()
+        if piece.strip() and " ".join(piece.split()).casefold() not in said:
+            pieces.append(piece)
+    return "\n\n".join(pieces)
 
 
 def _forwarded_text(content) -> str:
@@ -774,7 +844,7 @@ def _forwarded_keep(part, filename: str, attachments: list, keep) -> None:
     """A mail forwarded as an attachment: kept whole as an .eml, named by its subject. Files
     in it too big for the parser were set aside (_spool_big_parts) and are kept beside it."""
     content = _inner_bytes(part)
-    if content is None:
+    if not (content or b"").strip():  # an empty message/rfc822 part: nothing forwarded
         return
     inner = part.get_payload(0)
     if _encoded(part):  # what the parser read as a mail was its base64 or quoted-printable
@@ -830,6 +900,11 @@ def _content_type(given: str, filename: str) -> str:
 def _filename(part) -> str:
     try:
         name = part.get_filename() or ""
+        if "\ufffd" in name:  # raw 8-bit bytes, which compat32 gave up on: read as headers are
+            header = Message()
+            for key in ("Content-Disposition", "Content-Type"):
+                header[key] = next(iter(_header_values(part, key)), "")
+            name = header.get_filename() or name
         if "=?" in name:  # RFC 2047 words, as many mailers still write file names
             name = str(policy.default.header_factory("X-Filename", name))
     except Exception:  # noqa: BLE001
@@ -890,20 +965,32 @@ def _decode_charset(part) -> str:
     let charset-normalizer find the real one, else windows-1252, which never fails."""
     raw = part.get_payload(decode=True) or b""
     declared = codec_for(part.get_content_charset() or "us-ascii")
+    if declared in ("us-ascii", "ascii") and ISO_2022_JP.search(raw):
+        # Older Japanese mailers send ISO-2022-JP unlabelled: it is 7-bit, so it reads as
+        # ASCII, with escape codes all through the text.
+        declared = "iso-2022-jp"
     for charset in (declared, "utf-8"):
         try:
             return raw.decode(charset).replace("\r\n", "\n")
         except (LookupError, UnicodeDecodeError):
             continue
     best = charset_normalizer.from_bytes(raw).best()
-    if best is not None and not best.encoding.startswith(SINGLE_BYTE_LATIN):
+    # A handful of 8-bit letters ("Sébastien ici") read as well in Urdu or Chinese code
+    # pages as in Latin ones, and the guess is a coin toss: it needs more to go on.
+    enough = _eight_bit(raw) >= 8
+    if best is not None and not best.encoding.startswith(SINGLE_BYTE_LATIN) and enough:
         return str(best).replace("\r\n", "\n")
     # Short western text cannot tell one Latin code page from another; the mislabelled mail
     # seen in practice is almost always windows-1252 (Outlook, older webmail).
     return raw.decode("cp1252", "replace").replace("\r\n", "\n")
 
 
+ISO_2022_JP = re.compile(rb"\x1b\$[@B]")
 SINGLE_BYTE_LATIN = ("cp125", "latin", "iso8859", "mac_", "cp850", "cp437")
+
+
+def _eight_bit(raw: bytes) -> int:
+    return len(raw) - len(raw.translate(None, bytes(range(0x80, 0x100))))
 
 
 def sanitize_email_html(html: str) -> str:

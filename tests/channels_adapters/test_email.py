@@ -335,6 +335,114 @@ class TestParsing:
     def test_html_becomes_the_text_a_browser_would_show(self, html, text):
         assert html_to_text(html) == text
 
+    @pytest.mark.parametrize(
+        ("headers", "name", "address", "subject"),
+        [
+            # Folded between two encoded words (Outlook folds a long name so): decoded, and
+            # no space inside "Präsentation".
+            (
+                "From: =?iso-8859-1?Q?J=FCrgen_M=FCller_=7C_M=FCller_?=\r\n"
+                " =?iso-8859-1?Q?Logistik_GmbH?= <jm@logistik.example>\r\n"
+                "Subject: =?utf-8?Q?Einf=C3=BChrung/Pr=C3=A4senta?=\r\n =?utf-8?Q?tion?= [#12]",
+                "Jürgen Müller | Müller Logistik GmbH",
+                "jm@logistik.example",
+                "Einführung/Präsentation [#12]",
+            ),
+            # A name written the old way, as a comment.
+            ("From: ana.lima@example.com (Ana Lima)", "Ana Lima", "ana.lima@example.com", "x"),
+            # A name with no brackets: the word with the @ is the address.
+            ("From: Ana Lima ana.lima@example.com", "Ana Lima", "ana.lima@example.com", "x"),
+            # No address in From: where answers go.
+            (
+                "From: Ana <>\r\nReply-To: Ana Lima <ana@example.com>",
+                "Ana Lima",
+                "ana@example.com",
+                "x",
+            ),
+            # Two From headers, the first unreadable: the second is who wrote.
+            (
+                "From: [??????]\r\nFrom: Li Wei <li.wei@example.cn>",
+                "Li Wei",
+                "li.wei@example.cn",
+                "x",
+            ),
+        ],
+    )
+    def test_senders_and_subjects_as_mail_programs_really_write_them(
+        self, headers, name, address, subject
+    ):
+        subject_line = "" if "Subject:" in headers else "Subject: x\r\n"
+        raw = f"{headers}\r\n{subject_line}To: support@acme.example\r\n\r\nHello\r\n"
+        parsed = parse_email(raw.encode())
+        assert (parsed.from_name, parsed.from_address, parsed.subject) == (name, address, subject)
+
+    def test_recipients_with_unquoted_specials_in_their_names_are_kept(self):
+        raw = (
+            b"From: ana@example.com\r\nSubject: x\r\n"
+            b"To: Max Kohl | [acme] <kohl@acme.example>, Ann <ann@acme.example>\r\n"
+            b"Cc: one@acme.example\r\nCc: two@acme.example\r\n\r\nHello\r\n"
+        )
+        parsed = parse_email(raw)
+        assert [address for _, address in parsed.to] == ["kohl@acme.example", "ann@acme.example"]
+        assert [address for _, address in parsed.cc] == ["one@acme.example", "two@acme.example"]
+
+    @pytest.mark.parametrize(
+        ("parts", "text"),
+        [
+            # A list's footer, as HTML of its own after a plain mail; and the other way round.
+            (
+                [("plain", "My order 20470 is late."), ("html", "<p>-- <b>Garden club</b></p>")],
+                "My order 20470 is late.\n\n-- Garden club",
+            ),
+            (
+                [("html", "<h1>My order 20470 is late.</h1>"), ("plain", "-- Garden club")],
+                "My order 20470 is late.\n\n-- Garden club",
+            ),
+            # A mailer that sends its text and HTML side by side, not as alternatives: once.
+            (
+                [("plain", "My order 20470 is late."), ("html", "<p>My order 20470 is late.</p>")],
+                "My order 20470 is late.",
+            ),
+        ],
+    )
+    def test_html_beside_text_in_a_mixed_mail_is_part_of_the_text(self, parts, text):
+        body = "".join(
+            f"--B\r\nContent-Type: text/{kind}; charset=utf-8\r\n\r\n{content}\r\n"
+            for kind, content in parts
+        )
+        raw = (
+            "From: ana@example.com\r\nTo: support@acme.example\r\nSubject: x\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+            f"{body}--B--\r\n"
+        )
+        assert parse_email(raw.encode()).text == text
+
+    def test_broken_mime_is_read_for_what_it_says(self):
+        head = b"From: ana@example.com\r\nTo: support@acme.example\r\nSubject: x\r\n"
+        # A multipart with no boundary: the parser keeps it whole, which is its text.
+        no_boundary = head + b"Content-Type: multipart/mixed\r\n\r\nMy order is late.\r\n"
+        parsed = parse_email(no_boundary)
+        assert (parsed.text, parsed.attachments) == ("My order is late.", [])
+        # An unlabelled Latin-1 body with a few accents: not taken for Chinese.
+        latin = head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\nS=E9bastien ici\r\n"
+        assert parse_email(latin).text == "Sébastien ici"
+        # Unlabelled ISO-2022-JP, as older Japanese mailers send it: 7-bit, so "ASCII".
+        japanese = head + "\r\nお問い合わせありがとうございます。\r\n".encode("iso-2022-jp")
+        assert parse_email(japanese).text == "お問い合わせありがとうございます。"
+        # A file named in raw UTF-8; an inline image whose Content-ID has no brackets.
+        files = (
+            head
+            + (
+                'MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="B"\r\n\r\n'
+                "--B\r\nContent-Type: text/html\r\n\r\n<img src=cid:shot_1>\r\n"
+                '--B\r\nContent-Type: image/png; name="Hofjägerallee Wasserschaden.png"\r\n'
+                "Content-ID: shot_1\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n"
+                "--B--\r\n"
+            ).encode()
+        )
+        [image] = parse_email(files).attachments
+        assert (image.filename, image.content_id) == ("Hofjägerallee Wasserschaden.png", "shot_1")
+
     def test_headers_in_raw_utf8_or_8_bit_read_as_written(self):
         # SMTPUTF8 mail (RFC 6532) and many mailers write names and subjects unencoded: they
         # read as U+FFFD, and "chloé@" became another address, so another customer.
