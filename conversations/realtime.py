@@ -66,6 +66,13 @@ class _Publisher:
         asyncio.run_coroutine_threadsafe(coroutine, cls._loop).result(timeout=30)
 
 
+# The ASGI server's event loop (helpdesk.asgi's lifespan sets it). The in-process layer's
+# queues are that loop's: a socket waiting on one is woken by a send made on that loop, and a
+# send made on another (a worker's thread, a command) is seen only once the loop wakes for
+# something else, which on a quiet page can be a minute later.
+serving_loop: asyncio.AbstractEventLoop | None = None
+
+
 def _layer_for(groups):
     """The channel layer, or None when nobody can be listening: none configured, or the
     in-process layer (no Redis) without a socket in any of `groups` (None: in any group; a
@@ -94,10 +101,21 @@ def send_to_groups(groups, payload: dict, *more: tuple[list[str], dict]) -> None
                 except Exception:  # a notification must never break the committed change
                     log.exception("could not notify group %s", group)
 
-    if isinstance(layer, InMemoryChannelLayer):  # its queues belong to the caller's loop
-        async_to_sync(send_all)()
+    if isinstance(layer, InMemoryChannelLayer):  # its queues belong to the server's loop
+        loop = serving_loop
+        if loop is None or not loop.is_running() or _running_loop() is loop:
+            async_to_sync(send_all)()  # no server in this process, or already on its loop
+        else:
+            asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=30)
     else:
         _Publisher.run(send_all())
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _recipients(conversation_id: int) -> dict | None:

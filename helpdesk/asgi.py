@@ -4,6 +4,7 @@ In embedded mode (no REDIS_URL) the lifespan protocol also starts and stops the 
 Celery worker and beat, so `make run` is a single process.
 """
 
+import asyncio
 import logging
 import os
 import warnings
@@ -86,11 +87,13 @@ router = ProtocolTypeRouter(
 async def lifespan(scope, receive, send):
     from asgiref.sync import sync_to_async
 
+    from conversations import realtime
     from helpdesk.celery import embedded, freeze_startup_objects
 
     while True:
         event = await receive()
         if event["type"] == "lifespan.startup":
+            realtime.serving_loop = asyncio.get_running_loop()
             try:
                 if settings.EMBEDDED_WORKER:
                     await sync_to_async(embedded.start, thread_sensitive=False)()
@@ -103,6 +106,7 @@ async def lifespan(scope, receive, send):
         elif event["type"] == "lifespan.shutdown":
             if settings.EMBEDDED_WORKER:
                 await sync_to_async(embedded.stop, thread_sensitive=False)()
+            realtime.serving_loop = None
             await send({"type": "lifespan.shutdown.complete"})
             return
 

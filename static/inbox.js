@@ -25,6 +25,7 @@
   let refreshTimer = null;
   let refreshDue = 0;
   let refreshes = 0; // only the latest fetch is shown: an older answer arriving late is dropped
+  let refreshFailures = 0;
   function refresh() {
     if (!live) return;
     clearTimeout(refreshTimer);
@@ -33,10 +34,23 @@
     refreshTimer = setTimeout(async function () {
       refreshDue = 0;
       const mine = ++refreshes;
-      const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
-      if (!response.ok || mine !== refreshes) return;
-      const html = await response.text();
+      let html = null;
+      try {
+        const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
+        if (response.ok) html = await response.text();
+      } catch (error) {
+        // The network or the server failed this once: tried again below.
+      }
       if (mine !== refreshes) return;
+      if (html === null) {
+        // What changed must still show: a busy server's one failed answer is no reason for
+        // the list to stay stale until the next event. Tried again, less often each time.
+        refreshFailures = Math.min(refreshFailures + 1, 5);
+        clearTimeout(refreshTimer);
+        refreshTimer = setTimeout(refresh, 1000 * 2 ** refreshFailures);
+        return;
+      }
+      refreshFailures = 0;
       const selected = document.querySelector(".rows li.selected");
       // A refresh never moves focus: only a row that had it gets it back.
       const focused = live.contains(document.activeElement);

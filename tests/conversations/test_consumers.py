@@ -261,3 +261,41 @@ async def test_the_conversation_on_screen_is_read_with_what_it_notified(client, 
         pass  # frames are handled in order: the read is done
     assert await database_sync_to_async(unread.count)() == 0
     await socket.disconnect()
+
+
+def test_a_send_from_a_worker_thread_wakes_the_servers_socket_at_once():
+    """Embedded mode (no Redis): the in-process layer's queues are the server's event loop's.
+    A send from the worker's thread, made on a loop of its own, was seen only once the server
+    loop woke for something else: a customer's email showed on a quiet inbox page seconds,
+    or a minute, late."""
+    import asyncio
+    import threading
+
+    from channels.layers import get_channel_layer
+
+    from conversations import realtime
+
+    layer, loop = get_channel_layer(), asyncio.new_event_loop()
+    subscribed, woken = threading.Event(), threading.Event()
+
+    async def socket():  # an agent's socket in their team's group, waiting
+        channel = await layer.new_channel()
+        await layer.group_add("team-7", channel)
+        subscribed.set()
+        await layer.receive(channel)
+        woken.set()
+
+    server = threading.Thread(target=loop.run_forever, daemon=True)
+    realtime.serving_loop = loop
+    try:
+        server.start()
+        asyncio.run_coroutine_threadsafe(socket(), loop)
+        assert subscribed.wait(timeout=10)
+        realtime.send_to_groups(["team-7"], {"type": "conversation.event"})  # the worker's
+        # Bounds a hang only: the send wakes the socket at once, or never did before.
+        assert woken.wait(timeout=10), "the socket was not woken"
+    finally:
+        realtime.serving_loop = None
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(timeout=10)
+        loop.close()
