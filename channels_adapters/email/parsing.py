@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
 import functools
 import hashlib
@@ -211,6 +212,9 @@ def parse_email(raw: bytes) -> ParsedEmail:
 
     texts, html_part, attachments, skipped = _walk(msg, spooled)
     text = _pieces_text(texts)
+    if "begin " in text:
+        text, files = _uuencoded_files(text)
+        attachments += files
     raw_html = _decode(html_part) if html_part is not None else ""
     if not text and raw_html:
         text = html_to_text(raw_html)
@@ -887,6 +891,39 @@ def _unwrapped(winmail: InboundAttachment) -> list[InboundAttachment]:
     if not files or len(files) < len(carried):
         files.append(winmail)
     return files
+
+
+UU_BEGIN = re.compile(r"begin [0-7]{3,4} (\S.{0,254})")
+
+
+def _uuencoded_files(text: str) -> tuple[str, list[InboundAttachment]]:
+    """Files uuencoded into the text itself ("begin 644 report.csv" ... "end"), as older
+    mailers, fax and scanner gateways still send them: taken out of the text as attachments.
+    Line by line, so that a thousand "begin" lines with no "end" cost one pass. A block that
+    does not decode stays text."""
+    kept, files, lines = [], [], text.split("\n")
+    ends = [n for n, line in enumerate(lines) if line.rstrip("\r ") == "end"]
+    at = 0
+    while at < len(lines):
+        begin = UU_BEGIN.fullmatch(lines[at].rstrip("\r"))
+        following = bisect.bisect_right(ends, at) if begin else len(ends)
+        end = ends[following] if following < len(ends) else None
+        if end is None:
+            kept.append(lines[at])
+            at += 1
+            continue
+        try:
+            content = b"".join(
+                binascii.a2b_uu(line.rstrip("\r")) for line in lines[at + 1 : end] if line.strip()
+            )
+        except (binascii.Error, ValueError):
+            kept.append(lines[at])
+            at += 1
+            continue
+        name = _readable(begin.group(1)) or "attachment"
+        files.append(InboundAttachment(name, _content_type("", name), content))
+        at = end + 1
+    return ("\n".join(kept).strip("\n") if files else text), files
 
 
 def _content_type(given: str, filename: str) -> str:

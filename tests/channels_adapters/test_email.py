@@ -1,4 +1,5 @@
 import base64
+import binascii
 import io
 import quopri
 import re
@@ -442,6 +443,23 @@ class TestParsing:
         )
         [image] = parse_email(files).attachments
         assert (image.filename, image.content_id) == ("Hofjägerallee Wasserschaden.png", "shot_1")
+
+    def test_a_file_uuencoded_into_the_text_is_an_attachment(self, email_inbox):
+        """Older mailers, fax and scanner gateways still put files in the text itself."""
+        report = b"order;status\n20481;late\n"
+        uuencoded = binascii.b2a_uu(report).decode()
+        pipe(
+            email_inbox,
+            customer_mail(
+                body=f"The report you asked for:\n\nbegin 644 orders.csv\n{uuencoded}`\nend\n",
+                Content_Type='text/plain; charset="us-ascii"',
+            ),
+        )
+        message = only_message()
+        assert message.text == "The report you asked for:"
+        [kept] = message.attachments.all()
+        assert (kept.filename, kept.content_type) == ("orders.csv", "text/csv")
+        assert kept.file.read() == report
 
     def test_headers_in_raw_utf8_or_8_bit_read_as_written(self):
         # SMTPUTF8 mail (RFC 6532) and many mailers write names and subjects unencoded: they
