@@ -106,7 +106,10 @@ def send_to_groups(groups, payload: dict, *more: tuple[list[str], dict]) -> None
         if loop is None or not loop.is_running() or _running_loop() is loop:
             async_to_sync(send_all)()  # no server in this process, or already on its loop
         else:
-            asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=30)
+            try:
+                asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=30)
+            except Exception:  # the server stopping: a notification never breaks the change
+                log.exception("could not notify groups %s", [g for g, _ in sends])
     else:
         _Publisher.run(send_all())
 

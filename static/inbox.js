@@ -35,14 +35,19 @@
       refreshDue = 0;
       const mine = ++refreshes;
       let html = null;
+      let status = 0; // none: the network failed
       try {
         const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
+        status = response.status;
         if (response.ok) html = await response.text();
       } catch (error) {
-        // The network or the server failed this once: tried again below.
+        // The network failed this once: tried again below.
       }
       if (mine !== refreshes) return;
       if (html === null) {
+        // A refusal (signed out, the conversation erased) is not tried again: the socket
+        // closing, or the next page, says what happened.
+        if (status >= 400 && status < 500) return;
         // What changed must still show: a busy server's one failed answer is no reason for
         // the list to stay stale until the next event. Tried again, less often each time.
         refreshFailures = Math.min(refreshFailures + 1, 5);

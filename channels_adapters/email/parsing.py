@@ -132,8 +132,6 @@ def _require_content(raw: bytes) -> None:
 def _sender(msg) -> tuple[str, str]:
     """(name, address) of From, or NotAnEmail when `msg` does not read as an email."""
     name, address = _address(msg, "From")
-    if not address:  # "From: Name <>": whoever the mail says sent it, or where answers go
-        name, address = _address(msg, "Sender") if "Sender" in msg else _address(msg, "Reply-To")
     if not address or not any(h in msg for h in ("Date", "Message-ID", "Subject", "To")):
         raise NotAnEmail("no From address and no Date, Message-ID, Subject or To header")
     return name, address
@@ -415,14 +413,23 @@ def _address(msg, name) -> tuple[str, str]:
     return pairs[0] if pairs else ("", "")
 
 
+# Headers of which a mail has one: a second one is not read (the receiving server's DMARC
+# check read the first From, if it read any: a second must not name the sender instead).
+SINGLE_ADDRESS_HEADERS = ("from", "sender", "reply-to")
+
+
 def _addresses(msg, name) -> list[tuple[str, str]]:
-    """The (name, address) pairs of every `name` header: a mail with two To or Cc headers
-    names everyone in both; of two From, the first readable one comes first."""
+    """The (name, address) pairs of a `name` header; of To and Cc, of every one of them (a
+    mail with two Cc headers copies everyone in both), as far as HEADER_MAX_CHARS in all."""
     if name not in msg:
         return []
-    found = []
-    for value in _header_values(msg, name):
-        found += _value_addresses(name.lower(), value)
+    found, budget = [], HEADER_MAX_CHARS
+    values = _header_values(msg, name)
+    for value in values[:1] if name.lower() in SINGLE_ADDRESS_HEADERS else values:
+        if budget <= 0:
+            break
+        found += _value_addresses(name.lower(), value[:budget])
+        budget -= len(value)
     return [
         (_one_line(display)[:200], addr.replace("\x00", "").strip().lower())
         for display, addr in found
@@ -758,13 +765,24 @@ def _walk(msg: Message, spooled: list):
         else:
             attachments.append(attachment)
 
+    signed_opened = []
+
     def opened(part) -> Message | None:
-        if part.get_content_type() not in PKCS7_TYPES:
+        """The mail inside an opaque-signed body: one layer of it, and only the mail's body,
+        smime.p7m. A signed document attached to a mail (an Italian e-invoice, .xml.p7m) is
+        a file the agent downloads, not the mail."""
+        if part.get_content_type() not in PKCS7_TYPES or signed_opened:
             return None
         if (part.get_param("smime-type") or "signed-data").lower() != "signed-data":
             return None
+        if (_filename(part) or "smime.p7m").lower() != "smime.p7m":
+            return None
         content = _content(part, spooled)
-        return _signed_mail(content.read() if isinstance(content, File) else content)
+        inner = _signed_mail(content.read() if isinstance(content, File) else content)
+        if inner is None or "Content-Type" not in inner:
+            return None
+        signed_opened.append(part)
+        return inner
 
     alternatives_read = set()  # the multipart/alternatives a text was taken from
     for part, parent in _leaves(msg, opened=opened):
@@ -816,15 +834,25 @@ def _pieces_text(parts) -> str:
     if len(parts) == 1 and parts[0].get_content_type() != "text/html":
         return _decode(parts[0])  # as written, to the last line break
     pieces: list[str] = []
+    before = ("", "")  # the last piece's type, and its words
     for part in parts:
+        kind = part.get_content_type()
         piece = _decode(part)
-        if part.get_content_type() == "text/html":
+        if kind == "text/html":
             piece = html_to_text(piece)
         piece = piece.strip("\n")
-        said = " ".join(" ".join(pieces).split()).casefold()
-        if piece.strip() and " ".join(piece.split()).casefold() not in said:
-            pieces.append(piece)
+        words = _words_of(piece)
+        if not words or (kind != before[0] and words == before[1]):
+            continue  # nothing, or the text beside it again in the other format
+        pieces.append(piece)
+        before = (kind, words)
     return "\n\n".join(pieces)
+
+
+def _words_of(text: str) -> str:
+    """What a text says, for comparing a plain part with its HTML twin: without the link
+    addresses html_to_text writes after a link's words."""
+    return " ".join(re.sub(r" ?<[a-z][a-z0-9+.-]*:[^<>\s]*>", "", text).split()).casefold()
 
 
 def _forwarded_text(content) -> str:
