@@ -471,7 +471,10 @@ def _name_apart(display: str, addr: str) -> tuple[str, str]:
 def _plausible(addr: str) -> bool:
     """An address we can write to: a local part and a domain, no spaces, no quotes."""
     local, _, domain = addr.rpartition("@")
-    return bool(local and domain) and not any(c.isspace() or c == '"' for c in addr)
+    return bool(local and domain) and not UNWRITABLE.search(addr)
+
+
+UNWRITABLE = re.compile(r'[\s"]')
 
 
 def _content_id(value) -> str:
@@ -694,15 +697,16 @@ def _payload_text(part) -> str:
 # --- Bodies ---------------------------------------------------------------------------------
 
 
-def _leaves(part, parent=None, opened=lambda part: None):
+def _leaves(part, parent=None, opened=None):
     """The parts of a mail that carry content, each with its parent (None for the mail
     itself). A message/* part (a mail forwarded as an attachment, a report) is one part: the
-    parser reads one as a mail of its own, which is not this mail's text. A part `opened`
-    gives a mail for (a signed one) is that mail's parts."""
-    if (inner := opened(part)) is not None:
+    parser reads one as a mail of its own, which is not this mail's text. An application/*
+    part `opened` gives a mail for (a signed one) is that mail's parts."""
+    maintype = part.get_content_maintype()
+    if maintype == "application" and opened and (inner := opened(part)) is not None:
         yield from _leaves(inner, parent, opened)
         return
-    if part.get_content_maintype() == "message" or not part.is_multipart():
+    if maintype == "message" or not part.is_multipart():
         yield part, parent
         return
     for child in part.get_payload():
