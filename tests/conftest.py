@@ -1,6 +1,7 @@
 """Shared fixtures. Personas: alice is an admin, bob an agent of the Support team, charlie an
 agent of the Billing team (an outsider to Support's conversations)."""
 
+import functools
 import os
 import sys
 import threading
@@ -30,37 +31,44 @@ def billing(db):
     return Team.objects.create(name="Billing", slug="billing")
 
 
+@functools.cache
+def _password_hash() -> str:
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(PASSWORD)
+
+
+def person(name: str, team=None, *, admin=False) -> User:
+    """A user who signs in with PASSWORD, hashed as in production (PBKDF2) but once per run:
+    hashing it for every user of every test took ~0.4 s each, a third of the suite's time."""
+    create = User.objects.create_superuser if admin else User.objects.create_user
+    user = create(email=f"{name.lower()}@example.com", password=None, display_name=name)
+    user.password = _password_hash()
+    user.save(update_fields=["password"])
+    if team:
+        TeamMembership.objects.create(team=team, user=user)
+    return user
+
+
 @pytest.fixture
 def alice(db):
-    return User.objects.create_superuser(
-        email="alice@example.com", password=PASSWORD, display_name="Alice"
-    )
+    return person("Alice", admin=True)
 
 
 @pytest.fixture
 def bob(support):
-    user = User.objects.create_user(email="bob@example.com", password=PASSWORD, display_name="Bob")
-    TeamMembership.objects.create(team=support, user=user)
-    return user
+    return person("Bob", support)
 
 
 @pytest.fixture
 def charlie(billing):
-    user = User.objects.create_user(
-        email="charlie@example.com", password=PASSWORD, display_name="Charlie"
-    )
-    TeamMembership.objects.create(team=billing, user=user)
-    return user
+    return person("Charlie", billing)
 
 
 @pytest.fixture
 def dana(support):
     """Bob's teammate in Support."""
-    user = User.objects.create_user(
-        email="dana@example.com", password=PASSWORD, display_name="Dana"
-    )
-    TeamMembership.objects.create(team=support, user=user)
-    return user
+    return person("Dana", support)
 
 
 @pytest.fixture

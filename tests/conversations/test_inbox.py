@@ -215,7 +215,7 @@ class TestList:
         page = client.get("/inbox/").content.decode()  # the bars' choices are kept a while
         assert 'value="outage"' not in page
         services.conversation_tag(conversation=conversation, add=["outage"])
-        mate = User.objects.create_user(email="mate@acme.example", password=PASSWORD)
+        mate = User.objects.create_user(email="mate@acme.example")
         page = client.get("/inbox/").content.decode()
         assert '<option value="outage">outage</option>' in page  # the filter bar
         assert '<option value="tag:outage">Tag “outage”</option>' in page  # the bulk bar

@@ -577,7 +577,7 @@ def rush(transactional_db):
     team = Team.objects.create(name="Rush", slug="rush")
     agents = []
     for n in range(5):
-        agent = User.objects.create_user(email=f"agent{n}@example.com", password=PASSWORD)
+        agent = User.objects.create_user(email=f"agent{n}@example.com")
         TeamMembership.objects.create(team=team, user=agent)
         agents.append(agent)
     online(*agents)
