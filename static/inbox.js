@@ -39,15 +39,20 @@
       try {
         const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin" });
         status = response.status;
+        if (response.redirected && new URL(response.url).pathname === "/login/") {
+          // Signed out (here or in another tab) or the session ran out: as when the socket
+          // says so, to the sign-in page, which comes back here. Drafts stay in the browser.
+          return signIn();
+        }
         if (response.ok) html = await response.text();
       } catch (error) {
         // The network failed this once: tried again below.
       }
       if (mine !== refreshes) return;
       if (html === null) {
-        // A refusal (signed out, the conversation erased) is not tried again: the socket
-        // closing, or the next page, says what happened.
-        if (status >= 400 && status < 500) return;
+        // A refusal is not tried again: what is on screen is no longer this agent's to see
+        // (their team left, the inbox handed to another team). Said where they look.
+        if (status >= 400 && status < 500) return gone();
         // What changed must still show: a busy server's one failed answer is no reason for
         // the list to stay stale until the next event. Tried again, less often each time.
         refreshFailures = Math.min(refreshFailures + 1, 5);
@@ -271,6 +276,23 @@
   document.addEventListener("threadline:refreshed", markRead);
   document.addEventListener("visibilitychange", markRead);
 
+  // A draft is kept in the browser, so nothing typed is lost on the way.
+  function signIn() {
+    location.assign(`/login/?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
+  function gone() {
+    if (document.querySelector("[data-gone]")) return;
+    const notice = document.createElement("p");
+    notice.className = "error";
+    notice.setAttribute("role", "alert");
+    notice.dataset.gone = "";
+    notice.append(
+      conversationId ? "You can no longer see this conversation: what is shown is as it was. " : "This list can no longer be brought up to date. ",
+      Object.assign(document.createElement("a"), { href: "/inbox/", textContent: "Back to the inbox" }),
+    );
+    live.before(notice);
+  }
+
   let socket = null;
   let retry = 500;
   // While this page is open the agent counts as there (the widget's "online").
@@ -325,12 +347,8 @@
       others.forEach(function (other) { clearTimeout(other.timer); });
       others.clear();
       showPresence();
-      if (event.code === 4401) {
-        // Signed out (here or in another tab) or deactivated: the sign-in page says which.
-        // A draft is kept in the browser, so nothing typed is lost on the way.
-        location.assign(`/login/?next=${encodeURIComponent(location.pathname)}`);
-        return;
-      }
+      // Signed out (here or in another tab) or deactivated: the sign-in page says which.
+      if (event.code === 4401) return signIn();
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
     });

@@ -284,6 +284,51 @@ def test_a_live_refresh_that_fails_once_is_tried_again(asgi_server, browser, bob
     assert len(failed) == 1
 
 
+def test_signed_out_in_another_tab_the_next_live_change_goes_to_the_sign_in_page(
+    asgi_server, browser, bob, api_inbox
+):
+    """The live list fetched the sign-in page in place of its rows: the login form showed in
+    the middle of the inbox until the socket's once-a-minute check closed it."""
+    page = signed_in(browser, asgi_server, bob)
+    page.add_init_script(
+        'document.addEventListener("threadline:refreshed", () => { window.refreshed = true; })'
+    )
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    page.wait_for_function("() => window.refreshed")  # the socket is open: it fetched once
+    other = page.context.new_page()  # another tab of the same browser
+    other.goto(f"{asgi_server}/inbox/")
+    other.get_by_role("button", name="Sign out").click()
+    other.wait_for_url("**/login/**")
+
+    arrive(asgi_server, api_inbox, "Is anyone there?")
+    page.wait_for_url(f"{asgi_server}/login/?next=%2Finbox%2F%3Fview%3Dteams")
+    expect(page.locator("#id_username")).to_have_count(1)
+
+
+def test_a_conversation_out_of_reach_says_so_at_its_next_change(
+    asgi_server, browser, bob, api_inbox
+):
+    """Bob left the Support team while its conversation was on his screen: the page went on
+    showing it, silently no longer brought up to date."""
+    asked = receive(api_inbox, text="Where is my parcel?", address="jo@example.com")
+    conversation = asked.message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.add_init_script(
+        'document.addEventListener("threadline:refreshed", () => { window.refreshed = true; })'
+    )
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.wait_for_function("() => window.refreshed")
+    bob.team_memberships.all().delete()
+
+    arrive(asgi_server, api_inbox, "Hello?")
+    expect(page.get_by_role("alert")).to_have_text(
+        "You can no longer see this conversation: what is shown is as it was. Back to the inbox"
+    )
+    expect(page.locator("#live")).not_to_contain_text("Hello?")
+    page.get_by_role("link", name="Back to the inbox").click()
+    page.wait_for_url(f"{asgi_server}/inbox/")
+
+
 def arrive(server, inbox, text, sender="jo@example.com"):
     """A customer's message posted to the server's API channel, as an integration would: the
     server's own worker stores it and tells the open pages. (A message stored by this test
