@@ -5,7 +5,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.utils import dateformat, timezone
@@ -15,7 +15,7 @@ from conversations.models import CannedResponse, Channel, Conversation, Inbox
 from helpdesk.admin import KeptWhileUsed, open_count
 from helpdesk.middleware import zone_named
 from helpdesk.models import User
-from routing import automations, hours, rules
+from routing import automations, hours, rules, sla
 from routing.models import (
     Automation,
     BusinessHours,
@@ -23,10 +23,31 @@ from routing.models import (
     Holiday,
     Macro,
     RoutingRule,
+    SlaClock,
     SlaPolicy,
     Team,
     TeamMembership,
 )
+
+
+class ClocksFollow:
+    """For pages whose changes move running SLA clocks (a schedule, a policy): what a clock
+    counted up to the change stays counted under the rules it had, the rest counts under the
+    new ones, and its due time follows (routing.sla.sla_clocks_hold and _resume). All in the
+    save's transaction."""
+
+    def clocks_moved_by(self, obj, form):
+        """The clocks `obj`'s change may move, or None."""
+        raise NotImplementedError
+
+    def save_model(self, request, obj, form, change):
+        clocks = self.clocks_moved_by(obj, form)
+        request.clocks_held = sla.sla_clocks_hold(clocks) if clocks is not None else []
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)  # a schedule's days are inlines
+        sla.sla_clocks_resume(getattr(request, "clocks_held", []))
 
 
 class TeamMembershipInline(admin.TabularInline):
@@ -37,7 +58,7 @@ class TeamMembershipInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(KeptWhileUsed, admin.ModelAdmin):
+class TeamAdmin(ClocksFollow, KeptWhileUsed, admin.ModelAdmin):
     list_display = ["name", "slug", "business_hours", "member_count", "auto_assign", "queue"]
     list_select_related = ["business_hours"]
     search_fields = ["name", "slug"]
@@ -54,6 +75,17 @@ class TeamAdmin(KeptWhileUsed, admin.ModelAdmin):
         "queue",
     ]
     inlines = [TeamMembershipInline]
+
+    def clocks_moved_by(self, team, form):
+        if "business_hours" not in form.changed_data or not team.pk:
+            return None
+        # Its conversations count on its hours where their inbox has none (schedule_for).
+        return SlaClock.objects.filter(
+            Q(conversation__team=team)
+            | Q(conversation__team=None, conversation__inbox__default_team=team),
+            business_hours_only=True,
+            conversation__inbox__business_hours=None,
+        )
 
     def in_use(self, team):
         reasons = open_count(team.conversations, f"in {team}: transfer them to another team first")
@@ -515,11 +547,27 @@ class HolidayInline(admin.TabularInline):
 
 
 @admin.register(BusinessHours)
-class BusinessHoursAdmin(KeptWhileUsed, admin.ModelAdmin):
+class BusinessHoursAdmin(ClocksFollow, KeptWhileUsed, admin.ModelAdmin):
     list_display = ["name", "timezone", "state", "updated_at"]
     search_fields = ["name", "timezone"]
     readonly_fields = ["state", "created_at", "updated_at"]
     inlines = [BusinessIntervalInline, HolidayInline]
+
+    def clocks_moved_by(self, schedule, form):
+        if not schedule.pk:
+            return None  # nobody keeps these hours yet
+        # Counted on this schedule: schedule_for's choice (the inbox's, else its team's).
+        return SlaClock.objects.filter(business_hours_only=True).filter(
+            Q(conversation__inbox__business_hours=schedule)
+            | Q(conversation__inbox__business_hours=None)
+            & (
+                Q(conversation__team__business_hours=schedule)
+                | Q(
+                    conversation__team=None,
+                    conversation__inbox__default_team__business_hours=schedule,
+                )
+            )
+        )
 
     def in_use(self, schedule):
         # Without them an inbox or a team is open around the clock: no out-of-office reply,
@@ -551,7 +599,7 @@ class BusinessHoursAdmin(KeptWhileUsed, admin.ModelAdmin):
 
 
 @admin.register(SlaPolicy)
-class SlaPolicyAdmin(admin.ModelAdmin):
+class SlaPolicyAdmin(ClocksFollow, admin.ModelAdmin):
     list_display = [
         "name",
         "channel",
@@ -571,3 +619,21 @@ class SlaPolicyAdmin(admin.ModelAdmin):
         "warn_minutes",
         "is_active",
     ]
+
+    def clocks_moved_by(self, policy, form):
+        # A new policy, or one now for other conversations, may apply to any of them; new
+        # targets move only the clocks this policy measures.
+        if policy.pk and not {"channel", "priority", "is_active"} & set(form.changed_data):
+            return SlaClock.objects.filter(policy=policy)
+        return SlaClock.objects.all()
+
+    def delete_model(self, request, policy):
+        self.delete_queryset(request, SlaPolicy.objects.filter(pk=policy.pk))
+
+    def delete_queryset(self, request, queryset):
+        # Their clocks go on under the policies that now apply, as after an edit.
+        held = sla.sla_clocks_hold(SlaClock.objects.filter(policy__in=queryset))
+        super().delete_queryset(request, queryset)
+        for clock in held:
+            clock.policy = None  # as the deletion left it in the database
+        sla.sla_clocks_resume(held)

@@ -5,7 +5,7 @@ from time import monotonic
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
@@ -624,6 +624,10 @@ SLA_MINUTES_MAX = 60 * 24 * 365
 SLA_MINUTES_VALID = MaxValueValidator(
     SLA_MINUTES_MAX, _("At most %(limit_value)s minutes (a year).")
 )
+# A target of 0 would be breached as each conversation opens: empty is how one is not measured.
+SLA_TARGET_VALID = MinValueValidator(
+    1, _("At least 1 minute. Leave it empty not to measure this target.")
+)
 
 # Targets to start from, which admins tune (the first migration and the demo create them):
 # people on chat, SMS and social expect an answer within minutes, email within a morning.
@@ -670,21 +674,21 @@ class SlaPolicy(models.Model):
         _("first response (minutes)"),
         null=True,
         blank=True,
-        validators=[SLA_MINUTES_VALID],
+        validators=[SLA_TARGET_VALID, SLA_MINUTES_VALID],
         help_text=_("From the customer's first message to the first reply."),
     )
     next_response_minutes = models.PositiveIntegerField(
         _("next response (minutes)"),
         null=True,
         blank=True,
-        validators=[SLA_MINUTES_VALID],
+        validators=[SLA_TARGET_VALID, SLA_MINUTES_VALID],
         help_text=_("From each later customer message to the reply that answers it."),
     )
     resolution_minutes = models.PositiveIntegerField(
         _("resolution (minutes)"),
         null=True,
         blank=True,
-        validators=[SLA_MINUTES_VALID],
+        validators=[SLA_TARGET_VALID, SLA_MINUTES_VALID],
         help_text=_("From opening (or reopening) to resolution."),
     )
     business_hours_only = models.BooleanField(
@@ -715,9 +719,9 @@ class SlaPolicy(models.Model):
 
     def goal(self, target: str) -> int | None:
         """The target in seconds, or None when this policy does not measure it (nor a target
-        saved around the admin's bound: no clock can count that far)."""
+        saved around the admin's bounds: none, or one no clock can count that far)."""
         minutes = getattr(self, f"{target}_minutes")
-        return None if minutes is None or minutes > SLA_MINUTES_MAX else minutes * 60
+        return None if not minutes or minutes > SLA_MINUTES_MAX else minutes * 60
 
     def clean(self):
         if not (self.first_response_minutes or self.next_response_minutes) and not (

@@ -330,6 +330,62 @@ def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
     sla_due_set(conversation)
 
 
+# --- An admin changing the rules -------------------------------------------------------------
+
+
+def sla_clocks_hold(clocks) -> list[SlaClock]:
+    """Before an admin's change to a schedule or a policy is saved, in its transaction:
+    `clocks` that are running take what they counted up to now under the rules they had
+    (their conversations locked, as the services lock them). Give the result to
+    sla_clocks_resume once the change is saved."""
+    ids = list(
+        clocks.filter(stopped_at=None).exclude(running_since=None).values_list("pk", flat=True)
+    )
+    if not ids:
+        return []
+    # Locked in id order, as every service locks a conversation, so none waits on another.
+    list(
+        Conversation.objects.select_for_update()
+        .filter(sla_clocks__in=ids)
+        .order_by("pk")
+        .values_list("pk")
+    )
+    held = list(SlaClock.objects.filter(pk__in=ids).select_related("conversation__inbox"))
+    now = timezone.now()
+    for conversation, its in _by_conversation(held):
+        context = _Context(conversation, now)
+        for clock in its:
+            context.pause(clock)
+    return held
+
+
+def sla_clocks_resume(held: list[SlaClock]) -> int:
+    """The change is saved: the held clocks count on under the rules now in force (their
+    conversation's policy and schedule), and their conversations' due times follow. A target
+    the policies no longer measure stops as not measured. Returns how many went on."""
+    now = timezone.now()
+    for conversation, its in _by_conversation(held):
+        context = _Context(conversation, now)
+        for clock in its:
+            policy = context.policy_now(clock)
+            if policy is None:
+                context.stop(clock, answered=False)
+            else:
+                _adopt(clock, policy)
+                context.follow_status(clock)
+            clock.save()
+        sla_due_set(conversation)
+        conversation.save(update_fields=["sla_due_at"])
+    return len(held)
+
+
+def _by_conversation(clocks: list[SlaClock]):
+    by_id: dict[int, list[SlaClock]] = {}
+    for clock in clocks:
+        by_id.setdefault(clock.conversation_id, []).append(clock)
+    return [(its[0].conversation, its) for its in by_id.values()]
+
+
 # --- The sweep ---------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from routing.models import SlaClock, SlaPolicy, TeamMembership
 from routing.sla import policy_for
 from routing.tasks import auto_reply, sla_sweep
 from tests.conftest import PASSWORD, receive
-from tests.routing.test_business_hours import make_schedule
+from tests.routing.test_business_hours import _form, make_schedule
 
 WEEKDAYS = range(5)
 FIRST, NEXT, RESOLUTION = (
@@ -431,6 +431,11 @@ def test_clocks_of_two_channels_say_which_is_which(client, chat_inbox, mail_inbo
         ),
         # A typo of a few zeros: every matching message would have failed to be stored.
         ({"first_response_minutes": "99999999999"}, "At most 525600 minutes (a year)."),
+        # Saved, it breached every conversation as it opened.
+        (
+            {"first_response_minutes": "0", "next_response_minutes": "15"},
+            "At least 1 minute. Leave it empty not to measure this target.",
+        ),
     ],
 )
 def test_the_admin_refuses_a_policy_that_measures_nothing_or_overlaps(
@@ -453,6 +458,120 @@ def test_the_admin_refuses_a_policy_that_measures_nothing_or_overlaps(
     assert response.status_code == 200
     assert message in response.content.decode()
     assert not SlaPolicy.objects.filter(name="New").exists()
+
+
+def test_hours_changed_in_admin_move_running_clocks_and_keep_what_they_counted(
+    client, alice, mail_inbox, hours, policies
+):
+    """From 11:00 on Monday, Support closes at noon on Mondays. Maria's four working hours,
+    due at 14:00, stayed due at 14:00 and breached then. They count the hour she has waited,
+    one more before noon and two on Tuesday morning; her resolution target moves too."""
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    assert due(conversation) == utc("2026-01-12 14:00")
+    rows = [
+        (day.weekday, "09:00", "12:00" if day.weekday == 0 else "18:00", day.pk)
+        for day in hours.intervals.order_by("weekday")
+    ]
+    client.force_login(alice)
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        response = client.post(
+            reverse("admin:routing_businesshours_change", args=[hours.pk]),
+            _form(rows, name=hours.name, schedule=hours),
+        )
+    assert response.status_code == 302, response.content.decode()
+    first = clock(conversation, FIRST)
+    assert (first.due_at, first.warn_at) == (utc("2026-01-13 11:00"), utc("2026-01-13 10:30"))
+    assert clock(conversation, RESOLUTION).due_at == utc("2026-01-13 15:00")  # 8 h: 1 + 1 + 6
+    assert due(conversation) == utc("2026-01-13 11:00")  # what the inbox counts down
+    with time_machine.travel(utc("2026-01-12 14:01"), tick=False):
+        assert sla_sweep() == {"warned": 0, "breached": 0}
+    with time_machine.travel(utc("2026-01-13 11:01"), tick=False):
+        assert sla_sweep()["breached"] == 1
+
+
+def test_a_policy_target_changed_in_admin_applies_to_running_clocks(
+    client, alice, mail_inbox, hours, policies
+):
+    # Made before the day travelled to, as they would be (the cache sees a newer save).
+    SlaPolicy.objects.update(updated_at=utc("2026-01-01 00:00"))
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    email = policies["email"]
+    client.login(email=alice.email, password=PASSWORD)
+    form = {
+        "name": email.name,
+        "channel": email.channel,
+        "priority": "",
+        "first_response_minutes": "60",  # was 240
+        "next_response_minutes": "240",
+        "resolution_minutes": "480",
+        "business_hours_only": "on",
+        "warn_minutes": "30",
+        "is_active": "on",
+    }
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        response = client.post(reverse("admin:routing_slapolicy_change", args=[email.pk]), form)
+    assert response.status_code == 302, response.content.decode()
+    first = clock(conversation, FIRST)
+    assert (first.goal_seconds, first.due_at) == (3600, utc("2026-01-12 11:00"))
+    assert due(conversation) == utc("2026-01-12 11:00")
+    # The policy no longer active: its targets stop as not measured, the urgent one aside.
+    form["is_active"] = ""
+    with time_machine.travel(utc("2026-01-12 10:40"), tick=False):
+        client.post(reverse("admin:routing_slapolicy_change", args=[email.pk]), form)
+    assert clock(conversation, FIRST).outcome == SlaClock.Outcome.CANCELLED
+    assert due(conversation) is None
+
+
+def test_a_policy_deleted_in_admin_hands_its_clocks_to_the_one_that_now_applies(
+    client, alice, mail_inbox, hours, policies
+):
+    SlaPolicy.objects.update(updated_at=utc("2026-01-01 00:00"))  # as in the test above
+    SlaPolicy.objects.create(name="Any channel", first_response_minutes=120)
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    client.force_login(alice)
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        response = client.post(
+            reverse("admin:routing_slapolicy_delete", args=[policies["email"].pk]),
+            {"post": "yes"},
+        )
+    assert response.status_code == 302
+    first = clock(conversation, FIRST)
+    assert (first.policy.name, first.due_at) == ("Any channel", utc("2026-01-12 12:00"))
+    assert clock(conversation, RESOLUTION).outcome == SlaClock.Outcome.CANCELLED
+    assert due(conversation) == utc("2026-01-12 12:00")
+
+
+def test_a_team_given_other_hours_in_admin_moves_its_running_clocks(
+    client, alice, mail_inbox, hours, policies, support
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    late = make_schedule(
+        "Europe/Lisbon", {day: [("13:00", "22:00")] for day in WEEKDAYS}, name="Late"
+    )
+    client.force_login(alice)
+    form = {
+        "name": support.name,
+        "slug": support.slug,
+        "description": "",
+        "business_hours": late.pk,
+        "auto_assign": "on",
+        "channel_weights": "{}",
+        "memberships-TOTAL_FORMS": 0,
+        "memberships-INITIAL_FORMS": 0,
+    }
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        response = client.post(reverse("admin:routing_team_change", args=[support.pk]), form)
+    assert response.status_code == 302, response.content.decode()
+    # The hour from 10:00 stays counted; the three left run from 13:00.
+    assert clock(conversation, FIRST).due_at == utc("2026-01-12 16:00")
+
+
+def test_a_target_of_0_saved_before_it_was_refused_measures_nothing(mail_inbox, policies):
+    SlaPolicy.objects.filter(name="Email").update(first_response_minutes=0)
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    assert not conversation.sla_clocks.filter(target=FIRST).exists()
+    with time_machine.travel(utc("2026-01-12 10:01"), tick=False):
+        assert sla_sweep()["breached"] == 0
 
 
 def test_it_merged_conversations_stop_their_clocks(mail_inbox, hours, policies, bob):
