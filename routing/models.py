@@ -880,7 +880,9 @@ class AutoReply(models.Model):
                 self.language = language_normalize(self.language)
             except ValidationError as exc:
                 raise ValidationError({"language": exc.messages}) from None
-        placeholders_check(self.body, self.PLACEHOLDERS, r"{(\w*)}")
+        # Anything in braces: a placeholder of another kind (a canned response's
+        # {customer.first_name|there}) would reach the customer as written.
+        placeholders_check(self.body, self.PLACEHOLDERS, r"{([^{}]*)}")
         if self.inbox_id and self.inbox.kind == Channel.WEBCHAT:
             raise ValidationError(
                 _("The chat widget says itself when you are away and how soon you reply.")

@@ -378,6 +378,11 @@ def test_reply_times_are_rounded_to_what_a_customer_needs(minutes, text):
     [
         ("Your ticket is {ticket}", "Unknown placeholder {ticket}"),
         ("Hi {name}, {Number}", "Unknown placeholder {Number}"),
+        # The canned responses' style: these went to the customer as written.
+        (
+            "Hi {customer.first_name|there}, it is #{number}. {agent.name}",
+            "Unknown placeholder {agent.name}, {customer.first_name|there}; use {number}, {name}",
+        ),
     ],
 )
 def test_a_template_with_an_unknown_placeholder_is_refused(mail_inbox, body, message):
