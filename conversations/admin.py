@@ -29,6 +29,7 @@ from conversations.models import (
 from conversations.selectors import id_given
 from helpdesk.admin import KeptWhileUsed
 from helpdesk.models import User
+from routing.admin import ClocksFollow
 from routing.models import AutoReply, SlaClock
 
 
@@ -430,7 +431,7 @@ def _public_base() -> tuple[str, str]:
 
 
 @admin.register(Inbox)
-class InboxAdmin(admin.ModelAdmin):
+class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     form = InboxForm
     list_display = [
         "name",
@@ -570,6 +571,11 @@ class InboxAdmin(admin.ModelAdmin):
         if not inbox.pk:
             return "Made when the inbox is added, and shown once then."
         return f"••••••{inbox.secret[-4:]}  (use the 'Rotate secret' action to get a new one)"
+
+    def clocks_moved_by(self, inbox, form):
+        if inbox.pk and {"business_hours", "default_team"} & set(form.changed_data):
+            return SlaClock.objects.filter(conversation__inbox=inbox, business_hours_only=True)
+        return None
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -364,6 +364,12 @@ def sla_clocks_resume(held: list[SlaClock]) -> int:
     conversation's policy and schedule), and their conversations' due times follow. A target
     the policies no longer measure stops as not measured. Returns how many went on."""
     now = timezone.now()
+    # Read again: the change may be to their inbox (its hours, its team).
+    fresh = Conversation.objects.select_related("inbox").in_bulk(
+        {clock.conversation_id for clock in held}
+    )
+    for clock in held:
+        clock.conversation = fresh[clock.conversation_id]
     for conversation, its in _by_conversation(held):
         context = _Context(conversation, now)
         for clock in its:

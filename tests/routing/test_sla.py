@@ -566,6 +566,26 @@ def test_a_team_given_other_hours_in_admin_moves_its_running_clocks(
     assert clock(conversation, FIRST).due_at == utc("2026-01-12 16:00")
 
 
+def test_an_inbox_given_its_own_hours_in_admin_moves_its_running_clocks(
+    client, alice, mail_inbox, hours, policies
+):
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    late = make_schedule(
+        "Europe/Lisbon", {day: [("13:00", "22:00")] for day in WEEKDAYS}, name="Late"
+    )
+    client.force_login(alice)
+    form = {"name": mail_inbox.name, "kind": "email", "address": mail_inbox.address}
+    form |= {"default_team": mail_inbox.default_team_id, "is_active": "on", "settings": "{}"}
+    form |= {"business_hours": late.pk, "new_credentials": ""}
+    form |= {"auto_replies-TOTAL_FORMS": 0, "auto_replies-INITIAL_FORMS": 0}
+    with time_machine.travel(utc("2026-01-12 11:00"), tick=False):
+        response = client.post(
+            reverse("admin:conversations_inbox_change", args=[mail_inbox.pk]), form
+        )
+    assert response.status_code == 302, response.content.decode()
+    assert clock(conversation, FIRST).due_at == utc("2026-01-12 16:00")
+
+
 def test_a_target_of_0_saved_before_it_was_refused_measures_nothing(mail_inbox, policies):
     SlaPolicy.objects.filter(name="Email").update(first_response_minutes=0)
     conversation = mail(mail_inbox, "2026-01-12 10:00")
