@@ -46,7 +46,8 @@
     readSent: 0, // the visitor read the agent's messages up to this id
     socket: null, ready: false, everReady: false, retries: 0,
     open: false, fresh: false, waited: false, prechatDone: false,
-    rating: 0, transcriptSent: false, afterContact: "", contactForm: null, fixEmail: false,
+    rating: 0, transcriptSent: false, afterContact: "", contactForm: null, contactWaiting: null,
+    fixEmail: false,
     typingSentAt: 0, timers: {}, atBottom: true, resends: 0,
     reopened: false, // an agent's message just brought an ended chat back
   };
@@ -306,6 +307,7 @@
         showConversation(data.conversation);
         (data.messages || []).forEach(addMessage);
         // Whatever was not acknowledged before the drop goes again, under the same client id.
+        if (S.contactWaiting) contact(S.contactWaiting.fields, S.contactWaiting.form);
         resendWaiting();
         clearInterval(S.timers.ping);
         S.timers.ping = setInterval(() => send({ action: "ping" }), PING_MS);
@@ -670,9 +672,13 @@
   function contact(fields, form) {
     S.contactForm = form;
     formError(form, "");
-    const sent = send({ action: "contact", ...fields });
-    if (!sent) formError(form, t("reconnecting"));
-    return sent;
+    S.contactWaiting = null;
+    if (send({ action: "contact", ...fields })) return true;
+    // Not connected yet, or not again: sent once it is ("ready"), ahead of the messages that
+    // wait with it, as a message is. Written before the page had connected, it was lost.
+    S.contactWaiting = { fields, form };
+    if (!form.closest("[hidden]")) formError(form, t("reconnecting"));
+    return false;
   }
 
   // The server refused the address (the only field it can refuse): the field is marked, and

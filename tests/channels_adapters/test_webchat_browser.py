@@ -440,6 +440,36 @@ def test_a_mistyped_optional_email_is_asked_again_as_typed(
     expect(panel.get_by_text("We will email you at jo@example.com")).to_be_visible()
 
 
+def test_an_address_written_before_the_widget_connected_is_not_lost(
+    asgi_server, browser, widget, shop
+):
+    """On a slow connection she gave her address and her question before the widget had
+    connected: the question went once it had, the address never did."""
+    widget.settings |= {"prechat_name": "off", "prechat_email": "optional"}
+    widget.save()
+    page = browser.new_page(locale="en-US")
+    held, link = [], {"hold": True}  # the server's frames, kept from the page until released
+
+    def route(socket):
+        server = socket.connect_to_server()
+        link["page"] = socket
+        server.on_message(lambda frame: held.append(frame) if link["hold"] else socket.send(frame))
+
+    page.route_web_socket(re.compile("/ws/widget/"), route)
+    page.goto(shop.embed(asgi_server, widget))
+    panel = open_chat(page)
+    panel.get_by_label("Your email").fill("jo@example.com")
+    write(panel, "Do you ship to the Azores?")
+    expect(panel.locator("li.pending")).to_contain_text("Sending…")  # not connected yet
+    while held:  # in order; Playwright hands on new frames only during its own calls
+        link["page"].send(held.pop(0))
+    link["hold"] = False
+
+    expect(panel.locator("li.message.customer[data-id]")).to_have_text(re.compile("Azores"))
+    expect(panel.get_by_text("We will email you at jo@example.com")).to_be_visible()
+    assert Visitor.objects.get().email == "jo@example.com"
+
+
 def test_on_a_phone_it_fills_the_screen_works_by_keyboard_and_shows_text_never_html(
     asgi_server, browser, bob, widget, shop
 ):
