@@ -5,6 +5,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
@@ -630,6 +631,7 @@ class SlaPolicyAdmin(ClocksFollow, admin.ModelAdmin):
     def delete_model(self, request, policy):
         self.delete_queryset(request, SlaPolicy.objects.filter(pk=policy.pk))
 
+    @transaction.atomic  # the list's "delete selected" runs outside the page's transaction
     def delete_queryset(self, request, queryset):
         # Their clocks go on under the policies that now apply, as after an edit.
         held = sla.sla_clocks_hold(SlaClock.objects.filter(policy__in=queryset))

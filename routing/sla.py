@@ -334,28 +334,27 @@ def sla_retarget(*, conversation: Conversation, now: datetime) -> None:
 
 
 def sla_clocks_hold(clocks) -> list[SlaClock]:
-    """Before an admin's change to a schedule or a policy is saved, in its transaction:
-    `clocks` that are running take what they counted up to now under the rules they had
-    (their conversations locked, as the services lock them). Give the result to
-    sla_clocks_resume once the change is saved."""
-    ids = list(
-        clocks.filter(stopped_at=None).exclude(running_since=None).values_list("pk", flat=True)
-    )
-    if not ids:
-        return []
-    # Locked in id order, as every service locks a conversation, so none waits on another.
-    list(
+    """Before an admin's change to a schedule or a policy is saved, in its transaction: the
+    `clocks` not stopped take what they counted up to now under the rules they had. Give the
+    result to sla_clocks_resume once the change is saved."""
+    pending = clocks.filter(stopped_at=None)
+    # Their conversations first, in id order, as every service locks one, then the clocks
+    # (still not stopped: a reply may have stopped one meanwhile). One the sweep is alerting
+    # on is skipped: it waits for its conversation, locked here, and has run out anyway.
+    conversations = list(
         Conversation.objects.select_for_update()
-        .filter(sla_clocks__in=ids)
+        .filter(pk__in=pending.values("conversation_id"))
         .order_by("pk")
-        .values_list("pk")
+        .values_list("pk", flat=True)
     )
-    held = list(SlaClock.objects.filter(pk__in=ids).select_related("conversation__inbox"))
-    now = timezone.now()
-    for conversation, its in _by_conversation(held):
-        context = _Context(conversation, now)
-        for clock in its:
-            context.pause(clock)
+    held = list(
+        pending.filter(conversation__in=conversations)
+        .select_for_update(skip_locked=True, of=("self",))
+        .select_related("conversation__inbox")
+    )
+    contexts = _Contexts(timezone.now())
+    for clock in held:
+        contexts.of(clock.conversation).pause(clock)
     return held
 
 
@@ -363,33 +362,67 @@ def sla_clocks_resume(held: list[SlaClock]) -> int:
     """The change is saved: the held clocks count on under the rules now in force (their
     conversation's policy and schedule), and their conversations' due times follow. A target
     the policies no longer measure stops as not measured. Returns how many went on."""
-    now = timezone.now()
+    if not held:
+        return 0
     # Read again: the change may be to their inbox (its hours, its team).
     fresh = Conversation.objects.select_related("inbox").in_bulk(
         {clock.conversation_id for clock in held}
     )
-    for clock in held:
-        clock.conversation = fresh[clock.conversation_id]
-    for conversation, its in _by_conversation(held):
-        context = _Context(conversation, now)
-        for clock in its:
+    contexts = _Contexts(timezone.now())
+    with TableCache.snapshot():
+        for clock in held:
+            context = contexts.of(fresh[clock.conversation_id])
             policy = context.policy_now(clock)
             if policy is None:
                 context.stop(clock, answered=False)
             else:
                 _adopt(clock, policy)
                 context.follow_status(clock)
-            clock.save()
-        sla_due_set(conversation)
-        conversation.save(update_fields=["sla_due_at"])
+    SlaClock.objects.bulk_update(held, HELD_FIELDS, batch_size=500)
+    due = dict(
+        SlaClock.objects.filter(conversation__in=fresh, stopped_at=None)
+        .exclude(due_at=None)
+        .values("conversation")
+        .annotate(due=Min("due_at"))
+        .values_list("conversation", "due")
+    )
+    for conversation in fresh.values():
+        conversation.sla_due_at = due.get(conversation.pk)
+    Conversation.objects.bulk_update(fresh.values(), ["sla_due_at"], batch_size=500)
     return len(held)
 
 
-def _by_conversation(clocks: list[SlaClock]):
-    by_id: dict[int, list[SlaClock]] = {}
-    for clock in clocks:
-        by_id.setdefault(clock.conversation_id, []).append(clock)
-    return [(its[0].conversation, its) for its in by_id.values()]
+# What holding and resuming a clock may change.
+HELD_FIELDS = [
+    "policy",
+    "goal_seconds",
+    "business_hours_only",
+    "elapsed_seconds",
+    "running_since",
+    "due_at",
+    "warn_at",
+    "breached_at",
+    "stopped_at",
+    "outcome",
+]
+
+
+class _Contexts:
+    """A _Context per conversation, sharing schedules: many conversations keep the same."""
+
+    def __init__(self, now: datetime):
+        self.now, self.contexts, self.schedules = now, {}, {}
+
+    def of(self, conversation: Conversation) -> _Context:
+        context = self.contexts.get(conversation.pk)
+        if context is None:
+            context = self.contexts[conversation.pk] = _Context(conversation, self.now)
+            inbox = conversation.inbox
+            key = (inbox.business_hours_id, conversation.team_id or inbox.default_team_id)
+            if key not in self.schedules:
+                self.schedules[key] = hours.schedule_for(inbox, conversation.team_id)
+            context._schedule = self.schedules[key]
+        return context
 
 
 # --- The sweep ---------------------------------------------------------------------------------

@@ -61,6 +61,8 @@
         return;
       }
       refreshFailures = 0;
+      const goneNotice = document.querySelector("[data-gone]"); // back in reach after all
+      if (goneNotice) goneNotice.remove();
       const selected = document.querySelector(".rows li.selected");
       // A refresh never moves focus: only a row that had it gets it back.
       const focused = live.contains(document.activeElement);

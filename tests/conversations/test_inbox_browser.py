@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 
 from conversations import services
 from conversations.models import Channel, Identity, Message
+from routing.models import TeamMembership
 from tests.channels_adapters.test_webchat_browser import post_mime
 from tests.conftest import receive, signed_in
 
@@ -325,8 +326,12 @@ def test_a_conversation_out_of_reach_says_so_at_its_next_change(
         "You can no longer see this conversation: what is shown is as it was. Back to the inbox"
     )
     expect(page.locator("#live")).not_to_contain_text("Hello?")
-    page.get_by_role("link", name="Back to the inbox").click()
-    page.wait_for_url(f"{asgi_server}/inbox/")
+    expect(page.get_by_role("link", name="Back to the inbox")).to_have_attribute("href", "/inbox/")
+    # Back in the team (a mistaken removal undone): the page is live again, and says so.
+    TeamMembership.objects.create(team=api_inbox.default_team, user=bob)
+    arrive(asgi_server, api_inbox, "Still there?")
+    expect(page.locator("#live")).to_contain_text("Still there?")
+    expect(page.get_by_role("alert")).to_have_count(0)
 
 
 def arrive(server, inbox, text, sender="jo@example.com"):

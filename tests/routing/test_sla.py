@@ -522,6 +522,32 @@ def test_a_policy_target_changed_in_admin_applies_to_running_clocks(
     assert due(conversation) is None
 
 
+def test_a_cut_target_holds_for_a_clock_paused_while_the_customer_was_asked(
+    client, alice, mail_inbox, hours, policies, bob
+):
+    """Maria's next response clock was paused (pending) when the target was cut from 4 hours
+    to 1: it kept the 4 hours and came back with them when she answered."""
+    SlaPolicy.objects.update(updated_at=utc("2026-01-01 00:00"))  # as in the test above
+    conversation = mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 10:30"), tick=False):
+        services.reply_send(conversation=conversation, author=bob, text="Which order?")
+    mail(mail_inbox, "2026-01-12 11:00", text="Order 1234")
+    with time_machine.travel(utc("2026-01-12 11:30"), tick=False):
+        services.conversation_set_status(conversation=conversation, status="pending")
+    email = policies["email"]
+    client.force_login(alice)
+    form = {"name": email.name, "channel": "email", "priority": "", "is_active": "on"}
+    form |= {"first_response_minutes": "240", "next_response_minutes": "60"}
+    form |= {"resolution_minutes": "480", "business_hours_only": "on", "warn_minutes": "30"}
+    with time_machine.travel(utc("2026-01-12 12:00"), tick=False):
+        response = client.post(reverse("admin:routing_slapolicy_change", args=[email.pk]), form)
+    assert response.status_code == 302, response.content.decode()
+    mail(mail_inbox, "2026-01-12 13:00", text="Any news?")
+    # Half an hour counted before the pause, the other half from 13:00.
+    assert clock(conversation, NEXT).due_at == utc("2026-01-12 13:30")
+
+
+@pytest.mark.django_db(transaction=True)  # as in production: the admin's own transactions
 def test_a_policy_deleted_in_admin_hands_its_clocks_to_the_one_that_now_applies(
     client, alice, mail_inbox, hours, policies
 ):
@@ -539,6 +565,14 @@ def test_a_policy_deleted_in_admin_hands_its_clocks_to_the_one_that_now_applies(
     assert (first.policy.name, first.due_at) == ("Any channel", utc("2026-01-12 12:00"))
     assert clock(conversation, RESOLUTION).outcome == SlaClock.Outcome.CANCELLED
     assert due(conversation) == utc("2026-01-12 12:00")
+    # And by the list's "delete selected": its clocks stop, nothing measuring them now.
+    with time_machine.travel(utc("2026-01-12 10:40"), tick=False):
+        response = client.post(
+            reverse("admin:routing_slapolicy_changelist"),
+            {"action": "delete_selected", "_selected_action": [first.policy_id], "post": "yes"},
+        )
+    assert response.status_code == 302
+    assert clock(conversation, FIRST).outcome == SlaClock.Outcome.CANCELLED
 
 
 def test_a_team_given_other_hours_in_admin_moves_its_running_clocks(
