@@ -60,7 +60,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -97,6 +97,8 @@ BURST_LIMIT = 5
 BURST_WINDOW = timedelta(hours=1)
 # Conversations the idle sweep checks per automation and run; the next run takes the rest.
 IDLE_BATCH = 200
+# A stay whose conditions did not hold is looked at again this often.
+IDLE_RECHECK = timedelta(hours=1)
 MAX_ACTIONS = 20
 MAX_NOTE_CHARS = 5000
 MAX_SNOOZE_HOURS = 24 * 365
@@ -714,10 +716,13 @@ def _in_status_since():
 
 
 def automations_idle_sweep(*, now: datetime | None = None, limit: int = IDLE_BATCH) -> int:
-    """Run idle automations on conversations that have been in their status long enough: once
-    per automation and stay (a conversation that leaves the status and comes back starts a new
-    stay). Safe to run often, twice at once, or late: a stay already checked is skipped, and
-    each check is recorded in the transaction that acts. Returns how many acted."""
+    """Run idle automations on conversations that have been in their status long enough: at
+    most once per automation and stay (a conversation that leaves the status and comes back
+    starts a new stay). A stay whose conditions do not hold is looked at again every
+    IDLE_RECHECK while it lasts ("open a day and still unassigned" holds once it is sent back
+    to the queue). Safe to run often, twice at once, or late: a stay acted on or lately
+    checked is skipped, and each check is recorded in the transaction that acts. Returns how
+    many acted."""
     now = now or timezone.now()
     acted = 0
     for automation in automations_load().get(Event.IDLE, ()):
@@ -738,9 +743,12 @@ def automations_idle_sweep(*, now: datetime | None = None, limit: int = IDLE_BAT
 
 def _idle_due(automation: CompiledAutomation, now: datetime, limit: int) -> list:
     """(conversation id, since when) of those in the automation's status long enough, not
-    yet checked for this stay."""
+    acted on in this stay nor checked in the last IDLE_RECHECK."""
     checked = AutomationRun.objects.filter(
-        automation_id=automation.pk, conversation=OuterRef("pk"), period=OuterRef("since")
+        Q(matched=True) | Q(ran_at__gt=now - IDLE_RECHECK),
+        automation_id=automation.pk,
+        conversation=OuterRef("pk"),
+        period=OuterRef("since"),
     )
     return list(
         Conversation.objects.filter(status=automation.idle_status, merged_into=None)
@@ -769,20 +777,24 @@ def _idle_check(automation: CompiledAutomation, conversation_id: int, since, now
         )
         if locked != automation.idle_status or still != since:
             return False
-        try:
-            with transaction.atomic():
-                run = AutomationRun.objects.create(
-                    automation_id=automation.pk,
-                    conversation_id=conversation_id,
-                    period=since,
-                    matched=False,
-                )
-        except IntegrityError:  # another sweep checked this stay
+        stay = AutomationRun.objects.filter(
+            automation_id=automation.pk, conversation_id=conversation_id, period=since
+        )
+        # Under the conversation's lock: a second sweep waits here, then finds it done.
+        if stay.filter(Q(matched=True) | Q(ran_at__gt=now - IDLE_RECHECK)).exists():
             return False
+        if not stay.update(ran_at=now):
+            AutomationRun.objects.create(
+                automation_id=automation.pk,
+                conversation_id=conversation_id,
+                period=since,
+                matched=False,
+                ran_at=now,
+            )
         conversation = _current(conversation_id)
         if not automation.matches(Facts(conversation, None, now)):
             return False
-        AutomationRun.objects.filter(pk=run.pk).update(matched=True)
+        stay.update(matched=True)
 
         def act(chain: _Chain) -> None:
             chain.fired.add((automation.pk, conversation_id))

@@ -482,7 +482,8 @@ class Automation(models.Model):
         blank=True,
         help_text=_(
             "For “stayed in a status”: how long since the conversation entered it (72 = 3 "
-            "days). Runs once each time the conversation enters the status."
+            "days). Acts at most once each time the conversation enters the status; if the "
+            "conditions do not hold when the time is up, they are checked again every hour."
         ),
     )
     conditions = models.JSONField(default=list, blank=True)
@@ -521,8 +522,9 @@ class Automation(models.Model):
 
 class AutomationRun(models.Model):
     """An idle automation checked a conversation for one stay in a status (`period`: when the
-    conversation entered it). Unique, so that however often and in however many workers the
-    sweep runs, each stay is checked once; `matched` says whether the actions ran."""
+    conversation entered it), last at `ran_at`. Unique, so that however often and in however
+    many workers the sweep runs, each stay is acted on once; `matched` says whether the
+    actions ran (until then the stay is checked again, hourly)."""
 
     automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="runs")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")

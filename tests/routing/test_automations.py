@@ -750,7 +750,9 @@ def test_each_stay_in_the_status_counts_from_its_start(mail_inbox, bob, pending_
     assert reminders(conversation) == 2
 
 
-def test_idle_conditions_are_checked_once_when_the_time_comes(mail_inbox, canned):
+def test_idle_conditions_are_checked_again_hourly_until_they_hold(mail_inbox, canned):
+    """Open a day and tagged vip: tagged after the day was up, it was never nudged (the stay
+    had been looked at once, and that was all)."""
     rule = automation(
         "idle",
         [{"action": "add_tags", "tags": ["nudged"]}],
@@ -763,12 +765,19 @@ def test_idle_conditions_are_checked_once_when_the_time_comes(mail_inbox, canned
 
     with time_machine.travel(start + timedelta(days=1, minutes=1)):
         assert tasks.automations_idle() == 0
+    with time_machine.travel(start + timedelta(days=1, minutes=30)):
+        assert tasks.automations_idle() == 0  # nothing new: not looked at again yet
     services.conversation_tag(conversation=conversation, add=["vip"])
-    with time_machine.travel(start + timedelta(days=2)):
-        assert tasks.automations_idle() == 0  # this stay was looked at already
+    with time_machine.travel(start + timedelta(days=1, minutes=40)):
+        assert tasks.automations_idle() == 0  # within the hour of the last look
+    with time_machine.travel(start + timedelta(days=1, hours=1, minutes=2)):
+        assert tasks.automations_idle() == 1
+        assert tasks.automations_idle() == 0  # the sweep again, or in a second worker
+    with time_machine.travel(start + timedelta(days=3)):
+        assert tasks.automations_idle() == 0  # once per stay
 
-    assert list(AutomationRun.objects.values_list("automation", "matched")) == [(rule.pk, False)]
-    assert tags(conversation) == {"vip"}
+    assert list(AutomationRun.objects.values_list("automation", "matched")) == [(rule.pk, True)]
+    assert tags(conversation) == {"vip", "nudged"}
 
 
 def test_blocking_a_spammer_closes_without_setting_automations_off(mail_inbox, bob):
