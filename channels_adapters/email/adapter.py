@@ -344,9 +344,10 @@ class EmailAdapter(Adapter):
         copied = conversation.participants.filter(kind=Channel.EMAIL).values_list(
             "address", flat=True
         )
-        if message.metadata.get("follow_up_of"):
-            # What was said in a chat goes to whoever chatted, not to those copied on the
-            # conversation's mail (a mail from anyone's address could have copied anyone).
+        if message.metadata.get("follow_up_of") or message.metadata.get("automatic"):
+            # What was said in a chat goes to whoever chatted, and a robot's answer to its
+            # sender only, not to those copied on the conversation's mail: a mail from anyone
+            # could copy anyone, and we would pass their words on (spam, phishing).
             copied = []
         cc = {address for address in copied if not ours(address, own) and _deliverable(address)}
         cc = sorted(cc - {to})

@@ -62,12 +62,19 @@ def test_a_new_email_gets_one_acknowledgement_that_answers_nothing(
     email_inbox, smtp_server, email_policy, embedded_worker
 ):
     templates(email_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
-    pipe(email_inbox, customer_mail(frm="Maria Silva <maria@example.com>", subject="Order 7781"))
+    # Whoever she copied is not answered by a robot: the acknowledgement of a mail copied to
+    # thirty strangers went to all of them, from our address, under her subject (spam).
+    copied = "ana@example.org, rui@example.net"
+    pipe(
+        email_inbox,
+        customer_mail(frm="Maria Silva <maria@example.com>", subject="Order 7781", Cc=copied),
+    )
     wait_for(lambda: smtp_server.received, what="the acknowledgement")
     conversation = Conversation.objects.get()
 
     [sent] = smtp_server.messages()
-    assert sent["To"] == "maria@example.com"
+    assert sent["To"] == "maria@example.com" and sent["Cc"] is None
+    assert smtp_server.received[0].rcpt_tos == ["maria@example.com"]
     assert sent["Subject"] == f"Re: Order 7781 [#{conversation.pk}]"
     assert sent["Auto-Submitted"] == "auto-replied"  # RFC 3834: no robot answers it
     body = sent.get_body(("plain",)).get_content()
