@@ -1,7 +1,8 @@
 """IMAP polling for email inboxes (imap-tools).
 
 Inbox settings: `imap_host`, `imap_port` (993), `imap_ssl` (true), `imap_username`,
-`imap_folder` (INBOX), `imap_after` ("seen", or "move:<folder>"); credentials: `imap_password`.
+`imap_folder` (INBOX), `imap_after` ("seen", or "move:<folder>", made if missing); credentials:
+`imap_password`. On the first connection, mail already read in the folder is left alone.
 
 Each message is stored (committed) before it is marked seen or moved, and the last UID is
 saved after that: a crash at any point re-reads at most one message, which the Message-ID
@@ -35,6 +36,7 @@ class PollResult:
     stored: int = 0
     duplicates: int = 0
     unreadable: int = 0
+    left_read: int = 0  # already read when the mailbox was first connected: left alone
     skipped: bool = False  # another worker holds the lease
 
 
@@ -82,15 +84,33 @@ def _poll(inbox, state: MailboxState) -> PollResult:
     config = inbox.settings or {}
     folder = config.get("imap_folder", "INBOX")
     after = config.get("imap_after", "seen")
-    stored = duplicates = unreadable = 0
+    stored = duplicates = unreadable = left_read = 0
     with _connect(inbox) as mailbox:
+        moved_to = after.partition(":")[2] if after.startswith("move:") else ""
+        if moved_to and not mailbox.folder.exists(moved_to):
+            # Else the first mail is stored, cannot be moved, and holds back all after it.
+            mailbox.folder.create(moved_to)
         uidvalidity = int(mailbox.folder.status(folder, ["UIDVALIDITY"])["UIDVALIDITY"])
+        first = state.uidvalidity is None  # never read from before
         if uidvalidity != state.uidvalidity:
             state.uidvalidity, state.last_uid = uidvalidity, 0
             MailboxState.objects.filter(pk=state.pk).update(uidvalidity=uidvalidity, last_uid=0)
         # "N:*" always includes the highest UID, even below N: filter on our side too.
-        uids = [int(u) for u in mailbox.uids(f"UID {state.last_uid + 1}:*")]
-        for uid in sorted(u for u in uids if u > state.last_uid)[:BATCH]:
+        uids = sorted(u for u in map(int, mailbox.uids(f"UID {state.last_uid + 1}:*")))
+        uids = [u for u in uids if u > state.last_uid]
+        if first and uids:
+            # A mailbox connected for the first time: the mail already read there was dealt
+            # with in a mail program, maybe years ago, and must not open conversations (nor
+            # get acknowledgements). What comes before the first unread mail is left alone.
+            unread = [int(u) for u in mailbox.uids("UNSEEN")]
+            read = [u for u in uids if not unread or u < min(unread)]
+            if read:
+                left_read = len(read)
+                state.last_uid = read[-1]
+                MailboxState.objects.filter(pk=state.pk).update(last_uid=state.last_uid)
+                uids = uids[len(read) :]
+                log.info("%s: first connected, left %s read mails alone", inbox, left_read)
+        for uid in uids[:BATCH]:
             status, data = mailbox.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
             raw = next((part[1] for part in data if isinstance(part, tuple)), None)
             if status == "OK" and raw is not None:
@@ -104,10 +124,12 @@ def _poll(inbox, state: MailboxState) -> PollResult:
                 else:
                     duplicates += result.duplicate
                     stored += not result.duplicate
-                    if after.startswith("move:"):
-                        mailbox.move(str(uid), after.partition(":")[2])
+                    if moved_to:
+                        mailbox.move(str(uid), moved_to)
                     else:
                         mailbox.flag(str(uid), "\\Seen", True)
             state.last_uid = uid
             MailboxState.objects.filter(pk=state.pk).update(last_uid=uid)
-    return PollResult(stored=stored, duplicates=duplicates, unreadable=unreadable)
+    return PollResult(
+        stored=stored, duplicates=duplicates, unreadable=unreadable, left_read=left_read
+    )
