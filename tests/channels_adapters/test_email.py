@@ -1547,6 +1547,25 @@ class TestInboundPaths:
         assert attachment.size == len(payload)
         assert attachment.file.read() == payload
 
+    def test_a_file_over_the_limit_is_named_where_the_agent_reads_the_mail(
+        self, email_inbox, client, bob
+    ):
+        """A 26 MB video was dropped with no word to the agent, who answered as if the
+        customer had sent nothing."""
+        mail = customer_message("a@b.example", "Broken", "The video shows the defect.")
+        mail.add_attachment(
+            b"\0" * (26 * 1024 * 1024), "video", "mp4", filename="defect<video>.mp4"
+        )
+        pipe(email_inbox, mail.as_bytes())
+        message = only_message()
+        assert not message.attachments.exists()
+        client.force_login(bob)
+        page = client.get(f"/inbox/{message.conversation_id}/").content.decode()
+        assert (
+            "Not kept: defect&lt;video&gt;.mp4 (26 MB, over the limit). Ask for it another "
+            "way" in page
+        )
+
     def test_outlooks_winmail_dat_arrives_as_the_files_inside_it(self, email_inbox):
         quote, photo = b"%PDF-1.4 the quote", b"\x89PNG\r\n\x1a\n picture"
         mail = customer_message("a@b.example", "Quote", "The quote and a photo, attached.")
