@@ -139,12 +139,13 @@ def _sender(msg) -> tuple[str, str]:
 
 def _message_id(msg, raw: bytes) -> str:
     """The Message-ID without brackets; for a mail without one, a hash of what its sender
-    wrote (From, Date, Subject, body) and of its first hop, not of the mail as received: one
-    that reached two of our addresses, each path adding its own trace headers, is one mail."""
+    wrote (From, To, Cc, Date, Subject, body) and of its first hop, not of the mail as
+    received: one that reached two of our addresses, each path adding its own trace headers,
+    is one mail; the same words to two reply addresses are two."""
     if found := _first_id(_header(msg, "Message-ID")):
         return found
     blank = BLANK_LINE.search(raw)
-    written = [_header(msg, name) for name in ("From", "Date", "Subject")]
+    written = [_header(msg, name) for name in ("From", "To", "Cc", "Date", "Subject")]
     # And the first hop's Received, which both copies share and a resend a day later does
     # not (alerts from scripts repeat From, Subject and body, often with no Date).
     written += [_one_line(str(h)) for h in (msg.get_all("Received") or [])[-1:]]

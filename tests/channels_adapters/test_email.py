@@ -1194,6 +1194,12 @@ class TestLoopsAndBounces:
         # The same words sent again the next day (a script's alert) are another mail.
         pipe(email_inbox, hop.replace(b"Tue, 1", b"Wed, 2") + bare)
         assert Conversation.objects.filter(subject="No id").count() == 2
+        # And "Thanks!" to each of two reply addresses is two mails (the README's own example
+        # with no id and no Date: the second was dropped as the first again).
+        thanks = re.sub(rb"Message-ID: [^\r\n]+\r?\n", b"", customer_mail(subject="Thanks"))
+        pipe(email_inbox, thanks)
+        other_thread = thanks.replace(b"To: support@acme.example", b"To: support+x@acme.example")
+        assert pipe(email_inbox, other_thread).startswith("stored")
         # A contact form's mail, whose customer is in Reply-To, is one message too; another
         # mail under a Message-ID the other inbox has is not taken for it.
         form = customer_mail(
@@ -1207,7 +1213,7 @@ class TestLoopsAndBounces:
         reused = re.search(rb"Message-ID: (<[^>]+>)", form).group(1).decode()
         stranger = customer_mail(frm="jo@example.com", body="Refund", message_id=reused)
         assert not pipe(other, stranger).startswith("ignored")
-        assert Conversation.objects.count() == 5  # with the two mails without an id
+        assert Conversation.objects.count() == 7  # with the four mails without an id
 
     def test_a_contact_form_mail_is_from_the_visitor_in_reply_to(
         self, email_inbox, bob, smtp_server
