@@ -52,6 +52,18 @@ def conversation_tags(request, number: int):
 
 @login_required
 @require_POST
+def conversation_uncopy(request, number: int):
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    services.conversation_uncopy(
+        conversation=conversation,
+        identity_id=id_given(request.POST.get("identity", "")),
+        actor=request.user,
+    )
+    return _back(conversation)
+
+
+@login_required
+@require_POST
 def conversation_transfer(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     value = request.POST.get("team", "")

@@ -555,6 +555,7 @@ class ConversationEvent(ChoiceLabels, models.Model):
         AUTOMATION = "automation", _("Automation")
         MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
         BLOCKED = "blocked", _("Sender blocked")
+        UNCOPIED = "uncopied", _("No longer copied")  # data: address
 
     conversation = models.ForeignKey(  # event_timeline_idx leads with it
         Conversation, on_delete=models.CASCADE, related_name="events", db_index=False

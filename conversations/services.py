@@ -1134,6 +1134,20 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
             conversation.participants.add(identity)
 
 
+def conversation_uncopy(*, conversation: Conversation, identity_id: int, actor=None) -> None:
+    """Stop copying someone on the conversation's email replies: the customer's mail copied
+    them (Cc), and an agent judged they should not read the rest. Their own mail no longer
+    joins the conversation for that. Nothing happens if they were not copied."""
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        identity = conversation.participants.filter(pk=identity_id).first()
+        if identity is None:
+            return
+        conversation.participants.remove(identity)
+        _event(conversation, ConversationEvent.Kind.UNCOPIED, actor, address=identity.address)
+        publish_conversation_event(conversation, "uncopied")
+
+
 def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -> Message | None:
     """Apply a provider's status callback to our outbound message. Callbacks come late, out of
     order and more than once: a status only ever moves forward, and "failed" cannot undo a

@@ -557,6 +557,8 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),
         "visitors": visitors,
+        # Whom the customer's mail copied (Cc): email replies go to them too.
+        "copied": conversation.participants.filter(kind=Channel.EMAIL).order_by("address"),
         "email_elsewhere": elsewhere,
         "sla_clocks": clocks,
         # Two "next response" clocks of different goals read as a mistake without their

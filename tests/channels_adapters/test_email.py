@@ -1035,6 +1035,29 @@ class TestThreading:
         assert Conversation.objects.count() == 1
         assert conversation.messages.filter(identity__address="liam@corp.example").exists()
 
+    def test_the_agent_sees_who_is_copied_and_stops_copying_them(
+        self, email_inbox, bob, smtp_server, client
+    ):
+        """Who a reply would be copied to was shown nowhere, and could not be changed: a
+        customer who copied the wrong colleague had every answer go to them too."""
+        pipe(email_inbox, fixture("cc_and_attachment.eml"))
+        conversation = Conversation.objects.get()
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Copied on email replies" in page and "liam@corp.example" in page
+        liam = conversation.participants.get()
+        client.post(f"/inbox/{conversation.pk}/uncopy", {"identity": liam.pk})
+        client.post(f"/inbox/{conversation.pk}/uncopy", {"identity": liam.pk})  # twice: once
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Copied on email replies" not in page
+        assert "No longer copied by Bob: liam@corp.example no longer gets email replies" in page
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
+        [sent] = smtp_server.messages()
+        assert sent["Cc"] is None
+        # His own mail to the thread is no longer taken as part of it.
+        pipe(email_inbox, reply_to(sent, frm="Liam Brown <liam@corp.example>"))
+        assert Conversation.objects.count() == 2
+
 
 @pytest.mark.django_db
 class TestLoopsAndBounces:
