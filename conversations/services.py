@@ -203,6 +203,9 @@ class StatusUpdate:
     provider_id: str
     status: str
     reason: str = ""
+    # A bounce for these only, copied on the message (not its customer, who has it): noted on
+    # the message, whose status stays as it is.
+    copies_missed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1167,6 +1170,13 @@ def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -
         message = ours.select_for_update(of=("self",)).select_related("conversation").first()
         if message is None:
             return None
+        if update.copies_missed:
+            missed = message.metadata.get("undelivered_to", {})
+            missed.update({address: update.reason[:500] for address in update.copies_missed})
+            message.metadata = {**message.metadata, "undelivered_to": missed}
+            message.save(update_fields=["metadata"])
+            publish_conversation_event(message.conversation, "delivery", message=message.pk)
+            return message
         current = STATUS_RANK.get(message.status, -1)
         if update.status == Message.Status.FAILED:
             if message.status in (

@@ -175,12 +175,23 @@ class EmailAdapter(Adapter):
             ):
                 # Someone copied read it: the customer may not have (or got a bounce).
                 raise Ignore(f"A read receipt from {report.reader}, not the customer.")
+            # Only someone copied missed it: the customer has the answer, which stays sent
+            # (and the conversation answered); the message names who did not get it.
+            copies_missed = (
+                report.failed_to
+                if report.failed_to
+                and not Message.objects.filter(
+                    provider_id=report.original_message_id, identity__address__in=report.failed_to
+                ).exists()
+                else ()
+            )
             return [
                 StatusUpdate(
                     channel=Channel.EMAIL,
                     provider_id=report.original_message_id,
                     status=report.status,
                     reason=f"Bounced: {report.reason}"[:1000] if report.status == "failed" else "",
+                    copies_missed=copies_missed,
                 )
             ]
 

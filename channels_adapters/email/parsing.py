@@ -57,6 +57,7 @@ class Bounce:
     reason: str
     status: str = "failed"
     reader: str = ""  # a read receipt's Final-Recipient: who read it
+    failed_to: tuple[str, ...] = ()  # a delivery report's recipients it failed for, if named
 
 
 @dataclass
@@ -584,7 +585,7 @@ def _bounce(msg: Message) -> Bounce | None:
     and what it says of it (see Bounce)."""
     if msg.get_content_type() != "multipart/report":
         return None
-    reason, original, status, dsn, reader = "", "", "", False, None
+    reason, original, status, dsn, reader, failed_to = "", "", "", False, None, ()
     receipt = (msg.get_param("report-type") or "").lower() == "disposition-notification"
     for part in msg.walk():
         ctype = part.get_content_type()
@@ -606,6 +607,13 @@ def _bounce(msg: Message) -> Bounce | None:
             # agent must know someone missed it); "delayed" (a 4xx, still being tried),
             # "relayed" and "expanded" say nothing yet.
             status = next((a for a in ("failed", "delivered") if a in actions), "")
+            # Whom it failed for: each recipient's fields are a block of their own.
+            failed_to = tuple(
+                bare_address(who.group(1))
+                for block in re.split(r"\n[ \t]*\n", body)
+                if re.search(r"^Action:\s*failed", block, re.I | re.M)
+                and (who := FINAL_RECIPIENT.search(block))
+            )
         elif ctype in (
             "message/disposition-notification",
             "message/global-disposition-notification",
@@ -627,9 +635,17 @@ def _bounce(msg: Message) -> Bounce | None:
         status = "failed"
     reason = reason or ("the message bounced" if status == "failed" else "")
     who = bare_address(reader.group(1)) if receipt and reader else ""
-    return Bounce(original_message_id=original, reason=reason, status=status, reader=who)
+    return Bounce(
+        original_message_id=original,
+        reason=reason,
+        status=status,
+        reader=who,
+        failed_to=failed_to if status == "failed" else (),
+    )
 
 
+# A recipient's address, after its type (rfc822; or RFC 6533's utf-8;).
+FINAL_RECIPIENT = re.compile(r"^Final-Recipient:\s*(?:[\w-]+;)?\s*(\S+)", re.I | re.M)
 BOUNCE_SENDERS = re.compile(r"^(mailer-daemon|postmaster)@", re.I)
 PERMANENT = re.compile(r"permanent|given up|giving up|\b5\.\d{1,3}\.\d{1,3}\b|#5\.\d", re.I)
 STILL_TRYING = re.compile(

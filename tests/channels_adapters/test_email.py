@@ -1329,6 +1329,33 @@ class TestLoopsAndBounces:
         reply.refresh_from_db()
         assert reply.status == Message.Status.FAILED
 
+    def test_a_bounce_for_someone_copied_fails_nothing_and_names_them(
+        self, email_inbox, bob, smtp_server, client
+    ):
+        """Liam's old address bounced our reply to Maria, who got it: the whole reply showed
+        as failed, the conversation as unanswered, and nothing said who missed it."""
+        pipe(email_inbox, customer_mail(frm="nobody@customers.example", Cc="liam@corp.example"))
+        conversation = Conversation.objects.get()
+        reply = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        message_deliver(reply.pk)
+        reply.refresh_from_db()
+        bounce = self.report("bounce_template.eml", reply).replace(
+            b"Final-Recipient: rfc822; nobody@customers.example",
+            b"Final-Recipient: rfc822; liam@corp.example",
+        )
+        pipe(email_inbox, bounce)
+        reply.refresh_from_db()
+        assert (reply.status, reply.failure_reason) == (Message.Status.SENT, "")
+        conversation.refresh_from_db()
+        assert conversation.waiting_since is None  # answered: Maria has it
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Not delivered to liam@corp.example, copied: Bounced: 550 5.1.1" in page
+        # Maria's own bounce still fails it.
+        pipe(email_inbox, self.report("bounce_template.eml", reply))
+        reply.refresh_from_db()
+        assert reply.status == Message.Status.FAILED
+
     def test_a_read_receipt_without_its_report_type_is_still_a_receipt(
         self, email_inbox, bob, smtp_server
     ):
