@@ -1125,9 +1125,15 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
     if not cc:
         return
     own = our_addresses()
+    # One an agent stopped copying stays off, whoever copies them again (a reply to all).
+    uncopied = set(
+        conversation.events.filter(kind=ConversationEvent.Kind.UNCOPIED).values_list(
+            "data__address", flat=True
+        )
+    )
     for name, address in cc:
         address = (address or "").strip().lower()
-        if not address or address == sender.address or ours(address, own):
+        if not address or address == sender.address or address in uncopied or ours(address, own):
             continue
         try:
             identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)

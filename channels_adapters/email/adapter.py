@@ -175,15 +175,16 @@ class EmailAdapter(Adapter):
             ):
                 # Someone copied read it: the customer may not have (or got a bounce).
                 raise Ignore(f"A read receipt from {report.reader}, not the customer.")
-            # Only someone copied missed it: the customer has the answer, which stays sent
-            # (and the conversation answered); the message names who did not get it.
+            # Only people copied missed it: the customer has the answer, which stays sent (and
+            # the conversation answered); the message names who did not get it. Any address
+            # that is not one of them (a forwarding target, an IDN spelt in ASCII) fails it.
+            copied = set(
+                Message.objects.filter(provider_id=report.original_message_id)
+                .exclude(conversation__participants__address=None)
+                .values_list("conversation__participants__address", flat=True)
+            )
             copies_missed = (
-                report.failed_to
-                if report.failed_to
-                and not Message.objects.filter(
-                    provider_id=report.original_message_id, identity__address__in=report.failed_to
-                ).exists()
-                else ()
+                report.failed_to if report.failed_to and copied.issuperset(report.failed_to) else ()
             )
             return [
                 StatusUpdate(
@@ -355,10 +356,11 @@ class EmailAdapter(Adapter):
         copied = conversation.participants.filter(kind=Channel.EMAIL).values_list(
             "address", flat=True
         )
-        if message.metadata.get("follow_up_of") or message.metadata.get("automatic"):
-            # What was said in a chat goes to whoever chatted, and a robot's answer to its
-            # sender only, not to those copied on the conversation's mail: a mail from anyone
-            # could copy anyone, and we would pass their words on (spam, phishing).
+        if message.metadata.get("follow_up_of") or message.author_id is None:
+            # What was said in a chat goes to whoever chatted, and a robot's answer (an
+            # automatic reply, an automation's) to the customer only, not to those copied on
+            # the conversation's mail: a mail from anyone could copy anyone, and we would pass
+            # their words on (spam, phishing).
             copied = []
         cc = {address for address in copied if not ours(address, own) and _deliverable(address)}
         cc = sorted(cc - {to})

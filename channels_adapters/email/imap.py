@@ -2,7 +2,8 @@
 
 Inbox settings: `imap_host`, `imap_port` (993), `imap_ssl` (true), `imap_username`,
 `imap_folder` (INBOX), `imap_after` ("seen", or "move:<folder>", made if missing); credentials:
-`imap_password`. On the first connection, mail already read in the folder is left alone.
+`imap_password`. On the first connection, only the folder's unread mail of the last two weeks
+comes in: the rest was dealt with in a mail program.
 
 Each message is stored (committed) before it is marked seen or moved, and the last UID is
 saved after that: a crash at any point re-reads at most one message, which the Message-ID
@@ -19,7 +20,7 @@ from datetime import timedelta
 from django.db import DataError
 from django.db.models import Q
 from django.utils import timezone
-from imap_tools import MailBox, MailBoxUnencrypted
+from imap_tools import AND, MailBox, MailBoxUnencrypted
 
 from channels_adapters.email.ingest import ingest
 from channels_adapters.email.parsing import NotAnEmail
@@ -29,14 +30,16 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)
 BATCH = 200  # messages per poll; the next poll goes on where this one stopped
+# On its first connection, a mailbox's unread mail of this long ago comes in; the rest stays.
+FIRST_LOOK_BACK = timedelta(days=14)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PollResult:
     stored: int = 0
     duplicates: int = 0
     unreadable: int = 0
-    left_read: int = 0  # already read when the mailbox was first connected: left alone
+    left_alone: int = 0  # held when the mailbox was first connected, and read or old
     skipped: bool = False  # another worker holds the lease
 
 
@@ -84,52 +87,59 @@ def _poll(inbox, state: MailboxState) -> PollResult:
     config = inbox.settings or {}
     folder = config.get("imap_folder", "INBOX")
     after = config.get("imap_after", "seen")
-    stored = duplicates = unreadable = left_read = 0
+    result = PollResult()
     with _connect(inbox) as mailbox:
         moved_to = after.partition(":")[2] if after.startswith("move:") else ""
         if moved_to and not mailbox.folder.exists(moved_to):
             # Else the first mail is stored, cannot be moved, and holds back all after it.
             mailbox.folder.create(moved_to)
+
+        def take(uid: int) -> None:
+            """Store one mail, then mark it seen or move it."""
+            status, data = mailbox.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
+            raw = next((part[1] for part in data if isinstance(part, tuple)), None)
+            if status != "OK" or raw is None:
+                return
+            try:
+                stored = ingest(inbox, raw, process_now=False)
+            except (NotAnEmail, DataError) as exc:
+                # Left in the mailbox, unmarked, for a person to look at: one mail that
+                # cannot be stored must not hold back every mail behind it.
+                log.warning("%s: UID %s cannot be stored (%s); skipped", inbox, uid, exc)
+                result.unreadable += 1
+                return
+            result.duplicates += stored.duplicate
+            result.stored += not stored.duplicate
+            if moved_to:
+                mailbox.move(str(uid), moved_to)
+            else:
+                mailbox.flag(str(uid), "\\Seen", True)
+
         uidvalidity = int(mailbox.folder.status(folder, ["UIDVALIDITY"])["UIDVALIDITY"])
-        first = state.uidvalidity is None  # never read from before
+        if state.uidvalidity is None:
+            # Connected for the first time: what the mailbox already holds was dealt with in a
+            # mail program, maybe years ago, and must open no conversations (nor get
+            # acknowledgements). Only the recent unread mail comes in, and then everything
+            # new. Until that is done, the next poll is a first connection again.
+            held = [int(u) for u in mailbox.uids("ALL")]
+            since = (timezone.now() - FIRST_LOOK_BACK).date()
+            recent = sorted(int(u) for u in mailbox.uids(AND(seen=False, date_gte=since)))
+            for uid in recent[:BATCH]:
+                take(uid)
+            if len(recent) <= BATCH:
+                result.left_alone = len(set(held) - set(recent))
+                MailboxState.objects.filter(pk=state.pk).update(
+                    uidvalidity=uidvalidity, last_uid=max(held, default=0)
+                )
+                log.info("%s: first connected, %s mails left alone", inbox, result.left_alone)
+            return result
         if uidvalidity != state.uidvalidity:
             state.uidvalidity, state.last_uid = uidvalidity, 0
             MailboxState.objects.filter(pk=state.pk).update(uidvalidity=uidvalidity, last_uid=0)
         # "N:*" always includes the highest UID, even below N: filter on our side too.
         uids = sorted(u for u in map(int, mailbox.uids(f"UID {state.last_uid + 1}:*")))
-        uids = [u for u in uids if u > state.last_uid]
-        if first and uids:
-            # A mailbox connected for the first time: the mail already read there was dealt
-            # with in a mail program, maybe years ago, and must not open conversations (nor
-            # get acknowledgements). What comes before the first unread mail is left alone.
-            unread = [int(u) for u in mailbox.uids("UNSEEN")]
-            read = [u for u in uids if not unread or u < min(unread)]
-            if read:
-                left_read = len(read)
-                state.last_uid = read[-1]
-                MailboxState.objects.filter(pk=state.pk).update(last_uid=state.last_uid)
-                uids = uids[len(read) :]
-                log.info("%s: first connected, left %s read mails alone", inbox, left_read)
-        for uid in uids[:BATCH]:
-            status, data = mailbox.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            raw = next((part[1] for part in data if isinstance(part, tuple)), None)
-            if status == "OK" and raw is not None:
-                try:
-                    result = ingest(inbox, raw, process_now=False)
-                except (NotAnEmail, DataError) as exc:
-                    # Left in the mailbox, unmarked, for a person to look at: one mail that
-                    # cannot be stored must not hold back every mail behind it.
-                    log.warning("%s: UID %s cannot be stored (%s); skipped", inbox, uid, exc)
-                    unreadable += 1
-                else:
-                    duplicates += result.duplicate
-                    stored += not result.duplicate
-                    if moved_to:
-                        mailbox.move(str(uid), moved_to)
-                    else:
-                        mailbox.flag(str(uid), "\\Seen", True)
+        for uid in [u for u in uids if u > state.last_uid][:BATCH]:
+            take(uid)
             state.last_uid = uid
             MailboxState.objects.filter(pk=state.pk).update(last_uid=uid)
-    return PollResult(
-        stored=stored, duplicates=duplicates, unreadable=unreadable, left_read=left_read
-    )
+    return result

@@ -610,7 +610,7 @@ def _bounce(msg: Message) -> Bounce | None:
             # Whom it failed for: each recipient's fields are a block of their own.
             failed_to = tuple(
                 bare_address(who.group(1))
-                for block in re.split(r"\n[ \t]*\n", body)
+                for block in re.split(r"\r?\n[ \t]*\r?\n", body)
                 if re.search(r"^Action:\s*failed", block, re.I | re.M)
                 and (who := FINAL_RECIPIENT.search(block))
             )
@@ -645,7 +645,7 @@ def _bounce(msg: Message) -> Bounce | None:
 
 
 # A recipient's address, after its type (rfc822; or RFC 6533's utf-8;).
-FINAL_RECIPIENT = re.compile(r"^Final-Recipient:\s*(?:[\w-]+;)?\s*(\S+)", re.I | re.M)
+FINAL_RECIPIENT = re.compile(r"^Final-Recipient:\s*(?:[\w-]+\s*;)?\s*(\S+)", re.I | re.M)
 BOUNCE_SENDERS = re.compile(r"^(mailer-daemon|postmaster)@", re.I)
 PERMANENT = re.compile(r"permanent|given up|giving up|\b5\.\d{1,3}\.\d{1,3}\b|#5\.\d", re.I)
 STILL_TRYING = re.compile(

@@ -1054,9 +1054,22 @@ class TestThreading:
         message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
         [sent] = smtp_server.messages()
         assert sent["Cc"] is None
+        # The customer answering all of the older mail copies him again: he stays off.
+        pipe(email_inbox, reply_to(sent, frm="grace@corp.example", Cc="liam@corp.example"))
+        assert not conversation.participants.exists()
         # His own mail to the thread is no longer taken as part of it.
         pipe(email_inbox, reply_to(sent, frm="Liam Brown <liam@corp.example>"))
         assert Conversation.objects.count() == 2
+
+    def test_an_automations_reply_copies_nobody(self, email_inbox, smtp_server):
+        """An automation (\"opened: reply with the terms\") answered whoever the first mail
+        copied too, as the automatic replies did: a way to send strangers our mail."""
+        pipe(email_inbox, fixture("cc_and_attachment.eml"))
+        conversation = Conversation.objects.get()
+        reply = services.reply_send(conversation=conversation, author=None, text="Our terms")
+        message_deliver(reply.pk)
+        [sent] = smtp_server.messages()
+        assert sent["Cc"] is None and len(smtp_server.received[0].rcpt_tos) == 1
 
 
 @pytest.mark.django_db
@@ -1341,7 +1354,7 @@ class TestLoopsAndBounces:
         reply.refresh_from_db()
         bounce = self.report("bounce_template.eml", reply).replace(
             b"Final-Recipient: rfc822; nobody@customers.example",
-            b"Final-Recipient: rfc822; liam@corp.example",
+            b"Final-Recipient: rfc822 ; liam@corp.example",  # a space RFC 3464 allows
         )
         pipe(email_inbox, bounce)
         reply.refresh_from_db()
@@ -1351,8 +1364,13 @@ class TestLoopsAndBounces:
         client.force_login(bob)
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "Not delivered to liam@corp.example, copied: Bounced: 550 5.1.1" in page
-        # Maria's own bounce still fails it.
-        pipe(email_inbox, self.report("bounce_template.eml", reply))
+        # One report for both, his block first, with CRLF line ends: hers still fails it.
+        both = self.report("bounce_template.eml", reply).replace(
+            b"Final-Recipient: rfc822; nobody@customers.example",
+            b"Final-Recipient: rfc822 ; liam@corp.example\nAction: failed\n\n"
+            b"Final-Recipient: rfc822; nobody@customers.example",
+        )
+        pipe(email_inbox, both.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
         reply.refresh_from_db()
         assert reply.status == Message.Status.FAILED
 

@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 import pytest
 from django.core import mail
 from imap_tools import MailBoxUnencrypted
@@ -61,21 +63,24 @@ class TestPolling:
         assert state.last_uid == 2 and state.uidvalidity
         assert mailbox_poll(imap_inbox).stored == 0  # nothing new, nothing read twice
 
-    def test_a_mailbox_connected_for_the_first_time_leaves_its_read_mail_alone(
+    def test_a_mailbox_connected_for_the_first_time_leaves_its_past_alone(
         self, imap_inbox, imap_server
     ):
         """Connecting the shop's existing mailbox opened a conversation for every mail of the
         last years, and sent each of those senders an acknowledgement."""
+        long_ago = datetime(2024, 3, 1, tzinfo=UTC)
         with mailbox(imap_server) as box:
-            for name in ("new_thread_fr.eml", "cc_and_attachment.eml"):
-                box.append(fixture(name), "INBOX", flag_set=["\\Seen"])
-        deliver(imap_server, fixture("iso2022jp.eml"))  # unread: it waits for an answer
+            box.append(fixture("new_thread_fr.eml"), "INBOX", flag_set=["\\Seen"])
+            box.append(fixture("cc_and_attachment.eml"), "INBOX", dt=long_ago, flag_set=[])
+            box.append(fixture("list_post.eml"), "INBOX", flag_set=["\\Seen"])  # read after
+        deliver(imap_server, fixture("iso2022jp.eml"))  # unread, this week: it waits for us
 
         result = mailbox_poll(imap_inbox)
 
-        assert (result.stored, result.left_read) == (1, 2)
+        assert (result.stored, result.left_alone) == (1, 3)
         process_all()
         assert Conversation.objects.count() == 1
+        assert len(unseen(imap_server)) == 1  # the old unread one, as it was
         # From now on, whatever arrives comes in, read by someone in the meantime or not.
         with mailbox(imap_server) as box:
             box.append(fixture("cp1252_labelled_utf8.eml"), "INBOX", flag_set=["\\Seen"])
