@@ -196,6 +196,22 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_left(django_db_setup, django_db_blocker):
+    """Threads that ran synchronous code for async tests (asgiref's) keep their PostgreSQL
+    connections open after the last test, and the test database could then not be dropped
+    ("being accessed by other users"). Ended first: this teardown runs before
+    django_db_setup's."""
+    yield
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
 @pytest.fixture(autouse=True)
 def _media_root(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
