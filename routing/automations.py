@@ -741,11 +741,16 @@ def automations_idle_sweep(*, now: datetime | None = None, limit: int = IDLE_BAT
     return acted
 
 
+def _settled(now: datetime) -> Q:
+    """The runs that close a stay for now: it was acted on, or looked at within IDLE_RECHECK."""
+    return Q(matched=True) | Q(ran_at__gt=now - IDLE_RECHECK)
+
+
 def _idle_due(automation: CompiledAutomation, now: datetime, limit: int) -> list:
     """(conversation id, since when) of those in the automation's status long enough, not
     acted on in this stay nor checked in the last IDLE_RECHECK."""
     checked = AutomationRun.objects.filter(
-        Q(matched=True) | Q(ran_at__gt=now - IDLE_RECHECK),
+        _settled(now),
         automation_id=automation.pk,
         conversation=OuterRef("pk"),
         period=OuterRef("since"),
@@ -781,7 +786,7 @@ def _idle_check(automation: CompiledAutomation, conversation_id: int, since, now
             automation_id=automation.pk, conversation_id=conversation_id, period=since
         )
         # Under the conversation's lock: a second sweep waits here, then finds it done.
-        if stay.filter(Q(matched=True) | Q(ran_at__gt=now - IDLE_RECHECK)).exists():
+        if stay.filter(_settled(now)).exists():
             return False
         if not stay.update(ran_at=now):
             AutomationRun.objects.create(

@@ -137,7 +137,7 @@ def _poll(inbox, state: MailboxState) -> PollResult:
             state.uidvalidity, state.last_uid = uidvalidity, 0
             MailboxState.objects.filter(pk=state.pk).update(uidvalidity=uidvalidity, last_uid=0)
         # "N:*" always includes the highest UID, even below N: filter on our side too.
-        uids = sorted(u for u in map(int, mailbox.uids(f"UID {state.last_uid + 1}:*")))
+        uids = sorted(map(int, mailbox.uids(f"UID {state.last_uid + 1}:*")))
         for uid in [u for u in uids if u > state.last_uid][:BATCH]:
             take(uid)
             state.last_uid = uid
