@@ -36,6 +36,7 @@ from conversations.services import (
     reply_retried,
     without_reordering,
 )
+from routing.models import TableCache
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def inbound_event_apply(event: InboundEvent) -> InboundEvent:
     try:
         if adapter is None:
             raise InvalidPayload(f"No adapter handles {event.inbox.kind} inboxes.")
-        with transaction.atomic():
+        # One look at the configuration tables for parsing and receiving (TableCache).
+        with transaction.atomic(), TableCache.snapshot():
             received, updated, unknown, blocked, refused = [], [], [], "", []
             items = list(adapter.parse_inbound(event))
             # Replayed for the statuses it waited for: only those. The others were applied,

@@ -203,6 +203,7 @@ class Inbox(ChoiceLabels, models.Model):
     widget_key = models.CharField(max_length=32, unique=True, default=new_public_key)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)  # for TableCache (our_addresses)
 
     class Meta:
         verbose_name_plural = "inboxes"

@@ -1104,10 +1104,19 @@ def conversation_accepts_sender(conversation: Conversation, identity: Identity) 
     )
 
 
+# Asked of every mail, and of every address it copies: kept per process until an inbox changes.
+_our_addresses = TableCache(
+    Inbox,
+    lambda: frozenset(
+        address.strip().lower()
+        for address in Inbox.objects.exclude(address="").values_list("address", flat=True)
+    ),
+)
+
+
 def our_addresses() -> frozenset[str]:
     """The email addresses our inboxes write from (see ours)."""
-    inboxes = Inbox.objects.exclude(address="").values_list("address", flat=True)
-    return frozenset(address.strip().lower() for address in inboxes)
+    return _our_addresses.get()
 
 
 def ours(address: str, own: frozenset[str]) -> bool:
@@ -1122,18 +1131,21 @@ def ours(address: str, own: frozenset[str]) -> bool:
 
 
 def _participants_add(conversation, inbox, sender, cc) -> None:
-    if not cc:
+    own, copied = our_addresses(), {}
+    for name, address in cc:
+        address = (address or "").strip().lower()
+        if address and address != sender.address and not ours(address, own):
+            copied.setdefault(address, name)
+    if not copied:  # most mail copies nobody but us
         return
-    own = our_addresses()
     # One an agent stopped copying stays off, whoever copies them again (a reply to all).
     uncopied = set(
         conversation.events.filter(kind=ConversationEvent.Kind.UNCOPIED).values_list(
             "data__address", flat=True
         )
     )
-    for name, address in cc:
-        address = (address or "").strip().lower()
-        if not address or address == sender.address or address in uncopied or ours(address, own):
+    for address, name in copied.items():
+        if address in uncopied:
             continue
         try:
             identity = identity_get_or_create(kind=Channel.EMAIL, address=address, name=name)
