@@ -212,6 +212,10 @@ class Inbox(ChoiceLabels, models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        # A misspelt {agnet} would end every reply as written.
+        placeholders_check(self.signature, ("agent", "inbox"), r"{([^{}]*)}", "signature")
+
     def signature_for(self, agent_name: str) -> str:
         """The email signature with its placeholders filled ("" when none is set)."""
         return self.signature.replace("{agent}", agent_name).replace("{inbox}", self.name).strip()
@@ -583,14 +587,16 @@ class ConversationEvent(ChoiceLabels, models.Model):
         return f"{self.get_kind_display()} on #{self.conversation_id}"
 
 
-def placeholders_check(body: str, known: tuple[str, ...], pattern: str) -> None:
-    """ValidationError on the body of a template whose placeholders (`pattern`'s group) are
-    not all `known`, naming those that are not and those that are."""
+def placeholders_check(
+    body: str, known: tuple[str, ...], pattern: str, field: str = "body"
+) -> None:
+    """ValidationError on the `field` of a template whose placeholders (`pattern`'s group)
+    are not all `known`, naming those that are not and those that are."""
     unknown = sorted(set(re.findall(pattern, body or "")) - set(known))
     if unknown:
         raise ValidationError(
             {
-                "body": _("Unknown placeholder %(names)s; use %(known)s.")
+                field: _("Unknown placeholder %(names)s; use %(known)s.")
                 % {
                     "names": ", ".join(f"{{{name}}}" for name in unknown),
                     "known": ", ".join(f"{{{name}}}" for name in known),

@@ -1473,6 +1473,14 @@ class TestSmtpOut:
         plain = smtp_server.messages()[-1].get_body(("plain",)).get_content()
         assert plain.strip() == "We got it."
 
+    def test_a_misspelt_signature_placeholder_is_refused(self, email_inbox):
+        email_inbox.signature = "{agnet}, {inbox}"
+        with pytest.raises(ValidationError) as refused:
+            email_inbox.full_clean()
+        assert refused.value.message_dict == {
+            "signature": ["Unknown placeholder {agnet}; use {agent}, {inbox}."]
+        }
+
     def test_a_451_is_retried_and_then_sent(self, email_inbox, bob, smtp_server):
         pipe(email_inbox, customer_mail())
         smtp_server.answers = ["451 4.3.0 Mailbox busy, try again later"]

@@ -390,6 +390,8 @@ def test_reply_times_are_rounded_to_what_a_customer_needs(minutes, text):
             "Hi {customer.first_name|there}, it is #{number}. {agent.name}",
             "Unknown placeholder {agent.name}, {customer.first_name|there}; use {number}, {name}",
         ),
+        # Other template languages' style: the customer read "Hi {Ana}".
+        ("Hi {{name}}, it is #{number}", "one pair of braces: {name}, not {{name}}"),
     ],
 )
 def test_a_template_with_an_unknown_placeholder_is_refused(mail_inbox, body, message):
