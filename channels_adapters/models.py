@@ -94,6 +94,9 @@ class MailboxState(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     # When admins were last told about a problem; cleared when the mailbox recovers.
     alerted_at = models.DateTimeField(null=True, blank=True)
+    # Mail that could not be stored, left in the mailbox for a person to read: the last few,
+    # as {"uid", "reason", "at"} (see health_of).
+    unreadable = models.JSONField(default=list, blank=True)
 
     def __str__(self):
         return f"Mailbox of {self.inbox}"

@@ -3,7 +3,7 @@ poller keeps failing or an inbox has been silent too long, once per incident."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.core.mail import send_mail
 from django.db.models import Count, Max, Q
@@ -14,6 +14,7 @@ from conversations.models import Channel, Inbox
 from helpdesk.models import User
 
 FAILURES_BEFORE_ALERT = 3
+UNREADABLE_SHOWN = timedelta(days=7)  # how long a mail that could not be stored is reported
 
 
 def with_mail_counts(inboxes):
@@ -45,6 +46,13 @@ def health_of(inbox) -> str:
             )
         if state.consecutive_failures:  # not "ok": it did not work; admins hear at the third
             return f"retrying: the last poll failed ({state.last_error})"
+        since = timezone.now() - UNREADABLE_SHOWN
+        if unread := [u for u in state.unreadable if datetime.fromisoformat(u["at"]) > since]:
+            return (
+                f"unreadable mail: {len(unread)} in the last {UNREADABLE_SHOWN.days} days could "
+                "not be stored and waits unread in the mailbox for someone to read it there "
+                f"(the last, UID {unread[-1]['uid']}: {unread[-1]['reason']})"
+            )
     silent_hours = float(config.get("silent_after_hours", 24 if config.get("imap_host") else 0))
     if silent_hours:
         since = inbox.last_received_at or inbox.created_at

@@ -14,7 +14,7 @@ UID, safely for the same reason.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import DataError
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)
 BATCH = 200  # messages per poll; the next poll goes on where this one stopped
+UNREADABLE_KEPT = 20  # the mails that could not be stored, remembered for health_of
 # On its first connection, a mailbox's unread mail of this long ago comes in; the rest stays.
 FIRST_LOOK_BACK = timedelta(days=14)
 
@@ -38,7 +39,7 @@ FIRST_LOOK_BACK = timedelta(days=14)
 class PollResult:
     stored: int = 0
     duplicates: int = 0
-    unreadable: int = 0
+    unreadable: list = field(default_factory=list)  # [{"uid", "reason", "at"}]
     left_alone: int = 0  # held when the mailbox was first connected, and read or old
     skipped: bool = False  # another worker holds the lease
 
@@ -67,6 +68,7 @@ def mailbox_poll(inbox) -> PollResult:
         last_success_at=timezone.now(),
         consecutive_failures=0,
         last_error="",
+        unreadable=(state.unreadable + result.unreadable)[-UNREADABLE_KEPT:],
     )
     return result
 
@@ -106,7 +108,10 @@ def _poll(inbox, state: MailboxState) -> PollResult:
                 # Left in the mailbox, unmarked, for a person to look at: one mail that
                 # cannot be stored must not hold back every mail behind it.
                 log.warning("%s: UID %s cannot be stored (%s); skipped", inbox, uid, exc)
-                result.unreadable += 1
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                result.unreadable.append(
+                    {"uid": uid, "reason": reason, "at": timezone.now().isoformat()}
+                )
                 return
             result.duplicates += stored.duplicate
             result.stored += not stored.duplicate

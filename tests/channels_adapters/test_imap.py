@@ -1,7 +1,9 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.core import mail
+from django.utils import timezone
 from imap_tools import MailBoxUnencrypted
 
 from channels_adapters.delivery import inbound_event_process, message_deliver
@@ -125,11 +127,32 @@ class TestPolling:
             box.folder.set("Processed")
             assert len(box.uids("ALL")) == 1
 
-    def test_not_email_is_left_in_the_mailbox_and_the_rest_goes_on(self, imap_inbox, imap_server):
+    def test_not_email_is_left_in_the_mailbox_and_the_rest_goes_on(
+        self, imap_inbox, imap_server, alice, settings
+    ):
+        settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
         deliver(imap_server, b"garbage without any headers\r\n", fixture("new_thread_fr.eml"))
         result = mailbox_poll(imap_inbox)
-        assert (result.stored, result.unreadable) == (1, 1)
+        assert (result.stored, len(result.unreadable)) == (1, 1)
         assert len(unseen(imap_server)) == 1
+
+        # Admins hear of it (health, then one alert), and for a week, not for ever.
+        def health():
+            return health_of(with_mail_counts(Inbox.objects.filter(pk=imap_inbox.pk)).get())
+
+        assert health() == (
+            "unreadable mail: 1 in the last 7 days could not be stored and waits unread in "
+            "the mailbox for someone to read it there (the last, UID 1: no From address and "
+            "no Date, Message-ID, Subject or To header)"
+        )
+        assert mailboxes_alert() == 1
+        assert "unreadable mail: 1 in the last 7 days" in mail.outbox[0].body
+        with time_machine.travel(timezone.now() + timedelta(days=8)):
+            deliver(imap_server, customer_mail(subject="A week later"))
+            assert len(mailbox_poll(imap_inbox).unreadable) == 0
+            assert health() == "ok"
+            assert mailboxes_alert() == 0
+        assert len(unseen(imap_server)) == 1  # the unreadable one, still there to be read
 
     def test_a_nul_in_a_subject_neither_fails_its_mail_nor_holds_back_the_next(
         self, imap_inbox, imap_server
