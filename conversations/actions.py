@@ -64,6 +64,19 @@ def conversation_uncopy(request, number: int):
 
 @login_required
 @require_POST
+def conversation_copy(request, number: int):
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    try:
+        services.conversation_copy(
+            conversation=conversation, address=request.POST.get("address", ""), actor=request.user
+        )
+    except ValidationError as exc:
+        _refused(request, exc)
+    return _back(conversation)
+
+
+@login_required
+@require_POST
 def conversation_transfer(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     value = request.POST.get("team", "")

@@ -561,6 +561,7 @@ class ConversationEvent(ChoiceLabels, models.Model):
         MACRO = "macro", _("Macro applied")  # data: macro (id), name, done, skipped
         BLOCKED = "blocked", _("Sender blocked")
         UNCOPIED = "uncopied", _("No longer copied")  # data: address
+        COPIED = "copied", _("Copied")  # data: address (by an agent; a mail's Cc adds no event)
 
     conversation = models.ForeignKey(  # event_timeline_idx leads with it
         Conversation, on_delete=models.CASCADE, related_name="events", db_index=False

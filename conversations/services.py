@@ -1138,12 +1138,9 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
             copied.setdefault(address, name)
     if not copied:  # most mail copies nobody but us
         return
-    # One an agent stopped copying stays off, whoever copies them again (a reply to all).
-    uncopied = set(
-        conversation.events.filter(kind=ConversationEvent.Kind.UNCOPIED).values_list(
-            "data__address", flat=True
-        )
-    )
+    # One an agent stopped copying stays off, whoever copies them again (a reply to all),
+    # until an agent copies them again.
+    uncopied = _uncopied(conversation)
     for address, name in copied.items():
         if address in uncopied:
             continue
@@ -1153,6 +1150,45 @@ def _participants_add(conversation, inbox, sender, cc) -> None:
             continue
         if identity.customer_id != conversation.customer_id:
             conversation.participants.add(identity)
+
+
+def _uncopied(conversation: Conversation) -> set[str]:
+    """The addresses an agent stopped copying on `conversation` and did not copy again."""
+    copying = {}
+    events = conversation.events.filter(
+        kind__in=(ConversationEvent.Kind.UNCOPIED, ConversationEvent.Kind.COPIED)
+    )
+    for kind, address in events.order_by("id").values_list("kind", "data__address"):
+        copying[address] = kind == ConversationEvent.Kind.COPIED
+    return {address for address, copied in copying.items() if not copied}
+
+
+COPIED_MAX = 20  # people copied on one conversation, at most
+
+
+def conversation_copy(*, conversation: Conversation, address: str, actor=None) -> Identity:
+    """Copy someone on the conversation's email replies (Cc), as if the customer's mail had:
+    a colleague of theirs, or one an agent stopped copying by mistake. Their mail then joins
+    the conversation. ValidationError on an address we cannot or need not copy."""
+    from django.core.validators import validate_email
+
+    address = normalize_address(Channel.EMAIL, address)
+    validate_email(address)  # ASCII before the @ too: we cannot send SMTPUTF8 yet
+    if ours(address, our_addresses()):
+        raise ValidationError(f"{address} is one of our own addresses.")
+    with transaction.atomic():
+        conversation = _locked(conversation)
+        identity = identity_get_or_create(kind=Channel.EMAIL, address=address)
+        if identity.customer_id == conversation.customer_id:
+            raise ValidationError(f"{address} is the customer's: they get every reply.")
+        if conversation.participants.filter(pk=identity.pk).exists():
+            return identity
+        if conversation.participants.count() >= COPIED_MAX:
+            raise ValidationError(f"A conversation copies at most {COPIED_MAX} people.")
+        conversation.participants.add(identity)
+        _event(conversation, ConversationEvent.Kind.COPIED, actor, address=address)
+        publish_conversation_event(conversation, "copied")
+    return identity
 
 
 def conversation_uncopy(*, conversation: Conversation, identity_id: int, actor=None) -> None:

@@ -20,6 +20,7 @@ urlpatterns = [
     path("<int:number>/canned", canned.canned_search, name="canned"),
     path("<int:number>/tags", actions.conversation_tags, name="tags"),
     path("<int:number>/transfer", actions.conversation_transfer, name="transfer"),
+    path("<int:number>/copy", actions.conversation_copy, name="copy"),
     path("<int:number>/uncopy", actions.conversation_uncopy, name="uncopy"),
     path("<int:number>/merge", actions.conversation_merge, name="merge"),
     path("<int:number>/macro", actions.macro_apply, name="macro"),

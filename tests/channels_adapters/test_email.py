@@ -1049,7 +1049,7 @@ class TestThreading:
         client.post(f"/inbox/{conversation.pk}/uncopy", {"identity": liam.pk})
         client.post(f"/inbox/{conversation.pk}/uncopy", {"identity": liam.pk})  # twice: once
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
-        assert "Copied on email replies" not in page
+        assert "Stop copying" not in page
         assert "No longer copied by Bob: liam@corp.example no longer gets email replies" in page
         message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
         [sent] = smtp_server.messages()
@@ -1060,6 +1060,38 @@ class TestThreading:
         # His own mail to the thread is no longer taken as part of it.
         pipe(email_inbox, reply_to(sent, frm="Liam Brown <liam@corp.example>"))
         assert Conversation.objects.count() == 2
+
+    def test_the_agent_copies_someone_and_refuses_who_cannot_be(
+        self, email_inbox, bob, smtp_server, client
+    ):
+        pipe(email_inbox, fixture("cc_and_attachment.eml"))
+        conversation = Conversation.objects.get()
+        liam = conversation.participants.get()
+        client.force_login(bob)
+        client.post(f"/inbox/{conversation.pk}/uncopy", {"identity": liam.pk})
+        # Stopped by mistake: copied again, and a customer's colleague the mail did not copy.
+        for address in ("liam@corp.example", " Nora@Corp.example "):
+            client.post(f"/inbox/{conversation.pk}/copy", {"address": address})
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Copied by Bob: nora@corp.example gets email replies too" in page
+        for address, refusal in [
+            ("not an address", "Enter a valid email address."),
+            ("support@acme.example", "support@acme.example is one of our own addresses."),
+            (conversation.customer.identities.get().address, "the customer&#x27;s: they get"),
+            ("zoë@corp.example", "Enter a valid email address."),  # not sent without SMTPUTF8
+        ]:
+            page = client.post(
+                f"/inbox/{conversation.pk}/copy", {"address": address}, follow=True
+            ).content.decode()
+            assert refusal in page
+        message_deliver(services.reply_send(conversation=conversation, author=bob, text="Ok").pk)
+        [sent] = smtp_server.messages()
+        assert sent["Cc"] == "liam@corp.example, nora@corp.example"
+        # Copied again by an agent, a reply to all that copies him keeps him on.
+        pipe(email_inbox, reply_to(sent, frm="grace@corp.example", Cc="liam@corp.example"))
+        assert conversation.participants.filter(address="liam@corp.example").exists()
+        pipe(email_inbox, reply_to(sent, frm="Nora <nora@corp.example>", body="Me too"))
+        assert conversation.messages.filter(identity__address="nora@corp.example").exists()
 
     def test_an_automations_reply_copies_nobody(self, email_inbox, smtp_server):
         """An automation (\"opened: reply with the terms\") answered whoever the first mail
