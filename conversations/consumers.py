@@ -454,7 +454,7 @@ class VisitorConsumer(LiveConsumer):
         if visitor is None:
             await self.close(code=UNAUTHORIZED)
             return
-        self.visitor = visitor
+        self.visitor, self.key = visitor, visitor.key
         after = content.get("after")
         self.cursor = after if isinstance(after, int) and after >= 0 else 0
         self.customer_group = customer_group(visitor.identity.customer_id)
@@ -639,6 +639,14 @@ class VisitorConsumer(LiveConsumer):
     async def customer_event(self, event):
         """Something changed for this customer: read it from the database, unless this socket
         has already sent it (the visitor's own message, read back when it was stored)."""
+        if event.get("event") == "rekeyed" and event.get("visitor") == self.visitor.pk:
+            # The chat went on in another browser, or the user signed out: this token is
+            # void. A socket opened with the new key since then stays.
+            from channels_adapters.webchat import chat
+
+            if (await db(chat.visitor_reload)(self.visitor)).key != self.key:
+                await self.close(code=UNAUTHORIZED)
+            return
         if event.get("event") in ("message", "ended"):
             known = event.get("conversation") == self.conversation_id
             if not (known and event["event"] == "message" and event["message"] <= self.cursor):

@@ -232,6 +232,12 @@ def transcript_send(event_id: int) -> bool:
                     ),
                     "",
                 ]
+            else:
+                # The address was typed into the chat, by its owner or not.
+                lines[:0] = [
+                    _("You asked for this in our chat. If not, ignore this email."),
+                    "",
+                ]
             for message in visible_messages(conversation, limit=5000):
                 who = (
                     (message.author.name if message.author else conversation.inbox.name)
@@ -246,7 +252,14 @@ def transcript_send(event_id: int) -> bool:
             # And how to go on: by answering the mail, or in this chat on another device.
             visitor = Visitor.objects.filter(pk=event.data.get("visitor")).first()
             lines.append(_continue_text(resume_link(visitor) if visitor else ""))
-            subject = thread_subject(conversation)
+            # Not the chat's first words (thread_subject's choice for a chat): anyone can
+            # type an address and write those, and they would head our mail.
+            subject = (
+                thread_subject(conversation)
+                if conversation.subject
+                else _("Transcript of your chat with %(inbox)s [#%(n)s]")
+                % {"inbox": conversation.inbox.name, "n": conversation.pk}
+            )
         # From the inbox by name, and answerable: a reply lands in this conversation.
         mail = EmailMessage(
             subject=subject,

@@ -34,7 +34,7 @@ from conversations.models import (
     Visitor,
     new_public_key,
 )
-from conversations.realtime import publish_conversation_event
+from conversations.realtime import publish_conversation_event, publish_customer_event
 from conversations.services import (
     IMAGE_TYPES,
     AddressTaken,
@@ -182,17 +182,29 @@ def resume_link(visitor: Visitor) -> str:
     if visitor.identified or not settings.PUBLIC_URL:
         return ""
     page = reverse("webchat:page", args=[visitor.inbox.widget_key])
-    token = signing.dumps(visitor.key, salt=RESUME_SALT)
+    # By id, not by key: opening it changes the key (visitor_moved), and the link must go on
+    # working for the month, in the next browser too.
+    token = signing.dumps({"visitor": visitor.pk}, salt=RESUME_SALT)
     return f"{settings.PUBLIC_URL}{page}#threadline-chat={token}"
 
 
 def visitor_resumed(inbox: Inbox, resume: str) -> Visitor | None:
     """The visitor a resume_link names, in this inbox, while the link is fresh."""
     try:
-        key = signing.loads(resume, salt=RESUME_SALT, max_age=RESUME_AGE)
+        named = signing.loads(resume, salt=RESUME_SALT, max_age=RESUME_AGE)
     except signing.BadSignature:
         return None
-    return Visitor.objects.filter(key=key, inbox=inbox, identified=False).first()
+    # Links mailed before they named the id carry the key.
+    by = {"pk": named.get("visitor")} if isinstance(named, dict) else {"key": named}
+    return Visitor.objects.filter(**by, inbox=inbox, identified=False).first()
+
+
+def visitor_rekey(visitor: Visitor) -> Visitor:
+    """Give `visitor` a new key: the tokens given out for it stop working, and its widgets
+    open elsewhere start over as new visitors (the socket closes them, see consumers)."""
+    Visitor.objects.filter(pk=visitor.pk).update(key=new_public_key())
+    publish_customer_event(visitor.identity.customer_id, "rekeyed", visitor=visitor.pk)
+    return visitor_reload(visitor)
 
 
 def user_hash(inbox: Inbox, user_id: str) -> str:
@@ -225,11 +237,15 @@ def visitor_session(
     if resume and not user_id and (visitor is None or visitor_conversation(visitor) is None):
         # Not over a chat of the browser's own: a link someone sent to it would show them
         # whatever was typed next.
-        visitor = visitor_resumed(inbox, resume) or visitor
+        resumed = visitor_resumed(inbox, resume)
+        if resumed is not None and resumed != visitor:
+            # The chat goes on here, and only here: whoever typed the address into the chat
+            # may not be who reads its mail, and must not read what follows.
+            visitor = visitor_rekey(resumed)
     if visitor is not None and visitor.identified and not user_id:
         # The user signed out: the browser starts afresh, and the token it held (or a copy
-        # of it) no longer opens their history.
-        Visitor.objects.filter(pk=visitor.pk).update(key=new_public_key())
+        # of it, in another tab) no longer opens their history.
+        visitor_rekey(visitor)
         visitor = None
     if visitor is None:
         visitor = _visitor_new(inbox, name)
@@ -266,6 +282,11 @@ def _visitor_new(inbox: Inbox, name: str) -> Visitor:
     return Visitor.objects.create(inbox=inbox, identity=identity, key=identity.address)
 
 
+def site_user_address(inbox_id: int, user_id: str) -> str:
+    """The web-chat address of a site's user, by the id the site gave (see _identify)."""
+    return f"user:{inbox_id}:{user_id}"
+
+
 def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
     """Link the visitor to the customer the site says this is: their email identity when the
     id is an email address, else a web-chat identity for the site's user id."""
@@ -273,7 +294,8 @@ def _identify(visitor: Visitor, user_id: str, name: str) -> Visitor:
         validate_email(user_id)
         kind, address = Channel.EMAIL, user_id
     except ValidationError:
-        kind, address = Channel.WEBCHAT, f"user:{user_id}"
+        # The site's own id: user 42 of one site is not user 42 of another site we serve.
+        kind, address = Channel.WEBCHAT, site_user_address(visitor.inbox_id, user_id)
     target = identity_get_or_create(kind=kind, address=address, name=name)
     target_customer = target.customer.merged_into or target.customer
     if visitor.identified and visitor.identity.customer_id != target_customer.pk:
@@ -719,7 +741,16 @@ def transcript_request(
         going = last and (
             last.data.get("sent_at") or timezone.now() - last.created_at < TRANSCRIPT_TRYING
         )
-        if going and not conversation.messages.filter(created_at__gt=last.created_at).exists():
+        # Going on means an agent answered: else writing a line and asking again would send
+        # our mail to that address as often as one likes.
+        if (
+            going
+            and not conversation.messages.filter(
+                created_at__gt=last.created_at,
+                direction=Message.Direction.OUTBOUND,
+                author__isnull=False,
+            ).exists()
+        ):
             raise ValidationError(
                 _("The transcript is already on its way to %(email)s.") % {"email": email.address}
             )

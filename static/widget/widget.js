@@ -34,7 +34,9 @@
   const TYPING_EVERY_MS = 1000;
   const TEXT_MAX = 5000; // characters in one message (chat.TEXT_MAX_CHARS)
   // A "continue in the chat" link from our mail: the chat to go on with, on this device too.
-  const RESUME = (location.hash.match(/[#&]threadline-chat=([\w:-]+)/) || [])[1] || "";
+  // Used once: a widget started over later (renew) must not take the chat back from the
+  // browser that opened the link since.
+  let RESUME = (location.hash.match(/[#&]threadline-chat=([\w:-]+)/) || [])[1] || "";
 
   const S = {
     token: "", config: null, strings: {}, settings: {}, availability: {}, visitor: {},
@@ -225,13 +227,15 @@
       S.timers.boot = setTimeout(() => boot(attempt + 1), backoff(attempt));
       return;
     }
+    const resumed = Boolean(RESUME);
+    RESUME = "";
     mount();
     connect();
-    if (RESUME) {
+    if (resumed) {
       // Out of the address bar, bookmarks and the history: the link is the chat's key.
       history.replaceState(history.state, "", location.href.split("#")[0]);
     }
-    if (RESUME || "open" in script.dataset) setOpen(true);
+    if (resumed || "open" in script.dataset) setOpen(true);
   }
 
   // The token was refused (expired key, another inbox): start over as a new visitor.

@@ -1,6 +1,7 @@
 """The chat widget's server side: sessions and identity, the visitor's socket rules, and the
 email that follows a visitor who left."""
 
+import importlib
 import json
 import re
 import threading
@@ -12,6 +13,7 @@ import time_machine
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.apps import apps as django_apps
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -302,6 +304,42 @@ def test_a_bad_user_hash_is_refused_and_changes_nothing(client, widget):
     assert Visitor.objects.count() == 0
 
 
+def test_a_sites_user_ids_are_its_own(client, widget):
+    """User 42 of one site we serve is not user 42 of another: the second site's user was
+    shown the first one's chats, and could write in them."""
+    shop_b = Inbox.objects.create(
+        name="Shop B", kind=Channel.WEBCHAT, settings={"allowed_origins": [SITE]}
+    )
+
+    def user_42(inbox):
+        signed = {"id": "42", "hash": chat.user_hash(inbox, "42")}
+        return chat.visitor_from_token(inbox, start(client, inbox, user=signed).json()["token"])
+
+    ana = user_42(widget)
+    chat.visitor_message(ana, text="My card ends 4242", client_id="a")
+    bruno = user_42(shop_b)
+    assert bruno.identity.customer != ana.identity.customer
+    assert chat.visitor_conversation(bruno) is None
+    assert chat.visitor_conversation(user_42(widget)).customer == ana.identity.customer
+
+
+def test_a_sites_user_linked_before_ids_were_per_site_keeps_their_history(client, widget):
+    migration = importlib.import_module("conversations.migrations.0029_site_users_per_inbox")
+    ana = new_visitor(widget)
+    chat.visitor_message(ana, text="Before the upgrade", client_id="a")
+    Identity.objects.create(customer=ana.identity.customer, kind=Channel.WEBCHAT, address="user:42")
+    Visitor.objects.filter(pk=ana.pk).update(identified=True)
+
+    migration.scope_site_users(django_apps, None)
+
+    signed = {"id": "42", "hash": chat.user_hash(widget, "42")}
+    back = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    assert back.identity.customer == ana.identity.customer
+    assert [m.text for m in chat.visible_messages(chat.visitor_conversation(back))] == [
+        "Before the upgrade"
+    ]
+
+
 def test_after_the_user_logs_out_the_browser_no_longer_shows_their_history(client, widget):
     signed = {"id": "42", "hash": chat.user_hash(widget, "42")}
     token = start(client, widget, user=signed).json()["token"]
@@ -412,6 +450,28 @@ async def test_a_signed_in_users_old_token_no_longer_opens_their_history(widget)
     await database_sync_to_async(chat.visitor_session)(inbox=widget, token=fresh)
     socket, _, _ = await visitor_socket(widget, fresh)
     assert (await socket.receive_output(timeout=5))["code"] == 4401
+
+
+@pytestmark_socket
+async def test_a_widget_open_elsewhere_starts_over_when_its_link_is_opened(widget, settings):
+    settings.PUBLIC_URL = "https://help.acme.example"
+
+    def typed():
+        visitor = chat.visitor_contact(new_visitor(widget), email="ana@example.com")
+        chat.visitor_message(visitor, text="Where is my parcel?", client_id="a")
+        return chat.visitor_token(visitor), chat.resume_link(visitor).partition("=")[2]
+
+    token, resume = await database_sync_to_async(typed)()
+    first, _, _ = await visitor_socket(widget, token)
+    assert (await first.receive_json_from(timeout=5))["type"] == "ready"
+    # The link opened in another browser: the first one's socket closes, and its widget
+    # starts over as a new visitor (widget.js renews on 4401).
+    moved = await database_sync_to_async(chat.visitor_session)(inbox=widget, resume=resume)
+    assert (await first.receive_output(timeout=5))["code"] == 4401
+    second, _, _ = await visitor_socket(widget, chat.visitor_token(moved))
+    ready = await second.receive_json_from(timeout=5)
+    assert [m["text"] for m in ready["messages"]] == ["Where is my parcel?"]
+    await second.disconnect()
 
 
 @pytestmark_socket
@@ -873,6 +933,42 @@ def test_ending_rating_and_the_transcript(widget, bob, email_inbox, smtp_server,
     # The next message starts a new conversation.
     again = chat.visitor_message(visitor, text="One more thing", client_id="b")
     assert again.message.conversation != conversation
+
+
+def test_the_chat_is_no_way_to_mail_a_stranger_or_read_their_answers(
+    client, widget, bob, email_inbox, smtp_server, settings
+):
+    """Anyone can type an address into the chat. Writing a line and asking for the transcript
+    again sent our mail there as often as one liked, headed by the visitor's own words; and
+    the typist read whatever the address's owner wrote after opening the mail's link."""
+    settings.PUBLIC_URL = "https://help.acme.example"
+    token = start(client, widget).json()["token"]
+    typist = chat.visitor_contact(chat.visitor_from_token(widget, token), email="eve@example.com")
+    bait = "Your account is locked, log in at https://evil.example"
+    conversation = chat.visitor_message(typist, text=bait, client_id="a").message.conversation
+    assert webchat.transcript_send(chat.transcript_request(typist, conversation).pk)
+    chat.visitor_message(typist, text="Once more", client_id="b")
+    with pytest.raises(services.ValidationError, match="already on its way"):
+        chat.transcript_request(typist, conversation)
+    [mail] = smtp_server.messages()
+    assert mail["Subject"] == f"Transcript of your chat with {widget.name} [#{conversation.pk}]"
+    body = mail.get_body().get_content()
+    assert body.startswith("You asked for this in our chat. If not, ignore this email.")
+
+    # The address's owner opens the link: the chat goes on in their browser, and the token
+    # the typist holds opens nothing any more. The link works for the month, in the next
+    # browser too, which then holds the chat alone.
+    resume = re.search(r"#threadline-chat=(\S+)", body).group(1)
+    owner = start(client, widget, resume=resume).json()["token"]
+    assert chat.visitor_from_token(widget, owner) == typist
+    assert chat.visitor_from_token(widget, token) is None
+    laptop = start(client, widget, resume=resume).json()["token"]
+    assert chat.visitor_from_token(widget, laptop) == typist
+    assert chat.visitor_from_token(widget, owner) is None
+
+    # Once an agent answered, the chat went on: the transcript may be asked for again.
+    services.reply_send(conversation=conversation, author=bob, text="Hello")
+    assert webchat.transcript_send(chat.transcript_request(typist, conversation).pk)
 
 
 @pytest.mark.django_db(transaction=True)
