@@ -74,6 +74,28 @@ def _deliverable(address: str) -> bool:
     return address.partition("@")[0].isascii()
 
 
+def _copies_elsewhere(sender: str, cc) -> str:
+    """Why agents should check a new conversation from a customer we know that copies
+    people on another domain than the sender's, else "". Every reply goes to them too, and
+    anyone can write a customer's From and copy themselves."""
+    domain, own = sender.lower().rpartition("@")[2], our_addresses()
+    others = sorted(
+        {
+            address.lower()
+            for _, address in cc
+            if address and address.lower().rpartition("@")[2] != domain and not ours(address, own)
+        }
+    )
+    known = Identity.objects.filter(kind=Channel.EMAIL, address=sender.lower())
+    if not others or not known.exists():
+        return ""
+    return (
+        f"Copies {', '.join(others[:3])}{', …' if len(others) > 3 else ''}, not of the "
+        "sender's domain: replies go there too, and anyone can write a customer's From. "
+        "Check before sharing anything about the account, or stop copying them."
+    )
+
+
 def thread_subject(conversation: Conversation) -> str:
     """ "Re: <their subject> [#n]"; for a conversation that began without one (a chat, a
     text message), its first words, as the customer wrote them: our first mail in it answers
@@ -222,6 +244,18 @@ class EmailAdapter(Adapter):
             # An agent passing on what a customer wrote to them directly: the conversation is
             # the customer's, replies go to them, and the agent's colleagues copied are not.
             (name, sender), metadata["forwarded_by"] = forwarded, parsed.from_address
+        # Those copied join the thread, unless it was found by the number in the subject
+        # alone (anyone can write a From and a "[#12]", and would then be copied on every
+        # reply to #12) or the sender's domain disowns the mail. Nor does a mailing list: our
+        # replies would go to all its readers. (The sender and our own addresses never join:
+        # see conversations.services._participants_add.)
+        cc = (
+            tuple(pair for pair in parsed.cc + parsed.to if pair[1] not in parsed.lists)
+            if (answered or conversation is None) and not (parsed.forged or forwarded)
+            else ()
+        )
+        if conversation is None and not check:
+            check = _copies_elsewhere(sender, cc)
         if automated:
             metadata["automated"] = automated
         if parsed.skipped_attachments:
@@ -244,14 +278,7 @@ class EmailAdapter(Adapter):
                 force_new_conversation=conversation is None,
                 answers=tuple(parsed.references[:100]),
                 attachments=tuple(parsed.attachments),
-                # Those copied join the thread, unless it was found by the number in the subject
-                # alone (anyone can write a From and a "[#12]", and would then be copied on
-                # every reply to #12) or the sender's domain disowns the mail. Nor does a
-                # mailing list: our replies would go to all its readers. (The sender and our
-                # own addresses never join: see conversations.services._participants_add.)
-                cc=tuple(pair for pair in parsed.cc + parsed.to if pair[1] not in parsed.lists)
-                if (answered or conversation is None) and not (parsed.forged or forwarded)
-                else (),
+                cc=cc,
                 metadata=metadata,
             )
         ]
