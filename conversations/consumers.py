@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
 from django.http import Http404
+from django.utils import translation
 
 from conversations.realtime import (
     ADMINS_GROUP,
@@ -462,7 +463,9 @@ class VisitorConsumer(LiveConsumer):
         self.groups.append(self.customer_group)
         await db(chat.visitor_seen)(visitor.pk, opened=1)
         ready = await db(self._state)(full=True)
-        ready["availability"] = self.availability = await db(chat.availability)(self.inbox)
+        # In the visitor's language, as the session's strings were (the reply time is words).
+        self.language = chat.supported_language(visitor.identity.customer.language)
+        ready["availability"] = self.availability = await db(self._availability)(fresh=True)
         self.shown = ready["conversation"]["id"] if ready["conversation"] else None
         await self.send_json({"type": "ready", **ready})
         await self._tell_agents("opened")
@@ -583,13 +586,19 @@ class VisitorConsumer(LiveConsumer):
         if result is not None:
             await self.send_json(result)
 
+    def _availability(self, fresh: bool = False) -> dict:
+        from channels_adapters.webchat import chat
+
+        with translation.override(self.language):
+            return chat.availability(self.inbox) if fresh else chat.availability_now(self.inbox)
+
     def _act_sync(self, action, content) -> dict | None:
         from channels_adapters.webchat import chat
 
         if action == "ping":
             chat.visitor_seen(self.visitor.pk)
             # Agents go offline, hours end: an open widget hears it within one ping.
-            availability = chat.availability_now(self.inbox)
+            availability = self._availability()
             if availability == self.availability:
                 return None
             self.availability = availability

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q, prefetch_related_objects
 from django.db.models.functions import Greatest
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from conversations.models import (
@@ -775,7 +775,14 @@ _availability = ShortCache(
 
 
 def availability_now(inbox: Inbox) -> dict:
-    return _availability.get(inbox.pk, lambda: availability(inbox))
+    """availability(), in the active language (its reply time is words)."""
+    return _availability.get((inbox.pk, translation.get_language()), lambda: availability(inbox))
+
+
+def supported_language(language: str) -> str:
+    """The closest language we ship: "pt-BR" -> "pt"; anything else English."""
+    code = (language or "").split("-")[0].lower()
+    return code if code in dict(settings.LANGUAGES) else "en"
 
 
 def availability(inbox: Inbox, now=None) -> dict:

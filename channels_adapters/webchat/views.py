@@ -146,7 +146,7 @@ def session(request, inbox: Inbox):
         )
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     language = str(data.get("language") or "")[:35]
-    with translation.override(_supported(language)):
+    with translation.override(chat.supported_language(language)):
         try:
             visitor = chat.visitor_session(
                 inbox=inbox,
@@ -196,14 +196,8 @@ def session(request, inbox: Inbox):
 
 
 def _strings_for(visitor) -> dict:
-    with translation.override(_supported(visitor.identity.customer.language)):
+    with translation.override(chat.supported_language(visitor.identity.customer.language)):
         return _strings()
-
-
-def _supported(language: str) -> str:
-    """The closest language we ship: "pt-BR" -> "pt"; anything else English."""
-    code = language.split("-")[0].lower()
-    return code if code in dict(settings.LANGUAGES) else "en"
 
 
 @_cors

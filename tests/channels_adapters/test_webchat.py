@@ -1116,6 +1116,24 @@ async def test_an_open_widget_hears_when_the_last_agent_goes_offline(widget, bob
     await socket.disconnect()
 
 
+@pytestmark_socket
+async def test_the_open_widget_says_when_we_reply_in_the_visitors_language(widget):
+    """The session said "20 minutos"; the socket's first frame then said "20 minutes"."""
+
+    def visitors():
+        widget.expected_reply_minutes = 20
+        widget.save()
+        return [chat.visitor_token(new_visitor(widget, language=lang)) for lang in ("en", "es")]
+
+    english, spanish = await database_sync_to_async(visitors)()
+    for token, said in ((english, "20 minutes"), (spanish, "20 minutos")):
+        socket, _, _ = await visitor_socket(widget, token)
+        assert (await socket.receive_json_from(timeout=5))["availability"]["reply_time"] == said
+        await socket.send_json_to({"action": "ping"})  # the same, in its language: not said
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+
 def test_the_agent_sees_the_visitor_and_can_end_the_chat(client, widget, bob):
     visitor = chat.visitor_contact(
         new_visitor(widget, page_url="https://shop.example/cart"), email="ana@example.com"
