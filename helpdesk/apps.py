@@ -2,6 +2,7 @@ import functools
 import re
 
 from django.apps import AppConfig
+from django.contrib.auth.signals import user_logged_out
 from django.db.backends.signals import connection_created
 
 
@@ -10,6 +11,16 @@ class HelpdeskConfig(AppConfig):
 
     def ready(self):
         connection_created.connect(_sqlite_like_for_every_script)
+        user_logged_out.connect(_not_seen_since_sign_out)
+
+
+def _not_seen_since_sign_out(sender, request, user, **kwargs):
+    """An agent who signs out is no longer "online" to customers: the chat widget said so for
+    the three minutes their last sign of life lasted. An inbox still open on another device
+    brings them back with its next ping (conversations.consumers)."""
+    if user is not None and user.last_seen_at is not None:
+        user.last_seen_at = None
+        user.save(update_fields=["last_seen_at"])  # a save: the widget's cache hears it
 
 
 def _sqlite_like_for_every_script(sender, connection, **kwargs):

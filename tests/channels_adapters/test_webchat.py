@@ -1116,6 +1116,15 @@ async def test_an_open_widget_hears_when_the_last_agent_goes_offline(widget, bob
     await socket.disconnect()
 
 
+def test_an_agent_who_signs_out_is_no_longer_online_to_customers(client, widget, bob):
+    bob.availability, bob.last_seen_at = "online", timezone.now()
+    bob.save()
+    assert chat.availability_now(widget)["online"] is True
+    client.force_login(bob)
+    client.post("/logout/")
+    assert chat.availability_now(widget)["online"] is False  # not three minutes later
+
+
 @pytestmark_socket
 async def test_the_open_widget_says_when_we_reply_in_the_visitors_language(widget):
     """The session said "20 minutos"; the socket's first frame then said "20 minutes"."""
