@@ -389,6 +389,10 @@ def sla_clocks_resume(held: list[SlaClock]) -> int:
     for conversation in fresh.values():
         conversation.sla_due_at = due.get(conversation.pk)
     Conversation.objects.bulk_update(fresh.values(), ["sla_due_at"], batch_size=500)
+    from conversations.realtime import publish_conversation_event
+
+    for conversation in fresh.values():  # open lists and pages show the new times at once
+        publish_conversation_event(conversation, "sla", state="changed")
     return len(held)
 
 
