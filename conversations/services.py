@@ -2016,6 +2016,19 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
             values = [v for v in (getattr(source, attr), getattr(target, attr)) if v]
             setattr(target, attr, min(values) if values else None)
         target.last_activity_at = max(source.last_activity_at, target.last_activity_at)
+        # Our email replies thread under the subject the customer wrote, not a chat's words.
+        target.subject = target.subject or source.subject
+        if source.status == Status.OPEN and target.status != Status.OPEN:
+            # Work still to do goes on in the target, in the queues and measured, not in a
+            # resolved or snoozed conversation where nobody sees the customer waiting.
+            _event(
+                target,
+                ConversationEvent.Kind.REOPENED,
+                actor,
+                previous=target.status,
+                reason="merged",
+            )
+            target.status, target.snoozed_until, target.resolved_at = Status.OPEN, None, None
         if source.priority > target.priority:  # what was urgent stays urgent
             previous, target.priority = target.priority, source.priority
             _event(

@@ -473,6 +473,8 @@ def _events_describe(events) -> None:
                 event.detail = f"into #{data['target']}"
             elif data.get("source"):
                 event.detail = f"#{data['source']} into this one"
+        elif event.kind == Kind.REOPENED and data.get("reason") == "merged":
+            event.detail = "an open conversation was merged into it"
         elif event.kind == Kind.CHANNEL:
             previous, channel = (data.get(key) for key in ("previous", "channel"))
             event.detail = f"{channels.get(previous, previous)} → {channels.get(channel, channel)}"

@@ -691,6 +691,28 @@ def test_a_merge_leaves_one_response_owed(mail_inbox, hours, policies, bob):
     assert [(c.target, c.started_at) for c in running] == [(FIRST, utc("2026-01-12 10:00"))]
 
 
+@pytest.mark.parametrize("ended", ["resolved", "snoozed"])
+def test_a_question_merged_into_an_ended_conversation_reopens_it(
+    mail_inbox, hours, policies, bob, ended
+):
+    """Maria's new mail was merged into her old, resolved conversation: it stayed resolved,
+    in no queue, its clock stopped as not measured, while she waited; a snoozed one slept on
+    for days. Our replies were then headed by the old one's first words, not her subject."""
+    with time_machine.travel(utc("2026-01-09 10:00"), tick=False):
+        old = receive(mail_inbox, text="Olá", address="maria@example.com").message.conversation
+        services.reply_send(conversation=old, author=bob, text="Olá Maria")
+        until = {"snoozed_until": utc("2026-01-20 09:00")} if ended == "snoozed" else {}
+        services.conversation_set_status(conversation=old, status=ended, actor=bob, **until)
+    new = mail(mail_inbox, "2026-01-12 10:00", subject="Refund", force_new_conversation=True)
+    with time_machine.travel(utc("2026-01-12 10:05"), tick=False):
+        services.conversation_merge(source=new, target=old, actor=bob)
+    old.refresh_from_db()
+    assert (old.status, old.subject) == ("open", "Refund")
+    assert old.events.filter(kind="reopened", data__reason="merged").exists()
+    # Her question is measured, from her mail: 4 business hours.
+    assert old.sla_clocks.get(target=FIRST, stopped_at=None).due_at == utc("2026-01-12 14:00")
+
+
 def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, client):
     from io import StringIO
 
