@@ -32,6 +32,7 @@ from django.utils import timezone
 from conversations.models import (
     IMAGE_TYPES,
     INBOX_SCOPED_ADDRESSES,
+    OPAQUE_ADDRESSES,
     Attachment,
     Channel,
     Conversation,
@@ -1370,9 +1371,11 @@ def identity_for_reply(conversation: Conversation) -> Identity | None:
 
 
 def inbox_for_message(identity: Identity, *, conversation: Conversation | None = None, author=None):
-    """The inbox a message to `identity` goes from: the one this address last used (a
-    Messenger id only works with its own Page), else `conversation`'s, else one of its team;
-    for a conversation `author` starts, one of the author's teams."""
+    """The inbox a message to `identity` goes from: `conversation`'s own, when it is of the
+    address's kind (an email address or a number can be written from any of ours, and the
+    customer expects the one they wrote to); else the one this address last used (a
+    Messenger id only works with its own Page); else one of the conversation's team; for a
+    conversation `author` starts, one of the author's teams."""
     if conversation is not None:
         return _inbox_for_address(
             identity,
@@ -1386,6 +1389,9 @@ def inbox_for_message(identity: Identity, *, conversation: Conversation | None =
 
 def _inbox_for_address(identity: Identity, *, current: Inbox | None, same_team: Q) -> Inbox:
     kind = identity.kind
+    own = current is not None and current.kind == kind and current.is_active
+    if own and kind not in OPAQUE_ADDRESSES:
+        return current
     inboxes = Inbox.objects.filter(kind=kind, is_active=True)
     last_used = (
         Message.objects.filter(identity=identity)
@@ -1396,7 +1402,7 @@ def _inbox_for_address(identity: Identity, *, current: Inbox | None, same_team: 
     inbox = inboxes.filter(pk__in=last_used).first()
     if inbox:
         return inbox
-    if current is not None and current.kind == kind and current.is_active:
+    if own:
         return current
     # Prefer an inbox of the same team, so the reply comes from the address they expect.
     inbox = inboxes.filter(same_team).first() or inboxes.first()

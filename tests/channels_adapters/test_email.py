@@ -1252,6 +1252,22 @@ class TestLoopsAndBounces:
         assert conversation.status == "open"
         assert Notification.objects.filter(recipient=bob, kind="customer_replied").exists()
 
+    def test_a_reply_goes_from_the_conversations_own_address(
+        self, email_inbox, billing, bob, smtp_server
+    ):
+        """Maria wrote to billing@ about something else: Bob's next reply in her support@
+        conversation went from billing@, with its Reply-To and signature."""
+        pipe(email_inbox, customer_mail(subject="Delivery"))
+        delivery = Conversation.objects.get()
+        other = Inbox.objects.create(
+            name="Billing mail", kind=Channel.EMAIL, address="billing@acme.example"
+        )
+        pipe(other, customer_mail(subject="Invoice", to="billing@acme.example"))
+        message_deliver(services.reply_send(conversation=delivery, author=bob, text="Today").pk)
+        [sent] = smtp_server.messages()
+        assert sent["From"] == '"Bob (Acme Support)" <support@acme.example>'
+        assert sent["Reply-To"].startswith("support+")
+
     def test_one_mail_to_two_of_our_inboxes_is_one_message(self, email_inbox, billing):
         """To support@, Cc billing@: the mail server delivers a copy to each inbox. One
         conversation, one acknowledgement; the customer's follow-up lands there once."""
