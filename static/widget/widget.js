@@ -14,7 +14,8 @@
  * The socket only carries notifications and message ids move forward: on reconnect the widget
  * says which id it saw last and the server sends what came after, so nothing is missed or shown
  * twice. Messages the server has not acknowledged are resent with the same client id, which the
- * server uses to store each message once.
+ * server uses to store each message once; until then they are kept in localStorage too, so a
+ * reload or the site's next page sends them still.
  */
 (function () {
   "use strict";
@@ -28,6 +29,18 @@
 
   const BASE = new URL(".", script.src); // the server, whatever site this page is on
   const STORE = `threadline:${KEY}`; // localStorage: shared by the visitor's tabs
+  const UNSENT = `${STORE}:unsent`; // what the visitor wrote and the server has not acknowledged
+  // A message the server does not answer by then: the socket stopped delivering without closing
+  // (a phone that changed networks), and nothing else would ever say so.
+  const ACK_WAIT_MS = 10000;
+  // The server takes a burst of messages, then one a second (consumers.MESSAGE_BURST and
+  // MESSAGE_EVERY; an email given, a rating, a transcript and ending the chat count too): texts
+  // beyond that wait here, in the order they were written, rather than be refused.
+  const BURST = 10;
+  const EVERY_MS = 1000;
+  const SPENDS = new Set(["message", "contact", "rate", "transcript", "end"]);
+  // When widget.css shows the panel full screen: it covers the page, so it is a modal dialog.
+  const COVERS_PAGE = "(max-width: 480px), (max-height: 500px)";
   const WAIT_FOR_AGENT_MS = 2 * 60 * 1000; // then say we will also answer by email
   const PING_MS = 30000; // the server counts a visitor as gone without it
   const TYPING_SHOWN_MS = 6000; // agents announce typing every ~2 s while they type
@@ -42,7 +55,8 @@
     token: "", config: null, strings: {}, settings: {}, availability: {}, visitor: {},
     conversation: null, // {id, live, rating} as the server shows it
     messages: new Map(), // id -> message of the shown conversation
-    pending: new Map(), // client id -> {cid, text, file, state, error, id, node}
+    pending: new Map(), // client id -> {cid, text, file, name, state, error, id, sentAt, node}
+    allowance: 0, allowanceAt: 0, // how many messages the server takes now (see BURST)
     lastId: 0, // the highest message id seen: the reconnect cursor
     seenUpTo: 0, // the agent read the visitor's messages up to this id
     readSent: 0, // the visitor read the agent's messages up to this id
@@ -50,22 +64,22 @@
     open: false, fresh: false, waited: false, prechatDone: false,
     rating: 0, transcriptSent: false, afterContact: "", contactForm: null, contactWaiting: null,
     fixEmail: false,
-    typingSentAt: 0, timers: {}, atBottom: true, resends: 0,
+    typingSentAt: 0, timers: {}, atBottom: true,
     reopened: false, // an agent's message just brought an ended chat back
   };
 
   // --- Small helpers --------------------------------------------------------------------------
 
   const storage = {
-    memory: "",
-    get() {
-      try { return localStorage.getItem(STORE) || ""; } catch (error) { return this.memory; }
+    memory: {},
+    get(name) {
+      try { return localStorage.getItem(name) || ""; } catch (error) { return this.memory[name] || ""; }
     },
-    set(value) {
-      this.memory = value; // private modes and sandboxed frames may refuse storage
+    set(name, value) {
+      this.memory[name] = value; // private modes and sandboxed frames may refuse storage
       try {
-        if (value) localStorage.setItem(STORE, value);
-        else localStorage.removeItem(STORE);
+        if (value) localStorage.setItem(name, value);
+        else localStorage.removeItem(name);
       } catch (error) { /* the memory copy lasts as long as the page */ }
     },
   };
@@ -209,7 +223,7 @@
       throw error;
     }
     S.token = data.token;
-    storage.set(data.token);
+    storage.set(STORE, data.token);
     S.config = data;
     S.strings = data.strings || {};
     S.settings = data.settings || {};
@@ -218,7 +232,7 @@
   }
 
   async function boot(attempt) {
-    S.token = storage.get();
+    S.token = storage.get(STORE);
     try {
       await requestSession();
     } catch (error) {
@@ -241,7 +255,7 @@
   // The token was refused (expired key, another inbox): start over as a new visitor.
   async function renew() {
     S.token = "";
-    storage.set("");
+    storage.set(STORE, "");
     try {
       await requestSession();
     } catch (error) {
@@ -264,6 +278,9 @@
     socket.addEventListener("open", () => {
       // The token goes in the first frame, not the URL (which server logs keep).
       socket.send(JSON.stringify({ action: "hello", token: S.token, after: S.lastId }));
+      // "ready" answers it: a socket that says nothing is no better than a dead one.
+      clearTimeout(S.timers.hello);
+      S.timers.hello = setTimeout(() => { if (socket === S.socket && !S.ready) restart(); }, ACK_WAIT_MS);
     });
     socket.addEventListener("message", (event) => {
       if (socket !== S.socket) return;
@@ -271,21 +288,35 @@
       try { data = JSON.parse(event.data); } catch (error) { return; }
       handle(data);
     });
-    socket.addEventListener("close", (event) => {
-      if (socket !== S.socket) return;
-      S.socket = null;
-      S.ready = false;
-      clearInterval(S.timers.ping);
-      render();
-      if (event.code === 4401) {
-        // Straight away the first time; a server refusing fresh tokens too is not hammered.
-        S.retries += 1;
-        S.timers.reconnect = setTimeout(renew, S.retries > 1 ? backoff(S.retries) : 0);
-        return;
-      }
-      if (event.code === 4403) return console.warn("Threadline chat: this site may not use it.");
-      reconnectLater(event.code === 4429 ? 4 : 0);
-    });
+    socket.addEventListener("close", (event) => { if (socket === S.socket) dropped(event.code); });
+  }
+
+  // The socket closed, or was given up on: what was in flight goes again on the next "ready".
+  function dropped(code) {
+    S.socket = null;
+    S.ready = false;
+    clearInterval(S.timers.ping);
+    clearTimeout(S.timers.hello);
+    clearTimeout(S.timers.ack);
+    S.pending.forEach((p) => { p.sentAt = 0; });
+    render();
+    if (code === 4401) {
+      // Straight away the first time; a server refusing fresh tokens too is not hammered.
+      S.retries += 1;
+      S.timers.reconnect = setTimeout(renew, S.retries > 1 ? backoff(S.retries) : 0);
+      return;
+    }
+    if (code === 4403) return console.warn("Threadline chat: this site may not use it.");
+    reconnectLater(code === 4429 ? 4 : 0);
+  }
+
+  // A socket that stopped delivering while it stays open (no "ready", no answer to a message in
+  // ACK_WAIT_MS): closed by us, and a new one takes over.
+  function restart() {
+    const socket = S.socket;
+    if (!socket) return;
+    dropped();
+    socket.close();
   }
 
   function reconnectLater(atLeast) {
@@ -297,7 +328,16 @@
   function send(frame) {
     if (!S.socket || !S.ready || S.socket.readyState !== WebSocket.OPEN) return false;
     S.socket.send(JSON.stringify(frame));
+    if (SPENDS.has(frame.action)) S.allowance = allowance() - 1;
     return true;
+  }
+
+  // The server's allowance for this socket, as far as the widget can tell (see BURST).
+  function allowance() {
+    const now = Date.now();
+    S.allowance = Math.min(BURST, S.allowance + (now - S.allowanceAt) / EVERY_MS);
+    S.allowanceAt = now;
+    return S.allowance;
   }
 
   function handle(data) {
@@ -307,12 +347,15 @@
         S.ready = true;
         S.everReady = true;
         S.retries = 0;
+        clearTimeout(S.timers.hello);
+        S.allowance = BURST; // a new socket, a new allowance
+        S.allowanceAt = Date.now();
         S.availability = data.availability || S.availability;
         showConversation(data.conversation);
         (data.messages || []).forEach(addMessage);
         // Whatever was not acknowledged before the drop goes again, under the same client id.
         if (S.contactWaiting) contact(S.contactWaiting.fields, S.contactWaiting.form);
-        resendWaiting();
+        flush();
         clearInterval(S.timers.ping);
         S.timers.ping = setInterval(() => send({ action: "ping" }), PING_MS);
         break;
@@ -327,12 +370,14 @@
         }
         break;
       case "ack": {
-        S.resends = 0;
         const p = S.pending.get(data.client_id);
         if (p) {
           p.id = data.message;
+          p.sentAt = 0;
+          forgetUnsent(p);
           if (S.messages.has(p.id)) dropPending(p); // the echo came first
         }
+        expectAnswers();
         break;
       }
       case "conversation":
@@ -380,8 +425,14 @@
       case "error":
         if (data.client_id && S.pending.has(data.client_id)) {
           const p = S.pending.get(data.client_id);
-          if (data.retry === true && S.resends < 5) resendLater();
-          else failPending(p, data.error, data.retry !== false);
+          p.sentAt = 0;
+          if (data.retry === true) {
+            // Too fast after all (the widget's count was off): it waits its turn again, and
+            // goes in a second; never given up on while the socket lasts.
+            S.allowance = 0;
+            S.allowanceAt = Date.now();
+          } else failPending(p, data.error, data.retry !== false);
+          flush();
         } else if (data.action === "contact" && S.contactForm) {
           contactRefused(data.error);
         } else showError(data.error);
@@ -438,14 +489,39 @@
     const agent = m.from === "agent";
     const node = el("li", { class: `message ${agent ? "agent" : "customer"}`, "data-id": m.id });
     node.append(agent
-      ? el("p", { class: "author", text: m.author || S.settings.title || "" })
+      ? el("p", { class: "author", dir: "auto", text: m.author || S.settings.title || "" })
       : el("p", { class: "sr-only", text: t("you") }));
-    if (m.text) node.append(el("p", { class: "text", text: m.text }));
+    if (m.text) {
+      node.append(el("p", { class: "text", dir: "auto" }, ...(agent ? withLinks(m.text) : [m.text])));
+    }
     for (const file of m.attachments || []) node.append(attachmentNode(file));
     const meta = [clock(m.created_at)];
     if (m.channel === "email") meta.push(t("via_email"));
     node.append(el("p", { class: "meta", text: meta.filter(Boolean).join(" · ") }));
     return node;
+  }
+
+  // Web addresses in agents' messages become links, found in the text and built as elements
+  // (never from HTML): http(s) only, opened apart from the page, with no referrer and no
+  // endorsement. A sentence's closing punctuation is not part of the address.
+  function withLinks(text) {
+    const parts = [];
+    let from = 0;
+    for (const match of text.matchAll(/\bhttps?:\/\/[^\s<>"]+/gi)) {
+      let address = match[0];
+      const unbalanced = () => address.split(")").length > address.split("(").length;
+      while (/[.,;:!?'"’”]$/.test(address) || (address.endsWith(")") && unbalanced())) {
+        address = address.slice(0, -1);
+      }
+      const href = serverUrl(address); // absolute already: only checked to be http(s)
+      if (!href) continue;
+      parts.push(text.slice(from, match.index), el("a", {
+        href, target: "_blank", rel: "noopener noreferrer nofollow", text: address,
+      }));
+      from = match.index + address.length;
+    }
+    parts.push(text.slice(from));
+    return parts.filter(Boolean);
   }
 
   function attachmentNode(file) {
@@ -469,9 +545,10 @@
     if (text.length > TEXT_MAX) return showError(t("too_long")); // kept, for them to shorten
     beforeSending();
     const p = addPending({ text });
+    keepUnsent(p);
     ui.textarea.value = "";
     stopTyping();
-    transmit(p);
+    flush();
     render();
   }
 
@@ -485,7 +562,7 @@
       return showError(`${file.name}: ${t("file_type")}`);
     }
     beforeSending();
-    upload(addPending({ text: "", file }));
+    upload(addPending({ text: "", file, name: file.name }));
     render();
   }
 
@@ -493,7 +570,7 @@
     const p = { cid: uuid(), state: "sending", error: "", id: null, at: Date.now(), ...fields };
     p.node = el("li", { class: "message customer pending", "data-client-id": p.cid },
       el("p", { class: "sr-only", text: t("you") }),
-      el("p", { class: "text", text: p.text || (p.file ? p.file.name : "") }),
+      el("p", { class: "text", dir: "auto", text: p.text || p.name }),
       el("p", { class: "meta" }));
     S.pending.set(p.cid, p);
     ui.list.append(p.node);
@@ -502,23 +579,69 @@
     return p;
   }
 
-  // Refused for coming too fast: what waits goes again, in the order it was written, a little
-  // later each time; after five tries it waits for a tap.
-  function resendLater() {
-    clearTimeout(S.timers.resend);
-    S.resends += 1;
-    S.timers.resend = setTimeout(resendWaiting, 2000 * S.resends);
+  // The texts not sent yet (just written, refused for coming too fast, or in flight when the
+  // socket went), in the order they were written, as fast as the server takes them: the ones
+  // beyond its allowance wait their turn here. Files go by upload.
+  function flush() {
+    clearTimeout(S.timers.flush);
+    if (!S.ready) return; // all of them go on "ready"
+    for (const p of S.pending.values()) {
+      if (p.file || p.lost || p.id || p.sentAt || p.state !== "sending") continue;
+      const short = 1 - allowance();
+      if (short > 0) {
+        // A little after the server's own count allows it: frames do not arrive evenly.
+        S.timers.flush = setTimeout(flush, short * EVERY_MS + 100);
+        break;
+      }
+      if (!send({ action: "message", client_id: p.cid, text: p.text })) break;
+      p.sentAt = Date.now();
+    }
+    expectAnswers();
   }
 
-  // The texts not yet acknowledged, in the order they were written (files go by upload).
-  function resendWaiting() {
-    S.pending.forEach((p) => { if (!p.file && !p.id && p.state === "sending") transmit(p); });
+  // The oldest message sent and not answered (acknowledged or refused) gets ACK_WAIT_MS.
+  function expectAnswers() {
+    clearTimeout(S.timers.ack);
+    let oldest = Infinity;
+    S.pending.forEach((p) => { if (p.sentAt) oldest = Math.min(oldest, p.sentAt); });
+    if (oldest === Infinity) return;
+    S.timers.ack = setTimeout(restart, Math.max(0, oldest + ACK_WAIT_MS - Date.now()));
   }
 
-  function transmit(p) {
-    p.state = "sending";
-    updatePending(p);
-    send({ action: "message", client_id: p.cid, text: p.text }); // else resent on "ready"
+  // What the visitor wrote and the server has not acknowledged is kept in the browser too: the
+  // next page (a reload, another page of the site) sends the texts again under their client ids,
+  // which the server stores once, and says which files did not go (a file cannot be kept).
+  // Read and written afresh each time: the visitor's other tabs keep theirs there too.
+  function unsent() {
+    try {
+      const kept = JSON.parse(storage.get(UNSENT) || "{}");
+      return kept && typeof kept === "object" && !Array.isArray(kept) ? kept : {};
+    } catch (error) { return {}; }
+  }
+
+  function keepUnsent(p) {
+    const kept = unsent();
+    kept[p.cid] = p.file ? { file: p.name, at: p.at } : { text: p.text, at: p.at };
+    storage.set(UNSENT, JSON.stringify(kept));
+  }
+
+  function forgetUnsent(p) {
+    const kept = unsent();
+    if (!(p.cid in kept)) return;
+    delete kept[p.cid];
+    storage.set(UNSENT, Object.keys(kept).length ? JSON.stringify(kept) : "");
+  }
+
+  function restoreUnsent() {
+    for (const [cid, kept] of Object.entries(unsent())) {
+      if (!kept || S.pending.has(cid)) continue;
+      const at = Number(kept.at) || Date.now();
+      if (typeof kept.text === "string" && kept.text) addPending({ cid, text: kept.text, at });
+      else if (typeof kept.file === "string") {
+        const p = addPending({ cid, text: "", name: kept.file, lost: true, at });
+        failPending(p, t("file_lost"), false); // forgotten once the visitor has seen it (setOpen)
+      }
+    }
   }
 
   async function upload(p, renewed) {
@@ -547,6 +670,7 @@
       // Anything else may pass later: a busy server, the email asked for first.
       if (!response.ok) return failPending(p, data.error || t("failed"));
       p.id = data.message; // the message itself arrives over the socket
+      forgetUnsent(p); // if the page was left meanwhile
       if (S.messages.has(p.id)) dropPending(p);
     } catch (error) {
       failPending(p, t("failed"));
@@ -554,10 +678,19 @@
   }
 
   function updatePending(p) {
+    // In the live list: written only when it changes, or screen readers say "Sending…" again.
+    const shown = [p.state, p.error, p.retryable].join("|");
+    if (p.shown === shown) return;
+    p.shown = shown;
     const meta = p.node.querySelector(".meta");
     p.node.classList.toggle("failed", p.state === "failed");
     if (p.state !== "failed") return meta.replaceChildren(t("sending"));
-    const retry = () => (p.file ? upload(p) : transmit(p));
+    const retry = () => {
+      if (p.file) return upload(p);
+      p.state = "sending";
+      updatePending(p);
+      flush();
+    };
     meta.replaceChildren(el("span", { class: "error", text: p.error }));
     if (p.retryable) {
       meta.append(" ", el("button", { type: "button", class: "retry", text: t("failed"), onclick: retry }));
@@ -569,11 +702,13 @@
     p.error = error || "";
     p.retryable = retryable;
     updatePending(p);
+    if (!retryable && !p.lost) forgetUnsent(p); // refused as it is: the next page would be too
   }
 
   function dropPending(p) {
     S.pending.delete(p.cid);
     p.node.remove();
+    forgetUnsent(p);
   }
 
   function nearBottom() {
@@ -588,14 +723,16 @@
     }
   }
 
-  // The agent has read the visitor's messages: "Seen" under the visitor's last one.
+  // The agent has read the visitor's messages: "Seen" under the visitor's last one. Moved only
+  // when that changes: the list is a live region, and screen readers say every line added.
   function renderSeen() {
-    ui.list.querySelectorAll(".seen").forEach((node) => node.remove());
     const mine = ui.list.querySelectorAll("li.customer[data-id]");
     const last = mine[mine.length - 1];
-    if (last && Number(last.dataset.id) <= S.seenUpTo) {
-      last.append(el("p", { class: "seen", text: t("seen") }));
-    }
+    const under = last && Number(last.dataset.id) <= S.seenUpTo ? last : null;
+    const seen = ui.list.querySelector(".seen");
+    if (seen && seen.parentNode === under) return;
+    if (seen) seen.remove();
+    if (under) under.append(el("p", { class: "seen", text: t("seen") }));
   }
 
   // The visitor reads the agent's messages when the panel is open on a visible page.
@@ -616,7 +753,9 @@
   }
 
   function showTyping(name) {
-    ui.typing.textContent = t("typing", { name });
+    // Announced every ~2 s while the agent types: said once, as long as it stays the same.
+    const text = t("typing", { name });
+    if (ui.typing.textContent !== text) ui.typing.textContent = text;
     ui.typing.hidden = false;
     clearTimeout(S.timers.typing);
     S.timers.typing = setTimeout(hideTyping, TYPING_SHOWN_MS);
@@ -624,10 +763,10 @@
 
   function hideTyping() {
     clearTimeout(S.timers.typing);
-    const shown = !ui.typing.hidden;
+    if (ui.typing.hidden) return; // nothing to say again
     ui.typing.hidden = true;
     ui.typing.textContent = "";
-    if (shown) render(); // the place in line, if any, comes back
+    render(); // the place in line, if any, comes back
   }
 
   // The visitor's draft, so agents see someone is writing: at most once a second.
@@ -826,6 +965,7 @@
 
   let host = null;
   const ui = {};
+  const fullScreen = window.matchMedia(COVERS_PAGE);
 
   // White or near-black, whichever reads better on the admin's colour (WCAG contrast): white
   // on a light green or yellow header would be hard to read.
@@ -852,6 +992,7 @@
     const css = el("link", { rel: "stylesheet", href: serverUrl("static/widget/widget.css") });
     css.addEventListener("load", () => { host.hidden = false; });
     root.append(css, build());
+    restoreUnsent();
     (document.body || document.documentElement).append(host);
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && !S.socket) connect(); // phones kill sockets
@@ -859,6 +1000,13 @@
       renderBadge();
     });
     window.addEventListener("online", () => { if (!S.socket) connect(); });
+    // A file still on its way when the page goes is said on the next one not to have gone.
+    window.addEventListener("pagehide", () => {
+      S.pending.forEach((p) => { if (p.file && !p.id) keepUnsent(p); });
+    });
+    fullScreen.addEventListener("change", () => {
+      ui.panel.setAttribute("aria-modal", String(fullScreen.matches));
+    });
     render();
   }
 
@@ -887,18 +1035,21 @@
       class: "messages", "aria-live": "polite", "aria-relevant": "additions", tabindex: "0",
       "aria-labelledby": "tl-title",
     }, el("li", { class: "message agent greeting" },
-      el("p", { class: "text", text: S.settings.greeting || "" })));
+      el("p", { class: "text", dir: "auto", text: S.settings.greeting || "" })));
     ui.list.addEventListener("scroll", () => { S.atBottom = nearBottom(); });
     ui.typing = el("p", { class: "typing", "aria-live": "polite", hidden: true });
     ui.error = el("p", { class: "error", role: "alert", hidden: true });
 
-    // Pre-chat: name and email, as the inbox asks for them.
-    ui.nameInput = el("input", { id: "tl-name", name: "name", autocomplete: "name", maxlength: "200" });
-    ui.emailInput = el("input", {
-      id: "tl-email", name: "email", type: "email", autocomplete: "email", maxlength: "254",
+    // Pre-chat: name and email, as the inbox asks for them; the labels say which may be left out.
+    ui.nameInput = el("input", {
+      id: "tl-name", name: "name", autocomplete: "name", maxlength: "200", dir: "auto",
     });
-    ui.nameField = el("p", {}, el("label", { for: "tl-name", text: t("name") }), ui.nameInput);
-    ui.emailField = el("p", {}, el("label", { for: "tl-email", text: t("email") }), ui.emailInput);
+    ui.emailInput = el("input", {
+      id: "tl-email", name: "email", type: "email", autocomplete: "email", maxlength: "254", dir: "auto",
+    });
+    const label = (field) => t(S.settings[`prechat_${field}`] === "required" ? field : `${field}_optional`);
+    ui.nameField = el("p", {}, el("label", { for: "tl-name", text: label("name") }), ui.nameInput);
+    ui.emailField = el("p", {}, el("label", { for: "tl-email", text: label("email") }), ui.emailInput);
     ui.startButton = el("button", { type: "submit", class: "primary", text: t("start") });
     ui.prechat = el("form", { class: "prechat", novalidate: true, onsubmit: startChat },
       ui.nameField, ui.emailField, el("p", { class: "error", role: "alert", hidden: true }),
@@ -907,6 +1058,7 @@
     // "No rush": answers also go by email, to the address given here.
     ui.noteEmail = el("input", {
       id: "tl-note-email", name: "email", type: "email", autocomplete: "email", maxlength: "254",
+      dir: "auto",
     });
     ui.emailLabel = el("label", { for: "tl-note-email", text: t("ask_email") });
     ui.emailForm = el("form", { class: "email-form", novalidate: true, onsubmit: saveEmail },
@@ -922,7 +1074,7 @@
       type: "button", class: "star", "aria-pressed": "false", text: String(value),
       onclick: () => chooseRating(value),
     }));
-    ui.comment = el("textarea", { id: "tl-comment", rows: "2", maxlength: "2000" });
+    ui.comment = el("textarea", { id: "tl-comment", rows: "2", maxlength: "2000", dir: "auto" });
     ui.rateSend = el("button", { type: "submit", class: "primary", text: t("send"), disabled: true });
     ui.rateForm = el("form", { class: "rate", onsubmit: rate },
       el("p", { id: "tl-rate", text: t("rate") }),
@@ -938,7 +1090,7 @@
 
     // The composer: Enter sends, Shift+Enter is a new line.
     ui.textarea = el("textarea", {
-      id: "tl-text", rows: "1", placeholder: t("placeholder"),
+      id: "tl-text", rows: "1", placeholder: t("placeholder"), dir: "auto",
       "aria-label": t("placeholder"), oninput: typed,
     });
     ui.textarea.addEventListener("keydown", (event) => {
@@ -970,9 +1122,11 @@
     el("button", { type: "submit", class: "icon send", "aria-label": t("send"), title: t("send") },
       icon(ICONS.send)));
 
+    // Full screen the panel hides the page: a modal dialog, which Tab does not leave. Floating,
+    // the page stays usable beside it.
     ui.panel = el("div", {
-      id: "tl-panel", class: "panel", role: "dialog", "aria-modal": "false", "aria-label": title,
-      hidden: true,
+      id: "tl-panel", class: "panel", role: "dialog", "aria-modal": String(fullScreen.matches),
+      "aria-label": title, hidden: true,
     }, header, ui.status, ui.list, ui.typing, ui.note, ui.prechat, ui.ended, ui.error, ui.previewNotice,
     ui.composer);
     ui.panel.addEventListener("keydown", (event) => {
@@ -980,8 +1134,20 @@
         event.stopPropagation();
         setOpen(false);
       }
+      if (event.key === "Tab" && fullScreen.matches) tabAround(event);
     });
-    return el("div", { class: "root" }, ui.panel, ui.launcher);
+    // The words' language (the server's choice, not the page's): screen readers speak them right.
+    return el("div", { class: "root", lang: S.config.language }, ui.panel, ui.launcher);
+  }
+
+  // From the last control Tab goes to the first, and Shift+Tab the other way.
+  function tabAround(event) {
+    const stops = Array.from(ui.panel.querySelectorAll("a[href], button, input, textarea, [tabindex]"))
+      .filter((node) => node.tabIndex >= 0 && !node.disabled && node.getClientRects().length > 0);
+    const edge = event.shiftKey ? stops[0] : stops[stops.length - 1];
+    if (!edge || host.shadowRoot.activeElement !== edge) return;
+    event.preventDefault();
+    (event.shiftKey ? stops[stops.length - 1] : stops[0]).focus();
   }
 
   function setOpen(open) {
@@ -993,12 +1159,14 @@
       stickToBottom(true);
       focusFirst();
       markRead();
+      S.pending.forEach((p) => { if (p.lost) forgetUnsent(p); }); // seen: not said again
     } else ui.launcher.focus();
   }
 
   function focusFirst() {
     if (!S.open) return;
-    const target = [ui.nameInput, ui.emailInput, ui.textarea, ui.stars[0], ui.noteEmail,
+    // The message box first: optional pre-chat fields are above it, for whoever wants them.
+    const target = [ui.textarea, ui.nameInput, ui.emailInput, ui.stars[0], ui.noteEmail,
       ui.transcriptButton, ui.newButton]
       .find((input) => !input.closest("[hidden]") && input.getClientRects().length > 0);
     (target || ui.panel.querySelector("button.close")).focus();
@@ -1056,8 +1224,6 @@
     // An optional pre-chat address the server refused, to correct even while agents are online
     // (and then the note says where answers go).
     const correcting = S.fixEmail && !ended;
-    ui.note.hidden = !(asynchronous || correcting);
-    ui.noteText.hidden = !asynchronous;
     // Promised only where replies can go: an address of another customer's waits for an
     // agent to check it (and if it chatted here before, it was mailed the way back to that
     // chat: chat.continue_link_send; the note says so either way, telling nothing).
@@ -1071,6 +1237,10 @@
     if (emailFor && ui.emailForm.parentNode !== emailFor) emailFor.append(ui.emailForm);
     ui.emailLabel.textContent = t(emailFor === ui.ended ? "ask_email_transcript" : "ask_email");
     ui.emailForm.hidden = !emailFor;
+    // "We will answer here and by email" only once there is an address; until then the note
+    // asks for one (or the pre-chat form does, and the note has nothing to say).
+    ui.noteText.hidden = !asynchronous || !S.visitor.email;
+    ui.note.hidden = !(asynchronous || correcting) || (!S.visitor.email && emailFor !== ui.note);
 
     ui.status.hidden = S.ready || !S.everReady;
     renderSeen();
