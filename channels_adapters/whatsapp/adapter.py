@@ -232,9 +232,15 @@ class WhatsAppAdapter(meta.MetaAdapter):
             if last:
                 local = timezone.localtime(last)
                 when = f"last wrote on {local:%Y-%m-%d %H:%M} {local.tzname()}"
+            then = (
+                "Pick an approved template instead."
+                if self.reply_templates(message.inbox)
+                else "This inbox has no approved template to send instead: an admin adds them "
+                '(the inbox\'s settings, "templates"), or answer on another channel.'
+            )
             return (
                 f"The customer {when}, and WhatsApp only delivers free-form messages within 24 "
-                "hours of the customer's last message. Pick an approved template instead."
+                f"hours of the customer's last message. {then}"
             )
         return ""
 

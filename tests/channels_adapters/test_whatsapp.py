@@ -474,6 +474,12 @@ class TestSend:
         with time_machine.travel(START + timedelta(hours=24, minutes=1), tick=False):
             with pytest.raises(ValidationError, match="Pick an approved template"):
                 services.reply_send(conversation=conversation, author=bob, text="Oi?")
+            # No template to pick: the agent is told what can be done instead.
+            wa_inbox.settings["templates"] = []
+            wa_inbox.save()
+            conversation.inbox.refresh_from_db()
+            with pytest.raises(ValidationError, match="no approved template to send instead"):
+                services.reply_send(conversation=conversation, author=bob, text="Oi?")
         assert not Message.objects.filter(direction=Message.Direction.OUTBOUND).exists()
         assert graph.requests == []
 
