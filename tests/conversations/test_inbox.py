@@ -658,6 +658,9 @@ class TestConversation:
             assert response.status_code == 400
             assert f"merged into #{target.pk}; write there" in response.content.decode()
         assert not Message.objects.filter(text="Hello?").exists()
+        # Where the customer's conversations are listed, it says where it went, not "Closed".
+        for page in (f"/inbox/{target.pk}/", f"/inbox/customers/{target.customer_id}/"):
+            assert f"merged into #{target.pk}</span>" in client.get(page).content.decode()
 
     def test_a_refused_reply_keeps_the_draft_and_says_why(self, client, bob, chat_inbox):
         conversation = chat(chat_inbox)
