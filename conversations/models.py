@@ -6,6 +6,7 @@ State changes go through `conversations.services`; nothing here saves itself beh
 import base64
 import re
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -388,6 +389,9 @@ class Conversation(ChoiceLabels, models.Model):
         return self.pk
 
 
+SENT_LATE = timedelta(minutes=2)  # see Message.sent_late
+
+
 class Message(ChoiceLabels, models.Model):
     class Direction(models.TextChoices):
         INBOUND = "inbound", _("From the customer")
@@ -473,6 +477,12 @@ class Message(ChoiceLabels, models.Model):
 
     def __str__(self):
         return f"{self.get_direction_display()} message {self.pk}"
+
+    @property
+    def sent_late(self) -> bool:
+        """Sent well after it was written (retried after a failure): the timeline, in the
+        order things were written, must say when the customer got it."""
+        return bool(self.sent_at and self.sent_at - self.created_at > SENT_LATE)
 
     @property
     def is_customer_visible(self) -> bool:

@@ -424,6 +424,12 @@ class TestConversation:
         assert response.status_code == 302
         message.refresh_from_db()
         assert message.status == Message.Status.QUEUED
+        # Sent minutes after it was written, maybe after the customer's newer message: the
+        # timeline, in the order things were written, says when it went.
+        later = message.created_at + timedelta(minutes=8)
+        Message.objects.filter(pk=message.pk).update(status=Message.Status.SENT, sent_at=later)
+        html = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert f'sent <time datetime="{later.isoformat()}">' in html
 
     def test_answer_a_chat_customer_by_email(self, client, bob, chat_inbox, mail_inbox):
         conversation = chat(chat_inbox)
