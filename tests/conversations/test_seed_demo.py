@@ -34,6 +34,10 @@ def test_the_demo_covers_every_channel_and_is_idempotent(client):
     for customer in spanning:
         first = customer.conversations.order_by("created_at").first()
         assert customer.created_at <= first.created_at
+    # "Last seen" is when the address last wrote, days ago for most, not the seeding.
+    for identity in Identity.objects.filter(messages__direction="inbound").distinct():
+        last = identity.messages.filter(direction="inbound").latest("created_at").created_at
+        assert abs(identity.last_seen_at - last) < timedelta(minutes=1), identity
     # Every demo address can be answered: "chloé.smith@" needs SMTPUTF8, which we do not send.
     emails = Identity.objects.filter(kind=Channel.EMAIL).values_list("address", flat=True)
     assert all(address.isascii() for address in emails)

@@ -7,6 +7,7 @@ from datetime import date, time, timedelta
 from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from channels_adapters.webchat import chat
@@ -763,6 +764,12 @@ class Command(BaseCommand):
             }
         )
         conversation.events.update(created_at=conversation.created_at - shift)
+        # "Last seen" (the composer's channel list) is when the address last wrote to us.
+        inbound = Message.objects.filter(direction=Message.Direction.INBOUND)
+        wrote = inbound.filter(identity=OuterRef("pk")).order_by("-created_at").values("created_at")
+        Identity.objects.filter(
+            pk__in=inbound.filter(conversation=conversation).values("identity")
+        ).update(last_seen_at=Subquery(wrote[:1]))
         # The customer is ours since their first conversation ("since" on their page).
         Customer.objects.filter(
             pk=conversation.customer_id, created_at__gt=conversation.created_at - shift
