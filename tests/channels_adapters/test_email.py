@@ -1,5 +1,6 @@
 import base64
 import binascii
+import hashlib
 import io
 import quopri
 import re
@@ -500,6 +501,19 @@ class TestParsing:
         assert read_envelope(raw).from_address == "chloé.smith@example.com"
         older = raw.replace("Café".encode(), "Café".encode("cp1252"))  # 8-bit, not UTF-8
         assert parse_email(older).subject == "Café order"
+
+    def test_a_mail_is_known_by_its_body_however_it_came_and_however_large(self, monkeypatch):
+        """The body's digest tells two mails under one Message-ID apart (see ingest), and is
+        stored: read a piece at a time (a 25 MB mail was copied twice to take it, four times
+        its attachment in memory), it must stay what it was, CRLF or LF, a last newline or not."""
+        head = b"From: ana@example.com\r\nMessage-ID: <same@example.com>\r\n\r\n"
+        bodies = [b"", b"Hi", b"a\r\nb\r\n\r\n \t", b"\r\n" * 5 + b"x", b"abc\r" * 7 + b"\n"]
+        monkeypatch.setattr("channels_adapters.email.parsing.DIGEST_CHUNK", 3)  # CRLFs cut
+        for body in bodies:
+            expected = hashlib.sha256(body.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+            assert read_envelope(head + body).body_digest == expected, body
+            as_piped = (head + body).replace(b"\r\n", b"\n")
+            assert read_envelope(as_piped).body_digest == expected, body
 
     @pytest.mark.parametrize(
         "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
