@@ -134,7 +134,7 @@ def _body_digest(raw: bytes, start: int) -> str:
     digest = hashlib.sha256()
     while start < end:
         cut = min(start + DIGEST_CHUNK, end)
-        if raw[cut - 1] == ord("\r") and cut < end:  # a CRLF stays in one piece
+        if raw[cut - 1 : cut + 1] == b"\r\n":  # a CRLF stays in one piece
             cut += 1
         digest.update(raw[start:cut].replace(b"\r\n", b"\n"))
         start = cut

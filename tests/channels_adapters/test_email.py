@@ -508,12 +508,14 @@ class TestParsing:
         its attachment in memory), it must stay what it was, CRLF or LF, a last newline or not."""
         head = b"From: ana@example.com\r\nMessage-ID: <same@example.com>\r\n\r\n"
         bodies = [b"", b"Hi", b"a\r\nb\r\n\r\n \t", b"\r\n" * 5 + b"x", b"abc\r" * 7 + b"\n"]
+        mangled = [b"ab\r\r\nx", b"a\r\r\r\n\r\nb"]  # line ends a program doubled
         monkeypatch.setattr("channels_adapters.email.parsing.DIGEST_CHUNK", 3)  # CRLFs cut
-        for body in bodies:
+        for body in bodies + mangled:
             expected = hashlib.sha256(body.replace(b"\r\n", b"\n").rstrip()).hexdigest()
             assert read_envelope(head + body).body_digest == expected, body
-            as_piped = (head + body).replace(b"\r\n", b"\n")
-            assert read_envelope(as_piped).body_digest == expected, body
+            if body not in mangled:
+                as_piped = (head + body).replace(b"\r\n", b"\n")
+                assert read_envelope(as_piped).body_digest == expected, body
 
     @pytest.mark.parametrize(
         "raw", [b"", b"   \n", fixture("not_email.bin"), b'{"text": "hello"}', b"just some words\n"]
