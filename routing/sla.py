@@ -521,11 +521,11 @@ def sla_merged(*, source: Conversation, target: Conversation, now: datetime) -> 
     _cancel(clocks.exclude(pk__in=[clock.pk for clock in kept.values()]))
     context = _Context(target, now)
     for clock in kept.values():
-        if clock.conversation_id == target.pk:
-            continue
+        moved = clock.conversation_id != target.pk
         clock.conversation = target
-        context.follow_status(clock)
-        clock.save()
+        # Running or paused as the target is now: the merge may have reopened it.
+        if context.follow_status(clock) or moved:
+            clock.save()
     sla_retarget(conversation=target, now=now)
     sla_due_set(target)
 

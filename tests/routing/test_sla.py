@@ -691,7 +691,7 @@ def test_a_merge_leaves_one_response_owed(mail_inbox, hours, policies, bob):
     assert [(c.target, c.started_at) for c in running] == [(FIRST, utc("2026-01-12 10:00"))]
 
 
-@pytest.mark.parametrize("ended", ["resolved", "snoozed"])
+@pytest.mark.parametrize("ended", ["resolved", "snoozed", "pending"])
 def test_a_question_merged_into_an_ended_conversation_reopens_it(
     mail_inbox, hours, policies, bob, ended
 ):
@@ -709,8 +709,9 @@ def test_a_question_merged_into_an_ended_conversation_reopens_it(
     old.refresh_from_db()
     assert (old.status, old.subject) == ("open", "Refund")
     assert old.events.filter(kind="reopened", data__reason="merged").exists()
-    # Her question is measured, from her mail: 4 business hours.
+    # Her question is measured, from her mail: 4 business hours; and the resolution too.
     assert old.sla_clocks.get(target=FIRST, stopped_at=None).due_at == utc("2026-01-12 14:00")
+    assert old.sla_clocks.get(target=RESOLUTION, stopped_at=None).due_at is not None
 
 
 def test_the_demo_acknowledges_the_routed_refund_and_counts_its_clock_down(db, client):
