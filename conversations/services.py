@@ -32,7 +32,6 @@ from django.utils import timezone
 from conversations.models import (
     IMAGE_TYPES,
     INBOX_SCOPED_ADDRESSES,
-    OPAQUE_ADDRESSES,
     Attachment,
     Channel,
     Conversation,
@@ -1371,10 +1370,11 @@ def identity_for_reply(conversation: Conversation) -> Identity | None:
 
 
 def inbox_for_message(identity: Identity, *, conversation: Conversation | None = None, author=None):
-    """The inbox a message to `identity` goes from: `conversation`'s own, when it is of the
-    address's kind (an email address or a number can be written from any of ours, and the
-    customer expects the one they wrote to); else the one this address last used (a
-    Messenger id only works with its own Page); else one of the conversation's team; for a
+    """The inbox a message to `identity` goes from. For email, `conversation`'s own: the
+    customer expects the address they wrote to, whatever else they wrote to since. Else the
+    one this address last used (a Messenger id only works with its own Page; a WhatsApp
+    number's 24 hours run per number; a text to our other number continued this conversation,
+    see _conversation_to_continue); else `conversation`'s; else one of its team; for a
     conversation `author` starts, one of the author's teams."""
     if conversation is not None:
         return _inbox_for_address(
@@ -1390,7 +1390,7 @@ def inbox_for_message(identity: Identity, *, conversation: Conversation | None =
 def _inbox_for_address(identity: Identity, *, current: Inbox | None, same_team: Q) -> Inbox:
     kind = identity.kind
     own = current is not None and current.kind == kind and current.is_active
-    if own and kind not in OPAQUE_ADDRESSES:
+    if own and kind == Channel.EMAIL:
         return current
     inboxes = Inbox.objects.filter(kind=kind, is_active=True)
     last_used = (
