@@ -468,6 +468,25 @@ class TestSend:
         }
         assert reply.provider_id == wamid
 
+    def test_a_reply_goes_from_the_number_the_customer_last_wrote_to(self, graph, wa_inbox, bob):
+        """João wrote to our sales number days ago, then to support's, which continued that
+        conversation: the reply goes from support's number, whose 24 hours are open."""
+        with time_machine.travel(START, tick=False):
+            sales = Inbox.objects.create(
+                name="Sales on WhatsApp",
+                kind=Channel.WHATSAPP,
+                settings={**wa_inbox.settings, "phone_number_id": "2220001"},
+                credentials=wa_inbox.credentials,
+            )
+            conversation = customer_wrote(sales)
+        with time_machine.travel(START + timedelta(days=3), tick=False):
+            assert customer_wrote(wa_inbox, text="Alguma novidade?") == conversation
+            reply = services.reply_send(conversation=conversation, author=bob, text="Sim!")
+            assert reply.inbox == wa_inbox
+            assert message_deliver(reply.pk).status == Message.Status.SENT
+        ((request, _),) = graph.sent
+        assert request.path == f"/v21.0/{graph.phone_number_id}/messages"
+
     def test_outside_the_window_free_text_is_refused_and_nothing_sent(self, graph, wa_inbox, bob):
         with time_machine.travel(START, tick=False):
             conversation = customer_wrote(wa_inbox)
