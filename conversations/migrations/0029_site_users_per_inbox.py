@@ -1,38 +1,47 @@
 """A site's user ids become per web-chat inbox ("user:<inbox id>:<id>"): user 42 of one site
-is not user 42 of another. A user already linked keeps their customer, in each inbox where
-the site signed them in."""
+is not user 42 of another. A user already linked keeps their customer in the inbox whose site
+first signed them in (else the web-chat inbox of their first conversation, else the only one).
+Only there: had two sites' users 42 been taken for one person, linking both inboxes would keep
+showing one the other's chats. An admin can merge customers who are the same person."""
 
-from django.db import migrations
+import logging
+
+from django.db import IntegrityError, migrations, transaction
+
+log = logging.getLogger(__name__)
 
 
 def scope_site_users(apps, schema_editor):
+    Conversation = apps.get_model("conversations", "Conversation")
     Identity = apps.get_model("conversations", "Identity")
     Inbox = apps.get_model("conversations", "Inbox")
     Visitor = apps.get_model("conversations", "Visitor")
     chat_inboxes = list(Inbox.objects.filter(kind="webchat").values_list("pk", flat=True))
     for identity in Identity.objects.filter(kind="webchat", address__startswith="user:"):
-        user_id = identity.address.removeprefix("user:")
-        signed_in = Visitor.objects.filter(
-            identity__customer_id=identity.customer_id, identified=True
+        customer = identity.customer_id
+        signed_in = Visitor.objects.filter(identity__customer_id=customer, identified=True)
+        chats = Conversation.objects.filter(customer_id=customer, inbox__kind="webchat")
+        inbox = (
+            signed_in.order_by("created_at", "pk").values_list("inbox_id", flat=True).first()
+            or chats.order_by("created_at", "pk").values_list("inbox_id", flat=True).first()
+            or (chat_inboxes[0] if len(chat_inboxes) == 1 else None)
         )
-        inboxes = sorted(set(signed_in.values_list("inbox_id", flat=True)))
-        if not inboxes and len(chat_inboxes) == 1:
-            inboxes = chat_inboxes
-        if not inboxes:
-            continue  # no site to tie it to: it matches no sign-in any more
-        first, *others = inboxes
-        identity.address = f"user:{first}:{user_id}"
-        identity.save(update_fields=["address"])
-        for inbox_id in others:
-            Identity.objects.get_or_create(
-                kind="webchat",
-                address=f"user:{inbox_id}:{user_id}",
-                defaults={
-                    "customer_id": identity.customer_id,
-                    "display_name": identity.display_name,
-                    "verified": identity.verified,
-                },
+        if inbox is None:
+            log.warning("site user %s: no web-chat inbox to tie it to", identity.address)
+            continue
+        if signed_in.exclude(inbox_id=inbox).exists():
+            log.warning(
+                "site user %s of customer %s was signed in by several sites: kept for inbox %s",
+                identity.address,
+                customer,
+                inbox,
             )
+        identity.address = f"user:{inbox}:{identity.address.removeprefix('user:')}"
+        try:
+            with transaction.atomic():
+                identity.save(update_fields=["address"])
+        except IntegrityError:  # an old id with colons, spelt like a new one: left as it was
+            log.warning("site user %s: its new address is taken", identity.address)
 
 
 class Migration(migrations.Migration):

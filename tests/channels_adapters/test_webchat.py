@@ -324,20 +324,32 @@ def test_a_sites_user_ids_are_its_own(client, widget):
 
 
 def test_a_sites_user_linked_before_ids_were_per_site_keeps_their_history(client, widget):
+    """And only on the site that signed them in first: shop B's user 42, whom the old ids
+    took for the same person, must stop reading Ana's chats."""
     migration = importlib.import_module("conversations.migrations.0029_site_users_per_inbox")
+    shop_b = Inbox.objects.create(
+        name="Shop B", kind=Channel.WEBCHAT, settings={"allowed_origins": [SITE]}
+    )
     ana = new_visitor(widget)
     chat.visitor_message(ana, text="Before the upgrade", client_id="a")
     Identity.objects.create(customer=ana.identity.customer, kind=Channel.WEBCHAT, address="user:42")
-    Visitor.objects.filter(pk=ana.pk).update(identified=True)
+    bruno = new_visitor(shop_b)
+    # As the old ids linked them: Bruno's visitor joined Ana's customer when shop B said 42.
+    Identity.objects.filter(pk=bruno.identity_id).update(customer=ana.identity.customer)
+    Visitor.objects.filter(pk__in=[ana.pk, bruno.pk]).update(identified=True)
 
     migration.scope_site_users(django_apps, None)
 
-    signed = {"id": "42", "hash": chat.user_hash(widget, "42")}
-    back = chat.visitor_from_token(widget, start(client, widget, user=signed).json()["token"])
+    def user_42(inbox):
+        signed = {"id": "42", "hash": chat.user_hash(inbox, "42")}
+        return chat.visitor_from_token(inbox, start(client, inbox, user=signed).json()["token"])
+
+    back = user_42(widget)
     assert back.identity.customer == ana.identity.customer
     assert [m.text for m in chat.visible_messages(chat.visitor_conversation(back))] == [
         "Before the upgrade"
     ]
+    assert user_42(shop_b).identity.customer != ana.identity.customer
 
 
 def test_after_the_user_logs_out_the_browser_no_longer_shows_their_history(client, widget):
