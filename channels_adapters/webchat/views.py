@@ -17,6 +17,7 @@ from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import translation
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
@@ -177,6 +178,9 @@ def session(request, inbox: Inbox):
                     "email": visitor.email or getattr(chat.visitor_email(visitor), "address", ""),
                     "email_pending": chat.email_pending(visitor),
                     "identified": visitor.identified,
+                    # Whose this browser's chat is now, opaque: the widget sends what it kept
+                    # unsent only while it is the same person's (not after a sign-out).
+                    "owner": salted_hmac("threadline.webchat.owner", customer.pk).hexdigest()[:20],
                 },
                 "settings": {
                     "title": inbox.name,

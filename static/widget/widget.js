@@ -256,10 +256,17 @@
   async function renew() {
     S.token = "";
     storage.set(STORE, "");
+    const owner = S.visitor.owner;
     try {
       await requestSession();
     } catch (error) {
       return reconnectLater();
+    }
+    if (S.visitor.owner !== owner) {
+      // Someone else's chat from here on (the user signed out, or it went on in another
+      // browser): what was written before and never taken is not theirs to send.
+      S.pending.forEach(dropPending);
+      storage.set(UNSENT, "");
     }
     S.lastId = 0;
     showConversation(null);
@@ -621,7 +628,8 @@
 
   function keepUnsent(p) {
     const kept = unsent();
-    kept[p.cid] = p.file ? { file: p.name, at: p.at } : { text: p.text, at: p.at };
+    const owner = S.visitor.owner || "";
+    kept[p.cid] = p.file ? { file: p.name, at: p.at, owner } : { text: p.text, at: p.at, owner };
     storage.set(UNSENT, JSON.stringify(kept));
   }
 
@@ -633,6 +641,12 @@
   }
 
   function restoreUnsent() {
+    const kept = unsent();
+    for (const [cid, p] of Object.entries(kept)) {
+      // Another person's (the browser's user changed since): neither sent nor shown.
+      if (p && p.owner !== (S.visitor.owner || "")) delete kept[cid];
+    }
+    storage.set(UNSENT, Object.keys(kept).length ? JSON.stringify(kept) : "");
     for (const [cid, kept] of Object.entries(unsent())) {
       if (!kept || S.pending.has(cid)) continue;
       const at = Number(kept.at) || Date.now();

@@ -764,6 +764,14 @@ def test_a_signed_in_user_is_not_asked_who_they_are_and_sees_their_chat_from_els
     # Now on her laptop: the shop vouches for her, so no questions, and the same chat.
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
     problems = watch(page)
+    link = {"drop": False}  # with it, the widget's frames never reach the server
+
+    def route(socket):
+        server = socket.connect_to_server()
+        socket.on_message(lambda frame: None if link["drop"] else server.send(frame))
+        server.on_message(socket.send)
+
+    page.route_web_socket(re.compile("/ws/widget/"), route)
     page.goto(url)
     panel = open_chat(page)
     expect(panel.locator("li.message[data-id]")).to_have_text([re.compile("order 77 is late")])
@@ -771,6 +779,22 @@ def test_a_signed_in_user_is_not_asked_who_they_are_and_sees_their_chat_from_els
     write(panel, "Any news about it?")
     expect(panel.locator("li.message.customer[data-id]")).to_have_count(2)
     assert Conversation.objects.get().messages.count() == 2
+
+    # On a dead connection she writes her card's last digits, then signs out of the shop: the
+    # next person at this computer neither sends nor sees what she wrote.
+    link["drop"] = True
+    write(panel, "My card ends 4242")
+    expect(panel.locator("li.pending")).to_contain_text("Sending…")
+    link["drop"] = False
+    page.goto(shop.embed(asgi_server, widget))  # the shop's page no longer names her
+    panel = open_chat(page)
+    panel.get_by_label("Your name").fill("Rui")
+    panel.get_by_label("Your email").fill("rui@example.com")
+    panel.get_by_role("button", name="Start the chat").click()
+    expect(panel.locator("li.pending")).to_have_count(0)
+    write(panel, "Hello")  # after anything the widget would have sent on connecting
+    expect(panel.locator("li.message.customer[data-id]")).to_have_text([re.compile("Hello")])
+    assert not Message.objects.filter(text="My card ends 4242").exists()
     assert not problems
 
 
