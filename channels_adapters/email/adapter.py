@@ -74,25 +74,48 @@ def _deliverable(address: str) -> bool:
     return address.partition("@")[0].isascii()
 
 
-def _copies_elsewhere(sender: str, cc) -> str:
+# Mail providers anyone can have an address at: sharing one with the sender says nothing.
+PUBLIC_MAIL_DOMAINS = frozenset(
+    "gmail.com googlemail.com outlook.com hotmail.com live.com msn.com yahoo.com ymail.com "
+    "icloud.com me.com mac.com aol.com proton.me protonmail.com gmx.com gmx.de gmx.net web.de "
+    "mail.com mail.ru yandex.ru yandex.com qq.com 163.com 126.com zoho.com fastmail.com "
+    "hotmail.fr hotmail.co.uk outlook.fr yahoo.fr yahoo.co.uk yahoo.es libero.it orange.fr "
+    "free.fr laposte.net sapo.pt uol.com.br bol.com.br terra.com.br t-online.de".split()
+)
+
+
+def _copies_strangers(sender: str, cc) -> str:
     """Why agents should check a new conversation from a customer we know that copies
-    people on another domain than the sender's, else "". Every reply goes to them too, and
-    anyone can write a customer's From and copy themselves."""
-    domain, own = sender.lower().rpartition("@")[2], our_addresses()
-    others = sorted(
-        {
-            address.lower()
-            for _, address in cc
-            if address and address.lower().rpartition("@")[2] != domain and not ours(address, own)
-        }
-    )
-    known = Identity.objects.filter(kind=Channel.EMAIL, address=sender.lower())
-    if not others or not known.exists():
+    someone new to them, else "". Every reply goes to those copied too, and anyone can write
+    a customer's From and copy themselves. A colleague at the sender's own company (not a
+    public mail provider) and anyone copied on the customer's mail before raise nothing."""
+    sender = sender.lower()
+    domain, own = sender.rpartition("@")[2], our_addresses()
+    copied = {
+        address.lower()
+        for _, address in cc
+        if address
+        and address.lower() != sender
+        and not ours(address, own)
+        and (address.lower().rpartition("@")[2] != domain or domain in PUBLIC_MAIL_DOMAINS)
+    }
+    if not copied:
         return ""
+    known = Identity.objects.filter(kind=Channel.EMAIL, address=sender).first()
+    if known is None:  # a newcomer: no account to protect yet
+        return ""
+    copied -= set(
+        Identity.objects.filter(
+            kind=Channel.EMAIL, participating_in__customer=known.customer_id
+        ).values_list("address", flat=True)
+    )
+    if not copied:
+        return ""
+    strangers = sorted(copied)
     return (
-        f"Copies {', '.join(others[:3])}{', …' if len(others) > 3 else ''}, not of the "
-        "sender's domain: replies go there too, and anyone can write a customer's From. "
-        "Check before sharing anything about the account, or stop copying them."
+        f"Copies {', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}, new to this "
+        "customer: replies go there too, and anyone can write a customer's From. Check before "
+        "sharing anything about the account, or stop copying them."
     )
 
 
@@ -255,7 +278,7 @@ class EmailAdapter(Adapter):
             else ()
         )
         if conversation is None and not check:
-            check = _copies_elsewhere(sender, cc)
+            check = _copies_strangers(sender, cc)
         if automated:
             metadata["automated"] = automated
         if parsed.skipped_attachments:

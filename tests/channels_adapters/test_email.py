@@ -1039,32 +1039,29 @@ class TestThreading:
         assert forged.customer != conversation.customer
         assert "mallory@evil.example is not part of conversation" in forged.flag_reason
 
-    def test_a_known_customers_new_mail_copying_another_domain_asks_agents_to_check(
-        self, email_inbox
-    ):
+    def test_a_known_customers_new_mail_copying_someone_new_asks_agents_to_check(self, email_inbox):
         """Anyone can write a customer's From and copy themselves: every answer about the
         account then went to them too, and nothing said so."""
+
+        def mail(frm, subject, cc):
+            pipe(email_inbox, customer_mail(frm=frm, subject=subject, Cc=cc))
+            return Conversation.objects.get(subject=subject).flag_reason
+
         pipe(email_inbox, customer_mail(frm="ana@customers.example", subject="First"))
-        colleague = customer_mail(
-            frm="ana@customers.example", subject="Colleague", Cc="Rui <rui@customers.example>"
+        pipe(email_inbox, customer_mail(frm="bia@gmail.com", subject="Hi"))
+        # A colleague at her company: nothing to check.
+        assert mail("ana@customers.example", "Colleague", "Rui <rui@customers.example>") == ""
+        # Someone new elsewhere, or at a public mail provider she happens to share.
+        assert mail("ana@customers.example", "Invoices", "Ana <ana.work@attacker.example>") == (
+            "Copies ana.work@attacker.example, new to this customer: replies go there too, "
+            "and anyone can write a customer's From. Check before sharing anything about the "
+            "account, or stop copying them."
         )
-        pipe(email_inbox, colleague)
-        forged = customer_mail(
-            frm="ana@customers.example",
-            subject="Send my invoices and address",
-            Cc="Ana (work) <ana.work@attacker.example>",
-        )
-        pipe(email_inbox, forged)
-        flags = dict(Conversation.objects.values_list("subject", "flag_reason"))
-        assert flags["First"] == flags["Colleague"] == ""
-        assert flags["Send my invoices and address"] == (
-            "Copies ana.work@attacker.example, not of the sender's domain: replies go there "
-            "too, and anyone can write a customer's From. Check before sharing anything about "
-            "the account, or stop copying them."
-        )
+        assert "Copies eve@gmail.com, new" in mail("bia@gmail.com", "Address", "eve@gmail.com")
+        # Whom an agent kept copying is no longer new.
+        assert mail("ana@customers.example", "Again", "ana.work@attacker.example") == ""
         # A newcomer copying anyone has no account to protect yet.
-        pipe(email_inbox, customer_mail(frm="new@home.example", subject="Hi", Cc="x@y.example"))
-        assert Conversation.objects.get(subject="Hi").flag_reason == ""
+        assert mail("new@home.example", "Hello", "x@y.example") == ""
 
     def test_a_cc_participant_may_answer_in_the_thread(self, email_inbox, bob, smtp_server):
         pipe(email_inbox, fixture("cc_and_attachment.eml"))
