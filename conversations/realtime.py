@@ -197,6 +197,22 @@ def publish_conversations_erased(rows) -> None:
         transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
 
 
+def publish_conversations_changed(rows, event: str) -> None:
+    """Tell agents, after commit and in one hop, that `event` changed many conversations at
+    once (an admin's change of hours or targets moved their SLA clocks): each conversation's
+    open pages hear of their own, and each list (team, assignee, admins) once, which is all a
+    list needs to refresh. `rows`: dicts as for publish_conversations_erased."""
+    sends, lists = [], {}
+    for row in rows:
+        own = conversation_group(row["pk"])
+        sends.append(([own], conversation_payload(row["pk"], event)))
+        groups = _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"})
+        lists.update(dict.fromkeys(group for group in groups if group != own))
+    if sends:
+        sends.append((list(lists), conversation_payload(None, event)))
+        transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
+
+
 def publish_customer_event(customer_id: int, event: str, **data) -> None:
     """Tell the customer's own open sockets (the chat widget) about a change, after commit.
 

@@ -389,10 +389,19 @@ def sla_clocks_resume(held: list[SlaClock]) -> int:
     for conversation in fresh.values():
         conversation.sla_due_at = due.get(conversation.pk)
     Conversation.objects.bulk_update(fresh.values(), ["sla_due_at"], batch_size=500)
-    from conversations.realtime import publish_conversation_event
+    from conversations.realtime import publish_conversations_changed
 
-    for conversation in fresh.values():  # open lists and pages show the new times at once
-        publish_conversation_event(conversation, "sla", state="changed")
+    # Open lists and pages show the new times at once.
+    rows = [
+        {
+            "pk": conversation.pk,
+            "team_id": conversation.team_id,
+            "assignee_id": conversation.assignee_id,
+            "inbox__default_team_id": conversation.inbox.default_team_id,
+        }
+        for conversation in fresh.values()
+    ]
+    publish_conversations_changed(rows, "sla")
     return len(held)
 
 

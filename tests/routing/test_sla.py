@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from conversations import services
 from conversations.models import Channel, Conversation, ConversationEvent, Message, Notification
-from conversations.realtime import conversation_group
+from conversations.realtime import ADMINS_GROUP, conversation_group
 from routing.models import SlaClock, SlaPolicy, TeamMembership
 from routing.sla import policy_for
 from routing.tasks import auto_reply, sla_sweep
@@ -496,7 +496,7 @@ def test_a_policy_target_changed_in_admin_applies_to_running_clocks(
     # Made before the day travelled to, as they would be (the cache sees a newer save).
     SlaPolicy.objects.update(updated_at=utc("2026-01-01 00:00"))
     conversation = mail(mail_inbox, "2026-01-12 10:00")
-    next_event = listen(conversation_group(conversation.pk))
+    next_event, lists_event = listen(conversation_group(conversation.pk)), listen(ADMINS_GROUP)
     email = policies["email"]
     client.login(email=alice.email, password=PASSWORD)
     form = {
@@ -519,8 +519,15 @@ def test_a_policy_target_changed_in_admin_applies_to_running_clocks(
     first = clock(conversation, FIRST)
     assert (first.goal_seconds, first.due_at) == (3600, utc("2026-01-12 11:00"))
     assert due(conversation) == utc("2026-01-12 11:00")
-    # Agents with the list or the conversation open see the new time without reloading.
+    # Agents with the list or the conversation open see the new time without reloading: the
+    # page hears of its conversation, a list once for all of them.
     assert next_event(timeout=5)["event"] == "sla"
+    assert lists_event(timeout=5) | {"event_id": ""} == {
+        "type": "conversation.event",
+        "event": "sla",
+        "conversation": None,
+        "event_id": "",
+    }
     # The policy no longer active: its targets stop as not measured, the urgent one aside.
     form["is_active"] = ""
     with time_machine.travel(utc("2026-01-12 10:40"), tick=False):
