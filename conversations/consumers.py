@@ -462,7 +462,12 @@ class VisitorConsumer(LiveConsumer):
         await self.channel_layer.group_add(self.customer_group, self.channel_name)
         self.groups.append(self.customer_group)
         await db(chat.visitor_seen)(visitor.pk, opened=1)
-        ready = await db(self._state)(full=True)
+        ready = await db(self._state)(full=True)  # reads the visitor again
+        if self.visitor.key != self.key:
+            # Given a new key between reading the token and joining the group (visitor_rekey),
+            # whose "rekeyed" this socket missed.
+            await self.close(code=UNAUTHORIZED)
+            return
         # In the visitor's language, as the session's strings were (the reply time is words).
         self.language = chat.supported_language(visitor.identity.customer.language)
         ready["availability"] = self.availability = await db(self._availability)(fresh=True)

@@ -602,7 +602,12 @@ def placeholders_check(
     body: str, known: tuple[str, ...], pattern: str, field: str = "body"
 ) -> None:
     """ValidationError on the `field` of a template whose placeholders (`pattern`'s group)
-    are not all `known`, naming those that are not and those that are."""
+    are not all `known`, naming those that are not and those that are; or that writes one
+    {{as other template languages do}}, which would reach the customer in braces."""
+    if "{{" in (body or "") or "}}" in (body or ""):
+        raise ValidationError(
+            {field: _("A placeholder takes one pair of braces: {name}, not {{name}}.")}
+        )
     unknown = sorted(set(re.findall(pattern, body or "")) - set(known))
     if unknown:
         raise ValidationError(

@@ -1178,6 +1178,7 @@ def conversation_copy(*, conversation: Conversation, address: str, actor=None) -
         raise ValidationError(f"{address} is one of our own addresses.")
     with transaction.atomic():
         conversation = _locked(conversation)
+        _refuse_if_merged(conversation)
         identity = identity_get_or_create(kind=Channel.EMAIL, address=address)
         if identity.customer_id == conversation.customer_id:
             raise ValidationError(f"{address} is the customer's: they get every reply.")

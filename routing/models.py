@@ -883,12 +883,7 @@ class AutoReply(models.Model):
             except ValidationError as exc:
                 raise ValidationError({"language": exc.messages}) from None
         # Anything in braces: a placeholder of another kind (a canned response's
-        # {customer.first_name|there}) would reach the customer as written, and so would
-        # the braces around a {{name}}.
-        if "{{" in self.body or "}}" in self.body:
-            raise ValidationError(
-                {"body": _("A placeholder takes one pair of braces: {name}, not {{name}}.")}
-            )
+        # {customer.first_name|there}) would reach the customer as written.
         placeholders_check(self.body, self.PLACEHOLDERS, r"{([^{}]*)}")
         if self.inbox_id and self.inbox.kind == Channel.WEBCHAT:
             raise ValidationError(

@@ -79,10 +79,15 @@ def mailboxes_alert() -> int:
             continue
         if health.startswith("retrying") or state.alerted_at or not admins:
             continue
+        advice = (
+            "Read it in the mailbox, where it stays unread, and forward it to the support "
+            "address if a customer wrote it."
+            if health.startswith("unreadable")
+            else "Check its IMAP settings and credentials in the admin."
+        )
         send_mail(
             subject=f"[Threadline] Inbox {inbox.name} needs attention",
-            message=f"The email inbox {inbox.name} ({inbox.address}) is {health}.\n\n"
-            "Check its IMAP settings and credentials in the admin.",
+            message=f"The email inbox {inbox.name} ({inbox.address}) is {health}.\n\n{advice}",
             from_email=None,
             recipient_list=admins,
         )

@@ -52,8 +52,9 @@ def mailbox_poll(inbox) -> PollResult:
     ).update(poll_started_at=now)
     if not leased:
         return PollResult(skipped=True)
+    result = PollResult()
     try:
-        result = _poll(inbox, state)
+        _poll(inbox, state, result)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded and shown as health
         log.warning("polling %s failed: %s", inbox, exc)
         MailboxState.objects.filter(pk=state.pk).update(
@@ -61,6 +62,8 @@ def mailbox_poll(inbox) -> PollResult:
             last_error=f"{type(exc).__name__}: {exc}"[:1000],
             last_error_at=timezone.now(),
             consecutive_failures=state.consecutive_failures + 1,
+            # The poll went past them (last_uid): said now, or never.
+            unreadable=(state.unreadable + result.unreadable)[-UNREADABLE_KEPT:],
         )
         raise
     MailboxState.objects.filter(pk=state.pk).update(
@@ -85,11 +88,10 @@ def _connect(inbox):
     )
 
 
-def _poll(inbox, state: MailboxState) -> PollResult:
+def _poll(inbox, state: MailboxState, result: PollResult) -> None:
     config = inbox.settings or {}
     folder = config.get("imap_folder", "INBOX")
     after = config.get("imap_after", "seen")
-    result = PollResult()
     with _connect(inbox) as mailbox:
         moved_to = after.partition(":")[2] if after.startswith("move:") else ""
         if moved_to and not mailbox.folder.exists(moved_to):
@@ -137,7 +139,7 @@ def _poll(inbox, state: MailboxState) -> PollResult:
                     uidvalidity=uidvalidity, last_uid=max(held, default=0)
                 )
                 log.info("%s: first connected, %s mails left alone", inbox, result.left_alone)
-            return result
+            return
         if uidvalidity != state.uidvalidity:
             state.uidvalidity, state.last_uid = uidvalidity, 0
             MailboxState.objects.filter(pk=state.pk).update(uidvalidity=uidvalidity, last_uid=0)
@@ -147,4 +149,3 @@ def _poll(inbox, state: MailboxState) -> PollResult:
             take(uid)
             state.last_uid = uid
             MailboxState.objects.filter(pk=state.pk).update(last_uid=uid)
-    return result

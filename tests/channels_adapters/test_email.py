@@ -1562,12 +1562,14 @@ class TestSmtpOut:
         assert plain.strip() == "We got it."
 
     def test_a_misspelt_signature_placeholder_is_refused(self, email_inbox):
-        email_inbox.signature = "{agnet}, {inbox}"
-        with pytest.raises(ValidationError) as refused:
-            email_inbox.full_clean()
-        assert refused.value.message_dict == {
-            "signature": ["Unknown placeholder {agnet}; use {agent}, {inbox}."]
-        }
+        for signature, refusal in [
+            ("{agnet}, {inbox}", "Unknown placeholder {agnet}; use {agent}, {inbox}."),
+            ("{{agent}}", "A placeholder takes one pair of braces: {name}, not {{name}}."),
+        ]:
+            email_inbox.signature = signature
+            with pytest.raises(ValidationError) as refused:
+                email_inbox.full_clean()
+            assert refused.value.message_dict == {"signature": [refusal]}
 
     def test_a_451_is_retried_and_then_sent(self, email_inbox, bob, smtp_server):
         pipe(email_inbox, customer_mail())

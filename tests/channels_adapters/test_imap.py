@@ -147,6 +147,7 @@ class TestPolling:
         )
         assert mailboxes_alert() == 1
         assert "unreadable mail: 1 in the last 7 days" in mail.outbox[0].body
+        assert "Read it in the mailbox, where it stays unread" in mail.outbox[0].body
         with time_machine.travel(timezone.now() + timedelta(days=8)):
             deliver(imap_server, customer_mail(subject="A week later"))
             assert len(mailbox_poll(imap_inbox).unreadable) == 0
