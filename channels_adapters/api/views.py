@@ -26,7 +26,8 @@ def inbound(request, inbox_id: int):
         # Said plainly, so whoever integrates asks an admin rather than retrying.
         error = "This inbox is switched off; an admin can turn it on."
         return JsonResponse({"error": error}, status=403)
-    if len(request.body) > MAX_BODY:
+    # Said before reading it: past Django's own limit, reading is an HTML error page.
+    if int(request.headers.get("Content-Length") or 0) > MAX_BODY or len(request.body) > MAX_BODY:
         return JsonResponse({"error": "Body larger than 1 MiB."}, status=413)
     try:
         data = adapter.decode(request.body)

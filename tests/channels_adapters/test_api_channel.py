@@ -112,6 +112,15 @@ class TestApiInbound:
         assert error in response.json()["error"]
         assert not InboundEvent.objects.exists()
 
+    @pytest.mark.parametrize("megabytes", [1.5, 3])  # 3: past Django's own limit, 2.5 MB
+    def test_a_body_over_1_mib_gets_413_in_json(self, client, api_inbox, megabytes):
+        text = "x" * int(megabytes * 2**20)
+        body = json.dumps({"id": "big", "from": "jo@example.com", "text": text}).encode()
+        response = post(client, api_inbox, body)
+        assert response.status_code == 413
+        assert response.json() == {"error": "Body larger than 1 MiB."}
+        assert not InboundEvent.objects.exists()
+
     def test_a_non_api_inbox_is_not_found(self, client, chat_inbox):
         response = post(client, chat_inbox, self.body)
         assert response.status_code == 404
