@@ -397,8 +397,23 @@ class InboxForm(forms.ModelForm):
         return super().save(commit)
 
 
+# Inboxes that do not answer by themselves: the widget says it all, and API ones cannot send.
+NO_AUTO_REPLIES = (Channel.WEBCHAT, Channel.API)
+
+
+class AutoReplyForm(forms.ModelForm):
+    def clean_language(self):
+        # Written as AutoReply.clean writes it before the inline compares its rows: an "ES"
+        # beside an "es" is one language twice, said here rather than refused by the database.
+        language = (self.cleaned_data.get("language") or "").strip()
+        from conversations.services import language_normalize
+
+        return language_normalize(language) if language else ""
+
+
 class AutoReplyInline(admin.StackedInline):
     model = AutoReply
+    form = AutoReplyForm
     extra = 0
     fields = ["kind", "language", "body", "is_active"]
 
@@ -457,8 +472,7 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     actions = ["rotate_secret"]
 
     def get_inlines(self, request, obj):
-        # The widget speaks for itself; other channels may answer by themselves.
-        return [AutoReplyInline] if obj and obj.kind != Channel.WEBCHAT else []
+        return [AutoReplyInline] if obj and obj.kind not in NO_AUTO_REPLIES else []
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)

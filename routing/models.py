@@ -889,3 +889,5 @@ class AutoReply(models.Model):
             raise ValidationError(
                 _("The chat widget says itself when you are away and how soon you reply.")
             )
+        if self.inbox_id and self.inbox.kind == Channel.API:
+            raise ValidationError(_("An API inbox cannot send replies yet."))

@@ -415,9 +415,11 @@ def test_one_language_has_one_template_however_it_is_written(mail_inbox):
     assert brazil.language == "pt-BR"
 
 
-def test_chat_inboxes_take_no_templates(chat_inbox):
+def test_chat_and_api_inboxes_take_no_templates(chat_inbox, api_inbox):
     with pytest.raises(ValidationError, match="The chat widget says itself"):
         AutoReply(inbox=chat_inbox, kind=AutoReply.Kind.OUT_OF_OFFICE, body="Away").full_clean()
+    with pytest.raises(ValidationError, match="An API inbox cannot send replies yet"):
+        AutoReply(inbox=api_inbox, kind=AutoReply.Kind.OUT_OF_OFFICE, body="Away").full_clean()
 
 
 def test_an_admin_writes_the_templates_on_the_inbox_page(client, alice, mail_inbox):
@@ -446,3 +448,11 @@ def test_an_admin_writes_the_templates_on_the_inbox_page(client, alice, mail_inb
     assert client.post(url, form).status_code == 302
     saved = AutoReply.objects.get(inbox=mail_inbox)
     assert (saved.language, saved.body) == ("pt", "Recebemos o pedido #{number}")
+    # The same language written otherwise, beside it or in one save: said, not a 500.
+    again = {"auto_replies-0-id": saved.pk, "auto_replies-INITIAL_FORMS": "1"}
+    again |= {"auto_replies-TOTAL_FORMS": "2", "auto_replies-1-kind": "acknowledgement"}
+    again |= {"auto_replies-1-language": "PT", "auto_replies-1-body": "Outra vez"}
+    refused = client.post(url, form | again)
+    assert refused.status_code == 200
+    assert "Please correct the duplicate data" in refused.content.decode()
+    assert AutoReply.objects.count() == 1
