@@ -155,6 +155,9 @@ class Identity(ChoiceLabels, models.Model):
         return self.address
 
 
+EXPECTED_REPLY_MAX = 60 * 24 * 30  # minutes: see Inbox.expected_reply_minutes
+
+
 class Inbox(ChoiceLabels, models.Model):
     """One configured channel instance: "support@acme.com", "+1 555 0100", "Website chat"."""
 
@@ -181,9 +184,15 @@ class Inbox(ChoiceLabels, models.Model):
         _("expected reply time (minutes)"),
         null=True,
         blank=True,
+        # More than a month is a typo (a promise that long is none), and overflowed the
+        # business-hours arithmetic of every acknowledgement.
+        validators=[
+            MaxValueValidator(EXPECTED_REPLY_MAX, _("At most %(limit_value)s minutes (30 days)."))
+        ],
         help_text=_(
             "What customers are told about how soon we answer. Empty: worked out from the "
-            "inbox's first replies of the last two weeks, in business hours."
+            "inbox's first replies of the last two weeks, in business hours (until there are "
+            "enough of them, its SLA policy's first-response target)."
         ),
     )
     signature = models.TextField(

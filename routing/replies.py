@@ -33,7 +33,14 @@ from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from conversations.models import Channel, Conversation, ConversationEvent, Inbox, Message
+from conversations.models import (
+    EXPECTED_REPLY_MAX,
+    Channel,
+    Conversation,
+    ConversationEvent,
+    Inbox,
+    Message,
+)
 from routing.hours import add_business_time, is_open, next_opening, schedule_for
 from routing.models import AutoReply, SlaClock, TableCache
 from routing.sla import policy_for
@@ -52,8 +59,8 @@ def expected_reply(
     """How soon the inbox usually answers a new conversation, or `conversation` as routing left
     it (see the module's docstring). Worked out at most every five minutes per inbox, team and
     priority."""
-    if inbox.expected_reply_minutes is not None:
-        return timedelta(minutes=inbox.expected_reply_minutes)
+    if inbox.expected_reply_minutes is not None:  # one saved before it was bounded too
+        return timedelta(minutes=min(inbox.expected_reply_minutes, EXPECTED_REPLY_MAX))
     team_id, priority = (
         (conversation.team_id, conversation.priority)
         if conversation

@@ -3,6 +3,7 @@
 Maria writes to Acme Support by email; João by SMS. Support works Monday to Friday
 09:00–18:00 in Lisbon (UTC in winter)."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -136,6 +137,22 @@ def test_real_auto_replies_list_mail_and_bounces_are_never_acknowledged(
         assert auto_reply(message.pk, True) is None
     assert not Message.objects.filter(direction="outbound").exists()
     assert smtp_server.received == []
+
+
+def test_an_expected_reply_time_mistyped_huge_is_refused_and_one_saved_before_still_acks(
+    mail_inbox, email_policy, hours
+):
+    """2,000,000,000 minutes saved, and every acknowledgement failed in the business-hours
+    arithmetic (a date past year 9999), with nothing said anywhere."""
+    mail_inbox.expected_reply_minutes = 2_000_000_000
+    with pytest.raises(ValidationError, match="At most 43200 minutes"):
+        mail_inbox.full_clean()
+    mail_inbox.save()  # as it was saved before there was a bound
+    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
+    message = receive(mail_inbox, address="maria@example.com", name="Maria").message
+    reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    # 30 days of business hours, as far off as they come.
+    assert re.search(r"usually reply within 1\d\d days\.$", reply.text), reply.text
 
 
 def test_the_customer_gets_the_template_in_their_language(mail_inbox, email_policy):
