@@ -100,15 +100,24 @@ def widget_settings(inbox: Inbox) -> dict:
 
 
 def greeting_for(config: dict, language: str) -> str:
-    """The inbox's greeting in the visitor's language ("pt-BR", then "pt"), else its own
-    greeting; "" for none (the widget's translated default)."""
-    greetings = config["greetings"]
+    """The inbox's greeting in the visitor's language ("pt-BR", then "pt", then another
+    "pt-…"), else its own greeting; "" for none (the widget's translated default)."""
+    greetings = {
+        lang.lower(): text
+        for lang, text in config["greetings"].items()
+        if isinstance(text, str) and text.strip()
+    }
     tag = language.strip().lower()
-    for key in (tag, tag.split("-")[0]):
-        match = next((text for lang, text in greetings.items() if lang.lower() == key), None)
-        if key and isinstance(match, str) and match.strip():
-            return match
-    return config["greeting"]
+    base = tag.split("-")[0]
+    if not base:
+        return config["greeting"]
+    if found := greetings.get(tag) or greetings.get(base):
+        return found
+    # A Portuguese visitor from Portugal reads the Brazilian greeting rather than English.
+    return next(
+        (text for lang, text in greetings.items() if lang.split("-")[0] == base),
+        config["greeting"],
+    )
 
 
 def widget_inbox(key: str) -> Inbox | None:

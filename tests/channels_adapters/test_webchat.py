@@ -101,6 +101,10 @@ def test_the_greeting_is_in_the_visitors_language_where_the_inbox_has_one(client
     assert greeting("pt-BR") == "Oi!"
     assert greeting("pt-PT") == "Olá!"
     assert greeting("de-DE") == "Hi! Ask us about your order."  # none in German: the inbox's own
+    # Only a Brazilian one: a visitor from Portugal reads it rather than the English one.
+    widget.settings["greetings"] = {"pt-BR": "Oi!"}
+    widget.save()
+    assert greeting("pt-PT") == greeting("pt") == "Oi!"
 
 
 def test_nul_characters_from_a_visitor_are_dropped(client, widget):
