@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
@@ -48,8 +49,22 @@ def _run(modeladmin, request, action, objects) -> int:
 # --- Customers ------------------------------------------------------------------------------
 
 
+class IdentityForm(forms.ModelForm):
+    def clean(self):
+        # An email address typed here must be one, as in the agents' inbox: "not an email" was
+        # saved, and every reply to it failed. One stored from a mail, however odd, stays.
+        cleaned = super().clean()
+        if cleaned.get("kind") == Channel.EMAIL and "address" in self.changed_data:
+            try:
+                validate_email(cleaned.get("address") or "")
+            except ValidationError as exc:
+                self.add_error("address", exc)
+        return cleaned
+
+
 class IdentityInline(admin.TabularInline):
     model = Identity
+    form = IdentityForm
     extra = 0
     fields = ["kind", "address", "display_name", "verified", "last_seen_at"]
     readonly_fields = ["last_seen_at"]
@@ -121,6 +136,7 @@ class CustomerAdmin(admin.ModelAdmin):
 
 @admin.register(Identity)
 class IdentityAdmin(admin.ModelAdmin):
+    form = IdentityForm
     list_display = ["address", "kind", "customer", "verified", "last_seen_at"]
     list_filter = ["kind", "verified"]
     list_select_related = ["customer"]
@@ -328,8 +344,6 @@ class InboxForm(forms.ModelForm):
         return value
 
     def clean(self):
-        from django.core.validators import validate_email
-
         cleaned = super().clean()
         kind, given = cleaned.get("kind"), cleaned.get("settings") or {}
         if self.instance.pk and kind and kind != self.instance.kind:

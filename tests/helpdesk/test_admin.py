@@ -557,6 +557,9 @@ def test_an_identity_added_in_the_admin_is_stored_as_channels_store_it(client, a
     assert "Identity with this Kind and Address already exists." in page
     page = client.post(url, form | {"kind": "sms", "address": "call me maybe"}).content.decode()
     assert "is not a phone number" in page
+    for typo in ("not an email", "jean@"):
+        page = client.post(url, form | {"address": typo}).content.decode()
+        assert "Enter a valid email address." in page
     london = form | {"kind": "sms", "address": "+44 20 7946 0958"}
     assert client.post(url, london).status_code == 302
     assert other.identities.get().address == "+442079460958"
