@@ -94,7 +94,7 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
 
     def in_use(self, user):
         from conversations.models import Conversation, Message
-        from routing.automations import actions_naming
+        from routing.automations import actions_naming, conditions_naming
 
         keep = "untick Active instead: they can no longer sign in, and their work keeps its name"
         reasons = open_count(
@@ -103,4 +103,6 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
         )
         if not reasons and Message.objects.filter(author=user).exists():
             reasons.append(f"{user} wrote to customers: {keep}")
-        return reasons + [f"{using} acts for {user}" for using in actions_naming("agent", user.pk)]
+        reasons += [f"{using} acts for {user}" for using in actions_naming("agent", user.pk)]
+        naming = conditions_naming("agent", user.pk)
+        return reasons + [f"{using} looks for {user} in its conditions" for using in naming]

@@ -92,7 +92,9 @@ class TeamAdmin(ClocksFollow, KeptWhileUsed, admin.ModelAdmin):
         reasons = open_count(team.conversations, f"in {team}: transfer them to another team first")
         reasons += [f"Inbox “{i.name}” gives {team} its conversations" for i in team.inboxes.all()]
         using = automations.actions_naming("team", team.pk)
-        return reasons + [f"{user} moves conversations to {team}" for user in using]
+        reasons += [f"{user} moves conversations to {team}" for user in using]
+        using = automations.conditions_naming("team", team.pk)
+        return reasons + [f"{user} looks for {team} in its conditions" for user in using]
 
     def get_queryset(self, request):
         waiting = (

@@ -78,6 +78,7 @@ from routing.models import (
     Automation,
     AutomationRun,
     Macro,
+    RoutingRule,
     TableCache,
     Team,
     TeamMembership,
@@ -314,6 +315,23 @@ def actions_naming(what: str, pk: int) -> list[str]:
                 continue  # it names nothing usable anyway
             if named:
                 using.append(f"{model._meta.verbose_name.capitalize()} “{name}”")
+    return using
+
+
+def conditions_naming(what: str, pk: int) -> list[str]:
+    """ "Routing rule “VIP”", "Automation “Night desk”": those whose conditions name `pk` as
+    `what` ("agent" or "team"): deleted, it would leave them matching nothing, unsaid."""
+    field = {"agent": "assignee", "team": "team"}[what]
+    using = []
+    for model in (RoutingRule, Automation):
+        for name, conditions in model.objects.values_list("name", "conditions"):
+            for condition in conditions if isinstance(conditions, list) else []:
+                if not isinstance(condition, dict) or condition.get("field") != field:
+                    continue
+                value = condition.get("value")
+                if pk == value or (isinstance(value, list) and pk in value):
+                    using.append(f"{model._meta.verbose_name.capitalize()} “{name}”")
+                    break
     return using
 
 

@@ -515,6 +515,31 @@ def test_what_live_work_uses_is_not_deleted_and_the_page_says_what_to_do_first(
     assert not CannedResponse.objects.filter(pk=canned.pk).exists()
     assert Team.objects.filter(pk=support.pk).exists()
 
+    # Named only in conditions: deleted, the rule would match nothing, and nobody would know.
+    from routing.models import RoutingRule
+
+    services.conversation_set_status(conversation=conversation, status="resolved", actor=alice)
+    RoutingRule.objects.create(
+        name="VIP desk",
+        conditions=[{"field": "team", "op": "in", "value": [support.pk]}],
+        priority=3,
+    )
+    Automation.objects.create(
+        name="Bob's follow-up",
+        event="status_changed",
+        conditions=[{"field": "assignee", "op": "is", "value": bob.pk}],
+        actions=[{"action": "priority", "priority": "high"}],
+    )
+    for obj, says in (
+        (support, f"Routing rule “VIP desk” looks for {support.name} in its conditions"),
+        (bob, "Automation “Bob&#x27;s follow-up” looks for Bob in its conditions"),
+    ):
+        meta = obj._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_delete", args=[obj.pk])
+        page = client.post(url, {"post": "yes"})
+        assert says in page.content.decode()
+        assert type(obj).objects.filter(pk=obj.pk).exists()
+
 
 @pytest.mark.django_db
 def test_the_admin_role_is_the_one_switch_for_the_admin(client, alice, bob):
