@@ -1652,6 +1652,15 @@ class TestInboundPaths:
         response = post_mime(client, email_inbox, fixture("not_email.bin"))
         assert response.status_code == 400
         assert response.json()["error"].startswith("Not an email")
+        # A wrong inbox, or one switched off: said in JSON too, as to an API client.
+        response = client.post("/channels/email/999999/mime", data=b"x", content_type="text/plain")
+        assert response.json() == {"error": "No email inbox has the id 999999."}
+        assert response.status_code == 404
+        email_inbox.is_active = False
+        email_inbox.save()
+        response = post_mime(client, email_inbox, customer_mail())
+        assert response.status_code == 403
+        assert response.json() == {"error": "This inbox is switched off; an admin can turn it on."}
         assert not InboundEvent.objects.exists()
 
     def test_the_pipe_refuses_unreadable_input_with_a_reason(self, email_inbox):
