@@ -165,6 +165,15 @@ EMAIL_SETTINGS = {
 }
 
 
+# What the provider channels' settings may say (their adapters' docstrings): a misspelt key
+# (acount_sid) is otherwise saved, and read as missing.
+PROVIDER_SETTINGS = {
+    Channel.SMS: ("account_sid", "messaging_service_sid", "api_base_url"),
+    Channel.MESSENGER: ("page_id", "api_base_url", "human_agent_tag"),
+    Channel.WHATSAPP: ("phone_number_id", "templates", "api_base_url"),
+}
+
+
 def _email_settings_problems(settings: dict) -> list[str]:
     """Why these email settings (a JSON object: InboxForm.clean_settings) would not work, in
     sentences an admin can act on."""
@@ -375,6 +384,14 @@ class InboxForm(forms.ModelForm):
                 if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
                     self.add_error("address", f"The inbox “{other.name}” has this number.")
                 cleaned["address"] = address
+        if kind in PROVIDER_SETTINGS:
+            known = PROVIDER_SETTINGS[kind]
+            if unknown := sorted(key for key in given if key not in known and not _secret(key)):
+                self.add_error(
+                    "settings",
+                    f"Unknown setting {', '.join(map(repr, unknown))}; "
+                    f"{Channel(kind).label} inboxes know {', '.join(known)}.",
+                )
         if kind == Channel.EMAIL:
             if problems := _email_settings_problems(given):
                 self.add_error("settings", problems)

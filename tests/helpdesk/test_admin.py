@@ -464,6 +464,12 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
     assert (
         "is not a phone number" in client.post(add, line | {"address": "ring me!"}).content.decode()
     )
+    # A misspelt key was saved, and read as missing ("no Twilio account SID set").
+    typo = line | {"settings": '{"acount_sid": "AC1"}'}
+    assert (
+        "Unknown setting &#x27;acount_sid&#x27;; SMS inboxes know account_sid, "
+        "messaging_service_sid, api_base_url." in client.post(add, typo).content.decode()
+    )
     assert client.post(add, line).status_code == 302
     assert Inbox.objects.get(name="SMS line").address == "+14155550100"
     again = client.post(add, line | {"name": "Another", "address": "+14155550100"})
