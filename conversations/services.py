@@ -621,6 +621,20 @@ def language_normalize(tag: str) -> str:
     return "-".join(part for part in parts if part)
 
 
+def in_language(by_language: dict, language: str):
+    """What `by_language` (keyed by lower-case language tags) holds for `language`: under its
+    own tag, else its base ("pt" for "pt-BR"), else another of that base ("pt-BR" for
+    "pt-PT"); None when nothing is in that language."""
+    tag = (language or "").strip().lower()
+    base = tag.split("-")[0]
+    if not base:
+        return None
+    for candidate in (tag, base):
+        if candidate in by_language:
+            return by_language[candidate]
+    return next((held for key, held in by_language.items() if key.split("-")[0] == base), None)
+
+
 def _timezone_clean(value) -> str:
     from helpdesk.middleware import zone_names
 

@@ -246,16 +246,14 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
 def _template_for(templates: list[AutoReply], language: str) -> AutoReply | None:
     """The customer's language, else its base language (pt for pt-BR, or the other way
     round), else the template without a language, else the site's language."""
-    language = (language or "").lower()
-    base = language.split("-")[0]
+    from conversations.services import in_language
+
     by_language = {t.language.lower(): t for t in templates}
-    for candidate in (language, base):
-        if candidate and candidate in by_language:
-            return by_language[candidate]
-    for written, template in by_language.items():
-        if base and written.split("-")[0] == base:
-            return template
-    return by_language.get("") or by_language.get(settings.LANGUAGE_CODE.split("-")[0])
+    return (
+        in_language(by_language, language)
+        or by_language.get("")
+        or by_language.get(settings.LANGUAGE_CODE.split("-")[0])
+    )
 
 
 def _render(body: str, **values: str) -> str:

@@ -46,6 +46,7 @@ from conversations.services import (
     customer_merge,
     identity_add,
     identity_get_or_create,
+    in_language,
     language_normalize,
     without_reordering,
 )
@@ -101,23 +102,14 @@ def widget_settings(inbox: Inbox) -> dict:
 
 def greeting_for(config: dict, language: str) -> str:
     """The inbox's greeting in the visitor's language ("pt-BR", then "pt", then another
-    "pt-…"), else its own greeting; "" for none (the widget's translated default)."""
+    "pt-…": a visitor from Portugal reads the Brazilian one rather than English), else its
+    own greeting; "" for none (the widget's translated default)."""
     greetings = {
         lang.lower(): text
         for lang, text in config["greetings"].items()
         if isinstance(text, str) and text.strip()
     }
-    tag = language.strip().lower()
-    base = tag.split("-")[0]
-    if not base:
-        return config["greeting"]
-    if found := greetings.get(tag) or greetings.get(base):
-        return found
-    # A Portuguese visitor from Portugal reads the Brazilian greeting rather than English.
-    return next(
-        (text for lang, text in greetings.items() if lang.split("-")[0] == base),
-        config["greeting"],
-    )
+    return in_language(greetings, language) or config["greeting"]
 
 
 def widget_inbox(key: str) -> Inbox | None:
@@ -191,7 +183,7 @@ def resume_link(visitor: Visitor) -> str:
     if visitor.identified or not settings.PUBLIC_URL:
         return ""
     page = reverse("webchat:page", args=[visitor.inbox.widget_key])
-    # By id, not by key: opening it changes the key (visitor_moved), and the link must go on
+    # By id, not by key: opening it changes the key (visitor_rekey), and the link must go on
     # working for the month, in the next browser too.
     token = signing.dumps({"visitor": visitor.pk}, salt=RESUME_SALT)
     return f"{settings.PUBLIC_URL}{page}#threadline-chat={token}"
