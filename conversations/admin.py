@@ -165,9 +165,11 @@ EMAIL_SETTINGS = {
 }
 
 
-# What the provider channels' settings may say (their adapters' docstrings): a misspelt key
-# (acount_sid) is otherwise saved, and read as missing.
-PROVIDER_SETTINGS = {
+# What each channel's settings may say (the README; the adapters' docstrings): a misspelt key
+# (imap_hots, acount_sid) would be saved, and read as missing. Web-chat and API inboxes have
+# their own checks.
+KNOWN_SETTINGS = {
+    Channel.EMAIL: tuple(EMAIL_SETTINGS),
     Channel.SMS: ("account_sid", "messaging_service_sid", "api_base_url"),
     Channel.MESSENGER: ("page_id", "api_base_url", "human_agent_tag"),
     Channel.WHATSAPP: ("phone_number_id", "templates", "api_base_url"),
@@ -180,12 +182,9 @@ def _email_settings_problems(settings: dict) -> list[str]:
     problems = []
     for key, value in settings.items():
         kind = EMAIL_SETTINGS.get(key)
-        if _secret(key):
-            continue  # InboxForm.clean says where it goes
         if kind is None:
-            known = ", ".join(EMAIL_SETTINGS)
-            problems.append(f"Unknown setting {key!r}; an email inbox knows {known}.")
-        elif kind is bool and not isinstance(value, bool):
+            continue  # InboxForm.clean says what it is not
+        if kind is bool and not isinstance(value, bool):
             problems.append(f"{key} is true or false, not {value!r}.")
         elif kind is str and not (isinstance(value, str) and value.strip()):
             problems.append(f"{key} is a text value, not {value!r}.")
@@ -384,8 +383,8 @@ class InboxForm(forms.ModelForm):
                 if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
                     self.add_error("address", f"The inbox “{other.name}” has this number.")
                 cleaned["address"] = address
-        if kind in PROVIDER_SETTINGS:
-            known = PROVIDER_SETTINGS[kind]
+        if known := KNOWN_SETTINGS.get(kind):
+            # A secret is said above to go elsewhere.
             if unknown := sorted(key for key in given if key not in known and not _secret(key)):
                 self.add_error(
                     "settings",
