@@ -433,12 +433,9 @@ NO_AUTO_REPLIES = (Channel.WEBCHAT, Channel.API)
 
 class AutoReplyForm(forms.ModelForm):
     def clean_language(self):
-        # Written as AutoReply.clean writes it before the inline compares its rows: an "ES"
-        # beside an "es" is one language twice, said here rather than refused by the database.
-        language = (self.cleaned_data.get("language") or "").strip()
-        from conversations.services import language_normalize
-
-        return language_normalize(language) if language else ""
+        # Written its one way before the inline compares its rows: an "ES" beside an "es" is
+        # one language twice, said here rather than refused by the database.
+        return AutoReply.language_written(self.cleaned_data.get("language"))
 
 
 class AutoReplyInline(admin.StackedInline):

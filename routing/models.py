@@ -872,16 +872,20 @@ class AutoReply(models.Model):
     def __str__(self):
         return f"{self.get_kind_display()} ({self.language or _('any language')})"
 
-    def clean(self):
+    @staticmethod
+    def language_written(language: str) -> str:
+        """The one way a template's language is written: "FR" and "fr" are one language, and
+        two templates for it would be sent at random. ValidationError if it is none."""
         from conversations.services import language_normalize
 
-        # "FR" and "fr" are one language: two templates for it would be sent at random.
-        self.language = (self.language or "").strip()
-        if self.language:
-            try:
-                self.language = language_normalize(self.language)
-            except ValidationError as exc:
-                raise ValidationError({"language": exc.messages}) from None
+        language = (language or "").strip()
+        return language_normalize(language) if language else ""
+
+    def clean(self):
+        try:
+            self.language = self.language_written(self.language)
+        except ValidationError as exc:
+            raise ValidationError({"language": exc.messages}) from None
         # Anything in braces: a placeholder of another kind (a canned response's
         # {customer.first_name|there}) would reach the customer as written.
         placeholders_check(self.body, self.PLACEHOLDERS, r"{([^{}]*)}")
