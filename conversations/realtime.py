@@ -182,17 +182,16 @@ def publish_conversation_event(
     transaction.on_commit(send)
 
 
+def _row_groups(row: dict) -> list[str]:
+    """_agent_groups of a row as publish_conversations_erased takes them."""
+    return _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"})
+
+
 def publish_conversations_erased(rows) -> None:
     """Tell the agents who could see these conversations that they are gone, after commit.
     `rows`: dicts of pk, team_id, assignee_id and inbox__default_team_id, read before the
     conversations were deleted (publish_conversation_event reads them after commit)."""
-    sends = [
-        (
-            _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"}),
-            conversation_payload(row["pk"], "erased"),
-        )
-        for row in rows
-    ]
+    sends = [(_row_groups(row), conversation_payload(row["pk"], "erased")) for row in rows]
     if sends:
         transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
 
@@ -206,8 +205,7 @@ def publish_conversations_changed(rows, event: str) -> None:
     for row in rows:
         own = conversation_group(row["pk"])
         sends.append(([own], conversation_payload(row["pk"], event)))
-        groups = _agent_groups(row["pk"], **{k: v for k, v in row.items() if k != "pk"})
-        lists.update(dict.fromkeys(group for group in groups if group != own))
+        lists.update(dict.fromkeys(group for group in _row_groups(row) if group != own))
     if sends:
         sends.append((list(lists), conversation_payload(None, event)))
         transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))

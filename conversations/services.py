@@ -25,6 +25,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -693,8 +694,6 @@ class AddressTaken(ValidationError):
 def identity_add(*, customer: Customer, kind: str, address: str, actor=None) -> Identity:
     """Give `customer` an email address or phone number an agent learnt. An address is one
     customer's only (a phone number on SMS and WhatsApp alike): AddressTaken otherwise."""
-    from django.core.validators import validate_email
-
     if kind not in (Channel.EMAIL, *PHONE_CHANNELS):
         raise ValidationError("Only email addresses and phone numbers can be added here.")
     address = normalize_address(kind, address, typed=True)
@@ -1184,8 +1183,6 @@ def conversation_copy(*, conversation: Conversation, address: str, actor=None) -
     """Copy someone on the conversation's email replies (Cc), as if the customer's mail had:
     a colleague of theirs, or one an agent stopped copying by mistake. Their mail then joins
     the conversation. ValidationError on an address we cannot or need not copy."""
-    from django.core.validators import validate_email
-
     address = normalize_address(Channel.EMAIL, address)
     validate_email(address)  # ASCII before the @ too: we cannot send SMTPUTF8 yet
     if ours(address, our_addresses()):
