@@ -643,19 +643,19 @@
   function restoreUnsent() {
     const kept = unsent();
     for (const [cid, p] of Object.entries(kept)) {
-      // Another person's (the browser's user changed since): neither sent nor shown.
-      if (p && p.owner !== (S.visitor.owner || "")) delete kept[cid];
-    }
-    storage.set(UNSENT, Object.keys(kept).length ? JSON.stringify(kept) : "");
-    for (const [cid, kept] of Object.entries(unsent())) {
-      if (!kept || S.pending.has(cid)) continue;
-      const at = Number(kept.at) || Date.now();
-      if (typeof kept.text === "string" && kept.text) addPending({ cid, text: kept.text, at });
-      else if (typeof kept.file === "string") {
-        const p = addPending({ cid, text: "", name: kept.file, lost: true, at });
-        failPending(p, t("file_lost"), false); // forgotten once the visitor has seen it (setOpen)
+      if (!p || p.owner !== (S.visitor.owner || "")) {
+        delete kept[cid]; // another person's (the browser's user changed since): neither sent nor shown
+        continue;
+      }
+      if (S.pending.has(cid)) continue;
+      const at = Number(p.at) || Date.now();
+      if (typeof p.text === "string" && p.text) addPending({ cid, text: p.text, at });
+      else if (typeof p.file === "string") {
+        const lost = addPending({ cid, text: "", name: p.file, lost: true, at });
+        failPending(lost, t("file_lost"), false); // forgotten once the visitor has seen it (setOpen)
       }
     }
+    storage.set(UNSENT, Object.keys(kept).length ? JSON.stringify(kept) : "");
   }
 
   async function upload(p, renewed) {
