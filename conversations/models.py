@@ -735,6 +735,7 @@ class Notification(ChoiceLabels, models.Model):
         AUTOMATION = "automation", _("Automation")
         FAILED = "failed", _("Reply not delivered")
         SNOOZE_ENDED = "snooze_ended", _("Back from snooze")
+        WROTE_AGAIN = "wrote_again", _("Your customer wrote again")
 
     recipient = models.ForeignKey(  # notification_list_idx leads with it
         settings.AUTH_USER_MODEL,

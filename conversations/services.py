@@ -1050,6 +1050,8 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         _notify(
             [conversation.assignee_id], Notification.Kind.CUSTOMER_REPLIED, conversation, message
         )
+    elif opened and not (quiet or inbound.asks_nothing or flag_reason):
+        _others_assignees_tell(conversation, message)
 
     if (
         not inbound.echo
@@ -1074,6 +1076,27 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
             events = ["customer_replied", "status_changed"] if reopened else ["customer_replied"]
         _automations_run(conversation, events)
     return Received(message, created=True)
+
+
+def _others_assignees_tell(conversation: Conversation, message: Message) -> None:
+    """A customer who writes anew (by SMS while their email is open, a new email thread) opens
+    another conversation: the agents who have their open ones hear of it, to answer in one
+    place or merge."""
+    assignees = (
+        Conversation.objects.filter(
+            customer_id=conversation.customer_id, status__in=Conversation.WORKING, merged_into=None
+        )
+        .exclude(pk=conversation.pk)
+        .exclude(assignee=None)
+        .values_list("assignee_id", flat=True)
+    )
+    _notify(
+        set(assignees) - {conversation.assignee_id},
+        Notification.Kind.WROTE_AGAIN,
+        conversation,
+        message,
+        text=message.get_channel_display(),
+    )
 
 
 def _typed_in_chat(identity: Identity) -> str:
@@ -1753,6 +1776,7 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
         Notification.Kind.AUTOMATION: f"#{conversation.pk}: {text}",
         Notification.Kind.FAILED: f"A reply in #{conversation.pk} was not delivered: {text}",
         Notification.Kind.SNOOZE_ENDED: f"#{conversation.pk} is back from snooze",
+        Notification.Kind.WROTE_AGAIN: f"{who} wrote again, by {text}, in #{conversation.pk}",
     }.get(kind, text)  # SLA alerts come worded
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from conversations import services
-from conversations.models import Conversation, Notification
+from conversations.models import Channel, Conversation, Identity, Notification
 from tests.conftest import listen, receive
 
 
@@ -40,6 +40,26 @@ class TestWhoIsTold:
         services.conversation_assign(conversation=conversation, assignee=dana)
         receive(chat_inbox, text="Any news?")
         assert [k for k, *_ in kinds(dana)] == ["assigned", "customer_replied"]
+
+    def test_agents_hear_when_their_customer_writes_again_elsewhere(
+        self, client, chat_inbox, api_inbox, bob, dana
+    ):
+        chat = receive(chat_inbox, address="v1", name="Grace").message.conversation
+        services.conversation_assign(conversation=chat, assignee=dana, actor=bob)
+        Identity.objects.create(
+            customer=chat.customer, kind=Channel.API, address=f"{api_inbox.pk}:grace-42"
+        )
+        again = receive(api_inbox, address="grace-42", text="Did you get my chat?").message
+        assert again.conversation_id != chat.pk
+        assert kinds(dana)[-1] == ("wrote_again", again.conversation_id, None)
+        client.force_login(dana)
+        html = client.get("/inbox/notifications").content.decode()
+        assert "Grace</span> wrote again, by API, in a new conversation" in html
+        assert f"#m{again.pk}" in html  # it leads to the message itself
+        # Once her chat is resolved, a new conversation is nobody's news but routing's.
+        services.conversation_set_status(conversation=chat, status="resolved", actor=dana)
+        receive(api_inbox, address="grace-42", text="Another thing", force_new_conversation=True)
+        assert [kind for kind, *_ in kinds(dana)].count("wrote_again") == 1
 
 
 @pytest.mark.django_db(transaction=True)
