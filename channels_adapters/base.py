@@ -78,7 +78,6 @@ class Ignore(Exception):  # noqa: N818 - it is an instruction, not an error
 
 @dataclass(frozen=True)
 class Capabilities:
-    can_send: bool = True
     html: bool = False
     subject: bool = False
     attachments: bool = False
@@ -133,6 +132,10 @@ class Adapter:
         """Hand one outbound message to the provider. Raises TransientError or PermanentError;
         any other exception counts as transient."""
         raise PermanentError(f"Sending is not supported on {self.kind}.")
+
+    def replies_from(self, inbox: Inbox) -> bool:
+        """Whether agents can reply from `inbox` at all (an API inbox needs its webhook)."""
+        return True
 
     def send_refusal(self, message: Message) -> str:
         """Why `message` (saved or not) must not be sent now, or "" when it may go. Asked

@@ -23,7 +23,7 @@ from channels_adapters.base import (
 
 MAX_REDIRECTS = 5
 _client: httpx.Client | None = None
-_media_client: httpx.Client | None = None
+_public_client: httpx.Client | None = None
 
 
 def client() -> httpx.Client:
@@ -49,22 +49,23 @@ class _PublicOnly(httpcore.SyncBackend):
         raise failed
 
 
-def media_client() -> httpx.Client:
-    """The client that downloads what customers send: its own pool, on _PublicOnly."""
-    global _media_client
-    if _media_client is None:
+def public_client() -> httpx.Client:
+    """The client for URLs that others chose (the media customers send, an integration's
+    webhook): its own pool, on _PublicOnly."""
+    global _public_client
+    if _public_client is None:
         transport = httpx.HTTPTransport()
         # httpx has no public setting for the network backend; its pool takes one.
         transport._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(), network_backend=_PublicOnly()
         )
-        _media_client = httpx.Client(
+        _public_client = httpx.Client(
             headers={"User-Agent": "Threadline"},
             follow_redirects=False,
             transport=transport,
             trust_env=False,  # a proxy from the environment would connect past the check
         )
-    return _media_client
+    return _public_client
 
 
 def transient_or_permanent(response: httpx.Response, reason: str) -> DeliveryError:
@@ -79,13 +80,15 @@ def provider_call(
     url: str,
     *,
     error: Callable[[httpx.Response], DeliveryError],
+    via: httpx.Client | None = None,
     **kwargs,
 ) -> httpx.Response:
-    """One request to a provider's API. A successful answer is returned; a failed one raises
-    what `error` makes of it; a timeout or a connection failure is transient."""
+    """One request to a provider's API (through `via`, else the shared client). A successful
+    answer is returned; a failed one raises what `error` makes of it; a timeout or a
+    connection failure is transient."""
     host = urlsplit(url).netloc
     try:
-        response = client().request(
+        response = (via or client()).request(
             method, url, timeout=settings.PROVIDER_TIMEOUT_SECONDS, **kwargs
         )
     except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
@@ -114,7 +117,7 @@ def _public_addresses(host: str, port: int) -> list[str]:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
             raise PermanentError(
-                f"Refusing to fetch from {host} ({address}): not a public address."
+                f"Refusing to connect to {host} ({address}): not a public address."
             )
     return addresses
 
@@ -138,7 +141,7 @@ def media_fetch(url: str, *, headers: dict | None = None, auth=None) -> FetchedM
             raise PermanentError(f"Refusing to fetch {url[:200]!r}: not an http(s) URL.")
         same_origin = parts.netloc == origin
         try:
-            with media_client().stream(
+            with public_client().stream(
                 "GET",
                 url,
                 headers=headers if same_origin else None,

@@ -23,9 +23,3 @@ ADAPTERS: dict[str, Adapter] = {
 
 def adapter_for(kind: str) -> Adapter | None:
     return ADAPTERS.get(kind)
-
-
-def sending_adapter(kind: str) -> Adapter | None:
-    """The adapter of `kind` if agents can reply on it (an API integration only takes in)."""
-    adapter = ADAPTERS.get(kind)
-    return adapter if adapter is not None and adapter.capabilities.can_send else None

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
+from django.core.validators import URLValidator, validate_email
 from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
@@ -166,13 +166,14 @@ EMAIL_SETTINGS = {
 
 
 # What each channel's settings may say (the README; the adapters' docstrings): a misspelt key
-# (imap_hots, acount_sid) would be saved, and read as missing. Web-chat and API inboxes have
-# their own checks.
+# (imap_hots, acount_sid) would be saved, and read as missing. Web-chat inboxes have their own
+# form fields.
 KNOWN_SETTINGS = {
     Channel.EMAIL: tuple(EMAIL_SETTINGS),
     Channel.SMS: ("account_sid", "messaging_service_sid", "api_base_url"),
     Channel.MESSENGER: ("page_id", "api_base_url", "human_agent_tag"),
     Channel.WHATSAPP: ("phone_number_id", "templates", "api_base_url"),
+    Channel.API: ("webhook_url",),
 }
 
 
@@ -391,6 +392,15 @@ class InboxForm(forms.ModelForm):
                     f"Unknown setting {', '.join(map(repr, unknown))}; "
                     f"{Channel(kind).label} inboxes know {', '.join(known)}.",
                 )
+        if kind == Channel.API and "webhook_url" in given:
+            try:
+                URLValidator(schemes=["http", "https"])(given["webhook_url"])
+            except ValidationError:
+                self.add_error(
+                    "settings",
+                    "webhook_url is the integration's http(s) address that replies are POSTed "
+                    f"to, not {given['webhook_url']!r}.",
+                )
         if kind == Channel.EMAIL:
             if problems := _email_settings_problems(given):
                 self.add_error("settings", problems)
@@ -427,7 +437,8 @@ class InboxForm(forms.ModelForm):
         return super().save(commit)
 
 
-# Inboxes that do not answer by themselves: the widget says it all, and API ones cannot send.
+# Inboxes that do not answer by themselves: the widget says it all, and an API inbox's
+# integration speaks to its own users.
 NO_AUTO_REPLIES = (Channel.WEBCHAT, Channel.API)
 
 
@@ -581,6 +592,15 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
                 "message (Content-Type: message/rfc822) with the header Authorization: Bearer "
                 "and the inbox secret. Or poll IMAP (settings imap_host…), or pipe from your MTA "
                 "(manage.py ingest_email): see the README.{}",
+                url,
+                warned,
+            )
+        if inbox.pk and inbox.kind == Channel.API:
+            url = base + reverse("api-inbound", args=[inbox.pk])
+            return format_html(
+                "<code>{}</code><br>The integration POSTs its users' messages here (JSON, "
+                "Authorization: Bearer and the inbox secret); agents' replies go to the "
+                "webhook_url of the settings, signed with the same secret: see the README.{}",
                 url,
                 warned,
             )

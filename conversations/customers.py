@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
-from channels_adapters.registry import sending_adapter
+from channels_adapters.registry import adapter_for
 from conversations import services
 from conversations.models import OPAQUE_ADDRESSES, Channel, Identity, Message
 from conversations.selectors import (
@@ -85,7 +85,7 @@ def identities_to_write_to(customer, *, conversation=None, author=None) -> list[
     `conversation` or a conversation `author` starts."""
     identities = []
     for identity in customer.identities.all():
-        if adapter := sending_adapter(identity.kind):
+        if adapter := adapter_for(identity.kind):
             identity.files_hint = adapter.attachments_hint()
             identity.sending = functools.cache(
                 functools.partial(

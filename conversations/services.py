@@ -1466,7 +1466,7 @@ def reply_send(
 
     `automatic` names what sent a message no agent wrote (e.g. "acknowledgement"): it is
     marked so (email sends it as Auto-Submitted) and does not count as a response."""
-    from channels_adapters.registry import sending_adapter
+    from channels_adapters.registry import adapter_for
 
     if not (text.strip() or attachments or template):
         raise ValidationError("A reply needs text or an attachment.")
@@ -1475,7 +1475,7 @@ def reply_send(
         raise ValidationError("This customer has no address to reply to.")
     if identity.customer_id != conversation.customer_id:
         raise ValidationError("That address belongs to another customer.")
-    adapter = sending_adapter(identity.kind)
+    adapter = adapter_for(identity.kind)
     if adapter is None:
         raise ValidationError(f"Replies cannot be sent on {Channel(identity.kind).label} yet.")
     inbox = inbox_for_message(identity, conversation=conversation)

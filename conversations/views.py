@@ -502,9 +502,6 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
     identities = identities_to_write_to(conversation.customer, conversation=conversation)
-    # Where the customer is, but no reply can go (an API integration): said, not just "none".
-    unreachable = {i.get_kind_display() for i in conversation.customer.identities.all()}
-    unreachable -= {i.get_kind_display() for i in identities}
     default = services.identity_for_reply(conversation)
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
     clocks = list(conversation.sla_clocks.order_by("-id")[:6])[::-1]
@@ -538,7 +535,6 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "timeline": timeline,
         "seen": seen,
         "identities": identities,
-        "unreachable": sorted(unreachable),
         "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
         # Whoever holds it now (from another team, say) too: the field must show them, or a

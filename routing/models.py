@@ -894,4 +894,6 @@ class AutoReply(models.Model):
                 _("The chat widget says itself when you are away and how soon you reply.")
             )
         if self.inbox_id and self.inbox.kind == Channel.API:
-            raise ValidationError(_("An API inbox cannot send replies yet."))
+            raise ValidationError(
+                _("An API inbox sends no automatic replies: its integration answers its users.")
+            )

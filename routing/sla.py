@@ -205,7 +205,7 @@ def sla_customer_wrote(
     """A customer message arrived (already routed, when it opened the conversation). Starts
     what it starts and resumes what waited on the customer. Automatic mail (auto-replies, list
     mail) asks nothing of us and starts nothing."""
-    from channels_adapters.registry import sending_adapter  # which imports the services
+    from channels_adapters.registry import adapter_for  # which imports the services
 
     if message.metadata.get("automated"):
         return
@@ -217,9 +217,10 @@ def sla_customer_wrote(
             changed.append(clock)
     if opened or previous_status in Conversation.ENDED:
         changed.append(context.start(Target.RESOLUTION, conversation.inbox.kind))
-    # No response target where agents cannot reply (an API integration): it would breach, and
-    # alert the leads, every time, whatever anyone did.
-    if not was_waiting and sending_adapter(message.channel):
+    # No response target where agents cannot reply (an API inbox without its webhook): it
+    # would breach, and alert the leads, every time, whatever anyone did.
+    adapter = adapter_for(message.channel)
+    if not was_waiting and adapter and adapter.replies_from(message.inbox):
         target = Target.NEXT_RESPONSE if conversation.first_response_at else Target.FIRST_RESPONSE
         if opened or not _unstopped(conversation, *RESPONSES).exists():
             changed.append(context.start(target, message.channel))

@@ -161,6 +161,41 @@ class FakeProvider:
         raise ValueError(f"unknown failure mode {mode!r}")
 
 
+# --- An integration's webhook (the API channel) ---------------------------------------------
+
+
+class FakeIntegration(FakeProvider):
+    """An app that takes agents' replies on its webhook: it checks our signature as its
+    README tells integrators to, and answers with its own id for the message."""
+
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+        self.seen: dict[str, str] = {}  # our message id -> theirs: a second copy is dropped
+
+    def signed(self, request: Recorded) -> bool:
+        fields = dict(
+            part.split("=", 1)
+            for part in request.headers.get("x-threadline-signature", "").split(",")
+            if "=" in part
+        )
+        signed = f"{fields.get('t', '')}.".encode() + request.body
+        expected = hmac.new(self.secret.encode(), signed, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(fields.get("v1", ""), expected)
+
+    def answer(self, request: Recorded) -> Answer:
+        if not self.signed(request):
+            return Answer(401, b"bad signature", "text/plain")
+        ours = request.json()["id"]
+        theirs = self.seen.setdefault(ours, f"app-{len(self.seen) + 1}")
+        return Answer.json(200, {"id": theirs})
+
+    def failure(self, mode: str) -> Answer:
+        if mode in ("404", "429"):
+            return Answer(int(mode), b"No such user" if mode == "404" else b"", "text/plain")
+        return super().failure(mode)
+
+
 # --- Twilio -----------------------------------------------------------------------------------
 
 

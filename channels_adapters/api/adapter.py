@@ -1,25 +1,81 @@
+"""The generic API channel: an integration (an app's own chat, a bot, a shop) brings its
+users' messages in and takes agents' replies out.
+
+In: `POST /channels/api/<inbox id>/messages` with `Authorization: Bearer <inbox secret>` and
+`{"id": "...", "from": "...", "name": "...", "text": "...", "subject": "..."}`.
+
+Out: with `settings = {"webhook_url": "https://app.example.com/threadline"}` each reply is
+POSTed there as JSON (`webhook_payload`), signed in `X-Threadline-Signature: t=<unix time>,
+v1=<hex HMAC-SHA256 of "<t>.<body>" under the inbox secret>`. A 2xx answer means sent; 429
+and 5xx are tried again later, with the same `id` (the integration drops one it has seen);
+any other answer fails the reply with what it said. Without a webhook URL agents cannot
+reply here, and are told so before they write.
+"""
+
+import hashlib
+import hmac
+import json
+import time
+
 from channels_adapters.base import (
     Adapter,
     Capabilities,
     InvalidPayload,
+    PermanentError,
+    SendResult,
     bearer_secret_matches,
     json_object,
 )
-from conversations.models import Channel
+from channels_adapters.http import provider_call, public_client, transient_or_permanent
+from conversations.models import Channel, Inbox, inbox_scoped_address
 from conversations.services import InboundMessage
 
 
+def webhook_url(inbox) -> str:
+    url = (inbox.settings or {}).get("webhook_url", "")
+    return url.strip() if isinstance(url, str) else ""
+
+
+def webhook_signature(secret: str, body: bytes, at: int) -> str:
+    digest = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={at},v1={digest}"
+
+
+def webhook_payload(message) -> dict:
+    """What an integration receives for one reply."""
+    from channels_adapters.views import public_attachment_url
+
+    conversation = message.conversation
+    return {
+        "id": str(message.pk),
+        "type": "message",
+        "conversation": {"id": conversation.pk, "subject": conversation.subject},
+        "to": message.identity.shown_address,
+        "author": message.author.name if message.author else "",
+        "text": message.text,
+        "attachments": [
+            {
+                "name": item.filename,
+                "content_type": item.content_type,
+                "size": item.size,
+                "url": public_attachment_url(item),
+            }
+            for item in message.attachments.all()
+        ],
+        "created_at": message.created_at.isoformat(),
+    }
+
+
 class ApiAdapter(Adapter):
-    """The generic API channel: integrators post customer messages as JSON.
-
-    Request: `POST /channels/api/<inbox id>/messages` with `Authorization: Bearer <inbox
-    secret>` and `{"id": "...", "from": "...", "name": "...", "text": "...", "subject": "..."}`.
-    Replies reach integrators through outgoing webhooks, which are not built yet, so agents
-    cannot answer on this channel until then (reply_send says so).
-    """
-
     kind = Channel.API
-    capabilities = Capabilities(can_send=False, subject=True, max_length=65536)
+    capabilities = Capabilities(
+        subject=True,
+        max_length=65536,
+        attachments=True,
+        attachments_max=10,
+        attachments_max_bytes=25 * 2**20,
+        idempotent_send=True,  # the payload's id: the integration drops a second copy
+    )
 
     def verify(self, inbox, *, body, headers, url):
         return bearer_secret_matches(inbox, headers.get("authorization", ""))
@@ -55,3 +111,52 @@ class ApiAdapter(Adapter):
                 provider_id=data["id"],
             )
         ]
+
+    def replies_from(self, inbox):
+        return bool(webhook_url(inbox))
+
+    def send_refusal(self, message):
+        # The composer asks without an inbox: an API user's is the one their address names.
+        inbox = message.inbox if message.inbox_id else _inbox_of(message.identity)
+        if inbox is not None and not self.replies_from(inbox):
+            return (
+                f"Replies on “{inbox}” need its webhook URL: an admin sets "
+                '{"webhook_url": "https://…"} in the inbox\'s settings.'
+            )
+        return super().send_refusal(message)
+
+    def send(self, message):
+        inbox = message.inbox
+        url = webhook_url(inbox)
+        if not url:
+            raise PermanentError(self.send_refusal(message))
+        if not message.identity.address.startswith(inbox_scoped_address(inbox.pk, "")):
+            raise PermanentError(f"{message.identity.shown_address} is not a user of “{inbox}”.")
+        body = json.dumps(webhook_payload(message)).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Threadline-Signature": webhook_signature(inbox.secret, body, int(time.time())),
+        }
+        response = provider_call(
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            via=public_client(),
+            error=lambda answer: transient_or_permanent(
+                answer,
+                f"The integration's webhook answered HTTP {answer.status_code}: "
+                f"{answer.text[:200]}".rstrip(": "),
+            ),
+        )
+        try:
+            answered = response.json()
+        except ValueError:
+            answered = None
+        their_id = answered.get("id") if isinstance(answered, dict) else None
+        return SendResult(provider_id=their_id if isinstance(their_id, str) else "")
+
+
+def _inbox_of(identity) -> Inbox | None:
+    inbox_id, _, _ = identity.address.partition(":")
+    return Inbox.objects.filter(pk=int(inbox_id)).first() if inbox_id.isdigit() else None

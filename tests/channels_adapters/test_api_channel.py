@@ -1,8 +1,11 @@
 import json
+from datetime import timedelta
 
 import pytest
+import time_machine
+from django.core.exceptions import ValidationError
 
-from channels_adapters.delivery import inbound_event_process
+from channels_adapters.delivery import inbound_event_process, message_deliver
 from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Message
@@ -144,3 +147,112 @@ class TestApiInbound:
         inbound_event_process(set_aside.pk)
         services.customer_erase(customer=customer, actor=alice)
         assert not InboundEvent.objects.filter(pk=set_aside.pk).exists()
+
+
+@pytest.fixture
+def integration(api_inbox, settings):
+    """The integration behind the API inbox, taking replies on its webhook (on loopback, which
+    only tests allow)."""
+    from tests.providers import FakeIntegration
+
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+    fake = FakeIntegration(api_inbox.secret)
+    api_inbox.settings = {"webhook_url": f"{fake.url}/threadline/replies"}
+    api_inbox.save()
+    yield fake
+    fake.close()
+
+
+def user_writes(client, inbox, text="Where is my order?", user="user-77"):
+    body = json.dumps({"id": f"m-{text}", "from": user, "name": "Jo", "text": text}).encode()
+    assert post(client, inbox, body).status_code == 202
+    inbound_event_process(InboundEvent.objects.latest("pk").pk)
+    return Message.objects.latest("pk").conversation
+
+
+@pytest.mark.django_db
+class TestApiReplies:
+    def test_a_reply_reaches_the_integrations_webhook_signed(
+        self, client, api_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        # Answered to the user, as the integration knows them, and counted as an answer.
+        assert conversation.sla_clocks.filter(target="first_response").exists()
+        message = services.reply_send(conversation=conversation, author=bob, text="On its way!")
+        message_deliver(message.pk)
+        (call,) = integration.calls()
+        assert call.path == "/threadline/replies"
+        assert integration.signed(call)
+        payload = call.json()
+        assert payload["id"] == str(message.pk)
+        assert payload["to"] == "user-77"
+        assert payload["text"] == "On its way!"
+        assert payload["author"] == "Bob"
+        assert payload["conversation"]["id"] == conversation.pk
+        message.refresh_from_db()
+        assert message.status == Message.Status.SENT
+        assert message.provider_id == "app-1"
+        # Their user answers in the same conversation.
+        assert user_writes(client, api_inbox, text="Thanks").pk == conversation.pk
+
+    def test_a_signature_made_with_another_secret_does_not_verify(
+        self, client, api_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        integration.secret = "the secret before it was rotated"
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        said = "The integration's webhook answered HTTP 401: bad signature"
+        assert message.failure_reason == said
+
+    @pytest.mark.parametrize("mode", ["500", "429"])
+    def test_a_hiccup_is_retried_with_the_same_id(self, client, api_inbox, integration, bob, mode):
+        conversation = user_writes(client, api_inbox)
+        integration.fail(mode)
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.QUEUED
+        assert f"HTTP {mode}" in message.failure_reason
+        with time_machine.travel(message.next_attempt_at + timedelta(seconds=1), tick=False):
+            message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.SENT
+        assert [call.json()["id"] for call in integration.calls()] == [str(message.pk)] * 2
+
+    def test_a_refusal_fails_the_reply_with_what_the_integration_said(
+        self, client, api_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        integration.fail("404")
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        said = "The integration's webhook answered HTTP 404: No such user"
+        assert message.failure_reason == said
+
+    def test_a_webhook_on_a_private_address_is_refused(
+        self, client, api_inbox, integration, bob, settings
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = False  # as in production
+        conversation = user_writes(client, api_inbox)
+        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
+        message_deliver(message.pk)
+        message.refresh_from_db()
+        assert message.status == Message.Status.FAILED
+        assert "not a public address" in message.failure_reason
+        assert integration.calls() == []
+
+    def test_without_a_webhook_agents_are_told_before_they_write(self, client, api_inbox, bob):
+        conversation = user_writes(client, api_inbox)
+        # No response target either: nobody could meet it.
+        assert not conversation.sla_clocks.filter(target="first_response").exists()
+        with pytest.raises(ValidationError, match="need its webhook URL"):
+            services.reply_send(conversation=conversation, author=bob, text="Hi")
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "need its webhook URL: an admin sets" in page  # the composer says it first
+        assert not conversation.messages.filter(direction="outbound").exists()

@@ -18,6 +18,7 @@ from conversations.models import (
     Channel,
     Conversation,
     ConversationEvent,
+    Customer,
     Identity,
     Message,
 )
@@ -730,13 +731,17 @@ class TestConversation:
         response = client.post(url, {"text": "Check stock", "mode": "note", "seen": seen})
         assert response.status_code == 302
         assert conversation.messages.filter(direction="note", text="Check stock").exists()
-        # An API customer has no address to answer: the composer offers notes only.
-        api = receive(billing_inbox, address="c-9").message.conversation
+        # A customer an agent took down by hand, with no address: the composer offers notes.
+        nowhere = Conversation.objects.create(
+            inbox=billing_inbox,
+            customer=Customer.objects.create(name="Walk-in"),
+            last_activity_at=timezone.now(),
+        )
         client.force_login(alice)
-        page = client.get(f"/inbox/{api.pk}/").content.decode()
+        page = client.get(f"/inbox/{nowhere.pk}/").content.decode()
         assert '<input type="radio" name="mode" value="reply" disabled>' in page
         assert '<input type="radio" name="mode" value="note" checked>' in page
-        assert "Replies cannot be sent on API:" in page  # why, where the address shows
+        assert "No address to reply to: <a" in page
 
     def test_a_snooze_time_without_the_snoozed_status_changes_nothing_and_says_so(
         self, client, bob, chat_inbox

@@ -481,6 +481,17 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
     Inbox.objects.filter(name="SMS line").update(is_active=False)
     assert client.post(add, line | {"name": "New line"}).status_code == 302
 
+    # An API inbox's webhook, where agents' replies go, must be a web address.
+    api = form | {"name": "Shop app", "kind": "api", "address": ""}
+    wrong = client.post(add, api | {"settings": '{"webhook_url": "app.example.com/replies"}'})
+    assert "webhook_url is the integration&#x27;s http(s) address" in wrong.content.decode()
+    right = api | {"settings": '{"webhook_url": "https://app.example.com/replies"}'}
+    assert client.post(add, right).status_code == 302
+    shop = Inbox.objects.get(name="Shop app")
+    assert shop.settings == {"webhook_url": "https://app.example.com/replies"}
+    page = client.get(reverse("admin:conversations_inbox_change", args=[shop.pk])).content.decode()
+    assert f"/channels/api/{shop.pk}/messages" in page  # what the integration posts to
+
 
 @pytest.mark.django_db
 def test_what_live_work_uses_is_not_deleted_and_the_page_says_what_to_do_first(

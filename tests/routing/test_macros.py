@@ -210,7 +210,7 @@ def test_a_macro_whose_reply_cannot_go_leaves_the_conversation_open(
     conversation.refresh_from_db()
     assert conversation.status == Conversation.Status.OPEN  # the customer is still waiting
     assert set(conversation.tags.values_list("name", flat=True)) == {"refund-issued"}
-    assert "Replies cannot be sent on API yet" in html
+    assert "need its webhook URL" in html
     assert "status resolved: the reply before it was not sent" in html
 
 
