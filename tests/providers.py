@@ -165,7 +165,7 @@ class FakeProvider:
 
 
 class FakeIntegration(FakeProvider):
-    """An app that takes agents' replies on its webhook: it checks our signature as its
+    """An app that takes agents' replies on its webhook: it checks our signature as the
     README tells integrators to, and answers with its own id for the message."""
 
     def __init__(self, secret: str):

@@ -137,7 +137,7 @@ class ApiAdapter(Adapter):
             "Content-Type": "application/json",
             "X-Threadline-Signature": webhook_signature(inbox.secret, body, int(time.time())),
         }
-        response = provider_call(
+        provider_call(
             "POST",
             url,
             content=body,
@@ -149,12 +149,8 @@ class ApiAdapter(Adapter):
                 f"{answer.text[:200]}".rstrip(": "),
             ),
         )
-        try:
-            answered = response.json()
-        except ValueError:
-            answered = None
-        their_id = answered.get("id") if isinstance(answered, dict) else None
-        return SendResult(provider_id=their_id if isinstance(their_id, str) else "")
+        # Nothing of the answer is kept: an id of theirs could be one of their users' messages'.
+        return SendResult()
 
 
 def _inbox_of(identity) -> Inbox | None:

@@ -263,11 +263,12 @@ class TestStart:
         assert again.status_code == 302
         assert Message.objects.filter(text="Your refund is sent").count() == 2
 
-    def test_the_page_offers_only_addresses_that_can_be_written_to(self, client, bob, jo):
+    def test_the_page_offers_every_address_with_what_would_refuse_it(self, client, bob, jo):
         client.force_login(bob)
         response = client.get(reverse("inbox:customer", args=[jo.pk]))
-        kinds = {identity.kind for identity in response.context["start_identities"]}
-        assert kinds == {Channel.EMAIL, Channel.SMS, Channel.MESSENGER}
+        offered = {i.kind: i for i in response.context["start_identities"]}
+        assert set(offered) == {Channel.EMAIL, Channel.SMS, Channel.MESSENGER, Channel.API}
+        assert offered[Channel.EMAIL].sending()["refusal"] == ""
 
     @pytest.mark.parametrize(
         ("kind", "refusal"),
