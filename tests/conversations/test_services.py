@@ -289,9 +289,9 @@ class TestReplies:
         with pytest.raises(ValidationError, match="another customer"):
             services.reply_send(conversation=conversation, author=bob, text="x", identity=stranger)
 
-    def test_a_reply_on_a_channel_without_sending_says_so(self, api_inbox, bob):
-        conversation = receive(api_inbox, "Hi").message.conversation
-        with pytest.raises(ValidationError, match="cannot be sent on API"):
+    def test_a_reply_where_the_channel_cannot_send_says_so(self, api_inbox, bob):
+        conversation = receive(api_inbox, "Hi").message.conversation  # no webhook set
+        with pytest.raises(ValidationError, match="need its webhook URL"):
             services.reply_send(conversation=conversation, author=bob, text="Hello")
         assert not Message.objects.filter(direction="outbound").exists()
 
