@@ -96,7 +96,10 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
         from conversations.models import Conversation, Message
         from routing.automations import actions_naming, conditions_naming
 
-        keep = "untick Active instead: they can no longer sign in, and their work keeps its name"
+        keep = (
+            "untick Active instead: they can no longer sign in, what they hold goes back to "
+            "their teams' queues, and their work keeps its name"
+        )
         reasons = open_count(
             Conversation.objects.filter(assignee=user),
             f"assigned to {user}: reassign them, or {keep}",

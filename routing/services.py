@@ -7,7 +7,8 @@
   frees. Run after commit when a conversation leaves someone's load or joins a queue
   (`queue_nudge`), and for every team by the periodic `queues_sweep`, the safety net.
 - `offline_chats_requeue`, `agent_availability_set`: live chats of agents who went offline go
-  back to the queue, where the team asks for it.
+  back to the queue, where the team asks for it; `deactivated_agents_release`: everything a
+  deactivated agent still held does.
 - `queue_status`: where a waiting customer stands and how long it may take, for the widget;
   `queue_places_tell` pushes the new places to waiting chat visitors after each queue_assign
   task and each sweep.
@@ -424,10 +425,30 @@ def offline_chats_requeue(*, user=None, now: datetime | None = None) -> int:
     return requeued
 
 
+def deactivated_agents_release() -> int:
+    """Conversations still in hand (open, pending, snoozed) of agents since deactivated go
+    back to their team's queue: nobody can sign in as them to answer, and the customer's
+    reply, the SLA warning and the queue would all wait on them. Ended ones keep their name.
+    Returns how many."""
+    held = Conversation.objects.filter(
+        status__in=Conversation.WORKING, assignee__is_active=False, merged_into=None
+    )
+    released = 0
+    for pk in list(held.values_list("pk", flat=True)[:500]):
+        with transaction.atomic():
+            # Checked again under the lock: someone may have taken it meanwhile.
+            conversation = held.select_for_update(of=("self",)).filter(pk=pk).first()
+            if conversation is not None:
+                conversation_assign(conversation=conversation, assignee=None, reason="deactivated")
+                released += 1
+    return released
+
+
 def queues_sweep() -> dict:
-    """The periodic safety net: live chats of offline agents back to the queue, then every
-    team's waiting conversations to whoever is online with room. Idempotent."""
-    requeued = offline_chats_requeue()
+    """The periodic safety net: live chats of offline agents and whatever deactivated agents
+    held back to the queue, then every team's waiting conversations to whoever is online with
+    room. Idempotent."""
+    requeued = offline_chats_requeue() + deactivated_agents_release()
     teams = (
         Conversation.objects.filter(IN_QUEUE, team__auto_assign=True)
         .order_by()

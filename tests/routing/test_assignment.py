@@ -460,6 +460,33 @@ def test_chats_of_an_agent_whose_inbox_closed_return_to_the_queue(bobs_chat_and_
     assert (assignee_of(chat), assignee_of(email)) == (dana, bob)
 
 
+def test_what_a_deactivated_agent_held_goes_back_to_the_queue(
+    client, mail_inbox, bobs_chat_and_email, bob, dana, alice
+):
+    """Bob leaves; the admin unticks Active, as the page suggests. Nobody can answer as him
+    now: what he held is his team's again, and the next sweep hands it out. What he ended
+    keeps his name."""
+    chat, email = bobs_chat_and_email
+    asked, done = arrive(mail_inbox), arrive(mail_inbox)
+    for conversation in (asked, done):
+        services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
+    services.conversation_set_status(
+        conversation=asked, status=Conversation.Status.PENDING, actor=bob
+    )
+    resolve(done, bob)
+    capacity(dana, 20)
+    bob.is_active = False
+    bob.save()
+
+    assert queues_sweep() == {"requeued": 3, "assigned": 2}
+
+    assert [assignee_of(c) for c in (chat, email, asked, done)] == [dana, dana, None, bob]
+    client.force_login(alice)
+    page = client.get(reverse("inbox:conversation", args=[email.pk])).content.decode()
+    assert "Assigned: nobody, back to the queue: the agent was deactivated" in page
+    assert queues_sweep() == {"requeued": 0, "assigned": 0}
+
+
 # --- What a waiting customer is told ---------------------------------------------------------
 
 
