@@ -38,9 +38,11 @@ customer's latest message for an automation.
 Text is compared ignoring case. `contains` holds when any of the words or phrases appears as
 whole words ("refund" matches "a refund?" but not "refunds": list both, or use like
 "*refund*"); `like` matches the whole text against a pattern where * is any text and ? one
-character. `time` and `weekday` are local to the inbox: the time zone of its business hours,
-else its team's, else the server's. `time` includes its start and excludes its end, and wraps
-past midnight when the end comes first (["22:00", "06:00"]).
+character. `time`, `weekday` and `business_hours` read the schedule that answers for the
+conversation, as its SLA clocks and automatic replies do: its inbox's business hours, else its
+team's (the inbox's team for a routing rule, the team it is in now for an automation), else
+the server's clock. `time` includes its start and excludes its end, and wraps past midnight
+when the end comes first (["22:00", "06:00"]).
 
 Only these fields and operators exist, and values are compared in Python: nothing is turned
 into SQL or evaluated. Matching stays linear in the text whatever an admin writes (no
@@ -114,11 +116,11 @@ HELP = (
     + "; ".join(f"{field}: {', '.join(ops)}" for field, ops in FIELDS.items())
     + '. Values: channel names; inbox ids; language codes ("pt" also matches pt-BR); words or '
     "phrases for contains (whole words, any case); a pattern for like, * any text and ? one "
-    'character; times ["09:00", "17:30"] in the inbox\'s time zone (["22:00", "06:00"] wraps '
-    'midnight); weekdays mon to sun; business_hours "open" or "closed"; statuses open, pending, '
-    "snoozed, resolved, closed; priorities low, normal, high, urgent; team and agent ids "
-    "(exists and not_exists take no value); tag names; hours as a number. Empty: every "
-    "conversation."
+    'character; times ["09:00", "17:30"] in the time zone of the conversation\'s business '
+    'hours (["22:00", "06:00"] wraps midnight); weekdays mon to sun; business_hours "open" or '
+    '"closed"; statuses open, pending, snoozed, resolved, closed; priorities low, normal, '
+    "high, urgent; team and agent ids (exists and not_exists take no value); tag names; hours "
+    "as a number. Empty: every conversation."
 )
 PRIORITIES = {choice.label.lower(): choice.value for choice in Conversation.Priority}
 
@@ -177,18 +179,24 @@ class Facts:
     def hours_since_activity(self) -> float:
         return (self.now - self.conversation.last_activity_at).total_seconds() / 3600
 
+    # The hours of the team the conversation is in, as SLA clocks and automatic replies read
+    # them: for a routing rule its inbox's team, for an automation the team it was routed to.
+    @cached_property
+    def team_id(self) -> int | None:
+        return self.conversation.team_id or self.conversation.inbox.default_team_id
+
     @cached_property
     def local_now(self) -> datetime:
         from routing import hours
 
-        inbox = self.conversation.inbox
-        return self.now.astimezone(hours.zone_of(hours.schedule_id(inbox, inbox.default_team_id)))
+        schedule = hours.schedule_id(self.conversation.inbox, self.team_id)
+        return self.now.astimezone(hours.zone_of(schedule))
 
     @cached_property
     def business_open(self) -> bool:
         from routing import hours
 
-        return hours.is_open(hours.schedule_for(self.conversation.inbox), self.now)
+        return hours.is_open(hours.schedule_for(self.conversation.inbox, self.team_id), self.now)
 
 
 Test = Callable[[Facts], bool]

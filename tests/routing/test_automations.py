@@ -348,6 +348,55 @@ def test_created_runs_after_routing(mail_inbox, bob, charlie, billing):
     assert Notification.objects.get(kind="automation").conversation == conversation
 
 
+@pytest.mark.parametrize(
+    ("at", "after_hours"),
+    [
+        ("2026-12-03T15:30:00+00:00", False),  # Lisbon 15:30, Madrid 16:30: both open
+        ("2026-12-03T16:30:00+00:00", True),  # Lisbon 16:30 open, Madrid 17:30 closed
+        ("2026-12-03T08:30:00+00:00", False),  # Lisbon 08:30 closed, Madrid 09:30 open
+    ],
+)
+def test_hours_and_times_are_those_of_the_team_it_was_routed_to(
+    mail_inbox, support, billing, at, after_hours
+):
+    """Support works 09:00–18:00 in Lisbon, Billing 09:00–17:00 in Madrid, an hour ahead. A
+    refund routed to Billing is after hours when Billing is closed, as its SLA clock and its
+    automatic reply say, whatever Support's hours."""
+    from tests.routing.test_business_hours import make_schedule
+
+    for team, zone, closes in (
+        (support, "Europe/Lisbon", "18:00"),
+        (billing, "Europe/Madrid", "17:00"),
+    ):
+        team.business_hours = make_schedule(
+            zone, {day: [("09:00", closes)] for day in range(5)}, name=zone
+        )
+        team.save()
+    RoutingRule.objects.create(
+        name="Refunds to Billing",
+        conditions=[{"field": "text", "op": "contains", "value": "refund"}],
+        team=billing,
+    )
+    automation(
+        "created",
+        [{"action": "add_tags", "tags": ["after-hours"]}],
+        [{"field": "business_hours", "op": "is", "value": "closed"}],
+        name="After hours",
+    )
+    automation(
+        "created",
+        [{"action": "add_tags", "tags": ["evening"]}],
+        [{"field": "time", "op": "between", "value": ["17:00", "23:00"]}],
+        name="Evening",
+    )
+
+    with time_machine.travel(at, tick=False):
+        conversation = arrive(mail_inbox, "I want a refund")
+
+    assert conversation.team == billing
+    assert tags(conversation) == ({"after-hours", "evening"} if after_hours else set())
+
+
 def test_a_reply_that_reopens_raises_both_events_in_one_chain(mail_inbox, bob):
     replied = automation("customer_replied", [{"action": "add_tags", "tags": ["replied"]}])
     reopened = automation(
