@@ -131,14 +131,20 @@ class _Context:
         """(Re)start counting from now: work out when the rest of the target runs out."""
         clock.running_since = self.now
         remaining = clock.goal_seconds - clock.elapsed_seconds
+        schedule = self.schedule(clock.business_hours_only)
         if remaining <= 0:  # already over: it stays due when it ran out
             clock.due_at = clock.breached_at or self.now
         else:
-            clock.due_at = add_business_time(
-                self.schedule(clock.business_hours_only), self.now, remaining
-            )
-        warn = timedelta(minutes=policy.warn_minutes if policy else 0)
-        clock.warn_at = clock.due_at - warn if clock.due_at and not clock.warned_at else None
+            clock.due_at = add_business_time(schedule, self.now, remaining)
+        # The warning comes with as much of the target's time left as the policy says, counted
+        # as the target is: 30 working minutes before a target due at 09:20 on Monday is 17:50
+        # on Friday, while someone can still answer, not 08:50 on Monday before anyone is in.
+        warn = policy.warn_minutes * 60 if policy else 0
+        clock.warn_at = (
+            add_business_time(schedule, self.now, max(0.0, remaining - warn))
+            if clock.due_at and not clock.warned_at
+            else None
+        )
 
     def policy_now(self, clock: SlaClock) -> SlaPolicy | None:
         """The policy that measures `clock`'s target now (the conversation's priority may
@@ -500,7 +506,7 @@ def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
             [pk for pk in recipients if pk],
             kind,
             conversation,
-            text=_alert_text(clock, breach, now),
+            text=_alert_text(clock, breach, now, conversation),
         )
         publish_conversation_event(conversation, "sla", target=clock.target, state=state)
         # In this transaction: the alert's record is what makes the automations fire once.
@@ -509,12 +515,16 @@ def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
     return True
 
 
-def _alert_text(clock: SlaClock, breach: bool, now: datetime) -> str:
+def _alert_text(clock: SlaClock, breach: bool, now: datetime, conversation) -> str:
     what = clock.get_target_display()
     if breach:
         return f"{what} target breached on #{clock.conversation_id}"
-    minutes = max(1, round((clock.due_at - now).total_seconds() / 60))
-    return f"{what} on #{clock.conversation_id} is due in {minutes} min"
+    schedule = _Context(conversation, now).schedule(clock.business_hours_only)
+    left = business_seconds_between(schedule, now, clock.due_at)
+    minutes = max(1, round(left / 60))
+    # A warning at Friday's closing for a target due on Monday morning says it counts open time.
+    later = " of business hours" if clock.due_at - now > timedelta(seconds=left + 60) else ""
+    return f"{what} on #{clock.conversation_id} is due in {minutes} min{later}"
 
 
 def sla_merged(*, source: Conversation, target: Conversation, now: datetime) -> None:

@@ -184,6 +184,8 @@ def test_warnings_and_breaches_are_announced_once_to_the_assignee_and_the_leads(
         assert sla_sweep() == {"warned": 1, "breached": 0}
         assert sla_sweep() == {"warned": 0, "breached": 0}
     assert notified("sla_warning") == ["bob@example.com"]  # the assignee, not the leads
+    warning = Notification.objects.get(kind="sla_warning")
+    assert warning.text == f"First response on #{conversation.pk} is due in 30 min"
 
     with time_machine.travel(utc("2026-01-12 14:00"), tick=False):
         assert sla_sweep() == {"warned": 0, "breached": 1}
@@ -200,6 +202,27 @@ def test_warnings_and_breaches_are_announced_once_to_the_assignee_and_the_leads(
         services.reply_send(conversation=conversation, author=bob, text="Sorry for the wait.")
     first = clock(conversation, FIRST)
     assert (first.outcome, first.breached_at) == ("breached", utc("2026-01-12 14:00"))
+
+
+def test_the_warning_leaves_as_many_working_minutes_as_the_policy_says(
+    mail_inbox, hours, policies, bob
+):
+    """Mail at 14:20 on a Friday is due at 09:20 on Monday, 20 minutes after opening. Warned
+    30 minutes ahead on the clock, Bob would hear at 08:50 on Monday, before anyone is in;
+    30 working minutes ahead is 17:50 on Friday, while he can still answer."""
+    conversation = mail(mail_inbox, "2026-01-16 14:20")
+    services.conversation_assign(conversation=conversation, assignee=bob)
+    first = clock(conversation, FIRST)
+    assert (first.due_at, first.warn_at) == (utc("2026-01-19 09:20"), utc("2026-01-16 17:50"))
+
+    with time_machine.travel(utc("2026-01-16 17:49"), tick=False):
+        assert sla_sweep() == {"warned": 0, "breached": 0}
+    with time_machine.travel(utc("2026-01-16 17:50"), tick=False):
+        assert sla_sweep() == {"warned": 1, "breached": 0}
+    [warning] = Notification.objects.filter(kind="sla_warning", recipient=bob)
+    assert warning.text == (
+        f"First response on #{conversation.pk} is due in 30 min of business hours"
+    )
 
 
 def test_an_unassigned_conversation_s_warning_goes_to_the_leads(mail_inbox, hours, policies, lead):
