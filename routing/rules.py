@@ -33,7 +33,8 @@ The last six read the conversation as it is when the conditions are checked: for
 rule, as it opened (its inbox's team, no tags yet); for an automation, as its event left it.
 `tags contains` holds when the conversation has any of the tags, `not_contains` when it has
 none of them. `text` is the message that opened the conversation for a routing rule, the
-customer's latest message for an automation.
+customer's latest message for an automation. `subject_or_text` holds when the subject or the
+text does, each read whole (`not_contains` and `not_like`: when neither does).
 
 Text is compared ignoring case. `contains` holds when any of the words or phrases appears as
 whole words ("refund" matches "a refund?" but not "refunds": list both, or use like
@@ -157,10 +158,6 @@ class Facts:
     @cached_property
     def text(self) -> str:
         return self.message.text[:TEXT_LIMIT].casefold() if self.message else ""
-
-    @cached_property
-    def subject_or_text(self) -> str:
-        return f"{self.subject}\n{self.text}"
 
     @cached_property
     def attributes(self) -> dict:
@@ -424,24 +421,31 @@ def _word_pattern(words: list[str]) -> re.Pattern:
 
 
 def _text(field: str, op: str, value) -> Test:
-    def read(facts: Facts) -> str:
-        return getattr(facts, field)
+    match = _text_match(op, value)
+    if field == "subject_or_text":
+        # Either of them, each read whole: "starts with urgent" holds for a mail whose body
+        # does, whatever its subject (and the not_ operators hold when neither does).
+        return _negate(op, lambda facts: match(facts.subject) or match(facts.text))
+    return _negate(op, lambda facts: match(getattr(facts, field)))
 
+
+def _text_match(op: str, value) -> Callable[[str], bool]:
+    """Whether one text (already casefolded) is what `op` and `value` ask, not negated."""
     if op in ("contains", "not_contains"):
         pattern = _word_pattern(_words(value))
-        return _negate(op, lambda facts: pattern.search(read(facts)) is not None)
+        return lambda text: pattern.search(text) is not None
     if op in ("like", "not_like"):
         if not isinstance(value, str) or not value or len(value) > MAX_PATTERN_CHARS:
             raise ValidationError(f"give a pattern of 1 to {MAX_PATTERN_CHARS} characters.")
         # fnmatch's translation uses atomic groups for *, so no input makes it backtrack.
         pattern = re.compile(fnmatch.translate(value.casefold()))
-        return _negate(op, lambda facts: pattern.match(read(facts).strip()) is not None)
+        return lambda text: pattern.match(text.strip()) is not None
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_PATTERN_CHARS:
         raise ValidationError(f"give a text of 1 to {MAX_PATTERN_CHARS} characters.")
     wanted = value.strip().casefold()
     if op == "is":
-        return lambda facts: read(facts).strip() == wanted
-    return lambda facts: read(facts).lstrip().startswith(wanted)
+        return lambda text: text.strip() == wanted
+    return lambda text: text.lstrip().startswith(wanted)
 
 
 def _attribute(name: str, op: str, value) -> Test:

@@ -84,6 +84,37 @@ MATCHING = [
         {"subject": "Invoice 7", "text": "see the subject"},
         True,
     ),
+    # Subject or text: either of them, each as a whole (the not_ operators: neither).
+    (
+        {"field": "subject_or_text", "op": "starts_with", "value": "urgent"},
+        {"subject": "Site down", "text": "URGENT: nothing loads"},
+        True,
+    ),
+    (
+        {"field": "subject_or_text", "op": "is", "value": "stop"},
+        {"subject": "Re: Our winter offers", "text": "STOP"},
+        True,
+    ),
+    (
+        {"field": "subject_or_text", "op": "like", "value": "*order #????"},
+        {"subject": "About order #1042", "text": "see the subject"},
+        True,
+    ),
+    (
+        {"field": "subject_or_text", "op": "not_like", "value": "*order #????"},
+        {"subject": "About order #1042", "text": "see the subject"},
+        False,
+    ),
+    (
+        {"field": "subject_or_text", "op": "not_contains", "value": "invoice"},
+        {"subject": "Invoice 7", "text": "see the subject"},
+        False,
+    ),
+    (
+        {"field": "subject_or_text", "op": "starts_with", "value": "urgent"},
+        {"subject": "Help", "text": "not urgent"},
+        False,
+    ),
     # Channel and inbox (the mail inbox is the default here).
     ({"field": "channel", "op": "is", "value": "email"}, {}, True),
     ({"field": "channel", "op": "is_not", "value": "email"}, {}, False),
