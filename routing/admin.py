@@ -373,7 +373,9 @@ class RoutingRuleAdmin(NamesOnPage):
         if rule.tags:
             actions.append(f"tags {rule.tags}")
         if rule.assignee:
-            actions.append(f"assign {rule.assignee}")
+            # Deactivated since: routing passes them over, which nothing else would show.
+            passed_over = "" if rule.assignee.is_active else " (inactive: passed over)"
+            actions.append(f"assign {rule.assignee}{passed_over}")
         return ", ".join(actions)
 
 

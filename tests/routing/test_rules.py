@@ -283,11 +283,15 @@ def test_a_rule_sets_team_priority_tags_and_assignee_each_recorded_with_its_name
     assert notification.kind == Notification.Kind.ASSIGNED
 
 
-def test_an_inactive_assignee_is_passed_over(mail_inbox, charlie):
+def test_an_inactive_assignee_is_passed_over(client, alice, mail_inbox, charlie):
     rule([], assignee=charlie)
     charlie.is_active = False
     charlie.save()
     assert arrive(mail_inbox).assignee is None
+    # The admin who deactivated Charlie sees which rules now skip him.
+    client.force_login(alice)
+    listing = client.get(reverse("admin:routing_routingrule_changelist")).content.decode()
+    assert "assign Charlie (inactive: passed over)" in listing
 
 
 @pytest.mark.parametrize(
