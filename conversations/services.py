@@ -2133,6 +2133,7 @@ def snoozed_wake_due() -> int:
                 reason="snooze_ended",
             )
             publish_conversation_event(locked, "reopened")
+            _queue_moves(locked)  # nobody's: the team's queue hands it out now
             _notify([_snooze_owner(locked)], Notification.Kind.SNOOZE_ENDED, locked)
             _automations_run(locked, ["status_changed"])
             woken += 1

@@ -493,9 +493,9 @@ def _alert(clock_id: int, *, breach: bool, now: datetime) -> bool:
             due_at=clock.due_at.isoformat(),
         )
         leads = list(
-            TeamMembership.objects.filter(team=conversation.team_id, is_lead=True).values_list(
-                "user_id", flat=True
-            )
+            TeamMembership.objects.filter(
+                team=conversation.team_id, is_lead=True, user__is_active=True
+            ).values_list("user_id", flat=True)
         )
         if breach:
             recipients = [conversation.assignee_id, *leads]

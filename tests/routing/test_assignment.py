@@ -303,6 +303,20 @@ def test_a_conversation_that_fits_nobody_does_not_hold_up_the_queue(mail_inbox, 
     assert (assignee_of(chat), assignee_of(email)) == (None, bob)  # a chat weighs 3
 
 
+def test_a_conversation_back_from_snooze_is_handed_out_at_once(mail_inbox, bob, tasks_run):
+    conversation = arrive(mail_inbox)  # nobody online: it waits in the queue
+    wake = timezone.now() + timedelta(hours=1)
+    services.conversation_set_status(
+        conversation=conversation, status="snoozed", snoozed_until=wake
+    )
+    online(bob)
+    with time_machine.travel(wake + timedelta(minutes=1)):
+        online(bob)
+        with tasks_run():
+            assert services.snoozed_wake_due() == 1
+    assert assignee_of(conversation) == bob  # not at the next sweep
+
+
 def test_a_conversation_moved_to_another_team_joins_its_queue(
     mail_inbox, billing, charlie, bob, tasks_run
 ):

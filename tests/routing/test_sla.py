@@ -232,6 +232,18 @@ def test_an_unassigned_conversation_s_warning_goes_to_the_leads(mail_inbox, hour
     assert list(Notification.objects.values_list("recipient", "kind")) == [(lead.pk, "sla_warning")]
 
 
+def test_a_lead_no_longer_active_is_not_warned(mail_inbox, hours, policies, lead, charlie, support):
+    TeamMembership.objects.create(team=support, user=charlie, is_lead=True)
+    lead.is_active = False
+    lead.save()
+    mail(mail_inbox, "2026-01-12 10:00")
+    with time_machine.travel(utc("2026-01-12 13:45"), tick=False):
+        sla_sweep()
+    assert list(Notification.objects.values_list("recipient", "kind")) == [
+        (charlie.pk, "sla_warning")
+    ]
+
+
 def test_a_reply_after_the_target_is_a_breach_even_before_the_sweep_noticed(
     mail_inbox, hours, policies, bob
 ):
