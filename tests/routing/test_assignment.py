@@ -309,7 +309,6 @@ def test_a_conversation_back_from_snooze_is_handed_out_at_once(mail_inbox, bob, 
     services.conversation_set_status(
         conversation=conversation, status="snoozed", snoozed_until=wake
     )
-    online(bob)
     with time_machine.travel(wake + timedelta(minutes=1)):
         online(bob)
         with tasks_run():
