@@ -414,15 +414,7 @@ def offline_chats_requeue(*, user=None, now: datetime | None = None) -> int:
     )
     if user is not None:
         chats = chats.filter(assignee=user)
-    requeued = 0
-    for pk in list(chats.values_list("pk", flat=True)[:500]):
-        with transaction.atomic():
-            # Checked again under the lock: the agent may be back, or someone took the chat.
-            conversation = chats.select_for_update(of=("self",)).filter(pk=pk).first()
-            if conversation is not None:
-                conversation_assign(conversation=conversation, assignee=None, reason="offline")
-                requeued += 1
-    return requeued
+    return _unassign_each(chats, reason="offline")
 
 
 def deactivated_agents_release() -> int:
@@ -433,15 +425,21 @@ def deactivated_agents_release() -> int:
     held = Conversation.objects.filter(
         status__in=Conversation.WORKING, assignee__is_active=False, merged_into=None
     )
-    released = 0
-    for pk in list(held.values_list("pk", flat=True)[:500]):
+    return _unassign_each(held, reason="deactivated")
+
+
+def _unassign_each(conversations, *, reason: str) -> int:
+    """Back to the queue, each in its own transaction, up to 500 a run (the next takes the
+    rest); returns how many."""
+    done = 0
+    for pk in list(conversations.values_list("pk", flat=True)[:500]):
         with transaction.atomic():
-            # Checked again under the lock: someone may have taken it meanwhile.
-            conversation = held.select_for_update(of=("self",)).filter(pk=pk).first()
+            # Checked again under the lock: the agent may be back, or someone took it.
+            conversation = conversations.select_for_update(of=("self",)).filter(pk=pk).first()
             if conversation is not None:
-                conversation_assign(conversation=conversation, assignee=None, reason="deactivated")
-                released += 1
-    return released
+                conversation_assign(conversation=conversation, assignee=None, reason=reason)
+                done += 1
+    return done
 
 
 def queues_sweep() -> dict:

@@ -170,6 +170,14 @@ def user_writes(client, inbox, text="Where is my order?", user="user-77"):
     return Message.objects.latest("pk").conversation
 
 
+def answer(conversation, agent, text="Hi"):
+    """The agent's reply, once the pipeline has tried to send it."""
+    message = services.reply_send(conversation=conversation, author=agent, text=text)
+    message_deliver(message.pk)
+    message.refresh_from_db()
+    return message
+
+
 @pytest.mark.django_db
 class TestApiReplies:
     def test_a_reply_reaches_the_integrations_webhook_signed(
@@ -178,8 +186,7 @@ class TestApiReplies:
         conversation = user_writes(client, api_inbox)
         # Answered to the user, as the integration knows them, and counted as an answer.
         assert conversation.sla_clocks.filter(target="first_response").exists()
-        message = services.reply_send(conversation=conversation, author=bob, text="On its way!")
-        message_deliver(message.pk)
+        message = answer(conversation, bob, text="On its way!")
         (call,) = integration.calls()
         assert call.path == "/threadline/replies"
         assert integration.signed(call)
@@ -189,7 +196,6 @@ class TestApiReplies:
         assert payload["text"] == "On its way!"
         assert payload["author"] == "Bob"
         assert payload["conversation"]["id"] == conversation.pk
-        message.refresh_from_db()
         assert message.status == Message.Status.SENT
         # Their user answers in the same conversation.
         assert user_writes(client, api_inbox, text="Thanks").pk == conversation.pk
@@ -199,9 +205,7 @@ class TestApiReplies:
     ):
         conversation = user_writes(client, api_inbox)
         integration.secret = "the secret before it was rotated"
-        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
-        message_deliver(message.pk)
-        message.refresh_from_db()
+        message = answer(conversation, bob)
         assert message.status == Message.Status.FAILED
         said = "The integration's webhook answered HTTP 401: bad signature"
         assert message.failure_reason == said
@@ -210,9 +214,7 @@ class TestApiReplies:
     def test_a_hiccup_is_retried_with_the_same_id(self, client, api_inbox, integration, bob, mode):
         conversation = user_writes(client, api_inbox)
         integration.fail(mode)
-        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
-        message_deliver(message.pk)
-        message.refresh_from_db()
+        message = answer(conversation, bob)
         assert message.status == Message.Status.QUEUED
         assert f"HTTP {mode}" in message.failure_reason
         with time_machine.travel(message.next_attempt_at + timedelta(seconds=1), tick=False):
@@ -226,9 +228,7 @@ class TestApiReplies:
     ):
         conversation = user_writes(client, api_inbox)
         integration.fail("404")
-        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
-        message_deliver(message.pk)
-        message.refresh_from_db()
+        message = answer(conversation, bob)
         assert message.status == Message.Status.FAILED
         said = "The integration's webhook answered HTTP 404: No such user"
         assert message.failure_reason == said
@@ -237,10 +237,7 @@ class TestApiReplies:
         self, client, api_inbox, integration, bob, settings
     ):
         settings.MEDIA_FETCH_ALLOW_PRIVATE = False  # as in production
-        conversation = user_writes(client, api_inbox)
-        message = services.reply_send(conversation=conversation, author=bob, text="Hi")
-        message_deliver(message.pk)
-        message.refresh_from_db()
+        message = answer(user_writes(client, api_inbox), bob)
         assert message.status == Message.Status.FAILED
         assert "not a public address" in message.failure_reason
         assert integration.calls() == []
