@@ -90,6 +90,7 @@ def _strings() -> dict:
         "offline_closed": _("We reply by email, usually within %(time)s of opening"),
         "queue": _("You are number %(position)s in line"),
         "queue_wait": _("You are number %(position)s in line, about %(minutes)s min"),
+        "queue_wait_hours": _("You are number %(position)s in line, about %(hours)s h"),
         "joined": _("%(name)s joined the chat"),
         "ask_email": _("Leave your email so our answer reaches you if you go:"),
         "ask_email_transcript": _("Where should we send the transcript?"),

@@ -1202,8 +1202,11 @@
           : [t("offline", { time })];
     if (queued) {
       const wait = q.expected_wait_seconds;
-      lines.push(wait ? t("queue_wait", { position: q.position, minutes: Math.max(1, Math.round(wait / 60)) })
-        : t("queue", { position: q.position }));
+      // An hour and more reads in hours: "about 10 h", not "about 600 min".
+      const said = !wait ? t("queue", { position: q.position })
+        : wait < 3600 ? t("queue_wait", { position: q.position, minutes: Math.max(1, Math.round(wait / 60)) })
+          : t("queue_wait_hours", { position: q.position, hours: Math.round(wait / 3600) });
+      lines.push(said);
     } else if (a.online && S.joined && S.conversation && S.conversation.live) {
       lines.push(t("joined", { name: S.joined }));
     }

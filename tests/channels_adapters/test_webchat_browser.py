@@ -736,6 +736,28 @@ def test_a_waiting_visitor_watches_their_place_in_line_move_until_an_agent_joins
     assert not problems
 
 
+def test_a_long_wait_in_line_reads_in_hours(asgi_server, browser, bob, widget, shop):
+    from routing.models import TeamMembership
+
+    # Bob holds one chat, all he has room for, and the team's chats take ten hours each.
+    bob.availability, bob.last_seen_at = "online", timezone.now()
+    bob.save()
+    TeamMembership.objects.filter(user=bob).update(max_open=3)
+    held = chat.visitor_message(chat.visitor_session(inbox=widget), text="mine", client_id="h")
+    services.conversation_assign(conversation=held.message.conversation, assignee=bob)
+    for n in range(5):
+        past = chat.visitor_message(chat.visitor_session(inbox=widget), text=f"{n}", client_id="p")
+        ended = timezone.now() - timedelta(days=1, hours=n)
+        Conversation.objects.filter(pk=past.message.conversation_id).update(
+            status="resolved", resolved_at=ended, created_at=ended - timedelta(hours=10)
+        )
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
+    page.goto(shop.embed(asgi_server, widget))
+    panel = open_chat(page)
+    write(panel, "Is anyone there?")
+    expect(panel.locator(".availability")).to_contain_text("You are number 1 in line, about 10 h")
+
+
 def test_the_demo_page_embeds_the_widget_under_our_own_csp(asgi_server, browser, chat_inbox):
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="en-US")
     problems = watch(page)
