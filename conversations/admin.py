@@ -165,41 +165,75 @@ EMAIL_SETTINGS = {
 }
 
 
-# What each channel's settings may say (the README; the adapters' docstrings): a misspelt key
-# (imap_hots, acount_sid) would be saved, and read as missing. Web-chat inboxes have their own
-# form fields.
-KNOWN_SETTINGS = {
-    Channel.EMAIL: tuple(EMAIL_SETTINGS),
-    Channel.SMS: ("account_sid", "messaging_service_sid", "api_base_url"),
-    Channel.MESSENGER: ("page_id", "api_base_url", "human_agent_tag"),
-    Channel.WHATSAPP: ("phone_number_id", "templates", "api_base_url"),
-    Channel.API: ("webhook_url",),
+# What each channel's settings may say (the README; the adapters' docstrings), and what each
+# value is: a misspelt key (imap_hots, acount_sid) would be saved and read as missing, and a
+# mistyped SID would fail every reply. Web-chat inboxes have their own form fields.
+CHANNEL_SETTINGS = {
+    Channel.EMAIL: EMAIL_SETTINGS,
+    Channel.SMS: {"account_sid": "AC", "messaging_service_sid": "MG", "api_base_url": "url"},
+    Channel.MESSENGER: {"page_id": "id", "api_base_url": "url", "human_agent_tag": bool},
+    Channel.WHATSAPP: {"phone_number_id": "id", "templates": "templates", "api_base_url": "url"},
+    Channel.API: {"webhook_url": "url"},
 }
+TEMPLATE_EXAMPLE = '[{"name": "order_update", "language": "en_US", "body": "Your order shipped."}]'
 
 
-def _email_settings_problems(settings: dict) -> list[str]:
-    """Why these email settings (a JSON object: InboxForm.clean_settings) would not work, in
-    sentences an admin can act on."""
-    problems = []
-    for key, value in settings.items():
-        kind = EMAIL_SETTINGS.get(key)
-        if kind is None:
-            continue  # InboxForm.clean says what it is not
-        if kind is bool and not isinstance(value, bool):
-            problems.append(f"{key} is true or false, not {value!r}.")
-        elif kind is str and not (isinstance(value, str) and value.strip()):
-            problems.append(f"{key} is a text value, not {value!r}.")
-        elif kind == "port" and not (isinstance(value, int) and 0 < value < 65536):
-            problems.append(f"{key} is a port number from 1 to 65535, not {value!r}.")
-        elif kind in ("seconds", "hours") and not (
-            isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        ):
-            problems.append(f"{key} is a number of {kind}, not {value!r}.")
-    after = settings.get("imap_after", "seen")
-    if isinstance(after, str) and not (after == "seen" or after.startswith("move:")):
-        problems.append(f'imap_after is "seen" or "move:<folder>", not {after!r}.')
-    if settings.get("smtp_use_tls") is True and settings.get("smtp_use_ssl") is True:
-        problems.append("Use smtp_use_tls (STARTTLS, port 587) or smtp_use_ssl (port 465).")
+def _value_problem(kind, value) -> str:
+    """What a setting of `kind` is, when `value` is not one (else "")."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    text = isinstance(value, str) and value.strip()
+    if kind is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if kind is str:
+        return "" if text else "a text value"
+    if kind == "port":
+        return "" if number and value in range(1, 65536) else "a port number from 1 to 65535"
+    if kind in ("seconds", "hours"):
+        return "" if number and value >= 0 else f"a number of {kind}"
+    if kind == "url":
+        try:
+            URLValidator(schemes=["http", "https"])(value if isinstance(value, str) else "")
+        except ValidationError:
+            return "an http(s) address"
+        return ""
+    if kind == "id":  # Meta's ids: digits, written as a number or as text
+        return "" if re.fullmatch(r"\d{1,30}", str(value) if number or text else "") else "digits"
+    if kind in ("AC", "MG"):
+        valid = text and re.fullmatch(rf"{kind}[0-9a-fA-F]{{32}}", value.strip())
+        return "" if valid else f"{kind} and 32 hexadecimal digits, as Twilio's console shows it"
+    if kind == "templates":
+        valid = isinstance(value, list) and all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"].strip()
+            for t in value
+        )
+        return "" if valid else f"a list of templates, such as {TEMPLATE_EXAMPLE}"
+    return ""
+
+
+def _settings_problems(kind: str, settings: dict) -> list[str]:
+    """Why these settings (a JSON object: InboxForm.clean_settings) of a `kind` inbox would not
+    work, in sentences an admin can act on. Unknown keys: InboxForm.clean."""
+    from channels_adapters.whatsapp.adapter import PARAMETER
+
+    known = CHANNEL_SETTINGS.get(kind, {})
+    problems = [
+        f"{key} is {problem}, not {value!r}."
+        for key, value in settings.items()
+        if key in known and (problem := _value_problem(known[key], value))
+    ]
+    if kind == Channel.WHATSAPP and not problems:
+        for template in settings.get("templates") or []:
+            if PARAMETER.search(str(template.get("body") or "")):
+                problems.append(
+                    f"The template {template['name']!r} has parameters ({{{{1}}}}), which a "
+                    "reply cannot fill yet: agents would not be offered it."
+                )
+    if kind == Channel.EMAIL:
+        after = settings.get("imap_after", "seen")
+        if isinstance(after, str) and not (after == "seen" or after.startswith("move:")):
+            problems.append(f'imap_after is "seen" or "move:<folder>", not {after!r}.')
+        if settings.get("smtp_use_tls") is True and settings.get("smtp_use_ssl") is True:
+            problems.append("Use smtp_use_tls (STARTTLS, port 587) or smtp_use_ssl (port 465).")
     return problems
 
 
@@ -384,7 +418,7 @@ class InboxForm(forms.ModelForm):
                 if (other := taken.exclude(pk=self.instance.pk).first()) is not None:
                     self.add_error("address", f"The inbox “{other.name}” has this number.")
                 cleaned["address"] = address
-        if known := KNOWN_SETTINGS.get(kind):
+        if known := CHANNEL_SETTINGS.get(kind):
             # A secret is said above to go elsewhere.
             if unknown := sorted(key for key in given if key not in known and not _secret(key)):
                 self.add_error(
@@ -392,18 +426,9 @@ class InboxForm(forms.ModelForm):
                     f"Unknown setting {', '.join(map(repr, unknown))}; "
                     f"{Channel(kind).label} inboxes know {', '.join(known)}.",
                 )
-        if kind == Channel.API and "webhook_url" in given:
-            try:
-                URLValidator(schemes=["http", "https"])(given["webhook_url"])
-            except ValidationError:
-                self.add_error(
-                    "settings",
-                    "webhook_url is the integration's http(s) address that replies are POSTed "
-                    f"to, not {given['webhook_url']!r}.",
-                )
+        if problems := _settings_problems(kind, given):
+            self.add_error("settings", problems)
         if kind == Channel.EMAIL:
-            if problems := _email_settings_problems(given):
-                self.add_error("settings", problems)
             try:
                 address = services.normalize_address(Channel.EMAIL, cleaned.get("address"))
                 validate_email(address)

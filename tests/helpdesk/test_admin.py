@@ -470,6 +470,12 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
         "Unknown setting &#x27;acount_sid&#x27;; SMS inboxes know account_sid, "
         "messaging_service_sid, api_base_url." in client.post(add, typo).content.decode()
     )
+    # So was a mistyped SID, and every reply then failed at Twilio.
+    short = line | {"settings": '{"account_sid": "AC1"}'}
+    assert (
+        "account_sid is AC and 32 hexadecimal digits, as Twilio&#x27;s console shows it, not "
+        "&#x27;AC1&#x27;." in client.post(add, short).content.decode()
+    )
     assert client.post(add, line).status_code == 302
     assert Inbox.objects.get(name="SMS line").address == "+14155550100"
     again = client.post(add, line | {"name": "Another", "address": "+14155550100"})
@@ -481,10 +487,25 @@ def test_an_inbox_keeps_its_kind_its_secrets_out_of_sight_and_a_number_of_its_ow
     Inbox.objects.filter(name="SMS line").update(is_active=False)
     assert client.post(add, line | {"name": "New line"}).status_code == 302
 
+    # Meta's ids are digits; a template agents could not be offered is said so.
+    page = form | {"name": "Page", "kind": "messenger", "address": ""}
+    named = page | {"settings": '{"page_id": "acme-shop", "human_agent_tag": "yes"}'}
+    html = client.post(add, named).content.decode()
+    assert "page_id is digits, not &#x27;acme-shop&#x27;." in html
+    assert "human_agent_tag is true or false, not &#x27;yes&#x27;." in html
+    assert client.post(add, page | {"settings": '{"page_id": 1234567890}'}).status_code == 302
+    whatsapp = form | {"name": "WhatsApp", "kind": "whatsapp", "address": "+14155550111"}
+    template = '{"name": "order_update", "body": "Order {{1}} shipped"}'
+    html = client.post(add, whatsapp | {"settings": f'{{"templates": [{template}]}}'})
+    assert "The template &#x27;order_update&#x27; has parameters" in html.content.decode()
+    html = client.post(add, whatsapp | {"settings": '{"templates": ["order_update"]}'})
+    assert "templates is a list of templates, such as" in html.content.decode()
     # An API inbox's webhook, where agents' replies go, must be a web address.
     api = form | {"name": "Shop app", "kind": "api", "address": ""}
     wrong = client.post(add, api | {"settings": '{"webhook_url": "app.example.com/replies"}'})
-    assert "webhook_url is the integration&#x27;s http(s) address" in wrong.content.decode()
+    assert "webhook_url is an http(s) address, not &#x27;app.example.com/replies&#x27;" in (
+        wrong.content.decode()
+    )
     right = api | {"settings": '{"webhook_url": "https://app.example.com/replies"}'}
     assert client.post(add, right).status_code == 302
     shop = Inbox.objects.get(name="Shop app")
