@@ -219,7 +219,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
                 number=str(conversation.pk),
                 name=customer.name,
                 expected_reply=reply_time_text(wait),
-                opens_at=_local(opens_at, schedule) if opens_at else _("now"),
+                opens_at=_local(opens_at, schedule) if opens_at else _opening_unknown(kind),
                 inbox=inbox.name,
             )
         try:
@@ -241,6 +241,12 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
             until=until,
         )
     return reply
+
+
+def _opening_unknown(kind: str) -> str:
+    """{opens_at} with no opening to name: an acknowledgement goes while we are open; an
+    out-of-office reply, closed with no opening in sight (a schedule left empty)."""
+    return _("further notice") if kind == AutoReply.Kind.OUT_OF_OFFICE else _("now")
 
 
 def _template_for(templates: list[AutoReply], language: str) -> AutoReply | None:

@@ -313,6 +313,18 @@ def test_the_out_of_office_reply_s_expected_time_counts_from_the_opening_it_name
     )
 
 
+def test_a_schedule_with_no_opening_says_closed_until_further_notice(
+    mail_inbox, support, email_policy
+):
+    support.business_hours = make_schedule("Europe/Lisbon", {})  # the shop shut for now
+    support.save()
+    templates(mail_inbox, (AutoReply.Kind.OUT_OF_OFFICE, "", AWAY))
+    message = receive(mail_inbox, address="maria@example.com").message
+    reply = Message.objects.get(pk=auto_reply(message.pk, True))
+    number = message.conversation_id
+    assert reply.text == f"We are closed until further notice. Your request is #{number}."
+
+
 def test_an_opted_out_number_gets_no_automatic_reply(client, twilio, sms_inbox, email_policy):
     templates(sms_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
     deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="STOP"))
