@@ -1971,9 +1971,20 @@ def conversation_set_status(
         )
         if Status.OPEN in (previous, status):
             _queue_moves(conversation)
+        if status == Status.RESOLVED and previous != status:
+            _survey_later(conversation)
         if previous != status and automations:
             _automations_run(conversation, ["status_changed"])
     return conversation
+
+
+def _survey_later(conversation: Conversation) -> None:
+    """The inbox's satisfaction survey, if it has one, once this commits (routing.replies)."""
+    from routing.replies import surveying_inboxes
+    from routing.tasks import satisfaction_survey
+
+    if conversation.inbox_id in surveying_inboxes.get():
+        transaction.on_commit(lambda: satisfaction_survey.delay(conversation.pk))
 
 
 def conversation_set_priority(*, conversation: Conversation, priority: int, actor=None):

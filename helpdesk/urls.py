@@ -15,6 +15,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("inbox/", include("conversations.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("rate/<str:token>", views.rate, name="rate"),
     path("admin/", admin.site.urls),
     path("channels/", include("channels_adapters.urls")),
     path("widget.js", webchat_views.script, name="widget-script"),

@@ -1,20 +1,24 @@
-"""Health and the landing page."""
+"""Health, the landing page, and the page a satisfaction survey links to."""
 
 import asyncio
 import hashlib
 import uuid
 from collections import Counter
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import views as auth_views
+from django.core import signing
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import JsonResponse
-from django.shortcuts import redirect
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
+from django.utils import translation
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -95,6 +99,46 @@ def healthz(request):
 
 def home(request):
     return redirect("inbox:list")
+
+
+@never_cache
+def rate(request, token: str):
+    """A satisfaction survey's page (routing.replies): the customer rates the conversation from
+    1 to 5, in their language. Opening it changes nothing (mail scanners open links); only
+    the form does, and a second rating replaces the first."""
+    from channels_adapters.webchat.chat import conversation_rate
+    from conversations.models import Conversation
+    from routing.replies import RATING_LINK_DAYS, RATING_SALT
+
+    try:  # whose it is first (said in their language), then whether it still works
+        pk = signing.loads(token, salt=RATING_SALT)
+    except signing.BadSignature:
+        raise Http404 from None
+    conversations = Conversation.objects.select_related("inbox", "customer")
+    conversation = get_object_or_404(conversations, pk=pk)
+    context = {"conversation": conversation, "chosen": request.GET.get("score", "")}
+    status = 200
+    with translation.override(conversation.customer.language or settings.LANGUAGE_CODE):
+        context["LANGUAGE_CODE"] = translation.get_language()  # the page's lang
+        try:
+            signing.loads(token, salt=RATING_SALT, max_age=timedelta(days=RATING_LINK_DAYS))
+        except signing.SignatureExpired:
+            return render(request, "rate.html", {**context, "expired": True}, status=410)
+        if request.method == "POST":
+            context["chosen"] = request.POST.get("rating", "")
+            try:
+                rating = int(context["chosen"])
+            except ValueError:
+                rating = None
+            try:
+                conversation_rate(
+                    conversation, rating=rating, comment=request.POST.get("comment", "")
+                )
+            except ValidationError as exc:
+                context["error"], status = exc.messages[0], 400
+            else:
+                context["rated"] = True
+        return render(request, "rate.html", context, status=status)
 
 
 # Failed sign-ins allowed in a window before we answer 429. From a browser the account signed

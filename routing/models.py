@@ -831,16 +831,18 @@ class SlaClock(models.Model):
 
 
 class AutoReply(models.Model):
-    """What an inbox answers by itself: an acknowledgement of a new conversation, or an
-    out-of-office reply while it is closed. Written per language; the customer gets the one in
-    their language, else the one without a language."""
+    """What an inbox says by itself: an acknowledgement of a new conversation, an
+    out-of-office reply while it is closed, or a satisfaction survey once an agent's answer
+    resolved it. Written per language; the customer gets the one in their language, else the
+    one without a language."""
 
     class Kind(models.TextChoices):
         ACKNOWLEDGEMENT = "acknowledgement", _("Acknowledgement of a new conversation")
         OUT_OF_OFFICE = "out_of_office", _("Out-of-office reply")
+        SATISFACTION = "satisfaction", _("Satisfaction survey, once resolved")
 
     # Placeholders a template may use, filled in when it is sent.
-    PLACEHOLDERS = ("number", "name", "expected_reply", "opens_at", "inbox")
+    PLACEHOLDERS = ("number", "name", "expected_reply", "opens_at", "inbox", "rating_link")
 
     inbox = models.ForeignKey(Inbox, on_delete=models.CASCADE, related_name="auto_replies")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -853,7 +855,8 @@ class AutoReply(models.Model):
         help_text=_(
             "Plain text. {number} is the conversation number, {name} the customer's name, "
             "{expected_reply} how soon we usually answer (e.g. “2 hours”), {opens_at} "
-            "when the inbox opens next, {inbox} its name."
+            "when the inbox opens next, {inbox} its name, {rating_link} (a survey's) the page "
+            "where the customer rates the conversation from 1 to 5."
         )
     )
     is_active = models.BooleanField(_("active"), default=True)
@@ -889,6 +892,14 @@ class AutoReply(models.Model):
         # Anything in braces: a placeholder of another kind (a canned response's
         # {customer.first_name|there}) would reach the customer as written.
         placeholders_check(self.body, self.PLACEHOLDERS, r"{([^{}]*)}")
+        if (self.kind == self.Kind.SATISFACTION) != ("{rating_link}" in self.body):
+            raise ValidationError(
+                {
+                    "body": _("A satisfaction survey needs {rating_link}, and only a survey.")
+                    if self.kind == self.Kind.SATISFACTION
+                    else _("{rating_link} goes in a satisfaction survey only.")
+                }
+            )
         if self.inbox_id and self.inbox.kind == Channel.WEBCHAT:
             raise ValidationError(
                 _("The chat widget says itself when you are away and how soon you reply.")

@@ -1,5 +1,5 @@
 """What customers are told without an agent: how soon we usually answer, the acknowledgement
-of a new conversation and the out-of-office reply.
+of a new conversation, the out-of-office reply and the satisfaction survey.
 
 Expected reply time: set by hand on the inbox, else the median of its first responses of the
 last two weeks as their SLA clocks counted them (business time, so "about 2 hours" means two
@@ -16,6 +16,10 @@ out-of-office reply at the opening stands for it), an out-of-office reply once p
 conversation per closed period, and none within an hour of an agent's reply (they are
 there). The checks and the send share one transaction under the conversation's lock, so a
 task run twice sends once.
+
+A satisfaction survey goes when a conversation an agent answered is resolved, once per
+conversation and not after it was rated; its {rating_link} is a signed page (RATING_SALT)
+where the customer rates it 1 to 5, as chat visitors do in the widget.
 """
 
 from __future__ import annotations
@@ -119,9 +123,25 @@ def reply_time_text(delta: timedelta | None) -> str:
 
 # Asked of every customer message: which inboxes have an active template, per process until
 # one changes.
+ANSWERING = (AutoReply.Kind.ACKNOWLEDGEMENT, AutoReply.Kind.OUT_OF_OFFICE)
 _answering_inboxes = TableCache(
     AutoReply,
-    lambda: frozenset(AutoReply.objects.filter(is_active=True).values_list("inbox_id", flat=True)),
+    lambda: frozenset(
+        AutoReply.objects.filter(is_active=True, kind__in=ANSWERING).values_list(
+            "inbox_id", flat=True
+        )
+    ),
+)
+
+
+# Asked of every resolution: which inboxes send a satisfaction survey.
+surveying_inboxes = TableCache(
+    AutoReply,
+    lambda: frozenset(
+        AutoReply.objects.filter(is_active=True, kind=AutoReply.Kind.SATISFACTION).values_list(
+            "inbox_id", flat=True
+        )
+    ),
 )
 
 
@@ -172,7 +192,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     conversation, inbox = message.conversation, message.inbox
     if _unanswered(message) or conversation.merged_into_id:
         return None
-    templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True))
+    templates = list(AutoReply.objects.filter(inbox=inbox, is_active=True, kind__in=ANSWERING))
     # The schedule of the team that answers, as the SLA clock counts: routing may have
     # sent the conversation to a team that keeps other hours than the inbox's own.
     schedule = schedule_for(inbox, conversation.team_id)
@@ -221,6 +241,7 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
                 expected_reply=reply_time_text(wait),
                 opens_at=_local(opens_at, schedule) if opens_at else _opening_unknown(kind),
                 inbox=inbox.name,
+                rating_link="",
             )
         try:
             reply = reply_send(
@@ -241,6 +262,75 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
             until=until,
         )
     return reply
+
+
+RATING_SALT = "satisfaction-survey"
+RATING_LINK_DAYS = 30
+
+
+def rating_link(conversation: Conversation) -> str:
+    from django.core import signing
+    from django.urls import reverse
+
+    token = signing.dumps(conversation.pk, salt=RATING_SALT)
+    return settings.PUBLIC_URL + reverse("rate", args=[token])
+
+
+def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
+    """The inbox's survey to the customer of a conversation just resolved: only when an agent
+    answered it, once, and not once it is rated (a chat's visitor rates it in the widget)."""
+    from conversations.services import _event, reply_send
+
+    conversation = Conversation.objects.select_related("inbox", "customer").get(pk=conversation_id)
+    answered = conversation.messages.filter(
+        direction=Message.Direction.OUTBOUND, author__isnull=False
+    ).exclude(status=Message.Status.FAILED)
+    if (
+        conversation.status != Conversation.Status.RESOLVED
+        or conversation.merged_into_id
+        or conversation.rating is not None
+        or conversation.inbox.kind in (Channel.WEBCHAT, Channel.API)
+        or not settings.PUBLIC_URL  # nowhere the customer could follow a link to
+        or not answered.exists()
+    ):
+        return None
+    templates = AutoReply.objects.filter(
+        inbox=conversation.inbox, is_active=True, kind=AutoReply.Kind.SATISFACTION
+    )
+    template = _template_for(list(templates), conversation.customer.language)
+    if template is None:
+        return None
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+        asked = conversation.events.filter(
+            kind=ConversationEvent.Kind.AUTO_REPLY, data__reply=AutoReply.Kind.SATISFACTION
+        )
+        if asked.exists():
+            return None
+        with translation.override(template.language or settings.LANGUAGE_CODE):
+            text = _render(
+                template.body,
+                number=str(conversation.pk),
+                name=conversation.customer.name,
+                expected_reply="",
+                opens_at="",
+                inbox=conversation.inbox.name,
+                rating_link=rating_link(conversation),
+            )
+        try:
+            survey = reply_send(
+                conversation=conversation, author=None, text=text, automatic="satisfaction"
+            )
+        except ValidationError as exc:  # opted out, or the channel cannot send
+            log.info("no survey for conversation %s: %s", conversation.pk, exc.messages[0])
+            return None
+        _event(
+            conversation,
+            ConversationEvent.Kind.AUTO_REPLY,
+            reply=AutoReply.Kind.SATISFACTION,
+            message=survey.pk,
+        )
+    return survey
 
 
 def _opening_unknown(kind: str) -> str:

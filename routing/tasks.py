@@ -29,5 +29,11 @@ def auto_reply(message_id: int, opened: bool):
 
 
 @shared_task(acks_late=True)
+def satisfaction_survey(conversation_id: int):
+    survey = replies.satisfaction_survey_send(conversation_id=conversation_id)
+    return survey.pk if survey else None
+
+
+@shared_task(acks_late=True)
 def automations_idle():
     return automations.automations_idle_sweep()

@@ -95,6 +95,16 @@ def signed_in(browser, base, user, **context):
 
 
 @pytest.fixture
+def tasks_run(django_capture_on_commit_callbacks):
+    """Tasks enqueued after commit run at once, in this test: what a worker would do."""
+    from helpdesk.celery import app
+
+    app.conf.task_always_eager = True
+    yield lambda: django_capture_on_commit_callbacks(execute=True)
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
 def twilio():
     """Twilio's API on a loopback port (tests/providers.py)."""
     from tests.providers import FakeTwilio

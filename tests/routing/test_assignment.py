@@ -72,20 +72,6 @@ def resolve(conversation, actor):
     return services.conversation_set_status(conversation=conversation, status=RESOLVED, actor=actor)
 
 
-@pytest.fixture
-def tasks_run(django_capture_on_commit_callbacks):
-    """Tasks enqueued after commit run at once, in this test: what a worker would do."""
-    from helpdesk.celery import app
-
-    app.conf.task_always_eager = True
-
-    def run():
-        return django_capture_on_commit_callbacks(execute=True)
-
-    yield run
-    app.conf.task_always_eager = False
-
-
 # --- Who gets a new conversation -------------------------------------------------------------
 
 

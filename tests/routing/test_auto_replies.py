@@ -325,6 +325,79 @@ def test_a_schedule_with_no_opening_says_closed_until_further_notice(
     assert reply.text == f"We are closed until further notice. Your request is #{number}."
 
 
+SURVEY = "How did we do on #{number}? Rate us: {rating_link}"
+
+
+def survey_link(message: Message) -> str:
+    return re.search(r"http://\S+", message.text).group(0)
+
+
+def test_a_resolved_email_gets_one_survey_and_the_customer_rates_it(
+    client, email_inbox, smtp_server, email_policy, bob, tasks_run, settings
+):
+    settings.PUBLIC_URL = "http://testserver"
+    templates(email_inbox, (AutoReply.Kind.SATISFACTION, "", SURVEY))
+    conversation = receive(email_inbox, address="maria@example.com", name="Maria").message
+    conversation = conversation.conversation
+    with tasks_run():
+        services.reply_send(conversation=conversation, author=bob, text="Refunded today.")
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    (survey,) = replies(conversation)[1:]
+    assert survey.metadata["automatic"] == "satisfaction"
+    [mail] = [m for m in smtp_server.messages() if "Rate us" in m.get_body().get_content()]
+    assert mail["To"].addresses[0].addr_spec == "maria@example.com"
+    link = survey_link(survey).removeprefix("http://testserver")
+    assert link in mail.get_body().get_content()
+
+    # Opening the link (a mail scanner does too) changes nothing; the form does.
+    page = client.get(link + "?score=4")
+    assert page.status_code == 200
+    assert '<input type="radio" name="rating" value="4" required checked>' in page.content.decode()
+    conversation.refresh_from_db()
+    assert conversation.rating is None
+    page = client.post(link, {"rating": "4", "comment": "<b>Quick</b>, thanks"})
+    assert "Thank you for your rating." in page.content.decode()
+    conversation.refresh_from_db()
+    assert (conversation.rating, conversation.rating_comment) == (4, "<b>Quick</b>, thanks")
+    assert "&lt;b&gt;" not in client.get(link).content.decode()  # the comment is not shown back
+
+    # Reopened and resolved again: asked once, and never once rated.
+    with tasks_run():
+        services.conversation_set_status(conversation=conversation, status="open", actor=bob)
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    assert len(replies(conversation)) == 2
+
+
+def test_no_survey_for_what_nobody_answered_and_a_bad_link_says_so(
+    client, mail_inbox, email_policy, bob, tasks_run, settings
+):
+    settings.PUBLIC_URL = "http://testserver"
+    templates(mail_inbox, (AutoReply.Kind.SATISFACTION, "pt", "Avalie-nos: {rating_link}"))
+    conversation = receive(mail_inbox, address="maria@example.com", language="pt").message
+    conversation = conversation.conversation
+    with tasks_run():  # closed as spam, say: nobody answered it
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    assert replies(conversation) == []
+    with tasks_run():
+        services.conversation_set_status(conversation=conversation, status="open", actor=bob)
+        services.reply_send(conversation=conversation, author=bob, text="Olá!")
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    link = survey_link(replies(conversation)[-1]).removeprefix("http://testserver")
+    page = client.get(link)
+    assert "Como nos saímos?" in page.content.decode()  # in her language
+    assert '<html lang="pt">' in page.content.decode()
+    assert client.get(link[:-3] + "xyz").status_code == 404
+    with time_machine.travel(timezone.now() + timedelta(days=31)):
+        assert "Esta ligação expirou." in client.get(link).content.decode()
+
+
+def test_a_survey_template_needs_its_link_and_only_a_survey_has_one(mail_inbox):
+    with pytest.raises(ValidationError, match="needs {rating_link}"):
+        AutoReply(inbox=mail_inbox, kind=AutoReply.Kind.SATISFACTION, body="Thanks!").full_clean()
+    with pytest.raises(ValidationError, match="satisfaction survey only"):
+        AutoReply(inbox=mail_inbox, kind=AutoReply.Kind.ACKNOWLEDGEMENT, body=SURVEY).full_clean()
+
+
 def test_an_opted_out_number_gets_no_automatic_reply(client, twilio, sms_inbox, email_policy):
     templates(sms_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
     deliver(twilio, client, sms_inbox, incoming(sid="SM1", body="STOP"))

@@ -519,16 +519,6 @@ def test_a_chain_of_automations_stops_at_the_maximum_depth(mail_inbox, bob, dana
     )
 
 
-@pytest.fixture
-def tasks_run(django_capture_on_commit_callbacks):
-    """Tasks enqueued after commit run at once, in this test: what a worker would do."""
-    from helpdesk.celery import app
-
-    app.conf.task_always_eager = True
-    yield lambda: django_capture_on_commit_callbacks(execute=True)
-    app.conf.task_always_eager = False
-
-
 def test_a_loop_through_the_queue_is_stopped(mail_inbox, bob, tasks_run):
     """Unassigning puts the conversation back in the queue, a task assigns it again, and a new
     chain begins: only the budget per automation and conversation ends that."""
