@@ -348,6 +348,10 @@ def test_a_resolved_email_gets_one_survey_and_the_customer_rates_it(
     assert mail["To"].addresses[0].addr_spec == "maria@example.com"
     link = survey_link(survey).removeprefix("http://testserver")
     assert link in mail.get_body().get_content()
+    client.force_login(bob)
+    timeline = client.get(f"/inbox/{conversation.pk}/").content.decode()
+    assert "Automatic reply: satisfaction survey sent" in timeline
+    client.logout()
 
     # Opening the link (a mail scanner does too) changes nothing; the form does.
     page = client.get(link + "?score=4")
