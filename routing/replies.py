@@ -184,7 +184,6 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     """Answer the customer message `message_id` by itself, if the inbox says so: closed → the
     out-of-office reply; a new conversation → the acknowledgement. Returns the reply, or None
     when none is due (or one went out already)."""
-    from conversations.services import _event, reply_send
 
     message = Message.objects.select_related("conversation__customer", "inbox", "identity").get(
         pk=message_id
@@ -231,36 +230,46 @@ def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
             sent = sent.filter(data__until=until)
         if sent.exists():
             return None
-        # Words filled in (a wait, a date) in the template's language: one written without a
-        # language is in the site's, whatever the customer reads.
-        with translation.override(template.language or settings.LANGUAGE_CODE):
-            text = _render(
-                template.body,
-                number=str(conversation.pk),
-                name=customer.name,
-                expected_reply=reply_time_text(wait),
-                opens_at=_local(opens_at, schedule) if opens_at else _opening_unknown(kind),
-                inbox=inbox.name,
-                rating_link="",
-            )
-        try:
-            reply = reply_send(
-                conversation=conversation,
-                author=None,
-                text=text,
-                identity=message.identity,
-                automatic=kind,
-            )
-        except ValidationError as exc:  # opted out, or the channel cannot send: nothing to do
-            log.info("no %s for conversation %s: %s", kind, conversation.pk, exc.messages[0])
-            return None
-        _event(
+        return _automatic_send(
             conversation,
-            ConversationEvent.Kind.AUTO_REPLY,
-            reply=kind,
-            message=reply.pk,
+            template,
+            lambda: {
+                "expected_reply": reply_time_text(wait),
+                "opens_at": _local(opens_at, schedule) if opens_at else _opening_unknown(kind),
+                "inbox": inbox.name,
+            },
+            identity=message.identity,
             until=until,
         )
+
+
+def _automatic_send(conversation, template: AutoReply, words, *, identity=None, **recorded):
+    """Send `template` filled in (with `words()`: a wait, a date, made in the template's
+    language; one written without a language is in the site's, whatever the customer reads)
+    and record it, in the caller's transaction; None when the channel refuses it now."""
+    from conversations.services import _event, reply_send
+
+    values = dict.fromkeys(AutoReply.PLACEHOLDERS, "")
+    with translation.override(template.language or settings.LANGUAGE_CODE):
+        values |= {"number": str(conversation.pk), "name": conversation.customer.name, **words()}
+    try:
+        reply = reply_send(
+            conversation=conversation,
+            author=None,
+            text=_render(template.body, **values),
+            identity=identity,
+            automatic=template.kind,
+        )
+    except ValidationError as exc:  # opted out, or the channel cannot send: nothing to do
+        log.info("no %s for conversation %s: %s", template.kind, conversation.pk, exc.messages[0])
+        return None
+    _event(
+        conversation,
+        ConversationEvent.Kind.AUTO_REPLY,
+        reply=template.kind,
+        message=reply.pk,
+        **recorded,
+    )
     return reply
 
 
@@ -279,7 +288,6 @@ def rating_link(conversation: Conversation) -> str:
 def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
     """The inbox's survey to the customer of a conversation just resolved: only when an agent
     answered it, once, and not once it is rated (a chat's visitor rates it in the widget)."""
-    from conversations.services import _event, reply_send
 
     conversation = Conversation.objects.select_related("inbox", "customer").get(pk=conversation_id)
     answered = conversation.messages.filter(
@@ -307,30 +315,8 @@ def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
         )
         if asked.exists():
             return None
-        with translation.override(template.language or settings.LANGUAGE_CODE):
-            text = _render(
-                template.body,
-                number=str(conversation.pk),
-                name=conversation.customer.name,
-                expected_reply="",
-                opens_at="",
-                inbox=conversation.inbox.name,
-                rating_link=rating_link(conversation),
-            )
-        try:
-            survey = reply_send(
-                conversation=conversation, author=None, text=text, automatic="satisfaction"
-            )
-        except ValidationError as exc:  # opted out, or the channel cannot send
-            log.info("no survey for conversation %s: %s", conversation.pk, exc.messages[0])
-            return None
-        _event(
-            conversation,
-            ConversationEvent.Kind.AUTO_REPLY,
-            reply=AutoReply.Kind.SATISFACTION,
-            message=survey.pk,
-        )
-    return survey
+        words = {"inbox": conversation.inbox.name, "rating_link": rating_link(conversation)}
+        return _automatic_send(conversation, template, lambda: words)
 
 
 def _opening_unknown(kind: str) -> str:
