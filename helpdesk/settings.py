@@ -158,8 +158,9 @@ CACHES = {
 
 if REDIS_URL:
     # Every request reads its session: from Redis, shared by every process, with the database
-    # behind it. Without Redis a per-process cache could keep a session another process ended.
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    # behind it (also while Redis is down). Without Redis a per-process cache could keep a
+    # session another process ended.
+    SESSION_ENGINE = "helpdesk.sessions"
     # redis-py's async pool defaults (100 connections, 5 s socket timeout that races BRPOP's
     # 5 s) kill consumers at a few hundred sockets: see DESIGN.md.
     redis_hosts = [{"address": REDIS_URL, "max_connections": 1000, "socket_timeout": None}]

@@ -528,9 +528,12 @@ def start_asgi_server(settings, **env):
         ],
         cwd=ROOT,
         env=subprocess_env(
-            EMBEDDED_WORKER="true",
-            MEDIA_ROOT=str(settings.MEDIA_ROOT),
-            **{"SERVED_AT": f"http://127.0.0.1:{port}", **env},  # as `make run` does
+            **{
+                "EMBEDDED_WORKER": "true",
+                "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+                "SERVED_AT": f"http://127.0.0.1:{port}",  # as `make run` does
+                **env,
+            }
         ),
         stderr=subprocess.PIPE,
         text=True,
@@ -557,6 +560,28 @@ def asgi_server(transactional_db, settings):
     yield base
     process.terminate()
     process.wait(timeout=30)
+
+
+NO_REDIS = "redis://127.0.0.1:9/0"  # port 9 on loopback refuses connections
+
+
+@pytest.fixture
+def server_without_redis(transactional_db, settings):
+    """A server process (see start_asgi_server) whose Redis is down: its cache, channel layer
+    and broker refuse every connection. Yields its base URL."""
+    process, base = start_asgi_server(settings, REDIS_URL=NO_REDIS, EMBEDDED_WORKER="false")
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def signed_in_http(client, user, base):
+    """An HTTP client for the server at `base`, signed in as `user` (a session in the
+    database, as signing in there would make)."""
+    import httpx
+
+    client.force_login(user)
+    return httpx.Client(base_url=base, cookies={"sessionid": client.cookies["sessionid"].value})
 
 
 @pytest.fixture
