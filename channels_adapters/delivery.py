@@ -89,7 +89,9 @@ def inbound_event_store(
         return InboundEvent.objects.get(inbox=inbox, dedupe_key=event.dedupe_key), False
     event._state.adding = False
     if enqueue:
-        transaction.on_commit(lambda: process_inbound_event.delay(event.pk))
+        # With the broker down the event stays pending, for the sweep: stored is what the
+        # sender needs to hear (robust: the failure is logged, not raised).
+        transaction.on_commit(lambda: process_inbound_event.delay(event.pk), robust=True)
     return event, True
 
 
@@ -335,7 +337,7 @@ def inbound_events_requeue(events) -> int:
             status=InboundEvent.Status.PENDING, error="", requeued_at=timezone.now()
         )
         for pk in ids:
-            transaction.on_commit(lambda pk=pk: process_inbound_event.delay(pk))
+            transaction.on_commit(lambda pk=pk: process_inbound_event.delay(pk), robust=True)
     return len(ids)
 
 

@@ -1587,10 +1587,12 @@ def reply_retried(message: Message) -> None:
 
 
 def message_enqueue_delivery(message: Message) -> None:
-    """Hand a queued message to the delivery task once the current transaction commits."""
+    """Hand a queued message to the delivery task once the current transaction commits. With
+    the broker down the message stays queued, for the sweep to enqueue: the change is made and
+    the agent is not shown an error for it (robust: the failure is logged)."""
     from channels_adapters.tasks import deliver_message
 
-    transaction.on_commit(lambda: deliver_message.delay(message.pk))
+    transaction.on_commit(lambda: deliver_message.delay(message.pk), robust=True)
 
 
 def note_add(

@@ -1,8 +1,10 @@
 import os
+import re
 import signal
 import subprocess
 from datetime import timedelta
 
+import httpx
 import pytest
 import time_machine
 from django.conf import settings
@@ -14,7 +16,15 @@ from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
 from conversations.realtime import conversation_group, team_group
-from tests.conftest import listen, receive, start_celery_worker, status_of, wait_for
+from tests.conftest import (
+    listen,
+    process_pending,
+    receive,
+    signed_in_http,
+    start_celery_worker,
+    status_of,
+    wait_for,
+)
 
 
 class TestDeliver:
@@ -191,3 +201,52 @@ def test_a_separate_celery_worker_process_runs_what_the_web_process_enqueues(
         worker.send_signal(signal.SIGTERM)
         output = worker.communicate(timeout=30)[0].decode(errors="replace")
     assert "Traceback" not in output, output
+
+
+class TestBrokerDown:
+    """Redis down: what is sent or received is stored and said so; the sweep enqueues it."""
+
+    def test_an_agents_reply_is_taken_and_goes_once_the_broker_is_back(
+        self, server_without_redis, client, bob, email_inbox, smtp_server, purge_broker
+    ):
+        conversation = receive(email_inbox, address="ana@example.com").message.conversation
+        agent = signed_in_http(client, bob, server_without_redis)
+        page = agent.get(f"/inbox/{conversation.number}/").text
+        form = dict(
+            re.findall(r'name="(csrfmiddlewaretoken|seen|client_id)" value="([^"]*)"', page)
+        )
+
+        answer = agent.post(
+            f"/inbox/{conversation.number}/reply",
+            data={**form, "mode": "reply", "text": "Your refund is on its way."},
+        )
+
+        # Stored and shown as sent on its way, not a server error for the agent to send again.
+        assert answer.status_code == 302
+        reply = conversation.messages.get(direction=Message.Direction.OUTBOUND)
+        assert reply.status == Message.Status.QUEUED
+        later = timezone.now() + timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS + 1)
+        with time_machine.travel(later):
+            assert sweep_stuck().messages == 1
+            purge_broker()  # run the re-enqueued delivery here instead of in a worker
+            assert message_deliver(reply.pk).status == Message.Status.SENT
+        assert len(smtp_server.messages()) == 1
+
+    def test_an_api_message_is_accepted_and_processed_once_the_broker_is_back(
+        self, server_without_redis, api_inbox, purge_broker
+    ):
+        answer = httpx.post(
+            f"{server_without_redis}/channels/api/{api_inbox.pk}/messages",
+            headers={"Authorization": f"Bearer {api_inbox.secret}"},
+            json={"id": "order-42", "from": "jo@example.com", "text": "Where is my order?"},
+        )
+
+        assert answer.status_code == 202
+        event = InboundEvent.objects.get()
+        assert event.status == InboundEvent.Status.PENDING
+        later = timezone.now() + timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS + 1)
+        with time_machine.travel(later):
+            assert sweep_stuck().events == 1
+        purge_broker()
+        assert process_pending()[0].status == InboundEvent.Status.PROCESSED
+        assert Message.objects.get().text == "Where is my order?"
