@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.core.mail import send_mail
+from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -79,18 +80,33 @@ def mailboxes_alert() -> int:
             continue
         if health.startswith("retrying") or state.alerted_at or not admins:
             continue
-        advice = (
-            "Read it in the mailbox, where it stays unread, and forward it to the support "
-            "address if a customer wrote it."
-            if health.startswith("unreadable")
-            else "Check its IMAP settings and credentials in the admin."
-        )
-        send_mail(
-            subject=f"[Threadline] Inbox {inbox.name} needs attention",
-            message=f"The email inbox {inbox.name} ({inbox.address}) is {health}.\n\n{advice}",
-            from_email=None,
-            recipient_list=admins,
-        )
-        MailboxState.objects.filter(pk=state.pk).update(alerted_at=timezone.now())
+        with transaction.atomic():
+            # Two checks at once (beat's and a late one, or a retried task) alert once: the
+            # second skips the row the first holds, and a worker dying before the commit
+            # leaves the alert to the next check.
+            state = (
+                MailboxState.objects.select_for_update(skip_locked=True)
+                .filter(pk=state.pk, alerted_at=None)
+                .first()
+            )
+            if state is None:
+                continue
+            _alert_send(inbox, health, admins)
+            MailboxState.objects.filter(pk=state.pk).update(alerted_at=timezone.now())
         sent += 1
     return sent
+
+
+def _alert_send(inbox, health: str, admins: list[str]) -> None:
+    advice = (
+        "Read it in the mailbox, where it stays unread, and forward it to the support "
+        "address if a customer wrote it."
+        if health.startswith("unreadable")
+        else "Check its IMAP settings and credentials in the admin."
+    )
+    send_mail(
+        subject=f"[Threadline] Inbox {inbox.name} needs attention",
+        message=f"The email inbox {inbox.name} ({inbox.address}) is {health}.\n\n{advice}",
+        from_email=None,
+        recipient_list=admins,
+    )

@@ -1,8 +1,11 @@
+import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 from imap_tools import MailBoxUnencrypted
 
@@ -231,6 +234,45 @@ def test_a_failing_mailbox_shows_in_health_and_alerts_admins_once(imap_inbox, al
     [alert] = mail.outbox
     assert alert.to == ["alice@example.com"]
     assert "Acme Support" in alert.subject
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_health_checks_at_once_alert_the_admins_once(alice, mail_inbox, smtp_server, settings):
+    """Beat's check and a late or retried one overlap: both read "not alerted yet", and both
+    mailed the admins."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite takes one writer at a time: there is no race to see")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_server.port
+    mail_inbox.settings = {"silent_after_hours": 1}
+    mail_inbox.save()
+    data_received, release = threading.Event(), threading.Event()
+    accept = smtp_server.handle_DATA
+
+    async def hold_first_data(server, session, envelope):
+        if not data_received.is_set():
+            data_received.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+        return await accept(server, session, envelope)
+
+    smtp_server.handle_DATA = hold_first_data
+
+    def check():
+        try:
+            mailboxes_alert()
+        finally:
+            connection.close()
+
+    with time_machine.travel(timezone.now() + timedelta(hours=2)):
+        first = threading.Thread(target=check)
+        first.start()
+        assert data_received.wait(30)  # the first check is mailing the admins
+        assert mailboxes_alert() == 0
+        release.set()
+        first.join()
+
+    [alert] = smtp_server.messages()
+    assert "Support email" in alert["Subject"]
 
 
 @pytest.mark.django_db
