@@ -152,6 +152,7 @@ class AgentConsumer(LiveConsumer):
         conversation_id = id_given(conversation_id)
         if action == "ping":
             await self._alive()
+            await self._catch_up(conversation_id, content.get("seen"))
         elif action == "read":
             # The agent has the conversation on screen: the customer's messages are read.
             if conversation_id in self.subscriptions and isinstance(content.get("message"), int):
@@ -174,6 +175,18 @@ class AgentConsumer(LiveConsumer):
                 await self._announce(conversation_id, "typing", mode=mode)
         else:
             await self.send_json({"type": "error", "error": "Unknown action."})
+
+    async def _catch_up(self, conversation_id, seen):
+        """The page pings with the newest message it shows: a newer one whose event never came
+        (stored while Redis was down; the layer only notifies, and this socket stayed open
+        across the outage) is told now, and the page fetches it."""
+        if conversation_id not in self.subscriptions or type(seen) is not int:
+            return
+        if newest := await db(_newest_message_after)(conversation_id, seen):
+            await self.send_json(
+                {"type": "conversation", "event": "message", "conversation": conversation_id}
+                | {"message": newest}
+            )
 
     async def _subscribe(self, conversation_id):
         if not await self._refresh():
@@ -341,6 +354,13 @@ def _agent_now(scope, subscriptions: set[int]) -> tuple[object | None, list[str]
     visible = conversations_visible_to(user).filter(pk__in=subscriptions)
     visible = set(visible.values_list("pk", flat=True)) if subscriptions else set()
     return user, _groups_for(user), visible
+
+
+def _newest_message_after(conversation_id: int, seen: int) -> int | None:
+    from conversations.models import Message
+
+    newer = Message.objects.filter(conversation_id=conversation_id, pk__gt=seen)
+    return newer.order_by("-pk").values_list("pk", flat=True).first()
 
 
 def _agent_seen(user_id: int) -> None:

@@ -299,7 +299,12 @@
   let retry = 500;
   // While this page is open the agent counts as there (the widget's "online").
   setInterval(function () {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ action: "ping" }));
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    // With the newest message this page shows: one whose event was lost (Redis down while the
+    // socket stayed open) is told in answer, and the page fetches it.
+    const timeline = live && live.querySelector("[data-timeline]");
+    const seen = timeline ? Number(timeline.dataset.seen) : null;
+    socket.send(JSON.stringify({ action: "ping", conversation: Number(conversationId) || null, seen: seen }));
   }, 30000); // the server checks who the agent is now on one a minute at most
   // A list's filters are saved as they are on screen, applied or not: the form's hidden
   // query holds those the page was loaded with (what is saved without the script).

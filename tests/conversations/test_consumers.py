@@ -303,3 +303,55 @@ def test_a_send_from_a_worker_thread_wakes_the_servers_socket_at_once():
         loop.call_soon_threadsafe(loop.stop)
         server.join(timeout=10)
         loop.close()
+
+
+def receive_while_redis_is_down(settings, inbox, text):
+    """A customer message stored while the channel layer's Redis refuses connections: its
+    event is never sent. Sockets already open keep their layer (and stay open)."""
+    from channels.layers import channel_layers
+
+    working = settings.CHANNEL_LAYERS
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:9/0"]},  # loopback port 9 refuses
+        }
+    }
+    channel_layers.backends.clear()
+    try:
+        return receive(inbox, text)
+    finally:
+        settings.CHANNEL_LAYERS = working
+        channel_layers.backends.clear()
+
+
+async def test_an_open_conversation_catches_up_on_a_message_whose_event_was_lost(
+    client, bob, chat_inbox, settings
+):
+    first = (await database_sync_to_async(receive)(chat_inbox, "Hello?")).message
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    conversation = first.conversation_id
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": conversation})
+    while (await bob_socket.receive_json_from(timeout=5))["type"] != "subscribed":
+        pass
+
+    lost = (
+        await database_sync_to_async(receive_while_redis_is_down)(
+            settings, chat_inbox, "Are you there?"
+        )
+    ).message
+    assert await bob_socket.receive_nothing(timeout=0.3)
+
+    # The page's next ping names the newest message it shows: the socket says what it lacks.
+    await bob_socket.send_json_to(
+        {"action": "ping", "conversation": conversation, "seen": first.pk}
+    )
+    assert await next_change(bob_socket) == {
+        "type": "conversation",
+        "event": "message",
+        "conversation": conversation,
+        "message": lost.pk,
+    }
+    await bob_socket.send_json_to({"action": "ping", "conversation": conversation, "seen": lost.pk})
+    assert await bob_socket.receive_nothing(timeout=0.3)
+    await bob_socket.disconnect()
