@@ -385,12 +385,13 @@ def queue_assign(*, team_id: int, limit: int = QUEUE_BATCH) -> int:
 
 def queue_nudge(team_id: int | None) -> None:
     """Someone's capacity freed, or a conversation joined the team's queue: assign waiting
-    conversations in a task, once the current transaction commits."""
+    conversations in a task, once the current transaction commits. With the broker down the
+    change that nudged stands (robust: the failure is logged) and queues_sweep assigns them."""
     if team_id is None:
         return
     from routing.tasks import queue_assign as task
 
-    transaction.on_commit(lambda: task.delay(team_id))
+    transaction.on_commit(lambda: task.delay(team_id), robust=True)
 
 
 def offline_chats_requeue(*, user=None, now: datetime | None = None) -> int:

@@ -4,6 +4,7 @@ who go offline; what a waiting customer is told; and 100 conversations arriving 
 real parallel database sessions. Personas: bob and dana (Support), charlie (Billing).
 Time is travelled, never slept."""
 
+import re
 import threading
 from datetime import timedelta
 from io import StringIO
@@ -35,7 +36,7 @@ from routing.services import (
     queue_status,
     queues_sweep,
 )
-from tests.conftest import PASSWORD, listen, receive
+from tests.conftest import PASSWORD, listen, receive, signed_in_http
 
 OPEN, RESOLVED = Conversation.Status.OPEN, Conversation.Status.RESOLVED
 
@@ -644,3 +645,27 @@ def test_100_mixed_arrivals_across_teams_sharing_an_agent_stay_within_capacity(r
     # Every agent is nearly full: what is left waits rather than overfilling anyone.
     assert all(load >= 12 - 3 for user, load in counts.items() if user != shared.pk), counts
     assert Conversation.objects.filter(assignee=None, status=OPEN).exists()
+
+
+def test_an_agent_resolves_and_goes_online_while_the_broker_is_down(
+    server_without_redis, client, bob, api_inbox
+):
+    """Both nudge the team's queue, in a task: with Redis down the change stands and is
+    answered as usual; queues_sweep assigns the waiting conversations once it is back."""
+    conversation = receive(api_inbox).message.conversation
+    agent = signed_in_http(client, bob, server_without_redis)
+    page = agent.get(f"/inbox/{conversation.number}/").text
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]*)"', page)[1]
+
+    resolved = agent.post(
+        f"/inbox/{conversation.number}/status",
+        data={"csrfmiddlewaretoken": csrf, "status": "resolved"},
+    )
+    online = agent.post(
+        "/inbox/availability", data={"csrfmiddlewaretoken": csrf, "availability": "online"}
+    )
+
+    assert (resolved.status_code, online.status_code) == (302, 302)
+    conversation.refresh_from_db()
+    bob.refresh_from_db()
+    assert (conversation.status, bob.availability) == ("resolved", "online")
