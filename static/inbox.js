@@ -295,6 +295,23 @@
     live.before(notice);
   }
 
+  // While the socket is down (the network, or Redis on the server) nothing tells this page
+  // what changes: it says so, until the socket is back (and the page fetches what it missed).
+  function notLive(down) {
+    const notice = document.querySelector("[data-not-live]");
+    if (!down) {
+      if (notice) notice.remove();
+      return;
+    }
+    if (notice || !live) return;
+    const shown = document.createElement("p");
+    shown.className = "not-live";
+    shown.setAttribute("role", "status");
+    shown.dataset.notLive = "";
+    shown.textContent = "Not live: reconnecting. What is shown may be out of date.";
+    live.before(shown);
+  }
+
   let socket = null;
   let retry = 500;
   // While this page is open the agent counts as there (the widget's "online").
@@ -327,6 +344,7 @@
     socket = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
     socket.addEventListener("open", function () {
       retry = 500;
+      notLive(false);
       if (conversationId) socket.send(JSON.stringify({ action: "subscribe", conversation: Number(conversationId) }));
       if (Date.now() - typedUnsaid < 5000) announceTyping();
       refresh(); // catch up on whatever happened while disconnected
@@ -356,6 +374,7 @@
       showPresence();
       // Signed out (here or in another tab) or deactivated: the sign-in page says which.
       if (event.code === 4401) return signIn();
+      notLive(true);
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
     });

@@ -680,3 +680,22 @@ def test_after_whatsapps_window_closed_the_agent_sends_an_approved_template(
     template.select_option("order_update|pt_BR")
     page.get_by_role("button", name="Send", exact=True).click()
     expect(page.locator("li.message.outbound")).to_contain_text("Há novidades do pedido.")
+
+
+def test_a_page_says_it_is_not_live_while_redis_is_down(
+    server_without_redis, browser, client, bob, api_inbox
+):
+    """Its socket cannot open (the server's Redis refuses it): the page says it shows what it
+    showed when it loaded, rather than go stale without a word."""
+    conversation = receive(api_inbox, text="Where is my order?").message.conversation
+    client.force_login(bob)  # signing in counts attempts in Redis: a session made here
+    page = browser.new_page()
+    session = client.cookies["sessionid"].value
+    page.context.add_cookies([{"name": "sessionid", "value": session, "url": server_without_redis}])
+
+    page.goto(f"{server_without_redis}/inbox/{conversation.pk}/")
+
+    expect(page.get_by_role("status")).to_have_text(
+        "Not live: reconnecting. What is shown may be out of date."
+    )
+    expect(page.locator("#live")).to_contain_text("Where is my order?")
