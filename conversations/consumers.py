@@ -4,12 +4,14 @@ stored first, and events carry ids, so a client that reconnects catches up from 
 import asyncio
 import functools
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
+from channels.db import aclose_old_connections, database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ValidationError
 from django.http import Http404
@@ -25,6 +27,8 @@ from conversations.realtime import (
 )
 from conversations.selectors import conversation_get_for_agent, id_given
 from conversations.services import without_nul
+
+log = logging.getLogger(__name__)
 
 
 def db(func):
@@ -69,8 +73,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await super().close(code=code, reason=reason)
 
     async def websocket_disconnect(self, message):
+        # Channels' own, but leaving the groups may fail (Redis down) without skipping
+        # disconnect(), which records that the socket closed.
         self.closed = True
-        await super().websocket_disconnect(message)
+        for group in self.groups:
+            await self._leave_group(group)
+        await self.disconnect(message["code"])
+        await aclose_old_connections()
+        raise StopConsumer()
+
+    async def _leave_group(self, group: str):
+        try:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception:  # noqa: BLE001 - Redis down: the socket is gone either way
+            log.warning("could not leave group %s", group)
 
     async def dispatch(self, message):
         # Channels closes stale connections before every handler, on that one shared thread;
@@ -500,7 +516,16 @@ class VisitorConsumer(LiveConsumer):
         its own group: the lists do not show it."""
         if self.conversation_id:
             event = conversation_payload(self.conversation_id, "visitor", widget=widget)
+            await self._notify_agents(event)
+
+    async def _notify_agents(self, event: dict):
+        """Tell the agents on the conversation (typing, the widget opened or closed). Lost
+        while Redis is down, and never worth the socket: the visitor's messages still go
+        into the database through it."""
+        try:
             await self.channel_layer.group_send(conversation_group(self.conversation_id), event)
+        except Exception:  # noqa: BLE001 - a notification; the chat goes on
+            log.warning("could not tell agents of conversation %s", self.conversation_id)
 
     def _state(self, full: bool) -> dict:
         """The messages after the cursor (sync: runs in a thread). `full` looks the visitor's
@@ -588,14 +613,13 @@ class VisitorConsumer(LiveConsumer):
             return
         self.typed_at = now
         draft = content.get("draft") if self.settings["typing_preview"] else ""
-        await self.channel_layer.group_send(
-            conversation_group(self.conversation_id),
+        await self._notify_agents(
             {
                 "type": "visitor.typing",
                 "conversation": self.conversation_id,
                 "typing": typing,
                 "draft": (draft or "")[:500] if isinstance(draft, str) and typing else "",
-            },
+            }
         )
 
     async def _act(self, action, content):
@@ -726,9 +750,7 @@ class VisitorConsumer(LiveConsumer):
         if self.hello_timer:
             self.hello_timer.cancel()
         if self.conversation_id:
-            await self.channel_layer.group_discard(
-                conversation_group(self.conversation_id), self.channel_name
-            )
+            await self._leave_group(conversation_group(self.conversation_id))
         if self.visitor is not None:
             await db(chat.visitor_seen)(self.visitor.pk, opened=-1)
             await self._tell_agents("closed")

@@ -4,6 +4,8 @@ email that follows a visitor who left."""
 import importlib
 import json
 import re
+import shutil
+import subprocess
 import threading
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -32,7 +34,7 @@ from conversations.models import (
 )
 from helpdesk.asgi import application
 from tests.channels_adapters.test_email import customer_mail, pipe, reply_to
-from tests.conftest import receive, wait_for
+from tests.conftest import free_port, receive, wait_for
 
 SITE = "https://shop.example"
 
@@ -605,6 +607,65 @@ async def test_a_reconnect_catches_up_without_gap_or_duplicate(widget, bob):
     assert ready["messages"][0] == {**ready["messages"][0], "from": "agent", "author": "Bob"}
     assert ready["messages"][0]["id"] == reply.pk
     await socket.disconnect()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, which it may stop (never the shared one): (URL,
+    process)."""
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:  # blocks until it says it is ready; no timer involved
+        if "Ready to accept connections" in line:
+            break
+    yield f"redis://127.0.0.1:{port}/0", process
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytestmark_socket
+async def test_a_visitor_who_types_while_redis_is_down_goes_on_chatting(
+    widget, own_redis, settings
+):
+    """Typing is only a notification: with Redis down it is lost, and the socket, through
+    which the visitor's messages still reach the database, stays (and, once closed, is
+    counted closed)."""
+    from channels.layers import channel_layers
+
+    url, redis = own_redis
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [url]},
+        }
+    }
+    channel_layers.backends.clear()
+    visitor = await database_sync_to_async(new_visitor)(widget)
+    socket, _, _ = await visitor_socket(widget, chat.visitor_token(visitor))
+    assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
+    await socket.send_json_to({"action": "message", "client_id": "a", "text": "Hello"})
+    while (await socket.receive_json_from(timeout=5))["type"] != "message":
+        pass
+
+    redis.terminate()
+    redis.wait(timeout=30)
+    await socket.send_json_to({"action": "typing", "typing": True, "draft": "Still"})
+    await socket.send_json_to({"action": "message", "client_id": "b", "text": "Still there?"})
+
+    ack = await socket.receive_json_from(timeout=5)
+    assert (ack["type"], ack["client_id"]) == ("ack", "b")
+    stored = await database_sync_to_async(Message.objects.get)(pk=ack["message"])
+    assert stored.text == "Still there?"
+    await socket.disconnect()
+    # Its groups could not be left, but its closing is recorded: the visitor is not "here".
+    await database_sync_to_async(visitor.refresh_from_db)()
+    assert visitor.open_sockets == 0
 
 
 @pytestmark_socket
