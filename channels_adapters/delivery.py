@@ -249,7 +249,7 @@ def _profile_fetch_later(adapter, received) -> None:
 
     identity = received.message.identity
     if adapter.fetches_profiles and identity and identity.profile_fetched_at is None:
-        transaction.on_commit(lambda: fetch_identity_profile.delay(identity.pk))
+        transaction.on_commit(lambda: fetch_identity_profile.delay(identity.pk), robust=True)
 
 
 def identity_profile_fetch(identity_id: int) -> bool:

@@ -1060,7 +1060,7 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     ):
         from routing.tasks import auto_reply
 
-        transaction.on_commit(lambda: auto_reply.delay(message.pk, opened))
+        transaction.on_commit(lambda: auto_reply.delay(message.pk, opened), robust=True)
 
     # One notification: "created" for a new conversation, else "message".
     publish_conversation_event(
@@ -1385,7 +1385,7 @@ def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> Non
             content_type=(item.content_type or "application/octet-stream")[:127],
             source=item.source[:2000],
         )
-        transaction.on_commit(lambda pk=attachment.pk: fetch_attachment.delay(pk))
+        transaction.on_commit(lambda pk=attachment.pk: fetch_attachment.delay(pk), robust=True)
 
 
 # --- Outbound and notes ------------------------------------------------------------------
@@ -1986,7 +1986,7 @@ def _survey_later(conversation: Conversation) -> None:
     from routing.tasks import satisfaction_survey
 
     if conversation.inbox_id in surveying_inboxes.get():
-        transaction.on_commit(lambda: satisfaction_survey.delay(conversation.pk))
+        transaction.on_commit(lambda: satisfaction_survey.delay(conversation.pk), robust=True)
 
 
 def conversation_set_priority(*, conversation: Conversation, priority: int, actor=None):

@@ -43,7 +43,9 @@ class WebchatAdapter(Adapter):
             from channels_adapters.webchat.chat import visitor_away
 
             if visitor_away(visitor):
-                transaction.on_commit(lambda: webchat_follow_up.delay(message.conversation_id))
+                transaction.on_commit(
+                    lambda: webchat_follow_up.delay(message.conversation_id), robust=True
+                )
         return SendResult()
 
 

@@ -763,7 +763,7 @@ def transcript_request(
             visitor=visitor.pk,  # whose chat the mail's link continues
             **({"why": why} if why else {}),
         )
-        transaction.on_commit(lambda: send_transcript.delay(event.pk))
+        transaction.on_commit(lambda: send_transcript.delay(event.pk), robust=True)
     return event
 
 

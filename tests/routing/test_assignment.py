@@ -651,7 +651,11 @@ def test_an_agent_resolves_and_goes_online_while_the_broker_is_down(
     server_without_redis, client, bob, api_inbox
 ):
     """Both nudge the team's queue, in a task: with Redis down the change stands and is
-    answered as usual; queues_sweep assigns the waiting conversations once it is back."""
+    answered as usual; queues_sweep assigns the waiting conversations once it is back. (A
+    resolution also asks for the inbox's satisfaction survey, in a task too.)"""
+    from routing.models import AutoReply
+
+    AutoReply.objects.create(inbox=api_inbox, kind="satisfaction", body="Rate: {rating_link}")
     conversation = receive(api_inbox).message.conversation
     agent = signed_in_http(client, bob, server_without_redis)
     page = agent.get(f"/inbox/{conversation.number}/").text
