@@ -1081,17 +1081,25 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
 def _others_assignees_tell(conversation: Conversation, message: Message) -> None:
     """A customer who writes anew (by SMS while their email is open, a new email thread) opens
     another conversation: the agents who have their open ones hear of it, to answer in one
-    place or merge."""
+    place or merge. Only active agents who may see it: one of another team could neither
+    answer nor merge, and the news would show them a conversation outside their teams."""
+    from conversations.selectors import can_see
+
     assignees = (
         Conversation.objects.filter(
             customer_id=conversation.customer_id, status__in=Conversation.WORKING, merged_into=None
         )
         .exclude(pk=conversation.pk)
         .exclude(assignee=None)
-        .values_list("assignee_id", flat=True)
+        .values("assignee_id")
     )
+    agents = get_user_model().objects.filter(pk__in=assignees, is_active=True)
     _notify(
-        set(assignees) - {conversation.assignee_id},
+        [
+            agent.pk
+            for agent in agents
+            if agent.pk != conversation.assignee_id and can_see(agent, conversation)
+        ],
         Notification.Kind.WROTE_AGAIN,
         conversation,
         message,

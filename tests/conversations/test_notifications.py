@@ -61,6 +61,27 @@ class TestWhoIsTold:
         receive(api_inbox, address="grace-42", text="Another thing", force_new_conversation=True)
         assert [kind for kind, *_ in kinds(dana)].count("wrote_again") == 1
 
+    def test_wrote_again_tells_only_active_agents_who_may_see_the_new_conversation(
+        self, chat_inbox, api_inbox, billing_inbox, bob, charlie, dana
+    ):
+        held = receive(billing_inbox, address="grace-42", name="Grace").message.conversation
+        services.conversation_assign(conversation=held, assignee=charlie)
+        customer = held.customer
+        for agent, address in ((dana, "grace-7"), (bob, "grace-8")):
+            Identity.objects.create(
+                customer=customer, kind=Channel.API, address=f"{api_inbox.pk}:{address}"
+            )
+            other = receive(api_inbox, address=address, force_new_conversation=True)
+            other = other.message.conversation
+            services.conversation_assign(conversation=other, assignee=agent)
+        dana.is_active = False  # gone: nobody reads her notifications
+        dana.save()
+        Identity.objects.create(customer=customer, kind=Channel.WEBCHAT, address="v1")
+        again = receive(chat_inbox, address="v1", text="Me again").message
+        told = Notification.objects.filter(kind="wrote_again", conversation=again.conversation)
+        # Charlie, in Billing, may not open a Support chat: no news of it reaches him either.
+        assert list(told.values_list("recipient__display_name", flat=True)) == ["Bob"]
+
 
 @pytest.mark.django_db(transaction=True)
 def test_a_notification_reaches_the_agents_sockets(chat_inbox, bob, dana):
