@@ -86,7 +86,9 @@ def provider_call(
     """One request to a provider's API (through `via`, else the shared client). A successful
     answer is returned; a failed one raises what `error` makes of it; a timeout or a
     connection failure is transient."""
-    host = urlsplit(url).netloc
+    # Host and port only: a webhook URL may carry a password (user:pass@), and the reasons
+    # below reach agents and the delivery log.
+    host = urlsplit(url).netloc.rpartition("@")[2]
     try:
         response = (via or client()).request(
             method, url, timeout=settings.PROVIDER_TIMEOUT_SECONDS, **kwargs

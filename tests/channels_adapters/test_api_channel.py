@@ -252,3 +252,20 @@ class TestApiReplies:
         page = client.get(f"/inbox/{conversation.pk}/").content.decode()
         assert "need its webhook URL: an admin sets" in page  # the composer says it first
         assert not conversation.messages.filter(direction="outbound").exists()
+
+
+@pytest.mark.django_db
+def test_a_webhook_s_credentials_stay_out_of_what_agents_read(client, api_inbox, bob, settings):
+    """A webhook URL may carry the integration's basic-auth password: an agent reads the
+    failure reason, which names the host it could not reach, never the password."""
+    from conversations.models import DeliveryAttempt
+    from tests.conftest import free_port
+
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+    api_inbox.settings = {"webhook_url": f"http://shop:hunter2@127.0.0.1:{free_port()}/hook"}
+    api_inbox.save()
+    message = answer(user_writes(client, api_inbox), bob)
+    assert message.status == Message.Status.QUEUED  # nobody listens there: tried again later
+    assert message.failure_reason.startswith("Could not reach 127.0.0.1:")
+    said = [message.failure_reason, *DeliveryAttempt.objects.values_list("detail", flat=True)]
+    assert not [text for text in said if "hunter2" in text]
