@@ -116,6 +116,8 @@ def rate(request, token: str):
         raise Http404 from None
     conversations = Conversation.objects.select_related("inbox", "customer")
     conversation = get_object_or_404(conversations, pk=pk)
+    while conversation.merged_into_id:  # its messages, and its rating, live there now
+        conversation = conversations.get(pk=conversation.merged_into_id)
     context = {"conversation": conversation, "chosen": request.GET.get("score", "")}
     status = 200
     with translation.override(conversation.customer.language or settings.LANGUAGE_CODE):

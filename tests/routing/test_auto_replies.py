@@ -395,6 +395,30 @@ def test_no_survey_for_what_nobody_answered_and_a_bad_link_says_so(
         assert "Esta ligação expirou." in client.get(link).content.decode()
 
 
+def test_a_rating_for_a_conversation_merged_since_lands_in_the_one_it_went_into(
+    client, mail_inbox, email_policy, bob, tasks_run, settings
+):
+    """Maria's survey came for #1; Bob then merged #1 into her newer #2, which holds its
+    messages now. Her rating must count there, not on #1, which reports and agents skip."""
+    settings.PUBLIC_URL = "http://testserver"
+    templates(mail_inbox, (AutoReply.Kind.SATISFACTION, "", SURVEY))
+    first = receive(mail_inbox, address="maria@example.com").message.conversation
+    with tasks_run():
+        services.reply_send(conversation=first, author=bob, text="Refunded today.")
+        services.conversation_set_status(conversation=first, status="resolved", actor=bob)
+    link = survey_link(replies(first)[-1]).removeprefix("http://testserver")
+    second = receive(
+        mail_inbox, address="maria@example.com", force_new_conversation=True
+    ).message.conversation
+    services.conversation_merge(source=first, target=second, actor=bob)
+
+    assert "Thank you for your rating." in client.post(link, {"rating": "5"}).content.decode()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.rating, second.rating) == (None, 5)
+    assert second.events.filter(kind=ConversationEvent.Kind.RATED).exists()
+
+
 def test_a_survey_template_needs_its_link_and_only_a_survey_has_one(mail_inbox):
     with pytest.raises(ValidationError, match="needs {rating_link}"):
         AutoReply(inbox=mail_inbox, kind=AutoReply.Kind.SATISFACTION, body="Thanks!").full_clean()
