@@ -123,15 +123,20 @@ class ApiAdapter(Adapter):
                 f"Replies on “{inbox}” need its webhook URL: an admin sets "
                 '{"webhook_url": "https://…"} in the inbox\'s settings.'
             )
+        # Another integration's inbox (theirs deactivated, reply_send picked another) would
+        # hand the reply to an app that does not know this user.
+        identity = message.identity
+        if inbox is not None and not identity.address.startswith(
+            inbox_scoped_address(inbox.pk, "")
+        ):
+            return f"{identity.shown_address} is not a user of “{inbox}”."
         return super().send_refusal(message)
 
     def send(self, message):
+        if refusal := self.send_refusal(message):
+            raise PermanentError(refusal)
         inbox = message.inbox
         url = webhook_url(inbox)
-        if not url:
-            raise PermanentError(self.send_refusal(message))
-        if not message.identity.address.startswith(inbox_scoped_address(inbox.pk, "")):
-            raise PermanentError(f"{message.identity.shown_address} is not a user of “{inbox}”.")
         body = json.dumps(webhook_payload(message)).encode()
         headers = {
             "Content-Type": "application/json",

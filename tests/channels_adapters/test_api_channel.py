@@ -269,3 +269,20 @@ def test_a_webhook_s_credentials_stay_out_of_what_agents_read(client, api_inbox,
     assert message.failure_reason.startswith("Could not reach 127.0.0.1:")
     said = [message.failure_reason, *DeliveryAttempt.objects.values_list("detail", flat=True)]
     assert not [text for text in said if "hunter2" in text]
+
+
+@pytest.mark.django_db
+def test_a_user_of_a_deactivated_inbox_is_not_answered_from_another_integration(
+    client, api_inbox, billing_inbox, bob
+):
+    """The shop's inbox is switched off; the billing app's takes replies. A reply to the
+    shop's user would go from the billing app's inbox, whose integration does not know them:
+    the agent is told before anything is queued, not by a failure later."""
+    conversation = user_writes(client, api_inbox)
+    billing_inbox.settings = {"webhook_url": "https://billing.example.com/replies"}
+    billing_inbox.save()
+    api_inbox.is_active = False
+    api_inbox.save()
+    with pytest.raises(ValidationError, match="user-77 is not a user of “Billing API”"):
+        services.reply_send(conversation=conversation, author=bob, text="Hi")
+    assert not conversation.messages.filter(direction="outbound").exists()
