@@ -631,3 +631,24 @@ def test_an_identity_added_in_the_admin_is_stored_as_channels_store_it(client, a
 
     with pytest.raises(ValidationError, match="Attributes are a JSON object"):
         Customer(name="Listy", attributes=["a", "b"]).full_clean()
+
+
+@pytest.mark.django_db
+def test_an_api_base_url_may_name_a_test_double_by_its_service_name(client, alice):
+    """The README offers api_base_url for a test double: in docker compose that is a service
+    name without dots, which is a web address all the same."""
+    client.force_login(alice)
+    form = {"name": "SMS line", "kind": "sms", "address": "+1 415 555 0100"}
+    form |= {"new_credentials": "", "is_active": "on", "autoreplies-TOTAL_FORMS": 0}
+    form |= {"autoreplies-INITIAL_FORMS": 0}
+    double = form | {"settings": '{"api_base_url": "http://twilio-double:8080"}'}
+    assert client.post(reverse("admin:conversations_inbox_add"), double).status_code == 302
+    assert (
+        Inbox.objects.get(name="SMS line").settings["api_base_url"] == "http://twilio-double:8080"
+    )
+    for wrong in ("twilio-double:8080", "ftp://files.example.com", "http://", "https:///v1"):
+        page = client.post(
+            reverse("admin:conversations_inbox_add"),
+            form | {"name": "Other", "settings": json.dumps({"api_base_url": wrong})},
+        )
+        assert "api_base_url is an http(s) address" in page.content.decode(), wrong
