@@ -64,8 +64,8 @@
       const goneNotice = document.querySelector("[data-gone]"); // back in reach after all
       if (goneNotice) goneNotice.remove();
       const selected = document.querySelector(".rows li.selected");
-      // A refresh never moves focus: only a row that had it gets it back.
-      const focused = live.contains(document.activeElement);
+      // A refresh never moves focus: the control that had it gets it back (focusPlace).
+      const focused = focusPlace(document.activeElement);
       // Conversations picked for a bulk action stay picked, wherever they moved to.
       const picked = new Set(Array.from(live.querySelectorAll(".pick:checked"), function (el) { return el.value; }));
       // Messages marked new when a reply was held (conversation_reply) stay marked.
@@ -96,7 +96,8 @@
       if (seen && timeline && (!(draft && draft.value.trim()) || replyingInChat())) {
         seen.value = timeline.dataset.seen;
       }
-      if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), focused);
+      if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), false);
+      if (focused) focusReturn(focused);
       if (timeline) syncFields(timeline.dataset);
       // The tags a teammate added or removed, unless the agent is on one of them.
       const tags = live.querySelector("template[data-tags]");
@@ -117,6 +118,35 @@
       }
       document.dispatchEvent(new CustomEvent("threadline:refreshed"));
     }, Math.max(0, Math.min(250, refreshDue - now)));
+  }
+
+  // Where the focus is in the live part, as something its refresh keeps: the row or message
+  // holding it and the control's place there (a row's link or box, a Retry button). Without
+  // it, an agent who had tabbed to a row (not picked it with j/k) was sent back to the top
+  // of the page by every change anyone made.
+  const FOCUSABLE = "a[href], button, input, select, textarea, summary";
+  function focusPlace(element) {
+    if (!live.contains(element) || element === live) return null;
+    const holder = element.closest("li[data-conversation], li[id]");
+    if (!holder) return { key: null };
+    const rows = Array.from(live.querySelectorAll(".rows li[data-conversation]"));
+    return {
+      key: holder.id ? `#${holder.id}` : `li[data-conversation="${holder.dataset.conversation}"]`,
+      control: Array.from(holder.querySelectorAll(FOCUSABLE)).indexOf(element),
+      row: rows.indexOf(holder),
+    };
+  }
+  function focusReturn(place) {
+    const holder = place.key && live.querySelector(place.key);
+    let control = holder && holder.querySelectorAll(FOCUSABLE)[place.control];
+    if (!control && place.row >= 0) {
+      // The row left the list (resolved, reassigned): the one now in its place.
+      const rows = live.querySelectorAll(".rows li[data-conversation]");
+      const row = rows[Math.min(place.row, rows.length - 1)];
+      control = row && row.querySelector("a");
+    }
+    control = control || document.querySelector(".rows li.selected a");
+    if (control) control.focus();
   }
 
   function markNew(li) {

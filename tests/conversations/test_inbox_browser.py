@@ -100,6 +100,33 @@ def test_a_customer_message_moves_the_conversation_up_live(asgi_server, browser,
     assert page.input_value("input[name=q]") == "Anyone"
 
 
+def test_a_live_refresh_keeps_the_focus_where_the_agent_tabbed_to(
+    asgi_server, browser, bob, chat_inbox, api_inbox
+):
+    """An agent working by keyboard tabs to a row (not j/k): every change anyone made
+    replaced the list and sent their focus back to the top of the page."""
+    older = receive(chat_inbox, text="Order 1 is late", address="v1").message.conversation
+    receive(chat_inbox, text="Order 2 is late", address="v2")
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    row = f'.rows li[data-conversation="{older.pk}"]'
+    page.focus(f"{row} .pick")
+    page.keyboard.press("Tab")  # from the row's box to its link
+    expect(page.locator(f"{row} a")).to_be_focused()
+
+    arrive(asgi_server, api_inbox, "Me too", "v3@example.com")
+    page.wait_for_selector(".rows li >> text=Me too")
+    expect(page.locator(f"{row} a")).to_be_focused()  # the same row, now the third
+    page.keyboard.press("Shift+Tab")
+    expect(page.locator(f"{row} .pick")).to_be_focused()
+
+    arrive(asgi_server, api_inbox, "Still waiting", "v4@example.com")
+    page.wait_for_selector(".rows li >> text=Still waiting")
+    expect(page.locator(f"{row} .pick")).to_be_focused()
+    page.keyboard.press("Space")  # picks the row it shows
+    expect(page.locator(f"{row} .pick")).to_be_checked()
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
