@@ -76,7 +76,9 @@
         const li = part.closest("li[id]");
         return [li.id, Array.from(li.querySelectorAll("details")).indexOf(part)];
       });
+      const anchor = viewAnchor();
       live.innerHTML = html;
+      if (anchor) anchorKeep(anchor);
       marked.forEach(function (id) { markNew(document.getElementById(id)); });
       opened.forEach(function ([id, place]) {
         const li = document.getElementById(id);
@@ -147,6 +149,28 @@
     }
     control = control || document.querySelector(".rows li.selected a");
     if (control) control.focus();
+  }
+
+  // Nothing moves under the agent's eyes when the live part is replaced: the reply box, when
+  // it is in view (they type, messages arrive above it), else the first row or message in
+  // view stays where it is on screen. The browser's own scroll anchoring cannot do it: the
+  // element it holds on to is the one replaced. At the top of the page, what is new shows.
+  function viewAnchor() {
+    const box = document.querySelector("[data-composer]");
+    const boxTop = box && box.getBoundingClientRect().top;
+    if (box && boxTop < window.innerHeight && box.getBoundingClientRect().bottom > 0) {
+      return { element: box, top: boxTop };
+    }
+    if (!window.scrollY) return null;
+    const shown = Array.from(live.querySelectorAll("li[id], li[data-conversation]"))
+      .find(function (el) { return el.getBoundingClientRect().bottom > 0; });
+    if (!shown) return null;
+    const key = shown.id ? `#${shown.id}` : `li[data-conversation="${shown.dataset.conversation}"]`;
+    return { key: key, top: shown.getBoundingClientRect().top };
+  }
+  function anchorKeep(anchor) {
+    const element = anchor.element || live.querySelector(anchor.key);
+    if (element) window.scrollBy(0, element.getBoundingClientRect().top - anchor.top);
   }
 
   function markNew(li) {

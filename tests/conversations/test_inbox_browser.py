@@ -127,6 +127,29 @@ def test_a_live_refresh_keeps_the_focus_where_the_agent_tabbed_to(
     expect(page.locator(f"{row} .pick")).to_be_checked()
 
 
+def test_what_arrives_while_the_agent_types_does_not_push_the_reply_box_away(
+    asgi_server, browser, bob, api_inbox
+):
+    """Each message arriving above the reply box pushed it (and the line being typed) down
+    the screen, out of sight after a few: the browser could not keep it in place, since the
+    refresh replaces the timeline it holds on to."""
+    for n in range(6):
+        message = receive(api_inbox, text=f"Line {n} " + "of a long story " * 30, address="jo")
+    conversation = message.message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.set_viewport_size({"width": 1000, "height": 600})
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.click("#reply-text")
+    page.keyboard.type("Let me check")
+    where = page.locator("#reply-text").bounding_box()["y"]
+    assert 0 < where < 600
+
+    arrive(asgi_server, api_inbox, "Are you there? " * 20, "jo")
+    page.wait_for_selector(".timeline >> text=Are you there?")
+    assert page.locator("#reply-text").bounding_box()["y"] == pytest.approx(where, abs=2)
+    expect(page.locator("#reply-text")).to_be_focused()
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
