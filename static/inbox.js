@@ -122,6 +122,9 @@
     }, Math.max(0, Math.min(250, refreshDue - now)));
   }
 
+  // The rows and messages of the live part, by what finds them again after a refresh.
+  const KEYED = "li[id], li[data-conversation]";
+  const keyOf = (el) => (el.id ? `#${el.id}` : `li[data-conversation="${el.dataset.conversation}"]`);
   // Where the focus is in the live part, as something its refresh keeps: the row or message
   // holding it and the control's place there (a row's link or box, a Retry button). Without
   // it, an agent who had tabbed to a row (not picked it with j/k) was sent back to the top
@@ -129,11 +132,11 @@
   const FOCUSABLE = "a[href], button, input, select, textarea, summary";
   function focusPlace(element) {
     if (!live.contains(element) || element === live) return null;
-    const holder = element.closest("li[data-conversation], li[id]");
+    const holder = element.closest(KEYED);
     if (!holder) return { key: null };
     const rows = Array.from(live.querySelectorAll(".rows li[data-conversation]"));
     return {
-      key: holder.id ? `#${holder.id}` : `li[data-conversation="${holder.dataset.conversation}"]`,
+      key: keyOf(holder),
       control: Array.from(holder.querySelectorAll(FOCUSABLE)).indexOf(element),
       row: rows.indexOf(holder),
     };
@@ -151,22 +154,23 @@
     if (control) control.focus();
   }
 
-  // Nothing moves under the agent's eyes when the live part is replaced: the reply box, when
-  // it is in view (they type, messages arrive above it), else the first row or message in
-  // view stays where it is on screen. The browser's own scroll anchoring cannot do it: the
-  // element it holds on to is the one replaced. At the top of the page, what is new shows.
+  // Nothing moves under the agent's eyes when the live part is replaced: the row or message
+  // under the pointer (about to be clicked), else the reply box when it is in view (they
+  // type, messages arrive above it), else the first row or message in view stays where it
+  // is on screen. The browser's own scroll anchoring cannot do it: the element it holds on
+  // to is the one replaced. At the top of the page, the pointer elsewhere, what is new shows.
   function viewAnchor() {
+    const pointed = live.querySelector("li[id]:hover, li[data-conversation]:hover");
+    if (pointed) return { key: keyOf(pointed), top: pointed.getBoundingClientRect().top };
     const box = document.querySelector("[data-composer]");
     const boxTop = box && box.getBoundingClientRect().top;
     if (box && boxTop < window.innerHeight && box.getBoundingClientRect().bottom > 0) {
       return { element: box, top: boxTop };
     }
     if (!window.scrollY) return null;
-    const shown = Array.from(live.querySelectorAll("li[id], li[data-conversation]"))
+    const shown = Array.from(live.querySelectorAll(KEYED))
       .find(function (el) { return el.getBoundingClientRect().bottom > 0; });
-    if (!shown) return null;
-    const key = shown.id ? `#${shown.id}` : `li[data-conversation="${shown.dataset.conversation}"]`;
-    return { key: key, top: shown.getBoundingClientRect().top };
+    return shown ? { key: keyOf(shown), top: shown.getBoundingClientRect().top } : null;
   }
   function anchorKeep(anchor) {
     const element = anchor.element || live.querySelector(anchor.key);

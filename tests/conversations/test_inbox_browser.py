@@ -150,6 +150,26 @@ def test_what_arrives_while_the_agent_types_does_not_push_the_reply_box_away(
     expect(page.locator("#reply-text")).to_be_focused()
 
 
+def test_a_new_conversation_does_not_move_the_row_under_the_pointer(
+    asgi_server, browser, bob, chat_inbox, api_inbox
+):
+    """A conversation arriving at the top pushed every row down under the agent's pointer,
+    about to click one: the click opened its neighbour."""
+    for n in range(6):
+        receive(chat_inbox, text=f"Order {n} is late", address=f"v{n}")
+    page = signed_in(browser, asgi_server, bob)
+    page.set_viewport_size({"width": 1000, "height": 400})
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    second = page.locator(".rows li[data-conversation]").nth(1).get_attribute("data-conversation")
+    row = page.locator(f'.rows li[data-conversation="{second}"]')
+    row.hover()
+    where = row.bounding_box()["y"]
+
+    arrive(asgi_server, api_inbox, "Me too", "v9@example.com")
+    page.wait_for_selector(".rows li >> text=Me too")
+    assert row.bounding_box()["y"] == pytest.approx(where, abs=2)
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
