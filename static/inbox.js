@@ -77,7 +77,9 @@
         return [li.id, Array.from(li.querySelectorAll("details")).indexOf(part)];
       });
       const anchor = viewAnchor();
+      const shownBefore = new Set(Array.from(live.querySelectorAll("li.message[id]"), (li) => li.id));
       live.innerHTML = html;
+      arrivedSay(shownBefore);
       if (anchor) anchorKeep(anchor);
       marked.forEach(function (id) { markNew(document.getElementById(id)); });
       opened.forEach(function ([id, place]) {
@@ -175,6 +177,23 @@
   function anchorKeep(anchor) {
     const element = anchor.element || live.querySelector(anchor.key);
     if (element) window.scrollBy(0, element.getBoundingClientRect().top - anchor.top);
+  }
+
+  // What arrived, read out to an agent on a screen reader, who otherwise never learns that
+  // the customer wrote: the timeline cannot be a live region, it is replaced whole. Whose
+  // message it is and how it starts; the agent's own are not news.
+  const arrivedNotice = document.querySelector("[data-arrived]");
+  function arrivedSay(shownBefore) {
+    if (!arrivedNotice) return;
+    const arrived = Array.from(live.querySelectorAll("li.message[id]:not(.system):not([data-mine])"))
+      .filter(function (li) { return !shownBefore.has(li.id); });
+    if (!arrived.length) return;
+    const last = arrived[arrived.length - 1];
+    const kind = last.classList.contains("note") ? "Note" : last.classList.contains("inbound") ? "Message" : "Reply";
+    const who = last.querySelector(".meta strong").textContent.trim();
+    const text = last.querySelector(".body").textContent.trim().slice(0, 200);
+    const more = arrived.length > 1 ? `${arrived.length} new messages, the last: ` : "";
+    arrivedNotice.textContent = `${more}${kind} from ${who}: ${text}`;
   }
 
   function markNew(li) {

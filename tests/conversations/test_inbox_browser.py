@@ -170,6 +170,26 @@ def test_a_new_conversation_does_not_move_the_row_under_the_pointer(
     assert row.bounding_box()["y"] == pytest.approx(where, abs=2)
 
 
+def test_a_screen_reader_hears_what_arrives_in_the_open_conversation(
+    asgi_server, browser, bob, api_inbox
+):
+    """The timeline is replaced whole when something arrives, so it cannot be a live region:
+    an agent on a screen reader never learnt that the customer had written."""
+    conversation = receive(api_inbox, text="My order is late", address="jo").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    notice = page.locator("[data-arrived]")
+    assert notice.get_attribute("aria-live") == "polite"
+
+    arrive(asgi_server, api_inbox, "Any news about order 4410?", "jo")
+    expect(notice).to_have_text("Message from jo: Any news about order 4410?")
+    page.check('[name=mode][value="note"]')
+    page.fill("#reply-text", "Checking with the warehouse")
+    page.press("#reply-text", "Control+Enter")  # the agent's own note is no news to them
+    page.wait_for_selector(".message.note >> text=Checking with the warehouse")
+    expect(page.locator("[data-arrived]")).to_have_text("")
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
