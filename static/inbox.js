@@ -769,6 +769,21 @@
     composer.querySelectorAll("[name=mode]").forEach(function (radio) {
       radio.addEventListener("change", function () { draftSave(); });
     });
+    // The same conversation in another tab: its box follows what is written here, or the
+    // agent who goes there finds it empty, and their next key there replaces the draft for
+    // good (a reload here then brings back only that). Not while they write in this one,
+    // unless the draft is gone: sent (or emptied) there, it must not be sent again from here.
+    window.addEventListener("storage", function (event) {
+      if (event.key !== draftKey) return;
+      if (event.newValue !== null && !document.hidden && document.activeElement === text) return;
+      let stored = null;
+      try { stored = JSON.parse(event.newValue); } catch (error) { stored = null; }
+      if (stored && stored.sending) return; // on its way from there: gone once it shows sent
+      text.value = stored && typeof stored.text === "string" ? stored.text : "";
+      const mode = stored && composer.querySelector(`[name=mode][value="${stored.mode === "note" ? "note" : "reply"}"]`);
+      if (mode && !mode.disabled) mode.checked = true;
+      updateHint();
+    });
   }
   if (composer) {
     // Sent once: a second click or Ctrl+Enter while the first is on its way does nothing (the

@@ -529,6 +529,33 @@ def test_a_draft_survives_the_side_panel_and_is_sent_once(asgi_server, browser, 
     assert Message.objects.filter(direction="note").count() == 1
 
 
+def test_a_draft_follows_into_another_tab_of_the_same_conversation(
+    asgi_server, browser, bob, chat_inbox
+):
+    """The conversation open in two tabs: the other showed an empty box, and a key typed
+    there replaced the draft, so that a reload of the first brought back only that key."""
+    conversation = receive(chat_inbox, text="My parcel is lost", address="v1").message.conversation
+    first = signed_in(browser, asgi_server, bob)
+    first.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    second = first.context.new_page()
+    second.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+
+    first.click('[name=mode][value="note"]')
+    first.click("#reply-text")
+    first.keyboard.type("Check with the carrier first")
+    expect(second.locator("#reply-text")).to_have_value("Check with the carrier first")
+    expect(second.locator('[name=mode][value="note"]')).to_be_checked()
+    second.click("#reply-text")
+    second.keyboard.press("End")
+    second.keyboard.type(", then refund")
+    first.reload()
+    expect(first.locator("#reply-text")).to_have_value("Check with the carrier first, then refund")
+
+    first.press("#reply-text", "Control+Enter")  # sent from the first: the second empties
+    first.wait_for_selector(".message.note >> text=then refund")
+    expect(second.locator("#reply-text")).to_have_value("")
+
+
 def test_back_after_sending_then_send_asks_before_sending_it_twice(
     asgi_server, browser, bob, chat_inbox
 ):
