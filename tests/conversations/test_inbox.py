@@ -287,10 +287,10 @@ class TestList:
         chatted = receive(chat_inbox, text="Hi", address="visitor-9").message.conversation
         client.force_login(alice)
         rows = client.get("/inbox/?view=all").content.decode()
-        assert '<span class="who">+351912000111</span>' in rows
+        assert '<bdi class="who">+351912000111</bdi>' in rows
         # A chat visitor's id says nothing: the profile's number tells two visitors apart.
         visitor = chatted.customer_id
-        assert f'<span class="who">Customer {visitor}</span>' in rows
+        assert f'<bdi class="who">Customer {visitor}</bdi>' in rows
         page = client.get(f"/inbox/{texted.pk}/").content.decode()
         assert "+351912000111 · " in page
         assert f"Customer {visitor} · " in client.get(f"/inbox/{chatted.pk}/").content.decode()
@@ -305,7 +305,7 @@ class TestList:
         )
         client.force_login(alice)
         rows = client.get("/inbox/?view=all").content.decode()
-        assert '<span class="who">+351912000222</span>' in rows
+        assert '<bdi class="who">+351912000222</bdi>' in rows
         page = client.get(f"/inbox/{texted.pk}/").content.decode()
         assert "+351912000222 · " in page
         assert "aaa@example.com · " not in page

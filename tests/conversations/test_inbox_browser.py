@@ -190,6 +190,20 @@ def test_a_screen_reader_hears_what_arrives_in_the_open_conversation(
     expect(page.locator("[data-arrived]")).to_have_text("")
 
 
+def test_a_right_to_left_name_and_subject_keep_their_order_in_the_list(
+    asgi_server, browser, bob, api_inbox
+):
+    """An Arabic name beside an Arabic subject read as one right-to-left run: the list
+    showed the subject first and the name after it."""
+    name, subject = "محمد الأحمد", "10441 استرداد"
+    receive(api_inbox, text="مرحبا", address="m@x.example", name=name, subject=subject)
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    name = page.locator(".rows .who").bounding_box()
+    subject = page.locator(".rows .subject").bounding_box()
+    assert name["x"] + name["width"] < subject["x"]  # the name, then · and the subject
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):

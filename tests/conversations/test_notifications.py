@@ -126,7 +126,8 @@ class TestPages:
         # Whom and what it is about, without opening it.
         Conversation.objects.filter(pk=named.pk).update(subject="Refund for order 7781")
         html = client.get("/inbox/notifications").content.decode()
-        assert f"#{named.pk} · Grace Okafor: Refund for order 7781</span>" in html
+        said = "<bdi>Grace Okafor</bdi>: <bdi>Refund for order 7781</bdi></span>"
+        assert f"#{named.pk} · {said}" in html
 
     def test_opening_the_conversation_reads_its_notifications(self, client, chat_inbox, bob, dana):
         one = receive(chat_inbox, address="v1").message.conversation
