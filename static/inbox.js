@@ -584,6 +584,9 @@
     }
     if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
     const rows = Array.from(document.querySelectorAll(".rows li[data-conversation]"));
+    // A row the agent tabbed to is the current one, as if reached with j/k: x picks it and
+    // j goes on from it, not from a row highlighted before.
+    if (event.target.matches(".rows li[data-conversation] > a")) select(event.target.parentElement, false);
     const current = rows.indexOf(document.querySelector(".rows li.selected"));
     if (event.key === "j") select(rows[Math.min(current + 1, rows.length - 1)]);
     else if (event.key === "k") select(rows[Math.max(current - 1, 0)]);

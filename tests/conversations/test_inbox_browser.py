@@ -204,6 +204,24 @@ def test_a_right_to_left_name_and_subject_keep_their_order_in_the_list(
     assert name["x"] + name["width"] < subject["x"]  # the name, then · and the subject
 
 
+def test_x_and_j_act_on_the_row_the_agent_tabbed_to(asgi_server, browser, bob, chat_inbox):
+    """x picked the row highlighted with j/k before, or none, never the row that had the
+    focus, and j went on from that one too."""
+    for n in range(3):
+        receive(chat_inbox, text=f"Order {n} is late", address=f"v{n}")
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    rows = page.locator(".rows li[data-conversation]")
+    page.keyboard.press("j")  # the first row highlighted
+    page.focus(".rows li[data-conversation]:nth-child(2) .pick")
+    page.keyboard.press("Tab")  # on to the second row's link
+    page.keyboard.press("x")
+    expect(rows.nth(1).locator(".pick")).to_be_checked()
+    expect(rows.nth(0).locator(".pick")).not_to_be_checked()
+    page.keyboard.press("j")
+    expect(rows.nth(2).locator("a")).to_be_focused()
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
