@@ -514,6 +514,18 @@
     el.addEventListener("blur", apply);
   });
 
+  // The side panel's menus apply on Enter, as a text field's form is sent: "a", the arrows,
+  // Enter assigns, without hunting for the button (Enter on a menu does nothing otherwise).
+  ["assignee", "status", "priority", "team"].forEach(function (name) {
+    const field = document.querySelector(`.side #${name}`);
+    if (!field) return;
+    field.addEventListener("keydown", function (event) {
+      if (event.key !== "Enter" || event.altKey || event.ctrlKey || event.metaKey) return;
+      event.preventDefault();
+      field.form.requestSubmit();
+    });
+  });
+
   // Picking a snooze time means snoozing.
   const snoozeTime = document.getElementById("snoozed_until");
   if (snoozeTime) {

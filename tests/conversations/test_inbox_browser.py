@@ -222,6 +222,21 @@ def test_x_and_j_act_on_the_row_the_agent_tabbed_to(asgi_server, browser, bob, c
     expect(rows.nth(2).locator("a")).to_be_focused()
 
 
+def test_a_then_enter_assigns_without_the_button(asgi_server, browser, bob, dana, chat_inbox):
+    """The shortcut "a" goes to the Assignee menu, but Enter there did nothing: the agent
+    had to find the Assign button with Tab."""
+    conversation = receive(chat_inbox, text="My parcel is lost").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.keyboard.press("a")
+    expect(page.locator("#assignee")).to_be_focused()
+    page.select_option("#assignee", str(dana.pk))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=Assigned by Bob: Dana")
+    conversation.refresh_from_db()
+    assert conversation.assignee == dana
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
