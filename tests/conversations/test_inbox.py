@@ -364,6 +364,17 @@ class TestList:
             "Reply: On its way</span>"
         ) in rows
 
+    def test_the_list_is_headed_by_the_view_it_shows(self, client, bob, chat_inbox):
+        """Screen readers go by headings: the list's page had none of its own, the first
+        one found was the side bar's "Views"."""
+        client.force_login(bob)
+        assert re.search(r'<h1 class="sr-only">\s*Mine\s*</h1>', client.get("/inbox/").text)
+        page = client.get("/inbox/?view=teams").text
+        assert re.search(r'<h1 class="sr-only">\s*My teams\s*</h1>', page)
+        client.post("/inbox/views/save", {"name": "Chats <new>", "query": "view=teams"})
+        page = client.get("/inbox/?view=teams").text
+        assert re.search(r'<h1 class="sr-only">\s*Chats &lt;new&gt;\s*</h1>', page)
+
     def test_customer_content_is_escaped(self, client, alice, chat_inbox):
         receive(chat_inbox, text="<img src=x onerror=alert(1)>", name="<script>alert(2)</script>")
         client.force_login(alice)
