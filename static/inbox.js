@@ -461,6 +461,7 @@
   // Notifications: the bell's count, a desktop notification if allowed, a short tone.
   const unread = document.querySelector("[data-unread]");
   let countedHere = 0; // of this page's conversation, while the agent was elsewhere
+  let audio = null; // the notification tone's (below)
   function notify(data) {
     const here = Boolean(conversationId) && String(data.conversation) === conversationId;
     if (here && !document.hidden) {
@@ -475,7 +476,10 @@
       shown.onclick = function () { window.focus(); location.href = `/inbox/${data.conversation}/`; };
     }
     try {
-      const audio = new (window.AudioContext || window.webkitAudioContext)();
+      // One audio context for the page's whole life: each holds an audio thread until
+      // closed, and a new one per notification piled up hundreds over a working day.
+      audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+      if (audio.state === "suspended") audio.resume();
       const tone = audio.createOscillator();
       const gain = audio.createGain();
       gain.gain.value = 0.05;

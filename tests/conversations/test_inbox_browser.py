@@ -362,6 +362,30 @@ def test_news_about_the_conversation_on_screen_does_not_ring_the_bell(
     expect(theirs.locator(".rows .unread")).to_have_count(0)
 
 
+def test_notification_tones_share_one_audio_context(asgi_server, browser, dana, api_inbox):
+    """Each notification's tone opened an audio context of its own and never closed it: an
+    audio thread each, hundreds by the end of a working day in a busy inbox."""
+    conversation = receive(api_inbox, text="Where is my parcel?", address="jo@example.com")
+    services.conversation_assign(conversation=conversation.message.conversation, assignee=dana)
+    page = signed_in(browser, asgi_server, dana)
+    page.add_init_script(
+        """
+        const Real = window.AudioContext;
+        window.audioContexts = 0;
+        window.AudioContext = class extends Real {
+          constructor(...args) { super(...args); window.audioContexts += 1; }
+        };
+        """
+    )
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    unread = "Number(document.querySelector('[data-unread]').textContent)"
+    before = page.evaluate(unread)
+    for n in range(1, 4):  # Dana's customer writes, three times: she hears of each
+        arrive(asgi_server, api_inbox, f"Any news? ({n})")
+        page.wait_for_function(f"() => {unread} >= {before + n}")
+    assert page.evaluate("window.audioContexts") == 1
+
+
 def test_the_inbox_shows_times_in_the_agents_time_zone(asgi_server, browser, bob, chat_inbox):
     conversation = receive(chat_inbox, text="Hello?").message.conversation
     page = signed_in(browser, asgi_server, bob, timezone_id="Asia/Kolkata")  # UTC+5:30
