@@ -610,6 +610,8 @@ def notification_list(request):
     if request.method == "POST":
         services.notifications_mark_read(request.user)
         return redirect("inbox:notifications")
+    if request.GET.get("partial") == "rows":  # the live refresh (static/inbox.js)
+        return render(request, "inbox/_notifications.html", {"notifications": notifications})
     return render(request, "inbox/notifications.html", {"notifications": notifications})
 
 

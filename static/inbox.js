@@ -464,6 +464,7 @@
   let audio = null; // the notification tone's (below)
   function notify(data) {
     const here = Boolean(conversationId) && String(data.conversation) === conversationId;
+    if (!conversationId) refresh(); // the notifications page lists it
     if (here && !document.hidden) {
       markRead(); // news about what is on screen: read as it comes
     } else if (unread) {

@@ -386,6 +386,22 @@ def test_notification_tones_share_one_audio_context(asgi_server, browser, dana, 
     assert page.evaluate("window.audioContexts") == 1
 
 
+def test_the_notifications_page_lists_a_new_one_live(asgi_server, browser, dana, api_inbox):
+    """The bell counted a new notification, but the page listing them did not show it
+    until it was reloaded."""
+    conversation = receive(api_inbox, text="Where is my parcel?", address="jo@example.com")
+    services.conversation_assign(conversation=conversation.message.conversation, assignee=dana)
+    page = signed_in(browser, asgi_server, dana)
+    page.goto(f"{asgi_server}/inbox/notifications")
+    page.focus(".rows li a")  # the agent is on the newest one
+    shown = page.locator(".rows li").count()
+
+    arrive(asgi_server, api_inbox, "Any news about order 4410?")
+    expect(page.locator(".rows li").first).to_contain_text("Any news about order 4410?")
+    expect(page.locator(".rows li")).to_have_count(shown + 1)
+    expect(page.locator(".rows li").nth(1).locator("a")).to_be_focused()  # still on it
+
+
 def test_the_inbox_shows_times_in_the_agents_time_zone(asgi_server, browser, bob, chat_inbox):
     conversation = receive(chat_inbox, text="Hello?").message.conversation
     page = signed_in(browser, asgi_server, bob, timezone_id="Asia/Kolkata")  # UTC+5:30
