@@ -682,8 +682,9 @@ def test_a_name_or_subject_of_one_long_word_does_not_push_the_page_sideways(
     asgi_server, browser, bob, mail_inbox
 ):
     long = "Aurelianomaximilianodelostremedios" * 6
+    pdf = services.InboundAttachment(f"{long}.pdf", "application/pdf", b"%PDF-1.4 ...")
     conversation = receive(
-        mail_inbox, text="Hi", address="a@example.com", name=long, subject=long
+        mail_inbox, text="Hi", address="a@example.com", name=long, subject=long, attachments=(pdf,)
     ).message.conversation
     page = signed_in(browser, asgi_server, bob)
     wider = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
