@@ -589,6 +589,23 @@
   document.querySelectorAll("[data-shortcuts]").forEach(function (button) {
     button.addEventListener("click", showShortcuts);
   });
+  // One-key shortcuts can be turned off (in their dialog, kept in this browser): a word
+  // said to speech input, or typed while the focus is not in the reply box, is a string of
+  // shortcuts otherwise ("hello": e resolves the conversation). WCAG 2.1.4.
+  const KEYS_OFF = "threadline:shortcuts-off";
+  const keysOffBox = document.querySelector("[data-shortcuts-off]");
+  function keysOff() {
+    try { return localStorage.getItem(KEYS_OFF) === "1"; } catch (error) { return false; }
+  }
+  if (keysOffBox) {
+    keysOffBox.checked = keysOff();
+    keysOffBox.addEventListener("change", function () {
+      try {
+        if (keysOffBox.checked) localStorage.setItem(KEYS_OFF, "1");
+        else localStorage.removeItem(KEYS_OFF);
+      } catch (error) { /* storage refused: as it was */ }
+    });
+  }
   const composer = document.querySelector("[data-composer]");
   const text = composer && composer.querySelector("textarea");
   document.addEventListener("keydown", function (event) {
@@ -600,6 +617,7 @@
       return;
     }
     if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key !== "Enter" && keysOff()) return;
     const rows = Array.from(document.querySelectorAll(".rows li[data-conversation]"));
     // A row the agent tabbed to is the current one, as if reached with j/k: x picks it and
     // j goes on from it, not from a row highlighted before.

@@ -296,6 +296,29 @@ def test_after_the_shortcuts_dialog_enter_opens_the_picked_row(
     page.wait_for_url(f"**/inbox/{conversation.conversation_id}/")
 
 
+def test_the_one_key_shortcuts_can_be_turned_off(asgi_server, browser, bob, chat_inbox):
+    """Typed (or said to speech input) while the focus is not in the reply box, "hello"
+    resolved the conversation at its "e": one-key shortcuts must be able to be turned off."""
+    conversation = receive(chat_inbox, text="My parcel is lost").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.click("[data-shortcuts]")
+    dialog = page.get_by_role("dialog", name="Keyboard shortcuts")
+    dialog.get_by_label("Turn off the one-key shortcuts").check()
+    page.keyboard.press("Escape")
+    page.reload()  # kept in this browser
+
+    page.locator("h1").click()
+    page.keyboard.type("hello")
+    expect(page.locator("#reply-text")).not_to_be_focused()
+    with page.expect_navigation():  # anything "e" set off would have gone before this
+        page.click('form[action$="/priority"] button')
+    conversation.refresh_from_db()
+    assert conversation.status == "open"
+    page.click("[data-shortcuts]")
+    expect(dialog.get_by_label("Turn off the one-key shortcuts")).to_be_checked()
+
+
 def test_a_mention_in_a_note_notifies_the_teammate_live(
     asgi_server, browser, bob, dana, charlie, chat_inbox
 ):
