@@ -531,6 +531,25 @@
     });
   });
 
+  // A side-panel form reloads the page: the focus comes back to the field it was in (or the
+  // field of the button pressed), not to the top of the page, ten Tabs away for a keyboard
+  // user. Not after a shortcut ("e"): the focus was on nothing, and stays so for the next.
+  const FOCUS_BACK = "threadline:focus-back";
+  document.addEventListener("submit", function (event) {
+    const active = document.activeElement;
+    if (event.defaultPrevented || !event.target.closest(".side") || !event.target.contains(active)) return;
+    const field = active.id ? active : event.target.querySelector("[id]");
+    try {
+      if (field) sessionStorage.setItem(FOCUS_BACK, JSON.stringify({ page: location.pathname, id: field.id }));
+    } catch (error) { /* storage refused: the top of the page, as before */ }
+  });
+  try {
+    const back = JSON.parse(sessionStorage.getItem(FOCUS_BACK));
+    sessionStorage.removeItem(FOCUS_BACK);
+    const field = back && back.page === location.pathname && document.getElementById(back.id);
+    if (field && field.closest(".side")) field.focus();
+  } catch (error) { /* nothing kept */ }
+
   // Picking a snooze time means snoozing.
   const snoozeTime = document.getElementById("snoozed_until");
   if (snoozeTime) {

@@ -237,6 +237,31 @@ def test_a_then_enter_assigns_without_the_button(asgi_server, browser, bob, dana
     assert conversation.assignee == dana
 
 
+def test_after_a_side_panel_action_the_focus_is_back_in_its_field(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    """The side panel's forms reload the page, which came back with the focus at its top:
+    ten Tabs and more back to where the keyboard user was."""
+    conversation = receive(chat_inbox, text="My parcel is lost").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.keyboard.press("a")
+    page.select_option("#assignee", str(dana.pk))
+    page.keyboard.press("Tab")  # on to the Assign button
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=Assigned by Bob: Dana")
+    expect(page.locator("#assignee")).to_be_focused()
+    page.focus("#tag-add")
+    page.keyboard.type("refund")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("aside ul.tags >> text=refund")
+    expect(page.locator("#tag-add")).to_be_focused()  # ready for the next tag
+    page.locator("h1").click()
+    page.keyboard.press("e")  # a shortcut: the focus stays on nothing, for the next one
+    page.wait_for_selector("#live .badge.status-resolved")
+    expect(page.locator("#tag-add")).not_to_be_focused()
+
+
 def test_answer_a_chat_customer_by_email(
     asgi_server, browser, bob, chat_inbox, email_inbox, smtp_server
 ):
