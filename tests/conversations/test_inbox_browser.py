@@ -746,6 +746,26 @@ def test_a_name_or_subject_of_one_long_word_does_not_push_the_page_sideways(
         assert page.evaluate(wider) <= 0, path
 
 
+def test_at_200_percent_zoom_the_list_starts_on_the_first_screen(
+    asgi_server, browser, bob, chat_inbox
+):
+    """A 1280x900 laptop window at 200% zoom is 640x450: the side bar's views, saved views
+    and inboxes, each a line under its heading, took all of it, and no conversation showed
+    without scrolling."""
+    receive(chat_inbox, text="My parcel is lost", address="v1")
+    page = signed_in(browser, asgi_server, bob)
+    page.set_viewport_size({"width": 640, "height": 450})
+    page.goto(f"{asgi_server}/inbox/?view=teams")
+    row = page.locator(".rows li[data-conversation]").first.bounding_box()
+    assert row["y"] + 40 <= 450  # its number, customer and badges at least
+    wider = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert page.evaluate(wider) <= 0
+    # All still there: the inboxes scroll into view along the line, the headings are read.
+    page.get_by_role("link", name="Website chat").focus()
+    assert page.get_by_role("link", name="Website chat").bounding_box()["x"] < 640
+    assert page.get_by_role("heading", name="Inboxes").count() == 1
+
+
 def test_a_draft_moves_to_the_conversation_its_own_was_merged_into(
     asgi_server, browser, alice, bob, chat_inbox
 ):
