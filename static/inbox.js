@@ -713,6 +713,7 @@
     if (!hint || !picker) return;
     const note = composer.querySelector('[name=mode][value="note"]').checked;
     picker.disabled = note; // a note goes nowhere
+    hint.classList.remove("error"); // a teammate named in a reply (below)
     const option = picker.selectedOptions[0];
     const template = updateTemplate(note, option);
     if (note) { hint.textContent = "Only agents see notes; @name tells a teammate."; return; }
@@ -733,6 +734,22 @@
     if (files && files.files.length && option && option.dataset.files) {
       hint.textContent += `${hint.textContent ? " · " : ""}Files: ${option.dataset.files}.`;
     }
+    // A teammate @named in a reply: the customer would read what was meant for them.
+    const named = teammateNamed(text.value);
+    if (named) {
+      hint.textContent = `@${named} is a teammate, and this reply goes to the customer: meant an internal note?`;
+      hint.classList.add("error");
+    }
+  }
+  const teammates = new Set((function () {
+    try { return JSON.parse(document.getElementById("mentionable").textContent).map((p) => p.handle); } catch (error) { return []; }
+  })());
+  function teammateNamed(value) {
+    for (const match of value.matchAll(/(?:^|\s)@([\p{L}\p{N}._+-]+)/gu)) {
+      const handle = match[1].replace(/[.]+$/, "").toLowerCase(); // "@dana." ends a sentence
+      if (teammates.has(handle)) return handle;
+    }
+    return null;
   }
   // Tell the others this agent is typing: at most once every 2 s while the keys go on.
   let typingSent = 0;

@@ -383,6 +383,27 @@ def test_a_mention_in_a_note_notifies_the_teammate_live(
     assert Message.objects.get(direction="note").status == ""
 
 
+def test_a_teammate_named_in_a_reply_is_pointed_out_before_sending(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    """A reply starting "@dana can you approve this?", meant as a note, went to the
+    customer without a word: the composer now says so while it can still be changed."""
+    conversation = receive(chat_inbox, text="Refund for order 7781?").message.conversation
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    page.keyboard.press("r")
+    page.keyboard.type("@dana can you approve this refund?")
+    hint = page.locator("[data-hint]")
+    expect(hint).to_contain_text("@dana is a teammate, and this reply goes to the customer")
+    page.keyboard.press("Escape")
+    page.check('[name=mode][value="note"]')
+    expect(hint).to_have_text("Only agents see notes; @name tells a teammate.")
+    expect(hint).not_to_have_class("hint error")
+    page.check('[name=mode][value="reply"]')
+    page.fill("#reply-text", "Write to support@example.com or @acme on Twitter.")
+    expect(hint).not_to_contain_text("teammate")  # nobody's handle
+
+
 def test_news_about_the_conversation_on_screen_does_not_ring_the_bell(
     asgi_server, browser, dana, api_inbox
 ):
