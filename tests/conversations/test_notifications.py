@@ -54,7 +54,7 @@ class TestWhoIsTold:
         assert kinds(dana)[-1] == ("wrote_again", again.conversation_id, None)
         client.force_login(dana)
         html = client.get("/inbox/notifications").content.decode()
-        assert "Grace</span> wrote again, by API, in a new conversation" in html
+        assert "Grace</bdi></span> wrote again, by API, in a new conversation" in html
         assert f"#m{again.pk}" in html  # it leads to the message itself
         # Once her chat is resolved, a new conversation is nobody's news but routing's.
         services.conversation_set_status(conversation=chat, status="resolved", actor=dana)
