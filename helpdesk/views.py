@@ -128,6 +128,7 @@ def rate(request, token: str):
             return render(request, "rate.html", {**context, "expired": True}, status=410)
         if request.method == "POST":
             context["chosen"] = request.POST.get("rating", "")
+            context["comment"] = request.POST.get("comment", "")
             try:
                 rating = int(context["chosen"])
             except ValueError:

@@ -394,8 +394,11 @@ class EmailAdapter(Adapter):
         }
         # RFC 3834: other robots must not answer it. Not a chat follow-up: that carries what
         # agents wrote, and a customer's mail rules may set aside what says auto-replied.
-        if message.metadata.get("automatic") not in (None, "", "follow_up"):
-            headers["Auto-Submitted"] = "auto-replied"
+        automatic = message.metadata.get("automatic")
+        if automatic not in (None, "", "follow_up"):
+            # A survey answers no mail of theirs: generated, not replied (RFC 3834, 5).
+            replied = automatic != "satisfaction"
+            headers["Auto-Submitted"] = "auto-replied" if replied else "auto-generated"
         if last_inbound or thread_ids:
             headers["In-Reply-To"] = f"<{last_inbound or thread_ids[-1]}>"
             # RFC 5322 asks for the whole chain; keep the first and the latest few.

@@ -345,6 +345,7 @@ def test_a_resolved_email_gets_one_survey_and_the_customer_rates_it(
     (survey,) = replies(conversation)[1:]
     assert survey.metadata["automatic"] == "satisfaction"
     [mail] = [m for m in smtp_server.messages() if "Rate us" in m.get_body().get_content()]
+    assert mail["Auto-Submitted"] == "auto-generated"  # it answers no mail of hers
     assert mail["To"].addresses[0].addr_spec == "maria@example.com"
     link = survey_link(survey).removeprefix("http://testserver")
     assert link in mail.get_body().get_content()
@@ -359,11 +360,15 @@ def test_a_resolved_email_gets_one_survey_and_the_customer_rates_it(
     assert '<input type="radio" name="rating" value="4" required checked>' in page.content.decode()
     conversation.refresh_from_db()
     assert conversation.rating is None
+    # A rating left out: said, and what they wrote is kept in the form (escaped).
+    page = client.post(link, {"comment": "<b>Quick</b>, thanks"})
+    assert page.status_code == 400
+    assert "Choose a rating from 1 to 5." in page.content.decode()
+    assert "&lt;b&gt;Quick&lt;/b&gt;, thanks</textarea>" in page.content.decode()
     page = client.post(link, {"rating": "4", "comment": "<b>Quick</b>, thanks"})
     assert "Thank you for your rating." in page.content.decode()
     conversation.refresh_from_db()
     assert (conversation.rating, conversation.rating_comment) == (4, "<b>Quick</b>, thanks")
-    assert "&lt;b&gt;" not in client.get(link).content.decode()  # the comment is not shown back
 
     # Reopened and resolved again: asked once, and never once rated.
     with tasks_run():
