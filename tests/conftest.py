@@ -346,6 +346,24 @@ class SmtpRecorder:
         self.received.append(envelope)
         return "250 2.0.0 OK"
 
+    def hold_first(self) -> tuple[threading.Event, threading.Event]:
+        """Sit on the first DATA (a client dying or waiting mid-send) until `release` is set:
+        returns (received, release). Unanswered, aiosmtpd drops the transaction, as an MTA
+        must: it has not taken responsibility for the mail."""
+        import asyncio
+
+        received, release = threading.Event(), threading.Event()
+        accept = self.handle_DATA
+
+        async def held(server, session, envelope):
+            if not received.is_set():
+                received.set()
+                await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+            return await accept(server, session, envelope)
+
+        self.handle_DATA = held
+        return received, release
+
     def messages(self):
         from email import policy
         from email.parser import BytesParser

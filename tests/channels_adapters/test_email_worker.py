@@ -1,5 +1,3 @@
-import asyncio
-import threading
 from datetime import timedelta
 
 import pytest
@@ -18,18 +16,8 @@ from tests.conftest import worker_killed_mid_task
 def test_a_worker_killed_mid_send_loses_nothing_and_resends_with_the_same_message_id(
     redis_url, email_inbox, smtp_server, bob, purge_broker
 ):
-    data_received, release = threading.Event(), threading.Event()
-    accept = smtp_server.handle_DATA
-
-    async def hold_first_data(server, session, envelope):
-        if not data_received.is_set():
-            data_received.set()
-            # The worker dies while we sit on its DATA, before we answer 250. aiosmtpd then
-            # drops the transaction, as an MTA must: it has not taken responsibility for it.
-            await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
-        return await accept(server, session, envelope)
-
-    smtp_server.handle_DATA = hold_first_data
+    # The worker dies while the server sits on its DATA, before it answers 250.
+    data_received, release = smtp_server.hold_first()
     pipe(email_inbox, customer_mail())
     reply = worker_killed_mid_task(
         lambda: services.reply_send(

@@ -1,4 +1,3 @@
-import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -246,16 +245,7 @@ def test_two_health_checks_at_once_alert_the_admins_once(alice, mail_inbox, smtp
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_server.port
     mail_inbox.settings = {"silent_after_hours": 1}
     mail_inbox.save()
-    data_received, release = threading.Event(), threading.Event()
-    accept = smtp_server.handle_DATA
-
-    async def hold_first_data(server, session, envelope):
-        if not data_received.is_set():
-            data_received.set()
-            await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
-        return await accept(server, session, envelope)
-
-    smtp_server.handle_DATA = hold_first_data
+    data_received, release = smtp_server.hold_first()
 
     def check():
         try:
