@@ -466,11 +466,6 @@ class InboxForm(forms.ModelForm):
         return super().save(commit)
 
 
-# Inboxes that do not answer by themselves: the widget says it all, and an API inbox's
-# integration speaks to its own users.
-NO_AUTO_REPLIES = (Channel.WEBCHAT, Channel.API)
-
-
 class AutoReplyForm(forms.ModelForm):
     def clean_language(self):
         # Written its one way before the inline compares its rows: an "ES" beside an "es" is
@@ -539,7 +534,7 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     actions = ["rotate_secret"]
 
     def get_inlines(self, request, obj):
-        return [AutoReplyInline] if obj and obj.kind not in NO_AUTO_REPLIES else []
+        return [AutoReplyInline] if obj and obj.kind not in AutoReply.SILENT_INBOXES else []
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)

@@ -1990,10 +1990,11 @@ def conversation_set_status(
 
 def _survey_later(conversation: Conversation) -> None:
     """The inbox's satisfaction survey, if it has one, once this commits (routing.replies)."""
-    from routing.replies import surveying_inboxes
+    from routing.models import AutoReply
+    from routing.replies import inboxes_with
     from routing.tasks import satisfaction_survey
 
-    if conversation.inbox_id in surveying_inboxes.get():
+    if conversation.inbox_id in inboxes_with(AutoReply.Kind.SATISFACTION):
         transaction.on_commit(lambda: satisfaction_survey.delay(conversation.pk), robust=True)
 
 

@@ -134,9 +134,7 @@ def rate(request, token: str):
             except ValueError:
                 rating = None
             try:
-                conversation_rate(
-                    conversation, rating=rating, comment=request.POST.get("comment", "")
-                )
+                conversation_rate(conversation, rating=rating, comment=context["comment"])
             except ValidationError as exc:
                 context["error"], status = exc.messages[0], 400
             else:

@@ -843,6 +843,9 @@ class AutoReply(models.Model):
 
     # Placeholders a template may use, filled in when it is sent.
     PLACEHOLDERS = ("number", "name", "expected_reply", "opens_at", "inbox", "rating_link")
+    # Inboxes that say nothing by themselves: the widget says it all (and rates), and an API
+    # inbox's integration speaks to its own users.
+    SILENT_INBOXES = (Channel.WEBCHAT, Channel.API)
 
     inbox = models.ForeignKey(Inbox, on_delete=models.CASCADE, related_name="auto_replies")
     kind = models.CharField(max_length=20, choices=Kind.choices)

@@ -121,28 +121,25 @@ def reply_time_text(delta: timedelta | None) -> str:
 # --- Automatic replies -------------------------------------------------------------------------
 
 
-# Asked of every customer message: which inboxes have an active template, per process until
-# one changes.
 ANSWERING = (AutoReply.Kind.ACKNOWLEDGEMENT, AutoReply.Kind.OUT_OF_OFFICE)
-_answering_inboxes = TableCache(
-    AutoReply,
-    lambda: frozenset(
-        AutoReply.objects.filter(is_active=True, kind__in=ANSWERING).values_list(
-            "inbox_id", flat=True
-        )
-    ),
-)
 
 
-# Asked of every resolution: which inboxes send a satisfaction survey.
-surveying_inboxes = TableCache(
-    AutoReply,
-    lambda: frozenset(
-        AutoReply.objects.filter(is_active=True, kind=AutoReply.Kind.SATISFACTION).values_list(
-            "inbox_id", flat=True
-        )
-    ),
-)
+def _templated_inboxes() -> dict[str, frozenset[int]]:
+    inboxes: dict[str, set[int]] = {}
+    for kind, inbox_id in AutoReply.objects.filter(is_active=True).values_list("kind", "inbox"):
+        inboxes.setdefault(kind, set()).add(inbox_id)
+    return {kind: frozenset(ids) for kind, ids in inboxes.items()}
+
+
+# Asked of every customer message and every resolution: which inboxes have an active template
+# of each kind, per process until one changes.
+_templated = TableCache(AutoReply, _templated_inboxes)
+
+
+def inboxes_with(*kinds: str) -> frozenset[int]:
+    """The inboxes with an active template of any of `kinds`."""
+    held = _templated.get()
+    return frozenset().union(*(held.get(kind, ()) for kind in kinds))
 
 
 def _unanswered(message: Message) -> bool:
@@ -158,7 +155,7 @@ def auto_reply_due(*, inbox: Inbox, message: Message) -> bool:
         inbox.kind != Channel.WEBCHAT
         and message.direction == Message.Direction.INBOUND
         and not _unanswered(message)
-        and inbox.pk in _answering_inboxes.get()
+        and inbox.pk in inboxes_with(*ANSWERING)
     )
 
 
@@ -297,7 +294,7 @@ def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
         conversation.status != Conversation.Status.RESOLVED
         or conversation.merged_into_id
         or conversation.rating is not None
-        or conversation.inbox.kind in (Channel.WEBCHAT, Channel.API)
+        or conversation.inbox.kind in AutoReply.SILENT_INBOXES
         or not settings.PUBLIC_URL  # nowhere the customer could follow a link to
         or not answered.exists()
     ):
