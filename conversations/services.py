@@ -204,6 +204,9 @@ class StatusUpdate:
     provider_id: str
     status: str
     reason: str = ""
+    # Our own id for the message, where the provider names it by ours (an API integration's
+    # report on a reply): looked up by it, not by provider_id.
+    message_id: int | None = None
     # A bounce for these only, copied on the message (not its customer, who has it): noted on
     # the message, whose status stays as it is.
     copies_missed: tuple[str, ...] = ()
@@ -1258,9 +1261,11 @@ def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -
     anyone may write one anyway."""
     if update.status not in STATUS_RANK:
         raise ValidationError(f"Unknown delivery status {update.status!r}.")
-    ours = Message.objects.filter(
-        channel=update.channel, provider_id=update.provider_id, direction=Message.Direction.OUTBOUND
-    )
+    ours = Message.objects.filter(channel=update.channel, direction=Message.Direction.OUTBOUND)
+    if update.message_id is not None:
+        ours = ours.filter(pk=update.message_id)
+    else:
+        ours = ours.filter(provider_id=update.provider_id)
     if inbox is not None and update.channel != Channel.EMAIL:
         ours = ours.filter(inbox=inbox)
     with transaction.atomic():

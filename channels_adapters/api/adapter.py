@@ -10,11 +10,16 @@ v1=<hex HMAC-SHA256 of "<t>.<body>" under the inbox secret>`. A 2xx answer means
 and 5xx are tried again later, with the same `id` (the integration drops one it has seen);
 any other answer fails the reply with what it said. Without a webhook URL agents cannot
 reply here, and are told so before they write.
+
+Statuses: `POST /channels/api/<inbox id>/statuses` with the same bearer secret and
+`{"id": "<a reply's id>", "status": "delivered" | "read" | "failed", "reason": "..."}` tells
+agents that their user got, read, or never got a reply. A status only moves forward.
 """
 
 import hashlib
 import hmac
 import json
+import re
 import time
 
 from channels_adapters.base import (
@@ -28,7 +33,11 @@ from channels_adapters.base import (
 )
 from channels_adapters.http import provider_call, public_client, transient_or_permanent
 from conversations.models import Channel, Inbox, inbox_scoped_address
-from conversations.services import InboundMessage
+from conversations.services import InboundMessage, StatusUpdate
+
+# What an integration may say of a reply, as Message.Status values.
+REPORTED = ("delivered", "read", "failed")
+REPLY_ID = re.compile(r"[0-9]{1,18}")
 
 
 def webhook_url(inbox) -> str:
@@ -99,7 +108,31 @@ class ApiAdapter(Adapter):
             raise InvalidPayload("Field 'from' has at most 300 characters.")
         return data
 
+    @staticmethod
+    def decode_status(body: bytes) -> dict:
+        data = json_object(body)
+        if not isinstance(data.get("id"), str) or not REPLY_ID.fullmatch(data["id"]):
+            raise InvalidPayload("Field 'id' is required: a reply's id, as its webhook gave it.")
+        if data.get("status") not in REPORTED:
+            raise InvalidPayload(f"Field 'status' must be one of: {', '.join(REPORTED)}.")
+        if not isinstance(data.get("reason", ""), str):
+            raise InvalidPayload("Field 'reason' must be a string.")
+        return data
+
     def parse_inbound(self, event):
+        if event.headers.get("type") == "status":
+            data = self.decode_status(event.raw())
+            reason = data.get("reason", "").replace("\x00", "").strip()[:500]
+            if data["status"] == "failed":
+                reason = f"The integration reported: {reason or 'not delivered'}"
+            update = StatusUpdate(
+                channel=Channel.API,
+                provider_id=data["id"],
+                message_id=int(data["id"]),
+                status=data["status"],
+                reason=reason,
+            )
+            return [update]
         data = self.decode(event.raw())
         return [
             InboundMessage(

@@ -254,6 +254,92 @@ class TestApiReplies:
         assert not conversation.messages.filter(direction="outbound").exists()
 
 
+def report(client, inbox, body, token=None):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token or inbox.secret}"}
+    url = f"/channels/api/{inbox.pk}/statuses"
+    return client.post(url, data=json.dumps(body), content_type="application/json", **headers)
+
+
+def reported(client, inbox, message, status, **more):
+    """The integration's word on `message`, once the worker has applied it."""
+    response = report(client, inbox, {"id": str(message.pk), "status": status, **more})
+    assert response.status_code == 202, response.content
+    inbound_event_process(response.json()["event"])
+    message.refresh_from_db()
+    return response.json()
+
+
+@pytest.mark.django_db
+class TestApiStatuses:
+    def test_delivered_and_read_show_on_the_reply_and_never_go_back(
+        self, client, api_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        message = answer(conversation, bob, text="On its way!")
+        reported(client, api_inbox, message, "delivered")
+        assert (message.status, message.delivered_at is not None) == ("delivered", True)
+        reported(client, api_inbox, message, "read")
+        assert (message.status, message.read_at is not None) == ("read", True)
+        # A late or replayed "delivered" changes nothing; the replay is not stored twice.
+        assert reported(client, api_inbox, message, "delivered")["duplicate"] is True
+        assert message.status == "read"
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert '<span class="badge ">Read</span>' in page  # on the reply, for its agents
+
+    def test_a_reported_failure_fails_the_reply_with_their_reason(
+        self, client, api_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        message = answer(conversation, bob)
+        reported(client, api_inbox, message, "failed", reason="The user deleted their account")
+        assert message.status == "failed"
+        said = "The integration reported: The user deleted their account"
+        assert message.failure_reason == said
+        # Its author hears of it, as of any reply that did not reach the customer.
+        assert bob.notifications.filter(conversation=conversation).exists()
+
+    def test_a_status_for_what_the_inbox_did_not_send_is_404(
+        self, client, api_inbox, billing_inbox, integration, bob
+    ):
+        conversation = user_writes(client, api_inbox)
+        message = answer(conversation, bob)
+        theirs = conversation.messages.get(direction="inbound")
+        for body, token in [
+            ({"id": str(theirs.pk), "status": "read"}, None),  # a user's message, not a reply
+            ({"id": "999999", "status": "read"}, None),
+        ]:
+            response = report(client, api_inbox, body, token)
+            assert response.status_code == 404
+            assert response.json()["error"].startswith("This inbox sent no reply with the id")
+        # Another integration's secret opens its own inbox only.
+        body = {"id": str(message.pk), "status": "read"}
+        response = report(client, billing_inbox, body, token=billing_inbox.secret)
+        assert response.status_code == 404
+        assert report(client, api_inbox, body, token=billing_inbox.secret).status_code == 403
+        assert not InboundEvent.objects.filter(headers__type="status").exists()
+        message.refresh_from_db()
+        assert message.status == "sent"
+
+    @pytest.mark.parametrize(
+        ("body", "error"),
+        [
+            (
+                {"id": "12", "status": "seen"},
+                "Field 'status' must be one of: delivered, read, failed.",
+            ),
+            ({"id": "m-12", "status": "read"}, "Field 'id' is required: a reply's id"),
+            ({"id": "9" * 40, "status": "read"}, "Field 'id' is required: a reply's id"),
+            ({"id": 12, "status": "read"}, "Field 'id' is required: a reply's id"),
+            ({"id": "12", "status": "failed", "reason": 5}, "Field 'reason' must be a string."),
+        ],
+    )
+    def test_malformed_statuses_get_400(self, client, api_inbox, body, error):
+        response = report(client, api_inbox, body)
+        assert response.status_code == 400
+        assert response.json()["error"].startswith(error)
+
+
 @pytest.mark.django_db
 def test_a_webhook_s_credentials_stay_out_of_what_agents_read(client, api_inbox, bob, settings):
     """A webhook URL may carry the integration's basic-auth password: an agent reads the
