@@ -106,6 +106,14 @@ def inbox_scoped_address(inbox_id: int, address: str) -> str:
     return f"{inbox_id}:{address}"
 
 
+def inbox_scope(address: str) -> tuple[int | None, str]:
+    """(inbox id, address as the integration gave it) of an inbox-scoped address."""
+    inbox_id, colon, given = address.partition(":")
+    if colon and inbox_id.isascii() and inbox_id.isdigit():
+        return int(inbox_id), given
+    return None, address
+
+
 class Identity(ChoiceLabels, models.Model):
     """One address a customer is reached at: an email, a phone number, a Messenger id..."""
 
@@ -151,7 +159,7 @@ class Identity(ChoiceLabels, models.Model):
         if self.kind in OPAQUE_ADDRESSES:
             return ""
         if self.kind in INBOX_SCOPED_ADDRESSES:
-            return self.address.partition(":")[2] or self.address
+            return inbox_scope(self.address)[1] or self.address
         return self.address
 
 

@@ -32,7 +32,7 @@ from channels_adapters.base import (
     json_object,
 )
 from channels_adapters.http import provider_call, public_client, transient_or_permanent
-from conversations.models import Channel, Inbox, inbox_scoped_address
+from conversations.models import Channel, Inbox, inbox_scope
 from conversations.services import InboundMessage, StatusUpdate
 
 # What an integration may say of a reply, as Message.Status values.
@@ -159,9 +159,7 @@ class ApiAdapter(Adapter):
         # Another integration's inbox (theirs deactivated, reply_send picked another) would
         # hand the reply to an app that does not know this user.
         identity = message.identity
-        if inbox is not None and not identity.address.startswith(
-            inbox_scoped_address(inbox.pk, "")
-        ):
+        if inbox is not None and inbox_scope(identity.address)[0] != inbox.pk:
             return f"{identity.shown_address} is not a user of “{inbox}”."
         return super().send_refusal(message)
 
@@ -192,5 +190,5 @@ class ApiAdapter(Adapter):
 
 
 def _inbox_of(identity) -> Inbox | None:
-    inbox_id, _, _ = identity.address.partition(":")
-    return Inbox.objects.filter(pk=int(inbox_id)).first() if inbox_id.isdigit() else None
+    inbox_id, _ = inbox_scope(identity.address)
+    return Inbox.objects.filter(pk=inbox_id).first() if inbox_id else None
