@@ -52,6 +52,20 @@ def conversation_tags(request, number: int):
 
 @login_required
 @require_POST
+def conversation_follow(request, number: int):
+    """`follow`: "1" to hear of the conversation without holding it, "0" to stop."""
+    conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+    try:
+        services.conversation_follow(
+            conversation=conversation, user=request.user, follow=request.POST.get("follow") == "1"
+        )
+    except ValidationError as exc:
+        _refused(request, exc)
+    return _back(conversation)
+
+
+@login_required
+@require_POST
 def conversation_uncopy(request, number: int):
     conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
     services.conversation_uncopy(

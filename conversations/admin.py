@@ -805,6 +805,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "team",
         "assignee",
         "tags",
+        "followers",
         "merged_into",
         "created_at",
         "updated_at",

@@ -334,6 +334,11 @@ class Conversation(ChoiceLabels, models.Model):
     )
     # Other people on the thread (CC'd on email); they may write into it too.
     participants = models.ManyToManyField(Identity, blank=True, related_name="participating_in")
+    # Agents who asked to hear of it without holding it: the customer's replies, others'
+    # answers, status changes (services.followers_tell).
+    followers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="followed_conversations"
+    )
     # The capability in our Reply-To address (support+<token>@...): replies thread by it.
     reply_token = models.CharField(max_length=40, unique=True, default=new_reply_token)
     # Why an agent should look twice, e.g. an email that claimed to continue someone else's
@@ -744,6 +749,7 @@ class Notification(ChoiceLabels, models.Model):
         FAILED = "failed", _("Reply not delivered")
         SNOOZE_ENDED = "snooze_ended", _("Back from snooze")
         WROTE_AGAIN = "wrote_again", _("Your customer wrote again")
+        FOLLOWED = "followed", _("In a conversation you follow")
 
     recipient = models.ForeignKey(  # notification_list_idx leads with it
         settings.AUTH_USER_MODEL,

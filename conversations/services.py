@@ -1053,7 +1053,9 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
         _notify(
             [conversation.assignee_id], Notification.Kind.CUSTOMER_REPLIED, conversation, message
         )
-    elif opened and not (quiet or inbound.asks_nothing or flag_reason):
+    if not opened and not quiet:  # a new conversation has no followers yet
+        _followers_tell(conversation, Notification.Kind.CUSTOMER_REPLIED, message)
+    if opened and not (quiet or inbound.asks_nothing or flag_reason):
         _others_assignees_tell(conversation, message)
 
     if (
@@ -1562,6 +1564,10 @@ def reply_send(
             conversation_assign(
                 conversation=conversation, assignee=author, actor=author, reason="reply"
             )
+        if not automatic and author is not None:
+            _followers_tell(
+                conversation, Notification.Kind.FOLLOWED, message, actor=author, text="answered"
+            )
         # A customer with the chat widget open sees replies on every channel there: a chat
         # reply is announced by the widget's own adapter once sent, any other now.
         told = {"event": "message", "conversation": conversation.pk, "message": message.pk}
@@ -1792,8 +1798,36 @@ def _notify(recipient_ids, kind, conversation, message=None, *, actor=None, text
         Notification.Kind.FAILED: f"A reply in #{conversation.pk} was not delivered: {text}",
         Notification.Kind.SNOOZE_ENDED: f"#{conversation.pk} is back from snooze",
         Notification.Kind.WROTE_AGAIN: f"{who} wrote again, by {text}, in #{conversation.pk}",
+        Notification.Kind.FOLLOWED: (
+            f"{actor.name if actor else 'It'} {text} (#{conversation.pk}, which you follow)"
+        ),
     }.get(kind, text)  # SLA alerts come worded
     publish_notifications(recipient_ids, kind=kind, conversation=conversation.pk, text=text)
+
+
+def conversation_follow(*, conversation: Conversation, user, follow: bool = True) -> None:
+    """`user` hears of `conversation` without holding it: the customer's replies, others'
+    answers, its status changes (or no longer, with follow=False)."""
+    if not follow:
+        conversation.followers.remove(user)
+        return
+    _refuse_if_merged(conversation)
+    conversation.followers.add(user)
+
+
+def _followers_tell(conversation, kind, message=None, *, actor=None, text="") -> None:
+    """The conversation's followers hear of a change, but not its assignee (told as such, or
+    the one who made it) nor anyone who may no longer see it, decided now: an agent who left
+    the team follows nothing of it any more."""
+    from conversations.selectors import can_see
+
+    followers = [
+        user.pk
+        for user in conversation.followers.filter(is_active=True)
+        if user.pk != conversation.assignee_id and can_see(user, conversation)
+    ]
+    if followers:
+        _notify(followers, kind, conversation, message, actor=actor, text=text)
 
 
 def notifications_mark_read(user, conversation: Conversation | None = None) -> int:
@@ -1988,6 +2022,14 @@ def conversation_set_status(
             _queue_moves(conversation)
         if status == Status.RESOLVED and previous != status:
             _survey_later(conversation)
+        if previous != status:
+            label = Status(status).label.lower()
+            _followers_tell(
+                conversation,
+                Notification.Kind.FOLLOWED,
+                actor=actor,
+                text=f"set it to {label}" if actor else f"is {label} now",
+            )
         if previous != status and automations:
             _automations_run(conversation, ["status_changed"])
     return conversation
@@ -2081,6 +2123,7 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
         ).update(client_id="")
         source.messages.update(conversation=target)
         target.tags.add(*source.tags.all())
+        target.followers.add(*source.followers.all())
         for attr in ("first_response_at", "waiting_since", "last_inbound_at"):
             values = [v for v in (getattr(source, attr), getattr(target, attr)) if v]
             setattr(target, attr, min(values) if values else None)

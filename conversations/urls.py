@@ -19,6 +19,7 @@ urlpatterns = [
     path("<int:number>/priority", views.conversation_priority, name="priority"),
     path("<int:number>/canned", canned.canned_search, name="canned"),
     path("<int:number>/tags", actions.conversation_tags, name="tags"),
+    path("<int:number>/follow", actions.conversation_follow, name="follow"),
     path("<int:number>/transfer", actions.conversation_transfer, name="transfer"),
     path("<int:number>/copy", actions.conversation_copy, name="copy"),
     path("<int:number>/uncopy", actions.conversation_uncopy, name="uncopy"),

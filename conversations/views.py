@@ -100,6 +100,11 @@ ACTIVE = (Status.OPEN, Status.PENDING)
 
 
 # Views of the list: what each one holds for `user`, whose teams are `teams` (teams_of).
+def _followed_by(user) -> Q:
+    followed = Conversation.followers.through.objects.filter(user=user)
+    return Q(pk__in=followed.values("conversation_id"))
+
+
 VIEWS = {
     "mine": ("Mine", lambda user, teams: Q(assignee=user)),
     # An agent's unassigned ones: their teams' work waiting for someone (not one of their
@@ -109,6 +114,7 @@ VIEWS = {
         lambda user, teams: Q(assignee__isnull=True) & (Q() if user.is_admin else worked_by(teams)),
     ),
     "teams": ("My teams", lambda user, teams: worked_by(teams)),
+    "following": ("Following", lambda user, teams: _followed_by(user)),
     "all": ("All", None),
 }
 # Sorts: the ordering, and the fields of the keyset cursor in that order.
@@ -551,6 +557,10 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         ],
         "statuses": Status.choices,
         "priorities": Conversation.Priority.choices,
+        # A callable too: read when the page shows the side panel.
+        "followers": lambda: list(
+            conversation.followers.filter(is_active=True).order_by("display_name", "email")
+        ),
         "tags": conversation.tags.all(),
         "all_tags": Tag.objects.all(),
         "teams": Team.objects.all(),

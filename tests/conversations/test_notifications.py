@@ -153,3 +153,79 @@ class TestPages:
         page = client.get("/inbox/notifications")
         assert page.context["notifications"] == []
         assert page.context["unread_notifications"] == 0  # nor counted behind the bell
+
+
+def follow(client, user, conversation, follow="1"):
+    client.force_login(user)
+    return client.post(f"/inbox/{conversation.pk}/follow", {"follow": follow})
+
+
+@pytest.mark.django_db
+class TestFollowers:
+    def test_a_follower_hears_of_replies_answers_and_status_changes_until_they_stop(
+        self, client, chat_inbox, bob, dana
+    ):
+        conversation = receive(chat_inbox, text="Hello").message.conversation
+        services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
+        assert follow(client, dana, conversation).status_code == 302
+        page = client.get(f"/inbox/{conversation.pk}/").content.decode()
+        assert "Stop following</button>" in page and "Followed by you" in page
+
+        receive(chat_inbox, text="Any news?")
+        services.reply_send(conversation=conversation, author=bob, text="Looking into it")
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+        assert kinds(dana) == [
+            ("customer_replied", conversation.pk, None),
+            ("followed", conversation.pk, "Bob"),
+            ("followed", conversation.pk, "Bob"),
+        ]
+        html = client.get("/inbox/notifications").content.decode()
+        assert "Bob</span> set it to resolved <span" in html
+        assert "Bob</span> answered <span" in html
+        # What she does herself is no news to her; the assignee hears as the assignee only.
+        services.conversation_set_status(conversation=conversation, status="open", actor=dana)
+        assert len(kinds(dana)) == 3
+        assert [k for k, *_ in kinds(bob)] == ["customer_replied"]  # once, as its assignee
+
+        follow(client, dana, conversation, follow="0")
+        receive(chat_inbox, text="Hello again?")
+        assert len(kinds(dana)) == 3
+        assert "Nobody follows it" in client.get(f"/inbox/{conversation.pk}/").content.decode()
+
+    def test_a_follower_who_may_no_longer_see_it_hears_nothing(
+        self, client, chat_inbox, bob, dana, support
+    ):
+        conversation = receive(chat_inbox).message.conversation
+        follow(client, dana, conversation)
+        support.memberships.filter(user=dana).delete()  # she moved to another team
+        receive(chat_inbox, text="Still there?")
+        services.conversation_set_status(conversation=conversation, status="pending", actor=bob)
+        assert kinds(dana) == []
+
+    def test_another_team_cannot_follow_what_it_cannot_see(self, client, chat_inbox, charlie):
+        conversation = receive(chat_inbox).message.conversation
+        assert follow(client, charlie, conversation).status_code == 404
+        assert not conversation.followers.exists()
+
+    def test_the_following_view_lists_what_the_agent_follows(self, client, chat_inbox, dana):
+        followed = receive(chat_inbox, address="v1", text="Followed one").message.conversation
+        receive(chat_inbox, address="v2", text="Another one")
+        follow(client, dana, followed)
+        html = client.get("/inbox/?view=following").content.decode()
+        assert "Followed one" in html and "Another one" not in html
+        assert 'data-count="following">1</span>' in html  # the tab's count
+
+    def test_followers_carry_over_a_merge(self, client, chat_inbox, api_inbox, bob, dana):
+        first = receive(chat_inbox, text="First").message.conversation
+        Identity.objects.create(
+            customer=first.customer, kind=Channel.API, address=f"{api_inbox.pk}:grace-42"
+        )
+        second = receive(api_inbox, address="grace-42", text="Second").message.conversation
+        assert second.pk != first.pk
+        follow(client, dana, first)
+        services.conversation_merge(source=first, target=second, actor=bob)
+        assert list(second.followers.all()) == [dana]
+        # A merged conversation takes no followers: the work goes on in the other one.
+        response = follow(client, bob, first)
+        assert response.status_code == 302
+        assert not first.followers.filter(pk=bob.pk).exists()
