@@ -135,15 +135,18 @@ class TestList:
 
     def test_counts_per_view(self, client, bob, chat_inbox):
         services.conversation_assign(conversation=chat(chat_inbox, address="v1"), assignee=bob)
-        chat(chat_inbox, address="v2")
+        waiting = chat(chat_inbox, address="v2")
         resolved = chat(chat_inbox, address="v3")
         services.conversation_set_status(conversation=resolved, status="resolved")
+        for followed in (waiting, resolved):  # only the work still to do is counted
+            services.conversation_follow(conversation=followed, user=bob)
         client.force_login(bob)
         response = client.get("/inbox/")
         assert [(key, count) for key, _, count in response.context["views"]] == [
             ("mine", 1),
             ("unassigned", 1),
             ("teams", 2),
+            ("following", 1),
         ]
 
     @pytest.mark.parametrize(
