@@ -1655,6 +1655,17 @@ def note_add(
             message,
             actor=author,
         )
+        if author is not None:
+            _followers_tell(
+                conversation,
+                Notification.Kind.FOLLOWED,
+                message,
+                actor=author,
+                text="wrote a note",
+                besides={user.pk for user in agents},  # told they were mentioned
+            )
+        # Asked in, they hear how it goes on, as followers (until they stop following).
+        conversation.followers.add(*(user for user in agents if user.pk != conversation.assignee_id))
     return message
 
 
@@ -1815,16 +1826,20 @@ def conversation_follow(*, conversation: Conversation, user, follow: bool = True
     conversation.followers.add(user)
 
 
-def _followers_tell(conversation, kind, message=None, *, actor=None, text="") -> None:
+def _followers_tell(
+    conversation, kind, message=None, *, actor=None, text="", besides=frozenset()
+) -> None:
     """The conversation's followers hear of a change, but not its assignee (told as such, or
-    the one who made it) nor anyone who may no longer see it, decided now: an agent who left
-    the team follows nothing of it any more."""
+    the one who made it), those `besides` (told otherwise) nor anyone who may no longer see
+    it, decided now: an agent who left the team follows nothing of it any more."""
     from conversations.selectors import can_see
 
     followers = [
         user.pk
         for user in conversation.followers.filter(is_active=True)
-        if user.pk != conversation.assignee_id and can_see(user, conversation)
+        if user.pk != conversation.assignee_id
+        and user.pk not in besides
+        and can_see(user, conversation)
     ]
     if followers:
         _notify(followers, kind, conversation, message, actor=actor, text=text)

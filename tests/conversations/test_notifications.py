@@ -192,6 +192,20 @@ class TestFollowers:
         assert len(kinds(dana)) == 3
         assert "Nobody follows it" in client.get(f"/inbox/{conversation.pk}/").content.decode()
 
+    def test_a_mentioned_agent_follows_and_followers_hear_of_notes(
+        self, client, chat_inbox, bob, dana, alice
+    ):
+        conversation = receive(chat_inbox).message.conversation
+        services.conversation_follow(conversation=conversation, user=alice)
+        services.note_add(conversation=conversation, author=bob, text="@dana is this a refund?")
+        # Told once, as mentioned; Alice, who follows, hears of the note.
+        assert kinds(dana) == [("mentioned", conversation.pk, "Bob")]
+        assert kinds(alice) == [("followed", conversation.pk, "Bob")]
+        # Dana now follows: the customer's answer reaches her too.
+        assert list(conversation.followers.order_by("display_name")) == [alice, dana]
+        receive(chat_inbox, text="It is about order 12")
+        assert kinds(dana)[-1] == ("customer_replied", conversation.pk, None)
+
     def test_a_follower_who_may_no_longer_see_it_hears_nothing(
         self, client, chat_inbox, bob, dana, support
     ):
