@@ -1,9 +1,10 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
-from helpdesk.models import User
+from helpdesk.models import ApiToken, User
+from helpdesk.tokens import api_token_create, api_token_revoke
 from routing.models import TeamMembership
 
 
@@ -109,3 +110,40 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
         reasons += [f"{using} acts for {user}" for using in actions_naming("agent", user.pk)]
         naming = conditions_naming("agent", user.pk)
         return reasons + [f"{using} looks for {user} in its conditions" for using in naming]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Admins make tokens for any user (shown once, in the message after saving) and revoke
+    them; a token cannot be read back nor edited, only revoked."""
+
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__email", "prefix"]
+    autocomplete_fields = ["user"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj is None else ["user", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        made, token = api_token_create(user=obj.user, name=obj.name)
+        obj.pk = made.pk
+        self.message_user(
+            request,
+            f"The token for {made.user} (copy it now, it is not shown again): {token}",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for api_token in queryset.filter(revoked_at=None):
+            api_token_revoke(api_token=api_token)
+        self.message_user(request, "Revoked: those tokens no longer work.")

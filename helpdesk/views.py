@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.core import signing
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
@@ -24,6 +26,7 @@ from django.views.decorators.http import require_GET
 
 from helpdesk.celery import app as celery_app
 from helpdesk.celery import embedded
+from helpdesk.models import ApiToken
 
 
 def _check_database() -> str:
@@ -222,3 +225,26 @@ class LoginView(auth_views.LoginView):
             cache.add(key, 0, LOGIN_WINDOW_SECONDS)
             cache.incr(key)
         return super().form_invalid(form)
+
+
+@never_cache
+@login_required
+def api_tokens(request):
+    """An agent's own REST API tokens: make one (shown on this answer only: it is not kept),
+    list them with when each was last used, revoke one."""
+    from conversations.selectors import id_given
+    from helpdesk.tokens import api_token_create, api_token_revoke
+
+    made, error = "", ""
+    if request.method == "POST":
+        if (pk := id_given(request.POST.get("revoke"))) is not None:
+            api_token = get_object_or_404(ApiToken, pk=pk, user=request.user)
+            api_token_revoke(api_token=api_token)
+            messages.success(request, f"“{api_token.name}” was revoked: it no longer works.")
+            return redirect("api_tokens")
+        try:
+            _, made = api_token_create(user=request.user, name=request.POST.get("name", ""))
+        except ValidationError as exc:
+            error = "; ".join(exc.messages)
+    context = {"tokens": request.user.api_tokens.all(), "made": made, "error": error}
+    return render(request, "inbox/api_tokens.html", context, status=400 if error else 200)

@@ -20,7 +20,10 @@ MODELS = [model for model in admin.site._registry]
 
 
 def add_pipeline_rows(n: int):
-    """Rows the demo does not make: attachments, delivery attempts and raw inbound events."""
+    """Rows the demo does not make: attachments, delivery attempts, raw inbound events and
+    API tokens."""
+    from helpdesk.tokens import api_token_create
+
     agent = User.objects.get(email="agent@example.com")
     api = Inbox.objects.filter(kind=Channel.API).first()
     for i in range(n):
@@ -42,6 +45,7 @@ def add_pipeline_rows(n: int):
         ).message.conversation
         reply = services.reply_send(conversation=conversation, author=agent, text="thanks")
         message_deliver(reply.pk)
+        api_token_create(user=agent, name=f"Sync {key}")
 
 
 def admin_urls():
