@@ -1644,7 +1644,9 @@ def note_add(
             metadata={"automation": automation} if automation else {},
         )
         attachments_store(message, attachments)
-        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
+        now = timezone.now()
+        # updated_at too: an API client syncing by `updated_after` must hear of the note.
+        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=now, updated_at=now)
         publish_conversation_event(conversation, "note", message=message.pk)
         # The mentions that reached nobody, kept on the message for the caller to say so.
         agents, message.mentions_missed = mentions_resolve(conversation, text)

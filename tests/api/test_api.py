@@ -326,6 +326,12 @@ class TestLists:
         assert sorted(listed("assignee=none")) == sorted([open_.pk, pending.pk])
         after = Conversation.objects.get(pk=pending.pk).updated_at.isoformat()
         assert listed(f"updated_after={after.replace('+00:00', 'Z')}&ordering=id") == [mine.pk]
+        # A note is news too, for a client syncing by updated_after.
+        services.note_add(conversation=open_, author=dana, text="Called them")
+        assert listed(f"updated_after={after.replace('+00:00', 'Z')}&ordering=id") == [
+            open_.pk,
+            mine.pk,
+        ]
 
     def test_an_unknown_filter_or_ordering_is_an_error(self, bob):
         client = api(token_for(bob))
