@@ -218,6 +218,11 @@ class TestReplies:
         response = post(client, path, {"text": "Hi", "identity": stranger.pk})
         assert response.status_code == 400
         assert response.json() == {"identity": ["That address is not this customer's."]}
+        # PostgreSQL cannot store a NUL: refused as input, not a 500.
+        response = post(client, path, {"text": "Hi\u0000"})
+        assert response.json() == {"text": ["Null characters are not allowed."]}
+        response = client.get("/api/v1/customers?address=a%00b")
+        assert response.json() == {"address": ["Null characters are not allowed."]}
         response = post(client, path, {"text": "Hi", "html": "<b>Hi</b>"})
         assert response.status_code == 400
         assert "Unknown field" in response.json()["html"][0]
