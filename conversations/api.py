@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -58,6 +58,14 @@ PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
 # --- Output ------------------------------------------------------------------------------------
 
 
+class UtcDateTime(serializers.DateTimeField):
+    """Times in UTC both ways, whatever TIME_ZONE or the agent's browser says: a time given
+    without an offset is UTC, and every time answered ends in Z."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=UTC, **kwargs)
+
+
 class NamedSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -94,16 +102,16 @@ class ConversationOutput(serializers.Serializer):
     team = NamedSerializer(allow_null=True)
     assignee = AgentOutput(allow_null=True)
     tags = serializers.SerializerMethodField()
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
-    last_activity_at = serializers.DateTimeField()
-    waiting_since = serializers.DateTimeField(
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+    last_activity_at = UtcDateTime()
+    waiting_since = UtcDateTime(
         allow_null=True, help_text="Since when the customer waits on us; null: nobody waits."
     )
-    first_response_at = serializers.DateTimeField(allow_null=True)
-    resolved_at = serializers.DateTimeField(allow_null=True)
-    snoozed_until = serializers.DateTimeField(allow_null=True)
-    sla_due_at = serializers.DateTimeField(allow_null=True)
+    first_response_at = UtcDateTime(allow_null=True)
+    resolved_at = UtcDateTime(allow_null=True)
+    snoozed_until = UtcDateTime(allow_null=True)
+    sla_due_at = UtcDateTime(allow_null=True)
 
     def get_tags(self, conversation) -> list[str]:
         return sorted(tag.name for tag in conversation.tags.all())
@@ -147,10 +155,10 @@ class MessageOutput(serializers.Serializer):
     html = serializers.CharField(help_text="Sanitised HTML, when the channel sent some.")
     client_id = serializers.CharField()
     attachments = AttachmentOutput(many=True)
-    created_at = serializers.DateTimeField()
-    sent_at = serializers.DateTimeField(allow_null=True)
-    delivered_at = serializers.DateTimeField(allow_null=True)
-    read_at = serializers.DateTimeField(allow_null=True)
+    created_at = UtcDateTime()
+    sent_at = UtcDateTime(allow_null=True)
+    delivered_at = UtcDateTime(allow_null=True)
+    read_at = UtcDateTime(allow_null=True)
 
 
 class ConversationDetailOutput(ConversationOutput):
@@ -181,9 +189,9 @@ class CustomerOutput(serializers.Serializer):
     timezone = serializers.CharField()
     attributes = serializers.DictField()
     notes = serializers.CharField()
-    blocked_at = serializers.DateTimeField(allow_null=True)
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
+    blocked_at = UtcDateTime(allow_null=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
     identities = IdentityOutput(many=True)
 
 
@@ -241,8 +249,10 @@ def _query(serializer_class, request) -> dict:
     return query.validated_data
 
 
-# --- Keyset pagination: no OFFSET, and rows that change while paging are neither skipped nor
-# listed twice within the ordering they were read in.
+# --- Keyset pagination: a page starts after the sort values of the previous page's last row,
+# not at an OFFSET, so rows added or taken away ahead of it shift nothing. In ordering
+# `updated_at`, a conversation that changes while a client pages is read again at the end:
+# never missed.
 
 
 def _cursor_encode(ordering: str, row, fields) -> str:
@@ -295,11 +305,9 @@ def _after(fields, values) -> Q:
     return beyond | (Q(**{name: values[0]}) & _after(rest, values[1:]))
 
 
-def _refusal(exc: ValidationError, field: str | None = None) -> Response:
-    """A service's refusal, as the API says what was wrong: under the field it concerns, or
-    as `detail`."""
-    body = {field: exc.messages} if field else {"detail": "; ".join(exc.messages)}
-    return Response(body, status=status.HTTP_400_BAD_REQUEST)
+def _refusal(exc: ValidationError) -> Response:
+    """A service's refusal (no address to reply to, a closed messaging window...), as `detail`."""
+    return Response({"detail": "; ".join(exc.messages)}, status=status.HTTP_400_BAD_REQUEST)
 
 
 # --- Conversations -----------------------------------------------------------------------------
@@ -323,9 +331,7 @@ class ConversationListApi(APIView):
         assignee = serializers.CharField(
             required=False, help_text="An agent's id, or `none` for unassigned ones."
         )
-        updated_after = serializers.DateTimeField(
-            required=False, help_text="ISO 8601; without an offset, in UTC."
-        )
+        updated_after = UtcDateTime(required=False, help_text="ISO 8601; without an offset, UTC.")
         ordering = serializers.ChoiceField(
             choices=list(ORDERINGS), required=False, default="-updated_at"
         )
@@ -373,8 +379,9 @@ class ConversationDetailApi(APIView):
         """What an agent may change on a conversation here, as on its page: nothing else."""
 
         status = serializers.ChoiceField(choices=Status.choices, required=False)
-        snoozed_until = serializers.DateTimeField(
-            required=False, help_text="With status `snoozed`: until when (in the future)."
+        snoozed_until = UtcDateTime(
+            required=False,
+            help_text="With status `snoozed`: until when (ISO 8601; without an offset, UTC).",
         )
         priority = PriorityField(required=False)
         assignee = _id_field(

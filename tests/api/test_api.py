@@ -281,6 +281,19 @@ class TestChanges:
         maria.refresh_from_db()
         assert (maria.status, maria.assignee, maria.priority) == ("open", None, 1)
 
+    def test_times_are_utc_whatever_the_sites_time_zone(self, bob, maria, settings, time_machine):
+        settings.TIME_ZONE = "America/Sao_Paulo"
+        time_machine.move_to("2026-03-02T10:00:00Z", tick=False)
+        client = api(token_for(bob))
+        response = patch(
+            client,
+            f"/api/v1/conversations/{maria.pk}",
+            {"status": "snoozed", "snoozed_until": "2026-03-03T09:00:00"},  # no offset: UTC
+        )
+        assert response.json()["snoozed_until"] == "2026-03-03T09:00:00Z"
+        maria.refresh_from_db()
+        assert maria.snoozed_until.isoformat() == "2026-03-03T09:00:00+00:00"
+
     def test_a_transfer_hands_it_to_the_other_team(self, bob, billing, maria):
         client = api(token_for(bob))
         patch(client, f"/api/v1/conversations/{maria.pk}", {"assignee": bob.pk})
@@ -305,7 +318,7 @@ class TestLists:
             with django_assert_max_num_queries(8):
                 page = client.get(url).json()
             seen += [c["id"] for c in page["results"]]
-            # A conversation changed while paging moves, and is read where it moved to.
+            # One read already that changes moves ahead of the cursor: it is not listed twice.
             if pages == 0:
                 services.note_add(
                     conversation=Conversation.objects.get(pk=seen[-1]), author=bob, text="x"
