@@ -1,7 +1,15 @@
+from django import forms
 from django.contrib import admin, messages
 
 from channels_adapters.delivery import inbound_events_requeue
-from channels_adapters.models import InboundEvent
+from channels_adapters.models import (
+    InboundEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
+)
+from channels_adapters.webhooks import webhook_deliveries_requeue, webhook_secret_rotate
 
 
 @admin.register(InboundEvent)
@@ -36,3 +44,92 @@ class InboundEventAdmin(admin.ModelAdmin):
     def reprocess(self, request, queryset):
         count = inbound_events_requeue(queryset)
         self.message_user(request, f"{count} events queued again.", messages.SUCCESS)
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(
+        label="URL",
+        max_length=500,
+        assume_scheme="https",
+        help_text="Where events are POSTed: an http(s) address.",
+    )
+    event_types = forms.MultipleChoiceField(
+        choices=WebhookEventType.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="note.created carries internal notes: choose it only for a tool agents use.",
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["url", "description", "event_types", "is_active"]
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ["started_at", "status_code", "duration_ms", "error", "response"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ["url", "description", "is_active", "failing_since", "disabled_reason"]
+    list_filter = ["is_active"]
+    search_fields = ["url", "description"]
+    readonly_fields = ["secret", "failing_since", "disabled_reason", "created_at", "updated_at"]
+    actions = ["rotate_secret"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Shown once saved: the one made for an unsaved form would not be the one kept.
+        return self.readonly_fields if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if change and "is_active" in form.changed_data and obj.is_active:
+            # Turned on again by a person: its failures so far count no more.
+            obj.failing_since, obj.disabled_reason = None, ""
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Rotate the signing secret of the selected endpoints")
+    def rotate_secret(self, request, queryset):
+        for endpoint in queryset:
+            webhook_secret_rotate(endpoint)
+        self.message_user(
+            request,
+            f"{queryset.count()} secrets rotated: give the integrations their new secret.",
+            messages.WARNING,
+        )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "event_id",
+        "event_type",
+        "endpoint",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+        "delivered_at",
+        "last_error",
+    ]
+    list_filter = ["status", "event_type", "endpoint"]
+    list_select_related = ["endpoint"]
+    search_fields = ["=event_id", "last_error"]
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    inlines = [WebhookAttemptInline]
+    actions = ["send_again"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Send the selected failed deliveries again")
+    def send_again(self, request, queryset):
+        count = webhook_deliveries_requeue(queryset)
+        self.message_user(request, f"{count} deliveries queued again.", messages.SUCCESS)

@@ -172,3 +172,20 @@ def send_transcript(self, event_id: int):
         return transcript_send(event_id)
     except OSError as exc:  # the mail server is down or refused: try again later
         raise self.retry(countdown=delivery.backoff_seconds(self.request.retries + 1)) from exc
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def send_webhook(self, delivery_id: int):
+    from channels_adapters.webhooks import webhook_deliver
+
+    retry_in = webhook_deliver(delivery_id)
+    if retry_in is not None:
+        # A little past the backoff, so the retry never lands before next_attempt_at.
+        raise self.retry(countdown=retry_in + 0.5)
+
+
+@shared_task(acks_late=True)
+def sweep_webhooks():
+    from channels_adapters.webhooks import webhooks_sweep
+
+    return webhooks_sweep()

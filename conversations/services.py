@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from channels_adapters import webhooks
 from conversations.models import (
     IMAGE_TYPES,
     INBOX_SCOPED_ADDRESSES,
@@ -300,9 +301,11 @@ def phone_normalize(number: str, *, typed: bool = False) -> str:
 
 
 def _event(conversation, kind, actor=None, **data) -> ConversationEvent:
-    return ConversationEvent.objects.create(
+    event = ConversationEvent.objects.create(
         conversation=conversation, kind=kind, actor=actor, data=data
     )
+    webhooks.conversation_event_emit(event)  # a change of status, priority, team or assignee
+    return event
 
 
 # --- Customers -----------------------------------------------------------------------------
@@ -1048,6 +1051,13 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     ConversationEvent.objects.bulk_create(events)
     if seen:
         Identity.objects.filter(pk=identity.pk).update(**seen)
+    # For integrators, once the conversation is routed: a new one says where it went in its
+    # own event; a reopened one is a change of status.
+    if opened:
+        webhooks.conversation_created(conversation)
+    elif reopened:
+        webhooks.conversation_event_emit(events[0])
+    webhooks.message_created(message)
 
     if conversation.assignee_id and not opened and not quiet:
         _notify(
@@ -1293,6 +1303,7 @@ def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -
         elif STATUS_RANK[update.status] <= current:
             return message
         now = timezone.now()
+        previously_delivered = message.delivered_at
         message.status = update.status
         if update.status == Message.Status.DELIVERED:
             message.delivered_at = message.delivered_at or now
@@ -1305,6 +1316,8 @@ def message_status_update(update: StatusUpdate, *, inbox: Inbox | None = None) -
         )
         if message.status == Message.Status.FAILED:
             message_failure_tell(message)
+        elif message.delivered_at and previously_delivered is None:
+            webhooks.message_delivered(message)  # once: a "read" after it says nothing new
     return message
 
 
@@ -1551,6 +1564,7 @@ def reply_send(
         draft.save()
         message = draft
         attachments_store(message, attachments)
+        webhooks.message_created(message)
         now = timezone.now()
         conversation.last_activity_at = now
         if not automatic and author is not None:
@@ -1644,6 +1658,7 @@ def note_add(
             metadata={"automation": automation} if automation else {},
         )
         attachments_store(message, attachments)
+        webhooks.message_created(message)  # as note.created: never a message.created
         now = timezone.now()
         # updated_at too: an API client syncing by `updated_after` must hear of the note.
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=now, updated_at=now)
@@ -1702,6 +1717,7 @@ def message_failure_tell(message: Message) -> None:
     left the conversation's team is not told what they may no longer read."""
     from conversations.selectors import can_see
 
+    webhooks.message_failed(message)
     told = {message.author_id, message.conversation.assignee_id} - {None}
     agents = get_user_model().objects.filter(pk__in=told, is_active=True)
     _notify(

@@ -46,6 +46,11 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.sweep_stuck",
             "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
         },
+        # Outgoing webhooks whose task was lost (broker down at commit, a worker killed).
+        "sweep-webhooks": {
+            "task": "channels_adapters.tasks.sweep_webhooks",
+            "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+        },
         "wake-snoozed": {"task": "conversations.tasks.wake_snoozed", "schedule": 30.0},
         "poll-mailboxes": {
             "task": "channels_adapters.tasks.poll_mailboxes",

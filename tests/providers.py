@@ -196,6 +196,31 @@ class FakeIntegration(FakeProvider):
         return super().failure(mode)
 
 
+class FakeReceiver(FakeIntegration):
+    """An integrator's endpoint for outgoing webhooks: it checks our signature as the README
+    tells them to (the API inbox's scheme), keeps each event once by its id however often it
+    comes, and answers 200. `fail("400")` refuses an event for good."""
+
+    def __init__(self, secret: str = ""):
+        super().__init__(secret)
+        self.events: dict[str, dict] = {}  # event id -> the event, first copy kept
+
+    def answer(self, request: Recorded) -> Answer:
+        if not self.signed(request):
+            return Answer(401, b"bad signature", "text/plain")
+        event = request.json()
+        self.events.setdefault(event["id"], event)
+        return Answer(200, b"ok", "text/plain")
+
+    def failure(self, mode: str) -> Answer:
+        if mode in ("400", "410"):
+            return Answer(int(mode), b"No such hook", "text/plain")
+        return super().failure(mode)
+
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events.values()]
+
+
 # --- Twilio -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,404 @@
+"""Outgoing webhooks, as an integrator sees them: a loopback endpoint (tests/providers.py) that
+checks our signature and keeps each event once by its id."""
+
+import re
+import signal
+import subprocess
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from channels_adapters.delivery import message_deliver
+from channels_adapters.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from channels_adapters.webhooks import webhook_deliver, webhooks_sweep
+from conversations import services
+from conversations.models import Conversation, Message
+from tests.conftest import receive, signed_in_http, start_celery_worker
+
+ALL_TYPES = [
+    "conversation.created",
+    "conversation.updated",
+    "message.created",
+    "note.created",
+    "message.delivered",
+    "message.failed",
+]
+
+
+@pytest.fixture
+def receiver():
+    from tests.providers import FakeReceiver
+
+    fake = FakeReceiver()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def loopback_allowed(settings):
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
+
+
+def endpoint_for(receiver, types=ALL_TYPES, **fields) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.create(
+        url=f"{receiver.url}/hooks", event_types=types, **fields
+    )
+    receiver.secret = endpoint.secret
+    return endpoint
+
+
+def deliveries(**filters):
+    return list(WebhookDelivery.objects.filter(**filters).order_by("pk"))
+
+
+@pytest.mark.usefixtures("loopback_allowed")
+class TestEvents:
+    def test_each_event_type_reaches_the_endpoint_once_signed_with_its_data(
+        self, receiver, chat_inbox, bob, tasks_run
+    ):
+        endpoint_for(receiver)
+        with tasks_run():
+            received = receive(chat_inbox, text="My parcel is lost", name="Ana Lima")
+        conversation = received.message.conversation
+        with tasks_run():
+            reply = services.reply_send(conversation=conversation, author=bob, text="On it!")
+        with tasks_run():
+            services.note_add(conversation=conversation, author=bob, text="Courier says Tuesday")
+            services.conversation_set_status(
+                conversation=conversation, status=Conversation.Status.RESOLVED, actor=bob
+            )
+        with tasks_run():
+            message_deliver(reply.pk)  # sent: nothing for integrators yet
+            reply.refresh_from_db()
+            services.message_status_update(
+                services.StatusUpdate(
+                    channel=reply.channel, provider_id=reply.provider_id, status="delivered"
+                )
+            )
+            services.message_status_update(  # read after delivered: nothing new to say
+                services.StatusUpdate(
+                    channel=reply.channel, provider_id=reply.provider_id, status="read"
+                )
+            )
+        with tasks_run():
+            second = services.reply_send(
+                conversation=conversation, author=bob, text="Anything else?"
+            )
+        Message.objects.filter(pk=second.pk).update(status="sent", provider_id="chat-2")
+        with tasks_run():
+            services.message_status_update(
+                services.StatusUpdate(
+                    channel=second.channel, provider_id="chat-2", status="failed", reason="Gone"
+                )
+            )
+
+        assert receiver.types() == [
+            "conversation.created",
+            "message.created",  # the customer's
+            "message.created",  # bob's reply
+            "conversation.updated",  # answering it, bob took it
+            "note.created",
+            "conversation.updated",  # resolved
+            "message.delivered",
+            "message.created",  # the second reply
+            "message.failed",
+            "conversation.updated",  # the failure reopened it
+        ]
+        assert len(receiver.calls()) == len(receiver.events)  # every one once
+        events = list(receiver.events.values())
+        opened = events[0]
+        assert opened["data"]["conversation"]["number"] == conversation.number
+        assert opened["data"]["conversation"]["customer"]["name"] == "Ana Lima"
+        assert opened["data"]["conversation"]["status"] == "open"
+        assert opened["occurred_at"].endswith("Z")
+        assert events[1]["data"]["message"]["text"] == "My parcel is lost"
+        assert events[1]["data"]["message"]["direction"] == "inbound"
+        assert events[2]["data"]["message"]["author"]["name"] == bob.name
+        assert events[3]["data"]["changes"] == {"assignee": {"from": None, "to": bob.pk}}
+        assert events[4]["data"]["message"]["text"] == "Courier says Tuesday"
+        assert events[5]["data"]["changes"] == {"status": {"from": "open", "to": "resolved"}}
+        assert events[5]["data"]["actor"]["id"] == bob.pk
+        assert events[6]["data"]["message"]["id"] == reply.pk
+        failed = events[8]["data"]["message"]
+        assert (failed["id"], failed["status"], failed["failure_reason"]) == (
+            second.pk,
+            "failed",
+            "Gone",
+        )
+        for call in receiver.calls():
+            assert call.path == "/hooks"
+            assert call.headers["x-threadline-event-id"] == call.json()["id"]
+            # No capability or secret travels: the reply token threads email replies.
+            body = call.body.decode()
+            assert conversation.reply_token not in body and receiver.secret not in body
+
+    def test_a_note_is_never_a_message_created(self, receiver, chat_inbox, bob, tasks_run):
+        conversation = receive(chat_inbox).message.conversation
+        endpoint_for(receiver, types=["message.created"])
+        with tasks_run():
+            services.note_add(conversation=conversation, author=bob, text="Internal only")
+        assert receiver.calls() == [] and deliveries() == []
+
+    def test_an_endpoint_hears_only_the_types_it_chose(self, receiver, chat_inbox, tasks_run):
+        from tests.providers import FakeReceiver
+
+        other = FakeReceiver()
+        try:
+            endpoint_for(receiver, types=["note.created"])
+            endpoint_for(other, types=["conversation.created"])
+            with tasks_run():
+                receive(chat_inbox)
+            assert receiver.calls() == []
+            assert other.types() == ["conversation.created"]
+        finally:
+            other.close()
+
+    def test_a_turned_off_endpoint_hears_nothing(self, receiver, chat_inbox, tasks_run):
+        endpoint = endpoint_for(receiver)
+        endpoint.is_active = False
+        endpoint.save()
+        with tasks_run():
+            receive(chat_inbox)
+        assert receiver.calls() == [] and deliveries() == []
+
+    def test_a_rolled_back_change_sends_nothing(self, receiver, chat_inbox, bob, tasks_run):
+        conversation = receive(chat_inbox).message.conversation
+        endpoint_for(receiver)
+        with tasks_run(), pytest.raises(RuntimeError), transaction.atomic():
+            services.note_add(conversation=conversation, author=bob, text="Draft")
+            raise RuntimeError("the request failed after the note")
+        assert receiver.calls() == [] and deliveries() == []
+
+
+@pytest.mark.usefixtures("loopback_allowed")
+class TestRetries:
+    def test_a_server_error_is_retried_later_with_the_same_id_and_delivered_once(
+        self, receiver, chat_inbox, tasks_run
+    ):
+        endpoint_for(receiver, types=["conversation.created"])
+        receiver.fail("500")
+        with tasks_run():
+            receive(chat_inbox)
+        (delivery,) = deliveries()
+        assert (delivery.status, delivery.attempts) == ("pending", 1)
+        assert receiver.events == {}
+        # Backing off: not before its time, then once it comes.
+        assert webhook_deliver(delivery.pk) is None
+        with time_machine.travel(delivery.next_attempt_at + timedelta(seconds=1)):
+            assert webhook_deliver(delivery.pk) is None
+
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts) == ("delivered", 2)
+        first, second = receiver.calls()
+        assert first.json()["id"] == second.json()["id"] == str(delivery.event_id)
+        assert len(receiver.events) == 1
+        tries = WebhookAttempt.objects.filter(delivery=delivery).order_by("pk")
+        assert [a.status_code for a in tries] == [500, 200]
+
+    def test_the_backoff_doubles_and_a_hang_up_is_retried_too(
+        self, receiver, chat_inbox, tasks_run
+    ):
+        endpoint_for(receiver, types=["conversation.created"])
+        receiver.fail("hang_up", "500", "500")
+        with tasks_run():
+            receive(chat_inbox)
+        (delivery,) = deliveries()
+        waits = []
+        for _ in range(2):
+            delivery.refresh_from_db()
+            with time_machine.travel(delivery.next_attempt_at + timedelta(seconds=1), tick=False):
+                waits.append(webhook_deliver(delivery.pk))
+        assert 30 <= waits[0] <= 60 <= waits[1] <= 120  # doubled each time, with jitter
+        delivery.refresh_from_db()
+        with time_machine.travel(delivery.next_attempt_at + timedelta(seconds=1), tick=False):
+            assert webhook_deliver(delivery.pk) is None
+        errors = list(delivery.tries.values_list("error", flat=True))
+        assert errors[0].startswith("Could not reach the endpoint: RemoteProtocolError")
+        assert WebhookDelivery.objects.get().status == "delivered"
+
+    def test_a_refusal_fails_at_once_and_is_recorded(self, receiver, chat_inbox, tasks_run):
+        endpoint_for(receiver, types=["conversation.created"])
+        receiver.fail("400")
+        with tasks_run():
+            receive(chat_inbox)
+        (delivery,) = deliveries()
+        assert delivery.status == "failed"
+        assert delivery.last_error == "Refused with HTTP 400: not tried again."
+        (attempt,) = delivery.tries.all()
+        assert (attempt.status_code, attempt.response) == (400, "No such hook")
+        with time_machine.travel(timezone.now() + timedelta(hours=1)):
+            assert webhooks_sweep() == 0
+        assert len(receiver.calls()) == 1
+
+    def test_after_a_day_of_failures_it_gives_up_and_the_endpoint_is_turned_off(
+        self, receiver, chat_inbox, alice, tasks_run, mailoutbox
+    ):
+        endpoint = endpoint_for(receiver, types=["conversation.created"])
+        start = timezone.now()
+        receiver.fail(*["500"] * 200)
+        with tasks_run():
+            receive(chat_inbox)
+        (delivery,) = deliveries()
+        while delivery.status == "pending":
+            due = delivery.next_attempt_at + timedelta(seconds=1)
+            with time_machine.travel(due, tick=False), tasks_run():
+                webhook_deliver(delivery.pk)
+            delivery.refresh_from_db()
+
+        assert delivery.next_attempt_at - start > timedelta(hours=23)
+        assert delivery.last_error.startswith(f"Gave up after {delivery.attempts} attempts")
+        assert delivery.tries.count() == delivery.attempts < 120
+        endpoint.refresh_from_db()
+        assert not endpoint.is_active and "every attempt failed since" in endpoint.disabled_reason
+        (mail,) = mailoutbox
+        assert mail.to == [alice.email] and endpoint.url in mail.subject
+        with tasks_run():
+            receive(chat_inbox, address="visitor-2")
+        assert deliveries() == [delivery]  # a turned-off endpoint collects nothing more
+
+    def test_an_admin_sends_failed_deliveries_again(
+        self, client, alice, receiver, chat_inbox, tasks_run
+    ):
+        endpoint_for(receiver, types=["conversation.created"])
+        receiver.fail("410")
+        with tasks_run():
+            receive(chat_inbox)
+        (delivery,) = deliveries(status="failed")
+        client.force_login(alice)
+        with tasks_run():
+            response = client.post(
+                "/admin/channels_adapters/webhookdelivery/",
+                {"action": "send_again", "_selected_action": [delivery.pk]},
+                follow=True,
+            )
+        assert "1 deliveries queued again." in response.content.decode()
+        assert WebhookDelivery.objects.get().status == "delivered"
+        assert len(receiver.events) == 1
+
+
+def test_a_private_address_is_refused_unless_allowed(receiver, chat_inbox, tasks_run, settings):
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = False  # as in production
+    endpoint_for(receiver, types=["conversation.created"])
+    with tasks_run():
+        receive(chat_inbox)
+    (delivery,) = deliveries()
+    assert delivery.status == "failed"
+    assert "not a public address" in delivery.last_error
+    assert receiver.calls() == []
+
+
+def test_with_no_endpoint_a_message_asks_the_database_nothing_more(chat_inbox, receiver):
+    receive(chat_inbox, address="visitor-0")  # the configuration tables read once
+    with CaptureQueriesContext(connection) as queries:
+        receive(chat_inbox)
+    webhook_reads = [q["sql"] for q in queries if "webhook" in q["sql"]]
+    # Only the configuration tables' one statement (TableCache) names the table.
+    assert len(webhook_reads) == 1 and " UNION ALL " in webhook_reads[0]
+    baseline = len(queries)
+
+    endpoint_for(receiver, types=["note.created"])  # listens, to something else
+    receive(chat_inbox, address="visitor-2")
+    with CaptureQueriesContext(connection) as queries:
+        receive(chat_inbox, address="visitor-3")
+    assert len(queries) == baseline
+
+
+class TestAdmin:
+    def test_an_admin_adds_an_endpoint_sees_its_secret_and_rotates_it(self, client, alice):
+        client.force_login(alice)
+        response = client.post(
+            "/admin/channels_adapters/webhookendpoint/add/",
+            {
+                "url": "https://crm.example.com/threadline",
+                "description": "CRM",
+                "event_types": ["conversation.created", "message.created"],
+                "is_active": "on",
+            },
+        )
+        assert response.status_code == 302
+        endpoint = WebhookEndpoint.objects.get()
+        assert endpoint.event_types == ["conversation.created", "message.created"]
+        assert re.fullmatch(r"whsec_[0-9a-f]{64}", endpoint.secret)  # 256 bits
+        page = client.get(f"/admin/channels_adapters/webhookendpoint/{endpoint.pk}/change/")
+        assert endpoint.secret in page.content.decode()
+
+        client.post(
+            "/admin/channels_adapters/webhookendpoint/",
+            {"action": "rotate_secret", "_selected_action": [endpoint.pk]},
+        )
+        old, endpoint = endpoint.secret, WebhookEndpoint.objects.get()
+        assert endpoint.secret != old and endpoint.secret.startswith("whsec_")
+
+    def test_an_endpoint_needs_an_http_url_and_known_types(self, client, alice):
+        client.force_login(alice)
+        response = client.post(
+            "/admin/channels_adapters/webhookendpoint/add/",
+            {"url": "ftp://crm.example.com/", "event_types": ["message.deleted"]},
+        )
+        assert response.status_code == 200
+        assert not WebhookEndpoint.objects.exists()
+        text = response.content.decode()
+        assert "Enter a valid URL." in text
+        assert "message.deleted is not one of the available choices" in text
+
+
+@pytest.mark.django_db(transaction=True)
+class TestLostTasks:
+    def test_with_the_broker_down_at_commit_the_sweep_delivers_later(
+        self, server_without_redis, client, bob, chat_inbox, receiver, purge_broker, settings
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+        conversation = receive(chat_inbox).message.conversation
+        endpoint_for(receiver, types=["message.created"])
+        agent = signed_in_http(client, bob, server_without_redis)
+        page = agent.get(f"/inbox/{conversation.number}/").text
+        form = dict(
+            re.findall(r'name="(csrfmiddlewaretoken|seen|client_id)" value="([^"]*)"', page)
+        )
+
+        answer = agent.post(
+            f"/inbox/{conversation.number}/reply",
+            data={**form, "mode": "reply", "text": "Your refund is on its way."},
+        )
+
+        assert answer.status_code == 302  # the reply is taken, its event recorded
+        (delivery,) = deliveries()
+        assert (delivery.status, delivery.attempts) == ("pending", 0)
+        assert webhooks_sweep() == 0  # not lost yet: its task may still come
+        later = timezone.now() + timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS + 1)
+        with time_machine.travel(later):
+            assert webhooks_sweep() == 1
+            purge_broker()  # run the re-enqueued delivery here instead of in a worker
+            webhook_deliver(delivery.pk)
+        (event,) = receiver.events.values()
+        assert event["data"]["message"]["text"] == "Your refund is on its way."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_separate_celery_worker_delivers_the_events(
+    redis_url, chat_inbox, bob, receiver, purge_broker, monkeypatch
+):
+    monkeypatch.setenv("MEDIA_FETCH_ALLOW_PRIVATE", "true")  # for the worker process
+    endpoint_for(receiver, types=["conversation.created", "message.created"])
+    worker = start_celery_worker(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        conversation = receive(chat_inbox, text="Hello there").message.conversation
+        services.reply_send(conversation=conversation, author=bob, text="Hi!")
+        # Each call sets `called` after it is recorded: cleared, then counted, none is missed.
+        while len(receiver.calls()) < 3:
+            assert receiver.called.wait(30), "the worker sent nothing more"
+            receiver.called.clear()
+        assert sorted(call.json()["type"] for call in receiver.calls()) == [
+            "conversation.created",
+            "message.created",
+            "message.created",
+        ]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output
+    assert WebhookDelivery.objects.filter(status="delivered").count() == 3
