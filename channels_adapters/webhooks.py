@@ -328,14 +328,23 @@ def _attempt_record(delivery: WebhookDelivery, attempt: WebhookAttempt, retry) -
     retry_in = None
     update: dict = {}
     if retry is None:
-        update = {"status": WebhookDelivery.Status.DELIVERED, "delivered_at": now, "last_error": ""}
+        update = {
+            "status": WebhookDelivery.Status.DELIVERED,
+            "delivered_at": now,
+            "last_error": "",
+            "next_attempt_at": now,  # no claim left standing in the admin's list
+        }
     else:
         reason = attempt.error or f"HTTP {attempt.status_code}: {attempt.response[:200]}"
         given_up = now - (delivery.requeued_at or delivery.created_at) > GIVE_UP
         if retry is False or given_up:
             if retry is not False:
                 reason = f"Gave up after {delivery.attempts} attempts over a day: {reason}"
-            update = {"status": WebhookDelivery.Status.FAILED, "last_error": reason[:500]}
+            update = {
+                "status": WebhookDelivery.Status.FAILED,
+                "last_error": reason[:500],
+                "next_attempt_at": now,
+            }
         else:
             retry_in = backoff_seconds(delivery.attempts)
             if retry is not True:  # the endpoint said when

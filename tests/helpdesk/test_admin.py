@@ -12,6 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from channels_adapters.delivery import inbound_event_process, inbound_event_store, message_deliver
+from channels_adapters.models import WebhookDelivery, WebhookEndpoint
+from channels_adapters.webhooks import webhook_deliver
 from conversations import services
 from conversations.models import Channel, Conversation, Inbox, Message
 from helpdesk.models import User
@@ -21,10 +23,13 @@ MODELS = [model for model in admin.site._registry]
 
 def add_pipeline_rows(n: int):
     """Rows the demo does not make: attachments, delivery attempts, raw inbound events and
-    API tokens."""
+    API tokens, outgoing webhooks with their attempts (refused: the endpoint is on loopback)."""
     from helpdesk.tokens import api_token_create
 
     agent = User.objects.get(email="agent@example.com")
+    WebhookEndpoint.objects.get_or_create(
+        url="http://127.0.0.1:9/hooks", defaults={"event_types": ["message.created"]}
+    )
     api = Inbox.objects.filter(kind=Channel.API).first()
     for i in range(n):
         key = f"bench-{Message.objects.count()}-{i}"
@@ -46,6 +51,8 @@ def add_pipeline_rows(n: int):
         reply = services.reply_send(conversation=conversation, author=agent, text="thanks")
         message_deliver(reply.pk)
         api_token_create(user=agent, name=f"Sync {key}")
+    for delivery in WebhookDelivery.objects.filter(attempts=0):
+        webhook_deliver(delivery.pk)
 
 
 def admin_urls():
