@@ -136,6 +136,34 @@ class TestEvents:
             body = call.body.decode()
             assert conversation.reply_token not in body and receiver.secret not in body
 
+    def test_priority_team_and_snooze_changes_say_from_what_to_what(
+        self, receiver, chat_inbox, bob, billing, tasks_run
+    ):
+        conversation = receive(chat_inbox).message.conversation
+        endpoint_for(receiver, types=["conversation.updated"])
+        with tasks_run():
+            services.conversation_set_priority(
+                conversation=conversation, priority=Conversation.Priority.URGENT, actor=bob
+            )
+            services.conversation_set_team(conversation=conversation, team=billing, actor=bob)
+            services.conversation_set_status(
+                conversation=conversation,
+                status=Conversation.Status.SNOOZED,
+                snoozed_until=timezone.now() + timedelta(hours=1),
+            )
+        with time_machine.travel(timezone.now() + timedelta(hours=2)), tasks_run():
+            services.snoozed_wake_due()
+
+        changes = [event["data"]["changes"] for event in receiver.events.values()]
+        assert changes == [
+            {"priority": {"from": "normal", "to": "urgent"}},
+            {"team": {"from": chat_inbox.default_team_id, "to": billing.pk}},
+            {"status": {"from": "open", "to": "snoozed"}},
+            {"status": {"from": "snoozed", "to": "open"}},
+        ]
+        last = list(receiver.events.values())[-1]["data"]
+        assert last["actor"] is None and last["conversation"]["team"]["name"] == billing.name
+
     def test_a_note_is_never_a_message_created(self, receiver, chat_inbox, bob, tasks_run):
         conversation = receive(chat_inbox).message.conversation
         endpoint_for(receiver, types=["message.created"])
