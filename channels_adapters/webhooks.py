@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from channels_adapters.base import PermanentError, TransientError
@@ -249,26 +249,24 @@ def webhook_deliver(delivery_id: int) -> float | None:
     """One attempt at a due delivery. Returns in how many seconds to try again, or None
     (delivered, failed for good, or nothing to do: not due, done, claimed by another)."""
     now = timezone.now()
-    with transaction.atomic():
-        delivery = (
-            WebhookDelivery.objects.select_for_update(of=("self",))
-            .select_related("endpoint")
-            .filter(pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now)
-            .first()
+    # Claimed in one conditional UPDATE (SQLite has no row locks): of two tasks for it, one
+    # wins, and nobody else sends it while this request runs; should this worker die, the
+    # sweep finds it due again once the claim runs out.
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+    ).update(attempts=F("attempts") + 1, next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+    if not claimed:
+        return None  # not due, done, or another task's
+    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
+    endpoint = delivery.endpoint
+    if not endpoint.is_active:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            status=WebhookDelivery.Status.FAILED,
+            attempts=F("attempts") - 1,  # nothing was sent
+            next_attempt_at=now,
+            last_error="The endpoint was turned off before this could be sent.",
         )
-        if delivery is None:
-            return None
-        endpoint = delivery.endpoint
-        if not endpoint.is_active:
-            delivery.status = WebhookDelivery.Status.FAILED
-            delivery.last_error = "The endpoint was turned off before this could be sent."
-            delivery.save(update_fields=["status", "last_error"])
-            return None
-        # Claimed: nobody else sends it while this request runs, and if this worker dies,
-        # the sweep finds it due again once the claim runs out.
-        delivery.attempts += 1
-        delivery.next_attempt_at = now + timedelta(seconds=CLAIM_SECONDS)
-        delivery.save(update_fields=["attempts", "next_attempt_at"])
+        return None
 
     attempt = WebhookAttempt(delivery=delivery, started_at=now)
     started = time.monotonic()

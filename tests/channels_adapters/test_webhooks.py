@@ -193,6 +193,16 @@ class TestEvents:
             receive(chat_inbox)
         assert receiver.calls() == [] and deliveries() == []
 
+    def test_what_waits_for_an_endpoint_turned_off_is_not_sent(self, receiver, chat_inbox):
+        endpoint = endpoint_for(receiver)
+        receive(chat_inbox)  # its tasks never run: the broker lost them
+        endpoint.is_active = False
+        endpoint.save()
+        for delivery in deliveries():
+            assert webhook_deliver(delivery.pk) is None
+        assert receiver.calls() == []
+        assert {(d.status, d.attempts) for d in deliveries()} == {("failed", 0)}
+
     def test_a_rolled_back_change_sends_nothing(self, receiver, chat_inbox, bob, tasks_run):
         conversation = receive(chat_inbox).message.conversation
         endpoint_for(receiver)
