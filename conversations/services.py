@@ -1682,7 +1682,8 @@ def note_add(
                 besides={user.pk for user in agents},  # told they were mentioned
             )
         # Asked in, they hear how it goes on, as followers (until they stop following).
-        conversation.followers.add(*(user for user in agents if user.pk != conversation.assignee_id))
+        asked = [user for user in agents if user.pk != conversation.assignee_id]
+        conversation.followers.add(*asked)
     return message
 
 
