@@ -42,7 +42,7 @@ from conversations.selectors import (
 )
 
 # The inbox's own assignment rule (to someone who may see the conversation) and file download.
-from conversations.views import _assign, attachment_as_download
+from conversations.views import attachment_as_download
 from helpdesk.models import User
 from routing.models import Team
 
@@ -435,7 +435,11 @@ class ConversationDetailApi(APIView):
                         if assignee is None:
                             raise ValidationError({"assignee": "No active agent with this id."})
                     conversation = _field(
-                        "assignee", _assign, conversation, assignee=assignee, actor=actor
+                        "assignee",
+                        services.agent_assign,
+                        conversation,
+                        assignee=assignee,
+                        actor=actor,
                     )
                 if "status" in data:
                     conversation = _field(

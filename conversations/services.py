@@ -1946,6 +1946,24 @@ def conversation_assign(
     return conversation
 
 
+def agent_assign(conversation, *, assignee, actor):
+    """An agent's assignment (one, or in bulk): to someone who can see the conversation
+    already, an admin or a member of its team, as the Assignee field offers. Handing it to
+    another team's agent is a transfer to their team first."""
+    from conversations.selectors import can_see
+
+    if (
+        assignee is not None
+        and not assignee.is_admin
+        and assignee.pk != conversation.assignee_id
+        and not can_see(assignee, conversation)
+    ):
+        raise ValidationError(
+            f"{assignee.name} is not in this conversation's team: transfer it to their team first."
+        )
+    return conversation_assign(conversation=conversation, assignee=assignee, actor=actor)
+
+
 def _notify_agent_removed(user_id: int, conversation_id: int) -> None:
     from conversations.realtime import agent_group, conversation_payload, send_to_groups
 

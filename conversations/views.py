@@ -63,7 +63,6 @@ from conversations.models import (
     Visitor,
 )
 from conversations.selectors import (
-    can_see,
     conversation_get_for_agent,
     conversations_visible_to,
     datetime_given,
@@ -865,7 +864,7 @@ def _bulk_change(user, action: str, value: str):
             pk = id_given(value)
             if (assignee := User.objects.filter(pk=pk, is_active=True).first()) is None:
                 return None
-        return partial(_assign, assignee=assignee, actor=user), "Assigned"
+        return partial(services.agent_assign, assignee=assignee, actor=user), "Assigned"
     if action == "status" and value in BULK_STATUSES:
         change = partial(services.conversation_set_status, status=value, actor=user)
         return change, BULK_STATUSES[value][1]
@@ -933,23 +932,11 @@ def conversation_assign(request, number: int):
         assignee = None
     else:
         return HttpResponseBadRequest("Unknown assignee.")
-    return _act(request, number, partial(_assign, assignee=assignee, actor=request.user))
-
-
-def _assign(conversation, *, assignee, actor):
-    """An agent's assignment (one, or in bulk): to someone who can see the conversation
-    already, an admin or a member of its team, as the Assignee field offers. Handing it to
-    another team's agent is a transfer to their team first."""
-    if (
-        assignee is not None
-        and not assignee.is_admin
-        and assignee.pk != conversation.assignee_id
-        and not can_see(assignee, conversation)
-    ):
-        raise ValidationError(
-            f"{assignee.name} is not in this conversation's team: transfer it to their team first."
-        )
-    return services.conversation_assign(conversation=conversation, assignee=assignee, actor=actor)
+    return _act(
+        request,
+        number,
+        partial(services.agent_assign, assignee=assignee, actor=request.user),
+    )
 
 
 @login_required
