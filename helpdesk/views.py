@@ -14,7 +14,6 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core import signing
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, JsonResponse
@@ -27,6 +26,7 @@ from django.views.decorators.http import require_GET
 from helpdesk.celery import app as celery_app
 from helpdesk.celery import embedded
 from helpdesk.models import ApiToken
+from helpdesk.ratelimit import hit, hits
 
 
 def _check_database() -> str:
@@ -186,7 +186,7 @@ class LoginView(auth_views.LoginView):
         return known == email
 
     def post(self, request, *args, **kwargs):
-        if any((cache.get(key) or 0) >= allowed for key, allowed in self._keys().items()):
+        if any(hits(key) >= allowed for key, allowed in self._keys().items()):
             response = self.render_to_response(
                 {"form": self.get_form(), "throttled": True}, status=429
             )
@@ -222,8 +222,7 @@ class LoginView(auth_views.LoginView):
 
     def form_invalid(self, form):
         for key in self._keys():
-            cache.add(key, 0, LOGIN_WINDOW_SECONDS)
-            cache.incr(key)
+            hit(key, LOGIN_WINDOW_SECONDS)
         return super().form_invalid(form)
 
 

@@ -36,6 +36,7 @@ from django.db import transaction
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
+from redis.exceptions import RedisError
 
 from conversations.models import (
     EXPECTED_REPLY_MAX,
@@ -71,7 +72,7 @@ def expected_reply(
         else (None, Conversation.Priority.NORMAL)
     )
     key = f"routing:expected-reply:{inbox.pk}:{team_id}:{priority}"
-    seconds = cache.get(key)
+    seconds = _cached(lambda: cache.get(key))
     if seconds is None:
         now = now or timezone.now()
         answered = list(
@@ -97,8 +98,18 @@ def expected_reply(
             policy = policy_for(inbox.kind, priority)
             goal = policy.goal(SlaClock.Target.FIRST_RESPONSE) if policy else None
             seconds = -1 if goal is None else goal  # -1: unknown, and cached as such
-        cache.set(key, seconds, CACHE_SECONDS)
+        _cached(lambda: cache.set(key, seconds, CACHE_SECONDS))
     return None if seconds < 0 else timedelta(seconds=seconds)
+
+
+def _cached(action):
+    """The cache only spares work: while it is down (Redis), the widget's session and the
+    automatic replies work the answer out afresh rather than fail."""
+    try:
+        return action()
+    except (RedisError, OSError):
+        log.warning("the cache is down: expected reply times are worked out every time")
+        return None
 
 
 def reply_time_text(delta: timedelta | None) -> str:

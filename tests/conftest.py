@@ -245,9 +245,11 @@ def _fresh_cache():
     ShortCache)."""
     from django.core.cache import cache
 
+    from helpdesk import ratelimit
     from routing.models import ShortCache, TableCache
 
     cache.clear()
+    ratelimit._local.clear()  # what a process counts on its own while Redis is down
     TableCache.clear_all()
     ShortCache.clear_all()
 
@@ -581,6 +583,14 @@ def asgi_server(transactional_db, settings):
 
 
 NO_REDIS = "redis://127.0.0.1:9/0"  # port 9 on loopback refuses connections
+
+
+@pytest.fixture
+def cache_down(settings):
+    """This process's cache is a Redis that refuses every connection (the sessions' too)."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": NO_REDIS}
+    }
 
 
 @pytest.fixture

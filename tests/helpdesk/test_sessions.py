@@ -1,4 +1,7 @@
-from tests.conftest import receive, signed_in_http
+from django.test import Client
+from django.urls import reverse
+
+from tests.conftest import PASSWORD, receive, signed_in_http
 
 
 def test_a_signed_in_agent_reads_the_inbox_while_redis_is_down(
@@ -13,3 +16,25 @@ def test_a_signed_in_agent_reads_the_inbox_while_redis_is_down(
     assert page.status_code == 200
     assert "Where is my order?" in page.text
     assert agent.get("/inbox/").status_code == 200
+
+
+def test_agents_sign_in_while_redis_is_down_and_guessing_is_still_limited(cache_down, bob, caplog):
+    """Failures are counted by each process on its own while the cache is down: sign-in
+    works, and a guesser is still stopped after ten tries."""
+    bobs, guesser = Client(), Client()
+
+    assert sign_in(bobs, bob, PASSWORD).status_code == 302
+    assert bobs.get("/inbox/").status_code == 200
+    for _ in range(10):
+        assert sign_in(guesser, bob, "guess").status_code == 200
+    assert sign_in(guesser, bob, PASSWORD).status_code == 429
+    assert "_auth_user_id" not in guesser.session
+    # Bob's own browser, on the same address, still gets in.
+    bobs.post(reverse("logout"))
+    assert sign_in(bobs, bob, PASSWORD).status_code == 302
+    assert "rate limits counted per process: the cache is down" in caplog.text
+
+
+def sign_in(client, user, password):
+    data = {"username": user.email, "password": password}
+    return client.post(reverse("login"), data, REMOTE_ADDR="203.0.113.5")
