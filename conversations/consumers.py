@@ -13,6 +13,8 @@ from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections, database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.utils import translation
@@ -419,6 +421,25 @@ class VisitorConsumer(LiveConsumer):
     only sends what the visitor's own customer may read, fetched from the database after an
     id cursor, so a reconnect catches up with no gap and no duplicate."""
 
+    async def __call__(self, scope, receive, send):
+        """Channels' own, except that the socket opens while the channel layer cannot make
+        its channel (Redis down): a visitor's messages reach the database through it, which
+        matters more than agents' replies arriving live (the next socket catches up on them
+        from the database). Agents' sockets do not: their page says it is not live."""
+        self.scope, self.base_send = scope, send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        sources = [receive]
+        try:
+            self.channel_name = await self.channel_layer.new_channel()
+            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
+        except Exception:  # noqa: BLE001 - the layer is down: a socket that only writes
+            log.warning("visitor socket opened without the channel layer (is Redis down?)")
+            self.channel_name = "unlistened"
+        try:
+            await await_many_dispatch(sources, self.dispatch)
+        except StopConsumer:
+            pass
+
     async def connect(self):
         from channels_adapters.webchat import chat
 
@@ -495,7 +516,10 @@ class VisitorConsumer(LiveConsumer):
         after = content.get("after")
         self.cursor = after if isinstance(after, int) and after >= 0 else 0
         self.customer_group = customer_group(visitor.identity.customer_id)
-        await self.channel_layer.group_add(self.customer_group, self.channel_name)
+        try:
+            await self.channel_layer.group_add(self.customer_group, self.channel_name)
+        except Exception:  # noqa: BLE001 - Redis down: replies show on the next connection
+            log.warning("visitor socket not live: could not join %s", self.customer_group)
         self.groups.append(self.customer_group)
         await db(chat.visitor_seen)(visitor.pk, opened=1)
         ready = await db(self._state)(full=True)  # reads the visitor again
@@ -554,13 +578,16 @@ class VisitorConsumer(LiveConsumer):
     def _follow(self, conversation_id: int):
         """Listen to the conversation's group (agents typing), leaving the previous one."""
         previous, self.conversation_id = self.conversation_id, conversation_id
-        if previous:
-            async_to_sync(self.channel_layer.group_discard)(
-                conversation_group(previous), self.channel_name
+        try:
+            if previous:
+                async_to_sync(self.channel_layer.group_discard)(
+                    conversation_group(previous), self.channel_name
+                )
+            async_to_sync(self.channel_layer.group_add)(
+                conversation_group(conversation_id), self.channel_name
             )
-        async_to_sync(self.channel_layer.group_add)(
-            conversation_group(conversation_id), self.channel_name
-        )
+        except Exception:  # noqa: BLE001 - Redis down: typing is lost, the chat goes on
+            log.warning("visitor socket could not follow conversation %s", conversation_id)
 
     def _spend(self) -> bool:
         """One from the socket's allowance (MESSAGE_BURST at once, then one every

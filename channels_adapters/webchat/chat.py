@@ -138,12 +138,11 @@ def origin_allowed(inbox: Inbox, origin: str, host: str) -> bool:
 def rate_allowed(what: str, address: str, per_minute: int | None = None) -> bool:
     """At most `per_minute` (WEBCHAT_CONNECTIONS_PER_MINUTE unless given) of `what` (new
     sockets, new visitors, files) per client address or visitor and minute, counted in the
-    cache (shared by every process when there is Redis)."""
-    from django.core.cache import cache
+    cache (shared by every process when there is Redis; per process while it is down)."""
+    from helpdesk.ratelimit import hit
 
     key = f"webchat:{what}:{address}:{int(timezone.now().timestamp() // 60)}"
-    cache.add(key, 0, timeout=120)
-    return cache.incr(key) <= (per_minute or settings.WEBCHAT_CONNECTIONS_PER_MINUTE)
+    return hit(key, 120) <= (per_minute or settings.WEBCHAT_CONNECTIONS_PER_MINUTE)
 
 
 # --- Visitors and their tokens ---------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""Scale-out: a visitor on one ASGI process and an agent on another see each other live,
-through Redis. Runs on the PostgreSQL + Redis leg of .ci/run."""
+"""Real server processes: a visitor on one ASGI process and an agent on another see each
+other live, through Redis (the PostgreSQL + Redis leg of .ci/run), and a server whose Redis is
+down still takes new chats."""
 
 import json
 
+import httpx
 import pytest
+import time_machine
 from websockets.sync.client import connect
 
 from channels_adapters.webchat import chat
+from conversations.models import Message
 from tests.conftest import start_asgi_server
 
 
@@ -74,3 +78,38 @@ def test_a_visitor_and_an_agent_on_different_processes_chat_live(
         widget.send(json.dumps({"action": "typing", "typing": True, "draft": "secret draft"}))
         typing = frames(agent, lambda f: f["type"] == "visitor_typing")[-1]
         assert typing["conversation"] == conversation.pk and typing["draft"] == ""
+
+
+def test_a_new_visitor_starts_a_chat_and_writes_while_redis_is_down(
+    server_without_redis, chat_inbox
+):
+    """The session is counted by the process itself and the socket opens without the channel
+    layer: what the visitor writes is stored, to be answered once agents see it."""
+    base = server_without_redis
+    started = httpx.post(
+        f"{base}/widget/{chat_inbox.widget_key}/session", json={}, headers={"Origin": base}
+    )
+    assert started.status_code == 200
+
+    widget_url = base.replace("http", "ws") + f"/ws/widget/{chat_inbox.widget_key}/"
+    with connect(widget_url, origin=base) as widget:
+        widget.send(json.dumps({"action": "hello", "token": started.json()["token"]}))
+        assert frames(widget, lambda f: f["type"] == "ready")[-1]["conversation"] is None
+        widget.send(json.dumps({"action": "message", "client_id": "a", "text": "Is anyone in?"}))
+        ack = frames(widget, lambda f: f["type"] == "ack")[-1]
+
+    stored = Message.objects.select_related("conversation").get(pk=ack["message"])
+    assert (stored.text, stored.conversation.inbox) == ("Is anyone in?", chat_inbox)
+
+
+def test_new_chats_are_still_limited_while_redis_is_down(cache_down, client, chat_inbox, settings):
+    settings.WEBCHAT_CONNECTIONS_PER_MINUTE = 2
+    url, origin = f"/widget/{chat_inbox.widget_key}/session", "http://testserver"
+
+    with time_machine.travel("2026-12-03 10:00:05Z", tick=False):
+        answers = [
+            client.post(url, {}, content_type="application/json", HTTP_ORIGIN=origin)
+            for _ in range(3)
+        ]
+
+    assert [a.status_code for a in answers] == [200, 200, 429]
