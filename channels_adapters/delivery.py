@@ -11,7 +11,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -23,7 +23,14 @@ from django.utils import timezone
 from channels_adapters.base import Ignore, InvalidPayload, PermanentError, TransientError
 from channels_adapters.models import InboundEvent
 from channels_adapters.registry import adapter_for
-from conversations.models import Attachment, DeliveryAttempt, Identity, Inbox, Message
+from conversations.models import (
+    Attachment,
+    Conversation,
+    DeliveryAttempt,
+    Identity,
+    Inbox,
+    Message,
+)
 from conversations.realtime import publish_conversation_event
 from conversations.services import (
     SenderBlocked,
@@ -292,6 +299,8 @@ def attachment_fetch(attachment_id: int) -> str:
     )
     if attachment is None or not attachment.is_pending:
         return "done"
+    # A retry comes within FETCH_RETRY_GAP of this; a pending one left longer lost its task.
+    Attachment.objects.filter(pk=attachment.pk).update(fetch_tried_at=timezone.now())
     message = attachment.message
     adapter = adapter_for(message.channel)
     try:
@@ -437,7 +446,18 @@ def message_deliver(message_id: int) -> DeliveryOutcome | None:
         if moved and update["status"] == Message.Status.FAILED:
             message.failure_reason = detail
             message_failure_tell(message)
+        if moved and update["status"] != Message.Status.QUEUED:
+            _survey_if_held(message.conversation_id)
     return DeliveryOutcome(status=update["status"], retry_in=retry_in)
+
+
+def _survey_if_held(conversation_id: int) -> None:
+    """A satisfaction survey held back until the conversation's replies are settled
+    (routing.replies.satisfaction_survey_send) is asked again now, not at the next sweep."""
+    from routing.tasks import satisfaction_survey
+
+    if Conversation.objects.filter(pk=conversation_id, survey_due_at__isnull=False).exists():
+        transaction.on_commit(lambda: satisfaction_survey.delay(conversation_id), robust=True)
 
 
 def message_retry(*, message: Message) -> Message:
@@ -467,6 +487,15 @@ def message_retry(*, message: Message) -> Message:
 class SweepResult:
     messages: int
     events: int
+    attachments: int = 0
+    transcripts: int = 0
+
+
+# The longest fetch_attachment waits between its tries (backoff_seconds at its sixth and last
+# retry): media still pending this long after a try lost its task.
+FETCH_RETRY_GAP = timedelta(seconds=10 * 2**5)
+# The longest send_transcript's five retries take together.
+TRANSCRIPT_RETRIES_TAKE = timedelta(seconds=sum(10 * 2**n for n in range(5)))
 
 
 def sweep_stuck() -> SweepResult:
@@ -525,10 +554,75 @@ def sweep_stuck() -> SweepResult:
         deliver_message.delay(pk)
     for pk in events:
         process_inbound_event.delay(pk)
-    if queued or abandoned or events:
+    attachments = _fetches_stuck(now, cutoff)
+    transcripts = _transcripts_stuck(now, cutoff)
+    if queued or abandoned or events or attachments or transcripts:
         log.warning(
-            "sweep re-enqueued %d messages and %d inbound events",
+            "sweep re-enqueued %d messages, %d inbound events, %d media fetches and %d transcripts",
             len(queued) + len(abandoned),
             len(events),
+            attachments,
+            transcripts,
         )
-    return SweepResult(messages=len(queued) + len(abandoned), events=len(events))
+    return SweepResult(
+        messages=len(queued) + len(abandoned),
+        events=len(events),
+        attachments=attachments,
+        transcripts=transcripts,
+    )
+
+
+def _fetches_stuck(now, cutoff) -> int:
+    """Provider media still to fetch, from the last SWEEP_LOOKBACK_HOURS, whose task was lost:
+    never tried, or not tried again within a retry's wait. The fetch takes a pending
+    placeholder only, under its row lock, so one fetched meanwhile is not fetched twice."""
+    from channels_adapters.tasks import fetch_attachment
+
+    pending = Attachment.objects.filter(
+        file="",
+        fetch_error="",
+        created_at__gte=now - timedelta(hours=settings.SWEEP_LOOKBACK_HOURS),
+        created_at__lt=cutoff,
+    ).exclude(source="")
+    lost = pending.filter(
+        Q(fetch_tried_at__isnull=True) | Q(fetch_tried_at__lt=cutoff - FETCH_RETRY_GAP)
+    )
+    ids = list(lost.order_by("created_at").values_list("pk", flat=True)[:1000])
+    for pk in ids:
+        fetch_attachment.delay(pk)
+    return len(ids)
+
+
+def _transcripts_stuck(now, cutoff) -> int:
+    """Chat transcripts asked for and not sent, whose task was lost, while the visitor may still
+    expect them (webchat TRANSCRIPT_TRYING, after which they may ask again). The task sends
+    under the event's row lock and marks it sent, so it sends once. Marked `swept_at` here: the
+    task's own retries need their time before the sweep starts another."""
+    from channels_adapters.tasks import send_transcript
+    from channels_adapters.webchat.chat import TRANSCRIPT_TRYING
+    from conversations.models import ConversationEvent
+
+    since = now - min(TRANSCRIPT_TRYING, timedelta(hours=settings.SWEEP_LOOKBACK_HOURS))
+    asked = ConversationEvent.objects.filter(
+        kind=ConversationEvent.Kind.CHAT,
+        data__state="transcript",
+        created_at__gte=since,
+        created_at__lt=cutoff,
+    )
+    lost = []
+    for event in asked.order_by("created_at")[:1000]:
+        swept = event.data.get("swept_at")
+        if event.data.get("sent_at") or (
+            swept and now - datetime.fromisoformat(swept) < TRANSCRIPT_RETRIES_TAKE
+        ):
+            continue
+        with transaction.atomic():
+            locked = ConversationEvent.objects.select_for_update().filter(pk=event.pk).first()
+            if locked is None or locked.data.get("sent_at"):
+                continue
+            locked.data = {**locked.data, "swept_at": now.isoformat()}
+            locked.save(update_fields=["data"])
+        lost.append(event.pk)
+    for pk in lost:
+        send_transcript.delay(pk)
+    return len(lost)

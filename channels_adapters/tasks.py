@@ -108,7 +108,12 @@ def fetch_identity_profile(self, identity_id: int):
 @shared_task(acks_late=True)
 def sweep_stuck():
     result = delivery.sweep_stuck()
-    return {"messages": result.messages, "events": result.events}
+    return {
+        "messages": result.messages,
+        "events": result.events,
+        "attachments": result.attachments,
+        "transcripts": result.transcripts,
+    }
 
 
 @shared_task(acks_late=True)

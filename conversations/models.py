@@ -362,10 +362,18 @@ class Conversation(ChoiceLabels, models.Model):
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
     )
     rating_comment = models.TextField(blank=True)
+    # Set when it was resolved and its inbox sends a satisfaction survey, cleared once the
+    # survey went or was found not due: what the sweep finds when the task was lost.
+    survey_due_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-last_activity_at"]
         indexes = [
+            models.Index(
+                fields=["survey_due_at"],
+                name="conv_survey_due_idx",
+                condition=Q(survey_due_at__isnull=False),
+            ),
             models.Index(fields=["status", "-last_activity_at"], name="conv_status_activity_idx"),
             models.Index(
                 fields=["assignee", "status", "-last_activity_at"], name="conv_assignee_idx"
@@ -465,6 +473,9 @@ class Message(ChoiceLabels, models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    # A customer message whose automatic reply (routing.replies) is still to be decided: set
+    # with the task's enqueueing, cleared by the task; the sweep finds those whose task was lost.
+    auto_reply_due_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -488,6 +499,11 @@ class Message(ChoiceLabels, models.Model):
                 fields=["status", "updated_at"],
                 name="message_undelivered_idx",
                 condition=Q(status__in=["queued", "sending"]),
+            ),
+            models.Index(
+                fields=["auto_reply_due_at"],
+                name="message_auto_reply_due_idx",
+                condition=Q(auto_reply_due_at__isnull=False),
             ),
             # Chat replies the visitor has not read: emailed to them once they left.
             models.Index(
@@ -554,7 +570,18 @@ class Attachment(models.Model):
     # failed, if it did. The file is fetched by a task after the message is stored.
     source = models.CharField(max_length=2000, blank=True)
     fetch_error = models.CharField(max_length=500, blank=True)
+    # When its fetch was last tried: one pending long after that lost its task (the sweep).
+    fetch_tried_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="attachment_fetch_pending_idx",
+                condition=Q(file="", fetch_error="") & ~Q(source=""),
+            ),
+        ]
 
     def __str__(self):
         return self.filename

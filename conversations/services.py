@@ -1075,6 +1075,9 @@ def _message_receive(inbox: Inbox, inbound: InboundMessage) -> Received:
     ):
         from routing.tasks import auto_reply
 
+        # Marked due in this transaction: should the task be lost (the broker down at commit,
+        # a worker killed), the sweep finds it (routing.replies.replies_sweep).
+        Message.objects.filter(pk=message.pk).update(auto_reply_due_at=timezone.now())
         transaction.on_commit(lambda: auto_reply.delay(message.pk, opened), robust=True)
 
     # One notification: "created" for a new conversation, else "message".
@@ -2094,6 +2097,8 @@ def _survey_later(conversation: Conversation) -> None:
     from routing.tasks import satisfaction_survey
 
     if conversation.inbox_id in inboxes_with(AutoReply.Kind.SATISFACTION):
+        # Due from now until the task decides: the sweep finds it should the task be lost.
+        Conversation.objects.filter(pk=conversation.pk).update(survey_due_at=timezone.now())
         transaction.on_commit(lambda: satisfaction_survey.delay(conversation.pk), robust=True)
 
 

@@ -68,6 +68,11 @@ def _schedule(sender, **kwargs):
         # Waiting conversations to agents with room, offline agents' chats back to the queue.
         "routing-queues": {"task": "routing.tasks.queues_sweep", "schedule": 30.0},
         "routing-sla": {"task": "routing.tasks.sla_sweep", "schedule": 30.0},
+        # Automatic replies and surveys whose task was lost.
+        "routing-replies": {
+            "task": "routing.tasks.replies_sweep",
+            "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+        },
         # "Pending for 3 days" automations: their times are hours, so a few minutes is plenty.
         "automations-idle": {"task": "routing.tasks.automations_idle", "schedule": 300.0},
     }

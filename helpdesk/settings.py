@@ -203,6 +203,9 @@ CELERY_TIMEZONE = "UTC"
 # stored lost its task (broker restart, worker killed): the sweep enqueues it again.
 SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=60)
 SWEEP_STUCK_AFTER_SECONDS = env.int("SWEEP_STUCK_AFTER_SECONDS", default=120)
+# Follow-up work (automatic replies, surveys, media fetches, transcripts) due longer than this
+# is not enqueued again: after a long outage or a deploy, nothing old reaches customers.
+SWEEP_LOOKBACK_HOURS = env.int("SWEEP_LOOKBACK_HOURS", default=24)
 MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
 # The country of a phone number an agent types without its country code ("US", "GB");
 # empty: such numbers are refused rather than guessed.

@@ -191,8 +191,14 @@ def _agent_just_wrote(message: Message) -> bool:
 def auto_reply_send(*, message_id: int, opened: bool) -> Message | None:
     """Answer the customer message `message_id` by itself, if the inbox says so: closed → the
     out-of-office reply; a new conversation → the acknowledgement. Returns the reply, or None
-    when none is due (or one went out already)."""
+    when none is due (or one went out already). Either way it is decided: no longer due for
+    the sweep (raising, it stays due)."""
+    reply = _auto_reply(message_id, opened)
+    Message.objects.filter(pk=message_id).update(auto_reply_due_at=None)
+    return reply
 
+
+def _auto_reply(message_id: int, opened: bool) -> Message | None:
     message = Message.objects.select_related("conversation__customer", "inbox", "identity").get(
         pk=message_id
     )
@@ -295,9 +301,25 @@ def rating_link(conversation: Conversation) -> str:
 
 def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
     """The inbox's survey to the customer of a conversation just resolved: only when an agent
-    answered it, once, and not once it is rated (a chat's visitor rates it in the widget)."""
-
+    answered it, once, and not once it is rated (a chat's visitor rates it in the widget).
+    Not before the conversation's replies are settled (sent or failed): the survey must not
+    reach the customer before the answer it asks about, still queued or retrying when the
+    agent resolved. Until then it stays due, and the sweep asks again."""
     conversation = Conversation.objects.select_related("inbox", "customer").get(pk=conversation_id)
+    due = conversation.survey_due_at
+    unsettled = conversation.messages.filter(
+        direction=Message.Direction.OUTBOUND,
+        status__in=(Message.Status.QUEUED, Message.Status.SENDING),
+    )
+    if conversation.status == Conversation.Status.RESOLVED and unsettled.exists():
+        return None
+    survey = _survey(conversation)
+    # Decided for this resolution; one since (reopened and resolved again) stays due.
+    Conversation.objects.filter(pk=conversation.pk, survey_due_at=due).update(survey_due_at=None)
+    return survey
+
+
+def _survey(conversation: Conversation) -> Message | None:
     answered = conversation.messages.filter(
         direction=Message.Direction.OUTBOUND, author__isnull=False
     ).exclude(status=Message.Status.FAILED)
@@ -325,6 +347,40 @@ def satisfaction_survey_send(*, conversation_id: int) -> Message | None:
             return None
         words = {"inbox": conversation.inbox.name, "rating_link": rating_link(conversation)}
         return _automatic_send(conversation, template, lambda: words)
+
+
+def replies_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Enqueue again the automatic replies and surveys that are due and whose task was lost
+    (the broker was down at commit, a worker died): due longer than SWEEP_STUCK_AFTER_SECONDS
+    and at most SWEEP_LOOKBACK_HOURS, so nothing old goes out after an outage or a deploy.
+    Safe beside a task still running: each decides under the conversation's lock and
+    records what it sent, so it sends once."""
+    from routing.tasks import auto_reply, satisfaction_survey
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWEEP_STUCK_AFTER_SECONDS)
+    since = now - timedelta(hours=settings.SWEEP_LOOKBACK_HOURS)
+    messages = list(
+        Message.objects.filter(auto_reply_due_at__lt=cutoff, auto_reply_due_at__gte=since)
+        .order_by("auto_reply_due_at")
+        .values_list("pk", "conversation_id")[:1000]
+    )
+    for pk, conversation_id in messages:
+        # Whether it opened its conversation, as the receiving service knew: nothing before it.
+        opened = not Message.objects.filter(conversation_id=conversation_id, pk__lt=pk).exists()
+        auto_reply.delay(pk, opened)
+    surveys = list(
+        Conversation.objects.filter(survey_due_at__lt=cutoff, survey_due_at__gte=since)
+        .order_by("survey_due_at")
+        .values_list("pk", flat=True)[:1000]
+    )
+    for pk in surveys:
+        satisfaction_survey.delay(pk)
+    if messages or surveys:
+        log.warning(
+            "sweep re-enqueued %d automatic replies and %d surveys", len(messages), len(surveys)
+        )
+    return {"auto_replies": len(messages), "surveys": len(surveys)}
 
 
 def _opening_unknown(kind: str) -> str:

@@ -35,5 +35,10 @@ def satisfaction_survey(conversation_id: int):
 
 
 @shared_task(acks_late=True)
+def replies_sweep():
+    return replies.replies_sweep()
+
+
+@shared_task(acks_late=True)
 def automations_idle():
     return automations.automations_idle_sweep()

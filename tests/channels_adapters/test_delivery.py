@@ -16,6 +16,7 @@ from channels_adapters.models import InboundEvent
 from conversations import services
 from conversations.models import Channel, DeliveryAttempt, Identity, Inbox, Message
 from conversations.realtime import conversation_group, team_group
+from tests.channels_adapters.test_sms import deliver, incoming
 from tests.conftest import (
     listen,
     process_pending,
@@ -250,3 +251,82 @@ class TestBrokerDown:
         purge_broker()
         assert process_pending()[0].status == InboundEvent.Status.PROCESSED
         assert Message.objects.get().text == "Where is my order?"
+
+
+class TestLostFollowUps:
+    """Work enqueued after commit whose task never ran (the broker was down at commit: the
+    tests' on-commit tasks run only when asked): the sweep finds it in the database and it
+    happens once."""
+
+    @staticmethod
+    def swept(minutes: float = 0):
+        later = timezone.now() + timedelta(
+            minutes=minutes, seconds=settings.SWEEP_STUCK_AFTER_SECONDS + 1
+        )
+        with time_machine.travel(later):
+            return sweep_stuck()
+
+    def test_mms_media_whose_fetch_was_lost_is_fetched_by_the_sweep(
+        self, client, twilio, sms_inbox, settings, tasks_run
+    ):
+        settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+        twilio.media["/media/ME1"] = (b"\x89PNG\r\n\x1a\n fake png", "image/png")
+        mms = incoming(
+            NumMedia="1", MediaUrl0=f"{twilio.url}/media/ME1", MediaContentType0="image/png"
+        )
+        deliver(twilio, client, sms_inbox, mms)
+        attachment = Message.objects.get().attachments.get()
+        assert attachment.is_pending
+
+        assert self.swept().attachments == 1
+
+        attachment.refresh_from_db()
+        assert attachment.file.read() == b"\x89PNG\r\n\x1a\n fake png"
+        assert self.swept().attachments == 0
+        assert sum(r.path == "/media/ME1" for r in twilio.requests) == 1
+
+    def test_media_whose_fetch_is_retrying_is_left_to_its_task(
+        self, client, twilio, sms_inbox, settings, tasks_run
+    ):
+        mms = incoming(
+            NumMedia="1", MediaUrl0=f"{twilio.url}/media/ME1", MediaContentType0="image/png"
+        )
+        deliver(twilio, client, sms_inbox, mms)
+        attachment = Message.objects.get().attachments.get()
+        with time_machine.travel(timezone.now() + timedelta(minutes=3)):
+            # Tried (and waiting to try again, after a timeout): not lost.
+            Message.objects.get().attachments.update(fetch_tried_at=timezone.now())
+        assert self.swept(minutes=1).attachments == 0
+        assert self.swept(minutes=10).attachments == 1  # no try for longer than a retry waits
+        attachment.refresh_from_db()
+        assert "not a public address" in attachment.fetch_error  # tried, and said why
+
+    def test_a_transcript_whose_task_was_lost_is_sent_once_by_the_sweep(
+        self, chat_inbox, email_inbox, smtp_server, tasks_run
+    ):
+        from channels_adapters.webchat import chat
+
+        visitor = chat.visitor_contact(chat.visitor_session(inbox=chat_inbox), email="a@b.example")
+        conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+        chat.transcript_request(visitor, conversation)
+        assert smtp_server.messages() == []
+
+        assert self.swept().transcripts == 1
+
+        [mail] = smtp_server.messages()
+        assert mail["To"] == "a@b.example"
+        assert self.swept().transcripts == 0
+        assert self.swept(minutes=30).transcripts == 0  # sent: never again
+        assert len(smtp_server.messages()) == 1
+
+    def test_a_transcript_asked_for_over_an_hour_ago_is_not_sent_late(
+        self, chat_inbox, email_inbox, smtp_server, tasks_run
+    ):
+        from channels_adapters.webchat import chat
+
+        visitor = chat.visitor_contact(chat.visitor_session(inbox=chat_inbox), email="a@b.example")
+        conversation = chat.visitor_message(visitor, text="Hi", client_id="a").message.conversation
+        chat.transcript_request(visitor, conversation)
+
+        assert self.swept(minutes=60).transcripts == 0
+        assert smtp_server.messages() == []

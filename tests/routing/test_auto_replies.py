@@ -20,7 +20,7 @@ from routing.replies import expected_reply, reply_time_text
 from routing.tasks import auto_reply
 from tests.channels_adapters.test_email import FIXTURES, customer_mail, pipe
 from tests.channels_adapters.test_sms import deliver, incoming
-from tests.conftest import receive, wait_for
+from tests.conftest import receive, status_of, wait_for
 from tests.routing.test_business_hours import make_schedule
 
 ACK = "Hi {name}, we have your message (#{number}) and usually reply within {expected_reply}."
@@ -591,3 +591,86 @@ def test_an_admin_writes_the_templates_on_the_inbox_page(client, alice, mail_inb
     assert refused.status_code == 200
     assert "Please correct the duplicate data" in refused.content.decode()
     assert AutoReply.objects.count() == 1
+
+
+# --- Lost tasks: the sweep (the tests' on-commit tasks never run unless asked: as if the
+# broker had been down at commit) -------------------------------------------------------------
+
+
+def swept_later(minutes: float = 0):
+    """The replies' sweep, once what is due counts as stuck (and `minutes` more)."""
+    from routing.replies import replies_sweep
+
+    later = timezone.now() + timedelta(minutes=minutes, seconds=120 + 1)
+    with time_machine.travel(later):
+        return replies_sweep()
+
+
+def test_an_acknowledgement_whose_task_was_lost_goes_once_by_the_sweep(
+    mail_inbox, email_policy, tasks_run
+):
+    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
+    # Stored and committed; its automatic reply's task never reached a worker.
+    conversation = receive(mail_inbox, address="maria@example.com", name="Maria").message
+    conversation = conversation.conversation
+    assert replies(conversation) == []
+    assert swept_later(minutes=-1) == {"auto_replies": 0, "surveys": 0}  # not lost yet
+
+    assert swept_later() == {"auto_replies": 1, "surveys": 0}
+
+    [ack] = replies(conversation)
+    assert ack.text.startswith(f"Hi Maria, we have your message (#{conversation.pk})")
+    assert swept_later() == {"auto_replies": 0, "surveys": 0}  # decided: not again
+    assert len(replies(conversation)) == 1
+
+
+def test_the_sweep_sends_nothing_older_than_its_look_back(mail_inbox, email_policy, tasks_run):
+    templates(mail_inbox, (AutoReply.Kind.ACKNOWLEDGEMENT, "", ACK))
+    with time_machine.travel(timezone.now() - timedelta(hours=25)):
+        conversation = receive(mail_inbox, address="maria@example.com").message.conversation
+
+    assert swept_later() == {"auto_replies": 0, "surveys": 0}
+    assert replies(conversation) == []
+
+
+def test_a_survey_waits_for_the_answer_still_on_its_way(
+    mail_inbox, email_policy, bob, tasks_run, settings
+):
+    """Bob resolved as he answered; his answer was still queued (the mail server slow, say):
+    the survey must not reach Maria before the answer it asks about. It goes once that is
+    sent."""
+    settings.PUBLIC_URL = "http://testserver"
+    templates(mail_inbox, (AutoReply.Kind.SATISFACTION, "", SURVEY))
+    conversation = receive(mail_inbox, address="maria@example.com").message.conversation
+    answer = services.reply_send(conversation=conversation, author=bob, text="Refunded today.")
+    with tasks_run():  # the survey's task runs; the answer's delivery has not yet
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    assert replies(conversation) == [answer]
+
+    with tasks_run():
+        assert message_deliver(answer.pk).status == Message.Status.SENT
+
+    [_, survey] = replies(conversation)
+    assert survey.metadata["automatic"] == "satisfaction"
+    assert swept_later() == {"auto_replies": 0, "surveys": 0}  # decided: not again
+
+
+def test_a_survey_whose_task_was_lost_goes_once_by_the_sweep(
+    mail_inbox, email_policy, bob, tasks_run, settings
+):
+    settings.PUBLIC_URL = "http://testserver"
+    templates(mail_inbox, (AutoReply.Kind.SATISFACTION, "", SURVEY))
+    conversation = receive(mail_inbox, address="maria@example.com").message.conversation
+    with tasks_run():
+        answer = services.reply_send(conversation=conversation, author=bob, text="Refunded.")
+    assert status_of(answer) == Message.Status.SENT
+    # Resolved and committed; the survey's task never reached a worker.
+    services.conversation_set_status(conversation=conversation, status="resolved", actor=bob)
+    assert replies(conversation) == [answer]
+
+    assert swept_later() == {"auto_replies": 0, "surveys": 1}
+
+    [_, survey] = replies(conversation)
+    assert survey.metadata["automatic"] == "satisfaction"
+    assert swept_later() == {"auto_replies": 0, "surveys": 0}
+    assert len(replies(conversation)) == 2
