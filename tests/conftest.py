@@ -587,10 +587,12 @@ NO_REDIS = "redis://127.0.0.1:9/0"  # port 9 on loopback refuses connections
 
 @pytest.fixture
 def cache_down(settings):
-    """This process's cache is a Redis that refuses every connection (the sessions' too)."""
+    """This process's cache is a Redis that refuses every connection, and sessions are kept
+    as in production with Redis (helpdesk.sessions): in it, and in the database."""
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": NO_REDIS}
     }
+    settings.SESSION_ENGINE = "helpdesk.sessions"
 
 
 @pytest.fixture
