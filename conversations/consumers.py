@@ -413,6 +413,8 @@ HELLO_WITHIN_SECONDS = 10
 MESSAGE_BURST = 10
 MESSAGE_EVERY = 1.0
 TYPING_EVERY = 0.5
+# The channel name of a visitor socket opened while the channel layer could not make one.
+UNLISTENED = "unlistened"
 
 
 class VisitorConsumer(LiveConsumer):
@@ -434,7 +436,7 @@ class VisitorConsumer(LiveConsumer):
             sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
         except Exception:  # noqa: BLE001 - the layer is down: a socket that only writes
             log.warning("visitor socket opened without the channel layer (is Redis down?)")
-            self.channel_name = "unlistened"
+            self.channel_name = UNLISTENED
         try:
             await await_many_dispatch(sources, self.dispatch)
         except StopConsumer:
@@ -661,6 +663,10 @@ class VisitorConsumer(LiveConsumer):
         result = await db(self._act_sync)(action, content)
         if result is not None:
             await self.send_json(result)
+        if action == "ping" and self.channel_name == UNLISTENED:
+            # No events reach this socket (opened while Redis was down): the widget's pings
+            # bring what agents wrote since, from the database.
+            await self._show(await db(self._state)(full=True))
 
     def _availability(self, fresh: bool = False) -> dict:
         from channels_adapters.webchat import chat

@@ -10,6 +10,7 @@ import time_machine
 from websockets.sync.client import connect
 
 from channels_adapters.webchat import chat
+from conversations import services
 from conversations.models import Message
 from tests.conftest import start_asgi_server
 
@@ -81,10 +82,10 @@ def test_a_visitor_and_an_agent_on_different_processes_chat_live(
 
 
 def test_a_new_visitor_starts_a_chat_and_writes_while_redis_is_down(
-    server_without_redis, chat_inbox
+    server_without_redis, chat_inbox, bob
 ):
     """The session is counted by the process itself and the socket opens without the channel
-    layer: what the visitor writes is stored, to be answered once agents see it."""
+    layer: what the visitor writes is stored, and the agent's answer comes with a ping."""
     base = server_without_redis
     started = httpx.post(
         f"{base}/widget/{chat_inbox.widget_key}/session", json={}, headers={"Origin": base}
@@ -98,8 +99,13 @@ def test_a_new_visitor_starts_a_chat_and_writes_while_redis_is_down(
         widget.send(json.dumps({"action": "message", "client_id": "a", "text": "Is anyone in?"}))
         ack = frames(widget, lambda f: f["type"] == "ack")[-1]
 
-    stored = Message.objects.select_related("conversation").get(pk=ack["message"])
-    assert (stored.text, stored.conversation.inbox) == ("Is anyone in?", chat_inbox)
+        stored = Message.objects.select_related("conversation").get(pk=ack["message"])
+        assert (stored.text, stored.conversation.inbox) == ("Is anyone in?", chat_inbox)
+        # Bob answers; no event can tell the socket, so the widget's next ping brings it.
+        services.reply_send(conversation=stored.conversation, author=bob, text="Bob here.")
+        widget.send(json.dumps({"action": "ping"}))
+        shown = frames(widget, lambda f: f["type"] == "message" and f["message"]["from"] == "agent")
+        assert shown[-1]["message"]["text"] == "Bob here."
 
 
 def test_new_chats_are_still_limited_while_redis_is_down(cache_down, client, chat_inbox, settings):
