@@ -89,6 +89,11 @@ class TestEmbeddedWorker:
         worker = EmbeddedWorker()
         worker.start()
         try:
+            # Beat dates its schedule when its thread builds it: after the jump below, the
+            # sweep would not be due for another interval, and the wait ran out (flaky).
+            wait_for(
+                lambda: "scheduler" in vars(worker.beat.service), what="beat to set its schedule"
+            )
             # Nothing delivers it until the stuck threshold passes and beat runs the sweep.
             later = timezone.now() + timedelta(
                 seconds=settings.SWEEP_STUCK_AFTER_SECONDS + settings.SWEEP_INTERVAL_SECONDS + 5
