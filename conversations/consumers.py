@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import Http404
 from django.utils import translation
 
@@ -171,6 +172,7 @@ class AgentConsumer(LiveConsumer):
         if action == "ping":
             await self._alive()
             await self._catch_up(conversation_id, content.get("seen"))
+            await self._catch_up_list(content.get("list"))
         elif action == "read":
             # The agent has the conversation on screen: the customer's messages are read.
             if conversation_id in self.subscriptions and isinstance(content.get("message"), int):
@@ -205,6 +207,15 @@ class AgentConsumer(LiveConsumer):
                 {"type": "conversation", "event": "message", "conversation": conversation_id}
                 | {"message": newest}
             )
+
+    async def _catch_up_list(self, seen):
+        """A list pings with the newest message and event of all when it was last fetched
+        (views._list_seen): if one the agent may see came since, and its event never did (the
+        socket stayed open across a Redis outage), the list is told to fetch itself again."""
+        if not (isinstance(seen, list) and len(seen) == 2 and all(type(i) is int for i in seen)):
+            return
+        if await db(_list_changed_after)(self.scope["user"], *seen):
+            await self.send_json({"type": "conversation", "event": "changed", "conversation": None})
 
     async def _subscribe(self, conversation_id):
         if not await self._refresh():
@@ -379,6 +390,24 @@ def _newest_message_after(conversation_id: int, seen: int) -> int | None:
 
     newer = Message.objects.filter(conversation_id=conversation_id, pk__gt=seen)
     return newer.order_by("-pk").values_list("pk", flat=True).first()
+
+
+def _list_changed_after(user, message: int, event: int) -> bool:
+    """Whether a conversation `user` may see has a message or event newer than these ids, or
+    any conversation was moved to another team or assignee since (one that left the agent's
+    sight leaves their list: it is only told to refresh, which shows nothing of it)."""
+    from conversations.models import ConversationEvent, Message
+    from conversations.selectors import conversations_visible_to
+
+    visible = conversations_visible_to(user)
+    Kind = ConversationEvent.Kind  # noqa: N806 - the enum
+    moved = Q(kind__in=(Kind.TEAM, Kind.ASSIGNED))
+    return (
+        Message.objects.filter(pk__gt=message, conversation__in=visible).exists()
+        or ConversationEvent.objects.filter(pk__gt=event)
+        .filter(Q(conversation__in=visible) | moved)
+        .exists()
+    )
 
 
 def _agent_seen(user_id: int) -> None:

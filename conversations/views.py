@@ -278,6 +278,17 @@ def saved_view_delete(request, view_id: int):
     return redirect("inbox:list")
 
 
+def _list_seen() -> list[int]:
+    """The newest message and conversation event of all, as the list knows them: its pings
+    send them, and the socket says whether anything the agent may see changed since (an event
+    lost while Redis was down: see AgentConsumer._catch_up_list). Every change to a
+    conversation leaves one or the other."""
+    return [
+        model.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        for model in (Message, ConversationEvent)
+    ]
+
+
 @login_required
 def conversation_list(request):
     user = request.user
@@ -288,6 +299,8 @@ def conversation_list(request):
     teams = teams_of(user)  # asked by the views, the counts, the filter and bulk bars
     visible = conversations_visible_to(user, teams)
     fields = SORTS[sort][1]
+    # Read before the rows: a change made while they are read is newer, and caught up again.
+    seen = _list_seen()
 
     holds = VIEWS[view][1]
     conversations = _filtered(request, visible.filter(holds(user, teams)) if holds else visible)
@@ -398,6 +411,7 @@ def conversation_list(request):
         "sort": sort,
         # A dict with every key: a missing key of request.GET costs the template an exception.
         "filters": {key: request.GET.get(key, "") for key in SAVED_VIEW_KEYS},
+        "seen": json.dumps(seen),
     }
     active = visible.filter(status__in=ACTIVE)
     # Counting inbox_id (never null), not id: the counts then read only the index of active

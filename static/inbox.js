@@ -398,7 +398,11 @@
     // socket stayed open) is told in answer, and the page fetches it.
     const timeline = live && live.querySelector("[data-timeline]");
     const seen = timeline ? Number(timeline.dataset.seen) : null;
-    socket.send(JSON.stringify({ action: "ping", conversation: Number(conversationId) || null, seen: seen }));
+    // A list, with the newest message and event of all when it was fetched: one of its rows
+    // changed since, its event lost, the socket says so and the list fetches itself again.
+    const rows = live && live.querySelector("[data-rows][data-seen]");
+    const list = rows ? JSON.parse(rows.dataset.seen) : null;
+    socket.send(JSON.stringify({ action: "ping", conversation: Number(conversationId) || null, seen: seen, list: list }));
   }, 30000); // the server checks who the agent is now on one a minute at most
   // A list's filters are saved as they are on screen, applied or not: the form's hidden
   // query holds those the page was loaded with (what is saved without the script).

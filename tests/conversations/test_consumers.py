@@ -308,6 +308,12 @@ def test_a_send_from_a_worker_thread_wakes_the_servers_socket_at_once():
 def receive_while_redis_is_down(settings, inbox, text):
     """A customer message stored while the channel layer's Redis refuses connections: its
     event is never sent. Sockets already open keep their layer (and stay open)."""
+    return while_redis_is_down(settings, lambda: receive(inbox, text))
+
+
+def while_redis_is_down(settings, change):
+    """`change()` made while the channel layer's Redis refuses connections: its events are
+    never sent. Sockets already open keep their layer (and stay open)."""
     from channels.layers import channel_layers
 
     working = settings.CHANNEL_LAYERS
@@ -319,7 +325,7 @@ def receive_while_redis_is_down(settings, inbox, text):
     }
     channel_layers.backends.clear()
     try:
-        return receive(inbox, text)
+        return change()
     finally:
         settings.CHANNEL_LAYERS = working
         channel_layers.backends.clear()
@@ -355,3 +361,55 @@ async def test_an_open_conversation_catches_up_on_a_message_whose_event_was_lost
     await bob_socket.send_json_to({"action": "ping", "conversation": conversation, "seen": lost.pk})
     assert await bob_socket.receive_nothing(timeout=0.3)
     await bob_socket.disconnect()
+
+
+async def test_a_list_catches_up_on_a_change_whose_event_was_lost(
+    client, bob, charlie, chat_inbox, settings
+):
+    """The list pings with the newest message and event it knew of: a change made since to a
+    conversation the agent may see is told (the list fetches itself again); one the agent may
+    not see is not."""
+    from tests.conftest import person
+
+    conversation = (
+        await database_sync_to_async(receive)(chat_inbox, "Hello?")
+    ).message.conversation
+    seen = await database_sync_to_async(list_seen)()
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    charlie_socket, _, _ = await connect(
+        await database_sync_to_async(session_cookie)(client, charlie)
+    )
+
+    def resolve_while_redis_is_down():
+        erin = person("Erin")  # another admin, in another server process
+        while_redis_is_down(
+            settings,
+            lambda: services.conversation_set_status(
+                conversation=conversation, status="resolved", actor=erin
+            ),
+        )
+
+    await database_sync_to_async(resolve_while_redis_is_down)()
+    assert await bob_socket.receive_nothing(timeout=0.3)
+
+    await bob_socket.send_json_to({"action": "ping", "conversation": None, "list": seen})
+    assert await next_change(bob_socket) == {
+        "type": "conversation",
+        "event": "changed",
+        "conversation": None,
+    }
+    # Once the list has fetched itself, it knows the newest: nothing more to tell.
+    now = await database_sync_to_async(list_seen)()
+    await bob_socket.send_json_to({"action": "ping", "conversation": None, "list": now})
+    assert await bob_socket.receive_nothing(timeout=0.3)
+    # Charlie's team cannot see it: his list is not told.
+    await charlie_socket.send_json_to({"action": "ping", "conversation": None, "list": seen})
+    assert await charlie_socket.receive_nothing(timeout=0.3)
+    await bob_socket.disconnect()
+    await charlie_socket.disconnect()
+
+
+def list_seen() -> list[int]:
+    from conversations.views import _list_seen
+
+    return _list_seen()
