@@ -897,7 +897,12 @@ def conversation_bulk(request):
     """One action on the conversations picked in the list, each through the same service as
     its own page, each on its own: one that refuses (merged, say) does not stop the rest."""
     user = request.user
-    kept = _kept_filters(QueryDict(request.POST.get("query", "")))
+    # Back to the same list: its view, filters and sort, and the page the agent was on (its
+    # cursor: the list shows from there what is now there). Not page 1, 50 rows away.
+    query = QueryDict(request.POST.get("query", ""))
+    kept = _kept_filters(query)
+    if _cursor_decode(query.get("after", ""), SORTS.get(kept.get("sort"), SORTS["activity"])[1]):
+        kept["after"] = query["after"]
     back = f"{reverse('inbox:list')}?{kept.urlencode()}"
     numbers = set(filter(None, map(id_given, request.POST.getlist("conversations"))))
     action, _, value = request.POST.get("action", "").partition(":")
@@ -909,14 +914,20 @@ def conversation_bulk(request):
         return redirect(back)
     change, done = bulk
     conversations = list(conversations_visible_to(user).filter(pk__in=numbers).order_by("pk"))
-    refused = []
+    refused, changed = [], []
     for conversation in conversations:
         try:
             change(conversation=conversation)
         except ValidationError as exc:
             refused.append(f"#{conversation.pk}: {'; '.join(exc.messages)}")
-    if changed := len(conversations) - len(refused):
-        messages.success(request, f"{done} {changed} conversation{'s' if changed > 1 else ''}.")
+        else:
+            changed.append(f"#{conversation.pk}")
+    if changed:
+        # Which ones, by number: those that no longer match the list have left it.
+        plural = "s" if len(changed) > 1 else ""
+        messages.success(
+            request, f"{done} {len(changed)} conversation{plural}: {', '.join(changed)}."
+        )
     if missing := len(numbers) - len(conversations):
         messages.error(request, f"{missing} of the conversations picked could not be found.")
     if refused:

@@ -590,6 +590,36 @@
     li.classList.add("selected");
     if (focus) li.querySelector("a").focus();
   }
+  // A bulk action's answer is the same list at the same page (conversation_bulk), which the
+  // browser shows from its top with the focus nowhere: the agent is put back where they
+  // were, scrolled as they were, on the row now where the first one they picked was (the
+  // next to work on, those acted on having perhaps left the list). The flash says what
+  // was done.
+  const BULK_BACK = "threadline:bulk-back";
+  if (bulk) {
+    bulk.addEventListener("submit", function (event) {
+      if (event.defaultPrevented) return;
+      const rows = Array.from(live.querySelectorAll(".rows li[data-conversation]"));
+      const row = rows.findIndex(function (li) { return li.querySelector(".pick:checked"); });
+      try {
+        sessionStorage.setItem(BULK_BACK, JSON.stringify({ page: location.pathname, scroll: window.scrollY, row: row }));
+      } catch (error) { /* storage refused: the list's top, as before */ }
+    });
+    let back = null;
+    try {
+      back = JSON.parse(sessionStorage.getItem(BULK_BACK));
+      sessionStorage.removeItem(BULK_BACK);
+    } catch (error) { back = null; }
+    if (back && back.page === location.pathname) {
+      const rows = live.querySelectorAll(".rows li[data-conversation]");
+      const li = rows.length && back.row >= 0 ? rows[Math.min(back.row, rows.length - 1)] : null;
+      if (li) {
+        select(li, false);
+        li.querySelector("a").focus({ preventScroll: true });
+      }
+      window.scrollTo(0, Number(back.scroll) || 0);
+    }
+  }
   const shortcuts = document.getElementById("shortcuts");
   // Closing it gives focus back where it was, or to the picked row when a live refresh
   // replaced the list meanwhile: Enter opens it, as before. Unless a key pressed since (the

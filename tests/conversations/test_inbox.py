@@ -1,6 +1,7 @@
 """The agent inbox pages, with personas: bob (Support agent), a teammate, charlie (Billing, an
 outsider to Support's conversations) and alice (admin)."""
 
+import base64
 import html
 import json
 import re
@@ -10,6 +11,7 @@ import pytest
 import time_machine
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import QueryDict
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
@@ -1017,7 +1019,7 @@ class TestBulkActions:
         assert first.events.filter(kind="status", actor=bob).exists()
         flashed = [str(m) for m in client.get(response["Location"]).context["messages"]]
         assert flashed == [
-            "Resolved 2 conversations.",
+            f"Resolved 2 conversations: #{first.pk}, #{second.pk}.",
             "1 of the conversations picked could not be found.",
         ]
 
@@ -1036,7 +1038,7 @@ class TestBulkActions:
         assert source.status == Conversation.Status.CLOSED
         flashed = [str(m) for m in client.get("/inbox/").context["messages"]]
         assert flashed == [
-            "Reopened 1 conversation.",
+            f"Reopened 1 conversation: #{target.pk}.",
             f"Not changed: #{source.pk}: This conversation was merged; work in the one it "
             "went into.",
         ]
@@ -1046,6 +1048,23 @@ class TestBulkActions:
         target.refresh_from_db()
         assert target.assignee == dana
         assert [t.name for t in target.tags.all()] == ["refund"]
+
+    def test_the_agent_goes_back_to_the_page_they_were_on_and_a_forged_one_is_dropped(
+        self, client, bob, chat_inbox
+    ):
+        conversation = chat(chat_inbox)
+        client.force_login(bob)
+        # Page 2 of "SLA due first": after the row due then, number 5.
+        page_two = QueryDict(mutable=True)
+        page_two.update({"view": "teams", "sort": "sla"})
+        page_two["after"] = base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", 5]').decode()
+        bulk = {"conversations": [conversation.pk], "action": "priority:3"}
+        query = f"{page_two.urlencode()}&partial=rows"
+        response = client.post(reverse("inbox:bulk"), {**bulk, "query": query})
+        assert response["Location"] == f"/inbox/?{page_two.urlencode()}"
+        query = "view=teams&sort=sla&after=');drop table--"
+        response = client.post(reverse("inbox:bulk"), {**bulk, "query": query})
+        assert response["Location"] == "/inbox/?view=teams&sort=sla"
 
     def test_a_bulk_action_without_conversations_or_with_a_bad_action_is_refused(
         self, client, bob, chat_inbox

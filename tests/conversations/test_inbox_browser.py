@@ -500,7 +500,7 @@ def test_picked_conversations_stay_picked_through_a_live_refresh_and_resolve_tog
 
     page.select_option("#bulk-action", "status:resolved")
     page.click("[data-bulk] button")
-    page.wait_for_selector(".flash >> text=Resolved 2 conversations.")
+    page.wait_for_selector(f".flash >> text=Resolved 2 conversations: #{first.pk}, #{second.pk}.")
     for conversation in (first, second):
         conversation.refresh_from_db()
         assert conversation.status == "resolved"

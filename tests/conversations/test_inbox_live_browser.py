@@ -40,3 +40,42 @@ def test_the_list_catches_up_on_a_change_whose_event_was_lost(
     expect(page.locator(f'.rows li[data-conversation="{resolved.pk}"]')).to_have_count(0)
     expect(page.locator('[data-count="teams"]')).to_have_text("1")
     expect(pick).to_be_focused()  # the agent's place is kept through the refresh
+
+
+def test_after_a_bulk_action_the_agent_is_back_on_the_same_page_of_the_same_list(
+    asgi_server, browser, bob, chat_inbox
+):
+    """An agent working through page 2 of a filtered, sorted list resolved two conversations
+    and was sent to page 1, its top, with the focus nowhere."""
+    conversations = [
+        receive(chat_inbox, text=f"Order {i} is late", address=f"v{i}").message.conversation
+        for i in range(54)
+    ]
+    oldest = conversations[:4]  # page 2, newest first: 3, 2, 1, 0
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/?view=teams&channel=webchat&sort=priority")
+    page.click("text=Next page →")
+    expect(page.locator(".rows li[data-conversation]")).to_have_count(4)
+    second_page = page.url
+    page.check(f'.rows li[data-conversation="{oldest[2].pk}"] .pick')
+    page.check(f'.rows li[data-conversation="{oldest[1].pk}"] .pick')
+    page.select_option("#bulk-action", "status:resolved")
+    page.click("[data-bulk] button")
+
+    expect(page.locator(".flash")).to_have_text(
+        f"Resolved 2 conversations: #{oldest[1].pk}, #{oldest[2].pk}."
+    )
+    # The same page of the same list: what is left of it, its filters and sort on screen.
+    assert "after=" in page.url and page.url.split("after=")[1] == second_page.split("after=")[1]
+    rows = page.locator(".rows li[data-conversation]")
+    expect(rows).to_have_count(2)
+    assert [rows.nth(i).get_attribute("data-conversation") for i in (0, 1)] == [
+        str(oldest[3].pk),
+        str(oldest[0].pk),
+    ]
+    expect(page.locator("select[name=channel]")).to_have_value("webchat")
+    expect(page.locator("select[name=sort]")).to_have_value("priority")
+    # The focus on the row now where the first one picked was: the next to work on.
+    expect(page.locator(f'.rows li[data-conversation="{oldest[0].pk}"] a')).to_be_focused()
+    page.keyboard.press("x")  # and the keys go on from there
+    expect(page.locator(f'.rows li[data-conversation="{oldest[0].pk}"] .pick')).to_be_checked()
