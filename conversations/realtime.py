@@ -211,6 +211,30 @@ def publish_conversations_changed(rows, event: str) -> None:
         transaction.on_commit(lambda: send_to_groups(*sends[0], *sends[1:]))
 
 
+def publish_customer_changed(customer_id: int) -> None:
+    """Tell the agents who may see one of `customer_id`'s conversations that the customer
+    changed (edited, merged, blocked, given an address), after commit: each conversation's
+    open pages refresh their customer card, and each list (which shows the customer's name)
+    once. Recipients are read then, as publish_conversation_event does."""
+
+    def send():
+        if _layer_for(None) is None:
+            return
+        rows = Conversation.objects.filter(customer_id=customer_id).values(
+            "pk", "team_id", "assignee_id", "inbox__default_team_id"
+        )
+        sends, lists = [], {}
+        for row in rows:
+            own = conversation_group(row["pk"])
+            sends.append(([own], conversation_payload(row["pk"], "customer")))
+            lists.update(dict.fromkeys(group for group in _row_groups(row) if group != own))
+        if sends:
+            sends.append((list(lists), conversation_payload(None, "customer")))
+            send_to_groups(*sends[0], *sends[1:])
+
+    transaction.on_commit(send)
+
+
 def publish_customer_event(customer_id: int, event: str, **data) -> None:
     """Tell the customer's own open sockets (the chat widget) about a change, after commit.
 

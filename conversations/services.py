@@ -50,6 +50,7 @@ from conversations.models import (
 from conversations.realtime import (
     publish_conversation_event,
     publish_conversations_erased,
+    publish_customer_changed,
     publish_notifications,
 )
 from routing.models import TableCache
@@ -392,6 +393,8 @@ def customer_merge(*, source: Customer, target: Customer, actor=None) -> Custome
                 target=target.pk,
             )
             publish_conversation_event(conversation, "customer_merged")
+        # The target's own conversations show the profile it now is (its name, addresses).
+        publish_customer_changed(target.pk)
     return target
 
 
@@ -436,6 +439,7 @@ def customer_update(*, customer: Customer, data: dict, actor=None) -> Customer:
         customer.full_clean()
         if changed:
             customer.save(update_fields=[*changed, "updated_at"])
+            publish_customer_changed(customer.pk)
     log.info("customer %s: %s changed by user %s", customer.pk, changed, getattr(actor, "pk", None))
     return customer
 
@@ -448,6 +452,7 @@ def customer_block(*, customer: Customer, actor, conversation: Conversation | No
     (without automations). Reports leave blocked customers out."""
     with transaction.atomic():
         Customer.objects.filter(pk=customer.pk).update(blocked_at=timezone.now())
+        publish_customer_changed(customer.pk)
         if conversation is not None:
             _event(conversation, ConversationEvent.Kind.BLOCKED, actor)
             if conversation.status != Status.CLOSED:
@@ -568,6 +573,7 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
 
 def customer_unblock(*, customer: Customer, actor) -> Customer:
     Customer.objects.filter(pk=customer.pk).update(blocked_at=None)
+    publish_customer_changed(customer.pk)
     log.info("customer %s unblocked by user %s", customer.pk, getattr(actor, "pk", None))
     customer.refresh_from_db()
     return customer
@@ -720,6 +726,7 @@ def identity_add(*, customer: Customer, kind: str, address: str, actor=None) -> 
                 identity = Identity.objects.create(customer=customer, kind=kind, address=address)
         except IntegrityError:  # added elsewhere between our check and our insert
             raise AddressTaken(Identity.objects.get(kind=kind, address=address).customer) from None
+        publish_customer_changed(customer.pk)
     # The address itself is personal data: the log says which profile, not what.
     actor_id = getattr(actor, "pk", None)
     log.info(

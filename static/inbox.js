@@ -109,6 +109,13 @@
       if (tags && shownTags && !shownTags.contains(document.activeElement)) {
         shownTags.replaceWith(tags.content.cloneNode(true));
       }
+      // The customer, as a teammate (or this agent in another tab) edited, merged, blocked
+      // them or gave them an address, unless the agent is on the card's Block button.
+      const card = live.querySelector("template[data-customer-card]");
+      const shownCard = document.querySelector("aside [data-customer]");
+      if (card && shownCard && !shownCard.contains(document.activeElement)) {
+        shownCard.replaceWith(card.content.cloneNode(true));
+      }
       // Whether the chat visitor is on the site (they opened or closed the widget).
       const visitors = live.querySelector("template[data-visitors]");
       const shownVisitors = document.querySelector("aside [data-visitors]");

@@ -413,3 +413,38 @@ def list_seen() -> list[int]:
     from conversations.views import _list_seen
 
     return _list_seen()
+
+
+async def test_a_customers_change_reaches_the_agents_who_see_their_conversations(
+    client, bob, charlie, chat_inbox
+):
+    """Edited, blocked or given an address: the open conversation pages and the lists of
+    those who may see the customer's conversations hear it; an outsider does not."""
+    conversation = (await database_sync_to_async(receive)(chat_inbox, "Hi")).message.conversation
+    bob_socket, _, _ = await connect(await database_sync_to_async(session_cookie)(client, bob))
+    await bob_socket.send_json_to({"action": "subscribe", "conversation": conversation.pk})
+    while (await bob_socket.receive_json_from(timeout=5))["type"] != "subscribed":
+        pass
+    charlie_socket, _, _ = await connect(
+        await database_sync_to_async(session_cookie)(client, charlie)
+    )
+    customer = conversation.customer
+
+    changes = (
+        lambda: services.customer_update(customer=customer, data={"name": "Jo Lee"}, actor=bob),
+        lambda: services.customer_block(customer=customer, actor=bob),
+        lambda: services.identity_add(
+            customer=customer, kind="email", address="jo@example.com", actor=bob
+        ),
+    )
+    for change in changes:
+        await database_sync_to_async(change)()
+        heard = [await next_change(bob_socket), await next_change(bob_socket)]
+        # Its page, and the list (once, whatever the customer's conversations).
+        assert {(e["event"], e["conversation"]) for e in heard} == {
+            ("customer", conversation.pk),
+            ("customer", None),
+        }
+    assert await charlie_socket.receive_nothing(timeout=0.3)
+    await bob_socket.disconnect()
+    await charlie_socket.disconnect()

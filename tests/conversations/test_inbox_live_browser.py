@@ -79,3 +79,33 @@ def test_after_a_bulk_action_the_agent_is_back_on_the_same_page_of_the_same_list
     expect(page.locator(f'.rows li[data-conversation="{oldest[0].pk}"] a')).to_be_focused()
     page.keyboard.press("x")  # and the keys go on from there
     expect(page.locator(f'.rows li[data-conversation="{oldest[0].pk}"] .pick')).to_be_checked()
+
+
+def test_the_customer_card_follows_what_a_teammate_changes(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    """Dana names the customer, gives them an address and blocks them from her own pages:
+    Bob's open conversation showed the profile as it was when he opened it."""
+    conversation = receive(chat_inbox, text="Hi, it's Jo", address="v1").message.conversation
+    customer = conversation.customer
+    mine = signed_in(browser, asgi_server, bob)
+    mine.add_init_script(REFRESHED)
+    mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    mine.wait_for_function("() => window.refreshed")  # the socket is open
+    card = mine.locator("aside [data-customer]")
+    mine.fill("#reply-text", "Hello Jo")  # Bob writes meanwhile
+
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/customers/{customer.pk}/")
+    theirs.click("text=Edit profile")
+    theirs.fill("#customer-name", "Jo <b>Lee</b>")
+    theirs.click("#edit-profile button[type=submit]")
+    expect(card).to_contain_text("Jo <b>Lee</b>")  # as text, never as markup
+    theirs.fill("#add-address input[name=address]", "jo@example.com")
+    theirs.click("#add-address button[type=submit]")
+    expect(card).to_contain_text("jo@example.com")
+    theirs.on("dialog", lambda dialog: dialog.accept())
+    theirs.click("text=Block sender")
+    expect(card.locator(".badge.failed")).to_have_text("blocked")
+    expect(card.get_by_role("button", name="Unblock")).to_be_visible()
+    assert mine.input_value("#reply-text") == "Hello Jo"
