@@ -520,6 +520,7 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
     prefetch_related_objects([conversation.customer], "identities")
     timeline = _timeline(conversation)
     seen = max((obj.pk for kind, obj in timeline if kind == "message"), default=0)
+    seen_event = max((obj.pk for kind, obj in timeline if kind == "event"), default=0)
     identities = identities_to_write_to(conversation.customer, conversation=conversation)
     default = services.identity_for_reply(conversation)
     team_ids = {conversation.team_id, conversation.inbox.default_team_id} - {None}
@@ -553,6 +554,7 @@ def _conversation_context(request, conversation, reply_once: str = "", **extra) 
         "conversation": conversation,
         "timeline": timeline,
         "seen": seen,
+        "seen_event": seen_event,
         "identities": identities,
         "customer_label": customer_label(conversation.customer),
         "default_identity": default.pk if default else None,
@@ -649,6 +651,27 @@ def _newer_than(conversation, seen: int, user) -> list[Message]:
     )
 
 
+# Changes that decide whether a reply is still the agent's to send, and what it does.
+HANDLING_CHANGES = (
+    ConversationEvent.Kind.STATUS,
+    ConversationEvent.Kind.ASSIGNED,
+    ConversationEvent.Kind.TEAM,
+)
+
+
+def _changed_since(conversation, seen_event: int | None, user) -> list[ConversationEvent]:
+    """Who resolved, reassigned or transferred the conversation since the page the agent
+    writes on showed it (by someone else, or by the system: routing, an automation). None
+    when the form does not say what it showed (an older page)."""
+    if seen_event is None:
+        return []
+    return list(
+        conversation.events.filter(pk__gt=seen_event, kind__in=HANDLING_CHANGES)
+        .exclude(actor=user)
+        .order_by("id")
+    )
+
+
 REPEAT_WITHIN = timedelta(minutes=10)
 
 
@@ -712,10 +735,17 @@ def conversation_reply(request, number: int):
     reattach = [upload.name for upload in request.FILES.getlist("files")]
     # A note answers nobody, so it is never stale; a reply is.
     arrived = _newer_than(conversation, seen, request.user) if mode != "note" else []
+    # Resolved, reassigned or transferred by someone else meanwhile: the reply would go out
+    # on a conversation that is no longer what the agent saw (a resolved one stays resolved;
+    # one unassigned meanwhile would become theirs). Held once, said, for them to decide.
+    changed = []
+    if mode != "note":
+        seen_event = id_given(request.POST.get("seen_event"))
+        changed = _changed_since(conversation, seen_event, request.user)
     repeated = []
-    if not (arrived or request.POST.get("again") == "1"):  # "again": sent from the page held
+    if not (arrived or changed or request.POST.get("again") == "1"):  # "again": from a held page
         repeated = _written_already(conversation, request.user, text, mode)
-    if arrived or repeated:
+    if arrived or changed or repeated:
         # Never answer a stale view: show what arrived, marked, with the draft kept. The page
         # now shows it, so sending again from there sends the reply as it is. Likewise the
         # agent's own message with this very text, sent since the page was shown: they went
@@ -726,13 +756,19 @@ def conversation_reply(request, number: int):
             draft=text,
             draft_mode=mode,
             draft_template=template,
-            stale="repeated" if repeated else "arrived",
+            stale="repeated" if repeated else "changed" if changed else "arrived",
             reattach=reattach,
             reply_once=once,
         )
-        arrived = {message.pk for message in arrived or repeated}
+        arrived = {("message", message.pk) for message in arrived or repeated}
+        arrived |= {("event", event.pk) for event in changed}
         for kind, item in context["timeline"]:
-            item.is_new = kind == "message" and item.pk in arrived
+            item.is_new = (kind, item.pk) in arrived
+        context["changes"] = [
+            _change_said(item)
+            for kind, item in context["timeline"]
+            if kind == "event" and item.is_new
+        ]
         return render(request, "inbox/conversation.html", context, status=409)
     try:
         attachments = _uploads(request)
@@ -782,6 +818,17 @@ def conversation_reply(request, number: int):
         )
         return render(request, "inbox/conversation.html", context, status=400)
     return _after_writing(conversation, mode)
+
+
+def _change_said(event) -> str:
+    """A HANDLING_CHANGES event, as the held reply's notice says it (described by
+    _events_describe, as the timeline was)."""
+    who = event.actor.name if event.actor else "Routing"
+    if event.kind == ConversationEvent.Kind.STATUS:
+        return f"{who} set its status to {event.detail}"
+    if event.kind == ConversationEvent.Kind.ASSIGNED:
+        return f"{who} assigned it to {event.data.get('assignee_name') or 'nobody'}"
+    return f"{who} transferred it to {event.detail}"
 
 
 def _placeholders_filled(text: str, conversation, agent) -> str:

@@ -100,6 +100,13 @@
       if (seen && timeline && (!(draft && draft.value.trim()) || replyingInChat())) {
         seen.value = timeline.dataset.seen;
       }
+      // Who resolved, reassigned or transferred it meanwhile: only while the box is empty
+      // too, even in a chat (a status is no line that arrives under the agent's eyes).
+      const seenEvent = document.querySelector("input[data-seen-event]");
+      if (seenEvent && timeline && !(draft && draft.value.trim())) {
+        seenEvent.value = timeline.dataset.seenEvent;
+      }
+      if (timeline) changedUnderSay(timeline);
       if (selected) select(document.querySelector(`.rows li[data-conversation="${selected.dataset.conversation}"]`), false);
       if (focused) focusReturn(focused);
       if (timeline) syncFields(timeline.dataset);
@@ -209,7 +216,41 @@
     const badge = document.createElement("span");
     badge.className = "badge failed";
     badge.textContent = "new";
-    li.querySelector(".meta").prepend(badge);
+    const meta = li.querySelector(".meta"); // a message's; an event is one line
+    if (meta) meta.prepend(badge);
+    else li.prepend(badge, " ");
+  }
+
+  // Someone else answered, resolved, reassigned or transferred the conversation since this
+  // page opened: said beside the reply box, where the agent writes, not only as one more line
+  // of the timeline (as helpdesks do: a reply then often goes out over a teammate's). Held
+  // once before sending too (holdStale, and the server: conversation_reply).
+  const HANDLING = ["status", "assigned", "team"];
+  const openedTimeline = live && live.querySelector("[data-timeline]");
+  const opened = openedTimeline
+    ? { message: Number(openedTimeline.dataset.seen), event: Number(openedTimeline.dataset.seenEvent) }
+    : null;
+  function changedBy(timeline, message, event) {
+    const replies = Array.from(timeline.querySelectorAll("li.message.outbound:not([data-mine]), li.message.note:not([data-mine])"))
+      .filter(function (li) { return Number(li.id.slice(1)) > message; });
+    const changes = Array.from(timeline.querySelectorAll("li.event[data-event]:not([data-mine])"))
+      .filter(function (li) { return HANDLING.includes(li.dataset.kind) && Number(li.dataset.event) > event; });
+    return { replies: replies, changes: changes };
+  }
+  function changedUnderSay(timeline) {
+    const notice = document.querySelector("[data-changed-under]");
+    if (!notice || !opened) return;
+    const { replies, changes } = changedBy(timeline, opened.message, opened.event);
+    const said = replies.map(function (li) {
+      const who = li.querySelector(".meta strong").textContent.trim();
+      return li.classList.contains("note") ? `${who} added a note` : `${who} replied`;
+    }).concat(changes.map(function (li) {
+      // The timeline's own words ("Status changed by Dana: resolved"), without the time.
+      return li.textContent.replace(/^\s*new\s+/, "").split(" · ")[0].trim();
+    }));
+    const text = said.length ? `Since you opened this conversation: ${said.join("; ")}.` : "";
+    notice.hidden = !text;
+    if (notice.textContent !== text) notice.textContent = text;
   }
 
   function replyingInChat() {
@@ -229,12 +270,21 @@
     if (!seen || !timeline || (mode && mode.value === "note")) return false;
     const arrived = Array.from(timeline.querySelectorAll("li.message:not(.system):not([data-mine])"))
       .filter(function (li) { return Number(li.id.slice(1)) > Number(seen.value); });
-    if (!arrived.length) return false;
-    arrived.forEach(markNew);
+    const seenEvent = composer.querySelector("input[data-seen-event]");
+    const { changes } = changedBy(timeline, Infinity, seenEvent ? Number(seenEvent.value) : Infinity);
+    if (!arrived.length && !changes.length) return false;
+    arrived.concat(changes).forEach(markNew);
     seen.value = timeline.dataset.seen;
+    if (seenEvent) seenEvent.value = timeline.dataset.seenEvent;
     const notice = composer.querySelector("[data-stale]");
     notice.hidden = false;
-    arrived[0].scrollIntoView({ block: "center" });
+    if (changes.length) {
+      // The server's words for the same hold (conversation_reply).
+      notice.querySelector("p").textContent = "Not sent: while you were writing, the conversation changed (marked new above): "
+        + changes.map(function (li) { return li.textContent.replace(/^\s*new\s+/, "").split(" · ")[0].trim(); }).join("; ")
+        + ". Press Send again to send your reply as it is: it goes to the customer, and the conversation keeps the status and assignee it has now.";
+    }
+    arrived.concat(changes)[0].scrollIntoView({ block: "center" });
     return true;
   }
 

@@ -579,6 +579,43 @@ class TestConversation:
         assert response.status_code == 302
         assert conversation.messages.filter(direction="outbound").count() == 1
 
+    def test_a_reply_over_a_conversation_a_teammate_resolved_meanwhile_asks_first(
+        self, client, bob, dana, chat_inbox
+    ):
+        """Dana resolved it while Bob wrote: his reply would have gone out unseen by him on a
+        resolved conversation. Held once, saying who did what; sent as it is from there,
+        without reopening it."""
+        conversation = chat(chat_inbox, text="Where is my parcel?")
+        client.force_login(bob)
+        page = client.get(f"/inbox/{conversation.pk}/").context
+        services.conversation_set_status(conversation=conversation, status="resolved", actor=dana)
+        url = reverse("inbox:reply", args=[conversation.pk])
+        form = {"text": "It left today.", "seen": page["seen"], "seen_event": page["seen_event"]}
+        # A note answers nobody: never held.
+        assert (
+            client.post(url, {**form, "mode": "note", "text": "Ask the carrier"}).status_code == 302
+        )
+
+        response = client.post(url, form)
+        assert response.status_code == 409
+        html = response.content.decode()
+        assert "while you were writing, Dana set its status to resolved" in html
+        assert "It left today.</textarea>" in html
+        resolved = conversation.events.get(kind="status", actor=dana)
+        assert f'<li class="event new" data-event="{resolved.pk}"' in html
+        assert not conversation.messages.filter(direction="outbound").exists()
+        # Bob's own changes are not news to him: he takes it, and sends from the held page.
+        services.conversation_assign(conversation=conversation, assignee=bob, actor=bob)
+        seen_event = response.context["seen_event"]
+        assert seen_event == resolved.pk
+        response = client.post(
+            url, {**form, "seen": response.context["seen"], "seen_event": seen_event}
+        )
+        assert response.status_code == 302
+        assert conversation.messages.filter(direction="outbound").count() == 1
+        conversation.refresh_from_db()
+        assert conversation.status == "resolved"
+
     @pytest.mark.parametrize("mode", ["reply", "note"])
     def test_back_after_sending_and_send_again_asks_before_a_second_copy(
         self, client, bob, chat_inbox, mode

@@ -109,3 +109,38 @@ def test_the_customer_card_follows_what_a_teammate_changes(
     expect(card.locator(".badge.failed")).to_have_text("blocked")
     expect(card.get_by_role("button", name="Unblock")).to_be_visible()
     assert mine.input_value("#reply-text") == "Hello Jo"
+
+
+def test_a_reply_over_a_teammates_change_is_said_live_and_held_once(
+    asgi_server, browser, bob, dana, chat_inbox
+):
+    """Bob writes while Dana, on the same conversation, resolves it: his page showed one
+    more line in the timeline, and his reply went out on a conversation he thought open."""
+    conversation = receive(chat_inbox, text="Where is my parcel?").message.conversation
+    mine = signed_in(browser, asgi_server, bob)
+    mine.add_init_script(REFRESHED)
+    mine.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    mine.wait_for_function("() => window.refreshed")
+    mine.fill("#reply-text", "It left the warehouse today.")
+
+    theirs = signed_in(browser, asgi_server, dana)
+    theirs.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    expect(mine.locator("[data-presence]")).to_have_text("Dana is viewing")
+    theirs.select_option("#status", "resolved")
+    theirs.click('form[action$="/status"] button')
+
+    notice = mine.get_by_role("status").filter(has_text="Since you opened")
+    expect(notice).to_have_text(
+        "Since you opened this conversation: Status changed by Dana: resolved."
+    )
+    mine.get_by_role("button", name="Send", exact=True).click()
+    held = mine.locator("[data-stale]")
+    expect(held).to_be_visible()
+    expect(held).to_contain_text("while you were writing, the conversation changed")
+    expect(mine.locator("li.event.new")).to_contain_text("Status changed by Dana")
+    assert not conversation.messages.filter(direction="outbound").exists()
+
+    mine.get_by_role("button", name="Send", exact=True).click()  # meant: sent as it is
+    expect(mine.locator("li.message.outbound")).to_contain_text("It left the warehouse today.")
+    conversation.refresh_from_db()
+    assert conversation.status == "resolved"  # not reopened behind Dana's back
