@@ -251,6 +251,7 @@
     const text = said.length ? `Since you opened this conversation: ${said.join("; ")}.` : "";
     notice.hidden = !text;
     if (notice.textContent !== text) notice.textContent = text;
+    describeComposer();
   }
 
   function replyingInChat() {
@@ -285,6 +286,7 @@
         + ". Press Send again to send your reply as it is: it goes to the customer, and the conversation keeps the status and assignee it has now.";
     }
     arrived.concat(changes)[0].scrollIntoView({ block: "center" });
+    describeComposer();
     return true;
   }
 
@@ -800,7 +802,25 @@
     text.readOnly = Boolean(chosen);
     return chosen;
   }
+  // What the composer warns of (the channel's hint or a teammate named in a reply, a held
+  // reply, what changed under the agent, a refusal) describes the box: a screen reader says
+  // it on coming to the box, not only if the agent goes looking. Only what shows: a hidden
+  // element named there would be read all the same.
+  const WARNINGS = ["reply-changed", "reply-stale", "reply-error", "reply-hint"];
+  function describeComposer() {
+    if (!text) return;
+    const shownIds = WARNINGS.filter(function (id) {
+      const el = document.getElementById(id);
+      return el && !el.hidden && el.textContent.trim();
+    });
+    if (shownIds.length) text.setAttribute("aria-describedby", shownIds.join(" "));
+    else text.removeAttribute("aria-describedby");
+  }
   function updateHint() {
+    hintUpdate();
+    describeComposer();
+  }
+  function hintUpdate() {
     if (!hint || !picker) return;
     const note = composer.querySelector('[name=mode][value="note"]').checked;
     picker.disabled = note; // a note goes nowhere
@@ -980,7 +1000,16 @@
   "use strict";
   const text = document.getElementById("reply-text");
   if (!text) return;
+  // An ARIA combobox (1.2): the box owns the suggestions' listbox, says whether it is shown,
+  // and which option the arrows highlight. Still a box of several lines to type in.
+  const lists = ["canned-list", "mention-list"].filter(function (id) { return document.getElementById(id); });
+  if (!lists.length) return;
+  text.setAttribute("role", "combobox");
+  text.setAttribute("aria-multiline", "true");
   text.setAttribute("aria-autocomplete", "list");
+  text.setAttribute("aria-haspopup", "listbox");
+  text.setAttribute("aria-expanded", "false");
+  text.setAttribute("aria-controls", lists[0]);
 
   // `pattern` finds the query just before the caret (its group 1, after a one-character sign);
   // `items(query, signal)` gives the options; `label(item)` what an option shows; `value(item)`
@@ -1007,6 +1036,7 @@
       if (list.hidden) return;
       list.hidden = true;
       list.replaceChildren();
+      text.setAttribute("aria-expanded", "false");
       text.removeAttribute("aria-activedescendant");
     }
 
@@ -1016,7 +1046,6 @@
         li.setAttribute("aria-selected", String(i === index));
         if (i === index) {
           text.setAttribute("aria-activedescendant", li.id);
-          text.setAttribute("aria-controls", list.id);
           li.scrollIntoView({ block: "nearest" });
         }
       });
@@ -1037,6 +1066,8 @@
       results = found;
       list.replaceChildren(...found.map(option));
       list.hidden = false;
+      text.setAttribute("aria-controls", list.id);
+      text.setAttribute("aria-expanded", "true");
       highlight(0);
     }
 

@@ -265,3 +265,60 @@ def test_typing_slash_refund_and_enter_inserts_the_filled_in_response(
     page.press("#reply-text", "Enter")
     page.wait_for_selector("#canned-list", state="hidden")
     assert page.input_value("#reply-text") == "Hi Joana, refunds take 5 days. Bob"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_suggestions_are_a_combobox_the_keyboard_and_a_screen_reader_follow(
+    asgi_server, browser, bob, dana, conversation, responses
+):
+    """A screen reader heard a plain text box: not that suggestions had opened, nor which one
+    the arrows were on, nor the composer's warning about what was typed."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page = signed_in(browser, asgi_server, bob)
+    page.goto(f"{asgi_server}/inbox/{conversation.pk}/")
+    box = page.get_by_role("combobox", name="Message")
+    expect(box).to_have_attribute("aria-expanded", "false")
+    box.focus()
+    page.keyboard.type("/")
+
+    listbox = page.get_by_role("listbox", name="Canned responses")
+    expect(listbox).to_be_visible()
+    expect(box).to_have_attribute("aria-expanded", "true")
+    expect(box).to_have_attribute("aria-controls", "canned-list")
+    options = listbox.get_by_role("option")
+    expect(options).to_have_count(2)  # everyone's and Support's
+    expect(options.nth(0)).to_have_attribute("aria-selected", "true")
+    expect(box).to_have_attribute("aria-activedescendant", options.nth(0).get_attribute("id"))
+    page.keyboard.press("ArrowDown")
+    expect(options.nth(1)).to_have_attribute("aria-selected", "true")
+    expect(options.nth(0)).to_have_attribute("aria-selected", "false")
+    expect(box).to_have_attribute("aria-activedescendant", options.nth(1).get_attribute("id"))
+    page.keyboard.press("Escape")
+    expect(listbox).to_be_hidden()
+    expect(box).to_have_attribute("aria-expanded", "false")
+    expect(box).not_to_have_attribute("aria-activedescendant", re.compile(".*"))
+    expect(box).to_be_focused()  # the focus never left the box
+
+    # In a note, the agents to mention: the same combobox, now controlling their list.
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Backspace")
+    page.check('[name=mode][value="note"]')
+    box.focus()
+    page.keyboard.type("@da")
+    mentions = page.get_by_role("listbox", name="Agents to mention")
+    expect(mentions.get_by_role("option")).to_have_text(["@dana Dana"])
+    expect(box).to_have_attribute("aria-controls", "mention-list")
+    page.keyboard.press("Enter")
+    expect(box).to_have_value("@dana ")
+    expect(box).to_have_attribute("aria-expanded", "false")
+
+    # A warning about what is typed describes the box: said on coming back to it.
+    page.check('[name=mode][value="reply"]')
+    box.focus()
+    expect(box).to_have_accessible_description(re.compile("@dana is a teammate"))
+    page.keyboard.press("Control+a")
+    page.keyboard.type("Hello Joana")
+    expect(box).not_to_have_accessible_description(re.compile("teammate"))

@@ -963,7 +963,7 @@ def test_after_whatsapps_window_closed_the_agent_sends_an_approved_template(
     page.goto(f"{asgi_server}/inbox/{asked.conversation_id}/")
     # Said before a word is written: free text would not go; a template would.
     expect(page.locator("[data-hint]")).to_contain_text("Pick an approved template instead.")
-    box = page.get_by_role("textbox", name="Message")
+    box = page.get_by_role("combobox", name="Message")  # with its suggestions
     box.fill("Olá João")
     template = page.get_by_role("combobox", name="Approved template")
     template.select_option("order_update|pt_BR")
