@@ -677,6 +677,12 @@
         li.querySelector("a").focus({ preventScroll: true });
       }
       window.scrollTo(0, Number(back.scroll) || 0);
+      // The flash saying what was done stays in sight too, as long as the row does.
+      const flash = document.querySelector(".flash");
+      const flashTop = flash ? flash.getBoundingClientRect().top : 0;
+      if (flashTop < 0 && (!li || li.getBoundingClientRect().bottom - flashTop < window.innerHeight)) {
+        window.scrollBy(0, flashTop);
+      }
     }
   }
   const shortcuts = document.getElementById("shortcuts");
