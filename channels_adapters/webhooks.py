@@ -48,6 +48,7 @@ DISABLE_AFTER = timedelta(days=1)
 CLAIM_SECONDS = 60
 BACKOFF_CAP_SECONDS = 1800  # under the Redis broker's visibility timeout (settings)
 RETRY_STATUSES = {408, 425, 429}
+ANSWER_KEPT = 500  # bytes of an endpoint's answer kept on the attempt (WebhookAttempt.response)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -285,14 +286,23 @@ def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: Webhook
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
+        # Its answer's first bytes are kept as they come (_answer_start): not compressed.
+        "Accept-Encoding": "identity",
         "X-Threadline-Event": delivery.event_type,
         "X-Threadline-Event-Id": str(delivery.event_id),
         "X-Threadline-Signature": webhook_signature(endpoint.secret, body, int(time.time())),
     }
     try:
-        response = public_client().post(
-            endpoint.url, content=body, headers=headers, timeout=settings.PROVIDER_TIMEOUT_SECONDS
-        )
+        # Streamed, and only its first bytes read: an answer that never ends (a hostile
+        # endpoint, a proxy streaming a file) must hold neither the worker nor its memory.
+        with public_client().stream(
+            "POST",
+            endpoint.url,
+            content=body,
+            headers=headers,
+            timeout=settings.PROVIDER_TIMEOUT_SECONDS,
+        ) as response:
+            attempt.response = _answer_start(response)
     except PermanentError as exc:  # a private address, refused
         attempt.error = exc.reason[:500]
         return False
@@ -308,7 +318,6 @@ def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: Webhook
         attempt.error = f"Could not reach the endpoint: {type(exc).__name__}: {exc}"[:500]
         return True
     attempt.status_code = response.status_code
-    attempt.response = response.text[:500]
     if response.is_success:
         return None
     if response.status_code in RETRY_STATUSES or response.status_code >= 500:
@@ -319,6 +328,21 @@ def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: Webhook
     else:
         attempt.error = f"Refused with HTTP {response.status_code}: not tried again."
     return False
+
+
+def _answer_start(response: httpx.Response) -> str:
+    """The answer's first characters, for the attempt's record. Its status is what counts: a
+    body that breaks off after a 2xx does not undo the delivery."""
+    start = b""
+    try:
+        for chunk in response.iter_raw():
+            start += chunk
+            if len(start) >= ANSWER_KEPT:
+                break
+    except httpx.HTTPError:
+        pass
+    # Without NULs, which PostgreSQL cannot store: the attempt would never be recorded.
+    return start[:ANSWER_KEPT].decode(errors="replace").replace("\x00", "")
 
 
 def _attempt_record(delivery: WebhookDelivery, attempt: WebhookAttempt, retry) -> float | None:

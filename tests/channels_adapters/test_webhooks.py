@@ -3,7 +3,9 @@ checks our signature and keeps each event once by its id."""
 
 import re
 import signal
+import socket
 import subprocess
+import threading
 from datetime import timedelta
 
 import pytest
@@ -316,6 +318,74 @@ class TestRetries:
         assert "1 deliveries queued again." in response.content.decode()
         assert WebhookDelivery.objects.get().status == "delivered"
         assert len(receiver.events) == 1
+
+
+class EndlessAnswer:
+    """An endpoint that answers its verdict with a body that goes on and on (hostile, or a
+    misconfigured proxy streaming a file): it counts what the sender took before hanging up."""
+
+    def __init__(self, status: int, size: int = 200 * 2**20):
+        self.sent, self.size = 0, size
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, args=(status,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, status: int):
+        conn, _ = self.server.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 {status} X\r\nContent-Length: {self.size}\r\n\r\n"
+            conn.sendall(head.encode())
+            chunk = b"\x00" + b"x" * 65535  # a NUL, which PostgreSQL cannot store
+            try:
+                while self.sent < self.size:
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:  # the sender hung up: what it did not read was never sent
+                pass
+
+    def close(self):
+        self.server.close()
+        self.thread.join(30)
+
+
+@pytest.mark.usefixtures("loopback_allowed")
+@pytest.mark.parametrize("status", [200, 500])
+def test_an_endless_answer_is_not_read_to_its_end(chat_inbox, status):
+    endless = EndlessAnswer(status)
+    try:
+        WebhookEndpoint.objects.create(url=f"{endless.url}/hooks", event_types=["message.created"])
+        receive(chat_inbox)
+        (delivery,) = deliveries()
+        webhook_deliver(delivery.pk)
+    finally:
+        endless.close()
+    # The worker kept the answer's first bytes and hung up: it did not take 200 MB in memory
+    # (nor would it wait for ever on a body that never ends).
+    assert endless.sent < 20 * 2**20
+    (attempt,) = WebhookAttempt.objects.all()
+    assert (attempt.status_code, attempt.response) == (status, "x" * 499)
+    delivery.refresh_from_db()
+    assert delivery.status == ("delivered" if status == 200 else "pending")
+
+
+@pytest.mark.usefixtures("loopback_allowed")
+def test_an_answer_with_a_nul_is_recorded(chat_inbox):
+    endless = EndlessAnswer(400, size=65536)
+    try:
+        WebhookEndpoint.objects.create(url=f"{endless.url}/hooks", event_types=["message.created"])
+        receive(chat_inbox)
+        (delivery,) = deliveries()
+        webhook_deliver(delivery.pk)
+    finally:
+        endless.close()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.last_error) == (
+        "failed",
+        "Refused with HTTP 400: not tried again.",
+    )
+    assert WebhookAttempt.objects.get().response == "x" * 499
 
 
 def test_a_private_address_is_refused_unless_allowed(receiver, chat_inbox, tasks_run, settings):
