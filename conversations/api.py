@@ -273,11 +273,23 @@ def _cursor_decode(cursor: str, ordering: str, fields) -> list:
         raise refused
     values = []
     for (name, _), value in zip(fields, given[1:], strict=True):
-        value = id_given(value) if name == "id" else datetime_given(value)
+        value = id_given(value) if name == "id" else _cursor_time(value)
         if value is None:
             raise refused
         values.append(value)
     return values
+
+
+def _cursor_time(value) -> datetime | None:
+    """A time as _cursor_encode wrote it: with its offset, and within what the databases hold
+    once in UTC (year 1 at +14:00 is not, and SQLite's adapter raised OverflowError)."""
+    value = datetime_given(value)
+    if value is None or value.tzinfo is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _page(request, rows, *, ordering: str, fields, output, page_size: int, cursor: str = ""):

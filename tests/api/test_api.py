@@ -1,6 +1,8 @@
 """The REST API, /api/v1/, as an integrator uses it: with a personal token, over HTTP. Personas
 (tests/conftest.py): alice the admin, bob and dana of Support, charlie of Billing."""
 
+import base64
+import json
 import re
 
 import pytest
@@ -357,6 +359,18 @@ class TestLists:
         assert response.status_code == 400
         assert set(response.json()) == {"stauts", "ordering"}
         response = client.get("/api/v1/conversations?cursor=WyJpZCIsIDFd")  # another ordering's
+        assert response.status_code == 400
+        assert "use the `next` link" in response.json()["cursor"][0]
+
+    @pytest.mark.parametrize(
+        "values", [["0001-01-01T00:00:00+14:00", 5], ["2026-12-03T10:00:00", 5]]
+    )
+    def test_a_forged_cursor_is_refused(self, bob, maria, values):
+        """A time outside what the databases hold (a 500 on SQLite), or without its offset."""
+        cursor = base64.urlsafe_b64encode(json.dumps(["updated_at", *values]).encode()).decode()
+        response = api(token_for(bob)).get(
+            f"/api/v1/conversations?ordering=updated_at&cursor={cursor}"
+        )
         assert response.status_code == 400
         assert "use the `next` link" in response.json()["cursor"][0]
 
