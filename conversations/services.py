@@ -745,6 +745,8 @@ def conversation_open(
     conversation = _conversation_create(
         inbox=inbox, customer=customer, subject=subject, actor=actor, **event_data
     )
+    # An agent's start, or an admin's: integrators hear of it as of one a customer opened.
+    webhooks.conversation_created(conversation)
     publish_conversation_event(conversation, "created")
     return conversation
 

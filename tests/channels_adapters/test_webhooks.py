@@ -166,6 +166,19 @@ class TestEvents:
         last = list(receiver.events.values())[-1]["data"]
         assert last["actor"] is None and last["conversation"]["team"]["name"] == billing.name
 
+    def test_a_conversation_an_agent_starts_is_created_too(
+        self, receiver, chat_inbox, bob, tasks_run
+    ):
+        identity = receive(chat_inbox).message.identity
+        endpoint_for(receiver, types=["conversation.created", "message.created"])
+        with tasks_run():
+            started = services.conversation_start(
+                customer=identity.customer, identity=identity, author=bob, text="Any news?"
+            )
+        assert receiver.types() == ["conversation.created", "message.created"]
+        opened = next(iter(receiver.events.values()))["data"]["conversation"]
+        assert opened["number"] == started.number
+
     def test_a_note_is_never_a_message_created(self, receiver, chat_inbox, bob, tasks_run):
         conversation = receive(chat_inbox).message.conversation
         endpoint_for(receiver, types=["message.created"])
