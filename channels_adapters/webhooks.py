@@ -377,7 +377,13 @@ def _attempt_record(delivery: WebhookDelivery, attempt: WebhookAttempt, retry) -
             }
     with transaction.atomic():
         attempt.save()
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(**update)
+        # Only while our claim stands: a request that outlived it (the sweep's task claimed
+        # the delivery meanwhile, and may have delivered it) says nothing of how it ended.
+        mine = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDelivery.Status.PENDING, attempts=delivery.attempts
+        )
+        if not mine.update(**update):
+            return None
         _endpoint_health(delivery.endpoint, ok=retry is None, now=now)
     return retry_in
 

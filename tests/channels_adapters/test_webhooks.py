@@ -500,6 +500,40 @@ class TestLostTasks:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_worker_whose_claim_ran_out_does_not_undo_the_one_who_delivered(
+    chat_inbox, receiver, settings
+):
+    """Worker A's request outlives its claim; the sweep's task B claims the delivery, sends it
+    and records it delivered; then the refusal A got comes back. The endpoint has the event:
+    the delivery stays delivered."""
+    from tests.providers import Answer
+
+    settings.MEDIA_FETCH_ALLOW_PRIVATE = True
+    endpoint_for(receiver, types=["conversation.created"])
+    receive(chat_inbox)
+    (delivery,) = deliveries()
+    answered = receiver.answer
+
+    def answer(request):
+        if len(receiver.calls()) > 1:  # B's
+            return answered(request)
+        try:  # A's, held while B comes, once A's claim has run out
+            with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=False):
+                assert webhook_deliver(delivery.pk) is None
+        finally:
+            connection.close()  # this thread's
+        return Answer(410, b"gone", "text/plain")
+
+    receiver.answer = answer
+    webhook_deliver(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert len(receiver.events) == 1
+    assert (delivery.status, delivery.attempts) == ("delivered", 2)
+    assert sorted(delivery.tries.values_list("status_code", flat=True)) == [200, 410]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_separate_celery_worker_delivers_the_events(
     redis_url, chat_inbox, bob, receiver, purge_broker, monkeypatch
 ):
