@@ -1,7 +1,9 @@
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.shortcuts import render
+from django.utils.cache import add_never_cache_headers
 
 from helpdesk.models import ApiToken, User
 from helpdesk.tokens import api_token_create, api_token_revoke
@@ -134,13 +136,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        made, token = api_token_create(user=obj.user, name=obj.name)
+        made, request.api_token_made = api_token_create(user=obj.user, name=obj.name)
         obj.pk = made.pk
-        self.message_user(
-            request,
-            f"The token for {made.user} (copy it now, it is not shown again): {token}",
-            messages.WARNING,
-        )
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The token on this answer alone: a message would carry it in a cookie (Django's
+        message storage) to the next page, and in every copy of that cookie."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API token made",
+            "api_token": obj,
+            "token": request.api_token_made,
+        }
+        response = render(request, "admin/helpdesk/apitoken/made.html", context)
+        add_never_cache_headers(response)
+        return response
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request, queryset):
