@@ -2199,14 +2199,12 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
         if source.status == Status.OPEN and target.status != Status.OPEN:
             # Work still to do goes on in the target, in the queues and measured, not in a
             # resolved or snoozed conversation where nobody sees the customer waiting.
-            _event(
-                target,
-                ConversationEvent.Kind.REOPENED,
-                actor,
-                previous=target.status,
-                reason="merged",
-            )
+            previous = target.status
             target.status, target.snoozed_until, target.resolved_at = Status.OPEN, None, None
+            # After the change: integrators hear of it with the conversation as it is now.
+            _event(
+                target, ConversationEvent.Kind.REOPENED, actor, previous=previous, reason="merged"
+            )
         if source.priority > target.priority:  # what was urgent stays urgent
             previous, target.priority = target.priority, source.priority
             _event(
@@ -2218,12 +2216,21 @@ def conversation_merge(*, source: Conversation, target: Conversation, actor=None
             )
         sla_merged(source=source, target=target, now=timezone.now())
         target.save()
-        source.status = Status.CLOSED
+        source_status, source.status = source.status, Status.CLOSED
         source.merged_into = target
         source.resolved_at = source.resolved_at or timezone.now()
         source.waiting_since = None
         source.sla_due_at = None
         source.save()
+        # Its MERGED event is the timeline's; integrators hear it closed, and where it went.
+        webhooks.conversation_updated(
+            source,
+            {
+                "status": {"from": source_status, "to": Status.CLOSED},
+                "merged_into": {"from": None, "to": target.pk},
+            },
+            actor,
+        )
         _event(target, ConversationEvent.Kind.MERGED, actor, source=source.pk, messages=moved)
         _event(source, ConversationEvent.Kind.MERGED, actor, target=target.pk, messages=moved)
         publish_conversation_event(source, "merged", target=target.pk)

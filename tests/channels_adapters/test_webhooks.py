@@ -179,6 +179,30 @@ class TestEvents:
         opened = next(iter(receiver.events.values()))["data"]["conversation"]
         assert opened["number"] == started.number
 
+    def test_a_merge_says_the_target_reopened_and_the_source_closed(
+        self, receiver, chat_inbox, bob, tasks_run
+    ):
+        target = receive(chat_inbox, address="v1").message.conversation
+        services.conversation_set_status(conversation=target, status="resolved")
+        source = services.conversation_open(
+            inbox=chat_inbox, customer=target.customer, subject="Another"
+        )
+        endpoint_for(receiver, types=["conversation.updated"])
+        with tasks_run():
+            services.conversation_merge(source=source, target=target, actor=bob)
+
+        told = {
+            event["data"]["conversation"]["number"]: event["data"]
+            for event in receiver.events.values()
+        }
+        assert told[target.number]["changes"] == {"status": {"from": "resolved", "to": "open"}}
+        assert told[target.number]["conversation"]["status"] == "open"
+        assert told[source.number]["changes"] == {
+            "status": {"from": "open", "to": "closed"},
+            "merged_into": {"from": None, "to": target.number},
+        }
+        assert told[source.number]["conversation"]["status"] == "closed"
+
     def test_a_note_is_never_a_message_created(self, receiver, chat_inbox, bob, tasks_run):
         conversation = receive(chat_inbox).message.conversation
         endpoint_for(receiver, types=["message.created"])
