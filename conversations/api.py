@@ -522,8 +522,17 @@ class MessageInput(StrictInput):
     )
 
 
-def _written(conversation, once: str) -> Message | None:
-    return conversation.messages.filter(client_id=once).first() if once else None
+def _written(request, conversation, once: str, direction) -> Message | None:
+    """What this request made already, when it is sent again. A key that made something else
+    is refused: a chat visitor chooses their own messages' ids, and taking theirs for this
+    one would answer "sent" for a reply that never goes."""
+    written = conversation.messages.filter(client_id=once).first() if once else None
+    if written and (written.direction != direction or written.author_id != request.user.pk):
+        raise ValidationError(
+            "This Idempotency-Key (client_id) was already used for another message in this "
+            "conversation: give each message its own."
+        )
+    return written
 
 
 def _message_response(request, message, *, created: bool, **extra) -> Response:
@@ -553,7 +562,11 @@ class ReplyCreateApi(APIView):
         given = self.Input(data=request.data)
         given.is_valid(raise_exception=True)
         once = _client_id(request, given.validated_data["client_id"])
-        if sent := _written(conversation, once):
+        try:
+            sent = _written(request, conversation, once, Message.Direction.OUTBOUND)
+        except ValidationError as exc:
+            return _refusal(exc)
+        if sent:
             return _message_response(request, sent, created=False)
         identity = None
         if (pk := given.validated_data.get("identity")) is not None:
@@ -600,7 +613,11 @@ class NoteCreateApi(APIView):
         given = MessageInput(data=request.data)
         given.is_valid(raise_exception=True)
         once = _client_id(request, given.validated_data["client_id"])
-        if written := _written(conversation, once):
+        try:
+            written = _written(request, conversation, once, Message.Direction.NOTE)
+        except ValidationError as exc:
+            return _refusal(exc)
+        if written:
             return _message_response(request, written, created=False, mentions_missed=[])
         try:
             note = services.note_add(

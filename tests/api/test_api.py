@@ -212,6 +212,20 @@ class TestReplies:
         assert (reply["status"], reply["author"]["email"]) == ("sent", "bob@example.com")
         assert shown["assignee"]["id"] == bob.pk  # whoever answers takes it, as in the inbox
 
+    def test_a_key_another_message_has_is_refused_not_taken_for_this_one(self, bob, chat_inbox):
+        # A chat visitor chooses their messages' client ids: theirs, matching the key an
+        # integration gives a reply, must not pass for that reply, which would never be sent.
+        theirs = receive(chat_inbox, text="Hi", client_id="crm-1").message
+        client = api(token_for(bob))
+        path = f"/api/v1/conversations/{theirs.conversation_id}"
+        for kind in ("replies", "notes"):
+            response = post(
+                client, f"{path}/{kind}", {"text": "On it"}, **{"Idempotency-Key": "crm-1"}
+            )
+            assert response.status_code == 400
+            assert "already used for another message" in response.json()["detail"]
+        assert list(theirs.conversation.messages.all()) == [theirs]
+
     def test_a_reply_the_channel_refuses_says_why(self, bob, maria):
         client = api(token_for(bob))
         path = f"/api/v1/conversations/{maria.pk}/replies"
