@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 
 from channels_adapters.delivery import inbound_events_requeue
 from channels_adapters.models import (
@@ -96,6 +97,16 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Rotate the signing secret of the selected endpoints")
     def rotate_secret(self, request, queryset):
+        if request.POST.get("confirmed") != "yes":  # what fails until the new one is pasted
+            return TemplateResponse(
+                request,
+                "admin/channels_adapters/webhookendpoint/rotate_secret.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "endpoints": queryset,
+                    "title": "Rotate the signing secret?",
+                },
+            )
         for endpoint in queryset:
             webhook_secret_rotate(endpoint)
         self.message_user(

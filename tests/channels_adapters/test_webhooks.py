@@ -471,10 +471,12 @@ class TestAdmin:
         page = client.get(f"/admin/channels_adapters/webhookendpoint/{endpoint.pk}/change/")
         assert endpoint.secret in page.content.decode()
 
-        client.post(
-            "/admin/channels_adapters/webhookendpoint/",
-            {"action": "rotate_secret", "_selected_action": [endpoint.pk]},
-        )
+        rotate = {"action": "rotate_secret", "_selected_action": [endpoint.pk]}
+        # Asked first: until the integration has the new one, it refuses our events.
+        asked = client.post("/admin/channels_adapters/webhookendpoint/", rotate)
+        assert "they refuse our events" in asked.content.decode()
+        assert WebhookEndpoint.objects.get().secret == endpoint.secret
+        client.post("/admin/channels_adapters/webhookendpoint/", {**rotate, "confirmed": "yes"})
         old, endpoint = endpoint.secret, WebhookEndpoint.objects.get()
         assert endpoint.secret != old and endpoint.secret.startswith("whsec_")
 
