@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
@@ -30,7 +31,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import services
-from conversations.models import Attachment, Conversation, Message
+from conversations.models import Attachment, Channel, Conversation, Message
 from conversations.selectors import (
     ID_MAX,
     conversation_get_for_agent,
@@ -146,10 +147,10 @@ class MessageOutput(serializers.Serializer):
     failure_reason = serializers.CharField()
     author = AgentOutput(allow_null=True, help_text="The agent who wrote it.")
     address = serializers.CharField(
-        source="identity.address",
+        source="identity.shown_address",
         allow_null=True,
         default=None,
-        help_text="The customer's address it came from or went to.",
+        help_text="The customer's address it came from or went to, as agents see it.",
     )
     text = serializers.CharField()
     html = serializers.CharField(help_text="Sanitised HTML, when the channel sent some.")
@@ -177,7 +178,11 @@ class ConversationDetailOutput(ConversationOutput):
 class IdentityOutput(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
-    address = serializers.CharField()
+    address = serializers.CharField(
+        source="shown_address",
+        help_text="As agents see it: an API inbox's user by the id their integration gave, "
+        "a chat visitor's opaque id not at all (empty).",
+    )
     display_name = serializers.CharField()
     verified = serializers.BooleanField()
 
@@ -671,7 +676,12 @@ class CustomerListApi(APIView):
         query = _query(self.Query, request)
         rows = customers_visible_to(request.user).prefetch_related("identities")
         if address := query.get("address", "").strip():
-            rows = rows.filter(identities__address__iexact=address).distinct()
+            # An API inbox's user is stored under their inbox (inbox_scoped_address).
+            scoped = Q(
+                identities__kind=Channel.API,
+                identities__address__iregex=(r"^[0-9]+:" + re.escape(address) + "$"),
+            )
+            rows = rows.filter(Q(identities__address__iexact=address) | scoped).distinct()
         return _page(
             request,
             rows,

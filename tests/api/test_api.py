@@ -391,10 +391,13 @@ class TestLists:
 
     def test_customers_by_address(self, bob, maria):
         client = api(token_for(bob))
-        address = maria.customer.identities.get().address
-        [found] = client.get(f"/api/v1/customers?address={address.upper()}").json()["results"]
+        # An API inbox's user, by the id their integration gave, as agents see it.
+        [found] = client.get("/api/v1/customers?address=MARIA").json()["results"]
         assert found["id"] == maria.customer_id
-        assert found["identities"][0]["address"] == address
+        assert found["identities"][0]["address"] == "maria"
+        message = client.get(f"/api/v1/conversations/{maria.pk}").json()["messages"][0]
+        assert message["address"] == "maria"
+        assert client.get("/api/v1/customers?address=ari").json()["results"] == []
         assert client.get("/api/v1/customers?address=nobody").json()["results"] == []
         assert client.get(f"/api/v1/customers/{maria.customer_id}").json()["id"] == found["id"]
 
