@@ -1,6 +1,5 @@
 from django import forms
 from django.contrib import admin, messages
-from django.template.response import TemplateResponse
 
 from channels_adapters.delivery import inbound_events_requeue
 from channels_adapters.models import (
@@ -11,6 +10,7 @@ from channels_adapters.models import (
     WebhookEventType,
 )
 from channels_adapters.webhooks import webhook_deliveries_requeue, webhook_secret_rotate
+from helpdesk.admin import rotation_asked
 
 
 @admin.register(InboundEvent)
@@ -98,15 +98,14 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the signing secret of the selected endpoints")
     def rotate_secret(self, request, queryset):
         if request.POST.get("confirmed") != "yes":  # what fails until the new one is pasted
-            return TemplateResponse(
-                request,
-                "admin/channels_adapters/webhookendpoint/rotate_secret.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "endpoints": queryset,
-                    "title": "Rotate the signing secret?",
-                },
+            intro = (
+                "A new signing secret replaces the current one at once, for every event still "
+                "to be sent too. Until you paste it where these endpoints check our signature, "
+                "they refuse our events: those fail, and you can send them again from Webhook "
+                "deliveries."
             )
+            items = [(str(endpoint), endpoint.url) for endpoint in queryset]
+            return rotation_asked(self, request, queryset, intro=intro, items=items)
         for endpoint in queryset:
             webhook_secret_rotate(endpoint)
         self.message_user(

@@ -10,7 +10,6 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db.models import Count
-from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from conversations import services
@@ -29,7 +28,7 @@ from conversations.models import (
     new_secret,
 )
 from conversations.selectors import id_given
-from helpdesk.admin import KeptWhileUsed
+from helpdesk.admin import KeptWhileUsed, rotation_asked
 from helpdesk.models import User
 from routing.admin import ClocksFollow
 from routing.models import AutoReply, SlaClock
@@ -507,6 +506,14 @@ def _public_base() -> tuple[str, str]:
     )
 
 
+# What an inbox's secret proves, so what stops working while a rotated one is not yet pasted.
+SECRET_USED_BY = {
+    Channel.EMAIL: "mail forwarded to its HTTP endpoint",
+    Channel.WEBCHAT: "sites that vouch for their users with the secret's HMAC",
+    Channel.API: "the API clients that post to it",
+}
+
+
 @admin.register(Inbox)
 class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     form = InboxForm
@@ -672,15 +679,13 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     @admin.action(description="Rotate secret (shown once)")
     def rotate_secret(self, request, queryset):
         if request.POST.get("confirmed") != "yes":  # what breaks until the new one is pasted
-            return TemplateResponse(
-                request,
-                "admin/conversations/inbox/rotate_secret.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "inboxes": queryset,
-                    "title": "Rotate the secret?",
-                },
+            intro = (
+                "A new secret for these inboxes replaces the current one at once. Until you "
+                "paste it where the old one is used, those stop working:"
             )
+            unused = "nothing: the provider's webhooks are checked with its own credentials"
+            items = [(inbox.name, SECRET_USED_BY.get(inbox.kind, unused)) for inbox in queryset]
+            return rotation_asked(self, request, queryset, intro=intro, items=items)
         for inbox in queryset:
             inbox.secret = new_secret()
             inbox.save(update_fields=["secret"])

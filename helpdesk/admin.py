@@ -3,11 +3,25 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.shortcuts import render
+from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
 from helpdesk.models import ApiToken, User
 from helpdesk.tokens import api_token_create, api_token_revoke
 from routing.models import TeamMembership
+
+
+def rotation_asked(model_admin, request, queryset, *, intro: str, items) -> TemplateResponse:
+    """The page a "rotate the secret" action shows first: `intro`, then each of `items` as
+    (name, what stops working until its new secret is pasted there)."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Rotate the secret?",
+        "intro": intro,
+        "items": items,
+        "selected": [obj.pk for obj in queryset],
+    }
+    return TemplateResponse(request, "admin/rotate_secret.html", context)
 
 
 class KeptWhileUsed:
