@@ -50,6 +50,8 @@ from routing.models import Team
 Status = Conversation.Status
 PAGE_SIZE = 50
 PAGE_SIZE_MAX = 100
+# A conversation's messages shown with it; a long chat's whole history is paged (MessageListApi).
+MESSAGES_INLINE = 100
 CLIENT_ID_MAX = 64  # Message.client_id
 # Priorities by name, as integrators write them ("urgent"), not the numbers stored.
 PRIORITIES = {choice.name.lower(): choice.value for choice in Conversation.Priority}
@@ -162,17 +164,27 @@ class MessageOutput(serializers.Serializer):
     read_at = UtcDateTime(allow_null=True)
 
 
+def _messages(conversation):
+    return conversation.messages.select_related("author", "identity").prefetch_related(
+        "attachments"
+    )
+
+
 class ConversationDetailOutput(ConversationOutput):
-    messages = serializers.SerializerMethodField()
+    messages = serializers.SerializerMethodField(
+        help_text=f"The last {MESSAGES_INLINE} messages and notes, oldest first; the whole "
+        "history, page by page, is at `messages_url`."
+    )
+    messages_url = serializers.SerializerMethodField()
 
     @extend_schema_field(MessageOutput(many=True))
     def get_messages(self, conversation) -> list[dict]:
-        messages = (
-            conversation.messages.select_related("author", "identity")
-            .prefetch_related("attachments")
-            .order_by("id")
-        )
-        return MessageOutput(messages, many=True, context=self.context).data
+        last = list(_messages(conversation).order_by("-id")[:MESSAGES_INLINE])[::-1]
+        return MessageOutput(last, many=True, context=self.context).data
+
+    def get_messages_url(self, conversation) -> str:
+        path = reverse("api:messages", args=[conversation.pk])
+        return self.context["request"].build_absolute_uri(path)
 
 
 class IdentityOutput(serializers.Serializer):
@@ -544,6 +556,27 @@ def _message_response(request, message, *, created: bool, **extra) -> Response:
     body = MessageOutput(message, context={"request": request}).data
     code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return Response({**body, **extra}, status=code)
+
+
+class MessageListApi(APIView):
+    @extend_schema(
+        operation_id="conversations_messages_list",
+        parameters=[PageQuery],
+        responses=_page_of(MessageOutput, "MessagePage"),
+    )
+    def get(self, request, number: int):
+        """A conversation's messages and notes, oldest first."""
+        query = _query(PageQuery, request)
+        conversation = conversation_get_for_agent(user=request.user, conversation_id=number)
+        return _page(
+            request,
+            _messages(conversation),
+            ordering="id",
+            fields=[("id", False)],
+            output=MessageOutput,
+            page_size=query["page_size"],
+            cursor=query.get("cursor", ""),
+        )
 
 
 class ReplyCreateApi(APIView):

@@ -10,6 +10,7 @@ app_name = "api"
 urlpatterns = [
     path("conversations", api.ConversationListApi.as_view(), name="conversations"),
     path("conversations/<int:number>", api.ConversationDetailApi.as_view(), name="conversation"),
+    path("conversations/<int:number>/messages", api.MessageListApi.as_view(), name="messages"),
     path("conversations/<int:number>/replies", api.ReplyCreateApi.as_view(), name="replies"),
     path("conversations/<int:number>/notes", api.NoteCreateApi.as_view(), name="notes"),
     path("attachments/<int:attachment_id>", api.AttachmentDownloadApi.as_view(), name="attachment"),

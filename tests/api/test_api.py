@@ -449,3 +449,35 @@ def test_messages_of_a_conversation_carry_notes_and_delivery(bob, maria):
         ("note", "Internal"),
     ]
     assert Message.objects.filter(conversation=maria).count() == 2
+
+
+def test_a_long_history_is_paged_and_the_conversation_shows_its_last_messages(bob, maria, charlie):
+    from conversations.api import MESSAGES_INLINE
+
+    Message.objects.bulk_create(  # a long chat's worth of notes
+        Message(
+            conversation=maria,
+            direction=Message.Direction.NOTE,
+            channel=maria.inbox.kind,
+            inbox=maria.inbox,
+            author=bob,
+            text=f"Note {n}",
+        )
+        for n in range(MESSAGES_INLINE)
+    )
+    client = api(token_for(bob))
+    shown = client.get(f"/api/v1/conversations/{maria.pk}").json()
+    assert len(shown["messages"]) == MESSAGES_INLINE
+    assert (shown["messages"][0]["text"], shown["messages"][-1]["text"]) == (
+        "Note 0",
+        f"Note {MESSAGES_INLINE - 1}",
+    )
+    texts, url = [], shown["messages_url"] + "?page_size=40"
+    while url:
+        page = client.get(url).json()
+        texts += [m["text"] for m in page["results"]]
+        url = page["next"]
+    assert texts == ["My parcel never came"] + [f"Note {n}" for n in range(MESSAGES_INLINE)]
+    # Another team's agent: the same 404 as for the conversation itself.
+    other = api(token_for(charlie)).get(f"/api/v1/conversations/{maria.pk}/messages")
+    assert other.status_code == 404
