@@ -10,6 +10,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db.models import Count
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from conversations import services
@@ -28,7 +29,7 @@ from conversations.models import (
     new_secret,
 )
 from conversations.selectors import id_given
-from helpdesk.admin import KeptWhileUsed, rotation_asked
+from helpdesk.admin import KeptWhileUsed, rotation_asked, secrets_shown
 from helpdesk.models import User
 from routing.admin import ClocksFollow
 from routing.models import AutoReply, SlaClock
@@ -610,8 +611,6 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
     @admin.display(description="webhook URL")
     def webhook(self, inbox):
         """What to paste in the provider's console (see the README's "Connecting channels")."""
-        from django.urls import reverse
-
         from channels_adapters.views import WEBHOOK_CHANNELS
 
         base, warning = _public_base()
@@ -669,12 +668,12 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
             return SlaClock.objects.filter(conversation__inbox=inbox, business_hours_only=True)
         return None
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if not change:  # the one time it is shown: the API, the MIME endpoint, user hashes use it
-            self.message_user(
-                request, f"The secret of {obj}, shown this once: {obj.secret}", messages.WARNING
-            )
+    def response_add(self, request, obj, post_url_continue=None):
+        if obj.kind not in SECRET_USED_BY:  # provider credentials do that job
+            return super().response_add(request, obj, post_url_continue)
+        # The one time its secret is shown: the API, the MIME endpoint, user hashes use it.
+        then = reverse("admin:conversations_inbox_change", args=[obj.pk])
+        return secrets_shown(self, request, [(f"The secret of {obj}", obj.secret)], then=then)
 
     @admin.action(description="Rotate secret (shown once)")
     def rotate_secret(self, request, queryset):
@@ -689,7 +688,8 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
         for inbox in queryset:
             inbox.secret = new_secret()
             inbox.save(update_fields=["secret"])
-            self.message_user(request, f"New secret for {inbox}: {inbox.secret}", messages.WARNING)
+        shown = [(f"New secret for {inbox}", inbox.secret) for inbox in queryset]
+        return secrets_shown(self, request, shown, then=request.get_full_path())
 
 
 @admin.register(Tag)

@@ -24,6 +24,20 @@ def rotation_asked(model_admin, request, queryset, *, intro: str, items) -> Temp
     return TemplateResponse(request, "admin/rotate_secret.html", context)
 
 
+def secrets_shown(model_admin, request, shown, *, then: str):
+    """New secrets, `shown` as (what, secret), on this answer alone: a message would carry
+    them in a cookie (Django's message storage) to the next page, and in every copy of it."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Copy the new secret now",
+        "shown": shown,
+        "then": then,
+    }
+    response = render(request, "admin/secrets_shown.html", context)
+    add_never_cache_headers(response)
+    return response
+
+
 class KeptWhileUsed:
     """An admin whose deletes are refused, on the confirmation page itself, while something
     still uses the object (`in_use`: one sentence each, saying what to do first). Deleting it
