@@ -20,7 +20,8 @@ def run_manage(*args, **env):
     environment = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_ENV")
+        # The settings themselves, not the tests' (tests.settings).
+        if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_ENV", "DJANGO_SETTINGS_MODULE")
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
