@@ -6,6 +6,7 @@ from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
+from helpdesk.forms import NotificationKindsField
 from helpdesk.models import ApiToken, User
 from helpdesk.tokens import api_token_create, api_token_revoke
 from routing.models import TeamMembership
@@ -84,6 +85,11 @@ class UserCreationForm(EmailInAnyCase, AdminUserCreationForm):
 
 
 class UserEditForm(EmailInAnyCase, UserChangeForm):
+    email_notifications = NotificationKindsField(
+        label="Email notifications",
+        help_text="Also sent by email when the agent leaves one unread for a couple of minutes.",
+    )
+
     class Meta:
         model = User
         fields = "__all__"
@@ -110,6 +116,7 @@ class UserAdmin(KeptWhileUsed, BaseUserAdmin):
                     "role",
                     "availability",
                     "availability_changed_at",
+                    "email_notifications",
                 ]
             },
         ),

@@ -1,4 +1,5 @@
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -28,6 +29,32 @@ class UserManager(BaseUserManager):
 
     def get_by_natural_key(self, username):
         return self.get(email__iexact=username)
+
+
+# What an agent hears of by email too, unless they choose otherwise on their profile page: what
+# asks them to act (Notification.Kind values; conversations depends on this app, not the other
+# way round, so they are spelt here).
+EMAIL_NOTIFICATIONS_DEFAULT = ("assigned", "mentioned", "failed", "sla_breached")
+
+
+def email_notifications_default() -> list[str]:
+    return list(EMAIL_NOTIFICATIONS_DEFAULT)
+
+
+def validate_notification_kinds(value) -> None:
+    """A list of Notification.Kind values, each once."""
+    from conversations.models import Notification
+
+    kinds = set(Notification.Kind.values)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError(_("A list of notification kinds is expected."))
+    unknown = [v for v in value if v not in kinds]
+    if unknown:
+        raise ValidationError(
+            _("Unknown notification kinds: %(kinds)s."), params={"kinds": ", ".join(unknown)}
+        )
+    if len(set(value)) != len(value):
+        raise ValidationError(_("Each notification kind may be named once."))
 
 
 class User(AbstractBaseUser, PermissionsMixin):
@@ -64,6 +91,17 @@ class User(AbstractBaseUser, PermissionsMixin):
     # Refreshed while the agent has the inbox open: "online" without a recent sign of life is
     # not shown to customers as someone being there.
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Notification kinds also sent by email when left unread (conversations.notification_mail).
+    email_notifications = models.JSONField(
+        _("email notifications"),
+        default=email_notifications_default,
+        blank=True,
+        validators=[validate_notification_kinds],
+        help_text=_(
+            "What this agent also hears of by email when they leave it unread in the inbox "
+            "for a couple of minutes."
+        ),
+    )
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(
         _("staff status"), default=False, help_text=_("Can log into the Django admin.")

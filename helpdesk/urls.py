@@ -14,6 +14,7 @@ urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("inbox/api-tokens", views.api_tokens, name="api_tokens"),
+    path("inbox/profile", views.profile, name="profile"),
     path("inbox/", include("conversations.urls")),
     path("api/v1/", include("conversations.api_urls")),
     path("healthz", views.healthz, name="healthz"),

@@ -247,3 +247,36 @@ def api_tokens(request):
             error = "; ".join(exc.messages)
     context = {"tokens": request.user.api_tokens.all(), "made": made, "error": error}
     return render(request, "inbox/api_tokens.html", context, status=400 if error else 200)
+
+
+@never_cache
+@login_required
+def profile(request):
+    """The agent's own account: their name, what comes by email too, their password. Each part
+    is its own form on the page; a password change keeps this session (others end)."""
+    from django.contrib.auth import update_session_auth_hash
+    from django.contrib.auth.forms import PasswordChangeForm
+
+    from helpdesk.forms import ProfileForm
+
+    action = request.POST.get("action") if request.method == "POST" else None
+    profile_form = ProfileForm(
+        request.POST if action == "profile" else None, instance=request.user, prefix="profile"
+    )
+    password_form = PasswordChangeForm(
+        request.user, request.POST if action == "password" else None, prefix="password"
+    )
+    if action == "profile" and profile_form.is_valid():
+        profile_form.save()
+        messages.success(request, "Your profile was saved.")
+        return redirect("profile")
+    if action == "password" and password_form.is_valid():
+        password_form.save()
+        update_session_auth_hash(request, password_form.user)
+        messages.success(request, "Your password was changed; your other sessions were signed out.")
+        return redirect("profile")
+    failed = action in ("profile", "password")
+    if failed:
+        request.user.refresh_from_db()  # the top bar shows the name as saved, not as typed
+    context = {"profile_form": profile_form, "password_form": password_form}
+    return render(request, "inbox/profile.html", context, status=400 if failed else 200)
