@@ -802,6 +802,8 @@ class Notification(ChoiceLabels, models.Model):
     text = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    # When it went out by email (conversations.notification_mail), or was claimed to.
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -810,6 +812,12 @@ class Notification(ChoiceLabels, models.Model):
                 fields=["recipient", "conversation"],
                 name="notification_unread_idx",
                 condition=Q(read_at__isnull=True),
+            ),
+            # The email sweep's look-up, every minute: only what may still go out.
+            models.Index(
+                fields=["created_at"],
+                name="notification_to_email_idx",
+                condition=Q(read_at__isnull=True, emailed_at__isnull=True),
             ),
             models.Index(fields=["recipient", "-id"], name="notification_list_idx"),
         ]

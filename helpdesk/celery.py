@@ -51,6 +51,11 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.sweep_webhooks",
             "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
         },
+        # Notifications left unread, by email to the agents who chose them.
+        "email-notifications": {
+            "task": "conversations.tasks.email_notifications",
+            "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+        },
         "wake-snoozed": {"task": "conversations.tasks.wake_snoozed", "schedule": 30.0},
         "poll-mailboxes": {
             "task": "channels_adapters.tasks.poll_mailboxes",

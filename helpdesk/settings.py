@@ -206,6 +206,9 @@ SWEEP_STUCK_AFTER_SECONDS = env.int("SWEEP_STUCK_AFTER_SECONDS", default=120)
 # Follow-up work (automatic replies, surveys, media fetches, transcripts) due longer than this
 # is not enqueued again: after a long outage or a deploy, nothing old reaches customers.
 SWEEP_LOOKBACK_HOURS = env.int("SWEEP_LOOKBACK_HOURS", default=24)
+# A notification still unread this long is mailed to its agent, if they chose its kind: one
+# working in the inbox reads it first and gets no mail (conversations.notification_mail).
+NOTIFICATION_EMAIL_DELAY_SECONDS = env.int("NOTIFICATION_EMAIL_DELAY_SECONDS", default=120)
 MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
 # The country of a phone number an agent types without its country code ("US", "GB");
 # empty: such numbers are refused rather than guessed.

@@ -57,6 +57,18 @@ def loop_marker(inbox) -> str:
     return f"threadline-{inbox.pk}@{_domain(inbox)}"
 
 
+def agent_mail_loop_marker() -> str:
+    """The X-Loop value of our mail to agents (conversations.notification_mail): such a mail
+    forwarded into one of our inboxes is set aside, or it would open a conversation, tell an
+    agent, and be mailed and forwarded again. Keyed with the secret key, so that nobody else
+    can put it on a mail to have it set aside."""
+    from django.utils.crypto import salted_hmac
+
+    key = salted_hmac("threadline.agent-mail.x-loop", "x-loop").hexdigest()[:16]
+    domain = bare_address(settings.DEFAULT_FROM_EMAIL).rpartition("@")[2] or "localhost"
+    return f"threadline-agents-{key}@{domain}"
+
+
 def _domain(inbox) -> str:
     address = inbox.address or bare_address(settings.DEFAULT_FROM_EMAIL)
     return address.rpartition("@")[2] or "localhost"
@@ -175,6 +187,8 @@ class EmailAdapter(Adapter):
             parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
+        if parsed.loop_marker and parsed.loop_marker == agent_mail_loop_marker():
+            raise Ignore("Our own notification mail to an agent came back: nobody wrote it.")
         # A mail whose Message-ID another mail had is kept under its own key (see ingest).
         provider_id = parsed.message_id
         if event.dedupe_key.startswith(collision_key(parsed.message_id, "")):

@@ -1,6 +1,10 @@
-"""Notifications: assigned to me, mentioned in a note, my customer replied."""
+"""Notifications: assigned to me, mentioned in a note, my customer replied; by email too."""
+
+from datetime import timedelta
 
 import pytest
+import time_machine
+from django.utils import timezone
 
 from conversations import services
 from conversations.models import Channel, Conversation, Identity, Notification
@@ -243,3 +247,183 @@ class TestFollowers:
         response = follow(client, bob, first)
         assert response.status_code == 302
         assert not first.followers.filter(pk=bob.pk).exists()
+
+
+# --- By email ---------------------------------------------------------------------------------
+
+SITE = "https://help.acme.example"
+
+
+@pytest.fixture
+def mail_to(settings, smtp_server):
+    """Django's mail goes to the real SMTP server on loopback; links lead to SITE."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_server.port
+    settings.PUBLIC_URL = SITE
+    return smtp_server
+
+
+def sweep(after=timedelta(minutes=3)):
+    """The beat's task, run `after` from now (past the grace delay of two minutes)."""
+    from conversations.tasks import email_notifications
+
+    with time_machine.travel(timezone.now() + after, tick=False):
+        return email_notifications()
+
+
+def parts(mail):
+    return (
+        mail.get_body(("plain",)).get_content(),
+        mail.get_body(("html",)).get_content(),
+    )
+
+
+@pytest.mark.django_db
+class TestByEmail:
+    def test_an_agent_away_gets_one_mail_with_links_and_escaped_customer_words(
+        self, mail_to, chat_inbox, bob, dana
+    ):
+        name = '<b>Zoë</b> & "Co"'
+        one = receive(chat_inbox, address="v1", name=name).message.conversation
+        Conversation.objects.filter(pk=one.pk).update(subject="<img src=x onerror=alert(1)>")
+        two = receive(chat_inbox, address="v2", name="Grace").message.conversation
+        services.conversation_assign(conversation=one, assignee=bob, actor=dana)
+        note = services.note_add(conversation=two, author=dana, text="@bob <script>x</script>")
+
+        assert sweep() == {"mails": 1, "notifications": 2, "failed": 0}
+
+        [mail] = mail_to.messages()
+        assert mail["To"] == "bob@example.com"
+        assert mail["From"] == "Threadline <support@localhost>"
+        assert mail["Subject"] == (
+            f"[Threadline] 2 updates: #{one.pk} assigned to you, #{two.pk} you were mentioned"
+        )
+        assert mail["Auto-Submitted"] == "auto-generated"
+        assert mail["X-Loop"].startswith("threadline-agents-")
+        text, html = parts(mail)
+        assert f"{SITE}/inbox/{one.pk}/" in text
+        assert f"{SITE}/inbox/{two.pk}/#m{note.pk}" in text
+        assert "Dana assigned it to you" in text
+        assert f"{SITE}/inbox/profile" in text  # where to choose what comes by email
+        assert f'href="{SITE}/inbox/{one.pk}/"' in html
+        assert f'href="{SITE}/inbox/profile"' in html
+        assert "&lt;b&gt;Zoë&lt;/b&gt; &amp; &quot;Co&quot;" in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html
+        assert "&lt;script&gt;x&lt;/script&gt;" in html  # the note's excerpt
+        assert "<img" not in html and "<script" not in html and "<b>" not in html
+        assert dana.email not in [m["To"] for m in mail_to.messages()]  # she did it all
+
+        assert sweep() == {"mails": 0, "notifications": 0, "failed": 0}  # sent once
+        assert sweep(timedelta(hours=2))["mails"] == 0
+        assert len(mail_to.received) == 1
+        # Still unread in the inbox: the bell has it whatever the mail did.
+        assert Notification.objects.filter(recipient=bob, read_at__isnull=True).count() == 2
+
+    def test_read_recent_unchosen_old_and_inactive_ones_get_no_mail(
+        self, mail_to, chat_inbox, api_inbox, billing, bob, dana
+    ):
+        from helpdesk.models import User
+
+        def assigned(address, agent):
+            conversation = receive(chat_inbox, address=address).message.conversation
+            return services.conversation_assign(conversation=conversation, assignee=agent)
+
+        with time_machine.travel(timezone.now() - timedelta(days=2)):
+            assigned("v0", bob)  # from before the look-back: never news by email
+        read = assigned("v1", bob)
+        services.notifications_mark_read(bob, read)
+        receive(chat_inbox, address="v1", text="Thanks!")  # customer replied: not chosen
+        assigned("v2", dana)
+        User.objects.filter(pk=dana.pk).update(is_active=False)
+        moved = receive(api_inbox).message.conversation
+        services.conversation_assign(conversation=moved, assignee=bob)
+        # Transferred to Billing, and no longer his: he may not see it now.
+        services.conversation_set_team(conversation=moved, team=billing, unassign_outsider=True)
+        api_inbox.default_team = billing
+        api_inbox.save()
+
+        assert sweep()["mails"] == 0, [m["Subject"] for m in mail_to.messages()]
+        with time_machine.travel(timezone.now() + timedelta(minutes=3)):
+            recent = assigned("v4", bob)
+        assert sweep(timedelta(minutes=4)) == {"mails": 0, "notifications": 0, "failed": 0}
+        assert mail_to.received == []
+        # Once its two minutes are up, the recent one goes: nothing else.
+        assert sweep(timedelta(minutes=6)) == {"mails": 1, "notifications": 1, "failed": 0}
+        [mail] = mail_to.messages()
+        assert mail["Subject"] == f"[Threadline] 1 update: #{recent.pk} assigned to you"
+
+    def test_an_agent_chooses_the_kinds(self, mail_to, chat_inbox, bob):
+        bob.email_notifications = ["customer_replied"]
+        bob.save()
+        conversation = receive(chat_inbox, name="Grace").message.conversation
+        services.conversation_assign(conversation=conversation, assignee=bob)
+        receive(chat_inbox, text="Any news?")
+        sweep()
+        [mail] = mail_to.messages()
+        assert mail["Subject"] == f"[Threadline] 1 update: #{conversation.pk} customer replied"
+        assert "Grace replied" in parts(mail)[0]
+        assert "Any news?" in parts(mail)[0]
+
+    def test_a_refused_mail_goes_at_the_next_sweep_once(self, mail_to, chat_inbox, bob):
+        conversation = receive(chat_inbox).message.conversation
+        services.conversation_assign(conversation=conversation, assignee=bob)
+        mail_to.answers = ["451 4.3.0 Try again later"]
+
+        assert sweep() == {"mails": 0, "notifications": 0, "failed": 1}
+        assert mail_to.received == []
+        assert sweep() == {"mails": 1, "notifications": 1, "failed": 0}
+        assert sweep() == {"mails": 0, "notifications": 0, "failed": 0}
+        assert len(mail_to.received) == 1
+
+    def test_our_mail_forwarded_into_an_inbox_is_set_aside(self, mail_to, chat_inbox, bob):
+        """Bob's mailbox forwards to support@: the mail must not open a conversation, which
+        routing would give to an agent, who would be mailed about it, and so on."""
+        from channels_adapters.models import InboundEvent
+        from conversations.models import Inbox
+        from tests.channels_adapters.test_email import pipe
+
+        mail_inbox = Inbox.objects.create(
+            name="Support email", kind=Channel.EMAIL, address="support@acme.example"
+        )
+        conversation = receive(chat_inbox).message.conversation
+        services.conversation_assign(conversation=conversation, assignee=bob)
+        sweep()
+        [sent] = mail_to.received
+        opened = Conversation.objects.count()
+
+        said = pipe(mail_inbox, sent.content)
+
+        assert said.startswith("ignored: Our own notification mail to an agent came back")
+        [event] = InboundEvent.objects.filter(inbox=mail_inbox)
+        assert event.status == InboundEvent.Status.IGNORED  # kept, for an admin to see
+        assert Conversation.objects.count() == opened
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sweeps_at_once_mail_the_agent_once(mail_to, chat_inbox, bob):
+    """Beat's sweep and a late one overlap: the second finds the notification claimed."""
+    import threading
+
+    from django.db import connection
+
+    conversation = receive(chat_inbox).message.conversation
+    services.conversation_assign(conversation=conversation, assignee=bob)
+    data_received, release = mail_to.hold_first()
+    results = []
+
+    def first():
+        try:
+            results.append(sweep())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert data_received.wait(30)  # the first sweep is mailing Bob
+        assert sweep() == {"mails": 0, "notifications": 0, "failed": 0}
+    finally:
+        release.set()
+        thread.join(30)
+    assert results == [{"mails": 1, "notifications": 1, "failed": 0}]
+    assert len(mail_to.received) == 1
