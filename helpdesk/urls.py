@@ -13,6 +13,18 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/forgot", views.PasswordResetView.as_view(), name="password_reset"),
+    path("login/forgot/sent", views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "login/reset/<uidb64>/<token>",
+        views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "login/reset/done",
+        views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
     path("inbox/api-tokens", views.api_tokens, name="api_tokens"),
     path("inbox/profile", views.profile, name="profile"),
     path("inbox/", include("conversations.urls")),

@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import Resolver404, resolve, reverse
+from django.urls import Resolver404, resolve, reverse, reverse_lazy
 from django.utils import translation
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -224,6 +224,60 @@ class LoginView(auth_views.LoginView):
         for key in self._keys():
             hit(key, LOGIN_WINDOW_SECONDS)
         return super().form_invalid(form)
+
+
+# Reset mails asked for in a window before we answer 429: from one address (someone mailing
+# many agents, or one agent many times), and for one address typed in, known or not (so the
+# answer says nothing of who has an account), which keeps anyone from flooding an agent's
+# mailbox with resets.
+RESET_REQUESTS_ALLOWED = {"address": 10, "account": 3}
+RESET_WINDOW_SECONDS = 60 * 60
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """ "Forgot your password?": a link by email to set a new one. The same answer whether
+    or not the address has an account; inactive agents get no mail (Django's rule)."""
+
+    template_name = "password_reset/form.html"
+    subject_template_name = "email/password_reset_subject.txt"
+    email_template_name = "email/password_reset.txt"
+    html_email_template_name = "email/password_reset.html"
+    success_url = reverse_lazy("password_reset_done")
+
+    def post(self, request, *args, **kwargs):
+        email = (request.POST.get("email") or "").strip().lower()
+        allowed = RESET_REQUESTS_ALLOWED
+        keys = {f"reset:ip:{request.META.get('REMOTE_ADDR', '')}": allowed["address"]}
+        if email:
+            keys[f"reset:user:{hashlib.sha256(email.encode()).hexdigest()}"] = allowed["account"]
+        if any(hits(key) >= limit for key, limit in keys.items()):
+            response = self.render_to_response(
+                {"form": self.get_form(), "throttled": True}, status=429
+            )
+            response["Retry-After"] = str(RESET_WINDOW_SECONDS)
+            return response
+        for key in keys:
+            hit(key, RESET_WINDOW_SECONDS)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        # Links lead to our public address where it is set, whatever Host the request named.
+        base = settings.PUBLIC_URL or self.request.build_absolute_uri("/").rstrip("/")
+        self.extra_email_context = {"base": base}
+        return super().form_valid(form)
+
+
+class PasswordResetDoneView(auth_views.PasswordResetDoneView):
+    template_name = "password_reset/sent.html"
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "password_reset/confirm.html"
+    success_url = reverse_lazy("password_reset_complete")
+
+
+class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
+    template_name = "password_reset/complete.html"
 
 
 @never_cache

@@ -985,6 +985,9 @@ class TestPermissions:
         # The chat widget answers visitors, who are not users: its own checks apply.
         public = {"/", "/login/", "/healthz", "/widget.js", "/widget/demo/"}
         public |= {"/api/v1/schema", "/api/v1/docs"}  # the API's description, no data
+        # "Forgot your password?": for those who cannot sign in (the link checks its token).
+        public |= {"/login/forgot", "/login/forgot/sent", "/login/reset/done"}
+        public |= {"/login/reset/<uidb64>/<token>"}
         for who in (None, charlie):
             client.logout()
             if who:

@@ -1,4 +1,5 @@
-"""The agent's own account: the profile page (name, email notifications, password)."""
+"""The agent's own account: the profile page (name, email notifications, password) and
+"Forgot your password?" from the sign-in page."""
 
 import re
 
@@ -6,6 +7,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from helpdesk.models import User
 from tests.conftest import PASSWORD, person
 
 pytestmark = pytest.mark.django_db
@@ -124,3 +126,76 @@ class TestAdmin:
         assert response.status_code == 302
         eve.refresh_from_db()
         assert eve.email_notifications == ["assigned", "failed"]
+
+
+@pytest.fixture
+def mail_to(settings, smtp_server):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_server.port
+    settings.PUBLIC_URL = "http://testserver"
+    return smtp_server
+
+
+def forgot(client, email, address="203.0.113.5"):
+    return client.post(reverse("password_reset"), {"email": email}, REMOTE_ADDR=address)
+
+
+class TestForgotPassword:
+    def test_the_sign_in_page_links_to_it(self, client):
+        assert 'href="/login/forgot"' in client.get(reverse("login")).content.decode()
+
+    def test_a_link_by_email_sets_a_new_password(self, client, mail_to, bob):
+        response = forgot(client, "  BOB@Example.com ")
+        assert response.status_code == 302
+        assert response["Location"] == "/login/forgot/sent"
+        assert "Check your email" in client.get(response["Location"]).content.decode()
+
+        [mail] = mail_to.messages()
+        assert mail["To"] == "bob@example.com"
+        assert mail["Subject"] == "[Threadline] Set a new password"
+        text = mail.get_body(("plain",)).get_content()
+        html = mail.get_body(("html",)).get_content()
+        link = re.search(r"http://testserver(/login/reset/\S+)", text).group(1)
+        assert f'href="http://testserver{link}"' in html
+
+        form = client.get(link, follow=True)
+        assert "Set a new password" in form.content.decode()
+        set_url = form.redirect_chain[-1][0]
+        weak = client.post(set_url, {"new_password1": "12345678", "new_password2": "12345678"})
+        assert "This password is too common." in weak.content.decode()
+        data = {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+        done = client.post(set_url, data)
+        assert done["Location"] == "/login/reset/done"
+        assert "Password set" in client.get(done["Location"]).content.decode()
+
+        assert sign_in(Client(), bob, PASSWORD).status_code == 200  # refused
+        assert sign_in(Client(), bob, NEW_PASSWORD).status_code == 302
+        again = Client().get(link, follow=True).content.decode()
+        assert "This link no longer works" in again  # once only
+
+    def test_an_unknown_or_inactive_address_gets_the_same_answer_and_no_mail(
+        self, client, mail_to, bob, dana
+    ):
+        User.objects.filter(pk=dana.pk).update(is_active=False)
+        known = forgot(Client(), bob.email)
+        for email in ("nobody@example.com", dana.email):
+            response = forgot(Client(), email)
+            assert (response.status_code, response["Location"]) == (302, known["Location"])
+        assert [m["To"] for m in mail_to.messages()] == ["bob@example.com"]
+
+    def test_requests_are_limited_per_address_typed_and_per_client(self, mail_to, bob):
+        for _ in range(3):
+            assert forgot(Client(), bob.email, "192.0.2.1").status_code == 302
+        throttled = forgot(Client(), bob.email, "192.0.2.2")
+        assert throttled.status_code == 429
+        assert "Too many requests" in throttled.content.decode()
+        assert len(mail_to.received) == 3  # Bob's mailbox is not flooded
+        # The same for an address without an account: the answer tells nothing.
+        for _ in range(3):
+            forgot(Client(), "nobody@example.com", "192.0.2.3")
+        assert forgot(Client(), "nobody@example.com", "192.0.2.4").status_code == 429
+        # One client asking for many addresses is stopped too.
+        for n in range(10):
+            forgot(Client(), f"agent{n}@example.com", "203.0.113.9")
+        assert forgot(Client(), "other@example.com", "203.0.113.9").status_code == 429
+        assert forgot(Client(), "other@example.com", "203.0.113.10").status_code == 302
