@@ -162,13 +162,6 @@ def webchat_follow_ups_due():
     return follow_ups_due()
 
 
-@shared_task(acks_late=True)
-def webchat_prune():
-    from channels_adapters.webchat.adapter import silent_visitors_prune
-
-    return silent_visitors_prune()
-
-
 @shared_task(bind=True, acks_late=True, max_retries=5)
 def send_transcript(self, event_id: int):
     from channels_adapters.webchat.adapter import transcript_send

@@ -65,7 +65,9 @@ def _schedule(sender, **kwargs):
             "task": "channels_adapters.tasks.webchat_follow_ups_due",
             "schedule": 60.0,
         },
-        "webchat-prune": {"task": "channels_adapters.tasks.webchat_prune", "schedule": 86400.0},
+        # Expired sessions, old webhook deliveries and notifications, silent chat visitors: hourly,
+        # since the embedded beat forgets its schedule on restart (a daily task might never run).
+        "housekeeping": {"task": "helpdesk.tasks.housekeeping", "schedule": 3600.0},
         "check-mailbox-health": {
             "task": "channels_adapters.tasks.check_mailbox_health",
             "schedule": 900.0,

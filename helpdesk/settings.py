@@ -209,6 +209,9 @@ SWEEP_LOOKBACK_HOURS = env.int("SWEEP_LOOKBACK_HOURS", default=24)
 # A notification still unread this long is mailed to its agent, if they chose its kind: one
 # working in the inbox reads it first and gets no mail (conversations.notification_mail).
 NOTIFICATION_EMAIL_DELAY_SECONDS = env.int("NOTIFICATION_EMAIL_DELAY_SECONDS", default=120)
+# How long housekeeping (helpdesk.tasks) keeps finished webhook deliveries and notifications.
+WEBHOOK_DELIVERIES_KEPT_DAYS = env.int("WEBHOOK_DELIVERIES_KEPT_DAYS", default=30)
+NOTIFICATIONS_KEPT_DAYS = env.int("NOTIFICATIONS_KEPT_DAYS", default=90)
 MAIL_POLL_INTERVAL_SECONDS = env.int("MAIL_POLL_INTERVAL_SECONDS", default=60)
 # The country of a phone number an agent types without its country code ("US", "GB");
 # empty: such numbers are refused rather than guessed.
