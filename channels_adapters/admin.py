@@ -3,13 +3,18 @@ from django.contrib import admin, messages
 
 from channels_adapters.delivery import inbound_events_requeue
 from channels_adapters.models import (
+    SUBSCRIBABLE,
     InboundEvent,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEventType,
 )
-from channels_adapters.webhooks import webhook_deliveries_requeue, webhook_secret_rotate
+from channels_adapters.webhooks import (
+    webhook_deliveries_requeue,
+    webhook_secret_rotate,
+    webhook_test_send,
+)
 from helpdesk.admin import rotation_asked
 
 
@@ -55,7 +60,7 @@ class WebhookEndpointForm(forms.ModelForm):
         help_text="Where events are POSTed: an http(s) address.",
     )
     event_types = forms.MultipleChoiceField(
-        choices=WebhookEventType.choices,
+        choices=[(value, WebhookEventType(value).label) for value in SUBSCRIBABLE],
         widget=forms.CheckboxSelectMultiple,
         help_text="note.created carries internal notes: choose it only for a tool agents use.",
     )
@@ -83,7 +88,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_filter = ["is_active"]
     search_fields = ["url", "description"]
     readonly_fields = ["secret", "failing_since", "disabled_reason", "created_at", "updated_at"]
-    actions = ["rotate_secret"]
+    actions = ["send_test_event", "rotate_secret"]
 
     def get_readonly_fields(self, request, obj=None):
         # Shown once saved: the one made for an unsaved form would not be the one kept.
@@ -94,6 +99,24 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             # Turned on again by a person: its failures so far count no more.
             obj.failing_since, obj.disabled_reason = None, ""
         super().save_model(request, obj, form, change)
+
+    @admin.action(description="Send a test event to the selected endpoints")
+    def send_test_event(self, request, queryset):
+        active = [endpoint for endpoint in queryset if endpoint.is_active]
+        for endpoint in active:
+            webhook_test_send(endpoint)
+        if active:
+            self.message_user(
+                request,
+                f'A test event (type "ping") is on its way to {len(active)} endpoints: '
+                "Webhook deliveries shows what each answered.",
+            )
+        if skipped := len(queryset) - len(active):
+            self.message_user(
+                request,
+                f"{skipped} endpoints are turned off and were sent nothing: turn them on first.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Rotate the signing secret of the selected endpoints")
     def rotate_secret(self, request, queryset):

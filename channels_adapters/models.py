@@ -121,6 +121,11 @@ class WebhookEventType(models.TextChoices):
     NOTE_CREATED = "note.created", "An agent wrote an internal note (never sent to the customer)"
     MESSAGE_DELIVERED = "message.delivered", "The channel confirmed a reply was delivered"
     MESSAGE_FAILED = "message.failed", "A reply could not be delivered"
+    # Sent only when an admin asks (the endpoints' "Send a test event"): nobody subscribes.
+    PING = "ping", "A test event, sent from the admin"
+
+
+SUBSCRIBABLE = [value for value in WebhookEventType.values if value != WebhookEventType.PING]
 
 
 class WebhookEndpoint(models.Model):
@@ -152,7 +157,7 @@ class WebhookEndpoint(models.Model):
         return self.description or self.url
 
     def clean(self):
-        unknown = sorted(set(self.event_types or []) - set(WebhookEventType.values))
+        unknown = sorted(set(self.event_types or []) - set(SUBSCRIBABLE))
         if not isinstance(self.event_types, list) or unknown:
             raise ValidationError({"event_types": f"Unknown event types: {', '.join(unknown)}."})
         if not self.event_types:

@@ -78,8 +78,25 @@ def webhook_emit(event_type: str, build) -> list[int]:
     transaction; `build()` makes the event's data, only when someone listens. Returns the
     deliveries' ids."""
     endpoints = [pk for pk, types in _listening.get() if event_type in types]
-    if not endpoints:
-        return []
+    return _deliveries_create(event_type, endpoints, build) if endpoints else []
+
+
+def webhook_test_send(endpoint: WebhookEndpoint) -> int:
+    """A `ping` event for `endpoint` alone, asked for from the admin: the way an integrator
+    checks their URL and signature check before real events come. It is delivered, retried
+    and recorded as any event. Returns the delivery's id."""
+    (delivery_id,) = _deliveries_create(
+        EventType.PING,
+        [endpoint.pk],
+        lambda: {
+            "endpoint": {"id": endpoint.pk, "url": endpoint.url},
+            "note": "A test event, sent from the admin: nothing happened in the helpdesk.",
+        },
+    )
+    return delivery_id
+
+
+def _deliveries_create(event_type: str, endpoints: list[int], build) -> list[int]:
     now = timezone.now()
     event_id = uuid.uuid4()
     payload = {

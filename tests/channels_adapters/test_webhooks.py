@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -355,6 +356,39 @@ class TestRetries:
         assert "1 deliveries queued again." in response.content.decode()
         assert WebhookDelivery.objects.get().status == "delivered"
         assert len(receiver.events) == 1
+
+    def test_an_admin_sends_a_test_event_and_sees_what_the_endpoint_answered(
+        self, client, alice, receiver, tasks_run
+    ):
+        endpoint = endpoint_for(receiver, types=["conversation.created"])
+        off = WebhookEndpoint.objects.create(
+            url="https://off.example.com/hooks", event_types=["message.created"], is_active=False
+        )
+        client.force_login(alice)
+        with tasks_run():
+            response = client.post(
+                "/admin/channels_adapters/webhookendpoint/",
+                {"action": "send_test_event", "_selected_action": [endpoint.pk, off.pk]},
+                follow=True,
+            )
+        page = response.content.decode()
+        assert "is on its way to 1 endpoints" in page
+        assert "1 endpoints are turned off and were sent nothing" in page
+        (event,) = receiver.events.values()  # signed as any event, or the receiver refuses it
+        assert event["type"] == "ping"
+        assert event["data"]["endpoint"] == {"id": endpoint.pk, "url": endpoint.url}
+        (delivery,) = deliveries()
+        assert (delivery.endpoint, delivery.status, delivery.tries.get().status_code) == (
+            endpoint,
+            "delivered",
+            200,
+        )
+        # Nobody can subscribe to it: it comes only when asked for.
+        form = client.get("/admin/channels_adapters/webhookendpoint/add/").content.decode()
+        assert 'value="ping"' not in form
+        endpoint.event_types = ["ping"]
+        with pytest.raises(ValidationError, match="Unknown event types: ping"):
+            endpoint.full_clean()
 
 
 class EndlessAnswer:
