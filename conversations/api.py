@@ -421,6 +421,16 @@ class ConversationDetailApi(APIView):
             help_text="Transfer to this team; an assignee outside it lets go of the conversation.",
         )
 
+        tags_add = serializers.ListField(
+            child=serializers.CharField(max_length=50),
+            max_length=20,
+            required=False,
+            help_text="Tags to add (new names make new tags); case is ignored.",
+        )
+        tags_remove = serializers.ListField(
+            child=serializers.CharField(max_length=50), max_length=20, required=False
+        )
+
         def validate(self, attrs):
             if not attrs:
                 raise serializers.ValidationError("Give at least one field to change.")
@@ -485,6 +495,15 @@ class ConversationDetailApi(APIView):
                         services.conversation_set_priority,
                         conversation,
                         priority=data["priority"],
+                        actor=actor,
+                    )
+                if "tags_add" in data or "tags_remove" in data:
+                    conversation = _field(
+                        "tags_add",
+                        services.conversation_tag,
+                        conversation,
+                        add=data.get("tags_add", ()),
+                        remove=data.get("tags_remove", ()),
                         actor=actor,
                     )
         except ValidationError as exc:

@@ -298,6 +298,24 @@ class TestChanges:
         maria.refresh_from_db()
         assert (maria.status, maria.assignee, maria.priority) == ("open", None, 1)
 
+    def test_tags_are_added_and_removed_as_in_the_inbox(self, bob, maria):
+        client = api(token_for(bob))
+        path = f"/api/v1/conversations/{maria.pk}"
+        response = patch(client, path, {"tags_add": ["VIP", "refund"]})
+        assert response.json()["tags"] == ["refund", "vip"]
+        response = patch(client, path, {"tags_add": ["late"], "tags_remove": ["refund"]})
+        assert response.json()["tags"] == ["late", "vip"]
+        event = maria.events.filter(actor=bob, kind=ConversationEvent.Kind.TAGS).last()
+        assert (event.data["added"], event.data["removed"]) == (["late"], ["refund"])
+        # A bad tag refuses the whole change: the status stays too.
+        response = patch(client, path, {"status": "resolved", "tags_add": ["x" * 51]})
+        assert response.status_code == 400 and "tags_add" in response.json()
+        response = patch(client, path, {"tags_add": "vip"})
+        assert response.status_code == 400 and "tags_add" in response.json()
+        maria.refresh_from_db()
+        assert maria.status == "open"
+        assert sorted(maria.tags.values_list("name", flat=True)) == ["late", "vip"]
+
     def test_times_are_utc_whatever_the_sites_time_zone(self, bob, maria, settings, time_machine):
         settings.TIME_ZONE = "America/Sao_Paulo"
         time_machine.move_to("2026-03-02T10:00:00Z", tick=False)
