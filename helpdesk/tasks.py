@@ -12,11 +12,13 @@ busy install) never holds a lock for long. Running it twice, or two at once, del
 twice.
 """
 
+import smtplib
 from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.contrib.sessions.models import Session
+from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
 
 BATCH = 1_000
@@ -52,3 +54,16 @@ def housekeeping() -> dict[str, int]:
             Notification.objects.filter(created_at__lt=notifications_kept)
         ),
     }
+
+
+@shared_task(bind=True, acks_late=True, max_retries=6)
+def mail_send(self, subject: str, body: str, html: str, to: list[str]) -> None:
+    """A mail made in a request (a password reset link), sent here: the request does not wait
+    on the mail server. A server that is down or refuses for now is tried again after 1, 2,
+    4... minutes."""
+    mail = EmailMultiAlternatives(subject, body, settings.DEFAULT_FROM_EMAIL, to)
+    mail.attach_alternative(html, "text/html")
+    try:
+        mail.send()
+    except (OSError, smtplib.SMTPException) as exc:  # SMTP errors, refused connections
+        raise self.retry(exc=exc, countdown=60 * 2**self.request.retries) from exc

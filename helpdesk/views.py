@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 
 from helpdesk.celery import app as celery_app
 from helpdesk.celery import embedded
+from helpdesk.forms import PasswordResetForm, ProfileForm
 from helpdesk.models import ApiToken
 from helpdesk.ratelimit import hit, hits
 
@@ -239,6 +240,7 @@ class PasswordResetView(auth_views.PasswordResetView):
     or not the address has an account; inactive agents get no mail (Django's rule)."""
 
     template_name = "password_reset/form.html"
+    form_class = PasswordResetForm
     subject_template_name = "email/password_reset_subject.txt"
     email_template_name = "email/password_reset.txt"
     html_email_template_name = "email/password_reset.html"
@@ -310,8 +312,6 @@ def profile(request):
     is its own form on the page; a password change keeps this session (others end)."""
     from django.contrib.auth import update_session_auth_hash
     from django.contrib.auth.forms import PasswordChangeForm
-
-    from helpdesk.forms import ProfileForm
 
     action = request.POST.get("action") if request.method == "POST" else None
     profile_form = ProfileForm(
