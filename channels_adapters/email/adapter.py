@@ -187,7 +187,7 @@ class EmailAdapter(Adapter):
             parsed = parse_email(event.raw())
         except NotAnEmail as exc:
             raise InvalidPayload(f"Not an email: {exc}") from exc
-        if parsed.loop_marker and parsed.loop_marker == agent_mail_loop_marker():
+        if agent_mail_loop_marker() in parsed.loop_markers:
             raise Ignore("Our own notification mail to an agent came back: nobody wrote it.")
         # A mail whose Message-ID another mail had is kept under its own key (see ingest).
         provider_id = parsed.message_id
@@ -256,7 +256,7 @@ class EmailAdapter(Adapter):
             ]
 
         automated, auto_reply = parsed.automated, parsed.auto_reply
-        if parsed.loop_marker and parsed.loop_marker == loop_marker(event.inbox):
+        if loop_marker(event.inbox) in parsed.loop_markers:
             automated, auto_reply = "X-Loop: our own marker", True
         metadata = {"message_id": parsed.message_id, "to": [a for _, a in parsed.to]}
         name, sender, check = parsed.from_name, parsed.from_address, ""

@@ -76,7 +76,9 @@ class ParsedEmail:
     skipped_attachments: list[str] = field(default_factory=list)
     automated: str = ""  # why this is an auto-reply, list mail or loop; empty for a person
     auto_reply: bool = False  # automated, and not by a person through a list: asks nothing
-    loop_marker: str = ""  # our X-Loop value when the mail carries it
+    # Every X-Loop value, ours among them when the mail carries it: a forwarder (procmail, a
+    # provider's rule) adds its own, above ours, so the first one alone may not be ours.
+    loop_markers: list[str] = field(default_factory=list)
     bounce: Bounce | None = None
     language: str = ""
     # (name, address) of Reply-To when it names someone else than From: a contact form or a
@@ -261,7 +263,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         skipped_attachments=skipped,
         automated=automated,
         auto_reply=bool(automated) and automated not in LIST_MAIL,
-        loop_marker=_header(msg, "X-Loop"),
+        loop_markers=[_one_line(v) for v in _header_values(msg, "X-Loop")],
         bounce=_bounce(msg) or _plain_bounce(from_address, text),
         language=_header(msg, "Content-Language").split(",")[0].strip()[:10],
         reply_to=reply_to if reply_to[1] not in ("", from_address) else None,

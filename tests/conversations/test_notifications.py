@@ -398,6 +398,16 @@ class TestByEmail:
         assert event.status == InboundEvent.Status.IGNORED  # kept, for an admin to see
         assert Conversation.objects.count() == opened
 
+        # A forwarding rule (procmail's, a provider's) puts its own X-Loop above ours: ours
+        # still tells the mail apart.
+        forwarded = b"X-Loop: bob@example.com\r\n" + sent.content.replace(
+            b"Message-ID: <", b"Message-ID: <fwd."
+        )
+        said = pipe(mail_inbox, forwarded)
+
+        assert said.startswith("ignored: Our own notification mail to an agent came back"), said
+        assert Conversation.objects.count() == opened
+
 
 @pytest.mark.django_db(transaction=True)
 def test_two_sweeps_at_once_mail_the_agent_once(mail_to, chat_inbox, bob):
