@@ -41,8 +41,27 @@ class ProfileForm(forms.ModelForm):
 
 
 class PasswordResetForm(auth_forms.PasswordResetForm):
-    """Django's, with the mail sent by the worker: sent in the request, the answer for an
-    address with an account would come later than for one without, and tell them apart."""
+    """Django's, with all that depends on the account done by the worker: in the request, an
+    address with an account cost a look-up, a token, three templates and a message to the
+    broker that one without did not, and the slower answer told them apart. The request
+    hands the address on (`save`); the worker finds its accounts and mails them
+    (`mails_send`, helpdesk.tasks.password_reset_mail)."""
+
+    # What the view says of the mail, kept for the worker (the request stays behind).
+    KEPT = ("subject_template_name", "email_template_name", "html_email_template_name")
+
+    def save(self, **kwargs):
+        from helpdesk.tasks import password_reset_mail
+
+        email = self.cleaned_data["email"]
+        options = {key: kwargs[key] for key in self.KEPT if kwargs.get(key)}
+        options["extra_email_context"] = kwargs.get("extra_email_context") or {}
+        transaction.on_commit(lambda: password_reset_mail.delay(email, options), robust=True)
+
+    def mails_send(self, **options):
+        """In the worker: Django's save, for the accounts of the address given. The links
+        lead to `base` (extra_email_context), so no site or request is needed."""
+        super().save(domain_override="Threadline", **options)
 
     def send_mail(
         self,
@@ -58,4 +77,5 @@ class PasswordResetForm(auth_forms.PasswordResetForm):
         subject = "".join(loader.render_to_string(subject_template_name, context).splitlines())
         body = loader.render_to_string(email_template_name, context)
         html = loader.render_to_string(html_email_template_name, context)
+        # Its own task: a mail server down for now is tried again without a new link.
         transaction.on_commit(lambda: mail_send.delay(subject, body, html, [to_email]), robust=True)

@@ -56,6 +56,17 @@ def housekeeping() -> dict[str, int]:
     }
 
 
+@shared_task(acks_late=True)
+def password_reset_mail(email: str, options: dict) -> None:
+    """The reset link for the accounts of `email`, asked for on the sign-in page (see
+    helpdesk.forms.PasswordResetForm): none, inactive or without a password, nothing goes."""
+    from helpdesk.forms import PasswordResetForm
+
+    form = PasswordResetForm({"email": email})
+    if form.is_valid():
+        form.mails_send(**options)
+
+
 @shared_task(bind=True, acks_late=True, max_retries=6)
 def mail_send(self, subject: str, body: str, html: str, to: list[str]) -> None:
     """A mail made in a request (a password reset link), sent here: the request does not wait
