@@ -324,12 +324,24 @@ def profile(request):
         profile_form.save()
         messages.success(request, "Your profile was saved.")
         return redirect("profile")
+    # Wrong current passwords are counted as failed sign-ins are: a session left open is not
+    # a way to try passwords faster than the sign-in page allows.
+    guesses = f"password-change-fail:{request.user.pk}"
+    if action == "password" and hits(guesses) >= LOGIN_FAILURES_ALLOWED["device"]:
+        # Unbound: checked and shown, its errors would still tell a right guess from a wrong one.
+        password_form = PasswordChangeForm(request.user, prefix="password")
+        context = {"profile_form": profile_form, "password_form": password_form, "throttled": True}
+        response = render(request, "inbox/profile.html", context, status=429)
+        response["Retry-After"] = str(LOGIN_WINDOW_SECONDS)
+        return response
     if action == "password" and password_form.is_valid():
         password_form.save()
         update_session_auth_hash(request, password_form.user)
         messages.success(request, "Your password was changed; your other sessions were signed out.")
         return redirect("profile")
     failed = action in ("profile", "password")
+    if action == "password" and "old_password" in password_form.errors:
+        hit(guesses, LOGIN_WINDOW_SECONDS)
     if failed:
         request.user.refresh_from_db()  # the top bar shows the name as saved, not as typed
     context = {"profile_form": profile_form, "password_form": password_form}

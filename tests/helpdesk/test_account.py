@@ -95,6 +95,26 @@ class TestProfile:
         assert sign_in(Client(), bob, PASSWORD).status_code == 200  # refused
         assert sign_in(Client(), bob, NEW_PASSWORD).status_code == 302
 
+    def test_guessing_the_current_password_is_slowed_as_signing_in_is(self, client, bob):
+        """Someone with a session left open may not try passwords on this page faster than on
+        the sign-in page: ten wrong ones a quarter of an hour, then even the right one waits."""
+        client.force_login(bob)
+        guess = {
+            "action": "password",
+            "password-new_password1": NEW_PASSWORD,
+            "password-new_password2": NEW_PASSWORD,
+        }
+        for n in range(10):
+            response = client.post("/inbox/profile", {**guess, "password-old_password": f"g{n}"})
+            assert response.status_code == 400
+        right = client.post("/inbox/profile", {**guess, "password-old_password": PASSWORD})
+        wrong = client.post("/inbox/profile", {**guess, "password-old_password": "g10"})
+        for response in (right, wrong):  # the same answer: it tells nothing of the guess
+            assert response.status_code == 429
+            assert "Too many wrong passwords" in response.content.decode()
+            assert "entered incorrectly" not in response.content.decode()
+        assert sign_in(Client(), bob, PASSWORD).status_code == 302  # unchanged
+
     def test_a_form_needs_its_csrf_token(self, bob):
         client = Client(enforce_csrf_checks=True)
         client.force_login(bob)
