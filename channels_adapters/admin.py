@@ -81,6 +81,10 @@ class WebhookAttemptInline(admin.TabularInline):
         return False
 
 
+def _endpoints(count: int) -> str:
+    return f"{count} endpoint" if count == 1 else f"{count} endpoints"
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
@@ -108,13 +112,13 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         if active:
             self.message_user(
                 request,
-                f'A test event (type "ping") is on its way to {len(active)} endpoints: '
+                f'A test event (type "ping") is on its way to {_endpoints(len(active))}: '
                 "Webhook deliveries shows what each answered.",
             )
         if skipped := len(queryset) - len(active):
             self.message_user(
                 request,
-                f"{skipped} endpoints are turned off and were sent nothing: turn them on first.",
+                f"{_endpoints(skipped)} turned off, sent nothing: turn them on first.",
                 messages.WARNING,
             )
 

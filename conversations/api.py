@@ -403,6 +403,14 @@ class ConversationListApi(APIView):
         )
 
 
+# A tag's name as the inbox's tag field takes it (a comma there separates two tags); a new
+# field each time: a field belongs to one serializer.
+def _tag():
+    return serializers.RegexField(
+        r"^[^,]+$", max_length=50, error_messages={"invalid": "A tag's name has no commas."}
+    )
+
+
 class ConversationDetailApi(APIView):
     class Change(StrictInput):
         """What an agent may change on a conversation here, as on its page: nothing else."""
@@ -422,14 +430,12 @@ class ConversationDetailApi(APIView):
         )
 
         tags_add = serializers.ListField(
-            child=serializers.CharField(max_length=50),
+            child=_tag(),
             max_length=20,
             required=False,
             help_text="Tags to add (new names make new tags); case is ignored.",
         )
-        tags_remove = serializers.ListField(
-            child=serializers.CharField(max_length=50), max_length=20, required=False
-        )
+        tags_remove = serializers.ListField(child=_tag(), max_length=20, required=False)
 
         def validate(self, attrs):
             if not attrs:
@@ -499,7 +505,7 @@ class ConversationDetailApi(APIView):
                     )
                 if "tags_add" in data or "tags_remove" in data:
                     conversation = _field(
-                        "tags_add",
+                        "tags_add" if "tags_add" in data else "tags_remove",
                         services.conversation_tag,
                         conversation,
                         add=data.get("tags_add", ()),

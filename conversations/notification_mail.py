@@ -139,7 +139,7 @@ def _agent_mail(agent: User, due: Q, now: datetime) -> int | None:
     candidates = list(
         notifications_for(agent)
         .filter(due)
-        .select_related("conversation__customer", "actor")
+        .select_related("conversation__customer", "actor", "message")
         .order_by("id")[:MOST_PER_MAIL]
     )
     claimed = []

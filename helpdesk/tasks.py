@@ -28,7 +28,8 @@ def delete_in_batches(queryset) -> int:
     """Delete what `queryset` selects, BATCH rows at a time; how many went."""
     deleted = 0
     while ids := list(queryset.values_list("pk", flat=True)[:BATCH]):
-        queryset.model.objects.filter(pk__in=ids).delete()
+        # Through `queryset` again: a row that changed meanwhile (a delivery sent again) stays.
+        queryset.filter(pk__in=ids).delete()
         deleted += len(ids)
     return deleted
 

@@ -307,11 +307,13 @@ class TestChanges:
         assert response.json()["tags"] == ["late", "vip"]
         event = maria.events.filter(actor=bob, kind=ConversationEvent.Kind.TAGS).last()
         assert (event.data["added"], event.data["removed"]) == (["late"], ["refund"])
-        # A bad tag refuses the whole change: the status stays too.
+        # A bad tag is refused with the rest of the change: the status stays too.
         response = patch(client, path, {"status": "resolved", "tags_add": ["x" * 51]})
         assert response.status_code == 400 and "tags_add" in response.json()
         response = patch(client, path, {"tags_add": "vip"})
         assert response.status_code == 400 and "tags_add" in response.json()
+        response = patch(client, path, {"tags_remove": ["vip,late"]})
+        assert response.json() == {"tags_remove": {"0": ["A tag's name has no commas."]}}
         maria.refresh_from_db()
         assert maria.status == "open"
         assert sorted(maria.tags.values_list("name", flat=True)) == ["late", "vip"]

@@ -372,8 +372,8 @@ class TestRetries:
                 follow=True,
             )
         page = response.content.decode()
-        assert "is on its way to 1 endpoints" in page
-        assert "1 endpoints are turned off and were sent nothing" in page
+        assert "is on its way to 1 endpoint:" in page
+        assert "1 endpoint turned off, sent nothing" in page
         (event,) = receiver.events.values()  # signed as any event, or the receiver refuses it
         assert event["type"] == "ping"
         assert event["data"]["endpoint"] == {"id": endpoint.pk, "url": endpoint.url}
