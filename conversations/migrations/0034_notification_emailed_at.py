@@ -4,6 +4,13 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def unread_until_now_not_mailed(apps, schema_editor):
+    """What agents left unread before notifications came by email stays in the bell: mailed
+    on the first sweep after the upgrade, it would be a burst of old news."""
+    Notification = apps.get_model("conversations", "Notification")
+    Notification.objects.filter(read_at=None).update(emailed_at=models.F("created_at"))
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -17,6 +24,7 @@ class Migration(migrations.Migration):
             name='emailed_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
+        migrations.RunPython(unread_until_now_not_mailed, migrations.RunPython.noop),
         migrations.AddIndex(
             model_name='notification',
             index=models.Index(condition=models.Q(('emailed_at__isnull', True), ('read_at__isnull', True)), fields=['created_at'], name='notification_to_email_idx'),

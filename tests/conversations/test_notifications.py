@@ -437,3 +437,32 @@ def test_two_sweeps_at_once_mail_the_agent_once(mail_to, chat_inbox, bob):
         thread.join(30)
     assert results == [{"mails": 1, "notifications": 1, "failed": 0}]
     assert len(mail_to.received) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_mails_nothing_of_what_was_left_unread_before(chat_inbox, bob, alice):
+    """The migration that brings notifications by email: the first sweep after it sends none
+    of the notifications already in the bell (those since are mailed as usual)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from conversations.notification_mail import notifications_email_sweep
+
+    conversation = receive(chat_inbox, text="Hello").message.conversation
+    before = ("conversations", "0033_follow_up_markers")
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    MigrationExecutor(connection).migrate([before])
+    try:
+        old_apps = MigrationExecutor(connection).loader.project_state([before]).apps
+        old_apps.get_model("conversations", "Notification").objects.create(
+            recipient_id=bob.pk, kind="assigned", conversation_id=conversation.pk
+        )
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+    services.agent_assign(conversation, assignee=None, actor=alice)
+    services.agent_assign(conversation, assignee=bob, actor=alice)
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=5)):
+        sent = notifications_email_sweep()
+    assert sent == {"mails": 1, "notifications": 1, "failed": 0}  # the new one only
+    assert Notification.objects.filter(recipient=bob, emailed_at=None).count() == 0
