@@ -5,8 +5,8 @@ and they have not seen: notifications still unread a while after they were made
 (NOTIFICATION_EMAIL_DELAY_SECONDS, so an agent working in the inbox, who reads them at once,
 gets no mail), of the kinds they chose on their profile page (User.email_notifications), about
 conversations they may still see, to active agents only. Older than a day, nothing goes out:
-the first sweep after an outage, or after this feature arrived, does not flood anyone with
-old news.
+the first sweep after an outage does not flood anyone with old news (nor after the upgrade
+that brought this: its migration marks what was unread then as handled).
 
 Each notification is claimed with a conditional UPDATE of `emailed_at` before the mail goes, so
 two sweeps at once (beat's and a late one, two workers) never both mail it. A mail the server
