@@ -539,7 +539,7 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
         "mailbox",
         "created_at",
     ]
-    actions = ["rotate_secret"]
+    actions = ["connections_check", "rotate_secret"]
 
     def get_inlines(self, request, obj):
         return [AutoReplyInline] if obj and obj.kind not in AutoReply.SILENT_INBOXES else []
@@ -674,6 +674,19 @@ class InboxAdmin(ClocksFollow, admin.ModelAdmin):
         # The one time its secret is shown: the API, the MIME endpoint, user hashes use it.
         then = reverse("admin:conversations_inbox_change", args=[obj.pk])
         return secrets_shown(self, request, [(f"The secret of {obj}", obj.secret)], then=then)
+
+    @admin.action(description="Check the mail servers (sign in to IMAP and SMTP)")
+    def connections_check(self, request, queryset):
+        from channels_adapters.email.imap import connections_check
+
+        for inbox in queryset:
+            if inbox.kind != Channel.EMAIL:
+                self.message_user(request, f"{inbox}: not an email inbox.", messages.WARNING)
+                continue
+            for ok, what in connections_check(inbox):
+                self.message_user(
+                    request, f"{inbox}: {what}", messages.SUCCESS if ok else messages.ERROR
+                )
 
     @admin.action(description="Rotate secret (shown once)")
     def rotate_secret(self, request, queryset):

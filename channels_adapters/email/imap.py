@@ -76,7 +76,7 @@ def mailbox_poll(inbox) -> PollResult:
     return result
 
 
-def _connect(inbox):
+def mailbox_connect(inbox):
     config = inbox.settings or {}
     use_ssl = config.get("imap_ssl", True)
     port = int(config.get("imap_port", 993 if use_ssl else 143))
@@ -88,11 +88,45 @@ def _connect(inbox):
     )
 
 
+def connections_check(inbox) -> list[tuple[bool, str]]:
+    """Sign in to the email inbox's IMAP and SMTP servers as polling and sending do, and say
+    how each went, (ok, what): the admin's check after typing the settings, before a poll or a
+    reply finds out. Nothing is fetched or sent."""
+    from channels_adapters.email.adapter import EmailAdapter
+
+    config, said = inbox.settings or {}, []
+    if config.get("imap_host"):
+        where = f"IMAP {config['imap_host']}"
+        try:
+            with mailbox_connect(inbox) as mailbox:
+                folder = mailbox.folder.get()
+            said.append((True, f"{where}: signed in, folder {folder}."))
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the admin reads it
+            said.append((False, f"{where}: {type(exc).__name__}: {exc}"))
+    else:
+        said.append((True, "IMAP: not set (mail comes in by the pipe command or HTTP)."))
+    if config.get("smtp_host"):
+        where = f"SMTP {config['smtp_host']}:{config.get('smtp_port', 587)}"
+        connection = EmailAdapter.connection(inbox)
+        try:
+            connection.open()
+            said.append(
+                (True, f"{where}: connected" + (" and signed in." if connection.username else "."))
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the admin reads it
+            said.append((False, f"{where}: {type(exc).__name__}: {exc}"))
+        finally:
+            connection.close()
+    else:
+        said.append((True, "SMTP: not set (replies go through the server's EMAIL_HOST)."))
+    return said
+
+
 def _poll(inbox, state: MailboxState, result: PollResult) -> None:
     config = inbox.settings or {}
     folder = config.get("imap_folder", "INBOX")
     after = config.get("imap_after", "seen")
-    with _connect(inbox) as mailbox:
+    with mailbox_connect(inbox) as mailbox:
         moved_to = after.partition(":")[2] if after.startswith("move:") else ""
         if moved_to and not mailbox.folder.exists(moved_to):
             # Else the first mail is stored, cannot be moved, and holds back all after it.

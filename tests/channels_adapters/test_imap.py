@@ -15,6 +15,7 @@ from channels_adapters.models import InboundEvent, MailboxState
 from conversations import services
 from conversations.models import Conversation, Inbox, Message
 from tests.channels_adapters.test_email import customer_mail, fixture, pipe, reply_to
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -272,3 +273,34 @@ def test_healthz_reports_each_mailbox(client, imap_inbox, imap_server):
     mailbox_poll(imap_inbox)
     assert client.get("/healthz").json()["mailboxes"] == {"ok": 1}
     assert Message.objects.count() == 0  # polled and stored; processing is the worker's job
+
+
+def test_an_admin_checks_the_mail_servers_of_an_inbox(
+    client, alice, imap_inbox, smtp_server, chat_inbox
+):
+    """The inbox list's action signs in to IMAP and SMTP as polling and sending do, and says
+    how it went; a wrong password and a server that is not there are named."""
+    imap_inbox.settings.update(smtp_host="127.0.0.1", smtp_port=smtp_server.port, smtp_timeout=5)
+    imap_inbox.save()
+    client.force_login(alice)
+
+    def check(*inboxes) -> str:
+        page = client.post(
+            "/admin/conversations/inbox/",
+            {"action": "connections_check", "_selected_action": [i.pk for i in inboxes]},
+            follow=True,
+        )
+        return page.content.decode()
+
+    page = check(imap_inbox, chat_inbox)
+    assert f"IMAP {imap_inbox.settings['imap_host']}: signed in, folder INBOX." in page
+    assert f"SMTP 127.0.0.1:{smtp_server.port}: connected." in page
+    assert f"{chat_inbox}: not an email inbox." in page
+
+    imap_inbox.credentials = {"imap_password": "wrong"}
+    imap_inbox.settings["smtp_port"] = free_port()  # nobody listens there
+    imap_inbox.save()
+    page = check(imap_inbox)
+    assert "MailboxLoginError" in page
+    assert "ConnectionRefusedError" in page
+    assert smtp_server.received == []  # nothing was sent
