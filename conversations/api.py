@@ -27,6 +27,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -555,13 +556,39 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 
 
 class MessageInput(StrictInput):
-    text = serializers.CharField(trim_whitespace=False, max_length=100_000)
+    """A reply or note: JSON, or multipart/form-data when it carries files."""
+
+    text = serializers.CharField(
+        trim_whitespace=False, max_length=100_000, required=False, allow_blank=True, default=""
+    )
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        max_length=services.ATTACHMENTS_MAX,
+        help_text="Attachments (multipart/form-data, one `files` part each): images, PDF, plain "
+        "text and CSV, by their content, 10 MB each, within what the channel takes.",
+    )
     client_id = serializers.CharField(
         required=False,
         default="",
         max_length=CLIENT_ID_MAX,
         help_text="Your id for this message: sent again, it is not sent twice.",
     )
+
+
+class Writing(APIView):
+    """Replies and notes: JSON, or multipart/form-data with files."""
+
+    parser_classes = [JSONParser, MultiPartParser]
+
+    @staticmethod
+    def attachments(given) -> tuple[services.InboundAttachment, ...]:
+        """The files of `given` (a MessageInput), checked as the inbox's composer checks them:
+        a refusal is said under `files`."""
+        try:
+            return services.uploads_check(given.validated_data.get("files", []))
+        except ValidationError as exc:
+            raise serializers.ValidationError({"files": exc.messages}) from exc
 
 
 def _written(request, conversation, once: str, direction) -> Message | None:
@@ -604,7 +631,7 @@ class MessageListApi(APIView):
         )
 
 
-class ReplyCreateApi(APIView):
+class ReplyCreateApi(Writing):
     class Input(MessageInput):
         identity = _id_field(
             required=False,
@@ -631,6 +658,7 @@ class ReplyCreateApi(APIView):
             return _refusal(exc)
         if sent:
             return _message_response(request, sent, created=False)
+        attachments = self.attachments(given)
         identity = None
         if (pk := given.validated_data.get("identity")) is not None:
             identity = conversation.customer.identities.filter(pk=pk).first()
@@ -646,29 +674,25 @@ class ReplyCreateApi(APIView):
                 text=given.validated_data["text"],
                 identity=identity,
                 client_id=once,
+                attachments=attachments,
             )
         except ValidationError as exc:
             return _refusal(exc)
         return _message_response(request, message, created=True)
 
 
-class NoteCreateApi(APIView):
+class NoteOutput(MessageOutput):
+    mentions_missed = serializers.ListField(
+        child=serializers.CharField(), help_text="@names in the text that reached no agent."
+    )
+
+
+class NoteCreateApi(Writing):
     @extend_schema(
         operation_id="conversations_note",
         parameters=[IDEMPOTENCY_KEY],
         request=MessageInput,
-        responses={
-            201: inline_serializer(
-                name="NoteOutput",
-                fields={
-                    "message": MessageOutput(),
-                    "mentions_missed": serializers.ListField(
-                        child=serializers.CharField(),
-                        help_text="@names in the text that reached no agent.",
-                    ),
-                },
-            )
-        },
+        responses={201: NoteOutput, 200: NoteOutput},
     )
     def post(self, request, number: int):
         """An internal note: agents see it, the customer never does. @name mentions notify."""
@@ -682,12 +706,14 @@ class NoteCreateApi(APIView):
             return _refusal(exc)
         if written:
             return _message_response(request, written, created=False, mentions_missed=[])
+        attachments = self.attachments(given)
         try:
             note = services.note_add(
                 conversation=conversation,
                 author=request.user,
                 text=given.validated_data["text"],
                 client_id=once,
+                attachments=attachments,
             )
         except ValidationError as exc:
             return _refusal(exc)

@@ -1411,6 +1411,39 @@ def sniffed_type(upload) -> str | None:
     return "text/csv" if (upload.name or "").lower().endswith(".csv") else "text/plain"
 
 
+ATTACHMENTS_MAX = 10  # files on one reply or note
+
+
+class FileRefused(ValidationError):
+    """One of the files cannot go (`upload`): the others may be attached again."""
+
+    def __init__(self, message: str, upload):
+        super().__init__(message)
+        self.upload = upload
+
+
+def uploads_check(files) -> tuple[InboundAttachment, ...]:
+    """Files an agent attaches to a reply or note (the inbox's composer, the API), checked as
+    the widget checks a visitor's: by their first bytes (images, PDF, plain text, CSV), never
+    by what the client claims."""
+    if len(files) > ATTACHMENTS_MAX:
+        raise ValidationError(f"Attach at most {ATTACHMENTS_MAX} files to one message.")
+    attachments = []
+    for upload in files:
+        name = (upload.name or "file")[:255]
+        if upload.size > UPLOAD_MAX_BYTES:
+            raise FileRefused(f"{name} is over {UPLOAD_MAX_BYTES // 2**20} MB.", upload)
+        content_type = sniffed_type(upload)
+        if content_type is None:
+            raise FileRefused(
+                f"{name} cannot be attached: images, PDF, plain text and CSV files can.", upload
+            )
+        attachments.append(
+            InboundAttachment(filename=name, content_type=content_type, content=upload)
+        )
+    return tuple(attachments)
+
+
 def _media_fetch_later(message: Message, media: tuple[InboundMedia, ...]) -> None:
     """Placeholders for provider media, filled by a task once the message is committed: the
     webhook's task stays fast, and a slow or failing media server delays nothing else."""

@@ -79,7 +79,6 @@ from routing.models import ShortCache, Team, TeamMembership
 
 PAGE_SIZE = 50
 PREVIEW = 160  # characters of the last message under each row
-ATTACHMENTS_MAX = 10  # files on one reply or note
 HISTORY_SHOWN = 20  # the customer's other conversations beside a conversation
 # What a row of the list shows or sorts by: the rest (a customer's notes and attributes, an
 # inbox's credentials) stays in the database.
@@ -688,36 +687,6 @@ def _written_already(conversation, user, text: str, mode: str) -> list[Message]:
     return [message for message in mine if message.text.strip() == text.strip()]
 
 
-class FileRefused(ValidationError):
-    """One of the files cannot go: the page sent back asks to attach the others again."""
-
-    def __init__(self, message: str, upload):
-        super().__init__(message)
-        self.upload = upload
-
-
-def _uploads(request) -> tuple[services.InboundAttachment, ...]:
-    """The files attached to a reply or note, checked as the widget checks a visitor's: by
-    their first bytes (images, PDF, plain text, CSV), never by what the browser claims."""
-    files = request.FILES.getlist("files")
-    if len(files) > ATTACHMENTS_MAX:
-        raise ValidationError(f"Attach at most {ATTACHMENTS_MAX} files to one message.")
-    attachments = []
-    for upload in files:
-        name = (upload.name or "file")[:255]
-        if upload.size > services.UPLOAD_MAX_BYTES:
-            raise FileRefused(f"{name} is over {services.UPLOAD_MAX_BYTES // 2**20} MB.", upload)
-        content_type = services.sniffed_type(upload)
-        if content_type is None:
-            raise FileRefused(
-                f"{name} cannot be attached: images, PDF, plain text and CSV files can.", upload
-            )
-        attachments.append(
-            services.InboundAttachment(filename=name, content_type=content_type, content=upload)
-        )
-    return tuple(attachments)
-
-
 @login_required
 @require_POST
 def conversation_reply(request, number: int):
@@ -771,7 +740,7 @@ def conversation_reply(request, number: int):
         ]
         return render(request, "inbox/conversation.html", context, status=409)
     try:
-        attachments = _uploads(request)
+        attachments = services.uploads_check(request.FILES.getlist("files"))
         if mode == "note":
             note = services.note_add(
                 conversation=conversation,
@@ -804,7 +773,7 @@ def conversation_reply(request, number: int):
                 template=template,
             )
     except ValidationError as exc:
-        if isinstance(exc, FileRefused):  # not that one again: the error says why
+        if isinstance(exc, services.FileRefused):  # not that one again: the error says why
             reattach = [u.name for u in request.FILES.getlist("files") if u is not exc.upload]
         context = _conversation_context(
             request,

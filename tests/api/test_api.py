@@ -24,6 +24,9 @@ def token_for(user, name="CRM sync") -> str:
     return re.search(r'value="(tl_[^"]+)"', page.content.decode())[1]
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+
+
 def api(token=None, keyword="Bearer") -> Client:
     """A client that is nobody's browser: no session, only the Authorization header."""
     headers = {"Authorization": f"{keyword} {token}"} if token else {}
@@ -187,6 +190,40 @@ class TestWhoSeesWhat:
 
 
 class TestReplies:
+    def test_a_reply_and_a_note_carry_files_sent_as_multipart(
+        self, bob, email_inbox, smtp_server, tasks_run
+    ):
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        conversation = receive(
+            email_inbox, address="maria@example.com", subject="Label"
+        ).message.conversation
+        client = api(token_for(bob))
+        path = f"/api/v1/conversations/{conversation.pk}"
+        label = SimpleUploadedFile("label.png", PNG, content_type="image/png")
+        with tasks_run():
+            sent = client.post(f"{path}/replies", {"text": "Your label.", "files": [label]})
+        assert sent.status_code == 201
+        assert [(a["filename"], a["content_type"]) for a in sent.json()["attachments"]] == [
+            ("label.png", "image/png")
+        ]
+        (mail,) = smtp_server.messages()
+        assert [part.get_filename() for part in mail.iter_attachments()] == ["label.png"]
+
+        log = SimpleUploadedFile("courier.txt", b"Picked up 09:12", content_type="text/plain")
+        note = client.post(f"{path}/notes", {"files": [log]})  # a file alone is a note
+        assert note.status_code == 201
+        assert note.json()["attachments"][0]["filename"] == "courier.txt"
+
+        # What the type claims counts for nothing: the content is HTML, so it is refused.
+        page = SimpleUploadedFile("invoice.pdf", b"<html><script>", content_type="application/pdf")
+        refused = client.post(f"{path}/replies", {"text": "Invoice", "files": [page]})
+        assert refused.status_code == 400
+        assert refused.json() == {
+            "files": ["invoice.pdf cannot be attached: images, PDF, plain text and CSV files can."]
+        }
+        assert conversation.messages.filter(text="Invoice").count() == 0
+
     def test_a_reply_goes_to_the_customer_by_email_once(
         self, bob, email_inbox, smtp_server, tasks_run
     ):
@@ -229,7 +266,9 @@ class TestReplies:
     def test_a_reply_the_channel_refuses_says_why(self, bob, maria):
         client = api(token_for(bob))
         path = f"/api/v1/conversations/{maria.pk}/replies"
-        assert post(client, path, {"text": ""}).json() == {"text": ["This field may not be blank."]}
+        assert post(client, path, {"text": ""}).json() == {
+            "detail": "A reply needs text or an attachment."
+        }
         other = receive(maria.inbox, address="someone-else").message.conversation
         stranger = other.customer.identities.get()
         response = post(client, path, {"text": "Hi", "identity": stranger.pk})
