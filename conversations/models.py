@@ -825,6 +825,32 @@ class Notification(ChoiceLabels, models.Model):
     def __str__(self):
         return f"{self.get_kind_display()} (#{self.conversation_id}) for {self.recipient}"
 
+    def said(self) -> tuple[str, str]:
+        """The notification in words, as the bell and the agent's mail say it: who (a name,
+        set apart) and what. Plain text, for templates to escape."""
+        kind, actor = self.Kind, self.actor.name if self.actor else ""
+        customer = self.conversation.customer.name
+        if self.kind == kind.AUTOMATION:
+            return actor or "Automation", self.text
+        if self.kind == kind.ASSIGNED:
+            automatic = f"Automation “{self.text}”" if self.text else "Routing"
+            return actor or automatic, "assigned it to you"
+        if self.kind == kind.FAILED:
+            return "Not delivered:", self.text
+        if self.kind == kind.SNOOZE_ENDED:
+            return "Back from snooze:", self.conversation.subject or "no subject"
+        if self.kind == kind.WROTE_AGAIN:
+            return (
+                customer or "Your customer",
+                f"wrote again, by {self.text}, in a new conversation",
+            )
+        if self.kind == kind.FOLLOWED:
+            return actor or "It", f"{self.text} (you follow it)"
+        if self.text:  # SLA alerts come worded
+            return "SLA", self.text
+        what = {kind.CUSTOMER_REPLIED: "replied", kind.MENTIONED: "mentioned you"}.get(self.kind)
+        return actor or customer or "The customer", what or self.get_kind_display().lower()
+
 
 class SavedView(models.Model):
     """An agent's named list filters ("My urgent SMS"), shown in their inbox sidebar."""

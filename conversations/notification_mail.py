@@ -52,32 +52,6 @@ class Item:
     url: str
 
 
-def what_happened(n: Notification) -> str:
-    """The notification in a sentence, as the bell's list says it (templates/inbox/
-    _notifications.html). Plain text: the templates escape it."""
-    customer = n.conversation.customer.name or "The customer"
-    actor = n.actor.name if n.actor else ""
-    kind = Notification.Kind
-    if n.kind == kind.ASSIGNED:
-        who = actor or (f"Automation “{n.text}”" if n.text else "Routing")
-        return f"{who} assigned it to you"
-    if n.kind == kind.MENTIONED:
-        return f"{actor or 'Someone'} mentioned you in a note"
-    if n.kind == kind.CUSTOMER_REPLIED:
-        return f"{customer} replied"
-    if n.kind == kind.FAILED:
-        return f"A reply was not delivered: {n.text}"
-    if n.kind == kind.SNOOZE_ENDED:
-        return "Back from snooze"
-    if n.kind == kind.WROTE_AGAIN:
-        return f"{customer} wrote again, by {n.text}, in a new conversation"
-    if n.kind == kind.FOLLOWED:
-        return f"{actor or 'It'} {n.text} (you follow it)"
-    if n.kind == kind.AUTOMATION:
-        return f"{actor or 'Automation'}: {n.text}"
-    return f"SLA: {n.text}" if n.text else n.get_kind_display()  # SLA alerts come worded
-
-
 def _short(kind: str) -> str:
     """A few words for the subject line."""
     return {
@@ -171,7 +145,7 @@ def _send(agent: User, notifications: list[Notification]) -> None:
             number=n.conversation_id,
             subject=n.conversation.subject,
             customer=n.conversation.customer.name,
-            what=what_happened(n),
+            what=" ".join(n.said()),
             excerpt=Truncator(n.message.text).chars(200) if n.message_id and n.message else "",
             url=_link(
                 reverse("inbox:conversation", args=[n.conversation_id])

@@ -586,7 +586,7 @@ class TestReplies:
         assert (told.kind, told.text) == ("failed", message.failure_reason)
         client.force_login(bob)
         page = client.get("/inbox/notifications").content.decode()
-        assert f"Not delivered:</span> {reason}" in page
+        assert f"Not delivered:</bdi></span> {reason}" in page
 
     def test_a_number_twilio_says_unsubscribed_is_refused_at_once_next_time(
         self, twilio, conversation, bob

@@ -108,7 +108,7 @@ class TestPages:
         page = client.get("/inbox/notifications")
         assert page.context["unread_notifications"] == 1
         html = page.content.decode()
-        assert "Bob</span> mentioned you" in html
+        assert "Bob</bdi></span> mentioned you" in html
         assert "&lt;i&gt;hi&lt;/i&gt;" in html
 
     def test_each_notification_reads_as_a_sentence(self, client, chat_inbox, bob, dana):
@@ -121,10 +121,10 @@ class TestPages:
         client.force_login(dana)
         html = client.get("/inbox/notifications").content.decode()
         for said in (
-            "Bob</span> assigned it to you",
-            "Grace Okafor</span> replied",
-            "Routing</span> assigned it to you",
-            "The customer</span> replied",
+            "Bob</bdi></span> assigned it to you",
+            "Grace Okafor</bdi></span> replied",
+            "Routing</bdi></span> assigned it to you",
+            "The customer</bdi></span> replied",
         ):
             assert said in html
         # Whom and what it is about, without opening it.
@@ -184,8 +184,8 @@ class TestFollowers:
             ("followed", conversation.pk, "Bob"),
         ]
         html = client.get("/inbox/notifications").content.decode()
-        assert "Bob</span> set it to resolved <span" in html
-        assert "Bob</span> answered <span" in html
+        assert "Bob</bdi></span> set it to resolved (you follow it)" in html
+        assert "Bob</bdi></span> answered (you follow it)" in html
         # What she does herself is no news to her; the assignee hears as the assignee only.
         services.conversation_set_status(conversation=conversation, status="open", actor=dana)
         assert len(kinds(dana)) == 3

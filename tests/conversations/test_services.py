@@ -267,7 +267,7 @@ class TestStateChanges:
         ]
         client.force_login(dana)
         page = client.get("/inbox/notifications").content.decode()
-        assert "Back from snooze:</span> Kettle" in page
+        assert "Back from snooze:</bdi></span> Kettle" in page
 
 
 class TestReplies:

@@ -321,7 +321,7 @@ def test_an_agent_assigned_by_an_automation_is_told_which_one(client, mail_inbox
     arrive(mail_inbox)
     client.force_login(dana)
     html = client.get(reverse("inbox:notifications")).content.decode()
-    assert "Automation “&lt;i&gt;Night&lt;/i&gt; desk”</span> assigned it to you" in html
+    assert "Automation “&lt;i&gt;Night&lt;/i&gt; desk”</bdi></span> assigned it to you" in html
     assert "Routing" not in html
 
 

@@ -268,4 +268,4 @@ def test_notifications_of_automations_say_what_happened(client, bob, conversatio
     automations_run(conversation=conversation, event="sla_breach")
     client.force_login(bob)
     html = client.get(reverse("inbox:notifications")).content.decode()
-    assert "Automation</span> &lt;i&gt;Breach&lt;/i&gt;: answer now" in html
+    assert "Automation</bdi></span> &lt;i&gt;Breach&lt;/i&gt;: answer now" in html
